@@ -1,0 +1,1 @@
+"""The kubetune operator: FineTuneJob resources in, distributed training pods out."""

@@ -1,0 +1,138 @@
+"""The `kubetune` command: check manifests, generate the CRD, explain fields.
+
+Every user mistake ends in a message that names the file and the field, and a non-zero
+exit; tracebacks are for kubetune's own bugs only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from kubetune_operator import crdgen, explain
+from kubetune_operator.manifests import Checked, ManifestError, check_file
+
+app = typer.Typer(
+    name="kubetune",
+    help="Self-service fine-tuning on Kubernetes, and the same run on your laptop.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def validate(
+    files: Annotated[
+        list[Path], typer.Argument(help="Manifest files (YAML, several documents allowed).")
+    ],
+) -> None:
+    """Check FineTuneJob manifests against the API; print every problem with its field path."""
+    failed = False
+    for path in files:
+        failed |= not _report_file(path)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _report_file(path: Path) -> bool:
+    try:
+        results = check_file(path)
+    except ManifestError as error:
+        err.print(f"[red]✗[/] {escape(str(error))}")
+        return False
+    if not any(r.job or r.problems for r in results):
+        err.print(f"[red]✗[/] {escape(str(path))}: holds no FineTuneJob")
+        return False
+    reported = [_report_document(result) for result in results]  # report every document
+    return all(reported)
+
+
+def _report_document(result: Checked) -> bool:
+    source = escape(result.source)
+    if result.skipped_kind:
+        out.print(f"[dim]- {source}: {escape(result.skipped_kind)} skipped (not a FineTuneJob)[/]")
+        return True
+    if result.job:
+        out.print(f"[green]✓[/] {source}: FineTuneJob {escape(result.name)} is valid")
+        return True
+    count = len(result.problems)
+    err.print(f"[red]✗[/] {source}: {count} problem{'s' if count != 1 else ''}")
+    for problem in result.problems:
+        err.print(f"    {escape(str(problem))}")
+    return False
+
+
+@app.command()
+def crd(
+    root: Annotated[
+        Path, typer.Option(help="Checkout root holding crds/ and charts/kubetune/.")
+    ] = Path("."),
+    check: Annotated[
+        bool, typer.Option("--check", help="Only check that the files are current; exit 1 if not.")
+    ] = False,
+    stdout: Annotated[
+        bool, typer.Option("--stdout", help="Print the CRD instead of writing files.")
+    ] = False,
+) -> None:
+    """Generate the FineTuneJob CRD from the API models into crds/ and the Helm chart."""
+    if stdout:
+        out.out(crdgen.render_crd(), end="")
+        return
+    if check:
+        stale = crdgen.stale_crds(root)
+        for path in stale:
+            err.print(f"[red]✗[/] {escape(str(path))} differs from the models: run `kubetune crd`")
+        if stale:
+            raise typer.Exit(1)
+        out.print("[green]✓[/] the CRD files match the models")
+        return
+    changed = crdgen.write_crds(root)
+    for path in crdgen.crd_paths(root):
+        out.print(f"{'wrote' if path in changed else 'unchanged'} {escape(str(path))}")
+
+
+@app.command(name="explain")
+def explain_field(
+    path: Annotated[str, typer.Argument(help="A field path such as spec.training.")] = "spec",
+) -> None:
+    """Describe a FineTuneJob field and the fields below it, from the CRD schema."""
+    try:
+        node = explain.schema_at(path)
+    except explain.UnknownFieldPathError as error:
+        err.print(f"[red]✗[/] {escape(str(error))}")
+        raise typer.Exit(1) from None
+    out.print(f"[bold]{escape(path)}[/] <{escape(explain.type_name(node))}>")
+    if node.get("description"):
+        out.print(escape(node["description"]))
+    details = explain.constraints(node)
+    if details:
+        out.print(f"[dim]{escape(details)}[/]")
+    fields = explain.describe(node)
+    if fields:
+        out.print(_fields_table(fields))
+
+
+def _fields_table(fields: list[explain.FieldDoc]) -> Table:
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for column in ("field", "type", "description"):
+        table.add_column(column)
+    for doc in fields:
+        name = f"{doc.name} [red]*[/]" if doc.required else doc.name
+        text = escape(doc.description) + (
+            f"\n[dim]{escape(doc.constraints)}[/]" if doc.constraints else ""
+        )
+        table.add_row(name, escape(doc.type), text)
+    return table
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

