@@ -279,6 +279,15 @@ def infer_format(source: str) -> DataFormat | None:
     return _EXTENSIONS.get(PurePosixPath(name).suffix)
 
 
+class BalanceSpec(Section):
+    """Class imbalance handling."""
+
+    class_weights: Literal["none", "inverse-frequency", "effective-number"] = "none"
+    """Weight the loss per class: none, inverse-frequency (n / (k x count)), or effective-number ((1 - beta) / (1 - beta^count), Cui et al. 2019)."""
+    beta: float = Field(default=0.999, gt=0, lt=1)
+    """The beta of effective-number weights."""
+
+
 class DataSpec(Section):
     """The training and validation data and how its columns map to the task."""
 
@@ -300,6 +309,8 @@ class DataSpec(Section):
     """Column with a per-row loss weight (non-negative numbers); left out for equal weights."""
     max_length: int = Field(default=128, ge=8, le=131_072)
     """Longest input in tokens; longer inputs are truncated. Batches are padded to their longest row, not to this."""
+    balance: BalanceSpec = section_default(BalanceSpec)
+    """Class imbalance handling."""
 
     @model_validator(mode="after")
     def _columns_are_distinct(self) -> Self:
@@ -359,6 +370,38 @@ class FreezingSpec(Section):
         return trainable
 
 
+class LoraSpec(Section):
+    """Low-rank adapters (LoRA, via peft): train small adapter matrices instead of the full weights."""
+
+    rank: int = Field(default=8, ge=1, le=1024)
+    """Rank of the adapter matrices."""
+    alpha: float = Field(default=16.0, gt=0, le=4096)
+    """Scaling numerator: the adapter output is multiplied by alpha / rank."""
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    """Dropout on the adapter input."""
+    target_modules: list[ModulePattern] = Field(default_factory=list, max_length=MAX_PATTERNS)
+    """Names of the linear modules that get adapters (e.g. query, value). Left out: peft's default for the architecture."""
+
+
+class LearningRateFinderSpec(Section):
+    """A learning-rate range test run before training: the rate grows exponentially while the loss is recorded."""
+
+    start_lr: float = Field(default=1e-7, gt=0, le=1)
+    """First learning rate tried."""
+    end_lr: float = Field(default=1.0, gt=0, le=100)
+    """Last learning rate tried."""
+    steps: int = Field(default=100, ge=10, le=10_000)
+    """Optimizer steps of the test (the model is restored afterwards)."""
+    apply: bool = True
+    """Train with the suggested rate (steepest descent of the smoothed loss); false only records the curve."""
+
+    @model_validator(mode="after")
+    def _range_grows(self) -> Self:
+        if self.start_lr >= self.end_lr:
+            raise ValueError(f"startLr ({self.start_lr}) must be below endLr ({self.end_lr})")
+        return self
+
+
 class TrainingSpec(Section):
     """The optimisation loop: length, batch, learning rate and its schedule, precision."""
 
@@ -395,6 +438,14 @@ class TrainingSpec(Section):
     """Numeric precision: auto picks bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
     """Seed for data splits, sampling, augmentation and initialisation: the same seed gives the same run."""
+    find_learning_rate: LearningRateFinderSpec | None = None
+    """Run a learning-rate range test first and record its curve; left out to use learningRate as given."""
+    lora: LoraSpec | None = None
+    """Train LoRA adapters instead of the full weights (for large models); left out for full fine-tuning."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    compile: bool = False
+    """Compile the model with torch.compile (pays off on long GPU runs, not on short CPU ones)."""
 
     @field_validator("warmup_steps")
     @classmethod
@@ -463,6 +514,10 @@ class EvaluationSpec(Section):
     """Report overfitting when the train metric exceeds the validation metric by more than this."""
     cross_validation: CrossValidationSpec | None = None
     """Run k-fold cross-validation instead of a single train/validation split."""
+    divergence_factor: float = Field(default=4.0, gt=1, le=1e6)
+    """Stop as diverged when the smoothed training loss exceeds this multiple of its starting value (NaN or infinity always counts)."""
+    underfitting_floor: float | None = Field(default=None, ge=0, le=1e6)
+    """Report underfitting when the final training value of the primary metric is worse than this. Left out: the majority-class rate for accuracy."""
 
     @model_validator(mode="after")
     def _steps_need_strategy(self) -> Self:
