@@ -37,3 +37,15 @@ def sentiment() -> dict[str, Any]:
 def every_section() -> dict[str, Any]:
     """A fresh copy of the manifest that uses every section of the spec."""
     return copy.deepcopy(load_example("sentiment/every-section.yaml"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT classifier (2 layers, 2 labels) whose vocabulary covers the sentiment data."""
+    import csv
+
+    from tests.tiny import make_tiny_model
+
+    with (REPO / "examples/sentiment/data/train.csv").open(encoding="utf-8") as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)]
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), texts)
