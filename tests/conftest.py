@@ -41,7 +41,7 @@ def every_section() -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random BERT classifier (2 layers, 2 labels) whose vocabulary covers the sentiment data."""
+    """A tiny random BERT classifier (2 layers, 2 labels) knowing the sentiment words."""
     import csv
 
     from tests.tiny import make_tiny_model
