@@ -49,3 +49,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with (REPO / "examples/sentiment/data/train.csv").open(encoding="utf-8") as handle:
         texts = [row["text"] for row in csv.DictReader(handle)]
     return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), texts)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The first 320 training and 80 validation rows of the sentiment example, as CSV files."""
+    folder = tmp_path_factory.mktemp("small-data")
+    paths = []
+    for name, rows in (("train", 320), ("validation", 80)):
+        lines = (REPO / f"examples/sentiment/data/{name}.csv").read_text().splitlines()
+        path = folder / f"{name}.csv"
+        path.write_text("\n".join(lines[: rows + 1]) + "\n")
+        paths.append(path)
+    return paths[0], paths[1]

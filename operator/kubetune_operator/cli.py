@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kubetune_operator import crdgen, explain
+from kubetune_operator import crdgen, explain, local
+from kubetune_operator.api.v1alpha1 import FineTuneJob
 from kubetune_operator.manifests import Checked, ManifestError, check_file
 
 app = typer.Typer(
@@ -68,6 +69,80 @@ def _report_document(result: Checked) -> bool:
     for problem in result.problems:
         err.print(f"    {escape(str(problem))}")
     return False
+
+
+@app.command()
+def run(
+    manifest: Annotated[Path, typer.Argument(help="A FineTuneJob manifest.")],
+    output: Annotated[
+        Path | None, typer.Option(help="Output directory (default: spec.output.uri or runs/NAME).")
+    ] = None,
+    processes: Annotated[
+        int, typer.Option(min=1, max=64, help="Training processes (CPU, gloo) on this machine.")
+    ] = 1,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a finished run in the output directory.")
+    ] = False,
+) -> None:
+    """Run a FineTuneJob on this machine, no cluster needed; print where the results are."""
+    job = _single_job(manifest)
+    try:
+        plan = local.plan_local_run(job, manifest, output)
+        local.prepare_output(plan, overwrite)
+        out.print(f"Training [bold]{escape(plan.name)}[/] into {escape(str(plan.output_dir))}")
+        report = (
+            local.run_in_process(plan)
+            if processes == 1
+            else local.run_with_accelerate(plan, processes)
+        )
+    except local.LocalRunError as error:
+        err.print(f"[red]✗[/] {escape(job.metadata.name)}: {escape(str(error))}")
+        raise typer.Exit(1) from None
+    _print_summary(report)
+    if not report["succeeded"]:
+        raise typer.Exit(1)
+
+
+def _single_job(manifest: Path) -> FineTuneJob:
+    try:
+        results = check_file(manifest)
+    except ManifestError as error:
+        err.print(f"[red]✗[/] {escape(str(error))}")
+        raise typer.Exit(1) from None
+    jobs = [r for r in results if r.job or r.problems]
+    if len(jobs) != 1:
+        err.print(f"[red]✗[/] {escape(str(manifest))}: holds {len(jobs)} FineTuneJobs; run one")
+        raise typer.Exit(1)
+    if jobs[0].job is None:
+        _report_document(jobs[0])
+        raise typer.Exit(1)
+    return jobs[0].job
+
+
+def _print_summary(report: dict[str, object]) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    best = report.get("bestMetrics") or {}
+    assert isinstance(best, dict)
+    table.add_row(
+        "metrics", escape("  ".join(f"{k} {v:.4f}" for k, v in best.items() if v is not None))
+    )
+    diagnosis = report.get("diagnosis") or {}
+    assert isinstance(diagnosis, dict)
+    table.add_row(
+        "diagnosis", escape(f"{diagnosis.get('verdict')}: {diagnosis.get('suggestion', '')}")
+    )
+    artifacts = report.get("artifacts") or {}
+    assert isinstance(artifacts, dict)
+    for name in ("model", "report", "lastCheckpoint"):
+        if artifacts.get(name):
+            table.add_row(name, escape(str(artifacts[name])))
+    mark = "[green]✓[/]" if report["succeeded"] else "[red]✗[/]"
+    out.print(
+        f"{mark} {escape(str(report['job']))} {'finished' if report['succeeded'] else 'failed'}"
+    )
+    out.print(table)
 
 
 @app.command()

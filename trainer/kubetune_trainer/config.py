@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
-from typing import Annotated, Any, Literal, Self
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -58,6 +58,11 @@ LANGUAGE_MODEL_METRICS: frozenset[str] = frozenset({"loss", "perplexity"})
 LOWER_IS_BETTER: frozenset[str] = frozenset({"loss", "perplexity"})
 
 SOURCE_SCHEMES = ("file", "pvc", "hf", "pkg")
+
+EXIT_INVALID_INPUT = 3
+"""The trainer's exit code for a bad config, data or model source: a retry cannot help."""
+EXIT_TRAINING_FAILED = 4
+"""The trainer's exit code for a run whose result must not be used (it diverged)."""
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?(@[\w./-]{1,128})?$")
 _PY_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -67,6 +72,13 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 def task_metrics(task: TaskType) -> frozenset[str]:
     """The validation metrics that make sense for a task."""
     return LANGUAGE_MODEL_METRICS if task == "causal-lm" else CLASSIFICATION_METRICS
+
+
+def _anchored(section: SectionT, field: str, base: Path) -> SectionT:
+    uri = getattr(section, field)
+    if uri is None or "://" in uri or Path(uri).is_absolute():
+        return section
+    return section.model_copy(update={field: str(base / uri)})
 
 
 def metric_direction(metric: str) -> Literal["maximize", "minimize"]:
@@ -162,6 +174,9 @@ SourceUri = Annotated[
 ]
 ColumnName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
 ModulePattern = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
+
+
+SectionT = TypeVar("SectionT", bound="Section")
 
 
 class Section(BaseModel):
@@ -375,7 +390,7 @@ class LoraSpec(Section):
 
     rank: int = Field(default=8, ge=1, le=1024)
     """Rank of the adapter matrices."""
-    alpha: float = Field(default=16.0, gt=0, le=4096)
+    alpha: int = Field(default=16, ge=1, le=4096)
     """Scaling numerator: the adapter output is multiplied by alpha / rank."""
     dropout: float = Field(default=0.05, ge=0, lt=1)
     """Dropout on the adapter input."""
@@ -654,6 +669,24 @@ class TrainingConfig(Section):
                     f"({', '.join(model.labels)})"
                 )
         return bias
+
+    def relative_to(self, base: Path) -> Self:
+        """This config with relative local paths made absolute against `base` (a manifest's folder)."""
+        updates: dict[str, Any] = {
+            "model": _anchored(self.model, "source", base),
+            "data": self.data.model_copy(
+                update={
+                    "train": _anchored(self.data.train, "source", base),
+                    "validation": self.data.validation
+                    and _anchored(self.data.validation, "source", base),
+                }
+            ),
+            "output": _anchored(self.output, "uri", base),
+        }
+        if self.bias is not None and self.bias.audit_data is not None:
+            audit = _anchored(self.bias.audit_data, "source", base)
+            updates["bias"] = self.bias.model_copy(update={"audit_data": audit})
+        return self.model_copy(update=updates)
 
     def training_config(self) -> TrainingConfig:
         """Only the trainer's fields: what a subclass (the FineTuneJob spec) adds is dropped."""

@@ -1,0 +1,128 @@
+"""`kubetune run`: the same FineTuneJob on this machine, without a cluster.
+
+One process trains in this Python process; more are started with `accelerate launch
+--cpu`, exactly the trainer entry point the pods run. The trainer (and torch) is imported
+only when a run starts, so the rest of the CLI stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune_operator.api.v1alpha1 import FineTuneJob
+from kubetune_trainer.config import EXIT_INVALID_INPUT, TrainingConfig, parse_source
+
+REPORT_FILE = "report.json"
+CONFIG_FILE = "config.json"
+
+
+class LocalRunError(Exception):
+    """A local run that cannot start or did not finish; the message says why."""
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """What `kubetune run` needs to know about one job."""
+
+    name: str
+    config: TrainingConfig
+    output_dir: Path
+
+
+def plan_local_run(job: FineTuneJob, manifest: Path, output: Path | None) -> LocalRun:
+    """Resolve paths against the manifest's folder and pick the output directory."""
+    if job.spec.search is not None:
+        raise LocalRunError(
+            "spec.search: this version of kubetune runs hyperparameter searches only on a "
+            "cluster; remove spec.search to run one training locally"
+        )
+    config = job.spec.training_config().relative_to(manifest.resolve().parent)
+    return LocalRun(job.metadata.name, config, output or _default_output(config, job))
+
+
+def _default_output(config: TrainingConfig, job: FineTuneJob) -> Path:
+    if config.output.uri is None:
+        return Path("runs") / job.metadata.name
+    source = parse_source(config.output.uri)
+    if source.scheme != "file":
+        raise LocalRunError(
+            f"spec.output.uri: {config.output.uri} needs a cluster; pass --output DIR "
+            "to run locally"
+        )
+    return Path(source.location)
+
+
+def prepare_output(run: LocalRun, overwrite: bool) -> None:
+    """Refuse to mix a new run into a finished one unless asked to start over."""
+    finished = run.output_dir / REPORT_FILE
+    if finished.exists() and not overwrite:
+        raise LocalRunError(
+            f"{run.output_dir} already holds a finished run ({finished}); pass --overwrite "
+            "to start again, or --output DIR for another directory"
+        )
+    if overwrite and run.output_dir.exists():
+        shutil.rmtree(run.output_dir)
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run_in_process(run: LocalRun) -> dict[str, Any]:
+    """Train in this process; return report.json's content."""
+    from kubetune_trainer.__main__ import INPUT_ERRORS, run_training
+
+    try:
+        run_training(run.config, run.output_dir, job_name=run.name)
+    except INPUT_ERRORS as error:
+        raise LocalRunError(str(error)) from None
+    return read_report(run)
+
+
+def run_with_accelerate(run: LocalRun, processes: int) -> dict[str, Any]:
+    """Train with `processes` CPU processes under accelerate launch (gloo)."""
+    config_path = run.output_dir / CONFIG_FILE
+    config_path.write_text(run.config.model_dump_json(exclude_none=True), encoding="utf-8")
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "kubetune_trainer",
+        "--config",
+        str(config_path),
+        "--output",
+        str(run.output_dir),
+        "--job-name",
+        run.name,
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    completed = subprocess.run(command, env=environment, check=False)
+    if completed.returncode == EXIT_INVALID_INPUT:
+        raise LocalRunError("the trainer refused its input (its message is above)")
+    if not (run.output_dir / REPORT_FILE).exists():
+        raise LocalRunError(
+            f"the trainer exited with code {completed.returncode} before writing a report"
+        )
+    return read_report(run)
+
+
+def read_report(run: LocalRun) -> dict[str, Any]:
+    path = run.output_dir / REPORT_FILE
+    if not path.exists():
+        raise LocalRunError(f"the run finished without a report at {path}")
+    report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return report

@@ -1,0 +1,256 @@
+"""The recipe end to end on CPU with a tiny BERT: real training, real files, real numbers."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kubetune_trainer.__main__ import run_training
+from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.recipe import Recipe, RunResult, classification_loss, l1_penalty
+
+
+def make_config(model: Path, data: tuple[Path, Path], **sections: Any) -> TrainingConfig:
+    base: dict[str, Any] = {
+        "model": {"source": str(model), "labels": ["negative", "positive"]},
+        "data": {
+            "train": {"source": str(data[0])},
+            "validation": {"source": str(data[1])},
+            "sensitiveColumns": ["dialect"],
+            "maxLength": 32,
+        },
+        "training": {"epochs": 3, "batchSize": 16, "learningRate": 3e-3, "seed": 3},
+    }
+    for name, fields in sections.items():
+        base[name] = {**base.get(name, {}), **fields}
+    return TrainingConfig.model_validate(base, by_name=False)
+
+
+def train(config: TrainingConfig, output: Path) -> RunResult:
+    return run_training(config, output, job_name="test", env={})
+
+
+def weights(output: Path) -> dict[str, torch.Tensor]:
+    return load_file(output / "model" / "model.safetensors")
+
+
+def test_class_weighted_loss_equals_a_hand_computation() -> None:
+    logits = torch.tensor([[2.0, 0.5], [0.1, 0.3], [1.0, -1.0]])
+    labels = torch.tensor([0, 1, 1])
+    class_weights = torch.tensor([1.0, 3.0])
+    row_weights = torch.tensor([1.0, 0.5, 2.0])
+    ce = [-torch.log_softmax(logits[i], 0)[labels[i]].item() for i in range(3)]
+    w = [1.0 * 1.0, 3.0 * 0.5, 3.0 * 2.0]
+    expected = sum(wi * ci for wi, ci in zip(w, ce, strict=True)) / sum(w)
+    loss = classification_loss(logits, labels, class_weights=class_weights, row_weights=row_weights)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert classification_loss(logits, labels).item() == pytest.approx(sum(ce) / 3, rel=1e-6)
+
+
+def test_l1_penalty_is_the_sum_of_absolute_values() -> None:
+    a, b = torch.nn.Parameter(torch.tensor([1.0, -2.0])), torch.nn.Parameter(torch.tensor([[-0.5]]))
+    assert l1_penalty([a, b]).item() == pytest.approx(3.5)
+
+
+def test_a_run_writes_a_loadable_model_and_a_full_report(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    result = train(make_config(tiny_model_dir, small_data), tmp_path)
+    assert result.succeeded
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["steps"] == 60  # 320 rows / 16 per batch x 3 epochs
+    assert [e["step"] for e in report["curves"]["evaluations"]] == [20, 40, 60]
+    assert len(report["curves"]["trainLoss"]) == 60
+    assert report["data"]["rows"]["train_in"] == 320
+    assert report["bestMetrics"]["accuracy"] > report["data"]["majorityRate"]
+    assert report["diagnosis"]["verdict"] in ("Healthy", "Overfitting", "Underfitting")
+    assert set(report["versions"]) >= {"python", "torch", "transformers", "accelerate"}
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    assert len(tokenizer("proper good")["input_ids"]) == 4
+    checkpoints = {p.name for p in (tmp_path / "checkpoints").iterdir()}
+    assert checkpoints == {"step-00000040", "step-00000060", report["bestCheckpoint"]}
+
+
+def test_frozen_embeddings_are_bit_identical_and_the_rest_moves(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    config = make_config(
+        tiny_model_dir,
+        small_data,
+        freezing={"freezeEmbeddings": True, "freezeLayers": 1},
+        training={"epochs": 1},
+    )
+    train(config, tmp_path)
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = weights(tmp_path)
+    for name, tensor in after.items():
+        if name.startswith("classifier"):
+            continue  # the head is created for the labels: no "before" to compare
+        frozen = "embeddings" in name or ".layer.0." in name
+        assert torch.equal(tensor, before[name]) == frozen, name
+
+
+def test_gradual_unfreezing_is_logged_per_epoch(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    config = make_config(
+        tiny_model_dir,
+        small_data,
+        training={"epochs": 3},
+        freezing={"gradualUnfreezing": {"every": 1}, "layerwiseLrDecay": 0.5},
+    )
+    result = train(config, tmp_path)
+    log = result.report["freezing"]
+    assert [entry["epoch"] for entry in log] == [1, 2, 3]
+    assert log[0]["trainable"] == ["head"]
+    assert log[1]["trainable"] == ["block 1", "head"]
+    assert log[2]["trainable"] == ["block 0", "block 1", "head"]
+    assert log[2]["frozen"] == ["embeddings"]
+    rates = log[2]["learningRates"]
+    assert rates["block 0"] / rates["head"] == pytest.approx(0.25)
+
+
+def test_l1_shrinks_the_weights(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    plain = make_config(tiny_model_dir, small_data, training={"epochs": 1})
+    sparse = make_config(
+        tiny_model_dir, small_data, training={"epochs": 1}, regularization={"l1": 1e-3}
+    )
+    train(plain, tmp_path / "plain")
+    train(sparse, tmp_path / "l1")
+
+    def mass(output: Path) -> float:
+        return sum(
+            t.abs().sum().item()
+            for n, t in weights(output).items()
+            if n.endswith("weight") and t.ndim == 2
+        )
+
+    assert mass(tmp_path / "l1") < 0.97 * mass(tmp_path / "plain")
+
+
+class SimulatedCrashError(Exception):
+    pass
+
+
+class CrashingRecipe(Recipe):
+    """Dies right after the checkpoint of a given step, like a killed pod."""
+
+    crash_after = 0
+
+    def save_checkpoint(self) -> Path:
+        path = super().save_checkpoint()
+        if self.state.step == self.crash_after:
+            raise SimulatedCrashError
+        return path
+
+
+def test_resume_continues_the_same_loss_curve(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    config = make_config(
+        tiny_model_dir,
+        small_data,
+        output={"checkpointEverySteps": 7},
+        regularization={"dropout": 0.2},
+    )
+    straight = train(config, tmp_path / "straight")
+    crashing = CrashingRecipe(config, tmp_path / "resumed", job_name="test", env={})
+    crashing.crash_after = 14
+    crashing.setup()
+    with pytest.raises(SimulatedCrashError):
+        crashing.train()
+    crashing.cleanup()
+    resumed = Recipe(config, tmp_path / "resumed", job_name="test", env={})
+    resumed.setup()
+    assert resumed.resumed_from == tmp_path / "resumed/checkpoints/step-00000014"
+    result = resumed.train()
+    resumed.cleanup()
+    expected = straight.report["curves"]["trainLoss"]
+    got = result.report["curves"]["trainLoss"]
+    assert [s for s, _ in got] == [s for s, _ in expected]
+    assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-4)
+    assert result.metrics["accuracy"] == pytest.approx(straight.metrics["accuracy"])
+
+
+def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    config = make_config(
+        tiny_model_dir,
+        small_data,
+        output={"checkpointEverySteps": 2},
+        training={"learningRate": 10.0, "optimizer": "sgd", "epochs": 3},
+        regularization={"maxGradNorm": None},
+    )
+    result = train(config, tmp_path)
+    assert not result.succeeded
+    assert result.diagnosis.verdict == "Diverged"
+    assert "diverged at step" in result.message
+    assert result.report["steps"] < 60
+    assert not (tmp_path / "model").exists()
+    assert result.report["artifacts"]["lastCheckpoint"].endswith(
+        sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1]
+    )
+
+
+def test_early_stopping_and_best_checkpoint(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    config = make_config(
+        tiny_model_dir,
+        small_data,
+        training={"epochs": 30, "learningRate": 3e-3},
+        evaluation={"earlyStopping": {"patience": 2}, "metric": "loss"},
+    )
+    result = train(config, tmp_path)
+    evaluations = result.report["curves"]["evaluations"]
+    assert len(evaluations) < 30
+    losses = [e["metrics"]["loss"] for e in evaluations]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert len(losses) - 1 - best == 2  # stopped after two evaluations without improvement
+    assert result.report["bestCheckpoint"] == f"step-{evaluations[best]['step']:08d}"
+    assert (tmp_path / "checkpoints" / result.report["bestCheckpoint"]).exists()
+    assert result.metrics["loss"] == pytest.approx(losses[best])
+
+
+def test_learning_rate_range_test_is_recorded_and_leaves_the_model_untouched(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    config = make_config(
+        tiny_model_dir,
+        small_data,
+        training={"epochs": 1, "findLearningRate": {"steps": 30, "startLr": 1e-6, "endLr": 1.0}},
+    )
+    recipe = Recipe(config, tmp_path, job_name="test", env={})
+    reference = Recipe(
+        copy.deepcopy(config).model_copy(
+            update={"training": config.training.model_copy(update={"find_learning_rate": None})}
+        ),
+        tmp_path / "reference",
+        job_name="test",
+        env={},
+    )
+    recipe.setup()
+    reference.setup()
+    tested = recipe.accelerator.unwrap_model(recipe.model).state_dict()
+    untouched = reference.accelerator.unwrap_model(reference.model).state_dict()
+    assert all(torch.equal(tested[k], untouched[k]) for k in untouched)
+    found = recipe.state.range_test
+    assert found is not None
+    assert 1e-6 <= found["suggestion"] <= 1.0
+    head = next(g for g in recipe.optimizer.param_groups if g["group"] == "head")
+    assert head["initial_lr"] == pytest.approx(found["suggestion"])
+    recipe.cleanup()
+    reference.cleanup()

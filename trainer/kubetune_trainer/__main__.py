@@ -1,0 +1,91 @@
+"""`python -m kubetune_trainer --config FILE`: what each worker pod runs under `accelerate launch`.
+
+The exit code tells the operator whether a restart can help: 0 done, 3 bad input (config,
+data, model source: fail fast), 4 a run whose result must not be used (diverged), anything
+else a crash worth retrying from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+from rich.console import Console
+
+from kubetune_trainer.config import (
+    EXIT_INVALID_INPUT,
+    EXIT_TRAINING_FAILED,
+    TrainingConfig,
+    parse_source,
+)
+from kubetune_trainer.data import DataError
+from kubetune_trainer.modeling import ModelError
+from kubetune_trainer.recipe import Recipe, RunResult
+from kubetune_trainer.sources import SourceError, pvc_root
+
+INPUT_ERRORS = (DataError, SourceError, ModelError)
+
+
+def run_training(
+    config: TrainingConfig,
+    output_dir: Path,
+    *,
+    job_name: str,
+    env: Mapping[str, str] = os.environ,
+    console: Console | None = None,
+) -> RunResult:
+    """Set up, train and clean up one run; input errors propagate as DataError & co."""
+    recipe = Recipe(config, output_dir, job_name=job_name, env=env, console=console)
+    try:
+        recipe.setup()
+        return recipe.train()
+    finally:
+        recipe.cleanup()
+
+
+def output_directory(config: TrainingConfig, job_name: str) -> Path:
+    """Where the artifacts go: output.uri, else runs/JOB-NAME in the working directory."""
+    if config.output.uri is None:
+        return Path("runs") / job_name
+    source = parse_source(config.output.uri)
+    if source.scheme == "pvc":
+        return pvc_root() / source.authority / source.location
+    return Path(source.location)
+
+
+def read_config(path: Path) -> TrainingConfig:
+    """The TrainingConfig JSON the operator mounts (or `kubetune run` writes)."""
+    return TrainingConfig.model_validate_json(path.read_text(encoding="utf-8"), by_name=False)
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kubetune_trainer", description=__doc__)
+    parser.add_argument("--config", default=env.get("KUBETUNE_CONFIG"), required=False)
+    parser.add_argument("--output", type=Path, help="output directory (default: output.uri)")
+    parser.add_argument("--job-name", default=env.get("KUBETUNE_JOB_NAME", "local"))
+    args = parser.parse_args(argv)
+    if not args.config:
+        parser.error("--config (or KUBETUNE_CONFIG) is required")
+    console = Console(stderr=True, highlight=False)
+    try:
+        config = read_config(Path(args.config))
+    except (OSError, ValidationError) as error:
+        console.print(
+            f"kubetune trainer: cannot read the config {args.config}: {error}", markup=False
+        )
+        return EXIT_INVALID_INPUT
+    output = args.output or output_directory(config, args.job_name)
+    try:
+        result = run_training(config, output, job_name=args.job_name, env=env, console=console)
+    except INPUT_ERRORS as error:
+        console.print(f"kubetune trainer: {error}", markup=False)
+        return EXIT_INVALID_INPUT
+    return 0 if result.succeeded else EXIT_TRAINING_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,732 @@
+"""The data pipeline of sequence classification: files in, tokenized batches out.
+
+A fine-tune fails most often on its data, and a data problem must fail the job with a
+message that names the file, the column or the manifest field, and the counts (it becomes
+the DataValidated condition), never with a pyarrow traceback. So every stage checks what
+it relies on and raises `DataError` in the user's terms.
+
+The stages, in order: load each source into an Arrow table (CSV cells are read as text, so
+"007" stays "007"); check the columns; map the label column to class ids; hold out a
+stratified validation split when no validation source is given; then tokenize without
+padding (batches are padded to their longest row by the collator, and
+`LengthGroupedSampler` puts rows of similar length together so that padding stays small).
+Rules that drop or add rows (validation, augmentation) belong between the split and the
+tokenization, where both splits hold their label ids. Every stage works on whole Arrow
+columns (pyarrow.compute, batched `datasets.map`), never on one row at a time in Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import datasets  # type: ignore[import-untyped]
+import numpy as np
+import numpy.typing as npt
+import pandas as pd  # type: ignore[import-untyped]
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
+import pyarrow.csv as pacsv  # type: ignore[import-untyped]
+import pyarrow.json as pajson  # type: ignore[import-untyped]
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
+from datasets.table import InMemoryTable  # type: ignore[import-untyped]
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+from torch.utils.data import Sampler
+from transformers import PreTrainedTokenizerBase
+
+from kubetune_trainer.config import DataFormat, DataSource, DataSpec, TrainingConfig, infer_format
+from kubetune_trainer.sources import SourceError, resolve_local
+
+MISSING_GROUP = "(missing)"
+"""The group of a validation row whose sensitive column is empty."""
+MEGA_BATCH_FACTOR = 50
+"""LengthGroupedSampler sorts by length within windows of this many batches."""
+_SHOWN = 5
+"""How many example rows or values a message lists."""
+_INTEGER_TEXT = r"^-?[0-9]+$"
+_CLASS_ID_TEXT = r"^[0-9]{1,9}$"
+
+
+class DataError(Exception):
+    """Data that cannot be trained on; the message names the file, the column and the counts."""
+
+
+@dataclass
+class PreparedData:
+    """Tokenized training and validation rows and what the rest of the run needs to know.
+
+    `rows` counts each split as it came in (after the validation split, when one is held
+    out of the training rows) and as it goes out to the model.
+    """
+
+    train: datasets.Dataset
+    """input_ids, attention_mask (token_type_ids when the tokenizer makes them), labels,
+    length (tokens), and weight when data.weightColumn is set."""
+    validation: datasets.Dataset
+    """The same columns as train."""
+    labels: list[str]
+    """Class names in class-id order."""
+    train_class_counts: dict[str, int]
+    """Training rows per class name."""
+    class_weights: list[float] | None
+    """Loss weight per class id (data.balance), or None for unweighted."""
+    validation_texts: list[str]
+    """The text column of the validation rows, aligned with `validation`."""
+    validation_groups: dict[str, list[str]]
+    """Each sensitive column's values for the validation rows, as strings, aligned."""
+    rows: dict[str, int]
+    """train_in, validation_in, train_out, validation_out."""
+    majority_rate: float
+    """Share of the most frequent class in the validation rows (the accuracy of guessing it)."""
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The rows of one split on their way to the model, and where they came from."""
+
+    table: pa.Table
+    origin: str
+    """The file or directory, for messages."""
+    positions: npt.NDArray[np.int64]
+    """Where each row is in `origin` (from 0), for messages once a split has taken rows."""
+    label_ids: npt.NDArray[np.int64] = dataclasses.field(
+        default_factory=lambda: np.zeros(0, np.int64)
+    )
+    """Class id per row, once the labels are encoded."""
+
+    def take(self, indices: npt.NDArray[np.int64]) -> _Rows:
+        return replace(
+            self,
+            table=self.table.take(indices),
+            positions=self.positions[indices],
+            label_ids=self.label_ids[indices],
+        )
+
+    def row_numbers(self, mask: pa.ChunkedArray) -> str:
+        """The first few rows where `mask` is true, numbered in the file from 1 (no header)."""
+        numbers = self.positions[np.flatnonzero(mask.to_numpy(zero_copy_only=False))] + 1
+        shown = ", ".join(str(number) for number in numbers[:_SHOWN])
+        more = f" and {len(numbers) - _SHOWN} more" if len(numbers) > _SHOWN else ""
+        return f"data {'row' if len(numbers) == 1 else 'rows'} {shown}{more}"
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def load_table(source: DataSource, field: str) -> datasets.Dataset:
+    """The rows of `source` (one file, or a directory of shards of one format).
+
+    `field` is the manifest path of the source (e.g. `data.train`) for messages. CSV cells
+    are read as text; JSON lines columns that mix types are read as text.
+    """
+    return datasets.Dataset(InMemoryTable(_read_source(source, field).table))
+
+
+def _read_source(source: DataSource, field: str) -> _Rows:
+    try:
+        path = resolve_local(source.source, f"{field}.source")
+    except SourceError as error:
+        raise DataError(str(error)) from error
+    data_format, files = _data_files(path, source.resolved_format(), field)
+    table = _concat_shards([_read_file(file, data_format, field) for file in files], path, field)
+    if table.num_rows == 0:
+        raise DataError(f"{field}.source: {path} has no rows")
+    return _Rows(table, str(path), np.arange(table.num_rows, dtype=np.int64))
+
+
+def _concat_shards(tables: list[pa.Table], path: Path, field: str) -> pa.Table:
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except pa.ArrowException as error:
+        raise DataError(
+            f"{field}.source: the files in {path} do not share their columns' types ({error})"
+        ) from None
+
+
+def _data_files(
+    path: Path, declared: DataFormat | None, field: str
+) -> tuple[DataFormat, list[Path]]:
+    """The format and the data files at `path`: the file itself, or a directory's shards."""
+    if path.is_file():
+        data_format = declared or infer_format(path.name)
+        if data_format is None:
+            raise DataError(f"{field}.format: cannot tell the format of {path}; set it")
+        return data_format, [path]
+    by_format = _shards_by_format(path)
+    if declared is None and len(by_format) > 1:
+        found = ", ".join(f"{len(files)} {kind}" for kind, files in sorted(by_format.items()))
+        raise DataError(f"{field}.format: {path} holds files of several formats ({found}); set it")
+    data_format = declared or next(iter(by_format), None)
+    if data_format is None or not by_format.get(data_format):
+        kind = declared or "csv, jsonl or parquet"
+        raise DataError(f"{field}.source: directory {path} holds no {kind} files")
+    return data_format, by_format[data_format]
+
+
+def _shards_by_format(directory: Path) -> dict[DataFormat, list[Path]]:
+    by_format: dict[DataFormat, list[Path]] = {}
+    for file in sorted(directory.rglob("*")):
+        hidden = any(part.startswith(".") for part in file.relative_to(directory).parts)
+        data_format = infer_format(file.name)
+        if file.is_file() and not hidden and data_format is not None:
+            by_format.setdefault(data_format, []).append(file)
+    return by_format
+
+
+def _read_file(path: Path, data_format: DataFormat, field: str) -> pa.Table:
+    try:
+        _check_looks_like(path, data_format, field)
+        table = _READERS[data_format](path)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise DataError(_read_failure(path, data_format, field, error)) from None
+    _check_unique_columns(table, path, field)
+    return table
+
+
+def _check_looks_like(path: Path, data_format: DataFormat, field: str) -> None:
+    looks_like = _sniff_format(path)
+    if looks_like is not None and looks_like != data_format:
+        raise DataError(
+            f"{field}.source: {path} looks like {looks_like}, not {data_format}; "
+            f"set {field}.format to {looks_like} or give a {data_format} file"
+        )
+
+
+def _sniff_format(path: Path) -> DataFormat | None:
+    """The format the first bytes of an uncompressed file give away, if they do."""
+    with path.open("rb") as handle:
+        head = handle.read(64)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.lstrip().startswith(b"{"):
+        return "jsonl"
+    return None
+
+
+def _read_csv(path: Path) -> pa.Table:
+    parse = pacsv.ParseOptions(newlines_in_values=True)
+    names = pacsv.open_csv(path, parse_options=parse).schema.names
+    text = pacsv.ConvertOptions(
+        column_types={name: pa.string() for name in names}, strings_can_be_null=False
+    )
+    return pacsv.read_csv(path, parse_options=parse, convert_options=text)
+
+
+def _read_jsonl(path: Path) -> pa.Table:
+    try:
+        return pajson.read_json(path)
+    except pa.ArrowInvalid as error:
+        if "changed from" not in str(error):
+            raise
+        return _read_jsonl_mixed_types(path)
+
+
+def _read_jsonl_mixed_types(path: Path) -> pa.Table:
+    """Arrow needs one type per column; pandas reads mixed ones as objects, made text here."""
+    frame = pd.read_json(path, lines=True, dtype=False)
+    for name in frame.columns:
+        if pd.api.types.infer_dtype(frame[name], skipna=True) in ("mixed", "mixed-integer"):
+            frame[name] = frame[name].astype("string")
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    return pq.read_table(path)
+
+
+_READERS: dict[DataFormat, Callable[[Path], pa.Table]] = {
+    "csv": _read_csv,
+    "jsonl": _read_jsonl,
+    "parquet": _read_parquet,
+}
+
+
+def _read_failure(path: Path, data_format: DataFormat, field: str, error: Exception) -> str:
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    where = f"{field}.source: {path}"
+    if detail.startswith(("Empty CSV file", "Empty JSON file")):
+        return f"{where} is empty"
+    if "Expected" in detail and "columns, got" in detail:
+        return f"{where} has a row with the wrong number of cells: {_ragged_row(path, detail)}"
+    other_format = f"set {field}.format if the file is in another format"
+    return f"{where} is not a readable {data_format} file ({detail}); {other_format}"
+
+
+def _ragged_row(path: Path, detail: str) -> str:
+    """pyarrow numbers the bad row only when it parses on one thread: parse again to ask."""
+    found: list[str] = []
+
+    def note(row: Any) -> str:
+        found.append(
+            f"row {row.number} (counting the header), {row.actual_columns} cells "
+            f"where the header has {row.expected_columns}: {row.text[:200]}"
+        )
+        return "error"
+
+    single = pacsv.ReadOptions(use_threads=False)
+    parse = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=note)
+    with contextlib.suppress(pa.ArrowInvalid):
+        pacsv.read_csv(path, read_options=single, parse_options=parse)
+    return found[0] if found else detail.removeprefix("CSV parse error: ")
+
+
+def _check_unique_columns(table: pa.Table, path: Path, field: str) -> None:
+    names: list[str] = table.column_names
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(f"{field}.source: {path} has the column {repeated[0]!r} more than once")
+
+
+# --- preparing ---------------------------------------------------------------------------
+
+
+def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
+    """Load, check, label, split and tokenize the data of a sequence-classification run."""
+    data = config.data
+    train = _read_source(data.train, "data.train")
+    validation = (
+        None if data.validation is None else _read_source(data.validation, "data.validation")
+    )
+    _check_columns(train, _training_file_columns(data, holds_validation=validation is None))
+    if validation is not None:
+        _check_columns(validation, _validation_file_columns(data))
+    declared = config.model.labels is not None
+    labels = config.model.labels or _labels_of(train, data.label_column)
+    train = _encode_labels(train, labels, data.label_column, declared=declared)
+    if validation is None:
+        train, validation = _split_off_validation(
+            train, labels, data.validation_split, config.training.seed
+        )
+    else:
+        validation = _encode_labels(validation, labels, data.label_column, declared=declared)
+    _check_batch_size(config.training.batch_size, train)
+    counts = np.bincount(train.label_ids, minlength=len(labels))
+    weights = class_weights(
+        counts.tolist(), data.balance.class_weights, data.balance.beta, names=labels
+    )
+    train_inputs, validation_inputs = _model_inputs(train, data), _model_inputs(validation, data)
+    train_set = _tokenize(train_inputs, tokenizer, data.max_length, "training")
+    validation_set = _tokenize(validation_inputs, tokenizer, data.max_length, "validation")
+    return PreparedData(
+        train=train_set,
+        validation=validation_set,
+        labels=list(labels),
+        train_class_counts=dict(zip(labels, counts.tolist(), strict=True)),
+        class_weights=weights,
+        validation_texts=validation_inputs.column("text").to_pylist(),
+        validation_groups=_groups(validation, data.sensitive_columns),
+        rows={
+            "train_in": train.table.num_rows,
+            "validation_in": validation.table.num_rows,
+            "train_out": len(train_set),
+            "validation_out": len(validation_set),
+        },
+        majority_rate=_majority_rate(validation.label_ids),
+    )
+
+
+def _model_columns(data: DataSpec) -> list[tuple[str, str]]:
+    roles = [("data.textColumn", data.text_column), ("data.labelColumn", data.label_column)]
+    if data.text_pair_column is not None:
+        roles.append(("data.textPairColumn", data.text_pair_column))
+    return roles
+
+
+def _training_file_columns(data: DataSpec, *, holds_validation: bool) -> list[tuple[str, str]]:
+    roles = _model_columns(data)
+    if data.weight_column is not None:
+        roles.append(("data.weightColumn", data.weight_column))
+    if holds_validation:
+        roles += [("data.sensitiveColumns", column) for column in data.sensitive_columns]
+    return roles
+
+
+def _validation_file_columns(data: DataSpec) -> list[tuple[str, str]]:
+    """A validation file needs no weights: rows without them count once."""
+    sensitive = [("data.sensitiveColumns", column) for column in data.sensitive_columns]
+    return _model_columns(data) + sensitive
+
+
+def _check_columns(rows: _Rows, roles: list[tuple[str, str]]) -> None:
+    names: list[str] = rows.table.column_names
+    for field, column in roles:
+        if column not in names:
+            raise DataError(
+                f"{field}: column {column!r} is not in {rows.origin} (columns: {', '.join(names)})"
+            )
+
+
+def _as_text(rows: _Rows, column: str, field: str) -> pa.ChunkedArray:
+    values = rows.table.column(column)
+    try:
+        return pc.cast(values, pa.string())
+    except pa.ArrowException:
+        raise DataError(
+            f"{field}: column {column!r} of {rows.origin} holds {values.type} values, not text"
+        ) from None
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
+
+
+def _some(items: Sequence[str], limit: int = 4 * _SHOWN) -> str:
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _texts(rows: _Rows, column: str, field: str) -> pa.ChunkedArray:
+    values = _as_text(rows, column, field)
+    missing = pc.is_null(values)
+    count = pc.sum(missing).as_py() or 0
+    if count:
+        raise DataError(
+            f"{field}: {rows.origin} has {_rows(count)} with no text in column {column!r} "
+            f"({rows.row_numbers(missing)})"
+        )
+    return values
+
+
+# --- labels ----------------------------------------------------------------------------
+
+
+def _label_values(rows: _Rows, column: str) -> pa.ChunkedArray:
+    """The label column as text without surrounding spaces; every row must have one."""
+    values = pc.utf8_trim_whitespace(_as_text(rows, column, "data.labelColumn"))
+    missing = pc.fill_null(pc.equal(values, ""), True)
+    count = pc.sum(missing).as_py() or 0
+    if count:
+        raise DataError(
+            f"data.labelColumn: {rows.origin} has {_rows(count)} with no label in column "
+            f"{column!r} ({rows.row_numbers(missing)})"
+        )
+    return values
+
+
+def _all_match(values: pa.ChunkedArray | pa.Array, pattern: str) -> bool:
+    return bool(pc.all(pc.match_substring_regex(values, pattern)).as_py())
+
+
+def _labels_of(rows: _Rows, column: str) -> list[str]:
+    """The class names when model.labels is left out: the distinct labels, sorted.
+
+    Integer labels sort as numbers, so that "10" comes after "9".
+    """
+    distinct = pc.unique(_label_values(rows, column))
+    names: list[str] = distinct.to_pylist()
+    if len(names) < 2:
+        raise DataError(
+            f"data.labelColumn: every row of {rows.origin} has the label {names[0]!r}; "
+            "a classifier needs rows of at least two classes"
+        )
+    return sorted(names, key=int) if _all_match(distinct, _INTEGER_TEXT) else sorted(names)
+
+
+def _encode_labels(rows: _Rows, labels: Sequence[str], column: str, *, declared: bool) -> _Rows:
+    """Attach each row's class id: the position of its label in `labels`.
+
+    With declared labels (model.labels), a column of integers that names none of them is
+    read as class ids when every value is a valid id.
+    """
+    values = _label_values(rows, column)
+    ids = pc.index_in(values, value_set=pa.array(labels, pa.string()))
+    unknown = pc.is_null(ids)
+    if pc.any(unknown).as_py():
+        if not (declared and _reads_as_class_ids(values, unknown, len(labels))):
+            raise DataError(_unknown_labels(rows, values, unknown, labels, declared=declared))
+        ids = pc.cast(values, pa.int64())
+    return replace(rows, label_ids=ids.to_numpy().astype(np.int64))
+
+
+def _reads_as_class_ids(values: pa.ChunkedArray, unknown: pa.ChunkedArray, classes: int) -> bool:
+    if not pc.all(unknown).as_py() or not _all_match(values, _CLASS_ID_TEXT):
+        return False
+    return bool(pc.max(pc.cast(values, pa.int64())).as_py() < classes)
+
+
+def _unknown_labels(
+    rows: _Rows,
+    values: pa.ChunkedArray,
+    unknown: pa.ChunkedArray,
+    labels: Sequence[str],
+    *,
+    declared: bool,
+) -> str:
+    tally = pc.value_counts(values.filter(unknown))
+    found = zip(tally.field("values").to_pylist(), tally.field("counts").to_pylist(), strict=True)
+    ranked = sorted(found, key=lambda pair: (-pair[1], pair[0]))
+    shown = _some([f"{value!r} ({_rows(count)})" for value, count in ranked], _SHOWN)
+    count = sum(count for _, count in ranked)
+    if declared:
+        known, fix = "model.labels", "fix those rows or add the labels to model.labels"
+    else:
+        known, fix = "the training rows", "fix those rows or add training rows with those labels"
+    return (
+        f"data.labelColumn: {rows.origin} has {_rows(count)} with labels that are not in {known} "
+        f"({_some(list(labels))}): {shown}; {fix}"
+    )
+
+
+def _split_off_validation(
+    train: _Rows, labels: Sequence[str], fraction: float, seed: int
+) -> tuple[_Rows, _Rows]:
+    names = np.asarray(labels)[train.label_ids]
+    kept, held_out = stratified_split(names, fraction, seed)
+    return train.take(kept), train.take(held_out)
+
+
+def _check_batch_size(batch_size: int, train: _Rows) -> None:
+    rows = train.table.num_rows
+    if batch_size > rows:
+        raise DataError(
+            f"training.batchSize: {batch_size} is larger than the {rows} training rows; "
+            f"lower it to {rows} or less, or add rows"
+        )
+
+
+def _majority_rate(label_ids: npt.NDArray[np.int64]) -> float:
+    return float(np.bincount(label_ids).max() / len(label_ids))
+
+
+def _groups(rows: _Rows, columns: Sequence[str]) -> dict[str, list[str]]:
+    return {column: _group_values(rows, column) for column in columns}
+
+
+def _group_values(rows: _Rows, column: str) -> list[str]:
+    values = _as_text(rows, column, "data.sensitiveColumns")
+    empty = pc.fill_null(pc.equal(values, ""), True)
+    groups: list[str] = pc.if_else(empty, MISSING_GROUP, values).to_pylist()
+    return groups
+
+
+# --- model inputs ----------------------------------------------------------------------
+
+
+def _model_inputs(rows: _Rows, data: DataSpec) -> pa.Table:
+    """The columns the model sees, under fixed names: text, text_pair, labels, weight."""
+    columns: dict[str, Any] = {
+        "text": _texts(rows, data.text_column, "data.textColumn"),
+        "labels": pa.array(rows.label_ids, pa.int64()),
+    }
+    if data.text_pair_column is not None:
+        columns["text_pair"] = _texts(rows, data.text_pair_column, "data.textPairColumn")
+    if data.weight_column is not None:
+        columns["weight"] = _weights(rows, data.weight_column)
+    return pa.table(columns)
+
+
+def _weights(rows: _Rows, column: str) -> pa.ChunkedArray:
+    table = rows.table
+    if column not in table.column_names:
+        return pa.chunked_array([np.ones(table.num_rows, np.float32)])
+    weights = _as_numbers(rows, column)
+    missing, negative = pc.is_null(weights), pc.fill_null(pc.less(weights, 0), False)
+    infinite = pc.fill_null(pc.invert(pc.is_finite(weights)), False)
+    for mask, problem in (
+        (missing, "no weight"),
+        (negative, "a negative weight"),
+        (infinite, "a weight that is not a finite number"),
+    ):
+        count = pc.sum(mask).as_py() or 0
+        if count:
+            raise DataError(
+                f"data.weightColumn: {rows.origin} has {_rows(count)} with {problem} in column "
+                f"{column!r} ({rows.row_numbers(mask)}); weights must be numbers >= 0"
+            )
+    return pc.cast(weights, pa.float32())
+
+
+def _as_numbers(rows: _Rows, column: str) -> pa.ChunkedArray:
+    values = rows.table.column(column)
+    numeric = pa.types.is_integer(values.type) or pa.types.is_floating(values.type)
+    if not (numeric or pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        raise DataError(
+            f"data.weightColumn: column {column!r} of {rows.origin} holds {values.type} values, "
+            "not numbers"
+        )
+    try:
+        return pc.cast(values, pa.float64())
+    except pa.ArrowInvalid as error:
+        raise DataError(
+            f"data.weightColumn: column {column!r} of {rows.origin} is not numeric: {error}"
+        ) from None
+
+
+def _tokenize(
+    inputs: pa.Table, tokenizer: PreTrainedTokenizerBase, max_length: int, split: str
+) -> datasets.Dataset:
+    """Token ids truncated to `max_length`, unpadded, with each row's length in tokens."""
+    texts = [name for name in ("text", "text_pair") if name in inputs.column_names]
+    encoded = datasets.Dataset(InMemoryTable(inputs)).map(
+        _encoder(tokenizer, max_length),
+        batched=True,
+        remove_columns=texts,
+        desc=f"Tokenizing the {split} rows",
+    )
+    table = encoded.data.table
+    lengths = pc.list_value_length(table.column("input_ids"))
+    return datasets.Dataset(InMemoryTable(table.append_column("length", lengths)))
+
+
+def _encoder(
+    tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> Callable[[Any], dict[str, Any]]:
+    def encode(batch: Any) -> dict[str, Any]:
+        pairs = batch.get("text_pair")
+        return dict(tokenizer(batch["text"], pairs, truncation=True, max_length=max_length))
+
+    return encode
+
+
+# --- class weights and splits ------------------------------------------------------------
+
+
+def class_weights(
+    counts: Sequence[int], mode: str, beta: float, *, names: Sequence[str] | None = None
+) -> list[float] | None:
+    """Loss weight per class (data.balance.classWeights), or None for mode `none`.
+
+    inverse-frequency: n / (k x count); effective-number (Cui et al. 2019):
+    (1 - beta) / (1 - beta^count), scaled so that the k weights sum to k.
+    """
+    if mode == "none":
+        return None
+    sizes = np.asarray(counts, dtype=np.float64)
+    empty = np.flatnonzero(sizes == 0)
+    if empty.size:
+        classes = list(names) if names is not None else [str(i) for i in range(len(sizes))]
+        listed = ", ".join(f"{classes[i]}: {int(c)}" for i, c in enumerate(sizes))
+        raise DataError(
+            f"data.balance.classWeights: {mode} weights need training rows of every class; "
+            f"{_some([classes[i] for i in empty])} have none (rows per class: {listed})"
+        )
+    weights = _WEIGHTINGS[mode](sizes, beta)
+    return [float(weight) for weight in weights]
+
+
+def _inverse_frequency(sizes: npt.NDArray[np.float64], beta: float) -> npt.NDArray[np.float64]:
+    weights: npt.NDArray[np.float64] = sizes.sum() / (len(sizes) * sizes)
+    return weights
+
+
+def _effective_number(sizes: npt.NDArray[np.float64], beta: float) -> npt.NDArray[np.float64]:
+    raw = (1.0 - beta) / (1.0 - np.power(beta, sizes))
+    weights: npt.NDArray[np.float64] = raw * len(sizes) / raw.sum()
+    return weights
+
+
+_WEIGHTINGS: dict[str, Callable[[npt.NDArray[np.float64], float], npt.NDArray[np.float64]]] = {
+    "inverse-frequency": _inverse_frequency,
+    "effective-number": _effective_number,
+}
+
+
+def _class_sizes(labels: npt.NDArray[Any]) -> tuple[list[str], list[int]]:
+    values, counts = np.unique(labels, return_counts=True)
+    return [str(value) for value in values], [int(count) for count in counts]
+
+
+def _per_class(classes: list[str], counts: list[int]) -> str:
+    return _some([f"{name}: {count}" for name, count in zip(classes, counts, strict=True)])
+
+
+def stratified_split(
+    labels: npt.NDArray[Any], fraction: float, seed: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Row indices (kept, held out), holding out `fraction` of the rows of every class.
+
+    Both are sorted, so each split keeps the rows in their file order.
+    """
+    classes, counts = _class_sizes(labels)
+    held_out = math.ceil(fraction * len(labels))
+    if min(counts) < 2:
+        raise DataError(
+            "data.validationSplit: a stratified validation split needs at least 2 rows of "
+            f"every class (rows per class: {_per_class(classes, counts)}); add rows, or give "
+            "data.validation"
+        )
+    if held_out < len(classes) or len(labels) - held_out < len(classes):
+        raise DataError(
+            f"data.validationSplit: {fraction} of {len(labels)} rows holds out {held_out}, but "
+            f"each side needs a row of each of the {len(classes)} classes; change "
+            "data.validationSplit, add rows, or give data.validation"
+        )
+    kept, held = train_test_split(
+        np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed
+    )
+    return np.sort(kept).astype(np.int64), np.sort(held).astype(np.int64)
+
+
+def kfold_splits(
+    labels: npt.NDArray[Any], folds: int, stratified: bool, seed: int
+) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """(training, validation) row indices of each of `folds` folds, shuffled with `seed`."""
+    classes, counts = _class_sizes(labels)
+    if stratified and min(counts) < folds:
+        raise DataError(
+            f"evaluation.crossValidation.folds: {folds} stratified folds need at least {folds} "
+            f"rows of every class (rows per class: {_per_class(classes, counts)}); lower folds, "
+            "add rows, or set stratified: false"
+        )
+    if len(labels) < folds:
+        raise DataError(
+            f"evaluation.crossValidation.folds: {folds} folds need at least {folds} rows; "
+            f"there are {len(labels)}"
+        )
+    splitter = (StratifiedKFold if stratified else KFold)(
+        n_splits=folds, shuffle=True, random_state=seed
+    )
+    return [
+        (train.astype(np.int64), held.astype(np.int64))
+        for train, held in splitter.split(np.zeros(len(labels)), labels)
+    ]
+
+
+# --- batching --------------------------------------------------------------------------
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Row indices in an order that puts rows of similar length in the same batch.
+
+    Rows are shuffled (seeded by seed and epoch), cut into windows of MEGA_BATCH_FACTOR
+    batches, and each window is sorted longest first: batches stay random across windows
+    but are padded far less than in random order, and the first batch of a window is its
+    longest, so an out-of-memory batch shows early.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int] | npt.NDArray[np.integer[Any]],
+        batch_size: int,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        # A slice converts at once where a datasets Column would convert row by row.
+        self.lengths = np.asarray(lengths[:], dtype=np.int64)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of `epoch` (each epoch has its own shuffle)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order().tolist())
+
+    def order(self) -> npt.NDArray[np.int64]:
+        """Every row index once, in this epoch's order."""
+        shuffled = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.lengths))
+        window = np.arange(len(shuffled)) // (MEGA_BATCH_FACTOR * self.batch_size)
+        # lexsort sorts by its last key first: by window, then longest first within one.
+        return shuffled[np.lexsort((-self.lengths[shuffled], window))]

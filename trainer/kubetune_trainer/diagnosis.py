@@ -1,0 +1,381 @@
+"""Over/underfitting and divergence verdicts from the training and validation curves.
+
+A fine-tune that finishes is not necessarily a good one: the validation loss may have
+turned up epochs ago, the model may do no better than predicting the majority class, or
+the loss may have blown up. People read the job's status and report, not the pod logs, so
+this module turns the recorded curves into a verdict, the observations behind it (with
+their numbers and steps) and what to change in the manifest.
+
+`DivergenceMonitor` watches the training loss step by step on rank 0, so that a diverged
+run stops at once instead of burning GPU hours; `diagnose` judges the whole run at its end.
+Both are pure Python: they run the same in the trainer, in tests and on saved curves.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kubetune_trainer.config import metric_direction
+
+# Overfitting: the validation loss must have risen this fraction above its minimum since
+# its best evaluation; smaller rises are taken as evaluation noise.
+VALIDATION_RISE_TOLERANCE = 0.10
+# Underfitting: a training loss whose last window is less than this fraction below its
+# first window is flat.
+FLAT_LOSS_TOLERANCE = 0.05
+# The windows compared for a flat training loss: this fraction of the logged losses...
+LOSS_WINDOW_FRACTION = 0.1
+# ...but at least this many, so that single noisy steps do not decide.
+LOSS_WINDOW_MIN = 5
+# With a single evaluation, the training curve alone must have two full windows.
+MIN_TRAIN_LOSSES = 2 * LOSS_WINDOW_MIN
+# Underfitting for accuracy without underfittingFloor: the final training accuracy must
+# beat the majority-class rate by this much (absolute), or the model learnt little more
+# than the class prior.
+MAJORITY_MARGIN = 0.02
+# Diverged: the factor by which to lower the learning rate.
+MIN_SMOOTHED_LOSSES = 3
+"""Losses averaged before a blow-up can be called: one bad batch is not a divergence."""
+DIVERGED_LR_REDUCTION = 10
+# The limits of the status model (kubetune_operator.api.v1alpha1.Diagnosis).
+MAX_EVIDENCE_ITEMS = 32
+MAX_EVIDENCE_CHARS = 1024
+MAX_SUGGESTION_CHARS = 2048
+
+Verdict = Literal["Healthy", "Overfitting", "Underfitting", "Diverged", "Inconclusive"]
+
+DIVERGED_ADVICE = (
+    f"Lower training.learningRate {DIVERGED_LR_REDUCTION}x, warm it up "
+    "(training.warmupRatio 0.06) and clip gradients (regularization.maxGradNorm 1.0). "
+    "Under fp16, bf16 or fp32 (training.precision) avoids overflow."
+)
+INCONCLUSIVE_ADVICE = (
+    "Train longer or evaluate more often (evaluation.strategy steps with "
+    "evaluation.everySteps), so that the curves have enough points to judge."
+)
+HEALTHY_ADVICE = "No change needed. For more, search the learning rate and epochs (spec.search)."
+REGULARIZE_MORE = (
+    "Regularize more: raise regularization.weightDecay (e.g. 0.01 to 0.1), "
+    "regularization.dropout or regularization.labelSmoothing (e.g. 0.1)."
+)
+SHRINK_CAPACITY = (
+    "Train fewer parameters or see more examples: freeze more layers "
+    "(freezing.freezeLayers) or train LoRA adapters (training.lora), and add or augment "
+    "training data."
+)
+LEARN_FASTER = "Raise training.learningRate (e.g. 3x)."
+TRAIN_LONGER = "Train more epochs (training.epochs)."
+UNFREEZE = (
+    "Train more of the model: lower freezing.freezeLayers and freezing.headOnlyEpochs, "
+    "or unfreeze earlier (freezing.gradualUnfreezing)."
+)
+REGULARIZE_LESS = (
+    "Regularize less: lower regularization.weightDecay, regularization.dropout and "
+    "regularization.labelSmoothing."
+)
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    """One evaluation: the validation metrics and the training metrics since the last one."""
+
+    step: int
+    epoch: float
+    metrics: dict[str, float]
+    train_metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A verdict on the curves, the observations behind it, and what to try next."""
+
+    verdict: Verdict
+    evidence: list[str]
+    suggestion: str
+
+    def to_status(self) -> dict[str, Any]:
+        """The job's `status.diagnosis`, clipped to the limits of the status model."""
+        evidence = self.evidence[:MAX_EVIDENCE_ITEMS]
+        return {
+            "verdict": self.verdict,
+            "evidence": [_clip(line, MAX_EVIDENCE_CHARS) for line in evidence],
+            "suggestion": _clip(self.suggestion, MAX_SUGGESTION_CHARS),
+        }
+
+
+class DivergenceMonitor:
+    """Watches the training loss, step by step, for divergence.
+
+    A NaN or infinite loss diverges at once. Otherwise the moving average of the last
+    `window` losses (from the third loss on) is compared with the first logged loss, the
+    loss of the barely-trained model: above `factor` times that, the run has diverged.
+    The reference is the very first loss because a blow-up often starts at the second
+    step, and an average over the first window would already contain it; the moving
+    average keeps single noisy batches from stopping a healthy run.
+    """
+
+    def __init__(self, factor: float, window: int = 10) -> None:
+        self.factor = factor
+        self.window = window
+        self._recent: deque[float] = deque(maxlen=window)
+        self._start: float | None = None
+        self._reason: str | None = None
+
+    def update(self, step: int, loss: float) -> str | None:
+        """Record the loss of `step`: the reason once the run has diverged (from then on)."""
+        if self._reason is None:
+            self._reason = self._check(step, loss)
+        return self._reason
+
+    def _check(self, step: int, loss: float) -> str | None:
+        if not math.isfinite(loss):
+            return f"training loss was {loss} at step {step}"
+        self._recent.append(loss)
+        if self._start is None:
+            self._start = loss
+        if len(self._recent) < min(MIN_SMOOTHED_LOSSES, self.window):
+            return None
+        smoothed = statistics.fmean(self._recent)
+        if smoothed <= self.factor * self._start:
+            return None
+        return (
+            f"smoothed training loss {_number(smoothed)} (mean of the last "
+            f"{len(self._recent)}) at step {step} is above {self.factor:g} x its starting "
+            f"value {_number(self._start)}"
+        )
+
+
+@dataclass(frozen=True)
+class _Finding:
+    """One observation behind a verdict and the advice that it supports."""
+
+    evidence: str
+    advice: tuple[str, ...]
+
+
+def diagnose(
+    train_losses: Sequence[tuple[int, float]],
+    evals: Sequence[EvalPoint],
+    primary_metric: str,
+    *,
+    max_gap: float | None,
+    underfitting_floor: float | None,
+    majority_rate: float | None,
+    diverged: str | None,
+) -> Diagnosis:
+    """Judge a run from its curves; Diverged wins over Overfitting over Underfitting.
+
+    `train_losses` are (optimizer step, loss) pairs in step order; `diverged` is the
+    reason a `DivergenceMonitor` gave, if it stopped the run; `majority_rate` is the share
+    of the most common class in the training data (sets the floor for accuracy when
+    `underfitting_floor` is left out).
+    """
+    if diverged is not None:
+        return _diverged(diverged, train_losses)
+    if not evals or (len(evals) < 2 and len(train_losses) < MIN_TRAIN_LOSSES):
+        return _inconclusive(len(evals), len(train_losses))
+    context = _final_metrics(evals[-1])
+    overfitting = _overfitting(evals, primary_metric, max_gap)
+    if overfitting:
+        return _from_findings("Overfitting", overfitting, context)
+    floor = _floor(primary_metric, underfitting_floor, majority_rate)
+    underfitting = _underfitting(train_losses, evals[-1], primary_metric, floor)
+    if underfitting:
+        return _from_findings("Underfitting", underfitting, context)
+    return _healthy(evals, primary_metric, max_gap, context)
+
+
+def _diverged(reason: str, train_losses: Sequence[tuple[int, float]]) -> Diagnosis:
+    return Diagnosis("Diverged", [reason, _last_good_loss(train_losses)], DIVERGED_ADVICE)
+
+
+def _last_good_loss(train_losses: Sequence[tuple[int, float]]) -> str:
+    finite = [(step, loss) for step, loss in train_losses if math.isfinite(loss)]
+    if not finite:
+        return "no finite training loss was recorded"
+    step, loss = finite[-1]
+    lowest_step, lowest = min(finite, key=lambda point: point[1])
+    return (
+        f"last finite training loss {_number(loss)} at step {step} "
+        f"(lowest {_number(lowest)} at step {lowest_step})"
+    )
+
+
+def _inconclusive(evaluations: int, losses: int) -> Diagnosis:
+    why = (
+        f"no evaluation was recorded ({losses} training losses), so there is no "
+        "validation curve to judge"
+        if evaluations == 0
+        else f"only {evaluations} evaluation and {losses} training losses were recorded; "
+        f"a trend needs 2 evaluations or {MIN_TRAIN_LOSSES} training losses"
+    )
+    return Diagnosis("Inconclusive", [why], INCONCLUSIVE_ADVICE)
+
+
+def _from_findings(verdict: Verdict, findings: list[_Finding], context: str) -> Diagnosis:
+    evidence = [finding.evidence for finding in findings] + [context]
+    advice = dict.fromkeys(line for finding in findings for line in finding.advice)
+    return Diagnosis(verdict, evidence, " ".join(advice))
+
+
+def _overfitting(evals: Sequence[EvalPoint], metric: str, max_gap: float | None) -> list[_Finding]:
+    findings = [_validation_loss_rise(evals), _gap_too_wide(evals[-1], metric, max_gap)]
+    return [finding for finding in findings if finding is not None]
+
+
+def _validation_loss_rise(evals: Sequence[EvalPoint]) -> _Finding | None:
+    best, last = _best_validation_loss(evals), evals[-1]
+    best_loss, last_loss = best.metrics["loss"], last.metrics["loss"]
+    # An evaluation with no training step since the one before has no training loss.
+    best_train, last_train = best.train_metrics.get("loss"), last.train_metrics.get("loss")
+    rose = last_loss - best_loss > VALIDATION_RISE_TOLERANCE * best_loss
+    if not rose or best_train is None or last_train is None or last_train >= best_train:
+        return None
+    return _Finding(
+        f"validation loss rose from {_number(best_loss)} (step {best.step}) to "
+        f"{_number(last_loss)} (step {last.step}) while training loss fell from "
+        f"{_number(best_train)} to {_number(last_train)}",
+        (_stop_earlier(best), REGULARIZE_MORE),
+    )
+
+
+def _stop_earlier(best: EvalPoint) -> str:
+    return (
+        f"Stop earlier: validation loss was lowest at epoch {_epoch(best.epoch)} "
+        f"(step {best.step}); set training.epochs to {max(1, math.ceil(best.epoch))} or "
+        "enable evaluation.earlyStopping."
+    )
+
+
+def _gap_too_wide(last: EvalPoint, metric: str, max_gap: float | None) -> _Finding | None:
+    gap = _gap(last, metric)
+    if max_gap is None or gap is None or gap <= max_gap:
+        return None
+    return _Finding(
+        f"{_gap_text(last, metric, gap)}, more than maxGeneralizationGap {_number(max_gap)}",
+        (REGULARIZE_MORE, SHRINK_CAPACITY),
+    )
+
+
+def _underfitting(
+    train_losses: Sequence[tuple[int, float]],
+    last: EvalPoint,
+    metric: str,
+    floor: tuple[float, str] | None,
+) -> list[_Finding]:
+    findings = [_below_floor(last, metric, floor), _flat_training_loss(train_losses)]
+    return [finding for finding in findings if finding is not None]
+
+
+def _floor(
+    metric: str, underfitting_floor: float | None, majority_rate: float | None
+) -> tuple[float, str] | None:
+    """The floor of the primary metric's final training value, and where it comes from."""
+    if underfitting_floor is not None:
+        return underfitting_floor, f"underfittingFloor {_number(underfitting_floor)}"
+    if metric != "accuracy" or majority_rate is None:
+        return None
+    floor = majority_rate + MAJORITY_MARGIN
+    return floor, (
+        f"{_number(floor)} (the majority-class rate {_number(majority_rate)} "
+        f"plus {_number(MAJORITY_MARGIN)})"
+    )
+
+
+def _below_floor(last: EvalPoint, metric: str, floor: tuple[float, str] | None) -> _Finding | None:
+    value = last.train_metrics.get(metric)
+    if floor is None or value is None or not _worse(metric, value, floor[0]):
+        return None
+    return _Finding(
+        f"final training {metric} {_number(value)} (step {last.step}) is worse than {floor[1]}",
+        (LEARN_FASTER, TRAIN_LONGER, UNFREEZE, REGULARIZE_LESS),
+    )
+
+
+def _flat_training_loss(train_losses: Sequence[tuple[int, float]]) -> _Finding | None:
+    if len(train_losses) < MIN_TRAIN_LOSSES:
+        return None
+    size = max(LOSS_WINDOW_MIN, int(len(train_losses) * LOSS_WINDOW_FRACTION))
+    first, last = train_losses[:size], train_losses[-size:]
+    start, end = _mean_loss(first), _mean_loss(last)
+    if start - end >= FLAT_LOSS_TOLERANCE * start:
+        return None
+    return _Finding(
+        f"training loss fell by less than {FLAT_LOSS_TOLERANCE:.0%}: mean {_number(start)} "
+        f"over steps {first[0][0]}-{first[-1][0]}, {_number(end)} over steps "
+        f"{last[0][0]}-{last[-1][0]}",
+        (LEARN_FASTER, UNFREEZE),
+    )
+
+
+def _healthy(
+    evals: Sequence[EvalPoint], metric: str, max_gap: float | None, context: str
+) -> Diagnosis:
+    best, last = _best_validation_loss(evals), evals[-1]
+    lowest = (
+        f"lowest validation loss {_number(best.metrics['loss'])} at step {best.step}; "
+        f"final {_number(last.metrics['loss'])} at step {last.step}"
+    )
+    return Diagnosis(
+        "Healthy", [context, _gap_summary(last, metric, max_gap), lowest], HEALTHY_ADVICE
+    )
+
+
+def _gap_summary(last: EvalPoint, metric: str, max_gap: float | None) -> str:
+    gap = _gap(last, metric)
+    if gap is None:
+        return f"no training {metric} was recorded, so the generalization gap was not measured"
+    within = "" if max_gap is None else f", within maxGeneralizationGap {_number(max_gap)}"
+    return _gap_text(last, metric, gap) + within
+
+
+def _gap(point: EvalPoint, metric: str) -> float | None:
+    """How much worse the validation value is than the training value (negative: better)."""
+    train, validation = point.train_metrics.get(metric), point.metrics.get(metric)
+    if train is None or validation is None:
+        return None
+    return validation - train if metric_direction(metric) == "minimize" else train - validation
+
+
+def _gap_text(point: EvalPoint, metric: str, gap: float) -> str:
+    return (
+        f"training {metric} {_number(point.train_metrics[metric])} vs validation "
+        f"{_number(point.metrics[metric])} at step {point.step}: a gap of {_number(gap)}"
+    )
+
+
+def _final_metrics(last: EvalPoint) -> str:
+    values = ", ".join(f"{name} {_number(value)}" for name, value in last.metrics.items())
+    return f"final validation metrics at step {last.step} (epoch {_epoch(last.epoch)}): {values}"
+
+
+def _best_validation_loss(evals: Sequence[EvalPoint]) -> EvalPoint:
+    return min(evals, key=lambda point: point.metrics["loss"])
+
+
+def _worse(metric: str, value: float, reference: float) -> bool:
+    return value > reference if metric_direction(metric) == "minimize" else value < reference
+
+
+def _mean_loss(points: Sequence[tuple[int, float]]) -> float:
+    return statistics.fmean(loss for _, loss in points)
+
+
+def _number(value: float) -> str:
+    """Three decimals, or three significant digits for values too small or large for that."""
+    if value == 0 or 1e-3 <= abs(value) < 1e6:
+        return f"{value:.3f}"
+    return f"{value:.3g}"
+
+
+def _epoch(epoch: float) -> str:
+    return f"{round(epoch, 2):g}"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,132 @@
+"""Load the pre-trained model and tokenizer a config names, shaped for its task.
+
+Hugging Face configs name their dropout settings differently per architecture, so the
+regularization section's dropout is written to every name the model actually has, and a
+model with none of them is an error rather than a silently ignored setting. LoRA
+(through peft) and gradient checkpointing are switched on here too, so the recipe sees one
+ready model whatever the options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from kubetune_trainer.config import LoraSpec, TrainingConfig
+from kubetune_trainer.sources import resolve_local
+
+HIDDEN_DROPOUT_NAMES = (
+    "hidden_dropout_prob",
+    "hidden_dropout",
+    "dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+)
+ATTENTION_DROPOUT_NAMES = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+
+
+class ModelError(Exception):
+    """A model that cannot be loaded or configured as asked (the message names the field)."""
+
+
+def model_path(config: TrainingConfig) -> Path:
+    """The local directory holding the weights and tokenizer."""
+    path = resolve_local(config.model.source, "model.source")
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"model.source: {config.model.source} ({path}) holds no config.json: "
+            "point it at a directory saved with save_pretrained"
+        )
+    return path
+
+
+def load_tokenizer(config: TrainingConfig) -> PreTrainedTokenizerBase:
+    """The model's tokenizer; causal LMs without a padding token pad with end-of-text."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path(config))
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(config: TrainingConfig, labels: list[str]) -> nn.Module:
+    """The model with its task head, dropout overrides, LoRA and checkpointing applied."""
+    path = model_path(config)
+    model_config = _model_config(path, config, labels)
+    auto = (
+        AutoModelForCausalLM
+        if config.model.task == "causal-lm"
+        else AutoModelForSequenceClassification
+    )
+    model: PreTrainedModel = auto.from_pretrained(
+        path, config=model_config, attn_implementation="sdpa", dtype=torch.float32
+    )
+    if config.training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(  # type: ignore[no-untyped-call]
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    if config.training.lora is not None:
+        return _with_lora(model, config.training.lora, config.model.task)
+    return model
+
+
+def _model_config(path: Path, config: TrainingConfig, labels: list[str]) -> PretrainedConfig:
+    overrides: dict[str, Any] = {}
+    if config.model.task == "sequence-classification":
+        overrides |= {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }
+    model_config: PretrainedConfig = AutoConfig.from_pretrained(path, **overrides)
+    _set_dropout(model_config, config.regularization.dropout, HIDDEN_DROPOUT_NAMES, "dropout")
+    _set_dropout(
+        model_config,
+        config.regularization.attention_dropout,
+        ATTENTION_DROPOUT_NAMES,
+        "attentionDropout",
+    )
+    return model_config
+
+
+def _set_dropout(
+    model_config: PretrainedConfig, value: float | None, names: tuple[str, ...], field: str
+) -> None:
+    if value is None:
+        return
+    present = [name for name in names if isinstance(getattr(model_config, name, None), float)]
+    if not present:
+        raise ModelError(
+            f"regularization.{field}: the {model_config.model_type} config has no dropout "
+            f"setting ({', '.join(names)}); leave {field} out for this model"
+        )
+    for name in present:
+        setattr(model_config, name, value)
+
+
+def _with_lora(model: PreTrainedModel, spec: LoraSpec, task: str) -> nn.Module:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(
+        task_type=TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS,
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_modules or None,
+    )
+    try:
+        wrapped: nn.Module = get_peft_model(model, lora)
+    except ValueError as error:
+        raise ModelError(f"training.lora: {error}; set training.lora.targetModules") from None
+    return wrapped

@@ -1,0 +1,723 @@
+"""The fine-tuning recipe: setup(), train(), evaluate(), save_checkpoint(), cleanup().
+
+One recipe serves a laptop run and every pod of a distributed job: accelerate decides the
+device, the precision and the process group; the recipe only uses its primitives
+(`prepare`, `accumulate`, `backward`, `clip_grad_norm_`, `gather_for_metrics`,
+`save_state` / `load_state`, `skip_first_batches`). A restarted pod finds the newest
+checkpoint in the output directory and continues from the exact batch it stopped at.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.console import Console
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedModel
+
+from kubetune_trainer import freezing
+from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.data import LengthGroupedSampler, PreparedData, prepare_data
+from kubetune_trainer.diagnosis import Diagnosis, DivergenceMonitor, EvalPoint, diagnose
+from kubetune_trainer.metrics import classification_metrics, is_better
+from kubetune_trainer.modeling import load_model, load_tokenizer
+from kubetune_trainer.report import build_report, write_json_atomically
+from kubetune_trainer.reporting import EvalRecord, Reporter, RunInfo, StepRecord, build_reporter
+from kubetune_trainer.schedules import (
+    RangeTestResult,
+    build_optimizer,
+    build_scheduler,
+    run_range_test,
+    warmup_steps,
+)
+
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_PREFIX = "step-"
+MODEL_DIR = "model"
+REPORT_FILE = "report.json"
+MAX_LOGS_PER_RUN = 200
+"""Logging reduces the loss across processes (a host sync): keep it to a few hundred times a run."""
+
+
+@dataclass
+class TrainingState:
+    """What a resumed run needs besides weights, optimizer and RNGs; saved in every checkpoint."""
+
+    epoch: int = 0
+    step: int = 0
+    batches_in_epoch: int = 0
+    best_metric: float | None = None
+    best_checkpoint: str = ""
+    evaluations_without_improvement: int = 0
+    train_losses: list[list[float]] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    freezing_log: list[dict[str, Any]] = field(default_factory=list)
+    range_test: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended and where its outputs are."""
+
+    succeeded: bool
+    message: str
+    output_dir: Path
+    metrics: dict[str, float]
+    diagnosis: Diagnosis
+    report: dict[str, Any]
+
+
+class TrainingFailedError(Exception):
+    """Training ran but its result must not be used (diverged)."""
+
+
+def classification_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    class_weights: torch.Tensor | None = None,
+    row_weights: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy averaged with class and row weights: sum(w * ce) / sum(w)."""
+    per_row = F.cross_entropy(
+        logits.float(), labels, label_smoothing=label_smoothing, reduction="none"
+    )
+    weights = torch.ones_like(per_row) if class_weights is None else class_weights[labels]
+    if row_weights is not None:
+        weights = weights * row_weights.float()
+    return (per_row * weights).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
+
+
+def l1_penalty(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
+    """Sum of absolute values of the given weights."""
+    return torch.stack([p.abs().sum() for p in parameters]).sum()
+
+
+def mixed_precision(precision: str) -> str:
+    """accelerate's mixed-precision mode for the configured precision on this machine."""
+    if precision == "fp32" or not torch.cuda.is_available():
+        return "no"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+class Recipe:
+    """One fine-tuning run of one TrainingConfig into one output directory."""
+
+    # Running sums kept on the device between logs and evaluations (see _reset_windows).
+    _loss_sum: torch.Tensor
+    _loss_batches: int
+    _interval_loss_sum: torch.Tensor
+    _interval_batches: int
+    _interval_predictions: list[torch.Tensor]
+    _interval_labels: list[torch.Tensor]
+    _samples: int
+    _window_started: float
+    _grad_norm: torch.Tensor | None
+    _log_every: int
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        output_dir: Path,
+        *,
+        job_name: str,
+        env: Mapping[str, str] = os.environ,
+        console: Console | None = None,
+        data: PreparedData | None = None,
+    ) -> None:
+        self.config = config
+        self.output_dir = output_dir
+        self.job_name = job_name
+        self.env = env
+        self.console = console or Console(stderr=True)
+        self.data = data
+        self.resumed_from: Path | None = None
+        self.state = TrainingState()
+        self.timings: dict[str, float] = {}
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Load data and model, build optimizer and schedule, prepare, resume if possible."""
+        started = time.perf_counter()
+        training = self.config.training
+        self.accelerator = Accelerator(
+            mixed_precision=mixed_precision(training.precision),
+            gradient_accumulation_steps=training.gradient_accumulation_steps,
+            dynamo_backend="inductor" if training.compile else "no",
+        )
+        self.processes = int(self.accelerator.num_processes)
+        set_seed(training.seed)
+        self.reporter: Reporter = build_reporter(
+            rank_zero=self.accelerator.is_main_process,
+            output_dir=self.output_dir,
+            env=self.env,
+            console=self.console,
+        )
+        with self.accelerator.main_process_first():
+            self.tokenizer = load_tokenizer(self.config)
+            if self.data is None:
+                self.data = prepare_data(self.config, self.tokenizer)
+        self._build_model_and_loaders()
+        self._maybe_find_learning_rate()
+        self._build_scheduler()
+        self.accelerator.register_for_checkpointing(self.state)
+        self._resume_from_latest_checkpoint()
+        self.timings["setupSeconds"] = time.perf_counter() - started
+
+    def _build_model_and_loaders(self) -> None:
+        assert self.data is not None
+        model = load_model(self.config, self.data.labels)
+        self.steps_per_epoch = self._steps_per_epoch(len(self.data.train))
+        self.plan = freezing.build_plan(model, self.config.freezing, self.steps_per_epoch)
+        freezing.freeze_permanently(model, self.plan)
+        groups = freezing.optimizer_groups(
+            model,
+            self.plan,
+            self.config.training.learning_rate,
+            self.config.regularization.weight_decay,
+        )
+        optimizer = build_optimizer(self.config.training, groups)
+        self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
+            model, optimizer, *self._loaders()
+        )
+        decaying = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+        self.l1_parameters = [
+            (name, p) for name, p in model.named_parameters() if id(p) in decaying
+        ]
+        self.class_weights = (
+            None
+            if self.data.class_weights is None
+            else torch.tensor(self.data.class_weights, device=self.accelerator.device)
+        )
+
+    def _loaders(self) -> tuple[DataLoader[Any], DataLoader[Any]]:
+        assert self.data is not None
+        collator = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8)
+        columns = [c for c in self.data.train.column_names if c != "length"]
+        training = self.config.training
+        sampler = LengthGroupedSampler(
+            self.data.train["length"], training.batch_size, training.seed
+        )
+        # Loaders draw their worker seeds from their own generator, not the global one that
+        # dropout uses: otherwise the extra loader of a resumed epoch shifts every dropout mask.
+        train = DataLoader(
+            self.data.train.select_columns(columns).with_format("torch"),
+            batch_size=training.batch_size,
+            sampler=sampler,
+            collate_fn=collator,
+            generator=torch.Generator().manual_seed(training.seed),
+        )
+        eval_columns = [c for c in self.data.validation.column_names if c not in ("length",)]
+        validation = DataLoader(
+            self.data.validation.select_columns(eval_columns).with_format("torch"),
+            batch_size=self.config.evaluation.batch_size or 2 * training.batch_size,
+            collate_fn=collator,
+            generator=torch.Generator().manual_seed(training.seed),
+        )
+        return train, validation
+
+    def _steps_per_epoch(self, rows: int) -> int:
+        """Optimizer steps per epoch on each process (batches are sharded across processes)."""
+        batches = math.ceil(rows / self.config.training.batch_size)
+        per_process = math.ceil(batches / self.processes)
+        return math.ceil(per_process / self.config.training.gradient_accumulation_steps)
+
+    @property
+    def total_steps(self) -> int:
+        planned = self.steps_per_epoch * self.config.training.epochs
+        return self.config.training.max_steps or planned
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def _build_scheduler(self) -> None:
+        # A prepared scheduler steps once per process for each optimizer step.
+        processes = self.processes
+        scaled = self.config.training.model_copy(
+            update={
+                "warmup_steps": warmup_steps(self.config.training, self.total_steps) * processes
+            }
+        )
+        scheduler = build_scheduler(self.optimizer, scaled, self.total_steps * processes)
+        self.scheduler = self.accelerator.prepare(scheduler)
+
+    # --- learning-rate range test ----------------------------------------------------------
+
+    def _maybe_find_learning_rate(self) -> None:
+        finder = self.config.training.find_learning_rate
+        if finder is None or self._latest_checkpoint() is not None:
+            return
+        model_state = copy.deepcopy(self.accelerator.unwrap_model(self.model).state_dict())
+        optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        batches = self._endless_batches()
+        result = run_range_test(finder, lambda rate: self._range_test_step(rate, next(batches)))
+        self.accelerator.unwrap_model(self.model).load_state_dict(model_state)
+        self.optimizer.load_state_dict(optimizer_state)
+        self.state.range_test = result.to_report()
+        if finder.apply:
+            self._set_base_learning_rate(result)
+
+    def _endless_batches(self) -> Any:
+        epoch = 0
+        while True:
+            self.train_loader.set_epoch(epoch)
+            yield from self.train_loader
+            epoch += 1
+
+    def _range_test_step(self, rate: float, batch: dict[str, torch.Tensor]) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate * self.plan.learning_rate_scale(group["group"])
+        loss = self._loss(batch)[0]
+        self.accelerator.backward(loss)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return float(self.accelerator.reduce(loss.detach(), "mean").item())
+
+    def _set_base_learning_rate(self, result: RangeTestResult) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = result.suggestion * self.plan.learning_rate_scale(group["group"])
+
+    # --- training ----------------------------------------------------------------------------
+
+    def train(self) -> RunResult:
+        """Train to the end (or an early stop), then save the best model and the report."""
+        started = time.perf_counter()
+        self.reporter.started(self._run_info())
+        self.monitor = DivergenceMonitor(self.config.evaluation.divergence_factor)
+        for step, loss in self.state.train_losses:  # a resumed run keeps its starting loss
+            self.monitor.update(int(step), float(loss))
+        self._reset_windows()
+        self.model.train()  # from_pretrained hands the model over in eval mode (no dropout)
+        diverged = None
+        while self.state.epoch < self.epochs and diverged is None and not self._stopped():
+            diverged = self._train_epoch()
+            if diverged is not None:
+                break
+            # Count the epoch as done before its checkpoint, so a resume starts the next one.
+            self.state.epoch += 1
+            self.state.batches_in_epoch = 0
+            if self._evaluates_each_epoch():
+                self._evaluate_and_checkpoint()
+        if diverged is None and self._needs_final_evaluation():
+            self._evaluate_and_checkpoint()
+        self.timings["trainSeconds"] = time.perf_counter() - started
+        return self._finish(diverged)
+
+    def _train_epoch(self) -> str | None:
+        """One epoch (or what is left of it after a resume); a divergence reason stops it."""
+        self._log_freezing()
+        self.train_loader.set_epoch(self.state.epoch)
+        batches = self.accelerator.skip_first_batches(
+            self.train_loader, self.state.batches_in_epoch
+        )
+        for batch in batches:
+            with self.accelerator.accumulate(self.model):
+                loss, logits, labels = self._loss(batch)
+                self.accelerator.backward(loss)
+                if self.accelerator.sync_gradients:
+                    self._prepare_gradients()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad()
+            self.state.batches_in_epoch += 1
+            self._track(loss, logits, labels)
+            if not self.accelerator.sync_gradients:
+                continue
+            self.state.step += 1
+            reason = self._after_optimizer_step()
+            if reason is not None or self._stopped():
+                return reason
+        return None
+
+    def _loss(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        labels = batch.pop("labels")
+        row_weights = batch.pop("weight", None)
+        logits = self.model(**batch).logits
+        loss = classification_loss(
+            logits,
+            labels,
+            class_weights=self.class_weights,
+            row_weights=row_weights,
+            label_smoothing=self.config.regularization.label_smoothing,
+        )
+        if self.config.regularization.l1 > 0:
+            trainable = self._trainable_now()
+            active = [p for name, p in self.l1_parameters if name in trainable]
+            if active:
+                loss = loss + self.config.regularization.l1 * l1_penalty(active)
+        return loss, logits.detach(), labels
+
+    def _trainable_now(self) -> frozenset[str]:
+        return self.plan.trainable_at(self.state.epoch, self.state.step)
+
+    def _prepare_gradients(self) -> None:
+        """Drop gradients of layers the schedule still holds frozen, then clip."""
+        freezing.drop_frozen_gradients(
+            self.accelerator.unwrap_model(self.model), self._trainable_now()
+        )
+        max_norm = self.config.regularization.max_grad_norm
+        if max_norm is not None:
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+            if norm is not None:
+                self._grad_norm = norm.detach()
+
+    def _track(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Accumulate on the device; nothing here waits for the GPU."""
+        self._loss_sum = self._loss_sum + loss.detach().float()
+        self._loss_batches += 1
+        self._interval_loss_sum = self._interval_loss_sum + loss.detach().float()
+        self._interval_batches += 1
+        self._interval_predictions.append(logits.argmax(dim=-1))
+        self._interval_labels.append(labels)
+        self._samples += labels.shape[0]
+
+    def _reset_windows(self) -> None:
+        device = self.accelerator.device
+        self._loss_sum = torch.zeros((), device=device)
+        self._loss_batches = 0
+        self._interval_loss_sum = torch.zeros((), device=device)
+        self._interval_batches = 0
+        self._interval_predictions = []
+        self._interval_labels = []
+        self._samples = 0
+        self._window_started = time.perf_counter()
+        self._grad_norm = None
+        self._log_every = max(1, self.total_steps // MAX_LOGS_PER_RUN)
+
+    def _after_optimizer_step(self) -> str | None:
+        reason = None
+        if self.state.step % self._log_every == 0 or self.state.step == self.total_steps:
+            reason = self._log_step()
+        if reason is None and self._evaluates_now():
+            self._evaluate_and_checkpoint()
+        elif reason is None and self._checkpoints_now():
+            self.save_checkpoint()
+        return reason
+
+    def _log_step(self) -> str | None:
+        mean = self.accelerator.reduce(self._loss_sum / max(self._loss_batches, 1), "mean")
+        loss = float(mean.item())
+        seconds = max(time.perf_counter() - self._window_started, 1e-9)
+        samples = self._samples * self.processes
+        grad_norm = None if self._grad_norm is None else float(self._grad_norm.item())
+        self.state.train_losses.append([self.state.step, loss])
+        self.reporter.logged(
+            StepRecord(
+                step=self.state.step,
+                epoch=self._fractional_epoch(),
+                loss=loss,
+                learning_rate=float(self.scheduler.get_last_lr()[-1]),
+                grad_norm=grad_norm,
+                samples_per_second=samples / seconds,
+            )
+        )
+        self._loss_sum = torch.zeros((), device=self.accelerator.device)
+        self._loss_batches = 0
+        self._samples = 0
+        self._window_started = time.perf_counter()
+        return self.monitor.update(self.state.step, loss)
+
+    def _fractional_epoch(self) -> float:
+        return self.state.epoch + self.state.batches_in_epoch / max(len(self.train_loader), 1)
+
+    def _evaluates_each_epoch(self) -> bool:
+        return self.config.evaluation.strategy == "epoch"
+
+    def _evaluates_now(self) -> bool:
+        every = self.config.evaluation.every_steps
+        return every is not None and self.state.step % every == 0
+
+    def _checkpoints_now(self) -> bool:
+        every = self.config.output.checkpoint_every_steps
+        return every is not None and self.state.step % every == 0
+
+    def _needs_final_evaluation(self) -> bool:
+        evaluated = self.state.evaluations[-1]["step"] if self.state.evaluations else -1
+        return evaluated != self.state.step
+
+    def _stopped(self) -> bool:
+        early = self.config.evaluation.early_stopping
+        patience_over = early is not None and (
+            self.state.evaluations_without_improvement >= early.patience
+        )
+        return patience_over or self.state.step >= self.total_steps
+
+    def _log_freezing(self) -> None:
+        entry = self.plan.describe(self.state.epoch, self.state.step)
+        entry["learningRates"] = self._group_learning_rates(entry["trainable"])
+        if not self.state.freezing_log or self.state.freezing_log[-1]["epoch"] != entry["epoch"]:
+            self.state.freezing_log.append(entry)
+            self.reporter.section("freezing", entry)
+
+    def _group_learning_rates(self, trainable: list[str]) -> dict[str, float]:
+        rates = {g["group"]: float(g["lr"]) for g in self.optimizer.param_groups}
+        return {group: rates[group] for group in trainable if group in rates}
+
+    # --- evaluation and checkpoints -------------------------------------------------------
+
+    def evaluate(self) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        """Validation metrics, class probabilities and labels over the whole validation set."""
+        self.model.eval()
+        all_logits, all_labels = [], []
+        for batch in self.eval_loader:
+            labels = batch.pop("labels")
+            batch.pop("weight", None)
+            with torch.no_grad():
+                logits = self.model(**batch).logits
+            logits, labels = self.accelerator.gather_for_metrics((logits, labels))
+            all_logits.append(logits.float().cpu())
+            all_labels.append(labels.cpu())
+        self.model.train()
+        logits = torch.cat(all_logits)
+        labels = torch.cat(all_labels)
+        loss = float(F.cross_entropy(logits, labels).item())
+        probabilities = torch.softmax(logits, dim=-1).numpy()
+        return (
+            classification_metrics(labels.numpy(), probabilities, loss),
+            probabilities,
+            labels.numpy(),
+        )
+
+    def _train_interval_metrics(self) -> dict[str, float]:
+        """Running training metrics since the last evaluation, over every process."""
+        predictions = self._gather_uneven(torch.cat(self._interval_predictions))
+        labels = self._gather_uneven(torch.cat(self._interval_labels))
+        keep = labels >= 0
+        predictions, labels = predictions[keep], labels[keep]
+        loss = self.accelerator.reduce(
+            self._interval_loss_sum / max(self._interval_batches, 1), "mean"
+        )
+        classes = len(self.data.labels) if self.data else int(labels.max()) + 1
+        one_hot = np.eye(classes)[predictions]
+        metrics = classification_metrics(labels, one_hot, float(loss.item()))
+        metrics.pop("rocAuc", None)
+        return metrics
+
+    def _gather_uneven(self, values: torch.Tensor) -> np.ndarray:
+        """Gather 1-d tensors whose lengths differ between processes (padding with -1)."""
+        padded = self.accelerator.pad_across_processes(values, pad_index=-1)
+        gathered: torch.Tensor = self.accelerator.gather(padded)
+        return gathered.cpu().numpy()
+
+    def _evaluate_and_checkpoint(self) -> None:
+        started = time.perf_counter()
+        metrics, _, _ = self.evaluate()
+        train_metrics = self._train_interval_metrics() if self._interval_predictions else {}
+        self._interval_loss_sum = torch.zeros((), device=self.accelerator.device)
+        self._interval_batches = 0
+        self._interval_predictions, self._interval_labels = [], []
+        self.state.evaluations.append(
+            {
+                "step": self.state.step,
+                "epoch": self._fractional_epoch(),
+                "metrics": metrics,
+                "trainMetrics": train_metrics,
+            }
+        )
+        self.reporter.evaluated(EvalRecord(self.state.step, self._fractional_epoch(), metrics))
+        self._track_best(metrics)
+        self.timings["evaluationSeconds"] = (
+            self.timings.get("evaluationSeconds", 0.0) + time.perf_counter() - started
+        )
+        self.save_checkpoint()
+
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        metric = self.config.primary_metric()
+        early = self.config.evaluation.early_stopping
+        min_delta = early.min_delta if early else 0.0
+        value = metrics.get(metric, math.nan)
+        if is_better(metric, value, self.state.best_metric, min_delta):
+            self.state.best_metric = value
+            self.state.best_checkpoint = checkpoint_name(self.state.step)
+            self.state.evaluations_without_improvement = 0
+        else:
+            self.state.evaluations_without_improvement += 1
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.output_dir / CHECKPOINTS
+
+    def save_checkpoint(self) -> Path:
+        """Save everything needed to resume, atomically; keep the best and the newest few."""
+        final = self.checkpoint_root / checkpoint_name(self.state.step)
+        partial = self.checkpoint_root / f".partial-{final.name}"
+        self.accelerator.save_state(str(partial))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            partial.rename(final)
+            self._rotate_checkpoints()
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _rotate_checkpoints(self) -> None:
+        keep = self.config.output.keep_checkpoints
+        checkpoints = sorted(self.checkpoint_root.glob(f"{CHECKPOINT_PREFIX}*"))
+        for old in checkpoints[:-keep]:
+            if old.name != self.state.best_checkpoint:
+                shutil.rmtree(old)
+
+    def _latest_checkpoint(self) -> Path | None:
+        checkpoints = sorted(self.checkpoint_root.glob(f"{CHECKPOINT_PREFIX}*"))
+        return checkpoints[-1] if checkpoints else None
+
+    def _resume_from_latest_checkpoint(self) -> None:
+        latest = self._latest_checkpoint()
+        if latest is None:
+            return
+        self.accelerator.load_state(str(latest))
+        self.resumed_from = latest
+        self.console.print(
+            f"Resuming from {latest} (epoch {self.state.epoch + 1}, step {self.state.step})"
+        )
+
+    # --- the end ---------------------------------------------------------------------------
+
+    def _finish(self, diverged: str | None) -> RunResult:
+        diagnosis = diagnose(
+            [(int(s), float(v)) for s, v in self.state.train_losses],
+            [self._eval_point(e) for e in self.state.evaluations],
+            self.config.primary_metric(),
+            max_gap=self.config.evaluation.max_generalization_gap,
+            underfitting_floor=self.config.evaluation.underfitting_floor,
+            majority_rate=self.data.majority_rate if self.data else None,
+            diverged=diverged,
+        )
+        self.reporter.section("diagnosis", diagnosis.to_status())
+        best = self._best_evaluation()
+        if diverged is None and self.config.output.save_model:
+            self._save_best_model()
+        report = self._write_report(diagnosis, best, diverged)
+        succeeded = diverged is None
+        message = (
+            f"training diverged at step {self.state.step}: {diverged}; the last good "
+            f"checkpoint is {self._latest_checkpoint()}"
+            if diverged
+            else f"best {self.config.primary_metric()}={self.state.best_metric:.4f}"
+        )
+        self.reporter.section("artifacts", self._artifacts())
+        self.reporter.finished(succeeded, message)
+        return RunResult(succeeded, message, self.output_dir, best, diagnosis, report)
+
+    @staticmethod
+    def _eval_point(evaluation: dict[str, Any]) -> EvalPoint:
+        return EvalPoint(
+            step=int(evaluation["step"]),
+            epoch=float(evaluation["epoch"]),
+            metrics=dict(evaluation["metrics"]),
+            train_metrics=dict(evaluation["trainMetrics"]),
+        )
+
+    def _best_evaluation(self) -> dict[str, float]:
+        best_step = parse_checkpoint_step(self.state.best_checkpoint)
+        for evaluation in self.state.evaluations:
+            if evaluation["step"] == best_step:
+                return dict(evaluation["metrics"])
+        return dict(self.state.evaluations[-1]["metrics"]) if self.state.evaluations else {}
+
+    def _save_best_model(self) -> None:
+        if self.state.best_checkpoint:
+            # load_state also rewinds the registered TrainingState: keep the run's own.
+            finished = copy.deepcopy(self.state.state_dict())
+            self.accelerator.load_state(str(self.checkpoint_root / self.state.best_checkpoint))
+            self.state.load_state_dict(finished)
+        model: PreTrainedModel = self.accelerator.unwrap_model(self.model)
+        merge = getattr(model, "merge_and_unload", None)  # LoRA: fold adapters into weights
+        if callable(merge):
+            model = merge()
+        final = self.output_dir / MODEL_DIR
+        partial = self.output_dir / f".partial-{MODEL_DIR}"
+        if self.accelerator.is_main_process:
+            model.save_pretrained(partial, save_function=self.accelerator.save)
+            self.tokenizer.save_pretrained(partial)
+            if final.exists():
+                shutil.rmtree(final)
+            partial.rename(final)
+        self.accelerator.wait_for_everyone()
+
+    def _write_report(
+        self, diagnosis: Diagnosis, best: dict[str, float], diverged: str | None
+    ) -> dict[str, Any]:
+        assert self.data is not None
+        report = build_report(
+            config=self.config,
+            job_name=self.job_name,
+            data=self.data,
+            state=self.state.state_dict(),
+            best_metrics=best,
+            diagnosis=diagnosis.to_status(),
+            timings=self.timings,
+            succeeded=diverged is None,
+            processes=self.processes,
+            artifacts=self._artifacts(),
+        )
+        if self.accelerator.is_main_process:
+            write_json_atomically(self.output_dir / REPORT_FILE, report)
+        return report
+
+    def _artifacts(self) -> dict[str, str]:
+        latest = self._latest_checkpoint()
+        model = self.output_dir / MODEL_DIR
+        return {
+            "outputUri": str(self.output_dir),
+            "model": str(model) if model.exists() else "",
+            "report": str(self.output_dir / REPORT_FILE),
+            "lastCheckpoint": str(latest) if latest else "",
+        }
+
+    def _run_info(self) -> RunInfo:
+        return RunInfo(
+            job_name=self.job_name,
+            namespace=self.env.get("KUBETUNE_JOB_NAMESPACE"),
+            epochs=self.epochs,
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            output_dir=self.output_dir,
+            num_processes=self.processes,
+            primary_metric=self.config.primary_metric(),
+        )
+
+    def cleanup(self) -> None:
+        """Release the reporter's servers and the process group."""
+        reporter = getattr(self, "reporter", None)
+        if reporter is not None:
+            reporter.close()
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is not None:
+            accelerator.end_training()
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def parse_checkpoint_step(name: str) -> int:
+    return int(name.removeprefix(CHECKPOINT_PREFIX)) if name else -1

@@ -1,0 +1,94 @@
+"""report.json: every number a finished run produced, in one file a person or a tool reads.
+
+The HTML report and `kubetune report` are drawn from it; the status only carries a summary.
+The file is written atomically, so a crash never leaves a half-written report that looks
+like a result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.data import PreparedData
+
+VERSIONED_PACKAGES = ("kubetune", "torch", "transformers", "accelerate", "datasets")
+
+
+def build_report(
+    *,
+    config: TrainingConfig,
+    job_name: str,
+    data: PreparedData,
+    state: dict[str, Any],
+    best_metrics: dict[str, float],
+    diagnosis: dict[str, Any],
+    timings: dict[str, float],
+    succeeded: bool,
+    processes: int,
+    artifacts: dict[str, str],
+) -> dict[str, Any]:
+    """The report as plain JSON data."""
+    return {
+        "job": job_name,
+        "succeeded": succeeded,
+        "finishedAt": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": config.model_dump(mode="json", exclude_none=True),
+        "primaryMetric": config.primary_metric(),
+        "bestMetrics": best_metrics,
+        "bestCheckpoint": state["best_checkpoint"],
+        "diagnosis": diagnosis,
+        "curves": {"trainLoss": state["train_losses"], "evaluations": state["evaluations"]},
+        "freezing": state["freezing_log"],
+        "learningRateRangeTest": state["range_test"],
+        "data": {
+            "labels": data.labels,
+            "rows": data.rows,
+            "trainClassCounts": data.train_class_counts,
+            "classWeights": data.class_weights,
+            "majorityRate": data.majority_rate,
+        },
+        "steps": state["step"],
+        "processes": processes,
+        "timings": timings,
+        "artifacts": artifacts,
+        "versions": versions(),
+    }
+
+
+def versions() -> dict[str, str]:
+    """Python and library versions, so a run can be reproduced."""
+    found = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def write_json_atomically(path: Path, content: dict[str, Any]) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    text = json.dumps(finite(content), indent=2, allow_nan=False)
+    partial.write_text(text + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def finite(value: Any) -> Any:
+    """The same data with NaN and infinities as null: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value

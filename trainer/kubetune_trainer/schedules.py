@@ -1,0 +1,145 @@
+"""Optimizers, learning-rate schedules and the learning-rate range test.
+
+Every schedule is a multiplier on each parameter group's own rate, so discriminative
+learning rates (lower for lower layers) survive warmup and decay unchanged in ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import get_scheduler
+from transformers.optimization import Adafactor
+
+from kubetune_trainer.config import LearningRateFinderSpec, TrainingSpec
+
+ONE_CYCLE_RATIO = 32.0
+"""Slanted triangular rates end at peak / 32 (Howard and Ruder, 2018)."""
+RANGE_TEST_SMOOTHING = 0.98
+RANGE_TEST_BLOWUP = 4.0
+"""The range test stops once the smoothed loss exceeds this multiple of its best value."""
+
+
+def build_optimizer(spec: TrainingSpec, groups: list[dict[str, Any]]) -> Optimizer:
+    """AdamW (fused on GPU), Adafactor with a fixed rate, or SGD with momentum."""
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=spec.learning_rate, momentum=0.9)
+    if spec.optimizer == "adafactor":
+        return Adafactor(  # type: ignore[no-untyped-call]
+            groups,
+            lr=spec.learning_rate,
+            scale_parameter=False,
+            relative_step=False,
+            warmup_init=False,
+        )
+    on_gpu = any(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=spec.learning_rate, fused=on_gpu)
+
+
+def warmup_steps(spec: TrainingSpec, total_steps: int) -> int:
+    """Warmup length in optimizer steps, from warmupSteps or warmupRatio."""
+    if spec.warmup_steps is not None:
+        return min(spec.warmup_steps, total_steps)
+    return math.ceil(spec.warmup_ratio * total_steps)
+
+
+def build_scheduler(optimizer: Optimizer, spec: TrainingSpec, total_steps: int) -> LambdaLR:
+    """The configured schedule over `total_steps` optimizer steps."""
+    warmup = warmup_steps(spec, total_steps)
+    if spec.scheduler == "one-cycle":
+        return LambdaLR(optimizer, slanted_triangular(warmup or total_steps // 10, total_steps))
+    names = {
+        "linear": "linear",
+        "cosine": "cosine",
+        "cosine-with-restarts": "cosine_with_restarts",
+        "constant": "constant_with_warmup",
+        "polynomial": "polynomial",
+    }
+    options: dict[str, Any] = {}
+    if spec.scheduler == "cosine-with-restarts":
+        options["num_cycles"] = spec.scheduler_cycles
+    if spec.scheduler == "polynomial":
+        options["power"] = spec.polynomial_power
+        options["lr_end"] = 0.0
+    scheduler: LambdaLR = get_scheduler(
+        names[spec.scheduler],
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs=options,
+    )
+    return scheduler
+
+
+def slanted_triangular(peak_step: int, total_steps: int) -> Callable[[int], float]:
+    """ULMFiT's one-cycle schedule: a short linear climb, then a long linear descent."""
+    peak = max(peak_step, 1)
+
+    def multiplier(step: int) -> float:
+        progress = step / peak if step < peak else 1 - (step - peak) / max(total_steps - peak, 1)
+        return (1 + max(progress, 0.0) * (ONE_CYCLE_RATIO - 1)) / ONE_CYCLE_RATIO
+
+    return multiplier
+
+
+@dataclass(frozen=True)
+class RangeTestResult:
+    """The learning-rate range test's curve and its suggestion."""
+
+    learning_rates: list[float]
+    losses: list[float]
+    suggestion: float
+
+    def to_report(self) -> dict[str, Any]:
+        return {
+            "learningRates": self.learning_rates,
+            "losses": self.losses,
+            "suggestion": self.suggestion,
+        }
+
+
+def range_test_rates(spec: LearningRateFinderSpec) -> list[float]:
+    """Exponentially spaced rates from startLr to endLr."""
+    ratio = spec.end_lr / spec.start_lr
+    return [spec.start_lr * ratio ** (i / (spec.steps - 1)) for i in range(spec.steps)]
+
+
+def run_range_test(
+    spec: LearningRateFinderSpec, train_step: Callable[[float], float]
+) -> RangeTestResult:
+    """Call `train_step(lr)` with growing rates until the loss blows up; suggest a rate.
+
+    `train_step` runs one optimizer step at that base rate and returns the loss.
+    """
+    rates: list[float] = []
+    smoothed: list[float] = []
+    average = 0.0
+    for i, rate in enumerate(range_test_rates(spec)):
+        loss = train_step(rate)
+        average = RANGE_TEST_SMOOTHING * average + (1 - RANGE_TEST_SMOOTHING) * loss
+        value = average / (1 - RANGE_TEST_SMOOTHING ** (i + 1))
+        if not math.isfinite(value):
+            break
+        rates.append(rate)
+        smoothed.append(value)
+        if value > RANGE_TEST_BLOWUP * min(smoothed):
+            break
+    return RangeTestResult(rates, smoothed, steepest_descent(rates, smoothed, spec.start_lr))
+
+
+def steepest_descent(rates: Sequence[float], losses: Sequence[float], fallback: float) -> float:
+    """The rate where the smoothed loss falls fastest per log-rate, before its minimum."""
+    end = min(range(len(losses)), key=losses.__getitem__, default=0)
+    if end < 2:
+        return fallback
+    slopes = [
+        (losses[i + 1] - losses[i]) / (math.log(rates[i + 1]) - math.log(rates[i]))
+        for i in range(end)
+    ]
+    return rates[min(range(len(slopes)), key=slopes.__getitem__)]
