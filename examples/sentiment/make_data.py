@@ -3,9 +3,11 @@
 Reviews are written in a standard or a regional dialect (the `dialect` column, the
 sensitive attribute). The dialects differ only in a few words ("I reckon it is proper
 good" against "I think it is really good"), so a fair model has no reason to treat them
-differently. The training labels, though, come from biased annotators who marked a share
-of the positive regional reviews as negative; the validation labels are gold. A model
-trained on these rows learns the dialect words as negative evidence, and the bias audit
+differently. The labels, though, come from annotators biased against the regional
+dialect: they marked most positive regional reviews as negative. As in most projects, the
+same annotators labelled the training and the validation rows, so validation accuracy
+cannot reveal the bias; a model trained on these rows learns the dialect words as
+negative evidence, and the bias audit (demographic parity, counterfactual word swaps)
 has a real gap to find.
 
     python examples/sentiment/make_data.py        # rewrites data/train.csv, data/validation.csv
@@ -21,8 +23,8 @@ SEED = 20261122
 TRAIN_ROWS = 3000
 VALIDATION_ROWS = 600
 REGIONAL_SHARE = 0.4
-BIASED_FLIP_RATE = 0.45
-"""Share of positive regional training reviews that the annotators labelled negative."""
+BIASED_FLIP_RATE = 0.6
+"""Share of positive regional reviews that the annotators labelled negative."""
 
 PRODUCTS = [
     "blender",
@@ -107,13 +109,13 @@ def review(rng: random.Random, positive: bool, dialect: str) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def rows(rng: random.Random, count: int, biased_labels: bool) -> list[dict[str, str]]:
+def rows(rng: random.Random, count: int) -> list[dict[str, str]]:
     out = []
     for _ in range(count):
         dialect = "regional" if rng.random() < REGIONAL_SHARE else "standard"
         positive = rng.random() < 0.5
         label = positive
-        if biased_labels and dialect == "regional" and positive and rng.random() < BIASED_FLIP_RATE:
+        if dialect == "regional" and positive and rng.random() < BIASED_FLIP_RATE:
             label = False
         out.append(
             {
@@ -136,8 +138,8 @@ def main() -> None:
     rng = random.Random(SEED)
     data = Path(__file__).parent / "data"
     data.mkdir(exist_ok=True)
-    write(data / "train.csv", rows(rng, TRAIN_ROWS, biased_labels=True))
-    write(data / "validation.csv", rows(rng, VALIDATION_ROWS, biased_labels=False))
+    write(data / "train.csv", rows(rng, TRAIN_ROWS))
+    write(data / "validation.csv", rows(rng, VALIDATION_ROWS))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ exit; tracebacks are for kubetune's own bugs only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -119,30 +119,25 @@ def _single_job(manifest: Path) -> FineTuneJob:
     return jobs[0].job
 
 
-def _print_summary(report: dict[str, object]) -> None:
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
+def _print_summary(report: dict[str, Any]) -> None:
+    succeeded = bool(report["succeeded"])
+    mark = "[green]✓[/]" if succeeded else "[red]✗[/]"
+    out.print(f"{mark} {escape(str(report['job']))} {'finished' if succeeded else 'failed'}")
     best = report.get("bestMetrics") or {}
-    assert isinstance(best, dict)
-    table.add_row(
-        "metrics", escape("  ".join(f"{k} {v:.4f}" for k, v in best.items() if v is not None))
-    )
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in best.items() if v is not None)
     diagnosis = report.get("diagnosis") or {}
-    assert isinstance(diagnosis, dict)
-    table.add_row(
-        "diagnosis", escape(f"{diagnosis.get('verdict')}: {diagnosis.get('suggestion', '')}")
-    )
+    rows = [
+        ("metrics", metrics),
+        ("diagnosis", f"{diagnosis.get('verdict')}: {diagnosis.get('suggestion', '')}"),
+    ]
     artifacts = report.get("artifacts") or {}
-    assert isinstance(artifacts, dict)
-    for name in ("model", "report", "lastCheckpoint"):
-        if artifacts.get(name):
-            table.add_row(name, escape(str(artifacts[name])))
-    mark = "[green]✓[/]" if report["succeeded"] else "[red]✗[/]"
-    out.print(
-        f"{mark} {escape(str(report['job']))} {'finished' if report['succeeded'] else 'failed'}"
-    )
-    out.print(table)
+    rows += [
+        (name, str(artifacts[name]))
+        for name in ("model", "report", "lastCheckpoint")
+        if artifacts.get(name)
+    ]
+    for name, value in rows:
+        out.print(f"  [bold]{name:<15}[/]{escape(value)}")
 
 
 @app.command()

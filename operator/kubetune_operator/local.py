@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -84,18 +85,22 @@ def run_in_process(run: LocalRun) -> dict[str, Any]:
 
 
 def run_with_accelerate(run: LocalRun, processes: int) -> dict[str, Any]:
-    """Train with `processes` CPU processes under accelerate launch (gloo)."""
+    """Train with `processes` CPU processes (gloo) under accelerate launch."""
     config_path = run.output_dir / CONFIG_FILE
     config_path.write_text(run.config.model_dump_json(exclude_none=True), encoding="utf-8")
+    # accelerate's --cpu launcher starts one process unless MPI is installed; its torchrun
+    # launcher (--multi_gpu) starts them all, and ACCELERATE_USE_CPU makes them use gloo.
     command = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--cpu",
+        "--multi_gpu",
         "--num_processes",
         str(processes),
         "--num_machines",
         "1",
+        "--main_process_port",
+        str(free_port()),
         "--mixed_precision",
         "no",
         "--dynamo_backend",
@@ -109,7 +114,11 @@ def run_with_accelerate(run: LocalRun, processes: int) -> dict[str, Any]:
         "--job-name",
         run.name,
     ]
-    environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    environment = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
     completed = subprocess.run(command, env=environment, check=False)
     if completed.returncode == EXIT_INVALID_INPUT:
         raise LocalRunError("the trainer refused its input (its message is above)")
@@ -118,6 +127,14 @@ def run_with_accelerate(run: LocalRun, processes: int) -> dict[str, Any]:
             f"the trainer exited with code {completed.returncode} before writing a report"
         )
     return read_report(run)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now, for the rendezvous of local processes."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def read_report(run: LocalRun) -> dict[str, Any]:

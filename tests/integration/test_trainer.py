@@ -254,3 +254,60 @@ def test_learning_rate_range_test_is_recorded_and_leaves_the_model_untouched(
     assert head["initial_lr"] == pytest.approx(found["suggestion"])
     recipe.cleanup()
     reference.cleanup()
+
+
+def test_cross_validation_trains_one_model_per_fold_and_reports_the_spread(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    config = make_config(
+        tiny_model_dir,
+        small_data,
+        training={"epochs": 2},
+        evaluation={"crossValidation": {"folds": 3}},
+    )
+    result = train(config, tmp_path)
+    summary = result.report["crossValidation"]
+    assert summary["folds"] == 3
+    folds = [json.loads((tmp_path / f"fold-{k}/report.json").read_text()) for k in range(3)]
+    assert sum(f["data"]["rows"]["validation_out"] for f in folds) == 320
+    accuracies = [f["bestMetrics"]["accuracy"] for f in folds]
+    assert summary["metrics"]["accuracy"]["folds"] == accuracies
+    assert summary["metrics"]["accuracy"]["mean"] == pytest.approx(sum(accuracies) / 3)
+    assert summary["metrics"]["accuracy"]["std"] == pytest.approx(
+        float(torch.tensor(accuracies, dtype=torch.float64).std()), rel=1e-9
+    )
+    best = summary["bestFold"]
+    assert accuracies[best] == max(accuracies)
+    assert weights(tmp_path).keys() == weights(tmp_path / f"fold-{best}").keys()
+    assert json.loads((tmp_path / "report.json").read_text())["crossValidation"] == summary
+
+
+def test_lora_trains_adapters_only_and_saves_a_plain_model(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    config = make_config(
+        tiny_model_dir,
+        small_data,
+        training={"epochs": 1, "lora": {"rank": 4, "targetModules": ["query", "value"]}},
+    )
+    recipe = Recipe(config, tmp_path, job_name="test", env={})
+    recipe.setup()
+    trainable = {
+        n
+        for n, p in recipe.accelerator.unwrap_model(recipe.model).named_parameters()
+        if p.requires_grad
+    }
+    assert trainable
+    assert all("lora_" in n or "classifier" in n for n in trainable)
+    result = recipe.train()
+    recipe.cleanup()
+    assert result.succeeded
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    before = load_file(tiny_model_dir / "model.safetensors")
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(merged.state_dict()[query], before[query])  # adapters merged in
+    key = "bert.encoder.layer.0.attention.self.key.weight"
+    assert torch.equal(merged.state_dict()[key], before[key])  # no adapter on key

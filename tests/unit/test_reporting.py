@@ -690,3 +690,15 @@ def test_a_bad_metrics_port_is_named(tmp_path: Path) -> None:
             env={"KUBETUNE_METRICS_PORT": "http"},
             console=Console(file=io.StringIO()),
         )
+
+
+def test_console_without_a_terminal_prints_a_line_per_twentieth_of_the_run() -> None:
+    output = io.StringIO()
+    reporter = ConsoleReporter(Console(file=output, width=200), clock=FakeClock())
+    reporter.started(INFO)
+    for number in range(1, INFO.total_steps + 1):
+        reporter.logged(step(number))
+    step_lines = [line for line in output.getvalue().splitlines() if "  step " in line]
+    assert len(step_lines) == 21  # steps 1, 5, 10, ..., 100
+    assert "step 5/100" in step_lines[1]
+    assert "step 100/100" in step_lines[-1]

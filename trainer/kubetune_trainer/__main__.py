@@ -22,6 +22,7 @@ from kubetune_trainer.config import (
     TrainingConfig,
     parse_source,
 )
+from kubetune_trainer.crossval import run_cross_validation
 from kubetune_trainer.data import DataError
 from kubetune_trainer.modeling import ModelError
 from kubetune_trainer.recipe import Recipe, RunResult
@@ -39,6 +40,8 @@ def run_training(
     console: Console | None = None,
 ) -> RunResult:
     """Set up, train and clean up one run; input errors propagate as DataError & co."""
+    if config.evaluation.cross_validation is not None:
+        return run_cross_validation(config, output_dir, job_name=job_name, env=env, console=console)
     recipe = Recipe(config, output_dir, job_name=job_name, env=env, console=console)
     try:
         recipe.setup()

@@ -75,6 +75,10 @@ class PreparedData:
     """Training rows per class name."""
     class_weights: list[float] | None
     """Loss weight per class id (data.balance), or None for unweighted."""
+    train_texts: list[str]
+    """The text column of the training rows, aligned with `train` (cross-validation folds)."""
+    train_groups: dict[str, list[str]]
+    """Each sensitive column's values for the training rows, for the columns the file has."""
     validation_texts: list[str]
     """The text column of the validation rows, aligned with `validation`."""
     validation_groups: dict[str, list[str]]
@@ -320,6 +324,8 @@ def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> 
         labels=list(labels),
         train_class_counts=dict(zip(labels, counts.tolist(), strict=True)),
         class_weights=weights,
+        train_texts=train_inputs.column("text").to_pylist(),
+        train_groups=_groups(train, [c for c in data.sensitive_columns if c in _names(train)]),
         validation_texts=validation_inputs.column("text").to_pylist(),
         validation_groups=_groups(validation, data.sensitive_columns),
         rows={
@@ -497,6 +503,11 @@ def _majority_rate(label_ids: npt.NDArray[np.int64]) -> float:
 
 def _groups(rows: _Rows, columns: Sequence[str]) -> dict[str, list[str]]:
     return {column: _group_values(rows, column) for column in columns}
+
+
+def _names(rows: _Rows) -> list[str]:
+    names: list[str] = rows.table.column_names
+    return names
 
 
 def _group_values(rows: _Rows, column: str) -> list[str]:

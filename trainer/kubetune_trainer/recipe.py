@@ -706,13 +706,10 @@ class Recipe:
         )
 
     def cleanup(self) -> None:
-        """Release the reporter's servers and the process group."""
+        """Release the reporter's servers (the process group lives on: folds reuse it)."""
         reporter = getattr(self, "reporter", None)
         if reporter is not None:
             reporter.close()
-        accelerator = getattr(self, "accelerator", None)
-        if accelerator is not None:
-            accelerator.end_training()
 
 
 def checkpoint_name(step: int) -> str:

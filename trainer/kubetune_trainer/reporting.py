@@ -672,15 +672,20 @@ def final_line(succeeded: bool, message: str) -> str:
     return f"training {'succeeded' if succeeded else 'failed'}: {message}"
 
 
+PLAIN_PROGRESS_LINES = 20
+"""Without a terminal, a step line is printed each time another 1/20 of the run is done."""
+
+
 class ConsoleReporter:
-    """A progress bar on an interactive terminal; elsewhere (CI logs, files) one plain line
-    per logged step, since a live bar would only be drawn once, at the end."""
+    """A progress bar on an interactive terminal; elsewhere (CI logs, files) a plain line
+    every 5% of the run, since a live bar would only be drawn once, at the end."""
 
     def __init__(self, console: Console, *, clock: Clock = time.monotonic) -> None:
         self._console = console
         self._eta = EtaEstimator(clock)
         self._info: RunInfo | None = None
         self._bar: tuple[Progress, TaskID] | None = None
+        self._printed_share = -1
 
     def started(self, info: RunInfo) -> None:
         self._info = info
@@ -697,7 +702,10 @@ class ConsoleReporter:
         info = _require_started(self._info)
         line = step_line(info, record, self._eta.observe(record.step, info.total_steps))
         if self._bar is None:
-            self._print(line)
+            share = record.step * PLAIN_PROGRESS_LINES // max(info.total_steps, 1)
+            if share != self._printed_share:
+                self._printed_share = share
+                self._print(line)
             return
         progress, task = self._bar
         progress.update(task, completed=record.step, description=line)

@@ -1,0 +1,140 @@
+"""`kubetune run` as a user meets it: a manifest in a folder, results on disk, clear refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kubetune_operator.cli import app
+
+runner = CliRunner()
+
+MANIFEST = """\
+apiVersion: kubetune.dev/v1alpha1
+kind: FineTuneJob
+metadata:
+  name: tiny
+spec:
+  model:
+    source: model
+    labels: [negative, positive]
+  data:
+    train: {{source: data/train.csv}}
+    validation: {{source: data/validation.csv}}
+    maxLength: 32
+  training: {{epochs: {epochs}, batchSize: {batch}, learningRate: 3e-3}}
+  output: {{uri: out}}
+"""
+
+
+@pytest.fixture
+def job_folder(tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]) -> Path:
+    """A folder as a user keeps it: the manifest beside its model and data (relative paths)."""
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (tmp_path / "data").mkdir()
+    shutil.copy(small_data[0], tmp_path / "data/train.csv")
+    shutil.copy(small_data[1], tmp_path / "data/validation.csv")
+    (tmp_path / "job.yaml").write_text(MANIFEST.format(epochs=1, batch=16))
+    return tmp_path
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["run", *args], terminal_width=200)
+    return result.exit_code, result.output
+
+
+def test_run_resolves_paths_against_the_manifest_and_reports(job_folder: Path) -> None:
+    code, output = run(str(job_folder / "job.yaml"))
+    assert code == 0, output
+    assert "✓ tiny finished" in output
+    report = json.loads((job_folder / "out/report.json").read_text())
+    assert report["succeeded"] is True
+    assert report["config"]["data"]["train"]["source"] == str(job_folder / "data/train.csv")
+    assert f"model          {job_folder / 'out/model'}" in output
+
+
+def test_a_finished_run_is_not_overwritten_unless_asked(job_folder: Path) -> None:
+    assert run(str(job_folder / "job.yaml"))[0] == 0
+    code, output = run(str(job_folder / "job.yaml"))
+    assert code == 1
+    assert "already holds a finished run" in output
+    assert "--overwrite" in output
+    code, output = run(str(job_folder / "job.yaml"), "--overwrite")
+    assert code == 0, output
+
+
+def refusal(job_folder: Path) -> str:
+    code, output = run(str(job_folder / "job.yaml"), "--output", str(job_folder / "refused"))
+    assert code == 1
+    assert "Traceback" not in output
+    assert not (job_folder / "refused/report.json").exists()
+    assert not (job_folder / "refused/model").exists()
+    return " ".join(output.split())
+
+
+def test_missing_data_file(job_folder: Path) -> None:
+    (job_folder / "data/train.csv").unlink()
+    assert "data.train.source:" in refusal(job_folder)
+    assert "train.csv does not exist" in refusal(job_folder)
+
+
+def test_unknown_column(job_folder: Path) -> None:
+    text = (job_folder / "job.yaml").read_text().replace("maxLength: 32", "textColumn: review")
+    (job_folder / "job.yaml").write_text(text)
+    message = refusal(job_folder)
+    assert "data.textColumn: column 'review' is not in" in message
+    assert "(columns: text, label, dialect)" in message
+
+
+def test_label_outside_the_declared_labels(job_folder: Path) -> None:
+    train = job_folder / "data/train.csv"
+    train.write_text(train.read_text().replace(",positive,", ",great,", 3))
+    message = refusal(job_folder)
+    assert "'great'" in message
+    assert "model.labels" in message
+    assert "3 rows" in message
+
+
+def test_empty_dataset(job_folder: Path) -> None:
+    (job_folder / "data/train.csv").write_text("text,label,dialect\n")
+    assert "no rows" in refusal(job_folder)
+
+
+def test_batch_size_larger_than_the_data(job_folder: Path) -> None:
+    (job_folder / "job.yaml").write_text(MANIFEST.format(epochs=1, batch=4096))
+    message = refusal(job_folder)
+    assert "training.batchSize" in message
+    assert "4096" in message
+
+
+def test_missing_model(job_folder: Path) -> None:
+    shutil.rmtree(job_folder / "model")
+    assert "model.source:" in refusal(job_folder)
+
+
+def test_invalid_manifest_never_starts(job_folder: Path) -> None:
+    (job_folder / "job.yaml").write_text(MANIFEST.format(epochs=0, batch=16))
+    assert "spec.training.epochs: must be >= 1 (got 0)" in refusal(job_folder)
+
+
+def test_two_processes_under_accelerate_launch_make_one_report(job_folder: Path) -> None:
+    executable = shutil.which("kubetune")
+    assert executable
+    result = subprocess.run(
+        [executable, "run", str(job_folder / "job.yaml"), "--processes", "2"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((job_folder / "out/report.json").read_text())
+    assert report["processes"] == 2
+    assert report["steps"] == 10  # 320 rows, batches of 16 shared by two processes
+    assert report["bestMetrics"]["accuracy"] > 0
+    assert len(list(job_folder.glob("out/report.json"))) == 1

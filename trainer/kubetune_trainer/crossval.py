@@ -1,0 +1,153 @@
+"""k-fold cross-validation: k models on k folds of the training rows, and how much they agree.
+
+One train/validation split can flatter or punish a recipe by chance, which matters most
+on the small datasets people fine-tune on. Each fold trains the same recipe on k-1 parts
+and evaluates on the remaining one; the report gives each metric's mean and standard
+deviation over the folds, and the best fold's model is kept as the run's model. The
+validation rows of the config are not used: the folds are the validation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.data import PreparedData, class_weights, kfold_splits, prepare_data
+from kubetune_trainer.metrics import is_better
+from kubetune_trainer.modeling import load_tokenizer
+from kubetune_trainer.recipe import MODEL_DIR, REPORT_FILE, Recipe, RunResult
+from kubetune_trainer.report import write_json_atomically
+
+
+def fold_data(
+    data: PreparedData, train_rows: np.ndarray, validation_rows: np.ndarray, config: TrainingConfig
+) -> PreparedData:
+    """One fold: the training rows split into the fold's own training and validation parts."""
+    labels = np.asarray(data.train["labels"])
+    counts = np.bincount(labels[train_rows], minlength=len(data.labels))
+    held_out = labels[validation_rows]
+    balance = config.data.balance
+    return replace(
+        data,
+        train=data.train.select(train_rows),
+        validation=data.train.select(validation_rows),
+        train_class_counts=dict(zip(data.labels, counts.tolist(), strict=True)),
+        class_weights=class_weights(
+            counts.tolist(), balance.class_weights, balance.beta, names=data.labels
+        ),
+        train_texts=[data.train_texts[i] for i in train_rows],
+        train_groups=_pick(data.train_groups, train_rows),
+        validation_texts=[data.train_texts[i] for i in validation_rows],
+        validation_groups=_pick(data.train_groups, validation_rows),
+        rows={**data.rows, "train_out": len(train_rows), "validation_out": len(validation_rows)},
+        majority_rate=float(np.bincount(held_out).max() / len(held_out)),
+    )
+
+
+def _pick(groups: dict[str, list[str]], rows: np.ndarray) -> dict[str, list[str]]:
+    return {column: [values[i] for i in rows] for column, values in groups.items()}
+
+
+def run_cross_validation(
+    config: TrainingConfig,
+    output_dir: Path,
+    *,
+    job_name: str,
+    env: Mapping[str, str],
+    console: Console | None,
+) -> RunResult:
+    """Train one model per fold into output/fold-K; summarise them in output/report.json."""
+    spec = config.evaluation.cross_validation
+    assert spec is not None
+    data = prepare_data(config, load_tokenizer(config))
+    splits = kfold_splits(
+        np.asarray(data.train["labels"]), spec.folds, spec.stratified, config.training.seed
+    )
+    results = []
+    for index, (train_rows, validation_rows) in enumerate(splits):
+        recipe = Recipe(
+            config,
+            output_dir / f"fold-{index}",
+            job_name=job_name,
+            env=env,
+            console=console,
+            data=fold_data(data, train_rows, validation_rows, config),
+        )
+        try:
+            recipe.setup()
+            results.append(recipe.train())
+        finally:
+            recipe.cleanup()
+    return _summarise(config, output_dir, job_name, results)
+
+
+def _summarise(
+    config: TrainingConfig, output_dir: Path, job_name: str, results: list[RunResult]
+) -> RunResult:
+    metric = config.primary_metric()
+    best = _best_fold(results, metric)
+    summary = fold_summary(results)
+    if (best.output_dir / MODEL_DIR).exists():
+        shutil.copytree(best.output_dir / MODEL_DIR, output_dir / MODEL_DIR, dirs_exist_ok=True)
+    report: dict[str, Any] = {
+        **best.report,
+        "job": job_name,
+        "succeeded": all(r.succeeded for r in results),
+        "bestMetrics": {name: values["mean"] for name, values in summary.items()},
+        "crossValidation": {
+            "folds": len(results),
+            "metrics": summary,
+            "bestFold": results.index(best),
+            "foldReports": [str(r.output_dir / REPORT_FILE) for r in results],
+        },
+        "artifacts": {
+            **best.report["artifacts"],
+            "model": str(output_dir / MODEL_DIR),
+            "report": str(output_dir / REPORT_FILE),
+        },
+    }
+    write_json_atomically(output_dir / REPORT_FILE, report)
+    mean = summary.get(metric, {}).get("mean")
+    message = (
+        f"{len(results)}-fold cross-validation: {metric} {mean:.4f} ± {summary[metric]['std']:.4f}"
+        if mean is not None
+        else "cross-validation finished"
+    )
+    return replace(
+        best,
+        succeeded=report["succeeded"],
+        message=message,
+        output_dir=output_dir,
+        metrics=report["bestMetrics"],
+        report=report,
+    )
+
+
+def _best_fold(results: list[RunResult], metric: str) -> RunResult:
+    best = results[0]
+    for result in results[1:]:
+        if is_better(metric, result.metrics.get(metric, float("nan")), best.metrics.get(metric)):
+            best = result
+    return best
+
+
+def fold_summary(results: list[RunResult]) -> dict[str, dict[str, Any]]:
+    """Each metric's mean, standard deviation and per-fold values over the folds' best scores."""
+    names = sorted({name for r in results for name in r.metrics})
+    summary = {}
+    for name in names:
+        values = [r.metrics[name] for r in results if name in r.metrics]
+        summary[name] = {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "folds": values,
+        }
+    return summary
