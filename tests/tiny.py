@@ -68,3 +68,26 @@ def make_tiny_model(
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def make_tiny_causal_lm(path: Path, texts: Iterable[str], layers: int = 2, seed: int = 0) -> Path:
+    """Save a randomly initialised tiny GPT-2 and a word-level tokenizer ending texts with [SEP]."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = make_tokenizer(texts)
+    tokenizer.eos_token = "[SEP]"
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=layers,
+        n_head=2,
+        n_positions=128,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -311,3 +312,49 @@ def test_lora_trains_adapters_only_and_saves_a_plain_model(
     assert not torch.equal(merged.state_dict()[query], before[query])  # adapters merged in
     key = "bert.encoder.layer.0.attention.self.key.weight"
     assert torch.equal(merged.state_dict()[key], before[key])  # no adapter on key
+
+
+def test_causal_lm_learns_to_answer_and_ignores_the_prompt_in_the_loss(
+    tmp_path: Path, small_data: tuple[Path, Path]
+) -> None:
+    import csv
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kubetune_trainer.data import IGNORED_LABEL, prepare_data
+    from tests.tiny import make_tiny_causal_lm
+
+    with small_data[0].open() as handle:
+        texts = [row["text"] + " " + row["label"] for row in csv.DictReader(handle)]
+    model = make_tiny_causal_lm(tmp_path / "gpt", texts)
+    config = TrainingConfig.model_validate(
+        {
+            "model": {"source": str(model), "task": "causal-lm"},
+            "data": {
+                "train": {"source": str(small_data[0])},
+                "validation": {"source": str(small_data[1])},
+                "textColumn": "text",
+                "textPairColumn": "label",
+                "maxLength": 48,
+            },
+            "training": {"epochs": 4, "batchSize": 16, "learningRate": 3e-3, "seed": 3},
+        },
+        by_name=False,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    prepared = prepare_data(config, tokenizer)
+    first = prepared.train[0]
+    prompt = tokenizer(prepared.train_texts[0], add_special_tokens=False)["input_ids"]
+    assert first["labels"][: len(prompt)] == [IGNORED_LABEL] * len(prompt)
+    assert first["labels"][len(prompt) :] == first["input_ids"][len(prompt) :]
+    assert first["input_ids"][-1] == tokenizer.eos_token_id
+
+    result = train(config, tmp_path / "run")
+    assert result.succeeded
+    evaluations = result.report["curves"]["evaluations"]
+    losses = [e["metrics"]["loss"] for e in evaluations]
+    assert losses[-1] < 0.5 * losses[0]  # two answer tokens out of ~110 words: learnable
+    assert result.metrics["perplexity"] == pytest.approx(math.exp(result.metrics["loss"]))
+    assert result.report["primaryMetric"] == "loss"
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run/model")
+    assert reloaded.config.model_type == "gpt2"

@@ -117,8 +117,8 @@ def test_unknown_extension_needs_an_explicit_format() -> None:
 
 def test_a_column_may_play_one_role_only() -> None:
     loc, msg = error_of(minimal(data={"train": {"source": "t.csv"}, "sensitiveColumns": ["label"]}))
-    assert loc == ("data",)
-    assert "'label' is named by both labelColumn and sensitiveColumns" in msg
+    assert loc == ()
+    assert "'label' is named by both data.labelColumn and data.sensitiveColumns" in msg
 
 
 def test_labels_must_be_distinct_and_agree_with_num_labels() -> None:

@@ -315,9 +315,9 @@ class DataSpec(Section):
     text_column: ColumnName = "text"
     """Column with the input text."""
     text_pair_column: ColumnName | None = None
-    """Column with a second text (sentence-pair tasks such as entailment); left out for single texts."""
+    """Column with a second text: the pair of a sentence-pair task (entailment), or for causal-lm the response, the only tokens the loss counts (the text column is then the prompt). Left out for single texts."""
     label_column: ColumnName = "label"
-    """Column with the class label (sequence-classification)."""
+    """Column with the class label (sequence-classification; causal-lm ignores it)."""
     sensitive_columns: list[ColumnName] = Field(default_factory=list, max_length=16)
     """Columns with sensitive attributes (e.g. gender, dialect group): reported per group in the data report and audited by the bias section. Never fed to the model."""
     weight_column: ColumnName | None = None
@@ -327,23 +327,15 @@ class DataSpec(Section):
     balance: BalanceSpec = section_default(BalanceSpec)
     """Class imbalance handling."""
 
-    @model_validator(mode="after")
-    def _columns_are_distinct(self) -> Self:
-        seen: dict[str, str] = {}
-        for field, column in self._column_roles():
-            if column in seen:
-                raise ValueError(f"column {column!r} is named by both {seen[column]} and {field}")
-            seen[column] = field
-        return self
-
-    def _column_roles(self) -> list[tuple[str, str]]:
+    def column_roles(self, *, with_label: bool) -> list[tuple[str, str]]:
+        """(field path, column) for every column the data section names."""
         roles = [
-            ("textColumn", self.text_column),
-            ("textPairColumn", self.text_pair_column),
-            ("labelColumn", self.label_column),
-            ("weightColumn", self.weight_column),
+            ("data.textColumn", self.text_column),
+            ("data.textPairColumn", self.text_pair_column),
+            ("data.labelColumn", self.label_column if with_label else None),
+            ("data.weightColumn", self.weight_column),
         ]
-        roles += [("sensitiveColumns", column) for column in self.sensitive_columns]
+        roles += [("data.sensitiveColumns", column) for column in self.sensitive_columns]
         return [(field, column) for field, column in roles if column is not None]
 
 
@@ -448,7 +440,7 @@ class TrainingSpec(Section):
     polynomial_power: float = Field(default=1.0, gt=0, le=100)
     """Power of the decay (polynomial)."""
     optimizer: OptimizerType = "adamw"
-    """adamw (fused on GPU), adafactor or sgd (with momentum 0.9)."""
+    """adamw (the fused kernel), adafactor or sgd (with momentum 0.9)."""
     precision: Precision = "auto"
     """Numeric precision: auto picks bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
@@ -632,6 +624,16 @@ class TrainingConfig(Section):
     """The fairness audit; left out for none. Needs data.sensitiveColumns."""
     output: OutputSpec = section_default(OutputSpec)
     """Artifacts."""
+
+    @model_validator(mode="after")
+    def _columns_are_distinct(self) -> Self:
+        seen: dict[str, str] = {}
+        with_label = self.model.task == "sequence-classification"
+        for field, column in self.data.column_roles(with_label=with_label):
+            if column in seen:
+                raise ValueError(f"column {column!r} is named by both {seen[column]} and {field}")
+            seen[column] = field
+        return self
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> Self:

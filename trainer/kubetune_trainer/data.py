@@ -25,16 +25,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import datasets  # type: ignore[import-untyped]
+import datasets
 import numpy as np
 import numpy.typing as npt
-import pandas as pd  # type: ignore[import-untyped]
-import pyarrow as pa  # type: ignore[import-untyped]
-import pyarrow.compute as pc  # type: ignore[import-untyped]
-import pyarrow.csv as pacsv  # type: ignore[import-untyped]
-import pyarrow.json as pajson  # type: ignore[import-untyped]
-import pyarrow.parquet as pq  # type: ignore[import-untyped]
-from datasets.table import InMemoryTable  # type: ignore[import-untyped]
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+from datasets.table import InMemoryTable
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch.utils.data import Sampler
 from transformers import PreTrainedTokenizerBase
@@ -292,7 +292,9 @@ def _check_unique_columns(table: pa.Table, path: Path, field: str) -> None:
 
 
 def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
-    """Load, check, label, split and tokenize the data of a sequence-classification run."""
+    """Load, check, label, split and tokenize the data of a run."""
+    if config.model.task == "causal-lm":
+        return prepare_language_model_data(config, tokenizer)
     data = config.data
     train = _read_source(data.train, "data.train")
     validation = (
@@ -741,3 +743,110 @@ class LengthGroupedSampler(Sampler[int]):
         window = np.arange(len(shuffled)) // (MEGA_BATCH_FACTOR * self.batch_size)
         # lexsort sorts by its last key first: by window, then longest first within one.
         return shuffled[np.lexsort((-self.lengths[shuffled], window))]
+
+
+# --- causal language models: next-token prediction, the prompt masked when a response column
+# is set (data.textPairColumn), so the model learns to answer, not to repeat the question ---
+
+IGNORED_LABEL = -100
+"""The label value torch's cross-entropy skips: prompt tokens and padding."""
+
+
+def prepare_language_model_data(
+    config: TrainingConfig, tokenizer: PreTrainedTokenizerBase
+) -> PreparedData:
+    """Load, check, split and tokenize the rows of a causal-LM run."""
+    data = config.data
+    train = _read_source(data.train, "data.train")
+    validation = (
+        None if data.validation is None else _read_source(data.validation, "data.validation")
+    )
+    _check_columns(train, _text_columns(data))
+    if validation is None:
+        kept, held_out = stratified_split(
+            np.zeros(train.table.num_rows, dtype=np.int64),
+            data.validation_split,
+            config.training.seed,
+        )
+        train, validation = train.take(kept), train.take(held_out)
+    else:
+        _check_columns(validation, _text_columns(data))
+    _check_batch_size(config.training.batch_size, train)
+    train_texts, validation_texts = _prompts(train, data), _prompts(validation, data)
+    train_set = _tokenize_for_language_model(train, data, tokenizer, "training")
+    validation_set = _tokenize_for_language_model(validation, data, tokenizer, "validation")
+    return PreparedData(
+        train=train_set,
+        validation=validation_set,
+        labels=[],
+        train_class_counts={},
+        class_weights=None,
+        train_texts=train_texts,
+        train_groups=_groups(train, [c for c in data.sensitive_columns if c in _names(train)]),
+        validation_texts=validation_texts,
+        validation_groups=_groups(
+            validation, [c for c in data.sensitive_columns if c in _names(validation)]
+        ),
+        rows={
+            "train_in": train.table.num_rows,
+            "validation_in": validation.table.num_rows,
+            "train_out": len(train_set),
+            "validation_out": len(validation_set),
+        },
+        majority_rate=0.0,
+    )
+
+
+def _text_columns(data: DataSpec) -> list[tuple[str, str]]:
+    roles = [("data.textColumn", data.text_column)]
+    if data.text_pair_column is not None:
+        roles.append(("data.textPairColumn", data.text_pair_column))
+    return roles
+
+
+def _prompts(rows: _Rows, data: DataSpec) -> list[str]:
+    texts: list[str] = _texts(rows, data.text_column, "data.textColumn").to_pylist()
+    return texts
+
+
+def _tokenize_for_language_model(
+    rows: _Rows, data: DataSpec, tokenizer: PreTrainedTokenizerBase, split: str
+) -> datasets.Dataset:
+    columns = {"prompt": _texts(rows, data.text_column, "data.textColumn")}
+    if data.text_pair_column is not None:
+        columns["response"] = _texts(rows, data.text_pair_column, "data.textPairColumn")
+    table = pa.table(columns)
+    encoded = datasets.Dataset(InMemoryTable(table)).map(
+        _language_model_encoder(tokenizer, data.max_length),
+        batched=True,
+        remove_columns=list(columns),
+        desc=f"Tokenizing the {split} rows",
+    )
+    lengths = pc.list_value_length(encoded.data.table.column("input_ids"))
+    if pc.max(lengths).as_py() is None:
+        raise DataError(f"data.{split}: no row holds any text")
+    return datasets.Dataset(InMemoryTable(encoded.data.table.append_column("length", lengths)))
+
+
+def _language_model_encoder(
+    tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> Callable[[Any], dict[str, Any]]:
+    """Prompt (+ response + end of text) token ids, labels masking the prompt when a response
+    column exists."""
+    end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def encode(batch: Any) -> dict[str, Any]:
+        prompts = tokenizer(batch["prompt"], add_special_tokens=False)["input_ids"]
+        responses = batch.get("response")
+        if responses is None:
+            ids = [(p + end)[:max_length] for p in prompts]
+            return {"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids], "labels": ids}
+        answers = tokenizer(responses, add_special_tokens=False)["input_ids"]
+        ids = [(p + a + end)[:max_length] for p, a in zip(prompts, answers, strict=True)]
+        labels = [
+            ([IGNORED_LABEL] * len(p) + a + end)[:max_length]
+            for p, a in zip(prompts, answers, strict=True)
+        ]
+        return {"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids], "labels": labels}
+
+    return encode

@@ -107,6 +107,11 @@ class FreezingPlan:
     always_frozen: frozenset[str]
     always_trainable: frozenset[str]
 
+    @property
+    def is_scheduled(self) -> bool:
+        """Whether some parameters are frozen only for a while (so gradients must be dropped)."""
+        return self.spec.head_only_epochs > 0 or self.spec.gradual_unfreezing is not None
+
     def trainable_at(self, epoch: int, step: int) -> frozenset[str]:
         """Parameter names that may change at this (0-based) epoch and global optimizer step."""
         released = {HEAD, *self.unfrozen_groups(epoch, step)}

@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as transformers_logging
 
 from kubetune_trainer.config import LoraSpec, TrainingConfig
 from kubetune_trainer.sources import resolve_local
@@ -69,15 +70,35 @@ def load_model(config: TrainingConfig, labels: list[str]) -> nn.Module:
         if config.model.task == "causal-lm"
         else AutoModelForSequenceClassification
     )
-    model: PreTrainedModel = auto.from_pretrained(
-        path, config=model_config, attn_implementation="sdpa", dtype=torch.float32
-    )
+    # A fresh task head is the point of fine-tuning: transformers' report of its "missing"
+    # weights would only alarm people, so loading is quiet.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    try:
+        model = _from_pretrained(auto, path, model_config)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     if config.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(  # type: ignore[no-untyped-call]
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
     if config.training.lora is not None:
         return _with_lora(model, config.training.lora, config.model.task)
+    return model
+
+
+def _from_pretrained(auto: Any, path: Path, model_config: PretrainedConfig) -> PreTrainedModel:
+    """Fused scaled-dot-product attention where the architecture has it, else the eager one."""
+    try:
+        model: PreTrainedModel = auto.from_pretrained(
+            path, config=model_config, attn_implementation="sdpa", dtype=torch.float32
+        )
+    except ValueError as error:
+        if "sdpa" not in str(error).lower():
+            raise
+        model = auto.from_pretrained(
+            path, config=model_config, attn_implementation="eager", dtype=torch.float32
+        )
     return model
 
 

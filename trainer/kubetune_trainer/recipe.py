@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -26,13 +27,19 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
 from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding, PreTrainedModel
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedModel
+from transformers.utils import logging as transformers_logging
 
 from kubetune_trainer import freezing
 from kubetune_trainer.config import TrainingConfig
-from kubetune_trainer.data import LengthGroupedSampler, PreparedData, prepare_data
+from kubetune_trainer.data import (
+    IGNORED_LABEL,
+    LengthGroupedSampler,
+    PreparedData,
+    prepare_data,
+)
 from kubetune_trainer.diagnosis import Diagnosis, DivergenceMonitor, EvalPoint, diagnose
-from kubetune_trainer.metrics import classification_metrics, is_better
+from kubetune_trainer.metrics import classification_metrics, is_better, language_model_metrics
 from kubetune_trainer.modeling import load_model, load_tokenizer
 from kubetune_trainer.report import build_report, write_json_atomically
 from kubetune_trainer.reporting import EvalRecord, Reporter, RunInfo, StepRecord, build_reporter
@@ -109,6 +116,18 @@ def classification_loss(
     return (per_row * weights).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
 
 
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed next-token loss and the number of tokens it covers."""
+    shifted_logits, shifted_labels = logits[:, :-1].float(), labels[:, 1:]
+    per_token = F.cross_entropy(
+        shifted_logits.flatten(0, 1),
+        shifted_labels.flatten(),
+        ignore_index=IGNORED_LABEL,
+        reduction="none",
+    ).view(shifted_labels.shape)
+    return per_token.sum(dim=1), (shifted_labels != IGNORED_LABEL).sum(dim=1)
+
+
 def l1_penalty(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
     """Sum of absolute values of the given weights."""
     return torch.stack([p.abs().sum() for p in parameters]).sum()
@@ -134,6 +153,7 @@ class Recipe:
     _interval_predictions: list[torch.Tensor]
     _interval_labels: list[torch.Tensor]
     _samples: int
+    _batch_rows: int
     _window_started: float
     _grad_norm: torch.Tensor | None
     _log_every: int
@@ -155,6 +175,11 @@ class Recipe:
         self.console = console or Console(stderr=True)
         self.data = data
         self.resumed_from: Path | None = None
+        self._trainable_cache: tuple[Any, frozenset[str], list[torch.nn.Parameter]] = (
+            None,
+            frozenset(),
+            [],
+        )
         self.state = TrainingState()
         self.timings: dict[str, float] = {}
 
@@ -171,6 +196,9 @@ class Recipe:
         )
         self.processes = int(self.accelerator.num_processes)
         set_seed(training.seed)
+        if not self.console.is_terminal:  # progress bars in a log file are noise
+            datasets.disable_progress_bars()
+            transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         self.reporter: Reporter = build_reporter(
             rank_zero=self.accelerator.is_main_process,
             output_dir=self.output_dir,
@@ -216,7 +244,13 @@ class Recipe:
 
     def _loaders(self) -> tuple[DataLoader[Any], DataLoader[Any]]:
         assert self.data is not None
-        collator = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8)
+        collator: Any = (
+            DataCollatorForSeq2Seq(
+                self.tokenizer, label_pad_token_id=IGNORED_LABEL, pad_to_multiple_of=8
+            )
+            if self.is_language_model
+            else DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8)
+        )
         columns = [c for c in self.data.train.column_names if c != "length"]
         training = self.config.training
         sampler = LengthGroupedSampler(
@@ -336,8 +370,9 @@ class Recipe:
             self.train_loader, self.state.batches_in_epoch
         )
         for batch in batches:
+            self._batch_rows = int(batch["input_ids"].shape[0])
             with self.accelerator.accumulate(self.model):
-                loss, logits, labels = self._loss(batch)
+                loss, predictions, labels = self._loss(batch)
                 self.accelerator.backward(loss)
                 if self.accelerator.sync_gradients:
                     self._prepare_gradients()
@@ -345,7 +380,7 @@ class Recipe:
                 self.scheduler.step()
                 self.optimizer.zero_grad()
             self.state.batches_in_epoch += 1
-            self._track(loss, logits, labels)
+            self._track(loss, predictions, labels)
             if not self.accelerator.sync_gradients:
                 continue
             self.state.step += 1
@@ -356,7 +391,10 @@ class Recipe:
 
     def _loss(
         self, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The training loss, and for classification the predictions and labels to track."""
+        if self.is_language_model:  # the model shifts the labels and skips masked tokens
+            return self._with_l1(self.model(**batch).loss), None, None
         labels = batch.pop("labels")
         row_weights = batch.pop("weight", None)
         logits = self.model(**batch).logits
@@ -367,36 +405,56 @@ class Recipe:
             row_weights=row_weights,
             label_smoothing=self.config.regularization.label_smoothing,
         )
+        return self._with_l1(loss), logits.detach().argmax(dim=-1), labels
+
+    def _with_l1(self, loss: torch.Tensor) -> torch.Tensor:
         if self.config.regularization.l1 > 0:
-            trainable = self._trainable_now()
-            active = [p for name, p in self.l1_parameters if name in trainable]
+            active = self._l1_active()
             if active:
-                loss = loss + self.config.regularization.l1 * l1_penalty(active)
-        return loss, logits.detach(), labels
+                return loss + self.config.regularization.l1 * l1_penalty(active)
+        return loss
+
+    @property
+    def is_language_model(self) -> bool:
+        return self.config.model.task == "causal-lm"
 
     def _trainable_now(self) -> frozenset[str]:
-        return self.plan.trainable_at(self.state.epoch, self.state.step)
+        """The schedule's trainable set, recomputed only when a group is released."""
+        stage = tuple(self.plan.unfrozen_groups(self.state.epoch, self.state.step))
+        if self._trainable_cache[0] != stage:
+            trainable = self.plan.trainable_at(self.state.epoch, self.state.step)
+            active = [p for name, p in self.l1_parameters if name in trainable]
+            self._trainable_cache = (stage, trainable, active)
+        return self._trainable_cache[1]
+
+    def _l1_active(self) -> list[torch.nn.Parameter]:
+        self._trainable_now()
+        return self._trainable_cache[2]
 
     def _prepare_gradients(self) -> None:
         """Drop gradients of layers the schedule still holds frozen, then clip."""
-        freezing.drop_frozen_gradients(
-            self.accelerator.unwrap_model(self.model), self._trainable_now()
-        )
+        if self.plan.is_scheduled:
+            freezing.drop_frozen_gradients(
+                self.accelerator.unwrap_model(self.model), self._trainable_now()
+            )
         max_norm = self.config.regularization.max_grad_norm
         if max_norm is not None:
             norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
             if norm is not None:
                 self._grad_norm = norm.detach()
 
-    def _track(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def _track(
+        self, loss: torch.Tensor, predictions: torch.Tensor | None, labels: torch.Tensor | None
+    ) -> None:
         """Accumulate on the device; nothing here waits for the GPU."""
         self._loss_sum = self._loss_sum + loss.detach().float()
         self._loss_batches += 1
         self._interval_loss_sum = self._interval_loss_sum + loss.detach().float()
         self._interval_batches += 1
-        self._interval_predictions.append(logits.argmax(dim=-1))
-        self._interval_labels.append(labels)
-        self._samples += labels.shape[0]
+        if predictions is not None and labels is not None:
+            self._interval_predictions.append(predictions)
+            self._interval_labels.append(labels)
+        self._samples += self._batch_rows
 
     def _reset_windows(self) -> None:
         device = self.accelerator.device
@@ -407,6 +465,7 @@ class Recipe:
         self._interval_predictions = []
         self._interval_labels = []
         self._samples = 0
+        self._batch_rows = 0
         self._window_started = time.perf_counter()
         self._grad_norm = None
         self._log_every = max(1, self.total_steps // MAX_LOGS_PER_RUN)
@@ -472,18 +531,25 @@ class Recipe:
     def _log_freezing(self) -> None:
         entry = self.plan.describe(self.state.epoch, self.state.step)
         entry["learningRates"] = self._group_learning_rates(entry["trainable"])
+        entry["message"] = freezing_summary(entry)
         if not self.state.freezing_log or self.state.freezing_log[-1]["epoch"] != entry["epoch"]:
             self.state.freezing_log.append(entry)
             self.reporter.section("freezing", entry)
 
     def _group_learning_rates(self, trainable: list[str]) -> dict[str, float]:
-        rates = {g["group"]: float(g["lr"]) for g in self.optimizer.param_groups}
+        """Each trainable group's peak rate (the schedule scales them all alike)."""
+        rates = {
+            g["group"]: float(g.get("initial_lr", g["lr"])) for g in self.optimizer.param_groups
+        }
         return {group: rates[group] for group in trainable if group in rates}
 
     # --- evaluation and checkpoints -------------------------------------------------------
 
     def evaluate(self) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-        """Validation metrics, class probabilities and labels over the whole validation set."""
+        """Validation metrics, class probabilities and labels over the whole validation set
+        (for a language model: its loss and perplexity, and empty arrays)."""
+        if self.is_language_model:
+            return self._evaluate_language_model(), np.empty((0, 0)), np.empty(0)
         self.model.eval()
         all_logits, all_labels = [], []
         for batch in self.eval_loader:
@@ -505,15 +571,33 @@ class Recipe:
             labels.numpy(),
         )
 
+    def _evaluate_language_model(self) -> dict[str, float]:
+        """Mean loss per predicted token over the validation rows, and its perplexity."""
+        self.model.eval()
+        sums, counts = [], []
+        for batch in self.eval_loader:
+            labels = batch.pop("labels")
+            with torch.no_grad():
+                logits = self.model(**batch).logits
+            row_sums, row_counts = token_losses(logits, labels)
+            row_sums, row_counts = self.accelerator.gather_for_metrics((row_sums, row_counts))
+            sums.append(row_sums.cpu())
+            counts.append(row_counts.cpu())
+        self.model.train()
+        loss = float(torch.cat(sums).sum() / torch.cat(counts).sum().clamp_min(1))
+        return language_model_metrics(loss)
+
     def _train_interval_metrics(self) -> dict[str, float]:
         """Running training metrics since the last evaluation, over every process."""
+        loss = self.accelerator.reduce(
+            self._interval_loss_sum / max(self._interval_batches, 1), "mean"
+        )
+        if self.is_language_model:
+            return language_model_metrics(float(loss.item()))
         predictions = self._gather_uneven(torch.cat(self._interval_predictions))
         labels = self._gather_uneven(torch.cat(self._interval_labels))
         keep = labels >= 0
         predictions, labels = predictions[keep], labels[keep]
-        loss = self.accelerator.reduce(
-            self._interval_loss_sum / max(self._interval_batches, 1), "mean"
-        )
         classes = len(self.data.labels) if self.data else int(labels.max()) + 1
         one_hot = np.eye(classes)[predictions]
         metrics = classification_metrics(labels, one_hot, float(loss.item()))
@@ -529,7 +613,7 @@ class Recipe:
     def _evaluate_and_checkpoint(self) -> None:
         started = time.perf_counter()
         metrics, _, _ = self.evaluate()
-        train_metrics = self._train_interval_metrics() if self._interval_predictions else {}
+        train_metrics = self._train_interval_metrics() if self._interval_batches else {}
         self._interval_loss_sum = torch.zeros((), device=self.accelerator.device)
         self._interval_batches = 0
         self._interval_predictions, self._interval_labels = [], []
@@ -608,7 +692,9 @@ class Recipe:
             self.config.primary_metric(),
             max_gap=self.config.evaluation.max_generalization_gap,
             underfitting_floor=self.config.evaluation.underfitting_floor,
-            majority_rate=self.data.majority_rate if self.data else None,
+            majority_rate=None
+            if self.is_language_model or not self.data
+            else self.data.majority_rate,
             diverged=diverged,
         )
         self.reporter.section("diagnosis", diagnosis.to_status())
@@ -710,6 +796,14 @@ class Recipe:
         reporter = getattr(self, "reporter", None)
         if reporter is not None:
             reporter.close()
+
+
+def freezing_summary(entry: dict[str, Any]) -> str:
+    """One line for the console: what trains this epoch and at which peak rates."""
+    rates = entry["learningRates"]
+    trained = ", ".join(f"{g} ({rates[g]:.2g})" if g in rates else g for g in entry["trainable"])
+    frozen = ", ".join(entry["frozen"]) or "nothing"
+    return f"epoch {entry['epoch']} trains {trained}; frozen: {frozen}"
 
 
 def checkpoint_name(step: int) -> str:

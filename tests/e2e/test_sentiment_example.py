@@ -1,0 +1,43 @@
+"""The README's main command, end to end: the sentiment example fine-tunes the pretrained
+all-MiniLM-L6-v2 on CPU and beats the majority class by a wide margin."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_readme_example_runs_and_learns(tmp_path: Path) -> None:
+    executable = shutil.which("kubetune")
+    assert executable
+    result = subprocess.run(
+        [executable, "run", str(REPO / "examples/sentiment/job.yaml"), "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "✓ sentiment finished" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    accuracy = report["bestMetrics"]["accuracy"]
+    assert accuracy > report["data"]["majorityRate"] + 0.15
+    assert report["data"]["rows"] == {
+        "train_in": 3000,
+        "validation_in": 600,
+        "train_out": 3000,
+        "validation_out": 600,
+    }
+    assert report["diagnosis"]["verdict"] in ("Healthy", "Overfitting")
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
+    assert model.config.id2label == {0: "negative", 1: "positive"}
