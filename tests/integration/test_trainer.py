@@ -251,7 +251,7 @@ def test_learning_rate_range_test_is_recorded_and_leaves_the_model_untouched(
     found = recipe.state.range_test
     assert found is not None
     assert 1e-6 <= found["suggestion"] <= 1.0
-    head = next(g for g in recipe.optimizer.param_groups if g["group"] == "head")
+    head = next(g for g in recipe.optimizer.param_groups if "head" in g["layers"])
     assert head["initial_lr"] == pytest.approx(found["suggestion"])
     recipe.cleanup()
     reference.cleanup()

@@ -23,7 +23,9 @@ from kubetune_trainer.schedules import (
 def rates(scheduler_fields: dict[str, Any], total: int = 100) -> list[float]:
     spec = TrainingSpec.model_validate({"learningRate": 1.0, **scheduler_fields}, by_name=False)
     parameter = torch.nn.Parameter(torch.zeros(1))
-    optimizer = build_optimizer(spec, [{"params": [parameter], "lr": 1.0, "group": "head"}])
+    optimizer = build_optimizer(
+        spec, [{"params": [parameter], "lr": 1.0, "layers": ["head"], "scale": 1.0}]
+    )
     scheduler = build_scheduler(optimizer, spec, total)
     seen = []
     for _ in range(total):
@@ -73,8 +75,8 @@ def test_discriminative_ratios_survive_the_schedule() -> None:
     optimizer = build_optimizer(
         spec,
         [
-            {"params": [head], "lr": 1e-3, "group": "head"},
-            {"params": [low], "lr": 2.5e-4, "group": "block 0"},
+            {"params": [head], "lr": 1e-3, "layers": ["head"], "scale": 1.0},
+            {"params": [low], "lr": 2.5e-4, "layers": ["block 0"], "scale": 0.25},
         ],
     )
     scheduler = build_scheduler(optimizer, spec, 50)

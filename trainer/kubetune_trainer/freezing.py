@@ -202,20 +202,30 @@ def drop_frozen_gradients(model: nn.Module, trainable: frozenset[str]) -> None:
 def optimizer_groups(
     model: nn.Module, plan: FreezingPlan, base_lr: float, weight_decay: float
 ) -> list[dict[str, Any]]:
-    """Parameter groups with discriminative learning rates and no decay on biases and norms."""
+    """Parameter groups with discriminative learning rates and no decay on biases and norms.
+
+    Layer groups that share a rate share an optimizer group ("layers" names them; "scale"
+    is their discriminative factor): each optimizer group is one fused kernel launch.
+    """
     group_of = {n: g for g, names in plan.groups.named().items() for n in names}
-    buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    layers: dict[tuple[float, bool], list[str]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         decays = parameter.ndim >= 2 and not any(m in name for m in NO_DECAY_MARKERS)
-        buckets.setdefault((group_of.get(name, HEAD), decays), []).append(parameter)
+        group = group_of.get(name, HEAD)
+        key = (plan.learning_rate_scale(group), decays)
+        buckets.setdefault(key, []).append(parameter)
+        if group not in layers.setdefault(key, []):
+            layers[key].append(group)
     return [
         {
             "params": params,
-            "lr": base_lr * plan.learning_rate_scale(group),
+            "lr": base_lr * scale,
             "weight_decay": weight_decay if decays else 0.0,
-            "group": group,
+            "layers": layers[(scale, decays)],
+            "scale": scale,
         }
-        for (group, decays), params in buckets.items()
+        for (scale, decays), params in buckets.items()
     ]

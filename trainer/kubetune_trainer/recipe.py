@@ -107,6 +107,8 @@ def classification_loss(
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Cross-entropy averaged with class and row weights: sum(w * ce) / sum(w)."""
+    if class_weights is None and row_weights is None:
+        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
     per_row = F.cross_entropy(
         logits.float(), labels, label_smoothing=label_smoothing, reduction="none"
     )
@@ -325,7 +327,7 @@ class Recipe:
 
     def _range_test_step(self, rate: float, batch: dict[str, torch.Tensor]) -> float:
         for group in self.optimizer.param_groups:
-            group["lr"] = rate * self.plan.learning_rate_scale(group["group"])
+            group["lr"] = rate * group["scale"]
         loss = self._loss(batch)[0]
         self.accelerator.backward(loss)
         self.optimizer.step()
@@ -334,7 +336,7 @@ class Recipe:
 
     def _set_base_learning_rate(self, result: RangeTestResult) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = result.suggestion * self.plan.learning_rate_scale(group["group"])
+            group["lr"] = result.suggestion * group["scale"]
 
     # --- training ----------------------------------------------------------------------------
 
@@ -539,7 +541,9 @@ class Recipe:
     def _group_learning_rates(self, trainable: list[str]) -> dict[str, float]:
         """Each trainable group's peak rate (the schedule scales them all alike)."""
         rates = {
-            g["group"]: float(g.get("initial_lr", g["lr"])) for g in self.optimizer.param_groups
+            layer: float(g.get("initial_lr", g["lr"]))
+            for g in self.optimizer.param_groups
+            for layer in g["layers"]
         }
         return {group: rates[group] for group in trainable if group in rates}
 
