@@ -358,3 +358,34 @@ def test_causal_lm_learns_to_answer_and_ignores_the_prompt_in_the_loss(
     assert result.report["primaryMetric"] == "loss"
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run/model")
     assert reloaded.config.model_type == "gpt2"
+
+
+def test_dropout_overrides_reach_the_model_config(
+    tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    from kubetune_trainer.modeling import load_model
+
+    config = make_config(
+        tiny_model_dir, small_data, regularization={"dropout": 0.3, "attentionDropout": 0.05}
+    )
+    model = load_model(config, ["negative", "positive"])
+    assert model.config.hidden_dropout_prob == 0.3
+    assert model.config.attention_probs_dropout_prob == 0.05
+    assert model.bert.encoder.layer[0].output.dropout.p == 0.3
+
+
+def test_label_smoothing_is_the_smoothed_cross_entropy() -> None:
+    logits = torch.tensor([[2.0, 0.5], [0.1, 0.3]])
+    labels = torch.tensor([0, 1])
+    smoothed = classification_loss(logits, labels, label_smoothing=0.1)
+    by_hand = (
+        sum(
+            -(
+                0.95 * torch.log_softmax(logits[i], 0)[labels[i]]
+                + 0.05 * torch.log_softmax(logits[i], 0)[1 - labels[i]]
+            ).item()
+            for i in range(2)
+        )
+        / 2
+    )
+    assert smoothed.item() == pytest.approx(by_hand, rel=1e-6)

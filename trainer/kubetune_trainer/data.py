@@ -392,14 +392,17 @@ def _some(items: Sequence[str], limit: int = 4 * _SHOWN) -> str:
 
 def _texts(rows: _Rows, column: str, field: str) -> pa.ChunkedArray:
     values = _as_text(rows, column, field)
-    missing = pc.is_null(values)
+    _refuse_missing(rows, pc.is_null(values), field, f"no text in column {column!r}")
+    return values
+
+
+def _refuse_missing(rows: _Rows, missing: pa.ChunkedArray, field: str, what: str) -> None:
+    """A DataError naming how many rows, and which, lack a value."""
     count = pc.sum(missing).as_py() or 0
     if count:
         raise DataError(
-            f"{field}: {rows.origin} has {_rows(count)} with no text in column {column!r} "
-            f"({rows.row_numbers(missing)})"
+            f"{field}: {rows.origin} has {_rows(count)} with {what} ({rows.row_numbers(missing)})"
         )
-    return values
 
 
 # --- labels ----------------------------------------------------------------------------
@@ -409,12 +412,7 @@ def _label_values(rows: _Rows, column: str) -> pa.ChunkedArray:
     """The label column as text without surrounding spaces; every row must have one."""
     values = pc.utf8_trim_whitespace(_as_text(rows, column, "data.labelColumn"))
     missing = pc.fill_null(pc.equal(values, ""), True)
-    count = pc.sum(missing).as_py() or 0
-    if count:
-        raise DataError(
-            f"data.labelColumn: {rows.origin} has {_rows(count)} with no label in column "
-            f"{column!r} ({rows.row_numbers(missing)})"
-        )
+    _refuse_missing(rows, missing, "data.labelColumn", f"no label in column {column!r}")
     return values
 
 
