@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_operator.api.v1alpha1 import FineTuneJob
-from kubetune_trainer.config import EXIT_INVALID_INPUT, TrainingConfig, parse_source
+from kubetune_trainer.config import EXIT_INVALID_INPUT, TrainingConfig
 
 REPORT_FILE = "report.json"
 CONFIG_FILE = "config.json"
@@ -49,15 +49,13 @@ def plan_local_run(job: FineTuneJob, manifest: Path, output: Path | None) -> Loc
 
 
 def _default_output(config: TrainingConfig, job: FineTuneJob) -> Path:
-    if config.output.uri is None:
-        return Path("runs") / job.metadata.name
-    source = parse_source(config.output.uri)
-    if source.scheme != "file":
+    directory = config.output_directory(job.metadata.name, pvc_root=None)
+    if directory is None:
         raise LocalRunError(
             f"spec.output.uri: {config.output.uri} needs a cluster; pass --output DIR "
             "to run locally"
         )
-    return Path(source.location)
+    return directory
 
 
 def prepare_output(run: LocalRun, overwrite: bool) -> None:

@@ -138,3 +138,12 @@ def test_two_processes_under_accelerate_launch_make_one_report(job_folder: Path)
     assert report["steps"] == 10  # 320 rows, batches of 16 shared by two processes
     assert report["bestMetrics"]["accuracy"] > 0
     assert len(list(job_folder.glob("out/report.json"))) == 1
+
+
+def test_a_claim_output_needs_a_cluster_or_an_output_directory(job_folder: Path) -> None:
+    text = (job_folder / "job.yaml").read_text().replace("uri: out", "uri: pvc://runs/tiny")
+    (job_folder / "job.yaml").write_text(text)
+    code, output = run(str(job_folder / "job.yaml"))
+    assert code == 1
+    assert "spec.output.uri: pvc://runs/tiny needs a cluster; pass --output DIR" in output
+    assert run(str(job_folder / "job.yaml"), "--output", str(job_folder / "here"))[0] == 0

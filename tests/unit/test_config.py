@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -193,3 +194,15 @@ def test_metric_direction() -> None:
     assert metric_direction("loss") == "minimize"
     assert metric_direction("perplexity") == "minimize"
     assert metric_direction("f1Macro") == "maximize"
+
+
+def test_output_directory_of_each_kind() -> None:
+    local = TrainingConfig.model_validate(minimal(output={"uri": "/srv/out"}), by_name=False)
+    claim = TrainingConfig.model_validate(
+        minimal(output={"uri": "pvc://runs/team/a"}), by_name=False
+    )
+    default = TrainingConfig.model_validate(minimal(), by_name=False)
+    assert local.output_directory("job", None) == Path("/srv/out")
+    assert claim.output_directory("job", Path("/mnt/pvc")) == Path("/mnt/pvc/runs/team/a")
+    assert claim.output_directory("job", None) is None
+    assert default.output_directory("job", None) == Path("runs/job")

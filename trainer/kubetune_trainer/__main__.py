@@ -20,7 +20,6 @@ from kubetune_trainer.config import (
     EXIT_INVALID_INPUT,
     EXIT_TRAINING_FAILED,
     TrainingConfig,
-    parse_source,
 )
 from kubetune_trainer.crossval import run_cross_validation
 from kubetune_trainer.data import DataError
@@ -50,16 +49,6 @@ def run_training(
         recipe.cleanup()
 
 
-def output_directory(config: TrainingConfig, job_name: str) -> Path:
-    """Where the artifacts go: output.uri, else runs/JOB-NAME in the working directory."""
-    if config.output.uri is None:
-        return Path("runs") / job_name
-    source = parse_source(config.output.uri)
-    if source.scheme == "pvc":
-        return pvc_root() / source.authority / source.location
-    return Path(source.location)
-
-
 def read_config(path: Path) -> TrainingConfig:
     """The TrainingConfig JSON the operator mounts (or `kubetune run` writes)."""
     return TrainingConfig.model_validate_json(path.read_text(encoding="utf-8"), by_name=False)
@@ -81,7 +70,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
             f"kubetune trainer: cannot read the config {args.config}: {error}", markup=False
         )
         return EXIT_INVALID_INPUT
-    output = args.output or output_directory(config, args.job_name)
+    output = args.output or config.output_directory(args.job_name, pvc_root())
+    assert output is not None  # with a claim mount root, every output has a directory
     try:
         result = run_training(config, output, job_name=args.job_name, env=env, console=console)
     except INPUT_ERRORS as error:

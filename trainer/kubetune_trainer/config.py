@@ -690,6 +690,18 @@ class TrainingConfig(Section):
             updates["bias"] = self.bias.model_copy(update={"audit_data": audit})
         return self.model_copy(update=updates)
 
+    def output_directory(self, job_name: str, pvc_root: Path | None) -> Path | None:
+        """Where the artifacts go: output.uri, else runs/JOB-NAME in the working directory.
+
+        None for a pvc:// output when no claim mount root is known (a run outside a pod).
+        """
+        if self.output.uri is None:
+            return Path("runs") / job_name
+        source = parse_source(self.output.uri)
+        if source.scheme != "pvc":
+            return Path(source.location)
+        return None if pvc_root is None else pvc_root / source.authority / source.location
+
     def training_config(self) -> TrainingConfig:
         """Only the trainer's fields: what a subclass (the FineTuneJob spec) adds is dropped."""
         return TrainingConfig.model_validate(
