@@ -30,12 +30,11 @@ def test_the_readme_example_runs_and_learns(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "report.json").read_text())
     accuracy = report["bestMetrics"]["accuracy"]
     assert accuracy > report["data"]["majorityRate"] + 0.15
-    assert report["data"]["rows"] == {
-        "train_in": 3000,
-        "validation_in": 600,
-        "train_out": 3000,
-        "validation_out": 600,
-    }
+    rows = report["data"]["rows"]
+    assert (rows["train_in"], rows["validation_in"]) == (3000, 600)
+    quality = report["data"]["quality"]
+    assert rows["train_out"] + rows["validation_out"] == quality["rowsOut"] < 3600
+    assert set(quality["dropped"]) == {"duplicates", "conflictingLabels", "leakage"}
     assert report["diagnosis"]["verdict"] in ("Healthy", "Overfitting")
     from transformers import AutoModelForSequenceClassification
 

@@ -26,7 +26,7 @@ def make_config(model: Path, data: tuple[Path, Path], **sections: Any) -> Traini
             "sensitiveColumns": ["dialect"],
             "maxLength": 32,
         },
-        "training": {"epochs": 3, "batchSize": 16, "learningRate": 3e-3, "seed": 3},
+        "training": {"epochs": 3, "batchSize": 16, "learningRate": 5e-3, "seed": 3},
     }
     for name, fields in sections.items():
         base[name] = {**base.get(name, {}), **fields}

@@ -61,6 +61,12 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+KEEP_EVERY_ROW = {
+    rule: {"mode": "warn"}
+    for rule in ("duplicates", "conflictingLabels", "empty", "garbage", "leakage")
+}
+
+
 def make_config(
     train: Path,
     validation: Path | None = None,
@@ -69,8 +75,12 @@ def make_config(
     training: dict[str, Any] | None = None,
     **data: Any,
 ) -> TrainingConfig:
-    """A config over the given files; `data` holds manifest (camelCase) fields of data."""
-    data_spec: dict[str, Any] = {"train": {"source": str(train)}, **data}
+    """A config over the given files; `data` holds manifest (camelCase) fields of data.
+
+    The data-quality rules only warn here unless a test sets data.quality: these tests are
+    about loading, labels and tokens, and test_quality.py covers the rules.
+    """
+    data_spec: dict[str, Any] = {"train": {"source": str(train)}, "quality": KEEP_EVERY_ROW, **data}
     if validation is not None:
         data_spec["validation"] = {"source": str(validation)}
     model: dict[str, Any] = {"source": "unused"}

@@ -702,3 +702,12 @@ def test_console_without_a_terminal_prints_a_line_per_twentieth_of_the_run() -> 
     assert len(step_lines) == 21  # steps 1, 5, 10, ..., 100
     assert "step 5/100" in step_lines[1]
     assert "step 100/100" in step_lines[-1]
+
+
+def test_a_message_that_already_counts_the_rows_is_not_prefixed_twice() -> None:
+    from kubetune_trainer.reporting import section_summary
+
+    payload = {"rowsIn": 10, "rowsOut": 8, "message": "8 of 10 rows kept: 2 duplicates dropped"}
+    assert section_summary("dataValidation", payload) == (
+        "dataValidation: 8 of 10 rows kept: 2 duplicates dropped"
+    )

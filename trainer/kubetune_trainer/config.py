@@ -303,6 +303,34 @@ class BalanceSpec(Section):
     """The beta of effective-number weights."""
 
 
+class QualityRule(Section):
+    """What one data-quality rule does with the rows it matches."""
+
+    mode: Literal["drop", "warn", "fail"] = "drop"
+    """drop the rows, warn (count and show them, keep them), or fail the job."""
+
+
+class DataQualitySpec(Section):
+    """Checks on the raw rows before any GPU time is spent; the data report shows what each did."""
+
+    duplicates: QualityRule = section_default(QualityRule)
+    """Rows whose text equals an earlier row's once case, punctuation and spacing are ignored (the first is kept)."""
+    conflicting_labels: QualityRule = section_default(QualityRule)
+    """Rows with the same normalised text but different labels (every copy)."""
+    empty: QualityRule = section_default(QualityRule)
+    """Rows whose text is missing, empty or only whitespace."""
+    garbage: QualityRule = section_default(QualityRule)
+    """Rows with replacement characters (broken encodings), control characters, or mostly symbols."""
+    leakage: QualityRule = section_default(QualityRule)
+    """Training rows whose normalised text is also in the validation rows (they would inflate validation scores)."""
+    max_non_printable_fraction: float = Field(default=0.3, gt=0, le=1)
+    """The garbage rule's limit on the share of characters that are neither letters, digits, punctuation nor spaces."""
+    max_dropped_fraction: float = Field(default=0.3, ge=0, le=1)
+    """Fail the job, with the counts, when the rules would drop more than this share of a split."""
+    examples_per_rule: int = Field(default=3, ge=0, le=20)
+    """Example rows per rule in the data report."""
+
+
 class DataSpec(Section):
     """The training and validation data and how its columns map to the task."""
 
@@ -326,6 +354,8 @@ class DataSpec(Section):
     """Longest input in tokens; longer inputs are truncated. Batches are padded to their longest row, not to this."""
     balance: BalanceSpec = section_default(BalanceSpec)
     """Class imbalance handling."""
+    quality: DataQualitySpec = section_default(DataQualitySpec)
+    """Data-quality rules: duplicates, conflicting labels, empty and garbage text, leakage."""
 
     def column_roles(self, *, with_label: bool) -> list[tuple[str, str]]:
         """(field path, column) for every column the data section names."""

@@ -39,7 +39,21 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch.utils.data import Sampler
 from transformers import PreTrainedTokenizerBase
 
-from kubetune_trainer.config import DataFormat, DataSource, DataSpec, TrainingConfig, infer_format
+from kubetune_trainer.config import (
+    DataFormat,
+    DataQualitySpec,
+    DataSource,
+    DataSpec,
+    TrainingConfig,
+    infer_format,
+)
+from kubetune_trainer.quality import (
+    QualityError,
+    QualityReport,
+    QualitySettings,
+    RuleSettings,
+    check,
+)
 from kubetune_trainer.sources import SourceError, resolve_local
 
 MISSING_GROUP = "(missing)"
@@ -61,7 +75,7 @@ class PreparedData:
     """Tokenized training and validation rows and what the rest of the run needs to know.
 
     `rows` counts each split as it came in (after the validation split, when one is held
-    out of the training rows) and as it goes out to the model.
+    out of the training rows) and as it goes out to the model (after the quality rules).
     """
 
     train: datasets.Dataset
@@ -87,6 +101,8 @@ class PreparedData:
     """train_in, validation_in, train_out, validation_out."""
     majority_rate: float
     """Share of the most frequent class in the validation rows (the accuracy of guessing it)."""
+    quality: QualityReport
+    """What the data-quality rules found and did (data.quality)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +124,7 @@ class _Rows:
             self,
             table=self.table.take(indices),
             positions=self.positions[indices],
-            label_ids=self.label_ids[indices],
+            label_ids=self.label_ids[indices] if self.label_ids.size else self.label_ids,
         )
 
     def row_numbers(self, mask: pa.ChunkedArray) -> str:
@@ -312,6 +328,8 @@ def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> 
         )
     else:
         validation = _encode_labels(validation, labels, data.label_column, declared=declared)
+    rows_in = {"train_in": train.table.num_rows, "validation_in": validation.table.num_rows}
+    train, validation, quality = apply_quality_rules(train, validation, config)
     _check_batch_size(config.training.batch_size, train)
     counts = np.bincount(train.label_ids, minlength=len(labels))
     weights = class_weights(
@@ -331,12 +349,54 @@ def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> 
         validation_texts=validation_inputs.column("text").to_pylist(),
         validation_groups=_groups(validation, data.sensitive_columns),
         rows={
-            "train_in": train.table.num_rows,
-            "validation_in": validation.table.num_rows,
+            **rows_in,
             "train_out": len(train_set),
             "validation_out": len(validation_set),
         },
         majority_rate=_majority_rate(validation.label_ids),
+        quality=quality,
+    )
+
+
+def apply_quality_rules(
+    train: _Rows, validation: _Rows, config: TrainingConfig
+) -> tuple[_Rows, _Rows, QualityReport]:
+    """The rows the data-quality rules keep, and their report (with file row positions)."""
+    spec = config.data.quality
+    label = config.data.label_column if config.model.task == "sequence-classification" else None
+    for rows in (train, validation):  # a column of lists or structs is no text to check
+        _as_text(rows, config.data.text_column, "data.textColumn")
+    try:
+        keep_train, keep_validation, report = check(
+            train.table,
+            validation.table,
+            text_column=config.data.text_column,
+            label_column=label,
+            settings=quality_settings(spec),
+        )
+    except QualityError as error:
+        raise DataError(f"data.quality: {error}") from None
+    for result in report.results:
+        positions = (train if result.split == "train" else validation).positions
+        for example in result.examples:
+            example["row"] = int(positions[example["row"]])
+    assert keep_validation is not None
+    kept_train = train.take(np.flatnonzero(keep_train))
+    kept_validation = validation.take(np.flatnonzero(keep_validation))
+    return kept_train, kept_validation, report
+
+
+def quality_settings(spec: DataQualitySpec) -> QualitySettings:
+    """The engine's settings from the config section."""
+    return QualitySettings(
+        duplicates=RuleSettings(spec.duplicates.mode),
+        conflicting_labels=RuleSettings(spec.conflicting_labels.mode),
+        empty=RuleSettings(spec.empty.mode),
+        garbage=RuleSettings(spec.garbage.mode),
+        leakage=RuleSettings(spec.leakage.mode),
+        max_non_printable_fraction=spec.max_non_printable_fraction,
+        max_dropped_fraction=spec.max_dropped_fraction,
+        examples_per_rule=spec.examples_per_rule,
     )
 
 
@@ -769,6 +829,8 @@ def prepare_language_model_data(
         train, validation = train.take(kept), train.take(held_out)
     else:
         _check_columns(validation, _text_columns(data))
+    rows_in = {"train_in": train.table.num_rows, "validation_in": validation.table.num_rows}
+    train, validation, quality = apply_quality_rules(train, validation, config)
     _check_batch_size(config.training.batch_size, train)
     train_texts, validation_texts = _prompts(train, data), _prompts(validation, data)
     train_set = _tokenize_for_language_model(train, data, tokenizer, "training")
@@ -786,12 +848,12 @@ def prepare_language_model_data(
             validation, [c for c in data.sensitive_columns if c in _names(validation)]
         ),
         rows={
-            "train_in": train.table.num_rows,
-            "validation_in": validation.table.num_rows,
+            **rows_in,
             "train_out": len(train_set),
             "validation_out": len(validation_set),
         },
         majority_rate=0.0,
+        quality=quality,
     )
 
 

@@ -211,6 +211,7 @@ class Recipe:
             self.tokenizer = load_tokenizer(self.config)
             if self.data is None:
                 self.data = prepare_data(self.config, self.tokenizer)
+        self.reporter.section("dataValidation", self.data.quality.to_status())
         self._build_model_and_loaders()
         self._maybe_find_learning_rate()
         self._build_scheduler()

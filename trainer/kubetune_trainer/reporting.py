@@ -654,7 +654,9 @@ def section_summary(name: str, payload: Mapping[str, Any]) -> str:
     fields as key=value."""
     parts = [str(payload[key]) for key in _SUMMARY_KEYS if payload.get(key) not in (None, "")]
     if "rowsIn" in payload and "rowsOut" in payload:
-        parts.insert(0, f"{payload['rowsOut']} of {payload['rowsIn']} rows kept")
+        kept = f"{payload['rowsOut']} of {payload['rowsIn']} rows kept"
+        if not str(payload.get("message", "")).startswith(kept):
+            parts.insert(0, kept)
     return f"{name}: {' | '.join(parts) if parts else _fields_summary(payload)}"
 
 
