@@ -33,7 +33,8 @@ def test_the_readme_example_runs_and_learns(tmp_path: Path) -> None:
     rows = report["data"]["rows"]
     assert (rows["train_in"], rows["validation_in"]) == (3000, 600)
     quality = report["data"]["quality"]
-    assert rows["train_out"] + rows["validation_out"] == quality["rowsOut"] < 3600
+    assert quality["rowsOut"] == {"train": rows["train_out"], "validation": rows["validation_out"]}
+    assert rows["train_out"] + rows["validation_out"] < 3600
     assert set(quality["dropped"]) == {"duplicates", "conflictingLabels", "leakage"}
     assert report["diagnosis"]["verdict"] in ("Healthy", "Overfitting")
     from transformers import AutoModelForSequenceClassification
