@@ -345,7 +345,7 @@ def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> 
         train_class_counts=dict(zip(labels, counts.tolist(), strict=True)),
         class_weights=weights,
         train_texts=train_inputs.column("text").to_pylist(),
-        train_groups=_groups(train, [c for c in data.sensitive_columns if c in _names(train)]),
+        train_groups=_present_groups(train, data.sensitive_columns),
         validation_texts=validation_inputs.column("text").to_pylist(),
         validation_groups=_groups(validation, data.sensitive_columns),
         rows={
@@ -565,9 +565,10 @@ def _groups(rows: _Rows, columns: Sequence[str]) -> dict[str, list[str]]:
     return {column: _group_values(rows, column) for column in columns}
 
 
-def _names(rows: _Rows) -> list[str]:
-    names: list[str] = rows.table.column_names
-    return names
+def _present_groups(rows: _Rows, columns: Sequence[str]) -> dict[str, list[str]]:
+    """Like _groups, for the sensitive columns this file has (training files may lack them)."""
+    names = set(rows.table.column_names)
+    return _groups(rows, [column for column in columns if column in names])
 
 
 def _group_values(rows: _Rows, column: str) -> list[str]:
@@ -842,11 +843,9 @@ def prepare_language_model_data(
         train_class_counts={},
         class_weights=None,
         train_texts=train_texts,
-        train_groups=_groups(train, [c for c in data.sensitive_columns if c in _names(train)]),
+        train_groups=_present_groups(train, data.sensitive_columns),
         validation_texts=validation_texts,
-        validation_groups=_groups(
-            validation, [c for c in data.sensitive_columns if c in _names(validation)]
-        ),
+        validation_groups=_present_groups(validation, data.sensitive_columns),
         rows={
             **rows_in,
             "train_out": len(train_set),

@@ -8,7 +8,6 @@ like a result.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from typing import Any
 
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import PreparedData
+from kubetune_trainer.reporting import json_safe
 
 VERSIONED_PACKAGES = ("kubetune", "torch", "transformers", "accelerate", "datasets")
 
@@ -79,17 +79,6 @@ def write_json_atomically(path: Path, content: dict[str, Any]) -> None:
     """Write JSON to a temporary file beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    text = json.dumps(finite(content), indent=2, allow_nan=False)
+    text = json.dumps(json_safe(content), indent=2, allow_nan=False)
     partial.write_text(text + "\n", encoding="utf-8")
     os.replace(partial, path)
-
-
-def finite(value: Any) -> Any:
-    """The same data with NaN and infinities as null: JSON has no such numbers."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(item) for item in value]
-    return value

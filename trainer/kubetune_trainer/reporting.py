@@ -165,15 +165,15 @@ def _require_started(info: RunInfo | None) -> RunInfo:
     return info
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """`value` with NaN and infinities as null: JSON has neither, and the API server would
     reject the whole patch for one of them."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {str(key): _json_safe(item) for key, item in value.items()}
+        return {str(key): json_safe(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
+        return [json_safe(item) for item in value]
     return value
 
 
@@ -219,7 +219,7 @@ def metrics_patch(metrics: Mapping[str, float], primary_metric: str) -> dict[str
 def section_patch(name: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     """A whole status section. Raises TypeError at once for a value that JSON cannot hold,
     rather than later inside a PATCH."""
-    patch = {name: _json_safe(payload)}
+    patch = {name: json_safe(payload)}
     json.dumps(patch, allow_nan=False)
     return patch
 
@@ -613,7 +613,7 @@ class JsonlReporter:
 
     def _write(self, event: str, fields: Mapping[str, Any]) -> None:
         line = json.dumps(
-            {"event": event, "time": self._clock(), **_json_safe(fields)}, allow_nan=False
+            {"event": event, "time": self._clock(), **json_safe(fields)}, allow_nan=False
         )
         self._file.write(line + "\n")
         self._file.flush()
