@@ -295,12 +295,24 @@ def infer_format(source: str) -> DataFormat | None:
 
 
 class BalanceSpec(Section):
-    """Class imbalance handling."""
+    """Class imbalance handling: loss weights, resampling, or class-balanced batches."""
 
     class_weights: Literal["none", "inverse-frequency", "effective-number"] = "none"
     """Weight the loss per class: none, inverse-frequency (n / (k x count)), or effective-number ((1 - beta) / (1 - beta^count), Cui et al. 2019)."""
     beta: float = Field(default=0.999, gt=0, lt=1)
     """The beta of effective-number weights."""
+    resample: Literal["none", "oversample", "undersample"] = "none"
+    """Resample the training rows at random (seeded by training.seed): oversample repeats rows of the smaller classes, undersample leaves out rows of the larger ones, until targetRatio holds."""
+    target_ratio: float = Field(default=1.0, gt=0, le=1)
+    """After resampling, the smallest class has at least this share of the largest class's rows (1: all classes equal)."""
+    sampler: Literal["shuffle", "class-balanced"] = "shuffle"
+    """How batches draw training rows: shuffle (every row once per epoch) or class-balanced (rows drawn with replacement, every class equally likely)."""
+    recommend_above: float = Field(default=3.0, ge=1, le=1_000_000)
+    """When the largest class has more than this many times the rows of the smallest and no remedy is set, the data report recommends one (nothing is applied)."""
+
+    def is_set(self) -> bool:
+        """Whether any remedy for imbalance is chosen."""
+        return (self.class_weights, self.resample, self.sampler) != ("none", "none", "shuffle")
 
 
 class QualityRule(Section):
@@ -308,6 +320,33 @@ class QualityRule(Section):
 
     mode: Literal["drop", "warn", "fail"] = "drop"
     """drop the rows, warn (count and show them, keep them), or fail the job."""
+
+
+class StrictQualityRule(QualityRule):
+    """A data-quality rule that fails the job unless told otherwise."""
+
+    mode: Literal["drop", "warn", "fail"] = "fail"
+    """drop the rows, warn (count and show them, keep them), or fail the job."""
+
+
+class LengthRule(QualityRule):
+    """Rows too short to learn from or too long to fit, counted in the model's tokens."""
+
+    mode: Literal["drop", "warn", "fail"] = "warn"
+    """drop the rows, warn (count and show them, keep them), or fail the job."""
+    min_tokens: int = Field(default=1, ge=0, le=131_072)
+    """Fewest tokens (special tokens not counted) a row's text may have."""
+    max_tokens: int | None = Field(default=None, ge=1, le=1_048_576)
+    """Most tokens a row's text (with its pair) may have. Left out: data.maxLength, so the rule counts the rows that would be truncated."""
+
+
+class LabelNoiseSpec(QualityRule):
+    """Suspected label errors, found by confident learning (cleanlab) on out-of-fold probabilities of a TF-IDF + logistic-regression model."""
+
+    mode: Literal["drop", "warn", "fail"] = "warn"
+    """warn (report the suspected rows, keep them), drop them, or fail the job."""
+    folds: int = Field(default=5, ge=2, le=20)
+    """Cross-validation folds for the out-of-fold probabilities."""
 
 
 class DataQualitySpec(Section):
@@ -323,12 +362,59 @@ class DataQualitySpec(Section):
     """Rows with replacement characters (broken encodings), control characters, or mostly symbols."""
     leakage: QualityRule = section_default(QualityRule)
     """Training rows whose normalised text is also in the validation rows (they would inflate validation scores)."""
+    missing_values: QualityRule = section_default(QualityRule)
+    """Rows without a label, text pair or weight where the data section names those columns (rows without text are the empty rule's)."""
+    unknown_labels: StrictQualityRule = section_default(StrictQualityRule)
+    """Rows whose label is not a declared class (model.labels, or for validation rows the labels of the training rows)."""
+    length: LengthRule = section_default(LengthRule)
+    """Rows shorter than minTokens or longer than maxTokens in the model's tokens."""
+    label_noise: LabelNoiseSpec | None = None
+    """Look for mislabeled training rows (sequence-classification). Left out: not checked."""
     max_non_printable_fraction: float = Field(default=0.3, gt=0, le=1)
     """The garbage rule's limit on the share of characters that are neither letters, digits, punctuation nor spaces."""
     max_dropped_fraction: float = Field(default=0.3, ge=0, le=1)
     """Fail the job, with the counts, when the rules would drop more than this share of a split."""
     examples_per_rule: int = Field(default=3, ge=0, le=20)
     """Example rows per rule in the data report."""
+
+    @model_validator(mode="after")
+    def _length_bounds_are_ordered(self) -> Self:
+        upper = self.length.max_tokens
+        if upper is not None and upper < self.length.min_tokens:
+            raise ValueError(
+                f"length.maxTokens ({upper}) is below length.minTokens ({self.length.min_tokens})"
+            )
+        return self
+
+
+AugmentationOperation = Literal["swap", "delete", "insert", "synonym"]
+
+
+class AugmentationSpec(Section):
+    """More training rows for scarce data, made offline: EDA edits of the training rows (Wei and Zou 2019) and user-provided synthetic rows. Validation rows are never touched."""
+
+    operations: list[AugmentationOperation] = Field(
+        default_factory=lambda: ["swap", "delete", "insert"], min_length=1, max_length=4
+    )
+    """The edits to draw from, one per new row: swap two words, delete words, insert a copy of one of the row's words elsewhere, or replace words by a synonym from the synonyms table."""
+    word_fraction: float = Field(default=0.1, gt=0, le=0.5)
+    """Share of a row's words one edit changes (at least one word)."""
+    multiple: float = Field(default=1.0, ge=0, le=20)
+    """New rows per training row: 1 doubles the training rows. With minorityOnly, the most new rows per row of a smaller class."""
+    minority_only: bool = False
+    """Augment only the classes smaller than the largest, each up to the largest class's rows."""
+    synonyms: DataSource | None = None
+    """A table with the columns word and synonym (one row per pair) for the synonym edit."""
+    synthetic_sources: list[DataSource] = Field(default_factory=list, max_length=16)
+    """Extra training rows with the training file's columns (e.g. generated by another model). They go through the same quality rules and are counted as synthetic in the data report."""
+
+    @model_validator(mode="after")
+    def _synonym_edit_has_a_table(self) -> Self:
+        if "synonym" in self.operations and self.synonyms is None:
+            raise ValueError("the synonym operation needs a synonyms table")
+        if len(set(self.operations)) != len(self.operations):
+            raise ValueError("operations lists an edit more than once")
+        return self
 
 
 class DataSpec(Section):
@@ -355,7 +441,9 @@ class DataSpec(Section):
     balance: BalanceSpec = section_default(BalanceSpec)
     """Class imbalance handling."""
     quality: DataQualitySpec = section_default(DataQualitySpec)
-    """Data-quality rules: duplicates, conflicting labels, empty and garbage text, leakage."""
+    """Data-quality rules: duplicates, conflicting labels, empty and garbage text, leakage, missing values, unknown labels, length, label noise."""
+    augmentation: AugmentationSpec | None = None
+    """Extra training rows for scarce data. Left out: none."""
 
     def column_roles(self, *, with_label: bool) -> list[tuple[str, str]]:
         """(field path, column) for every column the data section names."""
@@ -676,6 +764,24 @@ class TrainingConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _class_options_need_classes(self) -> Self:
+        if self.model.task == "sequence-classification":
+            return self
+        data = self.data
+        chosen = [
+            ("data.balance", data.balance.is_set()),
+            ("data.quality.labelNoise", data.quality.label_noise is not None),
+            (
+                "data.augmentation.minorityOnly",
+                data.augmentation is not None and data.augmentation.minority_only,
+            ),
+        ]
+        for field, is_set in chosen:
+            if is_set:
+                raise ValueError(f"{field} applies to sequence-classification only, not causal-lm")
+        return self
+
     def primary_metric(self) -> MetricName:
         """The metric that picks the best checkpoint, explicit or the task's default."""
         if self.evaluation.metric is not None:
@@ -704,15 +810,25 @@ class TrainingConfig(Section):
 
     def relative_to(self, base: Path) -> Self:
         """This config with relative local paths made absolute against `base` (a manifest's folder)."""
+        data_updates: dict[str, Any] = {
+            "train": _anchored(self.data.train, "source", base),
+            "validation": self.data.validation and _anchored(self.data.validation, "source", base),
+        }
+        augmentation = self.data.augmentation
+        if augmentation is not None:
+            data_updates["augmentation"] = augmentation.model_copy(
+                update={
+                    "synonyms": augmentation.synonyms
+                    and _anchored(augmentation.synonyms, "source", base),
+                    "synthetic_sources": [
+                        _anchored(source, "source", base)
+                        for source in augmentation.synthetic_sources
+                    ],
+                }
+            )
         updates: dict[str, Any] = {
             "model": _anchored(self.model, "source", base),
-            "data": self.data.model_copy(
-                update={
-                    "train": _anchored(self.data.train, "source", base),
-                    "validation": self.data.validation
-                    and _anchored(self.data.validation, "source", base),
-                }
-            ),
+            "data": self.data.model_copy(update=data_updates),
             "output": _anchored(self.output, "uri", base),
         }
         if self.bias is not None and self.bias.audit_data is not None:

@@ -469,6 +469,14 @@ class DataValidationStatus(Section):
     """Rows flagged (warn mode) per rule."""
     class_counts: dict[Annotated[str, Field(max_length=256)], int] = Field(default_factory=dict)
     """Training rows per class after validation and balancing."""
+    added: dict[Annotated[str, Field(max_length=128)], int] = Field(default_factory=dict)
+    """Training rows added, per origin: augmented, synthetic, oversampled."""
+    imbalance_ratio: float | None = Field(default=None, ge=1)
+    """Rows of the largest class over rows of the smallest, in the training rows as they came in."""
+    recommendation: Annotated[str, Field(max_length=1024)] = ""
+    """What to do about class imbalance, when the data needs it and data.balance sets nothing."""
+    passed: bool = True
+    """False when the data failed the job (a rule in fail mode, too many rows dropped, a missing column); the message says why."""
     message: Annotated[str, Field(max_length=4096)] = ""
     """A one-line summary."""
 
