@@ -1,4 +1,4 @@
-"""Class imbalance: the ratio, resampling, class-balanced weights and the recommendation."""
+"""Class imbalance: the ratio, resampling, class-balanced draws and the recommendation."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from kubetune_trainer.balance import (
     resample,
 )
 from kubetune_trainer.config import BalanceSpec
+from kubetune_trainer.data import MEGA_BATCH_FACTOR, LengthGroupedSampler
 
 
 def labels_of(counts: list[int], seed: int | None = 0) -> npt.NDArray[np.int64]:
@@ -254,3 +255,112 @@ def test_no_recommendation_below_the_threshold() -> None:
 )
 def test_no_recommendation_when_a_remedy_is_set(remedy: dict[str, str]) -> None:
     assert recommendation([900, 100], ["a", "b"], spec(**remedy)) == ""
+
+
+# --- LengthGroupedSampler with weights ---------------------------------------------------
+
+SAMPLER_COUNTS = [700, 250, 50]
+
+
+@pytest.fixture(scope="module")
+def skewed() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(labels, lengths) of 1,000 rows in three classes, lengths 5 to 60 tokens."""
+    labels = labels_of(SAMPLER_COUNTS, seed=11)
+    lengths = np.random.default_rng(12).integers(5, 61, size=len(labels))
+    return labels, lengths
+
+
+def test_weighted_sampler_draws_every_class_equally_often(
+    skewed: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+) -> None:
+    labels, lengths = skewed
+    sampler = LengthGroupedSampler(lengths, 8, seed=3, weights=class_balanced_weights(labels, 3))
+    epochs, per_class = 100, np.zeros(3, dtype=np.int64)
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        drawn = sampler.order()
+        assert len(drawn) == len(sampler) == len(lengths)
+        per_class += np.bincount(labels[drawn], minlength=3)
+    # 100,000 independent draws, each of a class with probability 1/3: binomial counts.
+    draws = epochs * len(lengths)
+    sd = math.sqrt(draws * (1 / 3) * (2 / 3))
+    assert np.abs(per_class - draws / 3).max() < 5 * sd
+    # Unweighted, the classes come in their file shares (700 : 250 : 50).
+    plain = np.bincount(labels[LengthGroupedSampler(lengths, 8, seed=3).order()], minlength=3)
+    assert plain.tolist() == SAMPLER_COUNTS
+
+
+def test_weighted_sampler_repeats_rows_of_the_small_class(
+    skewed: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+) -> None:
+    labels, lengths = skewed
+    sampler = LengthGroupedSampler(lengths, 8, seed=3, weights=class_balanced_weights(labels, 3))
+    times = np.bincount(sampler.order(), minlength=len(lengths))
+    assert times[labels == 2].max() > 1
+    assert (times[labels == 0] == 0).any()
+
+
+def test_weighted_sampler_is_deterministic_per_seed_and_epoch(
+    skewed: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+) -> None:
+    labels, lengths = skewed
+    weights = class_balanced_weights(labels, 3)
+    first, second = (LengthGroupedSampler(lengths, 8, seed=1, weights=weights) for _ in range(2))
+    epoch_zero = list(first)
+    assert epoch_zero == list(second)
+    first.set_epoch(1)
+    assert list(first) != epoch_zero
+    second.set_epoch(1)
+    assert list(first) == list(second)
+    assert list(LengthGroupedSampler(lengths, 8, seed=2, weights=weights)) != epoch_zero
+
+
+def test_weighted_sampler_still_groups_by_length(
+    skewed: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+) -> None:
+    labels, lengths = skewed
+    batch_size = 4
+    sampler = LengthGroupedSampler(
+        lengths, batch_size, seed=5, weights=class_balanced_weights(labels, 3)
+    )
+    order = sampler.order()
+    window = MEGA_BATCH_FACTOR * batch_size
+    for start in range(0, len(order), window):
+        in_window = lengths[order[start : start + window]]
+        assert (np.diff(in_window) <= 0).all()
+
+
+def test_weighted_sampler_never_draws_a_row_of_weight_zero(
+    skewed: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+) -> None:
+    labels, lengths = skewed
+    weights = (labels == 1).astype(np.float64)  # need not sum to 1
+    drawn = LengthGroupedSampler(lengths, 8, seed=0, weights=weights).order()
+    assert set(labels[drawn].tolist()) == {1}
+
+
+def test_no_weights_is_the_plain_shuffle(
+    skewed: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+) -> None:
+    _, lengths = skewed
+    order = LengthGroupedSampler(lengths, 8, seed=4, weights=None).order()
+    assert np.array_equal(order, LengthGroupedSampler(lengths, 8, seed=4).order())
+    assert sorted(order.tolist()) == list(range(len(lengths)))
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        (np.ones(3), "3 sampling weights for 1000 rows"),
+        (np.r_[-1.0, np.ones(999)], "finite, >= 0 and not all zero"),
+        (np.r_[np.nan, np.ones(999)], "finite, >= 0 and not all zero"),
+        (np.zeros(1000), "finite, >= 0 and not all zero"),
+    ],
+)
+def test_weighted_sampler_refuses_bad_weights(
+    skewed: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+    weights: npt.NDArray[np.float64],
+    message: str,
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        LengthGroupedSampler(skewed[1], 8, weights=weights)
