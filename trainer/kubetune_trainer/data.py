@@ -771,6 +771,13 @@ class LengthGroupedSampler(Sampler[int]):
     batches, and each window is sorted longest first: batches stay random across windows
     but are padded far less than in random order, and the first batch of a window is its
     longest, so an out-of-memory batch shows early.
+
+    With `weights` (one per row, e.g. `balance.class_balanced_weights` for sampler:
+    class-balanced), each epoch instead draws len(lengths) rows with replacement, row i
+    with probability weights[i] / sum(weights), from the same (seed, epoch) generator;
+    the windows are then sorted the same way. An epoch keeps its number of steps, but a
+    row may come several times or not at all. Without weights the order is the shuffle
+    above, unchanged.
     """
 
     def __init__(
@@ -778,6 +785,8 @@ class LengthGroupedSampler(Sampler[int]):
         lengths: Sequence[int] | npt.NDArray[np.integer[Any]],
         batch_size: int,
         seed: int = 0,
+        *,
+        weights: npt.NDArray[np.float64] | None = None,
     ) -> None:
         super().__init__()
         # A slice converts at once where a datasets Column would convert row by row.
@@ -785,6 +794,7 @@ class LengthGroupedSampler(Sampler[int]):
         self.batch_size = batch_size
         self.seed = seed
         self.epoch = 0
+        self.probabilities = None if weights is None else self._probabilities(weights, self.lengths)
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of `epoch` (each epoch has its own shuffle)."""
@@ -797,11 +807,29 @@ class LengthGroupedSampler(Sampler[int]):
         return iter(self.order().tolist())
 
     def order(self) -> npt.NDArray[np.int64]:
-        """Every row index once, in this epoch's order."""
-        shuffled = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.lengths))
+        """This epoch's row indices in order: every row once, or the weighted draws."""
+        rng = np.random.default_rng((self.seed, self.epoch))
+        rows = len(self.lengths)
+        if self.probabilities is None:
+            shuffled = rng.permutation(rows)
+        else:
+            shuffled = rng.choice(rows, size=rows, replace=True, p=self.probabilities)
         window = np.arange(len(shuffled)) // (MEGA_BATCH_FACTOR * self.batch_size)
         # lexsort sorts by its last key first: by window, then longest first within one.
         return shuffled[np.lexsort((-self.lengths[shuffled], window))]
+
+    @staticmethod
+    def _probabilities(
+        weights: npt.NDArray[np.float64], lengths: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """`weights` scaled to sum to 1; one finite weight >= 0 per row, not all zero."""
+        values = np.asarray(weights, dtype=np.float64)
+        if values.shape != lengths.shape:
+            raise ValueError(f"{values.size} sampling weights for {lengths.size} rows")
+        if not (np.isfinite(values).all() and (values >= 0).all() and values.sum() > 0):
+            raise ValueError("sampling weights must be finite, >= 0 and not all zero")
+        probabilities: npt.NDArray[np.float64] = values / values.sum()
+        return probabilities
 
 
 # --- causal language models: next-token prediction, the prompt masked when a response column
