@@ -388,13 +388,15 @@ class DataQualitySpec(Section):
 
 
 AugmentationOperation = Literal["swap", "delete", "insert", "synonym"]
+_WORD_EDITS: list[AugmentationOperation] = ["swap", "delete", "insert"]
+"""The edits that need no synonyms table."""
 
 
 class AugmentationSpec(Section):
     """More training rows for scarce data, made offline: EDA edits of the training rows (Wei and Zou 2019) and user-provided synthetic rows. Validation rows are never touched."""
 
     operations: list[AugmentationOperation] = Field(
-        default_factory=lambda: ["swap", "delete", "insert"], min_length=1, max_length=4
+        default_factory=lambda: _WORD_EDITS.copy(), min_length=1, max_length=4
     )
     """The edits to draw from, one per new row: swap two words, delete words, insert a copy of one of the row's words elsewhere, or replace words by a synonym from the synonyms table."""
     word_fraction: float = Field(default=0.1, gt=0, le=0.5)
@@ -772,10 +774,7 @@ class TrainingConfig(Section):
         chosen = [
             ("data.balance", data.balance.is_set()),
             ("data.quality.labelNoise", data.quality.label_noise is not None),
-            (
-                "data.augmentation.minorityOnly",
-                data.augmentation is not None and data.augmentation.minority_only,
-            ),
+            ("data.augmentation", data.augmentation is not None),
         ]
         for field, is_set in chosen:
             if is_set:

@@ -17,14 +17,37 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from rich.console import Console
 
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import PreparedData, class_weights, kfold_splits, prepare_data
+from kubetune_trainer.data_cache import cached_prepare
 from kubetune_trainer.metrics import is_better
 from kubetune_trainer.modeling import load_tokenizer
-from kubetune_trainer.recipe import MODEL_DIR, REPORT_FILE, Recipe, RunResult
+from kubetune_trainer.recipe import CACHE_DIR, MODEL_DIR, REPORT_FILE, Recipe, RunResult
 from kubetune_trainer.report import write_json_atomically
+
+
+def fold_rows(
+    data: PreparedData, config: TrainingConfig
+) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """Training and validation rows of each fold, split over the rows the quality rules kept.
+
+    A fold trains on every row made from its training rows (augmented rows, oversampled
+    copies) and validates on its held-out rows as they were, never on a copy of a row it
+    trained on.
+    """
+    spec = config.evaluation.cross_validation
+    assert spec is not None
+    sources = data.train_sources
+    _, first = np.unique(sources, return_index=True)
+    labels = np.asarray(data.train["labels"])[first]
+    splits = kfold_splits(labels, spec.folds, spec.stratified, config.training.seed)
+    return [
+        (np.flatnonzero(np.isin(sources, sources[first[kept]])), first[held_out])
+        for kept, held_out in splits
+    ]
 
 
 def fold_data(
@@ -45,6 +68,7 @@ def fold_data(
         ),
         train_texts=[data.train_texts[i] for i in train_rows],
         train_groups=_pick(data.train_groups, train_rows),
+        train_sources=data.train_sources[train_rows],
         validation_texts=[data.train_texts[i] for i in validation_rows],
         validation_groups=_pick(data.train_groups, validation_rows),
         rows={**data.rows, "train_out": len(train_rows), "validation_out": len(validation_rows)},
@@ -67,12 +91,9 @@ def run_cross_validation(
     """Train one model per fold into output/fold-K; summarise them in output/report.json."""
     spec = config.evaluation.cross_validation
     assert spec is not None
-    data = prepare_data(config, load_tokenizer(config))
-    splits = kfold_splits(
-        np.asarray(data.train["labels"]), spec.folds, spec.stratified, config.training.seed
-    )
+    data, _ = cached_prepare(config, load_tokenizer(config), output_dir / CACHE_DIR, prepare_data)
     results = []
-    for index, (train_rows, validation_rows) in enumerate(splits):
+    for index, (train_rows, validation_rows) in enumerate(fold_rows(data, config)):
         recipe = Recipe(
             config,
             output_dir / f"fold-{index}",

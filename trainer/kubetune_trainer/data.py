@@ -39,7 +39,15 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch.utils.data import Sampler
 from transformers import PreTrainedTokenizerBase
 
+from kubetune_trainer.augment import (
+    AugmentationError,
+    augment_texts,
+    plan_augmentation,
+    read_synonyms,
+)
+from kubetune_trainer.balance import recommendation, resample
 from kubetune_trainer.config import (
+    BalanceSpec,
     DataFormat,
     DataQualitySpec,
     DataSource,
@@ -47,12 +55,21 @@ from kubetune_trainer.config import (
     TrainingConfig,
     infer_format,
 )
+from kubetune_trainer.data_report import (
+    BeforeAfter,
+    Counts,
+    DataReport,
+    class_counts,
+    group_counts,
+    length_summary,
+)
 from kubetune_trainer.quality import (
     QualityError,
     QualityReport,
     QualitySettings,
     RuleSettings,
     check,
+    normalise,
 )
 from kubetune_trainer.sources import SourceError, resolve_local
 
@@ -93,6 +110,10 @@ class PreparedData:
     """The text column of the training rows, aligned with `train` (cross-validation folds)."""
     train_groups: dict[str, list[str]]
     """Each sensitive column's values for the training rows, for the columns the file has."""
+    train_sources: npt.NDArray[np.int64]
+    """Per training row, the row that the quality rules kept and this row is, or was made from
+    (augmentation and oversampling make rows from others): cross-validation folds split on it,
+    so that no fold validates on a copy of a row it trained on."""
     validation_texts: list[str]
     """The text column of the validation rows, aligned with `validation`."""
     validation_groups: dict[str, list[str]]
@@ -101,8 +122,13 @@ class PreparedData:
     """train_in, validation_in, train_out, validation_out."""
     majority_rate: float
     """Share of the most frequent class in the validation rows (the accuracy of guessing it)."""
-    quality: QualityReport
-    """What the data-quality rules found and did (data.quality)."""
+    report: DataReport
+    """What the data stage found and did: the quality rules, classes, groups, lengths."""
+
+    @property
+    def quality(self) -> QualityReport:
+        """What the data-quality rules found and did (data.quality)."""
+        return self.report.quality
 
 
 @dataclass(frozen=True)
@@ -118,6 +144,10 @@ class _Rows:
         default_factory=lambda: np.zeros(0, np.int64)
     )
     """Class id per row, once the labels are encoded."""
+    sources: npt.NDArray[np.int64] = dataclasses.field(
+        default_factory=lambda: np.zeros(0, np.int64)
+    )
+    """For training rows after the quality rules: the kept row each one is, or was made from."""
 
     def take(self, indices: npt.NDArray[np.int64]) -> _Rows:
         return replace(
@@ -125,6 +155,17 @@ class _Rows:
             table=self.table.take(indices),
             positions=self.positions[indices],
             label_ids=self.label_ids[indices] if self.label_ids.size else self.label_ids,
+            sources=self.sources[indices] if self.sources.size else self.sources,
+        )
+
+    def extended(self, more: _Rows) -> _Rows:
+        """These rows followed by `more` (same columns; `more` keeps its own positions)."""
+        return replace(
+            self,
+            table=pa.concat_tables([self.table, more.table.select(self.table.column_names)]),
+            positions=np.concatenate([self.positions, more.positions]),
+            label_ids=np.concatenate([self.label_ids, more.label_ids]),
+            sources=np.concatenate([self.sources, more.sources]),
         )
 
     def row_numbers(self, mask: pa.ChunkedArray) -> str:
@@ -328,8 +369,29 @@ def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> 
         )
     else:
         validation = _encode_labels(validation, labels, data.label_column, declared=declared)
+    train = _with_synthetic_rows(train, labels, config)
     rows_in = {"train_in": train.table.num_rows, "validation_in": validation.table.num_rows}
+    arriving = _Tally.of(train, validation, labels, data)
     train, validation, quality = apply_quality_rules(train, validation, config)
+    return _finish(train, validation, quality, arriving, rows_in, labels, config, tokenizer)
+
+
+def _finish(
+    train: _Rows,
+    validation: _Rows,
+    quality: QualityReport,
+    arriving: _Tally,
+    rows_in: dict[str, int],
+    labels: Sequence[str],
+    config: TrainingConfig,
+    tokenizer: PreTrainedTokenizerBase,
+) -> PreparedData:
+    """After the rules: add and resample training rows, weigh classes, tokenize, report."""
+    data, seed = config.data, config.training.seed
+    train = replace(train, sources=np.arange(train.table.num_rows, dtype=np.int64))
+    synthetic = {"synthetic": _synthetic_count(train)} if data.augmentation else {}
+    train, augmented = _augmented(train, validation, len(labels), config)
+    train, oversampled, removed = _resampled(train, len(labels), data.balance, seed)
     _check_batch_size(config.training.batch_size, train)
     counts = np.bincount(train.label_ids, minlength=len(labels))
     weights = class_weights(
@@ -338,6 +400,22 @@ def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> 
     train_inputs, validation_inputs = _model_inputs(train, data), _model_inputs(validation, data)
     train_set = _tokenize(train_inputs, tokenizer, data.max_length, "training")
     validation_set = _tokenize(validation_inputs, tokenizer, data.max_length, "validation")
+    leaving = _Tally.of(train, validation, labels, data)
+    report = DataReport(
+        quality=quality,
+        labels=list(labels),
+        classes=arriving.classes_with(leaving),
+        groups=arriving.groups_with(leaving),
+        lengths={
+            "train": length_summary(np.asarray(train_set["length"][:]), data.max_length),
+            "validation": length_summary(np.asarray(validation_set["length"][:]), data.max_length),
+        },
+        added={**synthetic, **augmented, **oversampled},
+        removed=removed,
+        recommendation=recommendation(
+            list(arriving.classes["train"].values()), labels, data.balance
+        ),
+    )
     return PreparedData(
         train=train_set,
         validation=validation_set,
@@ -346,6 +424,7 @@ def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> 
         class_weights=weights,
         train_texts=train_inputs.column("text").to_pylist(),
         train_groups=_present_groups(train, data.sensitive_columns),
+        train_sources=train.sources,
         validation_texts=validation_inputs.column("text").to_pylist(),
         validation_groups=_groups(validation, data.sensitive_columns),
         rows={
@@ -354,7 +433,7 @@ def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> 
             "validation_out": len(validation_set),
         },
         majority_rate=_majority_rate(validation.label_ids),
-        quality=quality,
+        report=report,
     )
 
 
@@ -398,6 +477,147 @@ def quality_settings(spec: DataQualitySpec) -> QualitySettings:
         max_dropped_fraction=spec.max_dropped_fraction,
         examples_per_rule=spec.examples_per_rule,
     )
+
+
+# --- after the rules: synthetic and augmented rows, resampling, the tally for the report --
+
+
+SYNTHETIC_COLUMN = "__kubetune_synthetic"
+"""A column that marks synthetic rows (data.augmentation.syntheticSources) among the training
+rows while the quality rules run; the model never sees it."""
+
+
+def _with_synthetic_rows(train: _Rows, labels: Sequence[str], config: TrainingConfig) -> _Rows:
+    """The training rows followed by the synthetic sources' rows, marked as synthetic."""
+    spec = config.data.augmentation
+    if spec is None or not spec.synthetic_sources:
+        return train
+    roles = _training_file_columns(config.data, holds_validation=False)
+    marked = _marked(train, synthetic=False)
+    for index, source in enumerate(spec.synthetic_sources):
+        rows = _read_source(source, f"data.augmentation.syntheticSources[{index}]")
+        _check_columns(rows, roles)
+        rows = _encode_labels(rows, labels, config.data.label_column, declared=True)
+        names = marked.table.column_names
+        rows = replace(rows, table=_marked(rows, synthetic=True).table.select(names))
+        marked = marked.extended(_as_text_columns(rows, marked.table.schema))
+    return marked
+
+
+def _marked(rows: _Rows, *, synthetic: bool) -> _Rows:
+    flags = pa.array(np.full(rows.table.num_rows, synthetic))
+    return replace(rows, table=rows.table.append_column(SYNTHETIC_COLUMN, flags))
+
+
+def _as_text_columns(rows: _Rows, schema: pa.Schema) -> _Rows:
+    """`rows` with the column types of `schema` where they differ (CSV text vs JSON numbers)."""
+    try:
+        return replace(rows, table=rows.table.cast(schema))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise DataError(
+            f"data.augmentation.syntheticSources: the columns of {rows.origin} do not match "
+            f"the training file's types ({error})"
+        ) from None
+
+
+def _synthetic_count(rows: _Rows) -> int:
+    if SYNTHETIC_COLUMN not in rows.table.column_names:
+        return 0
+    return int(pc.sum(rows.table.column(SYNTHETIC_COLUMN)).as_py() or 0)
+
+
+def _augmented(
+    train: _Rows, validation: _Rows, num_classes: int, config: TrainingConfig
+) -> tuple[_Rows, dict[str, int]]:
+    """The training rows and the new rows EDA makes from them (only texts not seen before)."""
+    spec = config.data.augmentation
+    if spec is None or spec.multiple == 0:
+        return train, {}
+    seed, column = config.training.seed, config.data.text_column
+    synonyms = None if spec.synonyms is None else _synonyms(spec.synonyms)
+    sources = plan_augmentation(train.label_ids, num_classes, spec, seed)
+    texts = _as_text(train, column, "data.textColumn")
+    made = augment_texts(texts.to_pylist(), sources, spec, seed, synonyms)
+    new_texts = pa.array(made.texts, pa.string())
+    new = train.take(made.sources)
+    position = new.table.column_names.index(column)
+    new = replace(new, table=new.table.set_column(position, column, new_texts))
+    new = new.take(_novel(new_texts, [texts, _as_text(validation, column, "data.textColumn")]))
+    text_typed = replace(train, table=train.table.set_column(position, column, texts))
+    return text_typed.extended(new), {"augmented": new.table.num_rows}
+
+
+def _novel(made: pa.Array, known: list[pa.ChunkedArray]) -> npt.NDArray[np.int64]:
+    """Positions of the made texts whose normalised text is new: in none of `known` (training
+    and validation texts) and not made before (a short row's edits often coincide)."""
+    made_forms = normalise(made)
+    known_forms = pa.concat_arrays([normalise(texts).combine_chunks() for texts in known])
+    unseen = pc.invert(pc.is_in(made_forms, value_set=known_forms)).to_numpy(zero_copy_only=False)
+    codes = pc.index_in(made_forms, value_set=pc.unique(made_forms)).to_numpy(zero_copy_only=False)
+    first = np.zeros(len(codes), dtype=np.bool_)
+    first[np.unique(codes, return_index=True)[1]] = True
+    return np.flatnonzero(unseen & first)
+
+
+def _synonyms(source: DataSource) -> dict[str, list[str]]:
+    rows = _read_source(source, "data.augmentation.synonyms")
+    try:
+        return read_synonyms(rows.table, rows.origin)
+    except AugmentationError as error:
+        raise DataError(str(error)) from None
+
+
+def _resampled(
+    train: _Rows, num_classes: int, spec: BalanceSpec, seed: int
+) -> tuple[_Rows, dict[str, int], dict[str, int]]:
+    """The training rows after data.balance.resample, and the rows it added and removed."""
+    if spec.resample == "none":
+        return train, {}, {}
+    indices = resample(train.label_ids, num_classes, spec.resample, spec.target_ratio, seed)
+    change = len(indices) - train.table.num_rows
+    added = {"oversampled": change} if change > 0 else {}
+    removed = {"undersampled": -change} if change < 0 else {}
+    return train.take(indices), added, removed
+
+
+@dataclass(frozen=True)
+class _Tally:
+    """Rows per class and per sensitive group in each split, at one point of the pipeline."""
+
+    classes: dict[str, Counts]
+    """split -> class -> rows"""
+    groups: dict[str, dict[str, Counts]]
+    """sensitive column -> split -> group -> rows (splits whose file has the column)"""
+
+    @classmethod
+    def of(cls, train: _Rows, validation: _Rows, labels: Sequence[str], data: DataSpec) -> _Tally:
+        splits = {"train": train, "validation": validation}
+        classes = {name: class_counts(rows.label_ids, labels) for name, rows in splits.items()}
+        groups = {
+            column: {
+                name: group_counts(_group_column(rows, column))
+                for name, rows in splits.items()
+                if column in rows.table.column_names
+            }
+            for column in data.sensitive_columns
+        }
+        return cls(classes, groups)
+
+    def classes_with(self, later: _Tally) -> dict[str, BeforeAfter]:
+        """Each split's classes as they arrived ("in") and as they left ("out")."""
+        return {
+            name: {"in": self.classes[name], "out": later.classes[name]} for name in self.classes
+        }
+
+    def groups_with(self, later: _Tally) -> dict[str, dict[str, BeforeAfter]]:
+        """Each sensitive column's groups per split, in and out."""
+        return {
+            column: {
+                name: {"in": counts, "out": later.groups[column].get(name, {})}
+                for name, counts in splits.items()
+            }
+            for column, splits in self.groups.items()
+        }
 
 
 def _model_columns(data: DataSpec) -> list[tuple[str, str]]:
@@ -572,10 +792,15 @@ def _present_groups(rows: _Rows, columns: Sequence[str]) -> dict[str, list[str]]
 
 
 def _group_values(rows: _Rows, column: str) -> list[str]:
+    groups: list[str] = _group_column(rows, column).to_pylist()
+    return groups
+
+
+def _group_column(rows: _Rows, column: str) -> pa.ChunkedArray:
+    """A sensitive column as text, MISSING_GROUP where a row has no value."""
     values = _as_text(rows, column, "data.sensitiveColumns")
     empty = pc.fill_null(pc.equal(values, ""), True)
-    groups: list[str] = pc.if_else(empty, MISSING_GROUP, values).to_pylist()
-    return groups
+    return pc.if_else(empty, MISSING_GROUP, values)
 
 
 # --- model inputs ----------------------------------------------------------------------
@@ -864,6 +1089,15 @@ def prepare_language_model_data(
     train_texts, validation_texts = _prompts(train, data), _prompts(validation, data)
     train_set = _tokenize_for_language_model(train, data, tokenizer, "training")
     validation_set = _tokenize_for_language_model(validation, data, tokenizer, "validation")
+    report = DataReport(
+        quality=quality,
+        labels=[],
+        classes={},
+        lengths={
+            split: length_summary(np.asarray(rows["length"][:]), data.max_length)
+            for split, rows in (("train", train_set), ("validation", validation_set))
+        },
+    )
     return PreparedData(
         train=train_set,
         validation=validation_set,
@@ -872,6 +1106,7 @@ def prepare_language_model_data(
         class_weights=None,
         train_texts=train_texts,
         train_groups=_present_groups(train, data.sensitive_columns),
+        train_sources=np.arange(len(train_set), dtype=np.int64),
         validation_texts=validation_texts,
         validation_groups=_present_groups(validation, data.sensitive_columns),
         rows={
@@ -880,7 +1115,7 @@ def prepare_language_model_data(
             "validation_out": len(validation_set),
         },
         majority_rate=0.0,
-        quality=quality,
+        report=report,
     )
 
 

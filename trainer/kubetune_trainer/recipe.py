@@ -21,6 +21,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F  # noqa: N812
 from accelerate import Accelerator
@@ -31,13 +32,17 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTra
 from transformers.utils import logging as transformers_logging
 
 from kubetune_trainer import freezing
+from kubetune_trainer.balance import class_balanced_weights
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import (
     IGNORED_LABEL,
+    DataError,
     LengthGroupedSampler,
     PreparedData,
     prepare_data,
 )
+from kubetune_trainer.data_cache import cached_prepare
+from kubetune_trainer.data_report import failed_status
 from kubetune_trainer.diagnosis import Diagnosis, DivergenceMonitor, EvalPoint, diagnose
 from kubetune_trainer.metrics import classification_metrics, is_better, language_model_metrics
 from kubetune_trainer.modeling import load_model, load_tokenizer
@@ -55,6 +60,8 @@ CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "step-"
 MODEL_DIR = "model"
 REPORT_FILE = "report.json"
+CACHE_DIR = "cache"
+"""Under the output folder: the prepared data of the last start (data_cache)."""
 MAX_LOGS_PER_RUN = 200
 """Logging reduces the loss across processes (a host sync): keep it to a few hundred times a run."""
 
@@ -210,14 +217,27 @@ class Recipe:
         with self.accelerator.main_process_first():
             self.tokenizer = load_tokenizer(self.config)
             if self.data is None:
-                self.data = prepare_data(self.config, self.tokenizer)
-        self.reporter.section("dataValidation", self.data.quality.to_status())
+                self.data = self._prepare_data()
+        self.reporter.section("dataValidation", self.data.report.to_status())
         self._build_model_and_loaders()
         self._maybe_find_learning_rate()
         self._build_scheduler()
         self.accelerator.register_for_checkpointing(self.state)
         self._resume_from_latest_checkpoint()
         self.timings["setupSeconds"] = time.perf_counter() - started
+
+    def _prepare_data(self) -> PreparedData:
+        """The data from the cache of an earlier start, or prepared now; failures go to status."""
+        try:
+            data, cached = cached_prepare(
+                self.config, self.tokenizer, self.output_dir / CACHE_DIR, prepare_data
+            )
+        except DataError as error:
+            self.reporter.section("dataValidation", failed_status(str(error)))
+            raise
+        if cached:
+            self.console.print(f"Data: prepared rows read from {self.output_dir / CACHE_DIR}")
+        return data
 
     def _build_model_and_loaders(self) -> None:
         assert self.data is not None
@@ -257,7 +277,10 @@ class Recipe:
         columns = [c for c in self.data.train.column_names if c != "length"]
         training = self.config.training
         sampler = LengthGroupedSampler(
-            self.data.train["length"], training.batch_size, training.seed
+            self.data.train["length"],
+            training.batch_size,
+            training.seed,
+            weights=self._draw_weights(),
         )
         # Loaders draw their worker seeds from their own generator, not the global one that
         # dropout uses: otherwise the extra loader of a resumed epoch shifts every dropout mask.
@@ -276,6 +299,14 @@ class Recipe:
             generator=torch.Generator().manual_seed(training.seed),
         )
         return train, validation
+
+    def _draw_weights(self) -> npt.NDArray[np.float64] | None:
+        """Per-row draw probabilities for data.balance.sampler class-balanced, else None."""
+        assert self.data is not None
+        if self.config.data.balance.sampler != "class-balanced":
+            return None
+        labels = np.asarray(self.data.train["labels"][:], dtype=np.int64)
+        return class_balanced_weights(labels, len(self.data.labels))
 
     def _steps_per_epoch(self, rows: int) -> int:
         """Optimizer steps per epoch on each process (batches are sharded across processes)."""

@@ -54,7 +54,7 @@ def build_report(
             "trainClassCounts": data.train_class_counts,
             "classWeights": data.class_weights,
             "majorityRate": data.majority_rate,
-            "quality": data.quality.to_report(),
+            **data.report.to_report(),
         },
         "steps": state["step"],
         "processes": processes,

@@ -459,10 +459,10 @@ class Diagnosis(Section):
 class DataValidationStatus(Section):
     """What the data checks found and did (the full report is in report.json)."""
 
-    rows_in: int = Field(ge=0)
-    """Rows read."""
-    rows_out: int = Field(ge=0)
-    """Rows left for training and validation."""
+    rows_in: int | None = Field(default=None, ge=0)
+    """Rows that reached the quality rules; absent when the data failed before them."""
+    rows_out: int | None = Field(default=None, ge=0)
+    """Rows the quality rules kept for training and validation."""
     dropped: dict[Annotated[str, Field(max_length=128)], int] = Field(default_factory=dict)
     """Rows dropped per rule."""
     flagged: dict[Annotated[str, Field(max_length=128)], int] = Field(default_factory=dict)

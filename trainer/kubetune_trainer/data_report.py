@@ -1,0 +1,143 @@
+"""The data report: what the data looked like, and what the pipeline did to it.
+
+A user whose fine-tune disappoints first asks what the model was trained on. This report
+answers with numbers: rows in and out, what each quality rule matched, the classes and
+the sensitive groups before and after the rules, the rows augmentation and resampling
+added or removed, the token lengths the model saw, and a recommendation when the classes
+are imbalanced and nothing was done about it. The status carries a compact summary
+(`status.dataValidation`, the DataValidated condition's evidence); report.json and
+report.html carry all of it.
+
+"In" means the rows that reached the text rules (each split after its file was read and,
+for a held-out validation split, after the split); "out" means what the model sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kubetune_trainer.balance import imbalance_ratio
+from kubetune_trainer.quality import QualityReport
+
+HISTOGRAM_BINS = 20
+"""Length histograms have at most this many bins."""
+STATUS_CLASSES = 20
+"""The status lists at most this many classes (the largest); report.json lists all."""
+
+Counts = dict[str, int]
+BeforeAfter = dict[str, Counts]
+"""{"in": counts, "out": counts}"""
+
+
+def class_counts(label_ids: npt.NDArray[np.int64], labels: Sequence[str]) -> Counts:
+    """Rows per class name, every class listed (zero included), in class-id order."""
+    counts = np.bincount(label_ids, minlength=len(labels))
+    return {name: int(count) for name, count in zip(labels, counts, strict=True)}
+
+
+def group_counts(values: pa.Array | pa.ChunkedArray) -> Counts:
+    """Rows per group value, largest first (ties by name)."""
+    tally = pc.value_counts(values)
+    found = zip(tally.field("values").to_pylist(), tally.field("counts").to_pylist(), strict=True)
+    return {str(name): int(count) for name, count in sorted(found, key=lambda p: (-p[1], p[0]))}
+
+
+def length_summary(lengths: npt.NDArray[np.integer[Any]], max_length: int) -> dict[str, Any]:
+    """Token lengths as the model sees them: percentiles, rows at maxLength, a histogram."""
+    if len(lengths) == 0:
+        return {"count": 0}
+    values = np.asarray(lengths, dtype=np.int64)
+    bins = min(HISTOGRAM_BINS, int(values.max() - values.min()) + 1)
+    counts, edges = np.histogram(values, bins=bins)
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {
+        "count": len(values),
+        "min": int(values.min()),
+        "mean": float(values.mean()),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "max": int(values.max()),
+        "atMaxLength": int((values >= max_length).sum()),
+        "maxLength": max_length,
+        "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+    }
+
+
+@dataclass
+class DataReport:
+    """Everything the data stage found and did, for the status and the reports."""
+
+    quality: QualityReport
+    labels: list[str]
+    classes: dict[str, BeforeAfter]
+    """split -> {"in", "out"} -> class -> rows."""
+    groups: dict[str, dict[str, BeforeAfter]] = field(default_factory=dict)
+    """sensitive column -> split -> {"in", "out"} -> group -> rows."""
+    lengths: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """split -> length_summary."""
+    added: Counts = field(default_factory=dict)
+    """Training rows added: augmented, synthetic, oversampled."""
+    removed: Counts = field(default_factory=dict)
+    """Training rows left out after the rules: undersampled."""
+    recommendation: str = ""
+
+    def imbalance_ratio(self) -> float | None:
+        """Largest over smallest class in the training rows that reached the rules."""
+        counts = list(self.classes.get("train", {}).get("in", {}).values())
+        return imbalance_ratio(counts) if len(counts) > 1 else None
+
+    def to_status(self) -> dict[str, Any]:
+        """The compact summary for status.dataValidation."""
+        quality = self.quality.to_status()
+        status: dict[str, Any] = {
+            **quality,
+            "classCounts": _largest(self.classes.get("train", {}).get("out", {}), STATUS_CLASSES),
+            "added": {name: count for name, count in self.added.items() if count},
+            "passed": True,
+            "message": self._message(quality["message"]),
+        }
+        ratio = self.imbalance_ratio()
+        if ratio is not None:
+            status["imbalanceRatio"] = round(ratio, 3)
+        if self.recommendation:
+            status["recommendation"] = self.recommendation
+        return status
+
+    def to_report(self) -> dict[str, Any]:
+        """Everything, JSON-serialisable, for report.json."""
+        return {
+            "quality": self.quality.to_report(),
+            "classes": self.classes,
+            "groups": self.groups,
+            "lengths": self.lengths,
+            "added": self.added,
+            "removed": self.removed,
+            "imbalanceRatio": self.imbalance_ratio(),
+            "recommendation": self.recommendation,
+        }
+
+    def _message(self, quality_message: str) -> str:
+        changes = [f"{count} {name}" for name, count in self.added.items() if count]
+        changes += [f"{count} {name}" for name, count in self.removed.items() if count]
+        trained_on = sum(self.classes.get("train", {}).get("out", {}).values())
+        if not changes:
+            return quality_message
+        return f"{quality_message}; {trained_on} training rows after {', '.join(changes)}"
+
+
+def _largest(counts: Counts, limit: int) -> Counts:
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    return dict(ranked[:limit])
+
+
+def failed_status(message: str) -> dict[str, Any]:
+    """status.dataValidation for data that failed the job: the reason, and no counts to trust."""
+    return {"passed": False, "message": message}
