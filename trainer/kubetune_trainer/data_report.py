@@ -125,12 +125,12 @@ class DataReport:
         }
 
     def _message(self, quality_message: str) -> str:
-        changes = [f"{count} {name}" for name, count in self.added.items() if count]
-        changes += [f"{count} {name}" for name, count in self.removed.items() if count]
+        changes = [f"+{count} {name}" for name, count in self.added.items() if count]
+        changes += [f"-{count} {name}" for name, count in self.removed.items() if count]
         trained_on = sum(self.classes.get("train", {}).get("out", {}).values())
         if not changes:
             return quality_message
-        return f"{quality_message}; {trained_on} training rows after {', '.join(changes)}"
+        return f"{quality_message}; training on {trained_on} rows ({', '.join(changes)})"
 
 
 def _largest(counts: Counts, limit: int) -> Counts:
