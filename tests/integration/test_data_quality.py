@@ -128,3 +128,22 @@ def test_length_flags_the_rows_the_tokenizer_finds_too_long(tiny_model_dir: Path
         assert result.matched == sum(length > 14 for length in lengths) > 0
         assert all(example["tokens"] > 14 for example in result.examples)
     assert "length" in prepared.quality.flagged()
+
+
+def test_label_noise_finds_the_planted_annotator_bias(tiny_model_dir: Path) -> None:
+    """The example's regional-dialect rows carry a planted annotator bias (positive reviews
+    labelled negative): the suspects are mostly those rows, and warn keeps every row."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    plain = prepare_data(config(), tokenizer)
+    prepared = prepare_data(config(labelNoise={}, examplesPerRule=20), tokenizer)
+    noise = next(r for r in prepared.quality.results if r.rule == "labelNoise")
+    assert (noise.split, noise.mode) == ("train", "warn")
+    assert 20 <= noise.matched <= 200
+    assert len(prepared.train) == len(plain.train)
+    rows = read("train.csv")
+    dialects = [rows[example["row"]]["dialect"] for example in noise.examples]
+    assert len(dialects) == 20
+    assert dialects.count("regional") >= 15  # measured: 20 of the first 20 (53 suspects in all)
+    for example in noise.examples:
+        assert example["suggested"] in ("negative", "positive")
+        assert example["suggested"] != example["label"]

@@ -48,6 +48,7 @@ from kubetune_trainer.config import (
     infer_format,
 )
 from kubetune_trainer.quality import (
+    Finding,
     LengthSettings,
     Mask,
     QualityError,
@@ -401,6 +402,7 @@ def apply_quality_rules(
             label_column=label,
             settings=quality_settings(data.quality, data.max_length),
             earlier=screened,
+            label_noise=_label_noise_detector(train, config),
         )
     except QualityError as error:
         raise DataError(_quality_failure(error)) from None
@@ -463,6 +465,58 @@ def _token_counts(
         )
         counts[start : start + len(batch)] = encoded["length"]
     return counts
+
+
+def _label_noise_detector(train: _Rows, config: TrainingConfig) -> Callable[[Mask], Finding] | None:
+    """data.quality.labelNoise on the training rows the engine still keeps, or None when off."""
+    spec = config.data.quality.label_noise
+    if spec is None or config.model.task != "sequence-classification":
+        return None
+    # Imported here: cleanlab takes most of a second to import, and most runs do not ask.
+    from kubetune_trainer.label_noise import find_suspects
+
+    names = _class_names(train, config)
+    texts = _joined_texts(train, config.data)
+
+    def detect(kept: Mask) -> Finding:
+        rows = np.flatnonzero(kept)
+        suspects = find_suspects(
+            texts.take(pa.array(rows)).to_pylist(),
+            train.label_ids[rows],
+            folds=spec.folds,
+            seed=config.training.seed,
+        )
+        matched = np.zeros(len(kept), dtype=np.bool_)
+        matched[rows] = suspects.matched
+        suggested = np.full(len(kept), None, dtype=object)
+        suggested[rows] = names[np.maximum(suspects.suggested, 0)]
+        probability = np.full(len(kept), np.nan)
+        probability[rows] = np.round(suspects.probability, 3)
+        details = {"suggested": suggested, "probability": probability}
+        return Finding(matched, details, f"suspected label errors; {suspects.note}")
+
+    return detect
+
+
+def _joined_texts(rows: _Rows, data: DataSpec) -> pa.ChunkedArray:
+    """Each row's text, and its text pair after a space: what the label-noise model reads."""
+    texts = pc.fill_null(_as_text(rows, data.text_column, "data.textColumn"), "")
+    if data.text_pair_column is None:
+        return texts
+    pairs = pc.fill_null(_as_text(rows, data.text_pair_column, "data.textPairColumn"), "")
+    joined: pa.ChunkedArray = pc.binary_join_element_wise(texts, pairs, " ")
+    return joined
+
+
+def _class_names(rows: _Rows, config: TrainingConfig) -> npt.NDArray[np.object_]:
+    """Class name per class id: model.labels, else the labels the training rows carry."""
+    if config.model.labels is not None:
+        return np.asarray(config.model.labels, dtype=object)
+    ids, first = np.unique(rows.label_ids, return_index=True)
+    names = np.full(int(ids.max(initial=0)) + 1, None, dtype=object)
+    values = _label_values(rows, config.data.label_column)
+    names[ids] = values.take(pa.array(first)).to_pylist()
+    return names
 
 
 def _model_columns(data: DataSpec) -> list[tuple[str, str]]:
