@@ -472,8 +472,9 @@ def test_labels_outside_model_labels(tmp_path: Path, tokenizer: PreTrainedTokeni
     config = make_config(train, labels=["negative", "positive"])
     assert data_error(config, tokenizer) == (
         f"data.labelColumn: {train} has 3 rows with labels that are not in model.labels "
-        "(negative, positive): 'neutral' (2 rows), 'postive' (1 row); "
-        "fix those rows or add the labels to model.labels"
+        "(negative, positive): 'neutral' (2 rows), 'postive' (1 row), in data rows 4, 5, 6; "
+        "fix those rows or add the labels to model.labels, or set "
+        "data.quality.unknownLabels.mode to drop to leave them out"
     )
 
 
@@ -494,16 +495,38 @@ def test_validation_label_never_seen_in_training(
     validation = write_csv(tmp_path / "validation.csv", reviews(1, "a") + reviews(2, "c"))
     assert data_error(make_config(train, validation), tokenizer) == (
         f"data.labelColumn: {validation} has 2 rows with labels that are not in the training "
-        "rows (a, b): 'c' (2 rows); fix those rows or add training rows with those labels"
+        "rows (a, b): 'c' (2 rows), in data rows 2, 3; fix those rows or add training rows "
+        "with those labels, or set data.quality.unknownLabels.mode to drop to leave them out"
     )
 
 
-def test_rows_without_a_label(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+def test_rows_without_a_label_fail_in_fail_mode(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
     rows = reviews(2, "a") + reviews(1, "  ") + reviews(1, "b") + reviews(1, "")
     train = write_csv(tmp_path / "train.csv", rows)
-    assert data_error(make_config(train), tokenizer) == (
-        f"data.labelColumn: {train} has 2 rows with no label in column 'label' (data rows 3, 5)"
+    config = make_config(train, quality={"missingValues": {"mode": "fail"}})
+    assert data_error(config, tokenizer) == (
+        f"data.labelColumn: {train} has 2 rows with no label in column 'label' (data rows 3, 5); "
+        "data.quality.missingValues.mode is fail: fill them in, or set it to drop to leave "
+        "those rows out"
     )
+
+
+def test_rows_without_a_label_are_dropped_by_default(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    rows = reviews(4, "a") + reviews(1, "  ") + reviews(4, "b") + reviews(1, "")
+    train = write_csv(tmp_path / "train.csv", rows)
+    prepared = prepare_data(make_config(train, train), tokenizer)
+    assert prepared.train_class_counts == {"a": 4, "b": 4}
+    assert prepared.rows == {
+        "train_in": 10,
+        "validation_in": 10,
+        "train_out": 8,
+        "validation_out": 8,
+    }
+    assert prepared.quality.dropped() == {"missingValues": 4}  # 2 rows in each file
 
 
 def test_rows_without_text(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -566,9 +589,13 @@ def test_bad_weights(
 def test_rows_without_a_weight(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
     train = tmp_path / "train.jsonl"
     train.write_text('{"text": "good", "label": "a", "w": 1}\n{"text": "bad", "label": "b"}\n')
-    assert data_error(make_config(train, train, weightColumn="w"), tokenizer) == (
+    config = make_config(
+        train, train, weightColumn="w", quality={"missingValues": {"mode": "fail"}}
+    )
+    assert data_error(config, tokenizer) == (
         f"data.weightColumn: {train} has 1 row with no weight in column 'w' (data row 2); "
-        "weights must be numbers >= 0"
+        "data.quality.missingValues.mode is fail: fill them in, or set it to drop to leave "
+        "those rows out"
     )
 
 

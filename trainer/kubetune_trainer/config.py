@@ -352,6 +352,17 @@ class LabelNoiseSpec(QualityRule):
 class DataQualitySpec(Section):
     """Checks on the raw rows before any GPU time is spent; the data report shows what each did."""
 
+    model_config = cel_rules(
+        (
+            "!has(self.missingValues.mode) || self.missingValues.mode != 'warn'",
+            "missingValues.mode: warn cannot keep a row without a label, text pair or weight; use drop or fail",
+        ),
+        (
+            "!has(self.unknownLabels.mode) || self.unknownLabels.mode != 'warn'",
+            "unknownLabels.mode: warn cannot keep a row whose label is not a class; use drop or fail",
+        ),
+    )
+
     duplicates: QualityRule = section_default(QualityRule)
     """Rows whose text equals an earlier row's once case, punctuation and spacing are ignored (the first is kept)."""
     conflicting_labels: QualityRule = section_default(QualityRule)
@@ -363,11 +374,11 @@ class DataQualitySpec(Section):
     leakage: QualityRule = section_default(QualityRule)
     """Training rows whose normalised text is also in the validation rows (they would inflate validation scores)."""
     missing_values: QualityRule = section_default(QualityRule)
-    """Rows without a label, text pair or weight where the data section names those columns (rows without text are the empty rule's)."""
+    """Rows without a label, text pair or weight (null, empty or blank) where the data section names those columns; rows without text are the empty rule's. Checked per file before the validation split; mode drop or fail (warn cannot keep a row that cannot be trained on)."""
     unknown_labels: StrictQualityRule = section_default(StrictQualityRule)
-    """Rows whose label is not a declared class (model.labels, or for validation rows the labels of the training rows)."""
+    """Rows whose label is not a declared class (model.labels, or for validation rows the labels of the training rows). Checked per file before the validation split; mode drop or fail (warn cannot keep a row without a class)."""
     length: LengthRule = section_default(LengthRule)
-    """Rows shorter than minTokens or longer than maxTokens in the model's tokens."""
+    """Rows shorter than minTokens or longer than maxTokens in the model's tokens (text and text pair, special tokens not counted)."""
     label_noise: LabelNoiseSpec | None = None
     """Look for mislabeled training rows (sequence-classification). Left out: not checked."""
     max_non_printable_fraction: float = Field(default=0.3, gt=0, le=1)
@@ -376,6 +387,20 @@ class DataQualitySpec(Section):
     """Fail the job, with the counts, when the rules would drop more than this share of a split."""
     examples_per_rule: int = Field(default=3, ge=0, le=20)
     """Example rows per rule in the data report."""
+
+    @model_validator(mode="after")
+    def _class_rules_cannot_warn(self) -> Self:
+        if self.missing_values.mode == "warn":
+            raise ValueError(
+                "missingValues.mode: warn cannot keep a row without a label, text pair or "
+                "weight; use drop or fail"
+            )
+        if self.unknown_labels.mode == "warn":
+            raise ValueError(
+                "unknownLabels.mode: warn cannot keep a row whose label is not a class; "
+                "use drop or fail"
+            )
+        return self
 
     @model_validator(mode="after")
     def _length_bounds_are_ordered(self) -> Self:

@@ -64,12 +64,19 @@ from kubetune_trainer.data_report import (
     length_summary,
 )
 from kubetune_trainer.quality import (
+    Finding,
+    LengthSettings,
+    Mask,
     QualityError,
     QualityReport,
     QualitySettings,
+    RuleMode,
+    RuleResult,
     RuleSettings,
+    SplitInput,
     check,
     normalise,
+    rule_result,
 )
 from kubetune_trainer.sources import SourceError, resolve_local
 
@@ -79,6 +86,8 @@ MEGA_BATCH_FACTOR = 50
 """LengthGroupedSampler sorts by length within windows of this many batches."""
 _SHOWN = 5
 """How many example rows or values a message lists."""
+TOKEN_COUNT_BATCH = 1024
+"""Rows per tokenizer call when the length rule counts tokens."""
 _INTEGER_TEXT = r"^-?[0-9]+$"
 _CLASS_ID_TEXT = r"^[0-9]{1,9}$"
 
@@ -361,6 +370,7 @@ def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> 
     if validation is not None:
         _check_columns(validation, _validation_file_columns(data))
     declared = config.model.labels is not None
+    train, screened = _screen(train, "train", config, config.model.labels)
     labels = config.model.labels or _labels_of(train, data.label_column)
     train = _encode_labels(train, labels, data.label_column, declared=declared)
     if validation is None:
@@ -368,11 +378,15 @@ def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> 
             train, labels, data.validation_split, config.training.seed
         )
     else:
+        validation, screened_validation = _screen(validation, "validation", config, labels)
+        screened += screened_validation
         validation = _encode_labels(validation, labels, data.label_column, declared=declared)
-    train = _with_synthetic_rows(train, labels, config)
-    rows_in = {"train_in": train.table.num_rows, "validation_in": validation.table.num_rows}
+    train, screened = _with_synthetic_rows(train, labels, config, screened)
+    rows_in = _rows_read(train, validation, screened)
     arriving = _Tally.of(train, validation, labels, data)
-    train, validation, quality = apply_quality_rules(train, validation, config)
+    train, validation, quality = apply_quality_rules(
+        train, validation, config, tokenizer, screened=screened
+    )
     return _finish(train, validation, quality, arriving, rows_in, labels, config, tokenizer)
 
 
@@ -438,41 +452,65 @@ def _finish(
 
 
 def apply_quality_rules(
-    train: _Rows, validation: _Rows, config: TrainingConfig
+    train: _Rows,
+    validation: _Rows,
+    config: TrainingConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    screened: Sequence[RuleResult] = (),
 ) -> tuple[_Rows, _Rows, QualityReport]:
-    """The rows the data-quality rules keep, and their report (with file row positions)."""
-    spec = config.data.quality
-    label = config.data.label_column if config.model.task == "sequence-classification" else None
+    """The rows the data-quality rules keep, and their report (row numbers are file positions).
+
+    `screened` holds what the per-file rules (`_screen`: missingValues, unknownLabels) did
+    before the labels were encoded and the validation split made: the report opens with
+    them and the dropped share counts them. The length rule counts tokens with `tokenizer`.
+    """
+    data = config.data
+    label = data.label_column if config.model.task == "sequence-classification" else None
     for rows in (train, validation):  # a column of lists or structs is no text to check
-        _as_text(rows, config.data.text_column, "data.textColumn")
+        _as_text(rows, data.text_column, "data.textColumn")
+    train_input, validation_input = (
+        SplitInput(rows.table, rows.positions, _token_counts(rows, data, tokenizer), rows.origin)
+        for rows in (train, validation)
+    )
     try:
         keep_train, keep_validation, report = check(
-            train.table,
-            validation.table,
-            text_column=config.data.text_column,
+            train_input,
+            validation_input,
+            text_column=data.text_column,
             label_column=label,
-            settings=quality_settings(spec),
+            settings=quality_settings(data.quality, data.max_length),
+            earlier=screened,
+            label_noise=_label_noise_detector(train, config),
         )
     except QualityError as error:
-        raise DataError(f"data.quality: {error}") from None
-    for result in report.results:
-        positions = (train if result.split == "train" else validation).positions
-        for example in result.examples:
-            example["row"] = int(positions[example["row"]])
+        raise DataError(_quality_failure(error)) from None
     assert keep_validation is not None
     kept_train = train.take(np.flatnonzero(keep_train))
     kept_validation = validation.take(np.flatnonzero(keep_validation))
     return kept_train, kept_validation, report
 
 
-def quality_settings(spec: DataQualitySpec) -> QualitySettings:
-    """The engine's settings from the config section."""
+def _quality_failure(error: QualityError) -> str:
+    if error.rule == "maxDroppedFraction":
+        fix = "fix the data, change the rules' modes, or raise the limit"
+    else:
+        fix = f"fix those rows, or set data.quality.{error.rule}.mode to drop or warn"
+    return f"data.quality.{error.rule}: {error}; {fix}"
+
+
+def quality_settings(spec: DataQualitySpec, max_length: int) -> QualitySettings:
+    """The engine's settings from the config section (length.maxTokens defaults to maxLength)."""
+    length = spec.length
+    upper = max_length if length.max_tokens is None else length.max_tokens
     return QualitySettings(
         duplicates=RuleSettings(spec.duplicates.mode),
         conflicting_labels=RuleSettings(spec.conflicting_labels.mode),
         empty=RuleSettings(spec.empty.mode),
         garbage=RuleSettings(spec.garbage.mode),
         leakage=RuleSettings(spec.leakage.mode),
+        length=LengthSettings(length.mode, min_tokens=length.min_tokens, max_tokens=upper),
+        label_noise=None if spec.label_noise is None else RuleSettings(spec.label_noise.mode),
         max_non_printable_fraction=spec.max_non_printable_fraction,
         max_dropped_fraction=spec.max_dropped_fraction,
         examples_per_rule=spec.examples_per_rule,
@@ -487,21 +525,26 @@ SYNTHETIC_COLUMN = "__kubetune_synthetic"
 rows while the quality rules run; the model never sees it."""
 
 
-def _with_synthetic_rows(train: _Rows, labels: Sequence[str], config: TrainingConfig) -> _Rows:
-    """The training rows followed by the synthetic sources' rows, marked as synthetic."""
+def _with_synthetic_rows(
+    train: _Rows, labels: Sequence[str], config: TrainingConfig, screened: list[RuleResult]
+) -> tuple[_Rows, list[RuleResult]]:
+    """The training rows followed by the synthetic sources' rows, marked as synthetic, and
+    the per-file rules' results with those of the synthetic files added."""
     spec = config.data.augmentation
     if spec is None or not spec.synthetic_sources:
-        return train
+        return train, screened
     roles = _training_file_columns(config.data, holds_validation=False)
     marked = _marked(train, synthetic=False)
     for index, source in enumerate(spec.synthetic_sources):
         rows = _read_source(source, f"data.augmentation.syntheticSources[{index}]")
         _check_columns(rows, roles)
+        rows, results = _screen(rows, "train", config, labels)
+        screened = [*screened, *results]
         rows = _encode_labels(rows, labels, config.data.label_column, declared=True)
         names = marked.table.column_names
         rows = replace(rows, table=_marked(rows, synthetic=True).table.select(names))
         marked = marked.extended(_as_text_columns(rows, marked.table.schema))
-    return marked
+    return marked, screened
 
 
 def _marked(rows: _Rows, *, synthetic: bool) -> _Rows:
@@ -620,6 +663,87 @@ class _Tally:
         }
 
 
+def _token_counts(
+    rows: _Rows, data: DataSpec, tokenizer: PreTrainedTokenizerBase
+) -> npt.NDArray[np.int64]:
+    """Tokens per row, text and text pair together, without special tokens or truncation.
+
+    Rows without text count 0 (the empty rule has them, and the length rule skips them).
+    """
+    texts = pc.fill_null(_as_text(rows, data.text_column, "data.textColumn"), "")
+    pairs = None
+    if data.text_pair_column is not None:
+        pairs = pc.fill_null(_as_text(rows, data.text_pair_column, "data.textPairColumn"), "")
+    counts = np.zeros(rows.table.num_rows, dtype=np.int64)
+    for start in range(0, rows.table.num_rows, TOKEN_COUNT_BATCH):
+        batch = texts.slice(start, TOKEN_COUNT_BATCH).to_pylist()
+        batch_pairs = None if pairs is None else pairs.slice(start, TOKEN_COUNT_BATCH).to_pylist()
+        encoded = tokenizer(
+            batch,
+            batch_pairs,
+            add_special_tokens=False,
+            truncation=False,
+            return_length=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
+        counts[start : start + len(batch)] = encoded["length"]
+    return counts
+
+
+def _label_noise_detector(train: _Rows, config: TrainingConfig) -> Callable[[Mask], Finding] | None:
+    """data.quality.labelNoise on the training rows the engine still keeps, or None when off."""
+    spec = config.data.quality.label_noise
+    if spec is None or config.model.task != "sequence-classification":
+        return None
+    # Imported here: cleanlab takes most of a second to import, and most runs do not ask.
+    from kubetune_trainer.label_noise import find_suspects
+
+    names = _class_names(train, config)
+    texts = _joined_texts(train, config.data)
+
+    def detect(kept: Mask) -> Finding:
+        rows = np.flatnonzero(kept)
+        suspects = find_suspects(
+            texts.take(pa.array(rows)).to_pylist(),
+            train.label_ids[rows],
+            folds=spec.folds,
+            seed=config.training.seed,
+        )
+        matched = np.zeros(len(kept), dtype=np.bool_)
+        matched[rows] = suspects.matched
+        suggested = np.full(len(kept), None, dtype=object)
+        suggested[rows] = names[np.maximum(suspects.suggested, 0)]
+        probability = np.full(len(kept), np.nan)
+        probability[rows] = np.round(suspects.probability, 3)
+        details = {"suggested": suggested, "probability": probability}
+        return Finding(matched, details, f"suspected label errors; {suspects.note}")
+
+    return detect
+
+
+def _joined_texts(rows: _Rows, data: DataSpec) -> pa.ChunkedArray:
+    """Each row's text, and its text pair after a space: what the label-noise model reads."""
+    texts = pc.fill_null(_as_text(rows, data.text_column, "data.textColumn"), "")
+    if data.text_pair_column is None:
+        return texts
+    pairs = pc.fill_null(_as_text(rows, data.text_pair_column, "data.textPairColumn"), "")
+    joined: pa.ChunkedArray = pc.binary_join_element_wise(texts, pairs, " ")
+    return joined
+
+
+def _class_names(rows: _Rows, config: TrainingConfig) -> npt.NDArray[np.object_]:
+    """Class name per class id: model.labels, else the labels the training rows carry."""
+    if config.model.labels is not None:
+        return np.asarray(config.model.labels, dtype=object)
+    ids, first = np.unique(rows.label_ids, return_index=True)
+    names = np.full(int(ids.max(initial=0)) + 1, None, dtype=object)
+    values = _label_values(rows, config.data.label_column)
+    names[ids] = values.take(pa.array(first)).to_pylist()
+    return names
+
+
 def _model_columns(data: DataSpec) -> list[tuple[str, str]]:
     roles = [("data.textColumn", data.text_column), ("data.labelColumn", data.label_column)]
     if data.text_pair_column is not None:
@@ -689,11 +813,12 @@ def _refuse_missing(rows: _Rows, missing: pa.ChunkedArray, field: str, what: str
 
 
 def _label_values(rows: _Rows, column: str) -> pa.ChunkedArray:
-    """The label column as text without surrounding spaces; every row must have one."""
+    """The label column as text without surrounding spaces; null where a row has no label."""
     values = pc.utf8_trim_whitespace(_as_text(rows, column, "data.labelColumn"))
-    missing = pc.fill_null(pc.equal(values, ""), True)
-    _refuse_missing(rows, missing, "data.labelColumn", f"no label in column {column!r}")
-    return values
+    labelled: pa.ChunkedArray = pc.if_else(
+        pc.equal(values, ""), pa.scalar(None, pa.string()), values
+    )
+    return labelled
 
 
 def _all_match(values: pa.ChunkedArray | pa.Array, pattern: str) -> bool:
@@ -703,13 +828,15 @@ def _all_match(values: pa.ChunkedArray | pa.Array, pattern: str) -> bool:
 def _labels_of(rows: _Rows, column: str) -> list[str]:
     """The class names when model.labels is left out: the distinct labels, sorted.
 
-    Integer labels sort as numbers, so that "10" comes after "9".
+    Integer labels sort as numbers, so that "10" comes after "9". Rows without a label
+    (the missingValues rule has them) name no class.
     """
-    distinct = pc.unique(_label_values(rows, column))
+    distinct = pc.unique(_label_values(rows, column)).drop_null()
     names: list[str] = distinct.to_pylist()
     if len(names) < 2:
+        found = f"the label {names[0]!r}" if names else "no label"
         raise DataError(
-            f"data.labelColumn: every row of {rows.origin} has the label {names[0]!r}; "
+            f"data.labelColumn: every row of {rows.origin} has {found}; "
             "a classifier needs rows of at least two classes"
         )
     return sorted(names, key=int) if _all_match(distinct, _INTEGER_TEXT) else sorted(names)
@@ -719,33 +846,46 @@ def _encode_labels(rows: _Rows, labels: Sequence[str], column: str, *, declared:
     """Attach each row's class id: the position of its label in `labels`.
 
     With declared labels (model.labels), a column of integers that names none of them is
-    read as class ids when every value is a valid id.
+    read as class ids when every value is a valid id. The per-file rules (`_screen`) have
+    dropped or refused the rows without a label or with an unknown one by now.
     """
     values = _label_values(rows, column)
+    unknown = _unknown_mask(values, labels, declared=declared)
+    if unknown.any():
+        raise DataError(_unknown_labels(rows, values, unknown, labels, declared=declared))
     ids = pc.index_in(values, value_set=pa.array(labels, pa.string()))
-    unknown = pc.is_null(ids)
-    if pc.any(unknown).as_py():
-        if not (declared and _reads_as_class_ids(values, unknown, len(labels))):
-            raise DataError(_unknown_labels(rows, values, unknown, labels, declared=declared))
+    if pc.any(pc.is_null(ids)).as_py():  # every label is a class id (_unknown_mask)
         ids = pc.cast(values, pa.int64())
     return replace(rows, label_ids=ids.to_numpy().astype(np.int64))
 
 
+def _unknown_mask(values: pa.ChunkedArray, labels: Sequence[str], *, declared: bool) -> Mask:
+    """Rows whose label is not a class (rows without a label are not judged here)."""
+    unknown = pc.and_(pc.is_valid(values), pc.is_null(pc.index_in(values, pa.array(labels))))
+    if declared and _reads_as_class_ids(values, unknown, len(labels)):
+        return np.zeros(len(values), dtype=np.bool_)
+    return np.asarray(unknown.to_numpy(zero_copy_only=False), dtype=np.bool_)
+
+
 def _reads_as_class_ids(values: pa.ChunkedArray, unknown: pa.ChunkedArray, classes: int) -> bool:
-    if not pc.all(unknown).as_py() or not _all_match(values, _CLASS_ID_TEXT):
+    labelled = values.drop_null()
+    if not len(labelled) or not pc.all(unknown.filter(pc.is_valid(values))).as_py():
         return False
-    return bool(pc.max(pc.cast(values, pa.int64())).as_py() < classes)
+    if not _all_match(labelled, _CLASS_ID_TEXT):
+        return False
+    return bool(pc.max(pc.cast(labelled, pa.int64())).as_py() < classes)
 
 
 def _unknown_labels(
     rows: _Rows,
     values: pa.ChunkedArray,
-    unknown: pa.ChunkedArray,
+    unknown: Mask,
     labels: Sequence[str],
     *,
     declared: bool,
 ) -> str:
-    tally = pc.value_counts(values.filter(unknown))
+    matched = pa.chunked_array([unknown])
+    tally = pc.value_counts(values.filter(matched))
     found = zip(tally.field("values").to_pylist(), tally.field("counts").to_pylist(), strict=True)
     ranked = sorted(found, key=lambda pair: (-pair[1], pair[0]))
     shown = _some([f"{value!r} ({_rows(count)})" for value, count in ranked], _SHOWN)
@@ -756,8 +896,148 @@ def _unknown_labels(
         known, fix = "the training rows", "fix those rows or add training rows with those labels"
     return (
         f"data.labelColumn: {rows.origin} has {_rows(count)} with labels that are not in {known} "
-        f"({_some(list(labels))}): {shown}; {fix}"
+        f"({_some(list(labels))}): {shown}, in {rows.row_numbers(matched)}; {fix}, or set "
+        "data.quality.unknownLabels.mode to drop to leave them out"
     )
+
+
+# --- the per-file rules: rows that cannot be encoded go before the labels are -------------
+
+
+@dataclass(frozen=True)
+class _Screened:
+    """What one per-file rule matched in one file."""
+
+    matched: Mask
+    failure: str
+    """The message of a failure (fail mode): the field, the file, counts and rows."""
+    details: dict[str, npt.NDArray[Any]] = dataclasses.field(default_factory=dict)
+
+
+def _screen(
+    rows: _Rows, split: str, config: TrainingConfig, labels: Sequence[str] | None
+) -> tuple[_Rows, list[RuleResult]]:
+    """The rows of one file that the per-file rules keep, and their results.
+
+    data.quality.missingValues (rows without a label, text pair or weight), then, with
+    `labels`, data.quality.unknownLabels (rows whose label is not a class). Both run before
+    the labels are encoded and the validation split is made, since those need every row to
+    have a class; their modes are drop or fail (a row that cannot be encoded cannot be kept).
+    """
+    spec = config.data.quality
+    results: list[RuleResult] = []
+    rows_in = rows.table.num_rows
+    _as_text(rows, config.data.text_column, "data.textColumn")  # the examples show the text
+    missing = _missing_values(rows, config)
+    rows = _settle(rows, split, "missingValues", spec.missing_values.mode, missing, config, results)
+    if labels is not None and config.model.task == "sequence-classification":
+        unknown = _unknown_values(rows, config, labels)
+        mode = spec.unknown_labels.mode
+        rows = _settle(rows, split, "unknownLabels", mode, unknown, config, results)
+    report = QualityReport({split: rows_in}, {split: rows.table.num_rows}, results)
+    try:
+        report.refuse_excess_drops(split, spec.max_dropped_fraction, rows.origin)
+    except QualityError as error:
+        raise DataError(_quality_failure(error)) from None
+    if not rows.table.num_rows:
+        message = report.to_status()["message"]
+        raise DataError(f"data.quality: no row of {rows.origin} is left ({message})")
+    return rows, results
+
+
+def _settle(
+    rows: _Rows,
+    split: str,
+    rule: str,
+    mode: RuleMode,
+    found: _Screened,
+    config: TrainingConfig,
+    results: list[RuleResult],
+) -> _Rows:
+    """Fail with the rule's message, or record what it matched and drop those rows."""
+    if mode == "fail" and found.matched.any():
+        raise DataError(found.failure)
+    data = config.data
+    label = data.label_column if config.model.task == "sequence-classification" else None
+    result = rule_result(
+        rule,
+        split,
+        mode,
+        found.matched,
+        SplitInput(rows.table, rows.positions, origin=rows.origin),
+        text_column=data.text_column,
+        label_column=label,
+        limit=data.quality.examples_per_rule,
+        details=found.details,
+    )
+    results.append(result)
+    if mode != "drop" or not result.matched:
+        return rows
+    return rows.take(np.flatnonzero(~found.matched))
+
+
+def _needed_values(rows: _Rows, config: TrainingConfig) -> list[tuple[str, str, str]]:
+    """(field, column, what) of every value a row must have besides its text."""
+    data = config.data
+    classifying = config.model.task == "sequence-classification"
+    needed = [("data.labelColumn", data.label_column, "label")] if classifying else []
+    if data.text_pair_column is not None:
+        needed.append(("data.textPairColumn", data.text_pair_column, "text"))
+    weights = data.weight_column
+    if classifying and weights is not None and weights in rows.table.column_names:
+        needed.append(("data.weightColumn", weights, "weight"))
+    return needed
+
+
+def _missing_values(rows: _Rows, config: TrainingConfig) -> _Screened:
+    """Rows with a null, empty or blank cell in a column the data section needs."""
+    matched = np.zeros(rows.table.num_rows, dtype=np.bool_)
+    missing = np.zeros(rows.table.num_rows, dtype=np.dtypes.StringDType())
+    problems = []
+    for field, column, what in _needed_values(rows, config):
+        blank = _blank(rows, column, field)
+        if blank.any():
+            shown = rows.row_numbers(pa.chunked_array([blank]))
+            count = _rows(int(blank.sum()))
+            problems.append(
+                f"{field}: {rows.origin} has {count} with no {what} in column {column!r} ({shown})"
+            )
+            separator = np.where(missing == "", "", ", ").astype(missing.dtype)
+            named = np.strings.add(np.strings.add(missing, separator), column)
+            missing = np.where(blank, named, missing)
+            matched |= blank
+    failure = "; ".join(problems) + (
+        "; data.quality.missingValues.mode is fail: fill them in, or set it to drop to leave "
+        "those rows out"
+    )
+    return _Screened(matched, failure, {"missing": missing})
+
+
+def _blank(rows: _Rows, column: str, field: str) -> Mask:
+    """Rows whose cell in `column` is null, empty or only whitespace."""
+    values = _as_text(rows, column, field)
+    blank = pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_trim_whitespace(values), ""))
+    return np.asarray(pc.fill_null(blank, True).to_numpy(zero_copy_only=False), dtype=np.bool_)
+
+
+def _unknown_values(rows: _Rows, config: TrainingConfig, labels: Sequence[str]) -> _Screened:
+    declared = config.model.labels is not None
+    values = _label_values(rows, config.data.label_column)
+    unknown = _unknown_mask(values, labels, declared=declared)
+    failure = (
+        _unknown_labels(rows, values, unknown, labels, declared=declared) if unknown.any() else ""
+    )
+    return _Screened(unknown, failure)
+
+
+def _rows_read(train: _Rows, validation: _Rows, screened: Sequence[RuleResult]) -> dict[str, int]:
+    """Rows read per split: those left, and those the per-file rules dropped before."""
+
+    def read(rows: _Rows, split: str) -> int:
+        dropped = sum(r.matched for r in screened if r.split == split and r.mode == "drop")
+        return int(rows.table.num_rows) + dropped
+
+    return {"train_in": read(train, "train"), "validation_in": read(validation, "validation")}
 
 
 def _split_off_validation(
@@ -820,14 +1100,16 @@ def _model_inputs(rows: _Rows, data: DataSpec) -> pa.Table:
 
 
 def _weights(rows: _Rows, column: str) -> pa.ChunkedArray:
+    """The weight column as numbers; negative or non-finite weights are refused (rows with no
+    weight are the missingValues rule's, gone by now)."""
     table = rows.table
     if column not in table.column_names:
         return pa.chunked_array([np.ones(table.num_rows, np.float32)])
     weights = _as_numbers(rows, column)
-    missing, negative = pc.is_null(weights), pc.fill_null(pc.less(weights, 0), False)
+    negative = pc.fill_null(pc.less(weights, 0), False)
     infinite = pc.fill_null(pc.invert(pc.is_finite(weights)), False)
     for mask, problem in (
-        (missing, "no weight"),
+        (pc.is_null(weights), "no weight"),
         (negative, "a negative weight"),
         (infinite, "a weight that is not a finite number"),
     ):
@@ -841,6 +1123,7 @@ def _weights(rows: _Rows, column: str) -> pa.ChunkedArray:
 
 
 def _as_numbers(rows: _Rows, column: str) -> pa.ChunkedArray:
+    """The column as float64; blank text cells become null (a missing weight, not a bad one)."""
     values = rows.table.column(column)
     numeric = pa.types.is_integer(values.type) or pa.types.is_floating(values.type)
     if not (numeric or pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
@@ -848,6 +1131,9 @@ def _as_numbers(rows: _Rows, column: str) -> pa.ChunkedArray:
             f"data.weightColumn: column {column!r} of {rows.origin} holds {values.type} values, "
             "not numbers"
         )
+    if not numeric:
+        trimmed = pc.utf8_trim_whitespace(values)
+        values = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, values.type), trimmed)
     try:
         return pc.cast(values, pa.float64())
     except pa.ArrowInvalid as error:
@@ -1074,6 +1360,7 @@ def prepare_language_model_data(
         None if data.validation is None else _read_source(data.validation, "data.validation")
     )
     _check_columns(train, _text_columns(data))
+    train, screened = _screen(train, "train", config, None)
     if validation is None:
         kept, held_out = stratified_split(
             np.zeros(train.table.num_rows, dtype=np.int64),
@@ -1083,8 +1370,12 @@ def prepare_language_model_data(
         train, validation = train.take(kept), train.take(held_out)
     else:
         _check_columns(validation, _text_columns(data))
-    rows_in = {"train_in": train.table.num_rows, "validation_in": validation.table.num_rows}
-    train, validation, quality = apply_quality_rules(train, validation, config)
+        validation, screened_validation = _screen(validation, "validation", config, None)
+        screened += screened_validation
+    rows_in = _rows_read(train, validation, screened)
+    train, validation, quality = apply_quality_rules(
+        train, validation, config, tokenizer, screened=screened
+    )
     _check_batch_size(config.training.batch_size, train)
     train_texts, validation_texts = _prompts(train, data), _prompts(validation, data)
     train_set = _tokenize_for_language_model(train, data, tokenizer, "training")

@@ -11,11 +11,26 @@ it means the data, not a few rows, is wrong.
 Rows are compared on their normalised text (lowercase, no punctuation, single spaces), so
 "Great kettle!" and "great  kettle" are the same row. Every rule works on whole Arrow
 columns (pyarrow.compute regexes, numpy on integer codes), never on one row at a time.
+
+The engine knows no tokenizer, file format or model. What needs one is measured by the
+caller and handed in: token counts per row for the length rule (`SplitInput.lengths`), the
+results of the rules that run on each file before its labels are encoded (missing values,
+unknown labels: `earlier`, counted in the same report and the same dropped share), and
+the label-noise detector, a function of the training rows the other rules keep
+(`label_noise`). The detector is a callback rather than a precomputed mask because it
+must see exactly the rows the other rules leave, and a second pass after `check` would
+have to repeat the engine's bookkeeping (modes, examples, the dropped share).
+
+Row numbers in examples and messages are positions in the file the rows were read from
+(`SplitInput.positions`, from 0), so that they stay right after a validation split.
+`rows_in` of a split counts the rows read for it, those the earlier per-file rules
+dropped included; `rows_in - dropped == rows_out` holds per split.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -46,6 +61,19 @@ class RuleSettings:
 
 
 @dataclass(frozen=True)
+class LengthSettings(RuleSettings):
+    """The length rule: rows with fewer than min_tokens or more than max_tokens tokens."""
+
+    min_tokens: int = 1
+    max_tokens: int | None = None
+    """None: no upper bound."""
+
+    def describe(self) -> str:
+        upper = "none" if self.max_tokens is None else str(self.max_tokens)
+        return f"minTokens {self.min_tokens}, maxTokens {upper}"
+
+
+@dataclass(frozen=True)
 class QualitySettings:
     """The rules to apply and their limits (built by the config layer)."""
 
@@ -54,13 +82,30 @@ class QualitySettings:
     empty: RuleSettings
     garbage: RuleSettings
     leakage: RuleSettings
+    length: LengthSettings = LengthSettings("warn")
+    """Runs on the splits whose token counts are given (SplitInput.lengths)."""
+    label_noise: RuleSettings | None = None
+    """Runs when set and a detector is given to `check`."""
     max_non_printable_fraction: float = 0.3
     max_dropped_fraction: float = 0.3
     examples_per_rule: int = 3
 
 
 class QualityError(Exception):
-    """Data the rules refuse; the message names the rule(s), the split and the counts."""
+    """Data the rules refuse; the message names the split and the counts.
+
+    `rule` is the rule that failed, or "maxDroppedFraction" when the rules together would
+    drop too many rows; `split` is the split it happened in.
+    """
+
+    def __init__(self, message: str, *, rule: str, split: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.split = split
+
+
+Details = Mapping[str, npt.NDArray[Any]]
+"""Per-row values (aligned with a split's rows) that a rule's examples show, by name."""
 
 
 @dataclass
@@ -72,12 +117,43 @@ class RuleResult:
     mode: RuleMode
     matched: int
     examples: list[dict[str, Any]]
-    """Up to examples_per_rule rows: {"row": position in the table, "text", "label"}."""
+    """Up to examples_per_rule rows: {"row": position in the file, "text", "label"}, and
+    what the rule measured (e.g. "tokens" for length)."""
+    note: str = ""
+    """What the rule used or why it did not run, e.g. its bounds or a skipped check."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a rule computed outside the engine found (the label-noise detector)."""
+
+    matched: Mask
+    """Over all the rows of the split."""
+    details: Details = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SplitInput:
+    """One split's rows and what the caller measured of them."""
+
+    table: pa.Table
+    positions: Codes | None = None
+    """Each row's position in its file (from 0); left out: the row's position in `table`."""
+    lengths: Codes | None = None
+    """Each row's length in tokens, for the length rule; left out: the rule does not run."""
+    origin: str = ""
+    """Where the rows come from (a file), for messages."""
 
 
 @dataclass
 class QualityReport:
-    """Rows in and out per split, and every rule's result."""
+    """Rows in and out per split, and every rule's result.
+
+    rows_in: the rows read for a split (with a validation split held out of the training
+    file, its held-out rows; the training file's other rows, those dropped before the
+    split included, are train's). rows_out: the rows kept. rows_in - dropped == rows_out.
+    """
 
     rows_in: dict[str, int]
     rows_out: dict[str, int]
@@ -112,6 +188,23 @@ class QualityReport:
             "results": [asdict(result) for result in self.results],
         }
 
+    def refuse_excess_drops(self, split: str, limit: float, origin: str = "") -> None:
+        """Raise QualityError when the rules dropped more than `limit` of the split's rows."""
+        rows_in, rows_out = self.rows_in[split], self.rows_out[split]
+        dropped = rows_in - rows_out
+        if rows_in and dropped / rows_in > limit:
+            per_rule: dict[str, int] = {}
+            for r in self.results:
+                if r.split == split and r.mode == "drop" and r.matched:
+                    per_rule[r.rule] = per_rule.get(r.rule, 0) + r.matched
+            raise QualityError(
+                f"the rules would drop {dropped} of {rows_in} {split} rows{_of(origin)} "
+                f"({dropped / rows_in:.0%}, more than maxDroppedFraction {limit}): "
+                f"{_counts(per_rule)}; {rows_out} rows left",
+                rule="maxDroppedFraction",
+                split=split,
+            )
+
     def _message(self) -> str:
         """One line, e.g. "3582 of 3600 rows kept: 12 duplicates, 6 empty dropped"."""
         kept = f"{sum(self.rows_out.values())} of {sum(self.rows_in.values())} rows kept"
@@ -125,6 +218,10 @@ class QualityReport:
             if result.mode == mode and result.matched:
                 totals[result.rule] = totals.get(result.rule, 0) + result.matched
         return totals
+
+
+def _of(origin: str) -> str:
+    return f" of {origin}" if origin else ""
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -145,31 +242,81 @@ def _as_chunked(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
     return values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values])
 
 
+def rule_result(
+    rule: str,
+    split: str,
+    mode: RuleMode,
+    matched: Mask,
+    rows: SplitInput,
+    *,
+    text_column: str,
+    label_column: str | None,
+    limit: int,
+    details: Details | None = None,
+    note: str = "",
+) -> RuleResult:
+    """A rule's result with its first `limit` examples, for rules run outside `check`."""
+    texts = rows.table.column(text_column).cast(pa.large_string())
+    positions = _positions(rows)
+    shown = _examples(rows.table, texts, label_column, positions, matched, limit, details or {})
+    return RuleResult(rule, split, mode, int(matched.sum()), shown, note)
+
+
+def _examples(
+    table: pa.Table,
+    texts: pa.ChunkedArray,
+    label_column: str | None,
+    positions: Codes,
+    matched: Mask,
+    limit: int,
+    details: Details,
+) -> list[dict[str, Any]]:
+    """The first `limit` matched rows: file position, clipped text, label, and `details`."""
+    rows = np.flatnonzero(matched)[:limit]
+    shown_texts = texts.take(rows).to_pylist()
+    labels = (
+        [None] * len(rows)
+        if label_column is None
+        else table.column(label_column).take(rows).to_pylist()
+    )
+    measured = {name: np.asarray(values)[rows].tolist() for name, values in details.items()}
+    return [
+        {
+            "row": int(positions[row]),
+            "text": _clipped(text),
+            "label": label,
+            **{name: values[i] for name, values in measured.items()},
+        }
+        for i, (row, text, label) in enumerate(zip(rows, shown_texts, labels, strict=True))
+    ]
+
+
+def _positions(rows: SplitInput) -> Codes:
+    if rows.positions is None:
+        return np.arange(rows.table.num_rows, dtype=np.int64)
+    return rows.positions
+
+
 @dataclass
 class _Split:
     """One split's columns, and which rows are still kept as the rules run."""
 
     name: str
+    origin: str
     table: pa.Table
     texts: pa.ChunkedArray
     normalised: pa.ChunkedArray
     label_column: str | None
+    positions: Codes
+    lengths: Codes | None
     keep: Mask
     judged: Mask
     """Rows the rules after `empty` look at: kept so far, and with some text."""
 
-    def take_examples(self, matched: Mask, limit: int) -> list[dict[str, Any]]:
-        rows = np.flatnonzero(matched)[:limit]
-        texts = self.texts.take(rows).to_pylist()
-        labels = (
-            [None] * len(rows)
-            if self.label_column is None
-            else self.table.column(self.label_column).take(rows).to_pylist()
+    def take_examples(self, matched: Mask, limit: int, details: Details) -> list[dict[str, Any]]:
+        return _examples(
+            self.table, self.texts, self.label_column, self.positions, matched, limit, details
         )
-        return [
-            {"row": int(row), "text": _clipped(text), "label": label}
-            for row, text, label in zip(rows, texts, labels, strict=True)
-        ]
 
 
 def _clipped(text: str | None) -> str | None:
@@ -177,43 +324,74 @@ def _clipped(text: str | None) -> str | None:
 
 
 def check(
-    train: pa.Table,
-    validation: pa.Table | None,
+    train: pa.Table | SplitInput,
+    validation: pa.Table | SplitInput | None,
     *,
     text_column: str,
     label_column: str | None,
     settings: QualitySettings,
+    earlier: Sequence[RuleResult] = (),
+    label_noise: Callable[[Mask], Finding] | None = None,
 ) -> tuple[Mask, Mask | None, QualityReport]:
     """The rows of each split to keep, and the report; raises QualityError as configured.
 
-    Each split goes through empty, garbage, duplicates and conflicting labels (the last
-    only with a label column); then training rows whose text is in the cleaned validation
-    rows are leakage. A rule sees only the rows the rules before it kept.
+    Each split goes through empty, garbage, length (where token counts are given),
+    duplicates and conflicting labels (the last only with a label column); then training
+    rows whose text is in the cleaned validation rows are leakage, and last the label-noise
+    detector looks at the training rows still kept. A rule sees only the rows the rules
+    before it kept. `earlier` holds the results of rules run on the files before (their
+    dropped rows are no longer in the tables): they open the report and count in rows_in
+    and in the dropped share.
     """
-    results: list[RuleResult] = []
-    train_split = _split("train", train, text_column, label_column)
+    results: list[RuleResult] = list(earlier)
+    train_split = _split("train", _input(train), text_column, label_column)
     _clean(train_split, settings, results)
     validation_split = None
     if validation is not None:
-        validation_split = _split("validation", validation, text_column, label_column)
+        validation_split = _split("validation", _input(validation), text_column, label_column)
         _clean(validation_split, settings, results)
         leaked = _leaked(train_split, validation_split)
         _apply(train_split, "leakage", settings.leakage, leaked, settings, results)
+    if label_noise is not None and settings.label_noise is not None:
+        finding = label_noise(train_split.judged.copy())
+        matched = finding.matched & train_split.judged
+        rule = settings.label_noise
+        _apply(train_split, "labelNoise", rule, matched, settings, results, finding)
     splits = [s for s in (train_split, validation_split) if s is not None]
     report = QualityReport(
-        rows_in={s.name: s.table.num_rows for s in splits},
+        rows_in={s.name: s.table.num_rows + _dropped_before(earlier, s.name) for s in splits},
         rows_out={s.name: int(s.keep.sum()) for s in splits},
         results=results,
     )
     for split in splits:
-        _check_dropped_fraction(report, split.name, settings.max_dropped_fraction)
+        report.refuse_excess_drops(split.name, settings.max_dropped_fraction, split.origin)
     return train_split.keep, None if validation_split is None else validation_split.keep, report
 
 
-def _split(name: str, table: pa.Table, text_column: str, label_column: str | None) -> _Split:
+def _input(rows: pa.Table | SplitInput) -> SplitInput:
+    return rows if isinstance(rows, SplitInput) else SplitInput(rows)
+
+
+def _dropped_before(earlier: Sequence[RuleResult], split: str) -> int:
+    return sum(r.matched for r in earlier if r.split == split and r.mode == "drop")
+
+
+def _split(name: str, rows: SplitInput, text_column: str, label_column: str | None) -> _Split:
+    table = rows.table
     texts = table.column(text_column).cast(pa.large_string())
     everything = np.ones(table.num_rows, dtype=np.bool_)
-    return _Split(name, table, texts, normalise(texts), label_column, everything, everything.copy())
+    return _Split(
+        name,
+        rows.origin,
+        table,
+        texts,
+        normalise(texts),
+        label_column,
+        _positions(rows),
+        rows.lengths,
+        everything,
+        everything.copy(),
+    )
 
 
 def _clean(split: _Split, settings: QualitySettings, results: list[RuleResult]) -> None:
@@ -222,6 +400,10 @@ def _clean(split: _Split, settings: QualitySettings, results: list[RuleResult]) 
     split.judged &= ~empty
     garbage = split.judged & _garbage(split.texts, settings.max_non_printable_fraction)
     _apply(split, "garbage", settings.garbage, garbage, settings, results)
+    if split.lengths is not None:
+        length = split.judged & ~garbage & _out_of_bounds(split.lengths, settings.length)
+        tokens = Finding(length, {"tokens": split.lengths}, settings.length.describe())
+        _apply(split, "length", settings.length, length, settings, results, tokens)
     text_codes, label_codes = _codes(split.normalised), _label_codes(split)
     has_words = _has_words(split.normalised)
     duplicates = _repeats(_pair_codes(text_codes, label_codes), split.judged & has_words)
@@ -239,42 +421,33 @@ def _apply(
     matched: Mask,
     settings: QualitySettings,
     results: list[RuleResult],
+    finding: Finding | None = None,
 ) -> None:
     """Record what `rule` matched, then fail, drop the rows or only keep count of them."""
-    examples = split.take_examples(matched, settings.examples_per_rule)
-    result = RuleResult(rule, split.name, rule_settings.mode, int(matched.sum()), examples)
+    details, note = (finding.details, finding.note) if finding is not None else ({}, "")
+    examples = split.take_examples(matched, settings.examples_per_rule, details)
+    mode = rule_settings.mode
+    result = RuleResult(rule, split.name, mode, int(matched.sum()), examples, note)
     if result.mode == "fail" and result.matched:
-        raise QualityError(_failure(result, matched, split.table.num_rows))
+        raise QualityError(
+            _failure(result, split.positions[matched], split.table.num_rows, split.origin),
+            rule=rule,
+            split=split.name,
+        )
     if result.mode == "drop":
         split.keep &= ~matched
         split.judged &= ~matched
     results.append(result)
 
 
-def _failure(result: RuleResult, matched: Mask, rows_in: int) -> str:
-    rows = np.flatnonzero(matched)
+def _failure(result: RuleResult, rows: Codes, rows_in: int, origin: str) -> str:
     shown = ", ".join(str(row) for row in rows[:_SHOWN_ROWS])
     more = f" and {len(rows) - _SHOWN_ROWS} more" if len(rows) > _SHOWN_ROWS else ""
+    note = f"; {result.note}" if result.note else ""
     return (
-        f"rule {result.rule} matched {result.matched} of {rows_in} {result.split} rows "
-        f"(rows {shown}{more}, counting from 0) and its mode is fail"
+        f"{result.matched} of {rows_in} {result.split} rows{_of(origin)} match "
+        f"(file rows {shown}{more}, counting from 0{note}) and the rule's mode is fail"
     )
-
-
-def _check_dropped_fraction(report: QualityReport, split: str, limit: float) -> None:
-    rows_in, rows_out = report.rows_in[split], report.rows_out[split]
-    dropped = rows_in - rows_out
-    if rows_in and dropped / rows_in > limit:
-        per_rule = {
-            r.rule: r.matched
-            for r in report.results
-            if r.split == split and r.mode == "drop" and r.matched
-        }
-        raise QualityError(
-            f"the rules would drop {dropped} of {rows_in} {split} rows "
-            f"({dropped / rows_in:.0%}, more than maxDroppedFraction {limit}): "
-            f"{_counts(per_rule)}; {rows_out} rows left"
-        )
 
 
 # --- the rules, on whole columns -------------------------------------------------------
@@ -296,6 +469,13 @@ def _garbage(texts: pa.ChunkedArray, max_non_printable_fraction: float) -> Mask:
     unprintable = pc.count_substring_regex(texts, _UNPRINTABLE_CHAR).cast(pa.float64())
     fraction = pc.divide(unprintable, pc.utf8_length(texts).cast(pa.float64()))
     return _mask(broken) | _mask(pc.greater(fraction, max_non_printable_fraction))
+
+
+def _out_of_bounds(lengths: Codes, bounds: LengthSettings) -> Mask:
+    short: Mask = lengths < bounds.min_tokens
+    if bounds.max_tokens is None:
+        return short
+    return short | (lengths > bounds.max_tokens)
 
 
 def _has_words(normalised: pa.ChunkedArray) -> Mask:
