@@ -722,6 +722,29 @@ class BiasSpec(Section):
     counterfactuals: list[CounterfactualPair] = Field(default_factory=list, max_length=256)
     """Term pairs to swap in the audit texts; the audit reports how often predictions flip."""
 
+    @field_validator("counterfactuals")
+    @classmethod
+    def _pairs_swap_both_ways(cls, pairs: list[CounterfactualPair]) -> list[CounterfactualPair]:
+        seen: set[str] = set()
+        for pair in pairs:
+            term, counterpart = _term_key(pair.term), _term_key(pair.counterpart)
+            if term == counterpart:
+                raise ValueError(
+                    f"the pair {pair.term!r} / {pair.counterpart!r} swaps a term for itself"
+                )
+            for key, written in ((term, pair.term), (counterpart, pair.counterpart)):
+                if key in seen:
+                    raise ValueError(
+                        f"{written!r} is in more than one pair; a swap must be reversible"
+                    )
+                seen.add(key)
+        return pairs
+
+
+def _term_key(term: str) -> str:
+    """A counterfactual term as the swap matches it: any case, any run of spaces."""
+    return " ".join(term.lower().split())
+
 
 class OutputSpec(Section):
     """Where the checkpoints, the final model and the reports go."""
@@ -823,6 +846,11 @@ class TrainingConfig(Section):
             raise ValueError("the audit needs data.sensitiveColumns to name at least one column")
         if model is not None and model.task != "sequence-classification":
             raise ValueError("the audit applies to sequence-classification only")
+        classes = model and (model.num_labels or (model.labels and len(model.labels)))
+        if classes and classes > 2 and not bias.positive_labels:
+            raise ValueError(
+                f"positiveLabels is required for a multi-class task ({classes} classes)"
+            )
         if model is not None and model.labels is not None:
             unknown = sorted(set(bias.positive_labels) - set(model.labels))
             if unknown:

@@ -32,8 +32,16 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTra
 from transformers.utils import logging as transformers_logging
 
 from kubetune_trainer import freezing
+from kubetune_trainer.audit import (
+    BiasAudit,
+    CounterfactualResult,
+    audit,
+    counterfactual_result,
+    positive_classes,
+    swap_terms,
+)
 from kubetune_trainer.balance import class_balanced_weights
-from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.config import BiasSpec, TrainingConfig
 from kubetune_trainer.data import (
     IGNORED_LABEL,
     DataError,
@@ -219,6 +227,7 @@ class Recipe:
             if self.data is None:
                 self.data = self._prepare_data()
         self.reporter.section("dataValidation", self.data.report.to_status())
+        self._check_bias_settings()
         self._build_model_and_loaders()
         self._maybe_find_learning_rate()
         self._build_scheduler()
@@ -238,6 +247,16 @@ class Recipe:
         if cached:
             self.console.print(f"Data: prepared rows read from {self.output_dir / CACHE_DIR}")
         return data
+
+    def _check_bias_settings(self) -> None:
+        """Refuse, before any training, a bias section that the data's classes cannot audit."""
+        spec = self.config.bias
+        if spec is None or self.data is None or self.is_language_model:
+            return
+        try:
+            positive_classes(self.data.labels, spec)
+        except ValueError as error:
+            raise DataError(f"bias.positiveLabels: {error}") from None
 
     def _build_model_and_loaders(self) -> None:
         assert self.data is not None
@@ -586,9 +605,20 @@ class Recipe:
         (for a language model: its loss and perplexity, and empty arrays)."""
         if self.is_language_model:
             return self._evaluate_language_model(), np.empty((0, 0)), np.empty(0)
+        logits, labels = self._predict(self.eval_loader)
+        loss = float(F.cross_entropy(logits, labels).item())
+        probabilities = torch.softmax(logits, dim=-1).numpy()
+        return (
+            classification_metrics(labels.numpy(), probabilities, loss),
+            probabilities,
+            labels.numpy(),
+        )
+
+    def _predict(self, loader: DataLoader[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of every row of a prepared loader, gathered from all processes."""
         self.model.eval()
         all_logits, all_labels = [], []
-        for batch in self.eval_loader:
+        for batch in loader:
             labels = batch.pop("labels")
             batch.pop("weight", None)
             with torch.no_grad():
@@ -597,15 +627,7 @@ class Recipe:
             all_logits.append(logits.float().cpu())
             all_labels.append(labels.cpu())
         self.model.train()
-        logits = torch.cat(all_logits)
-        labels = torch.cat(all_labels)
-        loss = float(F.cross_entropy(logits, labels).item())
-        probabilities = torch.softmax(logits, dim=-1).numpy()
-        return (
-            classification_metrics(labels.numpy(), probabilities, loss),
-            probabilities,
-            labels.numpy(),
-        )
+        return torch.cat(all_logits), torch.cat(all_labels)
 
     def _evaluate_language_model(self) -> dict[str, float]:
         """Mean loss per predicted token over the validation rows, and its perplexity."""
@@ -735,16 +757,14 @@ class Recipe:
         )
         self.reporter.section("diagnosis", diagnosis.to_status())
         best = self._best_evaluation()
-        if diverged is None and self.config.output.save_model:
-            self._save_best_model()
-        report = self._write_report(diagnosis, best, diverged)
-        succeeded = diverged is None
-        message = (
-            f"training diverged at step {self.state.step}: {diverged}; the last good "
-            f"checkpoint is {self._latest_checkpoint()}"
-            if diverged
-            else f"best {self.config.primary_metric()}={self.state.best_metric:.4f}"
-        )
+        bias_audit = None
+        if diverged is None:
+            self._load_best_checkpoint()
+            bias_audit = self._audit_bias()
+            if self.config.output.save_model:
+                self._save_model()
+        succeeded, message = self._outcome(diverged, bias_audit)
+        report = self._write_report(diagnosis, best, succeeded, bias_audit)
         self.reporter.section("artifacts", self._artifacts())
         self.reporter.finished(succeeded, message)
         return RunResult(succeeded, message, self.output_dir, best, diagnosis, report)
@@ -765,12 +785,81 @@ class Recipe:
                 return dict(evaluation["metrics"])
         return dict(self.state.evaluations[-1]["metrics"]) if self.state.evaluations else {}
 
-    def _save_best_model(self) -> None:
+    def _outcome(self, diverged: str | None, bias_audit: BiasAudit | None) -> tuple[bool, str]:
+        """Whether the result may be used, and the run's last line."""
+        if diverged:
+            return False, (
+                f"training diverged at step {self.state.step}: {diverged}; the last good "
+                f"checkpoint is {self._latest_checkpoint()}"
+            )
+        best = f"best {self.config.primary_metric()}={self.state.best_metric:.4f}"
+        bias = self.config.bias
+        if bias_audit is None or bias is None or bias_audit.verdict != "Failed":
+            return True, best
+        if bias.on_failure == "fail":
+            return (
+                False,
+                f"{best}; the bias audit failed (bias.onFailure: fail): {bias_audit.message}",
+            )
+        return True, f"{best}; the bias audit failed (bias.onFailure: warn): {bias_audit.message}"
+
+    def _load_best_checkpoint(self) -> None:
+        """The model of the best evaluation, the one that is audited and saved."""
         if self.state.best_checkpoint:
             # load_state also rewinds the registered TrainingState: keep the run's own.
             finished = copy.deepcopy(self.state.state_dict())
             self.accelerator.load_state(str(self.checkpoint_root / self.state.best_checkpoint))
             self.state.load_state_dict(finished)
+
+    def _audit_bias(self) -> BiasAudit | None:
+        """The fairness audit of the final model on the validation rows (bias section)."""
+        spec = self.config.bias
+        if spec is None or self.data is None or self.is_language_model:
+            return None
+        _, probabilities, labels = self.evaluate()
+        counterfactual = None
+        if spec.counterfactuals:
+            counterfactual = self._counterfactuals(probabilities, spec)
+        result = audit(
+            labels=self.data.labels,
+            y_true=labels.astype(np.int64),
+            y_pred=probabilities.argmax(axis=1).astype(np.int64),
+            groups=self.data.validation_groups,
+            spec=spec,
+            counterfactual=counterfactual,
+        )
+        self.reporter.section("biasAudit", result.to_status())
+        return result
+
+    def _counterfactuals(self, probabilities: np.ndarray, spec: BiasSpec) -> CounterfactualResult:
+        """How the predictions move when the counterfactual terms are swapped in the texts."""
+        assert self.data is not None
+        swapped = swap_terms(self.data.validation_texts, spec.counterfactuals)
+        changed = np.flatnonzero(swapped.changed)
+        scores = probabilities.copy()
+        if changed.size:
+            rows = self.data.validation.select(changed)
+            texts = [swapped.texts[i] for i in changed]
+            loader = self.accelerator.prepare_data_loader(self._loader_of(rows, texts))
+            logits, _ = self._predict(loader)
+            scores[changed] = torch.softmax(logits, dim=-1).numpy()
+        positive = [
+            self.data.labels.index(name) for name in positive_classes(self.data.labels, spec)
+        ]
+        return counterfactual_result(probabilities, scores, swapped, spec.counterfactuals, positive)
+
+    def _loader_of(self, rows: datasets.Dataset, texts: list[str]) -> DataLoader[Any]:
+        """A validation loader over `rows` with their text replaced by `texts`."""
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.config.data.max_length)
+        table = {"labels": rows["labels"][:], **{k: list(v) for k, v in encoded.items()}}
+        dataset = datasets.Dataset.from_dict(table).with_format("torch")
+        return DataLoader(
+            dataset,
+            batch_size=self.config.evaluation.batch_size or 2 * self.config.training.batch_size,
+            collate_fn=DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8),
+        )
+
+    def _save_model(self) -> None:
         model: PreTrainedModel = self.accelerator.unwrap_model(self.model)
         merge = getattr(model, "merge_and_unload", None)  # LoRA: fold adapters into weights
         if callable(merge):
@@ -786,7 +875,11 @@ class Recipe:
         self.accelerator.wait_for_everyone()
 
     def _write_report(
-        self, diagnosis: Diagnosis, best: dict[str, float], diverged: str | None
+        self,
+        diagnosis: Diagnosis,
+        best: dict[str, float],
+        succeeded: bool,
+        bias_audit: BiasAudit | None,
     ) -> dict[str, Any]:
         assert self.data is not None
         report = build_report(
@@ -796,8 +889,9 @@ class Recipe:
             state=self.state.state_dict(),
             best_metrics=best,
             diagnosis=diagnosis.to_status(),
+            bias_audit=None if bias_audit is None else bias_audit.to_report(),
             timings=self.timings,
-            succeeded=diverged is None,
+            succeeded=succeeded,
             processes=self.processes,
             artifacts=self._artifacts(),
         )

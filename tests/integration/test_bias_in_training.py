@@ -1,0 +1,99 @@
+"""The bias audit at the end of real runs: the status section, report.json, counterfactual
+predictions, and what onFailure does with a failed audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubetune_operator.api.v1alpha1 import BiasAuditStatus
+from kubetune_trainer.__main__ import main
+from kubetune_trainer.config import EXIT_TRAINING_FAILED, TrainingConfig
+from tests.integration.test_data_in_training import sections
+from tests.integration.test_trainer import make_config, train
+
+PAIRS = [
+    {"term": "proper", "counterpart": "really"},
+    {"term": "I reckon", "counterpart": "I think"},
+]
+
+
+def audited(model: Path, data: tuple[Path, Path], **bias: Any) -> TrainingConfig:
+    return make_config(
+        model,
+        data,
+        training={"epochs": 4},
+        bias={"minGroupSize": 10, "counterfactuals": PAIRS, **bias},
+    )
+
+
+def test_a_run_audits_its_model_and_reports_the_verdict(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    result = train(audited(tiny_model_dir, small_data, onFailure="warn"), tmp_path / "run")
+    assert result.succeeded
+    (status,) = sections(tmp_path / "run", "biasAudit")
+    parsed = BiasAuditStatus.model_validate(status)
+    assert parsed.verdict in ("Passed", "Failed")
+    names = {metric.name for metric in parsed.metrics}
+    assert {"demographicParityRatio", "counterfactualFlipRate"} <= names
+    groups = {group.group: group.count for group in parsed.groups}
+    validation_rows = result.report["data"]["classes"]["validation"]["out"]
+    assert sum(groups.values()) == sum(validation_rows.values())
+    report = result.report["biasAudit"]
+    assert report["verdict"] == parsed.verdict
+    counterfactual = report["counterfactual"]
+    texts = small_data[1].read_text(encoding="utf-8").lower()
+    assert counterfactual is not None
+    assert 0 <= counterfactual["flipRate"] <= 1
+    assert (counterfactual["changed"] > 0) == ("proper" in texts or "i reckon" in texts)
+
+
+def test_a_failed_audit_fails_the_job_when_asked(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    strict = {"demographicParityRatio": None, "accuracyDifference": 0.0}
+    config = audited(tiny_model_dir, small_data, onFailure="fail", thresholds=strict)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(config.model_dump_json(by_alias=True))
+    code = main(["--config", str(config_file), "--output", str(tmp_path / "run")], env={})
+    (status,) = sections(tmp_path / "run", "biasAudit")
+    assert status["verdict"] == "Failed"
+    assert code == EXIT_TRAINING_FAILED
+    assert (tmp_path / "run" / "report.json").exists()
+
+
+def test_multi_class_audits_need_positive_labels() -> None:
+    with pytest.raises(ValueError, match="positiveLabels is required"):
+        TrainingConfig.model_validate(
+            {
+                "model": {"source": "m", "labels": ["a", "b", "c"]},
+                "data": {"train": {"source": "t.csv"}, "sensitiveColumns": ["g"]},
+                "bias": {},
+            }
+        )
+
+
+@pytest.mark.parametrize(
+    ("pairs", "problem"),
+    [
+        ([{"term": "He", "counterpart": "he"}], "swaps a term for itself"),
+        (
+            [{"term": "he", "counterpart": "she"}, {"term": "she", "counterpart": "they"}],
+            "more than one pair",
+        ),
+    ],
+)
+def test_counterfactual_pairs_must_swap_both_ways(
+    pairs: list[dict[str, str]], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        TrainingConfig.model_validate(
+            {
+                "model": {"source": "m"},
+                "data": {"train": {"source": "t.csv"}, "sensitiveColumns": ["g"]},
+                "bias": {"counterfactuals": pairs},
+            }
+        )
