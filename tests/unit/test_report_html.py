@@ -7,11 +7,14 @@ import copy
 import re
 from collections import Counter
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import Element, TreeBuilder
 
 import pytest
 
+from kubetune_trainer import report as report_module
+from kubetune_trainer.report import REPORT_HTML, REPORT_JSON, write_reports
 from kubetune_trainer.report_html import fmt_number, fmt_seconds, render_html
 
 SCRIPT = "<script>alert(1)</script>"
@@ -647,3 +650,32 @@ def test_the_renderer_does_not_mutate_the_report() -> None:
     before = copy.deepcopy(report)
     render_html(report)
     assert report == before
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def test_write_reports_writes_both_files(tmp_path: Path) -> None:
+    report = full_report()
+    report["bestMetrics"]["loss"] = float("nan")
+    write_reports(tmp_path / "out", report)
+    written = (tmp_path / "out" / REPORT_JSON).read_text(encoding="utf-8")
+    assert '"loss": null' in written
+    page = (tmp_path / "out" / REPORT_HTML).read_text(encoding="utf-8")
+    assert section_ids(dom(page)) == SECTIONS
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [REPORT_HTML, REPORT_JSON]
+
+
+def test_a_page_that_cannot_be_drawn_leaves_report_json_and_no_stale_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / REPORT_HTML).write_text("an earlier attempt's page", encoding="utf-8")
+
+    def broken(report: Any) -> str:
+        raise ValueError("cannot draw")
+
+    monkeypatch.setattr(report_module, "render_html", broken)
+    write_reports(tmp_path, full_report())
+    assert (tmp_path / REPORT_JSON).exists()
+    assert not (tmp_path / REPORT_HTML).exists()
+    assert "could not draw report.html" in caplog.text
