@@ -39,7 +39,7 @@ import matplotlib
 from cycler import cycler
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
@@ -491,6 +491,7 @@ def _loss_chart(
         _plot(ax, losses, label="training loss", linewidth=1.2)
         _plot(ax, validation, label="validation loss", marker="o", markersize=3.5)
         _mark_best(ax, best, validation if primary == "loss" else [])
+        _steps_axis(ax)
         ax.set(title="Loss", xlabel="step", ylabel="loss")
         ax.legend()
 
@@ -516,10 +517,15 @@ def _metrics_chart(
                 color="#64748b",
             )
         _mark_best(ax, best, _series(evaluations, primary) if primary in metrics else [])
+        _steps_axis(ax)
         ax.set(title="Validation metrics", xlabel="step", ylabel="value")
         figure.legend(loc="outside right upper", fontsize=7)
 
     return chart("chart-metrics", "Validation metrics over steps", draw, (5.6, 3.3))
+
+
+def _steps_axis(ax: Axes) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 7.5
 
 
 def _mark_best(ax: Axes, best: int | None, primary: Sequence[tuple[float, float]]) -> None:
