@@ -848,9 +848,10 @@ def length_chart(
         ax = figure.add_subplot()
         for split, (edges, counts) in histograms.items():
             total = sum(counts) or 1
+            shares = [c / total for c in counts]
             ax.stairs(
-                [c / total for c in counts], edges, label=chart_text(split), fill=True, alpha=0.35
-            )
+                shares, edges, label=chart_text(split), linewidth=1.8
+            )  # outlines: no muddy overlap
         if max_length is not None:
             ax.axvline(
                 max_length,
