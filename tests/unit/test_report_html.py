@@ -321,6 +321,8 @@ def test_a_bare_report_has_only_its_header_and_no_placeholders() -> None:
     root = dom(page)
     assert section_ids(root) == []
     assert not list(root.iter("svg"))
+    assert not list(root.iter("dl"))
+    assert not list(root.iter("table"))
     body = text(next(root.iter("body")))
     assert "bare" in body
     assert "failed" in body

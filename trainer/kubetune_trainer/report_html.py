@@ -262,13 +262,10 @@ def _cell(value: object) -> Markup:
     return tag("td", value)
 
 
-def facts(items: Iterable[tuple[object, object]]) -> Markup:
-    """Label/value cards."""
-    return tag(
-        "dl",
-        *(tag("div", tag("dt", key), tag("dd", value)) for key, value in items),
-        class_="facts",
-    )
+def facts(items: Sequence[tuple[object, object]]) -> Markup:
+    """Label/value cards (nothing for no items)."""
+    cards = [tag("div", tag("dt", key), tag("dd", value)) for key, value in items]
+    return tag("dl", *cards, class_="facts") if cards else Markup("")
 
 
 def badge(text: str, tone: str) -> Markup:
