@@ -54,7 +54,7 @@ from kubetune_trainer.data_report import failed_status
 from kubetune_trainer.diagnosis import Diagnosis, DivergenceMonitor, EvalPoint, diagnose
 from kubetune_trainer.metrics import classification_metrics, is_better, language_model_metrics
 from kubetune_trainer.modeling import load_model, load_tokenizer
-from kubetune_trainer.report import build_report, write_json_atomically
+from kubetune_trainer.report import build_report, write_reports
 from kubetune_trainer.reporting import EvalRecord, Reporter, RunInfo, StepRecord, build_reporter
 from kubetune_trainer.schedules import (
     RangeTestResult,
@@ -896,7 +896,7 @@ class Recipe:
             artifacts=self._artifacts(),
         )
         if self.accelerator.is_main_process:
-            write_json_atomically(self.output_dir / REPORT_FILE, report)
+            write_reports(self.output_dir, report)  # report.json and report.html
         return report
 
     def _artifacts(self) -> dict[str, str]:

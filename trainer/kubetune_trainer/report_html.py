@@ -1,0 +1,974 @@
+"""report.html: the page a person opens to see what a fine-tune did.
+
+report.json holds every number of a run, but nobody reads a loss curve as a list of pairs.
+This module draws the report as one HTML page: the outcome, the curves, the diagnosis, what
+the data checks did, the freezing schedule, the learning-rate range test, the versions and
+the config. `render_html` is a pure function of report.json's content, so the page can be
+rebuilt from any saved report and tested without a training run.
+
+The page must open wherever an output directory can be browsed (a file:// URL, a PVC
+browser, an artifact store, offline), so it is one self-contained file: a small inline
+stylesheet, charts as inline SVG drawn by matplotlib without pyplot (text kept as text, so
+the charts stay small and their labels searchable), no JavaScript, nothing fetched.
+
+Data rows are untrusted input (a training file can hold anything), and so are labels,
+column names and the job's name. Every value reaches the page through `h()`, which formats
+numbers and escapes everything else; markup built here is a `Markup`, the only thing `h()`
+passes through. The page's Content-Security-Policy forbids scripts as a second guard.
+
+A section (or a part of one) whose data the report lacks is left out, never shown empty:
+reports of language models, failed runs and older trainers all render.
+
+Numbers: counts (ints) get thousands separators (12,345); every other number shows 4
+significant digits (0.6543, 12,350, 5.337e-5); durations read as 0.2041 s, 3 min 07 s,
+2 h 05 min; a missing or non-finite value is an en dash.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+from cycler import cycler
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
+MISSING = "\u2013"
+"""Shown for a missing or non-finite value."""
+MAX_CLASSES_CHARTED = 40
+"""The class chart shows at most this many classes (the largest); the table lists all."""
+MAX_LABEL_CHARS = 32
+"""Chart labels are clipped to this many characters (tables show them whole)."""
+MAX_POINTS = 2000
+"""A curve is thinned to about this many points: a long run's chart stays small."""
+PHASES = (("in", "in"), ("out", "out"))
+"""A split's rows as they came in and as they went out to the model."""
+PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04"]
+IN_COLOUR, OUT_COLOUR, BEST_COLOUR = "#93c5fd", "#1d4ed8", "#6b7280"
+CHART_STYLE: dict[RcKeyType, Any] = {
+    "svg.fonttype": "none",  # text as <text>, not glyph paths: small, searchable, selectable
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.titleweight": "bold",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "#e5e7eb",
+    "grid.linewidth": 0.6,
+    "axes.axisbelow": True,
+    "axes.prop_cycle": cycler(color=PALETTE),
+    "legend.frameon": False,
+    "legend.fontsize": 8,
+}
+VERDICT_TONE = {
+    "Healthy": "good",
+    "Overfitting": "warn",
+    "Underfitting": "warn",
+    "Inconclusive": "neutral",
+    "Diverged": "bad",
+}
+
+STYLE = """
+:root{--fg:#111827;--muted:#6b7280;--line:#e5e7eb;--bg:#f9fafb;--accent:#1d4ed8}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,
+sans-serif;color:var(--fg);background:#fff}
+main{max-width:1120px;margin:0 auto;padding:24px 28px 48px}
+h1{font-size:24px;margin:0 12px 0 0;display:inline;word-break:break-word}
+h2{font-size:18px;margin:36px 0 12px;padding-bottom:6px;border-bottom:1px solid var(--line)}
+h3{font-size:15px;margin:24px 0 8px}
+h4{font-size:13px;margin:16px 0 6px;color:var(--muted)}
+p{margin:6px 0}
+.sub{color:var(--muted);margin:4px 0 16px}
+nav{font-size:13px;margin:8px 0 0}nav a{color:var(--accent);margin-right:14px;text-decoration:none}
+.badge{display:inline-block;padding:2px 10px;border-radius:999px;font-size:12px;font-weight:600;
+vertical-align:middle}
+.good{background:#dcfce7;color:#166534}.bad{background:#fee2e2;color:#991b1b}
+.warn{background:#fef3c7;color:#92400e}.neutral{background:#f3f4f6;color:#374151}
+.facts{display:flex;flex-wrap:wrap;gap:10px;margin:16px 0}
+.facts div{border:1px solid var(--line);border-radius:8px;padding:8px 12px;min-width:120px;
+background:var(--bg)}
+.facts dt{font-size:11px;color:var(--muted);text-transform:uppercase;letter-spacing:.04em}
+.facts dd{margin:0;font-size:16px;font-weight:600;font-variant-numeric:tabular-nums;
+word-break:break-word}
+table{border-collapse:collapse;margin:8px 0 12px;font-size:13px}
+th,td{padding:4px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
+th{font-weight:600;background:var(--bg)}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.text{white-space:pre-wrap;word-break:break-word;max-width:640px;font-family:ui-monospace,
+SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
+tr.best td{font-weight:600;background:#eff6ff}
+tr.quiet td{color:var(--muted)}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:16px}
+figure{margin:8px 0}
+svg.chart{max-width:100%;height:auto;display:block}
+.callout{border-left:4px solid var(--accent);background:#eff6ff;padding:8px 14px;margin:12px 0;
+border-radius:0 6px 6px 0}
+ul{margin:6px 0;padding-left:22px}
+details{margin:12px 0}summary{cursor:pointer;font-weight:600}
+pre{background:var(--bg);border:1px solid var(--line);border-radius:6px;padding:12px;
+overflow:auto;font-size:12px}
+"""
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+"""No scripts, no requests: the page needs neither, and its data is untrusted."""
+
+
+# --- safe HTML ----------------------------------------------------------------------------
+
+
+class Markup(str):
+    """HTML built in this module from escaped parts: `h()` inserts it as it is."""
+
+
+def h(value: object) -> Markup:
+    """`value` as HTML: Markup as it is, numbers formatted, anything else escaped text."""
+    if isinstance(value, Markup):
+        return value
+    if value is None:
+        return Markup(MISSING)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return Markup(fmt_number(value))
+    return Markup(html.escape(_printable(str(value)), quote=True))
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """Control characters as visible \\xNN, lone surrogates as \\udNNN (UTF-8 has neither)."""
+    visible = _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+    return visible.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def tag(name: str, *children: object, **attributes: str) -> Markup:
+    """<name attributes>children</name>; `class_` gives class, `aria_label` aria-label."""
+    attrs = "".join(
+        f' {key.rstrip("_").replace("_", "-")}="{h(value)}"' for key, value in attributes.items()
+    )
+    return Markup(f"<{name}{attrs}>{''.join(h(child) for child in children)}</{name}>")
+
+
+def join(parts: Iterable[object]) -> Markup:
+    return Markup("".join(h(part) for part in parts))
+
+
+# --- numbers ------------------------------------------------------------------------------
+
+
+def fmt_number(value: float) -> str:
+    """Ints with thousands separators; other numbers with 4 significant digits."""
+    if isinstance(value, int):
+        return f"{value:,}"
+    if not math.isfinite(value):
+        return MISSING
+    if 1e4 <= abs(value) < 1e15:
+        return f"{float(f'{value:.4g}'):,.0f}"
+    text = f"{value:.4g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        return f"{mantissa}e{int(exponent)}"
+    return text
+
+
+def fmt_seconds(seconds: float) -> str:
+    """0.2041 s, 59.5 s, 3 min 07 s, 2 h 05 min."""
+    if not math.isfinite(seconds):
+        return MISSING
+    if seconds < 60:
+        return f"{fmt_number(seconds)} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def fmt_count_change(before: int, after: int) -> str:
+    """+40, \u22123 (a minus sign) or 0: how a split's row count changed."""
+    change = after - before
+    return f"+{change:,}" if change > 0 else f"\u2212{-change:,}" if change < 0 else "0"
+
+
+def _number(value: object) -> float | None:
+    """A finite number from JSON data, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _words(key: str) -> str:
+    """setupSeconds -> setup; evaluationSeconds -> evaluation; dataLoadSeconds -> data load."""
+    stem = re.sub(r"Seconds$", "", key)
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", stem).lower()
+
+
+# --- building blocks ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Section:
+    """One <section> of the page, linked from the navigation."""
+
+    anchor: str
+    title: str
+    body: Markup
+
+    def html(self) -> Markup:
+        return tag("section", tag("h2", self.title), self.body, id=self.anchor)
+
+
+@dataclass(frozen=True)
+class Row:
+    """A table row with a CSS class (plain rows are sequences of cells)."""
+
+    cells: Sequence[object]
+    css: str
+
+
+class TextCell(str):
+    """A cell of data text (a row of the training file): monospaced, whitespace kept."""
+
+
+def table(
+    headers: Sequence[object], rows: Iterable[Sequence[object] | Row], **attributes: str
+) -> Markup:
+    """A table; numeric cells are right-aligned."""
+    head = tag("thead", tag("tr", *(tag("th", header) for header in headers)))
+    body = tag("tbody", *(_row(row) for row in rows))
+    return tag("table", head, body, **attributes)
+
+
+def _row(row: Sequence[object] | Row) -> Markup:
+    if isinstance(row, Row):
+        return tag("tr", *(_cell(cell) for cell in row.cells), class_=row.css)
+    return tag("tr", *(_cell(cell) for cell in row))
+
+
+def _cell(value: object) -> Markup:
+    if _number(value) is not None:
+        return tag("td", value, class_="num")
+    if isinstance(value, TextCell):
+        return tag("td", value, class_="text")
+    return tag("td", value)
+
+
+def facts(items: Sequence[tuple[object, object]]) -> Markup:
+    """Label/value cards (nothing for no items)."""
+    cards = [tag("div", tag("dt", key), tag("dd", value)) for key, value in items]
+    return tag("dl", *cards, class_="facts") if cards else Markup("")
+
+
+def badge(text: str, tone: str) -> Markup:
+    return tag("span", text, class_=f"badge {tone}")
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _sequence(value: object) -> Sequence[Any]:
+    return value if isinstance(value, list | tuple) else []
+
+
+# --- charts -------------------------------------------------------------------------------
+
+
+Draw = Callable[[Figure], None]
+
+
+def chart(chart_id: str, title: str, draw: Draw, size: tuple[float, float]) -> Markup:
+    """An inline <svg> of the figure that `draw` fills (size in inches)."""
+    with matplotlib.rc_context({**CHART_STYLE, "svg.hashsalt": chart_id}):  # stable ids
+        figure = Figure(figsize=size, layout="constrained")
+        draw(figure)
+        buffer = io.StringIO()
+        figure.savefig(buffer, format="svg", metadata={"Date": None})
+    return tag("figure", _inline_svg(buffer.getvalue(), chart_id, title))
+
+
+def _inline_svg(svg: str, chart_id: str, title: str) -> Markup:
+    """The <svg> element alone, its ids made unique in the page, titled for screen readers."""
+    svg = svg[svg.index("<svg") :]
+    svg = re.sub(r"<metadata>.*?</metadata>|<!--.*?-->", "", svg, flags=re.DOTALL)
+    svg = re.sub(r"\n\s+", "\n", svg)  # matplotlib's indentation
+    svg = re.sub(r"<[^>]+>", lambda match: _prefixed_ids(match.group(), chart_id), svg)
+    opening = f'<svg class="chart" role="img" aria-label="{h(title)}" id="{h(chart_id)}"'
+    svg = svg.replace("<svg", opening, 1)
+    head_end = svg.index(">") + 1
+    return Markup(f"{svg[:head_end]}<title>{h(title)}</title>{svg[head_end:]}")
+
+
+def _prefixed_ids(element: str, prefix: str) -> str:
+    """An SVG tag with its id and references to ids prefixed (charts share one page).
+
+    Groups lose their ids (matplotlib's labels such as "axes_1", never referenced), which
+    keeps the page small; clip paths and markers keep theirs, prefixed.
+    """
+    if element.startswith(("<svg", "<g ")):
+        element = re.sub(r'\sid="[^"]*"', "", element)
+    element = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', element)
+    element = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", element)
+    return re.sub(r'href="#([^"]+)"', rf'href="#{prefix}-\1"', element)
+
+
+def chart_text(text: object) -> str:
+    """A label for matplotlib: clipped, and with `$` escaped (no mathtext from data)."""
+    label = _printable(str(text))
+    if len(label) > MAX_LABEL_CHARS:
+        label = label[: MAX_LABEL_CHARS - 1] + "\u2026"
+    return label.replace("$", r"\$")
+
+
+def thin(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Every k-th point (and the last) so that about MAX_POINTS remain."""
+    stride = max(1, math.ceil(len(points) / MAX_POINTS))
+    kept = list(points[::stride])
+    if points and kept[-1] != points[-1]:
+        kept.append(points[-1])
+    return kept
+
+
+def _plot(ax: Axes, points: Sequence[tuple[float, float]], **style: Any) -> None:
+    if points:
+        xs, ys = zip(*thin(points), strict=True)
+        ax.plot(xs, ys, **style)
+
+
+# --- the page -----------------------------------------------------------------------------
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """The whole page for a report.json's content."""
+    sections = [
+        section
+        for section in (
+            curves_section(report),
+            diagnosis_section(report),
+            data_section(report),
+            freezing_section(report),
+            range_test_section(report),
+            run_section(report),
+        )
+        if section is not None
+    ]
+    nav = tag("nav", *(tag("a", s.title, href=f"#{s.anchor}") for s in sections))
+    main = tag("main", header(report), nav, *(section.html() for section in sections))
+    return _document(str(report.get("job") or "fine-tune"), main)
+
+
+def _document(job: str, main: Markup) -> str:
+    head = join(
+        [
+            Markup('<meta charset="utf-8">'),
+            Markup(f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'),
+            Markup('<meta name="viewport" content="width=device-width, initial-scale=1">'),
+            tag("title", f"{job} \u00b7 kubetune report"),
+            tag("style", Markup(STYLE)),
+        ]
+    )
+    return f'<!DOCTYPE html>\n<html lang="en">\n<head>{head}</head>\n<body>{main}</body>\n</html>\n'
+
+
+# --- header -------------------------------------------------------------------------------
+
+
+def header(report: Mapping[str, Any]) -> Markup:
+    """Job name, outcome, when, the best result and where it is, size and timings."""
+    succeeded = report.get("succeeded")
+    title = [tag("h1", report.get("job") or "fine-tune")]
+    if isinstance(succeeded, bool):
+        title.append(badge("succeeded" if succeeded else "failed", "good" if succeeded else "bad"))
+    finished = report.get("finishedAt")
+    subtitle = tag("p", f"finished {finished}", class_="sub") if finished else Markup("")
+    return tag(
+        "header", tag("div", *title), subtitle, facts(_run_facts(report)), _best_metrics(report)
+    )
+
+
+def _run_facts(report: Mapping[str, Any]) -> list[tuple[object, object]]:
+    metric = report.get("primaryMetric")
+    best = _mapping(report.get("bestMetrics"))
+    items: list[tuple[object, object]] = []
+    if metric and metric in best:
+        items.append((f"best {metric}", best[metric]))
+    for label, key in (
+        ("best checkpoint", "bestCheckpoint"),
+        ("steps", "steps"),
+        ("processes", "processes"),
+    ):
+        if report.get(key) not in (None, ""):
+            items.append((label, report[key]))
+    for key, seconds in _mapping(report.get("timings")).items():
+        if _number(seconds) is not None:
+            items.append((_words(key), fmt_seconds(seconds)))
+    return items
+
+
+def _best_metrics(report: Mapping[str, Any]) -> Markup:
+    best = _mapping(report.get("bestMetrics"))
+    if not best:
+        return Markup("")
+    return join([tag("h3", "Best evaluation"), table(list(best), [list(best.values())])])
+
+
+# --- curves -------------------------------------------------------------------------------
+
+
+def curves_section(report: Mapping[str, Any]) -> Section | None:
+    """Training loss and every validation metric over steps, the best evaluation marked."""
+    curves = _mapping(report.get("curves"))
+    losses = _pairs(_sequence(curves.get("trainLoss")))
+    evaluations = [e for e in _sequence(curves.get("evaluations")) if isinstance(e, Mapping)]
+    best = best_step(report)
+    primary = str(report.get("primaryMetric") or "")
+    charts = []
+    if losses or _series(evaluations, "loss"):
+        charts.append(_loss_chart(losses, evaluations, best, primary))
+    metrics = [m for m in metric_names(evaluations) if m != "loss"]
+    if metrics:
+        charts.append(_metrics_chart(metrics, evaluations, best, primary))
+    if not charts:
+        return None
+    body = [tag("div", *charts, class_="charts"), _evaluations_table(evaluations, best)]
+    return Section("curves", "Curves", join(body))
+
+
+def _pairs(values: Sequence[Any]) -> list[tuple[float, float]]:
+    """[[step, value], ...] as float pairs, pairs with a missing value left out."""
+    pairs = []
+    for pair in values:
+        if isinstance(pair, list | tuple) and len(pair) == 2:
+            x, y = _number(pair[0]), _number(pair[1])
+            if x is not None and y is not None:
+                pairs.append((x, y))
+    return pairs
+
+
+def _series(
+    evaluations: Sequence[Mapping[str, Any]], metric: str, key: str = "metrics"
+) -> list[tuple[float, float]]:
+    values = [(e.get("step"), _mapping(e.get(key)).get(metric)) for e in evaluations]
+    return _pairs(values)
+
+
+def metric_names(evaluations: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every validation metric, in the order of first appearance."""
+    names: dict[str, None] = {}
+    for evaluation in evaluations:
+        names.update(dict.fromkeys(_mapping(evaluation.get("metrics"))))
+    return list(names)
+
+
+def best_step(report: Mapping[str, Any]) -> int | None:
+    """The step of the best checkpoint ("step-00000040" -> 40), if there is one."""
+    match = re.search(r"(\d+)$", str(report.get("bestCheckpoint") or ""))
+    return int(match.group(1)) if match else None
+
+
+def _loss_chart(
+    losses: list[tuple[float, float]],
+    evaluations: Sequence[Mapping[str, Any]],
+    best: int | None,
+    primary: str,
+) -> Markup:
+    validation = _series(evaluations, "loss")
+
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        _plot(ax, losses, label="training loss", linewidth=1.2)
+        _plot(ax, validation, label="validation loss", marker="o", markersize=3.5)
+        _mark_best(ax, best, validation if primary == "loss" else [])
+        _steps_axis(ax)
+        ax.set(title="Loss", xlabel="step", ylabel="loss")
+        ax.legend()
+
+    return chart("chart-loss", "Training and validation loss over steps", draw, (5.6, 3.3))
+
+
+def _metrics_chart(
+    metrics: list[str], evaluations: Sequence[Mapping[str, Any]], best: int | None, primary: str
+) -> Markup:
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        for metric in metrics:
+            width = 2.2 if metric == primary else 1.1
+            points = _series(evaluations, metric)
+            _plot(ax, points, label=chart_text(metric), linewidth=width, marker="o", markersize=3)
+        if primary in metrics:
+            training = _series(evaluations, primary, "trainMetrics")
+            _plot(
+                ax,
+                training,
+                label=chart_text(f"training {primary}"),
+                linestyle="--",
+                color="#64748b",
+            )
+        _mark_best(ax, best, _series(evaluations, primary) if primary in metrics else [])
+        _steps_axis(ax)
+        ax.set(title="Validation metrics", xlabel="step", ylabel="value")
+        figure.legend(loc="outside right upper", fontsize=7)
+
+    return chart("chart-metrics", "Validation metrics over steps", draw, (5.6, 3.3))
+
+
+def _steps_axis(ax: Axes) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 7.5
+
+
+def _mark_best(ax: Axes, best: int | None, primary: Sequence[tuple[float, float]]) -> None:
+    """A dashed line at the best checkpoint's step, and a star on the primary metric there."""
+    if best is None:
+        return
+    ax.axvline(best, color=BEST_COLOUR, linestyle=":", linewidth=1, label=f"best (step {best:,})")
+    at_best = [value for step, value in primary if step == best]
+    if at_best:
+        ax.plot([best], at_best[:1], marker="*", markersize=12, color="#f59e0b", linestyle="none")
+
+
+def _evaluations_table(evaluations: Sequence[Mapping[str, Any]], best: int | None) -> Markup:
+    names = metric_names(evaluations)
+    if not evaluations or not names:
+        return Markup("")
+    rows = []
+    for evaluation in evaluations:
+        metrics = _mapping(evaluation.get("metrics"))
+        cells = [evaluation.get("step"), evaluation.get("epoch"), *(metrics.get(n) for n in names)]
+        rows.append(Row(cells, "best") if evaluation.get("step") == best else cells)
+    summary = tag("summary", f"Every evaluation ({len(evaluations):,})")
+    return tag("details", summary, table(["step", "epoch", *names], rows))
+
+
+# --- diagnosis ----------------------------------------------------------------------------
+
+
+def diagnosis_section(report: Mapping[str, Any]) -> Section | None:
+    """The verdict on the curves, the observations behind it, and what to change."""
+    diagnosis = _mapping(report.get("diagnosis"))
+    verdict = diagnosis.get("verdict")
+    evidence = [line for line in _sequence(diagnosis.get("evidence")) if line]
+    suggestion = diagnosis.get("suggestion")
+    if not (verdict or evidence or suggestion):
+        return None
+    body = []
+    if verdict:
+        body.append(tag("p", badge(str(verdict), VERDICT_TONE.get(str(verdict), "neutral"))))
+    if evidence:
+        body.append(tag("ul", *(tag("li", line) for line in evidence)))
+    if suggestion:
+        body.append(tag("div", tag("strong", "Suggestion: "), suggestion, class_="callout"))
+    return Section("diagnosis", "Diagnosis", join(body))
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def data_section(report: Mapping[str, Any]) -> Section | None:
+    """What the data checks found and did, and what the model trained on."""
+    data = _mapping(report.get("data"))
+    parts = [
+        _quality_message(data),
+        _rows_table(data),
+        _balance(data),
+        _quality_table(data),
+        _examples(data),
+        _classes(data),
+        _lengths(data, report),
+        _groups(data),
+    ]
+    body = join(part for part in parts if part)
+    return Section("data", "Data", body) if body else None
+
+
+def _quality(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _mapping(data.get("quality"))
+
+
+def _quality_message(data: Mapping[str, Any]) -> Markup:
+    message = _quality(data).get("message")
+    return tag("p", tag("strong", message)) if message else Markup("")
+
+
+def split_rows(data: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """{split: {"in": n, "out": n}} from data.rows ({"train_in": n, ...}) or the quality
+    report's rowsIn/rowsOut."""
+    found: dict[str, dict[str, int]] = {}
+    for key, count in _mapping(data.get("rows")).items():
+        split, _, phase = str(key).rpartition("_")
+        if split and phase in ("in", "out") and isinstance(count, int):
+            found.setdefault(split, {})[phase] = count
+    quality = _quality(data)
+    for phase, key in (("in", "rowsIn"), ("out", "rowsOut")):
+        for split, count in _mapping(quality.get(key)).items():
+            if isinstance(count, int):
+                found.setdefault(str(split), {}).setdefault(phase, count)
+    return found
+
+
+def _rows_table(data: Mapping[str, Any]) -> Markup:
+    rows = []
+    for split, counts in split_rows(data).items():
+        before, after = counts.get("in"), counts.get("out")
+        change = (
+            fmt_count_change(before, after) if before is not None and after is not None else None
+        )
+        rows.append([split, before, after, change])
+    if not rows:
+        return Markup("")
+    return table(["split", "rows in", "rows out", "change"], rows, class_="rows")
+
+
+def _quality_table(data: Mapping[str, Any]) -> Markup:
+    results = [r for r in _sequence(_quality(data).get("results")) if isinstance(r, Mapping)]
+    if not results:
+        return Markup("")
+    rows = [_quality_row(result) for result in results]
+    headers = ["rule", "split", "mode", "matched", "dropped", "flagged"]
+    return join([tag("h3", "Quality rules"), table(headers, rows, class_="quality")])
+
+
+def _quality_row(result: Mapping[str, Any]) -> Row:
+    mode, matched = result.get("mode"), result.get("matched")
+    dropped = matched if mode == "drop" else None
+    flagged = matched if mode == "warn" else None
+    cells = [result.get("rule"), result.get("split"), mode, matched, dropped, flagged]
+    return Row(cells, "" if matched else "quiet")
+
+
+def _examples(data: Mapping[str, Any]) -> Markup:
+    """A few of the rows each rule matched, as they are in the file (escaped)."""
+    results = map(_mapping, _sequence(_quality(data).get("results")))
+    parts = [part for part in map(_rule_examples, results) if part]
+    return join([tag("h3", "Example rows"), *parts]) if parts else Markup("")
+
+
+def _rule_examples(result: Mapping[str, Any]) -> Markup:
+    examples = [e for e in _sequence(result.get("examples")) if isinstance(e, Mapping)]
+    if not examples:
+        return Markup("")
+    matched = fmt_number(result.get("matched") or 0)
+    title = f"{result.get('rule')} \u00b7 {result.get('split')}: {len(examples):,} of {matched}"
+    rows = [[e.get("row"), e.get("label"), TextCell(e.get("text") or "")] for e in examples]
+    headers = ["row (from 0)", "label", "text"]
+    return join([tag("h4", title), table(headers, rows, class_="examples")])
+
+
+BALANCE_LINES = {
+    "imbalanceRatio": "Class imbalance ratio (largest class to smallest)",
+    "majorityRate": "Majority-class rate in validation (the accuracy of always guessing it)",
+}
+
+
+def _balance(data: Mapping[str, Any]) -> Markup:
+    """Rows added and removed to balance the classes, the imbalance and the advice."""
+    items = [tag("li", line) for line in _balance_lines(data)]
+    parts = [tag("ul", *items, class_="balance")] if items else []
+    recommendation = data.get("recommendation")
+    if recommendation:
+        advice = tag("strong", "Recommendation: ")
+        parts.append(tag("div", advice, recommendation, class_="callout recommendation"))
+    return join(parts)
+
+
+def _balance_lines(data: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for title, key in (("Rows added", "added"), ("Rows removed", "removed")):
+        counts = {k: v for k, v in _mapping(data.get(key)).items() if isinstance(v, int) and v}
+        if counts:
+            lines.append(f"{title}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()))
+    for key, title in BALANCE_LINES.items():
+        value = _number(data.get(key))
+        if value and data.get("labels", True):  # a language model has no classes
+            lines.append(f"{title}: {fmt_number(value)}")
+    return lines
+
+
+# --- data: classes, groups, lengths -----------------------------------------------------
+
+SplitCounts = dict[str, dict[str, dict[str, int]]]
+"""{split: {"in" | "out": {name: count}}}"""
+
+
+def split_counts(value: object) -> SplitCounts:
+    """The {split: {phase: {name: n}}} shape, anything else dropped."""
+    found: SplitCounts = {}
+    for split, phases in _mapping(value).items():
+        for phase, counts in _mapping(phases).items():
+            numbers = {str(k): v for k, v in _mapping(counts).items() if isinstance(v, int)}
+            if phase in ("in", "out") and numbers:
+                found.setdefault(str(split), {})[phase] = numbers
+    return found
+
+
+def class_counts(data: Mapping[str, Any]) -> SplitCounts:
+    """data.classes, or else data.trainClassCounts (the training rows that went out)."""
+    classes = split_counts(data.get("classes"))
+    if classes:
+        return classes
+    return split_counts({"train": {"out": data.get("trainClassCounts")}})
+
+
+def names_in_order(counts: SplitCounts, first: Sequence[object] = ()) -> list[str]:
+    """`first` (e.g. the model's labels) that occur, then the other names as they come."""
+    names: dict[str, None] = {}
+    for phases in counts.values():
+        for values in phases.values():
+            names.update(dict.fromkeys(values))
+    ordered = [str(name) for name in first if str(name) in names]
+    return ordered + [name for name in names if name not in ordered]
+
+
+def count_table(
+    first_header: str, counts: SplitCounts, names: Sequence[str], **attributes: str
+) -> Markup:
+    """One row per name, one column per split and phase."""
+    columns = [
+        (split, phase)
+        for split, phases in counts.items()
+        for phase in ("in", "out")
+        if phase in phases
+    ]
+    headers = [first_header, *(f"{split} {phase}" for split, phase in columns)]
+    rows = [[name, *(counts[s][p].get(name, 0) for s, p in columns)] for name in names]
+    return table(headers, rows, **attributes)
+
+
+def _classes(data: Mapping[str, Any]) -> Markup:
+    counts = class_counts(data)
+    if not counts:
+        return Markup("")
+    names = names_in_order(counts, _sequence(data.get("labels")))
+    parts = [
+        tag("h3", "Classes"),
+        class_chart(counts, names),
+        count_table("class", counts, names, class_="classes"),
+    ]
+    return join(parts)
+
+
+def class_chart(counts: SplitCounts, names: Sequence[str]) -> Markup:
+    """Horizontal bars per class, one panel per split, rows in beside rows out."""
+    shown = _largest(counts, names)
+    more = f" ({len(shown)} largest of {len(names):,})" if len(shown) < len(names) else ""
+    height = 1.3 + 0.32 * len(shown) * (2 if any(len(p) == 2 for p in counts.values()) else 1)
+
+    def draw(figure: Figure) -> None:
+        axes = figure.subplots(1, len(counts), sharey=True, squeeze=False)[0]
+        for ax, (split, phases) in zip(axes, counts.items(), strict=True):
+            _class_bars(ax, phases, shown)
+            ax.set(title=chart_text(split), xlabel="rows")
+            ax.grid(axis="y", visible=False)
+        axes[0].set_yticks(range(len(shown)), [chart_text(n) for n in shown])
+        axes[0].invert_yaxis()
+        axes[-1].legend(loc="lower right")
+        figure.suptitle(f"Rows per class{more}", fontsize=10, fontweight="bold")
+
+    return chart("chart-classes", f"Rows per class{more}", draw, (7.6, min(height, 14)))
+
+
+def _largest(counts: SplitCounts, names: Sequence[str]) -> list[str]:
+    if len(names) <= MAX_CLASSES_CHARTED:
+        return list(names)
+    total = {n: sum(v.get(n, 0) for p in counts.values() for v in p.values()) for n in names}
+    kept = set(sorted(names, key=lambda n: -total[n])[:MAX_CLASSES_CHARTED])
+    return [name for name in names if name in kept]
+
+
+def _class_bars(ax: Axes, phases: Mapping[str, Mapping[str, int]], names: Sequence[str]) -> None:
+    both = len(phases) == 2
+    width = 0.4 if both else 0.7
+    for offset, (phase, colour) in zip(
+        (-0.2, 0.2), (("in", IN_COLOUR), ("out", OUT_COLOUR)), strict=True
+    ):
+        if phase in phases:
+            values = [phases[phase].get(name, 0) for name in names]
+            positions = [i + (offset if both else 0) for i in range(len(names))]
+            ax.barh(positions, values, height=width, color=colour, label=f"rows {phase}")
+
+
+def _groups(data: Mapping[str, Any]) -> Markup:
+    """Rows per value of each sensitive column, per split, in and out."""
+    parts = []
+    for column, value in _mapping(data.get("groups")).items():
+        counts = split_counts(value)
+        if counts:
+            table_html = count_table(str(column), counts, names_in_order(counts), class_="groups")
+            parts.append(join([tag("h4", f"Sensitive column {column}"), table_html]))
+    return join([tag("h3", "Groups"), *parts]) if parts else Markup("")
+
+
+LENGTH_STATS = ("count", "min", "mean", "p50", "p90", "p99", "max", "truncated")
+
+
+def _lengths(data: Mapping[str, Any], report: Mapping[str, Any]) -> Markup:
+    """Text lengths in tokens per split: a histogram and the summary numbers."""
+    lengths = {
+        str(s): v for s, v in _mapping(data.get("lengths")).items() if isinstance(v, Mapping)
+    }
+    if not lengths:
+        return Markup("")
+    rows = [[split, *(stats.get(key) for key in LENGTH_STATS)] for split, stats in lengths.items()]
+    histograms = {s: hist for s, stats in lengths.items() if (hist := histogram(stats))}
+    max_length = _number(_mapping(_mapping(report.get("config")).get("data")).get("maxLength"))
+    parts = [tag("h3", "Lengths in tokens")]
+    if histograms:
+        parts.append(length_chart(histograms, max_length))
+    parts.append(table(["split", *LENGTH_STATS], rows, class_="lengths"))
+    return join(parts)
+
+
+def histogram(stats: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
+    """(edges, counts) when the histogram is well formed (k + 1 edges for k counts)."""
+    hist = _mapping(stats.get("histogram"))
+    edges = [_number(e) for e in _sequence(hist.get("edges"))]
+    counts = [_number(c) for c in _sequence(hist.get("counts"))]
+    if not counts or len(edges) != len(counts) + 1 or None in edges or None in counts:
+        return None
+    return [e for e in edges if e is not None], [c for c in counts if c is not None]
+
+
+def length_chart(
+    histograms: Mapping[str, tuple[list[float], list[float]]], max_length: float | None
+) -> Markup:
+    """Each split's share of rows per length bin, with data.maxLength marked."""
+
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        for split, (edges, counts) in histograms.items():
+            total = sum(counts) or 1
+            shares = [c / total for c in counts]
+            ax.stairs(
+                shares, edges, label=chart_text(split), linewidth=1.8
+            )  # outlines: no muddy overlap
+        if max_length is not None:
+            ax.axvline(
+                max_length,
+                color="#dc2626",
+                linestyle="--",
+                linewidth=1,
+                label=f"maxLength {fmt_number(max_length)}",
+            )
+        ax.set(title="Text length in tokens", xlabel="tokens", ylabel="share of rows")
+        ax.legend()
+
+    return chart("chart-lengths", "Text length in tokens per split", draw, (7.6, 3.0))
+
+
+# --- freezing and the range test ---------------------------------------------------------
+
+
+def freezing_section(report: Mapping[str, Any]) -> Section | None:
+    """What trained in each epoch, at which peak learning rates."""
+    log = [entry for entry in _sequence(report.get("freezing")) if isinstance(entry, Mapping)]
+    if not log:
+        return None
+    partial = any(_sequence(entry.get("partial")) for entry in log)
+    headers = ["epoch", "from step", "trains (peak learning rate)", "frozen"]
+    rows = [_freezing_row(entry, partial) for entry in log]
+    return Section(
+        "freezing",
+        "Freezing schedule",
+        table(headers + (["partly frozen"] if partial else []), rows, class_="freezing"),
+    )
+
+
+def _freezing_row(entry: Mapping[str, Any], partial: bool) -> list[object]:
+    rates = _mapping(entry.get("learningRates"))
+    trains = ", ".join(
+        f"{group} ({fmt_number(rates[group])})"
+        if _number(rates.get(group)) is not None
+        else str(group)
+        for group in _sequence(entry.get("trainable"))
+    )
+    frozen = ", ".join(str(g) for g in _sequence(entry.get("frozen"))) or "nothing"
+    row: list[object] = [entry.get("epoch"), entry.get("step"), trains, frozen]
+    if partial:
+        row.append(", ".join(str(g) for g in _sequence(entry.get("partial"))))
+    return row
+
+
+def range_test_section(report: Mapping[str, Any]) -> Section | None:
+    """The learning-rate range test: smoothed loss against the rate, the suggestion marked."""
+    test = _mapping(report.get("learningRateRangeTest"))
+    rates, losses = _sequence(test.get("learningRates")), _sequence(test.get("losses"))
+    points = [p for p in _pairs(list(zip(rates, losses, strict=False))) if p[0] > 0]
+    if not points:
+        return None
+    suggestion = _number(test.get("suggestion"))
+    finder = _mapping(
+        _mapping(_mapping(report.get("config")).get("training")).get("findLearningRate")
+    )
+    body = [range_test_chart(points, suggestion)]
+    if suggestion is not None:
+        used = (
+            "training used it"
+            if finder.get("apply", True)
+            else "recorded only (findLearningRate.apply is false)"
+        )
+        body.append(tag("p", f"Suggested learning rate {fmt_number(suggestion)}: {used}."))
+    return Section("range-test", "Learning-rate range test", join(body))
+
+
+def range_test_chart(points: list[tuple[float, float]], suggestion: float | None) -> Markup:
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        _plot(ax, points, label="smoothed loss", linewidth=1.4)
+        if suggestion is not None and suggestion > 0:
+            ax.axvline(
+                suggestion,
+                color="#dc2626",
+                linestyle="--",
+                linewidth=1,
+                label=f"suggested {fmt_number(suggestion)}",
+            )
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda rate, _: fmt_number(rate)))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # plain labels: mathtext is slow
+        ax.set(title="Learning-rate range test", xlabel="learning rate (log scale)", ylabel="loss")
+        ax.legend()
+
+    return chart(
+        "chart-range-test", "Loss against learning rate in the range test", draw, (6.4, 3.2)
+    )
+
+
+# --- versions, artifacts, config ---------------------------------------------------------
+
+
+def run_section(report: Mapping[str, Any]) -> Section | None:
+    """Library versions, where the outputs are, and the whole config (folded)."""
+    parts = []
+    versions = _mapping(report.get("versions"))
+    if versions:
+        parts += [
+            tag("h3", "Versions"),
+            table(
+                ["package", "version"],
+                [[k, str(v)] for k, v in versions.items()],
+                class_="versions",
+            ),
+        ]
+    artifacts = {k: v for k, v in _mapping(report.get("artifacts")).items() if v}
+    if artifacts:
+        parts += [
+            tag("h3", "Artifacts"),
+            table(
+                ["artifact", "path"],
+                [[k, str(v)] for k, v in artifacts.items()],
+                class_="artifacts",
+            ),
+        ]
+    config = report.get("config")
+    if config:
+        text = json.dumps(config, indent=2, ensure_ascii=False, default=str)
+        parts.append(tag("details", tag("summary", "Config"), tag("pre", text), class_="config"))
+    return Section("run", "Versions and config", join(parts)) if parts else None
