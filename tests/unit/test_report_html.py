@@ -160,7 +160,7 @@ def full_report() -> dict[str, Any]:
                     "p90": 41,
                     "p99": 63,
                     "max": 64,
-                    "truncated": 31,
+                    "atMaxLength": 31,
                     "histogram": {"edges": [0, 16, 32, 48, 64], "counts": [900, 1000, 250, 60]},
                 },
                 "validation": {
@@ -171,7 +171,7 @@ def full_report() -> dict[str, Any]:
                     "p90": 40,
                     "p99": 60,
                     "max": 64,
-                    "truncated": 3,
+                    "atMaxLength": 3,
                     "histogram": {"edges": [0, 16, 32, 48, 64], "counts": [160, 180, 45, 11]},
                 },
             },
@@ -445,7 +445,7 @@ def test_many_classes_chart_the_largest_and_list_them_all() -> None:
 
 def test_lengths_table_and_histogram(root: Element) -> None:
     assert table_rows(find_table(root, "lengths")) == [
-        ["split", "count", "min", "mean", "p50", "p90", "p99", "max", "truncated"],
+        ["split", "count", "min", "mean", "p50", "p90", "p99", "max", "atMaxLength"],
         ["train", "2,210", "3", "21.46", "19", "41", "63", "64", "31"],
         ["validation", "396", "4", "20.9", "18", "40", "60", "64", "3"],
     ]

@@ -25,8 +25,8 @@ from kubetune_trainer.data import PreparedData, class_weights, kfold_splits, pre
 from kubetune_trainer.data_cache import cached_prepare
 from kubetune_trainer.metrics import is_better
 from kubetune_trainer.modeling import load_tokenizer
-from kubetune_trainer.recipe import CACHE_DIR, MODEL_DIR, REPORT_FILE, Recipe, RunResult
-from kubetune_trainer.report import write_json_atomically
+from kubetune_trainer.recipe import CACHE_DIR, MODEL_DIR, Recipe, RunResult
+from kubetune_trainer.report import REPORT_HTML, REPORT_JSON, write_reports
 
 
 def fold_rows(
@@ -127,15 +127,16 @@ def _summarise(
             "folds": len(results),
             "metrics": summary,
             "bestFold": results.index(best),
-            "foldReports": [str(r.output_dir / REPORT_FILE) for r in results],
+            "foldReports": [str(r.output_dir / REPORT_JSON) for r in results],
         },
         "artifacts": {
             **best.report["artifacts"],
             "model": str(output_dir / MODEL_DIR),
-            "report": str(output_dir / REPORT_FILE),
+            "report": str(output_dir / REPORT_JSON),
+            "reportHtml": str(output_dir / REPORT_HTML),
         },
     }
-    write_json_atomically(output_dir / REPORT_FILE, report)
+    write_reports(output_dir, report)
     mean = summary.get(metric, {}).get("mean")
     message = (
         f"{len(results)}-fold cross-validation: {metric} {mean:.4f} ± {summary[metric]['std']:.4f}"

@@ -54,7 +54,7 @@ from kubetune_trainer.data_report import failed_status
 from kubetune_trainer.diagnosis import Diagnosis, DivergenceMonitor, EvalPoint, diagnose
 from kubetune_trainer.metrics import classification_metrics, is_better, language_model_metrics
 from kubetune_trainer.modeling import load_model, load_tokenizer
-from kubetune_trainer.report import build_report, write_reports
+from kubetune_trainer.report import REPORT_HTML, REPORT_JSON, build_report, write_reports
 from kubetune_trainer.reporting import EvalRecord, Reporter, RunInfo, StepRecord, build_reporter
 from kubetune_trainer.schedules import (
     RangeTestResult,
@@ -67,7 +67,6 @@ from kubetune_trainer.schedules import (
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "step-"
 MODEL_DIR = "model"
-REPORT_FILE = "report.json"
 CACHE_DIR = "cache"
 """Under the output folder: the prepared data of the last start (data_cache)."""
 MAX_LOGS_PER_RUN = 200
@@ -905,7 +904,8 @@ class Recipe:
         return {
             "outputUri": str(self.output_dir),
             "model": str(model) if model.exists() else "",
-            "report": str(self.output_dir / REPORT_FILE),
+            "report": str(self.output_dir / REPORT_JSON),
+            "reportHtml": str(self.output_dir / REPORT_HTML),
             "lastCheckpoint": str(latest) if latest else "",
         }
 

@@ -806,7 +806,9 @@ def _groups(data: Mapping[str, Any]) -> Markup:
     return join([tag("h3", "Groups"), *parts]) if parts else Markup("")
 
 
-LENGTH_STATS = ("count", "min", "mean", "p50", "p90", "p99", "max", "truncated")
+LENGTH_STATS = ("count", "min", "mean", "p50", "p90", "p99", "max", "atMaxLength")
+"""The length summary's columns; atMaxLength counts the rows cut to data.maxLength (or exactly
+that long)."""
 
 
 def _lengths(data: Mapping[str, Any], report: Mapping[str, Any]) -> Markup:
