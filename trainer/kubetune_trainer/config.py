@@ -642,6 +642,17 @@ class CrossValidationSpec(Section):
     """Keep the class proportions equal across folds."""
 
 
+class AttributionSpec(Section):
+    """What the final model relies on: token attributions (layer integrated gradients on the embeddings) and layer conductance (captum) for a sample of validation rows, and how much each layer group changed in training."""
+
+    sample_size: int = Field(default=64, ge=1, le=4096)
+    """Validation rows to explain (stratified by class; the most confident errors come first)."""
+    steps: int = Field(default=16, ge=2, le=512)
+    """Integration steps per row: more is more exact and slower."""
+    top_tokens: int = Field(default=10, ge=1, le=100)
+    """Tokens listed per class and per sensitive group in the report."""
+
+
 class EvaluationSpec(Section):
     """How and how often the model is evaluated, and what counts as better."""
 
@@ -670,6 +681,8 @@ class EvaluationSpec(Section):
     """Stop as diverged when the smoothed training loss exceeds this multiple of its starting value (NaN or infinity always counts)."""
     underfitting_floor: float | None = Field(default=None, ge=0, le=1e6)
     """Report underfitting when the final training value of the primary metric is worse than this. Left out: the majority-class rate for accuracy."""
+    attributions: AttributionSpec | None = None
+    """Explain the final model (sequence-classification). Left out: no attributions."""
 
     @model_validator(mode="after")
     def _steps_need_strategy(self) -> Self:
@@ -823,6 +836,7 @@ class TrainingConfig(Section):
             ("data.balance", data.balance.is_set()),
             ("data.quality.labelNoise", data.quality.label_noise is not None),
             ("data.augmentation", data.augmentation is not None),
+            ("evaluation.attributions", self.evaluation.attributions is not None),
         ]
         for field, is_set in chosen:
             if is_set:
