@@ -51,6 +51,22 @@ def test_a_run_audits_its_model_and_reports_the_verdict(
     assert (counterfactual["changed"] > 0) == ("proper" in texts or "i reckon" in texts)
 
 
+def test_the_report_holds_the_confusion_matrix_of_the_final_model(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    result = train(make_config(tiny_model_dir, small_data), tmp_path / "run")
+    evaluation = result.report["evaluation"]
+    matrix = evaluation["confusionMatrix"]
+    assert evaluation["labels"] == ["negative", "positive"]
+    assert sum(map(sum, matrix)) == 80
+    accuracy = (matrix[0][0] + matrix[1][1]) / 80
+    assert accuracy == pytest.approx(result.report["bestMetrics"]["accuracy"])
+    supports = [row["support"] for row in evaluation["perClass"]]
+    assert supports == [sum(row) for row in matrix]
+    recall = evaluation["perClass"][1]["recall"]
+    assert recall == pytest.approx(matrix[1][1] / sum(matrix[1]))
+
+
 def test_a_failed_audit_fails_the_job_when_asked(
     tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
 ) -> None:

@@ -8,9 +8,43 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from kubetune_trainer.config import metric_direction
+
+
+def per_class_summary(
+    labels: np.ndarray, predictions: np.ndarray, names: list[str]
+) -> dict[str, object]:
+    """The confusion matrix (rows: true class, columns: predicted, in `names` order) and
+    precision, recall, F1 and support per class, for the report."""
+    classes = list(range(len(names)))
+    matrix = confusion_matrix(labels, predictions, labels=classes)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=classes, zero_division=0
+    )
+    return {
+        "labels": list(names),
+        "confusionMatrix": matrix.tolist(),
+        "perClass": [
+            {
+                "label": name,
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(names)
+        ],
+    }
 
 
 def classification_metrics(

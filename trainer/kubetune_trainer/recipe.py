@@ -52,7 +52,12 @@ from kubetune_trainer.data import (
 from kubetune_trainer.data_cache import cached_prepare
 from kubetune_trainer.data_report import failed_status
 from kubetune_trainer.diagnosis import Diagnosis, DivergenceMonitor, EvalPoint, diagnose
-from kubetune_trainer.metrics import classification_metrics, is_better, language_model_metrics
+from kubetune_trainer.metrics import (
+    classification_metrics,
+    is_better,
+    language_model_metrics,
+    per_class_summary,
+)
 from kubetune_trainer.modeling import load_model, load_tokenizer
 from kubetune_trainer.report import REPORT_HTML, REPORT_JSON, build_report, write_reports
 from kubetune_trainer.reporting import EvalRecord, Reporter, RunInfo, StepRecord, build_reporter
@@ -756,14 +761,15 @@ class Recipe:
         )
         self.reporter.section("diagnosis", diagnosis.to_status())
         best = self._best_evaluation()
+        sections: dict[str, Any] = {}
         bias_audit = None
         if diverged is None:
             self._load_best_checkpoint()
-            bias_audit = self._audit_bias()
+            sections, bias_audit = self._examine_final_model()
             if self.config.output.save_model:
                 self._save_model()
         succeeded, message = self._outcome(diverged, bias_audit)
-        report = self._write_report(diagnosis, best, succeeded, bias_audit)
+        report = self._write_report(diagnosis, best, succeeded, sections)
         self.reporter.section("artifacts", self._artifacts())
         self.reporter.finished(succeeded, message)
         return RunResult(succeeded, message, self.output_dir, best, diagnosis, report)
@@ -810,18 +816,33 @@ class Recipe:
             self.accelerator.load_state(str(self.checkpoint_root / self.state.best_checkpoint))
             self.state.load_state_dict(finished)
 
-    def _audit_bias(self) -> BiasAudit | None:
+    def _examine_final_model(self) -> tuple[dict[str, Any], BiasAudit | None]:
+        """The final model's report sections (per-class results, bias audit) and its audit."""
+        if self.data is None or self.is_language_model:
+            return {}, None
+        _, probabilities, labels = self.evaluate()
+        predictions = probabilities.argmax(axis=1).astype(np.int64)
+        sections: dict[str, Any] = {
+            "evaluation": per_class_summary(labels, predictions, self.data.labels)
+        }
+        bias_audit = self._audit_bias(probabilities, labels.astype(np.int64))
+        if bias_audit is not None:
+            sections["biasAudit"] = bias_audit.to_report()
+        return sections, bias_audit
+
+    def _audit_bias(
+        self, probabilities: np.ndarray, labels: npt.NDArray[np.int64]
+    ) -> BiasAudit | None:
         """The fairness audit of the final model on the validation rows (bias section)."""
         spec = self.config.bias
-        if spec is None or self.data is None or self.is_language_model:
+        if spec is None or self.data is None:
             return None
-        _, probabilities, labels = self.evaluate()
         counterfactual = None
         if spec.counterfactuals:
             counterfactual = self._counterfactuals(probabilities, spec)
         result = audit(
             labels=self.data.labels,
-            y_true=labels.astype(np.int64),
+            y_true=labels,
             y_pred=probabilities.argmax(axis=1).astype(np.int64),
             groups=self.data.validation_groups,
             spec=spec,
@@ -878,7 +899,7 @@ class Recipe:
         diagnosis: Diagnosis,
         best: dict[str, float],
         succeeded: bool,
-        bias_audit: BiasAudit | None,
+        sections: dict[str, Any],
     ) -> dict[str, Any]:
         assert self.data is not None
         report = build_report(
@@ -888,7 +909,7 @@ class Recipe:
             state=self.state.state_dict(),
             best_metrics=best,
             diagnosis=diagnosis.to_status(),
-            bias_audit=None if bias_audit is None else bias_audit.to_report(),
+            sections=sections,
             timings=self.timings,
             succeeded=succeeded,
             processes=self.processes,

@@ -36,13 +36,14 @@ def build_report(
     state: dict[str, Any],
     best_metrics: dict[str, float],
     diagnosis: dict[str, Any],
-    bias_audit: dict[str, Any] | None,
+    sections: dict[str, Any],
     timings: dict[str, float],
     succeeded: bool,
     processes: int,
     artifacts: dict[str, str],
 ) -> dict[str, Any]:
-    """The report as plain JSON data."""
+    """The report as plain JSON data; `sections` adds what the examination of the final model
+    found (evaluation: the confusion matrix and per-class results; biasAudit; attributions)."""
     return {
         "job": job_name,
         "succeeded": succeeded,
@@ -52,7 +53,6 @@ def build_report(
         "bestMetrics": best_metrics,
         "bestCheckpoint": state["best_checkpoint"],
         "diagnosis": diagnosis,
-        "biasAudit": bias_audit,
         "curves": {"trainLoss": state["train_losses"], "evaluations": state["evaluations"]},
         "freezing": state["freezing_log"],
         "learningRateRangeTest": state["range_test"],
@@ -69,6 +69,7 @@ def build_report(
         "timings": timings,
         "artifacts": artifacts,
         "versions": versions(),
+        **sections,
     }
 
 
