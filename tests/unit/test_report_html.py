@@ -20,7 +20,19 @@ from kubetune_trainer.report_html import fmt_number, fmt_seconds, render_html
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'
 VOID = {"meta", "br", "img", "input", "link", "hr", "col", "area", "base", "wbr", "source"}
-SECTIONS = ["curves", "diagnosis", "bias", "data", "freezing", "range-test", "run"]
+SECTIONS = [
+    "curves",
+    "diagnosis",
+    "evaluation",
+    "bias",
+    "attributions",
+    "data",
+    "freezing",
+    "range-test",
+    "run",
+]
+HIGHLIGHT = re.compile(r"background:rgba\((22,163,74|220,38,38),(0|1)\.\d{3}\)")
+"""The only style an attribution highlight may carry: the colour computed from its score."""
 
 
 def bias_audit() -> dict[str, Any]:
@@ -154,6 +166,82 @@ def bias_audit() -> dict[str, Any]:
     }
 
 
+def evaluation() -> dict[str, Any]:
+    """report["evaluation"]: the best model on the validation rows."""
+    return {
+        "labels": ["negative", "positive", "neutral"],
+        "confusionMatrix": [[180, 20, 8], [10, 100, 9], [30, 9, 30]],
+        "perClass": [
+            {
+                "label": "negative",
+                "precision": 0.8182,
+                "recall": 0.8654,
+                "f1": 0.8411,
+                "support": 208,
+            },
+            {
+                "label": "positive",
+                "precision": 0.7752,
+                "recall": 0.8403,
+                "f1": 0.8065,
+                "support": 119,
+            },
+            {
+                "label": "neutral",
+                "precision": 0.6383,
+                "recall": 0.4348,
+                "f1": 0.5172,
+                "support": 69,
+            },
+        ],
+    }
+
+
+def attributions() -> dict[str, Any]:
+    """report["attributions"]: integrated gradients per class, group and example."""
+    return {
+        "classes": {
+            "positive": [{"token": "great", "score": 0.61}, {"token": "love", "score": 0.42}],
+            "negative": [{"token": "awful", "score": 0.73}],
+        },
+        "groups": {"dialect": {"regional": [{"token": "y'all", "score": 0.2}]}},
+        "examples": [
+            {
+                "text": "great phone, awful battery",
+                "label": "positive",
+                "predicted": "positive",
+                "confidence": 0.91,
+                "error": False,
+                "tokens": [
+                    {"token": "great", "score": 0.8},
+                    {"token": "phone", "score": 0.1},
+                    {"token": ",", "score": 0.0},
+                    {"token": "awful", "score": -0.4},
+                    {"token": "battery", "score": -0.05},
+                ],
+            },
+            {
+                "text": "not bad at all",
+                "label": "positive",
+                "predicted": "negative",
+                "confidence": 0.55,
+                "error": True,
+                "tokens": [{"token": "not", "score": 0.3}, {"token": "bad", "score": 0.6}],
+            },
+        ],
+        "layerConductance": [
+            {"layer": "embeddings", "score": 0.12},
+            {"layer": "block 0", "score": 0.3},
+            {"layer": "block 1", "score": 0.55},
+        ],
+        "weightChange": [
+            {"group": "embeddings", "relativeChange": 0.0},
+            {"group": "block 1", "relativeChange": 0.013},
+            {"group": "head", "relativeChange": 0.42},
+        ],
+    }
+
+
 def full_report() -> dict[str, Any]:
     """A report.json as a 3-class run with every data key of the lead's branch writes it."""
     evaluations = [
@@ -187,6 +275,8 @@ def full_report() -> dict[str, Any]:
             "suggestion": "Regularize more: raise regularization.weightDecay.",
         },
         "biasAudit": bias_audit(),
+        "evaluation": evaluation(),
+        "attributions": attributions(),
         "curves": {
             "trainLoss": [[step, 1.1 - step / 200] for step in range(1, 121)],
             "evaluations": evaluations,
@@ -424,7 +514,10 @@ def test_a_full_report_has_every_section_in_order_and_linked(root: Element) -> N
     assert charts == [
         "chart-loss",
         "chart-metrics",
+        "chart-confusion",
         "chart-bias-1",
+        "chart-layer-conductance",
+        "chart-weight-change",
         "chart-classes",
         "chart-lengths",
         "chart-range-test",
@@ -440,6 +533,8 @@ def test_a_full_report_has_every_section_in_order_and_linked(root: Element) -> N
         ("freezing", [], "freezing"),
         ("learningRateRangeTest", None, "range-test"),
         ("biasAudit", None, "bias"),
+        ("evaluation", {}, "evaluation"),
+        ("attributions", {}, "attributions"),
     ],
 )
 def test_a_section_without_data_is_left_out(key: str, empty: Any, gone: str) -> None:
@@ -833,6 +928,112 @@ def test_a_real_audit_renders() -> None:
     labels = svg_texts(root, "chart-bias-1")
     assert {"a", "b", "(missing) (not judged)", "c (not judged)"} <= set(labels)
     assert "four-fifths of the highest" in labels
+
+
+# --- evaluation and attributions --------------------------------------------------------
+
+
+def test_the_confusion_matrix_is_a_heat_map_with_counts_and_the_per_class_table(
+    root: Element,
+) -> None:
+    labels = svg_texts(root, "chart-confusion")
+    assert {"negative", "positive", "neutral", "predicted", "true"} <= set(labels)
+    assert {"180", "20", "8", "10", "100", "9", "30"} <= set(labels)
+    assert table_rows(find_table(root, "per-class")) == [
+        ["class", "precision", "recall", "F1", "support"],
+        ["negative", "0.8182", "0.8654", "0.8411", "208"],
+        ["positive", "0.7752", "0.8403", "0.8065", "119"],
+        ["neutral", "0.6383", "0.4348", "0.5172", "69"],
+    ]
+
+
+def test_many_classes_get_the_table_only_and_a_malformed_matrix_no_chart() -> None:
+    report = full_report()
+    names = [f"c{i}" for i in range(31)]
+    report["evaluation"] = {
+        "labels": names,
+        "confusionMatrix": [[int(i == j) for j in range(31)] for i in range(31)],
+        "perClass": [
+            {"label": n, "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1} for n in names
+        ],
+    }
+    root = dom(render_html(report))
+    assert by_id(root, "chart-confusion") is None
+    assert len(table_rows(find_table(root, "per-class"))) == 32
+    assert "31 classes: too many to draw" in text(root)
+    report["evaluation"] = {**evaluation(), "confusionMatrix": [[1, 2], [3]]}
+    root = dom(render_html(report))
+    assert by_id(root, "chart-confusion") is None
+    assert len(table_rows(find_table(root, "per-class"))) == 4
+
+
+def test_top_tokens_per_class_and_per_group(root: Element) -> None:
+    tables = [table_rows(t) for t in root.iter("table") if t.get("class") == "attr-class"]
+    assert tables == [
+        [["token", "score"], ["great", "0.61"], ["love", "0.42"]],
+        [["token", "score"], ["awful", "0.73"]],
+    ]
+    assert table_rows(find_table(root, "attr-group")) == [["token", "score"], ["y'all", "0.2"]]
+    headings = [text(e) for e in root.iter("h3")]
+    assert "Top tokens per class" in headings
+    assert "Top tokens per group of dialect" in headings
+
+
+def test_examples_are_highlighted_by_score_and_errors_marked(root: Element) -> None:
+    examples = [e for e in root.iter("div") if "example" in e.get("class", "").split()]
+    assert [e.get("class") for e in examples] == ["example", "example error"]
+    first = next(p for p in examples[0].iter("p") if p.get("class") == "highlighted")
+    spans = [(text(s), s.get("style")) for s in first.iter("span")]
+    assert spans == [
+        ("great", "background:rgba(22,163,74,1.000)"),
+        ("phone", "background:rgba(22,163,74,0.125)"),
+        (",", "background:rgba(22,163,74,0.000)"),
+        ("awful", "background:rgba(220,38,38,0.500)"),
+        ("battery", "background:rgba(220,38,38,0.062)"),
+    ]
+    assert "label positive \u00b7 predicted positive (0.91)" in text(examples[0])
+    assert text(examples[1]).startswith("error: label positive \u00b7 predicted negative (0.55)")
+    legend = next(p for p in root.iter("p") if "legend" in p.get("class", ""))
+    assert "toward the predicted class" in text(legend)
+    assert "against it" in text(legend)
+
+
+def test_layer_conductance_and_weight_change_charts(root: Element) -> None:
+    assert {"embeddings", "block 0", "block 1", "conductance"} <= set(
+        svg_texts(root, "chart-layer-conductance")
+    )
+    assert {"embeddings", "block 1", "head", "relative change"} <= set(
+        svg_texts(root, "chart-weight-change")
+    )
+
+
+def test_hostile_tokens_stay_text_and_styles_hold_only_a_colour() -> None:
+    report = {"job": "x", "attributions": attributions()}
+    hostile = [SCRIPT, IMG, '" style="background:url(x)', "</span><b>x</b>", "a;color:red"]
+    report["attributions"]["examples"][0]["tokens"] = [
+        {"token": token, "score": 0.1 * (i + 1) * (-1) ** i} for i, token in enumerate(hostile)
+    ]
+    report["attributions"]["examples"][0]["label"] = SCRIPT
+    report["attributions"]["examples"][1]["tokens"] = []
+    report["attributions"]["examples"][1]["text"] = IMG
+    report["attributions"]["classes"] = {IMG: [{"token": SCRIPT, "score": 1.0}]}
+    report["attributions"]["groups"] = {SCRIPT: {IMG: [{"token": IMG, "score": 1.0}]}}
+    report["attributions"]["layerConductance"] = [{"layer": SCRIPT, "score": 1.0}]
+    page = render_html(report)
+    root = dom(page)
+    assert "<script" not in page
+    assert "<img" not in page
+    assert not [e for e in root.iter() if e.tag in ("script", "img", "b")]
+    svg = {e for chart in root.iter("svg") for e in chart.iter()}
+    styles = [e.get("style", "") for e in root.iter() if "style" in e.attrib and e not in svg]
+    assert styles
+    assert all(HIGHLIGHT.fullmatch(style) for style in styles), styles
+    highlighted = next(p for p in root.iter("p") if p.get("class") == "highlighted")
+    assert [text(s) for s in highlighted.iter("span")] == hostile
+    shown = text(root)
+    assert shown.count(SCRIPT) >= 3
+    assert IMG in shown
+    assert SCRIPT in svg_texts(root, "chart-layer-conductance")
 
 
 # --- untrusted strings ------------------------------------------------------------------

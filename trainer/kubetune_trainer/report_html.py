@@ -83,6 +83,10 @@ NOT_JUDGED_STYLE: dict[str, Any] = {"color": "#e5e7eb", "hatch": "//", "edgecolo
 """Groups left out of the gaps (too few rows, or the missing group): grey and hatched."""
 PASSED_MARKS = {True: "\u2713", False: "\u2717"}
 """A gated metric's outcome in the tables (an ungated one shows the en dash)."""
+MAX_CONFUSION_CLASSES = 30
+"""The confusion matrix is drawn for at most this many classes; more get the table only."""
+TOWARD_RGB, AGAINST_RGB = (22, 163, 74), (220, 38, 38)
+"""Attribution highlights: toward the predicted class green, against it red."""
 MAX_AUDIT_PANELS = 6
 """A sensitive column's chart draws at most this many positive classes (the table has all)."""
 
@@ -118,6 +122,10 @@ SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
 tr.best td{font-weight:600;background:#eff6ff}
 tr.quiet td{color:var(--muted)}
 tr.failed td{color:#991b1b;font-weight:600}
+.tokens-grid{display:flex;flex-wrap:wrap;gap:4px 24px}
+.example{border:1px solid var(--line);border-radius:6px;padding:6px 12px;margin:8px 0}
+.example.error{border-left:4px solid #dc2626}
+.highlighted span{border-radius:3px;padding:0 1px;white-space:pre-wrap}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:16px}
 figure{margin:8px 0}
 svg.chart{max-width:100%;height:auto;display:block}
@@ -362,7 +370,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         for section in (
             curves_section(report),
             diagnosis_section(report),
+            evaluation_section(report),
             bias_section(report),
+            attributions_section(report),
             data_section(report),
             freezing_section(report),
             range_test_section(report),
@@ -578,7 +588,213 @@ def diagnosis_section(report: Mapping[str, Any]) -> Section | None:
     return Section("diagnosis", "Diagnosis", join(body))
 
 
-# --- bias audit ---------------------------------------------------------------------------
+# --- evaluation ---------------------------------------------------------------------------
+
+
+def evaluation_section(report: Mapping[str, Any]) -> Section | None:
+    """The best model's confusion matrix and its precision, recall and F1 per class."""
+    evaluation = _mapping(report.get("evaluation"))
+    labels = [str(label) for label in _sequence(evaluation.get("labels"))]
+    matrix = confusion_matrix(evaluation.get("confusionMatrix"), len(labels))
+    per_class = [c for c in _sequence(evaluation.get("perClass")) if isinstance(c, Mapping)]
+    parts = []
+    if matrix is not None and len(labels) <= MAX_CONFUSION_CLASSES:
+        parts.append(confusion_chart(labels, matrix))
+    elif matrix is not None:
+        parts.append(tag("p", f"{len(labels):,} classes: too many to draw the confusion matrix."))
+    if per_class:
+        headers = ["class", "precision", "recall", "F1", "support"]
+        rows = [
+            [c.get("label"), c.get("precision"), c.get("recall"), c.get("f1"), c.get("support")]
+            for c in per_class
+        ]
+        parts.append(table(headers, rows, class_="per-class"))
+    return Section("evaluation", "Evaluation", join(parts)) if parts else None
+
+
+def confusion_matrix(value: object, size: int) -> list[list[int]] | None:
+    """The size x size matrix of counts, or None when it is not one."""
+    rows = [_sequence(row) for row in _sequence(value)]
+    if not size or len(rows) != size or any(len(row) != size for row in rows):
+        return None
+    if not all(isinstance(c, int) and not isinstance(c, bool) for row in rows for c in row):
+        return None
+    return [list(row) for row in rows]
+
+
+def confusion_chart(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> Markup:
+    """A heat map of counts, coloured by the share of each true class's rows."""
+    shares = [[c / (sum(row) or 1) for c in row] for row in matrix]
+    side = min(2.4 + 0.38 * len(labels), 12)
+    names = [chart_text(label) for label in labels]
+
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        ax.pcolormesh(shares, cmap="Blues", vmin=0, vmax=1)
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                colour = "white" if shares[i][j] > 0.55 else "#111827"
+                ax.text(
+                    j + 0.5,
+                    i + 0.5,
+                    fmt_number(count),
+                    ha="center",
+                    va="center",
+                    color=colour,
+                    fontsize=8 if len(labels) <= 12 else 6,
+                )
+        ticks = [i + 0.5 for i in range(len(labels))]
+        ax.set_xticks(ticks, names, rotation=45 if len(labels) > 4 else 0, ha="right")
+        ax.set_yticks(ticks, names)
+        ax.invert_yaxis()
+        ax.grid(visible=False)
+        ax.set(
+            title="Confusion matrix (colour: share of the true class)",
+            xlabel="predicted",
+            ylabel="true",
+        )
+
+    return chart("chart-confusion", "Confusion matrix", draw, (side + 1.2, side))
+
+
+# --- attributions ------------------------------------------------------------------------
+
+
+def attributions_section(report: Mapping[str, Any]) -> Section | None:
+    """Which tokens moved the predictions, per class, per group and in examples; which layers
+    mattered and how far fine-tuning moved each layer group."""
+    found = _mapping(report.get("attributions"))
+    parts = [
+        _token_tables("Top tokens per class", "attr-class", _mapping(found.get("classes"))),
+        _group_tokens(_mapping(found.get("groups"))),
+        _examples_highlighted(found.get("examples")),
+        _score_chart(
+            "chart-layer-conductance",
+            "Layer conductance",
+            _named_scores(found.get("layerConductance"), "layer", "score"),
+            "conductance",
+        ),
+        _score_chart(
+            "chart-weight-change",
+            "Relative weight change per layer group",
+            _named_scores(found.get("weightChange"), "group", "relativeChange"),
+            "relative change",
+        ),
+    ]
+    body = join(part for part in parts if part)
+    return Section("attributions", "Attributions", body) if body else None
+
+
+def token_scores(value: object) -> list[tuple[str, float]]:
+    """[{"token": t, "score": s}, ...] as pairs; entries without a finite score left out."""
+    pairs = []
+    for entry in map(_mapping, _sequence(value)):
+        score = _number(entry.get("score"))
+        if score is not None and entry.get("token") is not None:
+            pairs.append((str(entry["token"]), score))
+    return pairs
+
+
+def _token_tables(title: str, css: str, tokens: Mapping[str, Any], level: str = "h3") -> Markup:
+    tables = []
+    for name, value in tokens.items():
+        rows = token_scores(value)
+        if rows:
+            heading = tag("h4", name)
+            tables.append(tag("div", heading, table(["token", "score"], rows, class_=css)))
+    if not tables:
+        return Markup("")
+    return join([tag(level, title), tag("div", *tables, class_="tokens-grid")])
+
+
+def _group_tokens(groups: Mapping[str, Any]) -> Markup:
+    parts = [
+        _token_tables(f"Top tokens per group of {column}", "attr-group", _mapping(by_group))
+        for column, by_group in groups.items()
+    ]
+    return join(part for part in parts if part)
+
+
+def token_colour(score: float, scale: float) -> str:
+    """The highlight of a token: green toward the predicted class, red against, alpha by
+    |score| / scale."""
+    red, green, blue = TOWARD_RGB if score >= 0 else AGAINST_RGB
+    alpha = min(abs(score) / scale, 1.0) if scale > 0 else 0.0
+    return f"rgba({red},{green},{blue},{alpha:.3f})"
+
+
+def highlighted(tokens: Sequence[tuple[str, float]]) -> Markup:
+    """The tokens as spans whose background encodes their score (the text stays text)."""
+    scale = max((abs(score) for _, score in tokens), default=0.0)
+    spans = [
+        tag("span", token, style=f"background:{token_colour(score, scale)}", title=h(score))
+        for token, score in tokens
+    ]
+    spaced = [part for span in spans for part in (span, " ")][:-1]
+    return tag("p", *spaced, class_="highlighted")
+
+
+def _examples_highlighted(value: object) -> Markup:
+    examples = [e for e in _sequence(value) if isinstance(e, Mapping)]
+    shown = [_example(e) for e in examples if token_scores(e.get("tokens")) or e.get("text")]
+    if not shown:
+        return Markup("")
+    legend = tag(
+        "p",
+        tag("span", "toward the predicted class", style=f"background:{token_colour(1, 1.25)}"),
+        " ",
+        tag("span", "against it", style=f"background:{token_colour(-1, 1.25)}"),
+        " (stronger colour: larger share of the example's largest attribution)",
+        class_="legend highlighted",
+    )
+    return join([tag("h3", "Examples"), legend, *shown])
+
+
+def _example(example: Mapping[str, Any]) -> Markup:
+    error = example.get("error") is True
+    meta = f"label {h(example.get('label'))} \u00b7 predicted {h(example.get('predicted'))}"
+    if _number(example.get("confidence")) is not None:
+        meta += f" ({h(example['confidence'])})"
+    tokens = token_scores(example.get("tokens"))
+    body = highlighted(tokens) if tokens else tag("p", TextCell(example.get("text") or ""))
+    mark = tag("strong", "error: ") if error else Markup("")
+    meta_line = tag("p", mark, Markup(meta), class_="sub")
+    return tag("div", meta_line, body, class_="example error" if error else "example")
+
+
+def _named_scores(value: object, name_key: str, score_key: str) -> list[tuple[str, float]]:
+    pairs = []
+    for entry in map(_mapping, _sequence(value)):
+        score = _number(entry.get(score_key))
+        if score is not None:
+            pairs.append((str(entry.get(name_key)), score))
+    return pairs
+
+
+def _score_chart(
+    chart_id: str, title: str, scores: Sequence[tuple[str, float]], xlabel: str
+) -> Markup:
+    """Horizontal bars, one per name, in the given order (layers from the input up)."""
+    if not scores:
+        return Markup("")
+    shown = list(scores[:MAX_CLASSES_CHARTED])
+
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        values = [score for _, score in shown]
+        colours = [OUT_COLOUR if v >= 0 else "#dc2626" for v in values]
+        ax.barh(range(len(shown)), values, color=colours, height=0.7)
+        ax.set_yticks(range(len(shown)), [chart_text(name) for name, _ in shown])
+        ax.invert_yaxis()
+        ax.axvline(0, color="#6b7280", linewidth=0.8)
+        ax.grid(axis="y", visible=False)
+        ax.set(title=title, xlabel=xlabel)
+
+    height = min(1.2 + 0.28 * len(shown), 12)
+    return join([tag("h3", title), chart(chart_id, title, draw, (6.4, height))])
+
+
+# --- bias audit --------------------------------------------------------------------------
 
 
 def bias_section(report: Mapping[str, Any]) -> Section | None:
