@@ -728,6 +728,13 @@ def test_the_header_shows_the_outcome_best_result_size_and_timings(root: Element
     assert "finished 2026-11-22T06:26:41+00:00" in text(header)
 
 
+def test_the_header_shows_gpu_hours_and_cost_when_the_report_has_them() -> None:
+    report = {"job": "x", "cost": {"gpuHours": 1.23456, "currency": SCRIPT, "amount": 1234.5}}
+    root = dom(render_html(report))
+    facts = {text(d[0]): text(d[1]) for d in next(root.iter("dl"))}
+    assert facts == {"GPU-hours": "1.235", "cost": f"1,234.50 {SCRIPT}"}
+
+
 @pytest.mark.parametrize(
     ("value", "shown"),
     [

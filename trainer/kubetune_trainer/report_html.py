@@ -427,6 +427,11 @@ def _run_facts(report: Mapping[str, Any]) -> list[tuple[object, object]]:
     ):
         if report.get(key) not in (None, ""):
             items.append((label, report[key]))
+    cost = _mapping(report.get("cost"))
+    if _number(cost.get("gpuHours")) is not None:
+        items.append(("GPU-hours", cost["gpuHours"]))
+    if _number(cost.get("amount")) is not None:
+        items.append(("cost", f"{cost['amount']:,.2f} {cost.get('currency') or ''}".strip()))
     for key, seconds in _mapping(report.get("timings")).items():
         if _number(seconds) is not None:
             items.append((_words(key), fmt_seconds(seconds)))
