@@ -1015,7 +1015,7 @@ def test_layer_conductance_and_weight_change_charts(root: Element) -> None:
 
 
 def test_hostile_tokens_stay_text_and_styles_hold_only_a_colour() -> None:
-    report = {"job": "x", "attributions": attributions()}
+    report: dict[str, Any] = {"job": "x", "attributions": attributions()}
     hostile = [SCRIPT, IMG, '" style="background:url(x)', "</span><b>x</b>", "a;color:red"]
     report["attributions"]["examples"][0]["tokens"] = [
         {"token": token, "score": 0.1 * (i + 1) * (-1) ** i} for i, token in enumerate(hostile)

@@ -185,7 +185,7 @@ def test_open_opens_the_runs_page_in_the_browser(
     run_dir = write(tmp_path / "run", report())
     (run_dir / "report.html").write_text("<html></html>", encoding="utf-8")
     opened: list[str] = []
-    monkeypatch.setattr(cli.webbrowser, "open", lambda url: opened.append(url) or True)
+    monkeypatch.setattr("webbrowser.open", opened.append)
     result = runner.invoke(app, ["report", str(run_dir), "--open"])
     assert result.exit_code == 0, result.output
     assert opened == [(run_dir / "report.html").resolve().as_uri()]
@@ -194,7 +194,7 @@ def test_open_opens_the_runs_page_in_the_browser(
 def test_open_without_a_page_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = write(tmp_path / "run", report())
     opened: list[str] = []
-    monkeypatch.setattr(cli.webbrowser, "open", lambda url: opened.append(url) or True)
+    monkeypatch.setattr("webbrowser.open", opened.append)
     result = runner.invoke(app, ["report", str(run_dir), "--open"], env=WIDE)
     assert result.exit_code == 1
     assert "report.html: no such file" in result.output
