@@ -6,6 +6,8 @@ exit; tracebacks are for kubetune's own bugs only.
 
 from __future__ import annotations
 
+import json
+import webbrowser
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kubetune_operator import crdgen, explain, local
+from kubetune_operator import crdgen, explain, local, run_report
 from kubetune_operator.api.v1alpha1 import FineTuneJob
 from kubetune_operator.manifests import Checked, ManifestError, check_file
 
@@ -138,6 +140,41 @@ def _print_summary(report: dict[str, Any]) -> None:
     ]
     for name, value in rows:
         out.print(f"  [bold]{name:<15}[/]{escape(value)}")
+    bias = run_report.bias_line(report)
+    if bias is not None:
+        out.print(f"  [bold]{'bias audit':<15}[/]{bias}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run's output directory (holds report.json).")],
+    open_page: Annotated[
+        bool, typer.Option("--open", help="Open report.html in the web browser.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON instead.")
+    ] = False,
+) -> None:
+    """Summarize a finished run from its report.json: outcome, metrics, data, bias audit."""
+    try:
+        content = run_report.load_report(run_dir)
+    except run_report.ReportError as error:
+        err.print(f"[red]✗[/] {escape(str(error))}")
+        raise typer.Exit(1) from None
+    if as_json:
+        out.out(json.dumps(run_report.summary(content, run_dir), indent=2, ensure_ascii=False))
+    else:
+        for part in run_report.renderables(content, run_dir):
+            out.print(part)
+    if open_page:
+        _open_page(run_report.html_path(run_dir))
+
+
+def _open_page(page: Path) -> None:
+    if not page.exists():
+        err.print(f"[red]✗[/] {escape(str(page))}: no such file (the run drew no page)")
+        raise typer.Exit(1)
+    webbrowser.open(page.as_uri())
 
 
 @app.command()

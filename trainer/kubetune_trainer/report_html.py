@@ -78,6 +78,17 @@ VERDICT_TONE = {
     "Inconclusive": "neutral",
     "Diverged": "bad",
 }
+AUDIT_TONE = {"Passed": "good", "Failed": "bad", "InsufficientData": "warn"}
+NOT_JUDGED_STYLE: dict[str, Any] = {"color": "#e5e7eb", "hatch": "//", "edgecolor": "#6b7280"}
+"""Groups left out of the gaps (too few rows, or the missing group): grey and hatched."""
+PASSED_MARKS = {True: "\u2713", False: "\u2717"}
+"""A gated metric's outcome in the tables (an ungated one shows the en dash)."""
+MAX_CONFUSION_CLASSES = 30
+"""The confusion matrix is drawn for at most this many classes; more get the table only."""
+TOWARD_RGB, AGAINST_RGB = (22, 163, 74), (220, 38, 38)
+"""Attribution highlights: toward the predicted class green, against it red."""
+MAX_AUDIT_PANELS = 6
+"""A sensitive column's chart draws at most this many positive classes (the table has all)."""
 
 STYLE = """
 :root{--fg:#111827;--muted:#6b7280;--line:#e5e7eb;--bg:#f9fafb;--accent:#1d4ed8}
@@ -110,6 +121,11 @@ td.text{white-space:pre-wrap;word-break:break-word;max-width:640px;font-family:u
 SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
 tr.best td{font-weight:600;background:#eff6ff}
 tr.quiet td{color:var(--muted)}
+tr.failed td{color:#991b1b;font-weight:600}
+.tokens-grid{display:flex;flex-wrap:wrap;gap:4px 24px}
+.example{border:1px solid var(--line);border-radius:6px;padding:6px 12px;margin:8px 0}
+.example.error{border-left:4px solid #dc2626}
+.highlighted span{border-radius:3px;padding:0 1px;white-space:pre-wrap}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:16px}
 figure{margin:8px 0}
 svg.chart{max-width:100%;height:auto;display:block}
@@ -354,6 +370,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         for section in (
             curves_section(report),
             diagnosis_section(report),
+            evaluation_section(report),
+            bias_section(report),
+            attributions_section(report),
             data_section(report),
             freezing_section(report),
             range_test_section(report),
@@ -408,6 +427,11 @@ def _run_facts(report: Mapping[str, Any]) -> list[tuple[object, object]]:
     ):
         if report.get(key) not in (None, ""):
             items.append((label, report[key]))
+    cost = _mapping(report.get("cost"))
+    if _number(cost.get("gpuHours")) is not None:
+        items.append(("GPU-hours", cost["gpuHours"]))
+    if _number(cost.get("amount")) is not None:
+        items.append(("cost", f"{cost['amount']:,.2f} {cost.get('currency') or ''}".strip()))
     for key, seconds in _mapping(report.get("timings")).items():
         if _number(seconds) is not None:
             items.append((_words(key), fmt_seconds(seconds)))
@@ -567,6 +591,475 @@ def diagnosis_section(report: Mapping[str, Any]) -> Section | None:
     if suggestion:
         body.append(tag("div", tag("strong", "Suggestion: "), suggestion, class_="callout"))
     return Section("diagnosis", "Diagnosis", join(body))
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+
+def evaluation_section(report: Mapping[str, Any]) -> Section | None:
+    """The best model's confusion matrix and its precision, recall and F1 per class."""
+    evaluation = _mapping(report.get("evaluation"))
+    labels = [str(label) for label in _sequence(evaluation.get("labels"))]
+    matrix = confusion_matrix(evaluation.get("confusionMatrix"), len(labels))
+    per_class = [c for c in _sequence(evaluation.get("perClass")) if isinstance(c, Mapping)]
+    parts = []
+    if matrix is not None and len(labels) <= MAX_CONFUSION_CLASSES:
+        parts.append(confusion_chart(labels, matrix))
+    elif matrix is not None:
+        parts.append(tag("p", f"{len(labels):,} classes: too many to draw the confusion matrix."))
+    if per_class:
+        headers = ["class", "precision", "recall", "F1", "support"]
+        rows = [
+            [c.get("label"), c.get("precision"), c.get("recall"), c.get("f1"), c.get("support")]
+            for c in per_class
+        ]
+        parts.append(table(headers, rows, class_="per-class"))
+    return Section("evaluation", "Evaluation", join(parts)) if parts else None
+
+
+def confusion_matrix(value: object, size: int) -> list[list[int]] | None:
+    """The size x size matrix of counts, or None when it is not one."""
+    rows = [_sequence(row) for row in _sequence(value)]
+    if not size or len(rows) != size or any(len(row) != size for row in rows):
+        return None
+    if not all(isinstance(c, int) and not isinstance(c, bool) for row in rows for c in row):
+        return None
+    return [list(row) for row in rows]
+
+
+def confusion_chart(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> Markup:
+    """A heat map of counts, coloured by the share of each true class's rows."""
+    shares = [[c / (sum(row) or 1) for c in row] for row in matrix]
+    side = min(2.4 + 0.38 * len(labels), 12)
+    names = [chart_text(label) for label in labels]
+
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        ax.pcolormesh(shares, cmap="Blues", vmin=0, vmax=1)
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                colour = "white" if shares[i][j] > 0.55 else "#111827"
+                ax.text(
+                    j + 0.5,
+                    i + 0.5,
+                    fmt_number(count),
+                    ha="center",
+                    va="center",
+                    color=colour,
+                    fontsize=8 if len(labels) <= 12 else 6,
+                )
+        ticks = [i + 0.5 for i in range(len(labels))]
+        ax.set_xticks(ticks, names, rotation=45 if len(labels) > 4 else 0, ha="right")
+        ax.set_yticks(ticks, names)
+        ax.invert_yaxis()
+        ax.grid(visible=False)
+        ax.set(
+            title="Confusion matrix (colour: share of the true class)",
+            xlabel="predicted",
+            ylabel="true",
+        )
+
+    return chart("chart-confusion", "Confusion matrix", draw, (side + 1.2, side))
+
+
+# --- attributions ------------------------------------------------------------------------
+
+
+def attributions_section(report: Mapping[str, Any]) -> Section | None:
+    """Which tokens moved the predictions, per class, per group and in examples; which layers
+    mattered and how far fine-tuning moved each layer group."""
+    found = _mapping(report.get("attributions"))
+    parts = [
+        _token_tables("Top tokens per class", "attr-class", _mapping(found.get("classes"))),
+        _group_tokens(_mapping(found.get("groups"))),
+        _examples_highlighted(found.get("examples")),
+        _score_chart(
+            "chart-layer-conductance",
+            "Layer conductance",
+            _named_scores(found.get("layerConductance"), "layer", "score"),
+            "conductance",
+        ),
+        _score_chart(
+            "chart-weight-change",
+            "Relative weight change per layer group",
+            _named_scores(found.get("weightChange"), "group", "relativeChange"),
+            "relative change",
+        ),
+    ]
+    body = join(part for part in parts if part)
+    return Section("attributions", "Attributions", body) if body else None
+
+
+def token_scores(value: object) -> list[tuple[str, float]]:
+    """[{"token": t, "score": s}, ...] as pairs; entries without a finite score left out."""
+    pairs = []
+    for entry in map(_mapping, _sequence(value)):
+        score = _number(entry.get("score"))
+        if score is not None and entry.get("token") is not None:
+            pairs.append((str(entry["token"]), score))
+    return pairs
+
+
+def _token_tables(title: str, css: str, tokens: Mapping[str, Any], level: str = "h3") -> Markup:
+    tables = []
+    for name, value in tokens.items():
+        rows = token_scores(value)
+        if rows:
+            heading = tag("h4", name)
+            tables.append(tag("div", heading, table(["token", "score"], rows, class_=css)))
+    if not tables:
+        return Markup("")
+    return join([tag(level, title), tag("div", *tables, class_="tokens-grid")])
+
+
+def _group_tokens(groups: Mapping[str, Any]) -> Markup:
+    parts = [
+        _token_tables(f"Top tokens per group of {column}", "attr-group", _mapping(by_group))
+        for column, by_group in groups.items()
+    ]
+    return join(part for part in parts if part)
+
+
+def token_colour(score: float, scale: float) -> str:
+    """The highlight of a token: green toward the predicted class, red against, alpha by
+    |score| / scale."""
+    red, green, blue = TOWARD_RGB if score >= 0 else AGAINST_RGB
+    alpha = min(abs(score) / scale, 1.0) if scale > 0 else 0.0
+    return f"rgba({red},{green},{blue},{alpha:.3f})"
+
+
+def highlighted(tokens: Sequence[tuple[str, float]]) -> Markup:
+    """The tokens as spans whose background encodes their score (the text stays text)."""
+    scale = max((abs(score) for _, score in tokens), default=0.0)
+    spans = [
+        tag("span", token, style=f"background:{token_colour(score, scale)}", title=h(score))
+        for token, score in tokens
+    ]
+    spaced = [part for span in spans for part in (span, " ")][:-1]
+    return tag("p", *spaced, class_="highlighted")
+
+
+def _examples_highlighted(value: object) -> Markup:
+    examples = [e for e in _sequence(value) if isinstance(e, Mapping)]
+    shown = [_example(e) for e in examples if token_scores(e.get("tokens")) or e.get("text")]
+    if not shown:
+        return Markup("")
+    legend = tag(
+        "p",
+        tag("span", "toward the predicted class", style=f"background:{token_colour(1, 1.25)}"),
+        " ",
+        tag("span", "against it", style=f"background:{token_colour(-1, 1.25)}"),
+        " (stronger colour: larger share of the example's largest attribution)",
+        class_="legend highlighted",
+    )
+    return join([tag("h3", "Examples"), legend, *shown])
+
+
+def _example(example: Mapping[str, Any]) -> Markup:
+    error = example.get("error") is True
+    meta = f"label {h(example.get('label'))} \u00b7 predicted {h(example.get('predicted'))}"
+    if _number(example.get("confidence")) is not None:
+        meta += f" ({h(example['confidence'])})"
+    tokens = token_scores(example.get("tokens"))
+    body = highlighted(tokens) if tokens else tag("p", TextCell(example.get("text") or ""))
+    mark = tag("strong", "error: ") if error else Markup("")
+    meta_line = tag("p", mark, Markup(meta), class_="sub")
+    return tag("div", meta_line, body, class_="example error" if error else "example")
+
+
+def _named_scores(value: object, name_key: str, score_key: str) -> list[tuple[str, float]]:
+    pairs = []
+    for entry in map(_mapping, _sequence(value)):
+        score = _number(entry.get(score_key))
+        if score is not None:
+            pairs.append((str(entry.get(name_key)), score))
+    return pairs
+
+
+def _score_chart(
+    chart_id: str, title: str, scores: Sequence[tuple[str, float]], xlabel: str
+) -> Markup:
+    """Horizontal bars, one per name, in the given order (layers from the input up)."""
+    if not scores:
+        return Markup("")
+    shown = list(scores[:MAX_CLASSES_CHARTED])
+
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        values = [score for _, score in shown]
+        colours = [OUT_COLOUR if v >= 0 else "#dc2626" for v in values]
+        ax.barh(range(len(shown)), values, color=colours, height=0.7)
+        ax.set_yticks(range(len(shown)), [chart_text(name) for name, _ in shown])
+        ax.invert_yaxis()
+        ax.axvline(0, color="#6b7280", linewidth=0.8)
+        ax.grid(axis="y", visible=False)
+        ax.set(title=title, xlabel=xlabel)
+
+    height = min(1.2 + 0.28 * len(shown), 12)
+    return join([tag("h3", title), chart(chart_id, title, draw, (6.4, height))])
+
+
+# --- bias audit --------------------------------------------------------------------------
+
+
+def bias_section(report: Mapping[str, Any]) -> Section | None:
+    """The audit's verdict, its gaps against the thresholds, each group's rates, and what
+    swapping terms did (the shape of audit.BiasAudit.to_report)."""
+    audit = _mapping(report.get("biasAudit"))
+    if not audit.get("verdict"):
+        return None
+    attributes = [a for a in _sequence(audit.get("attributes")) if isinstance(a, Mapping)]
+    metrics = [m for m in _sequence(audit.get("metrics")) if isinstance(m, Mapping)]
+    parts = [_audit_verdict(audit), _audit_metrics(metrics)]
+    parts += [_audit_attribute(i, a, audit, metrics) for i, a in enumerate(attributes, 1)]
+    parts += [_counterfactual(_mapping(audit.get("counterfactual"))), _audit_evidence(audit)]
+    return Section("bias", "Bias audit", join(part for part in parts if part))
+
+
+def _audit_verdict(audit: Mapping[str, Any]) -> Markup:
+    verdict = str(audit["verdict"])
+    parts = [tag("p", badge(verdict, AUDIT_TONE.get(verdict, "neutral")))]
+    if audit.get("message"):
+        parts.append(tag("p", tag("strong", audit["message"]), class_="audit-message"))
+    if audit.get("worstGroup"):
+        parts.append(tag("p", "Worst group: ", tag("strong", audit["worstGroup"])))
+    return join(parts)
+
+
+def passed_mark(passed: object) -> str:
+    """\u2713 passed, \u2717 failed, the en dash when not gated or not measured."""
+    return PASSED_MARKS.get(passed, MISSING) if isinstance(passed, bool) else MISSING
+
+
+def _audit_metrics(metrics: Sequence[Mapping[str, Any]]) -> Markup:
+    if not metrics:
+        return Markup("")
+    headers = ["metric", "attribute", "positive label", "value", "threshold", "passed", "reason"]
+    rows = [_audit_metric_row(metric) for metric in metrics]
+    return join([tag("h3", "Metrics"), table(headers, rows, class_="bias-metrics")])
+
+
+def _audit_metric_row(metric: Mapping[str, Any]) -> Row:
+    passed = metric.get("passed")
+    cells = [
+        metric.get("statusName") or metric.get("name"),
+        metric.get("attribute"),
+        metric.get("positiveLabel") or "all classes",
+        metric.get("value"),
+        metric.get("threshold"),
+        passed_mark(passed),
+        metric.get("reason") or "",
+    ]
+    if passed is True:
+        return Row(cells, "passed")
+    return Row(cells, "failed" if passed is False else "quiet")
+
+
+@dataclass(frozen=True)
+class GroupBar:
+    """One group's bar in a fairness chart."""
+
+    group: str
+    selection_rate: float | None
+    tpr: float | None
+    judged: bool
+
+
+def _audit_attribute(
+    index: int,
+    attribute: Mapping[str, Any],
+    audit: Mapping[str, Any],
+    metrics: Sequence[Mapping[str, Any]],
+) -> Markup:
+    """One sensitive column: a chart of its groups' rates per positive class, and a table."""
+    name = str(attribute.get("attribute"))
+    groups = [g for g in _sequence(attribute.get("groups")) if isinstance(g, Mapping)]
+    classes = [c for c in _sequence(attribute.get("classes")) if isinstance(c, Mapping)]
+    judged = _judged_groups(groups, str(audit.get("missingGroup") or "(missing)"))
+    panels = {
+        str(c.get("positiveLabel")): _group_bars(c, judged) for c in classes[:MAX_AUDIT_PANELS]
+    }
+    panels = {label: bars for label, bars in panels.items() if bars}
+    parts = [tag("h3", f"Sensitive column {name}")]
+    if attribute.get("reason"):
+        parts.append(tag("p", f"Not judged: {attribute['reason']}"))
+    if panels:
+        lines = {
+            label: _threshold_lines(metrics, name, label, bars) for label, bars in panels.items()
+        }
+        parts.append(fairness_chart(f"chart-bias-{index}", name, panels, lines))
+    if groups:
+        parts.append(_audit_groups_table(name, groups, classes, judged))
+    return join(parts)
+
+
+def _judged_groups(groups: Sequence[Mapping[str, Any]], missing: str) -> dict[str, bool]:
+    """Group -> takes part in the gaps (sufficient and not the missing group)."""
+    return {
+        str(g.get("group")): bool(
+            g.get("judged", g.get("sufficient") and g.get("group") != missing)
+        )
+        for g in groups
+    }
+
+
+def _group_bars(positive: Mapping[str, Any], judged: Mapping[str, bool]) -> list[GroupBar]:
+    rows = [g for g in _sequence(positive.get("groups")) if isinstance(g, Mapping)]
+    return [
+        GroupBar(
+            str(row.get("group")),
+            _number(row.get("selectionRate")),
+            _number(row.get("tpr")),
+            judged.get(str(row.get("group")), False),
+        )
+        for row in rows[:MAX_CLASSES_CHARTED]
+    ]
+
+
+ThresholdLine = tuple[float, str]
+"""(rate, label): where a gated gap puts the lowest rate that still passes."""
+
+
+def _threshold_lines(
+    metrics: Sequence[Mapping[str, Any]], attribute: str, label: str, bars: Sequence[GroupBar]
+) -> list[ThresholdLine]:
+    """Demographic parity's thresholds as selection rates, from the highest judged group."""
+    rates = [b.selection_rate for b in bars if b.judged and b.selection_rate is not None]
+    if not rates:
+        return []
+    highest, lines = max(rates), []
+    for metric in metrics:
+        threshold = _number(metric.get("threshold"))
+        if metric.get("attribute") != attribute or threshold is None:
+            continue
+        if metric.get("positiveLabel") not in (label, None):
+            continue
+        if metric.get("name") == "demographicParityRatio":
+            words = "four-fifths" if threshold == 0.8 else fmt_number(threshold)
+            lines.append((threshold * highest, f"{words} of the highest"))
+        elif metric.get("name") == "demographicParityDifference":
+            lines.append((highest - threshold, f"highest \u2212 {fmt_number(threshold)}"))
+    return lines
+
+
+def fairness_chart(
+    chart_id: str,
+    attribute: str,
+    panels: Mapping[str, Sequence[GroupBar]],
+    lines: Mapping[str, Sequence[ThresholdLine]],
+) -> Markup:
+    """Per group, the selection rate (and TPR) as bars, one panel per positive class; groups
+    left out of the gaps grey and hatched; demographic parity's threshold as a line."""
+    tallest = max(len(bars) for bars in panels.values())
+    tpr = any(b.tpr is not None for bars in panels.values() for b in bars)
+    height = 1.0 + len(panels) * (0.7 + 0.3 * tallest * (2 if tpr else 1))
+    title = f"Rates per group of {chart_text(attribute)}"
+
+    def draw(figure: Figure) -> None:
+        axes = figure.subplots(len(panels), 1, squeeze=False)[:, 0]
+        for ax, (label, bars) in zip(axes, panels.items(), strict=True):
+            _fairness_bars(ax, bars, tpr)
+            for rate, words in lines.get(label, []):
+                ax.axvline(rate, color="#dc2626", linestyle="--", linewidth=1, label=words)
+            ax.set(title=f"positive: {chart_text(label)}", xlabel="rate", xlim=(0, 1.05))
+            ax.grid(axis="y", visible=False)
+            ax.legend(loc="lower right")
+        figure.suptitle(title, fontsize=10, fontweight="bold")
+
+    return chart(chart_id, title, draw, (7.6, min(height, 16)))
+
+
+def _fairness_bars(ax: Axes, bars: Sequence[GroupBar], tpr: bool) -> None:
+    series = [("selection rate", OUT_COLOUR, [b.selection_rate for b in bars])]
+    if tpr:
+        series.append(("TPR", IN_COLOUR, [b.tpr for b in bars]))
+    width = 0.8 / len(series)
+    labelled: set[str] = set()
+    for offset, (name, colour, rates) in zip((-0.2, 0.2) if tpr else (0.0,), series, strict=True):
+        for i, (bar, rate) in enumerate(zip(bars, rates, strict=True)):
+            if rate is None:
+                continue
+            legend = name if bar.judged else f"{name} (not judged)"
+            style: dict[str, Any] = {"color": colour} if bar.judged else NOT_JUDGED_STYLE
+            ax.barh(
+                i + offset,
+                rate,
+                height=width,
+                label=None if legend in labelled else legend,
+                **style,
+            )
+            labelled.add(legend)
+    names = [chart_text(b.group) + ("" if b.judged else " (not judged)") for b in bars]
+    ax.set_yticks(range(len(bars)), names)
+    ax.invert_yaxis()
+
+
+def _audit_groups_table(
+    attribute: str,
+    groups: Sequence[Mapping[str, Any]],
+    classes: Sequence[Mapping[str, Any]],
+    judged: Mapping[str, bool],
+) -> Markup:
+    """Each group's numbers: overall, then per positive class (TPR and FPR)."""
+    several = len(classes) > 1
+    headers = [attribute, "rows", "accuracy", "selection rate"]
+    rows: list[Row] = []
+    for positive in classes:
+        label = str(positive.get("positiveLabel"))
+        for group in (g for g in _sequence(positive.get("groups")) if isinstance(g, Mapping)):
+            name = str(group.get("group"))
+            cells = [name, group.get("count"), group.get("accuracy"), group.get("selectionRate")]
+            cells += [group.get("tpr"), group.get("fpr"), "yes" if judged.get(name) else "no"]
+            rows.append(
+                Row(([label] if several else []) + cells, "" if judged.get(name) else "quiet")
+            )
+    if rows:
+        headers += ["TPR", "FPR", "judged"]
+        return table((["positive label"] if several else []) + headers, rows, class_="bias-groups")
+    plain = [
+        Row(
+            [g.get("group"), g.get("count"), g.get("accuracy"), g.get("selectionRate")],
+            "" if judged.get(str(g.get("group"))) else "quiet",
+        )
+        for g in groups
+    ]
+    return table(headers, plain, class_="bias-groups")
+
+
+def _counterfactual(result: Mapping[str, Any]) -> Markup:
+    """How often swapping terms flipped the prediction, overall and per pair."""
+    if not result:
+        return Markup("")
+    changed, flips = result.get("changed"), result.get("flips")
+    line = (
+        f"Swapping terms changed {h(changed)} of {h(result.get('texts'))} audit texts; the "
+        f"predicted class flipped in {h(flips)} (flip rate {h(result.get('flipRate'))})."
+    )
+    parts = [tag("h3", "Counterfactual swaps"), tag("p", Markup(line), class_="counterfactual")]
+    pairs = [p for p in _sequence(result.get("pairs")) if isinstance(p, Mapping)]
+    if pairs:
+        headers = ["pair", "texts changed", "flips", "flip rate", "mean shift"]
+        rows = [
+            [
+                f"{p.get('term')} \u2194 {p.get('counterpart')}",
+                p.get("texts"),
+                p.get("flips"),
+                p.get("flipRate"),
+                p.get("meanShift"),
+            ]
+            for p in pairs
+        ]
+        parts.append(table(headers, rows, class_="counterfactual-pairs"))
+        if result.get("meanShiftDirection"):
+            parts.append(tag("p", f"Mean shift: {result['meanShiftDirection']}.", class_="sub"))
+    return join(parts)
+
+
+def _audit_evidence(audit: Mapping[str, Any]) -> Markup:
+    evidence = [line for line in _sequence(audit.get("evidence")) if line]
+    if not evidence:
+        return Markup("")
+    return join([tag("h3", "Evidence"), tag("ul", *(tag("li", line) for line in evidence))])
 
 
 # --- data ---------------------------------------------------------------------------------

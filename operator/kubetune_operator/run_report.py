@@ -1,0 +1,241 @@
+"""`kubetune report RUN_DIR`: a finished run's report.json, read in the terminal.
+
+report.html is the full picture; this is the glance after `kubetune run` or a `kubectl cp`
+of an output volume: the outcome, the best metrics, the diagnosis, what the data checks
+did, the bias audit, and where the page is. It reads report.json as plain JSON, so the
+CLI needs neither torch nor the trainer; a missing or broken file is a message, never a
+traceback. Every string of the report is untrusted (data rows, labels, group names) and
+reaches rich escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.table import Table
+
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+MISSING = "\u2013"
+"""Shown for a missing or non-finite value (as in report.html)."""
+VERDICT_STYLE = {"Passed": "green", "Failed": "red", "InsufficientData": "yellow"}
+
+
+class ReportError(Exception):
+    """report.json cannot be read; the message names the file and says why."""
+
+
+def load_report(run_dir: Path) -> dict[str, Any]:
+    """RUN_DIR/report.json's content (a JSON object)."""
+    path = run_dir / REPORT_JSON
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ReportError(
+            f"{path}: no such file (is {run_dir} a run's output directory?)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ReportError(f"{path}: cannot be read ({error})") from None
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ReportError(
+            f"{path}: not JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+        ) from None
+    if not isinstance(content, dict):
+        raise ReportError(f"{path}: must hold a JSON object (got {type(content).__name__})")
+    return content
+
+
+def html_path(run_dir: Path) -> Path:
+    """Where the run's report.html is (whether or not it was drawn)."""
+    return (run_dir / REPORT_HTML).resolve()
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _sequence(value: object) -> Sequence[Any]:
+    return value if isinstance(value, list) else []
+
+
+def fmt(value: object) -> str:
+    """4 significant digits, ints with separators, missing as an en dash (as report.html)."""
+    if isinstance(value, bool) or value is None:
+        return MISSING if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else MISSING
+    return str(value)
+
+
+def passed_mark(passed: object) -> str:
+    """✓ passed, ✗ failed, the en dash when not gated or not measured."""
+    if passed is True:
+        return "✓"
+    return "✗" if passed is False else MISSING
+
+
+def duration_seconds(report: Mapping[str, Any]) -> float | None:
+    """Setup plus training (evaluations run inside training), or timings.totalSeconds."""
+    timings = _mapping(report.get("timings"))
+    if isinstance(timings.get("totalSeconds"), int | float):
+        return float(timings["totalSeconds"])
+    parts = [timings.get(key) for key in ("setupSeconds", "trainSeconds")]
+    numbers = [float(p) for p in parts if isinstance(p, int | float)]
+    return sum(numbers) if numbers else None
+
+
+def summary(report: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The glance as plain data (what `--json` prints)."""
+    metric = report.get("primaryMetric")
+    best = _mapping(report.get("bestMetrics"))
+    diagnosis = _mapping(report.get("diagnosis"))
+    audit = _mapping(report.get("biasAudit"))
+    data = _mapping(report.get("data"))
+    return {
+        "job": report.get("job"),
+        "succeeded": report.get("succeeded"),
+        "primaryMetric": metric,
+        "best": best.get(str(metric)) if metric else None,
+        "steps": report.get("steps"),
+        "durationSeconds": duration_seconds(report),
+        "bestMetrics": dict(best),
+        "diagnosis": {
+            "verdict": diagnosis.get("verdict"),
+            "suggestion": diagnosis.get("suggestion"),
+        },
+        "data": {
+            "message": _mapping(data.get("quality")).get("message"),
+            "added": _counts(data.get("added")),
+            "removed": _counts(data.get("removed")),
+            "recommendation": data.get("recommendation"),
+        },
+        "biasAudit": (
+            {
+                "verdict": audit.get("verdict"),
+                "message": audit.get("message"),
+                "worstGroup": audit.get("worstGroup"),
+            }
+            if audit.get("verdict")
+            else None
+        ),
+        "reportHtml": str(html_path(run_dir)),
+    }
+
+
+def _counts(value: object) -> dict[str, int]:
+    return {
+        str(k): v
+        for k, v in _mapping(value).items()
+        if isinstance(v, int) and not isinstance(v, bool) and v
+    }
+
+
+def bias_line(report: Mapping[str, Any]) -> str | None:
+    """The audit's verdict and message as rich markup, or None when the run had no audit."""
+    audit = _mapping(report.get("biasAudit"))
+    verdict = audit.get("verdict")
+    if not verdict:
+        return None
+    style = VERDICT_STYLE.get(str(verdict), "bold")
+    message = str(audit.get("message") or "")
+    return f"[{style}]{escape(str(verdict))}[/] {escape(message)}".rstrip()
+
+
+def renderables(report: Mapping[str, Any], run_dir: Path) -> list[RenderableType]:
+    """What `kubetune report` prints, top to bottom."""
+    glance = summary(report, run_dir)
+    parts: list[RenderableType] = [_heading(glance), _facts(glance)]
+    best = glance["bestMetrics"]
+    if best:
+        parts.append(_table("best metrics", list(best), [[fmt(v) for v in best.values()]]))
+    parts += _diagnosis(glance["diagnosis"]) + _data(glance["data"]) + _bias(report)
+    html = Path(glance["reportHtml"])
+    shown = escape(str(html)) if html.exists() else f"{escape(str(html))} [dim](not written)[/]"
+    parts.append(f"[bold]report.html[/]    {shown}")
+    return parts
+
+
+def _heading(glance: Mapping[str, Any]) -> str:
+    succeeded = glance["succeeded"]
+    mark = {True: "[green]✓ succeeded[/]", False: "[red]✗ failed[/]"}.get(succeeded, "")
+    return f"[bold]{escape(str(glance['job'] or 'fine-tune'))}[/] {mark}".rstrip()
+
+
+def _facts(glance: Mapping[str, Any]) -> Table:
+    seconds = glance["durationSeconds"]
+    rows = [
+        (f"best {glance['primaryMetric']}", fmt(glance["best"])),
+        ("steps", fmt(glance["steps"])),
+        ("duration", MISSING if seconds is None else f"{seconds:.1f} s"),
+    ]
+    grid = Table.grid(padding=(0, 2))
+    for name, value in rows:
+        grid.add_row(f"[bold]{escape(name)}[/]", escape(value))
+    return grid
+
+
+def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    table = Table(title=escape(title), title_justify="left", header_style="bold", box=None)
+    for header in headers:
+        table.add_column(escape(str(header)), overflow="fold")  # narrow terminals lose nothing
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    return table
+
+
+def _diagnosis(diagnosis: Mapping[str, Any]) -> list[RenderableType]:
+    if not diagnosis.get("verdict"):
+        return []
+    line = f"[bold]diagnosis[/]      {escape(str(diagnosis['verdict']))}"
+    if diagnosis.get("suggestion"):
+        line += f": {escape(str(diagnosis['suggestion']))}"
+    return [line]
+
+
+def _data(data: Mapping[str, Any]) -> list[RenderableType]:
+    lines = []
+    if data.get("message"):
+        lines.append(f"[bold]data[/]           {escape(str(data['message']))}")
+    for title, key in (("added", "added"), ("removed", "removed")):
+        if data[key]:
+            counts = ", ".join(f"{n:,} {name}" for name, n in data[key].items())
+            lines.append(f"  rows {title}:  {escape(counts)}")
+    if data.get("recommendation"):
+        lines.append(f"  recommendation: {escape(str(data['recommendation']))}")
+    return list(lines)
+
+
+def _bias(report: Mapping[str, Any]) -> list[RenderableType]:
+    line = bias_line(report)
+    if line is None:
+        return []
+    audit = _mapping(report.get("biasAudit"))
+    parts: list[RenderableType] = [f"[bold]bias audit[/]     {line}"]
+    if audit.get("worstGroup"):
+        parts.append(f"  worst group: {escape(str(audit['worstGroup']))}")
+    metrics = [m for m in _sequence(audit.get("metrics")) if isinstance(m, Mapping)]
+    if metrics:
+        headers = ["metric", "attribute", "positive label", "value", "threshold", "passed"]
+        rows = [
+            [
+                str(m.get("statusName") or m.get("name")),
+                str(m.get("attribute")),
+                str(m.get("positiveLabel") or "all classes"),
+                fmt(m.get("value")),
+                fmt(m.get("threshold")),
+                passed_mark(m.get("passed")),
+            ]
+            for m in metrics
+        ]
+        parts.append(_table("bias metrics", headers, rows))
+    return [Group(*parts)]
