@@ -147,8 +147,8 @@ def bias_line(report: Mapping[str, Any]) -> str | None:
     if not verdict:
         return None
     style = VERDICT_STYLE.get(str(verdict), "bold")
-    message = str(audit.get("message") or "")
-    return f"[{style}]{escape(str(verdict))}[/] {escape(message)}".rstrip()
+    message = str(audit.get("message") or "").removeprefix(f"{verdict}: ")
+    return f"[{style}]{escape(str(verdict))}[/]: {escape(message)}".rstrip(": ")
 
 
 def renderables(report: Mapping[str, Any], run_dir: Path) -> list[RenderableType]:

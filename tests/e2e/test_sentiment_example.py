@@ -4,6 +4,7 @@ all-MiniLM-L6-v2 on CPU and beats the majority class by a wide margin."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -37,6 +38,14 @@ def test_the_readme_example_runs_and_learns(tmp_path: Path) -> None:
     assert rows["train_out"] + rows["validation_out"] < 3600
     assert set(quality["dropped"]) == {"duplicates", "conflictingLabels", "leakage"}
     assert report["diagnosis"]["verdict"] in ("Healthy", "Overfitting")
+    audit = report["biasAudit"]  # the planted annotator bias against the regional dialect
+    assert audit["verdict"] == "Failed"
+    assert audit["worstGroup"] == "dialect=regional"
+    (ratio,) = [m for m in audit["metrics"] if m["statusName"] == "demographicParityRatio"]
+    assert ratio["value"] < 0.8
+    assert audit["counterfactual"]["flips"] > 0
+    assert re.search(r"bias audit +Failed: demographicParityRatio", result.stdout)
+    assert (tmp_path / "report.html").stat().st_size > 10_000
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")

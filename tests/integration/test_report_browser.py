@@ -25,8 +25,15 @@ pytestmark = pytest.mark.browser
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(2)>'
-SECTIONS = ["curves", "diagnosis", "data", "freezing", "range-test", "run"]
-CHARTS = ["chart-loss", "chart-metrics", "chart-classes", "chart-lengths", "chart-range-test"]
+SECTIONS = ["curves", "diagnosis", "evaluation", "data", "freezing", "range-test", "run"]
+CHARTS = [
+    "chart-loss",
+    "chart-metrics",
+    "chart-confusion",
+    "chart-classes",
+    "chart-lengths",
+    "chart-range-test",
+]
 BROWSER_TIMEOUT_S = 120
 
 
