@@ -99,7 +99,7 @@ def test_report_prints_the_summary_metrics_diagnosis_data_and_bias(tmp_path: Pat
         "rows added:  320 augmented, 100 oversampled",
         "rows removed:  30 undersampled",
         "recommendation: Oversample neutral (data.balance.strategy oversample).",
-        "Failed Failed: demographicParityRatio 0.500 < 0.8 for dialect",
+        "Failed: demographicParityRatio 0.500 < 0.8 for dialect",
         "worst group: dialect=regional",
         f"report.html    {(run_dir / 'report.html').resolve()}",
     ):
@@ -219,7 +219,6 @@ def test_the_run_summary_ends_with_the_bias_verdict(capsys: pytest.CaptureFixtur
     assert shown.splitlines()[-1].split() == [
         "bias",
         "audit",
-        "Failed",
         "Failed:",
         "demographicParityRatio",
         "0.500",
