@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -15,9 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from kubetune_trainer import quality
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import DataError, PreparedData, prepare_data
 from kubetune_trainer.quality import (
@@ -819,3 +823,26 @@ def test_rules_for_rows_that_cannot_be_encoded_refuse_warn(
     assert failed_rules(defaulted(manifest)) == [message]
     manifest["spec"]["data"]["quality"] = {rule: {"mode": "drop"}}
     assert failed_rules(defaulted(manifest)) == []
+
+
+@given(
+    st.lists(
+        st.lists(st.one_of(st.none(), st.sampled_from(["a", "b", "c", ""])), max_size=6), max_size=5
+    )
+)
+def test_codes_of_a_chunked_column_agree_across_chunks(chunks: list[list[str | None]]) -> None:
+    column = pa.chunked_array([pa.array(chunk, pa.string()) for chunk in chunks], pa.string())
+    codes = quality._codes(column)
+    values = column.to_pylist()
+    assert len(codes) == len(values)
+    for i, j in itertools.combinations(range(len(values)), 2):
+        assert (codes[i] == codes[j]) == (values[i] == values[j])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a\\u2003b", "a \\t b", "a\\u00a0\\u00a0b", "a  b", "a\\nb", "a\\u3000b c", "a b"],
+)
+def test_normalised_spacing_is_one_plain_space(text: str) -> None:
+    decoded = text.encode().decode("unicode_escape")
+    assert normalise(pa.array([decoded])).to_pylist() == [" ".join(decoded.split())]
