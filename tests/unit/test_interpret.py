@@ -1,7 +1,9 @@
 """Attributions on a tiny BERT trained for a moment on a task that one word decides.
 
-Rows holding "excellent" are positive and rows holding "terrible" negative; every other
-word is random filler. The tokenizer is WordPiece and splits both decisive words into
+Rows holding "excellent" are positive, rows holding "terrible" negative, and rows with
+neither neutral; every other word is random filler. (With two classes the model may learn
+"excellent or not" and rightly give "terrible" no credit: the third class makes both
+words necessary.) The tokenizer is WordPiece and splits both decisive words into
 pieces ("excel ##lent", "terri ##ble"), so the tests also see pieces merged into words.
 The embeddings are frozen while the rest trains, for the weight-change checks.
 """
@@ -36,8 +38,9 @@ FILLER = [
     *("the", "a", "movie", "plot", "actor", "scene", "film"),
     *("story", "music", "ending", "cast", "day", "night", "city"),
 ]
-DECISIVE = {"excellent": 1, "terrible": 0}
-LABELS = ["negative", "positive"]
+DECISIVE = {"excellent": 1, "terrible": 0, "": 2}
+LABELS = ["negative", "positive", "neutral"]
+STEPS = 120
 SPEC = AttributionSpec(sample_size=24, steps=8, top_tokens=5)
 
 
@@ -67,18 +70,21 @@ def synthetic(count: int, seed: int) -> tuple[list[str], list[int]]:
     for _ in range(count):
         word = rng.choice(sorted(DECISIVE))
         words = rng.choices(FILLER, k=rng.randint(3, 7))
-        words.insert(rng.randint(0, len(words)), word)
+        if word:
+            words.insert(rng.randint(0, len(words)), word)
         texts.append(" ".join(words))
         labels.append(DECISIVE[word])
     return texts, labels
 
 
 def tokenized(tokenizer: PreTrainedTokenizerFast, texts: list[str], labels: list[int]) -> Any:
+    """The columns data.py makes (token_type_ids included, as a BERT tokenizer's are)."""
     encoded = tokenizer(texts)
     return datasets.Dataset.from_dict(
         {
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
+            "token_type_ids": [[0] * len(ids) for ids in encoded["input_ids"]],
             "labels": labels,
             "length": [len(ids) for ids in encoded["input_ids"]],
         }
@@ -96,17 +102,19 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def trained() -> dict[str, Any]:
-    """A tiny BERT trained 60 steps with frozen embeddings, its snapshot and validation rows."""
+    """A tiny BERT trained STEPS steps with frozen embeddings, its snapshot and validation rows."""
     torch.manual_seed(0)
     tokenizer = wordpiece_tokenizer()
     config = BertConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
+        hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=128,
         max_position_embeddings=64,
-        num_labels=2,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     model = BertForSequenceClassification(config)
     names = dict(model.named_parameters())
@@ -117,7 +125,7 @@ def trained() -> dict[str, Any]:
     train = tokenized(tokenizer, texts, labels)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     model.train()
-    for step in range(60):
+    for step in range(STEPS):
         rows = train.select(range((step * 32) % 480, (step * 32) % 480 + 32))
         batch = tokenizer.pad({"input_ids": rows["input_ids"][:]}, return_tensors="pt")
         loss = model(**batch, labels=torch.tensor(rows["labels"][:])).loss
@@ -125,7 +133,7 @@ def trained() -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad()
     val_texts, val_labels = synthetic(60, seed=2)
-    val_labels[:6] = [1 - y for y in val_labels[:6]]  # label noise: confident errors to find
+    val_labels[:6] = [(y + 1) % 3 for y in val_labels[:6]]  # label noise: confident errors to find
     return {
         "model": model,
         "tokenizer": tokenizer,
@@ -158,8 +166,7 @@ def test_the_decisive_word_ranks_first_in_its_class(explained: dict[str, Any]) -
     assert explained["classes"]["positive"][0]["token"] == "excellent"
     assert explained["classes"]["negative"][0]["token"] == "terrible"
     for group in ("a", "b"):
-        top = {t["token"] for t in explained["groups"]["dialect"][group][:2]}
-        assert top == {"excellent", "terrible"}
+        assert explained["groups"]["dialect"][group][0]["token"] in {"excellent", "terrible"}
 
 
 def test_examples_show_words_without_pieces_or_specials(explained: dict[str, Any]) -> None:
@@ -172,10 +179,10 @@ def test_examples_show_words_without_pieces_or_specials(explained: dict[str, Any
 def test_sample_size_and_confident_errors_first(explained: dict[str, Any]) -> None:
     examples = explained["examples"]
     assert len(examples) == SPEC.sample_size
-    errors = [e for e in examples if e["error"]]
-    assert 1 <= len(errors) <= SPEC.sample_size // 3
-    assert all(e["error"] for e in examples[: len(errors)])
-    confidences = [e["confidence"] for e in errors]
+    leading = min(sum(e["error"] for e in examples), SPEC.sample_size // 3)
+    assert leading >= 6  # the rows with flipped labels, at least
+    assert all(e["error"] for e in examples[:leading])
+    confidences = [e["confidence"] for e in examples[:leading]]
     assert confidences == sorted(confidences, reverse=True)
 
 
@@ -214,7 +221,7 @@ def test_misuse_is_a_clear_error(trained: dict[str, Any]) -> None:
             trained["rows"],
             trained["texts"],
             {},
-            ["a", "b", "c"],
+            ["a", "b"],
             SPEC,
             0,
         )

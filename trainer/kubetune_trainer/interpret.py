@@ -272,6 +272,9 @@ def _batch(rows: datasets.Dataset, pad_id: int, device: torch.device) -> Batch:
         for i, value in enumerate(values):  # ragged lists: one copy per row
             padded[i, : len(value)] = value
         inputs[key] = torch.from_numpy(padded).to(device)
+    if "attention_mask" not in inputs:  # forward arguments are positional: keep the order
+        inputs["attention_mask"] = (inputs["input_ids"] != pad_id).long()
+        inputs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
     return Batch(inputs)
 
 
