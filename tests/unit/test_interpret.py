@@ -198,6 +198,18 @@ def test_output_shape_is_json_safe_and_deterministic(
     assert trained["model"].training
 
 
+def test_no_rows_explain_nothing(trained: dict[str, Any]) -> None:
+    empty = trained["rows"].select([])
+    result = explain(trained["model"], trained["tokenizer"], empty, [], {}, LABELS, SPEC, 0)
+    assert result == {
+        "classes": {},
+        "groups": {},
+        "examples": [],
+        "layerConductance": [],
+        "weightChange": [],
+    }
+
+
 def test_frozen_groups_do_not_change_and_trained_ones_do(trained: dict[str, Any]) -> None:
     change = relative_weight_change(trained["model"], trained["snapshot"])
     assert [c["group"] for c in change] == ["embeddings", "block 0", "block 1", "head"]

@@ -183,6 +183,14 @@ def explain(
     empty for the caller to fill with `relative_weight_change`.
     """
     _check_model(model, labels)
+    if len(rows) == 0:
+        return {
+            "classes": {},
+            "groups": {},
+            "examples": [],
+            "layerConductance": [],
+            "weightChange": [],
+        }
     was_training = model.training
     model.eval()
     try:
@@ -483,7 +491,7 @@ def _layer_conductance(
     from captum.attr import LayerConductance
 
     blocks = block_modules(model)
-    if not blocks:
+    if not blocks or len(sample) == 0:
         return []
     count = min(len(sample), CONDUCTANCE_ROWS)
     batch = _batch(sample.select(range(count)), pad_id, _device(model))
