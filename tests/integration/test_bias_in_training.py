@@ -113,3 +113,25 @@ def test_counterfactual_pairs_must_swap_both_ways(
                 "bias": {"counterfactuals": pairs},
             }
         )
+
+
+def test_attributions_explain_the_final_model_in_the_report(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    config = make_config(
+        tiny_model_dir,
+        small_data,
+        training={"epochs": 1},
+        freezing={"freezeEmbeddings": True},
+        evaluation={"attributions": {"sampleSize": 12, "steps": 4, "topTokens": 3}},
+    )
+    result = train(config, tmp_path / "run")
+    attributions = result.report["attributions"]
+    assert len(attributions["examples"]) == 12
+    assert set(attributions["classes"]) <= {"negative", "positive"}
+    assert all(len(tokens) <= 3 for tokens in attributions["classes"].values())
+    changes = {row["group"]: row["relativeChange"] for row in attributions["weightChange"]}
+    assert changes["embeddings"] == 0.0
+    assert changes["head"] > 0
+    html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert 'id="attributions"' in html

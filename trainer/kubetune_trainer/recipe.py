@@ -52,6 +52,12 @@ from kubetune_trainer.data import (
 from kubetune_trainer.data_cache import cached_prepare
 from kubetune_trainer.data_report import failed_status
 from kubetune_trainer.diagnosis import Diagnosis, DivergenceMonitor, EvalPoint, diagnose
+from kubetune_trainer.interpret import (
+    LayerSnapshot,
+    explain,
+    relative_weight_change,
+    snapshot_layer_groups,
+)
 from kubetune_trainer.metrics import (
     classification_metrics,
     is_better,
@@ -178,6 +184,7 @@ class Recipe:
     _window_started: float
     _grad_norm: torch.Tensor | None
     _log_every: int
+    snapshot: LayerSnapshot | None
 
     def __init__(
         self,
@@ -275,6 +282,7 @@ class Recipe:
             self.config.regularization.weight_decay,
         )
         optimizer = build_optimizer(self.config.training, groups)
+        self.snapshot = self._initial_weights(model)
         self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             model, optimizer, *self._loaders()
         )
@@ -287,6 +295,12 @@ class Recipe:
             if self.data.class_weights is None
             else torch.tensor(self.data.class_weights, device=self.accelerator.device)
         )
+
+    def _initial_weights(self, model: torch.nn.Module) -> LayerSnapshot | None:
+        """The pre-trained weights per layer group, on rank 0, when the run explains its model
+        (taken before a resume restores trained weights)."""
+        wanted = self.config.evaluation.attributions is not None and not self.is_language_model
+        return snapshot_layer_groups(model) if wanted and self.accelerator.is_main_process else None
 
     def _loaders(self) -> tuple[DataLoader[Any], DataLoader[Any]]:
         assert self.data is not None
@@ -828,7 +842,34 @@ class Recipe:
         bias_audit = self._audit_bias(probabilities, labels.astype(np.int64))
         if bias_audit is not None:
             sections["biasAudit"] = bias_audit.to_report()
+        attributions = self._explain(probabilities)
+        if attributions is not None:
+            sections["attributions"] = attributions
         return sections, bias_audit
+
+    def _explain(self, probabilities: np.ndarray) -> dict[str, Any] | None:
+        """What the final model relies on (evaluation.attributions), computed on rank 0."""
+        spec = self.config.evaluation.attributions
+        if spec is None or self.data is None:
+            return None
+        result = None
+        if self.accelerator.is_main_process and self.snapshot is not None:
+            model = self.accelerator.unwrap_model(self.model)
+            data = self.data
+            result = explain(
+                model,
+                self.tokenizer,
+                data.validation,
+                data.validation_texts,
+                data.validation_groups,
+                data.labels,
+                spec,
+                self.config.training.seed,
+                probabilities=probabilities,
+            )
+            result["weightChange"] = relative_weight_change(model, self.snapshot)
+        self.accelerator.wait_for_everyone()
+        return result
 
     def _audit_bias(
         self, probabilities: np.ndarray, labels: npt.NDArray[np.int64]
