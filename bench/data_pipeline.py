@@ -212,7 +212,7 @@ def kubetune_side(train_path: Path, validation_path: Path) -> Result:
         validation,
         text_column="text",
         label_column="label",
-        settings=quality_settings(DataQualitySpec()),
+        settings=quality_settings(DataQualitySpec(), max_length=128),  # no lengths: no length rule
     )
     assert keep_validation is not None
     kept = train.take(np.flatnonzero(keep_train))

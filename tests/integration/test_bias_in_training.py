@@ -10,7 +10,7 @@ import pytest
 
 from kubetune_operator.api.v1alpha1 import BiasAuditStatus
 from kubetune_trainer.__main__ import main
-from kubetune_trainer.config import EXIT_TRAINING_FAILED, TrainingConfig
+from kubetune_trainer.config import EXIT_INVALID_INPUT, EXIT_TRAINING_FAILED, TrainingConfig
 from tests.integration.test_data_in_training import sections
 from tests.integration.test_trainer import make_config, train
 
@@ -135,3 +135,41 @@ def test_attributions_explain_the_final_model_in_the_report(
     assert changes["head"] > 0
     html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     assert 'id="attributions"' in html
+
+
+def test_audit_data_is_audited_instead_of_the_validation_rows(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    """Template sentences that differ only in the dialect words: the classic bias probe."""
+    templates = [
+        ("I reckon the {} is proper good.", "I think the {} is really good.", "positive"),
+        ("I reckon the {} is proper bad.", "I think the {} is really bad.", "negative"),
+    ]
+    products = ["kettle", "tent", "lamp", "toaster", "jacket", "monitor", "novel", "vacuum"]
+    rows = ["text,label,dialect"]
+    for regional, standard, label in templates:
+        for product in products:
+            rows.append(f"{regional.format(product)},{label},regional")
+            rows.append(f"{standard.format(product)},{label},standard")
+    audit_file = tmp_path / "audit.csv"
+    audit_file.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    config = audited(tiny_model_dir, small_data, auditData={"source": str(audit_file)})
+    result = train(config, tmp_path / "run")
+    groups = {
+        group["group"]: group["count"]
+        for attribute in result.report["biasAudit"]["attributes"]
+        for group in attribute["groups"]
+    }
+    assert groups == {"regional": 16, "standard": 16}
+    assert result.report["biasAudit"]["counterfactual"]["texts"] == 32
+
+
+def test_a_missing_audit_file_fails_before_training(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    config = audited(tiny_model_dir, small_data, auditData={"source": str(tmp_path / "no.csv")})
+    config_file = tmp_path / "config.json"
+    config_file.write_text(config.model_dump_json(by_alias=True))
+    code = main(["--config", str(config_file), "--output", str(tmp_path / "run")], env={})
+    assert code == EXIT_INVALID_INPUT
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -858,6 +858,8 @@ class TrainingConfig(Section):
             return bias
         if data is not None and not data.sensitive_columns:
             raise ValueError("the audit needs data.sensitiveColumns to name at least one column")
+        if data is not None and data.text_pair_column is not None and bias.counterfactuals:
+            raise ValueError("counterfactuals swap terms in single texts, not in text pairs")
         if model is not None and model.task != "sequence-classification":
             raise ValueError("the audit applies to sequence-classification only")
         classes = model and (model.num_labels or (model.labels and len(model.labels)))

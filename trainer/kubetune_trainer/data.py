@@ -451,6 +451,34 @@ def _finish(
     )
 
 
+@dataclass(frozen=True)
+class AuditRows:
+    """The rows a bias audit judges the model on: tokenized, with their texts and groups."""
+
+    rows: datasets.Dataset
+    texts: list[str]
+    groups: dict[str, list[str]]
+
+
+def prepare_audit_rows(
+    config: TrainingConfig, tokenizer: PreTrainedTokenizerBase, labels: Sequence[str]
+) -> AuditRows | None:
+    """bias.auditData read, checked and tokenized like a validation file; None without it."""
+    if config.bias is None or config.bias.audit_data is None:
+        return None
+    data = config.data
+    rows = _read_source(config.bias.audit_data, "bias.auditData")
+    _check_columns(rows, _validation_file_columns(data))
+    rows, _ = _screen(rows, "audit", config, labels)
+    rows = _encode_labels(rows, labels, data.label_column, declared=True)
+    inputs = _model_inputs(rows, data)
+    return AuditRows(
+        rows=_tokenize(inputs, tokenizer, data.max_length, "audit"),
+        texts=inputs.column("text").to_pylist(),
+        groups=_groups(rows, data.sensitive_columns),
+    )
+
+
 def apply_quality_rules(
     train: _Rows,
     validation: _Rows,

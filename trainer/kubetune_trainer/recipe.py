@@ -44,9 +44,11 @@ from kubetune_trainer.balance import class_balanced_weights
 from kubetune_trainer.config import BiasSpec, TrainingConfig
 from kubetune_trainer.data import (
     IGNORED_LABEL,
+    AuditRows,
     DataError,
     LengthGroupedSampler,
     PreparedData,
+    prepare_audit_rows,
     prepare_data,
 )
 from kubetune_trainer.data_cache import cached_prepare
@@ -185,6 +187,7 @@ class Recipe:
     _grad_norm: torch.Tensor | None
     _log_every: int
     snapshot: LayerSnapshot | None
+    audit_rows: AuditRows | None
 
     def __init__(
         self,
@@ -239,6 +242,7 @@ class Recipe:
                 self.data = self._prepare_data()
         self.reporter.section("dataValidation", self.data.report.to_status())
         self._check_bias_settings()
+        self.audit_rows = prepare_audit_rows(self.config, self.tokenizer, self.data.labels)
         self._build_model_and_loaders()
         self._maybe_find_learning_rate()
         self._build_scheduler()
@@ -874,32 +878,53 @@ class Recipe:
     def _audit_bias(
         self, probabilities: np.ndarray, labels: npt.NDArray[np.int64]
     ) -> BiasAudit | None:
-        """The fairness audit of the final model on the validation rows (bias section)."""
+        """The fairness audit of the final model (bias section): on bias.auditData when it is
+        set, else on the validation rows, whose predictions are given."""
         spec = self.config.bias
         if spec is None or self.data is None:
             return None
+        target = self.audit_rows or AuditRows(
+            self.data.validation, self.data.validation_texts, self.data.validation_groups
+        )
+        if self.audit_rows is not None:
+            logits, gathered = self._predict(self._evaluation_loader(self.audit_rows.rows))
+            probabilities = torch.softmax(logits, dim=-1).numpy()
+            labels = gathered.numpy().astype(np.int64)
         counterfactual = None
         if spec.counterfactuals:
-            counterfactual = self._counterfactuals(probabilities, spec)
+            counterfactual = self._counterfactuals(probabilities, spec, target)
         result = audit(
             labels=self.data.labels,
             y_true=labels,
             y_pred=probabilities.argmax(axis=1).astype(np.int64),
-            groups=self.data.validation_groups,
+            groups=target.groups,
             spec=spec,
             counterfactual=counterfactual,
         )
         self.reporter.section("biasAudit", result.to_status())
         return result
 
-    def _counterfactuals(self, probabilities: np.ndarray, spec: BiasSpec) -> CounterfactualResult:
+    def _evaluation_loader(self, rows: datasets.Dataset) -> DataLoader[Any]:
+        """A prepared loader over tokenized rows, in order, for _predict."""
+        columns = [c for c in rows.column_names if c != "length"]
+        loader = DataLoader(
+            rows.select_columns(columns).with_format("torch"),
+            batch_size=self.config.evaluation.batch_size or 2 * self.config.training.batch_size,
+            collate_fn=DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8),
+        )
+        prepared: DataLoader[Any] = self.accelerator.prepare_data_loader(loader)
+        return prepared
+
+    def _counterfactuals(
+        self, probabilities: np.ndarray, spec: BiasSpec, target: AuditRows
+    ) -> CounterfactualResult:
         """How the predictions move when the counterfactual terms are swapped in the texts."""
         assert self.data is not None
-        swapped = swap_terms(self.data.validation_texts, spec.counterfactuals)
+        swapped = swap_terms(target.texts, spec.counterfactuals)
         changed = np.flatnonzero(swapped.changed)
         scores = probabilities.copy()
         if changed.size:
-            rows = self.data.validation.select(changed)
+            rows = target.rows.select(changed)
             texts = [swapped.texts[i] for i in changed]
             loader = self.accelerator.prepare_data_loader(self._loader_of(rows, texts))
             logits, _ = self._predict(loader)
