@@ -50,3 +50,26 @@ def test_the_readme_example_runs_and_learns(tmp_path: Path) -> None:
 
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
     assert model.config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_counterfactual_augmentation_closes_the_dialect_gap(tmp_path: Path) -> None:
+    """debiased.yaml gives every training review a twin with the dialect words swapped."""
+    executable = shutil.which("kubetune")
+    assert executable
+    manifest = REPO / "examples/sentiment/debiased.yaml"
+    result = subprocess.run(
+        [executable, "run", str(manifest), "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["data"]["added"]["augmented"] > 2000
+    assert report["bestMetrics"]["accuracy"] > report["data"]["majorityRate"] + 0.15
+    audit = report["biasAudit"]
+    assert audit["verdict"] == "Passed"
+    (ratio,) = [m for m in audit["metrics"] if m["statusName"] == "demographicParityRatio"]
+    assert ratio["value"] >= 0.8
+    assert audit["counterfactual"]["flipRate"] < 0.05

@@ -835,7 +835,8 @@ class Recipe:
             self.state.load_state_dict(finished)
 
     def _examine_final_model(self) -> tuple[dict[str, Any], BiasAudit | None]:
-        """The final model's report sections (per-class results, bias audit) and its audit."""
+        """The final model's report sections (per-class results, bias audit, attributions) and
+        its audit."""
         if self.data is None or self.is_language_model:
             return {}, None
         _, probabilities, labels = self.evaluate()
