@@ -32,6 +32,7 @@ CHARTS = [
     "chart-confusion",
     "chart-classes",
     "chart-lengths",
+    "chart-grad-norms",
     "chart-range-test",
 ]
 BROWSER_TIMEOUT_S = 120

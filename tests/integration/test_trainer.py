@@ -119,6 +119,14 @@ def test_gradual_unfreezing_is_logged_per_epoch(
     assert log[2]["frozen"] == ["embeddings"]
     rates = log[2]["learningRates"]
     assert rates["block 0"] / rates["head"] == pytest.approx(0.25)
+    norms = result.report["curves"]["layerGradNorms"]
+    assert [step for step, _ in norms] == [step for step, _ in result.report["curves"]["trainLoss"]]
+    done_before = [entry["step"] for entry in log]  # steps done when each epoch's plan began
+    for step, by_group in norms:
+        trained = log[sum(done < step for done in done_before) - 1]["trainable"]
+        assert by_group["embeddings"] == 0.0
+        assert (by_group["block 0"] > 0) == ("block 0" in trained)
+        assert by_group["head"] > 0
 
 
 def test_l1_shrinks_the_weights(

@@ -14,6 +14,7 @@ from xml.etree.ElementTree import Element, TreeBuilder
 import pytest
 
 from kubetune_trainer import report as report_module
+from kubetune_trainer import report_html as render
 from kubetune_trainer.report import REPORT_HTML, REPORT_JSON, write_reports
 from kubetune_trainer.report_html import fmt_number, fmt_seconds, render_html
 
@@ -1159,3 +1160,26 @@ def test_a_page_that_cannot_be_drawn_leaves_report_json_and_no_stale_page(
     assert (tmp_path / REPORT_JSON).exists()
     assert not (tmp_path / REPORT_HTML).exists()
     assert "could not draw report.html" in caplog.text
+
+
+def test_gradient_norms_per_layer_group_are_drawn_with_the_schedule_changes() -> None:
+    report = full_report()
+    report["curves"]["layerGradNorms"] = [
+        [10, {"embeddings": 0.0, "block 0": 0.0, "head": 1.5}],
+        [20, {"embeddings": 0.0, "block 0": 0.7, "head": 1.1}],
+    ]
+    report["freezing"] = [
+        {"epoch": 1, "step": 1, "trainable": ["head"], "frozen": ["embeddings", "block 0"]},
+        {"epoch": 2, "step": 15, "trainable": ["block 0", "head"], "frozen": ["embeddings"]},
+    ]
+    assert render.schedule_changes(report["freezing"]) == [15]
+    series = render.layer_norm_series(report["curves"]["layerGradNorms"])
+    assert series == {
+        "embeddings": [(10, 0.0), (20, 0.0)],
+        "block 0": [(10, 0.0), (20, 0.7)],
+        "head": [(10, 1.5), (20, 1.1)],
+    }
+    page = render.render_html(report)
+    assert 'id="chart-grad-norms"' in page
+    del report["curves"]["layerGradNorms"]
+    assert 'id="chart-grad-norms"' not in render.render_html(report)

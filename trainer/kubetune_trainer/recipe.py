@@ -100,6 +100,8 @@ class TrainingState:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     freezing_log: list[dict[str, Any]] = field(default_factory=list)
     range_test: dict[str, Any] | None = None
+    layer_grad_norms: list[list[Any]] = field(default_factory=list)
+    """[step, {layer group: gradient norm before clipping}] at every logged step."""
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,6 +189,7 @@ class Recipe:
     _grad_norm: torch.Tensor | None
     _log_every: int
     snapshot: LayerSnapshot | None
+    layer_parameters: dict[str, list[torch.nn.Parameter]]
     audit_rows: AuditRows | None
 
     def __init__(
@@ -287,6 +290,13 @@ class Recipe:
         )
         optimizer = build_optimizer(self.config.training, groups)
         self.snapshot = self._initial_weights(model)
+        parameters = dict(model.named_parameters())
+        self.layer_parameters = {
+            group: [parameters[name] for name in names]
+            for group, names in freezing.find_layer_groups(model).named().items()
+            if names
+        }
+        self._layer_grad_norms: torch.Tensor | None = None
         self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             model, optimizer, *self._loaders()
         )
@@ -512,11 +522,26 @@ class Recipe:
             freezing.drop_frozen_gradients(
                 self.accelerator.unwrap_model(self.model), self._trainable_now()
             )
+        if self._logs_next_step():
+            self._layer_grad_norms = self._norms_per_layer_group()
         max_norm = self.config.regularization.max_grad_norm
         if max_norm is not None:
             norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
             if norm is not None:
                 self._grad_norm = norm.detach()
+
+    def _logs_next_step(self) -> bool:
+        step = self.state.step + 1
+        return step % self._log_every == 0 or step == self.total_steps
+
+    def _norms_per_layer_group(self) -> torch.Tensor:
+        """Each layer group's gradient norm, on the device (read at the next log, not now)."""
+        norms = []
+        for parameters in self.layer_parameters.values():
+            grads = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
+            zero = torch.zeros((), device=self.accelerator.device)
+            norms.append(torch.linalg.vector_norm(torch.stack(grads)) if grads else zero)
+        return torch.stack(norms)
 
     def _track(
         self, loss: torch.Tensor, predictions: torch.Tensor | None, labels: torch.Tensor | None
@@ -562,6 +587,12 @@ class Recipe:
         samples = self._samples * self.processes
         grad_norm = None if self._grad_norm is None else float(self._grad_norm.item())
         self.state.train_losses.append([self.state.step, loss])
+        if self._layer_grad_norms is not None:
+            norms = self._layer_grad_norms.tolist()
+            self.state.layer_grad_norms.append(
+                [self.state.step, dict(zip(self.layer_parameters, norms, strict=True))]
+            )
+            self._layer_grad_norms = None
         self.reporter.logged(
             StepRecord(
                 step=self.state.step,

@@ -53,7 +53,11 @@ def build_report(
         "bestMetrics": best_metrics,
         "bestCheckpoint": state["best_checkpoint"],
         "diagnosis": diagnosis,
-        "curves": {"trainLoss": state["train_losses"], "evaluations": state["evaluations"]},
+        "curves": {
+            "trainLoss": state["train_losses"],
+            "evaluations": state["evaluations"],
+            "layerGradNorms": state["layer_grad_norms"],
+        },
         "freezing": state["freezing_log"],
         "learningRateRangeTest": state["range_test"],
         "data": {

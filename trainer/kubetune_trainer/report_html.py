@@ -1362,18 +1362,66 @@ def length_chart(
 
 
 def freezing_section(report: Mapping[str, Any]) -> Section | None:
-    """What trained in each epoch, at which peak learning rates."""
+    """What trained in each epoch, at which peak learning rates, and each layer group's
+    gradient norm over the steps, with the steps where the schedule changed marked."""
     log = [entry for entry in _sequence(report.get("freezing")) if isinstance(entry, Mapping)]
-    if not log:
+    norms = layer_norm_series(_sequence(_mapping(report.get("curves")).get("layerGradNorms")))
+    if not log and not norms:
         return None
-    partial = any(_sequence(entry.get("partial")) for entry in log)
-    headers = ["epoch", "from step", "trains (peak learning rate)", "frozen"]
-    rows = [_freezing_row(entry, partial) for entry in log]
-    return Section(
-        "freezing",
-        "Freezing schedule",
-        table(headers + (["partly frozen"] if partial else []), rows, class_="freezing"),
-    )
+    parts = []
+    if norms:
+        parts.append(grad_norm_chart(norms, schedule_changes(log)))
+    if log:
+        partial = any(_sequence(entry.get("partial")) for entry in log)
+        headers = ["epoch", "from step", "trains (peak learning rate)", "frozen"]
+        rows = [_freezing_row(entry, partial) for entry in log]
+        columns = headers + (["partly frozen"] if partial else [])
+        parts.append(table(columns, rows, class_="freezing"))
+    return Section("freezing", "Freezing schedule", join(parts))
+
+
+def layer_norm_series(entries: Sequence[Any]) -> dict[str, list[tuple[float, float]]]:
+    """[[step, {group: norm}], ...] as one (step, norm) series per layer group."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for entry in entries:
+        if not (isinstance(entry, list | tuple) and len(entry) == 2):
+            continue
+        step = _number(entry[0])
+        for group, value in _mapping(entry[1]).items():
+            norm = _number(value)
+            if step is not None and norm is not None:
+                series.setdefault(str(group), []).append((step, norm))
+    return series
+
+
+def schedule_changes(log: Sequence[Mapping[str, Any]]) -> list[float]:
+    """The steps after the first where the set of trained layer groups changed."""
+    changes, before = [], None
+    for entry in log:
+        trainable = tuple(str(g) for g in _sequence(entry.get("trainable")))
+        step = _number(entry.get("step"))
+        if before is not None and trainable != before and step is not None:
+            changes.append(step)
+        before = trainable
+    return changes
+
+
+def grad_norm_chart(norms: Mapping[str, list[tuple[float, float]]], changes: list[float]) -> Markup:
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        for group, points in norms.items():
+            _plot(ax, points, label=chart_text(group), linewidth=1.1)
+        for index, step in enumerate(changes):
+            label = "schedule change" if index == 0 else None
+            ax.axvline(step, color="#64748b", linestyle=":", linewidth=1, label=label)
+        _steps_axis(ax)
+        ax.set(
+            title="Gradient norm per layer group", xlabel="step", ylabel="norm (before clipping)"
+        )
+        figure.legend(loc="outside right upper", fontsize=7)
+
+    title = "Gradient norm of each layer group over steps, with the freezing schedule's changes"
+    return chart("chart-grad-norms", title, draw, (6.4, 3.3))
 
 
 def _freezing_row(entry: Mapping[str, Any], partial: bool) -> list[object]:
