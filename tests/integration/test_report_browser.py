@@ -29,6 +29,7 @@ SECTIONS = ["curves", "diagnosis", "evaluation", "data", "freezing", "range-test
 CHARTS = [
     "chart-loss",
     "chart-metrics",
+    "chart-learning-rate",
     "chart-confusion",
     "chart-classes",
     "chart-lengths",

@@ -119,6 +119,12 @@ def test_gradual_unfreezing_is_logged_per_epoch(
     assert log[2]["frozen"] == ["embeddings"]
     rates = log[2]["learningRates"]
     assert rates["block 0"] / rates["head"] == pytest.approx(0.25)
+    rates = result.report["curves"]["learningRate"]
+    assert [step for step, _ in rates] == [step for step, _ in result.report["curves"]["trainLoss"]]
+    values = [rate for _, rate in rates]  # linear decay from 5e-3, no warmup
+    assert values == sorted(values, reverse=True)
+    assert values[0] < 5e-3
+    assert values[-1] == 0.0
     norms = result.report["curves"]["layerGradNorms"]
     assert [step for step, _ in norms] == [step for step, _ in result.report["curves"]["trainLoss"]]
     done_before = [entry["step"] for entry in log]  # steps done when each epoch's plan began

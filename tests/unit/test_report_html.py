@@ -1183,3 +1183,11 @@ def test_gradient_norms_per_layer_group_are_drawn_with_the_schedule_changes() ->
     assert 'id="chart-grad-norms"' in page
     del report["curves"]["layerGradNorms"]
     assert 'id="chart-grad-norms"' not in render.render_html(report)
+
+
+def test_the_learning_rate_is_drawn_when_the_report_has_it() -> None:
+    report = full_report()
+    report["curves"]["learningRate"] = [[1, 1e-5], [2, 5e-5], [3, 2.5e-5]]
+    assert 'id="chart-learning-rate"' in render.render_html(report)
+    del report["curves"]["learningRate"]
+    assert 'id="chart-learning-rate"' not in render.render_html(report)

@@ -100,6 +100,8 @@ class TrainingState:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     freezing_log: list[dict[str, Any]] = field(default_factory=list)
     range_test: dict[str, Any] | None = None
+    learning_rates: list[list[float]] = field(default_factory=list)
+    """[step, the highest group's learning rate] at every logged step."""
     layer_grad_norms: list[list[Any]] = field(default_factory=list)
     """[step, {layer group: gradient norm before clipping}] at every logged step."""
 
@@ -586,7 +588,9 @@ class Recipe:
         seconds = max(time.perf_counter() - self._window_started, 1e-9)
         samples = self._samples * self.processes
         grad_norm = None if self._grad_norm is None else float(self._grad_norm.item())
+        learning_rate = float(self.scheduler.get_last_lr()[-1])
         self.state.train_losses.append([self.state.step, loss])
+        self.state.learning_rates.append([self.state.step, learning_rate])
         if self._layer_grad_norms is not None:
             norms = self._layer_grad_norms.tolist()
             self.state.layer_grad_norms.append(
@@ -598,7 +602,7 @@ class Recipe:
                 step=self.state.step,
                 epoch=self._fractional_epoch(),
                 loss=loss,
-                learning_rate=float(self.scheduler.get_last_lr()[-1]),
+                learning_rate=learning_rate,
                 grad_norm=grad_norm,
                 samples_per_second=samples / seconds,
             )

@@ -56,6 +56,7 @@ def build_report(
         "curves": {
             "trainLoss": state["train_losses"],
             "evaluations": state["evaluations"],
+            "learningRate": state["learning_rates"],
             "layerGradNorms": state["layer_grad_norms"],
         },
         "freezing": state["freezing_log"],

@@ -461,6 +461,9 @@ def curves_section(report: Mapping[str, Any]) -> Section | None:
     metrics = [m for m in metric_names(evaluations) if m != "loss"]
     if metrics:
         charts.append(_metrics_chart(metrics, evaluations, best, primary))
+    rates = _pairs(_sequence(curves.get("learningRate")))
+    if rates:
+        charts.append(_learning_rate_chart(rates, schedule_changes(_freezing_log(report))))
     if not charts:
         return None
     body = [tag("div", *charts, class_="charts"), _evaluations_table(evaluations, best)]
@@ -543,6 +546,29 @@ def _metrics_chart(
         figure.legend(loc="outside right upper", fontsize=7)
 
     return chart("chart-metrics", "Validation metrics over steps", draw, (5.6, 3.3))
+
+
+def _learning_rate_chart(rates: list[tuple[float, float]], changes: list[float]) -> Markup:
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        _plot(ax, rates, label="learning rate", linewidth=1.4)
+        _mark_changes(ax, changes)
+        _steps_axis(ax)
+        ax.set(title="Learning rate", xlabel="step", ylabel="rate (highest group)")
+        ax.legend()
+
+    return chart("chart-learning-rate", "The learning rate over steps", draw, (5.6, 3.3))
+
+
+def _mark_changes(ax: Axes, changes: list[float]) -> None:
+    """Dotted lines where the freezing schedule changed what trains."""
+    for index, step in enumerate(changes):
+        label = "schedule change" if index == 0 else None
+        ax.axvline(step, color="#64748b", linestyle=":", linewidth=1, label=label)
+
+
+def _freezing_log(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [entry for entry in _sequence(report.get("freezing")) if isinstance(entry, Mapping)]
 
 
 def _steps_axis(ax: Axes) -> None:
@@ -1364,7 +1390,7 @@ def length_chart(
 def freezing_section(report: Mapping[str, Any]) -> Section | None:
     """What trained in each epoch, at which peak learning rates, and each layer group's
     gradient norm over the steps, with the steps where the schedule changed marked."""
-    log = [entry for entry in _sequence(report.get("freezing")) if isinstance(entry, Mapping)]
+    log = _freezing_log(report)
     norms = layer_norm_series(_sequence(_mapping(report.get("curves")).get("layerGradNorms")))
     if not log and not norms:
         return None
@@ -1411,9 +1437,7 @@ def grad_norm_chart(norms: Mapping[str, list[tuple[float, float]]], changes: lis
         ax = figure.add_subplot()
         for group, points in norms.items():
             _plot(ax, points, label=chart_text(group), linewidth=1.1)
-        for index, step in enumerate(changes):
-            label = "schedule change" if index == 0 else None
-            ax.axvline(step, color="#64748b", linestyle=":", linewidth=1, label=label)
+        _mark_changes(ax, changes)
         _steps_axis(ax)
         ax.set(
             title="Gradient norm per layer group", xlabel="step", ylabel="norm (before clipping)"
