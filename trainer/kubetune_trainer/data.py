@@ -5,14 +5,18 @@ message that names the file, the column or the manifest field, and the counts (i
 the DataValidated condition), never with a pyarrow traceback. So every stage checks what
 it relies on and raises `DataError` in the user's terms.
 
-The stages, in order: load each source into an Arrow table (CSV cells are read as text, so
-"007" stays "007"); check the columns; map the label column to class ids; hold out a
-stratified validation split when no validation source is given; then tokenize without
-padding (batches are padded to their longest row by the collator, and
-`LengthGroupedSampler` puts rows of similar length together so that padding stays small).
-Rules that drop or add rows (validation, augmentation) belong between the split and the
-tokenization, where both splits hold their label ids. Every stage works on whole Arrow
-columns (pyarrow.compute, batched `datasets.map`), never on one row at a time in Python.
+The stages, in order (docs/data.md describes them for users): load each source into an
+Arrow table (CSV cells are read as text, so "007" stays "007"); check the columns; the
+per-file quality rules (missing values, unknown labels); map the label column to class ids;
+hold out a stratified validation split when no validation source is given; add the
+synthetic rows; the quality rules of quality.py (a DataError when they refuse the data);
+augmentation (augment.py) and resampling (balance.py) of the training rows; class weights;
+then tokenize without padding (batches are padded to their longest row by the collator,
+and `LengthGroupedSampler` puts rows of similar length together so that padding stays
+small). The data report (data_report.py) counts classes and groups as they reach the rules
+and as they leave for the model. Every stage works on whole Arrow columns (pyarrow.compute,
+numpy, batched tokenizer calls), never on one row at a time in Python, except the EDA edits,
+which are per row by nature and run only on the (scarce) training rows.
 """
 
 from __future__ import annotations
