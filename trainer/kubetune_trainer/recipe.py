@@ -538,11 +538,11 @@ class Recipe:
 
     def _norms_per_layer_group(self) -> torch.Tensor:
         """Each layer group's gradient norm, on the device (read at the next log, not now)."""
+        zero = torch.zeros((), device=self.accelerator.device)
         norms = []
         for parameters in self.layer_parameters.values():
-            grads = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
-            zero = torch.zeros((), device=self.accelerator.device)
-            norms.append(torch.linalg.vector_norm(torch.stack(grads)) if grads else zero)
+            grads = [p.grad for p in parameters if p.grad is not None]
+            norms.append(torch.nn.utils.get_total_norm(grads).float() if grads else zero)
         return torch.stack(norms)
 
     def _track(
