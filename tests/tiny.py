@@ -23,10 +23,24 @@ def make_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
     words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
     vocab = {token: i for i, token in enumerate([*SPECIAL, *words])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()]
     )
+    return bert_style(backend, vocab)
+
+
+def make_wordpiece_tokenizer(tokens: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A lower-casing WordPiece tokenizer over `tokens` ("##" continues a word), BERT-style
+    specials: for tests that need words split into pieces."""
+    vocab = {token: i for i, token in enumerate([*SPECIAL, *tokens])}
+    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return bert_style(backend, vocab)
+
+
+def bert_style(backend: Tokenizer, vocab: dict[str, int]) -> PreTrainedTokenizerFast:
+    """`backend` lower-casing, wrapped in [CLS] ... [SEP] with BERT's special tokens."""
+    backend.normalizer = normalizers.Lowercase()
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B [SEP]",

@@ -19,7 +19,6 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
 from kubetune_trainer.config import AttributionSpec
@@ -32,8 +31,8 @@ from kubetune_trainer.interpret import (
     select_rows,
     snapshot_layer_groups,
 )
+from tests.tiny import make_wordpiece_tokenizer
 
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 FILLER = [
     *("the", "a", "movie", "plot", "actor", "scene", "film"),
     *("story", "music", "ending", "cast", "day", "night", "city"),
@@ -45,23 +44,7 @@ SPEC = AttributionSpec(sample_size=24, steps=8, top_tokens=5)
 
 
 def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
-    vocab_list = [*SPECIAL, *FILLER, "excel", "##lent", "terri", "##ble"]
-    vocab = {token: i for i, token in enumerate(vocab_list)}
-    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
+    return make_wordpiece_tokenizer([*FILLER, "excel", "##lent", "terri", "##ble"])
 
 
 def synthetic(count: int, seed: int) -> tuple[list[str], list[int]]:
