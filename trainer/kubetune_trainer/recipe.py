@@ -524,7 +524,7 @@ class Recipe:
             freezing.drop_frozen_gradients(
                 self.accelerator.unwrap_model(self.model), self._trainable_now()
             )
-        if self._logs_next_step():
+        if self._logs_at(self.state.step + 1):
             self._layer_grad_norms = self._norms_per_layer_group()
         max_norm = self.config.regularization.max_grad_norm
         if max_norm is not None:
@@ -532,8 +532,8 @@ class Recipe:
             if norm is not None:
                 self._grad_norm = norm.detach()
 
-    def _logs_next_step(self) -> bool:
-        step = self.state.step + 1
+    def _logs_at(self, step: int) -> bool:
+        """Whether the optimizer step `step` is logged (the loss reduced across processes)."""
         return step % self._log_every == 0 or step == self.total_steps
 
     def _norms_per_layer_group(self) -> torch.Tensor:
@@ -574,7 +574,7 @@ class Recipe:
 
     def _after_optimizer_step(self) -> str | None:
         reason = None
-        if self.state.step % self._log_every == 0 or self.state.step == self.total_steps:
+        if self._logs_at(self.state.step):
             reason = self._log_step()
         if reason is None and self._evaluates_now():
             self._evaluate_and_checkpoint()
@@ -962,7 +962,7 @@ class Recipe:
         if changed.size:
             rows = target.rows.select(changed)
             texts = [swapped.texts[i] for i in changed]
-            loader = self.accelerator.prepare_data_loader(self._loader_of(rows, texts))
+            loader = self._loader_of(rows, texts)
             logits, _ = self._predict(loader)
             scores[changed] = torch.softmax(logits, dim=-1).numpy()
         positive = [
@@ -971,15 +971,10 @@ class Recipe:
         return counterfactual_result(probabilities, scores, swapped, spec.counterfactuals, positive)
 
     def _loader_of(self, rows: datasets.Dataset, texts: list[str]) -> DataLoader[Any]:
-        """A validation loader over `rows` with their text replaced by `texts`."""
+        """A prepared validation loader over `rows` with their text replaced by `texts`."""
         encoded = self.tokenizer(texts, truncation=True, max_length=self.config.data.max_length)
         table = {"labels": rows["labels"][:], **{k: list(v) for k, v in encoded.items()}}
-        dataset = datasets.Dataset.from_dict(table).with_format("torch")
-        return DataLoader(
-            dataset,
-            batch_size=self.config.evaluation.batch_size or 2 * self.config.training.batch_size,
-            collate_fn=DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8),
-        )
+        return self._evaluation_loader(datasets.Dataset.from_dict(table))
 
     def _save_model(self) -> None:
         model: PreTrainedModel = self.accelerator.unwrap_model(self.model)
