@@ -125,6 +125,34 @@ class RunPolicySpec(Section):
     """Stop the workers (they resume from the last checkpoint when set back to false); Kueue may drive it."""
 
 
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+
+
+class SecretKeyRef(Section):
+    """One key of a Secret in the job's namespace; the value itself never appears in the spec."""
+
+    name: DnsSubdomain
+    """Name of the Secret."""
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN)]
+    """Key in the Secret that holds the value."""
+
+
+class SecretRef(Section):
+    """A whole Secret in the job's namespace, by name."""
+
+    name: DnsSubdomain
+    """Name of the Secret."""
+
+
+class CredentialsSpec(Section):
+    """Secrets the workers read, only ever by reference (the values stay in the Secrets)."""
+
+    hub_token: SecretKeyRef | None = None
+    """A Hugging Face token for private or gated hf:// sources, given to the trainer as HF_TOKEN."""
+    storage: SecretRef | None = None
+    """A Secret whose keys become the workers' environment variables (e.g. AWS_ACCESS_KEY_ID for object storage); kubetune's own variables take precedence."""
+
+
 class SearchParameter(Section):
     """One dimension of the search space: a numeric or categorical field of the spec."""
 
@@ -361,6 +389,8 @@ class FineTuneJobSpec(TrainingConfig):
     """Workers, GPUs, CPU, memory, image and placement."""
     run_policy: RunPolicySpec = section_default(RunPolicySpec)
     """Restarts, deadlines, cleanup and suspension."""
+    credentials: CredentialsSpec = section_default(CredentialsSpec)
+    """Secrets for the workers (hub token, storage credentials), by reference only."""
     search: SearchSpec | None = None
     """Hyperparameter search; this job then runs child trial jobs instead of training itself."""
 
