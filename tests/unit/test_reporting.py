@@ -38,6 +38,7 @@ from kubetune_trainer.reporting import (
     StatusClient,
     StatusReporter,
     StepRecord,
+    api_base_url,
     build_reporter,
     current_epoch,
     format_duration,
@@ -46,6 +47,7 @@ from kubetune_trainer.reporting import (
     percent_done,
     progress_patch,
     section_patch,
+    service_account_directory,
 )
 
 INFO = RunInfo(
@@ -437,6 +439,52 @@ def test_no_client_without_a_token(tmp_path: Path) -> None:
     assert StatusClient.from_environment(env, service_account_dir=tmp_path) is None
 
 
+def test_the_token_directory_comes_from_the_environment(tmp_path: Path) -> None:
+    account = write_service_account(tmp_path / "projected")
+    env = {
+        "KUBETUNE_JOB_NAME": "sentiment",
+        "KUBETUNE_JOB_NAMESPACE": "ml",
+        "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+        "KUBETUNE_SERVICE_ACCOUNT_DIR": str(account),
+    }
+    assert service_account_directory(env) == account
+    assert StatusClient.from_environment(env) is not None
+    elsewhere = env | {"KUBETUNE_SERVICE_ACCOUNT_DIR": str(tmp_path / "empty")}
+    assert StatusClient.from_environment(elsewhere) is None
+    assert StatusClient.from_environment(elsewhere, service_account_dir=account) is not None
+    assert service_account_directory({}) == Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def test_the_api_url_replaces_the_in_cluster_service_and_is_used(
+    tmp_path: Path, api: FakeApiServer
+) -> None:
+    account = write_service_account(tmp_path / "sa")
+    env = {
+        "KUBETUNE_JOB_NAME": "sentiment",
+        "KUBETUNE_JOB_NAMESPACE": "ml",
+        "KUBETUNE_API_URL": api.host + "/",
+        "KUBETUNE_SERVICE_ACCOUNT_DIR": str(account),
+    }
+    client = StatusClient.from_environment(env | {"KUBERNETES_SERVICE_HOST": "10.96.0.1"})
+    assert client is not None
+    assert client.url == (
+        f"{api.host}/apis/kubetune.dev/v1alpha1/namespaces/ml/finetunejobs/sentiment/status"
+    )
+    without_service = StatusClient.from_environment(env)
+    assert without_service is not None
+    without_service.patch({"progress": {"step": 3}})
+    (request,) = api.requests
+    assert request.path == "/apis/kubetune.dev/v1alpha1/namespaces/ml/finetunejobs/sentiment/status"
+    assert (request.authorization, request.body) == ("Bearer token", {"progress": {"step": 3}})
+
+
+def test_an_api_url_without_a_scheme_is_named() -> None:
+    assert api_base_url({"KUBERNETES_SERVICE_HOST": "fd00::1"}) == "https://[fd00::1]:443"
+    assert api_base_url({}) is None
+    with pytest.raises(ValueError, match="KUBETUNE_API_URL must be an http"):
+        api_base_url({"KUBETUNE_API_URL": "127.0.0.1:8080"})
+
+
 # Prometheus: scrape the real endpoint.
 
 
@@ -680,6 +728,24 @@ def test_rank_zero_in_a_pod_also_serves_metrics_and_patches_the_status(tmp_path:
     kinds = [type(r) for r in reporter.reporters]
     reporter.close()
     assert kinds == [ConsoleReporter, JsonlReporter, PrometheusReporter, StatusReporter]
+
+
+def test_a_pod_of_the_test_kubelet_patches_the_status_through_the_api_url(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "KUBETUNE_JOB_NAME": "sentiment",
+        "KUBETUNE_JOB_NAMESPACE": "ml",
+        "KUBETUNE_API_URL": "http://127.0.0.1:8001",
+        "KUBETUNE_SERVICE_ACCOUNT_DIR": str(write_service_account(tmp_path / "sa")),
+    }
+    reporter = build_reporter(
+        rank_zero=True, output_dir=tmp_path, env=env, console=Console(file=io.StringIO())
+    )
+    assert isinstance(reporter, FanOut)
+    kinds = [type(r) for r in reporter.reporters]
+    reporter.close()
+    assert kinds == [ConsoleReporter, JsonlReporter, StatusReporter]
 
 
 def test_a_bad_metrics_port_is_named(tmp_path: Path) -> None:

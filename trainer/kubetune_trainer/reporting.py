@@ -49,6 +49,13 @@ METRICS_FILE_NAME: Final = "metrics.jsonl"
 JOB_NAME_ENV: Final = "KUBETUNE_JOB_NAME"
 JOB_NAMESPACE_ENV: Final = "KUBETUNE_JOB_NAMESPACE"
 METRICS_PORT_ENV: Final = "KUBETUNE_METRICS_PORT"
+SERVICE_ACCOUNT_DIR_ENV: Final = "KUBETUNE_SERVICE_ACCOUNT_DIR"
+"""Where the token and ca.crt are when not at SERVICE_ACCOUNT_DIR: the operator mounts a
+projected token elsewhere and turns the automatic mount off."""
+API_URL_ENV: Final = "KUBETUNE_API_URL"
+"""A base URL such as http://127.0.0.1:8001 that replaces
+https://KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT. For test clusters only (the e2e
+tests' kubelet points it at a plain-HTTP API emulator); pods in a cluster leave it unset."""
 
 BODY_REJECTED_CODES: Final = frozenset({400, 422})
 """Answers that reject the patch's content: sending it again cannot succeed."""
@@ -280,21 +287,25 @@ class StatusClient:
 
     @classmethod
     def from_environment(
-        cls, env: Mapping[str, str], *, service_account_dir: Path = SERVICE_ACCOUNT_DIR
+        cls, env: Mapping[str, str], *, service_account_dir: Path | None = None
     ) -> StatusClient | None:
-        """The client for the job named in `env`, or None outside a cluster or without a token."""
+        """The client for the job named in `env`, or None outside a cluster or without a token.
+
+        The token and CA come from `service_account_dir`, else KUBETUNE_SERVICE_ACCOUNT_DIR,
+        else the standard mount; the API server from KUBETUNE_API_URL, else the
+        KUBERNETES_SERVICE_HOST and _PORT that every pod gets.
+        """
         name, namespace = env.get(JOB_NAME_ENV), env.get(JOB_NAMESPACE_ENV)
-        service_host = env.get("KUBERNETES_SERVICE_HOST")
-        token_path = service_account_dir / "token"
-        if not (name and namespace and service_host) or not token_path.is_file():
+        base_url = api_base_url(env)
+        account_dir = service_account_directory(env, service_account_dir)
+        token_path = account_dir / "token"
+        if not (name and namespace and base_url) or not token_path.is_file():
             return None
-        if ":" in service_host:
-            service_host = f"[{service_host}]"
-        ca_path = service_account_dir / "ca.crt"
+        ca_path = account_dir / "ca.crt"
         return cls(
             namespace,
             name,
-            host=f"https://{service_host}:{env.get('KUBERNETES_SERVICE_PORT', '443')}",
+            host=base_url,
             token_path=token_path,
             ca_path=ca_path if ca_path.is_file() else None,
         )
@@ -329,6 +340,29 @@ class StatusClient:
             )
             handlers.append(urllib.request.HTTPSHandler(context=context))
         return urllib.request.build_opener(*handlers)
+
+
+def api_base_url(env: Mapping[str, str]) -> str | None:
+    """The API server's base URL: KUBETUNE_API_URL, else the in-cluster service, else None."""
+    override = env.get(API_URL_ENV)
+    if override:
+        if urllib.parse.urlsplit(override).scheme not in ("http", "https"):
+            raise ValueError(f"{API_URL_ENV} must be an http:// or https:// URL (got {override!r})")
+        return override.rstrip("/")
+    service_host = env.get("KUBERNETES_SERVICE_HOST")
+    if not service_host:
+        return None
+    if ":" in service_host:
+        service_host = f"[{service_host}]"
+    return f"https://{service_host}:{env.get('KUBERNETES_SERVICE_PORT', '443')}"
+
+
+def service_account_directory(env: Mapping[str, str], given: Path | None = None) -> Path:
+    """Where the token and ca.crt are: `given`, else KUBETUNE_SERVICE_ACCOUNT_DIR, else the
+    standard mount."""
+    if given is not None:
+        return given
+    return Path(env.get(SERVICE_ACCOUNT_DIR_ENV) or SERVICE_ACCOUNT_DIR)
 
 
 def _server_message(error: urllib.error.HTTPError) -> str:
@@ -795,11 +829,12 @@ def build_reporter(
     output_dir: Path,
     env: Mapping[str, str],
     console: Console,
-    service_account_dir: Path = SERVICE_ACCOUNT_DIR,
+    service_account_dir: Path | None = None,
 ) -> Reporter:
     """The sinks this process reports to: none off rank 0; on rank 0 the console and
     metrics.jsonl, Prometheus when KUBETUNE_METRICS_PORT is set, and the status when the
-    job's name and namespace are set and a cluster's service account token is mounted."""
+    job's name and namespace are set and a cluster's service account token is mounted
+    (see StatusClient.from_environment for where the token and the API server are found)."""
     if not rank_zero:
         return NullReporter()
     metrics_port = env.get(METRICS_PORT_ENV)
@@ -817,12 +852,12 @@ def build_reporter(
     client = StatusClient.from_environment(env, service_account_dir=service_account_dir)
     if client is not None:
         reporters.append(StatusReporter(client))
-    elif JOB_NAME_ENV in env and "KUBERNETES_SERVICE_HOST" in env:
+    elif JOB_NAME_ENV in env and api_base_url(env) is not None:
         logger.warning(
             "running in a cluster but without %s or a service account token in %s: "
             "the FineTuneJob status will not show progress",
             JOB_NAMESPACE_ENV,
-            service_account_dir,
+            service_account_directory(env, service_account_dir),
         )
     return FanOut(reporters)
 
