@@ -130,6 +130,28 @@ def build_children(
     ]
 
 
+def child_references(job: str, namespace: str) -> list[dict[str, Any]]:
+    """Kind, name and namespace of every child, for deleting them (the Job last)."""
+    kinds = [
+        ("v1", "ConfigMap", config_map_name(job)),
+        ("v1", "ServiceAccount", trainer_account_name(job)),
+        ("rbac.authorization.k8s.io/v1", "Role", trainer_account_name(job)),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding", trainer_account_name(job)),
+        ("v1", "Service", workers_name(job)),
+        ("batch/v1", "Job", workers_name(job)),
+    ]
+    return [
+        {"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": namespace}}
+        for api, kind, name in kinds
+    ]
+
+
+def restart_of(job: Mapping[str, Any]) -> int:
+    """Which group restart a batch Job is (0: the first run), from its annotation."""
+    value = (job.get("metadata", {}).get("annotations") or {}).get(RESTART_ANNOTATION, "0")
+    return int(value) if str(value).isdigit() else 0
+
+
 def build_config_map(job: FineTuneJob, namespace: str) -> dict[str, Any]:
     """The trainer's part of the spec as JSON, mounted read-only into every worker.
 

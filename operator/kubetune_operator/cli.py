@@ -240,6 +240,52 @@ def _fields_table(fields: list[explain.FieldDoc]) -> Table:
     return table
 
 
+@app.command(name="operator")
+def run_operator(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            help="Watch only this namespace (repeat for several; globs allowed). "
+            "Default: every namespace.",
+        ),
+    ] = None,
+    peering: Annotated[
+        str | None,
+        typer.Option(
+            help="kopf peering name: replicas that share it elect one active operator. "
+            "Default: standalone (run one replica)."
+        ),
+    ] = None,
+    liveness: Annotated[
+        str, typer.Option(help="Where kopf serves the health probe.")
+    ] = "http://0.0.0.0:8081/healthz",
+    log_format: Annotated[
+        str, typer.Option(help="json (structured, one object per line) or plain.")
+    ] = "json",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+) -> None:
+    """Run the FineTuneJob operator against the current cluster (in-cluster or kubeconfig)."""
+    import kopf
+
+    from kubetune_operator import handlers  # noqa: F401  (its decorators register the handlers)
+
+    formats = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.FULL}
+    if log_format not in formats:
+        err.print(f"[red]✗[/] --log-format must be json or plain (got {escape(log_format)})")
+        raise typer.Exit(2)
+    kopf.configure(verbose=verbose, log_format=formats[log_format], log_refkey="object")
+    namespaces = namespace or []
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=peering is None,
+        peering_name=peering,
+        liveness_endpoint=liveness,
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
