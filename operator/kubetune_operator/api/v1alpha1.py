@@ -605,6 +605,19 @@ class BestTrial(Section):
     """Its parameters."""
 
 
+class WorkerFailure(Section):
+    """The last worker failure the operator acted on: what tells a repeated failure from a new one."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9]*$")]
+    """The cause, a condition reason such as OOMKilled or WorkerFailed."""
+    restart: int = Field(ge=0)
+    """The restart number of the worker group that failed (0: the first)."""
+    step: int | None = Field(default=None, ge=0)
+    """The last optimizer step the trainer reported before the failure."""
+    exit_code: int | None = None
+    """The trainer container's exit code, when it exited."""
+
+
 class FineTuneJobStatus(Section):
     """The observed state; see the ownership table in the design (operator vs trainer fields)."""
 
@@ -619,9 +632,11 @@ class FineTuneJobStatus(Section):
     restarts: int = Field(default=0, ge=0)
     """Times the worker group was restarted from a checkpoint."""
     start_time: Timestamp | None = None
-    """When the workers first ran."""
+    """When the first worker Job started; runPolicy.activeDeadlineSeconds counts from it."""
     completion_time: Timestamp | None = None
     """When the job succeeded or failed."""
+    last_failure: WorkerFailure | None = None
+    """The last worker failure, kept across restarts (an OOM twice at the same step fails the job)."""
     progress: Progress | None = None
     """Training progress (from the trainer)."""
     metrics: dict[Annotated[str, Field(max_length=128)], float] = Field(default_factory=dict)
