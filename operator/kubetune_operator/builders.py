@@ -44,6 +44,7 @@ PVC_ROOT: Final = "/mnt/kubetune/pvc"
 """Each claim is mounted at PVC_ROOT/<claim> (kubetune_trainer.sources.PVC_ROOT)."""
 SERVICE_ACCOUNT_DIR: Final = "/var/run/kubetune/serviceaccount"
 """The projected token, CA and namespace (KUBETUNE_SERVICE_ACCOUNT_DIR for the trainer)."""
+TERMINATION_LOG: Final = "/dev/termination-log"
 TOKEN_EXPIRATION_SECONDS: Final = 3600
 RUN_AS_ID: Final = 10001
 """The trainer image's unprivileged user and group (see the Dockerfile)."""
@@ -144,12 +145,6 @@ def child_references(job: str, namespace: str) -> list[dict[str, Any]]:
         {"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": namespace}}
         for api, kind, name in kinds
     ]
-
-
-def restart_of(job: Mapping[str, Any]) -> int:
-    """Which group restart a batch Job is (0: the first run), from its annotation."""
-    value = (job.get("metadata", {}).get("annotations") or {}).get(RESTART_ANNOTATION, "0")
-    return int(value) if str(value).isdigit() else 0
 
 
 def build_config_map(job: FineTuneJob, namespace: str) -> dict[str, Any]:
@@ -259,7 +254,10 @@ def build_job(
         "backoffLimit": 0,
         "suspend": job.spec.run_policy.suspend,
         "template": {
-            "metadata": {"labels": child_labels(name, "worker")},
+            "metadata": {
+                "labels": child_labels(name, "worker"),
+                "annotations": {RESTART_ANNOTATION: str(restart)},
+            },
             "spec": _pod_spec(job, namespace, settings),
         },
     }
@@ -340,6 +338,10 @@ def _trainer_container(
             "readOnlyRootFilesystem": True,
         },
         "volumeMounts": _volume_mounts(job.spec),
+        # accelerate launch turns every failed child into exit code 1; the trainer's own
+        # exit code and reason reach the operator through the termination message.
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if resources.image_pull_policy is not None:
         container["imagePullPolicy"] = resources.image_pull_policy
@@ -396,6 +398,7 @@ def container_env(
         _value("KUBETUNE_METRICS_PORT", str(settings.metrics_port)),
         _value("KUBETUNE_PVC_ROOT", PVC_ROOT),
         _value("KUBETUNE_SERVICE_ACCOUNT_DIR", SERVICE_ACCOUNT_DIR),
+        _value("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG),
         # The root filesystem is read-only: every cache goes to the /tmp volume.
         _value("HOME", "/tmp"),
         _value("HF_HOME", "/tmp/huggingface"),

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import kopf
 
@@ -32,7 +32,7 @@ FINETUNEJOBS: Final = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 MANAGED: Final = {"app.kubernetes.io/managed-by": "kubetune"}
 JOB_NAME_LABEL: Final = "kubetune.dev/job-name"
 TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
-TTL_CHECK_SECONDS: Final = 30.0
+TICK_SECONDS: Final = 30.0
 
 Key = tuple[str, str]
 """(namespace, FineTuneJob name): how children find their FineTuneJob in the indexes."""
@@ -62,17 +62,31 @@ class Runtime:
         default_factory=lambda: defaultdict(threading.Lock)
     )
     restarted: dict[Key, int] = field(default_factory=dict)
-    """The newest group restart this operator started per job, so a Job that the indexes
-    still show after its deletion is never restarted twice."""
+    """The newest worker group this operator created per job: an index that still shows an
+    older status must not make it create an older group again."""
 
 
-def runtime(memo: kopf.Memo) -> Runtime:
+@dataclass(frozen=True)
+class Indexes:
+    """The three kopf indexes, keyed by (namespace, FineTuneJob name)."""
+
+    finetunejobs: kopf.Index[Key, Any]
+    jobs: kopf.Index[Key, Any]
+    pods: kopf.Index[Key, Any]
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> Indexes:
+        """kopf passes each index to a handler as a keyword named after its function."""
+        return cls(kwargs["finetunejobs"], kwargs["worker_jobs"], kwargs["worker_pods"])
+
+
+def runtime(memo: Any) -> Runtime:
     found: Runtime = memo.runtime
     return found
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kubetune.dev", key="last-handled-configuration"
@@ -84,28 +98,32 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 
 @kopf.index(*FINETUNEJOBS)
-def finetunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
-    return {(namespace, name): dict(body)}
+def finetunejobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    return {_key(namespace, name): dict(body)}
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
-def worker_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
-    return {(namespace, labels.get(JOB_NAME_LABEL, "")): dict(body)}
+def worker_jobs(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
+    return {_key(namespace, labels.get(JOB_NAME_LABEL, "")): dict(body)}
 
 
 @kopf.index("v1", "pods", labels=MANAGED)
-def worker_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
-    return {(namespace, labels.get(JOB_NAME_LABEL, "")): dict(body)}
+def worker_pods(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
+    return {_key(namespace, labels.get(JOB_NAME_LABEL, "")): dict(body)}
 
 
 @kopf.on.resume(*FINETUNEJOBS)
 @kopf.on.create(*FINETUNEJOBS)
 def reconcile(
-    body: kopf.Body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+    body: kopf.Body, namespace: str | None, name: str, patch: kopf.Patch, memo: Any, **_: Any
 ) -> None:
     """Validate the spec; create the children that are missing (existing ones count as done)."""
     with metrics.reconcile_timer("reconcile"):
-        shared = runtime(memo)
+        shared, (namespace, name) = runtime(memo), _key(namespace, name)
         checked = check_document(_without_status(body), f"{namespace}/{name}")
         if checked.job is None:
             message = "; ".join(str(problem) for problem in checked.problems)
@@ -130,8 +148,9 @@ def reconcile(
 
 
 @kopf.on.field(*FINETUNEJOBS, field="spec.runPolicy.suspend")
-def suspend_changed(new: Any, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+def suspend_changed(new: Any, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     """Suspend or resume the workers; a resumed group continues from its last checkpoint."""
+    namespace, name = _key(namespace, name)
     runtime(memo).cluster.set_suspended(namespace, builders.workers_name(name), bool(new))
 
 
@@ -154,61 +173,64 @@ def spec_changed(body: kopf.Body, diff: kopf.Diff, **_: Any) -> None:
 @kopf.on.event("v1", "pods", labels=MANAGED)
 def refresh_status(
     resource: kopf.Resource,
-    type: str | None,
-    namespace: str,
+    type: str,
+    namespace: str | None,
     name: str,
     labels: kopf.Labels,
-    memo: kopf.Memo,
-    finetunejobs: kopf.Index[Key, Any],
-    worker_jobs: kopf.Index[Key, Any],
-    worker_pods: kopf.Index[Key, Any],
-    **_: Any,
+    memo: Any,
+    **kwargs: Any,
 ) -> None:
     """Recompute the owning FineTuneJob's status from its children and act on the verdict."""
-    owner = name if resource.plural == v1alpha1.PLURAL else labels.get(JOB_NAME_LABEL, "")
-    key = (namespace, owner)
-    shared = runtime(memo)
-    if type == "DELETED" and resource.plural == v1alpha1.PLURAL:
+    is_finetunejob = resource.plural == v1alpha1.PLURAL
+    key = _key(namespace, name if is_finetunejob else labels.get(JOB_NAME_LABEL, ""))
+    if type == "DELETED" and is_finetunejob:
         metrics.JOBS.track(key, None)
         return
+    _refresh(runtime(memo), key, Indexes.of(kwargs))
+
+
+@kopf.timer(*FINETUNEJOBS, interval=TICK_SECONDS, initial_delay=TICK_SECONDS)
+def tick(
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    memo: Any,
+    **kwargs: Any,
+) -> None:
+    """What only the clock notices: the deadline, and ttlSecondsAfterFinished's cleanup."""
+    shared, key = runtime(memo), _key(namespace, name)
+    indexes = Indexes.of(kwargs)
+    _refresh(shared, key, indexes)
+    ttl = _run_policy(body).get("ttlSecondsAfterFinished")
+    finished_at = body.get("status", {}).get("completionTime")
+    if ttl is None or not finished_at or not indexes.jobs.get(key):
+        return
+    if (now() - datetime.fromisoformat(finished_at)).total_seconds() < ttl:
+        return
+    for child in builders.child_references(*reversed(key)):
+        shared.cluster.delete(child)
+    kopf.event(
+        body, type="Normal", reason="CleanedUp", message=f"children deleted {ttl}s after the end"
+    )
+
+
+def _refresh(shared: Runtime, key: Key, indexes: Indexes) -> None:
     with metrics.reconcile_timer("status"), shared.locks[key]:
-        ftj = _newest(finetunejobs.get(key, []))
+        ftj = _newest(indexes.finetunejobs.get(key, []))
         if ftj is None or not _validated(ftj):
             return
-        job = _current_job(worker_jobs.get(key, []), shared.restarted.get(key, 0))
+        job = _newest(indexes.jobs.get(key, []))
         update = status_rules.observe(
             ftj,
             job,
-            list(worker_pods.get(key, [])),
+            list(indexes.pods.get(key, [])),
             now=now(),
             backoff_limit=int(_run_policy(ftj).get("backoffLimit", 3)),
             active_deadline_seconds=_run_policy(ftj).get("activeDeadlineSeconds"),
         )
         _apply(shared, ftj, job, update)
-        metrics.JOBS.track(key, update.patch.get("phase") or ftj.get("status", {}).get("phase"))
-
-
-@kopf.timer(*FINETUNEJOBS, interval=TTL_CHECK_SECONDS, initial_delay=TTL_CHECK_SECONDS)
-def clean_up_finished(
-    body: kopf.Body,
-    namespace: str,
-    name: str,
-    memo: kopf.Memo,
-    worker_jobs: kopf.Index[Key, Any],
-    **_: Any,
-) -> None:
-    """After runPolicy.ttlSecondsAfterFinished, delete the children; the resource stays."""
-    ttl = _run_policy(body).get("ttlSecondsAfterFinished")
-    finished_at = body.get("status", {}).get("completionTime")
-    if ttl is None or not finished_at or not worker_jobs.get((namespace, name)):
-        return
-    if (now() - datetime.fromisoformat(finished_at)).total_seconds() < ttl:
-        return
-    for child in builders.child_references(name, namespace):
-        runtime(memo).cluster.delete(child)
-    kopf.event(
-        body, type="Normal", reason="CleanedUp", message=f"children deleted {ttl}s after the end"
-    )
+        status = {**ftj.get("status", {}), **update.patch}
+        metrics.JOBS.track(key, status.get("phase"))
 
 
 def _apply(
@@ -217,38 +239,40 @@ def _apply(
     job: Mapping[str, Any] | None,
     update: status_rules.StatusUpdate,
 ) -> None:
+    """Write the patch, post the Events, then delete or (re)create the worker Job."""
     namespace, name = ftj["metadata"]["namespace"], ftj["metadata"]["name"]
-    decision = update.decision
-    patch = dict(update.patch)
-    if decision.action == "restart" and job is not None:
-        restart = builders.restart_of(job) + 1
-        patch["restarts"] = restart
-    if patch:
-        shared.cluster.patch_status(namespace, name, patch)
+    if update.patch:
+        shared.cluster.patch_status(namespace, name, update.patch)
     _post(ftj, update.events)
-    if decision.action == "restart" and job is not None:
-        _restart_group(shared, ftj, restart)
-    elif decision.action == "fail" and job is not None and not _finished(job):
+    if update.decision.action == "restart":
+        metrics.RESTARTS.inc()
+    if update.decision.delete_job and job is not None:
         shared.cluster.delete_job(namespace, builders.workers_name(name))
+        return
+    status = {**ftj.get("status", {}), **update.patch}
+    if status.get("phase") not in TERMINAL_PHASES and _gone(job):
+        _create_workers(shared, ftj, int(status.get("restarts", 0)))
 
 
-def _restart_group(shared: Runtime, ftj: Mapping[str, Any], restart: int) -> None:
-    """Delete the failed Job and create it again; the trainer resumes from its checkpoint."""
-    namespace, name = ftj["metadata"]["namespace"], ftj["metadata"]["name"]
-    shared.restarted[(namespace, name)] = restart
-    checked = check_document(_without_status(ftj), f"{namespace}/{name}")
-    assert checked.job is not None  # only validated jobs reach here
-    shared.cluster.delete_job(namespace, builders.workers_name(name))
+def _create_workers(shared: Runtime, ftj: Mapping[str, Any], restart: int) -> None:
+    """Create the worker Job of group restart `restart`; the trainer resumes from the last
+    checkpoint in the output volume. A restart number already used is never used again,
+    even when the index still shows an older status."""
+    key = (ftj["metadata"]["namespace"], ftj["metadata"]["name"])
+    restart = max(restart, shared.restarted.get(key, 0))
+    checked = check_document(_without_status(ftj), f"{key[0]}/{key[1]}")
+    if checked.job is None:
+        return
     replacement = builders.build_job(
         checked.job,
-        namespace,
+        key[0],
         shared.settings,
         restart=restart,
         deadline_seconds=_deadline_left(checked.job, ftj),
     )
-    kopf.adopt(replacement, owner=kopf.Body(dict(ftj)))
-    shared.cluster.create(replacement)
-    metrics.RESTARTS.inc()
+    kopf.adopt(replacement, owner=_body(ftj))
+    if shared.cluster.create(replacement):
+        shared.restarted[key] = restart
 
 
 def _create_all(
@@ -268,7 +292,12 @@ def _created_message(created: list[str]) -> str:
 
 def _post(ftj: Mapping[str, Any], events: Iterable[status_rules.Event]) -> None:
     for event in events:
-        kopf.event(dict(ftj), type=event.type, reason=event.reason, message=event.message)
+        kopf.event(_body(ftj), type=event.type, reason=event.reason, message=event.message)
+
+
+def _body(ftj: Mapping[str, Any]) -> kopf.Body:
+    """A FineTuneJob kept in an index, as kopf's functions take it."""
+    return ftj if isinstance(ftj, kopf.Body) else kopf.Body(cast(kopf.RawBody, ftj))
 
 
 def _without_status(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -300,18 +329,11 @@ def _newest(bodies: Iterable[Any]) -> Mapping[str, Any] | None:
     return found[-1] if found else None
 
 
-def _current_job(jobs: Iterable[Any], restarted: int) -> Mapping[str, Any] | None:
-    """The Job of the newest group restart, ignoring any the operator already replaced."""
-    live = [
-        job
-        for job in jobs
-        if not job["metadata"].get("deletionTimestamp") and builders.restart_of(job) >= restarted
-    ]
-    return max(live, key=builders.restart_of, default=None)
+def _key(namespace: str | None, name: str) -> Key:
+    if namespace is None:
+        raise kopf.PermanentError("a FineTuneJob is namespaced; got one without a namespace")
+    return namespace, name
 
 
-def _finished(job: Mapping[str, Any]) -> bool:
-    conditions = job.get("status", {}).get("conditions") or []
-    return any(
-        c.get("type") in {"Complete", "Failed"} and c.get("status") == "True" for c in conditions
-    )
+def _gone(job: Mapping[str, Any] | None) -> bool:
+    return job is None or bool(job["metadata"].get("deletionTimestamp"))

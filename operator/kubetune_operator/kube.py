@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -46,9 +46,9 @@ def connect() -> client.ApiClient:
     """A client with the pod's service account in a cluster, else the current kubeconfig."""
     try:
         if os.path.exists(SERVICE_ACCOUNT_TOKEN) and "KUBERNETES_SERVICE_HOST" in os.environ:
-            config.load_incluster_config()
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
         else:
-            config.load_kube_config()
+            config.load_kube_config()  # type: ignore[no-untyped-call]
     except config.ConfigException as error:
         raise KubeError(f"cannot find a cluster to talk to: {error}") from None
     return client.ApiClient()
@@ -66,7 +66,7 @@ class Cluster:
         try:
             if obj["apiVersion"] == v1alpha1.API_VERSION:
                 client.CustomObjectsApi(self.api).create_namespaced_custom_object(
-                    v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, obj
+                    v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, dict(obj)
                 )
             else:
                 api_class, method = _CREATE_METHODS[(obj["apiVersion"], obj["kind"])]
@@ -78,11 +78,11 @@ class Cluster:
         return True
 
     def delete_job(self, namespace: str, name: str) -> None:
-        """Delete a batch Job now; its pods go in the background, so a new Job of the same
-        name can be created at once (the operator ignores pods of the old one)."""
+        """Delete a batch Job and, before it disappears, its pods (foreground deletion), so
+        the next worker group of the same name never meets the old one."""
         self._ignore_missing(
             lambda: client.BatchV1Api(self.api).delete_namespaced_job(
-                name, namespace, propagation_policy="Background"
+                name, namespace, propagation_policy="Foreground"
             )
         )
 
@@ -134,8 +134,7 @@ class Cluster:
             if error.status == NOT_FOUND:
                 raise KubeError(f"FineTuneJob {namespace}/{name} not found") from None
             raise
-        result: dict[str, Any] = found
-        return result
+        return cast(dict[str, Any], found)
 
     @staticmethod
     def _ignore_missing(call: Callable[[], object]) -> None:

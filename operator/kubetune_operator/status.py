@@ -26,6 +26,7 @@ delete the children while the status must stay.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -639,11 +640,22 @@ def _trainer_termination(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     if trainer is None:
         return None
     terminated = _mapping(_mapping(trainer.get("state")).get("terminated"))
-    if terminated:
-        return terminated
     # restartPolicy OnFailure restarts the container in place; its last exit is the cause.
-    last = _mapping(_mapping(trainer.get("lastState")).get("terminated"))
-    return last or None
+    last = terminated or _mapping(_mapping(trainer.get("lastState")).get("terminated"))
+    return _with_trainer_record(last) if last else None
+
+
+def _with_trainer_record(terminated: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The container's exit, with the exit code and message the trainer wrote to its
+    termination message (JSON) when it did: `accelerate launch` reports every failed child
+    as exit code 1, so the code Kubernetes saw may not be the trainer's."""
+    try:
+        record = json.loads(str(terminated.get("message") or ""))
+    except ValueError:
+        return terminated
+    if not isinstance(record, dict) or not isinstance(record.get("exitCode"), int):
+        return terminated
+    return {**terminated, "exitCode": record["exitCode"], "message": str(record.get("message", ""))}
 
 
 # The desired status, its patch and its Events.

@@ -105,8 +105,13 @@ def test_too_many_dropped_rows_fail_with_the_counts_in_the_status(
     config_file = tmp_path / "config.json"
     config_file.write_text(config.model_dump_json(by_alias=True))
     output = tmp_path / "run"
-    code = main(["--config", str(config_file), "--output", str(output)], env={})
+    termination_log = tmp_path / "termination-log"
+    env = {"KUBETUNE_TERMINATION_LOG": str(termination_log)}
+    code = main(["--config", str(config_file), "--output", str(output)], env=env)
     assert code == EXIT_INVALID_INPUT
+    record = json.loads(termination_log.read_text())
+    assert record["exitCode"] == EXIT_INVALID_INPUT
+    assert "maxDroppedFraction" in record["message"]
     (status,) = sections(output, "dataValidation")
     assert status["passed"] is False
     assert "maxDroppedFraction" in status["message"]

@@ -366,6 +366,7 @@ def test_the_environment_of_a_gpu_worker() -> None:
         "KUBETUNE_METRICS_PORT": "9400",
         "KUBETUNE_PVC_ROOT": "/mnt/kubetune/pvc",
         "KUBETUNE_SERVICE_ACCOUNT_DIR": "/var/run/kubetune/serviceaccount",
+        "KUBETUNE_TERMINATION_LOG": "/dev/termination-log",
         "HOME": "/tmp",
         "HF_HOME": "/tmp/huggingface",
         "MPLCONFIGDIR": "/tmp/matplotlib",

@@ -403,6 +403,23 @@ def test_rejected_data_fails_without_restart_even_when_accelerate_reports_exit_c
     assert "the data was rejected: 0 rows left after the quality rules" in update.decision.message
 
 
+def test_the_trainers_termination_record_beats_the_exit_code_accelerate_reports() -> None:
+    record = '{"exitCode": 3, "message": "data.train: file not found"}'
+    refusal = pod(0, phase="Failed", state=terminated(1, message=record))
+    update = look(finetunejob(running_status()), worker_job(), [refusal, pod(1)])
+    assert update.decision.action == "fail"
+    assert update.decision.reason == "InvalidInput"
+    assert "(exit code 3) on worker 0" in update.decision.message
+    assert "data.train: file not found" in update.decision.message
+
+
+def test_a_termination_message_that_is_not_the_trainers_record_keeps_the_exit_code() -> None:
+    crash = pod(0, phase="Failed", state=terminated(1, message='{"exitCode": "three"}'))
+    update = look(finetunejob(running_status()), worker_job(), [crash, pod(1)])
+    assert update.decision.action == "restart"
+    assert "exit code 1" in update.decision.message
+
+
 def test_exit_code_4_fails_with_training_failed_and_the_diagnosis() -> None:
     status = {
         **running_status(),

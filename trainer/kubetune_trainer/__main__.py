@@ -8,6 +8,8 @@ else a crash worth retrying from the last checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -28,6 +30,9 @@ from kubetune_trainer.recipe import Recipe, RunResult
 from kubetune_trainer.sources import SourceError, pvc_root
 
 INPUT_ERRORS = (DataError, SourceError, ModelError)
+TERMINATION_LOG_ENV = "KUBETUNE_TERMINATION_LOG"
+MAX_TERMINATION_MESSAGE = 3000
+"""Kubernetes keeps 4 KiB of a termination message; the JSON around it needs a little."""
 
 
 def run_training(
@@ -66,18 +71,30 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
     try:
         config = read_config(Path(args.config))
     except (OSError, ValidationError) as error:
-        console.print(
-            f"kubetune trainer: cannot read the config {args.config}: {error}", markup=False
-        )
-        return EXIT_INVALID_INPUT
+        message = f"cannot read the config {args.config}: {error}"
+        console.print(f"kubetune trainer: {message}", markup=False)
+        return record_exit(env, EXIT_INVALID_INPUT, message)
     output = args.output or config.output_directory(args.job_name, pvc_root())
     assert output is not None  # with a claim mount root, every output has a directory
     try:
         result = run_training(config, output, job_name=args.job_name, env=env, console=console)
     except INPUT_ERRORS as error:
         console.print(f"kubetune trainer: {error}", markup=False)
-        return EXIT_INVALID_INPUT
-    return 0 if result.succeeded else EXIT_TRAINING_FAILED
+        return record_exit(env, EXIT_INVALID_INPUT, str(error))
+    if not result.succeeded:
+        return record_exit(env, EXIT_TRAINING_FAILED, result.message)
+    return 0
+
+
+def record_exit(env: Mapping[str, str], code: int, message: str) -> int:
+    """Write the exit code and why to KUBETUNE_TERMINATION_LOG (a pod's termination message,
+    which `accelerate launch` cannot garble the way it garbles exit codes); return `code`."""
+    path = env.get(TERMINATION_LOG_ENV)
+    if path:
+        record = {"exitCode": code, "message": message[:MAX_TERMINATION_MESSAGE]}
+        with contextlib.suppress(OSError):  # the exit code still says it
+            Path(path).write_text(json.dumps(record), encoding="utf-8")
+    return code
 
 
 if __name__ == "__main__":
