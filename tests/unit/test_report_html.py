@@ -6,12 +6,17 @@ from __future__ import annotations
 import copy
 import re
 from collections import Counter
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import Element, TreeBuilder
 
+import matplotlib
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from kubetune_trainer import report as report_module
 from kubetune_trainer import report_html as render
@@ -493,6 +498,40 @@ def svg_texts(root: Element, chart_id: str) -> list[str]:
     return [text(t).strip() for t in svg.iter("text")]
 
 
+SCHEDULE_COLOUR = "#64748b"
+"""The colour of the freezing schedule's change markers (report_html._mark_changes)."""
+
+
+def dotted_paths(root: Element, chart_id: str, colour: str) -> int:
+    """How many dashed or dotted lines of `colour` the chart draws (legend samples included)."""
+    svg = by_id(root, chart_id)
+    assert svg is not None, chart_id
+    return sum(
+        1
+        for path in svg.iter("path")
+        if f"stroke: {colour}" in path.get("style", "")
+        and "stroke-dasharray" in path.get("style", "")
+    )
+
+
+def drawn(monkeypatch: pytest.MonkeyPatch, make_chart: Callable[[], object]) -> Figure:
+    """The matplotlib figure a chart function draws, kept instead of turned into SVG."""
+    figures: list[Figure] = []
+    inline = render.chart
+
+    def keep(chart_id: str, title: str, draw: render.Draw, size: tuple[float, float]) -> Any:
+        with matplotlib.rc_context(render.CHART_STYLE):
+            figure = Figure(figsize=size, layout="constrained")
+            draw(figure)
+        figures.append(figure)
+        return inline(chart_id, title, draw, size)
+
+    monkeypatch.setattr(render, "chart", keep)
+    make_chart()
+    assert len(figures) == 1
+    return figures[0]
+
+
 @pytest.fixture(scope="module")
 def page() -> str:
     """The full report's page, drawn once for the tests that only read it."""
@@ -780,6 +819,31 @@ def test_curves_mark_the_best_evaluation(root: Element) -> None:
     assert table_rows(evaluations)[2] == ["80", "2", "0.83", "0.79", "0.52"]
 
 
+def test_loss_and_metric_curves_mark_where_the_freezing_schedule_changed(root: Element) -> None:
+    for chart_id in ("chart-loss", "chart-metrics"):
+        assert "schedule change" in svg_texts(root, chart_id), chart_id
+    report = full_report()
+    report["freezing"] = report["freezing"][:1]  # one stage: nothing changes
+    unchanged = dom(render_html(report))
+    for chart_id in ("chart-loss", "chart-metrics"):
+        assert "schedule change" not in svg_texts(unchanged, chart_id), chart_id
+
+
+def test_loss_and_metric_curves_draw_one_line_per_schedule_change() -> None:
+    one_stage, two_stages, three_stages = full_report(), full_report(), full_report()
+    one_stage["freezing"] = one_stage["freezing"][:1]
+    three_stages["freezing"].append(
+        {"epoch": 3, "step": 80, "trainable": ["block 0", "block 1", "head"], "frozen": []}
+    )
+    for chart_id in ("chart-loss", "chart-metrics"):
+        counts = [
+            dotted_paths(dom(render_html(report)), chart_id, SCHEDULE_COLOUR)
+            for report in (one_stage, two_stages, three_stages)
+        ]
+        # The first change adds its line and the legend's sample; the second only its line.
+        assert [counts[1] - counts[0], counts[2] - counts[1]] == [2, 1], chart_id
+
+
 def test_a_long_loss_curve_is_thinned_so_the_page_stays_small(page: str) -> None:
     report = full_report()
     report["curves"]["trainLoss"] = [[s, 1 / s**0.5] for s in range(1, 100_001)]
@@ -973,6 +1037,32 @@ def test_many_classes_get_the_table_only_and_a_malformed_matrix_no_chart() -> No
     root = dom(render_html(report))
     assert by_id(root, "chart-confusion") is None
     assert len(table_rows(find_table(root, "per-class"))) == 4
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        ["negative", "positive"],
+        ["negative", "positive", "neutral"],
+        [f"a class with a long name, number {i}" for i in range(12)],
+    ],
+)
+def test_every_text_of_the_confusion_chart_lies_inside_the_figure(
+    labels: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    matrix = [[(i + 2 * j) % 7 for j in range(len(labels))] for i in range(len(labels))]
+    figure = drawn(monkeypatch, lambda: render.confusion_chart(labels, matrix))
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    texts = [t for t in figure.findobj(Text) if t.get_visible() and t.get_text()]
+    assert "Confusion matrix" in [t.get_text() for t in texts]
+    outside = [
+        t.get_text()
+        for t in texts
+        if not figure.bbox.contains(*t.get_window_extent(renderer).p0)
+        or not figure.bbox.contains(*t.get_window_extent(renderer).p1)
+    ]
+    assert outside == []
 
 
 def test_top_tokens_per_class_and_per_group(root: Element) -> None:
