@@ -334,7 +334,14 @@ def full_report() -> dict[str, Any]:
                         "split": "train",
                         "mode": "drop",
                         "matched": 12,
-                        "examples": [{"row": 17, "text": "   ", "label": "negative"}],
+                        "examples": [
+                            {
+                                "row": 17,
+                                "file": "data/train.csv",
+                                "text": "   ",
+                                "label": "negative",
+                            }
+                        ],
                     },
                     {
                         "rule": "duplicates",
@@ -342,8 +349,18 @@ def full_report() -> dict[str, Any]:
                         "mode": "drop",
                         "matched": 1234,
                         "examples": [
-                            {"row": 201, "text": SCRIPT, "label": "negative"},
-                            {"row": 305, "text": IMG, "label": "positive"},
+                            {
+                                "row": 201,
+                                "file": "data/train.csv",
+                                "text": SCRIPT,
+                                "label": "negative",
+                            },
+                            {
+                                "row": 3,
+                                "file": "pvc://gen/synthetic.csv",
+                                "text": IMG,
+                                "label": "positive",
+                            },
                         ],
                     },
                     {
@@ -365,7 +382,14 @@ def full_report() -> dict[str, Any]:
                         "split": "train",
                         "mode": "warn",
                         "matched": 7,
-                        "examples": [{"row": 2, "text": "My new toaster", "label": "positive"}],
+                        "examples": [
+                            {
+                                "row": 2,
+                                "file": "data/train.csv",
+                                "text": "My new toaster",
+                                "label": "positive",
+                            }
+                        ],
                     },
                 ],
             },
@@ -668,12 +692,16 @@ def test_rows_in_and_out_per_split(root: Element) -> None:
     ]
 
 
-def test_example_rows_per_rule_with_row_numbers_and_labels(root: Element) -> None:
+def test_example_rows_per_rule_with_their_files_row_numbers_and_labels(root: Element) -> None:
     tables = [t for t in root.iter("table") if t.get("class") == "examples"]
+    assert [table_rows(t)[0] for t in tables] == [["file", "row (from 0)", "label", "text"]] * 3
     assert [table_rows(t)[1:] for t in tables] == [
-        [["17", "negative", ""]],
-        [["201", "negative", SCRIPT], ["305", "positive", IMG]],
-        [["2", "positive", "My new toaster"]],
+        [["data/train.csv", "17", "negative", ""]],
+        [
+            ["data/train.csv", "201", "negative", SCRIPT],
+            ["pvc://gen/synthetic.csv", "3", "positive", IMG],
+        ],
+        [["data/train.csv", "2", "positive", "My new toaster"]],
     ]
     titles = [text(h) for h in root.iter("h4") if "\u00b7" in text(h)]
     assert titles == [
@@ -681,6 +709,17 @@ def test_example_rows_per_rule_with_row_numbers_and_labels(root: Element) -> Non
         "duplicates \u00b7 train: 2 of 1,234",
         "leakage \u00b7 train: 1 of 7",
     ]
+
+
+def test_examples_of_a_report_that_names_no_files_have_no_file_column() -> None:
+    report = full_report()
+    for result in report["data"]["quality"]["results"]:
+        for example in result["examples"]:
+            del example["file"]
+    examples = next(
+        t for t in dom(render_html(report)).iter("table") if t.get("class") == "examples"
+    )
+    assert table_rows(examples) == [["row (from 0)", "label", "text"], ["17", "negative", ""]]
 
 
 def test_the_class_chart_is_an_svg_naming_every_class_in_and_out_per_split(root: Element) -> None:

@@ -1179,7 +1179,8 @@ def _quality_row(result: Mapping[str, Any]) -> Row:
 
 
 def _examples(data: Mapping[str, Any]) -> Markup:
-    """A few of the rows each rule matched, as they are in the file (escaped)."""
+    """A few of the rows each rule matched, as they are in their file (escaped), and which
+    file that is."""
     results = map(_mapping, _sequence(_quality(data).get("results")))
     parts = [part for part in map(_rule_examples, results) if part]
     return join([tag("h3", "Example rows"), *parts]) if parts else Markup("")
@@ -1193,6 +1194,9 @@ def _rule_examples(result: Mapping[str, Any]) -> Markup:
     title = f"{result.get('rule')} \u00b7 {result.get('split')}: {len(examples):,} of {matched}"
     rows = [[e.get("row"), e.get("label"), TextCell(e.get("text") or "")] for e in examples]
     headers = ["row (from 0)", "label", "text"]
+    if any("file" in e for e in examples):  # reports before the file was recorded lack it
+        rows = [[e.get("file"), *row] for e, row in zip(examples, rows, strict=True)]
+        headers = ["file", *headers]
     return join([tag("h4", title), table(headers, rows, class_="examples")])
 
 

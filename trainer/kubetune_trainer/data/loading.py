@@ -48,7 +48,8 @@ def read_source(source: DataSource, field: str) -> Rows:
     table = _concat_shards([_read_file(file, data_format, field) for file in files], path, field)
     if table.num_rows == 0:
         raise DataError(f"{field}.source: {path} has no rows")
-    return Rows(table, str(path), np.arange(table.num_rows, dtype=np.int64))
+    positions = np.arange(table.num_rows, dtype=np.int64)
+    return Rows(table, str(path), positions, np.full(table.num_rows, source.source, dtype=object))
 
 
 def _concat_shards(tables: list[pa.Table], path: Path, field: str) -> pa.Table:

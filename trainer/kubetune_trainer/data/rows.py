@@ -33,7 +33,10 @@ class Rows:
     origin: str
     """The file or directory, for messages."""
     positions: npt.NDArray[np.int64]
-    """Where each row is in `origin` (from 0), for messages once a split has taken rows."""
+    """Where each row is in its file (from 0), for messages once a split has taken rows."""
+    files: npt.NDArray[np.object_]
+    """The source each row was read from, as the manifest names it: the training rows
+    hold the synthetic sources' rows too, and their examples must say whose row they show."""
     label_ids: npt.NDArray[np.int64] = dataclasses.field(
         default_factory=lambda: np.zeros(0, np.int64)
     )
@@ -48,6 +51,7 @@ class Rows:
             self,
             table=self.table.take(indices),
             positions=self.positions[indices],
+            files=self.files[indices],
             label_ids=self.label_ids[indices] if self.label_ids.size else self.label_ids,
             sources=self.sources[indices] if self.sources.size else self.sources,
         )
@@ -58,6 +62,7 @@ class Rows:
             self,
             table=pa.concat_tables([self.table, more.table.select(self.table.column_names)]),
             positions=np.concatenate([self.positions, more.positions]),
+            files=np.concatenate([self.files, more.files]),
             label_ids=np.concatenate([self.label_ids, more.label_ids]),
             sources=np.concatenate([self.sources, more.sources]),
         )

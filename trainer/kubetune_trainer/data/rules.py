@@ -58,7 +58,13 @@ def apply_quality_rules(
     for rows in (train, validation):  # a column of lists or structs is no text to check
         as_text(rows, data.text_column, "data.textColumn")
     train_input, validation_input = (
-        SplitInput(rows.table, rows.positions, _token_counts(rows, data, tokenizer), rows.origin)
+        SplitInput(
+            rows.table,
+            rows.positions,
+            _token_counts(rows, data, tokenizer),
+            rows.origin,
+            rows.files,
+        )
         for rows in (train, validation)
     )
     try:

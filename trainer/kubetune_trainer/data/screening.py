@@ -96,7 +96,7 @@ def _settle(
         split,
         mode,
         found.matched,
-        SplitInput(rows.table, rows.positions, origin=rows.origin),
+        SplitInput(rows.table, rows.positions, origin=rows.origin, files=rows.files),
         text_column=data.text_column,
         label_column=label,
         limit=data.quality.examples_per_rule,
