@@ -66,6 +66,7 @@ CHECKPOINT_PREFIX = "step-"
 MODEL_DIR = "model"
 CACHE_DIR = "cache"
 """Under the output folder: the prepared data of the last start (data_cache)."""
+SECONDS_PER_HOUR = 3600
 MAX_LOGS_PER_RUN = 200
 """Logging reduces the loss across processes (a host sync): keep it to a few hundred times a run."""
 
@@ -486,6 +487,11 @@ class Recipe:
         return loss
 
     @property
+    def gpus(self) -> int:
+        """The GPUs the run holds: one per process, none when it runs on the CPU."""
+        return 0 if self.accelerator.device.type == "cpu" else self.processes
+
+    @property
     def is_language_model(self) -> bool:
         return self.config.model.task == "causal-lm"
 
@@ -878,6 +884,7 @@ class Recipe:
         sections: dict[str, Any],
     ) -> dict[str, Any]:
         assert self.data is not None
+        cost = {"cost": run_cost(self.timings.get("trainSeconds", 0.0), self.gpus)}
         report = build_report(
             config=self.config,
             job_name=self.job_name,
@@ -885,7 +892,7 @@ class Recipe:
             state=self.state.state_dict(),
             best_metrics=best,
             diagnosis=diagnosis.to_status(),
-            sections=sections,
+            sections={**sections, **cost},
             timings=self.timings,
             succeeded=succeeded,
             processes=self.processes,
@@ -931,6 +938,14 @@ def freezing_summary(entry: dict[str, Any]) -> str:
     trained = ", ".join(f"{g} ({rates[g]:.2g})" if g in rates else g for g in entry["trainable"])
     frozen = ", ".join(entry["frozen"]) or "nothing"
     return f"epoch {entry['epoch']} trains {trained}; frozen: {frozen}"
+
+
+def run_cost(train_seconds: float, gpus: int) -> dict[str, float]:
+    """report.json's cost: the GPU-hours of training (its wall-clock time on every GPU).
+
+    The amount and its currency need a price per GPU-hour, which the trainer does not know.
+    """
+    return {"gpuHours": train_seconds * gpus / SECONDS_PER_HOUR}
 
 
 def checkpoint_name(step: int) -> str:
