@@ -194,7 +194,7 @@ def kubetune_side(train_path: Path, validation_path: Path) -> Result:
     started = time.perf_counter()
     from kubetune_trainer.balance import resample
     from kubetune_trainer.config import DataQualitySpec, DataSource
-    from kubetune_trainer.data import _read_source, quality_settings
+    from kubetune_trainer.data import quality_settings, read_source
     from kubetune_trainer.quality import check
 
     stamps = {"imports": time.perf_counter()}
@@ -202,7 +202,7 @@ def kubetune_side(train_path: Path, validation_path: Path) -> Result:
 
     def read(path: Path, field: str) -> pa.Table:
         """What prepare_data reads with (load_table adds a datasets fingerprint of the rows)."""
-        return _read_source(DataSource.model_validate({"source": str(path)}), field).table
+        return read_source(DataSource.model_validate({"source": str(path)}), field).table
 
     train, validation = read(train_path, "data.train"), read(validation_path, "data.validation")
     rows_in = train.num_rows + validation.num_rows

@@ -14,7 +14,13 @@ from safetensors.torch import load_file
 
 from kubetune_trainer.__main__ import run_training
 from kubetune_trainer.config import TrainingConfig
-from kubetune_trainer.recipe import Recipe, RunResult, classification_loss, l1_penalty
+from kubetune_trainer.recipe import (
+    Recipe,
+    RunResult,
+    classification_loss,
+    l1_penalty,
+    run_cost,
+)
 
 
 def make_config(model: Path, data: tuple[Path, Path], **sections: Any) -> TrainingConfig:
@@ -54,6 +60,12 @@ def test_class_weighted_loss_equals_a_hand_computation() -> None:
     assert classification_loss(logits, labels).item() == pytest.approx(sum(ce) / 3, rel=1e-6)
 
 
+def test_gpu_hours_are_the_training_time_on_every_gpu() -> None:
+    assert run_cost(1800.0, 4) == {"gpuHours": 2.0}
+    assert run_cost(5400.0, 1) == {"gpuHours": 1.5}
+    assert run_cost(5400.0, 0) == {"gpuHours": 0.0}
+
+
 def test_l1_penalty_is_the_sum_of_absolute_values() -> None:
     a, b = torch.nn.Parameter(torch.tensor([1.0, -2.0])), torch.nn.Parameter(torch.tensor([[-0.5]]))
     assert l1_penalty([a, b]).item() == pytest.approx(3.5)
@@ -74,6 +86,7 @@ def test_a_run_writes_a_loadable_model_and_a_full_report(
     assert report["bestMetrics"]["accuracy"] > report["data"]["majorityRate"]
     assert report["diagnosis"]["verdict"] in ("Healthy", "Overfitting", "Underfitting")
     assert set(report["versions"]) >= {"python", "torch", "transformers", "accelerate"}
+    assert report["cost"] == {"gpuHours": 0.0}  # a CPU run holds no GPU
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
     assert model.config.id2label == {0: "negative", 1: "positive"}

@@ -222,6 +222,39 @@ def test_synthetic_rows_join_training_and_go_through_the_rules(
     assert "__kubetune_synthetic" not in prepared.train.column_names
 
 
+def test_every_example_row_names_the_file_it_was_read_from(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    blank = {"text": "", "label": "negative", "dialect": "regional"}
+    train_rows = [
+        *sentences(30, "positive", 1, dialect="standard"),
+        blank,  # row 30
+        *sentences(15, "negative", 2, dialect="regional"),
+    ]
+    train = write_csv(tmp_path / "train.csv", train_rows)
+    validation = write_csv(
+        tmp_path / "val.csv",
+        sentences(10, "positive", 3, dialect="standard")
+        + sentences(10, "negative", 4, dialect="regional"),
+    )
+    unlabelled = {**sentences(1, "negative", 9)[0], "label": "", "dialect": "regional"}
+    synthetic_rows = [*sentences(2, "negative", 8, dialect="regional"), blank, unlabelled]
+    synthetic = write_csv(tmp_path / "synthetic.csv", synthetic_rows)
+    augmentation = {"multiple": 0, "syntheticSources": [{"source": str(synthetic)}]}
+    config = config_for(train, validation, augmentation=augmentation)
+
+    results = prepare_data(config, tokenizer).report.quality.results
+    found = {
+        result.rule: [(example["file"], example["row"]) for example in result.examples]
+        for result in results
+        if result.matched
+    }
+    assert found == {
+        "missingValues": [(str(synthetic), 3)],
+        "empty": [(str(train), 30), (str(synthetic), 2)],
+    }
+
+
 def test_a_synthetic_source_with_an_unknown_label_is_refused(
     imbalanced: tuple[Path, Path], tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:

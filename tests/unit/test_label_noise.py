@@ -172,7 +172,8 @@ def test_warn_mode_reports_the_suspects_and_keeps_them(
     assert result.matched <= 13
     assert prepared.quality.flagged()["labelNoise"] == result.matched
     example = result.examples[0]
-    assert set(example) == {"row", "text", "label", "suggested", "probability"}
+    assert set(example) == {"row", "file", "text", "label", "suggested", "probability"}
+    assert example["file"] == str(train)
     assert example["suggested"] in NAMES
     assert example["suggested"] != example["label"]
     assert 0.5 < example["probability"] <= 1

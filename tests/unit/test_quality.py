@@ -568,8 +568,20 @@ def test_two_rows_without_a_label_are_dropped_and_shown(
     missing = result_of(prepared.quality, "missingValues")
     assert (missing.mode, missing.matched) == ("drop", 2)
     assert missing.examples == [
-        {"row": 2, "text": "review 2 of the kettle", "label": "", "missing": "label"},
-        {"row": 4, "text": "review 4 of the kettle", "label": "  ", "missing": "label"},
+        {
+            "row": 2,
+            "file": str(train),
+            "text": "review 2 of the kettle",
+            "label": "",
+            "missing": "label",
+        },
+        {
+            "row": 4,
+            "file": str(train),
+            "text": "review 4 of the kettle",
+            "label": "  ",
+            "missing": "label",
+        },
     ]
     assert result_of(prepared.quality, "missingValues", "validation").matched == 0
     assert prepared.quality.results[0] is missing  # the per-file rules open the report
@@ -642,7 +654,9 @@ def test_one_unknown_label_is_dropped_in_drop_mode(
     prepared = prepare_data(config(train, validation, labels=labels, quality=drop), tokenizer)
     unknown = result_of(prepared.quality, "unknownLabels")
     assert (unknown.mode, unknown.matched) == ("drop", 1)
-    assert unknown.examples == [{"row": 2, "text": "review 2 of the kettle", "label": "postive"}]
+    assert unknown.examples == [
+        {"row": 2, "file": str(train), "text": "review 2 of the kettle", "label": "postive"}
+    ]
     assert len(prepared.train) == 9
     assert prepared.quality.dropped() == {"unknownLabels": 1}
     balanced(prepared)

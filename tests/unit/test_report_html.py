@@ -6,12 +6,17 @@ from __future__ import annotations
 import copy
 import re
 from collections import Counter
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import Element, TreeBuilder
 
+import matplotlib
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from kubetune_trainer import report as report_module
 from kubetune_trainer import report_html as render
@@ -329,7 +334,14 @@ def full_report() -> dict[str, Any]:
                         "split": "train",
                         "mode": "drop",
                         "matched": 12,
-                        "examples": [{"row": 17, "text": "   ", "label": "negative"}],
+                        "examples": [
+                            {
+                                "row": 17,
+                                "file": "data/train.csv",
+                                "text": "   ",
+                                "label": "negative",
+                            }
+                        ],
                     },
                     {
                         "rule": "duplicates",
@@ -337,8 +349,18 @@ def full_report() -> dict[str, Any]:
                         "mode": "drop",
                         "matched": 1234,
                         "examples": [
-                            {"row": 201, "text": SCRIPT, "label": "negative"},
-                            {"row": 305, "text": IMG, "label": "positive"},
+                            {
+                                "row": 201,
+                                "file": "data/train.csv",
+                                "text": SCRIPT,
+                                "label": "negative",
+                            },
+                            {
+                                "row": 3,
+                                "file": "pvc://gen/synthetic.csv",
+                                "text": IMG,
+                                "label": "positive",
+                            },
                         ],
                     },
                     {
@@ -360,7 +382,14 @@ def full_report() -> dict[str, Any]:
                         "split": "train",
                         "mode": "warn",
                         "matched": 7,
-                        "examples": [{"row": 2, "text": "My new toaster", "label": "positive"}],
+                        "examples": [
+                            {
+                                "row": 2,
+                                "file": "data/train.csv",
+                                "text": "My new toaster",
+                                "label": "positive",
+                            }
+                        ],
                     },
                 ],
             },
@@ -491,6 +520,40 @@ def svg_texts(root: Element, chart_id: str) -> list[str]:
     assert svg is not None, chart_id
     assert svg.tag == "svg"
     return [text(t).strip() for t in svg.iter("text")]
+
+
+SCHEDULE_COLOUR = "#64748b"
+"""The colour of the freezing schedule's change markers (report_html._mark_changes)."""
+
+
+def dotted_paths(root: Element, chart_id: str, colour: str) -> int:
+    """How many dashed or dotted lines of `colour` the chart draws (legend samples included)."""
+    svg = by_id(root, chart_id)
+    assert svg is not None, chart_id
+    return sum(
+        1
+        for path in svg.iter("path")
+        if f"stroke: {colour}" in path.get("style", "")
+        and "stroke-dasharray" in path.get("style", "")
+    )
+
+
+def drawn(monkeypatch: pytest.MonkeyPatch, make_chart: Callable[[], object]) -> Figure:
+    """The matplotlib figure a chart function draws, kept instead of turned into SVG."""
+    figures: list[Figure] = []
+    inline = render.chart
+
+    def keep(chart_id: str, title: str, draw: render.Draw, size: tuple[float, float]) -> Any:
+        with matplotlib.rc_context(render.CHART_STYLE):
+            figure = Figure(figsize=size, layout="constrained")
+            draw(figure)
+        figures.append(figure)
+        return inline(chart_id, title, draw, size)
+
+    monkeypatch.setattr(render, "chart", keep)
+    make_chart()
+    assert len(figures) == 1
+    return figures[0]
 
 
 @pytest.fixture(scope="module")
@@ -629,12 +692,16 @@ def test_rows_in_and_out_per_split(root: Element) -> None:
     ]
 
 
-def test_example_rows_per_rule_with_row_numbers_and_labels(root: Element) -> None:
+def test_example_rows_per_rule_with_their_files_row_numbers_and_labels(root: Element) -> None:
     tables = [t for t in root.iter("table") if t.get("class") == "examples"]
+    assert [table_rows(t)[0] for t in tables] == [["file", "row (from 0)", "label", "text"]] * 3
     assert [table_rows(t)[1:] for t in tables] == [
-        [["17", "negative", ""]],
-        [["201", "negative", SCRIPT], ["305", "positive", IMG]],
-        [["2", "positive", "My new toaster"]],
+        [["data/train.csv", "17", "negative", ""]],
+        [
+            ["data/train.csv", "201", "negative", SCRIPT],
+            ["pvc://gen/synthetic.csv", "3", "positive", IMG],
+        ],
+        [["data/train.csv", "2", "positive", "My new toaster"]],
     ]
     titles = [text(h) for h in root.iter("h4") if "\u00b7" in text(h)]
     assert titles == [
@@ -642,6 +709,17 @@ def test_example_rows_per_rule_with_row_numbers_and_labels(root: Element) -> Non
         "duplicates \u00b7 train: 2 of 1,234",
         "leakage \u00b7 train: 1 of 7",
     ]
+
+
+def test_examples_of_a_report_that_names_no_files_have_no_file_column() -> None:
+    report = full_report()
+    for result in report["data"]["quality"]["results"]:
+        for example in result["examples"]:
+            del example["file"]
+    examples = next(
+        t for t in dom(render_html(report)).iter("table") if t.get("class") == "examples"
+    )
+    assert table_rows(examples) == [["row (from 0)", "label", "text"], ["17", "negative", ""]]
 
 
 def test_the_class_chart_is_an_svg_naming_every_class_in_and_out_per_split(root: Element) -> None:
@@ -778,6 +856,31 @@ def test_curves_mark_the_best_evaluation(root: Element) -> None:
     assert table_rows(evaluations)[0] == ["step", "epoch", "accuracy", "f1Macro", "loss"]
     assert [r.get("class") for r in rows[1:]] == [None, "best", None]
     assert table_rows(evaluations)[2] == ["80", "2", "0.83", "0.79", "0.52"]
+
+
+def test_loss_and_metric_curves_mark_where_the_freezing_schedule_changed(root: Element) -> None:
+    for chart_id in ("chart-loss", "chart-metrics"):
+        assert "schedule change" in svg_texts(root, chart_id), chart_id
+    report = full_report()
+    report["freezing"] = report["freezing"][:1]  # one stage: nothing changes
+    unchanged = dom(render_html(report))
+    for chart_id in ("chart-loss", "chart-metrics"):
+        assert "schedule change" not in svg_texts(unchanged, chart_id), chart_id
+
+
+def test_loss_and_metric_curves_draw_one_line_per_schedule_change() -> None:
+    one_stage, two_stages, three_stages = full_report(), full_report(), full_report()
+    one_stage["freezing"] = one_stage["freezing"][:1]
+    three_stages["freezing"].append(
+        {"epoch": 3, "step": 80, "trainable": ["block 0", "block 1", "head"], "frozen": []}
+    )
+    for chart_id in ("chart-loss", "chart-metrics"):
+        counts = [
+            dotted_paths(dom(render_html(report)), chart_id, SCHEDULE_COLOUR)
+            for report in (one_stage, two_stages, three_stages)
+        ]
+        # The first change adds its line and the legend's sample; the second only its line.
+        assert [counts[1] - counts[0], counts[2] - counts[1]] == [2, 1], chart_id
 
 
 def test_a_long_loss_curve_is_thinned_so_the_page_stays_small(page: str) -> None:
@@ -973,6 +1076,32 @@ def test_many_classes_get_the_table_only_and_a_malformed_matrix_no_chart() -> No
     root = dom(render_html(report))
     assert by_id(root, "chart-confusion") is None
     assert len(table_rows(find_table(root, "per-class"))) == 4
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        ["negative", "positive"],
+        ["negative", "positive", "neutral"],
+        [f"a class with a long name, number {i}" for i in range(12)],
+    ],
+)
+def test_every_text_of_the_confusion_chart_lies_inside_the_figure(
+    labels: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    matrix = [[(i + 2 * j) % 7 for j in range(len(labels))] for i in range(len(labels))]
+    figure = drawn(monkeypatch, lambda: render.confusion_chart(labels, matrix))
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    texts = [t for t in figure.findobj(Text) if t.get_visible() and t.get_text()]
+    assert "Confusion matrix" in [t.get_text() for t in texts]
+    outside = [
+        t.get_text()
+        for t in texts
+        if not figure.bbox.contains(*t.get_window_extent(renderer).p0)
+        or not figure.bbox.contains(*t.get_window_extent(renderer).p1)
+    ]
+    assert outside == []
 
 
 def test_top_tokens_per_class_and_per_group(root: Element) -> None:

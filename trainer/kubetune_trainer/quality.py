@@ -22,7 +22,9 @@ must see exactly the rows the other rules leave, and a second pass after `check`
 have to repeat the engine's bookkeeping (modes, examples, the dropped share).
 
 Row numbers in examples and messages are positions in the file the rows were read from
-(`SplitInput.positions`, from 0), so that they stay right after a validation split.
+(`SplitInput.positions`, from 0), so that they stay right after a validation split; an
+example names that file too (`SplitInput.files`), since a split may hold the rows of
+several (the training rows and the synthetic sources').
 `rows_in` of a split counts the rows read for it, those the earlier per-file rules
 dropped included; `rows_in - dropped == rows_out` holds per split.
 """
@@ -124,8 +126,9 @@ class RuleResult:
     mode: RuleMode
     matched: int
     examples: list[dict[str, Any]]
-    """Up to examples_per_rule rows: {"row": position in the file, "text", "label"}, and
-    what the rule measured (e.g. "tokens" for length)."""
+    """Up to examples_per_rule rows: {"row": position in the file, "file" (when the input
+    names the files), "text", "label"}, and what the rule measured (e.g. "tokens" for
+    length)."""
     note: str = ""
     """What the rule used or why it did not run, e.g. its bounds or a skipped check."""
 
@@ -151,6 +154,8 @@ class SplitInput:
     """Each row's length in tokens, for the length rule; left out: the rule does not run."""
     origin: str = ""
     """Where the rows come from (a file), for messages."""
+    files: npt.NDArray[np.object_] | None = None
+    """Each row's source file, named in its examples; left out: examples name no file."""
 
 
 @dataclass
@@ -264,21 +269,36 @@ def rule_result(
 ) -> RuleResult:
     """A rule's result with its first `limit` examples, for rules run outside `check`."""
     texts = rows.table.column(text_column).cast(pa.large_string())
-    positions = _positions(rows)
-    shown = _examples(rows.table, texts, label_column, positions, matched, limit, details or {})
+    where = _Where(_positions(rows), rows.files)
+    shown = _examples(rows.table, texts, label_column, where, matched, limit, details or {})
     return RuleResult(rule, split, mode, int(matched.sum()), shown, note)
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where each row of a split was read: its position in its file, and the file if known."""
+
+    positions: Codes
+    files: npt.NDArray[np.object_] | None
+
+    def of(self, row: int) -> dict[str, Any]:
+        found: dict[str, Any] = {"row": int(self.positions[row])}
+        if self.files is not None:
+            found["file"] = str(self.files[row])
+        return found
 
 
 def _examples(
     table: pa.Table,
     texts: pa.ChunkedArray,
     label_column: str | None,
-    positions: Codes,
+    where: _Where,
     matched: Mask,
     limit: int,
     details: Details,
 ) -> list[dict[str, Any]]:
-    """The first `limit` matched rows: file position, clipped text, label, and `details`."""
+    """The first `limit` matched rows: file position (and file), clipped text, label, and
+    `details`."""
     rows = np.flatnonzero(matched)[:limit]
     shown_texts = texts.take(rows).to_pylist()
     labels = (
@@ -289,7 +309,7 @@ def _examples(
     measured = {name: np.asarray(values)[rows].tolist() for name, values in details.items()}
     return [
         {
-            "row": int(positions[row]),
+            **where.of(row),
             "text": _clipped(text),
             "label": label,
             **{name: values[i] for name, values in measured.items()},
@@ -315,15 +335,15 @@ class _Split:
     normalised: pa.ChunkedArray
     label_column: str | None
     positions: Codes
+    files: npt.NDArray[np.object_] | None
     lengths: Codes | None
     keep: Mask
     judged: Mask
     """Rows the rules after `empty` look at: kept so far, and with some text."""
 
     def take_examples(self, matched: Mask, limit: int, details: Details) -> list[dict[str, Any]]:
-        return _examples(
-            self.table, self.texts, self.label_column, self.positions, matched, limit, details
-        )
+        where = _Where(self.positions, self.files)
+        return _examples(self.table, self.texts, self.label_column, where, matched, limit, details)
 
 
 def _clipped(text: str | None) -> str | None:
@@ -395,6 +415,7 @@ def _split(name: str, rows: SplitInput, text_column: str, label_column: str | No
         normalise(texts),
         label_column,
         _positions(rows),
+        rows.files,
         rows.lengths,
         everything,
         everything.copy(),

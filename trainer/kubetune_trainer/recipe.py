@@ -32,16 +32,9 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTra
 from transformers.utils import logging as transformers_logging
 
 from kubetune_trainer import freezing
-from kubetune_trainer.audit import (
-    BiasAudit,
-    CounterfactualResult,
-    audit,
-    counterfactual_result,
-    positive_classes,
-    swap_terms,
-)
+from kubetune_trainer.audit import BiasAudit, positive_classes
 from kubetune_trainer.balance import class_balanced_weights
-from kubetune_trainer.config import BiasSpec, TrainingConfig
+from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import (
     IGNORED_LABEL,
     AuditRows,
@@ -54,18 +47,9 @@ from kubetune_trainer.data import (
 from kubetune_trainer.data_cache import cached_prepare
 from kubetune_trainer.data_report import failed_status
 from kubetune_trainer.diagnosis import Diagnosis, DivergenceMonitor, EvalPoint, diagnose
-from kubetune_trainer.interpret import (
-    LayerSnapshot,
-    explain,
-    relative_weight_change,
-    snapshot_layer_groups,
-)
-from kubetune_trainer.metrics import (
-    classification_metrics,
-    is_better,
-    language_model_metrics,
-    per_class_summary,
-)
+from kubetune_trainer.examine import FinalModel, examine_final_model, predict
+from kubetune_trainer.interpret import LayerSnapshot, snapshot_layer_groups
+from kubetune_trainer.metrics import classification_metrics, is_better, language_model_metrics
 from kubetune_trainer.modeling import load_model, load_tokenizer
 from kubetune_trainer.report import REPORT_HTML, REPORT_JSON, build_report, write_reports
 from kubetune_trainer.reporting import EvalRecord, Reporter, RunInfo, StepRecord, build_reporter
@@ -82,6 +66,7 @@ CHECKPOINT_PREFIX = "step-"
 MODEL_DIR = "model"
 CACHE_DIR = "cache"
 """Under the output folder: the prepared data of the last start (data_cache)."""
+SECONDS_PER_HOUR = 3600
 MAX_LOGS_PER_RUN = 200
 """Logging reduces the loss across processes (a host sync): keep it to a few hundred times a run."""
 
@@ -502,6 +487,11 @@ class Recipe:
         return loss
 
     @property
+    def gpus(self) -> int:
+        """The GPUs the run holds: one per process, none when it runs on the CPU."""
+        return 0 if self.accelerator.device.type == "cpu" else self.processes
+
+    @property
     def is_language_model(self) -> bool:
         return self.config.model.task == "causal-lm"
 
@@ -662,7 +652,7 @@ class Recipe:
         (for a language model: its loss and perplexity, and empty arrays)."""
         if self.is_language_model:
             return self._evaluate_language_model(), np.empty((0, 0)), np.empty(0)
-        logits, labels = self._predict(self.eval_loader)
+        logits, labels = predict(self.model, self.accelerator, self.eval_loader)
         loss = float(F.cross_entropy(logits, labels).item())
         probabilities = torch.softmax(logits, dim=-1).numpy()
         return (
@@ -670,21 +660,6 @@ class Recipe:
             probabilities,
             labels.numpy(),
         )
-
-    def _predict(self, loader: DataLoader[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and labels of every row of a prepared loader, gathered from all processes."""
-        self.model.eval()
-        all_logits, all_labels = [], []
-        for batch in loader:
-            labels = batch.pop("labels")
-            batch.pop("weight", None)
-            with torch.no_grad():
-                logits = self.model(**batch).logits
-            logits, labels = self.accelerator.gather_for_metrics((logits, labels))
-            all_logits.append(logits.float().cpu())
-            all_labels.append(labels.cpu())
-        self.model.train()
-        return torch.cat(all_logits), torch.cat(all_labels)
 
     def _evaluate_language_model(self) -> dict[str, float]:
         """Mean loss per predicted token over the validation rows, and its perplexity."""
@@ -870,111 +845,21 @@ class Recipe:
             self.state.load_state_dict(finished)
 
     def _examine_final_model(self) -> tuple[dict[str, Any], BiasAudit | None]:
-        """The final model's report sections (per-class results, bias audit, attributions) and
-        its audit."""
-        if self.data is None or self.is_language_model:
-            return {}, None
-        _, probabilities, labels = self.evaluate()
-        predictions = probabilities.argmax(axis=1).astype(np.int64)
-        sections: dict[str, Any] = {
-            "evaluation": per_class_summary(labels, predictions, self.data.labels)
-        }
-        bias_audit = self._audit_bias(probabilities, labels.astype(np.int64))
-        if bias_audit is not None:
-            sections["biasAudit"] = bias_audit.to_report()
-        attributions = self._explain(probabilities)
-        if attributions is not None:
-            sections["attributions"] = attributions
-        return sections, bias_audit
-
-    def _explain(self, probabilities: np.ndarray) -> dict[str, Any] | None:
-        """What the final model relies on (evaluation.attributions), computed on rank 0."""
-        spec = self.config.evaluation.attributions
-        if spec is None or self.data is None:
-            return None
-        result = None
-        if self.accelerator.is_main_process and self.snapshot is not None:
-            model = self.accelerator.unwrap_model(self.model)
-            data = self.data
-            result = explain(
-                model,
-                self.tokenizer,
-                data.validation,
-                data.validation_texts,
-                data.validation_groups,
-                data.labels,
-                spec,
-                self.config.training.seed,
-                probabilities=probabilities,
-            )
-            result["weightChange"] = relative_weight_change(model, self.snapshot)
-        self.accelerator.wait_for_everyone()
-        return result
-
-    def _audit_bias(
-        self, probabilities: np.ndarray, labels: npt.NDArray[np.int64]
-    ) -> BiasAudit | None:
-        """The fairness audit of the final model (bias section): on bias.auditData when it is
-        set, else on the validation rows, whose predictions are given."""
-        spec = self.config.bias
-        if spec is None or self.data is None:
-            return None
-        target = self.audit_rows or AuditRows(
-            self.data.validation, self.data.validation_texts, self.data.validation_groups
-        )
-        if self.audit_rows is not None:
-            logits, gathered = self._predict(self._evaluation_loader(self.audit_rows.rows))
-            probabilities = torch.softmax(logits, dim=-1).numpy()
-            labels = gathered.numpy().astype(np.int64)
-        counterfactual = None
-        if spec.counterfactuals:
-            counterfactual = self._counterfactuals(probabilities, spec, target)
-        result = audit(
-            labels=self.data.labels,
-            y_true=labels,
-            y_pred=probabilities.argmax(axis=1).astype(np.int64),
-            groups=target.groups,
-            spec=spec,
-            counterfactual=counterfactual,
-        )
-        self.reporter.section("biasAudit", result.to_status())
-        return result
-
-    def _evaluation_loader(self, rows: datasets.Dataset) -> DataLoader[Any]:
-        """A prepared loader over tokenized rows, in order, for _predict."""
-        columns = [c for c in rows.column_names if c != "length"]
-        loader = DataLoader(
-            rows.select_columns(columns).with_format("torch"),
-            batch_size=self.config.evaluation.batch_size or 2 * self.config.training.batch_size,
-            collate_fn=DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8),
-        )
-        prepared: DataLoader[Any] = self.accelerator.prepare_data_loader(loader)
-        return prepared
-
-    def _counterfactuals(
-        self, probabilities: np.ndarray, spec: BiasSpec, target: AuditRows
-    ) -> CounterfactualResult:
-        """How the predictions move when the counterfactual terms are swapped in the texts."""
+        """The report sections and bias audit of the loaded model (examine.py)."""
         assert self.data is not None
-        swapped = swap_terms(target.texts, spec.counterfactuals)
-        changed = np.flatnonzero(swapped.changed)
-        scores = probabilities.copy()
-        if changed.size:
-            rows = target.rows.select(changed)
-            texts = [swapped.texts[i] for i in changed]
-            loader = self._loader_of(rows, texts)
-            logits, _ = self._predict(loader)
-            scores[changed] = torch.softmax(logits, dim=-1).numpy()
-        positive = [
-            self.data.labels.index(name) for name in positive_classes(self.data.labels, spec)
-        ]
-        return counterfactual_result(probabilities, scores, swapped, spec.counterfactuals, positive)
-
-    def _loader_of(self, rows: datasets.Dataset, texts: list[str]) -> DataLoader[Any]:
-        """A prepared validation loader over `rows` with their text replaced by `texts`."""
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.config.data.max_length)
-        table = {"labels": rows["labels"][:], **{k: list(v) for k, v in encoded.items()}}
-        return self._evaluation_loader(datasets.Dataset.from_dict(table))
+        return examine_final_model(
+            FinalModel(
+                model=self.model,
+                accelerator=self.accelerator,
+                tokenizer=self.tokenizer,
+                config=self.config,
+                data=self.data,
+                eval_loader=self.eval_loader,
+                audit_rows=self.audit_rows,
+                snapshot=self.snapshot,
+                reporter=self.reporter,
+            )
+        )
 
     def _save_model(self) -> None:
         model: PreTrainedModel = self.accelerator.unwrap_model(self.model)
@@ -999,6 +884,7 @@ class Recipe:
         sections: dict[str, Any],
     ) -> dict[str, Any]:
         assert self.data is not None
+        cost = {"cost": run_cost(self.timings.get("trainSeconds", 0.0), self.gpus)}
         report = build_report(
             config=self.config,
             job_name=self.job_name,
@@ -1006,7 +892,7 @@ class Recipe:
             state=self.state.state_dict(),
             best_metrics=best,
             diagnosis=diagnosis.to_status(),
-            sections=sections,
+            sections={**sections, **cost},
             timings=self.timings,
             succeeded=succeeded,
             processes=self.processes,
@@ -1052,6 +938,14 @@ def freezing_summary(entry: dict[str, Any]) -> str:
     trained = ", ".join(f"{g} ({rates[g]:.2g})" if g in rates else g for g in entry["trainable"])
     frozen = ", ".join(entry["frozen"]) or "nothing"
     return f"epoch {entry['epoch']} trains {trained}; frozen: {frozen}"
+
+
+def run_cost(train_seconds: float, gpus: int) -> dict[str, float]:
+    """report.json's cost: the GPU-hours of training (its wall-clock time on every GPU).
+
+    The amount and its currency need a price per GPU-hour, which the trainer does not know.
+    """
+    return {"gpuHours": train_seconds * gpus / SECONDS_PER_HOUR}
 
 
 def checkpoint_name(step: int) -> str:

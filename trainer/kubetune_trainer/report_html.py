@@ -449,21 +449,23 @@ def _best_metrics(report: Mapping[str, Any]) -> Markup:
 
 
 def curves_section(report: Mapping[str, Any]) -> Section | None:
-    """Training loss and every validation metric over steps, the best evaluation marked."""
+    """Training loss and every validation metric over steps, the best evaluation and the
+    freezing schedule's changes marked."""
     curves = _mapping(report.get("curves"))
     losses = _pairs(_sequence(curves.get("trainLoss")))
     evaluations = [e for e in _sequence(curves.get("evaluations")) if isinstance(e, Mapping)]
     best = best_step(report)
     primary = str(report.get("primaryMetric") or "")
+    marks = Marks(best, primary, schedule_changes(_freezing_log(report)))
     charts = []
     if losses or _series(evaluations, "loss"):
-        charts.append(_loss_chart(losses, evaluations, best, primary))
+        charts.append(_loss_chart(losses, evaluations, marks))
     metrics = [m for m in metric_names(evaluations) if m != "loss"]
     if metrics:
-        charts.append(_metrics_chart(metrics, evaluations, best, primary))
+        charts.append(_metrics_chart(metrics, evaluations, marks))
     rates = _pairs(_sequence(curves.get("learningRate")))
     if rates:
-        charts.append(_learning_rate_chart(rates, schedule_changes(_freezing_log(report))))
+        charts.append(_learning_rate_chart(rates, marks.changes))
     if not charts:
         return None
     body = [tag("div", *charts, class_="charts"), _evaluations_table(evaluations, best)]
@@ -502,11 +504,20 @@ def best_step(report: Mapping[str, Any]) -> int | None:
     return int(match.group(1)) if match else None
 
 
+@dataclass(frozen=True)
+class Marks:
+    """What the loss and metric charts mark besides their curves."""
+
+    best: int | None
+    """The step of the best checkpoint."""
+    primary: str
+    """The primary metric, starred at the best step."""
+    changes: list[float]
+    """The steps where the freezing schedule changed what trains."""
+
+
 def _loss_chart(
-    losses: list[tuple[float, float]],
-    evaluations: Sequence[Mapping[str, Any]],
-    best: int | None,
-    primary: str,
+    losses: list[tuple[float, float]], evaluations: Sequence[Mapping[str, Any]], marks: Marks
 ) -> Markup:
     validation = _series(evaluations, "loss")
 
@@ -514,7 +525,8 @@ def _loss_chart(
         ax = figure.add_subplot()
         _plot(ax, losses, label="training loss", linewidth=1.2)
         _plot(ax, validation, label="validation loss", marker="o", markersize=3.5)
-        _mark_best(ax, best, validation if primary == "loss" else [])
+        _mark_best(ax, marks.best, validation if marks.primary == "loss" else [])
+        _mark_changes(ax, marks.changes)
         _steps_axis(ax)
         ax.set(title="Loss", xlabel="step", ylabel="loss")
         ax.legend()
@@ -523,8 +535,10 @@ def _loss_chart(
 
 
 def _metrics_chart(
-    metrics: list[str], evaluations: Sequence[Mapping[str, Any]], best: int | None, primary: str
+    metrics: list[str], evaluations: Sequence[Mapping[str, Any]], marks: Marks
 ) -> Markup:
+    primary = marks.primary
+
     def draw(figure: Figure) -> None:
         ax = figure.add_subplot()
         for metric in metrics:
@@ -540,7 +554,8 @@ def _metrics_chart(
                 linestyle="--",
                 color="#64748b",
             )
-        _mark_best(ax, best, _series(evaluations, primary) if primary in metrics else [])
+        _mark_best(ax, marks.best, _series(evaluations, primary) if primary in metrics else [])
+        _mark_changes(ax, marks.changes)
         _steps_axis(ax)
         ax.set(title="Validation metrics", xlabel="step", ylabel="value")
         figure.legend(loc="outside right upper", fontsize=7)
@@ -561,10 +576,11 @@ def _learning_rate_chart(rates: list[tuple[float, float]], changes: list[float])
 
 
 def _mark_changes(ax: Axes, changes: list[float]) -> None:
-    """Dotted lines where the freezing schedule changed what trains."""
+    """Dash-dotted lines where the freezing schedule changed what trains (the best
+    checkpoint's line is dotted: the two often fall on the same evaluation)."""
     for index, step in enumerate(changes):
         label = "schedule change" if index == 0 else None
-        ax.axvline(step, color="#64748b", linestyle=":", linewidth=1, label=label)
+        ax.axvline(step, color="#64748b", linestyle="-.", linewidth=1, label=label)
 
 
 def _freezing_log(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -661,7 +677,10 @@ def confusion_chart(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> M
 
     def draw(figure: Figure) -> None:
         ax = figure.add_subplot()
-        ax.pcolormesh(shares, cmap="Blues", vmin=0, vmax=1)
+        mesh = ax.pcolormesh(shares, cmap="Blues", vmin=0, vmax=1)
+        # The colour scale's meaning goes on the colour bar, so that the title stays short
+        # enough for the narrow figure of a few classes.
+        figure.colorbar(mesh, ax=ax, label="share of the true class's rows", shrink=0.8)
         for i, row in enumerate(matrix):
             for j, count in enumerate(row):
                 colour = "white" if shares[i][j] > 0.55 else "#111827"
@@ -679,13 +698,9 @@ def confusion_chart(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> M
         ax.set_yticks(ticks, names)
         ax.invert_yaxis()
         ax.grid(visible=False)
-        ax.set(
-            title="Confusion matrix (colour: share of the true class)",
-            xlabel="predicted",
-            ylabel="true",
-        )
+        ax.set(title="Confusion matrix", xlabel="predicted", ylabel="true")
 
-    return chart("chart-confusion", "Confusion matrix", draw, (side + 1.2, side))
+    return chart("chart-confusion", "Confusion matrix", draw, (side + 1.8, side))
 
 
 # --- attributions ------------------------------------------------------------------------
@@ -1164,7 +1179,8 @@ def _quality_row(result: Mapping[str, Any]) -> Row:
 
 
 def _examples(data: Mapping[str, Any]) -> Markup:
-    """A few of the rows each rule matched, as they are in the file (escaped)."""
+    """A few of the rows each rule matched, as they are in their file (escaped), and which
+    file that is."""
     results = map(_mapping, _sequence(_quality(data).get("results")))
     parts = [part for part in map(_rule_examples, results) if part]
     return join([tag("h3", "Example rows"), *parts]) if parts else Markup("")
@@ -1178,6 +1194,9 @@ def _rule_examples(result: Mapping[str, Any]) -> Markup:
     title = f"{result.get('rule')} \u00b7 {result.get('split')}: {len(examples):,} of {matched}"
     rows = [[e.get("row"), e.get("label"), TextCell(e.get("text") or "")] for e in examples]
     headers = ["row (from 0)", "label", "text"]
+    if any("file" in e for e in examples):  # reports before the file was recorded lack it
+        rows = [[e.get("file"), *row] for e, row in zip(examples, rows, strict=True)]
+        headers = ["file", *headers]
     return join([tag("h4", title), table(headers, rows, class_="examples")])
 
 

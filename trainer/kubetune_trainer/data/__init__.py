@@ -1,0 +1,67 @@
+"""The data pipeline: files in, tokenized batches out.
+
+A fine-tune fails most often on its data, and a data problem must fail the job with a
+message that names the file, the column or the manifest field, and the counts (it becomes
+the DataValidated condition), never with a pyarrow traceback. So every stage checks what
+it relies on and raises `DataError` in the user's terms.
+
+The stages, in order (docs/data.md describes them for users), each in the module named
+after it:
+
+- loading: read each source into an Arrow table (CSV cells as text, so "007" stays "007");
+- columns: check that each file has the columns the manifest names;
+- screening: the per-file quality rules (missing values, unknown labels);
+- labels: map the label column to class ids;
+- splits: hold out a stratified validation split when no validation source is given (and
+  the cross-validation folds);
+- augmenting: add the synthetic rows; later, EDA augmentation of the training rows;
+- rules: the quality rules of quality.py (a DataError when they refuse the data);
+- balancing: resampling of the training rows, and class weights;
+- tokenizing: the model's input columns, tokenized without padding;
+- batching: `LengthGroupedSampler` puts rows of similar length in a batch, so that the
+  collator's padding to the longest row stays small.
+
+pipeline.py runs them in this order (`prepare_data`), language_model.py runs the few that
+apply to a causal language model, and prepared.py holds what they hand on (`PreparedData`).
+The data report (data_report.py) counts classes and groups as they reach the rules and as
+they leave for the model. Every stage works on whole Arrow columns (pyarrow.compute,
+numpy, batched tokenizer calls), never on one row at a time in Python, except the EDA
+edits, which are per row by nature and run only on the (scarce) training rows.
+
+This package re-exports what the rest of the trainer uses, so callers import from
+`kubetune_trainer.data` and never from its modules.
+"""
+
+from kubetune_trainer.data.augmenting import SYNTHETIC_COLUMN
+from kubetune_trainer.data.balancing import class_weights
+from kubetune_trainer.data.batching import MEGA_BATCH_FACTOR, LengthGroupedSampler
+from kubetune_trainer.data.groups import MISSING_GROUP
+from kubetune_trainer.data.language_model import IGNORED_LABEL, prepare_language_model_data
+from kubetune_trainer.data.loading import load_table, read_source
+from kubetune_trainer.data.pipeline import prepare_audit_rows, prepare_data
+from kubetune_trainer.data.prepared import AuditRows, PreparedData
+from kubetune_trainer.data.rows import DataError
+from kubetune_trainer.data.rules import TOKEN_COUNT_BATCH, apply_quality_rules, quality_settings
+from kubetune_trainer.data.splits import kfold_splits, stratified_split
+
+__all__ = [
+    "IGNORED_LABEL",
+    "MEGA_BATCH_FACTOR",
+    "MISSING_GROUP",
+    "SYNTHETIC_COLUMN",
+    "TOKEN_COUNT_BATCH",
+    "AuditRows",
+    "DataError",
+    "LengthGroupedSampler",
+    "PreparedData",
+    "apply_quality_rules",
+    "class_weights",
+    "kfold_splits",
+    "load_table",
+    "prepare_audit_rows",
+    "prepare_data",
+    "prepare_language_model_data",
+    "quality_settings",
+    "read_source",
+    "stratified_split",
+]

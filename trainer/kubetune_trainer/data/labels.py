@@ -1,0 +1,127 @@
+"""Class names and class ids: what the label column means.
+
+A label column holds text ("positive"), numbers (0, 1) or a mix with stray spaces, and the
+classes come from model.labels when declared, else from the training rows. This module
+turns the column into class ids (the position of each label in the class names), reads
+integer labels as class ids where model.labels declares names they cannot be, and names
+the labels, counts and rows that fit no class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.data.columns import as_text
+from kubetune_trainer.data.rows import SHOWN, DataError, Rows, listing, row_count
+from kubetune_trainer.quality import Mask
+
+_INTEGER_TEXT = r"^-?[0-9]+$"
+_CLASS_ID_TEXT = r"^[0-9]{1,9}$"
+
+
+def label_values(rows: Rows, column: str) -> pa.ChunkedArray:
+    """The label column as text without surrounding spaces; null where a row has no label."""
+    values = pc.utf8_trim_whitespace(as_text(rows, column, "data.labelColumn"))
+    labelled: pa.ChunkedArray = pc.if_else(
+        pc.equal(values, ""), pa.scalar(None, pa.string()), values
+    )
+    return labelled
+
+
+def _all_match(values: pa.ChunkedArray | pa.Array, pattern: str) -> bool:
+    return bool(pc.all(pc.match_substring_regex(values, pattern)).as_py())
+
+
+def labels_of(rows: Rows, column: str) -> list[str]:
+    """The class names when model.labels is left out: the distinct labels, sorted.
+
+    Integer labels sort as numbers, so that "10" comes after "9". Rows without a label
+    (the missingValues rule has them) name no class.
+    """
+    distinct = pc.unique(label_values(rows, column)).drop_null()
+    names: list[str] = distinct.to_pylist()
+    if len(names) < 2:
+        found = f"the label {names[0]!r}" if names else "no label"
+        raise DataError(
+            f"data.labelColumn: every row of {rows.origin} has {found}; "
+            "a classifier needs rows of at least two classes"
+        )
+    return sorted(names, key=int) if _all_match(distinct, _INTEGER_TEXT) else sorted(names)
+
+
+def encode_labels(rows: Rows, labels: Sequence[str], column: str, *, declared: bool) -> Rows:
+    """Attach each row's class id: the position of its label in `labels`.
+
+    With declared labels (model.labels), a column of integers that names none of them is
+    read as class ids when every value is a valid id. The per-file rules (`screening.screen`)
+    have dropped or refused the rows without a label or with an unknown one by now.
+    """
+    values = label_values(rows, column)
+    unknown = unknown_mask(values, labels, declared=declared)
+    if unknown.any():
+        raise DataError(unknown_labels_message(rows, values, unknown, labels, declared=declared))
+    ids = pc.index_in(values, value_set=pa.array(labels, pa.string()))
+    if pc.any(pc.is_null(ids)).as_py():  # every label is a class id (unknown_mask)
+        ids = pc.cast(values, pa.int64())
+    return replace(rows, label_ids=ids.to_numpy().astype(np.int64))
+
+
+def unknown_mask(values: pa.ChunkedArray, labels: Sequence[str], *, declared: bool) -> Mask:
+    """Rows whose label is not a class (rows without a label are not judged here)."""
+    unknown = pc.and_(pc.is_valid(values), pc.is_null(pc.index_in(values, pa.array(labels))))
+    if declared and _reads_as_class_ids(values, unknown, len(labels)):
+        return np.zeros(len(values), dtype=np.bool_)
+    return np.asarray(unknown.to_numpy(zero_copy_only=False), dtype=np.bool_)
+
+
+def _reads_as_class_ids(values: pa.ChunkedArray, unknown: pa.ChunkedArray, classes: int) -> bool:
+    labelled = values.drop_null()
+    if not len(labelled) or not pc.all(unknown.filter(pc.is_valid(values))).as_py():
+        return False
+    if not _all_match(labelled, _CLASS_ID_TEXT):
+        return False
+    return bool(pc.max(pc.cast(labelled, pa.int64())).as_py() < classes)
+
+
+def unknown_labels_message(
+    rows: Rows,
+    values: pa.ChunkedArray,
+    unknown: Mask,
+    labels: Sequence[str],
+    *,
+    declared: bool,
+) -> str:
+    """The DataError message for rows whose label is no class: the labels, counts and rows."""
+    matched = pa.chunked_array([unknown])
+    tally = pc.value_counts(values.filter(matched))
+    found = zip(tally.field("values").to_pylist(), tally.field("counts").to_pylist(), strict=True)
+    ranked = sorted(found, key=lambda pair: (-pair[1], pair[0]))
+    shown = listing([f"{value!r} ({row_count(count)})" for value, count in ranked], SHOWN)
+    count = sum(count for _, count in ranked)
+    if declared:
+        known, fix = "model.labels", "fix those rows or add the labels to model.labels"
+    else:
+        known, fix = "the training rows", "fix those rows or add training rows with those labels"
+    return (
+        f"data.labelColumn: {rows.origin} has {row_count(count)} with labels that are not in "
+        f"{known} ({listing(list(labels))}): {shown}, in {rows.row_numbers(matched)}; {fix}, "
+        "or set data.quality.unknownLabels.mode to drop to leave them out"
+    )
+
+
+def class_names(rows: Rows, config: TrainingConfig) -> npt.NDArray[np.object_]:
+    """Class name per class id: model.labels, else the labels the training rows carry."""
+    if config.model.labels is not None:
+        return np.asarray(config.model.labels, dtype=object)
+    ids, first = np.unique(rows.label_ids, return_index=True)
+    names = np.full(int(ids.max(initial=0)) + 1, None, dtype=object)
+    values = label_values(rows, config.data.label_column)
+    names[ids] = values.take(pa.array(first)).to_pylist()
+    return names

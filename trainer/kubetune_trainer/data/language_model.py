@@ -1,0 +1,143 @@
+"""The pipeline of causal language models: next-token prediction on the text column.
+
+A causal LM has no labels and no classes, so most of the classification pipeline does not
+apply: its rows are read, screened, split and checked by the quality rules like any other,
+then tokenized as prompt (+ response + end of text). When a response column is set
+(data.textPairColumn) the prompt's tokens are masked out of the labels, so that the model
+learns to answer, not to repeat the question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets.table import InMemoryTable
+from transformers import PreTrainedTokenizerBase
+
+from kubetune_trainer.config import DataSpec, TrainingConfig
+from kubetune_trainer.data.batching import check_batch_size
+from kubetune_trainer.data.columns import check_columns, required_texts, text_columns
+from kubetune_trainer.data.groups import present_sensitive_groups
+from kubetune_trainer.data.loading import read_source
+from kubetune_trainer.data.prepared import PreparedData
+from kubetune_trainer.data.rows import DataError, Rows
+from kubetune_trainer.data.rules import apply_quality_rules
+from kubetune_trainer.data.screening import rows_read, screen
+from kubetune_trainer.data.splits import stratified_split
+from kubetune_trainer.data_report import DataReport, length_summary
+
+IGNORED_LABEL = -100
+"""The label value torch's cross-entropy skips: prompt tokens and padding."""
+
+
+def prepare_language_model_data(
+    config: TrainingConfig, tokenizer: PreTrainedTokenizerBase
+) -> PreparedData:
+    """Load, check, split and tokenize the rows of a causal-LM run."""
+    data = config.data
+    train = read_source(data.train, "data.train")
+    validation = (
+        None if data.validation is None else read_source(data.validation, "data.validation")
+    )
+    check_columns(train, text_columns(data))
+    train, screened = screen(train, "train", config, None)
+    if validation is None:
+        kept, held_out = stratified_split(
+            np.zeros(train.table.num_rows, dtype=np.int64),
+            data.validation_split,
+            config.training.seed,
+        )
+        train, validation = train.take(kept), train.take(held_out)
+    else:
+        check_columns(validation, text_columns(data))
+        validation, screened_validation = screen(validation, "validation", config, None)
+        screened += screened_validation
+    rows_in = rows_read(train, validation, screened)
+    train, validation, quality = apply_quality_rules(
+        train, validation, config, tokenizer, screened=screened
+    )
+    check_batch_size(config.training.batch_size, train)
+    train_texts, validation_texts = _prompts(train, data), _prompts(validation, data)
+    train_set = _tokenize_for_language_model(train, data, tokenizer, "training")
+    validation_set = _tokenize_for_language_model(validation, data, tokenizer, "validation")
+    report = DataReport(
+        quality=quality,
+        labels=[],
+        classes={},
+        lengths={
+            split: length_summary(np.asarray(rows["length"][:]), data.max_length)
+            for split, rows in (("train", train_set), ("validation", validation_set))
+        },
+    )
+    return PreparedData(
+        train=train_set,
+        validation=validation_set,
+        labels=[],
+        train_class_counts={},
+        class_weights=None,
+        train_texts=train_texts,
+        train_groups=present_sensitive_groups(train, data.sensitive_columns),
+        train_sources=np.arange(len(train_set), dtype=np.int64),
+        validation_texts=validation_texts,
+        validation_groups=present_sensitive_groups(validation, data.sensitive_columns),
+        rows={
+            **rows_in,
+            "train_out": len(train_set),
+            "validation_out": len(validation_set),
+        },
+        majority_rate=0.0,
+        report=report,
+    )
+
+
+def _prompts(rows: Rows, data: DataSpec) -> list[str]:
+    texts: list[str] = required_texts(rows, data.text_column, "data.textColumn").to_pylist()
+    return texts
+
+
+def _tokenize_for_language_model(
+    rows: Rows, data: DataSpec, tokenizer: PreTrainedTokenizerBase, split: str
+) -> datasets.Dataset:
+    columns = {"prompt": required_texts(rows, data.text_column, "data.textColumn")}
+    if data.text_pair_column is not None:
+        columns["response"] = required_texts(rows, data.text_pair_column, "data.textPairColumn")
+    table = pa.table(columns)
+    encoded = datasets.Dataset(InMemoryTable(table)).map(
+        _language_model_encoder(tokenizer, data.max_length),
+        batched=True,
+        remove_columns=list(columns),
+        desc=f"Tokenizing the {split} rows",
+    )
+    lengths = pc.list_value_length(encoded.data.table.column("input_ids"))
+    if pc.max(lengths).as_py() is None:
+        raise DataError(f"data.{split}: no row holds any text")
+    return datasets.Dataset(InMemoryTable(encoded.data.table.append_column("length", lengths)))
+
+
+def _language_model_encoder(
+    tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> Callable[[Any], dict[str, Any]]:
+    """Prompt (+ response + end of text) token ids, labels masking the prompt when a response
+    column exists."""
+    end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def encode(batch: Any) -> dict[str, Any]:
+        prompts = tokenizer(batch["prompt"], add_special_tokens=False)["input_ids"]
+        responses = batch.get("response")
+        if responses is None:
+            ids = [(p + end)[:max_length] for p in prompts]
+            return {"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids], "labels": ids}
+        answers = tokenizer(responses, add_special_tokens=False)["input_ids"]
+        ids = [(p + a + end)[:max_length] for p, a in zip(prompts, answers, strict=True)]
+        labels = [
+            ([IGNORED_LABEL] * len(p) + a + end)[:max_length]
+            for p, a in zip(prompts, answers, strict=True)
+        ]
+        return {"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids], "labels": labels}
+
+    return encode

@@ -1,0 +1,182 @@
+"""The data-quality rules of quality.py, run on the pipeline's rows.
+
+The quality engine (kubetune_trainer.quality) knows no file, tokenizer or model; this
+module is where the pipeline meets it. It builds the engine's settings from the manifest,
+measures what the engine cannot (token counts for the length rule, the label-noise
+detector), hands over each row's position in its file so that examples and messages name
+the right row, and turns the engine's refusal into a DataError that says which field to
+change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+from transformers import PreTrainedTokenizerBase
+
+from kubetune_trainer.config import DataQualitySpec, DataSpec, TrainingConfig
+from kubetune_trainer.data.columns import as_text
+from kubetune_trainer.data.labels import class_names
+from kubetune_trainer.data.rows import DataError, Rows
+from kubetune_trainer.quality import (
+    Finding,
+    LengthSettings,
+    Mask,
+    QualityError,
+    QualityReport,
+    QualitySettings,
+    RuleResult,
+    RuleSettings,
+    SplitInput,
+    check,
+)
+
+TOKEN_COUNT_BATCH = 1024
+"""Rows per tokenizer call when the length rule counts tokens."""
+
+
+def apply_quality_rules(
+    train: Rows,
+    validation: Rows,
+    config: TrainingConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    screened: Sequence[RuleResult] = (),
+) -> tuple[Rows, Rows, QualityReport]:
+    """The rows the data-quality rules keep, and their report (row numbers are file positions).
+
+    `screened` holds what the per-file rules (`screening.screen`: missingValues, unknownLabels) did
+    before the labels were encoded and the validation split made: the report opens with
+    them and the dropped share counts them. The length rule counts tokens with `tokenizer`.
+    """
+    data = config.data
+    label = data.label_column if config.model.task == "sequence-classification" else None
+    for rows in (train, validation):  # a column of lists or structs is no text to check
+        as_text(rows, data.text_column, "data.textColumn")
+    train_input, validation_input = (
+        SplitInput(
+            rows.table,
+            rows.positions,
+            _token_counts(rows, data, tokenizer),
+            rows.origin,
+            rows.files,
+        )
+        for rows in (train, validation)
+    )
+    try:
+        keep_train, keep_validation, report = check(
+            train_input,
+            validation_input,
+            text_column=data.text_column,
+            label_column=label,
+            settings=quality_settings(data.quality, data.max_length),
+            earlier=screened,
+            label_noise=_label_noise_detector(train, config),
+        )
+    except QualityError as error:
+        raise DataError(quality_failure(error)) from None
+    assert keep_validation is not None
+    kept_train = train.take(np.flatnonzero(keep_train))
+    kept_validation = validation.take(np.flatnonzero(keep_validation))
+    return kept_train, kept_validation, report
+
+
+def quality_failure(error: QualityError) -> str:
+    """The DataError message for the engine's refusal: the rule's field, and the fix."""
+    if error.rule == "maxDroppedFraction":
+        fix = "fix the data, change the rules' modes, or raise the limit"
+    else:
+        fix = f"fix those rows, or set data.quality.{error.rule}.mode to drop or warn"
+    return f"data.quality.{error.rule}: {error}; {fix}"
+
+
+def quality_settings(spec: DataQualitySpec, max_length: int) -> QualitySettings:
+    """The engine's settings from the config section (length.maxTokens defaults to maxLength)."""
+    length = spec.length
+    upper = max_length if length.max_tokens is None else length.max_tokens
+    return QualitySettings(
+        duplicates=RuleSettings(spec.duplicates.mode),
+        conflicting_labels=RuleSettings(spec.conflicting_labels.mode),
+        empty=RuleSettings(spec.empty.mode),
+        garbage=RuleSettings(spec.garbage.mode),
+        leakage=RuleSettings(spec.leakage.mode),
+        length=LengthSettings(length.mode, min_tokens=length.min_tokens, max_tokens=upper),
+        label_noise=None if spec.label_noise is None else RuleSettings(spec.label_noise.mode),
+        max_non_printable_fraction=spec.max_non_printable_fraction,
+        max_dropped_fraction=spec.max_dropped_fraction,
+        examples_per_rule=spec.examples_per_rule,
+    )
+
+
+def _token_counts(
+    rows: Rows, data: DataSpec, tokenizer: PreTrainedTokenizerBase
+) -> npt.NDArray[np.int64]:
+    """Tokens per row, text and text pair together, without special tokens or truncation.
+
+    Rows without text count 0 (the empty rule has them, and the length rule skips them).
+    """
+    texts = pc.fill_null(as_text(rows, data.text_column, "data.textColumn"), "")
+    pairs = None
+    if data.text_pair_column is not None:
+        pairs = pc.fill_null(as_text(rows, data.text_pair_column, "data.textPairColumn"), "")
+    counts = np.zeros(rows.table.num_rows, dtype=np.int64)
+    for start in range(0, rows.table.num_rows, TOKEN_COUNT_BATCH):
+        batch = texts.slice(start, TOKEN_COUNT_BATCH).to_pylist()
+        batch_pairs = None if pairs is None else pairs.slice(start, TOKEN_COUNT_BATCH).to_pylist()
+        encoded = tokenizer(
+            batch,
+            batch_pairs,
+            add_special_tokens=False,
+            truncation=False,
+            return_length=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
+        counts[start : start + len(batch)] = encoded["length"]
+    return counts
+
+
+def _label_noise_detector(train: Rows, config: TrainingConfig) -> Callable[[Mask], Finding] | None:
+    """data.quality.labelNoise on the training rows the engine still keeps, or None when off."""
+    spec = config.data.quality.label_noise
+    if spec is None or config.model.task != "sequence-classification":
+        return None
+    # Imported here: cleanlab takes most of a second to import, and most runs do not ask.
+    from kubetune_trainer.label_noise import find_suspects
+
+    names = class_names(train, config)
+    texts = _joined_texts(train, config.data)
+
+    def detect(kept: Mask) -> Finding:
+        rows = np.flatnonzero(kept)
+        suspects = find_suspects(
+            texts.take(pa.array(rows)).to_pylist(),
+            train.label_ids[rows],
+            folds=spec.folds,
+            seed=config.training.seed,
+        )
+        matched = np.zeros(len(kept), dtype=np.bool_)
+        matched[rows] = suspects.matched
+        suggested = np.full(len(kept), None, dtype=object)
+        suggested[rows] = names[np.maximum(suspects.suggested, 0)]
+        probability = np.full(len(kept), np.nan)
+        probability[rows] = np.round(suspects.probability, 3)
+        details = {"suggested": suggested, "probability": probability}
+        return Finding(matched, details, f"suspected label errors; {suspects.note}")
+
+    return detect
+
+
+def _joined_texts(rows: Rows, data: DataSpec) -> pa.ChunkedArray:
+    """Each row's text, and its text pair after a space: what the label-noise model reads."""
+    texts = pc.fill_null(as_text(rows, data.text_column, "data.textColumn"), "")
+    if data.text_pair_column is None:
+        return texts
+    pairs = pc.fill_null(as_text(rows, data.text_pair_column, "data.textPairColumn"), "")
+    joined: pa.ChunkedArray = pc.binary_join_element_wise(texts, pairs, " ")
+    return joined

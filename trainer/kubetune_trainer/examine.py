@@ -1,0 +1,193 @@
+"""The examination of the final model: per-class results, the bias audit, attributions.
+
+Training ends with the best checkpoint loaded; before it is saved, the run asks what that
+model does: its confusion matrix and per-class results, whether it treats the sensitive
+groups alike (the bias section, on the validation rows or on bias.auditData, with the
+counterfactual swaps), and what it relies on (evaluation.attributions). None of this
+touches the training loop, so it lives apart from the recipe, which hands over the model,
+its accelerator and loaders, and gets back the report's sections and the audit's verdict.
+
+Every process predicts its shard of the rows (the loaders are prepared by accelerate and
+the results gathered); the attributions are computed on rank 0 alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import numpy as np
+import numpy.typing as npt
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from kubetune_trainer.audit import (
+    BiasAudit,
+    CounterfactualResult,
+    audit,
+    counterfactual_result,
+    positive_classes,
+    swap_terms,
+)
+from kubetune_trainer.config import BiasSpec, TrainingConfig
+from kubetune_trainer.data import AuditRows, PreparedData
+from kubetune_trainer.interpret import LayerSnapshot, explain, relative_weight_change
+from kubetune_trainer.metrics import per_class_summary
+from kubetune_trainer.reporting import Reporter
+
+
+def predict(
+    model: torch.nn.Module, accelerator: Accelerator, loader: DataLoader[Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of every row of a prepared loader, gathered from all processes."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in loader:
+        labels = batch.pop("labels")
+        batch.pop("weight", None)
+        with torch.no_grad():
+            logits = model(**batch).logits
+        logits, labels = accelerator.gather_for_metrics((logits, labels))
+        all_logits.append(logits.float().cpu())
+        all_labels.append(labels.cpu())
+    model.train()
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+@dataclass(frozen=True)
+class FinalModel:
+    """The trained model of a run and what examining it needs."""
+
+    model: torch.nn.Module
+    """Prepared by the accelerator (wrapped for distributed runs)."""
+    accelerator: Accelerator
+    tokenizer: PreTrainedTokenizerBase
+    config: TrainingConfig
+    data: PreparedData
+    eval_loader: DataLoader[Any]
+    """The prepared loader over the validation rows, in order."""
+    audit_rows: AuditRows | None
+    """bias.auditData, tokenized; None: the audit judges the validation rows."""
+    snapshot: LayerSnapshot | None
+    """The pre-trained weights per layer group (rank 0, with evaluation.attributions)."""
+    reporter: Reporter
+    """Where the audit's verdict goes as soon as it is known (status.biasAudit)."""
+
+
+def examine_final_model(final: FinalModel) -> tuple[dict[str, Any], BiasAudit | None]:
+    """The final model's report sections (evaluation: per-class results; biasAudit;
+    attributions) and its audit; nothing for a causal language model."""
+    if final.config.model.task == "causal-lm":
+        return {}, None
+    logits, gathered = predict(final.model, final.accelerator, final.eval_loader)
+    probabilities = torch.softmax(logits, dim=-1).numpy()
+    labels = gathered.numpy().astype(np.int64)
+    predictions = probabilities.argmax(axis=1).astype(np.int64)
+    sections: dict[str, Any] = {
+        "evaluation": per_class_summary(labels, predictions, final.data.labels)
+    }
+    bias_audit = _audit_bias(final, probabilities, labels)
+    if bias_audit is not None:
+        sections["biasAudit"] = bias_audit.to_report()
+    attributions = _explain(final, probabilities)
+    if attributions is not None:
+        sections["attributions"] = attributions
+    return sections, bias_audit
+
+
+def _explain(final: FinalModel, probabilities: np.ndarray) -> dict[str, Any] | None:
+    """What the final model relies on (evaluation.attributions), computed on rank 0."""
+    spec = final.config.evaluation.attributions
+    if spec is None:
+        return None
+    result = None
+    if final.accelerator.is_main_process and final.snapshot is not None:
+        model = final.accelerator.unwrap_model(final.model)
+        data = final.data
+        result = explain(
+            model,
+            final.tokenizer,
+            data.validation,
+            data.validation_texts,
+            data.validation_groups,
+            data.labels,
+            spec,
+            final.config.training.seed,
+            probabilities=probabilities,
+        )
+        result["weightChange"] = relative_weight_change(model, final.snapshot)
+    final.accelerator.wait_for_everyone()
+    return result
+
+
+def _audit_bias(
+    final: FinalModel, probabilities: np.ndarray, labels: npt.NDArray[np.int64]
+) -> BiasAudit | None:
+    """The fairness audit of the final model (bias section): on bias.auditData when it is
+    set, else on the validation rows, whose predictions are given."""
+    spec = final.config.bias
+    if spec is None:
+        return None
+    data = final.data
+    target = final.audit_rows or AuditRows(
+        data.validation, data.validation_texts, data.validation_groups
+    )
+    if final.audit_rows is not None:
+        logits, gathered = predict(
+            final.model, final.accelerator, _evaluation_loader(final, final.audit_rows.rows)
+        )
+        probabilities = torch.softmax(logits, dim=-1).numpy()
+        labels = gathered.numpy().astype(np.int64)
+    counterfactual = None
+    if spec.counterfactuals:
+        counterfactual = _counterfactuals(final, probabilities, spec, target)
+    result = audit(
+        labels=data.labels,
+        y_true=labels,
+        y_pred=probabilities.argmax(axis=1).astype(np.int64),
+        groups=target.groups,
+        spec=spec,
+        counterfactual=counterfactual,
+    )
+    final.reporter.section("biasAudit", result.to_status())
+    return result
+
+
+def _evaluation_loader(final: FinalModel, rows: datasets.Dataset) -> DataLoader[Any]:
+    """A prepared loader over tokenized rows, in order, for `predict`."""
+    config = final.config
+    columns = [c for c in rows.column_names if c != "length"]
+    loader = DataLoader(
+        rows.select_columns(columns).with_format("torch"),
+        batch_size=config.evaluation.batch_size or 2 * config.training.batch_size,
+        collate_fn=DataCollatorWithPadding(final.tokenizer, pad_to_multiple_of=8),
+    )
+    prepared: DataLoader[Any] = final.accelerator.prepare_data_loader(loader)
+    return prepared
+
+
+def _counterfactuals(
+    final: FinalModel, probabilities: np.ndarray, spec: BiasSpec, target: AuditRows
+) -> CounterfactualResult:
+    """How the predictions move when the counterfactual terms are swapped in the texts."""
+    swapped = swap_terms(target.texts, spec.counterfactuals)
+    changed = np.flatnonzero(swapped.changed)
+    scores = probabilities.copy()
+    if changed.size:
+        rows = target.rows.select(changed)
+        texts = [swapped.texts[i] for i in changed]
+        logits, _ = predict(final.model, final.accelerator, _loader_of(final, rows, texts))
+        scores[changed] = torch.softmax(logits, dim=-1).numpy()
+    labels = final.data.labels
+    positive = [labels.index(name) for name in positive_classes(labels, spec)]
+    return counterfactual_result(probabilities, scores, swapped, spec.counterfactuals, positive)
+
+
+def _loader_of(final: FinalModel, rows: datasets.Dataset, texts: list[str]) -> DataLoader[Any]:
+    """A prepared validation loader over `rows` with their text replaced by `texts`."""
+    encoded = final.tokenizer(texts, truncation=True, max_length=final.config.data.max_length)
+    table = {"labels": rows["labels"][:], **{k: list(v) for k, v in encoded.items()}}
+    return _evaluation_loader(final, datasets.Dataset.from_dict(table))
