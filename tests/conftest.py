@@ -12,6 +12,8 @@ from hypothesis import settings
 
 from kubetune_operator.manifests import parse_documents
 
+pytest_plugins = ["tests.kube.fixtures"]
+
 settings.register_profile("default", max_examples=200, deadline=None)
 settings.register_profile("deep", max_examples=5000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
