@@ -62,7 +62,7 @@ class Runtime:
         default_factory=lambda: defaultdict(threading.Lock)
     )
     restarted: dict[Key, int] = field(default_factory=dict)
-    """The newest worker group this operator created per job: an index that still shows an
+    """The newest group restart this operator decided per job: an index that still shows an
     older status must not make it create an older group again."""
 
 
@@ -241,15 +241,18 @@ def _apply(
 ) -> None:
     """Write the patch, post the Events, then delete or (re)create the worker Job."""
     namespace, name = ftj["metadata"]["namespace"], ftj["metadata"]["name"]
+    status = {**ftj.get("status", {}), **update.patch}
+    if update.decision.action == "restart":
+        # Before the Job goes: a refresh from an index that has not seen this status yet
+        # must create the next group, not the one that failed.
+        shared.restarted[(namespace, name)] = int(status.get("restarts", 0))
+        metrics.RESTARTS.inc()
     if update.patch:
         shared.cluster.patch_status(namespace, name, update.patch)
     _post(ftj, update.events)
-    if update.decision.action == "restart":
-        metrics.RESTARTS.inc()
     if update.decision.delete_job and job is not None:
         shared.cluster.delete_job(namespace, builders.workers_name(name))
         return
-    status = {**ftj.get("status", {}), **update.patch}
     if status.get("phase") not in TERMINAL_PHASES and _gone(job):
         _create_workers(shared, ftj, int(status.get("restarts", 0)))
 
@@ -271,8 +274,7 @@ def _create_workers(shared: Runtime, ftj: Mapping[str, Any], restart: int) -> No
         deadline_seconds=_deadline_left(checked.job, ftj),
     )
     kopf.adopt(replacement, owner=_body(ftj))
-    if shared.cluster.create(replacement):
-        shared.restarted[key] = restart
+    shared.cluster.create(replacement)
 
 
 def _create_all(

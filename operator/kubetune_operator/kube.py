@@ -48,7 +48,10 @@ def connect() -> client.ApiClient:
         if os.path.exists(SERVICE_ACCOUNT_TOKEN) and "KUBERNETES_SERVICE_HOST" in os.environ:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
         else:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
+            # The client reads KUBECONFIG when it is imported; read it when connecting.
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=os.environ.get("KUBECONFIG") or None
+            )
     except config.ConfigException as error:
         raise KubeError(f"cannot find a cluster to talk to: {error}") from None
     return client.ApiClient()

@@ -31,7 +31,7 @@ from kubetune_trainer.reporting import StatusClient
 
 url, token = sys.argv[1], Path(sys.argv[2])
 client = StatusClient("default", "sentiment", host=url, token_path=token, ca_path=None)
-client.patch({"status": {"progress": {"step": 7, "totalSteps": 20}}})
+client.patch({"progress": {"step": 7, "totalSteps": 20}})
 """
 
 

@@ -190,7 +190,9 @@ class FakeApiServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
     def bodies(self) -> list[dict[str, Any]]:
-        return [request.body for request in self.requests]
+        """The status fields of each patch; the status subresource ignores all but `status`."""
+        assert all(set(request.body) == {"status"} for request in self.requests)
+        return [request.body["status"] for request in self.requests]
 
 
 class ApiHandler(BaseHTTPRequestHandler):
@@ -259,7 +261,7 @@ def test_client_patches_the_status_subresource_with_a_fresh_token(
     assert first.path == "/apis/kubetune.dev/v1alpha1/namespaces/ml/finetunejobs/sentiment/status"
     assert first.content_type == "application/merge-patch+json"
     assert (first.authorization, second.authorization) == ("Bearer token-1", "Bearer token-2")
-    assert second.body == {"progress": {"step": 2}}
+    assert second.body == {"status": {"progress": {"step": 2}}}
 
 
 def test_the_url_matches_the_operators_api() -> None:
@@ -475,7 +477,10 @@ def test_the_api_url_replaces_the_in_cluster_service_and_is_used(
     without_service.patch({"progress": {"step": 3}})
     (request,) = api.requests
     assert request.path == "/apis/kubetune.dev/v1alpha1/namespaces/ml/finetunejobs/sentiment/status"
-    assert (request.authorization, request.body) == ("Bearer token", {"progress": {"step": 3}})
+    assert (request.authorization, request.body) == (
+        "Bearer token",
+        {"status": {"progress": {"step": 3}}},
+    )
 
 
 def test_an_api_url_without_a_scheme_is_named() -> None:

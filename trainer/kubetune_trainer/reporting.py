@@ -310,12 +310,14 @@ class StatusClient:
             ca_path=ca_path if ca_path.is_file() else None,
         )
 
-    def patch(self, body: Mapping[str, Any]) -> None:
-        """Send one merge patch; raises StatusPatchError for an error answer, OSError or
-        http.client.HTTPException when the server cannot be reached or talked to."""
+    def patch(self, fields: Mapping[str, Any]) -> None:
+        """Merge-patch these status fields; raises StatusPatchError for an error answer,
+        OSError or http.client.HTTPException when the server cannot be reached or talked to.
+
+        The body names `status`: the status subresource ignores everything outside it."""
         request = urllib.request.Request(
             self.url,
-            data=json.dumps(body, allow_nan=False).encode(),
+            data=json.dumps({"status": dict(fields)}, allow_nan=False).encode(),
             method="PATCH",
             headers={
                 "Content-Type": "application/merge-patch+json",

@@ -1,0 +1,240 @@
+"""kubetune's operator (kubetune_operator.handlers) against the Kubernetes emulator.
+
+The real kopf handlers run in a thread against kmock (tests/kube). The emulator runs no
+controllers, so the tests play the batch Job controller and the kubelet by writing the
+Job's and the pods' status themselves, the way a cluster would; tests/e2e runs real trainer
+processes. What the emulator does not prove (garbage collection through ownerReferences,
+CRD schema checks) is listed in tests/kube/emulator.py.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.kube.client import KubeClient
+from tests.kube.emulator import EmulatorServer
+from tests.kube.operators import OperatorThread
+
+HANDLERS = "kubetune_operator.handlers"
+CHILDREN = {
+    "ConfigMap": "sentiment-config",
+    "ServiceAccount": "sentiment-trainer",
+    "Role": "sentiment-trainer",
+    "RoleBinding": "sentiment-trainer",
+    "Service": "sentiment-workers",
+    "Job": "sentiment-workers",
+}
+
+
+@pytest.fixture
+def operator(
+    operator_thread: Callable[[str], OperatorThread],
+    kube_emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[[], OperatorThread]]:
+    """Start kubetune's handlers (again, for a restart) against the emulator."""
+    monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig_path))
+    monkeypatch.setenv("KUBETUNE_OPERATOR_METRICS_PORT", "0")
+    monkeypatch.setenv("KUBETUNE_TRAINER_IMAGE", "registry.example/kubetune-trainer:test")
+    yield lambda: operator_thread(HANDLERS)
+
+
+def condition(ftj: dict[str, Any], kind: str) -> dict[str, Any]:
+    for found in ftj.get("status", {}).get("conditions", []):
+        if found["type"] == kind:
+            return dict(found)
+    return {}
+
+
+def phase_is(expected: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda ftj: ftj.get("status", {}).get("phase") == expected
+
+
+def children(kube: KubeClient) -> dict[str, list[str]]:
+    return {
+        kind: [obj["metadata"]["name"] for obj in kube.list_objects(kind, "default")]
+        for kind in CHILDREN
+    }
+
+
+def wait_for_children(kube: KubeClient) -> dict[str, Any]:
+    kube.wait_for(lambda: all(children(kube).values()) or None, "every child to exist")
+    return kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Pending"))
+
+
+def run_pods(kube: KubeClient, job: dict[str, Any], **states: dict[str, Any]) -> None:
+    """Play the Job controller and the kubelet: one pod per index, in the given states
+    (index -> containerStatus state; the rest run)."""
+    template = job["spec"]["template"]
+    for index in range(job["spec"]["parallelism"]):
+        name = f"{job['metadata']['name']}-{index}-r{job['metadata']['annotations']['kubetune.dev/restart']}"
+        metadata = copy.deepcopy(template["metadata"])
+        metadata["name"] = name
+        metadata["labels"]["batch.kubernetes.io/job-completion-index"] = str(index)
+        metadata["labels"]["batch.kubernetes.io/controller-uid"] = job["metadata"]["uid"]
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": job["metadata"]["name"],
+                "uid": job["metadata"]["uid"],
+                "controller": True,
+            }
+        ]
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
+        kube.create(pod)
+        state = states.get(f"w{index}", {"running": {"startedAt": "2026-11-22T10:00:00Z"}})
+        phase = "Failed" if "terminated" in state else "Running"
+        container = {"name": "trainer", "state": state, "restartCount": 0}
+        kube.patch(
+            "Pod",
+            name,
+            {"status": {"phase": phase, "containerStatuses": [container]}},
+            subresource="status",
+        )
+
+
+def test_a_finetunejob_gets_exactly_its_children_owned_by_it(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    created = kube.create(sentiment)
+    ftj = wait_for_children(kube)
+
+    assert children(kube) == {kind: [name] for kind, name in CHILDREN.items()}
+    for kind, name in CHILDREN.items():
+        (owner,) = kube.get(kind, name)["metadata"]["ownerReferences"]  # type: ignore[index]
+        assert owner["uid"] == created["metadata"]["uid"]
+        assert owner["kind"] == "FineTuneJob"
+        assert owner["controller"] is True
+    assert condition(ftj, "Validated")["status"] == "True"
+    assert ftj["status"]["observedGeneration"] == 1
+    job = kube.get("Job", "sentiment-workers")
+    assert job is not None
+    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "registry.example/kubetune-trainer:test"
+    reasons = [event["reason"] for event in kube.events_for(created)]
+    assert "Created" in reasons
+
+
+def test_an_operator_restart_creates_nothing_twice(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    first = operator()
+    kube.create(sentiment)
+    wait_for_children(kube)
+    first.stop()
+    uids = {kind: kube.get(kind, name)["metadata"]["uid"] for kind, name in CHILDREN.items()}  # type: ignore[index]
+
+    operator()  # resumes the FineTuneJob it finds
+    second = kube.wait_for_object(
+        "FineTuneJob",
+        "sentiment",
+        lambda ftj: (
+            "kubetune.dev/last-handled-configuration" in ftj["metadata"].get("annotations", {})
+        ),
+    )
+    assert second["status"]["phase"] == "Pending"
+    assert children(kube) == {kind: [name] for kind, name in CHILDREN.items()}
+    again = {kind: kube.get(kind, name)["metadata"]["uid"] for kind, name in CHILDREN.items()}  # type: ignore[index]
+    assert again == uids
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"resources": {"workers": 0}}, "spec.resources.workers"),
+        ({"resources": {"image": "evil;rm -rf /"}}, "spec.resources.image"),
+        ({"training": {"learningRate": -1}}, "spec.training.learningRate"),
+    ],
+)
+def test_an_invalid_spec_is_reported_and_creates_nothing(
+    kube: KubeClient,
+    operator: Callable[[], OperatorThread],
+    sentiment: dict[str, Any],
+    change: dict[str, Any],
+    field: str,
+) -> None:
+    operator()
+    for section, values in change.items():
+        sentiment["spec"].setdefault(section, {}).update(values)
+    created = kube.create(sentiment)
+    ftj = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Failed"))
+
+    validated = condition(ftj, "Validated")
+    assert validated["status"] == "False"
+    assert validated["reason"] == "InvalidSpec"
+    assert field in validated["message"]
+    assert condition(ftj, "Failed")["status"] == "True"
+    assert all(not names for names in children(kube).values())
+    kube.wait_for(
+        lambda: "InvalidSpec" in [e["reason"] for e in kube.events_for(created)] or None,
+        "an InvalidSpec Event",
+    )
+
+
+def test_a_failed_worker_restarts_the_group_and_a_completed_job_succeeds(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    sentiment["spec"]["resources"] = {"workers": 2, "gpusPerWorker": 0}
+    operator()
+    kube.create(sentiment)
+    wait_for_children(kube)
+    first = kube.get("Job", "sentiment-workers")
+    assert first is not None
+    crash = {
+        "terminated": {"exitCode": 137, "reason": "Error", "finishedAt": "2026-11-22T10:05:00Z"}
+    }
+    run_pods(kube, first, w1=crash)
+    kube.patch(
+        "Job",
+        "sentiment-workers",
+        {
+            "status": {
+                "conditions": [
+                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
+                ]
+            }
+        },
+        subresource="status",
+    )
+
+    second = kube.wait_for_object(
+        "Job",
+        "sentiment-workers",
+        lambda job: job["metadata"]["annotations"]["kubetune.dev/restart"] == "1",
+    )
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    ftj = kube.wait_for_object(
+        "FineTuneJob", "sentiment", lambda f: f["status"].get("restarts") == 1
+    )
+    assert ftj["status"]["lastFailure"]["exitCode"] == 137
+
+    run_pods(kube, second)
+    kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Running"))
+    kube.patch(
+        "Job",
+        "sentiment-workers",
+        {"status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 2}},
+        subresource="status",
+    )
+    done = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Succeeded"))
+    assert condition(done, "Succeeded")["status"] == "True"
+    assert done["status"]["restarts"] == 1
+    assert done["status"]["completionTime"]
+
+
+def test_suspending_and_resuming_reaches_the_job(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    kube.create(sentiment)
+    wait_for_children(kube)
+    kube.patch("FineTuneJob", "sentiment", {"spec": {"runPolicy": {"suspend": True}}})
+    kube.wait_for_object("Job", "sentiment-workers", lambda job: job["spec"]["suspend"] is True)
+    kube.patch("FineTuneJob", "sentiment", {"spec": {"runPolicy": {"suspend": False}}})
+    kube.wait_for_object("Job", "sentiment-workers", lambda job: job["spec"]["suspend"] is False)
