@@ -10,7 +10,7 @@ CRD schema checks) is listed in tests/kube/emulator.py.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -35,12 +35,12 @@ def operator(
     operator_thread: Callable[[str], OperatorThread],
     kube_emulator: EmulatorServer,
     monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Callable[[], OperatorThread]]:
+) -> Callable[[], OperatorThread]:
     """Start kubetune's handlers (again, for a restart) against the emulator."""
     monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig_path))
     monkeypatch.setenv("KUBETUNE_OPERATOR_METRICS_PORT", "0")
     monkeypatch.setenv("KUBETUNE_TRAINER_IMAGE", "registry.example/kubetune-trainer:test")
-    yield lambda: operator_thread(HANDLERS)
+    return lambda: operator_thread(HANDLERS)
 
 
 def condition(ftj: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -71,7 +71,8 @@ def run_pods(kube: KubeClient, job: dict[str, Any], **states: dict[str, Any]) ->
     (index -> containerStatus state; the rest run)."""
     template = job["spec"]["template"]
     for index in range(job["spec"]["parallelism"]):
-        name = f"{job['metadata']['name']}-{index}-r{job['metadata']['annotations']['kubetune.dev/restart']}"
+        restart = job["metadata"]["annotations"]["kubetune.dev/restart"]
+        name = f"{job['metadata']['name']}-{index}-r{restart}"
         metadata = copy.deepcopy(template["metadata"])
         metadata["name"] = name
         metadata["labels"]["batch.kubernetes.io/job-completion-index"] = str(index)
