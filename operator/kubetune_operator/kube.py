@@ -15,6 +15,7 @@ from typing import Any, Final, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from kubetune_operator import metrics
 from kubetune_operator.api import v1alpha1
 
 CONFLICT: Final = 409
@@ -77,6 +78,7 @@ class Cluster:
         except ApiException as error:
             if error.status == CONFLICT:
                 return False
+            _count_failure(f"create {obj['kind']}", error)
             raise
         return True
 
@@ -84,9 +86,10 @@ class Cluster:
         """Delete a batch Job and, before it disappears, its pods (foreground deletion), so
         the next worker group of the same name never meets the old one."""
         self._ignore_missing(
+            "delete Job",
             lambda: client.BatchV1Api(self.api).delete_namespaced_job(
                 name, namespace, propagation_policy="Foreground"
-            )
+            ),
         )
 
     def delete(self, obj: Mapping[str, Any]) -> None:
@@ -104,19 +107,21 @@ class Cluster:
         if kind == "Job":
             self.delete_job(namespace, name)
         else:
-            self._ignore_missing(deleters[kind])
+            self._ignore_missing(f"delete {kind}", deleters[kind])
 
     def set_suspended(self, namespace: str, name: str, suspended: bool) -> None:
         """Suspend (pods deleted) or resume a batch Job."""
         self._ignore_missing(
+            "patch Job",
             lambda: client.BatchV1Api(self.api).patch_namespaced_job(
                 name, namespace, {"spec": {"suspend": suspended}}, _content_type=MERGE_PATCH
-            )
+            ),
         )
 
     def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         """Merge-patch the FineTuneJob's status subresource."""
         self._ignore_missing(
+            "patch FineTuneJob/status",
             lambda: client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
                 v1alpha1.GROUP,
                 v1alpha1.VERSION,
@@ -124,7 +129,7 @@ class Cluster:
                 v1alpha1.PLURAL,
                 name,
                 {"status": dict(patch)},
-            )
+            ),
         )
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any]:
@@ -140,9 +145,14 @@ class Cluster:
         return cast(dict[str, Any], found)
 
     @staticmethod
-    def _ignore_missing(call: Callable[[], object]) -> None:
+    def _ignore_missing(operation: str, call: Callable[[], object]) -> None:
         try:
             call()
         except ApiException as error:
             if error.status != NOT_FOUND:
+                _count_failure(operation, error)
                 raise
+
+
+def _count_failure(operation: str, error: ApiException) -> None:
+    metrics.API_ERRORS.labels(operation, str(error.status)).inc()

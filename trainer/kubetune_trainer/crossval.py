@@ -123,6 +123,7 @@ def _summarise(
         "job": job_name,
         "succeeded": all(r.succeeded for r in results),
         "bestMetrics": {name: values["mean"] for name, values in summary.items()},
+        "cost": {"gpuHours": sum(r.report.get("cost", {}).get("gpuHours", 0.0) for r in results)},
         "crossValidation": {
             "folds": len(results),
             "metrics": summary,

@@ -1,0 +1,47 @@
+"""The operator's process-wide parts: settings from the chart's environment, its metrics."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from kubetune_operator import builders, metrics
+from kubetune_operator.handlers import settings_from_env
+
+
+def test_settings_come_from_the_environment_with_defaults() -> None:
+    assert settings_from_env({}) == builders.OperatorSettings()
+    settings = settings_from_env(
+        {
+            "KUBETUNE_TRAINER_IMAGE": "registry.example/trainer:2",
+            "KUBETUNE_IMAGE_PULL_SECRETS": " regcred, ,other ",
+        }
+    )
+    assert settings.trainer_image == "registry.example/trainer:2"
+    assert settings.image_pull_secrets == ("regcred", "other")
+
+
+@pytest.mark.parametrize("port", ["http", "-1", "70000"])
+def test_a_bad_metrics_port_names_the_variable(port: str) -> None:
+    with pytest.raises(ValueError, match="KUBETUNE_OPERATOR_METRICS_PORT"):
+        metrics.serve({"KUBETUNE_OPERATOR_METRICS_PORT": port})
+
+
+def test_port_zero_serves_nothing() -> None:
+    assert metrics.serve({"KUBETUNE_OPERATOR_METRICS_PORT": "0"}) is None
+
+
+def test_jobs_per_phase_count_the_last_phase_of_each_job() -> None:
+    collector = metrics.PhaseCollector()
+    registry = CollectorRegistry()
+    registry.register(collector)
+    collector.track(("ml", "a"), "Running")
+    collector.track(("ml", "b"), "Running")
+    collector.track(("ml", "a"), "Succeeded")
+    collector.track(("ml", "c"), "Failed")
+    collector.track(("ml", "c"), None)  # deleted
+    text = generate_latest(registry).decode()
+    assert 'kubetune_jobs{phase="Running"} 1.0' in text
+    assert 'kubetune_jobs{phase="Succeeded"} 1.0' in text
+    assert 'kubetune_jobs{phase="Failed"} 0.0' in text
+    assert 'kubetune_jobs{phase="Pending"} 0.0' in text
