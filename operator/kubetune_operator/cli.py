@@ -270,11 +270,17 @@ def run_operator(
     import kopf
 
     from kubetune_operator import handlers  # noqa: F401  (its decorators register the handlers)
+    from kubetune_operator import kube
 
     formats = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.FULL}
     if log_format not in formats:
         err.print(f"[red]✗[/] --log-format must be json or plain (got {escape(log_format)})")
         raise typer.Exit(2)
+    try:
+        kube.connect()
+    except kube.KubeError as error:
+        err.print(f"[red]✗[/] {escape(str(error))}")
+        raise typer.Exit(1) from None
     kopf.configure(verbose=verbose, log_format=formats[log_format], log_refkey="object")
     namespaces = namespace or []
     kopf.run(

@@ -113,3 +113,19 @@ def test_explain_an_unknown_field() -> None:
     result = runner.invoke(app, ["explain", "spec.trainig"])
     assert result.exit_code == 1
     assert "spec has no field 'trainig'" in result.output
+
+
+def test_the_operator_without_a_cluster_says_so_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    result = runner.invoke(app, ["operator"])
+    assert result.exit_code == 1
+    assert "cannot find a cluster to talk to" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_operator_refuses_an_unknown_log_format() -> None:
+    result = runner.invoke(app, ["operator", "--log-format", "xml"])
+    assert result.exit_code == 2
+    assert "--log-format must be json or plain (got xml)" in result.output
