@@ -269,8 +269,10 @@ def run_operator(
     """Run the FineTuneJob operator against the current cluster (in-cluster or kubeconfig)."""
     import kopf
 
-    from kubetune_operator import handlers  # noqa: F401  (its decorators register the handlers)
-    from kubetune_operator import kube
+    from kubetune_operator import (
+        handlers,  # noqa: F401  (its decorators register the handlers)
+        kube,
+    )
 
     formats = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.FULL}
     if log_format not in formats:
