@@ -32,7 +32,8 @@ FINETUNEJOBS: Final = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 MANAGED: Final = {"app.kubernetes.io/managed-by": "kubetune"}
 JOB_NAME_LABEL: Final = "kubetune.dev/job-name"
 TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
-TICK_SECONDS: Final = 30.0
+TICK_SECONDS: Final = float(os.environ.get("KUBETUNE_TICK_SECONDS", "30"))
+"""How often each job is looked at for what only the clock notices (deadline, TTL)."""
 
 Key = tuple[str, str]
 """(namespace, FineTuneJob name): how children find their FineTuneJob in the indexes."""

@@ -39,6 +39,7 @@ def operator(
     """Start kubetune's handlers (again, for a restart) against the emulator."""
     monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig_path))
     monkeypatch.setenv("KUBETUNE_OPERATOR_METRICS_PORT", "0")
+    monkeypatch.setenv("KUBETUNE_TICK_SECONDS", "0.5")
     monkeypatch.setenv("KUBETUNE_TRAINER_IMAGE", "registry.example/kubetune-trainer:test")
     return lambda: operator_thread(HANDLERS)
 
@@ -239,3 +240,46 @@ def test_suspending_and_resuming_reaches_the_job(
     kube.wait_for_object("Job", "sentiment-workers", lambda job: job["spec"]["suspend"] is True)
     kube.patch("FineTuneJob", "sentiment", {"spec": {"runPolicy": {"suspend": False}}})
     kube.wait_for_object("Job", "sentiment-workers", lambda job: job["spec"]["suspend"] is False)
+
+
+def complete(kube: KubeClient) -> None:
+    kube.patch(
+        "Job",
+        "sentiment-workers",
+        {"status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}},
+        subresource="status",
+    )
+
+
+def test_children_go_after_ttl_seconds_and_the_status_stays(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    sentiment["spec"]["runPolicy"] = {"ttlSecondsAfterFinished": 1}
+    operator()
+    kube.create(sentiment)
+    wait_for_children(kube)
+    job = kube.get("Job", "sentiment-workers")
+    assert job is not None
+    run_pods(kube, job)
+    complete(kube)
+    kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Succeeded"))
+    kube.wait_for(lambda: not any(children(kube).values()) or None, "every child to go")
+    ftj = kube.get("FineTuneJob", "sentiment")
+    assert ftj is not None
+    assert ftj["status"]["phase"] == "Succeeded"
+    assert condition(ftj, "Succeeded")["status"] == "True"
+
+
+def test_the_deadline_fails_the_job_and_stops_its_workers(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    sentiment["spec"]["runPolicy"] = {"activeDeadlineSeconds": 1}
+    operator()
+    kube.create(sentiment)
+    wait_for_children(kube)
+    job = kube.get("Job", "sentiment-workers")
+    assert job is not None
+    run_pods(kube, job)
+    ftj = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Failed"))
+    assert condition(ftj, "Failed")["reason"] == "DeadlineExceeded"
+    kube.wait_until_gone("Job", "sentiment-workers")
