@@ -189,21 +189,25 @@ def crd(
         bool, typer.Option("--stdout", help="Print the CRD instead of writing files.")
     ] = False,
 ) -> None:
-    """Generate the FineTuneJob CRD from the API models into crds/ and the Helm chart."""
+    """Generate the FineTuneJob CRD from the API models into crds/ and the Helm chart, and
+    the field reference into docs/reference.md."""
     if stdout:
         out.out(crdgen.render_crd(), end="")
         return
+    reference = root / explain.REFERENCE_FILE
     if check:
-        stale = crdgen.stale_crds(root)
+        stale = crdgen.stale_crds(root) + ([reference] if explain.reference_is_stale(root) else [])
         for path in stale:
             err.print(f"[red]✗[/] {escape(str(path))} differs from the models: run `kubetune crd`")
         if stale:
             raise typer.Exit(1)
-        out.print("[green]✓[/] the CRD files match the models")
+        out.print("[green]✓[/] the CRD files and the field reference match the models")
         return
     changed = crdgen.write_crds(root)
     for path in crdgen.crd_paths(root):
         out.print(f"{'wrote' if path in changed else 'unchanged'} {escape(str(path))}")
+    wrote = explain.write_reference(root)
+    out.print(f"{'wrote' if wrote else 'unchanged'} {escape(str(reference))}")
 
 
 @app.command(name="explain")

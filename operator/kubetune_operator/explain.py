@@ -7,6 +7,7 @@ prints is exactly what the API server will accept.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kubetune_operator.crdgen import Schema, openapi_schema
@@ -92,3 +93,60 @@ def _plain(value: Any) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value)) if abs(value) >= 1 else str(value)
     return str(value)
+
+
+REFERENCE_FILE = "docs/reference.md"
+REFERENCE_HEADER = """# FineTuneJob reference
+
+Generated from the API models by `kubetune crd` (CI fails when it is stale); do not edit.
+`kubetune explain PATH` and `kubectl explain ftj.PATH` print the same descriptions.
+"""
+
+
+def render_reference() -> str:
+    """Every field of the FineTuneJob under spec and status: type, constraints, description."""
+    sections: list[str] = [REFERENCE_HEADER]
+    for path in ("spec", "status"):
+        sections.extend(_reference_sections(path, schema_at(path)))
+    return "\n".join(sections)
+
+
+def _reference_sections(path: str, node: Schema) -> list[str]:
+    fields = describe(node)
+    if not fields:
+        return []
+    description = node.get("description", "")
+    lines = [f"## `{path}`", "", *([description, ""] if description else [])]
+    lines += ["| field | type | description |", "| --- | --- | --- |"]
+    for doc in fields:
+        name = f"`{doc.name}`" + (" (required)" if doc.required else "")
+        text = doc.description + (f" *{doc.constraints}*" if doc.constraints else "")
+        lines.append(f"| {name} | {doc.type} | {_cell(text)} |")
+    lines.append("")
+    body = node.get("items", node)
+    children = body.get("properties", {})
+    nested = [
+        section
+        for name, child in children.items()
+        for section in _reference_sections(f"{path}.{name}", child)
+    ]
+    return lines + nested
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_reference(root: Path) -> bool:
+    """Write docs/reference.md under `root`; True when it changed."""
+    path, text = root / REFERENCE_FILE, render_reference()
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return True
+
+
+def reference_is_stale(root: Path) -> bool:
+    path = root / REFERENCE_FILE
+    return not path.exists() or path.read_text(encoding="utf-8") != render_reference()

@@ -94,6 +94,19 @@ def test_crd_writes_then_check_detects_drift(tmp_path: Path) -> None:
     assert "differs from the models: run `kubetune crd`" in result.output
 
 
+def test_crd_writes_the_field_reference_and_check_detects_its_drift(tmp_path: Path) -> None:
+    assert runner.invoke(app, ["crd", "--root", str(tmp_path)]).exit_code == 0
+    reference = tmp_path / "docs/reference.md"
+    text = reference.read_text()
+    assert "## `spec.training`" in text
+    assert "| `learningRate` | number |" in text
+    assert "## `status.biasAudit`" in text
+    reference.write_text(text.replace("learningRate", "learning_rate"))
+    result = runner.invoke(app, ["crd", "--check", "--root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "docs/reference.md differs from the models" in result.output
+
+
 def test_crd_to_stdout_is_the_committed_file() -> None:
     result = runner.invoke(app, ["crd", "--stdout"])
     assert result.stdout == (REPO / "crds/finetunejobs.kubetune.dev.yaml").read_text()
