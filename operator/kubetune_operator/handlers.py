@@ -145,7 +145,12 @@ def reconcile(
         created = _create_all(shared.cluster, children, owner=body)
         patch.status.update(status_rules.validated(body, now=now()))
         if created:
-            kopf.event(body, type="Normal", reason="Created", message=_created_message(created))
+            kopf.event(
+                body,
+                type="Normal",
+                reason=status_rules.Reason.Created,
+                message=_created_message(created),
+            )
 
 
 @kopf.on.field(*FINETUNEJOBS, field="spec.runPolicy.suspend")
@@ -163,7 +168,7 @@ def spec_changed(body: kopf.Body, diff: kopf.Diff, **_: Any) -> None:
         kopf.event(
             body,
             type="Warning",
-            reason="SpecChangeIgnored",
+            reason=status_rules.Reason.SpecChangeIgnored,
             message=f"spec.{', spec.'.join(changed)} changed after the job started; a running "
             "job only takes spec.runPolicy.suspend. Create a new FineTuneJob for the rest.",
         )
@@ -211,7 +216,10 @@ def tick(
     for child in builders.child_references(*reversed(key)):
         shared.cluster.delete(child)
     kopf.event(
-        body, type="Normal", reason="CleanedUp", message=f"children deleted {ttl}s after the end"
+        body,
+        type="Normal",
+        reason=status_rules.Reason.CleanedUp,
+        message=f"children deleted {ttl}s after the end",
     )
 
 

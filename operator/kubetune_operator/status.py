@@ -86,6 +86,8 @@ class Reason:
     BiasAuditPassed: Final = "BiasAuditPassed"
     BiasAuditFailed: Final = "BiasAuditFailed"
     InsufficientData: Final = "InsufficientData"
+    SpecChangeIgnored: Final = "SpecChangeIgnored"
+    CleanedUp: Final = "CleanedUp"
 
 
 WARNING_REASONS: Final = frozenset(

@@ -45,3 +45,14 @@ def test_jobs_per_phase_count_the_last_phase_of_each_job() -> None:
     assert 'kubetune_jobs{phase="Succeeded"} 1.0' in text
     assert 'kubetune_jobs{phase="Failed"} 0.0' in text
     assert 'kubetune_jobs{phase="Pending"} 0.0' in text
+
+
+def test_every_status_reason_has_a_troubleshooting_section() -> None:
+    from kubetune_operator.status import Reason
+    from tests.conftest import REPO
+
+    guide = (REPO / "docs/troubleshooting.md").read_text()
+    reasons = [value for name, value in vars(Reason).items() if not name.startswith("_")]
+    assert len(reasons) > 20
+    missing = [reason for reason in reasons if f"### `{reason}`" not in guide]
+    assert missing == []
