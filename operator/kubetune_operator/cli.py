@@ -1,23 +1,31 @@
-"""The `kubetune` command: check manifests, generate the CRD, explain fields.
+"""The `kubetune` command: check manifests, run them here or submit them to a cluster.
 
 Every user mistake ends in a message that names the file and the field, and a non-zero
-exit; tracebacks are for kubetune's own bugs only.
+exit; tracebacks are for kubetune's own bugs only. The same holds for the cluster: no
+kubeconfig, an unreachable API server or a refusal is one line that says what to fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import time
 import webbrowser
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from kubetune_operator import crdgen, explain, local, run_report
-from kubetune_operator.api.v1alpha1 import FineTuneJob
+from kubetune_operator import crdgen, explain, job_view, kube, local, run_report
+from kubetune_operator.api.v1alpha1 import DNS_LABEL_PATTERN, FineTuneJob
 from kubetune_operator.manifests import Checked, ManifestError, check_file
 
 app = typer.Typer(
@@ -46,16 +54,21 @@ def validate(
 
 
 def _report_file(path: Path) -> bool:
+    return _valid_jobs(path) is not None
+
+
+def _valid_jobs(path: Path) -> list[FineTuneJob] | None:
+    """The file's FineTuneJobs, after printing what `validate` prints; None on any problem."""
     try:
         results = check_file(path)
     except ManifestError as error:
         err.print(f"[red]✗[/] {escape(str(error))}")
-        return False
+        return None
     if not any(r.job or r.problems for r in results):
         err.print(f"[red]✗[/] {escape(str(path))}: holds no FineTuneJob")
-        return False
+        return None
     reported = [_report_document(result) for result in results]  # report every document
-    return all(reported)
+    return [r.job for r in results if r.job] if all(reported) else None
 
 
 def _report_document(result: Checked) -> bool:
@@ -175,6 +188,205 @@ def _open_page(page: Path) -> None:
         err.print(f"[red]✗[/] {escape(str(page))}: no such file (the run drew no page)")
         raise typer.Exit(1)
     webbrowser.open(page.as_uri())
+
+
+MAX_NAMESPACE_LENGTH = 63
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace",
+        "-n",
+        help="Namespace (default: the manifest's, else the kubeconfig context's, else default).",
+    ),
+]
+
+
+@app.command()
+def submit(
+    manifest: Annotated[Path, typer.Argument(help="A FineTuneJob manifest.")],
+    namespace: NamespaceOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and show what would be created; send nothing.")
+    ] = False,
+) -> None:
+    """Check a manifest like `validate`, then create its FineTuneJobs in the current cluster."""
+    jobs = _valid_jobs(manifest)
+    if jobs is None:
+        raise typer.Exit(1)
+    _check_namespace_option(namespace)
+    for job in jobs:
+        for field_path, uri in _laptop_paths(job):
+            err.print(
+                f"[yellow]![/] {escape(field_path)}: {escape(uri)} is a path on this machine, "
+                "which the pods cannot see; use pvc://CLAIM/PATH (a volume the pods mount) "
+                "or an absolute path inside the trainer image"
+            )
+    if dry_run:
+        for job in jobs:
+            target = _namespace_for(job, namespace)
+            out.print(f"dry run: would create FineTuneJob {escape(target)}/{job.metadata.name}")
+        return
+    with _kube_errors():
+        cluster = kube.Cluster(kube.connect())
+        created = [_create(cluster, job, _namespace_for(job, namespace)) for job in jobs]
+    if not all(created):
+        raise typer.Exit(1)
+
+
+def _check_namespace_option(namespace: str | None) -> None:
+    if namespace is None:
+        return
+    if len(namespace) > MAX_NAMESPACE_LENGTH or not re.fullmatch(DNS_LABEL_PATTERN, namespace):
+        err.print(
+            f"[red]✗[/] --namespace {escape(namespace)!r}: must be a DNS label "
+            "(lowercase letters, digits and '-', at most 63 characters)"
+        )
+        raise typer.Exit(1)
+
+
+def _namespace_for(job: FineTuneJob, namespace: str | None) -> str:
+    return namespace or job.metadata.namespace or kube.current_namespace()
+
+
+def _laptop_paths(job: FineTuneJob) -> list[tuple[str, str]]:
+    """(field path, value) of every source or output that names a file of this machine:
+    a relative path, or an absolute one that exists here (the pods see the image's)."""
+    spec = job.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return [(path, uri) for path, uri in _locations(spec, "spec") if _names_a_local_file(uri)]
+
+
+def _names_a_local_file(uri: str) -> bool:
+    if uri.startswith("file://"):
+        return os.path.exists(uri.removeprefix("file://"))
+    if "://" in uri:
+        return False
+    return not os.path.isabs(uri) or os.path.exists(uri)
+
+
+def _locations(node: object, field_path: str) -> Iterator[tuple[str, str]]:
+    """Every `source` and `uri` string below `node`, with its field path."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key in ("source", "uri") and isinstance(value, str):
+                yield f"{field_path}.{key}", value
+            else:
+                yield from _locations(value, f"{field_path}.{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _locations(item, f"{field_path}[{index}]")
+
+
+def _create(cluster: kube.Cluster, job: FineTuneJob, namespace: str) -> bool:
+    body = job.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"status"})
+    body["metadata"]["namespace"] = namespace
+    name = job.metadata.name
+    with kube.explained(f"create FineTuneJob {namespace}/{name}"):
+        created = cluster.create(body)
+    if not created:
+        err.print(
+            f"[red]✗[/] FineTuneJob {escape(namespace)}/{name} already exists, and its spec "
+            f"cannot change once it started: delete it first (kubectl delete ftj {name} "
+            f"-n {escape(namespace)}) or give the manifest a new metadata.name"
+        )
+        return False
+    out.print(f"[green]✓[/] created FineTuneJob {escape(namespace)}/{name}")
+    out.print(f"  follow it: kubetune status {name} -n {escape(namespace)} --watch")
+    return True
+
+
+@contextlib.contextmanager
+def _kube_errors() -> Iterator[None]:
+    try:
+        yield
+    except kube.KubeError as error:
+        err.print(f"[red]✗[/] {escape(str(error))}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def status(
+    name: Annotated[str, typer.Argument(help="The FineTuneJob's name.")],
+    namespace: NamespaceOption = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Follow the job until it succeeds (exit 0) or fails (exit 1).",
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the raw status (a line per change with --watch).")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.01, help="Seconds between polls with --watch.")
+    ] = 2.0,
+) -> None:
+    """Show a FineTuneJob: phase, conditions, progress, metrics, verdicts and recent Events."""
+    _check_namespace_option(namespace)
+    with _kube_errors():
+        cluster = kube.Cluster(kube.connect())
+        target = namespace or kube.current_namespace()
+        if not watch:
+            _show(*_fetch(cluster, target, name), as_json=as_json, compact=False)
+            return
+        final = _watch(cluster, target, name, interval, as_json)
+    if final != "Succeeded":
+        raise typer.Exit(1)
+
+
+def _fetch(
+    cluster: kube.Cluster, namespace: str, name: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    with kube.explained(f"read FineTuneJob {namespace}/{name}"):
+        try:
+            job = cluster.get_job(namespace, name)
+        except kube.KubeError:
+            raise kube.KubeError(_not_found(cluster, namespace, name)) from None
+        uid = job.get("metadata", {}).get("uid")
+        events = cluster.list_events(namespace, uid) if uid else []
+    return job, events
+
+
+def _not_found(cluster: kube.Cluster, namespace: str, name: str) -> str:
+    message = f"FineTuneJob {namespace}/{name} not found"
+    with contextlib.suppress(kube.KubeError), kube.explained("list FineTuneJobs"):
+        names = cluster.list_job_names(namespace)
+        message += f"; {namespace} holds " + (", ".join(names) if names else "no FineTuneJob")
+    return message
+
+
+def _show(
+    job: Mapping[str, Any], events: list[dict[str, Any]], *, as_json: bool, compact: bool
+) -> None:
+    if as_json:
+        status = job_view.status_of(job)
+        out.out(json.dumps(status, ensure_ascii=False, indent=None if compact else 2))
+        return
+    for part in job_view.renderables(job, events, datetime.now(UTC)):
+        out.print(part)
+
+
+def _watch(
+    cluster: kube.Cluster, namespace: str, name: str, interval: float, as_json: bool
+) -> str | None:
+    """Poll until the job finishes, showing each change; the final phase."""
+    live = out.is_terminal and not as_json
+    shown: object = None
+    with Live(console=out, auto_refresh=False) if live else contextlib.nullcontext() as screen:
+        while True:
+            job, events = _fetch(cluster, namespace, name)
+            if screen is not None:  # a terminal: redraw in place, so the ages tick too
+                parts = job_view.renderables(job, events, datetime.now(UTC))
+                screen.update(Group(*parts), refresh=True)
+            elif (job.get("status"), events) != shown:
+                if shown is not None and not as_json:
+                    out.rule(datetime.now().strftime("%H:%M:%S"), style="dim")
+                _show(job, events, as_json=as_json, compact=True)
+                shown = (job.get("status"), events)
+            if job_view.phase(job) in job_view.FINISHED:
+                return job_view.phase(job)
+            time.sleep(interval)
 
 
 @app.command()

@@ -3,15 +3,20 @@
 A thin layer over the official client, so the handlers read as intent (create this child,
 restart that Job) and never build URLs. Creating is idempotent: an object that already
 exists (HTTP 409) counts as done, and deleting one that is gone (404) too, which makes every
-reconcile safe to repeat after an operator restart or a lost answer.
+reconcile safe to repeat after an operator restart or a lost answer. The CLI wraps its calls
+in `explained`, which turns refusals and network failures into one line a person can act on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, Final, cast
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -20,7 +25,12 @@ from kubetune_operator.api import v1alpha1
 
 CONFLICT: Final = 409
 NOT_FOUND: Final = 404
+BAD_REQUEST: Final = 400
+UNAUTHORIZED: Final = 401
+FORBIDDEN: Final = 403
 SERVICE_ACCOUNT_TOKEN: Final = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+SERVICE_ACCOUNT_NAMESPACE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+DEFAULT_NAMESPACE: Final = "default"
 MERGE_PATCH: Final = "application/merge-patch+json"
 
 _CREATE_METHODS: Final[dict[tuple[str, str], tuple[type[Any], str]]] = {
@@ -43,19 +53,83 @@ class KubeError(Exception):
     """An API call that failed for a reason a person can act on; the message says which."""
 
 
+def _in_cluster() -> bool:
+    return os.path.exists(SERVICE_ACCOUNT_TOKEN) and "KUBERNETES_SERVICE_HOST" in os.environ
+
+
+def _kubeconfig_file() -> str | None:
+    # The client reads KUBECONFIG when it is imported; read it when connecting.
+    return os.environ.get("KUBECONFIG") or None
+
+
 def connect() -> client.ApiClient:
     """A client with the pod's service account in a cluster, else the current kubeconfig."""
     try:
-        if os.path.exists(SERVICE_ACCOUNT_TOKEN) and "KUBERNETES_SERVICE_HOST" in os.environ:
+        if _in_cluster():
             config.load_incluster_config()  # type: ignore[no-untyped-call]
         else:
-            # The client reads KUBECONFIG when it is imported; read it when connecting.
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=os.environ.get("KUBECONFIG") or None
-            )
+            config.load_kube_config(config_file=_kubeconfig_file())  # type: ignore[no-untyped-call]
     except config.ConfigException as error:
-        raise KubeError(f"cannot find a cluster to talk to: {error}") from None
+        raise KubeError(f"cannot find a cluster to talk to: {_config_problem(error)}") from None
     return client.ApiClient()
+
+
+def _config_problem(error: config.ConfigException) -> str:
+    named = _kubeconfig_file()
+    paths = named.split(os.pathsep) if named else [os.path.expanduser("~/.kube/config")]
+    if not any(os.path.exists(path) for path in paths):
+        source = "KUBECONFIG" if named else "the default kubeconfig"
+        return f"{source} {os.pathsep.join(paths)} does not exist (and this is not a pod)"
+    return str(error)
+
+
+def current_namespace() -> str:
+    """The namespace kubectl would use: a pod's own, else the kubeconfig context's, else default."""
+    if _in_cluster():
+        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text(encoding="utf-8").strip()
+    try:
+        _, context = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+            config_file=_kubeconfig_file()
+        )
+    except config.ConfigException:
+        return DEFAULT_NAMESPACE
+    namespace = (context or {}).get("context", {}).get("namespace")
+    return str(namespace) if namespace else DEFAULT_NAMESPACE
+
+
+@contextlib.contextmanager
+def explained(action: str) -> Iterator[None]:
+    """Re-raise the API's refusals and network failures during `action` as a KubeError."""
+    try:
+        yield
+    except ApiException as error:
+        raise KubeError(f"cannot {action}: {_refusal(error)}") from None
+    except urllib3.exceptions.HTTPError as error:
+        unreachable = f"the cluster is unreachable ({_network(error)})"
+        raise KubeError(f"cannot {action}: {unreachable}") from None
+
+
+def _refusal(error: ApiException) -> str:
+    said = _server_message(error)
+    if error.status == UNAUTHORIZED:
+        return "the cluster does not accept your credentials (401); log in again"
+    if error.status == FORBIDDEN:
+        return f"not allowed (403): {said}"
+    return f"{error.status} {error.reason}: {said}".rstrip(": ")
+
+
+def _server_message(error: ApiException) -> str:
+    try:
+        body = json.loads(error.body or "")
+    except (TypeError, ValueError):
+        return ""
+    return str(body.get("message", "")) if isinstance(body, dict) else ""
+
+
+def _network(error: urllib3.exceptions.HTTPError) -> str:
+    cause = error.reason if isinstance(error, urllib3.exceptions.MaxRetryError) else error
+    # "HTTPSConnection(host=..., port=...): Failed to establish ...": the host is known already.
+    return str(cause).split("): ", 1)[-1]
 
 
 class Cluster:
@@ -143,6 +217,37 @@ class Cluster:
                 raise KubeError(f"FineTuneJob {namespace}/{name} not found") from None
             raise
         return cast(dict[str, Any], found)
+
+    def list_job_names(self, namespace: str) -> list[str]:
+        """The names of the FineTuneJobs in a namespace, sorted."""
+        found = client.CustomObjectsApi(self.api).list_namespaced_custom_object(
+            v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL
+        )
+        items = cast(dict[str, Any], found).get("items") or []
+        return sorted(str(item["metadata"]["name"]) for item in items)
+
+    def list_events(self, namespace: str, uid: str) -> list[dict[str, Any]]:
+        """The Events about one object, as plain data in the API's field names."""
+        try:
+            events = self._events(namespace, f"involvedObject.uid={uid}")
+        except ApiException as error:
+            if error.status != BAD_REQUEST:
+                raise
+            # A server without field selectors (the test emulator): filter here instead.
+            events = [
+                event
+                for event in self._events(namespace)
+                if (event.get("involvedObject") or {}).get("uid") == uid
+            ]
+        return events
+
+    def _events(self, namespace: str, field_selector: str | None = None) -> list[dict[str, Any]]:
+        found = client.CoreV1Api(self.api).list_namespaced_event(
+            namespace, field_selector=field_selector
+        )
+        # As the API wrote them (camelCase, RFC 3339 times), like the FineTuneJob itself.
+        plain = self.api.sanitize_for_serialization(found)  # type: ignore[no-untyped-call]
+        return [item for item in plain.get("items") or [] if isinstance(item, dict)]
 
     @staticmethod
     def _ignore_missing(operation: str, call: Callable[[], object]) -> None:

@@ -157,7 +157,7 @@ def renderables(report: Mapping[str, Any], run_dir: Path) -> list[RenderableType
     parts: list[RenderableType] = [_heading(glance), _facts(glance)]
     best = glance["bestMetrics"]
     if best:
-        parts.append(_table("best metrics", list(best), [[fmt(v) for v in best.values()]]))
+        parts.append(table("best metrics", list(best), [[fmt(v) for v in best.values()]]))
     parts += _diagnosis(glance["diagnosis"]) + _data(glance["data"]) + _bias(report)
     html = Path(glance["reportHtml"])
     shown = escape(str(html)) if html.exists() else f"{escape(str(html))} [dim](not written)[/]"
@@ -184,13 +184,14 @@ def _facts(glance: Mapping[str, Any]) -> Table:
     return grid
 
 
-def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
-    table = Table(title=escape(title), title_justify="left", header_style="bold", box=None)
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    """A borderless titled table of escaped plain-text cells (shared with `kubetune status`)."""
+    drawn = Table(title=escape(title), title_justify="left", header_style="bold", box=None)
     for header in headers:
-        table.add_column(escape(str(header)), overflow="fold")  # narrow terminals lose nothing
+        drawn.add_column(escape(str(header)), overflow="fold")  # narrow terminals lose nothing
     for row in rows:
-        table.add_row(*(escape(cell) for cell in row))
-    return table
+        drawn.add_row(*(escape(cell) for cell in row))
+    return drawn
 
 
 def _diagnosis(diagnosis: Mapping[str, Any]) -> list[RenderableType]:
@@ -237,5 +238,5 @@ def _bias(report: Mapping[str, Any]) -> list[RenderableType]:
             ]
             for m in metrics
         ]
-        parts.append(_table("bias metrics", headers, rows))
+        parts.append(table("bias metrics", headers, rows))
     return [Group(*parts)]

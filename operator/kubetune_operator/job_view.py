@@ -1,0 +1,323 @@
+"""`kubetune status NAME`: a FineTuneJob's status and Events, read in the terminal.
+
+`kubectl get ftj` shows one line and `kubectl describe` a wall of YAML; this is the glance
+an ML engineer wants while a job runs: where it stands, how far it is, the metrics, and
+the trainer's verdicts on the curves, the data and the bias audit. Pure functions from the
+object as the API returns it (plain data, camelCase) to rich renderables, so they are
+tested without a cluster. Every string comes from the cluster and reaches rich escaped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from rich.console import RenderableType
+from rich.markup import escape
+from rich.table import Table
+
+from kubetune_operator.run_report import MISSING, bias_line, fmt, passed_mark, table
+
+FINISHED: Final = ("Succeeded", "Failed")
+"""Phases after which nothing changes any more."""
+RECENT_EVENTS: Final = 5
+PHASE_STYLE: Final = {
+    "Pending": "yellow",
+    "Running": "cyan",
+    "Succeeded": "green",
+    "Failed": "red",
+    "Suspended": "magenta",
+}
+DIAGNOSIS_STYLE: Final = {"Healthy": "green", "Inconclusive": "yellow"}
+_EPOCH: Final = datetime.min.replace(tzinfo=UTC)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _records(value: object) -> list[Mapping[str, Any]]:
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
+def status_of(job: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The object's status (empty before the operator wrote one)."""
+    return _mapping(job.get("status"))
+
+
+def phase(job: Mapping[str, Any]) -> str | None:
+    """The status phase, or None while the operator has not seen the job."""
+    value = status_of(job).get("phase")
+    return str(value) if value else None
+
+
+def parse_time(value: object) -> datetime | None:
+    """An RFC 3339 timestamp as an aware datetime; None when absent or malformed."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def event_time(event: Mapping[str, Any]) -> datetime:
+    """When an Event last happened: lastTimestamp, else eventTime, else its creation."""
+    moments = (
+        event.get("lastTimestamp"),
+        event.get("eventTime"),
+        _mapping(event.get("metadata")).get("creationTimestamp"),
+    )
+    parsed = (parse_time(moment) for moment in moments)
+    return next((moment for moment in parsed if moment is not None), _EPOCH)
+
+
+def recent_events(
+    events: Sequence[Mapping[str, Any]], count: int = RECENT_EVENTS
+) -> list[Mapping[str, Any]]:
+    """The last `count` Events, oldest first."""
+    return sorted(events, key=event_time)[-count:] if count > 0 else []
+
+
+def duration_text(seconds: float) -> str:
+    """A short human duration: 45s, 12m 05s, 3h 07m, 2d 04h."""
+    whole = max(int(seconds), 0)
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def age_text(timestamp: object, now: datetime) -> str:
+    """How long ago a timestamp was, or the en dash when there is none."""
+    moment = parse_time(timestamp)
+    return MISSING if moment is None else duration_text((now - moment).total_seconds())
+
+
+def progress_text(progress: Mapping[str, Any]) -> str:
+    """Epoch, step, percentage and ETA on one line, leaving out what is not known yet."""
+    parts = []
+    if progress.get("epochs"):
+        parts.append(f"epoch {fmt(progress.get('epoch', 0))}/{fmt(progress['epochs'])}")
+    if progress.get("totalSteps"):
+        step = f"step {fmt(progress.get('step', 0))}/{fmt(progress['totalSteps'])}"
+        parts.append(f"{step} ({fmt(progress.get('percent', 0))}%)")
+    eta = progress.get("etaSeconds")
+    if isinstance(eta, int | float) and not isinstance(eta, bool):
+        parts.append(f"ETA {duration_text(eta)}")
+    return "  ".join(parts) or MISSING
+
+
+def workers_text(status: Mapping[str, Any]) -> str:
+    """Worker pods by phase, and the group restarts."""
+    workers = _mapping(status.get("workers"))
+    counts = [
+        f"{fmt(workers[state])} {state}"
+        for state in ("running", "pending", "succeeded", "failed")
+        if workers.get(state)
+    ]
+    restarts = status.get("restarts") or 0
+    return f"{', '.join(counts) or 'none yet'}; restarts {fmt(restarts)}"
+
+
+def last_failure_text(failure: Mapping[str, Any]) -> str:
+    """The last worker failure: cause, step, restart number and exit code."""
+    text = str(failure.get("reason") or "failed")
+    if failure.get("step") is not None:
+        text += f" at step {fmt(failure['step'])}"
+    details = [f"worker group {fmt(failure.get('restart', 0))}"]
+    if failure.get("exitCode") is not None:
+        details.append(f"exit code {failure['exitCode']}")
+    return f"{text} ({', '.join(details)})"
+
+
+def renderables(
+    job: Mapping[str, Any], events: Sequence[Mapping[str, Any]], now: datetime
+) -> list[RenderableType]:
+    """What `kubetune status` prints, top to bottom."""
+    status = status_of(job)
+    parts: list[RenderableType] = [_heading(job), _facts(status, now)]
+    parts += _conditions(status, now)
+    parts += _metrics(status)
+    parts += _diagnosis(_mapping(status.get("diagnosis")))
+    parts += _data(_mapping(status.get("dataValidation")))
+    parts += _bias(status)
+    parts += _artifacts(_mapping(status.get("artifacts")))
+    parts += _trials(status)
+    parts += _events(recent_events(events), now)
+    return parts
+
+
+def _heading(job: Mapping[str, Any]) -> str:
+    metadata = _mapping(job.get("metadata"))
+    name = f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
+    current = phase(job)
+    shown = (
+        f"[{PHASE_STYLE.get(current, 'bold')}]{escape(current)}[/]"
+        if current
+        else "[dim]not seen by the operator yet[/]"
+    )
+    return f"[bold]FineTuneJob {escape(name)}[/]  {shown}"
+
+
+def _facts(status: Mapping[str, Any], now: datetime) -> Table:
+    rows = [
+        ("progress", progress_text(_mapping(status.get("progress")))),
+        ("workers", workers_text(status)),
+    ]
+    failure = _mapping(status.get("lastFailure"))
+    if failure:
+        rows.append(("last failure", last_failure_text(failure)))
+    if status.get("metricSummary"):
+        rows.append(("metric", str(status["metricSummary"])))
+    if status.get("startTime"):
+        rows.append(("started", f"{age_text(status['startTime'], now)} ago"))
+    if status.get("completionTime"):
+        rows.append(("finished", f"{age_text(status['completionTime'], now)} ago"))
+    grid = Table.grid(padding=(0, 2))
+    for name, value in rows:
+        grid.add_row(f"[bold]{escape(name)}[/]", escape(value))
+    return grid
+
+
+def _conditions(status: Mapping[str, Any], now: datetime) -> list[RenderableType]:
+    conditions = _records(status.get("conditions"))
+    if not conditions:
+        return []
+    rows = [
+        [
+            str(c.get("type", "")),
+            str(c.get("status", "")),
+            str(c.get("reason", "")),
+            str(c.get("message", "")),
+            age_text(c.get("lastTransitionTime"), now),
+        ]
+        for c in conditions
+    ]
+    return [table("conditions", ["type", "status", "reason", "message", "age"], rows)]
+
+
+def _metrics(status: Mapping[str, Any]) -> list[RenderableType]:
+    metrics = _mapping(status.get("metrics"))
+    if not metrics:
+        return []
+    return [table("metrics", list(metrics), [[fmt(value) for value in metrics.values()]])]
+
+
+def _diagnosis(diagnosis: Mapping[str, Any]) -> list[RenderableType]:
+    verdict = diagnosis.get("verdict")
+    if not verdict:
+        return []
+    style = DIAGNOSIS_STYLE.get(str(verdict), "red")
+    line = f"[bold]diagnosis[/]  [{style}]{escape(str(verdict))}[/]"
+    if diagnosis.get("suggestion"):
+        line += f": {escape(str(diagnosis['suggestion']))}"
+    evidence = diagnosis.get("evidence")
+    notes = [f"  • {escape(str(item))}" for item in evidence] if isinstance(evidence, list) else []
+    return [line, *notes]
+
+
+def _data(data: Mapping[str, Any]) -> list[RenderableType]:
+    if not data:
+        return []
+    mark = "[green]✓[/]" if data.get("passed", True) else "[red]✗[/]"
+    lines: list[RenderableType] = [
+        f"[bold]data[/]  {mark} {escape(str(data.get('message') or ''))}".rstrip()
+    ]
+    if data.get("rowsIn") is not None:
+        lines.append(f"  rows: {fmt(data['rowsIn'])} in, {fmt(data.get('rowsOut'))} kept")
+    for title, key in (("dropped", "dropped"), ("flagged", "flagged"), ("added", "added")):
+        counts = _mapping(data.get(key))
+        if counts:
+            listed = ", ".join(f"{fmt(n)} {rule}" for rule, n in counts.items())
+            lines.append(f"  {title}: {escape(listed)}")
+    classes = _mapping(data.get("classCounts"))
+    if classes:
+        listed = ", ".join(f"{label} {fmt(n)}" for label, n in classes.items())
+        ratio = data.get("imbalanceRatio")
+        imbalance = f" (imbalance {fmt(ratio)}:1)" if ratio is not None else ""
+        lines.append(f"  classes: {escape(listed)}{escape(imbalance)}")
+    if data.get("recommendation"):
+        lines.append(f"  recommendation: {escape(str(data['recommendation']))}")
+    return lines
+
+
+def _bias(status: Mapping[str, Any]) -> list[RenderableType]:
+    line = bias_line(status)
+    if line is None:
+        return []
+    audit = _mapping(status.get("biasAudit"))
+    parts: list[RenderableType] = [f"[bold]bias audit[/]  {line}"]
+    if audit.get("worstGroup"):
+        parts.append(f"  worst group: {escape(str(audit['worstGroup']))}")
+    metrics = _records(audit.get("metrics"))
+    if metrics:
+        rows = [
+            [
+                str(m.get("name", "")),
+                str(m.get("attribute", "")),
+                fmt(m.get("value")),
+                fmt(m.get("threshold")),
+                passed_mark(m.get("passed")),
+            ]
+            for m in metrics
+        ]
+        headers = ["metric", "attribute", "value", "threshold", "passed"]
+        parts.append(table("bias metrics", headers, rows))
+    return parts
+
+
+def _artifacts(artifacts: Mapping[str, Any]) -> list[RenderableType]:
+    names = {
+        "outputUri": "output",
+        "model": "model",
+        "report": "report.json",
+        "reportHtml": "report.html",
+        "lastCheckpoint": "last checkpoint",
+    }
+    rows = [[title, str(artifacts[key])] for key, title in names.items() if artifacts.get(key)]
+    return [table("artifacts", ["", "where"], rows)] if rows else []
+
+
+def _trials(status: Mapping[str, Any]) -> list[RenderableType]:
+    trials = _records(status.get("trials"))
+    if not trials:
+        return []
+    states = Counter(str(trial.get("state")) for trial in trials)
+    line = f"[bold]trials[/]  {len(trials)}: " + escape(
+        ", ".join(f"{n} {state.lower()}" for state, n in states.items())
+    )
+    best = _mapping(status.get("bestTrial"))
+    if best:
+        line += f"; best {escape(str(best.get('name')))} ({fmt(best.get('objective'))})"
+    return [line]
+
+
+def _events(events: Sequence[Mapping[str, Any]], now: datetime) -> list[RenderableType]:
+    if not events:
+        return []
+    rows = [
+        [
+            age_text_of_event(event, now),
+            str(event.get("type", "")),
+            str(event.get("reason", "")),
+            str(event.get("message", "")),
+        ]
+        for event in events
+    ]
+    return [table("events", ["age", "type", "reason", "message"], rows)]
+
+
+def age_text_of_event(event: Mapping[str, Any], now: datetime) -> str:
+    """How long ago an Event last happened, with its repeat count when above one."""
+    moment = event_time(event)
+    age = MISSING if moment == _EPOCH else duration_text((now - moment).total_seconds())
+    count = event.get("count")
+    return f"{age} (x{count})" if isinstance(count, int) and count > 1 else age
