@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from kubetune_operator import crdgen
 from kubetune_operator.cli import app
-from tests.conftest import REPO
+from tests.conftest import EXAMPLE_MANIFESTS, REPO
 
 runner = CliRunner()
 SENTIMENT = REPO / "examples/sentiment/job.yaml"
@@ -25,7 +25,7 @@ def kubetune(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_validate_passes_the_examples() -> None:
-    result = kubetune("validate", *map(str, sorted((REPO / "examples").rglob("*.yaml"))))
+    result = kubetune("validate", *map(str, EXAMPLE_MANIFESTS))
     assert result.returncode == 0, result.stderr
     assert "FineTuneJob sentiment is valid" in result.stdout
     assert "FineTuneJob sentiment-every-section is valid" in result.stdout
