@@ -85,3 +85,26 @@ def test_the_guide_shows_the_script_that_is_tested() -> None:
     guide = (REPO / "docs/gitops.md").read_text()
     indented = "\n".join(f"    {line}" if line else "" for line in SCRIPT.splitlines())
     assert indented in guide
+
+
+def test_the_kustomization_renders_the_teams_valid_finetunejob() -> None:
+    import subprocess
+
+    import yaml
+
+    from kubetune_operator.manifests import check_document
+
+    kubectl = REPO / ".ci/bin/kubectl"
+    if not kubectl.exists():
+        pytest.skip("kubectl not found: run .ci/helm (CI does) to fetch it")
+    rendered = subprocess.run(
+        [str(kubectl), "kustomize", str(REPO / "examples/gitops")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (document,) = list(yaml.safe_load_all(rendered))
+    checked = check_document(document, "kustomize output")
+    assert checked.problems == []
+    assert document["metadata"]["namespace"] == "team-a"
+    assert document["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-gpus"
