@@ -33,6 +33,8 @@ CMD ["--help"]
 FROM base AS trainer
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=""
+# trainer,example adds the all-MiniLM-L6-v2 weights that examples/gitops/job.yaml fine-tunes.
+ARG TRAINER_EXTRAS=trainer
 LABEL org.opencontainers.image.title="kubetune-trainer" \
       org.opencontainers.image.description="The kubetune trainer: python -m kubetune_trainer under accelerate launch" \
       org.opencontainers.image.licenses="Apache-2.0"
@@ -42,7 +44,7 @@ RUN if [ -n "${TORCH_INDEX_URL}" ]; then \
     else \
         pip install --no-compile "torch==${TORCH_VERSION}"; \
     fi \
-    && pip install --no-compile ".[trainer]"
+    && pip install --no-compile ".[${TRAINER_EXTRAS}]"
 ENV HF_HOME=/tmp/huggingface
 USER 10001:10001
 ENTRYPOINT ["python", "-m", "kubetune_trainer"]
