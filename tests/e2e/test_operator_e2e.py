@@ -276,8 +276,9 @@ def test_a_killed_worker_restarts_the_group_which_resumes_from_its_checkpoint(
         assert killed in logs
         assert len(logs) == 4, list(logs)  # two workers, twice
         resumed = [pod for pod, log in logs.items() if "Resuming from" in log]
-        assert len(resumed) == 1, cluster.describe()
-        assert resumed[0].startswith("sentiment-workers-0-")
+        # Every rank of the second group, and only those, resumed.
+        assert len(resumed) == 2, cluster.describe()
+        assert killed not in resumed
         events = [
             json.loads(line)
             for line in (checkpoints.parent / "metrics.jsonl").read_text().splitlines()

@@ -14,8 +14,8 @@ deleted; `suspend: true` deletes the pods. When a Job is gone, its pods are kill
 deleted: the emulator has no garbage collector, so this stands in for the cascade a real
 cluster does through ownerReferences.
 
-The kubelet runs each pod's single container as a local process (`python` is this
-interpreter) in a process group of its own, with a per-pod directory that mirrors the
+The kubelet runs each pod's single container as a local process tree (`python` is this
+interpreter; a kill takes the whole tree) with a per-pod directory that mirrors the
 container's filesystem: every volume mount is a symlink at its mountPath under that
 directory (ConfigMap volumes hold the ConfigMap's files, emptyDirs are fresh directories,
 a claim is `<root>/pvc/<claim>` shared by every pod and restart, the projected service
@@ -61,6 +61,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
+
+import psutil  # type: ignore[import-untyped]
 
 from tests.kube.client import KubeApiError, KubeClient
 
@@ -544,6 +546,13 @@ class TestKubelet:
 
     @staticmethod
     def _kill_process(container: Container) -> None:
+        """SIGKILL the container's whole process tree: torchrun starts the trainer in a
+        session of its own, so killing the launcher's process group alone would leave the
+        trainer running (and holding its ports) as an orphan."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(container.process.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(container.process.pid, signal.SIGKILL)
         container.process.wait()
