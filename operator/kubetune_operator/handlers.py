@@ -65,6 +65,13 @@ class Runtime:
     restarted: dict[Key, int] = field(default_factory=dict)
     """The newest group restart this operator decided per job: an index that still shows an
     older status must not make it create an older group again."""
+    written: dict[Key, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    """The last status patch per job and the resourceVersion it was computed from. kopf's
+    indexes lag the operator's own writes; until the index moves past that version, the
+    patch is laid over it, so the next event neither repeats the patch nor its Events."""
+    created_jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    """The worker Job this operator created per job, until the index shows it, so the
+    status does not see it missing and create it again."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +150,15 @@ def reconcile(
             deadline_seconds=_deadline_left(checked.job, body),
         )
         created = _create_all(shared.cluster, children, owner=body)
-        patch.status.update(status_rules.validated(body, now=now()))
+        validated = status_rules.validated(body, now=now())
+        patch.status.update(validated)
+        job = children[-1]
+        if created and created[-1] == f"Job {job['metadata']['name']}":
+            # A new worker Job has no pods yet: its first status goes out with this patch.
+            shared.created_jobs[(namespace, name)] = job
+            first = _observe({**body, "status": {**body.get("status", {}), **validated}}, job, [])
+            patch.status.update(first.patch)
+            _post(body, first.events)
         if created:
             kopf.event(
                 body,
@@ -225,21 +240,31 @@ def tick(
 
 def _refresh(shared: Runtime, key: Key, indexes: Indexes) -> None:
     with metrics.reconcile_timer("status"), shared.locks[key]:
-        ftj = _newest(indexes.finetunejobs.get(key, []))
+        ftj = _own_writes_over(shared, key, _newest(indexes.finetunejobs.get(key, [])))
         if ftj is None or not _validated(ftj):
             return
         job = _newest(indexes.jobs.get(key, []))
-        update = status_rules.observe(
-            ftj,
-            job,
-            list(indexes.pods.get(key, [])),
-            now=now(),
-            backoff_limit=int(_run_policy(ftj).get("backoffLimit", 3)),
-            active_deadline_seconds=_run_policy(ftj).get("activeDeadlineSeconds"),
-        )
+        if job is not None:
+            shared.created_jobs.pop(key, None)
+        else:
+            job = shared.created_jobs.get(key)
+        update = _observe(ftj, job, list(indexes.pods.get(key, [])))
         _apply(shared, ftj, job, update)
         status = {**ftj.get("status", {}), **update.patch}
         metrics.JOBS.track(key, status.get("phase"))
+
+
+def _observe(
+    ftj: Mapping[str, Any], job: Mapping[str, Any] | None, pods: list[Any]
+) -> status_rules.StatusUpdate:
+    return status_rules.observe(
+        ftj,
+        job,
+        pods,
+        now=now(),
+        backoff_limit=int(_run_policy(ftj).get("backoffLimit", 3)),
+        active_deadline_seconds=_run_policy(ftj).get("activeDeadlineSeconds"),
+    )
 
 
 def _apply(
@@ -258,8 +283,10 @@ def _apply(
         metrics.RESTARTS.inc()
     if update.patch:
         shared.cluster.patch_status(namespace, name, update.patch)
+        shared.written[(namespace, name)] = (ftj["metadata"]["resourceVersion"], status)
     _post(ftj, update.events)
     if update.decision.delete_job and job is not None:
+        shared.created_jobs.pop((namespace, name), None)
         shared.cluster.delete_job(namespace, builders.workers_name(name))
         return
     if status.get("phase") not in TERMINAL_PHASES and _gone(job):
@@ -284,6 +311,7 @@ def _create_workers(shared: Runtime, ftj: Mapping[str, Any], restart: int) -> No
     )
     kopf.adopt(replacement, owner=_body(ftj))
     shared.cluster.create(replacement)
+    shared.created_jobs[key] = replacement
 
 
 def _create_all(
@@ -344,6 +372,21 @@ def _key(namespace: str | None, name: str) -> Key:
     if namespace is None:
         raise kopf.PermanentError("a FineTuneJob is namespaced; got one without a namespace")
     return namespace, name
+
+
+def _own_writes_over(
+    shared: Runtime, key: Key, ftj: Mapping[str, Any] | None
+) -> Mapping[str, Any] | None:
+    """The indexed FineTuneJob with this operator's last status patch laid over it while
+    the index still shows the version the patch was computed from."""
+    mine = shared.written.get(key)
+    if ftj is None or mine is None:
+        return ftj
+    version, status = mine
+    if ftj["metadata"].get("resourceVersion") != version:
+        del shared.written[key]
+        return ftj
+    return {**ftj, "status": status}
 
 
 def _gone(job: Mapping[str, Any] | None) -> bool:
