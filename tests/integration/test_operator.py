@@ -283,3 +283,27 @@ def test_the_deadline_fails_the_job_and_stops_its_workers(
     ftj = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Failed"))
     assert condition(ftj, "Failed")["reason"] == "DeadlineExceeded"
     kube.wait_until_gone("Job", "sentiment-workers")
+
+
+def test_a_hostile_spec_fails_alone_and_the_operator_serves_the_next_job(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    hostile = copy.deepcopy(sentiment)
+    hostile["metadata"]["name"] = "x" * 41  # too long for the derived names
+    hostile["spec"]["resources"] = {"workers": 10**9, "image": "$(curl evil)"}
+    hostile["spec"]["output"] = {"uri": "pvc://runs/../../etc"}
+    kube.create(hostile)
+    failed = kube.wait_for_object("FineTuneJob", "x" * 41, phase_is("Failed"))
+    message = condition(failed, "Validated")["message"]
+    for field in (
+        "metadata.name",
+        "spec.resources.workers",
+        "spec.resources.image",
+        "spec.output.uri",
+    ):
+        assert field in message
+
+    kube.create(sentiment)
+    wait_for_children(kube)
+    assert children(kube) == {kind: [name] for kind, name in CHILDREN.items()}

@@ -15,7 +15,7 @@ from kubetune_operator.manifests import (
     load_documents,
     parse_documents,
 )
-from tests.conftest import REPO
+from tests.conftest import EXAMPLE_MANIFESTS, REPO
 
 
 def write(tmp_path: Path, content: str | bytes, name: str = "job.yaml") -> Path:
@@ -28,7 +28,7 @@ def write(tmp_path: Path, content: str | bytes, name: str = "job.yaml") -> Path:
 
 
 def test_every_example_is_a_valid_finetunejob() -> None:
-    for path in sorted((REPO / "examples").rglob("*.yaml")):
+    for path in EXAMPLE_MANIFESTS:
         results = check_file(path)
         assert [str(p) for r in results for p in r.problems] == [], path
         assert all(r.job for r in results), path
