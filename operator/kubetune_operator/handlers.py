@@ -251,7 +251,8 @@ def _refresh(shared: Runtime, key: Key, indexes: Indexes) -> None:
         update = _observe(ftj, job, list(indexes.pods.get(key, [])))
         _apply(shared, ftj, job, update)
         status = {**ftj.get("status", {}), **update.patch}
-        metrics.JOBS.track(key, status.get("phase"))
+        verdict = (ftj.get("status", {}).get("biasAudit") or {}).get("verdict")
+        metrics.JOBS.track(key, status.get("phase"), verdict)
 
 
 def _observe(

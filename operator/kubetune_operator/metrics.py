@@ -1,6 +1,7 @@
 """The operator's own Prometheus metrics, served on :8080 (KUBETUNE_OPERATOR_METRICS_PORT).
 
-A platform team watches the operator like any controller: how many jobs sit in each phase,
+A platform team watches the operator like any controller: how many jobs sit in each phase
+(and how many failed their bias audit),
 how long reconciles take, how often the API server refuses a call, and how many worker groups
 had to be restarted. The trainer's training metrics are served by the trainer pods, not here.
 """
@@ -21,6 +22,7 @@ from prometheus_client.registry import Collector
 PORT_ENV: Final = "KUBETUNE_OPERATOR_METRICS_PORT"
 DEFAULT_PORT: Final = 8080
 PHASES: Final = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+BIAS_VERDICTS: Final = ("Passed", "Failed", "InsufficientData")
 
 RECONCILE_SECONDS = Histogram(
     "kubetune_reconcile_duration_seconds",
@@ -36,30 +38,43 @@ API_ERRORS = Counter(
 RESTARTS = Counter("kubetune_restarts", "Worker groups restarted from their last checkpoint.")
 
 
-class PhaseCollector(Collector):
-    """`kubetune_jobs{phase}`: FineTuneJobs per phase, as last seen by this operator."""
+class JobsCollector(Collector):
+    """`kubetune_jobs{phase}` and `kubetune_bias_audits{verdict}`: FineTuneJobs per phase
+    and per bias-audit verdict, as this operator last saw them."""
 
     def __init__(self) -> None:
-        self._phases: dict[tuple[str, str], str] = {}
+        self._seen: dict[tuple[str, str], tuple[str, str | None]] = {}
         self._lock = threading.Lock()
 
-    def track(self, key: tuple[str, str], phase: str | None) -> None:
+    def track(
+        self, key: tuple[str, str], phase: str | None, bias_verdict: str | None = None
+    ) -> None:
+        """Record a job's phase and verdict; a phase of None forgets the job (deleted)."""
         with self._lock:
             if phase is None:
-                self._phases.pop(key, None)
+                self._seen.pop(key, None)
             else:
-                self._phases[key] = phase
+                self._seen[key] = (phase, bias_verdict)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
-            counts = Tally(self._phases.values())
-        family = GaugeMetricFamily("kubetune_jobs", "FineTuneJobs by phase.", labels=["phase"])
+            phases = Tally(phase for phase, _ in self._seen.values())
+            verdicts = Tally(verdict for _, verdict in self._seen.values() if verdict)
+        jobs = GaugeMetricFamily("kubetune_jobs", "FineTuneJobs by phase.", labels=["phase"])
         for phase in PHASES:
-            family.add_metric([phase], counts.get(phase, 0))
-        yield family
+            jobs.add_metric([phase], phases.get(phase, 0))
+        yield jobs
+        audits = GaugeMetricFamily(
+            "kubetune_bias_audits",
+            "FineTuneJobs by the verdict of their bias audit (jobs without one are not counted).",
+            labels=["verdict"],
+        )
+        for verdict in BIAS_VERDICTS:
+            audits.add_metric([verdict], verdicts.get(verdict, 0))
+        yield audits
 
 
-JOBS = PhaseCollector()
+JOBS = JobsCollector()
 REGISTRY.register(JOBS)
 
 

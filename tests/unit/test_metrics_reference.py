@@ -23,12 +23,13 @@ def operator_rows() -> list[tuple[str, str, str, str]]:
     registry = CollectorRegistry()
     for collector in (metrics.RECONCILE_SECONDS, metrics.API_ERRORS, metrics.RESTARTS):
         registry.register(collector)
-    registry.register(metrics.PhaseCollector())
+    registry.register(metrics.JobsCollector())
     labels = {
         "kubetune_reconcile_duration_seconds": ("handler",),
         "kubetune_api_errors": ("operation", "code"),
         "kubetune_restarts": (),
         "kubetune_jobs": ("phase",),
+        "kubetune_bias_audits": ("verdict",),
     }
     rows = []
     for family in registry.collect():

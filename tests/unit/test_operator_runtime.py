@@ -32,12 +32,12 @@ def test_port_zero_serves_nothing() -> None:
 
 
 def test_jobs_per_phase_count_the_last_phase_of_each_job() -> None:
-    collector = metrics.PhaseCollector()
+    collector = metrics.JobsCollector()
     registry = CollectorRegistry()
     registry.register(collector)
     collector.track(("ml", "a"), "Running")
     collector.track(("ml", "b"), "Running")
-    collector.track(("ml", "a"), "Succeeded")
+    collector.track(("ml", "a"), "Succeeded", "Failed")
     collector.track(("ml", "c"), "Failed")
     collector.track(("ml", "c"), None)  # deleted
     text = generate_latest(registry).decode()
@@ -45,6 +45,8 @@ def test_jobs_per_phase_count_the_last_phase_of_each_job() -> None:
     assert 'kubetune_jobs{phase="Succeeded"} 1.0' in text
     assert 'kubetune_jobs{phase="Failed"} 0.0' in text
     assert 'kubetune_jobs{phase="Pending"} 0.0' in text
+    assert 'kubetune_bias_audits{verdict="Failed"} 1.0' in text
+    assert 'kubetune_bias_audits{verdict="Passed"} 0.0' in text
 
 
 def test_every_status_reason_has_a_troubleshooting_section() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -512,7 +513,7 @@ def test_prometheus_serves_the_latest_numbers() -> None:
         0, job="sentiment", namespace="ml", address="127.0.0.1", clock=clock
     )
     try:
-        reporter.started(INFO)
+        reporter.started(dataclasses.replace(INFO, gpus=2))
         clock.now = 10.0
         reporter.logged(step(10, samples_per_second=32.0))
         clock.now = 15.0
@@ -531,6 +532,7 @@ def test_prometheus_serves_the_latest_numbers() -> None:
     assert only_value(families["kubetune_trainer_epoch"]) == 0.5
     assert only_value(families["kubetune_trainer_step"]) == 20.0
     assert only_value(families["kubetune_trainer_progress_ratio"]) == 0.2
+    assert only_value(families["kubetune_trainer_gpu_hours"]) == 2 * 15.0 / 3600  # 2 GPUs, 15 s
     samples = families["kubetune_trainer_samples"]
     assert only_value(samples, "kubetune_trainer_samples_total") == 32.0 * 10 + 16.0 * 5
     evals = {s.labels["metric"]: s.value for s in families["kubetune_trainer_eval_metric"]}

@@ -923,6 +923,7 @@ class Recipe:
             output_dir=self.output_dir,
             num_processes=self.processes,
             primary_metric=self.config.primary_metric(),
+            gpus=self.gpus,
         )
 
     def cleanup(self) -> None:

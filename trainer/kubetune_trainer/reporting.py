@@ -76,6 +76,8 @@ class RunInfo:
     num_processes: int
     primary_metric: str
     """The validation metric that kubectl get shows (status.metricSummary)."""
+    gpus: int = 0
+    """GPUs the run holds (one per process on GPUs, none on the CPU)."""
 
 
 @dataclass(frozen=True)
@@ -511,6 +513,11 @@ SAMPLES = MetricDefinition(
     "counter",
     "Training samples processed: each logging interval's throughput times its duration.",
 )
+GPU_HOURS = MetricDefinition(
+    "kubetune_trainer_gpu_hours",
+    "gauge",
+    "GPUs held times hours since training started (0 on the CPU), at the last logged step.",
+)
 TRAINER_METRICS: Final = (
     LOSS,
     LEARNING_RATE,
@@ -521,6 +528,7 @@ TRAINER_METRICS: Final = (
     PROGRESS_RATIO,
     EVAL_METRIC,
     SAMPLES,
+    GPU_HOURS,
 )
 
 
@@ -549,15 +557,18 @@ class PrometheusReporter:
         self._clock = clock
         self._info: RunInfo | None = None
         self._last_logged: float | None = None
+        self._started_at: float | None = None
         self._server, self._thread = start_http_server(port, addr=address, registry=self.registry)
         self.port: int = self._server.server_port
 
     def started(self, info: RunInfo) -> None:
         self._info = info
-        self._last_logged = self._clock()
+        self._last_logged = self._started_at = self._clock()
 
     def logged(self, record: StepRecord) -> None:
         info = _require_started(self._info)
+        assert self._started_at is not None  # set with the info
+        self._set(GPU_HOURS, info.gpus * (self._clock() - self._started_at) / 3600)
         self._set(LOSS, record.loss)
         self._set(LEARNING_RATE, record.learning_rate)
         if record.grad_norm is not None:
