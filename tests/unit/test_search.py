@@ -51,7 +51,7 @@ def job_with(manifest: dict[str, Any], **search: Any) -> FineTuneJob:
 
 def surface(params: dict[str, Any]) -> float:
     """A known objective: best at learning rate 1e-4, dropout 0.1, cosine."""
-    lr = math.log10(params.get("training.learningRate", 1e-4)) + 4
+    lr = math.log10(float(params.get("training.learningRate", 1e-4))) + 4
     bonus = 0.05 if params.get("training.scheduler") == "cosine" else 0.0
     return (
         0.9 - 0.1 * float(lr) ** 2 - (params.get("regularization.dropout", 0.1) - 0.1) ** 2 + bonus
