@@ -53,9 +53,8 @@ def surface(params: dict[str, Any]) -> float:
     """A known objective: best at learning rate 1e-4, dropout 0.1, cosine."""
     lr = math.log10(float(params.get("training.learningRate", 1e-4))) + 4
     bonus = 0.05 if params.get("training.scheduler") == "cosine" else 0.0
-    return (
-        0.9 - 0.1 * float(lr) ** 2 - (params.get("regularization.dropout", 0.1) - 0.1) ** 2 + bonus
-    )
+    dropout = float(params.get("regularization.dropout", 0.1))
+    return 0.9 - 0.1 * lr**2 - (dropout - 0.1) ** 2 + bonus
 
 
 def record(plan: TrialPlan, state: str, objective: float | None = None) -> dict[str, Any]:
