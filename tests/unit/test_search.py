@@ -398,12 +398,14 @@ def test_trial_manifest_is_a_labelled_valid_child(sentiment: dict[str, Any]) -> 
     )
 
 
-def test_trial_names_of_a_long_parent_are_refused_by_name(sentiment: dict[str, Any]) -> None:
-    sentiment["metadata"]["name"] = "a" * 34
-    job = job_with(sentiment, parameters=[DROPOUT])
+def test_the_longest_parent_name_leaves_room_for_the_last_trial(sentiment: dict[str, Any]) -> None:
+    sentiment["metadata"]["name"] = "a" * 30  # the API refuses a longer search parent
+    job = job_with(sentiment, parameters=[DROPOUT], maxTrials=1000)
     plan = next_trials(job, [])[0]
-    with pytest.raises(SearchError, match=r"metadata\.name: String should have at most 40"):
-        trial_manifest(job, plan)
+    last = TrialPlan(999, f"{'a' * 30}-trial-999", plan.params)
+    manifest = trial_manifest(job, last)
+    assert manifest["metadata"]["name"] == f"{'a' * 30}-trial-999"
+    assert len(manifest["metadata"]["name"]) == 40
 
 
 def completed(objectives: list[float]) -> list[dict[str, Any]]:

@@ -116,6 +116,10 @@ def test_grid_covers_the_product_within_max_trials(sentiment: dict[str, Any]) ->
             "spec.search.parameters[0].path: must be text matching",
         ),
         (
+            {"path": "training.batchSize", "type": "int", "min": 8, "max": 32, "step": 0.5},
+            "training.batchSize: an int parameter takes a whole-number step (got 0.5)",
+        ),
+        (
             {"path": "freezing.gradualUnfreezing", "type": "float", "min": 0.0, "max": 1.0},
             "names a whole section",
         ),
@@ -154,3 +158,13 @@ def test_objective_must_fit_the_task(sentiment: dict[str, Any]) -> None:
 def test_spec_field_walks_nested_sections() -> None:
     assert spec_field("freezing.gradualUnfreezing.every").annotation is int
     assert spec_field("training.learningRate").annotation is float
+
+
+def test_a_search_parent_name_leaves_room_for_its_trials(sentiment: dict[str, Any]) -> None:
+    search = {"parameters": [{"path": "training.epochs", "type": "int", "values": [1, 2]}]}
+    sentiment["metadata"]["name"] = "a" * 31
+    (problem,) = problems_with_search(sentiment, search)
+    assert "a job with spec.search may have at most 30 characters" in problem
+    assert "got 31" in problem
+    sentiment["metadata"]["name"] = "a" * 30
+    assert problems_with_search(sentiment, search) == []

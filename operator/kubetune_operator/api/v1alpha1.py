@@ -33,7 +33,9 @@ SHORT_NAMES = ("ftj",)
 CATEGORIES = ("kubetune",)
 
 MAX_JOB_NAME_LENGTH = 40
-"""Leaves room for the longest derived name: '<job>-trial-NNN-workers-NNN' (a pod hostname) in 63."""
+"""Leaves room for the longest derived name: '<job>-workers-NNN' (a pod hostname) in 63."""
+TRIAL_SUFFIX = "-trial-999"
+"""The longest suffix of a trial's name (maxTrials is at most 1000, numbered from 0)."""
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -240,6 +242,14 @@ def _check_numeric(parameter: SearchParameter) -> None:
         raise ValueError(f"{parameter.path}: a log scale needs min > 0 (got {parameter.min})")
     if parameter.log and parameter.step is not None:
         raise ValueError(f"{parameter.path}: step and log cannot be combined")
+    if (
+        parameter.type == "int"
+        and parameter.step is not None
+        and parameter.step != int(parameter.step)
+    ):
+        raise ValueError(
+            f"{parameter.path}: an int parameter takes a whole-number step (got {parameter.step})"
+        )
 
 
 def _check_numeric_values(parameter: SearchParameter) -> None:
@@ -673,3 +683,14 @@ class FineTuneJob(BaseModel):
     metadata: ObjectMeta
     spec: FineTuneJobSpec
     status: FineTuneJobStatus | None = None
+
+    @model_validator(mode="after")
+    def _trial_names_fit(self) -> Self:
+        """A search names its trials NAME-trial-NNN, which must fit the name limit too."""
+        longest = MAX_JOB_NAME_LENGTH - len(TRIAL_SUFFIX)
+        if self.spec.search is not None and len(self.metadata.name) > longest:
+            raise ValueError(
+                f"metadata.name: a job with spec.search may have at most {longest} characters "
+                f"(its trials are named NAME{TRIAL_SUFFIX}); got {len(self.metadata.name)}"
+            )
+        return self
