@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from kubetune_operator import crdgen, explain, job_view, kube, local, run_report
+from kubetune_operator import crdgen, explain, job_view, kube, local, local_search, run_report
 from kubetune_operator.api.v1alpha1 import DNS_LABEL_PATTERN, FineTuneJob
 from kubetune_operator.manifests import Checked, ManifestError, check_file
 
@@ -98,12 +98,27 @@ def run(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a finished run in the output directory.")
     ] = False,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=100,
+            help="A search's trials at once, as subprocesses (at most search.parallelism).",
+        ),
+    ] = 1,
 ) -> None:
-    """Run a FineTuneJob on this machine, no cluster needed; print where the results are."""
+    """Run a FineTuneJob on this machine, no cluster needed; print where the results are.
+
+    A job with spec.search runs its trials here into OUTPUT/trial-<n>/; run it again to
+    resume an interrupted search.
+    """
     job = _single_job(manifest)
     try:
         plan = local.plan_local_run(job, manifest, output)
         local.prepare_output(plan, overwrite)
+        if job.spec.search is not None:
+            _run_search(local_search.plan_search(job, plan, manifest, parallel, processes))
+            return
         out.print(f"Training [bold]{escape(plan.name)}[/] into {escape(str(plan.output_dir))}")
         report = (
             local.run_in_process(plan)
@@ -115,6 +130,17 @@ def run(
         raise typer.Exit(1) from None
     _print_summary(report)
     if not report["succeeded"]:
+        raise typer.Exit(1)
+
+
+def _run_search(plan: local_search.SearchPlan) -> None:
+    """Run or resume the search; print its trials, best trial and importance; exit 1 unless
+    it succeeded."""
+    report = local_search.run_search(plan, lambda line: out.print(escape(line)))
+    for part in run_report.renderables(report, plan.output_dir):
+        out.print(part)
+    if not report["succeeded"]:
+        err.print(f"[red]✗[/] {escape(plan.job.metadata.name)}: {escape(report['message'])}")
         raise typer.Exit(1)
 
 

@@ -2,7 +2,9 @@
 
 One process trains in this Python process; more are started with `accelerate launch
 --cpu`, exactly the trainer entry point the pods run. The trainer (and torch) is imported
-only when a run starts, so the rest of the CLI stays light.
+only when a run starts, so the rest of the CLI stays light. A job with `spec.search` is
+planned here like any other (its output directory, its paths) and its trials are run by
+`local_search`, which builds on these functions.
 """
 
 from __future__ import annotations
@@ -38,12 +40,11 @@ class LocalRun:
 
 
 def plan_local_run(job: FineTuneJob, manifest: Path, output: Path | None) -> LocalRun:
-    """Resolve paths against the manifest's folder and pick the output directory."""
-    if job.spec.search is not None:
-        raise LocalRunError(
-            "spec.search: this version of kubetune runs hyperparameter searches only on a "
-            "cluster; remove spec.search to run one training locally"
-        )
+    """Resolve paths against the manifest's folder and pick the output directory.
+
+    For a search, `config` is the parent's own recipe (the trials change it) and the
+    output directory holds the search: search.json, trial-<n>/ and the best model.
+    """
     config = job.spec.training_config().relative_to(manifest.resolve().parent)
     return LocalRun(job.metadata.name, config, output or _default_output(config, job))
 
@@ -84,40 +85,9 @@ def run_in_process(run: LocalRun) -> dict[str, Any]:
 
 def run_with_accelerate(run: LocalRun, processes: int) -> dict[str, Any]:
     """Train with `processes` CPU processes (gloo) under accelerate launch."""
-    config_path = run.output_dir / CONFIG_FILE
-    config_path.write_text(run.config.model_dump_json(exclude_none=True), encoding="utf-8")
-    # accelerate's --cpu launcher starts one process unless MPI is installed; its torchrun
-    # launcher (--multi_gpu) starts them all, and ACCELERATE_USE_CPU makes them use gloo.
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--main_process_port",
-        str(free_port()),
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "kubetune_trainer",
-        "--config",
-        str(config_path),
-        "--output",
-        str(run.output_dir),
-        "--job-name",
-        run.name,
-    ]
-    environment = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "true",
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-    }
-    completed = subprocess.run(command, env=environment, check=False)
+    completed = subprocess.run(
+        trainer_command(run, processes), env=trainer_environment(processes, 1), check=False
+    )
     if completed.returncode == EXIT_INVALID_INPUT:
         raise LocalRunError("the trainer refused its input (its message is above)")
     if not (run.output_dir / REPORT_FILE).exists():
@@ -125,6 +95,32 @@ def run_with_accelerate(run: LocalRun, processes: int) -> dict[str, Any]:
             f"the trainer exited with code {completed.returncode} before writing a report"
         )
     return read_report(run)
+
+
+def trainer_command(run: LocalRun, processes: int) -> list[str]:
+    """The trainer entry point the pods run, on `run`'s config written into its output
+    directory: directly for one process, under `accelerate launch` for more."""
+    config_path = run.output_dir / CONFIG_FILE
+    config_path.write_text(run.config.model_dump_json(exclude_none=True), encoding="utf-8")
+    trainer = ["-m", "kubetune_trainer", "--config", str(config_path)]
+    trainer += ["--output", str(run.output_dir), "--job-name", run.name]
+    if processes == 1:
+        return [sys.executable, *trainer]
+    # accelerate's --cpu launcher starts one process unless MPI is installed; its torchrun
+    # launcher (--multi_gpu) starts them all, and ACCELERATE_USE_CPU makes them use gloo.
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launcher += ["--num_processes", str(processes), "--num_machines", "1"]
+    launcher += ["--main_process_port", str(free_port()), "--mixed_precision", "no"]
+    return [*launcher, "--dynamo_backend", "no", *trainer]
+
+
+def trainer_environment(processes: int, threads: int) -> dict[str, str]:
+    """The environment of a trainer subprocess: `threads` OpenMP threads per process unless
+    OMP_NUM_THREADS says otherwise; several processes share the CPU (gloo)."""
+    environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    if processes > 1:
+        environment["ACCELERATE_USE_CPU"] = "true"
+    return environment
 
 
 def free_port() -> int:
@@ -136,6 +132,7 @@ def free_port() -> int:
 
 
 def read_report(run: LocalRun) -> dict[str, Any]:
+    """The run's report.json; LocalRunError when the run wrote none."""
     path = run.output_dir / REPORT_FILE
     if not path.exists():
         raise LocalRunError(f"the run finished without a report at {path}")

@@ -5,7 +5,9 @@ of an output volume: the outcome, the best metrics, the diagnosis, what the data
 did, the bias audit, and where the page is. It reads report.json as plain JSON, so the
 CLI needs neither torch nor the trainer; a missing or broken file is a message, never a
 traceback. Every string of the report is untrusted (data rows, labels, group names) and
-reaches rich escaped.
+reaches rich escaped. A search's folder (report.json with kind "search", written by
+`kubetune run` of a job with spec.search) shows its trials, best trial and the importance
+of each parameter instead.
 """
 
 from __future__ import annotations
@@ -94,8 +96,15 @@ def duration_seconds(report: Mapping[str, Any]) -> float | None:
     return sum(numbers) if numbers else None
 
 
+def is_search(report: Mapping[str, Any]) -> bool:
+    """Whether the report is a hyperparameter search's rather than one run's."""
+    return report.get("kind") == "search"
+
+
 def summary(report: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     """The glance as plain data (what `--json` prints)."""
+    if is_search(report):
+        return search_summary(report)
     metric = report.get("primaryMetric")
     best = _mapping(report.get("bestMetrics"))
     diagnosis = _mapping(report.get("diagnosis"))
@@ -153,6 +162,8 @@ def bias_line(report: Mapping[str, Any]) -> str | None:
 
 def renderables(report: Mapping[str, Any], run_dir: Path) -> list[RenderableType]:
     """What `kubetune report` prints, top to bottom."""
+    if is_search(report):
+        return search_renderables(report)
     glance = summary(report, run_dir)
     parts: list[RenderableType] = [_heading(glance), _facts(glance)]
     best = glance["bestMetrics"]
@@ -240,3 +251,89 @@ def _bias(report: Mapping[str, Any]) -> list[RenderableType]:
         ]
         parts.append(table("bias metrics", headers, rows))
     return [Group(*parts)]
+
+
+def search_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """A search's glance as plain data: outcome, objective, best trial, trials, importance."""
+    search = _mapping(report.get("search"))
+    return {
+        "job": report.get("job"),
+        "kind": "search",
+        "succeeded": report.get("succeeded"),
+        "message": report.get("message"),
+        "algorithm": search.get("algorithm"),
+        "objective": dict(_mapping(search.get("objective"))),
+        "progress": dict(_mapping(report.get("progress"))),
+        "bestTrial": dict(_mapping(report.get("bestTrial"))) or None,
+        "bestModel": _mapping(report.get("artifacts")).get("model") or None,
+        "bestTrialReport": _mapping(report.get("artifacts")).get("bestTrialReport") or None,
+        "trials": [dict(t) for t in _sequence(report.get("trials")) if isinstance(t, Mapping)],
+        "importance": dict(_mapping(report.get("importance"))) or None,
+        "importanceNote": report.get("importanceNote"),
+    }
+
+
+def search_renderables(report: Mapping[str, Any]) -> list[RenderableType]:
+    """What `kubetune report` prints for a search: outcome, trials, best trial, importance."""
+    glance = search_summary(report)
+    objective = glance["objective"]
+    progress = glance["progress"]
+    parts: list[RenderableType] = [_heading(glance)]
+    if glance["message"]:
+        parts.append(escape(str(glance["message"])))
+    facts = [
+        ("algorithm", str(glance["algorithm"] or MISSING)),
+        ("objective", f"{objective.get('direction', '')} {objective.get('metric', '')}".strip()),
+        ("trials", f"{fmt(progress.get('step'))} of {fmt(progress.get('totalSteps'))} finished"),
+    ]
+    grid = Table.grid(padding=(0, 2))
+    for name, value in facts:
+        grid.add_row(f"[bold]{escape(name)}[/]", escape(value))
+    parts += [grid, _trials_table(glance, _mapping(report.get("messages")))]
+    parts += _best_trial(glance) + _importance(glance)
+    return parts
+
+
+def _trials_table(glance: Mapping[str, Any], messages: Mapping[str, Any]) -> Table:
+    trials = glance["trials"]
+    best = _mapping(glance["bestTrial"]).get("number")
+    paths = list(dict.fromkeys(p for t in trials for p in _mapping(t.get("params"))))
+    metric = str(glance["objective"].get("metric") or "objective")
+    rows = [
+        [
+            f"{t.get('number')}{' ★' if t.get('number') == best else ''}",
+            str(t.get("state")),
+            *(fmt(_mapping(t.get("params")).get(p)) for p in paths),
+            fmt(t.get("objective")),
+            str(messages.get(str(t.get("number")), "")),
+        ]
+        for t in trials
+    ]
+    return table("trials", ["trial", "state", *paths, metric, "note"], rows)
+
+
+def _best_trial(glance: Mapping[str, Any]) -> list[RenderableType]:
+    best = _mapping(glance["bestTrial"])
+    if not best:
+        return ["[bold]best trial[/]     [red]none completed[/]"]
+    metric = glance["objective"].get("metric") or "objective"
+    params = ", ".join(f"{k}={fmt(v)}" for k, v in _mapping(best.get("params")).items())
+    lines: list[RenderableType] = [
+        f"[bold]best trial[/]     {escape(str(best.get('name')))} "
+        f"({escape(str(metric))} {escape(fmt(best.get('objective')))})",
+        f"  params:  {escape(params)}",
+    ]
+    for name, key in (("model", "bestModel"), ("report", "bestTrialReport")):
+        if glance[key]:
+            lines.append(f"  {name}:  {escape(str(glance[key]))}")
+    return lines
+
+
+def _importance(glance: Mapping[str, Any]) -> list[RenderableType]:
+    importance = glance["importance"]
+    if not importance:
+        note = glance["importanceNote"] or "not computed"
+        return [f"[bold]parameter importance[/]  {escape(str(note))}"]
+    ranked = sorted(importance.items(), key=lambda item: -float(item[1]))
+    rows = [[str(path), fmt(float(value))] for path, value in ranked]
+    return [table("parameter importance (fANOVA)", ["parameter", "importance"], rows)]
