@@ -8,10 +8,18 @@ the middle of a job picks up where the last one stopped and creates nothing twic
 
 Status is recomputed whenever the FineTuneJob, its batch Job or one of its pods changes. The
 three are kept in kopf indexes, so computing a status costs no API request.
+
+A FineTuneJob with `spec.search` is a parent: it gets no workers but child FineTuneJobs
+(trials), which these same handlers train. Whenever the parent or one of its trials changes,
+the parent's `status.trials` is brought up to date from the trials (a fourth index), and the
+pure `search` functions decide what to prune, which trials to start and the parent's status.
+Trial numbers come from the status and creating a trial is idempotent, so an operator
+restart in the middle of a search starts no trial twice.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -19,11 +27,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 import kopf
 
-from kubetune_operator import builders, kube, metrics
+from kubetune_operator import builders, kube, metrics, search
 from kubetune_operator import status as status_rules
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.manifests import check_document
@@ -34,6 +42,15 @@ JOB_NAME_LABEL: Final = "kubetune.dev/job-name"
 TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
 TICK_SECONDS: Final = float(os.environ.get("KUBETUNE_TICK_SECONDS", "30"))
 """How often each job is looked at for what only the clock notices (deadline, TTL)."""
+
+
+class SearchReason:
+    """Event and condition reasons of a search parent (beside status.Reason's)."""
+
+    TrialPruned: Final = "TrialPruned"
+    TrialFailed: Final = "TrialFailed"
+    SearchFailed: Final = "SearchFailed"
+
 
 Key = tuple[str, str]
 """(namespace, FineTuneJob name): how children find their FineTuneJob in the indexes."""
@@ -76,16 +93,22 @@ class Runtime:
 
 @dataclass(frozen=True)
 class Indexes:
-    """The three kopf indexes, keyed by (namespace, FineTuneJob name)."""
+    """The kopf indexes, keyed by (namespace, FineTuneJob name); trials by their parent's."""
 
     finetunejobs: kopf.Index[Key, Any]
     jobs: kopf.Index[Key, Any]
     pods: kopf.Index[Key, Any]
+    trials: kopf.Index[Key, Any]
 
     @classmethod
     def of(cls, kwargs: Mapping[str, Any]) -> Indexes:
         """kopf passes each index to a handler as a keyword named after its function."""
-        return cls(kwargs["finetunejobs"], kwargs["worker_jobs"], kwargs["worker_pods"])
+        return cls(
+            kwargs["finetunejobs"],
+            kwargs["worker_jobs"],
+            kwargs["worker_pods"],
+            kwargs["search_trials"],
+        )
 
 
 def runtime(memo: Any) -> Runtime:
@@ -124,10 +147,17 @@ def worker_pods(
     return {_key(namespace, labels.get(JOB_NAME_LABEL, "")): dict(body)}
 
 
+@kopf.index(*FINETUNEJOBS, labels={search.LABEL_COMPONENT: search.TRIAL_COMPONENT})
+def search_trials(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
+    return {_key(namespace, labels.get(search.LABEL_JOB_NAME, "")): dict(body)}
+
+
 @kopf.on.resume(*FINETUNEJOBS)
 @kopf.on.create(*FINETUNEJOBS)
 def reconcile(
-    body: kopf.Body, namespace: str | None, name: str, patch: kopf.Patch, memo: Any, **_: Any
+    body: kopf.Body, namespace: str | None, name: str, patch: kopf.Patch, memo: Any, **kwargs: Any
 ) -> None:
     """Validate the spec; create the children that are missing (existing ones count as done)."""
     with metrics.reconcile_timer("reconcile"):
@@ -140,6 +170,9 @@ def reconcile(
             _post(body, update.events)
             return
         if body.get("status", {}).get("phase") in TERMINAL_PHASES:
+            return
+        if checked.job.spec.search is not None:
+            _start_search(shared, (namespace, name), body, Indexes.of(kwargs))
             return
         restart = int(body.get("status", {}).get("restarts", 0))
         children = builders.build_children(
@@ -201,13 +234,17 @@ def refresh_status(
     memo: Any,
     **kwargs: Any,
 ) -> None:
-    """Recompute the owning FineTuneJob's status from its children and act on the verdict."""
+    """Recompute the owning FineTuneJob's status from its children and act on the verdict;
+    a trial's change refreshes its search parent too."""
+    indexes = Indexes.of(kwargs)
     is_finetunejob = resource.plural == v1alpha1.PLURAL
     key = _key(namespace, name if is_finetunejob else labels.get(JOB_NAME_LABEL, ""))
+    if is_finetunejob and labels.get(search.LABEL_COMPONENT) == search.TRIAL_COMPONENT:
+        _refresh(runtime(memo), _key(namespace, labels.get(search.LABEL_JOB_NAME, "")), indexes)
     if type == "DELETED" and is_finetunejob:
         metrics.JOBS.track(key, None)
         return
-    _refresh(runtime(memo), key, Indexes.of(kwargs))
+    _refresh(runtime(memo), key, indexes)
 
 
 @kopf.timer(*FINETUNEJOBS, interval=TICK_SECONDS, initial_delay=TICK_SECONDS)
@@ -243,6 +280,9 @@ def _refresh(shared: Runtime, key: Key, indexes: Indexes) -> None:
         ftj = _own_writes_over(shared, key, _newest(indexes.finetunejobs.get(key, [])))
         if ftj is None or not _validated(ftj):
             return
+        if _is_search(ftj):
+            _advance_search(shared, ftj, list(indexes.trials.get(key, [])))
+            return
         job = _newest(indexes.jobs.get(key, []))
         if job is not None:
             shared.created_jobs.pop(key, None)
@@ -253,6 +293,220 @@ def _refresh(shared: Runtime, key: Key, indexes: Indexes) -> None:
         status = {**ftj.get("status", {}), **update.patch}
         verdict = (ftj.get("status", {}).get("biasAudit") or {}).get("verdict")
         metrics.JOBS.track(key, status.get("phase"), verdict)
+
+
+def _start_search(shared: Runtime, key: Key, body: kopf.Body, indexes: Indexes) -> None:
+    """A new or resumed search parent: Validated, Running, and its first trials, in one patch."""
+    with shared.locks[key]:
+        # The index has seen this event too, and the overlay holds what refreshes wrote since.
+        ftj = _own_writes_over(shared, key, _newest(indexes.finetunejobs.get(key, []))) or body
+        first = status_rules.validated(ftj, now=now())
+        _advance_search(shared, ftj, list(indexes.trials.get(key, [])), first=first)
+
+
+def _advance_search(
+    shared: Runtime,
+    ftj: Mapping[str, Any],
+    children: list[Mapping[str, Any]],
+    first: Mapping[str, Any] | None = None,
+) -> None:
+    """Record what the trials show, prune, start the next trials, write the parent's status.
+
+    `first`: status fields to lay over the stored ones and write along (the validation).
+    """
+    stored = ftj.get("status", {})
+    status = {**stored, **(first or {})}
+    if status.get("phase") in TERMINAL_PHASES:
+        return
+    view = {**ftj, "status": status}
+    checked = check_document(_without_status(ftj), _name_of(ftj))
+    if checked.job is None:
+        return
+    try:
+        desired, events = _search_step(shared, view, checked.job, children)
+    except search.SearchError as error:
+        failed = status_rules.validation_failed(view, str(error), now=now())
+        desired, events = failed.patch, failed.events
+    final = {**status, **desired}
+    patch = {field: value for field, value in final.items() if stored.get(field) != value}
+    if patch:
+        key = _key(ftj["metadata"]["namespace"], ftj["metadata"]["name"])
+        shared.cluster.patch_status(*key, patch)
+        shared.written[key] = (ftj["metadata"]["resourceVersion"], final)
+    _post(ftj, events)
+
+
+def _search_step(
+    shared: Runtime,
+    ftj: Mapping[str, Any],
+    parent: v1alpha1.FineTuneJob,
+    children: list[Mapping[str, Any]],
+) -> tuple[dict[str, Any], list[status_rules.Event]]:
+    """The parent's desired status and its Events, after pruning and creating trials."""
+    spec, by_name = parent.spec, {child["metadata"]["name"]: child for child in children}
+    previous = list(ftj["status"].get("trials") or [])
+    trials = [_trial_seen(spec, trial, by_name.get(trial["name"])) for trial in previous]
+    events = _trial_events(previous, trials)
+    trials, pruned = _pruned(shared, ftj, spec, trials)
+    events += pruned
+    outcome = search.search_outcome(spec, trials)
+    if outcome.phase == "Running":
+        created, started = _start_trials(shared, ftj, parent, trials, by_name)
+        trials, events = trials + created, events + started
+        outcome = search.search_outcome(spec, trials)
+    desired = {**search.search_status(spec, trials), **_search_phase(ftj, outcome)}
+    if ftj["status"].get("phase") != outcome.phase and outcome.phase != "Running":
+        events.append(_outcome_event(outcome))
+    return desired, events
+
+
+def _trial_seen(
+    spec: v1alpha1.FineTuneJobSpec, trial: Mapping[str, Any], child: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A Pending/Running trial as its child shows it: state, objective, new intermediate value."""
+    if trial["state"] not in search.ACTIVE_STATES or child is None:
+        return dict(trial)
+    status = child.get("status") or {}
+    seen = {**trial, "intermediate": _with_intermediate(spec, trial, status)}
+    phase = status.get("phase")
+    if phase == "Succeeded":
+        seen |= {"state": "Complete", "objective": search.objective_of(spec, status)}
+    elif phase == "Failed":
+        seen["state"] = "Failed"
+    elif phase is not None:
+        seen["state"] = "Running"
+    return seen
+
+
+def _with_intermediate(
+    spec: v1alpha1.FineTuneJobSpec, trial: Mapping[str, Any], child_status: Mapping[str, Any]
+) -> dict[str, float]:
+    """The trial's intermediate values plus the child's current one, keyed by its step."""
+    known = dict(trial.get("intermediate") or {})
+    step = (child_status.get("progress") or {}).get("step")
+    value = search.objective_of(spec, child_status)
+    if isinstance(step, int) and value is not None:
+        known.setdefault(str(step), value)
+    return known
+
+
+def _trial_events(
+    previous: list[Mapping[str, Any]], trials: list[dict[str, Any]]
+) -> list[status_rules.Event]:
+    return [
+        status_rules.Event(
+            "Warning", SearchReason.TrialFailed, f"trial {after['number']} ({after['name']}) failed"
+        )
+        for before, after in zip(previous, trials, strict=True)
+        if after["state"] == "Failed" and before["state"] != "Failed"
+    ]
+
+
+def _pruned(
+    shared: Runtime,
+    ftj: Mapping[str, Any],
+    spec: v1alpha1.FineTuneJobSpec,
+    trials: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[status_rules.Event]]:
+    """Delete the trials the median rule stops and record them Pruned."""
+    events = []
+    for trial in trials:
+        if not search.should_prune(spec, trials, trial["number"]):
+            continue
+        shared.cluster.delete(_child_reference(ftj, trial["name"]))
+        trial["state"] = "Pruned"
+        message = f"trial {trial['number']} ({trial['name']}) is worse than the median; deleted"
+        events.append(status_rules.Event("Normal", SearchReason.TrialPruned, message))
+    return trials, events
+
+
+def _start_trials(
+    shared: Runtime,
+    ftj: Mapping[str, Any],
+    parent: v1alpha1.FineTuneJob,
+    trials: list[dict[str, Any]],
+    children: Mapping[str, Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], list[status_rules.Event]]:
+    """Create the trials the engine proposes (409: an earlier operator did), as Pending records."""
+    created, events = [], []
+    for plan in search.next_trials(parent, trials):
+        manifest = search.trial_manifest(parent, plan)
+        kopf.adopt(manifest, owner=_body(ftj))
+        params = plan.params
+        if shared.cluster.create(manifest):
+            message = f"trial {plan.number}: created {plan.name} with {plan.params}"
+            events.append(status_rules.Event("Normal", status_rules.Reason.Created, message))
+        elif plan.name in children:
+            params = _recorded_params(children[plan.name], plan.params)
+        created.append(
+            {"number": plan.number, "name": plan.name, "state": "Pending", "params": params}
+        )
+    return created, events
+
+
+def _recorded_params(child: Mapping[str, Any], proposed: dict[str, Any]) -> dict[str, Any]:
+    """The values an existing trial was created with (its annotation), else the proposal."""
+    annotations = child["metadata"].get("annotations") or {}
+    recorded = annotations.get(search.TRIAL_PARAMS_ANNOTATION)
+    return dict(json.loads(recorded)) if recorded else proposed
+
+
+def _search_phase(ftj: Mapping[str, Any], outcome: search.SearchOutcome) -> dict[str, Any]:
+    """The parent's phase, conditions and completionTime for where the search stands."""
+    status, moment = ftj["status"], now()
+    generation = int(ftj["metadata"].get("generation", 1))
+    previous = {c["type"]: c for c in status.get("conditions", [])}
+    reason = _outcome_reason(outcome)
+    running: Literal["True", "False"] = "True" if outcome.phase == "Running" else "False"
+    wanted: dict[str, tuple[Literal["True", "False"], str]] = {"Running": (running, reason)}
+    if outcome.phase != "Running":
+        succeeded = outcome.phase == "Succeeded"
+        wanted["Succeeded"] = ("True" if succeeded else "False", reason)
+        wanted["Failed"] = ("False" if succeeded else "True", reason)
+    conditions = dict(previous)
+    for kind, (value, why) in wanted.items():
+        conditions[kind] = status_rules.condition(
+            cast(v1alpha1.ConditionType, kind),
+            value,
+            why,
+            outcome.message,
+            now=moment,
+            generation=generation,
+            previous=previous.get(kind),
+        )
+    desired: dict[str, Any] = {
+        "phase": outcome.phase,
+        "conditions": [conditions[k] for k in status_rules.CONDITION_ORDER if k in conditions],
+    }
+    if outcome.phase != "Running":
+        desired["completionTime"] = status.get("completionTime") or status_rules.rfc3339(moment)
+    return desired
+
+
+def _outcome_reason(outcome: search.SearchOutcome) -> str:
+    return {
+        "Running": status_rules.Reason.Running,
+        "Succeeded": status_rules.Reason.Succeeded,
+        "Failed": SearchReason.SearchFailed,
+    }[outcome.phase]
+
+
+def _outcome_event(outcome: search.SearchOutcome) -> status_rules.Event:
+    kind: Literal["Normal", "Warning"] = "Normal" if outcome.phase == "Succeeded" else "Warning"
+    return status_rules.Event(kind, _outcome_reason(outcome), outcome.message)
+
+
+def _child_reference(ftj: Mapping[str, Any], name: str) -> dict[str, Any]:
+    namespace = ftj["metadata"]["namespace"]
+    return {"kind": v1alpha1.KIND, "metadata": {"namespace": namespace, "name": name}}
+
+
+def _is_search(ftj: Mapping[str, Any]) -> bool:
+    return bool(ftj.get("spec", {}).get("search"))
+
+
+def _name_of(ftj: Mapping[str, Any]) -> str:
+    return f"{ftj['metadata'].get('namespace')}/{ftj['metadata']['name']}"
 
 
 def _observe(

@@ -167,11 +167,15 @@ class Cluster:
         )
 
     def delete(self, obj: Mapping[str, Any]) -> None:
-        """Delete one child by kind and name (for cleanup after ttlSecondsAfterFinished)."""
+        """Delete one child by kind and name (after ttlSecondsAfterFinished; a pruned trial)."""
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         kind = obj["kind"]
         core, rbac = client.CoreV1Api(self.api), client.RbacAuthorizationV1Api(self.api)
+        custom = client.CustomObjectsApi(self.api)
         deleters: dict[str, Callable[[], object]] = {
+            "FineTuneJob": lambda: custom.delete_namespaced_custom_object(
+                v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name
+            ),
             "ConfigMap": lambda: core.delete_namespaced_config_map(name, namespace),
             "ServiceAccount": lambda: core.delete_namespaced_service_account(name, namespace),
             "Service": lambda: core.delete_namespaced_service(name, namespace),
