@@ -72,7 +72,7 @@ def check_document(document: Any, source: str) -> Checked:
         shape = "a list" if isinstance(document, list) else type(document).__name__
         return Checked(source, problems=[Problem("", f"must be a mapping (got {shape})")])
     kind, api_version = document.get("kind"), document.get("apiVersion")
-    if kind in runtime_api.RUNTIME_MODELS:
+    if isinstance(kind, str) and kind in runtime_api.RUNTIME_MODELS:
         return _check_runtime(document, source, runtime_api.RUNTIME_MODELS[kind])
     if kind != v1alpha1.KIND:
         if isinstance(kind, str) and kind:

@@ -339,6 +339,9 @@ def test_runtime_documents_are_checked() -> None:
     assert [str(p) for p in check_document(bad, "a100.yaml").problems] == [
         "metadata.namespace: a ClusterFineTuneRuntime is cluster-scoped; remove it"
     ]
+    assert [str(p) for p in check_document({**a100(), "kind": []}, "x.yaml").problems] == [
+        "kind: must be FineTuneJob"
+    ]
     namespaced = {**a100(), "kind": "FineTuneRuntime"}
     assert isinstance(check_document(namespaced, "x.yaml").runtime, FineTuneRuntime)
 
