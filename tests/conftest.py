@@ -19,8 +19,11 @@ settings.register_profile("deep", max_examples=5000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parent.parent
+RUNTIME_EXAMPLES = [REPO / "examples/runtimes/small-cpu.yaml", REPO / "examples/runtimes/a100.yaml"]
 EXAMPLE_MANIFESTS = sorted(
-    path for path in (REPO / "examples").rglob("*.yaml") if path.name != "kustomization.yaml"
+    path
+    for path in (REPO / "examples").rglob("*.yaml")
+    if path.name != "kustomization.yaml" and path not in RUNTIME_EXAMPLES
 )
 
 

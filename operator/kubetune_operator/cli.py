@@ -24,9 +24,19 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from kubetune_operator import crdgen, explain, job_view, kube, local, local_search, run_report
+from kubetune_operator import (
+    crdgen,
+    explain,
+    job_view,
+    kube,
+    local,
+    local_search,
+    run_report,
+    runtimes,
+)
+from kubetune_operator.api.runtime import AnyRuntime
 from kubetune_operator.api.v1alpha1 import DNS_LABEL_PATTERN, FineTuneJob
-from kubetune_operator.manifests import Checked, ManifestError, check_file
+from kubetune_operator.manifests import Checked, ManifestError, check_document, check_file
 
 app = typer.Typer(
     name="kubetune",
@@ -44,17 +54,34 @@ def validate(
     files: Annotated[
         list[Path], typer.Argument(help="Manifest files (YAML, several documents allowed).")
     ],
+    runtime: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--runtime",
+            help="FineTuneRuntime/ClusterFineTuneRuntime files; each job is checked with its "
+            "runtime's defaults and guardrails (repeatable).",
+        ),
+    ] = None,
 ) -> None:
-    """Check FineTuneJob manifests against the API; print every problem with its field path."""
+    """Check FineTuneJob and runtime manifests against the API; print every problem with its
+    field path, and with --runtime every broken guardrail with its value and limit."""
+    available = _load_runtimes(runtime) if runtime else []
+    if available is None:
+        raise typer.Exit(1)
     failed = False
     for path in files:
-        failed |= not _report_file(path)
+        failed |= not (_report_with(path, available) if available else _report_file(path))
     if failed:
         raise typer.Exit(1)
 
 
 def _report_file(path: Path) -> bool:
-    return _valid_jobs(path) is not None
+    """Validate a file of FineTuneJobs and runtimes, printing what is valid and what is not."""
+    results = _checked_documents(path)
+    if results is None:
+        return False
+    reported = [_report_document(result) for result in results]  # report every document
+    return all(reported)
 
 
 def _valid_jobs(path: Path) -> list[FineTuneJob] | None:
@@ -76,14 +103,122 @@ def _report_document(result: Checked) -> bool:
     if result.skipped_kind:
         out.print(f"[dim]- {source}: {escape(result.skipped_kind)} skipped (not a FineTuneJob)[/]")
         return True
+    if result.runtime:
+        return _report_runtime(result.runtime, source)
     if result.job:
         out.print(f"[green]✓[/] {source}: FineTuneJob {escape(result.name)} is valid")
         return True
-    count = len(result.problems)
-    err.print(f"[red]✗[/] {source}: {count} problem{'s' if count != 1 else ''}")
-    for problem in result.problems:
-        err.print(f"    {escape(str(problem))}")
+    _print_problems(source, [str(p) for p in result.problems], "problem")
     return False
+
+
+def _print_problems(source: str, lines: list[str], noun: str) -> None:
+    count = len(lines)
+    err.print(f"[red]✗[/] {source}: {count} {noun}{'s' if count != 1 else ''}")
+    for line in lines:
+        err.print(f"    {escape(line)}")
+
+
+def _report_runtime(runtime: AnyRuntime, source: str) -> bool:
+    """A runtime document: valid as a model, and its defaults keep its own guardrails."""
+    conflicts = runtimes.runtime_problems(runtime)
+    if conflicts:
+        _print_problems(source, [v.message for v in conflicts], "problem")
+        return False
+    out.print(f"[green]✓[/] {source}: {escape(runtime.display_name)} is valid")
+    return True
+
+
+def _load_runtimes(paths: list[Path]) -> list[Checked] | None:
+    """The valid runtime documents of the --runtime files; None (after printing why) otherwise."""
+    found: list[Checked] = []
+    for path in paths:
+        try:
+            results = check_file(path)
+        except ManifestError as error:
+            err.print(f"[red]✗[/] {escape(str(error))}")
+            return None
+        if not all(_report_document(r) for r in results if r.runtime or r.problems):
+            return None
+        found += [r for r in results if r.runtime]
+    if not found:
+        err.print(f"[red]✗[/] --runtime {escape(', '.join(map(str, paths)))}: holds no runtime")
+        return None
+    return found
+
+
+def _report_with(path: Path, available: list[Checked]) -> bool:
+    """Validate the file's jobs as their runtime makes them: defaults merged, guardrails kept."""
+    results = _checked_documents(path)
+    if results is None:
+        return False
+    reported = [_report_job_with(r, available) if r.job else _report_document(r) for r in results]
+    return all(reported)
+
+
+def _checked_documents(path: Path) -> list[Checked] | None:
+    """The file's checked documents; None (after printing why) when it holds nothing to check."""
+    try:
+        results = check_file(path)
+    except ManifestError as error:
+        err.print(f"[red]✗[/] {escape(str(error))}")
+        return None
+    if not any(r.job or r.problems or r.runtime for r in results):
+        err.print(f"[red]✗[/] {escape(str(path))}: holds no FineTuneJob")
+        return None
+    return results
+
+
+def _report_job_with(result: Checked, available: list[Checked]) -> bool:
+    assert result.job is not None
+    assert result.document is not None
+    source = escape(result.source)
+    try:
+        chosen = _runtime_for(result.job, available)
+    except runtimes.RuntimeSelectionError as error:
+        _print_problems(source, [str(error)], "problem")
+        return False
+    effective = check_document(runtimes.effective_manifest(result.document, chosen.document), "")
+    if effective.job is None:
+        lines = [f"{p} (with {chosen.name}'s defaults)" for p in effective.problems]
+        _print_problems(source, lines, "problem")
+        return False
+    assert chosen.runtime is not None
+    violations = runtimes.check_guardrails(effective.job, chosen.runtime)
+    if violations:
+        _print_problems(source, [v.message for v in violations], "guardrail violation")
+        return False
+    digest = runtimes.spec_hash(effective.job.spec.model_dump(mode="json", exclude_none=True))
+    out.print(
+        f"[green]✓[/] {source}: FineTuneJob {escape(result.name)} is valid with "
+        f"{escape(chosen.runtime.display_name)} (effective spec {digest[:19]})"
+    )
+    return True
+
+
+def _runtime_for(job: FineTuneJob, available: list[Checked]) -> Checked:
+    """The runtime the cluster would pick among the given ones; the only one given, when the
+    job names none and none is a default (the user named it on the command line)."""
+    documents = {id(r.document): r for r in available}
+    namespaced = [
+        r.document for r in available if r.document and r.runtime and _is_namespaced(r.runtime)
+    ]
+    cluster = [
+        r.document for r in available if r.document and r.runtime and not _is_namespaced(r.runtime)
+    ]
+    picked = runtimes.pick_runtime(job, namespaced, cluster)
+    if picked is not None:
+        return documents[id(picked)]
+    if len(available) == 1:
+        return available[0]
+    raise runtimes.RuntimeSelectionError(
+        "spec.runtimeRef: not set, and none of the given runtimes is labelled as the default; "
+        "name one in spec.runtimeRef"
+    )
+
+
+def _is_namespaced(runtime: AnyRuntime) -> bool:
+    return runtime.kind == "FineTuneRuntime"
 
 
 @app.command()

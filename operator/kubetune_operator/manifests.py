@@ -1,10 +1,12 @@
-"""Read FineTuneJob manifests from files safely and check them against the API models.
+"""Read kubetune manifests from files safely and check them against the API models.
 
 Manifests come from users and from Git repositories nobody reviewed, so reading one must
 never hang, exhaust memory or crash: the file size, nesting depth and alias-expanded size
 are bounded (YAML bombs), bytes must be UTF-8, duplicate keys are reported rather than
 silently merged, and every failure becomes a `ManifestError` or a list of `Problem`s
 that name the file and the field. This is what `kubetune validate` and `kubetune run` use.
+FineTuneJobs are checked, and so are FineTuneRuntime and ClusterFineTuneRuntime documents
+(a platform team's `kubetune validate runtime.yaml`); other kinds are skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from kubetune_operator.api import runtime as runtime_api
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.api.problems import Problem, problems_from, shown
 
@@ -40,9 +43,15 @@ class Checked:
     problems: list[Problem] = field(default_factory=list)
     skipped_kind: str | None = None
     """Set when the document is another kind of object, which kubetune leaves alone."""
+    runtime: runtime_api.AnyRuntime | None = None
+    """Set when the document is a valid FineTuneRuntime or ClusterFineTuneRuntime."""
+    document: dict[str, Any] | None = None
+    """The document as read, when it is valid (a runtime's defaults merge into it)."""
 
     @property
     def name(self) -> str:
+        if self.runtime:
+            return self.runtime.metadata.name
         return self.job.metadata.name if self.job else ""
 
 
@@ -63,6 +72,8 @@ def check_document(document: Any, source: str) -> Checked:
         shape = "a list" if isinstance(document, list) else type(document).__name__
         return Checked(source, problems=[Problem("", f"must be a mapping (got {shape})")])
     kind, api_version = document.get("kind"), document.get("apiVersion")
+    if isinstance(kind, str) and kind in runtime_api.RUNTIME_MODELS:
+        return _check_runtime(document, source, runtime_api.RUNTIME_MODELS[kind])
     if kind != v1alpha1.KIND:
         if isinstance(kind, str) and kind:
             return Checked(source, skipped_kind=shown(kind).strip("'\""))
@@ -74,7 +85,23 @@ def check_document(document: Any, source: str) -> Checked:
         job = v1alpha1.FineTuneJob.model_validate(document, by_alias=True, by_name=False)
     except ValidationError as error:
         return Checked(source, problems=problems_from(error, v1alpha1.FineTuneJob))
-    return Checked(source, job=job)
+    return Checked(source, job=job, document=document)
+
+
+def _check_runtime(
+    document: dict[str, Any],
+    source: str,
+    model: type[runtime_api.FineTuneRuntime] | type[runtime_api.ClusterFineTuneRuntime],
+) -> Checked:
+    api_version = document.get("apiVersion")
+    if api_version != v1alpha1.API_VERSION:
+        message = f"must be {v1alpha1.API_VERSION} (got {shown(api_version)})"
+        return Checked(source, problems=[Problem("apiVersion", message)])
+    try:
+        runtime = model.model_validate(document, by_alias=True, by_name=False)
+    except ValidationError as error:
+        return Checked(source, problems=problems_from(error, model))
+    return Checked(source, runtime=runtime, document=document)
 
 
 def load_documents(path: Path) -> list[Any]:

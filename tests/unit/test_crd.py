@@ -29,9 +29,13 @@ SCHEMA: Schema = crdgen.finetunejob_crd()["spec"]["versions"][0]["schema"]["open
 
 def test_committed_crds_match_the_models() -> None:
     assert crdgen.stale_crds(REPO) == [], "run `kubetune crd` and commit the result"
+    names = [
+        "finetunejobs.kubetune.dev.yaml",
+        "finetuneruntimes.kubetune.dev.yaml",
+        "clusterfinetuneruntimes.kubetune.dev.yaml",
+    ]
     assert {p.relative_to(REPO).as_posix() for p in crdgen.crd_paths(REPO)} == {
-        "crds/finetunejobs.kubetune.dev.yaml",
-        "charts/kubetune/crds/finetunejobs.kubetune.dev.yaml",
+        f"{folder}/{name}" for folder in ("crds", "charts/kubetune/crds") for name in names
     }
 
 
@@ -351,3 +355,69 @@ def test_status_accepts_what_the_trainer_and_operator_write() -> None:
         ],
     }
     jsonschema.Draft4Validator(SCHEMA["properties"]["status"]).validate(status)
+
+
+# --- FineTuneRuntime and ClusterFineTuneRuntime ------------------------------------------
+
+
+RUNTIME_CRDS = {
+    scope: crdgen.runtime_crd(cluster_scoped=scope == "Cluster")
+    for scope in ("Namespaced", "Cluster")
+}
+
+
+@pytest.mark.parametrize("scope", RUNTIME_CRDS)
+def test_runtime_crds_are_valid_structural_and_described(scope: str) -> None:
+    crd = RUNTIME_CRDS[scope]
+    kubernetes_validate.validate(crd, kubernetes_validate.latest_version(), strict=True)
+    assert crd["spec"]["scope"] == scope
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in walk(schema):
+        assert not {"$ref", "allOf", "oneOf", "not", "nullable", "title"} & node.keys(), path
+        assert "anyOf" not in node or node.get("x-kubernetes-int-or-string"), path
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), path
+    undescribed = [
+        path
+        for path, node in walk(schema["properties"]["spec"])
+        if path and not path.endswith(("[]", "{}")) and not node.get("description")
+    ]
+    assert undescribed == []
+
+
+def test_runtime_defaults_mirror_the_job_spec_without_defaults_or_rules() -> None:
+    spec = RUNTIME_CRDS["Cluster"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    defaults = spec["properties"]["spec"]["properties"]["defaults"]
+    job_spec = SCHEMA["properties"]["spec"]
+    assert set(defaults["properties"]) == set(job_spec["properties"]) - {"runtimeRef", "search"}
+    workers = defaults["properties"]["resources"]["properties"]["workers"]
+    assert (workers["minimum"], workers["maximum"], "default" in workers) == (1, 256, False)
+    for path, node in walk(defaults):
+        assert "required" not in node or path.endswith("[]") or "[]" in path, path
+        assert "x-kubernetes-validations" not in node or "[]" in path, path
+    # A partial spec passes the runtime schema; the same value fails where the job's does.
+    validator = jsonschema.Draft4Validator(defaults)
+    assert validator.is_valid(
+        {"resources": {"gpusPerWorker": 8}, "training": {"precision": "bf16"}}
+    )
+    assert not validator.is_valid({"training": {"precision": "fp8"}})
+
+
+def test_runtime_printer_columns_exist_in_the_schema() -> None:
+    version = RUNTIME_CRDS["Cluster"]["spec"]["versions"][0]
+    schema = version["schema"]["openAPIV3Schema"]
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Max-GPUs"] == ".spec.guardrails.maxGpusPerJob"
+    for path in (p for p in columns.values() if p.startswith(".spec.")):
+        node = schema
+        for part in path.strip(".").split("."):
+            node = node["properties"][part]
+        assert node["type"] in ("integer", "number", "boolean")
+
+
+@pytest.mark.parametrize("name", ["small-cpu.yaml", "a100.yaml"])
+def test_runtime_examples_validate_against_their_crd(name: str) -> None:
+    document = load_example(f"runtimes/{name}")
+    schema = RUNTIME_CRDS["Cluster"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    jsonschema.Draft4Validator(schema).validate(document)
+    document["spec"]["guardrails"]["maxWorkers"] = 0
+    assert not jsonschema.Draft4Validator(schema).is_valid(document)

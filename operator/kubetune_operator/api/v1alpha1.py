@@ -392,8 +392,24 @@ class SearchSpec(Section):
             raise ValueError(f"the grid has {size} points but maxTrials is {self.max_trials}")
 
 
+RUNTIME_KIND = "FineTuneRuntime"
+CLUSTER_RUNTIME_KIND = "ClusterFineTuneRuntime"
+
+
+class RuntimeRef(Section):
+    """The FineTuneRuntime or ClusterFineTuneRuntime whose defaults and guardrails apply to this job."""
+
+    kind: Literal["FineTuneRuntime", "ClusterFineTuneRuntime"] = "ClusterFineTuneRuntime"
+    """FineTuneRuntime (in the job's namespace) or ClusterFineTuneRuntime."""
+    name: DnsSubdomain
+    """Name of the runtime."""
+
+
 class FineTuneJobSpec(TrainingConfig):
     """The desired fine-tune: the training recipe plus the cluster resources that run it."""
+
+    runtime_ref: RuntimeRef | None = None
+    """The runtime to use; left out: the namespace's default FineTuneRuntime, else the default ClusterFineTuneRuntime, else none."""
 
     resources: ResourcesSpec = section_default(ResourcesSpec)
     """Workers, GPUs, CPU, memory, image and placement."""

@@ -1,0 +1,454 @@
+"""Runtimes applied to jobs: pick one, merge its defaults, enforce its guardrails.
+
+Pure functions on plain data and the API models, shared by the operator and `kubetune
+validate --runtime`, so a job is judged the same way on a laptop and in the cluster.
+Merge order: the runtime's defaults, then the job's own fields (a field the job sets
+wins; a list the job sets replaces the default's whole list; a null counts as unset, as
+the API server prunes it). The guardrails then judge the merged spec, so neither a
+default nor a job value can get past them. One value is filled in by the guardrails: a
+job without `runPolicy.activeDeadlineSeconds` gets the longest deadline the runtime
+allows (maxActiveDeadlineSeconds, and for a GPU job what fits in maxGpuHours).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+from kubetune_operator.api.runtime import (
+    DEFAULT_RUNTIME_LABEL,
+    AnyRuntime,
+    Guardrails,
+)
+from kubetune_operator.api.v1alpha1 import (
+    CLUSTER_RUNTIME_KIND,
+    RUNTIME_KIND,
+    FineTuneJob,
+    ResourcesSpec,
+    RuntimeRef,
+    Toleration,
+)
+
+GUARDRAIL_VIOLATED = "GuardrailViolated"
+"""Condition reason of a job refused by its runtime's guardrails."""
+RUNTIME_NOT_FOUND = "RuntimeNotFound"
+"""Condition reason of a job whose runtime (named or default) cannot be found."""
+
+_DEFAULT_WORKERS: int = ResourcesSpec.model_fields["workers"].default
+_DEFAULT_GPUS_PER_WORKER: int = ResourcesSpec.model_fields["gpus_per_worker"].default
+
+
+class RuntimeSelectionError(Exception):
+    """The job's runtime cannot be determined: a missing runtimeRef target, or two defaults."""
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One guardrail a spec breaks: where, what it holds, and the limit it exceeds."""
+
+    field: str
+    """Manifest path of the offending field, e.g. spec.resources.workers."""
+    value: Any
+    """What the (effective) spec holds there."""
+    limit: Any
+    """The guardrail's setting."""
+    text: str
+    """What is wrong, without the field and the runtime."""
+    runtime: str
+    """The runtime's kind and name, e.g. ClusterFineTuneRuntime a100."""
+
+    @property
+    def message(self) -> str:
+        """The full line for a condition, an Event or a terminal."""
+        return f"{self.field}: {self.text} ({self.runtime})"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- merging ---------------------------------------------------------------------------
+
+
+def merged(defaults: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
+    """`own` deep-merged over `defaults`: mappings merge, anything else (lists too) replaces."""
+    result = copy.deepcopy(dict(defaults))
+    for key, value in own.items():
+        if value is None:
+            continue
+        below = result.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            result[key] = merged(below, value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def effective_spec(
+    job_manifest: Mapping[str, Any], runtime: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The spec the job runs with: runtime defaults < the job's fields, plus a deadline
+    within the guardrails."""
+    own: Mapping[str, Any] = job_manifest.get("spec") or {}
+    if runtime is None:
+        return merged({}, own)
+    runtime_spec: Mapping[str, Any] = runtime.get("spec") or {}
+    spec = merged(runtime_spec.get("defaults") or {}, own)
+    _fill_deadline(spec, runtime_spec.get("guardrails") or {})
+    return spec
+
+
+def effective_manifest(
+    job_manifest: Mapping[str, Any], runtime: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The job manifest with its spec replaced by the effective spec (what gets validated)."""
+    return {**copy.deepcopy(dict(job_manifest)), "spec": effective_spec(job_manifest, runtime)}
+
+
+def _fill_deadline(spec: dict[str, Any], guardrails: Mapping[str, Any]) -> None:
+    run_policy = spec.get("runPolicy") or {}
+    if not isinstance(run_policy, dict) or run_policy.get("activeDeadlineSeconds") is not None:
+        return
+    candidates = [guardrails.get("maxActiveDeadlineSeconds")]
+    gpus = _gpus(spec.get("resources") or {})
+    gpu_hours = guardrails.get("maxGpuHours")
+    if gpus and isinstance(gpu_hours, int | float):
+        candidates.append(math.floor(gpu_hours * 3600 / gpus))
+    deadlines = [c for c in candidates if isinstance(c, int) and c >= 1]
+    if deadlines:
+        spec["runPolicy"] = {**run_policy, "activeDeadlineSeconds": min(deadlines)}
+
+
+def _gpus(resources: Mapping[str, Any]) -> int:
+    workers = resources.get("workers", _DEFAULT_WORKERS)
+    per_worker = resources.get("gpusPerWorker", _DEFAULT_GPUS_PER_WORKER)
+    return workers * per_worker if isinstance(workers, int) and isinstance(per_worker, int) else 0
+
+
+def spec_hash(effective: Mapping[str, Any]) -> str:
+    """sha256 of the spec's canonical JSON (sorted keys, no spaces): same spec, same hash."""
+    canonical = json.dumps(effective, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# --- choosing --------------------------------------------------------------------------
+
+
+def pick_runtime(
+    job: FineTuneJob,
+    namespace_runtimes: Sequence[Mapping[str, Any]],
+    cluster_runtimes: Sequence[Mapping[str, Any]],
+) -> Mapping[str, Any] | None:
+    """The job's runtime: its runtimeRef, else the namespace's default, else the cluster's.
+
+    `namespace_runtimes` are the FineTuneRuntimes of the job's namespace. Raises
+    RuntimeSelectionError for a runtimeRef to a missing runtime and for two defaults.
+    """
+    ref = job.spec.runtime_ref
+    if ref is not None:
+        return _referenced(ref, namespace_runtimes, cluster_runtimes, job)
+    for kind, runtimes in (
+        (RUNTIME_KIND, namespace_runtimes),
+        (CLUSTER_RUNTIME_KIND, cluster_runtimes),
+    ):
+        defaults = [r for r in runtimes if _labels(r).get(DEFAULT_RUNTIME_LABEL) == "true"]
+        if len(defaults) > 1:
+            names = ", ".join(sorted(_name(r) for r in defaults))
+            raise RuntimeSelectionError(
+                f"{len(defaults)} {kind}s are labelled {DEFAULT_RUNTIME_LABEL}=true ({names}); "
+                "keep the label on one, or set spec.runtimeRef"
+            )
+        if defaults:
+            return defaults[0]
+    return None
+
+
+def _referenced(
+    ref: RuntimeRef,
+    namespace_runtimes: Sequence[Mapping[str, Any]],
+    cluster_runtimes: Sequence[Mapping[str, Any]],
+    job: FineTuneJob,
+) -> Mapping[str, Any]:
+    candidates = namespace_runtimes if ref.kind == RUNTIME_KIND else cluster_runtimes
+    found = next((r for r in candidates if _name(r) == ref.name), None)
+    if found is None:
+        where = (
+            f" in namespace {job.metadata.namespace}"
+            if ref.kind == RUNTIME_KIND and job.metadata.namespace
+            else ""
+        )
+        known = ", ".join(sorted(_name(r) for r in candidates)) or "none"
+        raise RuntimeSelectionError(
+            f"spec.runtimeRef: {ref.kind} {ref.name!r} does not exist{where} (known: {known})"
+        )
+    return found
+
+
+def _name(runtime: Mapping[str, Any]) -> str:
+    return str((runtime.get("metadata") or {}).get("name", ""))
+
+
+def _labels(runtime: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (runtime.get("metadata") or {}).get("labels") or {}
+
+
+# --- guardrails ------------------------------------------------------------------------
+
+
+def check_guardrails(job: FineTuneJob, runtime: AnyRuntime | None) -> list[Violation]:
+    """Every guardrail of the runtime that the job (its effective spec) breaks, in a fixed order."""
+    if runtime is None:
+        return []
+    spec = job.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    rails = runtime.spec.guardrails
+    found = list(_spec_violations(spec, rails, runtime.display_name, whole_job=True))
+    found += _bias_violations(spec, rails, runtime.display_name)
+    found += _label_violations(job.metadata.labels, rails, runtime.display_name)
+    return found
+
+
+def runtime_problems(runtime: AnyRuntime) -> list[Violation]:
+    """Where the runtime's own defaults break its own guardrails (every job would be refused)."""
+    defaults = runtime.spec.defaults.model_dump(mode="json", by_alias=True, exclude_none=True)
+    found = _spec_violations(
+        defaults, runtime.spec.guardrails, runtime.display_name, whole_job=False
+    )
+    return [
+        Violation(
+            v.field.replace("spec.", "spec.defaults.", 1), v.value, v.limit, v.text, v.runtime
+        )
+        for v in found
+    ]
+
+
+Check = Callable[[Mapping[str, Any], Guardrails, bool], Iterator[tuple[str, Any, Any, str]]]
+
+
+def _spec_violations(
+    spec: Mapping[str, Any], rails: Guardrails, runtime: str, *, whole_job: bool
+) -> list[Violation]:
+    """The checks that read the spec; on a runtime's partial defaults only what is set is judged."""
+    checks: list[Check] = [
+        _image,
+        _model_source,
+        _worker_counts,
+        _placement,
+        _tolerations,
+        _deadline,
+    ]
+    return [
+        Violation(f"spec.{field}", value, limit, text, runtime)
+        for check in checks
+        for field, value, limit, text in check(spec, rails, whole_job)
+    ]
+
+
+def _at(spec: Mapping[str, Any], path: str) -> Any:
+    node: Any = spec
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def _image(
+    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+) -> Iterator[tuple[str, Any, Any, str]]:
+    patterns = rails.allowed_images
+    if patterns is None:
+        return
+    image = _at(spec, "resources.image")
+    shown = ", ".join(patterns)
+    if image is None and whole_job:
+        yield (
+            "resources.image",
+            None,
+            patterns,
+            f"must be set: the runtime allows only images matching {shown}",
+        )
+    elif image is not None and not any(fnmatchcase(image, p) for p in patterns):
+        yield (
+            "resources.image",
+            image,
+            patterns,
+            f"{image} matches none of the runtime's allowedImages {shown}",
+        )
+
+
+def _model_source(
+    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+) -> Iterator[tuple[str, Any, Any, str]]:
+    prefixes = rails.allowed_model_sources
+    source = _at(spec, "model.source")
+    if prefixes is None or source is None or any(source.startswith(p) for p in prefixes):
+        return
+    shown = ", ".join(prefixes)
+    yield (
+        "model.source",
+        source,
+        prefixes,
+        f"{source} starts with none of the runtime's allowedModelSources {shown}",
+    )
+
+
+def _worker_counts(
+    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+) -> Iterator[tuple[str, Any, Any, str]]:
+    resources = _at(spec, "resources") or {}
+    workers, per_worker = resources.get("workers"), resources.get("gpusPerWorker")
+    if rails.max_workers is not None and workers is not None and workers > rails.max_workers:
+        yield (
+            "resources.workers",
+            workers,
+            rails.max_workers,
+            f"{workers} exceeds the runtime's maxWorkers {rails.max_workers}",
+        )
+    limit = rails.max_gpus_per_worker
+    if limit is not None and per_worker is not None and per_worker > limit:
+        yield (
+            "resources.gpusPerWorker",
+            per_worker,
+            limit,
+            f"{per_worker} exceeds the runtime's maxGpusPerWorker {limit}",
+        )
+    if rails.max_gpus_per_job is not None and workers is not None and per_worker is not None:
+        total = workers * per_worker
+        if total > rails.max_gpus_per_job:
+            yield (
+                "resources",
+                total,
+                rails.max_gpus_per_job,
+                f"{workers} workers x {per_worker} GPUs = {total} GPUs exceeds the runtime's "
+                f"maxGpusPerJob {rails.max_gpus_per_job}",
+            )
+
+
+def _placement(
+    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+) -> Iterator[tuple[str, Any, Any, str]]:
+    choices = rails.allowed_gpu_node_selectors
+    resources = _at(spec, "resources") or {}
+    selector = resources.get("nodeSelector")
+    if (
+        choices is None
+        or not resources.get("gpusPerWorker")
+        or (selector is None and not whole_job)
+    ):
+        return
+    selector = selector or {}
+    allowed = [c.match_labels for c in choices]
+    if any(all(selector.get(k) == v for k, v in labels.items()) for labels in allowed):
+        return
+    shown = " or ".join(_labels_text(labels) for labels in allowed)
+    yield (
+        "resources.nodeSelector",
+        selector,
+        allowed,
+        f"{_labels_text(selector) or '{}'} does not select GPU nodes the runtime allows: "
+        f"include {shown}",
+    )
+
+
+def _labels_text(labels: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in sorted(labels.items())) + "}" if labels else ""
+
+
+def _tolerations(
+    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+) -> Iterator[tuple[str, Any, Any, str]]:
+    allowed = rails.allowed_tolerations
+    if allowed is None:
+        return
+    for index, raw in enumerate(_at(spec, "resources.tolerations") or []):
+        toleration = Toleration.model_validate(raw)
+        if not any(_tolerates_within(toleration, permitted) for permitted in allowed):
+            yield (
+                f"resources.tolerations[{index}]",
+                raw,
+                [t.model_dump(mode="json", exclude_none=True) for t in allowed],
+                f"{_toleration_text(toleration)} is not among the runtime's allowedTolerations",
+            )
+
+
+def _tolerates_within(toleration: Toleration, permitted: Toleration) -> bool:
+    same = (toleration.key, toleration.operator, toleration.value) == (
+        permitted.key,
+        permitted.operator,
+        permitted.value,
+    )
+    return same and permitted.effect in (None, toleration.effect)
+
+
+def _toleration_text(toleration: Toleration) -> str:
+    value = f"={toleration.value}" if toleration.value is not None else ""
+    effect = f":{toleration.effect}" if toleration.effect else ""
+    return f"{toleration.key or '*'}{value}{effect} ({toleration.operator})"
+
+
+def _deadline(
+    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+) -> Iterator[tuple[str, Any, Any, str]]:
+    field = "runPolicy.activeDeadlineSeconds"
+    deadline = _at(spec, field)
+    limit = rails.max_active_deadline_seconds
+    if limit is not None and deadline is not None and deadline > limit:
+        yield (
+            field,
+            deadline,
+            limit,
+            f"{deadline} exceeds the runtime's maxActiveDeadlineSeconds {limit}",
+        )
+    budget = rails.max_gpu_hours
+    gpus = _gpus(_at(spec, "resources") or {})
+    if budget is None or not gpus or not whole_job:
+        return
+    if deadline is None:
+        yield (
+            field,
+            None,
+            budget,
+            f"must be set: the runtime's maxGpuHours {budget:g} bounds GPUs x deadline",
+        )
+    elif gpus * deadline / 3600 > budget:
+        hours = gpus * deadline / 3600
+        yield (
+            field,
+            deadline,
+            budget,
+            f"{gpus} GPUs x {deadline} s = {hours:g} GPU-hours exceeds the runtime's "
+            f"maxGpuHours {budget:g}",
+        )
+
+
+def _bias_violations(spec: Mapping[str, Any], rails: Guardrails, runtime: str) -> list[Violation]:
+    if not rails.require_bias_audit or spec.get("bias") is not None:
+        return []
+    return [
+        Violation(
+            "spec.bias",
+            None,
+            True,
+            "must be set: the runtime requires a bias audit (requireBiasAudit)",
+            runtime,
+        )
+    ]
+
+
+def _label_violations(
+    labels: Mapping[str, str], rails: Guardrails, runtime: str
+) -> list[Violation]:
+    return [
+        Violation(
+            f"metadata.labels.{key}",
+            labels.get(key),
+            key,
+            "is required by the runtime (requiredLabels)",
+            runtime,
+        )
+        for key in rails.required_labels
+        if not labels.get(key)
+    ]
