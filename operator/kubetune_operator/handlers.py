@@ -44,14 +44,6 @@ TICK_SECONDS: Final = float(os.environ.get("KUBETUNE_TICK_SECONDS", "30"))
 """How often each job is looked at for what only the clock notices (deadline, TTL)."""
 
 
-class SearchReason:
-    """Event and condition reasons of a search parent (beside status.Reason's)."""
-
-    TrialPruned: Final = "TrialPruned"
-    TrialFailed: Final = "TrialFailed"
-    SearchFailed: Final = "SearchFailed"
-
-
 Key = tuple[str, str]
 """(namespace, FineTuneJob name): how children find their FineTuneJob in the indexes."""
 
@@ -395,7 +387,9 @@ def _trial_events(
 ) -> list[status_rules.Event]:
     return [
         status_rules.Event(
-            "Warning", SearchReason.TrialFailed, f"trial {after['number']} ({after['name']}) failed"
+            "Warning",
+            status_rules.Reason.TrialFailed,
+            f"trial {after['number']} ({after['name']}) failed",
         )
         for before, after in zip(previous, trials, strict=True)
         if after["state"] == "Failed" and before["state"] != "Failed"
@@ -416,7 +410,7 @@ def _pruned(
         shared.cluster.delete(_child_reference(ftj, trial["name"]))
         trial["state"] = "Pruned"
         message = f"trial {trial['number']} ({trial['name']}) is worse than the median; deleted"
-        events.append(status_rules.Event("Normal", SearchReason.TrialPruned, message))
+        events.append(status_rules.Event("Normal", status_rules.Reason.TrialPruned, message))
     return trials, events
 
 
@@ -487,7 +481,7 @@ def _outcome_reason(outcome: search.SearchOutcome) -> str:
     return {
         "Running": status_rules.Reason.Running,
         "Succeeded": status_rules.Reason.Succeeded,
-        "Failed": SearchReason.SearchFailed,
+        "Failed": status_rules.Reason.SearchFailed,
     }[outcome.phase]
 
 

@@ -90,6 +90,8 @@ from kubetune_operator.api.v1alpha1 import (
 )
 from kubetune_trainer.config import metric_direction
 
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "kubetune"
 LABEL_COMPONENT: Final = "kubetune.dev/component"
 LABEL_JOB_NAME: Final = "kubetune.dev/job-name"
 TRIAL_COMPONENT: Final = "trial"
@@ -203,7 +205,11 @@ def trial_manifest(parent: FineTuneJob, plan: TrialPlan) -> dict[str, Any]:
     """The child FineTuneJob of a planned trial (the handler adds the ownerReference)."""
     metadata: dict[str, Any] = {
         "name": plan.name,
-        "labels": {LABEL_COMPONENT: TRIAL_COMPONENT, LABEL_JOB_NAME: parent.metadata.name},
+        "labels": {
+            LABEL_MANAGED_BY: MANAGED_BY,
+            LABEL_COMPONENT: TRIAL_COMPONENT,
+            LABEL_JOB_NAME: parent.metadata.name,
+        },
         "annotations": {
             TRIAL_NUMBER_ANNOTATION: str(plan.number),
             TRIAL_PARAMS_ANNOTATION: json.dumps(plan.params, sort_keys=True),

@@ -88,6 +88,9 @@ class Reason:
     InsufficientData: Final = "InsufficientData"
     SpecChangeIgnored: Final = "SpecChangeIgnored"
     CleanedUp: Final = "CleanedUp"
+    TrialPruned: Final = "TrialPruned"
+    TrialFailed: Final = "TrialFailed"
+    SearchFailed: Final = "SearchFailed"
 
 
 WARNING_REASONS: Final = frozenset(

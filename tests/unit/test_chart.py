@@ -32,7 +32,7 @@ from kopf._cogs.structs import references
 from kubernetes import client
 from prometheus_client import REGISTRY
 
-from kubetune_operator import builders, cli, handlers, kube, metrics
+from kubetune_operator import builders, cli, handlers, kube, metrics, search
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.manifests import check_file
 from kubetune_trainer import reporting
@@ -168,6 +168,22 @@ def example_job() -> v1alpha1.FineTuneJob:
     return checked.job
 
 
+def trial_of(parent: v1alpha1.FineTuneJob) -> dict[str, Any]:
+    """A search's child FineTuneJob, which the operator creates and prunes (deletes)."""
+    manifest = parent.model_dump(by_alias=True, exclude_none=True)
+    manifest["metadata"]["namespace"] = "team-a"
+    manifest["spec"]["search"] = {
+        "algorithm": "grid",
+        "parameters": [{"path": "training.epochs", "type": "int", "values": [1, 2]}],
+        "maxTrials": 2,
+    }
+    searching = v1alpha1.FineTuneJob.model_validate(manifest)
+    (plan,) = search.next_trials(searching, [])
+    trial = search.trial_manifest(searching, plan)
+    trial["metadata"]["namespace"] = "team-a"
+    return trial
+
+
 def exercise_cluster(cluster: kube.Cluster, method: str) -> None:
     """Make every request `method` can make for a job: each child kind, each call."""
     namespace, name = "team-a", "sentiment"
@@ -175,9 +191,11 @@ def exercise_cluster(cluster: kube.Cluster, method: str) -> None:
         settings = builders.OperatorSettings()
         for child in builders.build_children(example_job(), namespace, settings):
             cluster.create(child)
+        cluster.create(trial_of(example_job()))
     elif method == "delete":
         for child in builders.child_references(name, namespace):
             cluster.delete(child)
+        cluster.delete(trial_of(example_job()))
     elif method == "delete_job":
         cluster.delete_job(namespace, builders.workers_name(name))
     elif method == "set_suspended":

@@ -383,6 +383,7 @@ def test_trial_manifest_is_a_labelled_valid_child(sentiment: dict[str, Any]) -> 
     assert child["metadata"]["name"] == "sentiment-trial-0"
     assert child["metadata"]["namespace"] == "ml"
     assert child["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "kubetune",
         "kubetune.dev/component": "trial",
         "kubetune.dev/job-name": "sentiment",
     }
