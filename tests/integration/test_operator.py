@@ -16,10 +16,8 @@ from typing import Any
 import pytest
 
 from tests.kube.client import KubeClient
-from tests.kube.emulator import EmulatorServer
 from tests.kube.operators import OperatorThread
 
-HANDLERS = "kubetune_operator.handlers"
 CHILDREN = {
     "ConfigMap": "sentiment-config",
     "ServiceAccount": "sentiment-trainer",
@@ -28,20 +26,6 @@ CHILDREN = {
     "Service": "sentiment-workers",
     "Job": "sentiment-workers",
 }
-
-
-@pytest.fixture
-def operator(
-    operator_thread: Callable[[str], OperatorThread],
-    kube_emulator: EmulatorServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Callable[[], OperatorThread]:
-    """Start kubetune's handlers (again, for a restart) against the emulator."""
-    monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig_path))
-    monkeypatch.setenv("KUBETUNE_OPERATOR_METRICS_PORT", "0")
-    monkeypatch.setenv("KUBETUNE_TICK_SECONDS", "0.5")
-    monkeypatch.setenv("KUBETUNE_TRAINER_IMAGE", "registry.example/kubetune-trainer:test")
-    return lambda: operator_thread(HANDLERS)
 
 
 def condition(ftj: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -242,6 +226,18 @@ def test_suspending_and_resuming_reaches_the_job(
     kube.wait_for_object("Job", "sentiment-workers", lambda job: job["spec"]["suspend"] is False)
 
 
+def start_workers(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    """Start the operator, create the job and play its running workers."""
+    operator()
+    kube.create(sentiment)
+    wait_for_children(kube)
+    job = kube.get("Job", "sentiment-workers")
+    assert job is not None
+    run_pods(kube, job)
+
+
 def complete(kube: KubeClient) -> None:
     kube.patch(
         "Job",
@@ -255,12 +251,7 @@ def test_children_go_after_ttl_seconds_and_the_status_stays(
     kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
 ) -> None:
     sentiment["spec"]["runPolicy"] = {"ttlSecondsAfterFinished": 1}
-    operator()
-    kube.create(sentiment)
-    wait_for_children(kube)
-    job = kube.get("Job", "sentiment-workers")
-    assert job is not None
-    run_pods(kube, job)
+    start_workers(kube, operator, sentiment)
     complete(kube)
     kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Succeeded"))
     kube.wait_for(lambda: not any(children(kube).values()) or None, "every child to go")
@@ -274,12 +265,7 @@ def test_the_deadline_fails_the_job_and_stops_its_workers(
     kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
 ) -> None:
     sentiment["spec"]["runPolicy"] = {"activeDeadlineSeconds": 1}
-    operator()
-    kube.create(sentiment)
-    wait_for_children(kube)
-    job = kube.get("Job", "sentiment-workers")
-    assert job is not None
-    run_pods(kube, job)
+    start_workers(kube, operator, sentiment)
     ftj = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Failed"))
     assert condition(ftj, "Failed")["reason"] == "DeadlineExceeded"
     kube.wait_until_gone("Job", "sentiment-workers")

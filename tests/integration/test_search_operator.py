@@ -17,26 +17,11 @@ from typing import Any
 import pytest
 
 from tests.kube.client import KubeClient
-from tests.kube.emulator import EmulatorServer
 from tests.kube.operators import OperatorThread
 
-HANDLERS = "kubetune_operator.handlers"
 TRIALS = "kubetune.dev/component=trial"
 LEARNING_RATES = [1e-5, 1e-4]
 WARMUPS = [0.0, 0.1]
-
-
-@pytest.fixture
-def operator(
-    operator_thread: Callable[[str], OperatorThread],
-    kube_emulator: EmulatorServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Callable[[], OperatorThread]:
-    """Start kubetune's handlers (again, for a restart) against the emulator."""
-    monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig_path))
-    monkeypatch.setenv("KUBETUNE_OPERATOR_METRICS_PORT", "0")
-    monkeypatch.setenv("KUBETUNE_TICK_SECONDS", "0.5")
-    return lambda: operator_thread(HANDLERS)
 
 
 def grid_search(sentiment: dict[str, Any], **extra: Any) -> dict[str, Any]:
