@@ -9,6 +9,7 @@ that `from_pretrained` loads both from one directory, as it would a hub model.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -105,3 +106,37 @@ def make_tiny_causal_lm(path: Path, texts: Iterable[str], layers: int = 2, seed:
     GPT2LMHeadModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+TINY_JOB = """\
+apiVersion: kubetune.dev/v1alpha1
+kind: FineTuneJob
+metadata:
+  name: tiny
+spec:
+  model:
+    source: model
+    labels: [negative, positive]
+  data:
+    train: {{source: data/train.csv}}
+    validation: {{source: data/validation.csv}}
+    maxLength: 32
+  training: {{epochs: {epochs}, batchSize: {batch}, learningRate: 3e-3}}
+  output: {{uri: out}}
+"""
+
+
+def tiny_job_manifest(epochs: int = 1, batch: int = 16, search: str = "") -> str:
+    """A `kubetune run` manifest for the tiny model beside its data (relative paths);
+    `search` is the indented body of spec.search, if any."""
+    manifest = TINY_JOB.format(epochs=epochs, batch=batch)
+    return manifest + (f"  search:\n{search}" if search else "")
+
+
+def lay_out_tiny_job(folder: Path, model_dir: Path, data: tuple[Path, Path]) -> Path:
+    """A folder as a user keeps it: the model in model/, the data in data/."""
+    shutil.copytree(model_dir, folder / "model")
+    (folder / "data").mkdir()
+    shutil.copy(data[0], folder / "data/train.csv")
+    shutil.copy(data[1], folder / "data/validation.csv")
+    return folder

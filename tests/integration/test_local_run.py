@@ -11,35 +11,16 @@ import pytest
 from typer.testing import CliRunner
 
 from kubetune_operator.cli import app
+from tests.tiny import lay_out_tiny_job, tiny_job_manifest
 
 runner = CliRunner()
-
-MANIFEST = """\
-apiVersion: kubetune.dev/v1alpha1
-kind: FineTuneJob
-metadata:
-  name: tiny
-spec:
-  model:
-    source: model
-    labels: [negative, positive]
-  data:
-    train: {{source: data/train.csv}}
-    validation: {{source: data/validation.csv}}
-    maxLength: 32
-  training: {{epochs: {epochs}, batchSize: {batch}, learningRate: 3e-3}}
-  output: {{uri: out}}
-"""
 
 
 @pytest.fixture
 def job_folder(tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]) -> Path:
     """A folder as a user keeps it: the manifest beside its model and data (relative paths)."""
-    shutil.copytree(tiny_model_dir, tmp_path / "model")
-    (tmp_path / "data").mkdir()
-    shutil.copy(small_data[0], tmp_path / "data/train.csv")
-    shutil.copy(small_data[1], tmp_path / "data/validation.csv")
-    (tmp_path / "job.yaml").write_text(MANIFEST.format(epochs=1, batch=16))
+    lay_out_tiny_job(tmp_path, tiny_model_dir, small_data)
+    (tmp_path / "job.yaml").write_text(tiny_job_manifest(epochs=1, batch=16))
     return tmp_path
 
 
@@ -106,7 +87,7 @@ def test_empty_dataset(job_folder: Path) -> None:
 
 
 def test_batch_size_larger_than_the_data(job_folder: Path) -> None:
-    (job_folder / "job.yaml").write_text(MANIFEST.format(epochs=1, batch=4096))
+    (job_folder / "job.yaml").write_text(tiny_job_manifest(epochs=1, batch=4096))
     message = refusal(job_folder)
     assert "training.batchSize" in message
     assert "4096" in message
@@ -118,7 +99,7 @@ def test_missing_model(job_folder: Path) -> None:
 
 
 def test_invalid_manifest_never_starts(job_folder: Path) -> None:
-    (job_folder / "job.yaml").write_text(MANIFEST.format(epochs=0, batch=16))
+    (job_folder / "job.yaml").write_text(tiny_job_manifest(epochs=0, batch=16))
     assert "spec.training.epochs: must be >= 1 (got 0)" in refusal(job_folder)
 
 

@@ -13,27 +13,9 @@ from typer.testing import CliRunner
 
 from kubetune_operator import local
 from kubetune_operator.cli import app
+from tests.tiny import lay_out_tiny_job, tiny_job_manifest
 
 runner = CliRunner()
-
-MANIFEST = """\
-apiVersion: kubetune.dev/v1alpha1
-kind: FineTuneJob
-metadata:
-  name: tiny
-spec:
-  model:
-    source: model
-    labels: [negative, positive]
-  data:
-    train: {{source: data/train.csv}}
-    validation: {{source: data/validation.csv}}
-    maxLength: 32
-  training: {{epochs: 1, batchSize: 32, learningRate: 3e-3}}
-  output: {{uri: out}}
-  search:
-{search}
-"""
 
 GRID = """\
     algorithm: grid
@@ -47,16 +29,12 @@ GRID = """\
 
 @pytest.fixture
 def job_folder(tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]) -> Path:
-    shutil.copytree(tiny_model_dir, tmp_path / "model")
-    (tmp_path / "data").mkdir()
-    shutil.copy(small_data[0], tmp_path / "data/train.csv")
-    shutil.copy(small_data[1], tmp_path / "data/validation.csv")
-    return tmp_path
+    return lay_out_tiny_job(tmp_path, tiny_model_dir, small_data)
 
 
 def write_job(folder: Path, search: str) -> Path:
     path = folder / "job.yaml"
-    path.write_text(MANIFEST.format(search=search))
+    path.write_text(tiny_job_manifest(epochs=1, batch=32, search=search))
     return path
 
 
