@@ -82,6 +82,12 @@ class Runtime:
     """The worker Job this operator created per job, until the index shows it, so the
     status does not see it missing and create it again."""
 
+    def forget(self, key: Key) -> None:
+        """Drop what is kept of a deleted job, so a new job of the same name starts clean
+        (restart 0, no Job taken for created) and a long-lived operator does not grow."""
+        for kept in (self.locks, self.restarted, self.written, self.created_jobs):
+            kept.pop(key, None)
+
 
 @dataclass(frozen=True)
 class Indexes:
@@ -235,6 +241,7 @@ def refresh_status(
         _refresh(runtime(memo), _key(namespace, labels.get(search.LABEL_JOB_NAME, "")), indexes)
     if type == "DELETED" and is_finetunejob:
         metrics.JOBS.track(key, None)
+        runtime(memo).forget(key)
         return
     _refresh(runtime(memo), key, indexes)
 

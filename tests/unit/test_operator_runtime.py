@@ -58,3 +58,23 @@ def test_every_status_reason_has_a_troubleshooting_section() -> None:
     assert len(reasons) > 20
     missing = [reason for reason in reasons if f"### `{reason}`" not in guide]
     assert missing == []
+
+
+def test_a_deleted_job_leaves_nothing_behind_for_a_new_one_of_its_name() -> None:
+    from kubernetes import client
+
+    from kubetune_operator import kube
+    from kubetune_operator.handlers import Runtime
+
+    shared = Runtime(kube.Cluster(client.ApiClient()), builders.OperatorSettings())
+    key, other = ("ml", "sentiment"), ("ml", "other")
+    for job in (key, other):
+        shared.locks[job].acquire()
+        shared.locks[job].release()
+        shared.restarted[job] = 2
+        shared.written[job] = ("41", {"phase": "Running"})
+        shared.created_jobs[job] = {"kind": "Job"}
+    shared.forget(key)
+    for kept in (shared.locks, shared.restarted, shared.written, shared.created_jobs):
+        assert key not in kept
+        assert other in kept
