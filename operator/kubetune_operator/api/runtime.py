@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 from kubetune_operator.api.v1alpha1 import (
     CLUSTER_RUNTIME_KIND,
     DNS_SUBDOMAIN_PATTERN,
+    OBJECT_CONFIG,
     RUNTIME_KIND,
     Condition,
     DnsLabel,
@@ -174,13 +175,7 @@ class RuntimeMeta(BaseModel):
 
 
 class _RuntimeObject(BaseModel):
-    model_config = ConfigDict(
-        strict=True,
-        extra="forbid",
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-    )
+    model_config = OBJECT_CONFIG
 
     api_version: Literal["kubetune.dev/v1alpha1"] = Field(alias="apiVersion")
     metadata: RuntimeMeta

@@ -683,16 +683,20 @@ class FineTuneJobStatus(Section):
     """The best trial (parent jobs only)."""
 
 
+OBJECT_CONFIG = ConfigDict(
+    strict=True,
+    extra="forbid",
+    validate_by_name=True,
+    validate_by_alias=True,
+    serialize_by_alias=True,
+)
+"""The configuration of a whole API object (apiVersion, kind, metadata, spec, status)."""
+
+
 class FineTuneJob(BaseModel):
     """A fine-tuning run: model, data, recipe, gates and resources, and what became of them."""
 
-    model_config = ConfigDict(
-        strict=True,
-        extra="forbid",
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-    )
+    model_config = OBJECT_CONFIG
 
     api_version: Literal["kubetune.dev/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["FineTuneJob"]
