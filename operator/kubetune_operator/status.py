@@ -3,7 +3,7 @@
 Kubernetes controllers do not trust their own earlier status: they look at the children
 and say what they see. These functions do that and nothing else (no API calls, no clock,
 no kopf), so every reason a person may meet in `kubectl describe ftj` is a unit test.
-`handlers.py` calls `observe` on every change of the FineTuneJob, its Job or its pods, and
+`workers.py` calls `observe` on every change of the FineTuneJob, its Job or its pods, and
 from a timer (only the clock notices runPolicy.activeDeadlineSeconds), then:
 
 - merge-patches `status` with `StatusUpdate.patch` (operator-owned fields only; the

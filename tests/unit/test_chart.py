@@ -32,7 +32,7 @@ from kopf._cogs.structs import references
 from kubernetes import client
 from prometheus_client import REGISTRY
 
-from kubetune_operator import builders, cli, handlers, kube, metrics, search
+from kubetune_operator import builders, cli, handlers, kube, metrics, search, state, trials, workers
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.manifests import check_file
 from kubetune_trainer import reporting
@@ -45,6 +45,9 @@ RELEASE_NAMESPACE: Final = "ops"
 KUBERNETES_VERSION: Final = kubernetes_validate.latest_version()
 MONITORING_API: Final = "monitoring.coreos.com/v1"
 APP_VERSION: Final = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+
+OPERATOR_FLOWS: Final = (handlers, workers, trials, state)
+"""The modules whose API calls the operator's ClusterRole must allow."""
 
 Rule = tuple[str, str, str]
 """(apiGroup, resource, verb), one permission as RBAC grants it."""
@@ -148,10 +151,11 @@ def rule_of_request(method: str, path: str) -> Rule:
 
 
 def cluster_methods_called_by_handlers() -> set[str]:
-    """The `kube.Cluster` methods handlers.py calls (`….cluster.<method>(…)`)."""
-    tree = ast.parse(Path(handlers.__file__).read_text())
+    """The `kube.Cluster` methods the handlers and the flows they drive call
+    (`….cluster.<method>(…)`)."""
+    trees = [ast.parse(Path(module.__file__ or "").read_text()) for module in OPERATOR_FLOWS]
     called = set()
-    for node in ast.walk(tree):
+    for node in (node for tree in trees for node in ast.walk(tree)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             owner = node.func.value
             is_cluster = (isinstance(owner, ast.Attribute) and owner.attr == "cluster") or (

@@ -64,9 +64,9 @@ def test_a_deleted_job_leaves_nothing_behind_for_a_new_one_of_its_name() -> None
     from kubernetes import client
 
     from kubetune_operator import kube
-    from kubetune_operator.handlers import Runtime
+    from kubetune_operator.state import OperatorState
 
-    shared = Runtime(kube.Cluster(client.ApiClient()), builders.OperatorSettings())
+    shared = OperatorState(kube.Cluster(client.ApiClient()), builders.OperatorSettings())
     key, other = ("ml", "sentiment"), ("ml", "other")
     for job in (key, other):
         shared.locks[job].acquire()

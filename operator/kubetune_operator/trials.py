@@ -1,0 +1,234 @@
+"""A search parent's trials, as the handlers drive them.
+
+A FineTuneJob with `spec.search` gets no workers but child FineTuneJobs (trials), which
+the same handlers train. Whenever the parent or one of its trials changes, the parent's
+`status.trials` is brought up to date from the trials, and the pure `search` functions
+decide what to prune, which trials to start and the parent's status; this module
+performs it. Trial numbers come from the status and creating a trial is idempotent, so
+an operator restart in the middle of a search starts no trial twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal, cast
+
+import kopf
+
+from kubetune_operator import search
+from kubetune_operator import status as status_rules
+from kubetune_operator.api import v1alpha1
+from kubetune_operator.manifests import check_document
+from kubetune_operator.state import (
+    TERMINAL_PHASES,
+    OperatorState,
+    body_of,
+    name_of,
+    now,
+    post,
+    without_status,
+)
+
+
+def start(shared: OperatorState, ftj: Mapping[str, Any], children: list[Mapping[str, Any]]) -> None:
+    """A new or resumed search parent: Validated, Running, and its first trials, in one patch."""
+    first = status_rules.validated(ftj, now=now())
+    advance(shared, ftj, children, first=first)
+
+
+def advance(
+    shared: OperatorState,
+    ftj: Mapping[str, Any],
+    children: list[Mapping[str, Any]],
+    first: Mapping[str, Any] | None = None,
+) -> None:
+    """Record what the trials show, prune, start the next trials, write the parent's status.
+
+    `first`: status fields to lay over the stored ones and write along (the validation).
+    """
+    stored = ftj.get("status", {})
+    status = {**stored, **(first or {})}
+    if status.get("phase") in TERMINAL_PHASES:
+        return
+    view = {**ftj, "status": status}
+    checked = check_document(without_status(ftj), name_of(ftj))
+    if checked.job is None:
+        return
+    try:
+        desired, events = _search_step(shared, view, checked.job, children)
+    except search.SearchError as error:
+        failed = status_rules.validation_failed(view, str(error), now=now())
+        desired, events = failed.patch, failed.events
+    final = {**status, **desired}
+    patch = {field: value for field, value in final.items() if stored.get(field) != value}
+    if patch:
+        shared.write_status(ftj, patch)
+    post(ftj, events)
+
+
+def _search_step(
+    shared: OperatorState,
+    ftj: Mapping[str, Any],
+    parent: v1alpha1.FineTuneJob,
+    children: list[Mapping[str, Any]],
+) -> tuple[dict[str, Any], list[status_rules.Event]]:
+    """The parent's desired status and its Events, after pruning and creating trials."""
+    spec, by_name = parent.spec, {child["metadata"]["name"]: child for child in children}
+    previous = list(ftj["status"].get("trials") or [])
+    trials = [_trial_seen(spec, trial, by_name.get(trial["name"])) for trial in previous]
+    events = _trial_events(previous, trials)
+    trials, pruned = _pruned(shared, ftj, spec, trials)
+    events += pruned
+    outcome = search.search_outcome(spec, trials)
+    if outcome.phase == "Running":
+        created, started = _start_trials(shared, ftj, parent, trials, by_name)
+        trials, events = trials + created, events + started
+        outcome = search.search_outcome(spec, trials)
+    desired = {**search.search_status(spec, trials), **_search_phase(ftj, outcome)}
+    if ftj["status"].get("phase") != outcome.phase and outcome.phase != "Running":
+        events.append(_outcome_event(outcome))
+    return desired, events
+
+
+def _trial_seen(
+    spec: v1alpha1.FineTuneJobSpec, trial: Mapping[str, Any], child: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A Pending/Running trial as its child shows it: state, objective, new intermediate value."""
+    if trial["state"] not in search.ACTIVE_STATES or child is None:
+        return dict(trial)
+    status = child.get("status") or {}
+    seen = {**trial, "intermediate": _with_intermediate(spec, trial, status)}
+    phase = status.get("phase")
+    if phase == "Succeeded":
+        seen |= {"state": "Complete", "objective": search.objective_of(spec, status)}
+    elif phase == "Failed":
+        seen["state"] = "Failed"
+    elif phase is not None:
+        seen["state"] = "Running"
+    return seen
+
+
+def _with_intermediate(
+    spec: v1alpha1.FineTuneJobSpec, trial: Mapping[str, Any], child_status: Mapping[str, Any]
+) -> dict[str, float]:
+    """The trial's intermediate values plus the child's current one, keyed by its step."""
+    known = dict(trial.get("intermediate") or {})
+    step = (child_status.get("progress") or {}).get("step")
+    value = search.objective_of(spec, child_status)
+    if isinstance(step, int) and value is not None:
+        known.setdefault(str(step), value)
+    return known
+
+
+def _trial_events(
+    previous: list[Mapping[str, Any]], trials: list[dict[str, Any]]
+) -> list[status_rules.Event]:
+    return [
+        status_rules.Event(
+            "Warning",
+            status_rules.Reason.TrialFailed,
+            f"trial {after['number']} ({after['name']}) failed",
+        )
+        for before, after in zip(previous, trials, strict=True)
+        if after["state"] == "Failed" and before["state"] != "Failed"
+    ]
+
+
+def _pruned(
+    shared: OperatorState,
+    ftj: Mapping[str, Any],
+    spec: v1alpha1.FineTuneJobSpec,
+    trials: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[status_rules.Event]]:
+    """Delete the trials the median rule stops and record them Pruned."""
+    events = []
+    for trial in trials:
+        if not search.should_prune(spec, trials, trial["number"]):
+            continue
+        shared.cluster.delete(_child_reference(ftj, trial["name"]))
+        trial["state"] = "Pruned"
+        message = f"trial {trial['number']} ({trial['name']}) is worse than the median; deleted"
+        events.append(status_rules.Event("Normal", status_rules.Reason.TrialPruned, message))
+    return trials, events
+
+
+def _start_trials(
+    shared: OperatorState,
+    ftj: Mapping[str, Any],
+    parent: v1alpha1.FineTuneJob,
+    trials: list[dict[str, Any]],
+    children: Mapping[str, Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], list[status_rules.Event]]:
+    """Create the trials the engine proposes (409: an earlier operator did), as Pending records."""
+    created, events = [], []
+    for plan in search.next_trials(parent, trials):
+        manifest = search.trial_manifest(parent, plan)
+        kopf.adopt(manifest, owner=body_of(ftj))
+        params = plan.params
+        if shared.cluster.create(manifest):
+            message = f"trial {plan.number}: created {plan.name} with {plan.params}"
+            events.append(status_rules.Event("Normal", status_rules.Reason.Created, message))
+        elif plan.name in children:
+            params = _recorded_params(children[plan.name], plan.params)
+        created.append(
+            {"number": plan.number, "name": plan.name, "state": "Pending", "params": params}
+        )
+    return created, events
+
+
+def _recorded_params(child: Mapping[str, Any], proposed: dict[str, Any]) -> dict[str, Any]:
+    """The values an existing trial was created with (its annotation), else the proposal."""
+    annotations = child["metadata"].get("annotations") or {}
+    recorded = annotations.get(search.TRIAL_PARAMS_ANNOTATION)
+    return dict(json.loads(recorded)) if recorded else proposed
+
+
+def _search_phase(ftj: Mapping[str, Any], outcome: search.SearchOutcome) -> dict[str, Any]:
+    """The parent's phase, conditions and completionTime for where the search stands."""
+    status, moment = ftj["status"], now()
+    generation = int(ftj["metadata"].get("generation", 1))
+    previous = {c["type"]: c for c in status.get("conditions", [])}
+    reason = _outcome_reason(outcome)
+    running: Literal["True", "False"] = "True" if outcome.phase == "Running" else "False"
+    wanted: dict[str, tuple[Literal["True", "False"], str]] = {"Running": (running, reason)}
+    if outcome.phase != "Running":
+        succeeded = outcome.phase == "Succeeded"
+        wanted["Succeeded"] = ("True" if succeeded else "False", reason)
+        wanted["Failed"] = ("False" if succeeded else "True", reason)
+    conditions = dict(previous)
+    for kind, (value, why) in wanted.items():
+        conditions[kind] = status_rules.condition(
+            cast(v1alpha1.ConditionType, kind),
+            value,
+            why,
+            outcome.message,
+            now=moment,
+            generation=generation,
+            previous=previous.get(kind),
+        )
+    desired: dict[str, Any] = {
+        "phase": outcome.phase,
+        "conditions": [conditions[k] for k in status_rules.CONDITION_ORDER if k in conditions],
+    }
+    if outcome.phase != "Running":
+        desired["completionTime"] = status.get("completionTime") or status_rules.rfc3339(moment)
+    return desired
+
+
+def _outcome_reason(outcome: search.SearchOutcome) -> str:
+    return {
+        "Running": status_rules.Reason.Running,
+        "Succeeded": status_rules.Reason.Succeeded,
+        "Failed": status_rules.Reason.SearchFailed,
+    }[outcome.phase]
+
+
+def _outcome_event(outcome: search.SearchOutcome) -> status_rules.Event:
+    kind: Literal["Normal", "Warning"] = "Normal" if outcome.phase == "Succeeded" else "Warning"
+    return status_rules.Event(kind, _outcome_reason(outcome), outcome.message)
+
+
+def _child_reference(ftj: Mapping[str, Any], name: str) -> dict[str, Any]:
+    namespace = ftj["metadata"]["namespace"]
+    return {"kind": v1alpha1.KIND, "metadata": {"namespace": namespace, "name": name}}
