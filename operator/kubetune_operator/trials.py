@@ -82,6 +82,7 @@ def _search_step(
     events += pruned
     outcome = search.search_outcome(spec, trials)
     if outcome.phase == "Running":
+        events += _recreate_deleted(shared, ftj, parent, trials, by_name)
         created, started = _start_trials(shared, ftj, parent, trials, by_name)
         trials, events = trials + created, events + started
         outcome = search.search_outcome(spec, trials)
@@ -175,6 +176,32 @@ def _start_trials(
             {"number": plan.number, "name": plan.name, "state": "Pending", "params": params}
         )
     return created, events
+
+
+def _recreate_deleted(
+    shared: OperatorState,
+    ftj: Mapping[str, Any],
+    parent: v1alpha1.FineTuneJob,
+    trials: list[dict[str, Any]],
+    children: Mapping[str, Mapping[str, Any]],
+) -> list[status_rules.Event]:
+    """Create again, with its recorded values, each unfinished trial whose child is gone.
+
+    A child the index does not show yet was just created: the create is then a 409 and
+    changes nothing, so only a child someone deleted comes back (as Pending).
+    """
+    events = []
+    for trial in trials:
+        if trial["state"] not in search.ACTIVE_STATES or trial["name"] in children:
+            continue
+        plan = search.TrialPlan(trial["number"], trial["name"], dict(trial["params"]))
+        manifest = search.trial_manifest(parent, plan)
+        kopf.adopt(manifest, owner=body_of(ftj))
+        if shared.cluster.create(manifest):
+            trial["state"] = "Pending"
+            message = f"trial {plan.number}: created {plan.name} again (it was deleted)"
+            events.append(status_rules.Event("Normal", status_rules.Reason.Created, message))
+    return events
 
 
 def _recorded_params(child: Mapping[str, Any], proposed: dict[str, Any]) -> dict[str, Any]:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from kubetune_operator import search
+from kubetune_operator.api import v1alpha1
 from tests.kube.client import KubeClient
 from tests.kube.operators import OperatorThread
 
@@ -90,12 +93,15 @@ def trial_count(count: int) -> Callable[[dict[str, Any]], bool]:
     return lambda ftj: len(ftj.get("status", {}).get("trials", [])) == count
 
 
-def finish_the_search(kube: KubeClient) -> None:
-    """Succeed the unfinished trials one by one, checking parallelism at every step."""
+def finish_the_search(
+    kube: KubeClient, surface: Callable[[dict[str, Any]], float] = accuracy
+) -> None:
+    """Succeed the unfinished trials one by one, lowest number first, checking parallelism
+    at every step."""
     while True:
-        active = unfinished(kube)
+        active = sorted(unfinished(kube), key=lambda name: int(name.rsplit("-", 1)[1]))
         assert 1 <= len(active) <= 2, active
-        succeed(kube, active[0], accuracy(params_of(trials(kube)[active[0]])))
+        succeed(kube, active[0], surface(params_of(trials(kube)[active[0]])))
         number = int(active[0].rsplit("-", 1)[1])
         trial_state(kube, number, "Complete")
         parent = kube.get("FineTuneJob", "sentiment")
@@ -212,3 +218,118 @@ def test_a_trial_worse_than_the_median_is_pruned_and_the_next_one_starts(
     assert unfinished(kube) == ["sentiment-trial-2"]
     reasons = [event["reason"] for event in kube.events_for(created)]
     assert "TrialPruned" in reasons
+
+
+def test_a_deleted_trial_is_created_again_with_its_values(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    created = kube.create(grid_search(sentiment))
+    first = kube.wait_for(lambda: kube.get("FineTuneJob", "sentiment-trial-0"), "trial 0")
+    report(kube, "sentiment-trial-0", metrics={"accuracy": 0.6}, progress={"step": 10})
+    trial_state(kube, 0, "Running")
+
+    kube.delete("FineTuneJob", "sentiment-trial-0")
+    again = kube.wait_for(
+        lambda: (
+            (child := kube.get("FineTuneJob", "sentiment-trial-0"))
+            and child["metadata"]["uid"] != first["metadata"]["uid"]
+            and child
+        ),
+        "trial 0 created again",
+    )
+
+    assert params_of(again) == params_of(first)
+    assert again["spec"]["training"] == first["spec"]["training"]
+    messages = [event["message"] for event in kube.events_for(created)]
+    assert "trial 0: created sentiment-trial-0 again (it was deleted)" in messages
+    finish_the_search(kube)
+    parent = kube.wait_for_object(
+        "FineTuneJob", "sentiment", lambda f: f["status"].get("phase") == "Succeeded"
+    )
+    assert [t["state"] for t in parent["status"]["trials"]] == ["Complete"] * 4
+    assert parent["status"]["trials"][0]["intermediate"] == {
+        "10": 0.6,
+        "20": accuracy(params_of(first)),
+    }
+
+
+def sampled_search(sentiment: dict[str, Any], algorithm: str) -> dict[str, Any]:
+    """Six trials, two at once, over a log-scaled learning rate and a linear warmup."""
+    sentiment["spec"]["search"] = {
+        "algorithm": algorithm,
+        "parallelism": 2,
+        "maxTrials": 6,
+        "seed": 7,
+        "objective": {"metric": "accuracy", "direction": "maximize"},
+        "parameters": [
+            {
+                "path": "training.learningRate",
+                "type": "float",
+                "min": 1e-6,
+                "max": 1e-3,
+                "log": True,
+            },
+            {"path": "training.warmupRatio", "type": "float", "min": 0.0, "max": 0.2},
+        ],
+    }
+    return sentiment
+
+
+def smooth_accuracy(params: dict[str, Any]) -> float:
+    """A surface with its top at learning rate 1e-4 and warmup 0.1."""
+    distance = abs(math.log10(params["training.learningRate"]) + 4) + abs(
+        params["training.warmupRatio"] - 0.1
+    )
+    return round(0.9 - 0.1 * distance, 6)
+
+
+def replayed_params(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the pure engine proposes when the trials finish as finish_the_search finishes
+    them (lowest number first, each at step 20): the operator must propose the same."""
+    parent = v1alpha1.FineTuneJob.model_validate(manifest)
+    records: list[dict[str, Any]] = []
+    while True:
+        for plan in search.next_trials(parent, records):
+            records.append(
+                {
+                    "number": plan.number,
+                    "name": plan.name,
+                    "state": "Pending",
+                    "params": plan.params,
+                }
+            )
+        active = [r for r in records if r["state"] == "Pending"]
+        if not active:
+            return [r["params"] for r in records]
+        value = smooth_accuracy(active[0]["params"])
+        active[0] |= {"state": "Complete", "objective": value, "intermediate": {"20": value}}
+
+
+@pytest.mark.parametrize("algorithm", ["random", "bayesian"])
+def test_a_sampled_search_stays_in_bounds_and_proposes_what_the_engine_proposes(
+    kube: KubeClient,
+    operator: Callable[[], OperatorThread],
+    sentiment: dict[str, Any],
+    algorithm: str,
+) -> None:
+    operator()
+    manifest = sampled_search(sentiment, algorithm)
+    kube.create(manifest)
+    kube.wait_for_object("FineTuneJob", "sentiment", trial_count(2))
+
+    finish_the_search(kube, smooth_accuracy)
+
+    parent = kube.wait_for_object(
+        "FineTuneJob", "sentiment", lambda f: f["status"].get("phase") == "Succeeded"
+    )
+    recorded = [t["params"] for t in parent["status"]["trials"]]
+    assert len(recorded) == 6
+    for params in recorded:
+        assert 1e-6 <= params["training.learningRate"] <= 1e-3
+        assert 0.0 <= params["training.warmupRatio"] <= 0.2
+    assert len({tuple(sorted(p.items())) for p in recorded}) == 6
+    assert recorded == replayed_params(manifest)
+    best = max(parent["status"]["trials"], key=lambda t: t["objective"])
+    assert parent["status"]["bestTrial"]["number"] == best["number"]
+    assert parent["status"]["bestTrial"]["objective"] == pytest.approx(best["objective"])
