@@ -287,3 +287,40 @@ def test_a_killed_worker_restarts_the_group_which_resumes_from_its_checkpoint(
         assert len(starts) == 2
         first_step_after_restart = next(e for e in events[starts[1] :] if e["event"] == "step")
         assert first_step_after_restart["step"] > 5
+
+
+def test_a_suspended_job_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    with start_cluster(tmp_path) as cluster:
+        manifest = cluster_manifest(cluster.kubelet, epochs=1, checkpointEverySteps=5)
+        created = cluster.kube.create(manifest)
+        checkpoints = cluster.kubelet.pvc_dir("runs") / JOB / "checkpoints"
+        cluster.wait(lambda: any(checkpoints.glob("step-*")), "a checkpoint in the output claim")
+
+        cluster.kube.patch("FineTuneJob", JOB, {"spec": {"runPolicy": {"suspend": True}}})
+        suspended = cluster.wait_for_phase("Suspended")
+        cluster.wait(
+            lambda: not cluster.kube.list_objects("Pod", "default") or None, "the pods to go"
+        )
+        saved = sorted(path.name for path in checkpoints.glob("step-*"))
+        cluster.kube.patch("FineTuneJob", JOB, {"spec": {"runPolicy": {"suspend": False}}})
+        ftj = cluster.wait_for_phase("Succeeded")
+
+        assert condition(suspended, "Suspended")["status"] == "True"
+        assert ftj["status"].get("restarts", 0) == 0
+        logs = cluster.kubelet.pod_logs()
+        assert len(logs) == 4, list(logs)  # two workers, before and after the suspension
+        # The console wraps long lines: compare without the whitespace.
+        unwrapped = {pod: "".join(log.split()) for pod, log in logs.items()}
+        resumed = [pod for pod, log in unwrapped.items() if "Resumingfrom/" in log]
+        assert all(saved[-1] in unwrapped[pod] for pod in resumed)
+        assert len(resumed) == 2, cluster.describe()
+        events = [
+            json.loads(line)
+            for line in (checkpoints.parent / "metrics.jsonl").read_text().splitlines()
+        ]
+        starts = [index for index, event in enumerate(events) if event["event"] == "started"]
+        assert len(starts) == 2
+        first_step_after = next(e for e in events[starts[1] :] if e["event"] == "step")
+        assert first_step_after["step"] > int(saved[-1].removeprefix("step-"))
+        reasons = [event["reason"] for event in cluster.kube.events_for(created)]
+        assert "Suspended" in reasons
