@@ -224,10 +224,10 @@ def test_maximize_with_an_int_and_a_categorical_parameter(sentiment: dict[str, A
 
 
 def optuna_order(
-    distributions: dict[str, BaseDistribution], trials: list[dict[str, Any]], direction: str
+    distributions: dict[str, BaseDistribution], trials: list[dict[str, Any]]
 ) -> list[str]:
     """fANOVA's ranking computed by Optuna itself on a study built here, not by kubetune."""
-    study = optuna.create_study(direction=direction)
+    study = optuna.create_study(direction="maximize")
     for t in trials:
         study.add_trial(
             create_trial(params=t["params"], distributions=distributions, value=t["objective"])
@@ -249,7 +249,7 @@ def test_importance_bars_follow_optunas_fanova_ranking(sentiment: dict[str, Any]
     draw = random.Random(5)
     trials = []
     for n in range(12):
-        params = {
+        params: dict[str, Any] = {
             "training.learningRate": 10 ** draw.uniform(-5, -2),
             "regularization.dropout": draw.uniform(0.0, 0.3),
             "training.scheduler": draw.choice(schedulers),
@@ -263,7 +263,7 @@ def test_importance_bars_follow_optunas_fanova_ranking(sentiment: dict[str, Any]
         "regularization.dropout": FloatDistribution(0.0, 0.3),
         "training.scheduler": CategoricalDistribution(schedulers),
     }
-    expected = optuna_order(distributions, trials, "maximize")
+    expected = optuna_order(distributions, trials)
     assert expected[0] == "training.learningRate"
 
     svg = chart(
@@ -445,7 +445,7 @@ def test_report_of_a_search_folder_names_its_page(tmp_path: Path, drawn: bool) -
 def test_report_open_opens_a_searchs_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = search_folder(tmp_path, drawn=True)
     opened: list[str] = []
-    monkeypatch.setattr(cli.webbrowser, "open", opened.append)
+    monkeypatch.setattr("webbrowser.open", opened.append)
     result = CliRunner().invoke(cli.app, ["report", str(folder), "--open"])
     assert result.exit_code == 0, result.output
     assert opened == [(folder / "search.html").resolve().as_uri()]
