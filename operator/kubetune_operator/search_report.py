@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from kubetune_operator.api.v1alpha1 import FineTuneJobSpec, SearchParameter, TrialStatus
 from kubetune_operator.search import (
+    FINISHED_STATES,
     SearchError,
     TrialLike,
     best_trial,
@@ -244,12 +245,16 @@ def _finite(value: object) -> float | None:
 
 
 def chart_marks(trials: Sequence[TrialStatus]) -> list[Mark]:
-    """The finished trials, each with the value it is drawn at (running ones are not drawn)."""
-    return [
-        Mark(t.number, t.state, drawn_value(t))
-        for t in trials
-        if t.state in ("Complete", "Pruned", "Failed")
-    ]
+    """The finished trials, each with the value it is drawn at (running ones are not drawn);
+    a complete trial without an objective counts as failed, as the study counts it."""
+    marks = []
+    for trial in trials:
+        if trial.state not in FINISHED_STATES:
+            continue
+        value = drawn_value(trial)
+        state = "Failed" if trial.state == "Complete" and value is None else trial.state
+        marks.append(Mark(trial.number, state, value))
+    return marks
 
 
 def best_so_far(trials: Sequence[TrialStatus], maximize: bool) -> list[tuple[int, float]]:
@@ -783,7 +788,7 @@ def _trial_row(trial: TrialStatus, paths: Sequence[str], best: int | None, note:
         tag("td", trial.name, class_="name"),
         tag("td", tag("span", trial.state, class_=f"badge {STATE_TONE[trial.state]}")),
         *(_cell(trial.params.get(path)) for path in paths),
-        _cell(drawn_value(trial) if trial.state != "Failed" else None),
+        _cell(drawn_value(trial)),
         tag("td", note or _default_note(trial), class_="note"),
     ]
     css = (

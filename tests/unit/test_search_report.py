@@ -304,6 +304,16 @@ def test_zero_complete_trials_leave_notes_instead_of_charts(sentiment: dict[str,
     assert "No trial has started yet." in text_of(empty)
 
 
+def test_a_complete_trial_without_an_objective_is_drawn_as_failed(
+    sentiment: dict[str, Any],
+) -> None:
+    spec = spec_of(sentiment, parameters=[LEARNING_RATE], objective={"metric": "loss"})
+    trials = [*MINIMIZE_TRIALS[:2], trial(2, "Complete", {"training.learningRate": 2e-3})]
+    svg = chart(main_tree(search_report.render_search_html("job", spec, trials)), "chart-objective")
+    assert (len(points(svg, "complete")), len(points(svg, "failed"))) == (2, 1)
+    assert centre(points(svg, "failed")[0])[1] == search_report.BOTTOM
+
+
 def test_two_complete_trials_are_too_few_for_importance(sentiment: dict[str, Any]) -> None:
     spec = spec_of(sentiment, parameters=[LEARNING_RATE], objective={"metric": "loss"})
     two = MINIMIZE_TRIALS[:2]
