@@ -33,6 +33,7 @@ from kubetune_operator import (
     local_search,
     run_report,
     runtimes,
+    search_report,
 )
 from kubetune_operator.api.runtime import AnyRuntime
 from kubetune_operator.api.v1alpha1 import DNS_LABEL_PATTERN, FineTuneJob
@@ -323,13 +324,17 @@ def _print_summary(report: dict[str, Any]) -> None:
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run's output directory (holds report.json).")],
     open_page: Annotated[
-        bool, typer.Option("--open", help="Open report.html in the web browser.")
+        bool,
+        typer.Option(
+            "--open", help="Open the page (report.html; a search's search.html) in the web browser."
+        ),
     ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON instead.")
     ] = False,
 ) -> None:
-    """Summarize a finished run from its report.json: outcome, metrics, data, bias audit."""
+    """Summarize a finished run from its report.json: outcome, metrics, data, bias audit
+    (a search: its trials, best trial and parameter importance)."""
     try:
         content = run_report.load_report(run_dir)
     except run_report.ReportError as error:
@@ -341,7 +346,7 @@ def report(
         for part in run_report.renderables(content, run_dir):
             out.print(part)
     if open_page:
-        _open_page(run_report.html_path(run_dir))
+        _open_page(run_report.page_path(content, run_dir))
 
 
 def _open_page(page: Path) -> None:
@@ -482,18 +487,63 @@ def status(
     interval: Annotated[
         float, typer.Option(min=0.01, help="Seconds between polls with --watch.")
     ] = 2.0,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            metavar="FILE",
+            help="Write a search parent's page (trials, objective, slice plots, importance).",
+        ),
+    ] = None,
 ) -> None:
-    """Show a FineTuneJob: phase, conditions, progress, metrics, verdicts and recent Events."""
+    """Show a FineTuneJob: phase, conditions, progress, metrics, verdicts and recent Events.
+
+    A search parent's page (trials, objective, slice plots, importance): --html FILE.
+    """
     _check_namespace_option(namespace)
+    if html is not None:
+        _check_page_options(html, watch=watch, as_json=as_json)
     with _kube_errors():
         cluster = kube.Cluster(kube.connect())
         target = namespace or kube.current_namespace()
+        if html is not None:
+            _write_search_page(cluster, target, name, html)
+            return
         if not watch:
             _show(*_fetch(cluster, target, name), as_json=as_json, compact=False)
             return
         final = _watch(cluster, target, name, interval, as_json)
     if final != "Succeeded":
         raise typer.Exit(1)
+
+
+def _check_page_options(page: Path, *, watch: bool, as_json: bool) -> None:
+    if watch or as_json:
+        err.print("[red]✗[/] --html writes the page once; leave out --watch and --json")
+        raise typer.Exit(1)
+    if not page.parent.is_dir():
+        err.print(
+            f"[red]✗[/] --html {escape(str(page))}: the folder {escape(str(page.parent))} "
+            "does not exist"
+        )
+        raise typer.Exit(1)
+
+
+def _write_search_page(cluster: kube.Cluster, namespace: str, name: str, page: Path) -> None:
+    job, _ = _fetch(cluster, namespace, name)
+    try:
+        search_report.write_page(page, job_view.search_page(job))
+    except job_view.PageError as error:
+        err.print(f"[red]✗[/] {escape(str(error))}")
+        raise typer.Exit(1) from None
+    except OSError as error:
+        err.print(f"[red]✗[/] --html {escape(str(page))}: cannot be written ({escape(str(error))})")
+        raise typer.Exit(1) from None
+    trials = len(job_view.status_of(job).get("trials") or [])
+    out.print(
+        f"[green]✓[/] wrote {escape(str(page))}: the search page of FineTuneJob "
+        f"{escape(namespace)}/{escape(name)} ({trials} trials)"
+    )
 
 
 def _fetch(

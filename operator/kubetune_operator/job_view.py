@@ -5,6 +5,7 @@ an ML engineer wants while a job runs: where it stands, how far it is, the metri
 the trainer's verdicts on the curves, the data and the bias audit. Pure functions from the
 object as the API returns it (plain data, camelCase) to rich renderables, so they are
 tested without a cluster. Every string comes from the cluster and reaches rich escaped.
+A search parent's page (`--html`) is search_report's, drawn from its spec and status.trials.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from rich.console import RenderableType
 from rich.markup import escape
 from rich.table import Table
 
+from kubetune_operator.manifests import check_document
 from kubetune_operator.run_report import MISSING, bias_line, fmt, passed_mark, table
+from kubetune_operator.search import SearchError
+from kubetune_operator.search_report import render_search_html
 
 FINISHED: Final = ("Succeeded", "Failed")
 """Phases after which nothing changes any more."""
@@ -32,6 +36,10 @@ PHASE_STYLE: Final = {
 }
 DIAGNOSIS_STYLE: Final = {"Healthy": "green", "Inconclusive": "yellow"}
 _EPOCH: Final = datetime.min.replace(tzinfo=UTC)
+
+
+class PageError(Exception):
+    """A job's search page cannot be drawn; the message names the job and says why."""
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
@@ -321,3 +329,23 @@ def age_text_of_event(event: Mapping[str, Any], now: datetime) -> str:
     age = MISSING if moment == _EPOCH else duration_text((now - moment).total_seconds())
     count = event.get("count")
     return f"{age} (x{count})" if isinstance(count, int) and count > 1 else age
+
+
+def search_page(job: Mapping[str, Any]) -> str:
+    """search.html of a search parent, from its spec and status.trials."""
+    metadata = _mapping(job.get("metadata"))
+    shown = f"FineTuneJob {metadata.get('namespace', '')}/{metadata.get('name', '')}"
+    if not _mapping(job.get("spec")).get("search"):
+        raise PageError(
+            f"{shown} is not a search parent (its spec has no search section); "
+            "--html draws the page of a search"
+        )
+    checked = check_document({k: v for k, v in job.items() if k != "status"}, shown)
+    if checked.job is None:
+        problems = "; ".join(str(problem) for problem in checked.problems)
+        raise PageError(f"{shown}: its spec is not valid ({problems})")
+    trials = _records(status_of(job).get("trials"))
+    try:
+        return render_search_html(checked.job.metadata.name, checked.job.spec, trials)
+    except SearchError as error:
+        raise PageError(f"{shown}: {error}") from None

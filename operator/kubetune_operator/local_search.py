@@ -6,7 +6,8 @@ OUTPUT/trial-<n>/, one after the other in this process, or N trainer subprocesse
 pure functions the operator calls: which trials come next, each trial's spec, its
 objective, the best trial, when the search is over. Where the operator keeps the trials
 table in the parent's status, this keeps it in OUTPUT/search.json (the same shape),
-rewritten after every change, so an interrupted search resumes: finished trials are kept,
+rewritten after every change with OUTPUT/search.html (search_report's page of it) beside
+it, so an interrupted search resumes: finished trials are kept,
 and a trial that was running is run again (the trainer resumes it from its checkpoint).
 Pruning (search.earlyStopping) needs the operator watching trials as they report; local
 trials run to the end.
@@ -20,7 +21,6 @@ import math
 import os
 import shutil
 import subprocess
-import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -49,18 +49,20 @@ from kubetune_operator.search import (
     objective_of,
     search_outcome,
     search_status,
-    study_from_trials,
     total_trials,
     trial_name,
     trial_spec,
+)
+from kubetune_operator.search_report import (
+    SEARCH_HTML,
+    parameter_importance,
+    write_search_html,
 )
 from kubetune_trainer.config import EXIT_INVALID_INPUT
 
 SEARCH_FILE: Final = "search.json"
 MODEL_DIR: Final = "model"
 LOG_FILE: Final = "trainer.log"
-MIN_TRIALS_FOR_IMPORTANCE: Final = 3
-"""fANOVA fits a forest on the completed trials; with fewer it says nothing useful."""
 RESUMABLE_FIELDS: Final = ("maxTrials", "parallelism", "maxFailedTrials")
 """search fields a resumed search may change (e.g. raise maxTrials to run more trials)."""
 TRAINER_MESSAGE_PREFIX: Final = "kubetune trainer: "
@@ -156,7 +158,8 @@ def load_book(plan: SearchPlan) -> TrialBook:
 
 
 def save_book(plan: SearchPlan, book: TrialBook) -> None:
-    """Write search.json: the parent's status fields for the trials, plus what resumes need."""
+    """Write search.json (the parent's status fields for the trials, plus what resumes need)
+    and search.html, the page drawn from it."""
     content = {
         "job": plan.job.metadata.name,
         "fingerprint": book.fingerprint,
@@ -164,6 +167,13 @@ def save_book(plan: SearchPlan, book: TrialBook) -> None:
         "messages": book.messages,
     }
     _write_json(plan.output_dir / SEARCH_FILE, content)
+    write_search_html(
+        plan.output_dir / SEARCH_HTML,
+        plan.job.metadata.name,
+        plan.job.spec,
+        book.trials,
+        book.messages,
+    )
 
 
 def trial_run(plan: SearchPlan, number: int, params: Mapping[str, Any]) -> LocalRun:
@@ -185,28 +195,6 @@ def trial_result(spec: FineTuneJobSpec, report: Mapping[str, Any]) -> TrialResul
     if objective is None:
         return TrialResult("Failed", None, intermediate, f"the run reported no {metric}")
     return TrialResult("Complete", objective, intermediate)
-
-
-def parameter_importance(
-    spec: FineTuneJobSpec, trials: list[TrialStatus]
-) -> tuple[dict[str, float] | None, str]:
-    """Optuna's fANOVA importance of each parameter for the objective, or None and why not."""
-    import optuna
-    from optuna.importance import FanovaImportanceEvaluator
-
-    completed = sum(t.state == "Complete" and t.objective is not None for t in trials)
-    if completed < MIN_TRIALS_FOR_IMPORTANCE:
-        return None, f"needs {MIN_TRIALS_FOR_IMPORTANCE} completed trials ({completed} completed)"
-    assert spec.search is not None
-    study = study_from_trials(spec, trials)
-    evaluator = FanovaImportanceEvaluator(seed=spec.search.seed)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            importance = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    except (ValueError, RuntimeError) as error:
-        return None, f"not computed: {_first_line(error)}"
-    return {name: float(value) for name, value in importance.items()}, "fANOVA"
 
 
 def _announce(plan: SearchPlan, book: TrialBook, notify: Notify) -> None:
@@ -420,6 +408,7 @@ def _search_report(plan: SearchPlan, book: TrialBook) -> dict[str, Any]:
             "model": _publish_best_model(plan, best.number) if best else "",
             "bestTrialReport": str(best_report or ""),
             "search": str(plan.output_dir / SEARCH_FILE),
+            "searchHtml": str(plan.output_dir / SEARCH_HTML),
         },
     }
 

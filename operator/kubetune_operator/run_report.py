@@ -7,7 +7,7 @@ CLI needs neither torch nor the trainer; a missing or broken file is a message, 
 traceback. Every string of the report is untrusted (data rows, labels, group names) and
 reaches rich escaped. A search's folder (report.json with kind "search", written by
 `kubetune run` of a job with spec.search) shows its trials, best trial and the importance
-of each parameter instead.
+of each parameter instead, and its page is search.html.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
+
+from kubetune_operator.search_report import SEARCH_HTML
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -58,6 +60,11 @@ def load_report(run_dir: Path) -> dict[str, Any]:
 def html_path(run_dir: Path) -> Path:
     """Where the run's report.html is (whether or not it was drawn)."""
     return (run_dir / REPORT_HTML).resolve()
+
+
+def page_path(report: Mapping[str, Any], run_dir: Path) -> Path:
+    """The folder's HTML page: a search's search.html, else the run's report.html."""
+    return (run_dir / SEARCH_HTML).resolve() if is_search(report) else html_path(run_dir)
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
@@ -104,7 +111,7 @@ def is_search(report: Mapping[str, Any]) -> bool:
 def summary(report: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     """The glance as plain data (what `--json` prints)."""
     if is_search(report):
-        return search_summary(report)
+        return search_summary(report, run_dir)
     metric = report.get("primaryMetric")
     best = _mapping(report.get("bestMetrics"))
     diagnosis = _mapping(report.get("diagnosis"))
@@ -163,17 +170,20 @@ def bias_line(report: Mapping[str, Any]) -> str | None:
 def renderables(report: Mapping[str, Any], run_dir: Path) -> list[RenderableType]:
     """What `kubetune report` prints, top to bottom."""
     if is_search(report):
-        return search_renderables(report)
+        return search_renderables(report, run_dir)
     glance = summary(report, run_dir)
     parts: list[RenderableType] = [_heading(glance), _facts(glance)]
     best = glance["bestMetrics"]
     if best:
         parts.append(table("best metrics", list(best), [[fmt(v) for v in best.values()]]))
     parts += _diagnosis(glance["diagnosis"]) + _data(glance["data"]) + _bias(report)
-    html = Path(glance["reportHtml"])
-    shown = escape(str(html)) if html.exists() else f"{escape(str(html))} [dim](not written)[/]"
-    parts.append(f"[bold]report.html[/]    {shown}")
+    parts.append(_page_line(REPORT_HTML, Path(glance["reportHtml"])))
     return parts
+
+
+def _page_line(name: str, page: Path) -> str:
+    shown = escape(str(page)) if page.exists() else f"{escape(str(page))} [dim](not written)[/]"
+    return f"[bold]{name}[/]    {shown}"
 
 
 def _heading(glance: Mapping[str, Any]) -> str:
@@ -253,8 +263,9 @@ def _bias(report: Mapping[str, Any]) -> list[RenderableType]:
     return [Group(*parts)]
 
 
-def search_summary(report: Mapping[str, Any]) -> dict[str, Any]:
-    """A search's glance as plain data: outcome, objective, best trial, trials, importance."""
+def search_summary(report: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A search's glance as plain data: outcome, objective, best trial, trials, importance,
+    and where its page is."""
     search = _mapping(report.get("search"))
     return {
         "job": report.get("job"),
@@ -270,12 +281,14 @@ def search_summary(report: Mapping[str, Any]) -> dict[str, Any]:
         "trials": [dict(t) for t in _sequence(report.get("trials")) if isinstance(t, Mapping)],
         "importance": dict(_mapping(report.get("importance"))) or None,
         "importanceNote": report.get("importanceNote"),
+        "searchHtml": str(page_path(report, run_dir)),
     }
 
 
-def search_renderables(report: Mapping[str, Any]) -> list[RenderableType]:
-    """What `kubetune report` prints for a search: outcome, trials, best trial, importance."""
-    glance = search_summary(report)
+def search_renderables(report: Mapping[str, Any], run_dir: Path) -> list[RenderableType]:
+    """What `kubetune report` prints for a search: outcome, trials, best trial, importance,
+    and where its page is."""
+    glance = search_summary(report, run_dir)
     objective = glance["objective"]
     progress = glance["progress"]
     parts: list[RenderableType] = [_heading(glance)]
@@ -291,6 +304,7 @@ def search_renderables(report: Mapping[str, Any]) -> list[RenderableType]:
         grid.add_row(f"[bold]{escape(name)}[/]", escape(value))
     parts += [grid, _trials_table(glance, _mapping(report.get("messages")))]
     parts += _best_trial(glance) + _importance(glance)
+    parts.append(_page_line(SEARCH_HTML, Path(glance["searchHtml"])))
     return parts
 
 
