@@ -28,7 +28,8 @@ TrialStatus entries of its status, as models or as the dicts the API server retu
         The median rule for a Pending/Running trial (stop the child, record it Pruned).
     best_trial(spec, trials) -> BestTrial | None
     search_status(spec, trials) -> dict
-        The parent's status patch: trials, bestTrial, progress, metricSummary.
+        The parent's status patch: trials, bestTrial, progress, metricSummary, and
+        artifacts.model = the best trial's model when it has one (else null).
     search_outcome(spec, trials) -> SearchOutcome
         Running, Succeeded (every trial ran and one completed) or Failed, with a message.
     study_from_trials(spec, trials) -> optuna.Study
@@ -295,11 +296,14 @@ def search_status(spec: FineTuneJobSpec, trials: Sequence[TrialLike]) -> dict[st
     total = total_trials(search)
     metric, _ = objective_metric(spec)
     progress = Progress(step=finished, total_steps=total, percent=min(100, 100 * finished // total))
+    best_model = None if best is None else records[best.number].model
     return {
         "trials": [r.model_dump(mode="json", by_alias=True) for r in records],
         "bestTrial": None if best is None else best.model_dump(mode="json", by_alias=True),
         "progress": progress.model_dump(mode="json", by_alias=True, exclude_unset=True),
         "metricSummary": "" if best is None else f"{metric}={best.objective:.4g}",
+        # null removes a previous best's model from the parent (a merge patch deletes it).
+        "artifacts": {"model": best_model} if best_model else None,
     }
 
 

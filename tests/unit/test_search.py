@@ -554,6 +554,21 @@ def test_search_status_reports_the_table_the_best_and_progress(sentiment: dict[s
     assert search_outcome(job.spec, done).phase == "Succeeded"
 
 
+def test_search_status_points_the_parent_artifacts_at_the_best_trial_model(
+    sentiment: dict[str, Any],
+) -> None:
+    job = job_with(sentiment, maxTrials=4, parameters=[DROPOUT])
+    trials = completed([0.7, 0.8, 0.75])
+    for trial in trials:
+        trial["model"] = f"/output/{trial['name']}/model"
+    status = search_status(job.spec, trials)
+    assert status["artifacts"] == {"model": "/output/s-trial-1/model"}
+    assert status["trials"][2]["model"] == "/output/s-trial-2/model"
+    del trials[1]["model"]
+    assert search_status(job.spec, trials)["artifacts"] is None, "the best has no model yet"
+    assert search_status(job.spec, [])["artifacts"] is None
+
+
 def test_a_status_with_gaps_in_trial_numbers_is_refused(sentiment: dict[str, Any]) -> None:
     job = job_with(sentiment, parameters=[DROPOUT])
     with pytest.raises(
