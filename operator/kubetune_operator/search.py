@@ -28,7 +28,8 @@ TrialStatus entries of its status, as models or as the dicts the API server retu
         The median rule for a Pending/Running trial (stop the child, record it Pruned).
     best_trial(spec, trials) -> BestTrial | None
     search_status(spec, trials) -> dict
-        The parent's status patch: trials, bestTrial, progress, metricSummary.
+        The parent's status patch: trials, bestTrial, progress, metricSummary, and
+        artifacts.model = the best trial's model when it has one (else null).
     search_outcome(spec, trials) -> SearchOutcome
         Running, Succeeded (every trial ran and one completed) or Failed, with a message.
     study_from_trials(spec, trials) -> optuna.Study
@@ -40,6 +41,11 @@ Trial states map onto Optuna's: Complete -> COMPLETE (its objective), Pruned -> 
 (its last intermediate value, as Optuna records a pruned trial), Failed -> FAIL,
 Pending and Running -> RUNNING with their params, so a grid never proposes them again
 and TPE (constant liar) proposes something else for the next parallel trial.
+A numeric parameter with listed `values` is, for random and TPE, an ordered int
+distribution over the index of its sorted values: TPE then models neighbouring values as
+alike (a categorical would not), every proposal is one of the listed values, and the
+index maps back exactly from the value recorded in status. The grid keeps the values
+themselves as its points.
 `intermediate` maps a trial's evaluation step (as text) to the objective metric then;
 trials are compared at the same evaluation ordinal (their k-th evaluation), not the raw
 optimizer step, because searched parameters such as the batch size change the steps per
@@ -100,6 +106,9 @@ TRIAL_PARAMS_ANNOTATION: Final = "kubetune.dev/trial-params"
 
 ACTIVE_STATES: Final = frozenset({"Pending", "Running"})
 FINISHED_STATES: Final = frozenset({"Complete", "Pruned", "Failed"})
+
+TPE_STARTUP_TRIALS: Final = 5
+"""Random trials before TPE's model guides (Optuna's default 10 spends half a small search)."""
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -178,7 +187,8 @@ def propose(study: optuna.Study, search: SearchSpec, number: int) -> dict[str, A
     """Ask `study` for trial `number` with that trial's sampler; the trial stays running in it."""
     with _quiet():
         study.sampler = _sampler(search, number)
-        return study.ask(_distributions(search)).params
+        internal = study.ask(_distributions(search)).params
+    return _user_values(search, internal)
 
 
 def total_trials(search: SearchSpec) -> int:
@@ -286,11 +296,14 @@ def search_status(spec: FineTuneJobSpec, trials: Sequence[TrialLike]) -> dict[st
     total = total_trials(search)
     metric, _ = objective_metric(spec)
     progress = Progress(step=finished, total_steps=total, percent=min(100, 100 * finished // total))
+    best_model = None if best is None else records[best.number].model
     return {
         "trials": [r.model_dump(mode="json", by_alias=True) for r in records],
         "bestTrial": None if best is None else best.model_dump(mode="json", by_alias=True),
         "progress": progress.model_dump(mode="json", by_alias=True, exclude_unset=True),
         "metricSummary": "" if best is None else f"{metric}={best.objective:.4g}",
+        # null removes a previous best's model from the parent (a merge patch deletes it).
+        "artifacts": {"model": best_model} if best_model else None,
     }
 
 
@@ -371,7 +384,9 @@ def _sampler(search: SearchSpec, number: int) -> BaseSampler:
                 "does not have; use tpe"
             )
         return GPSampler(seed=seed)
-    return TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    return TPESampler(
+        seed=seed, n_startup_trials=TPE_STARTUP_TRIALS, multivariate=True, constant_liar=True
+    )
 
 
 def _trial_seed(seed: int, number: int) -> int:
@@ -406,10 +421,12 @@ def _distributions(search: SearchSpec) -> dict[str, BaseDistribution]:
 
 
 def _distribution(parameter: SearchParameter, grid: bool) -> BaseDistribution:
-    if grid or parameter.choices or parameter.values:
+    if grid or parameter.choices:
         points = parameter.grid_points()
         assert points is not None, "the spec's validators ensure a grid has points"
         return CategoricalDistribution(points)
+    if parameter.values:
+        return IntDistribution(0, len(parameter.values) - 1)
     assert parameter.min is not None
     assert parameter.max is not None
     if parameter.type == "int":
@@ -431,10 +448,46 @@ _OPTUNA_STATES: Final = {
 }
 
 
+def _listed_values(search: SearchSpec) -> dict[str, list[Any]]:
+    """The sorted values of each parameter that random and TPE sample by index."""
+    if search.algorithm == "grid":
+        return {}
+    return {p.path: sorted(p.grid_points() or []) for p in search.parameters if p.values}
+
+
+def _user_values(search: SearchSpec, internal: Mapping[str, Any]) -> dict[str, Any]:
+    """Optuna's params as the spec's values: an index becomes the listed value it points at."""
+    listed = _listed_values(search)
+    return {
+        name: listed[name][value] if name in listed else value for name, value in internal.items()
+    }
+
+
+def _internal_values(search: SearchSpec, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Recorded values as Optuna holds them: a listed value becomes its index, others go."""
+    listed = _listed_values(search)
+    internal: dict[str, Any] = {}
+    for name, value in params.items():
+        if name not in listed:
+            internal[name] = value
+            continue
+        index = _index_of(listed[name], value)
+        if index is not None:
+            internal[name] = index
+    return internal
+
+
+def _index_of(values: Sequence[Any], raw: Any) -> int | None:
+    # JSON may turn 2.0 into 2; both equal the listed number, a boolean equals none of them.
+    if isinstance(raw, bool):
+        return None
+    return next((i for i, value in enumerate(values) if value == raw), None)
+
+
 def _frozen_trial(
     search: SearchSpec, distributions: Mapping[str, BaseDistribution], record: TrialStatus
 ) -> FrozenTrial:
-    params = _params_in_space(distributions, record.params)
+    params = _params_in_space(distributions, _internal_values(search, record.params))
     intermediate = _by_ordinal(record.intermediate)
     state = _OPTUNA_STATES[record.state]
     value: float | None = None

@@ -42,6 +42,7 @@ SCHEDULER = {
     "type": "categorical",
     "choices": ["linear", "cosine", "constant"],
 }
+WARMUP = {"path": "training.warmupRatio", "type": "float", "values": [0.3, 0.0, 0.1]}
 
 
 def job_with(manifest: dict[str, Any], **search: Any) -> FineTuneJob:
@@ -144,7 +145,7 @@ def test_tpe_concentrates_near_the_optimum_of_a_known_surface(sentiment: dict[st
     )
     rates = [t["params"]["training.learningRate"] for t in run_search(job)]
     distance = [abs(math.log10(r) + 4) for r in rates]
-    # The first 10 are TPE's random start-up; the model-guided ones sit closer to 1e-4.
+    # The first 5 are TPE's random start-up; the model-guided ones sit closer to 1e-4.
     assert sum(distance[20:]) / 10 < sum(distance[:10]) / 10
 
 
@@ -153,7 +154,9 @@ def test_study_rebuilt_from_status_proposes_what_the_live_study_does(
     sentiment: dict[str, Any], algorithm: str
 ) -> None:
     parameters = (
-        [SCHEDULER, FREEZE] if algorithm == "grid" else [LEARNING_RATE, DROPOUT, SCHEDULER, FREEZE]
+        [SCHEDULER, FREEZE]
+        if algorithm == "grid"
+        else [LEARNING_RATE, DROPOUT, SCHEDULER, FREEZE, WARMUP]
     )
     job = job_with(
         sentiment,
@@ -188,6 +191,90 @@ def test_study_rebuilt_from_status_proposes_what_the_live_study_does(
             running = next(t for t in trials if t["state"] == "Running")
             live.tell(running["number"], 0.3)
             running.update(state="Complete", objective=0.3)
+
+
+def test_tpe_is_random_for_its_first_5_trials_then_model_guided(
+    sentiment: dict[str, Any],
+) -> None:
+    def proposals(algorithm: str) -> list[dict[str, Any]]:
+        parameters = [LEARNING_RATE, DROPOUT, WARMUP]
+        job = job_with(dict(sentiment), algorithm=algorithm, maxTrials=8, parameters=parameters)
+        return [t["params"] for t in run_search(job)]
+
+    tpe, random = proposals("bayesian"), proposals("random")
+    # Trial n's sampler is seeded from (seed, n) for both, so the start-up trials coincide.
+    assert tpe[:5] == random[:5]
+    assert all(t != r for t, r in zip(tpe[5:], random[5:], strict=True))
+
+
+def test_listed_values_reach_optuna_as_an_ordered_index_and_the_grid_as_values(
+    sentiment: dict[str, Any],
+) -> None:
+    freeze = {"path": "freezing.freezeLayers", "type": "int", "values": [4, 0, 2]}
+    recorded = {
+        "number": 0,
+        "name": "sentiment-trial-0",
+        "state": "Complete",
+        "objective": 0.5,
+        "params": {"training.warmupRatio": 0.1, "freezing.freezeLayers": 4.0},
+    }
+    for algorithm in ("random", "bayesian"):
+        job = job_with(sentiment, algorithm=algorithm, parameters=[WARMUP, freeze])
+        (trial,) = study_from_trials(job.spec, [recorded]).trials
+        # Sorted: warmup [0.0, 0.1, 0.3], freeze [0, 2, 4]; JSON's 4.0 is the listed 4.
+        assert trial.params == {"training.warmupRatio": 1, "freezing.freezeLayers": 2}
+        assert trial.distributions["training.warmupRatio"] == optuna.distributions.IntDistribution(
+            0, 2
+        )
+    job = job_with(sentiment, algorithm="grid", parameters=[WARMUP, freeze])
+    (trial,) = study_from_trials(job.spec, [recorded]).trials
+    assert trial.params == {"training.warmupRatio": 0.1, "freezing.freezeLayers": 4}
+    assert trial.distributions[
+        "training.warmupRatio"
+    ] == optuna.distributions.CategoricalDistribution([0.3, 0.0, 0.1])
+
+
+def test_a_recorded_value_that_is_not_listed_is_left_out_of_the_rebuilt_trial(
+    sentiment: dict[str, Any],
+) -> None:
+    job = job_with(sentiment, algorithm="bayesian", parameters=[WARMUP, DROPOUT])
+    recorded = {
+        "number": 0,
+        "name": "sentiment-trial-0",
+        "state": "Complete",
+        "objective": 0.5,
+        "params": {"training.warmupRatio": 0.2, "regularization.dropout": 0.1},
+    }
+    (trial,) = study_from_trials(job.spec, [recorded]).trials
+    assert trial.params == {"regularization.dropout": 0.1}
+    assert len(next_trials(job, [recorded])) == 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    algorithm=st.sampled_from(["random", "bayesian"]),
+    rates=st.lists(st.floats(1e-6, 1e-2, allow_nan=False), min_size=1, max_size=8, unique=True),
+    layers=st.lists(st.integers(0, 1000), min_size=1, max_size=8, unique=True),
+    seed=st.integers(0, 2**31),
+)
+def test_a_listed_parameter_only_ever_takes_its_listed_values(
+    algorithm: str, rates: list[float], layers: list[int], seed: int
+) -> None:
+    job = job_with(
+        load_example("sentiment/job.yaml"),
+        algorithm=algorithm,
+        maxTrials=8,
+        parallelism=2,
+        seed=seed,
+        parameters=[
+            {"path": "training.learningRate", "type": "float", "values": rates},
+            {"path": "freezing.freezeLayers", "type": "int", "values": layers},
+        ],
+    )
+    for params in (t["params"] for t in run_search(job)):
+        assert params["training.learningRate"] in rates
+        assert params["freezing.freezeLayers"] in layers
+        assert type(params["freezing.freezeLayers"]) is int
 
 
 @settings(max_examples=60, deadline=None)
@@ -465,6 +552,21 @@ def test_search_status_reports_the_table_the_best_and_progress(sentiment: dict[s
     assert search_outcome(job.spec, trials).phase == "Running"
     done = [*completed([0.7, 0.8, 0.6]), {"number": 3, "name": "s-trial-3", "state": "Failed"}]
     assert search_outcome(job.spec, done).phase == "Succeeded"
+
+
+def test_search_status_points_the_parent_artifacts_at_the_best_trial_model(
+    sentiment: dict[str, Any],
+) -> None:
+    job = job_with(sentiment, maxTrials=4, parameters=[DROPOUT])
+    trials = completed([0.7, 0.8, 0.75])
+    for trial in trials:
+        trial["model"] = f"/output/{trial['name']}/model"
+    status = search_status(job.spec, trials)
+    assert status["artifacts"] == {"model": "/output/s-trial-1/model"}
+    assert status["trials"][2]["model"] == "/output/s-trial-2/model"
+    del trials[1]["model"]
+    assert search_status(job.spec, trials)["artifacts"] is None, "the best has no model yet"
+    assert search_status(job.spec, [])["artifacts"] is None
 
 
 def test_a_status_with_gaps_in_trial_numbers_is_refused(sentiment: dict[str, Any]) -> None:

@@ -614,6 +614,8 @@ class TrialStatus(Section):
     """The trial's final objective value."""
     intermediate: dict[Annotated[str, Field(max_length=16)], float] = Field(default_factory=dict)
     """Objective values at each evaluation, keyed by step."""
+    model: Annotated[str, Field(max_length=2048)] | None = None
+    """The trial's fine-tuned model (its status.artifacts.model), once it has one."""
 
 
 class BestTrial(Section):
