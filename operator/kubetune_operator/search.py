@@ -38,7 +38,7 @@ TrialStatus entries of its status, as models or as the dicts the API server retu
         The one ask that next_trials makes per trial, for a caller that keeps a live study.
 
 Trial states map onto Optuna's: Complete -> COMPLETE (its objective), Pruned -> PRUNED
-(its last intermediate value, as Optuna records a pruned trial), Failed -> FAIL,
+(its last intermediate value, as Optuna records a pruned trial), Failed and Stopped -> FAIL,
 Pending and Running -> RUNNING with their params, so a grid never proposes them again
 and TPE (constant liar) proposes something else for the next parallel trial.
 A numeric parameter with listed `values` is, for random and TPE, an ordered int
@@ -105,7 +105,7 @@ TRIAL_NUMBER_ANNOTATION: Final = "kubetune.dev/trial-number"
 TRIAL_PARAMS_ANNOTATION: Final = "kubetune.dev/trial-params"
 
 ACTIVE_STATES: Final = frozenset({"Pending", "Running"})
-FINISHED_STATES: Final = frozenset({"Complete", "Pruned", "Failed"})
+FINISHED_STATES: Final = frozenset({"Complete", "Pruned", "Failed", "Stopped"})
 
 TPE_STARTUP_TRIALS: Final = 5
 """Random trials before TPE's model guides (Optuna's default 10 spends half a small search)."""
@@ -443,6 +443,7 @@ _OPTUNA_STATES: Final = {
     "Complete": TrialState.COMPLETE,
     "Pruned": TrialState.PRUNED,
     "Failed": TrialState.FAIL,
+    "Stopped": TrialState.FAIL,
     "Pending": TrialState.RUNNING,
     "Running": TrialState.RUNNING,
 }

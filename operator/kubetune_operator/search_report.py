@@ -53,6 +53,7 @@ STATE_TONE: Final = {
     "Complete": "good",
     "Pruned": "warn",
     "Failed": "bad",
+    "Stopped": "warn",
     "Running": "neutral",
     "Pending": "neutral",
 }
@@ -245,11 +246,11 @@ def _finite(value: object) -> float | None:
 
 
 def chart_marks(trials: Sequence[TrialStatus]) -> list[Mark]:
-    """The finished trials, each with the value it is drawn at (running ones are not drawn);
-    a complete trial without an objective counts as failed, as the study counts it."""
+    """The finished trials, each with the value it is drawn at (running and stopped ones are
+    not drawn); a complete trial without an objective counts as failed, as the study counts it."""
     marks = []
     for trial in trials:
-        if trial.state not in FINISHED_STATES:
+        if trial.state not in FINISHED_STATES or trial.state == "Stopped":
             continue
         value = drawn_value(trial)
         state = "Failed" if trial.state == "Complete" and value is None else trial.state
@@ -734,7 +735,7 @@ def header(job: str, spec: FineTuneJobSpec, records: Sequence[TrialStatus]) -> M
         ("best trial", None if best is None else best.name),
         (
             "finished",
-            f"{sum(counts[s] for s in ('Complete', 'Pruned', 'Failed'))} of {total_trials(search)}",
+            f"{sum(counts[s] for s in FINISHED_STATES)} of {total_trials(search)}",
         ),
         ("algorithm", search.algorithm),
         *((state.lower(), n) for state, n in counts.items() if n),
@@ -794,7 +795,7 @@ def _trial_row(trial: TrialStatus, paths: Sequence[str], best: int | None, note:
     css = (
         "best"
         if trial.number == best
-        else {"Failed": "failed", "Pruned": "quiet"}.get(trial.state, "")
+        else {"Failed": "failed", "Pruned": "quiet", "Stopped": "quiet"}.get(trial.state, "")
     )
     return tag("tr", *cells, class_=css) if css else tag("tr", *cells)
 
@@ -802,6 +803,8 @@ def _trial_row(trial: TrialStatus, paths: Sequence[str], best: int | None, note:
 def _default_note(trial: TrialStatus) -> str:
     if trial.state == "Pruned":
         return f"stopped after {len(trial.intermediate)} evaluations (value: the last one)"
+    if trial.state == "Stopped":
+        return "stopped unfinished: the search failed"
     return ""
 
 

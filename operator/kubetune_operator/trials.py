@@ -10,6 +10,7 @@ an operator restart in the middle of a search starts no trial twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any, Literal, cast
@@ -58,8 +59,11 @@ def advance(
     try:
         desired, events = _search_step(shared, view, checked.job, children)
     except search.SearchError as error:
-        failed = status_rules.validation_failed(view, str(error), now=now())
-        desired, events = failed.patch, failed.events
+        trials, stopped = _stop_unfinished(
+            shared, view, [dict(t) for t in status.get("trials") or []]
+        )
+        failed = status_rules.validation_failed(view, str(error) + stopped, now=now())
+        desired, events = {**failed.patch, "trials": trials}, failed.events
     final = {**status, **desired}
     patch = {field: value for field, value in final.items() if stored.get(field) != value}
     if patch:
@@ -86,6 +90,9 @@ def _search_step(
         created, started = _start_trials(shared, ftj, parent, trials, by_name)
         trials, events = trials + created, events + started
         outcome = search.search_outcome(spec, trials)
+    if outcome.phase == "Failed":
+        trials, stopped = _stop_unfinished(shared, ftj, trials)
+        outcome = dataclasses.replace(outcome, message=outcome.message + stopped)
     desired = {**search.search_status(spec, trials), **_search_phase(ftj, outcome)}
     if ftj["status"].get("phase") != outcome.phase and outcome.phase != "Running":
         events.append(_outcome_event(outcome))
@@ -102,7 +109,12 @@ def _trial_seen(
     seen = {**trial, "intermediate": _with_intermediate(spec, trial, status)}
     phase = status.get("phase")
     if phase == "Succeeded":
-        seen |= {"state": "Complete", "objective": search.objective_of(spec, status)}
+        model = (status.get("artifacts") or {}).get("model") or None
+        seen |= {
+            "state": "Complete",
+            "objective": search.objective_of(spec, status),
+            "model": model,
+        }
     elif phase == "Failed":
         seen["state"] = "Failed"
     elif phase is not None:
@@ -152,6 +164,20 @@ def _pruned(
         message = f"trial {trial['number']} ({trial['name']}) is worse than the median; deleted"
         events.append(status_rules.Event("Normal", status_rules.Reason.TrialPruned, message))
     return trials, events
+
+
+def _stop_unfinished(
+    shared: OperatorState, ftj: Mapping[str, Any], trials: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], str]:
+    """Delete the children of the trials still pending or running, recorded Stopped: a
+    failed search has no use for them. Also what to add to the failure's message."""
+    stopped = []
+    for trial in trials:
+        if trial["state"] in search.ACTIVE_STATES:
+            shared.cluster.delete(_child_reference(ftj, trial["name"]))
+            trial["state"] = "Stopped"
+            stopped.append(f"{trial['number']} ({trial['name']})")
+    return trials, f"; stopped the unfinished trials {', '.join(stopped)}" if stopped else ""
 
 
 def _start_trials(

@@ -78,7 +78,14 @@ def report(kube: KubeClient, name: str, **status: Any) -> None:
 
 
 def succeed(kube: KubeClient, name: str, value: float, step: int = 20) -> None:
-    report(kube, name, phase="Succeeded", metrics={"accuracy": value}, progress={"step": step})
+    report(
+        kube,
+        name,
+        phase="Succeeded",
+        metrics={"accuracy": value},
+        progress={"step": step},
+        artifacts={"model": f"pvc://runs/{name}/model"},
+    )
 
 
 def trial_state(kube: KubeClient, number: int, state: str) -> dict[str, Any]:
@@ -129,6 +136,7 @@ def assert_grid_covered_once_with_the_best(kube: KubeClient, created: dict[str, 
     assert best["params"] == {"training.learningRate": 1e-4, "training.warmupRatio": 0.1}
     assert best["objective"] == pytest.approx(0.75)
     assert children[best["name"]]["status"]["metrics"]["accuracy"] == pytest.approx(0.75)
+    assert parent["status"]["artifacts"]["model"] == f"pvc://runs/{best['name']}/model"
     assert parent["status"]["progress"]["step"] == 4
     assert parent["status"]["metricSummary"] == "accuracy=0.75"
     succeeded = [c for c in parent["status"]["conditions"] if c["type"] == "Succeeded"]
@@ -333,3 +341,28 @@ def test_a_sampled_search_stays_in_bounds_and_proposes_what_the_engine_proposes(
     best = max(parent["status"]["trials"], key=lambda t: t["objective"])
     assert parent["status"]["bestTrial"]["number"] == best["number"]
     assert parent["status"]["bestTrial"]["objective"] == pytest.approx(best["objective"])
+
+
+def test_a_failed_search_stops_its_unfinished_trials(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    created = kube.create(grid_search(sentiment, maxFailedTrials=0))
+    kube.wait_for(lambda: len(trials(kube)) == 2 or None, "two trials")
+
+    report(kube, "sentiment-trial-0", phase="Failed")
+    parent = kube.wait_for_object(
+        "FineTuneJob", "sentiment", lambda f: f["status"].get("phase") == "Failed"
+    )
+
+    assert [t["state"] for t in parent["status"]["trials"]] == ["Failed", "Stopped"]
+    kube.wait_until_gone("FineTuneJob", "sentiment-trial-1")
+    assert list(trials(kube)) == ["sentiment-trial-0"]
+    failed = next(c for c in parent["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "SearchFailed"
+    assert failed["message"] == (
+        "1 trials failed; search.maxFailedTrials is 0; "
+        "stopped the unfinished trials 1 (sentiment-trial-1)"
+    )
+    messages = [event["message"] for event in kube.events_for(created)]
+    assert failed["message"] in messages

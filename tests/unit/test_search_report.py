@@ -166,6 +166,27 @@ def test_minimize_objective_chart_draws_each_finished_trial_and_the_best_so_far(
     assert line[-1] == pytest.approx(y[0.4])
 
 
+def test_a_stopped_trial_is_listed_with_why_but_not_drawn(sentiment: dict[str, Any]) -> None:
+    spec = spec_of(sentiment, parameters=[LEARNING_RATE], objective={"metric": "loss"})
+    stopped = [*MINIMIZE_TRIALS[:5], trial(5, "Stopped", {"training.learningRate": 5e-4})]
+    tree = main_tree(search_report.render_search_html("job", spec, stopped))
+    assert rows(tree)[5] == (
+        "quiet",
+        [
+            "5",
+            "job-trial-5",
+            "Stopped",
+            "0.0005",
+            search_report.MISSING,
+            "stopped unfinished: the search failed",
+        ],
+    )
+    svg = chart(tree, "chart-objective")
+    drawn = [points(svg, state) for state in ("complete", "pruned", "failed")]
+    assert [len(marks) for marks in drawn] == [3, 1, 1]
+    assert "finished6 of 20" in text_of(tree.find("header"))  # type: ignore[arg-type]
+
+
 def test_log_parameter_slice_spaces_decades_evenly(sentiment: dict[str, Any]) -> None:
     spec = spec_of(sentiment, parameters=[LEARNING_RATE], objective={"metric": "loss"})
     svg = chart(

@@ -604,8 +604,8 @@ class TrialStatus(Section):
     """Trial number in the study."""
     name: DnsLabel
     """The child FineTuneJob."""
-    state: Literal["Pending", "Running", "Complete", "Pruned", "Failed"]
-    """Where the trial stands."""
+    state: Literal["Pending", "Running", "Complete", "Pruned", "Failed", "Stopped"]
+    """Where the trial stands; Stopped: deleted unfinished because the search failed."""
     params: dict[str, Any] = Field(
         default_factory=dict, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
