@@ -322,3 +322,35 @@ def test_the_operator_queue_keeps_to_the_limit_and_starts_the_next_job_when_one_
         assert started is not None
         assert "queuePosition" not in started["status"]
     assert sampled.most == 2
+
+
+# --- a search parent ---------------------------------------------------------------------
+
+
+def test_a_search_waits_for_its_runtime_and_its_trials_are_validated_with_it(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    parent = job(sentiment, "sentiment", "cpu")
+    parent["spec"]["search"] = {
+        "algorithm": "grid",
+        "parallelism": 2,
+        "parameters": [{"path": "training.epochs", "type": "int", "values": [1, 2]}],
+    }
+    kube.create(parent)
+    kube.wait_for_object("FineTuneJob", "sentiment", validated("RuntimeNotFound"))
+    assert kube.list_objects("FineTuneJob", "default", "kubetune.dev/component=trial") == []
+
+    create_runtime(kube, runtime("cpu", defaults={"resources": {"cpu": 3}}))
+    searching = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Running"))
+    assert searching["status"]["runtime"]["name"] == "cpu"
+    epochs = set()
+    for number in (0, 1):
+        trial = kube.wait_for_object(
+            "FineTuneJob", f"sentiment-trial-{number}", validated("Validated")
+        )
+        assert trial["spec"]["runtimeRef"] == {"name": "cpu"}
+        assert trial["status"]["runtime"]["name"] == "cpu"
+        assert trial["status"]["effectiveSpec"]["resources"]["cpu"] == 3
+        epochs.add(trial["status"]["effectiveSpec"]["training"]["epochs"])
+    assert epochs == {1, 2}

@@ -243,7 +243,8 @@ def test_the_started_jobs_never_hold_more_than_the_limit(
         for i, (gpus, second, _) in enumerate(arrivals)
         if gpus <= limit
     ]
-    waiting_jobs, running, started = list(jobs), {}, []
+    waiting_jobs, started = list(jobs), []
+    running: dict[str, int] = {}
     for pick in [*finishing, *range(len(jobs) * 2)]:
         admission = queueing.admit(waiting_jobs, sum(running.values()), limit)
         by_name = {job.name: job for job in waiting_jobs}
@@ -383,3 +384,21 @@ def test_a_kueue_worker_job_is_created_suspended_with_the_queue_label() -> None:
     plain = builders.build_job(model, "ml", builders.OperatorSettings())
     assert plain["spec"]["suspend"] is False
     assert KUEUE_QUEUE_LABEL not in plain["metadata"]["labels"]
+
+
+def test_a_trial_carries_its_parents_labels_for_the_runtimes_required_labels() -> None:
+    from kubetune_operator import search
+
+    manifest = user_job()
+    manifest["spec"]["search"] = {
+        "algorithm": "grid",
+        "parameters": [{"path": "training.epochs", "type": "int", "values": [1, 2]}],
+        "maxTrials": 2,
+    }
+    parent = FineTuneJob.model_validate(manifest, by_name=False)
+    plan = search.next_trials(parent, [])[0]
+    trial = search.trial_manifest(parent, plan)
+    assert trial["metadata"]["labels"]["cost-center"] == "cc-4711"
+    assert trial["metadata"]["labels"]["kubetune.dev/component"] == "trial"
+    resolved = resolve(trial, cluster=[a100()])
+    assert isinstance(resolved, runtimes.Resolved)
