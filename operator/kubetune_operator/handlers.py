@@ -201,11 +201,13 @@ def runtime_event(namespace: str | None, memo: Any, **kwargs: Any) -> None:
     """A runtime appeared, changed or went: validate again the jobs that wait for one, and
     look again at the jobs queued for GPUs (its limit may have changed)."""
     shared, indexes = state(memo), Indexes.of(kwargs)
-    keys = [key for key in list(indexes.finetunejobs) if namespace is None or key[0] == namespace]
-    for key in keys:
+    for key in list(indexes.finetunejobs):
+        if namespace is not None and key[0] != namespace:
+            continue
         _revalidate(shared, key, indexes)
-    for namespace_of_jobs in sorted({key[0] for key in keys}):
-        _refresh_queue(shared, namespace_of_jobs, indexes)
+        ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, [])))
+        if ftj is not None and workers.waits_in_queue(ftj):
+            _refresh(shared, key, indexes)
 
 
 def _refresh_queue(shared: OperatorState, namespace: str, indexes: Indexes) -> None:

@@ -324,7 +324,8 @@ def check_guardrails(job: FineTuneJob, runtime: AnyRuntime | None) -> list[Viola
     spec = job.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     rails = runtime.spec.guardrails
     found = list(_spec_violations(spec, rails, runtime.display_name, whole_job=True))
-    found += _queue_violations(spec, runtime.spec.queue, runtime.display_name)
+    if not any(v.field == "spec.resources" for v in found):  # one message per GPU total
+        found += _queue_violations(spec, runtime.spec.queue, runtime.display_name)
     found += _bias_violations(spec, rails, runtime.display_name)
     found += _label_violations(job.metadata.labels, rails, runtime.display_name)
     return found

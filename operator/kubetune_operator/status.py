@@ -16,6 +16,12 @@ from a timer (only the clock notices runPolicy.activeDeadlineSeconds), then:
   rule covers the first Job (restarts 0), a restart (this module sets restarts to the next
   number when it decides one) and an operator restart halfway through either.
 
+A suspended Job means one of two things, kept apart: the user's spec.runPolicy.suspend
+(phase Suspended), or a Job made for Kueue (its queue-name label) that Kueue has not
+admitted yet (phase Queued). A job in the operator's own GPU queue has no Job yet;
+`queued` gives its status, `refused` the one of a job its runtime does not accept, and
+`runtime_validated` a runtime's own condition.
+
 Two things cannot be seen in the children and are kept in the status: `startTime` (the
 deadline counts from the first Job's start, across restarts) and `lastFailure` (a Job
 deleted for a restart takes its pods along, yet OOMKilled twice at the same step must fail

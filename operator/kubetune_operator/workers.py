@@ -93,7 +93,10 @@ def start(
     patch = {**recorded, **status_rules.validated(ftj, now=now(), message=message)}
     view = {**ftj, "status": {**status, **patch}}
     with shared.queue_locks[namespace]:
-        waiting = _still_waiting(shared, view, indexes)
+        # A job that holds its GPUs already (an operator restart) is not queued again.
+        waiting = None if _holds_gpus(ftj) else _still_waiting(shared, view, indexes)
+        if waiting is None and status.get("queuePosition") is not None:
+            patch["queuePosition"] = None
         children = builders.build_children(
             resolved.job,
             namespace,
@@ -106,7 +109,8 @@ def start(
         created = _create_all(shared.cluster, wanted, owner=body_of(ftj))
         worker_job = children[-1]
         update = waiting or _first_look(shared, view, worker_job, created)
-        shared.write_status(ftj, {**patch, **update.patch})
+        if patch or update.patch:
+            shared.write_status(ftj, {**patch, **update.patch})
     post(ftj, update.events)
     if created:
         kopf.event(
