@@ -354,3 +354,41 @@ def test_a_search_waits_for_its_runtime_and_its_trials_are_validated_with_it(
         assert trial["status"]["effectiveSpec"]["resources"]["cpu"] == 3
         epochs.add(trial["status"]["effectiveSpec"]["training"]["epochs"])
     assert epochs == {1, 2}
+
+
+def test_an_operator_restart_keeps_the_started_jobs_even_over_a_lowered_limit(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    first = operator()
+    create_runtime(kube, runtime("gpus", queue={"maxConcurrentGpusPerNamespace": 2}))
+    uids = {}
+    for name in ("q1", "q2"):
+        kube.create(job(sentiment, name, "gpus", gpusPerWorker=1))
+        uids[name] = kube.wait_for_object("Job", f"{name}-workers", lambda j: True)["metadata"][
+            "uid"
+        ]
+    kube.create(job(sentiment, "q3", "gpus", gpusPerWorker=1))
+    kube.wait_for_object("FineTuneJob", "q3", phase_is("Queued"))
+    kube.patch(
+        "ClusterFineTuneRuntime", "gpus", {"spec": {"queue": {"maxConcurrentGpusPerNamespace": 1}}}
+    )
+    kube.wait_for_object(
+        "ClusterFineTuneRuntime", "gpus", lambda r: r["status"]["observedGeneration"] == 2
+    )
+    first.stop()
+
+    operator()
+    kube.create(job(sentiment, "q4", "gpus", gpusPerWorker=1))
+    fourth = kube.wait_for_object("FineTuneJob", "q4", phase_is("Queued"))
+    assert fourth["status"]["queuePosition"] == 2
+    for name in ("q1", "q2"):
+        started = kube.get("FineTuneJob", name)
+        assert started is not None
+        assert started["status"]["phase"] == "Pending"
+        assert "queuePosition" not in started["status"]
+        again = kube.get("Job", f"{name}-workers")
+        assert again is not None
+        assert again["metadata"]["uid"] == uids[name]
+    third = kube.get("FineTuneJob", "q3")
+    assert third is not None
+    assert (third["status"]["phase"], third["status"]["queuePosition"]) == ("Queued", 1)
