@@ -105,10 +105,10 @@ def start(
             deadline_seconds=_deadline_left(resolved.job, ftj),
             kueue_queue=_kueue_queue(view),
         )
-        wanted = children[:-1] if waiting else children
+        wanted = children if waiting is None else children[:-1]
         created = _create_all(shared.cluster, wanted, owner=body_of(ftj))
         worker_job = children[-1]
-        update = waiting or _first_look(shared, view, worker_job, created)
+        update = _first_look(shared, view, worker_job, created) if waiting is None else waiting
         if patch or update.patch:
             shared.write_status(ftj, {**patch, **update.patch})
     post(ftj, update.events)
