@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 
+from kubetune_operator.api.runtime import KUEUE_QUEUE_LABEL
 from kubetune_operator.api.v1alpha1 import FineTuneJob, FineTuneJobSpec, ResourcesSpec
 from kubetune_trainer.config import TrainingConfig, parse_source
 
@@ -115,6 +116,7 @@ def build_children(
     *,
     restart: int = 0,
     deadline_seconds: int | None = None,
+    kueue_queue: str | None = None,
 ) -> list[dict[str, Any]]:
     """ConfigMap, ServiceAccount, Role, RoleBinding, Service and Job, in creation order.
 
@@ -127,7 +129,14 @@ def build_children(
         build_role(name, namespace),
         build_role_binding(name, namespace),
         build_service(name, namespace, settings),
-        build_job(job, namespace, settings, restart=restart, deadline_seconds=deadline_seconds),
+        build_job(
+            job,
+            namespace,
+            settings,
+            restart=restart,
+            deadline_seconds=deadline_seconds,
+            kueue_queue=kueue_queue,
+        ),
     ]
 
 
@@ -233,13 +242,16 @@ def build_job(
     *,
     restart: int = 0,
     deadline_seconds: int | None = None,
+    kueue_queue: str | None = None,
 ) -> dict[str, Any]:
     """The Indexed batch Job of the workers, one pod per machine.
 
     backoffLimit is 0: distributed training is all-or-nothing, so the operator restarts
     the whole group itself (a new Job with the next `restart`). `deadline_seconds` is what
     is left of runPolicy.activeDeadlineSeconds. No ttlSecondsAfterFinished: the operator
-    cleans up, since the Job's end is not the FineTuneJob's end.
+    cleans up, since the Job's end is not the FineTuneJob's end. With `kueue_queue` (a
+    LocalQueue) the Job is created suspended with Kueue's queue-name label: Kueue admits
+    it by setting suspend to false.
     """
     if restart < 0:
         raise ValueError(f"restart must be 0 or more (got {restart})")
@@ -252,7 +264,7 @@ def build_job(
         "completions": workers,
         "parallelism": workers,
         "backoffLimit": 0,
-        "suspend": job.spec.run_policy.suspend,
+        "suspend": job.spec.run_policy.suspend or kueue_queue is not None,
         "template": {
             "metadata": {
                 "labels": child_labels(name, "worker"),
@@ -263,7 +275,10 @@ def build_job(
     }
     if deadline_seconds is not None:
         spec["activeDeadlineSeconds"] = deadline_seconds
-    metadata = _metadata(workers_name(name), namespace, child_labels(name, "worker"))
+    labels = child_labels(name, "worker")
+    if kueue_queue is not None:
+        labels[KUEUE_QUEUE_LABEL] = kueue_queue
+    metadata = _metadata(workers_name(name), namespace, labels)
     metadata["annotations"] = {RESTART_ANNOTATION: str(restart)}
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
 

@@ -37,7 +37,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "name": "Phase",
         "type": "string",
         "jsonPath": ".status.phase",
-        "description": "Pending, Running, Succeeded, Failed or Suspended.",
+        "description": "Pending, Queued, Running, Succeeded, Failed or Suspended.",
     },
     {
         "name": "Progress",

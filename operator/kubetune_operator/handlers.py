@@ -9,7 +9,9 @@ one stopped and creates nothing twice.
 
 Status is recomputed whenever the FineTuneJob, its batch Job, one of its pods or one of
 its trials changes. All of them are kept in kopf indexes, so computing a status costs no
-API request.
+API request. The runtimes are indexed too: a job is validated with its runtime (`runtimes`
+decides, `workers` records the effective spec), and a runtime's change validates again the
+jobs that wait for a runtime and looks again at the jobs queued for GPUs.
 """
 
 from __future__ import annotations
@@ -21,23 +23,32 @@ from typing import Any, Final
 
 import kopf
 
-from kubetune_operator import builders, kube, metrics, search, trials, workers
+from kubetune_operator import builders, kube, metrics, runtimes, search, trials, workers
 from kubetune_operator import status as status_rules
+from kubetune_operator.api import runtime as runtime_api
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.manifests import check_document
 from kubetune_operator.state import (
+    CLUSTER,
     TERMINAL_PHASES,
     Indexes,
     Key,
     OperatorState,
     is_validated,
+    key_of,
     newest,
     now,
     post,
+    validated_condition,
     without_status,
 )
 
 FINETUNEJOBS: Final = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
+RUNTIMES: Final = (v1alpha1.GROUP, v1alpha1.VERSION, runtime_api.RUNTIME_PLURAL)
+CLUSTER_RUNTIMES: Final = (v1alpha1.GROUP, v1alpha1.VERSION, runtime_api.CLUSTER_RUNTIME_PLURAL)
+WAITING_FOR_RUNTIME: Final = frozenset(
+    {runtimes.RUNTIME_NOT_FOUND, runtimes.RUNTIME_AMBIGUOUS, runtimes.RUNTIME_INVALID}
+)
 MANAGED: Final = {"app.kubernetes.io/managed-by": "kubetune"}
 JOB_NAME_LABEL: Final = "kubetune.dev/job-name"
 TICK_SECONDS: Final = float(os.environ.get("KUBETUNE_TICK_SECONDS", "30"))
@@ -97,12 +108,23 @@ def search_trials(
     return {_key(namespace, labels.get(search.LABEL_JOB_NAME, "")): dict(body)}
 
 
+@kopf.index(*RUNTIMES)
+def namespace_runtimes(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {namespace or "": dict(body)}
+
+
+@kopf.index(*CLUSTER_RUNTIMES)
+def cluster_runtimes(body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {CLUSTER: dict(body)}
+
+
 @kopf.on.resume(*FINETUNEJOBS)
 @kopf.on.create(*FINETUNEJOBS)
 def reconcile(
     body: kopf.Body, namespace: str | None, name: str, patch: kopf.Patch, memo: Any, **kwargs: Any
 ) -> None:
-    """Validate the spec; create the children that are missing (existing ones count as done)."""
+    """Validate the spec with its runtime; create the children that are missing (existing
+    ones count as done)."""
     with metrics.reconcile_timer("reconcile"):
         shared, key = state(memo), _key(namespace, name)
         checked = check_document(without_status(body), f"{key[0]}/{key[1]}")
@@ -114,21 +136,107 @@ def reconcile(
             return
         if body.get("status", {}).get("phase") in TERMINAL_PHASES:
             return
-        if checked.job.spec.search is None:
-            workers.start(shared, checked.job, body, patch)
-            return
         indexes = Indexes.of(kwargs)
         with shared.locks[key]:
             # The index has seen this event too, and the overlay holds what refreshes wrote.
             ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, []))) or body
-            trials.start(shared, ftj, list(indexes.trials.get(key, [])))
+            _validate_and_start(shared, checked.job, ftj, indexes)
+
+
+def _validate_and_start(
+    shared: OperatorState, job: v1alpha1.FineTuneJob, ftj: Any, indexes: Indexes
+) -> None:
+    """Resolve the job's runtime (or take the effective spec recorded earlier); refuse it,
+    or start its workers, or (a search parent) its trials, which resolve their own runtime."""
+    resolution = workers.resolution(job, ftj, indexes)
+    if isinstance(resolution, runtimes.Refused):
+        workers.refuse(shared, ftj, resolution)
+        return
+    if job.spec.search is None:
+        workers.start(shared, resolution, ftj, indexes)
+        return
+    status = ftj.get("status", {})
+    record = {k: v for k, v in resolution.record.items() if status.get(k) != v}
+    if record:
+        shared.write_status(ftj, record)
+    key = key_of(ftj)
+    trials.start(shared, shared.own_writes_over(key, ftj) or ftj, list(indexes.trials.get(key, [])))
+
+
+def _revalidate(shared: OperatorState, key: Key, indexes: Indexes) -> None:
+    """Validate again a job that waits for its runtime (missing, ambiguous or invalid)."""
+    with shared.locks[key]:
+        ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, [])))
+        if ftj is None or validated_condition(ftj).get("reason") not in WAITING_FOR_RUNTIME:
+            return
+        checked = check_document(without_status(ftj), f"{key[0]}/{key[1]}")
+        if checked.job is not None:
+            _validate_and_start(shared, checked.job, ftj, indexes)
+
+
+@kopf.on.resume(*RUNTIMES)
+@kopf.on.create(*RUNTIMES)
+@kopf.on.update(*RUNTIMES)
+@kopf.on.resume(*CLUSTER_RUNTIMES)
+@kopf.on.create(*CLUSTER_RUNTIMES)
+@kopf.on.update(*CLUSTER_RUNTIMES)
+def validate_runtime(body: kopf.Body, name: str, patch: kopf.Patch, **_: Any) -> None:
+    """The runtime's own Validated condition: a well-formed runtime whose defaults keep its
+    own guardrails (else every job that uses it would be refused)."""
+    checked = check_document(without_status(body), f"{body.get('kind')} {name}")
+    if checked.runtime is None:
+        problems = [str(problem) for problem in checked.problems]
+        reason: str = status_rules.Reason.InvalidSpec
+    else:
+        problems = [v.message for v in runtimes.runtime_problems(checked.runtime)]
+        reason = status_rules.Reason.GuardrailConflict
+    update = status_rules.runtime_validated(body, problems, reason, now=now())
+    patch.status.update(update.patch)
+    post(body, update.events)
+
+
+@kopf.on.event(*RUNTIMES)
+@kopf.on.event(*CLUSTER_RUNTIMES)
+def runtime_event(namespace: str | None, memo: Any, **kwargs: Any) -> None:
+    """A runtime appeared, changed or went: validate again the jobs that wait for one, and
+    look again at the jobs queued for GPUs (its limit may have changed)."""
+    shared, indexes = state(memo), Indexes.of(kwargs)
+    for key in list(indexes.finetunejobs):
+        if namespace is not None and key[0] != namespace:
+            continue
+        _revalidate(shared, key, indexes)
+        ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, [])))
+        if ftj is not None and workers.waits_in_queue(ftj):
+            _refresh(shared, key, indexes)
+
+
+def _refresh_queue(shared: OperatorState, namespace: str, indexes: Indexes) -> None:
+    """Look again at the jobs of a namespace that wait in the operator's queue."""
+    for ftj in indexes.jobs_in(shared, namespace):
+        if workers.waits_in_queue(ftj):
+            _refresh(shared, key_of(ftj), indexes)
 
 
 @kopf.on.field(*FINETUNEJOBS, field="spec.runPolicy.suspend")
-def suspend_changed(new: Any, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    """Suspend or resume the workers; a resumed group continues from its last checkpoint."""
-    namespace, name = _key(namespace, name)
-    state(memo).cluster.set_suspended(namespace, builders.workers_name(name), bool(new))
+def suspend_changed(
+    new: Any, body: kopf.Body, namespace: str | None, name: str, memo: Any, **kwargs: Any
+) -> None:
+    """Suspend or resume the workers; a resumed group continues from its last checkpoint.
+    A Job that Kueue admits is left to Kueue, which would resume it anyway."""
+    key = _key(namespace, name)
+    job = newest(Indexes.of(kwargs).jobs.get(key, []))
+    queue = ((job or {}).get("metadata", {}).get("labels") or {}).get(runtime_api.KUEUE_QUEUE_LABEL)
+    if queue:
+        kopf.event(
+            body,
+            type="Warning",
+            reason=status_rules.Reason.SpecChangeIgnored,
+            message=f"spec.runPolicy.suspend is not passed on: Kueue (LocalQueue {queue}) "
+            "decides when the workers run; deactivate the job's Workload instead "
+            '(kubectl patch workload NAME --type merge -p \'{"spec":{"active":false}}\')',
+        )
+        return
+    state(memo).cluster.set_suspended(key[0], builders.workers_name(key[1]), bool(new))
 
 
 @kopf.on.update(*FINETUNEJOBS, field="spec")
@@ -167,29 +275,36 @@ def refresh_status(
     if type == "DELETED" and is_finetunejob:
         metrics.JOBS.track(key, None)
         state(memo).forget(key)
+        _refresh_queue(state(memo), key[0], indexes)
         return
-    _refresh(state(memo), key, indexes)
+    if _refresh(state(memo), key, indexes):
+        _refresh_queue(state(memo), key[0], indexes)
 
 
 @kopf.timer(*FINETUNEJOBS, interval=TICK_SECONDS, initial_delay=TICK_SECONDS)
 def tick(body: kopf.Body, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    """What only the clock notices: the deadline, and ttlSecondsAfterFinished's cleanup."""
+    """What only the clock notices: the deadline, and ttlSecondsAfterFinished's cleanup; and
+    a job waiting for its runtime is validated again, should a runtime event have been missed."""
     shared, key = state(memo), _key(namespace, name)
     indexes = Indexes.of(kwargs)
+    _revalidate(shared, key, indexes)
     _refresh(shared, key, indexes)
     workers.clean_up_when_due(shared, body, has_job=bool(indexes.jobs.get(key)))
 
 
-def _refresh(shared: OperatorState, key: Key, indexes: Indexes) -> None:
+def _refresh(shared: OperatorState, key: Key, indexes: Indexes) -> bool:
+    """Bring the job's status up to date; True when it just ended (its GPUs are free)."""
     with metrics.reconcile_timer("status"), shared.locks[key]:
         ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, [])))
         if ftj is None or not is_validated(ftj):
-            return
+            return False
         if ftj.get("spec", {}).get("search"):
             trials.advance(shared, ftj, list(indexes.trials.get(key, [])))
-            return
+            return False
         job = newest(indexes.jobs.get(key, []))
-        workers.refresh(shared, ftj, job, list(indexes.pods.get(key, [])))
+        before = ftj.get("status", {}).get("phase")
+        after = workers.refresh(shared, ftj, job, list(indexes.pods.get(key, [])), indexes)
+        return before not in TERMINAL_PHASES and after in TERMINAL_PHASES
 
 
 def _key(namespace: str | None, name: str) -> Key:

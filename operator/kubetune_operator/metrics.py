@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 PORT_ENV: Final = "KUBETUNE_OPERATOR_METRICS_PORT"
 DEFAULT_PORT: Final = 8080
-PHASES: Final = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+PHASES: Final = ("Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended")
 BIAS_VERDICTS: Final = ("Passed", "Failed", "InsufficientData")
 
 RECONCILE_SECONDS = Histogram(

@@ -21,10 +21,15 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from pydantic import ValidationError
+
+from kubetune_operator.api.problems import problems_from
 from kubetune_operator.api.runtime import (
     DEFAULT_RUNTIME_LABEL,
+    RUNTIME_MODELS,
     AnyRuntime,
     Guardrails,
+    QueueSpec,
 )
 from kubetune_operator.api.v1alpha1 import (
     CLUSTER_RUNTIME_KIND,
@@ -39,6 +44,12 @@ GUARDRAIL_VIOLATED = "GuardrailViolated"
 """Condition reason of a job refused by its runtime's guardrails."""
 RUNTIME_NOT_FOUND = "RuntimeNotFound"
 """Condition reason of a job whose runtime (named or default) cannot be found."""
+RUNTIME_AMBIGUOUS = "RuntimeAmbiguous"
+"""Condition reason of a job that names no runtime while two are labelled default."""
+RUNTIME_INVALID = "RuntimeInvalid"
+"""Condition reason of a job whose runtime is not a valid runtime object."""
+INVALID_SPEC = "InvalidSpec"
+"""Condition reason of a job whose spec is invalid once the runtime's defaults are merged in."""
 
 _DEFAULT_WORKERS: int = ResourcesSpec.model_fields["workers"].default
 _DEFAULT_GPUS_PER_WORKER: int = ResourcesSpec.model_fields["gpus_per_worker"].default
@@ -136,6 +147,112 @@ def spec_hash(effective: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def job_gpus(spec: Mapping[str, Any]) -> int:
+    """GPUs a (camelCase) spec requests in all: workers times gpusPerWorker, with the defaults."""
+    return _gpus(spec.get("resources") or {})
+
+
+# --- resolving: what the operator does at validation ----------------------------------
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A job the runtime accepts, with what it runs with."""
+
+    job: FineTuneJob
+    """The job with its effective spec."""
+    runtime: AnyRuntime | None
+    """The runtime that applied; None when none does."""
+    record: dict[str, Any]
+    """Status fields that record it: runtime, effectiveSpecHash, effectiveSpec."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A job that cannot run with its runtime (yet), and why."""
+
+    reason: str
+    """GuardrailViolated, InvalidSpec, RuntimeNotFound, RuntimeAmbiguous or RuntimeInvalid."""
+    messages: list[str]
+    """One line per problem, each naming the field."""
+
+    @property
+    def waits_for_runtime(self) -> bool:
+        """Whether a runtime created or edited later can make the job valid; a job that
+        breaks a guardrail or is invalid with its runtime's defaults must be re-created."""
+        return self.reason not in (GUARDRAIL_VIOLATED, INVALID_SPEC)
+
+
+def resolve(
+    job: FineTuneJob,
+    document: Mapping[str, Any],
+    namespace_runtimes: Sequence[Mapping[str, Any]],
+    cluster_runtimes: Sequence[Mapping[str, Any]],
+) -> Resolved | Refused:
+    """Pick the job's runtime, merge its defaults under the job's fields, validate the result
+    as a FineTuneJob and check the guardrails: what `kubetune validate --runtime` does, for
+    the operator. `document` is the job as applied (no status)."""
+    try:
+        chosen = pick_runtime(job, namespace_runtimes, cluster_runtimes)
+    except RuntimeSelectionError as error:
+        reason = RUNTIME_NOT_FOUND if job.spec.runtime_ref is not None else RUNTIME_AMBIGUOUS
+        return Refused(reason, [str(error)])
+    runtime = None if chosen is None else _runtime_model(chosen)
+    if isinstance(runtime, Refused):
+        return runtime
+    return _resolved_with(document, chosen, runtime)
+
+
+def _runtime_model(document: Mapping[str, Any]) -> AnyRuntime | Refused:
+    kind = str(document.get("kind", ""))
+    shown = f"{kind} {_name(document)}"
+    model = RUNTIME_MODELS.get(kind)
+    if model is None:
+        return Refused(RUNTIME_INVALID, [f"spec.runtimeRef: {shown} is not a runtime"])
+    try:
+        return model.model_validate(dict(document), by_alias=True, by_name=False)
+    except ValidationError as error:
+        problems = "; ".join(str(p) for p in problems_from(error, model))
+        return Refused(RUNTIME_INVALID, [f"spec.runtimeRef: {shown} is invalid: {problems}"])
+
+
+def _resolved_with(
+    document: Mapping[str, Any], chosen: Mapping[str, Any] | None, runtime: AnyRuntime | None
+) -> Resolved | Refused:
+    manifest = effective_manifest(document, chosen)
+    try:
+        effective = FineTuneJob.model_validate(manifest, by_alias=True, by_name=False)
+    except ValidationError as error:
+        with_defaults = f" (with {runtime.display_name}'s defaults)" if runtime else ""
+        problems = problems_from(error, FineTuneJob)
+        return Refused(INVALID_SPEC, [f"{p}{with_defaults}" for p in problems])
+    violations = check_guardrails(effective, runtime)
+    if runtime is not None and violations:
+        messages = [v.message for v in violations]
+        if runtime_problems(runtime):
+            messages.append(
+                f"{runtime.display_name}'s own defaults break its guardrails "
+                "(its Validated condition says which): tell its owners"
+            )
+        return Refused(GUARDRAIL_VIOLATED, messages)
+    return Resolved(effective, runtime, _record(effective, runtime))
+
+
+def _record(job: FineTuneJob, runtime: AnyRuntime | None) -> dict[str, Any]:
+    spec = job.spec.model_dump(mode="json", exclude_none=True)
+    record: dict[str, Any] = {"effectiveSpecHash": spec_hash(spec), "effectiveSpec": spec}
+    if runtime is not None:
+        applied: dict[str, Any] = {
+            "kind": runtime.kind,
+            "name": runtime.metadata.name,
+            "generation": int(getattr(runtime.metadata, "generation", 0) or 0),
+        }
+        if runtime.spec.queue.kueue_local_queue is not None:
+            applied["kueueLocalQueue"] = runtime.spec.queue.kueue_local_queue
+        record["runtime"] = applied
+    return record
+
+
 # --- choosing --------------------------------------------------------------------------
 
 
@@ -207,6 +324,8 @@ def check_guardrails(job: FineTuneJob, runtime: AnyRuntime | None) -> list[Viola
     spec = job.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     rails = runtime.spec.guardrails
     found = list(_spec_violations(spec, rails, runtime.display_name, whole_job=True))
+    if not any(v.field == "spec.resources" for v in found):  # one message per GPU total
+        found += _queue_violations(spec, runtime.spec.queue, runtime.display_name)
     found += _bias_violations(spec, rails, runtime.display_name)
     found += _label_violations(job.metadata.labels, rails, runtime.display_name)
     return found
@@ -422,6 +541,18 @@ def _deadline(
             f"{gpus} GPUs x {deadline} s = {hours:g} GPU-hours exceeds the runtime's "
             f"maxGpuHours {budget:g}",
         )
+
+
+def _queue_violations(spec: Mapping[str, Any], queue: QueueSpec, runtime: str) -> list[Violation]:
+    """A job bigger than the operator queue's limit would wait forever: refuse it."""
+    limit, gpus = queue.max_concurrent_gpus_per_namespace, job_gpus(spec)
+    if limit is None or gpus <= limit:
+        return []
+    text = (
+        f"{gpus} GPUs exceeds the runtime's queue.maxConcurrentGpusPerNamespace {limit}: "
+        "the job could never start"
+    )
+    return [Violation("spec.resources", gpus, limit, text, runtime)]
 
 
 def _bias_violations(spec: Mapping[str, Any], rails: Guardrails, runtime: str) -> list[Violation]:

@@ -216,6 +216,8 @@ def trial_manifest(parent: FineTuneJob, plan: TrialPlan) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "name": plan.name,
         "labels": {
+            # The parent's labels too: a runtime's requiredLabels hold for trials.
+            **parent.metadata.labels,
             LABEL_MANAGED_BY: MANAGED_BY,
             LABEL_COMPONENT: TRIAL_COMPONENT,
             LABEL_JOB_NAME: parent.metadata.name,

@@ -21,11 +21,14 @@ import kopf
 
 from kubetune_operator import builders, kube
 from kubetune_operator import status as status_rules
+from kubetune_operator.api.v1alpha1 import CLUSTER_RUNTIME_KIND
 
 TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
 
 Key = tuple[str, str]
 """(namespace, FineTuneJob name): how children find their FineTuneJob in the indexes."""
+CLUSTER: Final = ""
+"""The key of the ClusterFineTuneRuntimes index."""
 
 
 def now() -> datetime:
@@ -51,6 +54,11 @@ class OperatorState:
     created_jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
     """The worker Job this operator created per job, until the index shows it, so the
     status does not see it missing and create it again."""
+    queue_locks: defaultdict[str, threading.Lock] = field(
+        default_factory=lambda: defaultdict(threading.Lock)
+    )
+    """Per namespace: one decision at a time on who may take the GPUs of the operator's
+    queue, each seeing the ones before it (through the own-writes overlay)."""
 
     def forget(self, key: Key) -> None:
         """Drop what is kept of a deleted job, so a new job of the same name starts clean
@@ -85,6 +93,10 @@ class Indexes:
     jobs: kopf.Index[Key, Any]
     pods: kopf.Index[Key, Any]
     trials: kopf.Index[Key, Any]
+    runtimes: kopf.Index[str, Any]
+    """FineTuneRuntimes by namespace."""
+    cluster_runtimes: kopf.Index[str, Any]
+    """ClusterFineTuneRuntimes, all under the key CLUSTER."""
 
     @classmethod
     def of(cls, kwargs: Mapping[str, Any]) -> Indexes:
@@ -94,7 +106,28 @@ class Indexes:
             kwargs["worker_jobs"],
             kwargs["worker_pods"],
             kwargs["search_trials"],
+            kwargs["namespace_runtimes"],
+            kwargs["cluster_runtimes"],
         )
+
+    def runtimes_for(self, namespace: str) -> tuple[list[Any], list[Any]]:
+        """The FineTuneRuntimes of a namespace and every ClusterFineTuneRuntime."""
+        return list(self.runtimes.get(namespace, [])), list(self.cluster_runtimes.get(CLUSTER, []))
+
+    def runtime(self, namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
+        """One runtime as it is now, by kind and name; None when it is gone."""
+        namespaced, cluster = self.runtimes_for(namespace)
+        candidates = cluster if kind == CLUSTER_RUNTIME_KIND else namespaced
+        return next((r for r in candidates if r["metadata"]["name"] == name), None)
+
+    def jobs_in(self, shared: OperatorState, namespace: str) -> list[Mapping[str, Any]]:
+        """The FineTuneJobs of a namespace, with this operator's own writes laid over them."""
+        found = (
+            shared.own_writes_over(key, newest(self.finetunejobs.get(key, [])))
+            for key in list(self.finetunejobs)
+            if key[0] == namespace
+        )
+        return [ftj for ftj in found if ftj is not None]
 
 
 def key_of(ftj: Mapping[str, Any]) -> Key:
@@ -119,14 +152,21 @@ def without_status(body: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in body.items() if key != "status"}
 
 
-def run_policy(ftj: Mapping[str, Any]) -> Mapping[str, Any]:
-    policy: Mapping[str, Any] = ftj.get("spec", {}).get("runPolicy", {})
-    return policy
+def run_policy(ftj: Mapping[str, Any]) -> dict[str, Any]:
+    """The effective runPolicy (the runtime may have set a deadline or a backoff limit) with
+    what the job's own spec says now on top: suspend and the deadline may be edited."""
+    recorded = ((ftj.get("status") or {}).get("effectiveSpec") or {}).get("runPolicy") or {}
+    return {**recorded, **(ftj.get("spec", {}).get("runPolicy") or {})}
 
 
 def is_validated(ftj: Mapping[str, Any]) -> bool:
+    return validated_condition(ftj).get("status") == "True"
+
+
+def validated_condition(ftj: Mapping[str, Any]) -> Mapping[str, Any]:
     conditions = ftj.get("status", {}).get("conditions", [])
-    return any(c.get("type") == "Validated" and c.get("status") == "True" for c in conditions)
+    found: Mapping[str, Any] = next((c for c in conditions if c.get("type") == "Validated"), {})
+    return found
 
 
 def newest(bodies: Iterable[Any]) -> Mapping[str, Any] | None:

@@ -16,6 +16,12 @@ from a timer (only the clock notices runPolicy.activeDeadlineSeconds), then:
   rule covers the first Job (restarts 0), a restart (this module sets restarts to the next
   number when it decides one) and an operator restart halfway through either.
 
+A suspended Job means one of two things, kept apart: the user's spec.runPolicy.suspend
+(phase Suspended), or a Job made for Kueue (its queue-name label) that Kueue has not
+admitted yet (phase Queued). A job in the operator's own GPU queue has no Job yet;
+`queued` gives its status, `refused` the one of a job its runtime does not accept, and
+`runtime_validated` a runtime's own condition.
+
 Two things cannot be seen in the children and are kept in the status: `startTime` (the
 deadline counts from the first Job's start, across restarts) and `lastFailure` (a Job
 deleted for a restart takes its pods along, yet OOMKilled twice at the same step must fail
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from kubetune_operator.api.runtime import KUEUE_QUEUE_LABEL
 from kubetune_operator.api.v1alpha1 import ConditionType, Phase
 from kubetune_trainer.config import EXIT_INVALID_INPUT, EXIT_TRAINING_FAILED
 
@@ -91,6 +98,12 @@ class Reason:
     TrialPruned: Final = "TrialPruned"
     TrialFailed: Final = "TrialFailed"
     SearchFailed: Final = "SearchFailed"
+    GuardrailViolated: Final = "GuardrailViolated"
+    RuntimeNotFound: Final = "RuntimeNotFound"
+    RuntimeAmbiguous: Final = "RuntimeAmbiguous"
+    RuntimeInvalid: Final = "RuntimeInvalid"
+    GuardrailConflict: Final = "GuardrailConflict"
+    Queued: Final = "Queued"
 
 
 WARNING_REASONS: Final = frozenset(
@@ -248,9 +261,11 @@ def observe(
     )
 
 
-def validated(ftj: Mapping[str, Any], *, now: datetime) -> dict[str, Any]:
+def validated(
+    ftj: Mapping[str, Any], *, now: datetime, message: str = "the spec is valid"
+) -> dict[str, Any]:
     """The patch for a valid spec whose children are being created: Validated=True,
-    observedGeneration, and phase Pending for a new job or one that had an invalid spec."""
+    observedGeneration, and phase Pending for a new job or one that was not valid."""
     status = _mapping(ftj.get("status"))
     generation = _generation(ftj)
     previous = _conditions_by_type(status)
@@ -263,7 +278,7 @@ def validated(ftj: Mapping[str, Any], *, now: datetime) -> dict[str, Any]:
         "Validated",
         "True",
         Reason.Validated,
-        "the spec is valid",
+        message,
         now=now,
         generation=generation,
         previous=previous.get("Validated"),
@@ -283,33 +298,89 @@ def validation_failed(
     """Validated=False and Failed=True with reason InvalidSpec, phase Failed, and an Event;
     `problems_message` names the field paths. The Job is deleted if an edit broke a
     running job's spec."""
+    return refused(ftj, Reason.InvalidSpec, problems_message, final=True, now=now)
+
+
+def refused(
+    ftj: Mapping[str, Any], reason: str, message: str, *, final: bool, now: datetime
+) -> StatusUpdate:
+    """Validated=False with `reason` and an Event; nothing may be created.
+
+    final: the job can never run as it is (an invalid spec, a broken guardrail): phase
+    Failed and Failed=True. Otherwise it waits for its runtime (missing, ambiguous or
+    invalid) in phase Pending, and is validated again when a runtime changes.
+    """
     status = _mapping(ftj.get("status"))
     generation = _generation(ftj)
-    message = _clip(problems_message)
+    message = _clip(message)
     conditions = dict(_conditions_by_type(status))
-    invalid: tuple[tuple[ConditionType, Literal["True", "False"]], ...] = (
-        ("Validated", "False"),
-        ("Failed", "True"),
-    )
+    invalid: list[tuple[ConditionType, Literal["True", "False"]]] = [("Validated", "False")]
+    if final:
+        invalid.append(("Failed", "True"))
     for kind, value in invalid:
         conditions[kind] = condition(
             kind,
             value,
-            Reason.InvalidSpec,
+            reason,
             message,
             now=now,
             generation=generation,
             previous=conditions.get(kind),
         )
     desired = {
-        "phase": "Failed",
+        "phase": "Failed" if final else "Pending",
         "conditions": _ordered(conditions),
         "observedGeneration": generation,
     }
     patch = _changed(status, desired)
-    events = [Event("Warning", Reason.InvalidSpec, message)] if patch else []
-    decision = Decision("fail", Reason.InvalidSpec, message, delete_job=True)
+    events = [Event("Warning", reason, message)] if patch else []
+    decision = Decision("fail", reason, message, delete_job=True) if final else NOTHING_TO_DO
     return StatusUpdate(patch, events, decision)
+
+
+def queued(ftj: Mapping[str, Any], position: int, message: str, *, now: datetime) -> StatusUpdate:
+    """A job waiting in the operator's GPU queue, without a worker Job: phase Queued, its
+    place, Running=False with reason Queued; an Event when it starts waiting."""
+    status = _mapping(ftj.get("status"))
+    previous = _conditions_by_type(status)
+    conditions = dict(previous)
+    conditions["Running"] = condition(
+        "Running",
+        "False",
+        Reason.Queued,
+        _clip(message),
+        now=now,
+        generation=_generation(ftj),
+        previous=previous.get("Running"),
+    )
+    desired = {"phase": "Queued", "queuePosition": position, "conditions": _ordered(conditions)}
+    patch = _changed(status, desired)
+    events = [] if status.get("phase") == "Queued" else [Event("Normal", Reason.Queued, message)]
+    return StatusUpdate(patch, events, NOTHING_TO_DO)
+
+
+def runtime_validated(
+    runtime: Mapping[str, Any], problems: Sequence[str], reason: str, *, now: datetime
+) -> StatusUpdate:
+    """A runtime's own status: Validated True, or False with `reason` and every problem
+    (one Warning Event with them when that changes)."""
+    status = _mapping(runtime.get("status"))
+    previous = _conditions_by_type(status).get("Validated")
+    if problems:
+        value: Literal["True", "False"] = "False"
+        message = _clip("; ".join(problems))
+    else:
+        value, reason = "True", Reason.Validated
+        message = "the runtime is valid and its defaults keep its guardrails"
+    generation = _generation(runtime)
+    validated_condition = condition(
+        "Validated", value, reason, message, now=now, generation=generation, previous=previous
+    )
+    desired = {"conditions": [validated_condition], "observedGeneration": generation}
+    patch = _changed(status, desired)
+    changed = (previous or {}).get("message") != message or (previous or {}).get("status") != value
+    events = [Event("Warning", reason, message)] if problems and changed else []
+    return StatusUpdate(patch, events, NOTHING_TO_DO)
 
 
 def condition(
@@ -384,11 +455,20 @@ def _suspended(observed: _Observed) -> _Verdict | None:
     if not _mapping(_mapping(observed.job).get("spec")).get("suspend"):
         return None
     run_policy = _mapping(_mapping(observed.ftj.get("spec")).get("runPolicy"))
+    labels = _mapping(_mapping(_mapping(observed.job).get("metadata")).get("labels"))
+    queue = labels.get(KUEUE_QUEUE_LABEL)
     if run_policy.get("suspend"):
         message = (
             "spec.runPolicy.suspend is true: the workers are stopped and resume from the "
             "last checkpoint when it is set back to false"
         )
+    elif queue:
+        namespace = _mapping(_mapping(observed.ftj.get("metadata"))).get("namespace", "")
+        message = (
+            f"waiting for Kueue to admit the worker Job from LocalQueue {queue}; its place "
+            f"in the queue: kubectl get workloads -n {namespace}"
+        )
+        return _Verdict("Queued", Reason.Queued, message)
     else:
         message = (
             "the worker Job is suspended by another controller (e.g. Kueue waiting for "

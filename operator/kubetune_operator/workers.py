@@ -10,21 +10,25 @@ Creating is idempotent (409 counts as done), so an operator restart creates noth
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import kopf
 
-from kubetune_operator import builders, kube, metrics
+from kubetune_operator import builders, kube, metrics, queueing, runtimes
 from kubetune_operator import status as status_rules
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.manifests import check_document
 from kubetune_operator.state import (
     TERMINAL_PHASES,
+    Indexes,
     Key,
     OperatorState,
     body_of,
+    is_validated,
     key_of,
+    name_of,
     now,
     post,
     run_policy,
@@ -32,38 +36,113 @@ from kubetune_operator.state import (
 )
 
 
-def start(
-    shared: OperatorState, job: v1alpha1.FineTuneJob, body: kopf.Body, patch: kopf.Patch
-) -> None:
-    """Create the children that are missing and mark the job Validated, in kopf's patch."""
-    namespace, name = key_of(body)
-    restart = int(body.get("status", {}).get("restarts", 0))
-    children = builders.build_children(
-        job,
-        namespace,
-        shared.settings,
-        restart=restart,
-        deadline_seconds=_deadline_left(job, body),
+def resolution(
+    job: v1alpha1.FineTuneJob, ftj: Mapping[str, Any], indexes: Indexes
+) -> runtimes.Resolved | runtimes.Refused:
+    """What the job runs with: the effective spec recorded at its validation, or, for a job
+    not validated yet, its runtime's defaults merged under its fields and checked now."""
+    if not is_validated(ftj):
+        namespaced, cluster = indexes.runtimes_for(key_of(ftj)[0])
+        return runtimes.resolve(job, without_status(ftj), namespaced, cluster)
+    recorded = recorded_job(ftj)
+    if recorded is None:
+        # Validated by an operator that recorded no effective spec: it ran the job's own.
+        own = job.spec.model_dump(mode="json", exclude_none=True)
+        return runtimes.Resolved(job, None, {"effectiveSpecHash": runtimes.spec_hash(own)})
+    if isinstance(recorded, runtimes.Refused):
+        return recorded
+    return runtimes.Resolved(recorded, None, {})
+
+
+def recorded_job(ftj: Mapping[str, Any]) -> v1alpha1.FineTuneJob | runtimes.Refused | None:
+    """The job with the effective spec recorded in its status (None when none is)."""
+    spec = ftj.get("status", {}).get("effectiveSpec")
+    if spec is None:
+        return None
+    spec = {**spec, "runPolicy": run_policy(ftj)}
+    checked = check_document({**without_status(ftj), "spec": spec}, name_of(ftj))
+    if checked.job is None:
+        problems = [f"status.effectiveSpec: {problem}" for problem in checked.problems]
+        return runtimes.Refused(runtimes.INVALID_SPEC, problems)
+    return checked.job
+
+
+def refuse(shared: OperatorState, ftj: Mapping[str, Any], refused: runtimes.Refused) -> None:
+    """Validated=False with the refusal's reason and every message, and one Event."""
+    update = status_rules.refused(
+        ftj,
+        refused.reason,
+        "; ".join(refused.messages),
+        final=not refused.waits_for_runtime,
+        now=now(),
     )
-    created = _create_all(shared.cluster, children, owner=body)
-    validated = status_rules.validated(body, now=now())
-    patch.status.update(validated)
-    worker_job = children[-1]
-    if created and created[-1] == f"Job {worker_job['metadata']['name']}":
-        # A new worker Job has no pods yet: its first status goes out with this patch.
-        shared.created_jobs[(namespace, name)] = worker_job
-        first = _observe(
-            {**body, "status": {**body.get("status", {}), **validated}}, worker_job, []
+    if update.patch:
+        shared.write_status(ftj, update.patch)
+    post(ftj, update.events)
+
+
+def start(
+    shared: OperatorState, resolved: runtimes.Resolved, ftj: Mapping[str, Any], indexes: Indexes
+) -> None:
+    """Record what the job runs with, mark it Validated and create the children that are
+    missing; the worker Job only when the operator's queue lets it start."""
+    namespace = key_of(ftj)[0]
+    status = ftj.get("status", {})
+    recorded = {k: v for k, v in resolved.record.items() if status.get(k) != v}
+    message = _validated_message({**status, **recorded})
+    patch = {**recorded, **status_rules.validated(ftj, now=now(), message=message)}
+    view = {**ftj, "status": {**status, **patch}}
+    with shared.queue_locks[namespace]:
+        # A job that holds its GPUs already (an operator restart) is not queued again.
+        waiting = None if _holds_gpus(ftj) else _still_waiting(shared, view, indexes)
+        if waiting is None and status.get("queuePosition") is not None:
+            patch["queuePosition"] = None
+        children = builders.build_children(
+            resolved.job,
+            namespace,
+            shared.settings,
+            restart=int(status.get("restarts", 0)),
+            deadline_seconds=_deadline_left(resolved.job, ftj),
+            kueue_queue=_kueue_queue(view),
         )
-        patch.status.update(first.patch)
-        post(body, first.events)
+        wanted = children if waiting is None else children[:-1]
+        created = _create_all(shared.cluster, wanted, owner=body_of(ftj))
+        worker_job = children[-1]
+        update = _first_look(shared, view, worker_job, created) if waiting is None else waiting
+        if patch or update.patch:
+            shared.write_status(ftj, {**patch, **update.patch})
+    post(ftj, update.events)
     if created:
         kopf.event(
-            body,
+            body_of(ftj),
             type="Normal",
             reason=status_rules.Reason.Created,
             message="created " + ", ".join(created),
         )
+
+
+def _validated_message(status: Mapping[str, Any]) -> str:
+    runtime = status.get("runtime")
+    digest = str(status.get("effectiveSpecHash", ""))[:19]
+    if runtime is None:
+        return f"the spec is valid (effective spec {digest})"
+    return (
+        f"the spec is valid with {runtime['kind']} {runtime['name']} "
+        f"(generation {runtime['generation']}; effective spec {digest})"
+    )
+
+
+def _first_look(
+    shared: OperatorState,
+    view: Mapping[str, Any],
+    worker_job: dict[str, Any],
+    created: list[str],
+) -> status_rules.StatusUpdate:
+    """A new worker Job has no pods yet: its first status goes out with the validation."""
+    if not created or created[-1] != f"Job {worker_job['metadata']['name']}":
+        return status_rules.StatusUpdate({}, [], status_rules.NOTHING_TO_DO)
+    shared.created_jobs[key_of(view)] = worker_job
+    return _observe(view, worker_job, [])
 
 
 def refresh(
@@ -71,18 +150,139 @@ def refresh(
     ftj: Mapping[str, Any],
     job: Mapping[str, Any] | None,
     pods: list[Any],
-) -> None:
-    """Recompute the status from the Job and pods and act on the verdict."""
+    indexes: Indexes,
+) -> str | None:
+    """Recompute the status from the Job and pods and act on the verdict; the new phase."""
     key = key_of(ftj)
     if job is not None:
         shared.created_jobs.pop(key, None)
     else:
         job = shared.created_jobs.get(key)
-    update = _observe(ftj, job, pods)
-    _apply(shared, ftj, job, update)
-    status = {**ftj.get("status", {}), **update.patch}
+    phase: str | None
+    if job is None and waits_in_queue(ftj):
+        phase = _advance_in_queue(shared, ftj, indexes)
+    else:
+        update = _observe(ftj, job, pods)
+        _apply(shared, ftj, job, update)
+        phase = {**ftj.get("status", {}), **update.patch}.get("phase")
     verdict = (ftj.get("status", {}).get("biasAudit") or {}).get("verdict")
-    metrics.JOBS.track(key, status.get("phase"), verdict)
+    metrics.JOBS.track(key, phase, verdict)
+    return phase
+
+
+def waits_in_queue(ftj: Mapping[str, Any]) -> bool:
+    """Whether the job waits in the operator's queue (Kueue's waiting jobs have a Job)."""
+    status = ftj.get("status", {})
+    return status.get("phase") == "Queued" and status.get("queuePosition") is not None
+
+
+# The operator's queue (the runtime's queue.maxConcurrentGpusPerNamespace).
+
+
+@dataclass(frozen=True)
+class _Queue:
+    """Where the job stands in its namespace's queue for its runtime."""
+
+    admission: queueing.Admission
+    limit: int
+    in_use: int
+    gpus: int
+    runtime: str
+
+
+def _still_waiting(
+    shared: OperatorState, ftj: Mapping[str, Any], indexes: Indexes
+) -> status_rules.StatusUpdate | None:
+    """The Queued status when the queue keeps the job waiting; None when it may start."""
+    queue = _queue_of(shared, ftj, indexes)
+    name = key_of(ftj)[1]
+    if queue is None or name in queue.admission.start:
+        return None
+    position = queue.admission.positions[name]
+    message = (
+        f"waiting for GPUs: {queue.runtime} lets the started jobs of namespace "
+        f"{key_of(ftj)[0]} hold {queue.limit} GPUs at once (queue.maxConcurrentGpusPerNamespace); "
+        f"{queue.in_use} are held and this job needs {queue.gpus}. Place {position} in the queue."
+    )
+    return status_rules.queued(ftj, position, message, now=now())
+
+
+def _advance_in_queue(shared: OperatorState, ftj: Mapping[str, Any], indexes: Indexes) -> str:
+    """A Queued job: start its worker Job when its turn has come, else update its place."""
+    with shared.queue_locks[key_of(ftj)[0]]:
+        update = _still_waiting(shared, ftj, indexes)
+        if update is not None:
+            if update.patch:
+                shared.write_status(ftj, update.patch)
+            post(ftj, update.events)
+            return "Queued"
+        admitted = {**ftj, "status": {**ftj.get("status", {}), "queuePosition": None}}
+        worker_job = _create_workers(shared, admitted, int(ftj["status"].get("restarts", 0)))
+        first = _observe(admitted, worker_job, [])
+        shared.write_status(ftj, {"queuePosition": None, **first.patch})
+    post(ftj, first.events)
+    if worker_job is not None:
+        kopf.event(
+            body_of(ftj),
+            type="Normal",
+            reason=status_rules.Reason.Created,
+            message=f"created Job {worker_job['metadata']['name']}: its turn in the queue came",
+        )
+    return str(first.patch.get("phase", "Pending"))
+
+
+def _queue_of(shared: OperatorState, ftj: Mapping[str, Any], indexes: Indexes) -> _Queue | None:
+    """The queue decision for the job; None when its runtime sets no limit or it needs no GPU."""
+    namespace, name = key_of(ftj)
+    status = ftj.get("status", {})
+    applied, gpus = status.get("runtime"), runtimes.job_gpus(status.get("effectiveSpec") or {})
+    if applied is None or gpus == 0:
+        return None
+    runtime = indexes.runtime(namespace, applied["kind"], applied["name"])
+    queue = ((runtime or {}).get("spec") or {}).get("queue") or {}
+    limit = queue.get("maxConcurrentGpusPerNamespace")
+    if not isinstance(limit, int):
+        return None
+    peers = [
+        peer
+        for peer in indexes.jobs_in(shared, namespace)
+        if peer["metadata"]["name"] != name and _same_runtime(peer, applied)
+    ]
+    in_use = sum(_gpus(peer) for peer in peers if _holds_gpus(peer))
+    waiting = [_waiting(peer) for peer in peers if waits_in_queue(peer)] + [_waiting(ftj)]
+    admission = queueing.admit(waiting, in_use, limit)
+    return _Queue(admission, limit, in_use, gpus, f"{applied['kind']} {applied['name']}")
+
+
+def _same_runtime(ftj: Mapping[str, Any], applied: Mapping[str, Any]) -> bool:
+    theirs = ftj.get("status", {}).get("runtime") or {}
+    return (theirs.get("kind"), theirs.get("name")) == (applied["kind"], applied["name"])
+
+
+def _holds_gpus(ftj: Mapping[str, Any]) -> bool:
+    """Validated, started and not finished: its GPUs are taken (suspended ones keep them)."""
+    phase = ftj.get("status", {}).get("phase")
+    return is_validated(ftj) and phase not in TERMINAL_PHASES and not waits_in_queue(ftj)
+
+
+def _gpus(ftj: Mapping[str, Any]) -> int:
+    return runtimes.job_gpus(ftj.get("status", {}).get("effectiveSpec") or {})
+
+
+def _waiting(ftj: Mapping[str, Any]) -> queueing.WaitingJob:
+    metadata = ftj["metadata"]
+    resources = (ftj.get("status", {}).get("effectiveSpec") or {}).get("resources") or {}
+    return queueing.WaitingJob(
+        name=metadata["name"],
+        gpus=_gpus(ftj),
+        created=str(metadata.get("creationTimestamp", "")),
+        priority_class=resources.get("priorityClassName"),
+    )
+
+
+def _kueue_queue(ftj: Mapping[str, Any]) -> str | None:
+    queue = (ftj.get("status", {}).get("runtime") or {}).get("kueueLocalQueue")
+    return str(queue) if queue else None
 
 
 def clean_up_when_due(shared: OperatorState, ftj: kopf.Body, has_job: bool) -> None:
@@ -142,25 +342,35 @@ def _apply(
         _create_workers(shared, ftj, int(status.get("restarts", 0)))
 
 
-def _create_workers(shared: OperatorState, ftj: Mapping[str, Any], restart: int) -> None:
-    """Create the worker Job of group restart `restart`; the trainer resumes from the last
+def _create_workers(
+    shared: OperatorState, ftj: Mapping[str, Any], restart: int
+) -> dict[str, Any] | None:
+    """Create the worker Job of group restart `restart` from the effective spec recorded at
+    validation (a runtime edited since changes nothing); the trainer resumes from the last
     checkpoint in the output volume. A restart number already used is never used again,
     even when the index still shows an older status."""
     key: Key = key_of(ftj)
     restart = max(restart, shared.restarted.get(key, 0))
-    checked = check_document(without_status(ftj), f"{key[0]}/{key[1]}")
-    if checked.job is None:
-        return
+    recorded = recorded_job(ftj)
+    if isinstance(recorded, runtimes.Refused):
+        return None
+    if recorded is None:
+        checked = check_document(without_status(ftj), name_of(ftj))
+        if checked.job is None:
+            return None
+        recorded = checked.job
     replacement = builders.build_job(
-        checked.job,
+        recorded,
         key[0],
         shared.settings,
         restart=restart,
-        deadline_seconds=_deadline_left(checked.job, ftj),
+        deadline_seconds=_deadline_left(recorded, ftj),
+        kueue_queue=_kueue_queue(ftj),
     )
     kopf.adopt(replacement, owner=body_of(ftj))
     shared.cluster.create(replacement)
     shared.created_jobs[key] = replacement
+    return replacement
 
 
 def _create_all(

@@ -31,6 +31,10 @@ The termination message file is reported as `state.terminated.message` (the log 
 failure when the file is empty and the policy is FallbackToLogsOnError), and phases go
 Pending -> Running -> Succeeded/Failed through the pods' status subresource.
 
+With `stand_in=True` the kubelet runs, instead of each container's own command, a small
+Python process that waits until `release(...)` names its pod and then exits 0: operator
+tests that need pods to appear, run and succeed on cue, but no training, use it.
+
 What it does not emulate: scheduling (every pod runs at once, node selectors, tolerations
 and priority are ignored), images (the container runs this checkout's Python and sources,
 whatever `image` says), resource requests and limits (no CPU shares, no memory limit, so
@@ -74,6 +78,13 @@ MAX_TERMINATION_MESSAGE: Final = 4096
 LOOPBACK: Final = "127.0.0.1"
 IMAGE_ENV: Final = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "HF_HUB_OFFLINE", "VIRTUAL_ENV")
 """What the 'image' contributes to a container's environment: taken from the test's own."""
+STAND_IN: Final = (
+    "import pathlib, sys, time\n"
+    "release = pathlib.Path(sys.argv[1])\n"
+    "while not release.exists():\n"
+    "    time.sleep(0.05)\n"
+)
+"""What a stand-in container runs: it waits for its release file, then exits 0."""
 _REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _FIELD_KEY = re.compile(r"^metadata\.(annotations|labels)\['(.+)'\]$")
 
@@ -209,8 +220,10 @@ class TestKubelet:
         *,
         ports: Mapping[int, int] | None = None,
         poll_interval_s: float = POLL_INTERVAL_S,
+        stand_in: bool = False,
     ) -> None:
         self.kube = kube
+        self.stand_in = stand_in
         self.api_url = api_url
         self.root = root
         self.poll_interval_s = poll_interval_s
@@ -264,6 +277,23 @@ class TestKubelet:
                     return container.pod
             running = sorted(self._containers)
         raise KeyError(f"no running pod {pod!r}; running: {running}")
+
+    def release(self, prefix: str) -> list[str]:
+        """Let the stand-in containers of the running pods whose names start with `prefix`
+        exit 0; their pod names."""
+        with self._lock:
+            names = sorted(name for name in self._containers if name.startswith(prefix))
+        for name in names:
+            self._release_path(name).touch()
+        return names
+
+    def running_pods(self) -> list[str]:
+        """The pods whose containers run now, by name."""
+        with self._lock:
+            return sorted(self._containers)
+
+    def _release_path(self, pod: str) -> Path:
+        return self.root / "pods" / pod / "release"
 
     def pod_logs(self) -> dict[str, str]:
         """Each pod's output so far (its tail), by pod name, in start order."""
@@ -393,9 +423,12 @@ class TestKubelet:
         if command[0] == "python":
             command[0] = sys.executable
         log_path = self.log_path(name)
+        argv = [*command, *args]
+        if self.stand_in:
+            argv = [sys.executable, "-c", STAND_IN, str(self._release_path(name))]
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [*command, *args],
+                argv,
                 cwd=files.root,
                 env=env,
                 stdout=log,

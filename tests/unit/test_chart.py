@@ -32,7 +32,18 @@ from kopf._cogs.structs import references
 from kubernetes import client
 from prometheus_client import REGISTRY
 
-from kubetune_operator import builders, cli, handlers, kube, metrics, search, state, trials, workers
+from kubetune_operator import (
+    builders,
+    cli,
+    crdgen,
+    handlers,
+    kube,
+    metrics,
+    search,
+    state,
+    trials,
+    workers,
+)
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.manifests import check_file
 from kubetune_trainer import reporting
@@ -245,8 +256,16 @@ def kopf_rule(selector: references.Selector, *verbs: str) -> set[Rule]:
     return {(selector.group or "", str(selector.any_name), verb) for verb in verbs}
 
 
-def expected_namespaced_rules() -> set[Rule]:
-    """What the operator needs in each namespace it serves."""
+def cluster_scoped_plurals() -> set[str]:
+    """kubetune's cluster-scoped resources (and their subresources), from the generated CRDs:
+    kopf watches them cluster-wide even when it serves only some namespaces."""
+    crds = [crdgen.runtime_crd(cluster_scoped=True), crdgen.runtime_crd(cluster_scoped=False)]
+    plurals = {crd["spec"]["names"]["plural"] for crd in crds if crd["spec"]["scope"] == "Cluster"}
+    return plurals | {f"{plural}/status" for plural in plurals}
+
+
+def expected_workload_rules() -> set[Rule]:
+    """What the operator needs for its resources and their children, in every mode."""
     return (
         rules_of_cluster_calls()
         | rules_of_kopf_handlers()
@@ -255,9 +274,20 @@ def expected_namespaced_rules() -> set[Rule]:
     )
 
 
+def expected_namespaced_rules() -> set[Rule]:
+    """What the operator needs in each namespace it serves."""
+    cluster_scoped = cluster_scoped_plurals()
+    return {rule for rule in expected_workload_rules() if rule[1] not in cluster_scoped}
+
+
+def expected_cluster_scoped_rules() -> set[Rule]:
+    cluster_scoped = cluster_scoped_plurals()
+    return {rule for rule in expected_workload_rules() if rule[1] in cluster_scoped}
+
+
 def expected_cluster_rules() -> set[Rule]:
     return (
-        expected_namespaced_rules()
+        expected_workload_rules()
         | kopf_rule(references.CLUSTER_PEERINGS_K, "list", "watch", "patch")
         | kopf_rule(references.CRDS, "list", "watch")
     )
@@ -368,8 +398,10 @@ def test_namespaced_mode_grants_roles_per_watched_namespace_only() -> None:
     bindings = of_kind(docs, "RoleBinding")
     assert sorted(binding["metadata"]["namespace"] for binding in bindings) == WATCHED
     cluster_role = only(docs, "ClusterRole")
-    assert rules_of(cluster_role) == kopf_rule(references.CRDS, "list", "watch") | kopf_rule(
-        references.NAMESPACES, "list", "watch"
+    assert rules_of(cluster_role) == (
+        kopf_rule(references.CRDS, "list", "watch")
+        | kopf_rule(references.NAMESPACES, "list", "watch")
+        | expected_cluster_scoped_rules()
     )
 
 

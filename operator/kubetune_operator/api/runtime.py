@@ -35,6 +35,8 @@ RUNTIME_PLURAL = "finetuneruntimes"
 CLUSTER_RUNTIME_PLURAL = "clusterfinetuneruntimes"
 RUNTIME_SHORT_NAMES = ("ftr",)
 CLUSTER_RUNTIME_SHORT_NAMES = ("cftr",)
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+"""The label that hands a batch Job to Kueue's LocalQueue of that name."""
 DEFAULT_RUNTIME_LABEL = "kubetune.dev/default-runtime"
 """Set to "true" on one runtime per namespace (or one cluster runtime) to make it the default."""
 NOT_DEFAULTABLE = frozenset({"runtime_ref", "search"})
@@ -146,6 +148,27 @@ class Guardrails(Section):
         return self
 
 
+class QueueSpec(Section):
+    """How the jobs of this runtime wait for GPUs: in a Kueue LocalQueue, or in the operator's own queue."""
+
+    kueue_local_queue: DnsLabel | None = None
+    """Kueue LocalQueue (in each job's namespace) that admits the worker Jobs: they are created suspended with the kueue.x-k8s.io/queue-name label, and start when Kueue admits them."""
+    max_concurrent_gpus_per_namespace: int | None = Field(default=None, ge=1, le=100_000)
+    """Without Kueue: GPUs the started jobs of this runtime may hold at once in one namespace; further jobs wait in phase Queued, first created first started."""
+
+    @model_validator(mode="after")
+    def _one_queue(self) -> Self:
+        if (
+            self.kueue_local_queue is not None
+            and self.max_concurrent_gpus_per_namespace is not None
+        ):
+            raise ValueError(
+                "kueueLocalQueue and maxConcurrentGpusPerNamespace exclude each other: "
+                "with Kueue, its ClusterQueue's quota limits the GPUs"
+            )
+        return self
+
+
 class FineTuneRuntimeSpec(Section):
     """Defaults merged under each job's own fields, and guardrails the merged spec must keep."""
 
@@ -153,6 +176,8 @@ class FineTuneRuntimeSpec(Section):
     """Any part of a FineTuneJob spec; a job's own fields win, field by field (lists are replaced whole)."""
     guardrails: Guardrails = section_default(Guardrails)
     """Limits on what a job may ask for."""
+    queue: QueueSpec = section_default(QueueSpec)
+    """Where jobs wait for GPUs; left out: they start at once."""
 
 
 class RuntimeStatus(Section):

@@ -50,7 +50,7 @@ IMAGE_PATTERN = (
 RESOURCE_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
 LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 
-Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
 ConditionType = Literal[
     "Validated",
     "DataValidated",
@@ -646,11 +646,24 @@ class WorkerFailure(Section):
     """The trainer container's exit code, when it exited."""
 
 
+class AppliedRuntime(Section):
+    """The runtime a job was validated with, as it was then."""
+
+    kind: Literal["FineTuneRuntime", "ClusterFineTuneRuntime"]
+    """FineTuneRuntime (in the job's namespace) or ClusterFineTuneRuntime."""
+    name: DnsSubdomain
+    """Name of the runtime."""
+    generation: int = Field(ge=0)
+    """The runtime's .metadata.generation when the job was validated; a later edit of the runtime does not change this job."""
+    kueue_local_queue: DnsLabel | None = None
+    """The Kueue LocalQueue the worker Jobs are submitted to (the runtime's spec.queue.kueueLocalQueue then)."""
+
+
 class FineTuneJobStatus(Section):
     """The observed state; see the ownership table in the design (operator vs trainer fields)."""
 
     phase: Phase | None = None
-    """Pending, Running, Succeeded, Failed or Suspended."""
+    """Pending, Queued, Running, Succeeded, Failed or Suspended."""
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
     """Validated, DataValidated, Running, Succeeded, Failed, Suspended, BiasAuditPassed."""
     observed_generation: int | None = Field(default=None, ge=0)
@@ -665,6 +678,18 @@ class FineTuneJobStatus(Section):
     """When the job succeeded or failed."""
     last_failure: WorkerFailure | None = None
     """The last worker failure, kept across restarts (an OOM twice at the same step fails the job)."""
+    runtime: AppliedRuntime | None = None
+    """The runtime whose defaults and guardrails made the effective spec; absent when none applies."""
+    effective_spec_hash: (
+        Annotated[str, Field(max_length=71, pattern=r"^sha256:[0-9a-f]{64}$")] | None
+    ) = None
+    """sha256 of effectiveSpec's canonical JSON (sorted keys), as `kubetune validate --runtime` prints it."""
+    effective_spec: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """The spec the job runs with: the runtime's defaults under the job's fields, every default filled in. Recorded once at validation; worker restarts are built from it, so a runtime edited later does not change a running job."""
+    queue_position: int | None = Field(default=None, ge=1)
+    """While Queued in the operator's queue (the runtime's maxConcurrentGpusPerNamespace): 1 is next to start. Kueue's queue positions are in `kubectl get workloads`."""
     progress: Progress | None = None
     """Training progress (from the trainer)."""
     metrics: dict[Annotated[str, Field(max_length=128)], float] = Field(default_factory=dict)

@@ -1,0 +1,394 @@
+"""FineTuneRuntimes enforced by the real operator on the Kubernetes emulator.
+
+The handlers run in a thread against kmock, as in test_operator.py. Where pods must appear
+and end on cue (Kueue's admission, the operator's GPU queue), the test kubelet of
+tests/kube/kubelet.py plays the Job controller and the kubelet with stand-in containers
+that exit 0 when released; elsewhere the test writes the Job's and pods' status itself.
+What the emulator cannot show: Kueue itself (the test flips `suspend` as Kueue would) and
+real GPUs (the test kubelet ignores resource requests, so the queue is what limits them).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubetune_operator import runtimes
+from tests.integration.test_operator import children, condition, phase_is, run_pods
+from tests.kube.client import KubeClient
+from tests.kube.emulator import EmulatorServer
+from tests.kube.kubelet import TestKubelet
+from tests.kube.operators import OperatorThread
+
+CLUSTER = "ClusterFineTuneRuntime"
+NAMESPACED = "FineTuneRuntime"
+
+
+def runtime(name: str, kind: str = CLUSTER, **spec: Any) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if kind == NAMESPACED:
+        metadata["namespace"] = "default"
+    return {"apiVersion": "kubetune.dev/v1alpha1", "kind": kind, "metadata": metadata, "spec": spec}
+
+
+def job(
+    sentiment: dict[str, Any], name: str, runtime_name: str, **resources: Any
+) -> dict[str, Any]:
+    manifest = copy.deepcopy(sentiment)
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["runtimeRef"] = {"name": runtime_name}
+    manifest["spec"]["resources"] = {"workers": 1, "gpusPerWorker": 0, **resources}
+    return manifest
+
+
+def create_runtime(kube: KubeClient, body: dict[str, Any]) -> dict[str, Any]:
+    """Create a runtime and wait for its Validated condition (the operator has indexed it)."""
+    kube.create(body)
+    return kube.wait_for_object(
+        body["kind"], body["metadata"]["name"], lambda r: bool(condition(r, "Validated"))
+    )
+
+
+def validated(reason: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda ftj: condition(ftj, "Validated").get("reason") == reason
+
+
+def event_reasons(kube: KubeClient, body: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(event["reason"], event["message"]) for event in kube.events_for(body)]
+
+
+def wait_for_event(kube: KubeClient, body: dict[str, Any], reason: str, message: str) -> None:
+    kube.wait_for(
+        lambda: (reason, message) in event_reasons(kube, body) or None, f"a {reason} Event"
+    )
+
+
+@pytest.fixture
+def kubelet(
+    kube: KubeClient, kube_emulator: EmulatorServer, tmp_path: Path
+) -> Iterator[TestKubelet]:
+    """The test Job controller and kubelet, with stand-in containers."""
+    with TestKubelet(kube, kube_emulator.url, tmp_path / "kubelet", stand_in=True) as running:
+        yield running
+
+
+# --- refusals ----------------------------------------------------------------------------
+
+
+def test_a_guardrail_violation_is_refused_with_the_field_value_and_limit(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    create_runtime(kube, runtime("one-worker", guardrails={"maxWorkers": 1}))
+    created = kube.create(job(sentiment, "sentiment", "one-worker", workers=2))
+
+    ftj = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Failed"))
+    message = (
+        "spec.resources.workers: 2 exceeds the runtime's maxWorkers 1 "
+        "(ClusterFineTuneRuntime one-worker)"
+    )
+    assert condition(ftj, "Validated") | {"lastTransitionTime": ""} == {
+        "type": "Validated",
+        "status": "False",
+        "reason": "GuardrailViolated",
+        "message": message,
+        "lastTransitionTime": "",
+        "observedGeneration": 1,
+    }
+    assert condition(ftj, "Failed")["reason"] == "GuardrailViolated"
+    wait_for_event(kube, created, "GuardrailViolated", message)
+    assert all(not names for names in children(kube).values())
+    assert "effectiveSpec" not in ftj["status"]
+
+
+def test_a_job_waits_for_its_missing_runtime_and_starts_when_it_appears(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    created = kube.create(job(sentiment, "sentiment", "late"))
+    waiting = kube.wait_for_object("FineTuneJob", "sentiment", validated("RuntimeNotFound"))
+    message = "spec.runtimeRef: ClusterFineTuneRuntime 'late' does not exist (known: none)"
+    assert condition(waiting, "Validated")["message"] == message
+    assert waiting["status"]["phase"] == "Pending"
+    assert not condition(waiting, "Failed")
+    wait_for_event(kube, created, "RuntimeNotFound", message)
+    assert all(not names for names in children(kube).values())
+
+    kube.create(runtime("late", guardrails={"maxWorkers": 2}))
+    started = kube.wait_for_object("FineTuneJob", "sentiment", validated("Validated"))
+    assert started["status"]["runtime"] == {
+        "kind": "ClusterFineTuneRuntime",
+        "name": "late",
+        "generation": 1,
+    }
+    kube.wait_for(lambda: all(children(kube).values()) or None, "every child to exist")
+
+
+def test_a_runtime_gets_its_own_validated_condition(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    good = create_runtime(kube, runtime("good", NAMESPACED, guardrails={"maxWorkers": 2}))
+    assert condition(good, "Validated")["status"] == "True"
+    assert good["status"]["observedGeneration"] == 1
+
+    bad = create_runtime(
+        kube,
+        runtime(
+            "bad", NAMESPACED, defaults={"resources": {"workers": 3}}, guardrails={"maxWorkers": 2}
+        ),
+    )
+    problem = (
+        "spec.defaults.resources.workers: 3 exceeds the runtime's maxWorkers 2 "
+        "(FineTuneRuntime bad)"
+    )
+    assert condition(bad, "Validated") | {"lastTransitionTime": ""} == {
+        "type": "Validated",
+        "status": "False",
+        "reason": "GuardrailConflict",
+        "message": problem,
+        "lastTransitionTime": "",
+        "observedGeneration": 1,
+    }
+    wait_for_event(kube, bad, "GuardrailConflict", problem)
+
+    user = job(sentiment, "sentiment", "bad")
+    user["spec"]["runtimeRef"]["kind"] = NAMESPACED
+    del user["spec"]["resources"]["workers"]
+    kube.create(user)
+    refused = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Failed"))
+    assert condition(refused, "Validated")["message"] == (
+        "spec.resources.workers: 3 exceeds the runtime's maxWorkers 2 (FineTuneRuntime bad); "
+        "FineTuneRuntime bad's own defaults break its guardrails (its Validated condition "
+        "says which): tell its owners"
+    )
+
+
+# --- the recorded effective spec ----------------------------------------------------------
+
+
+def test_the_effective_spec_is_recorded_and_a_runtime_edit_does_not_reach_a_restarted_group(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    images = runtime(
+        "images",
+        defaults={"resources": {"image": "registry.example/ml/trainer:1"}},
+        guardrails={"allowedImages": ["registry.example/ml/*"], "maxActiveDeadlineSeconds": 7200},
+    )
+    create_runtime(kube, images)
+    kube.create(job(sentiment, "sentiment", "images"))
+    first = kube.wait_for_object("Job", "sentiment-workers", lambda j: True)
+    assert first["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "registry.example/ml/trainer:1"
+    )
+    ftj = kube.wait_for_object("FineTuneJob", "sentiment", validated("Validated"))
+    effective = ftj["status"]["effectiveSpec"]
+    assert effective["resources"]["image"] == "registry.example/ml/trainer:1"
+    assert effective["runPolicy"]["activeDeadlineSeconds"] == 7200  # filled in by the runtime
+    # Every default is filled in, so the recorded spec does not depend on this version's.
+    assert effective["model"] == {**sentiment["spec"]["model"], "task": "sequence-classification"}
+    assert ftj["status"]["effectiveSpecHash"] == runtimes.spec_hash(effective)
+    assert ftj["status"]["runtime"]["generation"] == 1
+    assert first["spec"]["activeDeadlineSeconds"] == 7200
+
+    kube.patch(
+        "ClusterFineTuneRuntime",
+        "images",
+        {"spec": {"defaults": {"resources": {"image": "registry.example/ml/trainer:2"}}}},
+    )
+    kube.wait_for_object(
+        "ClusterFineTuneRuntime", "images", lambda r: r["status"]["observedGeneration"] == 2
+    )
+    crash = {"terminated": {"exitCode": 137, "reason": "Error"}}
+    run_pods(kube, first, w0=crash)
+    kube.patch(
+        "Job",
+        "sentiment-workers",
+        {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "Failed"}]}},
+        subresource="status",
+    )
+    second = kube.wait_for_object(
+        "Job",
+        "sentiment-workers",
+        lambda j: j["metadata"]["annotations"]["kubetune.dev/restart"] == "1",
+    )
+    assert second["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "registry.example/ml/trainer:1"
+    )
+    after = kube.get("FineTuneJob", "sentiment")
+    assert after is not None
+    assert after["status"]["effectiveSpecHash"] == ftj["status"]["effectiveSpecHash"]
+    assert after["status"]["runtime"]["generation"] == 1
+
+
+# --- queues ------------------------------------------------------------------------------
+
+
+def test_kueue_admits_a_suspended_job_and_its_pods_start(
+    kube: KubeClient,
+    operator: Callable[[], OperatorThread],
+    sentiment: dict[str, Any],
+    kubelet: TestKubelet,
+) -> None:
+    operator()
+    create_runtime(kube, runtime("kueue", queue={"kueueLocalQueue": "gpu-queue"}))
+    kube.create(job(sentiment, "sentiment", "kueue", gpusPerWorker=1))
+
+    held = kube.wait_for_object("Job", "sentiment-workers", lambda j: True)
+    assert held["spec"]["suspend"] is True
+    assert held["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    queued = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Queued"))
+    assert condition(queued, "Running")["reason"] == "Queued"
+    assert queued["status"]["runtime"]["kueueLocalQueue"] == "gpu-queue"
+    assert kube.list_objects("Pod", "default") == []
+
+    kube.patch("Job", "sentiment-workers", {"spec": {"suspend": False}})  # Kueue admits it
+    kube.wait_for(lambda: kubelet.running_pods() or None, "the worker pod to run")
+    kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Running"))
+    kubelet.release("sentiment-workers-")
+    kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Succeeded"))
+
+
+class RunningPods:
+    """The most pods the test kubelet ran at once, sampled in a background thread."""
+
+    def __init__(self, kubelet: TestKubelet) -> None:
+        self.kubelet = kubelet
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> RunningPods:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.most = max(self.most, len(self.kubelet.running_pods()))
+
+
+def test_the_operator_queue_keeps_to_the_limit_and_starts_the_next_job_when_one_ends(
+    kube: KubeClient,
+    operator: Callable[[], OperatorThread],
+    sentiment: dict[str, Any],
+    kubelet: TestKubelet,
+) -> None:
+    operator()
+    create_runtime(kube, runtime("two-gpus", queue={"maxConcurrentGpusPerNamespace": 2}))
+    with RunningPods(kubelet) as sampled:
+        for name in ("q1", "q2"):
+            kube.create(job(sentiment, name, "two-gpus", gpusPerWorker=1))
+            kube.wait_for_object("Job", f"{name}-workers", lambda j: True)
+        third = kube.create(job(sentiment, "q3", "two-gpus", gpusPerWorker=1))
+        queued = kube.wait_for_object("FineTuneJob", "q3", phase_is("Queued"))
+        kube.create(job(sentiment, "q4", "two-gpus", gpusPerWorker=1))
+        fourth = kube.wait_for_object("FineTuneJob", "q4", phase_is("Queued"))
+
+        message = (
+            "waiting for GPUs: ClusterFineTuneRuntime two-gpus lets the started jobs of "
+            "namespace default hold 2 GPUs at once (queue.maxConcurrentGpusPerNamespace); 2 "
+            "are held and this job needs 1. Place 1 in the queue."
+        )
+        assert queued["status"]["queuePosition"] == 1
+        assert condition(queued, "Running")["message"] == message
+        assert fourth["status"]["queuePosition"] == 2
+        wait_for_event(kube, third, "Queued", message)
+        assert kube.get("Job", "q3-workers") is None
+        kube.wait_for(lambda: len(kubelet.running_pods()) == 2 or None, "q1 and q2 to run")
+
+        kubelet.release("q1-workers-")
+        kube.wait_for_object("FineTuneJob", "q1", phase_is("Succeeded"))
+        kube.wait_for_object("Job", "q3-workers", lambda j: True)
+        kube.wait_for_object("FineTuneJob", "q3", phase_is("Running"))
+        moved = kube.wait_for_object(
+            "FineTuneJob", "q4", lambda f: f["status"]["queuePosition"] == 1
+        )
+        assert moved["status"]["phase"] == "Queued"
+        assert kube.get("Job", "q4-workers") is None
+
+        kubelet.release("q2-workers-")
+        kube.wait_for_object("FineTuneJob", "q4", phase_is("Running"))
+        started = kube.get("FineTuneJob", "q3")
+        assert started is not None
+        assert "queuePosition" not in started["status"]
+    assert sampled.most == 2
+
+
+# --- a search parent ---------------------------------------------------------------------
+
+
+def test_a_search_waits_for_its_runtime_and_its_trials_are_validated_with_it(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    parent = job(sentiment, "sentiment", "cpu")
+    parent["spec"]["search"] = {
+        "algorithm": "grid",
+        "parallelism": 2,
+        "parameters": [{"path": "training.epochs", "type": "int", "values": [1, 2]}],
+    }
+    kube.create(parent)
+    kube.wait_for_object("FineTuneJob", "sentiment", validated("RuntimeNotFound"))
+    assert kube.list_objects("FineTuneJob", "default", "kubetune.dev/component=trial") == []
+
+    create_runtime(kube, runtime("cpu", defaults={"resources": {"cpu": 3}}))
+    searching = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Running"))
+    assert searching["status"]["runtime"]["name"] == "cpu"
+    epochs = set()
+    for number in (0, 1):
+        trial = kube.wait_for_object(
+            "FineTuneJob", f"sentiment-trial-{number}", validated("Validated")
+        )
+        assert trial["spec"]["runtimeRef"] == {"name": "cpu"}
+        assert trial["status"]["runtime"]["name"] == "cpu"
+        assert trial["status"]["effectiveSpec"]["resources"]["cpu"] == 3
+        epochs.add(trial["status"]["effectiveSpec"]["training"]["epochs"])
+    assert epochs == {1, 2}
+
+
+def test_an_operator_restart_keeps_the_started_jobs_even_over_a_lowered_limit(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    first = operator()
+    create_runtime(kube, runtime("gpus", queue={"maxConcurrentGpusPerNamespace": 2}))
+    uids = {}
+    for name in ("q1", "q2"):
+        kube.create(job(sentiment, name, "gpus", gpusPerWorker=1))
+        uids[name] = kube.wait_for_object("Job", f"{name}-workers", lambda j: True)["metadata"][
+            "uid"
+        ]
+    kube.create(job(sentiment, "q3", "gpus", gpusPerWorker=1))
+    kube.wait_for_object("FineTuneJob", "q3", phase_is("Queued"))
+    kube.patch(
+        "ClusterFineTuneRuntime", "gpus", {"spec": {"queue": {"maxConcurrentGpusPerNamespace": 1}}}
+    )
+    kube.wait_for_object(
+        "ClusterFineTuneRuntime", "gpus", lambda r: r["status"]["observedGeneration"] == 2
+    )
+    first.stop()
+
+    operator()
+    kube.create(job(sentiment, "q4", "gpus", gpusPerWorker=1))
+    fourth = kube.wait_for_object("FineTuneJob", "q4", phase_is("Queued"))
+    assert fourth["status"]["queuePosition"] == 2
+    for name in ("q1", "q2"):
+        started = kube.get("FineTuneJob", name)
+        assert started is not None
+        assert started["status"]["phase"] == "Pending"
+        assert "queuePosition" not in started["status"]
+        again = kube.get("Job", f"{name}-workers")
+        assert again is not None
+        assert again["metadata"]["uid"] == uids[name]
+    third = kube.get("FineTuneJob", "q3")
+    assert third is not None
+    assert (third["status"]["phase"], third["status"]["queuePosition"]) == ("Queued", 1)
