@@ -182,7 +182,17 @@ def test_an_operator_restart_in_the_middle_starts_no_trial_twice(
     first = operator()
     created = kube.create(grid_search(sentiment))
     kube.wait_for_object("FineTuneJob", "sentiment", trial_count(2))
-    kube.wait_for(lambda: len(trials(kube)) == 2 or None, "two trials")
+    # Stopped once the trials are validated: playing their trainer needs a phase.
+    kube.wait_for(
+        lambda: (
+            (
+                len(trials(kube)) == 2
+                and all(child.get("status", {}).get("phase") for child in trials(kube).values())
+            )
+            or None
+        ),
+        "two validated trials",
+    )
     first.stop()
     uids = {name: child["metadata"]["uid"] for name, child in trials(kube).items()}
     succeed(kube, "sentiment-trial-0", accuracy(params_of(trials(kube)["sentiment-trial-0"])))
