@@ -29,6 +29,7 @@ FINISHED: Final = ("Succeeded", "Failed")
 RECENT_EVENTS: Final = 5
 PHASE_STYLE: Final = {
     "Pending": "yellow",
+    "Queued": "yellow",
     "Running": "cyan",
     "Succeeded": "green",
     "Failed": "red",
@@ -180,6 +181,11 @@ def _facts(status: Mapping[str, Any], now: datetime) -> Table:
         ("progress", progress_text(_mapping(status.get("progress")))),
         ("workers", workers_text(status)),
     ]
+    if status.get("queuePosition"):
+        rows.append(("queue position", str(status["queuePosition"])))
+    runtime = _mapping(status.get("runtime"))
+    if runtime:
+        rows.append(("runtime", runtime_text(runtime, status.get("effectiveSpecHash"))))
     failure = _mapping(status.get("lastFailure"))
     if failure:
         rows.append(("last failure", last_failure_text(failure)))
@@ -193,6 +199,16 @@ def _facts(status: Mapping[str, Any], now: datetime) -> Table:
     for name, value in rows:
         grid.add_row(f"[bold]{escape(name)}[/]", escape(value))
     return grid
+
+
+def runtime_text(runtime: Mapping[str, Any], spec_hash: object) -> str:
+    """ClusterFineTuneRuntime a100 (generation 3), spec sha256:0123456789ab."""
+    text = f"{runtime.get('kind', '')} {runtime.get('name', '')}"
+    if runtime.get("generation") is not None:
+        text += f" (generation {runtime['generation']})"
+    if isinstance(spec_hash, str):
+        text += f", spec {spec_hash[:19]}"
+    return text
 
 
 def _conditions(status: Mapping[str, Any], now: datetime) -> list[RenderableType]:

@@ -94,3 +94,23 @@ def test_strings_from_the_cluster_are_not_markup() -> None:
     assert "Diverged: [red]lower[/red] the rate" in text
     assert "[bold]boom[/]" in text
     assert "trials  3: 2 complete, 1 pruned; best x-trial-1 (0.9123)" in text
+
+
+def test_a_queued_job_shows_its_place_and_the_runtime_it_runs_with() -> None:
+    digest = "sha256:" + "0123456789abcdef" * 4
+    job = {
+        "metadata": {"name": "big", "namespace": "ml"},
+        "status": {
+            "phase": "Queued",
+            "queuePosition": 2,
+            "runtime": {"kind": "ClusterFineTuneRuntime", "name": "a100", "generation": 3},
+            "effectiveSpecHash": digest,
+        },
+    }
+    text = rendered(job)
+    assert "FineTuneJob ml/big  Queued" in text
+    assert "queue position  2" in text
+    assert (
+        "runtime         ClusterFineTuneRuntime a100 (generation 3), spec sha256:0123456789ab"
+        in text
+    )
