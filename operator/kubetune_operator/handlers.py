@@ -16,6 +16,8 @@ jobs that wait for a runtime and looks again at the jobs queued for GPUs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -34,6 +36,7 @@ from kubetune_operator.state import (
     Indexes,
     Key,
     OperatorState,
+    events_through,
     is_validated,
     key_of,
     newest,
@@ -53,6 +56,7 @@ MANAGED: Final = {"app.kubernetes.io/managed-by": "kubetune"}
 JOB_NAME_LABEL: Final = "kubetune.dev/job-name"
 TICK_SECONDS: Final = float(os.environ.get("KUBETUNE_TICK_SECONDS", "30"))
 """How often each job is looked at for what only the clock notices (deadline, TTL)."""
+LOGGER: Final = logging.getLogger(__name__)
 
 
 def settings_from_env(env: Mapping[str, str]) -> builders.OperatorSettings:
@@ -281,15 +285,42 @@ def refresh_status(
         _refresh_queue(state(memo), key[0], indexes)
 
 
-@kopf.timer(*FINETUNEJOBS, interval=TICK_SECONDS, initial_delay=TICK_SECONDS)
-def tick(body: kopf.Body, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+@kopf.on.startup()
+async def start_clock(memo: Any, **kwargs: Any) -> None:
+    """One operator-wide loop for what only the clock notices. A `kopf.timer` would do it
+    per job, but kopf guards every object a timer serves with a finalizer: a FineTuneJob
+    could then not be deleted while the operator is down or uninstalled."""
+    memo.clock = asyncio.create_task(_clock(memo, Indexes.of(kwargs)))
+
+
+@kopf.on.cleanup()
+async def stop_clock(memo: Any, **_: Any) -> None:
+    memo.clock.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await memo.clock
+
+
+async def _clock(memo: Any, indexes: Indexes) -> None:
+    """Every TICK_SECONDS, each FineTuneJob's tick, one at a time off the event loop."""
+    while True:
+        await asyncio.sleep(TICK_SECONDS)
+        for key in list(indexes.finetunejobs):
+            try:
+                await asyncio.to_thread(tick, state(memo), key, indexes)
+            except Exception:
+                # One job's trouble must not stop the clock for the others.
+                LOGGER.exception("tick of FineTuneJob %s/%s failed", *key)
+
+
+def tick(shared: OperatorState, key: Key, indexes: Indexes) -> None:
     """What only the clock notices: the deadline, and ttlSecondsAfterFinished's cleanup; and
     a job waiting for its runtime is validated again, should a runtime event have been missed."""
-    shared, key = state(memo), _key(namespace, name)
-    indexes = Indexes.of(kwargs)
-    _revalidate(shared, key, indexes)
-    _refresh(shared, key, indexes)
-    workers.clean_up_when_due(shared, body, has_job=bool(indexes.jobs.get(key)))
+    with events_through(shared.cluster):
+        _revalidate(shared, key, indexes)
+        _refresh(shared, key, indexes)
+        ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, [])))
+        if ftj is not None:
+            workers.clean_up_when_due(shared, ftj, has_job=bool(indexes.jobs.get(key)))
 
 
 def _refresh(shared: OperatorState, key: Key, indexes: Indexes) -> bool:

@@ -32,6 +32,7 @@ SERVICE_ACCOUNT_TOKEN: Final = "/var/run/secrets/kubernetes.io/serviceaccount/to
 SERVICE_ACCOUNT_NAMESPACE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 DEFAULT_NAMESPACE: Final = "default"
 MERGE_PATCH: Final = "application/merge-patch+json"
+EVENT_SOURCE: Final = "kubetune"
 
 _CREATE_METHODS: Final[dict[tuple[str, str], tuple[type[Any], str]]] = {
     ("v1", "ConfigMap"): (client.CoreV1Api, "create_namespaced_config_map"),
@@ -209,6 +210,41 @@ class Cluster:
                 {"status": dict(patch)},
             ),
         )
+
+    def post_event(
+        self, about: Mapping[str, Any], kind: str, reason: str, message: str, moment: str
+    ) -> None:
+        """An Event about a FineTuneJob, as kopf posts them. Best effort, as with kopf: a
+        refused Event is counted and logged by the metrics, the work goes on."""
+        metadata = about["metadata"]
+        namespace = metadata["namespace"]
+        event: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{metadata['name']}.",
+                "namespace": namespace,
+            },
+            "involvedObject": {
+                "apiVersion": v1alpha1.API_VERSION,
+                "kind": v1alpha1.KIND,
+                "name": metadata["name"],
+                "namespace": namespace,
+                "uid": metadata.get("uid"),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": EVENT_SOURCE},
+            "reportingComponent": EVENT_SOURCE,
+            "firstTimestamp": moment,
+            "lastTimestamp": moment,
+            "count": 1,
+        }
+        try:
+            client.CoreV1Api(self.api).create_namespaced_event(namespace, event)  # type: ignore[arg-type]
+        except ApiException as error:
+            _count_failure("create Event", error)
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any]:
         """One FineTuneJob as plain data; KubeError when it does not exist."""

@@ -10,9 +10,11 @@ read the indexed objects, which are plain dicts, the same way everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, cast
@@ -138,9 +140,28 @@ def name_of(ftj: Mapping[str, Any]) -> str:
     return f"{ftj['metadata'].get('namespace')}/{ftj['metadata']['name']}"
 
 
+_API_POSTER: ContextVar[kube.Cluster | None] = ContextVar("kubetune_api_poster", default=None)
+
+
+@contextlib.contextmanager
+def events_through(cluster: kube.Cluster) -> Iterator[None]:
+    """Post the Events of the work inside with API calls. kopf's event queue exists only in
+    its per-object tasks, and the operator's clock runs outside them."""
+    token = _API_POSTER.set(cluster)
+    try:
+        yield
+    finally:
+        _API_POSTER.reset(token)
+
+
 def post(ftj: Mapping[str, Any], events: Iterable[status_rules.Event]) -> None:
+    cluster = _API_POSTER.get()
     for event in events:
-        kopf.event(body_of(ftj), type=event.type, reason=event.reason, message=event.message)
+        if cluster is None:
+            kopf.event(body_of(ftj), type=event.type, reason=event.reason, message=event.message)
+        else:
+            moment = status_rules.rfc3339(now())
+            cluster.post_event(ftj, event.type, event.reason, event.message, moment)
 
 
 def body_of(ftj: Mapping[str, Any]) -> kopf.Body:

@@ -113,12 +113,8 @@ def start(
             shared.write_status(ftj, {**patch, **update.patch})
     post(ftj, update.events)
     if created:
-        kopf.event(
-            body_of(ftj),
-            type="Normal",
-            reason=status_rules.Reason.Created,
-            message="created " + ", ".join(created),
-        )
+        message = "created " + ", ".join(created)
+        post(ftj, [status_rules.Event("Normal", status_rules.Reason.Created, message)])
 
 
 def _validated_message(status: Mapping[str, Any]) -> str:
@@ -222,12 +218,8 @@ def _advance_in_queue(shared: OperatorState, ftj: Mapping[str, Any], indexes: In
         shared.write_status(ftj, {"queuePosition": None, **first.patch})
     post(ftj, first.events)
     if worker_job is not None:
-        kopf.event(
-            body_of(ftj),
-            type="Normal",
-            reason=status_rules.Reason.Created,
-            message=f"created Job {worker_job['metadata']['name']}: its turn in the queue came",
-        )
+        message = f"created Job {worker_job['metadata']['name']}: its turn in the queue came"
+        post(ftj, [status_rules.Event("Normal", status_rules.Reason.Created, message)])
     return str(first.patch.get("phase", "Pending"))
 
 
@@ -285,7 +277,7 @@ def _kueue_queue(ftj: Mapping[str, Any]) -> str | None:
     return str(queue) if queue else None
 
 
-def clean_up_when_due(shared: OperatorState, ftj: kopf.Body, has_job: bool) -> None:
+def clean_up_when_due(shared: OperatorState, ftj: Mapping[str, Any], has_job: bool) -> None:
     """Delete the children ttlSecondsAfterFinished after the end."""
     ttl = run_policy(ftj).get("ttlSecondsAfterFinished")
     finished_at = ftj.get("status", {}).get("completionTime")
@@ -296,12 +288,8 @@ def clean_up_when_due(shared: OperatorState, ftj: kopf.Body, has_job: bool) -> N
     namespace, name = key_of(ftj)
     for child in builders.child_references(name, namespace):
         shared.cluster.delete(child)
-    kopf.event(
-        ftj,
-        type="Normal",
-        reason=status_rules.Reason.CleanedUp,
-        message=f"children deleted {ttl}s after the end",
-    )
+    message = f"children deleted {ttl}s after the end"
+    post(ftj, [status_rules.Event("Normal", status_rules.Reason.CleanedUp, message)])
 
 
 def _observe(

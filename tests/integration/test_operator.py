@@ -259,6 +259,25 @@ def test_children_go_after_ttl_seconds_and_the_status_stays(
     assert ftj is not None
     assert ftj["status"]["phase"] == "Succeeded"
     assert condition(ftj, "Succeeded")["status"] == "True"
+    cleaned = kube.wait_for(
+        lambda: [e for e in kube.events_for(ftj) if e["reason"] == "CleanedUp"] or None,
+        "the CleanedUp Event",
+    )
+    assert cleaned[0]["message"] == "children deleted 1s after the end"
+    assert cleaned[0]["involvedObject"]["uid"] == ftj["metadata"]["uid"]
+
+
+def test_a_job_carries_no_finalizer_so_it_goes_without_the_operator(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    running = operator()
+    kube.create(sentiment)
+    wait_for_children(kube)
+    kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Pending"))
+    assert kube.get("FineTuneJob", "sentiment")["metadata"].get("finalizers") is None  # type: ignore[index]
+    running.stop()
+    kube.delete("FineTuneJob", "sentiment")
+    kube.wait_until_gone("FineTuneJob", "sentiment")
 
 
 def test_the_deadline_fails_the_job_and_stops_its_workers(

@@ -215,6 +215,9 @@ def exercise_cluster(cluster: kube.Cluster, method: str) -> None:
         cluster.delete_job(namespace, builders.workers_name(name))
     elif method == "set_suspended":
         cluster.set_suspended(namespace, builders.workers_name(name), True)
+    elif method == "post_event":
+        about = {"metadata": {"namespace": namespace, "name": name, "uid": "u-1"}}
+        cluster.post_event(about, "Normal", "CleanedUp", "children deleted", "2026-01-01T00:00:00Z")
     elif method == "patch_status":
         cluster.patch_status(namespace, name, {"phase": "Running"})
     else:
