@@ -144,20 +144,24 @@ def reconcile(
         with shared.locks[key]:
             # The index has seen this event too, and the overlay holds what refreshes wrote.
             ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, []))) or body
-            _validate_and_start(shared, checked.job, ftj, indexes)
+            _validate_and_start(shared, checked.job, ftj, indexes, into=patch)
 
 
 def _validate_and_start(
-    shared: OperatorState, job: v1alpha1.FineTuneJob, ftj: Any, indexes: Indexes
+    shared: OperatorState,
+    job: v1alpha1.FineTuneJob,
+    ftj: Any,
+    indexes: Indexes,
+    into: kopf.Patch | None = None,
 ) -> None:
     """Resolve the job's runtime (or take the effective spec recorded earlier); refuse it,
     or start its workers, or (a search parent) its trials, which resolve their own runtime."""
     resolution = workers.resolution(job, ftj, indexes)
     if isinstance(resolution, runtimes.Refused):
-        workers.refuse(shared, ftj, resolution)
+        workers.refuse(shared, ftj, resolution, into)
         return
     if job.spec.search is None:
-        workers.start(shared, resolution, ftj, indexes)
+        workers.start(shared, resolution, ftj, indexes, into)
         return
     status = ftj.get("status", {})
     record = {k: v for k, v in resolution.record.items() if status.get(k) != v}

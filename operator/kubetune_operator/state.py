@@ -68,10 +68,20 @@ class OperatorState:
         for kept in (self.locks, self.restarted, self.written, self.created_jobs):
             kept.pop(key, None)
 
-    def write_status(self, ftj: Mapping[str, Any], patch: dict[str, Any]) -> None:
-        """Patch the status and remember the result until the index shows it."""
+    def write_status(
+        self, ftj: Mapping[str, Any], patch: dict[str, Any], into: kopf.Patch | None = None
+    ) -> None:
+        """Patch the status and remember the result until the index shows it.
+
+        `into`: the create handler's kopf patch, which kopf sends together with its record
+        that the creation was handled. A status request of its own would come first, and
+        its event, without that record, would make kopf run the create handler again.
+        """
         key = key_of(ftj)
-        self.cluster.patch_status(*key, patch)
+        if into is None:
+            self.cluster.patch_status(*key, patch)
+        else:
+            into.status.update(patch)
         self.written[key] = (ftj["metadata"]["resourceVersion"], {**ftj.get("status", {}), **patch})
 
     def own_writes_over(self, key: Key, ftj: Mapping[str, Any] | None) -> Mapping[str, Any] | None:

@@ -67,8 +67,14 @@ def recorded_job(ftj: Mapping[str, Any]) -> v1alpha1.FineTuneJob | runtimes.Refu
     return checked.job
 
 
-def refuse(shared: OperatorState, ftj: Mapping[str, Any], refused: runtimes.Refused) -> None:
-    """Validated=False with the refusal's reason and every message, and one Event."""
+def refuse(
+    shared: OperatorState,
+    ftj: Mapping[str, Any],
+    refused: runtimes.Refused,
+    into: kopf.Patch | None = None,
+) -> None:
+    """Validated=False with the refusal's reason and every message, and one Event (`into`:
+    see OperatorState.write_status)."""
     update = status_rules.refused(
         ftj,
         refused.reason,
@@ -77,15 +83,20 @@ def refuse(shared: OperatorState, ftj: Mapping[str, Any], refused: runtimes.Refu
         now=now(),
     )
     if update.patch:
-        shared.write_status(ftj, update.patch)
+        shared.write_status(ftj, update.patch, into)
     post(ftj, update.events)
 
 
 def start(
-    shared: OperatorState, resolved: runtimes.Resolved, ftj: Mapping[str, Any], indexes: Indexes
+    shared: OperatorState,
+    resolved: runtimes.Resolved,
+    ftj: Mapping[str, Any],
+    indexes: Indexes,
+    into: kopf.Patch | None = None,
 ) -> None:
     """Record what the job runs with, mark it Validated and create the children that are
-    missing; the worker Job only when the operator's queue lets it start."""
+    missing; the worker Job only when the operator's queue lets it start (`into`: see
+    OperatorState.write_status)."""
     namespace = key_of(ftj)[0]
     status = ftj.get("status", {})
     recorded = {k: v for k, v in resolved.record.items() if status.get(k) != v}
@@ -110,7 +121,7 @@ def start(
         worker_job = children[-1]
         update = _first_look(shared, view, worker_job, created) if waiting is None else waiting
         if patch or update.patch:
-            shared.write_status(ftj, {**patch, **update.patch})
+            shared.write_status(ftj, {**patch, **update.patch}, into)
     post(ftj, update.events)
     if created:
         message = "created " + ", ".join(created)
