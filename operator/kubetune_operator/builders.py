@@ -24,7 +24,12 @@ from decimal import Decimal
 from typing import Any, Final
 
 from kubetune_operator.api.runtime import KUEUE_QUEUE_LABEL
-from kubetune_operator.api.v1alpha1 import FineTuneJob, FineTuneJobSpec, ResourcesSpec
+from kubetune_operator.api.v1alpha1 import (
+    FineTuneJob,
+    FineTuneJobSpec,
+    ResourcesSpec,
+    RunPolicySpec,
+)
 from kubetune_trainer.config import TrainingConfig, parse_source
 
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
@@ -50,6 +55,20 @@ TOKEN_EXPIRATION_SECONDS: Final = 3600
 RUN_AS_ID: Final = 10001
 """The trainer image's unprivileged user and group (see the Dockerfile)."""
 MAX_NAME_LENGTH: Final = 63
+
+MAX_GPU_HOURS_ENV: Final = "KUBETUNE_MAX_GPU_HOURS"
+PRICE_PER_GPU_HOUR_ENV: Final = "KUBETUNE_PRICE_PER_GPU_HOUR"
+CURRENCY_ENV: Final = "KUBETUNE_CURRENCY"
+"""runPolicy's budget and price, as the trainer reads them (kubetune_trainer.cost)."""
+NCCL_ENV: Final = (
+    # NCCL's own warnings (and why a collective failed) reach the pod log; INFO is too loud.
+    ("NCCL_DEBUG", "WARN"),
+    # A failed or timed-out collective aborts the communicator and ends the process: the
+    # pod fails and the operator restarts the group from its checkpoint, rather than every
+    # rank hanging until the deadline.
+    ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
+)
+"""Set on GPU workers only (CPU workers use gloo)."""
 
 LAUNCH_COMMAND: Final = ("python", "-m", "accelerate.commands.launch")
 TRAINER_MODULE: Final = "kubetune_trainer"
@@ -421,11 +440,25 @@ def container_env(
     ]
     if resources.gpus_per_worker == 0:
         env.append(_value("ACCELERATE_USE_CPU", "true"))
+    else:
+        env += [_value(variable, value) for variable, value in NCCL_ENV]
     env.append(_value("OMP_NUM_THREADS", str(threads_per_process(resources))))
+    env += budget_env(job.spec.run_policy)
     hub_token = job.spec.credentials.hub_token
     if hub_token is not None:
         secret = {"name": hub_token.name, "key": hub_token.key}
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": secret}})
+    return env
+
+
+def budget_env(run_policy: RunPolicySpec) -> list[dict[str, Any]]:
+    """runPolicy.maxGpuHours and the price per GPU-hour for the trainer, those that are set."""
+    env = []
+    if run_policy.max_gpu_hours is not None:
+        env.append(_value(MAX_GPU_HOURS_ENV, repr(run_policy.max_gpu_hours)))
+    if run_policy.price_per_gpu_hour is not None:
+        env.append(_value(PRICE_PER_GPU_HOUR_ENV, repr(run_policy.price_per_gpu_hour)))
+        env.append(_value(CURRENCY_ENV, run_policy.currency))
     return env
 
 

@@ -40,7 +40,11 @@ from typing import Any, Final, Literal
 
 from kubetune_operator.api.runtime import KUEUE_QUEUE_LABEL
 from kubetune_operator.api.v1alpha1 import ConditionType, Phase
-from kubetune_trainer.config import EXIT_INVALID_INPUT, EXIT_TRAINING_FAILED
+from kubetune_trainer.config import (
+    EXIT_BUDGET_EXCEEDED,
+    EXIT_INVALID_INPUT,
+    EXIT_TRAINING_FAILED,
+)
 
 RESTART_ANNOTATION: Final = "kubetune.dev/restart"
 TRAINER_CONTAINER: Final = "trainer"
@@ -84,6 +88,7 @@ class Reason:
     Succeeded: Final = "Succeeded"
     InvalidInput: Final = "InvalidInput"
     TrainingFailed: Final = "TrainingFailed"
+    BudgetExceeded: Final = "BudgetExceeded"
     OOMKilled: Final = "OOMKilled"
     WorkerFailed: Final = "WorkerFailed"
     DeadlineExceeded: Final = "DeadlineExceeded"
@@ -119,12 +124,15 @@ PULL_REASONS: Final = {
     "ErrImagePull": Reason.ErrImagePull,
     "ImagePullBackOff": Reason.ImagePullBackOff,
 }
-NON_RETRYABLE_CAUSES: Final = frozenset({Reason.InvalidInput, Reason.TrainingFailed})
+NON_RETRYABLE_CAUSES: Final = frozenset(
+    {Reason.InvalidInput, Reason.TrainingFailed, Reason.BudgetExceeded}
+)
 CAUSE_SEVERITY: Final = {
     Reason.InvalidInput: 0,
     Reason.TrainingFailed: 1,
-    Reason.OOMKilled: 2,
-    Reason.WorkerFailed: 3,
+    Reason.BudgetExceeded: 2,
+    Reason.OOMKilled: 3,
+    Reason.WorkerFailed: 4,
 }
 """When several workers fail, the most telling cause wins: a bad input or an OOM kill on
 one worker makes the others fail too, with a collective error that says nothing."""
@@ -687,6 +695,12 @@ def _classify_exit(
             f"`kubectl logs {_pod_name(pod)} -c {TRAINER_CONTAINER}`"
         )
         return _Cause(Reason.InvalidInput, message, exit_code, finished_at)
+    if exit_code == EXIT_BUDGET_EXCEEDED:
+        message = (
+            f"the trainer stopped at its GPU budget (exit code {exit_code}) on {worker}{said}; "
+            "raise spec.runPolicy.maxGpuHours and start a job on the same output to continue"
+        )
+        return _Cause(Reason.BudgetExceeded, message, exit_code, finished_at)
     unusable = _unusable_result(status, _mapping(ftj.get("spec")))
     if exit_code == EXIT_TRAINING_FAILED or unusable:
         message = (

@@ -19,7 +19,6 @@ from kubetune_trainer.recipe import (
     RunResult,
     classification_loss,
     l1_penalty,
-    run_cost,
 )
 
 
@@ -58,12 +57,6 @@ def test_class_weighted_loss_equals_a_hand_computation() -> None:
     loss = classification_loss(logits, labels, class_weights=class_weights, row_weights=row_weights)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert classification_loss(logits, labels).item() == pytest.approx(sum(ce) / 3, rel=1e-6)
-
-
-def test_gpu_hours_are_the_training_time_on_every_gpu() -> None:
-    assert run_cost(1800.0, 4) == {"gpuHours": 2.0}
-    assert run_cost(5400.0, 1) == {"gpuHours": 1.5}
-    assert run_cost(5400.0, 0) == {"gpuHours": 0.0}
 
 
 def test_l1_penalty_is_the_sum_of_absolute_values() -> None:

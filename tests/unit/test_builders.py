@@ -42,7 +42,7 @@ from kubetune_operator.builders import (
     trainer_account_name,
     workers_name,
 )
-from kubetune_trainer import reporting, sources
+from kubetune_trainer import cost, reporting, sources
 from kubetune_trainer.config import TrainingConfig
 from tests.conftest import load_example
 
@@ -90,6 +90,7 @@ def gpu_manifest() -> dict[str, Any]:
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "priorityClassName": "training-high",
     }
+    spec["runPolicy"] = {"maxGpuHours": 256, "pricePerGpuHour": 2.5, "currency": "EUR"}
     spec["credentials"] = {
         "hubToken": {"name": "huggingface", "key": "token"},
         "storage": {"name": "object-storage"},
@@ -245,6 +246,8 @@ def test_the_trainer_reads_what_the_builders_write() -> None:
     ):
         assert name in env
     assert reporting.API_URL_ENV not in env, "pods reach the API server through its Service"
+    budget = cost.Budget.from_env(env_values(job))
+    assert budget == cost.Budget(max_gpu_hours=256, price_per_gpu_hour=2.5, currency="EUR")
     assert env["KUBETUNE_CONFIG"]["value"] == "/etc/kubetune/config.json"
     mounts = {m["mountPath"]: m for m in trainer(job)["volumeMounts"]}
     assert env["KUBETUNE_SERVICE_ACCOUNT_DIR"]["value"] in mounts
@@ -370,7 +373,12 @@ def test_the_environment_of_a_gpu_worker() -> None:
         "HOME": "/tmp",
         "HF_HOME": "/tmp/huggingface",
         "MPLCONFIGDIR": "/tmp/matplotlib",
+        "NCCL_DEBUG": "WARN",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
         "OMP_NUM_THREADS": "8",
+        "KUBETUNE_MAX_GPU_HOURS": "256.0",
+        "KUBETUNE_PRICE_PER_GPU_HOUR": "2.5",
+        "KUBETUNE_CURRENCY": "EUR",
     }
     assert env_of(job)["KUBETUNE_JOB_NAMESPACE"]["valueFrom"] == {
         "fieldRef": {"fieldPath": "metadata.namespace"}
@@ -744,3 +752,18 @@ def test_long_claims_get_distinct_valid_volume_names() -> None:
     assert claim_volume_name("datasets") == "pvc-datasets"
     # A short claim can never take a cut name: those have a prefix of their own.
     assert claim_volume_name(first).startswith("pvcx-")
+
+
+def test_a_job_without_budget_or_price_passes_none_and_cpu_workers_get_no_nccl_settings() -> None:
+    env = env_values(by_kind(children_of("cpu-1-worker"))["Job"])
+    for name in (*dict(builders.NCCL_ENV), cost.MAX_GPU_HOURS_ENV, cost.CURRENCY_ENV):
+        assert name not in env
+
+
+def test_a_budget_without_a_price_passes_the_budget_alone() -> None:
+    manifest = gpu_manifest()
+    manifest["spec"]["runPolicy"] = {"maxGpuHours": 0.5}
+    env = env_values(by_kind(build_children(job_from(manifest), "ml", GPU_SETTINGS))["Job"])
+    assert env[cost.MAX_GPU_HOURS_ENV] == "0.5"
+    assert cost.PRICE_PER_GPU_HOUR_ENV not in env
+    assert cost.CURRENCY_ENV not in env

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -24,6 +23,7 @@ from rich.console import Console
 
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.api.v1alpha1 import FineTuneJobStatus
+from kubetune_trainer.cost import RunCost
 from kubetune_trainer.reporting import (
     API_GROUP_VERSION,
     PLURAL,
@@ -69,6 +69,7 @@ TRAINER_FIELDS = {
     "dataValidation",
     "biasAudit",
     "artifacts",
+    "cost",
 }
 DIAGNOSIS = {
     "verdict": "Overfitting",
@@ -343,6 +344,20 @@ def test_a_failed_patch_does_not_raise_is_kept_and_warned_about_once(
         assert_trainer_status(body)
 
 
+def test_logged_steps_and_the_end_carry_the_cost_into_the_status(
+    api: FakeApiServer, token: Path
+) -> None:
+    reporter = StatusReporter(client_for(api, token), min_interval_s=0.0, clock=FakeClock())
+    reporter.started(INFO)
+    reporter.logged(step(10, cost=RunCost(0.25)))
+    reporter.section("cost", RunCost(0.5, 1.25, "EUR").to_status())
+    reporter.close()
+    assert api.bodies()[1]["cost"] == {"gpuHours": 0.25}
+    assert api.bodies()[2] == {"cost": {"gpuHours": 0.5, "amount": 1.25, "currency": "EUR"}}
+    for body in api.bodies():
+        assert_trainer_status(body)
+
+
 def test_a_patch_the_server_rejects_is_dropped(api: FakeApiServer, token: Path) -> None:
     api.codes = [422]
     clock = FakeClock()
@@ -513,12 +528,20 @@ def test_prometheus_serves_the_latest_numbers() -> None:
         0, job="sentiment", namespace="ml", address="127.0.0.1", clock=clock
     )
     try:
-        reporter.started(dataclasses.replace(INFO, gpus=2))
+        reporter.started(INFO)
         clock.now = 10.0
-        reporter.logged(step(10, samples_per_second=32.0))
+        reporter.logged(step(10, samples_per_second=32.0, cost=RunCost(0.004)))
         clock.now = 15.0
         reporter.logged(
-            step(20, epoch=0.5, loss=0.5, learning_rate=1e-5, grad_norm=None, samples_per_second=16)
+            step(
+                20,
+                epoch=0.5,
+                loss=0.5,
+                learning_rate=1e-5,
+                grad_norm=None,
+                samples_per_second=16,
+                cost=RunCost(2 * 15.0 / 3600),
+            )
         )
         reporter.evaluated(EvalRecord(step=20, epoch=0.5, metrics={"accuracy": 0.875, "loss": 0.3}))
         families = scrape(reporter.port)
@@ -532,7 +555,7 @@ def test_prometheus_serves_the_latest_numbers() -> None:
     assert only_value(families["kubetune_trainer_epoch"]) == 0.5
     assert only_value(families["kubetune_trainer_step"]) == 20.0
     assert only_value(families["kubetune_trainer_progress_ratio"]) == 0.2
-    assert only_value(families["kubetune_trainer_gpu_hours"]) == 2 * 15.0 / 3600  # 2 GPUs, 15 s
+    assert only_value(families["kubetune_trainer_gpu_hours"]) == 2 * 15.0 / 3600  # the latest
     samples = families["kubetune_trainer_samples"]
     assert only_value(samples, "kubetune_trainer_samples_total") == 32.0 * 10 + 16.0 * 5
     evals = {s.labels["metric"]: s.value for s in families["kubetune_trainer_eval_metric"]}
@@ -560,7 +583,7 @@ def test_prometheus_documents_every_metric_and_stops_serving_on_close() -> None:
 def run_events(reporter: Any) -> None:
     reporter.section("dataValidation", {"rowsIn": 120, "rowsOut": 118, "message": "2 empty"})
     reporter.started(INFO)
-    reporter.logged(step(10))
+    reporter.logged(step(10, cost=RunCost(0.5, 1.25, "EUR")))
     reporter.logged(step(20, loss=math.nan, grad_norm=None))
     reporter.evaluated(EvalRecord(step=20, epoch=0.59, metrics={"accuracy": 0.875, "loss": 0.4}))
     reporter.section("diagnosis", DIAGNOSIS)
@@ -602,6 +625,7 @@ def test_jsonl_writes_one_flushed_object_per_event(tmp_path: Path) -> None:
             "learningRate": 2e-5,
             "gradNorm": 1.25,
             "samplesPerSecond": 32.0,
+            "gpuHours": 0.5,
         },
         {
             "event": "step",
@@ -612,6 +636,7 @@ def test_jsonl_writes_one_flushed_object_per_event(tmp_path: Path) -> None:
             "learningRate": 2e-5,
             "gradNorm": None,
             "samplesPerSecond": 32.0,
+            "gpuHours": None,
         },
         {
             "event": "eval",

@@ -7,6 +7,7 @@ status fits FineTuneJobStatus (camelCase aliases only, as the API server stores 
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -433,6 +434,22 @@ def test_exit_code_4_fails_with_training_failed_and_the_diagnosis() -> None:
     )
     assert update.decision == Decision("fail", "TrainingFailed", message)
     assert update.patch["workers"]["failed"] == 2
+
+
+def test_exit_code_5_fails_with_budget_exceeded_without_a_restart() -> None:
+    said = "the GPU budget is spent: 2.001 GPU-hours used, runPolicy.maxGpuHours is 2"
+    record = json.dumps({"exitCode": 5, "message": said})
+    stopped = [pod(i, phase="Failed", state=terminated(1, message=record)) for i in (0, 1)]
+    update = look(finetunejob(running_status()), worker_job(), stopped)
+    message = (
+        f"the trainer stopped at its GPU budget (exit code 5) on worker 0 ({NAME}-workers-0-r0)"
+        f": {said}; raise spec.runPolicy.maxGpuHours and start a job on the same output to "
+        "continue"
+    )
+    assert update.decision == Decision("fail", "BudgetExceeded", message)
+    assert update.patch["phase"] == "Failed"
+    assert update.patch["lastFailure"] == {"reason": "BudgetExceeded", "restart": 0, "exitCode": 5}
+    assert conditions_of(update.patch)["Failed"]["reason"] == "BudgetExceeded"
 
 
 def test_a_failed_bias_gate_with_on_failure_fail_is_training_failed() -> None:

@@ -1,8 +1,9 @@
 """`python -m kubetune_trainer --config FILE`: what each worker pod runs under `accelerate launch`.
 
 The exit code tells the operator whether a restart can help: 0 done, 3 bad input (config,
-data, model source: fail fast), 4 a run whose result must not be used (diverged), anything
-else a crash worth retrying from the last checkpoint.
+data, model source: fail fast), 4 a run whose result must not be used (diverged), 5 a run
+stopped by its GPU budget (runPolicy.maxGpuHours, with a checkpoint), anything else a crash
+worth retrying from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -19,17 +20,19 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from kubetune_trainer.config import (
+    EXIT_BUDGET_EXCEEDED,
     EXIT_INVALID_INPUT,
     EXIT_TRAINING_FAILED,
     TrainingConfig,
 )
+from kubetune_trainer.cost import BudgetError
 from kubetune_trainer.crossval import run_cross_validation
 from kubetune_trainer.data import DataError
 from kubetune_trainer.modeling import ModelError
 from kubetune_trainer.recipe import Recipe, RunResult
 from kubetune_trainer.sources import SourceError, pvc_root
 
-INPUT_ERRORS = (DataError, SourceError, ModelError)
+INPUT_ERRORS = (DataError, SourceError, ModelError, BudgetError)
 TERMINATION_LOG_ENV = "KUBETUNE_TERMINATION_LOG"
 MAX_TERMINATION_MESSAGE = 3000
 """Kubernetes keeps 4 KiB of a termination message; the JSON around it needs a little."""
@@ -81,6 +84,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
     except INPUT_ERRORS as error:
         console.print(f"kubetune trainer: {error}", markup=False)
         return record_exit(env, EXIT_INVALID_INPUT, str(error))
+    if result.budget_exceeded:
+        return record_exit(env, EXIT_BUDGET_EXCEEDED, result.message)
     if not result.succeeded:
         return record_exit(env, EXIT_TRAINING_FAILED, result.message)
     return 0

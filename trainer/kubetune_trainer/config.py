@@ -63,6 +63,8 @@ EXIT_INVALID_INPUT = 3
 """The trainer's exit code for a bad config, data or model source: a retry cannot help."""
 EXIT_TRAINING_FAILED = 4
 """The trainer's exit code for a run whose result must not be used (it diverged)."""
+EXIT_BUDGET_EXCEEDED = 5
+"""The trainer's exit code for a run stopped, with a checkpoint, by runPolicy.maxGpuHours."""
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?(@[\w./-]{1,128})?$")
 _PY_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -598,6 +600,8 @@ class TrainingSpec(Section):
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     compile: bool = False
     """Compile the model with torch.compile (pays off on long GPU runs, not on short CPU ones)."""
+    data_loader_workers: int | None = Field(default=None, ge=0, le=64)
+    """Processes that collate training batches beside each trainer process (pinned memory on GPUs); left out: 2 on a GPU, 0 on the CPU (where they would take cores from the model)."""
 
     @field_validator("warmup_steps")
     @classmethod

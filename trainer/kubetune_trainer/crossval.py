@@ -107,6 +107,8 @@ def run_cross_validation(
             results.append(recipe.train())
         finally:
             recipe.cleanup()
+        if results[-1].budget_exceeded:  # each fold counts its own GPU-hours
+            return results[-1]
     return _summarise(config, output_dir, job_name, results)
 
 

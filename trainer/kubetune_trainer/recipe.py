@@ -25,7 +25,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F  # noqa: N812
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from rich.console import Console
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedModel
@@ -35,6 +35,7 @@ from kubetune_trainer import freezing
 from kubetune_trainer.audit import BiasAudit, positive_classes
 from kubetune_trainer.balance import class_balanced_weights
 from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.cost import Budget, GpuMeter, RunCost
 from kubetune_trainer.data import (
     IGNORED_LABEL,
     AuditRows,
@@ -66,7 +67,6 @@ CHECKPOINT_PREFIX = "step-"
 MODEL_DIR = "model"
 CACHE_DIR = "cache"
 """Under the output folder: the prepared data of the last start (data_cache)."""
-SECONDS_PER_HOUR = 3600
 MAX_LOGS_PER_RUN = 200
 """Logging reduces the loss across processes (a host sync): keep it to a few hundred times a run."""
 
@@ -89,6 +89,8 @@ class TrainingState:
     """[step, the highest group's learning rate] at every logged step."""
     layer_grad_norms: list[list[Any]] = field(default_factory=list)
     """[step, {layer group: gradient norm before clipping}] at every logged step."""
+    gpu_hours: float = 0.0
+    """GPU-hours of the run when the checkpoint was saved, earlier starts included."""
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +110,8 @@ class RunResult:
     metrics: dict[str, float]
     diagnosis: Diagnosis
     report: dict[str, Any]
+    budget_exceeded: bool = False
+    """Stopped by runPolicy.maxGpuHours (with a checkpoint to resume from)."""
 
 
 class TrainingFailedError(Exception):
@@ -175,6 +179,7 @@ class Recipe:
     _window_started: float
     _grad_norm: torch.Tensor | None
     _log_every: int
+    _budget_spent: bool
     snapshot: LayerSnapshot | None
     layer_parameters: dict[str, list[torch.nn.Parameter]]
     audit_rows: AuditRows | None
@@ -209,13 +214,18 @@ class Recipe:
     def setup(self) -> None:
         """Load data and model, build optimizer and schedule, prepare, resume if possible."""
         started = time.perf_counter()
+        meter_started = time.monotonic()
         training = self.config.training
+        self.budget = Budget.from_env(self.env)
         self.accelerator = Accelerator(
             mixed_precision=mixed_precision(training.precision),
             gradient_accumulation_steps=training.gradient_accumulation_steps,
             dynamo_backend="inductor" if training.compile else "no",
+            # Pinned batches are copied to the GPU while the previous step still runs.
+            dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
         )
         self.processes = int(self.accelerator.num_processes)
+        self.meter = GpuMeter(self.gpus, started=meter_started)
         set_seed(training.seed)
         if not self.console.is_terminal:  # progress bars in a log file are noise
             datasets.disable_progress_bars()
@@ -238,6 +248,7 @@ class Recipe:
         self._build_scheduler()
         self.accelerator.register_for_checkpointing(self.state)
         self._resume_from_latest_checkpoint()
+        self.meter.resume(self.state.gpu_hours)
         self.timings["setupSeconds"] = time.perf_counter() - started
 
     def _prepare_data(self) -> PreparedData:
@@ -314,6 +325,12 @@ class Recipe:
         )
         columns = [c for c in self.data.train.column_names if c != "length"]
         training = self.config.training
+        workers = self._data_loader_workers()
+        loading: dict[str, Any] = {
+            "num_workers": workers,
+            "pin_memory": self.accelerator.device.type == "cuda",
+            "persistent_workers": workers > 0,
+        }
         sampler = LengthGroupedSampler(
             self.data.train["length"],
             training.batch_size,
@@ -328,6 +345,7 @@ class Recipe:
             sampler=sampler,
             collate_fn=collator,
             generator=torch.Generator().manual_seed(training.seed),
+            **loading,
         )
         eval_columns = [c for c in self.data.validation.column_names if c not in ("length",)]
         validation = DataLoader(
@@ -335,8 +353,16 @@ class Recipe:
             batch_size=self.config.evaluation.batch_size or 2 * training.batch_size,
             collate_fn=collator,
             generator=torch.Generator().manual_seed(training.seed),
+            **loading,
         )
         return train, validation
+
+    def _data_loader_workers(self) -> int:
+        """training.dataLoaderWorkers, else 2 beside a GPU and none on the CPU."""
+        configured = self.config.training.data_loader_workers
+        if configured is not None:
+            return configured
+        return 2 if self.accelerator.device.type == "cuda" else 0
 
     def _draw_weights(self) -> npt.NDArray[np.float64] | None:
         """Per-row draw probabilities for data.balance.sampler class-balanced, else None."""
@@ -422,14 +448,14 @@ class Recipe:
         diverged = None
         while self.state.epoch < self.epochs and diverged is None and not self._stopped():
             diverged = self._train_epoch()
-            if diverged is not None:
+            if diverged is not None or self._budget_spent:  # the epoch is not done
                 break
             # Count the epoch as done before its checkpoint, so a resume starts the next one.
             self.state.epoch += 1
             self.state.batches_in_epoch = 0
             if self._evaluates_each_epoch():
                 self._evaluate_and_checkpoint()
-        if diverged is None and self._needs_final_evaluation():
+        if diverged is None and not self._budget_spent and self._needs_final_evaluation():
             self._evaluate_and_checkpoint()
         self.timings["trainSeconds"] = time.perf_counter() - started
         return self._finish(diverged)
@@ -561,6 +587,7 @@ class Recipe:
         self._window_started = time.perf_counter()
         self._grad_norm = None
         self._log_every = max(1, self.total_steps // MAX_LOGS_PER_RUN)
+        self._budget_spent = False
 
     def _after_optimizer_step(self) -> str | None:
         reason = None
@@ -573,8 +600,10 @@ class Recipe:
         return reason
 
     def _log_step(self) -> str | None:
-        mean = self.accelerator.reduce(self._loss_sum / max(self._loss_batches, 1), "mean")
-        loss = float(mean.item())
+        cost = self.budget.cost(self.meter.gpu_hours())
+        loss, self._budget_spent = self._reduce_loss_and_budget(
+            self.budget.exceeded(cost.gpu_hours)
+        )
         seconds = max(time.perf_counter() - self._window_started, 1e-9)
         samples = self._samples * self.processes
         grad_norm = None if self._grad_norm is None else float(self._grad_norm.item())
@@ -595,6 +624,7 @@ class Recipe:
                 learning_rate=learning_rate,
                 grad_norm=grad_norm,
                 samples_per_second=samples / seconds,
+                cost=cost,
             )
         )
         self._loss_sum = torch.zeros((), device=self.accelerator.device)
@@ -602,6 +632,18 @@ class Recipe:
         self._samples = 0
         self._window_started = time.perf_counter()
         return self.monitor.update(self.state.step, loss)
+
+    def _reduce_loss_and_budget(self, over_budget_here: bool) -> tuple[float, bool]:
+        """The mean loss since the last log over every process, and whether any process
+        found the budget spent: one collective, so that all processes stop at one step."""
+        local = torch.stack(
+            [
+                self._loss_sum / max(self._loss_batches, 1),
+                torch.tensor(float(over_budget_here), device=self.accelerator.device),
+            ]
+        )
+        loss, over_budget_share = self.accelerator.reduce(local, "mean").tolist()
+        return float(loss), over_budget_share > 0
 
     def _fractional_epoch(self) -> float:
         return self.state.epoch + self.state.batches_in_epoch / max(len(self.train_loader), 1)
@@ -626,7 +668,7 @@ class Recipe:
         patience_over = early is not None and (
             self.state.evaluations_without_improvement >= early.patience
         )
-        return patience_over or self.state.step >= self.total_steps
+        return patience_over or self._budget_spent or self.state.step >= self.total_steps
 
     def _log_freezing(self) -> None:
         entry = self.plan.describe(self.state.epoch, self.state.step)
@@ -742,6 +784,7 @@ class Recipe:
         """Save everything needed to resume, atomically; keep the best and the newest few."""
         final = self.checkpoint_root / checkpoint_name(self.state.step)
         partial = self.checkpoint_root / f".partial-{final.name}"
+        self.state.gpu_hours = self.meter.gpu_hours()
         self.accelerator.save_state(str(partial))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
@@ -776,6 +819,8 @@ class Recipe:
     # --- the end ---------------------------------------------------------------------------
 
     def _finish(self, diverged: str | None) -> RunResult:
+        if self._budget_spent:
+            self._checkpoint_unless_saved()
         diagnosis = diagnose(
             [(int(s), float(v)) for s, v in self.state.train_losses],
             [self._eval_point(e) for e in self.state.evaluations],
@@ -791,16 +836,26 @@ class Recipe:
         best = self._best_evaluation()
         sections: dict[str, Any] = {}
         bias_audit = None
-        if diverged is None:
+        if diverged is None and not self._budget_spent:
             self._load_best_checkpoint()
             sections, bias_audit = self._examine_final_model()
             if self.config.output.save_model:
                 self._save_model()
-        succeeded, message = self._outcome(diverged, bias_audit)
-        report = self._write_report(diagnosis, best, succeeded, sections)
+        cost = self.budget.cost(self.meter.gpu_hours())
+        succeeded, message = self._outcome(diverged, bias_audit, cost)
+        report = self._write_report(diagnosis, best, succeeded, sections, cost)
         self.reporter.section("artifacts", self._artifacts())
+        self.reporter.section("cost", cost.to_status())
         self.reporter.finished(succeeded, message)
-        return RunResult(succeeded, message, self.output_dir, best, diagnosis, report)
+        return RunResult(
+            succeeded, message, self.output_dir, best, diagnosis, report, self._budget_spent
+        )
+
+    def _checkpoint_unless_saved(self) -> None:
+        """A checkpoint of the step the run stopped at, for a run that is to continue."""
+        latest = self._latest_checkpoint()
+        if latest is None or parse_checkpoint_step(latest.name) != self.state.step:
+            self.save_checkpoint()
 
     @staticmethod
     def _eval_point(evaluation: dict[str, Any]) -> EvalPoint:
@@ -818,8 +873,15 @@ class Recipe:
                 return dict(evaluation["metrics"])
         return dict(self.state.evaluations[-1]["metrics"]) if self.state.evaluations else {}
 
-    def _outcome(self, diverged: str | None, bias_audit: BiasAudit | None) -> tuple[bool, str]:
+    def _outcome(
+        self, diverged: str | None, bias_audit: BiasAudit | None, cost: RunCost
+    ) -> tuple[bool, str]:
         """Whether the result may be used, and the run's last line."""
+        if self._budget_spent:
+            return False, (
+                f"{self.budget.exceeded_message(cost.gpu_hours)}; stopped at step "
+                f"{self.state.step} of {self.total_steps}, checkpoint {self._latest_checkpoint()}"
+            )
         if diverged:
             return False, (
                 f"training diverged at step {self.state.step}: {diverged}; the last good "
@@ -882,9 +944,9 @@ class Recipe:
         best: dict[str, float],
         succeeded: bool,
         sections: dict[str, Any],
+        cost: RunCost,
     ) -> dict[str, Any]:
         assert self.data is not None
-        cost = {"cost": run_cost(self.timings.get("trainSeconds", 0.0), self.gpus)}
         report = build_report(
             config=self.config,
             job_name=self.job_name,
@@ -892,7 +954,7 @@ class Recipe:
             state=self.state.state_dict(),
             best_metrics=best,
             diagnosis=diagnosis.to_status(),
-            sections={**sections, **cost},
+            sections={**sections, "cost": cost.to_status()},
             timings=self.timings,
             succeeded=succeeded,
             processes=self.processes,
@@ -923,7 +985,6 @@ class Recipe:
             output_dir=self.output_dir,
             num_processes=self.processes,
             primary_metric=self.config.primary_metric(),
-            gpus=self.gpus,
         )
 
     def cleanup(self) -> None:
@@ -939,14 +1000,6 @@ def freezing_summary(entry: dict[str, Any]) -> str:
     trained = ", ".join(f"{g} ({rates[g]:.2g})" if g in rates else g for g in entry["trainable"])
     frozen = ", ".join(entry["frozen"]) or "nothing"
     return f"epoch {entry['epoch']} trains {trained}; frozen: {frozen}"
-
-
-def run_cost(train_seconds: float, gpus: int) -> dict[str, float]:
-    """report.json's cost: the GPU-hours of training (its wall-clock time on every GPU).
-
-    The amount and its currency need a price per GPU-hour, which the trainer does not know.
-    """
-    return {"gpuHours": train_seconds * gpus / SECONDS_PER_HOUR}
 
 
 def checkpoint_name(step: int) -> str:

@@ -7,7 +7,7 @@ FineTuneJob's status. Only rank 0 reports (`build_reporter` gives the other rank
 retried, never raised.
 
 The status fields written here are the trainer's half of the ownership table in DESIGN.md
-(progress, metrics, metricSummary, diagnosis, dataValidation, biasAudit, artifacts). The
+(progress, metrics, metricSummary, diagnosis, dataValidation, biasAudit, artifacts, cost). The
 operator writes the other half, so the two writers' merge patches never touch the same
 field. The trainer never imports the operator, so the patches are built as plain JSON here
 and the tests check each one against the operator's status model.
@@ -34,13 +34,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
+from kubetune_trainer.cost import RunCost
+
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
 API_GROUP_VERSION: Final = "kubetune.dev/v1alpha1"
 PLURAL: Final = "finetunejobs"
-TRAINER_SECTIONS: Final = frozenset({"diagnosis", "dataValidation", "biasAudit", "artifacts"})
+TRAINER_SECTIONS: Final = frozenset(
+    {"diagnosis", "dataValidation", "biasAudit", "artifacts", "cost"}
+)
 """The sections that go into the status; others (e.g. "freezing") reach the console and
 metrics.jsonl only, since the operator owns every other status field."""
 
@@ -76,8 +80,6 @@ class RunInfo:
     num_processes: int
     primary_metric: str
     """The validation metric that kubectl get shows (status.metricSummary)."""
-    gpus: int = 0
-    """GPUs the run holds (one per process on GPUs, none on the CPU)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ class StepRecord:
     """None when the gradient norm was not measured."""
     samples_per_second: float
     """Throughput of all processes together over the logging interval that ends here."""
+    cost: RunCost | None = None
+    """GPU-hours (and their price) so far, earlier starts included; None when not counted."""
 
 
 @dataclass(frozen=True)
@@ -414,7 +418,10 @@ class StatusReporter:
     def logged(self, record: StepRecord) -> None:
         info = _require_started(self._info)
         eta = self._eta.observe(record.step, info.total_steps)
-        self._offer(progress_patch(info, record, eta))
+        patch = progress_patch(info, record, eta)
+        if record.cost is not None:
+            patch |= section_patch("cost", record.cost.to_status())
+        self._offer(patch)
 
     def evaluated(self, record: EvalRecord) -> None:
         info = _require_started(self._info)
@@ -516,7 +523,8 @@ SAMPLES = MetricDefinition(
 GPU_HOURS = MetricDefinition(
     "kubetune_trainer_gpu_hours",
     "gauge",
-    "GPUs held times hours since training started (0 on the CPU), at the last logged step.",
+    "GPU-hours of the run at the last logged step: GPUs held times hours since the trainer "
+    "started, restarts included (0 on the CPU).",
 )
 TRAINER_METRICS: Final = (
     LOSS,
@@ -557,18 +565,17 @@ class PrometheusReporter:
         self._clock = clock
         self._info: RunInfo | None = None
         self._last_logged: float | None = None
-        self._started_at: float | None = None
         self._server, self._thread = start_http_server(port, addr=address, registry=self.registry)
         self.port: int = self._server.server_port
 
     def started(self, info: RunInfo) -> None:
         self._info = info
-        self._last_logged = self._started_at = self._clock()
+        self._last_logged = self._clock()
 
     def logged(self, record: StepRecord) -> None:
         info = _require_started(self._info)
-        assert self._started_at is not None  # set with the info
-        self._set(GPU_HOURS, info.gpus * (self._clock() - self._started_at) / 3600)
+        if record.cost is not None:
+            self._set(GPU_HOURS, record.cost.gpu_hours)
         self._set(LOSS, record.loss)
         self._set(LEARNING_RATE, record.learning_rate)
         if record.grad_norm is not None:
@@ -643,6 +650,7 @@ class JsonlReporter:
                 "learningRate": record.learning_rate,
                 "gradNorm": record.grad_norm,
                 "samplesPerSecond": record.samples_per_second,
+                "gpuHours": None if record.cost is None else record.cost.gpu_hours,
             },
         )
 

@@ -114,8 +114,11 @@ class ResourcesSpec(Section):
     """PriorityClass of the worker pods."""
 
 
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
+
+
 class RunPolicySpec(Section):
-    """Restarts, deadlines, cleanup and suspension."""
+    """Restarts, deadlines, budget, cleanup and suspension."""
 
     backoff_limit: int = Field(default=3, ge=0, le=100)
     """Times the whole worker group is restarted from its last checkpoint after a retryable failure."""
@@ -125,6 +128,12 @@ class RunPolicySpec(Section):
     """Delete the pods, Job and Service this long after the job finished; the FineTuneJob and its status stay."""
     suspend: bool = False
     """Stop the workers (they resume from the last checkpoint when set back to false); Kueue may drive it."""
+    max_gpu_hours: float | None = Field(default=None, gt=0, le=1_000_000)
+    """GPU-hours the run may use, restarts included (GPUs x hours since each start); past it the trainer saves a checkpoint, writes its report and the job fails with reason BudgetExceeded. Left out: no budget."""
+    price_per_gpu_hour: float | None = Field(default=None, gt=0, le=1_000_000)
+    """Price of one GPU-hour, for status.cost.amount; left out: the cost is shown in GPU-hours only."""
+    currency: Annotated[str, Field(pattern=CURRENCY_PATTERN)] = "USD"
+    """ISO 4217 code of pricePerGpuHour's currency (e.g. USD, EUR)."""
 
 
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
@@ -414,7 +423,7 @@ class FineTuneJobSpec(TrainingConfig):
     resources: ResourcesSpec = section_default(ResourcesSpec)
     """Workers, GPUs, CPU, memory, image and placement."""
     run_policy: RunPolicySpec = section_default(RunPolicySpec)
-    """Restarts, deadlines, cleanup and suspension."""
+    """Restarts, deadlines, GPU budget, cleanup and suspension."""
     credentials: CredentialsSpec = section_default(CredentialsSpec)
     """Secrets for the workers (hub token, storage credentials), by reference only."""
     search: SearchSpec | None = None
@@ -597,6 +606,17 @@ class Artifacts(Section):
     """The newest checkpoint (restarts resume from it)."""
 
 
+class CostStatus(Section):
+    """What the run has cost so far (from the trainer)."""
+
+    gpu_hours: float = Field(ge=0)
+    """GPUs held times hours, every start of the run included (0 on the CPU)."""
+    amount: float | None = Field(default=None, ge=0)
+    """gpuHours times runPolicy.pricePerGpuHour; absent without a price."""
+    currency: Annotated[str, Field(pattern=CURRENCY_PATTERN)] | None = None
+    """The currency of amount (runPolicy.currency)."""
+
+
 class TrialStatus(Section):
     """One trial of a hyperparameter search."""
 
@@ -704,6 +724,8 @@ class FineTuneJobStatus(Section):
     """Fairness audit (from the trainer)."""
     artifacts: Artifacts | None = None
     """Where the outputs are (from the trainer)."""
+    cost: CostStatus | None = None
+    """GPU-hours and their price so far (from the trainer)."""
     trials: list[TrialStatus] = Field(default_factory=list, max_length=1000)
     """Search trials (parent jobs only)."""
     best_trial: BestTrial | None = None
