@@ -245,7 +245,11 @@ def test_a_deleted_trial_is_created_again_with_its_values(
     created = kube.create(grid_search(sentiment))
     first = kube.wait_for(lambda: kube.get("FineTuneJob", "sentiment-trial-0"), "trial 0")
     report(kube, "sentiment-trial-0", metrics={"accuracy": 0.6}, progress={"step": 10})
-    trial_state(kube, 0, "Running")
+    kube.wait_for_object(
+        "FineTuneJob",
+        "sentiment",
+        lambda f: f["status"]["trials"][0].get("intermediate") == {"10": 0.6},
+    )
 
     kube.delete("FineTuneJob", "sentiment-trial-0")
     again = kube.wait_for(
