@@ -5,8 +5,9 @@ to the container's PID 1, the launcher, and nothing else. The kernel drops a sig
 a PID namespace's init process that has no handler for it, and accelerate's launcher of a
 single process installs none: the trainer would never hear of the stop and would be killed
 at the end of the grace period, losing the work since its last checkpoint. This launcher
-installs a handler that sends SIGTERM on to its process group (the trainer is in it), then
-runs accelerate's launcher in this process. With several processes, torch's elastic agent
+installs a handler that sends SIGTERM on to its process group (the trainer is in it; in a
+pod the group is the container's processes), then runs accelerate's launcher in this
+process. With several processes, torch's elastic agent
 replaces the handler with its own, which passes the signal on too and waits
 TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (the operator sets the grace period) before it
 kills the trainers.
