@@ -70,7 +70,10 @@ NCCL_ENV: Final = (
 )
 """Set on GPU workers only (CPU workers use gloo)."""
 
-LAUNCH_COMMAND: Final = ("python", "-m", "accelerate.commands.launch")
+LAUNCH_COMMAND: Final = ("python", "-m", "kubetune_trainer.launch")
+"""`accelerate launch` that passes the pod's SIGTERM on to the trainer (see that module)."""
+SHUTDOWN_TIMEOUT_ENV: Final = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+"""How long torch's elastic agent lets its workers stop after SIGTERM before killing them."""
 TRAINER_MODULE: Final = "kubetune_trainer"
 
 
@@ -323,6 +326,8 @@ def _pod_spec(job: FineTuneJob, namespace: str, settings: OperatorSettings) -> d
         # With the Indexed Job, pod i gets the hostname <job>-workers-<i> in this subdomain.
         "subdomain": workers_name(name),
         "restartPolicy": "Never",
+        # A stopped trainer saves a checkpoint at its next logged step before it exits.
+        "terminationGracePeriodSeconds": job.spec.run_policy.termination_grace_period_seconds,
         "serviceAccountName": trainer_account_name(name),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -443,6 +448,9 @@ def container_env(
     else:
         env += [_value(variable, value) for variable, value in NCCL_ENV]
     env.append(_value("OMP_NUM_THREADS", str(threads_per_process(resources))))
+    if resources.workers * processes_per_worker(resources) > 1:  # the elastic agent launches
+        grace = job.spec.run_policy.termination_grace_period_seconds
+        env.append(_value(SHUTDOWN_TIMEOUT_ENV, str(grace)))
     env += budget_env(job.spec.run_policy)
     hub_token = job.spec.credentials.hub_token
     if hub_token is not None:

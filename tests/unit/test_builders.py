@@ -258,12 +258,12 @@ def test_the_trainer_reads_what_the_builders_write() -> None:
     assert claim_mount.get("readOnly") is not True, "the output claim is writable"
 
 
-# The command line: accelerate launch, no shell
+# The command line: accelerate launch (through kubetune_trainer.launch), no shell
 
 
 def launch(job: dict[str, Any]) -> list[str]:
     container = trainer(job)
-    assert container["command"] == ["python", "-m", "accelerate.commands.launch"]
+    assert container["command"] == ["python", "-m", "kubetune_trainer.launch"]
     args: list[str] = container["args"]
     return args
 
@@ -376,6 +376,7 @@ def test_the_environment_of_a_gpu_worker() -> None:
         "NCCL_DEBUG": "WARN",
         "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
         "OMP_NUM_THREADS": "8",
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300",
         "KUBETUNE_MAX_GPU_HOURS": "256.0",
         "KUBETUNE_PRICE_PER_GPU_HOUR": "2.5",
         "KUBETUNE_CURRENCY": "EUR",

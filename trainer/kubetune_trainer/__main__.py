@@ -2,8 +2,10 @@
 
 The exit code tells the operator whether a restart can help: 0 done, 3 bad input (config,
 data, model source: fail fast), 4 a run whose result must not be used (diverged), 5 a run
-stopped by its GPU budget (runPolicy.maxGpuHours, with a checkpoint), anything else a crash
-worth retrying from the last checkpoint.
+stopped by its GPU budget (runPolicy.maxGpuHours, with a checkpoint), 143 (128 + SIGTERM, as
+if the signal had ended it) a run asked to stop (the pod deleted: suspend, Kueue
+preemption, eviction, drain) that stopped at a logged step with a checkpoint for the next
+worker group to resume from, anything else a crash worth retrying from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from rich.console import Console
 
 from kubetune_trainer.config import (
     EXIT_BUDGET_EXCEEDED,
+    EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
     EXIT_TRAINING_FAILED,
     TrainingConfig,
@@ -86,6 +89,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
         return record_exit(env, EXIT_INVALID_INPUT, str(error))
     if result.budget_exceeded:
         return record_exit(env, EXIT_BUDGET_EXCEEDED, result.message)
+    if result.interrupted:
+        return record_exit(env, EXIT_INTERRUPTED, result.message)
     if not result.succeeded:
         return record_exit(env, EXIT_TRAINING_FAILED, result.message)
     return 0

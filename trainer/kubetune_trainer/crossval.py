@@ -107,7 +107,9 @@ def run_cross_validation(
             results.append(recipe.train())
         finally:
             recipe.cleanup()
-        if results[-1].budget_exceeded:  # each fold counts its own GPU-hours
+        # Each fold counts its own GPU-hours; a SIGTERM stops the fold it arrives in. Either
+        # way the next start resumes this fold from its checkpoint, and earlier folds at their end.
+        if results[-1].budget_exceeded or results[-1].interrupted:
             return results[-1]
     return _summarise(config, output_dir, job_name, results)
 

@@ -5,6 +5,12 @@ device, the precision and the process group; the recipe only uses its primitives
 (`prepare`, `accumulate`, `backward`, `clip_grad_norm_`, `gather_for_metrics`,
 `save_state` / `load_state`, `skip_first_batches`). A restarted pod finds the newest
 checkpoint in the output directory and continues from the exact batch it stopped at.
+
+Asked to stop (SIGTERM: a suspended, preempted, evicted or drained worker group), the run
+stops at its next logged step, every process at the same one, saves a checkpoint there and
+ends as interrupted; the next group resumes from that checkpoint. A signal handler runs
+between bytecodes of the main thread, so it only sets a flag; the flag travels in the
+collective that already reduces the logged loss, so the check costs no extra sync.
 """
 
 from __future__ import annotations
@@ -13,11 +19,15 @@ import copy
 import math
 import os
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, Literal
 
 import datasets
 import numpy as np
@@ -64,11 +74,16 @@ from kubetune_trainer.schedules import (
 
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "step-"
+PARTIAL_PREFIX = ".partial-"
+"""A checkpoint being written: hidden, and never matching CHECKPOINT_PREFIX."""
 MODEL_DIR = "model"
 CACHE_DIR = "cache"
 """Under the output folder: the prepared data of the last start (data_cache)."""
 MAX_LOGS_PER_RUN = 200
 """Logging reduces the loss across processes (a host sync): keep it to a few hundred times a run."""
+
+Outcome = Literal["succeeded", "failed", "budgetExceeded", "interrupted"]
+"""How a run ended, as report.json's `outcome` says it."""
 
 
 @dataclass
@@ -112,6 +127,21 @@ class RunResult:
     report: dict[str, Any]
     budget_exceeded: bool = False
     """Stopped by runPolicy.maxGpuHours (with a checkpoint to resume from)."""
+    interrupted: bool = False
+    """Stopped by SIGTERM (with a checkpoint to resume from); neither failed nor done."""
+
+    @property
+    def outcome(self) -> Outcome:
+        return outcome_of(self.succeeded, self.budget_exceeded, self.interrupted)
+
+
+def outcome_of(succeeded: bool, budget_exceeded: bool, interrupted: bool) -> Outcome:
+    """A stop that leaves a checkpoint to continue from is neither a success nor a failure."""
+    if budget_exceeded:
+        return "budgetExceeded"
+    if interrupted:
+        return "interrupted"
+    return "succeeded" if succeeded else "failed"
 
 
 class TrainingFailedError(Exception):
@@ -180,6 +210,10 @@ class Recipe:
     _grad_norm: torch.Tensor | None
     _log_every: int
     _budget_spent: bool
+    _interrupted: bool
+    """Some process got SIGTERM: every process stops at this logged step."""
+    _sigterm_received: bool
+    """This process got SIGTERM (set by the signal handler, read at the next logged step)."""
     snapshot: LayerSnapshot | None
     layer_parameters: dict[str, list[torch.nn.Parameter]]
     audit_rows: AuditRows | None
@@ -437,7 +471,30 @@ class Recipe:
     # --- training ----------------------------------------------------------------------------
 
     def train(self) -> RunResult:
-        """Train to the end (or an early stop), then save the best model and the report."""
+        """Train to the end (or an early stop), then save the best model and the report;
+        a SIGTERM stops the run at its next logged step with a checkpoint."""
+        self._sigterm_received = False
+        with self._flag_sigterm():
+            return self._train()
+
+    @contextmanager
+    def _flag_sigterm(self) -> Iterator[None]:
+        """SIGTERM only sets a flag while training (the previous handler comes back after).
+        The flag handler stays through the final checkpoint, so a second SIGTERM cannot
+        interrupt a save; signal handlers can only be set in the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self._sigterm_received = True
+
+    def _train(self) -> RunResult:
         started = time.perf_counter()
         self.reporter.started(self._run_info())
         self.monitor = DivergenceMonitor(self.config.evaluation.divergence_factor)
@@ -448,14 +505,14 @@ class Recipe:
         diverged = None
         while self.state.epoch < self.epochs and diverged is None and not self._stopped():
             diverged = self._train_epoch()
-            if diverged is not None or self._budget_spent:  # the epoch is not done
+            if diverged is not None or self._stopping_early:  # the epoch is not done
                 break
             # Count the epoch as done before its checkpoint, so a resume starts the next one.
             self.state.epoch += 1
             self.state.batches_in_epoch = 0
             if self._evaluates_each_epoch():
                 self._evaluate_and_checkpoint()
-        if diverged is None and not self._budget_spent and self._needs_final_evaluation():
+        if diverged is None and not self._stopping_early and self._needs_final_evaluation():
             self._evaluate_and_checkpoint()
         self.timings["trainSeconds"] = time.perf_counter() - started
         return self._finish(diverged)
@@ -588,6 +645,7 @@ class Recipe:
         self._grad_norm = None
         self._log_every = max(1, self.total_steps // MAX_LOGS_PER_RUN)
         self._budget_spent = False
+        self._interrupted = False
 
     def _after_optimizer_step(self) -> str | None:
         reason = None
@@ -601,8 +659,8 @@ class Recipe:
 
     def _log_step(self) -> str | None:
         cost = self.budget.cost(self.meter.gpu_hours())
-        loss, self._budget_spent = self._reduce_loss_and_budget(
-            self.budget.exceeded(cost.gpu_hours)
+        loss, self._budget_spent, self._interrupted = self._reduce_loss_and_stop_flags(
+            self.budget.exceeded(cost.gpu_hours), self._sigterm_received
         )
         seconds = max(time.perf_counter() - self._window_started, 1e-9)
         samples = self._samples * self.processes
@@ -633,17 +691,18 @@ class Recipe:
         self._window_started = time.perf_counter()
         return self.monitor.update(self.state.step, loss)
 
-    def _reduce_loss_and_budget(self, over_budget_here: bool) -> tuple[float, bool]:
+    def _reduce_loss_and_stop_flags(
+        self, over_budget_here: bool, sigterm_here: bool
+    ) -> tuple[float, bool, bool]:
         """The mean loss since the last log over every process, and whether any process
-        found the budget spent: one collective, so that all processes stop at one step."""
-        local = torch.stack(
-            [
-                self._loss_sum / max(self._loss_batches, 1),
-                torch.tensor(float(over_budget_here), device=self.accelerator.device),
-            ]
+        found the budget spent or got SIGTERM: one collective, so that all processes stop
+        at one step."""
+        flags = torch.tensor(
+            [float(over_budget_here), float(sigterm_here)], device=self.accelerator.device
         )
-        loss, over_budget_share = self.accelerator.reduce(local, "mean").tolist()
-        return float(loss), over_budget_share > 0
+        local = torch.cat([(self._loss_sum / max(self._loss_batches, 1)).reshape(1), flags])
+        loss, over_budget_share, sigterm_share = self.accelerator.reduce(local, "mean").tolist()
+        return float(loss), over_budget_share > 0, sigterm_share > 0
 
     def _fractional_epoch(self) -> float:
         return self.state.epoch + self.state.batches_in_epoch / max(len(self.train_loader), 1)
@@ -668,7 +727,12 @@ class Recipe:
         patience_over = early is not None and (
             self.state.evaluations_without_improvement >= early.patience
         )
-        return patience_over or self._budget_spent or self.state.step >= self.total_steps
+        return patience_over or self._stopping_early or self.state.step >= self.total_steps
+
+    @property
+    def _stopping_early(self) -> bool:
+        """Stopped by the budget or by SIGTERM: the run is to continue from a checkpoint."""
+        return self._budget_spent or self._interrupted
 
     def _log_freezing(self) -> None:
         entry = self.plan.describe(self.state.epoch, self.state.step)
@@ -781,10 +845,19 @@ class Recipe:
         return self.output_dir / CHECKPOINTS
 
     def save_checkpoint(self) -> Path:
-        """Save everything needed to resume, atomically; keep the best and the newest few."""
+        """Save everything needed to resume, atomically; keep the best and the newest few.
+
+        The state is written into a hidden folder that `latest_checkpoint` never picks, then
+        renamed into place: a checkpoint folder that exists is complete, whenever the
+        process is killed. A hidden folder left by a killed save is removed first, so no
+        stale file of it joins the new checkpoint.
+        """
         final = self.checkpoint_root / checkpoint_name(self.state.step)
-        partial = self.checkpoint_root / f".partial-{final.name}"
+        partial = self.checkpoint_root / f"{PARTIAL_PREFIX}{final.name}"
         self.state.gpu_hours = self.meter.gpu_hours()
+        if self.accelerator.is_main_process and partial.exists():
+            shutil.rmtree(partial)
+        self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(partial))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
@@ -803,8 +876,7 @@ class Recipe:
                 shutil.rmtree(old)
 
     def _latest_checkpoint(self) -> Path | None:
-        checkpoints = sorted(self.checkpoint_root.glob(f"{CHECKPOINT_PREFIX}*"))
-        return checkpoints[-1] if checkpoints else None
+        return latest_checkpoint(self.checkpoint_root)
 
     def _resume_from_latest_checkpoint(self) -> None:
         latest = self._latest_checkpoint()
@@ -819,7 +891,7 @@ class Recipe:
     # --- the end ---------------------------------------------------------------------------
 
     def _finish(self, diverged: str | None) -> RunResult:
-        if self._budget_spent:
+        if self._stopping_early:
             self._checkpoint_unless_saved()
         diagnosis = diagnose(
             [(int(s), float(v)) for s, v in self.state.train_losses],
@@ -836,19 +908,28 @@ class Recipe:
         best = self._best_evaluation()
         sections: dict[str, Any] = {}
         bias_audit = None
-        if diverged is None and not self._budget_spent:
+        if diverged is None and not self._stopping_early:
             self._load_best_checkpoint()
             sections, bias_audit = self._examine_final_model()
             if self.config.output.save_model:
                 self._save_model()
         cost = self.budget.cost(self.meter.gpu_hours())
         succeeded, message = self._outcome(diverged, bias_audit, cost)
-        report = self._write_report(diagnosis, best, succeeded, sections, cost)
+        interrupted = self._interrupted and not self._budget_spent  # the budget's stop is final
+        outcome = outcome_of(succeeded, self._budget_spent, interrupted)
+        report = self._write_report(diagnosis, best, outcome, sections, cost)
         self.reporter.section("artifacts", self._artifacts())
         self.reporter.section("cost", cost.to_status())
         self.reporter.finished(succeeded, message)
         return RunResult(
-            succeeded, message, self.output_dir, best, diagnosis, report, self._budget_spent
+            succeeded,
+            message,
+            self.output_dir,
+            best,
+            diagnosis,
+            report,
+            budget_exceeded=self._budget_spent,
+            interrupted=interrupted,
         )
 
     def _checkpoint_unless_saved(self) -> None:
@@ -881,6 +962,12 @@ class Recipe:
             return False, (
                 f"{self.budget.exceeded_message(cost.gpu_hours)}; stopped at step "
                 f"{self.state.step} of {self.total_steps}, checkpoint {self._latest_checkpoint()}"
+            )
+        if self._interrupted:
+            latest = self._latest_checkpoint()
+            return False, (
+                f"stopped by SIGTERM at step {self.state.step} of {self.total_steps}; "
+                f"checkpoint {latest.name if latest else '(none)'} saved"
             )
         if diverged:
             return False, (
@@ -942,7 +1029,7 @@ class Recipe:
         self,
         diagnosis: Diagnosis,
         best: dict[str, float],
-        succeeded: bool,
+        outcome: Outcome,
         sections: dict[str, Any],
         cost: RunCost,
     ) -> dict[str, Any]:
@@ -954,9 +1041,9 @@ class Recipe:
             state=self.state.state_dict(),
             best_metrics=best,
             diagnosis=diagnosis.to_status(),
-            sections={**sections, "cost": cost.to_status()},
+            sections={**sections, "cost": cost.to_status(), "outcome": outcome},
             timings=self.timings,
-            succeeded=succeeded,
+            succeeded=outcome == "succeeded",
             processes=self.processes,
             artifacts=self._artifacts(),
         )
@@ -1004,6 +1091,12 @@ def freezing_summary(entry: dict[str, Any]) -> str:
 
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under `root` (a save in progress is not one)."""
+    checkpoints = sorted(root.glob(f"{CHECKPOINT_PREFIX}*"))
+    return checkpoints[-1] if checkpoints else None
 
 
 def parse_checkpoint_step(name: str) -> int:

@@ -134,6 +134,8 @@ class RunPolicySpec(Section):
     """Price of one GPU-hour, for status.cost.amount; left out: the cost is shown in GPU-hours only."""
     currency: Annotated[str, Field(pattern=CURRENCY_PATTERN)] = "USD"
     """ISO 4217 code of pricePerGpuHour's currency (e.g. USD, EUR)."""
+    termination_grace_period_seconds: int = Field(default=300, ge=30, le=86_400)
+    """Seconds a worker being stopped (suspend, Kueue preemption, eviction, node drain) has before it is killed: the trainer stops at its next logged step and saves a checkpoint there, so one logging interval plus one checkpoint save must fit."""
 
 
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
