@@ -807,6 +807,22 @@ def test_the_header_shows_the_outcome_best_result_size_and_timings(root: Element
     assert "finished 2026-11-22T06:26:41+00:00" in text(header)
 
 
+@pytest.mark.parametrize(
+    ("outcome", "shown", "tone"),
+    [
+        ("interrupted", "interrupted: resumes from its checkpoint", "badge warn"),
+        ("budgetExceeded", "stopped: GPU budget spent", "badge warn"),
+        ("failed", "failed", "badge bad"),
+    ],
+)
+def test_the_header_badge_says_how_the_run_ended(outcome: str, shown: str, tone: str) -> None:
+    header = next(
+        dom(render_html({"job": "x", "succeeded": False, "outcome": outcome})).iter("header")
+    )
+    (badge,) = header.iter("span")
+    assert (text(badge), badge.get("class")) == (shown, tone)
+
+
 def test_the_header_shows_gpu_hours_and_cost_when_the_report_has_them() -> None:
     report = {"job": "x", "cost": {"gpuHours": 1.23456, "currency": SCRIPT, "amount": 1234.5}}
     root = dom(render_html(report))

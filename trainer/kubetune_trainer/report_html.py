@@ -33,7 +33,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import matplotlib
 from cycler import cycler
@@ -401,11 +401,23 @@ def _document(job: str, main: Markup) -> str:
 # --- header -------------------------------------------------------------------------------
 
 
+OUTCOME_BADGES: Final = {
+    "succeeded": ("succeeded", "good"),
+    "failed": ("failed", "bad"),
+    "budgetExceeded": ("stopped: GPU budget spent", "warn"),
+    "interrupted": ("interrupted: resumes from its checkpoint", "warn"),
+}
+"""report.json's `outcome` as the header's badge (older reports have only `succeeded`)."""
+
+
 def header(report: Mapping[str, Any]) -> Markup:
     """Job name, outcome, when, the best result and where it is, size and timings."""
     succeeded = report.get("succeeded")
     title = [tag("h1", report.get("job") or "fine-tune")]
-    if isinstance(succeeded, bool):
+    outcome = OUTCOME_BADGES.get(str(report.get("outcome")))
+    if outcome is not None:
+        title.append(badge(*outcome))
+    elif isinstance(succeeded, bool):
         title.append(badge("succeeded" if succeeded else "failed", "good" if succeeded else "bad"))
     finished = report.get("finishedAt")
     subtitle = tag("p", f"finished {finished}", class_="sub") if finished else Markup("")
