@@ -7,7 +7,9 @@ wins; a list the job sets replaces the default's whole list; a null counts as un
 the API server prunes it). The guardrails then judge the merged spec, so neither a
 default nor a job value can get past them. One value is filled in by the guardrails: a
 job without `runPolicy.activeDeadlineSeconds` gets the longest deadline the runtime
-allows (maxActiveDeadlineSeconds, and for a GPU job what fits in maxGpuHours).
+allows (maxActiveDeadlineSeconds, and for a GPU job what fits in maxGpuHours), and a GPU
+job without `runPolicy.maxGpuHours` gets the runtime's maxGpuHours as its budget, which the
+trainer enforces while it runs (it stops with a checkpoint when the budget is spent).
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def effective_spec(
         return merged({}, own)
     runtime_spec: Mapping[str, Any] = runtime.get("spec") or {}
     spec = merged(runtime_spec.get("defaults") or {}, own)
-    _fill_deadline(spec, runtime_spec.get("guardrails") or {})
+    _fill_limits(spec, runtime_spec.get("guardrails") or {})
     return spec
 
 
@@ -121,18 +123,27 @@ def effective_manifest(
     return {**copy.deepcopy(dict(job_manifest)), "spec": effective_spec(job_manifest, runtime)}
 
 
-def _fill_deadline(spec: dict[str, Any], guardrails: Mapping[str, Any]) -> None:
+def _fill_limits(spec: dict[str, Any], guardrails: Mapping[str, Any]) -> None:
+    """The longest deadline the guardrails allow, and for a GPU job the runtime's
+    maxGpuHours as its own budget (the trainer stops at it with a checkpoint), where the
+    job sets none."""
     run_policy = spec.get("runPolicy") or {}
-    if not isinstance(run_policy, dict) or run_policy.get("activeDeadlineSeconds") is not None:
+    if not isinstance(run_policy, dict):
         return
-    candidates = [guardrails.get("maxActiveDeadlineSeconds")]
+    filled = dict(run_policy)
     gpus = _gpus(spec.get("resources") or {})
     gpu_hours = guardrails.get("maxGpuHours")
-    if gpus and isinstance(gpu_hours, int | float):
-        candidates.append(math.floor(gpu_hours * 3600 / gpus))
-    deadlines = [c for c in candidates if isinstance(c, int) and c >= 1]
-    if deadlines:
-        spec["runPolicy"] = {**run_policy, "activeDeadlineSeconds": min(deadlines)}
+    if filled.get("activeDeadlineSeconds") is None:
+        candidates = [guardrails.get("maxActiveDeadlineSeconds")]
+        if gpus and isinstance(gpu_hours, int | float):
+            candidates.append(math.floor(gpu_hours * 3600 / gpus))
+        deadlines = [c for c in candidates if isinstance(c, int) and c >= 1]
+        if deadlines:
+            filled["activeDeadlineSeconds"] = min(deadlines)
+    if gpus and isinstance(gpu_hours, int | float) and filled.get("maxGpuHours") is None:
+        filled["maxGpuHours"] = gpu_hours
+    if filled != run_policy:
+        spec["runPolicy"] = filled
 
 
 def _gpus(resources: Mapping[str, Any]) -> int:
@@ -525,6 +536,14 @@ def _deadline(
     gpus = _gpus(_at(spec, "resources") or {})
     if budget is None or not gpus or not whole_job:
         return
+    own_budget = _at(spec, "runPolicy.maxGpuHours")
+    if own_budget is not None and own_budget > budget:
+        yield (
+            "runPolicy.maxGpuHours",
+            own_budget,
+            budget,
+            f"{own_budget:g} exceeds the runtime's maxGpuHours {budget:g}",
+        )
     if deadline is None:
         yield (
             field,

@@ -50,8 +50,9 @@ def test_runtime_defaults_fill_what_the_job_leaves_out() -> None:
     assert spec["training"] == {"precision": "bf16"}
     assert spec["bias"]["onFailure"] == "fail"
     assert spec["model"]["source"] == "hf://distilbert/distilbert-base-uncased"
-    # 8 GPUs fit 200 GPU-hours for 90000 s, but maxActiveDeadlineSeconds is shorter.
-    assert spec["runPolicy"] == {"activeDeadlineSeconds": 86400}
+    # 8 GPUs fit 200 GPU-hours for 90000 s, but maxActiveDeadlineSeconds is shorter; the
+    # GPU-hours become the budget the trainer keeps.
+    assert spec["runPolicy"] == {"activeDeadlineSeconds": 86400, "maxGpuHours": 200}
 
 
 def test_the_jobs_own_fields_win_field_by_field_and_lists_are_replaced() -> None:
@@ -84,6 +85,24 @@ def test_a_gpu_job_without_deadline_gets_the_longest_one_its_gpu_hours_allow() -
     spec = runtimes.effective_spec(job, runtime)
     assert spec["runPolicy"]["activeDeadlineSeconds"] == 45000  # 200 h * 3600 / 16 GPUs
     assert violations(job, runtime) == []
+
+
+def test_a_jobs_own_smaller_budget_stays_and_a_larger_one_is_refused() -> None:
+    job = user_job()
+    job["spec"]["runPolicy"] = {"maxGpuHours": 50}
+    assert runtimes.effective_spec(job, a100())["runPolicy"]["maxGpuHours"] == 50
+    assert violations(job, a100()) == []
+    job["spec"]["runPolicy"] = {"maxGpuHours": 500}
+    assert violations(job, a100()) == [
+        f"spec.runPolicy.maxGpuHours: 500 exceeds the runtime's maxGpuHours 200 ({A100})"
+    ]
+
+
+def test_a_cpu_job_gets_no_gpu_budget() -> None:
+    runtime = a100()
+    del runtime["spec"]["defaults"]["resources"]["gpusPerWorker"]
+    job = with_resources(gpusPerWorker=0)
+    assert "maxGpuHours" not in runtimes.effective_spec(job, runtime).get("runPolicy", {})
 
 
 def test_no_runtime_means_the_jobs_spec_as_it_is() -> None:
