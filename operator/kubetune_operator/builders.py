@@ -55,6 +55,13 @@ TOKEN_EXPIRATION_SECONDS: Final = 3600
 RUN_AS_ID: Final = 10001
 """The trainer image's unprivileged user and group (see the Dockerfile)."""
 MAX_NAME_LENGTH: Final = 63
+DISRUPTION_RULE: Final = {
+    "action": "FailJob",
+    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+}
+"""The Job's pod failure policy: a pod evicted, preempted or drained away fails the Job with
+reason PodFailurePolicy and a message naming DisruptionTarget, which outlives the pod, so
+the operator restarts the group without counting it against runPolicy.backoffLimit."""
 
 MAX_GPU_HOURS_ENV: Final = "KUBETUNE_MAX_GPU_HOURS"
 PRICE_PER_GPU_HOUR_ENV: Final = "KUBETUNE_PRICE_PER_GPU_HOUR"
@@ -286,6 +293,7 @@ def build_job(
         "completions": workers,
         "parallelism": workers,
         "backoffLimit": 0,
+        "podFailurePolicy": {"rules": [DISRUPTION_RULE]},
         "suspend": job.spec.run_policy.suspend or kueue_queue is not None,
         "template": {
             "metadata": {

@@ -51,6 +51,8 @@ TRAINER_CONTAINER: Final = "trainer"
 COMPLETION_INDEX_LABEL: Final = "batch.kubernetes.io/job-completion-index"
 CONTROLLER_UID_LABELS: Final = ("batch.kubernetes.io/controller-uid", "controller-uid")
 MAX_MESSAGE_CHARS: Final = 1024
+DISRUPTION_CONDITION: Final = "DisruptionTarget"
+"""The pod condition Kubernetes sets before it evicts, preempts or drains a pod away."""
 """Kubernetes truncates an Event's message at 1 KiB; conditions get the same text."""
 
 ConditionValue = tuple[Literal["True", "False", "Unknown"], str, str]
@@ -91,6 +93,7 @@ class Reason:
     BudgetExceeded: Final = "BudgetExceeded"
     OOMKilled: Final = "OOMKilled"
     WorkerFailed: Final = "WorkerFailed"
+    WorkerDisrupted: Final = "WorkerDisrupted"
     DeadlineExceeded: Final = "DeadlineExceeded"
     BackoffLimitExceeded: Final = "BackoffLimitExceeded"
     DataValidated: Final = "DataValidated"
@@ -132,7 +135,8 @@ CAUSE_SEVERITY: Final = {
     Reason.TrainingFailed: 1,
     Reason.BudgetExceeded: 2,
     Reason.OOMKilled: 3,
-    Reason.WorkerFailed: 4,
+    Reason.WorkerDisrupted: 4,
+    Reason.WorkerFailed: 5,
 }
 """When several workers fail, the most telling cause wins: a bad input or an OOM kill on
 one worker makes the others fail too, with a collective error that says nothing."""
@@ -189,6 +193,8 @@ class _Verdict:
     decision: Decision = NOTHING_TO_DO
     restarts: int | None = None
     """The restart count to write; None: the current Job's (the status's when there is none)."""
+    disruptions: int | None = None
+    """The disruption count to write; None: unchanged."""
     failure: dict[str, Any] | None = None
     """A new lastFailure record."""
 
@@ -491,6 +497,13 @@ def _failed(observed: _Observed) -> _Verdict | None:
         message = f"the worker Job ran past its deadline: {job_failure.get('message', '')}"
         return _fail(Reason.DeadlineExceeded, message)
     cause = _worst_cause(observed)
+    if cause is None and _names_a_disruption(job_failure):
+        cause = _Cause(
+            Reason.WorkerDisrupted,
+            "a worker was disrupted (evicted, preempted or its node drained): "
+            f"{_mapping(job_failure).get('message', '')}",
+            None,
+        )
     if cause is None and job_failure is not None:
         cause = _Cause(
             Reason.WorkerFailed,
@@ -512,6 +525,11 @@ def _act_on_failure(observed: _Observed, cause: _Cause) -> _Verdict:
     }
     if cause.reason in NON_RETRYABLE_CAUSES:
         return _fail(cause.reason, cause.message, failure=record)
+    disruptions = _int(observed.status.get("disruptions"))
+    if cause.reason == Reason.WorkerDisrupted:
+        # Seen again before the next group exists: the status counts this one already.
+        counted_already = _int(observed.status.get("restarts")) > restart
+        return _restart(observed, cause, record, disruptions + (0 if counted_already else 1))
     earlier = _mapping(observed.status.get("lastFailure"))
     if cause.reason == Reason.OOMKilled and _same_oom_again(earlier, restart, step):
         message = (
@@ -520,23 +538,49 @@ def _act_on_failure(observed: _Observed, cause: _Cause) -> _Verdict:
             "(spec.resources.memory) or lower training.batchSize"
         )
         return _fail(Reason.OOMKilled, message, failure=record)
-    if restart >= observed.backoff_limit:
+    counted = restart - disruptions
+    if counted >= observed.backoff_limit:
         message = (
-            f"the worker group failed {restart + 1} times ({restart} restarts, "
+            f"the worker group failed {counted + 1} times ({counted} restarts, "
             f"runPolicy.backoffLimit {observed.backoff_limit}); last cause: {cause.message}"
         )
         return _fail(Reason.BackoffLimitExceeded, message, failure=record)
+    return _restart(observed, cause, record)
+
+
+def _restart(
+    observed: _Observed,
+    cause: _Cause,
+    record: dict[str, Any],
+    disruptions: int | None = None,
+) -> _Verdict:
+    """Restart the group from its last checkpoint. A disruption (`disruptions`: the new
+    count) is the cluster's doing, not the job's, so it does not count against the limit."""
+    counted = observed.restart - _int(observed.status.get("disruptions"))
+    if disruptions is None:
+        why = f"restart {counted + 1} of {observed.backoff_limit}"
+    else:
+        why = f"disruption {disruptions}, not counted against runPolicy.backoffLimit"
     message = _clip(
-        f"{cause.message}; restarting the worker group from its last checkpoint "
-        f"(restart {restart + 1} of {observed.backoff_limit})"
+        f"{cause.message}; restarting the worker group from its last checkpoint ({why})"
     )
     return _Verdict(
         "Running" if observed.status.get("phase") == "Running" else "Pending",
         Reason.Restarting,
         message,
         Decision("restart", cause.reason, message, delete_job=True),
-        restarts=restart + 1,
+        restarts=observed.restart + 1,
+        disruptions=disruptions,
         failure=record,
+    )
+
+
+def _names_a_disruption(job_failure: Mapping[str, Any] | None) -> bool:
+    """The Job failed by its pod failure policy's disruption rule (builders.DISRUPTION_RULE):
+    the pod may be gone by now, the Job's condition still says it."""
+    failure = _mapping(job_failure)
+    return failure.get("reason") == "PodFailurePolicy" and DISRUPTION_CONDITION in str(
+        failure.get("message", "")
     )
 
 
@@ -659,6 +703,10 @@ def _pod_cause(pod: Mapping[str, Any], ftj: Mapping[str, Any]) -> _Cause | None:
     """Why a worker failed, or None. A pod being deleted is left to the Job's own Failed
     condition: the Job controller deletes the rest of a failed group and a suspended
     Job's pods, and neither is a cause."""
+    if _is_disrupted(pod):
+        disruption = _condition_of(pod, DISRUPTION_CONDITION)
+        why = f"{disruption.get('reason', DISRUPTION_CONDITION)}: {disruption.get('message', '')}"
+        return _Cause(Reason.WorkerDisrupted, f"{_worker(pod)} was disrupted ({why})", None)
     if _being_deleted(pod):
         return None
     terminated = _trainer_termination(pod)
@@ -773,6 +821,8 @@ def _desired_status(observed: _Observed, verdict: _Verdict) -> dict[str, Any]:
     if verdict.phase in TERMINAL_PHASES:
         finished = _mapping(_mapping(observed.job).get("status")).get("completionTime")
         desired["completionTime"] = finished or rfc3339(observed.now)
+    if verdict.disruptions is not None:
+        desired["disruptions"] = verdict.disruptions
     if verdict.failure is not None:
         desired["lastFailure"] = {k: v for k, v in verdict.failure.items() if v is not None}
     return desired
@@ -928,6 +978,16 @@ def _owner_uid(pod: Mapping[str, Any]) -> str | None:
 
 def _being_deleted(obj: Mapping[str, Any]) -> bool:
     return bool(_mapping(obj.get("metadata")).get("deletionTimestamp"))
+
+
+def _is_disrupted(pod: Mapping[str, Any]) -> bool:
+    return _condition_of(pod, DISRUPTION_CONDITION).get("status") == "True"
+
+
+def _condition_of(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    conditions = _mapping(obj.get("status")).get("conditions") or []
+    found = [c for c in conditions if isinstance(c, Mapping) and c.get("type") == kind]
+    return found[-1] if found else {}
 
 
 def _first_start(

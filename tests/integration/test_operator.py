@@ -175,19 +175,9 @@ def test_a_failed_worker_restarts_the_group_and_a_completed_job_succeeds(
     crash = {
         "terminated": {"exitCode": 137, "reason": "Error", "finishedAt": "2026-11-22T10:05:00Z"}
     }
+    # The crashed worker's exit is enough: the operator restarts the group without waiting
+    # for the Job controller to fail the Job.
     run_pods(kube, first, w1=crash)
-    kube.patch(
-        "Job",
-        "sentiment-workers",
-        {
-            "status": {
-                "conditions": [
-                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
-                ]
-            }
-        },
-        subresource="status",
-    )
 
     second = kube.wait_for_object(
         "Job",
@@ -212,6 +202,44 @@ def test_a_failed_worker_restarts_the_group_and_a_completed_job_succeeds(
     assert condition(done, "Succeeded")["status"] == "True"
     assert done["status"]["restarts"] == 1
     assert done["status"]["completionTime"]
+
+
+def test_a_drained_worker_restarts_the_group_without_using_the_backoff_limit(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    sentiment["spec"]["resources"] = {"workers": 2, "gpusPerWorker": 0}
+    sentiment["spec"]["runPolicy"] = {"backoffLimit": 0}
+    start_workers(kube, operator, sentiment)
+    first = kube.get("Job", "sentiment-workers")
+    assert first is not None
+    assert first["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"] == [
+        {"type": "DisruptionTarget", "status": "True"}
+    ]
+    # What the Job controller writes once the drained pod is gone: the pod failure policy's
+    # rule names the condition.
+    message = (
+        "Pod default/sentiment-workers-1-r0 has condition DisruptionTarget matching FailJob "
+        "rule at index 0"
+    )
+    failed = {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": message}
+    kube.patch(
+        "Job", "sentiment-workers", {"status": {"conditions": [failed]}}, subresource="status"
+    )
+
+    second = kube.wait_for_object(
+        "Job",
+        "sentiment-workers",
+        lambda job: job["metadata"]["annotations"]["kubetune.dev/restart"] == "1",
+    )
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    ftj = kube.wait_for_object(
+        "FineTuneJob", "sentiment", lambda f: f["status"].get("disruptions") == 1
+    )
+    assert ftj["status"]["restarts"] == 1
+    assert ftj["status"]["phase"] != "Failed"  # backoffLimit 0, yet restarted
+    assert ftj["status"]["lastFailure"] == {"reason": "WorkerDisrupted", "restart": 0}
+    reasons = [event["reason"] for event in kube.events_for(ftj)]
+    assert "Restarting" in reasons
 
 
 def test_suspending_and_resuming_reaches_the_job(

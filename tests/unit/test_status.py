@@ -529,6 +529,66 @@ def test_without_uids_the_restart_annotation_tells_the_groups_apart() -> None:
     assert update.decision.action == "none"
 
 
+EVICTED = {
+    "type": "DisruptionTarget",
+    "status": "True",
+    "reason": "EvictionByEvictionAPI",
+    "message": "Eviction API: evicting",
+}
+
+
+def test_an_evicted_worker_restarts_the_group_without_using_the_backoff_limit() -> None:
+    ftj = finetunejob(running_status())
+    evicted = pod(1, state=terminated(143), conditions=(EVICTED,), deleting=True)
+    update = look(ftj, worker_job(), [failed(0, 1), evicted], backoff_limit=0)
+    message = (
+        f"worker 1 ({NAME}-workers-1-r0) was disrupted (EvictionByEvictionAPI: Eviction API: "
+        "evicting); restarting the worker group from its last checkpoint (disruption 1, not "
+        "counted against runPolicy.backoffLimit)"
+    )
+    assert update.decision == Decision("restart", "WorkerDisrupted", message, delete_job=True)
+    assert (update.patch["restarts"], update.patch["disruptions"]) == (1, 1)
+    assert update.patch["lastFailure"] == {"reason": "WorkerDisrupted", "restart": 0}
+    again = look(applied(ftj, update.patch), worker_job(), [failed(0, 1), evicted], now=LATER)
+    assert (again.patch, again.events) == ({}, [])
+    assert again.decision == update.decision
+
+
+def test_a_job_failed_by_its_disruption_rule_restarts_after_the_pod_is_gone() -> None:
+    rule = job_condition(
+        "Failed",
+        "PodFailurePolicy",
+        f"Pod ml/{NAME}-workers-0-r0 has condition DisruptionTarget matching FailJob rule at "
+        "index 0",
+    )
+    update = look(finetunejob(running_status()), worker_job(conditions=(rule,)), [])
+    assert update.decision.reason == "WorkerDisrupted"
+    assert update.decision.message.startswith(
+        "a worker was disrupted (evicted, preempted or its node drained): Pod ml/"
+    )
+    assert update.patch["disruptions"] == 1
+
+
+def test_disruptions_do_not_count_against_the_backoff_limit_failures_do() -> None:
+    status = {**running_status(), "restarts": 2, "disruptions": 2}
+    ftj = finetunejob(status)
+    first = look(ftj, worker_job(restart=2), [failed(0, 1, restart=2)], backoff_limit=1)
+    assert first.decision.action == "restart"
+    assert first.decision.message.endswith("(restart 1 of 1)")
+    assert "disruptions" not in first.patch
+    ftj = applied(ftj, first.patch)
+    second = look(ftj, worker_job(restart=3), [failed(0, 1, restart=3)], backoff_limit=1)
+    assert second.decision.reason == "BackoffLimitExceeded"
+    assert second.decision.message.startswith("the worker group failed 2 times (1 restarts,")
+
+
+def test_the_pod_failure_policy_names_the_condition_status_reads() -> None:
+    from kubetune_operator.builders import DISRUPTION_RULE
+    from kubetune_operator.status import DISRUPTION_CONDITION
+
+    assert DISRUPTION_RULE["onPodConditions"] == [{"type": DISRUPTION_CONDITION, "status": "True"}]
+
+
 def test_the_backoff_limit_bounds_the_restarts() -> None:
     status = {**running_status(), "restarts": 3}
     update = look(finetunejob(status), worker_job(restart=3), [failed(0, 1, restart=3)])

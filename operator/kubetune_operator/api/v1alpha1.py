@@ -694,6 +694,8 @@ class FineTuneJobStatus(Section):
     """Worker pods by phase."""
     restarts: int = Field(default=0, ge=0)
     """Times the worker group was restarted from a checkpoint."""
+    disruptions: int = Field(default=0, ge=0)
+    """Of the restarts, those after a worker was evicted, preempted or drained away; they do not count against runPolicy.backoffLimit."""
     start_time: Timestamp | None = None
     """When the first worker Job started; runPolicy.activeDeadlineSeconds counts from it."""
     completion_time: Timestamp | None = None
