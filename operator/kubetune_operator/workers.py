@@ -1,10 +1,12 @@
 """A plain FineTuneJob's worker group, as the handlers drive it.
 
-The pure `builders` say what the children are and the pure `status` rules what the
-group's state means; this module performs it: creates the children once, writes the
-status, restarts the group from its last checkpoint (a new Job with the next
-`kubetune.dev/restart`), and deletes the children when ttlSecondsAfterFinished is up.
-Creating is idempotent (409 counts as done), so an operator restart creates nothing twice.
+The pure `runtimes` say what the job runs with (its runtime's defaults and guardrails),
+`queueing` whether it may start now, `builders` what the children are and `status` what
+the group's state means; this module performs it: records the effective spec, refuses or
+queues the job, creates the children once, writes the status, restarts the group from its
+last checkpoint (a new Job with the next `kubetune.dev/restart`), and deletes the children
+when ttlSecondsAfterFinished is up. Creating is idempotent (409 counts as done), so an
+operator restart creates nothing twice.
 """
 
 from __future__ import annotations
