@@ -18,11 +18,9 @@ through `h()`, which escapes it; the Content-Security-Policy forbids scripts as 
 
 from __future__ import annotations
 
-import html
 import math
-import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -38,12 +36,23 @@ from kubetune_operator.search import (
     study_from_trials,
     total_trials,
 )
+from kubetune_trainer.html_page import (
+    BASE_STYLE,
+    MISSING,
+    Markup,
+    Section,
+    badge,
+    document,
+    facts,
+    fmt_number,
+    h,
+    join,
+    tag,
+)
 
 SEARCH_HTML: Final = "search.html"
 MIN_TRIALS_FOR_IMPORTANCE: Final = 3
 """fANOVA fits a forest on the completed trials; with fewer it says nothing useful."""
-MISSING: Final = "\u2013"
-"""Shown for a missing or non-finite value (as in report.html)."""
 MAX_LABEL_CHARS: Final = 32
 """Chart labels are clipped to this many characters (the tables and tooltips show them whole)."""
 
@@ -59,109 +68,22 @@ STATE_TONE: Final = {
 }
 OUTCOME_TONE: Final = {"Succeeded": "good", "Failed": "bad", "Running": "neutral"}
 
-STYLE: Final = """
-:root{--fg:#111827;--muted:#6b7280;--line:#e5e7eb;--bg:#f9fafb;--accent:#1d4ed8}
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,
-sans-serif;color:var(--fg);background:#fff}
-main{max-width:1120px;margin:0 auto;padding:24px 28px 48px}
-h1{font-size:24px;margin:0 12px 0 0;display:inline;word-break:break-word}
-h2{font-size:18px;margin:36px 0 12px;padding-bottom:6px;border-bottom:1px solid var(--line)}
-h3{font-size:15px;margin:24px 0 8px}
-p{margin:6px 0}
-.sub{color:var(--muted);margin:4px 0 16px}
-nav{font-size:13px;margin:8px 0 0}nav a{color:var(--accent);margin-right:14px;text-decoration:none}
-.badge{display:inline-block;padding:2px 10px;border-radius:999px;font-size:12px;font-weight:600;
-vertical-align:middle}
-.good{background:#dcfce7;color:#166534}.bad{background:#fee2e2;color:#991b1b}
-.warn{background:#fef3c7;color:#92400e}.neutral{background:#f3f4f6;color:#374151}
-.facts{display:flex;flex-wrap:wrap;gap:10px;margin:16px 0}
-.facts div{border:1px solid var(--line);border-radius:8px;padding:8px 12px;min-width:120px;
-background:var(--bg)}
-.facts dt{font-size:11px;color:var(--muted);text-transform:uppercase;letter-spacing:.04em}
-.facts dd{margin:0;font-size:16px;font-weight:600;font-variant-numeric:tabular-nums;
-word-break:break-word}
-table{border-collapse:collapse;margin:8px 0 12px;font-size:13px}
-th,td{padding:4px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
-th{font-weight:600;background:var(--bg)}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+STYLE: Final = (
+    BASE_STYLE
+    + """
 td.name{white-space:nowrap}
 td.note{max-width:420px;word-break:break-word;color:var(--muted)}
-tr.best td{font-weight:600;background:#eff6ff}
-tr.quiet td{color:var(--muted)}
 tr.failed td{color:#991b1b}
-.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:16px}
-figure{margin:8px 0}
 figcaption{font-weight:600;font-size:13px;margin:0 0 4px}
 svg.chart{max-width:100%;height:auto;display:block;font-size:11px}
 .legend{list-style:none;padding:0;margin:4px 0 0;font-size:12px;color:var(--muted)}
 .legend li{display:inline-block;margin-right:14px}
 .k-complete{color:#2563eb}.k-pruned{color:#ea580c}.k-failed{color:#dc2626}.k-best{color:#16a34a}
-.callout{border-left:4px solid var(--accent);background:#eff6ff;padding:8px 14px;margin:12px 0;
-border-radius:0 6px 6px 0}
 """
-CSP: Final = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-"""No scripts, no requests: the page needs neither, and its data is untrusted."""
+)
 
 
 # --- safe HTML ----------------------------------------------------------------------------
-
-
-class Markup(str):
-    """HTML built in this module from escaped parts: `h()` inserts it as it is."""
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-
-
-def h(value: object) -> Markup:
-    """`value` as HTML: Markup as it is, numbers formatted, anything else escaped text."""
-    if isinstance(value, Markup):
-        return value
-    if value is None:
-        return Markup(MISSING)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return Markup(fmt_number(value))
-    visible = _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", str(value))
-    printable = visible.encode("utf-8", "backslashreplace").decode("utf-8")
-    return Markup(html.escape(printable, quote=True))
-
-
-def tag(name: str, *children: object, **attributes: object) -> Markup:
-    """<name attributes>children</name>; `class_` gives class, `aria_label` aria-label."""
-    attrs = "".join(
-        f' {key.rstrip("_").replace("_", "-")}="{_attribute(value)}"'
-        for key, value in attributes.items()
-    )
-    return Markup(f"<{name}{attrs}>{join(children)}</{name}>")
-
-
-def _attribute(value: object) -> Markup:
-    """Attribute values: coordinates keep their full precision, the rest goes through h()."""
-    if isinstance(value, float):
-        return Markup(f"{value:.2f}")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return Markup(str(value))
-    return h(value)
-
-
-def join(parts: Iterable[object]) -> Markup:
-    return Markup("".join(h(part) for part in parts))
-
-
-def fmt_number(value: float) -> str:
-    """Ints with thousands separators; other numbers with 4 significant digits (as report.html)."""
-    if isinstance(value, int):
-        return f"{value:,}"
-    if not math.isfinite(value):
-        return MISSING
-    if 1e4 <= abs(value) < 1e15:
-        return f"{float(f'{value:.4g}'):,.0f}"
-    text = f"{value:.4g}"
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        return f"{mantissa}e{int(exponent)}"
-    return text
 
 
 def clipped(text: str, limit: int = MAX_LABEL_CHARS) -> str:
@@ -653,18 +575,6 @@ def importance_chart(importance: Mapping[str, float]) -> Markup:
 # --- the page -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Section:
-    """One <section> of the page, linked from the navigation."""
-
-    anchor: str
-    title: str
-    body: Markup
-
-    def html(self) -> Markup:
-        return tag("section", tag("h2", self.title), self.body, id=self.anchor)
-
-
 def render_search_html(
     job: str,
     spec: FineTuneJobSpec,
@@ -699,7 +609,7 @@ def render_search_html(
     ]
     nav = tag("nav", *(tag("a", s.title, href=f"#{s.anchor}") for s in sections))
     main = tag("main", header(job, spec, records), nav, *(s.html() for s in sections))
-    return _document(job, main)
+    return document(f"{job} \u00b7 kubetune search", STYLE, main)
 
 
 def write_search_html(
@@ -743,14 +653,13 @@ def header(job: str, spec: FineTuneJobSpec, records: Sequence[TrialStatus]) -> M
     title = tag(
         "div",
         tag("h1", job),
-        tag("span", outcome.phase.lower(), class_=f"badge {OUTCOME_TONE[outcome.phase]}"),
+        badge(outcome.phase.lower(), OUTCOME_TONE[outcome.phase]),
     )
-    cards = [tag("div", tag("dt", key), tag("dd", value)) for key, value in items]
     return tag(
         "header",
         title,
         tag("p", f"hyperparameter search \u00b7 {outcome.message}", class_="sub"),
-        tag("dl", *cards, class_="facts"),
+        facts(items),
         _best_params(best.params if best else None),
     )
 
@@ -787,7 +696,7 @@ def _trial_row(trial: TrialStatus, paths: Sequence[str], best: int | None, note:
     cells = [
         tag("td", number, class_="num"),
         tag("td", trial.name, class_="name"),
-        tag("td", tag("span", trial.state, class_=f"badge {STATE_TONE[trial.state]}")),
+        tag("td", badge(trial.state, STATE_TONE[trial.state])),
         *(_cell(trial.params.get(path)) for path in paths),
         _cell(drawn_value(trial)),
         tag("td", note or _default_note(trial), class_="note"),
@@ -840,16 +749,3 @@ def _importance(importance: Mapping[str, float] | None, note: str) -> Markup:
 
 def _note(text: str) -> Markup:
     return tag("p", text, class_="callout")
-
-
-def _document(job: str, main: Markup) -> str:
-    head = join(
-        [
-            Markup('<meta charset="utf-8">'),
-            Markup(f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'),
-            Markup('<meta name="viewport" content="width=device-width, initial-scale=1">'),
-            tag("title", f"{job} \u00b7 kubetune search"),
-            tag("style", Markup(STYLE)),
-        ]
-    )
-    return f'<!DOCTYPE html>\n<html lang="en">\n<head>{head}</head>\n<body>{main}</body>\n</html>\n'

@@ -26,7 +26,6 @@ significant digits (0.6543, 12,350, 5.337e-5); durations read as 0.2041 s, 3 min
 
 from __future__ import annotations
 
-import html
 import io
 import json
 import math
@@ -41,11 +40,24 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
+from kubetune_trainer.html_page import (
+    BASE_STYLE,
+    MISSING,
+    Markup,
+    Section,
+    badge,
+    document,
+    facts,
+    fmt_number,
+    h,
+    join,
+    printable,
+    tag,
+)
+
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
 
-MISSING = "\u2013"
-"""Shown for a missing or non-finite value."""
 MAX_CLASSES_CHARTED = 40
 """The class chart shows at most this many classes (the largest); the table lists all."""
 MAX_LABEL_CHARS = 32
@@ -90,111 +102,30 @@ TOWARD_RGB, AGAINST_RGB = (22, 163, 74), (220, 38, 38)
 MAX_AUDIT_PANELS = 6
 """A sensitive column's chart draws at most this many positive classes (the table has all)."""
 
-STYLE = """
-:root{--fg:#111827;--muted:#6b7280;--line:#e5e7eb;--bg:#f9fafb;--accent:#1d4ed8}
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,
-sans-serif;color:var(--fg);background:#fff}
-main{max-width:1120px;margin:0 auto;padding:24px 28px 48px}
-h1{font-size:24px;margin:0 12px 0 0;display:inline;word-break:break-word}
-h2{font-size:18px;margin:36px 0 12px;padding-bottom:6px;border-bottom:1px solid var(--line)}
-h3{font-size:15px;margin:24px 0 8px}
+STYLE = (
+    BASE_STYLE
+    + """
 h4{font-size:13px;margin:16px 0 6px;color:var(--muted)}
-p{margin:6px 0}
-.sub{color:var(--muted);margin:4px 0 16px}
-nav{font-size:13px;margin:8px 0 0}nav a{color:var(--accent);margin-right:14px;text-decoration:none}
-.badge{display:inline-block;padding:2px 10px;border-radius:999px;font-size:12px;font-weight:600;
-vertical-align:middle}
-.good{background:#dcfce7;color:#166534}.bad{background:#fee2e2;color:#991b1b}
-.warn{background:#fef3c7;color:#92400e}.neutral{background:#f3f4f6;color:#374151}
-.facts{display:flex;flex-wrap:wrap;gap:10px;margin:16px 0}
-.facts div{border:1px solid var(--line);border-radius:8px;padding:8px 12px;min-width:120px;
-background:var(--bg)}
-.facts dt{font-size:11px;color:var(--muted);text-transform:uppercase;letter-spacing:.04em}
-.facts dd{margin:0;font-size:16px;font-weight:600;font-variant-numeric:tabular-nums;
-word-break:break-word}
-table{border-collapse:collapse;margin:8px 0 12px;font-size:13px}
-th,td{padding:4px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
-th{font-weight:600;background:var(--bg)}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.text{white-space:pre-wrap;word-break:break-word;max-width:640px;font-family:ui-monospace,
 SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
-tr.best td{font-weight:600;background:#eff6ff}
-tr.quiet td{color:var(--muted)}
 tr.failed td{color:#991b1b;font-weight:600}
 .tokens-grid{display:flex;flex-wrap:wrap;gap:4px 24px}
 .example{border:1px solid var(--line);border-radius:6px;padding:6px 12px;margin:8px 0}
 .example.error{border-left:4px solid #dc2626}
 .highlighted span{border-radius:3px;padding:0 1px;white-space:pre-wrap}
-.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:16px}
-figure{margin:8px 0}
 svg.chart{max-width:100%;height:auto;display:block}
-.callout{border-left:4px solid var(--accent);background:#eff6ff;padding:8px 14px;margin:12px 0;
-border-radius:0 6px 6px 0}
 ul{margin:6px 0;padding-left:22px}
 details{margin:12px 0}summary{cursor:pointer;font-weight:600}
 pre{background:var(--bg);border:1px solid var(--line);border-radius:6px;padding:12px;
 overflow:auto;font-size:12px}
 """
-CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-"""No scripts, no requests: the page needs neither, and its data is untrusted."""
+)
 
 
 # --- safe HTML ----------------------------------------------------------------------------
 
 
-class Markup(str):
-    """HTML built in this module from escaped parts: `h()` inserts it as it is."""
-
-
-def h(value: object) -> Markup:
-    """`value` as HTML: Markup as it is, numbers formatted, anything else escaped text."""
-    if isinstance(value, Markup):
-        return value
-    if value is None:
-        return Markup(MISSING)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return Markup(fmt_number(value))
-    return Markup(html.escape(_printable(str(value)), quote=True))
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-
-
-def _printable(text: str) -> str:
-    """Control characters as visible \\xNN, lone surrogates as \\udNNN (UTF-8 has neither)."""
-    visible = _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
-    return visible.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def tag(name: str, *children: object, **attributes: str) -> Markup:
-    """<name attributes>children</name>; `class_` gives class, `aria_label` aria-label."""
-    attrs = "".join(
-        f' {key.rstrip("_").replace("_", "-")}="{h(value)}"' for key, value in attributes.items()
-    )
-    return Markup(f"<{name}{attrs}>{''.join(h(child) for child in children)}</{name}>")
-
-
-def join(parts: Iterable[object]) -> Markup:
-    return Markup("".join(h(part) for part in parts))
-
-
 # --- numbers ------------------------------------------------------------------------------
-
-
-def fmt_number(value: float) -> str:
-    """Ints with thousands separators; other numbers with 4 significant digits."""
-    if isinstance(value, int):
-        return f"{value:,}"
-    if not math.isfinite(value):
-        return MISSING
-    if 1e4 <= abs(value) < 1e15:
-        return f"{float(f'{value:.4g}'):,.0f}"
-    text = f"{value:.4g}"
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        return f"{mantissa}e{int(exponent)}"
-    return text
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -232,18 +163,6 @@ def _words(key: str) -> str:
 
 
 @dataclass(frozen=True)
-class Section:
-    """One <section> of the page, linked from the navigation."""
-
-    anchor: str
-    title: str
-    body: Markup
-
-    def html(self) -> Markup:
-        return tag("section", tag("h2", self.title), self.body, id=self.anchor)
-
-
-@dataclass(frozen=True)
 class Row:
     """A table row with a CSS class (plain rows are sequences of cells)."""
 
@@ -276,16 +195,6 @@ def _cell(value: object) -> Markup:
     if isinstance(value, TextCell):
         return tag("td", value, class_="text")
     return tag("td", value)
-
-
-def facts(items: Sequence[tuple[object, object]]) -> Markup:
-    """Label/value cards (nothing for no items)."""
-    cards = [tag("div", tag("dt", key), tag("dd", value)) for key, value in items]
-    return tag("dl", *cards, class_="facts") if cards else Markup("")
-
-
-def badge(text: str, tone: str) -> Markup:
-    return tag("span", text, class_=f"badge {tone}")
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
@@ -339,7 +248,7 @@ def _prefixed_ids(element: str, prefix: str) -> str:
 
 def chart_text(text: object) -> str:
     """A label for matplotlib: clipped, and with `$` escaped (no mathtext from data)."""
-    label = _printable(str(text))
+    label = printable(str(text))
     if len(label) > MAX_LABEL_CHARS:
         label = label[: MAX_LABEL_CHARS - 1] + "\u2026"
     return label.replace("$", r"\$")
@@ -382,20 +291,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     ]
     nav = tag("nav", *(tag("a", s.title, href=f"#{s.anchor}") for s in sections))
     main = tag("main", header(report), nav, *(section.html() for section in sections))
-    return _document(str(report.get("job") or "fine-tune"), main)
-
-
-def _document(job: str, main: Markup) -> str:
-    head = join(
-        [
-            Markup('<meta charset="utf-8">'),
-            Markup(f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'),
-            Markup('<meta name="viewport" content="width=device-width, initial-scale=1">'),
-            tag("title", f"{job} \u00b7 kubetune report"),
-            tag("style", Markup(STYLE)),
-        ]
-    )
-    return f'<!DOCTYPE html>\n<html lang="en">\n<head>{head}</head>\n<body>{main}</body>\n</html>\n'
+    return document(f"{report.get('job') or 'fine-tune'} \u00b7 kubetune report", STYLE, main)
 
 
 # --- header -------------------------------------------------------------------------------
