@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import shutil
 import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from PIL import Image
 
 from kubetune_trainer.__main__ import run_training
 from kubetune_trainer.config import TrainingConfig
+from tests.html_elements import Elements
 
 pytestmark = pytest.mark.browser
 
@@ -45,26 +45,6 @@ def chromium() -> str:
         if found:
             return found
     pytest.skip("no chromium binary on PATH (CI installs it in .ci/run)")
-
-
-class Elements(HTMLParser):
-    """Every start tag of a document, with its attributes, and the text."""
-
-    def __init__(self, document: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str]]] = []
-        self.text: list[str] = []
-        self.feed(document)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, {k: v or "" for k, v in attrs}))
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-    def ids(self, tag: str) -> list[str]:
-        return [attrs.get("id", "") for name, attrs in self.tags if name == tag]
 
 
 def hostile_data(clean: tuple[Path, Path], folder: Path) -> tuple[Path, Path]:

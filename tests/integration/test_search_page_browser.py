@@ -16,7 +16,8 @@ from PIL import Image
 
 from kubetune_operator import search_report
 from kubetune_operator.api.v1alpha1 import FineTuneJobSpec
-from tests.integration.test_report_browser import Elements, browse, chromium, page_messages
+from tests.html_elements import Elements
+from tests.integration.test_report_browser import browse, chromium, page_messages
 
 pytestmark = pytest.mark.browser
 

@@ -9,7 +9,6 @@ import math
 import random
 import re
 import xml.etree.ElementTree as ET
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from typer.testing import CliRunner
 from kubetune_operator import cli, job_view, run_report, search_report
 from kubetune_operator.api.v1alpha1 import FineTuneJobSpec
 from kubetune_operator.search import SearchError
+from tests.html_elements import Elements
 
 LEARNING_RATE = {
     "path": "training.learningRate",
@@ -347,23 +347,6 @@ def test_two_complete_trials_are_too_few_for_importance(sentiment: dict[str, Any
     assert tree.find(".//svg[@id='chart-importance']") is None
 
 
-class Tags(HTMLParser):
-    """Every start tag and its attributes as a browser's tokenizer sees them, and the text."""
-
-    def __init__(self, document: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str]]] = []
-        self.text: list[str] = []
-        self.feed(document)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, {k: v or "" for k, v in attrs}))
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-
 def test_hostile_strings_stay_text(sentiment: dict[str, Any]) -> None:
     spec = spec_of(sentiment, parameters=[SCHEDULER], objective={"metric": "loss"})
     trials = [
@@ -372,7 +355,7 @@ def test_hostile_strings_stay_text(sentiment: dict[str, Any]) -> None:
         trial(2, "Failed", {"training.scheduler": "cosine", "extra<b>": IMG}),
     ]
     page = search_report.render_search_html(SCRIPT, spec, trials, {"2": IMG})
-    parsed = Tags(page)
+    parsed = Elements(page)
     names = [name for name, _ in parsed.tags]
     assert {"script", "img", "iframe", "object", "embed", "b"}.isdisjoint(names)
     assert names.count("svg") == 2  # the objective chart and the one slice plot
