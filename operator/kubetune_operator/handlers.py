@@ -321,7 +321,8 @@ def tick(shared: OperatorState, key: Key, indexes: Indexes) -> None:
     a job waiting for its runtime is validated again, should a runtime event have been missed."""
     with events_through(shared.cluster):
         _revalidate(shared, key, indexes)
-        _refresh(shared, key, indexes)
+        if _refresh(shared, key, indexes):  # ended by its deadline: its GPUs are free
+            _refresh_queue(shared, key[0], indexes)
         ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, [])))
         if ftj is not None:
             workers.clean_up_when_due(shared, ftj, has_job=bool(indexes.jobs.get(key)))
