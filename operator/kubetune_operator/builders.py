@@ -25,6 +25,10 @@ from typing import Any, Final
 
 from kubetune_operator.api.runtime import KUEUE_QUEUE_LABEL
 from kubetune_operator.api.v1alpha1 import (
+    LABEL_COMPONENT,
+    LABEL_JOB_NAME,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
     FineTuneJob,
     FineTuneJobSpec,
     ResourcesSpec,
@@ -32,10 +36,6 @@ from kubetune_operator.api.v1alpha1 import (
 )
 from kubetune_trainer.config import TrainingConfig, parse_source
 
-LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
-LABEL_JOB_NAME: Final = "kubetune.dev/job-name"
-LABEL_COMPONENT: Final = "kubetune.dev/component"
-MANAGED_BY: Final = "kubetune"
 RESTART_ANNOTATION: Final = "kubetune.dev/restart"
 """On the Job: which group restart it runs (0 = first run); status is recomputed from it."""
 COMPLETION_INDEX_ANNOTATION: Final = "batch.kubernetes.io/job-completion-index"

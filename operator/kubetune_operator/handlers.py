@@ -52,8 +52,7 @@ CLUSTER_RUNTIMES: Final = (v1alpha1.GROUP, v1alpha1.VERSION, runtime_api.CLUSTER
 WAITING_FOR_RUNTIME: Final = frozenset(
     {runtimes.RUNTIME_NOT_FOUND, runtimes.RUNTIME_AMBIGUOUS, runtimes.RUNTIME_INVALID}
 )
-MANAGED: Final = {"app.kubernetes.io/managed-by": "kubetune"}
-JOB_NAME_LABEL: Final = "kubetune.dev/job-name"
+MANAGED: Final = {v1alpha1.LABEL_MANAGED_BY: v1alpha1.MANAGED_BY}
 TICK_SECONDS: Final = float(os.environ.get("KUBETUNE_TICK_SECONDS", "30"))
 """How often each job is looked at for what only the clock notices (deadline, TTL)."""
 LOGGER: Final = logging.getLogger(__name__)
@@ -95,21 +94,21 @@ def finetunejobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) ->
 def worker_jobs(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, Any]:
-    return {_key(namespace, labels.get(JOB_NAME_LABEL, "")): dict(body)}
+    return {_key(namespace, labels.get(v1alpha1.LABEL_JOB_NAME, "")): dict(body)}
 
 
 @kopf.index("v1", "pods", labels=MANAGED)
 def worker_pods(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, Any]:
-    return {_key(namespace, labels.get(JOB_NAME_LABEL, "")): dict(body)}
+    return {_key(namespace, labels.get(v1alpha1.LABEL_JOB_NAME, "")): dict(body)}
 
 
-@kopf.index(*FINETUNEJOBS, labels={search.LABEL_COMPONENT: search.TRIAL_COMPONENT})
+@kopf.index(*FINETUNEJOBS, labels={v1alpha1.LABEL_COMPONENT: search.TRIAL_COMPONENT})
 def search_trials(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, Any]:
-    return {_key(namespace, labels.get(search.LABEL_JOB_NAME, "")): dict(body)}
+    return {_key(namespace, labels.get(v1alpha1.LABEL_JOB_NAME, "")): dict(body)}
 
 
 @kopf.index(*RUNTIMES)
@@ -277,9 +276,9 @@ def refresh_status(
     a trial's change refreshes its search parent too."""
     indexes = Indexes.of(kwargs)
     is_finetunejob = resource.plural == v1alpha1.PLURAL
-    key = _key(namespace, name if is_finetunejob else labels.get(JOB_NAME_LABEL, ""))
-    if is_finetunejob and labels.get(search.LABEL_COMPONENT) == search.TRIAL_COMPONENT:
-        _refresh(state(memo), _key(namespace, labels.get(search.LABEL_JOB_NAME, "")), indexes)
+    key = _key(namespace, name if is_finetunejob else labels.get(v1alpha1.LABEL_JOB_NAME, ""))
+    if is_finetunejob and labels.get(v1alpha1.LABEL_COMPONENT) == search.TRIAL_COMPONENT:
+        _refresh(state(memo), _key(namespace, labels.get(v1alpha1.LABEL_JOB_NAME, "")), indexes)
     if type == "DELETED" and is_finetunejob:
         metrics.JOBS.track(key, None)
         state(memo).forget(key)

@@ -84,6 +84,10 @@ from pydantic import TypeAdapter, ValidationError
 from kubetune_operator.api.v1alpha1 import (
     API_VERSION,
     KIND,
+    LABEL_COMPONENT,
+    LABEL_JOB_NAME,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
     BestTrial,
     FineTuneJob,
     FineTuneJobSpec,
@@ -96,10 +100,6 @@ from kubetune_operator.api.v1alpha1 import (
 )
 from kubetune_trainer.config import metric_direction
 
-LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
-MANAGED_BY: Final = "kubetune"
-LABEL_COMPONENT: Final = "kubetune.dev/component"
-LABEL_JOB_NAME: Final = "kubetune.dev/job-name"
 TRIAL_COMPONENT: Final = "trial"
 TRIAL_NUMBER_ANNOTATION: Final = "kubetune.dev/trial-number"
 TRIAL_PARAMS_ANNOTATION: Final = "kubetune.dev/trial-params"

@@ -32,6 +32,14 @@ SINGULAR = "finetunejob"
 SHORT_NAMES = ("ftj",)
 CATEGORIES = ("kubetune",)
 
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kubetune"
+"""Every child the operator makes carries LABEL_MANAGED_BY: MANAGED_BY."""
+LABEL_JOB_NAME = "kubetune.dev/job-name"
+"""On every child: the FineTuneJob it belongs to (a trial: its search parent)."""
+LABEL_COMPONENT = "kubetune.dev/component"
+"""On every child: what it is (worker, config, trial...)."""
+
 MAX_JOB_NAME_LENGTH = 40
 """Leaves room for the longest derived name: '<job>-workers-NNN' (a pod hostname) in 63."""
 TRIAL_SUFFIX = "-trial-999"
