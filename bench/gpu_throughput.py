@@ -490,9 +490,15 @@ def row_results(row: Row, settings: Settings, name: str) -> dict[str, Any]:
 
 
 def commit() -> str:
-    result = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    )
+    """HEAD's short hash, or KUBETUNE_COMMIT in a copy without .git (a GPU machine's)."""
+    if os.environ.get("KUBETUNE_COMMIT"):
+        return os.environ["KUBETUNE_COMMIT"]
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        )
+    except FileNotFoundError:  # no git at all
+        return "unknown"
     return result.stdout.strip() or "unknown"
 
 
