@@ -7,7 +7,10 @@ single process installs none: the trainer would never hear of the stop and would
 at the end of the grace period, losing the work since its last checkpoint. This launcher
 installs a handler that sends SIGTERM on to its process group (the trainer is in it; in a
 pod the group is the container's processes), then runs accelerate's launcher in this
-process. With several processes, torch's elastic agent
+process. Started by a script that shares its process group with other programs, the
+launcher first leads a group of its own, so that the forwarded signal reaches its
+processes and no others; from a terminal it stays in the shell's job, whose group is its
+own already and which Ctrl-C must still reach. With several processes, torch's elastic agent
 replaces the handler with its own, which passes the signal on too and waits
 TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (the operator sets the grace period) before it
 kills the trainers.
@@ -28,7 +31,14 @@ def forward_sigterm(signum: int, frame: FrameType | None) -> None:
     os.killpg(os.getpgrp(), signal.SIGTERM)
 
 
+def lead_own_process_group() -> None:
+    """Leave a group shared with unrelated processes (not a terminal's job, not a pod's)."""
+    if os.getpgrp() != os.getpid() and not os.isatty(0):
+        os.setpgid(0, 0)
+
+
 def main() -> None:
+    lead_own_process_group()
     signal.signal(signal.SIGTERM, forward_sigterm)
     accelerate_launch()
 
