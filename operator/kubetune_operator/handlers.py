@@ -304,9 +304,15 @@ async def stop_clock(memo: Any, **_: Any) -> None:
 
 
 async def _clock(memo: Any, indexes: Indexes) -> None:
-    """Every TICK_SECONDS, each FineTuneJob's tick, one at a time off the event loop."""
+    """Every TICK_SECONDS, where Kueue keeps the jobs waiting for it (one request per
+    LocalQueue), then each FineTuneJob's tick, one at a time off the event loop."""
     while True:
         await asyncio.sleep(TICK_SECONDS)
+        try:
+            await asyncio.to_thread(workers.look_up_kueue_places, state(memo), indexes)
+        except Exception:
+            # Without places the Queued jobs say what they said before; the ticks go on.
+            LOGGER.exception("looking up the places in Kueue's queues failed")
         for key in list(indexes.finetunejobs):
             try:
                 await asyncio.to_thread(tick, state(memo), key, indexes)
@@ -316,8 +322,9 @@ async def _clock(memo: Any, indexes: Indexes) -> None:
 
 
 def tick(shared: OperatorState, key: Key, indexes: Indexes) -> None:
-    """What only the clock notices: the deadline, and ttlSecondsAfterFinished's cleanup; and
-    a job waiting for its runtime is validated again, should a runtime event have been missed."""
+    """What only the clock notices: the deadline, ttlSecondsAfterFinished's cleanup, and a
+    new place in Kueue's queue; and a job waiting for its runtime is validated again,
+    should a runtime event have been missed."""
     with events_through(shared.cluster):
         _revalidate(shared, key, indexes)
         if _refresh(shared, key, indexes):  # ended by its deadline: its GPUs are free

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, cast
+from urllib.parse import quote
 
 import urllib3
 from kubernetes import client, config
@@ -33,6 +34,10 @@ SERVICE_ACCOUNT_NAMESPACE: Final = "/var/run/secrets/kubernetes.io/serviceaccoun
 DEFAULT_NAMESPACE: Final = "default"
 MERGE_PATCH: Final = "application/merge-patch+json"
 EVENT_SOURCE: Final = "kubetune"
+KUEUE_VISIBILITY_GROUP: Final = "visibility.kueue.x-k8s.io"
+KUEUE_VISIBILITY_VERSIONS: Final = ("v1beta2", "v1beta1")
+"""The versions of Kueue's visibility API asked, newest first: Kueue 0.15 and later serve
+v1beta2, 0.9 to 0.14 v1beta1 (0.6 to 0.8 served only v1alpha1, which is not asked)."""
 
 _CREATE_METHODS: Final[dict[tuple[str, str], tuple[type[Any], str]]] = {
     ("v1", "ConfigMap"): (client.CoreV1Api, "create_namespaced_config_map"),
@@ -138,6 +143,8 @@ class Cluster:
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
+        self.visibility_version = KUEUE_VISIBILITY_VERSIONS[0]
+        """The version of Kueue's visibility API that answered last: asked first."""
 
     def create(self, obj: Mapping[str, Any]) -> bool:
         """Create `obj` in its namespace; False when it already existed."""
@@ -288,6 +295,42 @@ class Cluster:
         # As the API wrote them (camelCase, RFC 3339 times), like the FineTuneJob itself.
         plain = self.api.sanitize_for_serialization(found)  # type: ignore[no-untyped-call]
         return [item for item in plain.get("items") or [] if isinstance(item, dict)]
+
+    def pending_workloads(self, namespace: str, local_queue: str) -> dict[str, Any] | None:
+        """Kueue's pending Workloads of a LocalQueue in the order Kueue admits them (a
+        PendingWorkloadsSummary, kueue.py); None when no version of Kueue's visibility API
+        answers for it: not served (404: no Kueue, its VisibilityOnDemand feature off, or no
+        such LocalQueue) or not allowed (403)."""
+        others = [v for v in KUEUE_VISIBILITY_VERSIONS if v != self.visibility_version]
+        for version in [self.visibility_version, *others]:
+            path = (
+                f"/apis/{KUEUE_VISIBILITY_GROUP}/{version}/namespaces/{quote(namespace, safe='')}"
+                f"/localqueues/{quote(local_queue, safe='')}/pendingworkloads"
+            )
+            try:
+                found = self._get_path(path)
+            except ApiException as error:
+                if error.status in (NOT_FOUND, FORBIDDEN):
+                    continue
+                _count_failure("get localqueues/pendingworkloads", error)
+                raise
+            self.visibility_version = version
+            return found
+        return None
+
+    def _get_path(self, path: str) -> dict[str, Any]:
+        """GET an API path the generated client has no method for (an aggregated API's
+        subresource), the way its generated methods send a request."""
+        request = self.api.param_serialize(
+            method="GET",
+            resource_path=path,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        found = self.api._call_with_legacy_options(
+            request, {"200": "object"}, None, True, None, True
+        )
+        return cast(dict[str, Any], found)
 
     @staticmethod
     def _ignore_missing(operation: str, call: Callable[[], object]) -> None:

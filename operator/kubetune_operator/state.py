@@ -21,7 +21,7 @@ from typing import Any, Final, cast
 
 import kopf
 
-from kubetune_operator import builders, kube
+from kubetune_operator import builders, kube, kueue
 from kubetune_operator import status as status_rules
 from kubetune_operator.api.v1alpha1 import CLUSTER_RUNTIME_KIND
 
@@ -61,12 +61,16 @@ class OperatorState:
     )
     """Per namespace: one decision at a time on who may take the GPUs of the operator's
     queue, each seeing the ones before it (through the own-writes overlay)."""
+    kueue: kueue.Visibility = field(default_factory=kueue.Visibility)
+    """The places in Kueue's queues found at the clock's last look, and the LocalQueues
+    whose visibility API did not answer."""
 
     def forget(self, key: Key) -> None:
         """Drop what is kept of a deleted job, so a new job of the same name starts clean
         (restart 0, no Job taken for created) and a long-lived operator does not grow."""
         for kept in (self.locks, self.restarted, self.written, self.created_jobs):
             kept.pop(key, None)
+        self.kueue.places.pop(key, None)
 
     def write_status(
         self, ftj: Mapping[str, Any], patch: dict[str, Any], into: kopf.Patch | None = None

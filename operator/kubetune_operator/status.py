@@ -18,9 +18,10 @@ from a timer (only the clock notices runPolicy.activeDeadlineSeconds), then:
 
 A suspended Job means one of two things, kept apart: the user's spec.runPolicy.suspend
 (phase Suspended), or a Job made for Kueue (its queue-name label) that Kueue has not
-admitted yet (phase Queued). A job in the operator's own GPU queue has no Job yet;
-`queued` gives its status, `refused` the one of a job its runtime does not accept, and
-`runtime_validated` a runtime's own condition.
+admitted yet (phase Queued, with `queuePosition` and the place in the message when
+Kueue's visibility API told the operator where the Job waits: kueue.py). A job in the
+operator's own GPU queue has no Job yet; `queued` gives its status, `refused` the one of
+a job its runtime does not accept, and `runtime_validated` a runtime's own condition.
 
 Two things cannot be seen in the children and are kept in the status: `startTime` (the
 deadline counts from the first Job's start, across restarts) and `lastFailure` (a Job
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from kubetune_operator import kueue
 from kubetune_operator.api.runtime import KUEUE_QUEUE_LABEL
 from kubetune_operator.api.v1alpha1 import ConditionType, Phase
 from kubetune_trainer.config import (
@@ -220,6 +222,8 @@ class _Observed:
     start_time: str | None
     backoff_limit: int
     active_deadline_seconds: int | None
+    kueue_place: kueue.Place | None = None
+    """Where Kueue keeps the worker Job, when it waits for Kueue and the operator knows."""
 
     @property
     def status(self) -> Mapping[str, Any]:
@@ -246,11 +250,13 @@ def observe(
     now: datetime,
     backoff_limit: int,
     active_deadline_seconds: int | None,
+    kueue_place: kueue.Place | None = None,
 ) -> StatusUpdate:
     """The status that the worker Job and its pods show, as a patch, Events and a decision.
 
     `job` is None when it does not exist yet or was deleted; a Job being deleted counts as
-    gone. `pods` may include pods of an older Job: they are ignored.
+    gone. `pods` may include pods of an older Job: they are ignored. `kueue_place`: the
+    Job's place in Kueue's queues (kueue.py), shown while Kueue has not admitted it.
     """
     status = _mapping(ftj.get("status"))
     if status.get("phase") in TERMINAL_PHASES:
@@ -265,6 +271,7 @@ def observe(
         start_time=status.get("startTime") or _first_start(live_job, current_pods, now),
         backoff_limit=backoff_limit,
         active_deadline_seconds=active_deadline_seconds,
+        kueue_place=kueue_place,
     )
     verdict = _judge(observed)
     desired = _desired_status(observed, verdict)
@@ -477,18 +484,27 @@ def _suspended(observed: _Observed) -> _Verdict | None:
             "last checkpoint when it is set back to false"
         )
     elif queue:
-        namespace = _mapping(_mapping(observed.ftj.get("metadata"))).get("namespace", "")
-        message = (
-            f"waiting for Kueue to admit the worker Job from LocalQueue {queue}; its place "
-            f"in the queue: kubectl get workloads -n {namespace}"
-        )
-        return _Verdict("Queued", Reason.Queued, message)
+        return _Verdict("Queued", Reason.Queued, _kueue_message(observed, str(queue)))
     else:
         message = (
             "the worker Job is suspended by another controller (e.g. Kueue waiting for "
             "quota); the workers start when it resumes it"
         )
     return _Verdict("Suspended", Reason.Suspended, message)
+
+
+def _kueue_message(observed: _Observed, queue: str) -> str:
+    place = observed.kueue_place
+    if place is None:
+        namespace = _mapping(_mapping(observed.ftj.get("metadata"))).get("namespace", "")
+        return (
+            f"waiting for Kueue to admit the worker Job from LocalQueue {queue}; its place "
+            f"in the queue: kubectl get workloads -n {namespace}"
+        )
+    return (
+        f"waiting for Kueue to admit the worker Job: place {place.in_local_queue} in "
+        f"LocalQueue {queue} ({place.in_cluster_queue} in ClusterQueue)"
+    )
 
 
 def _failed(observed: _Observed) -> _Verdict | None:
@@ -825,6 +841,10 @@ def _desired_status(observed: _Observed, verdict: _Verdict) -> dict[str, Any]:
         desired["disruptions"] = verdict.disruptions
     if verdict.failure is not None:
         desired["lastFailure"] = {k: v for k, v in verdict.failure.items() if v is not None}
+    # A job in the operator's queue has no Job to observe, so a place here is Kueue's;
+    # None removes a place once the Job is admitted (a merge patch deletes on null).
+    place = observed.kueue_place if verdict.phase == "Queued" else None
+    desired["queuePosition"] = None if place is None else place.in_local_queue
     return desired
 
 

@@ -11,14 +11,17 @@ operator restart creates nothing twice.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import kopf
+import urllib3
+from kubernetes.client.exceptions import ApiException
 
-from kubetune_operator import builders, kube, metrics, queueing, runtimes
+from kubetune_operator import builders, kube, kueue, metrics, queueing, runtimes
 from kubetune_operator import status as status_rules
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.manifests import check_document
@@ -31,11 +34,14 @@ from kubetune_operator.state import (
     is_validated,
     key_of,
     name_of,
+    newest,
     now,
     post,
     run_policy,
     without_status,
 )
+
+LOGGER: Final = logging.getLogger(__name__)
 
 
 def resolution(
@@ -171,7 +177,7 @@ def refresh(
     if job is None and waits_in_queue(ftj):
         phase = _advance_in_queue(shared, ftj, indexes)
     else:
-        update = _observe(ftj, job, pods)
+        update = _observe(ftj, job, pods, shared.kueue.places.get(key))
         _apply(shared, ftj, job, update)
         phase = {**ftj.get("status", {}), **update.patch}.get("phase")
     verdict = (ftj.get("status", {}).get("biasAudit") or {}).get("verdict")
@@ -180,9 +186,62 @@ def refresh(
 
 
 def waits_in_queue(ftj: Mapping[str, Any]) -> bool:
-    """Whether the job waits in the operator's queue (Kueue's waiting jobs have a Job)."""
+    """Whether the job waits in the operator's queue (a job waiting for Kueue has its Job,
+    and its queuePosition is Kueue's)."""
     status = ftj.get("status", {})
-    return status.get("phase") == "Queued" and status.get("queuePosition") is not None
+    return (
+        status.get("phase") == "Queued"
+        and status.get("queuePosition") is not None
+        and _kueue_queue(ftj) is None
+    )
+
+
+# Kueue's queue (the runtime's queue.kueueLocalQueue).
+
+
+def look_up_kueue_places(shared: OperatorState, indexes: Indexes) -> None:
+    """Ask Kueue's visibility API where the worker Jobs waiting for it stand: one request
+    per LocalQueue that has such Jobs, whatever their number. The places are kept for every
+    status computed until the next look; a LocalQueue whose API does not answer keeps the
+    message without a place and rests (kueue.Visibility)."""
+    waiting = _waiting_for_kueue(shared, indexes)
+    memory = shared.kueue
+    found: dict[Key, kueue.Place] = {}
+    for queue in memory.due(waiting):
+        jobs = waiting[queue]
+        try:
+            summary = shared.cluster.pending_workloads(*queue)
+        except (ApiException, urllib3.exceptions.HTTPError) as error:
+            # Transient (Kueue's API priority and fairness answers 429): keep the last places.
+            LOGGER.debug("Kueue's pending workloads of %s/%s: %s", *queue, error)
+            found |= {key: memory.places[key] for key in jobs.values() if key in memory.places}
+            continue
+        if summary is None:
+            if memory.unanswered(queue):
+                LOGGER.info(
+                    "Kueue's visibility API (%s) does not answer for LocalQueue %s/%s (not "
+                    "served or not allowed): jobs waiting in it show no place",
+                    kube.KUEUE_VISIBILITY_GROUP,
+                    *queue,
+                )
+            continue
+        found |= kueue.places(summary, jobs)
+    memory.places = found
+
+
+def _waiting_for_kueue(
+    shared: OperatorState, indexes: Indexes
+) -> dict[kueue.LocalQueue, dict[str, Key]]:
+    """Per LocalQueue, the uids of the worker Jobs that wait for Kueue, with their jobs."""
+    waiting: dict[kueue.LocalQueue, dict[str, Key]] = {}
+    for key in list(indexes.finetunejobs):
+        ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, [])))
+        job = newest(indexes.jobs.get(key, []))
+        queue = _kueue_queue(ftj or {})
+        uid = ((job or {}).get("metadata") or {}).get("uid")
+        if queue and uid and (ftj or {}).get("status", {}).get("phase") == "Queued":
+            waiting.setdefault((key[0], queue), {})[str(uid)] = key
+    return waiting
 
 
 # The operator's queue (the runtime's queue.maxConcurrentGpusPerNamespace).
@@ -306,7 +365,10 @@ def clean_up_when_due(shared: OperatorState, ftj: Mapping[str, Any], has_job: bo
 
 
 def _observe(
-    ftj: Mapping[str, Any], job: Mapping[str, Any] | None, pods: list[Any]
+    ftj: Mapping[str, Any],
+    job: Mapping[str, Any] | None,
+    pods: list[Any],
+    kueue_place: kueue.Place | None = None,
 ) -> status_rules.StatusUpdate:
     return status_rules.observe(
         ftj,
@@ -315,6 +377,7 @@ def _observe(
         now=now(),
         backoff_limit=int(run_policy(ftj).get("backoffLimit", 3)),
         active_deadline_seconds=run_policy(ftj).get("activeDeadlineSeconds"),
+        kueue_place=kueue_place,
     )
 
 

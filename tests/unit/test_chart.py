@@ -220,6 +220,8 @@ def exercise_cluster(cluster: kube.Cluster, method: str) -> None:
         cluster.post_event(about, "Normal", "CleanedUp", "children deleted", "2026-01-01T00:00:00Z")
     elif method == "patch_status":
         cluster.patch_status(namespace, name, {"phase": "Running"})
+    elif method == "pending_workloads":
+        cluster.pending_workloads(namespace, "gpu-queue")
     else:
         pytest.fail(f"handlers call Cluster.{method}: teach exercise_cluster about it")
 
@@ -386,6 +388,7 @@ def test_the_derived_rules_hold_the_calls_a_reader_would_expect() -> None:
         ("batch", "jobs", "patch"),
         ("kubetune.dev", "finetunejobs/status", "get"),
         ("", "pods", "watch"),
+        ("visibility.kueue.x-k8s.io", "localqueues/pendingworkloads", "get"),
     } <= rules
     assert ("", "pods", "create") not in rules
     assert ("", "secrets", "get") not in rules

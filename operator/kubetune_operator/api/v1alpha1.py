@@ -721,7 +721,7 @@ class FineTuneJobStatus(Section):
     )
     """The spec the job runs with: the runtime's defaults under the job's fields, every default filled in. Recorded once at validation; worker restarts are built from it, so a runtime edited later does not change a running job."""
     queue_position: int | None = Field(default=None, ge=1)
-    """While Queued in the operator's queue (the runtime's maxConcurrentGpusPerNamespace): 1 is next to start. Kueue's queue positions are in `kubectl get workloads`."""
+    """While Queued, the place in the queue (1 is next to start): the operator's queue (the runtime's maxConcurrentGpusPerNamespace), or the Kueue LocalQueue's (from Kueue's visibility API; absent where it is not served)."""
     progress: Progress | None = None
     """Training progress (from the trainer)."""
     metrics: dict[Annotated[str, Field(max_length=128)], float] = Field(default_factory=dict)
