@@ -296,10 +296,19 @@ def _single_job(manifest: Path) -> FineTuneJob:
     return jobs[0].job
 
 
+OUTCOME_WORDS = {
+    "succeeded": "finished",
+    "interrupted": "interrupted (run it again to resume from its checkpoint)",
+    "budgetExceeded": "stopped: the GPU budget is spent (a checkpoint is kept)",
+}
+"""How `kubetune run` names report.json's outcome; "failed" says itself."""
+
+
 def _print_summary(report: dict[str, Any]) -> None:
     succeeded = bool(report["succeeded"])
     mark = "[green]✓[/]" if succeeded else "[red]✗[/]"
-    out.print(f"{mark} {escape(str(report['job']))} {'finished' if succeeded else 'failed'}")
+    outcome = report.get("outcome") or ("succeeded" if succeeded else "failed")
+    out.print(f"{mark} {escape(str(report['job']))} {OUTCOME_WORDS.get(outcome, outcome)}")
     best = report.get("bestMetrics") or {}
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in best.items() if v is not None)
     diagnosis = report.get("diagnosis") or {}

@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from rich.console import Group, RenderableType
 from rich.markup import escape
@@ -108,6 +108,15 @@ def is_search(report: Mapping[str, Any]) -> bool:
     return report.get("kind") == "search"
 
 
+OUTCOME_MARKS: Final = {
+    "succeeded": "[green]✓ succeeded[/]",
+    "failed": "[red]✗ failed[/]",
+    "interrupted": "[yellow]■ interrupted[/] (stopped by SIGTERM; resumes from its checkpoint)",
+    "budgetExceeded": "[yellow]■ stopped[/] (runPolicy.maxGpuHours spent; checkpoint kept)",
+}
+"""The heading's mark for report.json's `outcome` (older reports have only `succeeded`)."""
+
+
 def summary(report: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     """The glance as plain data (what `--json` prints)."""
     if is_search(report):
@@ -120,6 +129,7 @@ def summary(report: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     return {
         "job": report.get("job"),
         "succeeded": report.get("succeeded"),
+        "outcome": report.get("outcome"),
         "primaryMetric": metric,
         "best": best.get(str(metric)) if metric else None,
         "steps": report.get("steps"),
@@ -187,8 +197,8 @@ def _page_line(name: str, page: Path) -> str:
 
 
 def _heading(glance: Mapping[str, Any]) -> str:
-    succeeded = glance["succeeded"]
-    mark = {True: "[green]✓ succeeded[/]", False: "[red]✗ failed[/]"}.get(succeeded, "")
+    outcome = glance["outcome"] or {True: "succeeded", False: "failed"}.get(glance["succeeded"])
+    mark = OUTCOME_MARKS.get(str(outcome), "")
     return f"[bold]{escape(str(glance['job'] or 'fine-tune'))}[/] {mark}".rstrip()
 
 

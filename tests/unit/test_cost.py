@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from kubetune_operator.api.v1alpha1 import CostStatus
-from kubetune_trainer.cost import Budget, BudgetError, GpuMeter, RunCost
+from kubetune_trainer.cost import (
+    Budget,
+    BudgetError,
+    GpuMeter,
+    Ledger,
+    RunCost,
+    resumed_gpu_hours,
+)
 
 
 class Clock:
@@ -35,6 +45,42 @@ def test_a_resumed_run_continues_the_count_of_its_checkpoint() -> None:
     meter.resume(3.25)  # what the checkpoint of the earlier starts holds
     clock.now = 900.0
     assert meter.gpu_hours() == 3.25 + 8 * 0.25
+
+
+def test_the_earlier_folds_count_toward_the_budget_but_not_into_the_fold_own_count() -> None:
+    clock = Clock(0.0)
+    meter = GpuMeter(2, clock=clock, others=5.0)  # the cross-validation's earlier folds
+    meter.resume(1.0)
+    clock.now = 1800.0
+    assert meter.own_gpu_hours() == 1.0 + 2 * 0.5  # what the fold's checkpoints keep
+    assert meter.gpu_hours() == 5.0 + 2.0  # what its budget compares and its reports show
+    assert Budget(max_gpu_hours=6.5).exceeded(meter.gpu_hours())
+
+
+def test_a_start_resumes_from_the_larger_total_never_the_sum() -> None:
+    """The checkpoint and the ledger count the same timeline; after a crash the ledger also
+    holds the hours past the last checkpoint, and adding the two would count the hours up
+    to the checkpoint twice."""
+    assert resumed_gpu_hours(3.0, Ledger(gpu_hours=3.75, attempts=1)) == 3.75  # a crash
+    assert resumed_gpu_hours(3.0, Ledger()) == 3.0  # no ledger (another rank, or none yet)
+    assert resumed_gpu_hours(0.0, Ledger(gpu_hours=0.5, attempts=1)) == 0.5  # no checkpoint
+
+
+def test_the_ledger_is_replaced_whole_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "cost.json"
+    assert Ledger.read(path) == Ledger(0.0, 0)
+    Ledger(1.25, 1).write(path)
+    Ledger(2.5, 2).write(path)
+    assert json.loads(path.read_text()) == {"gpuHours": 2.5, "attempts": 2}
+    assert Ledger.read(path) == Ledger(2.5, 2)
+    assert [p.name for p in tmp_path.iterdir()] == ["cost.json"]  # no temporary file left
+
+
+def test_a_ledger_that_is_not_one_is_refused_by_path(tmp_path: Path) -> None:
+    path = tmp_path / "cost.json"
+    path.write_text('{"hours": 3}')
+    with pytest.raises(BudgetError, match=r"cost\.json is not a GPU-hour ledger .*delete it"):
+        Ledger.read(path)
 
 
 def test_the_budget_trips_only_past_its_limit() -> None:

@@ -34,6 +34,7 @@ from kubetune_trainer.reporting import (
     FanOut,
     JsonlReporter,
     NullReporter,
+    Outcome,
     PrometheusReporter,
     RunInfo,
     StatusClient,
@@ -288,7 +289,7 @@ def test_status_patches_are_throttled_merged_and_flushed_on_finish(
     reporter.section("diagnosis", DIAGNOSIS)
     clock.now = 7.0
     reporter.logged(step(30))
-    reporter.finished(True, "done")
+    reporter.finished("succeeded", "done")
     reporter.close()
 
     assert api.bodies() == [
@@ -380,7 +381,7 @@ def test_an_unreachable_server_does_not_stop_training(
     reporter = StatusReporter(client, clock=FakeClock())
     reporter.started(INFO)
     reporter.logged(step(10))
-    reporter.finished(False, "diverged")
+    reporter.finished("failed", "diverged")
     reporter.close()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -587,7 +588,7 @@ def run_events(reporter: Any) -> None:
     reporter.logged(step(20, loss=math.nan, grad_norm=None))
     reporter.evaluated(EvalRecord(step=20, epoch=0.59, metrics={"accuracy": 0.875, "loss": 0.4}))
     reporter.section("diagnosis", DIAGNOSIS)
-    reporter.finished(True, "saved the best model")
+    reporter.finished("succeeded", "saved the best model")
 
 
 def test_jsonl_writes_one_flushed_object_per_event(tmp_path: Path) -> None:
@@ -646,8 +647,39 @@ def test_jsonl_writes_one_flushed_object_per_event(tmp_path: Path) -> None:
             "metrics": {"accuracy": 0.875, "loss": 0.4},
         },
         {"event": "section", "time": time, "name": "diagnosis", "payload": DIAGNOSIS},
-        {"event": "finished", "time": time, "succeeded": True, "message": "saved the best model"},
+        {
+            "event": "finished",
+            "time": time,
+            "outcome": "succeeded",
+            "succeeded": True,
+            "message": "saved the best model",
+        },
     ]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "line"),
+    [
+        ("succeeded", "training succeeded: best accuracy=0.9000"),
+        ("failed", "training failed: best accuracy=0.9000"),
+        ("interrupted", "training interrupted: best accuracy=0.9000"),
+        ("budgetExceeded", "training stopped: best accuracy=0.9000"),
+    ],
+)
+def test_the_last_line_and_event_say_how_the_run_ended(
+    tmp_path: Path, outcome: Outcome, line: str
+) -> None:
+    """A stop with a checkpoint to resume from (SIGTERM, the budget) is not called a failure."""
+    output = io.StringIO()
+    path = tmp_path / "metrics.jsonl"
+    reporter = FanOut([ConsoleReporter(Console(file=output, width=120)), JsonlReporter(path)])
+    reporter.started(INFO)
+    reporter.finished(outcome, "best accuracy=0.9000")
+    reporter.close()
+    assert output.getvalue().splitlines()[-1] == line
+    event = json.loads(path.read_text().splitlines()[-1])
+    assert (event["event"], event["outcome"]) == ("finished", outcome)
+    assert event["succeeded"] is (outcome == "succeeded")
 
 
 def test_jsonl_appends_a_restarted_run(tmp_path: Path) -> None:
@@ -700,7 +732,7 @@ def test_console_draws_a_bar_on_a_terminal() -> None:
     reporter.started(INFO)
     reporter.logged(step(10))
     reporter.section("freezing", {"epoch": 1, "trainable": ["classifier"], "frozen": []})
-    reporter.finished(False, "diverged")
+    reporter.finished("failed", "diverged")
     reporter.close()
     text = output.getvalue()
     assert "step 10/100  loss 0.6931" in text

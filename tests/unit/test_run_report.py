@@ -119,6 +119,7 @@ def test_report_json_prints_the_summary_as_data(tmp_path: Path) -> None:
     assert json.loads(result.output) == {
         "job": "sentiment-ft",
         "succeeded": True,
+        "outcome": None,
         "primaryMetric": "accuracy",
         "best": 0.8312345,
         "steps": 1200,
@@ -148,6 +149,26 @@ def test_a_bare_report_prints_without_the_parts_it_lacks(tmp_path: Path) -> None
     result = runner.invoke(app, ["report", str(run_dir)], env=WIDE)
     assert result.exit_code == 0, result.output
     assert "bare ✗ failed" in result.output
+
+
+@pytest.mark.parametrize(
+    ("outcome", "heading"),
+    [
+        ("interrupted", "stopped ■ interrupted (stopped by SIGTERM; resumes from its checkpoint)"),
+        (
+            "budgetExceeded",
+            "stopped ■ stopped (runPolicy.maxGpuHours spent; checkpoint kept)",
+        ),
+    ],
+)
+def test_a_run_stopped_with_a_checkpoint_is_not_called_failed(
+    tmp_path: Path, outcome: str, heading: str
+) -> None:
+    content = {"job": "stopped", "succeeded": False, "outcome": outcome}
+    run_dir = write(tmp_path / "run", content)
+    result = runner.invoke(app, ["report", str(run_dir)], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == heading
     assert "(not written)" in result.output
     for absent in ("diagnosis", "bias audit", "data ", "Traceback"):
         assert absent not in result.output
@@ -227,6 +248,14 @@ def test_the_run_summary_ends_with_the_bias_verdict(capsys: pytest.CaptureFixtur
         "for",
         "dialect",
     ]
+
+
+def test_the_run_summary_names_a_stop_with_a_checkpoint(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cli._print_summary({**report(), "succeeded": False, "outcome": "interrupted"})
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == "✗ sentiment-ft interrupted (run it again to resume from its checkpoint)"
 
 
 def test_the_run_summary_has_no_bias_line_without_an_audit(

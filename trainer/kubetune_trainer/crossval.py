@@ -5,6 +5,10 @@ on the small datasets people fine-tune on. Each fold trains the same recipe on k
 and evaluates on the remaining one; the report gives each metric's mean and standard
 deviation over the folds, and the best fold's model is kept as the run's model. The
 validation rows of the config are not used: the folds are the validation.
+
+One GPU budget (runPolicy.maxGpuHours) covers all the folds: each fold counts the GPU-hours
+of the folds before it, so a fold's cost (its report.json, status.cost) is the
+cross-validation's so far, and the last fold's is the whole run's.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ def run_cross_validation(
     spec = config.evaluation.cross_validation
     assert spec is not None
     data, _ = cached_prepare(config, load_tokenizer(config), output_dir / CACHE_DIR, prepare_data)
-    results = []
+    results: list[RunResult] = []
     for index, (train_rows, validation_rows) in enumerate(fold_rows(data, config)):
         recipe = Recipe(
             config,
@@ -101,14 +105,15 @@ def run_cross_validation(
             env=env,
             console=console,
             data=fold_data(data, train_rows, validation_rows, config),
+            others_gpu_hours=_gpu_hours(results[-1]) if results else 0.0,
         )
         try:
             recipe.setup()
             results.append(recipe.train())
         finally:
             recipe.cleanup()
-        # Each fold counts its own GPU-hours; a SIGTERM stops the fold it arrives in. Either
-        # way the next start resumes this fold from its checkpoint, and earlier folds at their end.
+        # The budget or a SIGTERM stops the fold it arrives in; the next start resumes this
+        # fold from its checkpoint, and the earlier folds at their end.
         if results[-1].budget_exceeded or results[-1].interrupted:
             return results[-1]
     return _summarise(config, output_dir, job_name, results)
@@ -127,7 +132,7 @@ def _summarise(
         "job": job_name,
         "succeeded": all(r.succeeded for r in results),
         "bestMetrics": {name: values["mean"] for name, values in summary.items()},
-        "cost": {"gpuHours": sum(r.report.get("cost", {}).get("gpuHours", 0.0) for r in results)},
+        "cost": results[-1].report["cost"],
         "crossValidation": {
             "folds": len(results),
             "metrics": summary,
@@ -156,6 +161,11 @@ def _summarise(
         metrics=report["bestMetrics"],
         report=report,
     )
+
+
+def _gpu_hours(result: RunResult) -> float:
+    """The GPU-hours of a fold and the folds before it."""
+    return float(result.report["cost"]["gpuHours"])
 
 
 def _best_fold(results: list[RunResult], metric: str) -> RunResult:

@@ -8,11 +8,14 @@ touches the training loop, so it lives apart from the recipe, which hands over t
 its accelerator and loaders, and gets back the report's sections and the audit's verdict.
 
 Every process predicts its shard of the rows (the loaders are prepared by accelerate and
-the results gathered); the attributions are computed on rank 0 alone.
+the results gathered); the attributions are computed on rank 0 alone. Each part is
+optional and may be slow on a large model: a run asked to stop (SIGTERM) skips the parts
+after the one that is running, every process alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,12 +78,15 @@ class FinalModel:
     """The pre-trained weights per layer group (rank 0, with evaluation.attributions)."""
     reporter: Reporter
     """Where the audit's verdict goes as soon as it is known (status.biasAudit)."""
+    stop_requested: Callable[[], bool]
+    """Whether the run is to stop now; asked by every process before each part (a collective)."""
 
 
 def examine_final_model(final: FinalModel) -> tuple[dict[str, Any], BiasAudit | None]:
     """The final model's report sections (evaluation: per-class results; biasAudit;
-    attributions) and its audit; nothing for a causal language model."""
-    if final.config.model.task == "causal-lm":
+    attributions) and its audit; nothing for a causal language model. A stop keeps the
+    parts done before it."""
+    if final.config.model.task == "causal-lm" or final.stop_requested():
         return {}, None
     logits, gathered = predict(final.model, final.accelerator, final.eval_loader)
     probabilities = torch.softmax(logits, dim=-1).numpy()
@@ -89,9 +95,13 @@ def examine_final_model(final: FinalModel) -> tuple[dict[str, Any], BiasAudit | 
     sections: dict[str, Any] = {
         "evaluation": per_class_summary(labels, predictions, final.data.labels)
     }
+    if final.stop_requested():
+        return sections, None
     bias_audit = _audit_bias(final, probabilities, labels)
     if bias_audit is not None:
         sections["biasAudit"] = bias_audit.to_report()
+    if final.stop_requested():
+        return sections, bias_audit
     attributions = _explain(final, probabilities)
     if attributions is not None:
         sections["attributions"] = attributions

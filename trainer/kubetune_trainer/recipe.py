@@ -10,7 +10,11 @@ Asked to stop (SIGTERM: a suspended, preempted, evicted or drained worker group)
 stops at its next logged step, every process at the same one, saves a checkpoint there and
 ends as interrupted; the next group resumes from that checkpoint. A signal handler runs
 between bytecodes of the main thread, so it only sets a flag; the flag travels in the
-collective that already reduces the logged loss, so the check costs no extra sync.
+collective that already reduces the logged loss, so the check costs no extra sync. After
+the last step (the final phase: loading the best checkpoint, examining it, saving it) the
+processes agree on the flag before each part, and a stop skips what is left: the checkpoint
+of the last step is there to resume from, and the next start does the final phase again.
+A SIGTERM that comes once the model is saved changes nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import Any
 
 import datasets
 import numpy as np
@@ -45,7 +49,14 @@ from kubetune_trainer import freezing
 from kubetune_trainer.audit import BiasAudit, positive_classes
 from kubetune_trainer.balance import class_balanced_weights
 from kubetune_trainer.config import TrainingConfig
-from kubetune_trainer.cost import Budget, GpuMeter, RunCost
+from kubetune_trainer.cost import (
+    LEDGER_FILE,
+    Budget,
+    GpuMeter,
+    Ledger,
+    RunCost,
+    resumed_gpu_hours,
+)
 from kubetune_trainer.data import (
     IGNORED_LABEL,
     AuditRows,
@@ -63,7 +74,14 @@ from kubetune_trainer.interpret import LayerSnapshot, snapshot_layer_groups
 from kubetune_trainer.metrics import classification_metrics, is_better, language_model_metrics
 from kubetune_trainer.modeling import load_model, load_tokenizer
 from kubetune_trainer.report import REPORT_HTML, REPORT_JSON, build_report, write_reports
-from kubetune_trainer.reporting import EvalRecord, Reporter, RunInfo, StepRecord, build_reporter
+from kubetune_trainer.reporting import (
+    EvalRecord,
+    Outcome,
+    Reporter,
+    RunInfo,
+    StepRecord,
+    build_reporter,
+)
 from kubetune_trainer.schedules import (
     RangeTestResult,
     build_optimizer,
@@ -81,9 +99,6 @@ CACHE_DIR = "cache"
 """Under the output folder: the prepared data of the last start (data_cache)."""
 MAX_LOGS_PER_RUN = 200
 """Logging reduces the loss across processes (a host sync): keep it to a few hundred times a run."""
-
-Outcome = Literal["succeeded", "failed", "budgetExceeded", "interrupted"]
-"""How a run ended, as report.json's `outcome` says it."""
 
 
 @dataclass
@@ -211,12 +226,15 @@ class Recipe:
     _log_every: int
     _budget_spent: bool
     _interrupted: bool
-    """Some process got SIGTERM: every process stops at this logged step."""
+    """Some process got SIGTERM: every process stops at this logged step (or part of the
+    final phase)."""
     _sigterm_received: bool
     """This process got SIGTERM (set by the signal handler, read at the next logged step)."""
     snapshot: LayerSnapshot | None
     layer_parameters: dict[str, list[torch.nn.Parameter]]
     audit_rows: AuditRows | None
+    _attempts: int
+    """Starts of the run, this one included (rank 0's ledger; 1 on the other ranks)."""
 
     def __init__(
         self,
@@ -227,13 +245,17 @@ class Recipe:
         env: Mapping[str, str] = os.environ,
         console: Console | None = None,
         data: PreparedData | None = None,
+        others_gpu_hours: float = 0.0,
     ) -> None:
+        """`others_gpu_hours`: GPU-hours of the runs before this one under the same budget
+        (a cross-validation's earlier folds)."""
         self.config = config
         self.output_dir = output_dir
         self.job_name = job_name
         self.env = env
         self.console = console or Console(stderr=True)
         self.data = data
+        self.others_gpu_hours = others_gpu_hours
         self.resumed_from: Path | None = None
         self._trainable_cache: tuple[Any, frozenset[str], list[torch.nn.Parameter]] = (
             None,
@@ -259,7 +281,7 @@ class Recipe:
             dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
         )
         self.processes = int(self.accelerator.num_processes)
-        self.meter = GpuMeter(self.gpus, started=meter_started)
+        self.meter = GpuMeter(self.gpus, started=meter_started, others=self.others_gpu_hours)
         set_seed(training.seed)
         if not self.console.is_terminal:  # progress bars in a log file are noise
             datasets.disable_progress_bars()
@@ -282,8 +304,25 @@ class Recipe:
         self._build_scheduler()
         self.accelerator.register_for_checkpointing(self.state)
         self._resume_from_latest_checkpoint()
-        self.meter.resume(self.state.gpu_hours)
+        self._resume_gpu_count()
         self.timings["setupSeconds"] = time.perf_counter() - started
+
+    def _resume_gpu_count(self) -> None:
+        """Continue the GPU-hours of the earlier starts from the checkpoint's count or rank 0's
+        ledger, whichever is larger (cost.py says why), and count this start in the ledger."""
+        ledger = Ledger.read(self.ledger_path) if self.accelerator.is_main_process else Ledger()
+        self.meter.resume(resumed_gpu_hours(self.state.gpu_hours, ledger))
+        self._attempts = ledger.attempts + 1
+        self._write_ledger()
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.output_dir / LEDGER_FILE
+
+    def _write_ledger(self) -> None:
+        """Rank 0 records the run's own GPU-hours so far, for a start after a crash."""
+        if self.accelerator.is_main_process:
+            Ledger(self.meter.own_gpu_hours(), self._attempts).write(self.ledger_path)
 
     def _prepare_data(self) -> PreparedData:
         """The data from the cache of an earlier start, or prepared now; failures go to status."""
@@ -674,6 +713,7 @@ class Recipe:
                 [self.state.step, dict(zip(self.layer_parameters, norms, strict=True))]
             )
             self._layer_grad_norms = None
+        self._write_ledger()
         self.reporter.logged(
             StepRecord(
                 step=self.state.step,
@@ -854,7 +894,8 @@ class Recipe:
         """
         final = self.checkpoint_root / checkpoint_name(self.state.step)
         partial = self.checkpoint_root / f"{PARTIAL_PREFIX}{final.name}"
-        self.state.gpu_hours = self.meter.gpu_hours()
+        self.state.gpu_hours = self.meter.own_gpu_hours()
+        self._write_ledger()
         if self.accelerator.is_main_process and partial.exists():
             shutil.rmtree(partial)
         self.accelerator.wait_for_everyone()
@@ -909,18 +950,16 @@ class Recipe:
         sections: dict[str, Any] = {}
         bias_audit = None
         if diverged is None and not self._stopping_early:
-            self._load_best_checkpoint()
-            sections, bias_audit = self._examine_final_model()
-            if self.config.output.save_model:
-                self._save_model()
+            sections, bias_audit = self._final_phase()
         cost = self.budget.cost(self.meter.gpu_hours())
+        self._write_ledger()
         succeeded, message = self._outcome(diverged, bias_audit, cost)
         interrupted = self._interrupted and not self._budget_spent  # the budget's stop is final
         outcome = outcome_of(succeeded, self._budget_spent, interrupted)
         report = self._write_report(diagnosis, best, outcome, sections, cost)
         self.reporter.section("artifacts", self._artifacts())
         self.reporter.section("cost", cost.to_status())
-        self.reporter.finished(succeeded, message)
+        self.reporter.finished(outcome, message)
         return RunResult(
             succeeded,
             message,
@@ -931,6 +970,26 @@ class Recipe:
             budget_exceeded=self._budget_spent,
             interrupted=interrupted,
         )
+
+    def _final_phase(self) -> tuple[dict[str, Any], BiasAudit | None]:
+        """Load the best checkpoint, examine it and save it, unless a SIGTERM comes first:
+        it skips what is left (examine.py checks between its parts), and the checkpoint of
+        the last step, saved with the last evaluation, is where the next start resumes."""
+        if self._sigterm_agreed():
+            return {}, None
+        self._load_best_checkpoint()
+        sections, bias_audit = self._examine_final_model()
+        if self.config.output.save_model and not self._sigterm_agreed():
+            self._save_model()
+        return sections, bias_audit
+
+    def _sigterm_agreed(self) -> bool:
+        """Whether any process got SIGTERM; once true it stays true. A collective: every
+        process asks at the same points of the final phase."""
+        if not self._interrupted:
+            flag = torch.tensor(float(self._sigterm_received), device=self.accelerator.device)
+            self._interrupted = bool(self.accelerator.reduce(flag, "sum").item() > 0)
+        return self._interrupted
 
     def _checkpoint_unless_saved(self) -> None:
         """A checkpoint of the step the run stopped at, for a run that is to continue."""
@@ -1007,6 +1066,7 @@ class Recipe:
                 audit_rows=self.audit_rows,
                 snapshot=self.snapshot,
                 reporter=self.reporter,
+                stop_requested=self._sigterm_agreed,
             )
         )
 
@@ -1016,8 +1076,10 @@ class Recipe:
         if callable(merge):
             model = merge()
         final = self.output_dir / MODEL_DIR
-        partial = self.output_dir / f".partial-{MODEL_DIR}"
+        partial = self.output_dir / f"{PARTIAL_PREFIX}{MODEL_DIR}"
         if self.accelerator.is_main_process:
+            if partial.exists():  # left by a save that was killed: none of it may stay
+                shutil.rmtree(partial)
             model.save_pretrained(partial, save_function=self.accelerator.save)
             self.tokenizer.save_pretrained(partial)
             if final.exists():

@@ -64,6 +64,17 @@ tests' kubelet points it at a plain-HTTP API emulator); pods in a cluster leave 
 BODY_REJECTED_CODES: Final = frozenset({400, 422})
 """Answers that reject the patch's content: sending it again cannot succeed."""
 
+Outcome = Literal["succeeded", "failed", "budgetExceeded", "interrupted"]
+"""How a run ended, as report.json's `outcome` and metrics.jsonl's "finished" event say it."""
+
+FINAL_WORDS: Final[Mapping[Outcome, str]] = {
+    "succeeded": "training succeeded",
+    "failed": "training failed",
+    "budgetExceeded": "training stopped",
+    "interrupted": "training interrupted",
+}
+"""How the console's last line begins: a stop with a checkpoint to resume from is no failure."""
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -123,7 +134,7 @@ class Reporter(Protocol):
         """A named whole payload, camelCase. The TRAINER_SECTIONS also go into the status;
         others (e.g. "freezing") reach the console and metrics.jsonl only."""
 
-    def finished(self, succeeded: bool, message: str) -> None: ...
+    def finished(self, outcome: Outcome, message: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -237,9 +248,9 @@ def section_patch(name: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     return patch
 
 
-def finished_patch(succeeded: bool) -> dict[str, Any]:
-    """Nothing is left to estimate: no time left after a success, no estimate after a failure."""
-    return {"progress": {"etaSeconds": 0 if succeeded else None}}
+def finished_patch(outcome: Outcome) -> dict[str, Any]:
+    """Nothing is left to estimate: no time left after a success, no estimate otherwise."""
+    return {"progress": {"etaSeconds": 0 if outcome == "succeeded" else None}}
 
 
 def merge_patches(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
@@ -431,9 +442,9 @@ class StatusReporter:
         if name in TRAINER_SECTIONS:
             self._offer(section_patch(name, payload))
 
-    def finished(self, succeeded: bool, message: str) -> None:
+    def finished(self, outcome: Outcome, message: str) -> None:
         if self._info is not None:
-            self._pending = merge_patches(self._pending, finished_patch(succeeded))
+            self._pending = merge_patches(self._pending, finished_patch(outcome))
         self.flush()
 
     def close(self) -> None:
@@ -524,7 +535,7 @@ GPU_HOURS = MetricDefinition(
     "kubetune_trainer_gpu_hours",
     "gauge",
     "GPU-hours of the run at the last logged step: GPUs held times hours since the trainer "
-    "started, restarts included (0 on the CPU).",
+    "started, restarts and a cross-validation's earlier folds included (0 on the CPU).",
 )
 TRAINER_METRICS: Final = (
     LOSS,
@@ -593,7 +604,7 @@ class PrometheusReporter:
     def section(self, name: str, payload: Mapping[str, Any]) -> None:
         pass
 
-    def finished(self, succeeded: bool, message: str) -> None:
+    def finished(self, outcome: Outcome, message: str) -> None:
         pass
 
     def close(self) -> None:
@@ -660,8 +671,11 @@ class JsonlReporter:
     def section(self, name: str, payload: Mapping[str, Any]) -> None:
         self._write("section", {"name": name, "payload": payload})
 
-    def finished(self, succeeded: bool, message: str) -> None:
-        self._write("finished", {"succeeded": succeeded, "message": message})
+    def finished(self, outcome: Outcome, message: str) -> None:
+        self._write(
+            "finished",
+            {"outcome": outcome, "succeeded": outcome == "succeeded", "message": message},
+        )
 
     def close(self) -> None:
         self._file.close()
@@ -725,8 +739,8 @@ def _compact(value: Any) -> str:
     return str(value)
 
 
-def final_line(succeeded: bool, message: str) -> str:
-    return f"training {'succeeded' if succeeded else 'failed'}: {message}"
+def final_line(outcome: Outcome, message: str) -> str:
+    return f"{FINAL_WORDS[outcome]}: {message}"
 
 
 PLAIN_PROGRESS_LINES = 20
@@ -773,9 +787,9 @@ class ConsoleReporter:
     def section(self, name: str, payload: Mapping[str, Any]) -> None:
         self._print(section_summary(name, payload))
 
-    def finished(self, succeeded: bool, message: str) -> None:
+    def finished(self, outcome: Outcome, message: str) -> None:
         self._stop_bar()
-        self._print(final_line(succeeded, message))
+        self._print(final_line(outcome, message))
 
     def close(self) -> None:
         self._stop_bar()
@@ -804,7 +818,7 @@ class NullReporter:
     def section(self, name: str, payload: Mapping[str, Any]) -> None:
         pass
 
-    def finished(self, succeeded: bool, message: str) -> None:
+    def finished(self, outcome: Outcome, message: str) -> None:
         pass
 
     def close(self) -> None:
@@ -833,9 +847,9 @@ class FanOut:
         for reporter in self.reporters:
             reporter.section(name, payload)
 
-    def finished(self, succeeded: bool, message: str) -> None:
+    def finished(self, outcome: Outcome, message: str) -> None:
         for reporter in self.reporters:
-            reporter.finished(succeeded, message)
+            reporter.finished(outcome, message)
 
     def close(self) -> None:
         """Closes every reporter, even when one of them raises."""
