@@ -153,6 +153,18 @@ def test_metric_must_fit_the_task() -> None:
     assert "loss, perplexity" in msg
 
 
+def test_packing_is_for_causal_language_models_only() -> None:
+    packed = {"train": {"source": "t.csv"}, "packing": True}
+    loc, msg = error_of(minimal(data=packed))
+    assert loc == ()
+    assert "data.packing applies to causal-lm only, not sequence-classification" in msg
+    config = TrainingConfig.model_validate(
+        minimal(model={"source": "m", "task": "causal-lm"}, data=packed), by_name=False
+    )
+    assert config.data.packing
+    assert not TrainingConfig.model_validate(minimal()).data.packing
+
+
 def test_primary_metric_defaults_by_task() -> None:
     classifier = TrainingConfig.model_validate(minimal())
     assert classifier.primary_metric() == "accuracy"

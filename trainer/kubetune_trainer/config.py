@@ -475,6 +475,8 @@ class DataSpec(Section):
     """Data-quality rules: duplicates, conflicting labels, empty and garbage text, leakage, missing values, unknown labels, length, label noise."""
     augmentation: AugmentationSpec | None = None
     """Extra training rows for scarce data. Left out: none."""
+    packing: bool = False
+    """causal-lm only: pack several training rows into each sequence of maxLength tokens (best-fit decreasing), each row attending only to itself; fewer padding tokens per step. Validation rows stay unpacked."""
 
     def column_roles(self, *, with_label: bool) -> list[tuple[str, str]]:
         """(field path, column) for every column the data section names."""
@@ -847,6 +849,15 @@ class TrainingConfig(Section):
         for field, is_set in chosen:
             if is_set:
                 raise ValueError(f"{field} applies to sequence-classification only, not causal-lm")
+        return self
+
+    @model_validator(mode="after")
+    def _packing_needs_causal_lm(self) -> Self:
+        if self.data.packing and self.model.task != "causal-lm":
+            raise ValueError(
+                f"data.packing applies to causal-lm only, not {self.model.task}; "
+                "leave it out or set it to false"
+            )
         return self
 
     def primary_metric(self) -> MetricName:

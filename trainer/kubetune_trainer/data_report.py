@@ -88,6 +88,9 @@ class DataReport:
     removed: Counts = field(default_factory=dict)
     """Training rows left out after the rules: undersampled."""
     recommendation: str = ""
+    packing: dict[str, Any] | None = None
+    """data.packing: rows, sequences, fill and padding before and after (packing.packing_summary);
+    set when the training loader is built, None without packing."""
 
     def imbalance_ratio(self) -> float | None:
         """Largest over smallest class in the training rows that reached the rules."""
@@ -122,6 +125,7 @@ class DataReport:
             "removed": self.removed,
             "imbalanceRatio": self.imbalance_ratio(),
             "recommendation": self.recommendation,
+            "packing": self.packing,
         }
 
     def _message(self, quality_message: str) -> str:

@@ -26,6 +26,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from kubetune_trainer.config import LoraSpec, TrainingConfig
+from kubetune_trainer.data import PACKED_ARCHITECTURES
 from kubetune_trainer.sources import resolve_local
 
 HIDDEN_DROPOUT_NAMES = (
@@ -65,6 +66,8 @@ def load_model(config: TrainingConfig, labels: list[str]) -> nn.Module:
     """The model with its task head, dropout overrides, LoRA and checkpointing applied."""
     path = model_path(config)
     model_config = _model_config(path, config, labels)
+    if config.data.packing:
+        _check_packing(model_config)
     auto = (
         AutoModelForCausalLM
         if config.model.task == "causal-lm"
@@ -94,7 +97,7 @@ def _from_pretrained(auto: Any, path: Path, model_config: PretrainedConfig) -> P
             path, config=model_config, attn_implementation="sdpa", dtype=torch.float32
         )
     except ValueError as error:
-        if "sdpa" not in str(error).lower():
+        if not any(name in str(error).lower() for name in ("sdpa", "scaled_dot_product")):
             raise
         model = auto.from_pretrained(
             path, config=model_config, attn_implementation="eager", dtype=torch.float32
@@ -119,6 +122,18 @@ def _model_config(path: Path, config: TrainingConfig, labels: list[str]) -> Pret
         "attentionDropout",
     )
     return model_config
+
+
+def _check_packing(model_config: PretrainedConfig) -> None:
+    """Refuse an architecture that would let packed rows attend to each other; run the
+    others without a KV cache, which would switch transformers' packed-row masks off."""
+    if model_config.model_type not in PACKED_ARCHITECTURES:
+        raise ModelError(
+            f"data.packing: the {model_config.model_type} architecture does not keep packed "
+            "rows apart by their position_ids (packed rows would attend to each other); "
+            f"leave data.packing out, or use one of {', '.join(sorted(PACKED_ARCHITECTURES))}"
+        )
+    model_config.use_cache = False
 
 
 def _set_dropout(

@@ -62,7 +62,10 @@ from kubetune_trainer.data import (
     AuditRows,
     DataError,
     LengthGroupedSampler,
+    PackedCollator,
     PreparedData,
+    pack_rows,
+    packing_summary,
     prepare_audit_rows,
     prepare_data,
 )
@@ -350,7 +353,8 @@ class Recipe:
     def _build_model_and_loaders(self) -> None:
         assert self.data is not None
         model = load_model(self.config, self.data.labels)
-        self.steps_per_epoch = self._steps_per_epoch(len(self.data.train))
+        self.train_rows = self._training_rows()
+        self.steps_per_epoch = self._steps_per_epoch(len(self.train_rows))
         self.plan = freezing.build_plan(model, self.config.freezing, self.steps_per_epoch)
         freezing.freeze_permanently(model, self.plan)
         groups = freezing.optimizer_groups(
@@ -387,6 +391,20 @@ class Recipe:
         wanted = self.config.evaluation.attributions is not None and not self.is_language_model
         return snapshot_layer_groups(model) if wanted and self.accelerator.is_main_process else None
 
+    def _training_rows(self) -> datasets.Dataset:
+        """The rows the training loader draws: with data.packing the training rows packed
+        into sequences of data.maxLength tokens (the data report gets the packing's numbers),
+        else the training rows as prepared. Validation rows are never packed."""
+        assert self.data is not None
+        if not self.config.data.packing:
+            return self.data.train
+        packed = pack_rows(self.data.train, self.config.data.max_length)
+        training = self.config.training
+        self.data.report.packing = packing_summary(
+            packed, self.data.train["length"][:], training.batch_size, training.seed
+        )
+        return packed.rows
+
     def _loaders(self) -> tuple[DataLoader[Any], DataLoader[Any]]:
         assert self.data is not None
         collator: Any = (
@@ -396,7 +414,14 @@ class Recipe:
             if self.is_language_model
             else DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8)
         )
-        columns = [c for c in self.data.train.column_names if c != "length"]
+        # Packed sequences bring position_ids and no attention_mask; what pads them is
+        # never attended to, so a tokenizer without a pad token may pad with id 0.
+        train_collator = (
+            PackedCollator(self.tokenizer.pad_token_id or 0)
+            if self.config.data.packing
+            else collator
+        )
+        columns = [c for c in self.train_rows.column_names if c != "length"]
         training = self.config.training
         workers = self._data_loader_workers()
         loading: dict[str, Any] = {
@@ -405,7 +430,7 @@ class Recipe:
             "persistent_workers": workers > 0,
         }
         sampler = LengthGroupedSampler(
-            self.data.train["length"],
+            self.train_rows["length"],
             training.batch_size,
             training.seed,
             weights=self._draw_weights(),
@@ -413,10 +438,10 @@ class Recipe:
         # Loaders draw their worker seeds from their own generator, not the global one that
         # dropout uses: otherwise the extra loader of a resumed epoch shifts every dropout mask.
         train = DataLoader(
-            self.data.train.select_columns(columns).with_format("torch"),
+            self.train_rows.select_columns(columns).with_format("torch"),
             batch_size=training.batch_size,
             sampler=sampler,
-            collate_fn=collator,
+            collate_fn=train_collator,
             generator=torch.Generator().manual_seed(training.seed),
             **loading,
         )

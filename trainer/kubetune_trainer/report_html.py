@@ -1025,6 +1025,7 @@ def data_section(report: Mapping[str, Any]) -> Section | None:
         _examples(data),
         _classes(data),
         _lengths(data, report),
+        _packing(data),
         _groups(data),
     ]
     body = join(part for part in parts if part)
@@ -1272,6 +1273,22 @@ def _lengths(data: Mapping[str, Any], report: Mapping[str, Any]) -> Markup:
         parts.append(length_chart(histograms, max_length))
     parts.append(table(["split", *LENGTH_STATS], rows, class_="lengths"))
     return join(parts)
+
+
+def _packing(data: Mapping[str, Any]) -> Markup:
+    """data.packing: how many sequences the training rows became and the padding it saved."""
+    packing = _mapping(data.get("packing"))
+    keys = ("rows", "sequences", "fill", "paddingBefore", "paddingAfter")
+    numbers = [n for key in keys if (n := _number(packing.get(key))) is not None]
+    if len(numbers) < len(keys):
+        return Markup("")
+    rows, sequences, fill, before, after = numbers
+    return tag(
+        "p",
+        f"Packing: {rows:,.0f} training rows packed into {sequences:,.0f} sequences "
+        f"({fill:.1%} full); padding per batch {before:.1%} unpacked, {after:.1%} packed.",
+        class_="packing",
+    )
 
 
 def histogram(stats: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:

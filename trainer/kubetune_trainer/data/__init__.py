@@ -19,7 +19,9 @@ after it:
 - balancing: resampling of the training rows, and class weights;
 - tokenizing: the model's input columns, tokenized without padding;
 - batching: `LengthGroupedSampler` puts rows of similar length in a batch, so that the
-  collator's padding to the longest row stays small.
+  collator's padding to the longest row stays small;
+- packing: with data.packing, causal-LM training rows packed into sequences of
+  data.maxLength tokens (the recipe packs when it builds the training loader).
 
 pipeline.py runs them in this order (`prepare_data`), language_model.py runs the few that
 apply to a causal language model, and prepared.py holds what they hand on (`PreparedData`).
@@ -38,6 +40,14 @@ from kubetune_trainer.data.batching import MEGA_BATCH_FACTOR, LengthGroupedSampl
 from kubetune_trainer.data.groups import MISSING_GROUP
 from kubetune_trainer.data.language_model import IGNORED_LABEL, prepare_language_model_data
 from kubetune_trainer.data.loading import load_table, read_source
+from kubetune_trainer.data.packing import (
+    PACKED_ARCHITECTURES,
+    PackedCollator,
+    PackedRows,
+    PackingStats,
+    pack_rows,
+    packing_summary,
+)
 from kubetune_trainer.data.pipeline import prepare_audit_rows, prepare_data
 from kubetune_trainer.data.prepared import AuditRows, PreparedData
 from kubetune_trainer.data.rows import DataError
@@ -48,16 +58,22 @@ __all__ = [
     "IGNORED_LABEL",
     "MEGA_BATCH_FACTOR",
     "MISSING_GROUP",
+    "PACKED_ARCHITECTURES",
     "SYNTHETIC_COLUMN",
     "TOKEN_COUNT_BATCH",
     "AuditRows",
     "DataError",
     "LengthGroupedSampler",
+    "PackedCollator",
+    "PackedRows",
+    "PackingStats",
     "PreparedData",
     "apply_quality_rules",
     "class_weights",
     "kfold_splits",
     "load_table",
+    "pack_rows",
+    "packing_summary",
     "prepare_audit_rows",
     "prepare_data",
     "prepare_language_model_data",
