@@ -153,6 +153,17 @@ def test_metric_must_fit_the_task() -> None:
     assert "loss, perplexity" in msg
 
 
+def test_cross_validation_is_for_classifiers_only() -> None:
+    config = minimal(
+        model={"source": "m", "task": "causal-lm"}, evaluation={"crossValidation": {"folds": 3}}
+    )
+    loc, msg = error_of(config)
+    assert loc == ()
+    assert msg.endswith(
+        "evaluation.crossValidation applies to sequence-classification only, not causal-lm"
+    )
+
+
 def test_packing_is_for_causal_language_models_only() -> None:
     packed = {"train": {"source": "t.csv"}, "packing": True}
     loc, msg = error_of(minimal(data=packed))

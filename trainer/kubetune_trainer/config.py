@@ -684,7 +684,7 @@ class EvaluationSpec(Section):
     max_generalization_gap: float | None = Field(default=None, gt=0, le=1e6)
     """Report overfitting when the train metric exceeds the validation metric by more than this."""
     cross_validation: CrossValidationSpec | None = None
-    """Train k models on k folds of the training rows (the validation rows are not used) and report each metric's mean and spread; the best fold's model is kept."""
+    """sequence-classification: train k models on k folds of the training rows (the validation rows are not used) and report each metric's mean and spread; the best fold's model is kept."""
     divergence_factor: float = Field(default=4.0, gt=1, le=1e6)
     """Stop as diverged when the smoothed training loss exceeds this multiple of its starting value (NaN or infinity always counts)."""
     underfitting_floor: float | None = Field(default=None, ge=0, le=1e6)
@@ -845,6 +845,7 @@ class TrainingConfig(Section):
             ("data.quality.labelNoise", data.quality.label_noise is not None),
             ("data.augmentation", data.augmentation is not None),
             ("evaluation.attributions", self.evaluation.attributions is not None),
+            ("evaluation.crossValidation", self.evaluation.cross_validation is not None),
         ]
         for field, is_set in chosen:
             if is_set:
