@@ -281,6 +281,7 @@ def search_summary(report: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
         "job": report.get("job"),
         "kind": "search",
         "succeeded": report.get("succeeded"),
+        "outcome": report.get("outcome"),
         "message": report.get("message"),
         "algorithm": search.get("algorithm"),
         "objective": dict(_mapping(search.get("objective"))),

@@ -259,6 +259,7 @@ class Recipe:
         self.console = console or Console(stderr=True)
         self.data = data
         self.others_gpu_hours = others_gpu_hours
+        self._attempts = 1  # until the ledger of earlier starts is read (_resume_gpu_count)
         self.resumed_from: Path | None = None
         self._trainable_cache: tuple[Any, frozenset[str], list[torch.nn.Parameter]] = (
             None,
