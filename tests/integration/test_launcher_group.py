@@ -18,8 +18,11 @@ from pathlib import Path
 
 from tests.integration.test_sigterm import LAUNCHER, wait_for_a_logged_step, write_config
 
-SCRIPT = 'sleep 300 & echo $! > bystander.pid; "$@" & echo $! > launcher.pid; wait $!'
-"""A bystander and the launcher in the script's group, each one's pid in a file."""
+SCRIPT = (
+    'sleep 300 >/dev/null 2>&1 & echo $! > bystander.pid; "$@" & echo $! > launcher.pid; wait $!'
+)
+"""A bystander and the launcher in the script's group, each one's pid in a file (the
+bystander holds no end of the output pipe, so the script's output ends with the launcher)."""
 
 
 def read_pid(path: Path) -> int:
