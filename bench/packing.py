@@ -1,10 +1,12 @@
 """Packing: one epoch of a causal LM on long-tailed rows, padded (length grouped) vs packed.
 
     python bench/packing.py [--rows 800] [--max-length 256] [--median-words 30] [--repeats 2]
+    python bench/packing.py --model llama-1.1b     # on a GPU: TinyLlama's shape, bf16, 2048
 
 Chat and instruction data have long-tailed lengths: most rows are short, a few are long.
 The script writes such rows (lognormal word counts, like chat turns), saves a small
-random-init GPT-2 (2 layers x 512), and trains one epoch through the real recipe twice:
+random-init GPT-2 (2 layers x 512; or with --model llama-1.1b a Llama of TinyLlama-1.1B's
+shape, bench/gpu_throughput.py's, for a GPU), and trains one epoch through the real recipe twice:
 with data.packing off (batches of length-grouped rows padded to their longest) and on
 (rows packed best-fit decreasing into sequences of maxLength tokens). The two variants
 alternate for --repeats rounds and each one's median counts, so a machine that slows down
@@ -22,6 +24,7 @@ import csv
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 WORDS = [f"w{i}" for i in range(200)]
-BATCH_SIZE = 16
 
 
 def write_rows(path: Path, rows: int, median_words: int, max_words: int, seed: int) -> Path:
@@ -48,14 +50,36 @@ def write_rows(path: Path, rows: int, median_words: int, max_words: int, seed: i
     return path
 
 
-def make_model(folder: Path) -> Path:
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+@dataclass(frozen=True)
+class Preset:
+    """A model and the run settings that suit it."""
 
+    max_length: int
+    batch_size: int
+    median_words: int
+    rows: int
+
+
+PRESETS = {
+    "tiny-gpt2": Preset(max_length=256, batch_size=16, median_words=30, rows=800),
+    "llama-1.1b": Preset(max_length=2048, batch_size=8, median_words=300, rows=2000),
+}
+
+
+def make_model(folder: Path, name: str) -> Path:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from gpu_throughput import TINYLLAMA
     from tests.tiny import make_tokenizer
 
     tokenizer = make_tokenizer(WORDS)
     tokenizer.eos_token = "[SEP]"
+    torch.manual_seed(0)
+    if name == "llama-1.1b":  # the vocabulary of TinyLlama: its head's FLOPs are real
+        LlamaForCausalLM(LlamaConfig(**TINYLLAMA)).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_embd=512,
@@ -65,14 +89,13 @@ def make_model(folder: Path) -> Path:
         eos_token_id=tokenizer.sep_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(0)
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
 def one_epoch(
-    model: Path, data: tuple[Path, Path], max_length: int, packing: bool
+    model: Path, data: tuple[Path, Path], max_length: int, batch_size: int, packing: bool
 ) -> dict[str, Any]:
     """Train one epoch; the training loop's seconds and the report's data section."""
     from kubetune_trainer.__main__ import run_training
@@ -87,7 +110,7 @@ def one_epoch(
                 "maxLength": max_length,
                 "packing": packing,
             },
-            "training": {"epochs": 1, "batchSize": BATCH_SIZE, "learningRate": 1e-3},
+            "training": {"epochs": 1, "batchSize": batch_size, "learningRate": 1e-3},
             "output": {"saveModel": False},
         },
         by_name=False,
@@ -103,35 +126,42 @@ def one_epoch(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=800)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--median-words", type=int, default=30)
+    parser.add_argument("--model", choices=PRESETS, default="tiny-gpt2")
+    parser.add_argument("--rows", type=int, help="training rows (default: the model's preset)")
+    parser.add_argument("--max-length", type=int, help="data.maxLength (default: the preset's)")
+    parser.add_argument("--median-words", type=int, help="median row length (the preset's)")
+    parser.add_argument("--batch-size", type=int, help="training.batchSize (the preset's)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    preset = PRESETS[args.model]
+    max_length = args.max_length or preset.max_length
+    batch_size = args.batch_size or preset.batch_size
+    median_words = args.median_words or preset.median_words
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work)
-        model = make_model(folder / "model")
-        words = args.max_length - 1  # one token per word, and the end of text
+        model = make_model(folder / "model", args.model)
+        words = max_length - 1  # one token per word, and the end of text
         data = (
-            write_rows(folder / "train.csv", args.rows, args.median_words, words, seed=0),
-            write_rows(folder / "validation.csv", 50, args.median_words, words, seed=1),
+            write_rows(folder / "train.csv", args.rows or preset.rows, median_words, words, 0),
+            write_rows(folder / "validation.csv", 50, median_words, words, seed=1),
         )
         seconds: dict[bool, list[float]] = {False: [], True: []}
         packed_data: dict[str, Any] = {}
         for _ in range(args.repeats):
             for packing in (False, True):
-                run = one_epoch(model, data, args.max_length, packing)
+                run = one_epoch(model, data, max_length, batch_size, packing)
                 seconds[packing].append(run["seconds"])
                 packed_data = run["data"] if packing else packed_data
-    report(packed_data["packing"], {k: statistics.median(v) for k, v in seconds.items()})
+    medians = {k: statistics.median(v) for k, v in seconds.items()}
+    report(packed_data["packing"], medians, args.model, batch_size)
 
 
-def report(packing: dict[str, Any], seconds: dict[bool, float]) -> None:
+def report(packing: dict[str, Any], seconds: dict[bool, float], model: str, batch: int) -> None:
     tokens = packing["tokens"]
     padded, packed = tokens / seconds[False], tokens / seconds[True]
     print(
-        f"{packing['rows']} rows, {tokens} real tokens, maxLength {packing['maxLength']}, "
-        f"batch {BATCH_SIZE}: packed into {packing['sequences']} sequences, "
+        f"{model}: {packing['rows']} rows, {tokens} real tokens, maxLength "
+        f"{packing['maxLength']}, batch {batch}: packed into {packing['sequences']} sequences, "
         f"fill {packing['fill']:.3f}"
     )
     print(f"{'variant':<26}{'real tokens/s':>15}{'padding':>10}")
