@@ -80,12 +80,40 @@ def test_a_run_writes_a_loadable_model_and_a_full_report(
     assert report["diagnosis"]["verdict"] in ("Healthy", "Overfitting", "Underfitting")
     assert set(report["versions"]) >= {"python", "torch", "transformers", "accelerate"}
     assert report["cost"] == {"gpuHours": 0.0}  # a CPU run holds no GPU
+    # One batch per logged step: tokens over samples is its width, padded to a multiple of 8.
+    widths = {e["tokensPerSecond"] / e["samplesPerSecond"] for e in step_events(tmp_path)}
+    assert {round(width) for width in widths} <= {8, 16, 24, 32}
+    assert all(width == pytest.approx(round(width), rel=1e-12) for width in widths)
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
     assert model.config.id2label == {0: "negative", 1: "positive"}
     assert len(tokenizer("proper good")["input_ids"]) == 4
     checkpoints = {p.name for p in (tmp_path / "checkpoints").iterdir()}
     assert checkpoints == {"step-00000040", "step-00000060", report["bestCheckpoint"]}
+
+
+def step_events(output: Path) -> list[dict[str, Any]]:
+    lines = (output / "metrics.jsonl").read_text().splitlines()
+    return [event for event in map(json.loads, lines) if event["event"] == "step"]
+
+
+def test_tokens_per_second_count_the_padded_width_and_a_cpu_has_no_mfu(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    """maxLength 8 truncates every row to at most 8 tokens and batches pad to a multiple of
+    8: every batch is 8 wide, so tokens/s is exactly 8 x samples/s at each logged step."""
+    config = make_config(tiny_model_dir, small_data, training={"epochs": 1})
+    config = config.model_copy(update={"data": config.data.model_copy(update={"max_length": 8})})
+    result = train(config, tmp_path)
+    steps = step_events(tmp_path)
+    assert len(steps) == 20  # 320 rows / 16, each step logged
+    for event in steps:
+        assert event["tokensPerSecond"] == pytest.approx(8 * event["samplesPerSecond"], rel=1e-12)
+        assert event["mfu"] is None
+    throughput = result.report["throughput"]
+    assert throughput["mfu"] is None
+    rates = [event["tokensPerSecond"] for event in steps]
+    assert min(rates) <= throughput["tokensPerSecond"] <= max(rates)  # all tokens / all seconds
 
 
 def test_frozen_embeddings_are_bit_identical_and_the_rest_moves(

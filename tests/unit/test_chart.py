@@ -613,6 +613,8 @@ def test_dashboard_queries_only_metrics_that_exist() -> None:
         "kubetune_trainer_loss",
         "kubetune_trainer_eval_metric",
         "kubetune_trainer_samples_per_second",
+        "kubetune_trainer_tokens_per_second",
+        "kubetune_trainer_model_flops_utilization",
         "kubetune_restarts_total",
     } <= queried
 

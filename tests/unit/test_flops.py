@@ -6,11 +6,14 @@ import pytest
 from transformers import BertConfig, LlamaConfig
 
 from kubetune_trainer.flops import (
+    Throughput,
+    ThroughputCounts,
     device_peak,
     layer_parameters,
     model_flops_utilization,
     per_token_parameters,
     shape_from_config,
+    step_throughput,
     training_flops_per_token,
 )
 
@@ -105,3 +108,49 @@ def test_mfu_of_a_1b_model_on_an_h100() -> None:
 def test_mfu_refuses_a_zero_peak() -> None:
     with pytest.raises(ValueError, match="positive"):
         model_flops_utilization(1.0, 1.0, 0.0)
+
+
+def test_step_throughput_of_a_window_on_four_a100s() -> None:
+    throughput = step_throughput(
+        samples=2_400,
+        tokens=624_000,
+        seconds=10.0,
+        flops_per_token=8e9,
+        peak_flops=312e12,
+        devices=4,
+    )
+    # 62,400 tokens/s x 8e9 FLOPs = 4.992e14 FLOP/s of 4 x 312e12 = 1.248e15.
+    assert throughput.samples_per_second == 240.0
+    assert throughput.tokens_per_second == 62_400.0
+    assert throughput.mfu == pytest.approx(0.4, rel=1e-12)
+
+
+@pytest.mark.parametrize(("peak", "devices"), [(None, 4), (312e12, 0)])
+def test_step_throughput_has_no_mfu_without_a_peak_or_a_gpu(
+    peak: float | None, devices: int
+) -> None:
+    throughput = step_throughput(2_400, 624_000, 10.0, 8e9, peak, devices)
+    assert throughput == Throughput(240.0, 62_400.0, None)
+
+
+def test_window_counts_weigh_each_batch_at_its_own_width() -> None:
+    shape = shape_from_config(BERT_BASE, causal_lm=False)
+    counts = ThroughputCounts(seconds=2.0)
+    counts.add_batch(16, 128, shape)  # 2,048 tokens of 523,791,432 FLOPs (hand count above)
+    counts.add_batch(16, 64, shape)  # 1,024 tokens of 509,607,936 + 7,077,888 + 55,440
+    flops = 2_048 * 523_791_432 + 1_024 * 516_741_264  # 1,601,867,907,072
+    assert (counts.samples, counts.tokens, counts.model_flops) == (32, 3_072, flops)
+    # Two processes alike on two A100s: twice the counts in the same 2 s on twice the peak.
+    throughput = counts.throughput(processes=2, peak_flops=312e12, devices=2)
+    assert (throughput.samples_per_second, throughput.tokens_per_second) == (32.0, 3_072.0)
+    assert throughput.mfu == pytest.approx(1_601_867_907_072 / 624e12, rel=1e-12)
+
+
+def test_window_counts_without_a_shape_count_tokens_but_no_flops() -> None:
+    counts = ThroughputCounts(seconds=0.5)
+    counts.add_batch(8, 24, None)
+    counts.add(ThroughputCounts(samples=8, tokens=8 * 40, seconds=0.5))
+    assert (counts.samples, counts.tokens, counts.model_flops) == (16, 512, 0.0)
+    assert counts.throughput(processes=1, peak_flops=None, devices=0) == Throughput(
+        16.0, 512.0, None
+    )

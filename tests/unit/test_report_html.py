@@ -830,6 +830,15 @@ def test_the_header_shows_gpu_hours_and_cost_when_the_report_has_them() -> None:
     assert facts == {"GPU-hours": "1.235", "cost": f"1,234.50 {SCRIPT}"}
 
 
+def test_the_header_shows_the_runs_tokens_per_second_and_mfu_when_known() -> None:
+    report = {"job": "x", "throughput": {"tokensPerSecond": 123456.7, "mfu": 0.41234}}
+    facts = {text(d[0]): text(d[1]) for d in next(dom(render_html(report)).iter("dl"))}
+    assert facts == {"tokens/s": "123,457", "MFU": "41.2%"}
+    on_a_cpu = {"job": "x", "throughput": {"tokensPerSecond": 800.0, "mfu": None}}
+    facts = {text(d[0]): text(d[1]) for d in next(dom(render_html(on_a_cpu)).iter("dl"))}
+    assert facts == {"tokens/s": "800"}
+
+
 @pytest.mark.parametrize(
     ("value", "shown"),
     [

@@ -87,6 +87,8 @@ def step(number: int, **overrides: Any) -> StepRecord:
         "learning_rate": 2e-5,
         "grad_norm": 1.25,
         "samples_per_second": 32.0,
+        "tokens_per_second": 1024.0,
+        "mfu": None,
     }
     return StepRecord(**(fields | overrides))
 
@@ -531,7 +533,7 @@ def test_prometheus_serves_the_latest_numbers() -> None:
     try:
         reporter.started(INFO)
         clock.now = 10.0
-        reporter.logged(step(10, samples_per_second=32.0, cost=RunCost(0.004)))
+        reporter.logged(step(10, samples_per_second=32.0, mfu=0.375, cost=RunCost(0.004)))
         clock.now = 15.0
         reporter.logged(
             step(
@@ -541,6 +543,8 @@ def test_prometheus_serves_the_latest_numbers() -> None:
                 learning_rate=1e-5,
                 grad_norm=None,
                 samples_per_second=16,
+                tokens_per_second=16 * 48.0,
+                mfu=None,  # not measured this time: the gauge keeps the last known value
                 cost=RunCost(2 * 15.0 / 3600),
             )
         )
@@ -553,6 +557,8 @@ def test_prometheus_serves_the_latest_numbers() -> None:
     assert only_value(families["kubetune_trainer_learning_rate"]) == 1e-5
     assert only_value(families["kubetune_trainer_grad_norm"]) == 1.25
     assert only_value(families["kubetune_trainer_samples_per_second"]) == 16.0
+    assert only_value(families["kubetune_trainer_tokens_per_second"]) == 768.0
+    assert only_value(families["kubetune_trainer_model_flops_utilization"]) == 0.375
     assert only_value(families["kubetune_trainer_epoch"]) == 0.5
     assert only_value(families["kubetune_trainer_step"]) == 20.0
     assert only_value(families["kubetune_trainer_progress_ratio"]) == 0.2
@@ -571,6 +577,7 @@ def test_prometheus_documents_every_metric_and_stops_serving_on_close() -> None:
     with without_proxies().open(f"http://127.0.0.1:{reporter.port}/metrics", timeout=10) as answer:
         text = answer.read().decode()
     reporter.close()
+    assert "kubetune_trainer_model_flops_utilization{" not in text  # never known: no sample
     for metric in TRAINER_METRICS:
         assert f"# HELP {metric.name} {metric.help}" in text
         assert f"# TYPE {metric.name} {metric.kind}" in text
@@ -584,7 +591,7 @@ def test_prometheus_documents_every_metric_and_stops_serving_on_close() -> None:
 def run_events(reporter: Any) -> None:
     reporter.section("dataValidation", {"rowsIn": 120, "rowsOut": 118, "message": "2 empty"})
     reporter.started(INFO)
-    reporter.logged(step(10, cost=RunCost(0.5, 1.25, "EUR")))
+    reporter.logged(step(10, cost=RunCost(0.5, 1.25, "EUR"), mfu=0.412))
     reporter.logged(step(20, loss=math.nan, grad_norm=None))
     reporter.evaluated(EvalRecord(step=20, epoch=0.59, metrics={"accuracy": 0.875, "loss": 0.4}))
     reporter.section("diagnosis", DIAGNOSIS)
@@ -626,6 +633,8 @@ def test_jsonl_writes_one_flushed_object_per_event(tmp_path: Path) -> None:
             "learningRate": 2e-5,
             "gradNorm": 1.25,
             "samplesPerSecond": 32.0,
+            "tokensPerSecond": 1024.0,
+            "mfu": 0.412,
             "gpuHours": 0.5,
         },
         {
@@ -637,6 +646,8 @@ def test_jsonl_writes_one_flushed_object_per_event(tmp_path: Path) -> None:
             "learningRate": 2e-5,
             "gradNorm": None,
             "samplesPerSecond": 32.0,
+            "tokensPerSecond": 1024.0,
+            "mfu": None,
             "gpuHours": None,
         },
         {
@@ -706,8 +717,9 @@ def test_console_prints_plain_lines_when_not_a_terminal() -> None:
         "training ml/sentiment: 3 epochs, 100 steps (34 per epoch) on 2 processes, "
         "primary metric accuracy",
         "epoch 1/3  step 10/100  loss 0.6931  lr 2.00e-05  grad norm 1.250  32.0 samples/s  "
-        "ETA --:--",
-        "epoch 1/3  step 20/100  loss nan  lr 2.00e-05  32.0 samples/s  ETA 0:00:00",
+        "1,024 tokens/s  MFU 41.2%  ETA --:--",
+        "epoch 1/3  step 20/100  loss nan  lr 2.00e-05  32.0 samples/s  1,024 tokens/s  "
+        "ETA 0:00:00",
         "eval at step 20 (epoch 0.59): accuracy=0.8750  loss=0.4000",
         "diagnosis: Overfitting | raise weight decay",
         "training succeeded: saved the best model",

@@ -24,6 +24,15 @@ left out (well under 1% for these sizes).
 A sequence classifier's pooler and classification head see one token per sequence: they
 are counted once per sequence, spread over its T tokens.
 
+The trainer reports tokens/s and MFU at every logged step (`step_throughput`). It counts
+the FLOPs of each batch at that batch's own padded width rather than at data.maxLength:
+attention FLOPs grow with the width, and batches padded to their longest row are often
+much narrower than the limit. Padding is counted as tokens, since the model computes on it.
+
+With LoRA or frozen layers the 6 * N overstates the work: the backward pass of a frozen
+weight computes no weight gradient (about 4 * N rather than 6 * N for a fully frozen base).
+The standard formula is kept all the same, as the field reports MFU, so figures compare.
+
 No torch here: the bench and the tests compute the numbers from a config alone.
 """
 
@@ -160,3 +169,77 @@ def model_flops_utilization(
     if peak_flops <= 0 or devices <= 0:
         raise ValueError("the peak and the number of devices must be positive")
     return tokens_per_second * flops_per_token / (peak_flops * devices)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """A logging window's speed, all processes together."""
+
+    samples_per_second: float
+    tokens_per_second: float
+    """Tokens the model processed per second, padding included."""
+    mfu: float | None
+    """Model FLOPs utilization, 0 to 1; None without a known peak (a CPU, an unknown GPU)."""
+
+
+def step_throughput(
+    samples: int,
+    tokens: int,
+    seconds: float,
+    flops_per_token: float,
+    peak_flops: float | None,
+    devices: int,
+) -> Throughput:
+    """Samples/s, tokens/s and MFU of `samples` sequences of `tokens` tokens in `seconds`;
+    `flops_per_token` is the mean over those tokens (see `batch_training_flops`)."""
+    tokens_per_second = tokens / seconds
+    mfu = (
+        None
+        if peak_flops is None or devices <= 0
+        else model_flops_utilization(tokens_per_second, flops_per_token, peak_flops, devices)
+    )
+    return Throughput(samples / seconds, tokens_per_second, mfu)
+
+
+def batch_training_flops(shape: ModelShape, rows: int, width: int) -> float:
+    """Training FLOPs of a batch of `rows` sequences padded to `width` tokens. Summed over a
+    window and divided by its tokens, it gives the window's exact mean FLOPs per token, with
+    each batch's attention counted at its own width."""
+    return rows * width * training_flops_per_token(shape, width)
+
+
+@dataclass
+class ThroughputCounts:
+    """What one process trained on over a window (between two logged steps, or a whole run),
+    counted on the host from the batches' shapes, so counting never waits for the device."""
+
+    samples: int = 0
+    tokens: int = 0
+    """Padding included."""
+    model_flops: float = 0.0
+    """0 when the model's shape is not counted (no peak to compare with)."""
+    seconds: float = 0.0
+
+    def add_batch(self, rows: int, width: int, shape: ModelShape | None) -> None:
+        self.samples += rows
+        self.tokens += rows * width
+        if shape is not None:
+            self.model_flops += batch_training_flops(shape, rows, width)
+
+    def add(self, other: ThroughputCounts) -> None:
+        self.samples += other.samples
+        self.tokens += other.tokens
+        self.model_flops += other.model_flops
+        self.seconds += other.seconds
+
+    def throughput(self, processes: int, peak_flops: float | None, devices: int) -> Throughput:
+        """The speed of all `processes` together. Each process counts only its own batches,
+        so they are taken to train alike (the same batch size, widths that differ little)."""
+        return step_throughput(
+            self.samples * processes,
+            self.tokens * processes,
+            max(self.seconds, 1e-9),
+            self.model_flops / max(self.tokens, 1),
+            peak_flops,
+            devices,
+        )

@@ -73,6 +73,13 @@ from kubetune_trainer.data_cache import cached_prepare
 from kubetune_trainer.data_report import failed_status
 from kubetune_trainer.diagnosis import Diagnosis, DivergenceMonitor, EvalPoint, diagnose
 from kubetune_trainer.examine import FinalModel, examine_final_model, predict
+from kubetune_trainer.flops import (
+    ModelShape,
+    Throughput,
+    ThroughputCounts,
+    device_peak,
+    shape_from_config,
+)
 from kubetune_trainer.interpret import LayerSnapshot, snapshot_layer_groups
 from kubetune_trainer.metrics import classification_metrics, is_better, language_model_metrics
 from kubetune_trainer.modeling import load_model, load_tokenizer
@@ -222,8 +229,11 @@ class Recipe:
     _interval_batches: int
     _interval_predictions: list[torch.Tensor]
     _interval_labels: list[torch.Tensor]
-    _samples: int
-    _batch_rows: int
+    _window: ThroughputCounts
+    _run_counts: ThroughputCounts
+    """This start's logged windows together: the report's mean tokens/s and MFU."""
+    _batch_shape: tuple[int, int]
+    """Rows and padded width of the batch in training."""
     _window_started: float
     _grad_norm: torch.Tensor | None
     _log_every: int
@@ -376,6 +386,7 @@ class Recipe:
         self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             model, optimizer, *self._loaders()
         )
+        self._peak_flops, self._flops_shape = self._mfu_basis(model)
         decaying = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
         self.l1_parameters = [
             (name, p) for name, p in model.named_parameters() if id(p) in decaying
@@ -385,6 +396,22 @@ class Recipe:
             if self.data.class_weights is None
             else torch.tensor(self.data.class_weights, device=self.accelerator.device)
         )
+
+    def _mfu_basis(self, model: torch.nn.Module) -> tuple[float | None, ModelShape | None]:
+        """The device's peak and the model's shape, both needed for MFU: known on a GPU in
+        flops.py's table for a model whose config names its sizes, else (None, None), and
+        MFU is never estimated (flops.py says what the count leaves out, LoRA among it)."""
+        device = self.accelerator.device
+        peak = device_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+        if peak is None:
+            return None, None
+        try:  # a LoRA model hands its base model's config on
+            shape = shape_from_config(
+                getattr(model, "config", None), causal_lm=self.is_language_model
+            )
+        except ValueError:
+            return None, None
+        return peak.bf16_flops, shape
 
     def _initial_weights(self, model: torch.nn.Module) -> LayerSnapshot | None:
         """The pre-trained weights per layer group, on rank 0, when the run explains its model
@@ -590,7 +617,8 @@ class Recipe:
             self.train_loader, self.state.batches_in_epoch
         )
         for batch in batches:
-            self._batch_rows = int(batch["input_ids"].shape[0])
+            rows, width = batch["input_ids"].shape
+            self._batch_shape = (int(rows), int(width))
             with self.accelerator.accumulate(self.model):
                 loss, predictions, labels = self._loss(batch)
                 self.accelerator.backward(loss)
@@ -694,7 +722,7 @@ class Recipe:
         if predictions is not None and labels is not None:
             self._interval_predictions.append(predictions)
             self._interval_labels.append(labels)
-        self._samples += self._batch_rows
+        self._window.add_batch(*self._batch_shape, self._flops_shape)
 
     def _reset_windows(self) -> None:
         device = self.accelerator.device
@@ -704,8 +732,9 @@ class Recipe:
         self._interval_batches = 0
         self._interval_predictions = []
         self._interval_labels = []
-        self._samples = 0
-        self._batch_rows = 0
+        self._window = ThroughputCounts()
+        self._run_counts = ThroughputCounts()
+        self._batch_shape = (0, 0)
         self._window_started = time.perf_counter()
         self._grad_norm = None
         self._log_every = max(1, self.total_steps // MAX_LOGS_PER_RUN)
@@ -727,8 +756,7 @@ class Recipe:
         loss, self._budget_spent, self._interrupted = self._reduce_loss_and_stop_flags(
             self.budget.exceeded(cost.gpu_hours), self._sigterm_received
         )
-        seconds = max(time.perf_counter() - self._window_started, 1e-9)
-        samples = self._samples * self.processes
+        throughput = self._window_throughput()
         grad_norm = None if self._grad_norm is None else float(self._grad_norm.item())
         learning_rate = float(self.scheduler.get_last_lr()[-1])
         self.state.train_losses.append([self.state.step, loss])
@@ -747,15 +775,31 @@ class Recipe:
                 loss=loss,
                 learning_rate=learning_rate,
                 grad_norm=grad_norm,
-                samples_per_second=samples / seconds,
+                samples_per_second=throughput.samples_per_second,
+                tokens_per_second=throughput.tokens_per_second,
+                mfu=throughput.mfu,
                 cost=cost,
             )
         )
         self._loss_sum = torch.zeros((), device=self.accelerator.device)
         self._loss_batches = 0
-        self._samples = 0
+        self._window = ThroughputCounts()
         self._window_started = time.perf_counter()
         return self.monitor.update(self.state.step, loss)
+
+    def _window_throughput(self) -> Throughput:
+        """All processes' speed since the last log (counted into the run's totals)."""
+        self._window.seconds = time.perf_counter() - self._window_started
+        self._run_counts.add(self._window)
+        return self._window.throughput(self.processes, self._peak_flops, self.gpus)
+
+    def run_throughput(self) -> dict[str, float | None]:
+        """This start's mean tokens/s and MFU over its logged windows, for the report; None
+        for both when it logged no step (a start that found the training done)."""
+        if self._run_counts.tokens == 0:
+            return {"tokensPerSecond": None, "mfu": None}
+        throughput = self._run_counts.throughput(self.processes, self._peak_flops, self.gpus)
+        return {"tokensPerSecond": throughput.tokens_per_second, "mfu": throughput.mfu}
 
     def _reduce_loss_and_stop_flags(
         self, over_budget_here: bool, sigterm_here: bool
@@ -1129,7 +1173,12 @@ class Recipe:
             state=self.state.state_dict(),
             best_metrics=best,
             diagnosis=diagnosis.to_status(),
-            sections={**sections, "cost": cost.to_status(), "outcome": outcome},
+            sections={
+                **sections,
+                "cost": cost.to_status(),
+                "outcome": outcome,
+                "throughput": self.run_throughput(),
+            },
             timings=self.timings,
             succeeded=outcome == "succeeded",
             processes=self.processes,

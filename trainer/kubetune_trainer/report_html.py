@@ -343,6 +343,18 @@ def _run_facts(report: Mapping[str, Any]) -> list[tuple[object, object]]:
     for key, seconds in _mapping(report.get("timings")).items():
         if _number(seconds) is not None:
             items.append((_words(key), fmt_seconds(seconds)))
+    return items + _throughput_facts(_mapping(report.get("throughput")))
+
+
+def _throughput_facts(throughput: Mapping[str, Any]) -> list[tuple[object, object]]:
+    """The run's mean tokens/s, and its MFU where the GPU's peak is known."""
+    items: list[tuple[object, object]] = []
+    tokens_per_second = _number(throughput.get("tokensPerSecond"))
+    if tokens_per_second is not None:
+        items.append(("tokens/s", f"{tokens_per_second:,.0f}"))
+    mfu = _number(throughput.get("mfu"))
+    if mfu is not None:
+        items.append(("MFU", f"{mfu:.1%}"))
     return items
 
 

@@ -107,6 +107,12 @@ class StepRecord:
     """None when the gradient norm was not measured."""
     samples_per_second: float
     """Throughput of all processes together over the logging interval that ends here."""
+    tokens_per_second: float
+    """Tokens (padding included: the model computes on it) per second, same processes and
+    interval."""
+    mfu: float | None
+    """Model FLOPs utilization over the interval, 0 to 1 (flops.py); None on a CPU or a GPU
+    whose peak is not known."""
     cost: RunCost | None = None
     """GPU-hours (and their price) so far, earlier starts included; None when not counted."""
 
@@ -513,6 +519,18 @@ SAMPLES_PER_SECOND = MetricDefinition(
     "gauge",
     "Training samples per second, all processes together, over the last logging interval.",
 )
+TOKENS_PER_SECOND = MetricDefinition(
+    "kubetune_trainer_tokens_per_second",
+    "gauge",
+    "Training tokens per second (padding included), all processes together, over the last "
+    "logging interval.",
+)
+MODEL_FLOPS_UTILIZATION = MetricDefinition(
+    "kubetune_trainer_model_flops_utilization",
+    "gauge",
+    "Model FLOPs utilization over the last logging interval, 0 to 1: the model's training "
+    "FLOPs per second over the GPUs' dense bf16 peak (only on a GPU whose peak is known).",
+)
 EPOCH = MetricDefinition(
     "kubetune_trainer_epoch", "gauge", "Epochs done, fractional (1.5: halfway through the second)."
 )
@@ -542,6 +560,8 @@ TRAINER_METRICS: Final = (
     LEARNING_RATE,
     GRAD_NORM,
     SAMPLES_PER_SECOND,
+    TOKENS_PER_SECOND,
+    MODEL_FLOPS_UTILIZATION,
     EPOCH,
     STEP,
     PROGRESS_RATIO,
@@ -592,6 +612,9 @@ class PrometheusReporter:
         if record.grad_norm is not None:
             self._set(GRAD_NORM, record.grad_norm)
         self._set(SAMPLES_PER_SECOND, record.samples_per_second)
+        self._set(TOKENS_PER_SECOND, record.tokens_per_second)
+        if record.mfu is not None:
+            self._set(MODEL_FLOPS_UTILIZATION, record.mfu)
         self._set(EPOCH, record.epoch)
         self._set(STEP, record.step)
         self._set(PROGRESS_RATIO, record.step / info.total_steps if info.total_steps else 0.0)
@@ -661,6 +684,8 @@ class JsonlReporter:
                 "learningRate": record.learning_rate,
                 "gradNorm": record.grad_norm,
                 "samplesPerSecond": record.samples_per_second,
+                "tokensPerSecond": record.tokens_per_second,
+                "mfu": record.mfu,
                 "gpuHours": None if record.cost is None else record.cost.gpu_hours,
             },
         )
@@ -706,7 +731,13 @@ def step_line(info: RunInfo, record: StepRecord, eta_seconds: float | None) -> s
     ]
     if record.grad_norm is not None:
         parts.append(f"grad norm {record.grad_norm:.3f}")
-    parts += [f"{record.samples_per_second:.1f} samples/s", f"ETA {format_duration(eta_seconds)}"]
+    parts += [
+        f"{record.samples_per_second:.1f} samples/s",
+        f"{record.tokens_per_second:,.0f} tokens/s",
+    ]
+    if record.mfu is not None:
+        parts.append(f"MFU {record.mfu:.1%}")
+    parts.append(f"ETA {format_duration(eta_seconds)}")
     return "  ".join(parts)
 
 
