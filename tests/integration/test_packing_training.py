@@ -14,6 +14,7 @@ import pytest
 from kubetune_trainer.__main__ import run_training
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.recipe import Recipe
+from tests.integration.test_trainer import CrashingRecipe, SimulatedCrashError
 from tests.tiny import make_tiny_causal_lm
 
 WORDS = [f"w{i}" for i in range(40)]
@@ -96,22 +97,6 @@ def test_a_packed_run_learns_and_reports_what_packing_saved(
     assert losses == sorted(losses, reverse=True)  # validation rows, unpacked
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert f"{packing['rows']} training rows packed into {packing['sequences']} sequences" in page
-
-
-class SimulatedCrashError(Exception):
-    pass
-
-
-class CrashingRecipe(Recipe):
-    """Dies right after the checkpoint of a given step, like a killed pod."""
-
-    crash_after = 0
-
-    def save_checkpoint(self) -> Path:
-        path = super().save_checkpoint()
-        if self.state.step == self.crash_after:
-            raise SimulatedCrashError
-        return path
 
 
 def test_a_resumed_packed_run_continues_the_same_loss_curve(
