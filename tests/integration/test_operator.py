@@ -51,6 +51,15 @@ def wait_for_children(kube: KubeClient) -> dict[str, Any]:
     return kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Pending"))
 
 
+def restarted_workers(kube: KubeClient, restart: int = 1) -> dict[str, Any]:
+    """The worker Job once the operator has made it again for the given restart."""
+    return kube.wait_for_object(
+        "Job",
+        "sentiment-workers",
+        lambda job: job["metadata"]["annotations"]["kubetune.dev/restart"] == str(restart),
+    )
+
+
 def run_pods(kube: KubeClient, job: dict[str, Any], **states: dict[str, Any]) -> None:
     """Play the Job controller and the kubelet: one pod per index, in the given states
     (index -> containerStatus state; the rest run)."""
@@ -179,11 +188,7 @@ def test_a_failed_worker_restarts_the_group_and_a_completed_job_succeeds(
     # for the Job controller to fail the Job.
     run_pods(kube, first, w1=crash)
 
-    second = kube.wait_for_object(
-        "Job",
-        "sentiment-workers",
-        lambda job: job["metadata"]["annotations"]["kubetune.dev/restart"] == "1",
-    )
+    second = restarted_workers(kube)
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
     ftj = kube.wait_for_object(
         "FineTuneJob", "sentiment", lambda f: f["status"].get("restarts") == 1
@@ -226,11 +231,7 @@ def test_a_drained_worker_restarts_the_group_without_using_the_backoff_limit(
         "Job", "sentiment-workers", {"status": {"conditions": [failed]}}, subresource="status"
     )
 
-    second = kube.wait_for_object(
-        "Job",
-        "sentiment-workers",
-        lambda job: job["metadata"]["annotations"]["kubetune.dev/restart"] == "1",
-    )
+    second = restarted_workers(kube)
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
     ftj = kube.wait_for_object(
         "FineTuneJob", "sentiment", lambda f: f["status"].get("disruptions") == 1

@@ -13,8 +13,7 @@ import pytest
 
 from kubetune_trainer.__main__ import run_training
 from kubetune_trainer.config import TrainingConfig
-from kubetune_trainer.recipe import Recipe
-from tests.integration.test_trainer import CrashingRecipe, SimulatedCrashError
+from tests.integration.test_trainer import assert_same_loss_curve, crash_then_resume
 from tests.tiny import make_tiny_causal_lm
 
 WORDS = [f"w{i}" for i in range(40)]
@@ -107,19 +106,7 @@ def test_a_resumed_packed_run_continues_the_same_loss_curve(
         update={"output": config.output.model_copy(update={"checkpoint_every_steps": 3})}
     )
     straight = run_training(config, tmp_path / "straight", job_name="packed", env={})
-    crashing = CrashingRecipe(config, tmp_path / "resumed", job_name="packed", env={})
-    crashing.crash_after = 6
-    crashing.setup()
-    with pytest.raises(SimulatedCrashError):
-        crashing.train()
-    crashing.cleanup()
-    resumed = Recipe(config, tmp_path / "resumed", job_name="packed", env={})
-    resumed.setup()
-    assert resumed.resumed_from == tmp_path / "resumed/checkpoints/step-00000006"
-    result = resumed.train()
-    resumed.cleanup()
-    expected = straight.report["curves"]["trainLoss"]
-    got = result.report["curves"]["trainLoss"]
-    assert [s for s, _ in got] == [s for s, _ in expected]
-    assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-4)
+    resumed_from, result = crash_then_resume(config, tmp_path / "resumed", "packed", 6)
+    assert resumed_from == tmp_path / "resumed/checkpoints/step-00000006"
+    assert_same_loss_curve(result, straight)
     assert result.metrics["loss"] == pytest.approx(straight.metrics["loss"], rel=1e-4)

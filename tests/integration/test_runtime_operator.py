@@ -19,7 +19,13 @@ from typing import Any
 import pytest
 
 from kubetune_operator import runtimes
-from tests.integration.test_operator import children, condition, phase_is, run_pods
+from tests.integration.test_operator import (
+    children,
+    condition,
+    phase_is,
+    restarted_workers,
+    run_pods,
+)
 from tests.kube.client import KubeClient
 from tests.kube.emulator import EmulatorServer
 from tests.kube.kubelet import TestKubelet
@@ -213,11 +219,7 @@ def test_the_effective_spec_is_recorded_and_a_runtime_edit_does_not_reach_a_rest
         {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "Failed"}]}},
         subresource="status",
     )
-    second = kube.wait_for_object(
-        "Job",
-        "sentiment-workers",
-        lambda j: j["metadata"]["annotations"]["kubetune.dev/restart"] == "1",
-    )
+    second = restarted_workers(kube)
     assert second["spec"]["template"]["spec"]["containers"][0]["image"] == (
         "registry.example/ml/trainer:1"
     )

@@ -205,6 +205,31 @@ class CrashingRecipe(Recipe):
         return path
 
 
+def crash_then_resume(
+    config: TrainingConfig, output: Path, job_name: str, crash_after: int
+) -> tuple[Path | None, RunResult]:
+    """Train until the checkpoint of step `crash_after` and die there, then start again in
+    the same folder: where the new start resumed from, and its result."""
+    crashing = CrashingRecipe(config, output, job_name=job_name, env={})
+    crashing.crash_after = crash_after
+    crashing.setup()
+    with pytest.raises(SimulatedCrashError):
+        crashing.train()
+    crashing.cleanup()
+    resumed = Recipe(config, output, job_name=job_name, env={})
+    resumed.setup()
+    result = resumed.train()
+    resumed.cleanup()
+    return resumed.resumed_from, result
+
+
+def assert_same_loss_curve(result: RunResult, straight: RunResult) -> None:
+    expected = straight.report["curves"]["trainLoss"]
+    got = result.report["curves"]["trainLoss"]
+    assert [s for s, _ in got] == [s for s, _ in expected]
+    assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-4)
+
+
 def test_resume_continues_the_same_loss_curve(
     tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
 ) -> None:
@@ -215,21 +240,9 @@ def test_resume_continues_the_same_loss_curve(
         regularization={"dropout": 0.2},
     )
     straight = train(config, tmp_path / "straight")
-    crashing = CrashingRecipe(config, tmp_path / "resumed", job_name="test", env={})
-    crashing.crash_after = 14
-    crashing.setup()
-    with pytest.raises(SimulatedCrashError):
-        crashing.train()
-    crashing.cleanup()
-    resumed = Recipe(config, tmp_path / "resumed", job_name="test", env={})
-    resumed.setup()
-    assert resumed.resumed_from == tmp_path / "resumed/checkpoints/step-00000014"
-    result = resumed.train()
-    resumed.cleanup()
-    expected = straight.report["curves"]["trainLoss"]
-    got = result.report["curves"]["trainLoss"]
-    assert [s for s, _ in got] == [s for s, _ in expected]
-    assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-4)
+    resumed_from, result = crash_then_resume(config, tmp_path / "resumed", "test", 14)
+    assert resumed_from == tmp_path / "resumed/checkpoints/step-00000014"
+    assert_same_loss_curve(result, straight)
     assert result.metrics["accuracy"] == pytest.approx(straight.metrics["accuracy"])
 
 
