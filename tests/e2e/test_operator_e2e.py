@@ -322,5 +322,4 @@ def test_a_suspended_job_resumes_from_its_checkpoint(tmp_path: Path) -> None:
         assert len(starts) == 2
         first_step_after = next(e for e in events[starts[1] :] if e["event"] == "step")
         assert first_step_after["step"] > int(saved[-1].removeprefix("step-"))
-        reasons = [event["reason"] for event in cluster.kube.events_for(created)]
-        assert "Suspended" in reasons
+        cluster.kube.wait_for_event(created, reason="Suspended")

@@ -143,7 +143,7 @@ def test_operator_in_a_thread_creates_an_owned_config_map_status_and_event(
         }
     ]
     assert '"epochs": 2' in config_map["data"]["spec.json"]
-    kube.wait_for(lambda: "ConfigCreated" in reasons(kube, job), "the ConfigCreated Event")
+    kube.wait_for_event(job, reason="ConfigCreated")
     assert job["metadata"]["finalizers"] == [KOPF_FINALIZER]
     counts = kube_emulator.request_counts(since=before, exclude_agent=TEST_USER_AGENT)
     assert counts["create configmaps"] == 1
@@ -151,7 +151,7 @@ def test_operator_in_a_thread_creates_an_owned_config_map_status_and_event(
 
     kube.delete("FineTuneJob", "sentiment")
     kube.wait_until_gone("FineTuneJob", "sentiment")
-    assert "Deleting" in reasons(kube, job)
+    kube.wait_for_event(job, reason="Deleting")
     # The emulator has no garbage collector: the owned ConfigMap outlives its owner.
     assert kube.get("ConfigMap", "sentiment-config") is not None
 
@@ -212,7 +212,7 @@ def test_operator_as_a_kopf_run_subprocess(
     kube.wait_for_object("FineTuneJob", "sentiment", pending)
     config_map = kube.wait_for_object("ConfigMap", "sentiment-config")
     assert config_map["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
-    kube.wait_for(lambda: "ConfigCreated" in reasons(kube, job), "the ConfigCreated Event")
+    kube.wait_for_event(job, reason="ConfigCreated")
     assert operator.stop() == 0
 
 

@@ -112,8 +112,7 @@ def test_a_finetunejob_gets_exactly_its_children_owned_by_it(
     assert job is not None
     image = job["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == "registry.example/kubetune-trainer:test"
-    reasons = [event["reason"] for event in kube.events_for(created)]
-    assert "Created" in reasons
+    kube.wait_for_event(created, reason="Created")
 
 
 def test_an_operator_restart_creates_nothing_twice(
@@ -166,10 +165,7 @@ def test_an_invalid_spec_is_reported_and_creates_nothing(
     assert field in validated["message"]
     assert condition(ftj, "Failed")["status"] == "True"
     assert all(not names for names in children(kube).values())
-    kube.wait_for(
-        lambda: "InvalidSpec" in [e["reason"] for e in kube.events_for(created)] or None,
-        "an InvalidSpec Event",
-    )
+    kube.wait_for_event(created, reason="InvalidSpec")
 
 
 def test_a_failed_worker_restarts_the_group_and_a_completed_job_succeeds(
@@ -239,8 +235,7 @@ def test_a_drained_worker_restarts_the_group_without_using_the_backoff_limit(
     assert ftj["status"]["restarts"] == 1
     assert ftj["status"]["phase"] != "Failed"  # backoffLimit 0, yet restarted
     assert ftj["status"]["lastFailure"] == {"reason": "WorkerDisrupted", "restart": 0}
-    reasons = [event["reason"] for event in kube.events_for(ftj)]
-    assert "Restarting" in reasons
+    kube.wait_for_event(ftj, reason="Restarting")
 
 
 def test_suspending_and_resuming_reaches_the_job(
@@ -288,10 +283,7 @@ def test_children_go_after_ttl_seconds_and_the_status_stays(
     assert ftj is not None
     assert ftj["status"]["phase"] == "Succeeded"
     assert condition(ftj, "Succeeded")["status"] == "True"
-    cleaned = kube.wait_for(
-        lambda: [e for e in kube.events_for(ftj) if e["reason"] == "CleanedUp"] or None,
-        "the CleanedUp Event",
-    )
+    cleaned = kube.wait_for_event(ftj, reason="CleanedUp")
     assert cleaned[0]["message"] == "children deleted 1s after the end"
     assert cleaned[0]["involvedObject"]["uid"] == ftj["metadata"]["uid"]
 

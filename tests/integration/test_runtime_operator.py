@@ -68,12 +68,6 @@ def event_reasons(kube: KubeClient, body: dict[str, Any]) -> list[tuple[str, str
     return [(event["reason"], event["message"]) for event in kube.events_for(body)]
 
 
-def wait_for_event(kube: KubeClient, body: dict[str, Any], reason: str, message: str) -> None:
-    kube.wait_for(
-        lambda: (reason, message) in event_reasons(kube, body) or None, f"a {reason} Event"
-    )
-
-
 @pytest.fixture
 def kubelet(
     kube: KubeClient, kube_emulator: EmulatorServer, tmp_path: Path
@@ -107,7 +101,7 @@ def test_a_guardrail_violation_is_refused_with_the_field_value_and_limit(
         "observedGeneration": 1,
     }
     assert condition(ftj, "Failed")["reason"] == "GuardrailViolated"
-    wait_for_event(kube, created, "GuardrailViolated", message)
+    kube.wait_for_event(created, reason="GuardrailViolated", message=message)
     assert all(not names for names in children(kube).values())
     assert "effectiveSpec" not in ftj["status"]
 
@@ -122,7 +116,7 @@ def test_a_job_waits_for_its_missing_runtime_and_starts_when_it_appears(
     assert condition(waiting, "Validated")["message"] == message
     assert waiting["status"]["phase"] == "Pending"
     assert not condition(waiting, "Failed")
-    wait_for_event(kube, created, "RuntimeNotFound", message)
+    kube.wait_for_event(created, reason="RuntimeNotFound", message=message)
     assert all(not names for names in children(kube).values())
 
     kube.create(runtime("late", guardrails={"maxWorkers": 2}))
@@ -161,7 +155,7 @@ def test_a_runtime_gets_its_own_validated_condition(
         "lastTransitionTime": "",
         "observedGeneration": 1,
     }
-    wait_for_event(kube, bad, "GuardrailConflict", problem)
+    kube.wait_for_event(bad, reason="GuardrailConflict", message=problem)
 
     user = job(sentiment, "sentiment", "bad")
     user["spec"]["runtimeRef"]["kind"] = NAMESPACED
@@ -304,7 +298,7 @@ def test_the_operator_queue_keeps_to_the_limit_and_starts_the_next_job_when_one_
         assert queued["status"]["queuePosition"] == 1
         assert condition(queued, "Running")["message"] == message
         assert fourth["status"]["queuePosition"] == 2
-        wait_for_event(kube, third, "Queued", message)
+        kube.wait_for_event(third, reason="Queued", message=message)
         assert kube.get("Job", "q3-workers") is None
         kube.wait_for(lambda: len(kubelet.running_pods()) == 2 or None, "q1 and q2 to run")
 

@@ -141,9 +141,8 @@ def assert_grid_covered_once_with_the_best(kube: KubeClient, created: dict[str, 
     assert parent["status"]["metricSummary"] == "accuracy=0.75"
     succeeded = [c for c in parent["status"]["conditions"] if c["type"] == "Succeeded"]
     assert succeeded[0]["status"] == "True"
-    reasons = [event["reason"] for event in kube.events_for(created)]
-    assert reasons.count("Created") == 4
-    assert "Succeeded" in reasons
+    kube.wait_for_event(created, reason="Created", count=4)
+    kube.wait_for_event(created, reason="Succeeded")
 
 
 def test_a_grid_search_runs_each_point_once_within_parallelism_and_finds_the_best(
@@ -234,8 +233,7 @@ def test_a_trial_worse_than_the_median_is_pruned_and_the_next_one_starts(
     assert parent["status"]["trials"][0]["intermediate"] == {"10": 0.9}
     kube.wait_for(lambda: kube.get("FineTuneJob", "sentiment-trial-2"), "trial 2")
     assert unfinished(kube) == ["sentiment-trial-2"]
-    reasons = [event["reason"] for event in kube.events_for(created)]
-    assert "TrialPruned" in reasons
+    kube.wait_for_event(created, reason="TrialPruned")
 
 
 def test_a_deleted_trial_is_created_again_with_its_values(
@@ -263,8 +261,9 @@ def test_a_deleted_trial_is_created_again_with_its_values(
 
     assert params_of(again) == params_of(first)
     assert again["spec"]["training"] == first["spec"]["training"]
-    messages = [event["message"] for event in kube.events_for(created)]
-    assert "trial 0: created sentiment-trial-0 again (it was deleted)" in messages
+    kube.wait_for_event(
+        created, message="trial 0: created sentiment-trial-0 again (it was deleted)"
+    )
     finish_the_search(kube)
     parent = kube.wait_for_object(
         "FineTuneJob", "sentiment", lambda f: f["status"].get("phase") == "Succeeded"
@@ -378,5 +377,4 @@ def test_a_failed_search_stops_its_unfinished_trials(
         "1 trials failed; search.maxFailedTrials is 0; "
         "stopped the unfinished trials 1 (sentiment-trial-1)"
     )
-    messages = [event["message"] for event in kube.events_for(created)]
-    assert failed["message"] in messages
+    kube.wait_for_event(created, message=failed["message"])

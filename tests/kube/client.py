@@ -165,6 +165,33 @@ class KubeClient:
             if event.get("involvedObject", {}).get("uid") == metadata["uid"]
         ]
 
+    def wait_for_event(
+        self,
+        body: Mapping[str, Any],
+        *,
+        reason: str | None = None,
+        message: str | None = None,
+        count: int = 1,
+    ) -> list[dict[str, Any]]:
+        """Wait until `count` of this object's Events match `reason` and `message` (each
+        when given); return the matching Events.
+
+        kopf posts Events from a background task, after the change that caused them, so
+        a test that has seen the change may not see its Event yet.
+        """
+
+        def matches(event: Mapping[str, Any]) -> bool:
+            return (reason is None or event.get("reason") == reason) and (
+                message is None or event.get("message") == message
+            )
+
+        def matching() -> list[dict[str, Any]] | None:
+            found = [event for event in self.events_for(body) if matches(event)]
+            return found if len(found) >= count else None
+
+        wanted = " ".join(repr(part) for part in (reason, message) if part is not None)
+        return self.wait_for(matching, f"{count} Event(s) {wanted}")
+
     def wait_for(self, probe: Callable[[], T | None], what: str, **kwargs: Any) -> T:
         """`wait_for` whose failure message shows this client's `details` (the objects)."""
         return wait_for(probe, what, details=self._details, **kwargs)
