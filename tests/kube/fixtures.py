@@ -2,11 +2,12 @@
 
 Each test gets its own emulator and kubeconfig (they start in well under a second), a client, and
 factories that start an operator for a handler module and stop it at teardown, before the
-emulator goes away.
+emulator goes away, and what kopf logged per object (for what an operator does unseen in the API).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ import pytest
 if TYPE_CHECKING:
     from tests.kube.client import KubeClient
     from tests.kube.emulator import EmulatorServer
-    from tests.kube.operators import OperatorProcess, OperatorThread
+    from tests.kube.operators import KopfLog, OperatorProcess, OperatorThread
 
 
 @pytest.fixture
@@ -74,3 +75,16 @@ def operator_process(
     yield start
     for operator in reversed(started):
         operator.stop()
+
+
+@pytest.fixture
+def kopf_log(caplog: pytest.LogCaptureFixture) -> KopfLog:
+    """What kopf logged per object in the test's operator threads (`.resumed(name)`).
+
+    Its object logger logs at INFO meanwhile; kubetune posts no Event for that, since it
+    sets kopf's posting level to ERROR, but an operator that posts INFO would.
+    """
+    from tests.kube.operators import KopfLog
+
+    caplog.set_level(logging.INFO, logger="kopf.objects")
+    return KopfLog(lambda: caplog.records)

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -162,6 +162,34 @@ class OperatorThread:
             )
         except BaseException as failure:  # handed to stop(), which the test calls
             self._failure = failure
+
+
+class KopfLog:
+    """kopf's per-object log lines of the operators running in this process's threads.
+
+    Some of what an operator does leaves no trace in the API: resuming an object whose
+    children all exist writes nothing. kopf logs it, though ("Resuming is processed: ..."
+    once the object's resume handlers are done), so a test can wait for that line before
+    it checks that the resume changed nothing. `records` reads pytest's captured records,
+    for which kopf's object logger must log at INFO (the `kopf_log` fixture sees to it).
+    """
+
+    def __init__(self, records: Callable[[], Sequence[logging.LogRecord]]) -> None:
+        self._records = records
+
+    def processed(self, cause: str) -> set[tuple[str, str]]:
+        """The objects (namespace, name) whose handlers for `cause` ("Creation",
+        "Resuming", "Updating", "Deletion") are all done."""
+        return {
+            (str(ref.get("namespace")), str(ref.get("name")))
+            for record in self._records()
+            if record.getMessage().startswith(f"{cause} is processed:")
+            and (ref := getattr(record, "k8s_ref", None))
+        }
+
+    def resumed(self, *names: str, namespace: str = "default") -> bool:
+        """Whether an operator has resumed each of these objects."""
+        return {(namespace, name) for name in names} <= self.processed("Resuming")
 
 
 def _free_port() -> int:
