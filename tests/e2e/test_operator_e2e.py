@@ -205,7 +205,12 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedR
             lambda: query(cluster.prometheus_url or "", f'kubetune_trainer_loss{{job="{JOB}"}}'),
             "Prometheus to scrape the trainer's loss while the job runs",
         )
-        ftj = cluster.wait_for_phase("Succeeded")
+        cluster.wait_for_phase("Succeeded")
+        # The operator derives BiasAuditPassed from the trainer's status.biasAudit; should it
+        # see the Job complete before that patch, the condition follows the phase.
+        ftj = cluster.kube.wait_for_object(
+            "FineTuneJob", JOB, lambda found: condition(found, "BiasAuditPassed")
+        )
         yield FinishedRun(ftj, cluster.kubelet.pvc_dir("runs") / JOB, cluster.prometheus_url, loss)
 
 
