@@ -738,8 +738,9 @@ def _pod_cause(pod: Mapping[str, Any], ftj: Mapping[str, Any]) -> _Cause | None:
 def _classify_exit(
     pod: Mapping[str, Any], terminated: Mapping[str, Any], ftj: Mapping[str, Any]
 ) -> _Cause:
-    """The cause of a trainer exit. `accelerate launch` reports a failed child as exit
-    code 1, so the trainer's own verdicts in the status count as much as codes 3 and 4."""
+    """The cause of a trainer exit. A trainer image whose launcher is accelerate's own
+    reports every failed child as exit code 1, so the trainer's own verdicts in the status
+    count as much as codes 3 and 4."""
     status = _mapping(ftj.get("status"))
     exit_code = _int(terminated.get("exitCode"))
     worker = _worker(pod)
@@ -810,8 +811,8 @@ def _trainer_termination(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 def _with_trainer_record(terminated: Mapping[str, Any]) -> Mapping[str, Any]:
     """The container's exit, with the exit code and message the trainer wrote to its
-    termination message (JSON) when it did: `accelerate launch` reports every failed child
-    as exit code 1, so the code Kubernetes saw may not be the trainer's."""
+    termination message (JSON) when it did, with the trainer's message; a trainer image
+    whose launcher is accelerate's own reports every failed child as exit code 1."""
     try:
         record = json.loads(str(terminated.get("message") or ""))
     except ValueError:
