@@ -259,10 +259,10 @@ def observe(
     Job's place in Kueue's queues (kueue.py), shown while Kueue has not admitted it.
     """
     status = _mapping(ftj.get("status"))
-    if status.get("phase") in TERMINAL_PHASES:
-        return _final_status_update(ftj, now)
     live_job = None if job is None or _being_deleted(job) else job
     current_pods = [p for p in pods if live_job is not None and _belongs_to(p, live_job)]
+    if status.get("phase") in TERMINAL_PHASES:
+        return _final_status_update(ftj, current_pods, now)
     observed = _Observed(
         ftj=ftj,
         job=live_job,
@@ -908,8 +908,12 @@ def _trainer_conditions(status: Mapping[str, Any]) -> dict[ConditionType, Condit
     return wanted
 
 
-def _final_status_update(ftj: Mapping[str, Any], now: datetime) -> StatusUpdate:
-    """A finished job: only the trainer-derived conditions may still change."""
+def _final_status_update(
+    ftj: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: datetime
+) -> StatusUpdate:
+    """A finished job: only the trainer-derived conditions and the worker counts may still
+    change. Pod and Job changes come on separate watches, so the last pods may finish after
+    the Job did; once the children are cleaned up, the last counts stay."""
     status = _mapping(ftj.get("status"))
     previous = _conditions_by_type(status)
     conditions = dict(previous)
@@ -923,7 +927,9 @@ def _final_status_update(ftj: Mapping[str, Any], now: datetime) -> StatusUpdate:
             generation=_generation(ftj),
             previous=previous.get(kind),
         )
-    desired = {"conditions": _ordered(conditions)}
+    desired: dict[str, Any] = {"conditions": _ordered(conditions)}
+    if pods:
+        desired["workers"] = _worker_counts(pods)
     return StatusUpdate(
         patch=_changed(status, desired),
         events=_trainer_condition_events(previous, conditions),
