@@ -1,7 +1,8 @@
 """`kubetune run`: the same FineTuneJob on this machine, without a cluster.
 
-One process trains in this Python process; more are started with `accelerate launch
---cpu`, exactly the trainer entry point the pods run. The trainer (and torch) is imported
+One process trains in this Python process; more are started with the pods' launcher
+(`kubetune_trainer.launch`, accelerate's with the trainer's exit codes passed on) and the
+same trainer entry point. The trainer (and torch) is imported
 only when a run starts, so the rest of the CLI stays light. A job with `spec.search` is
 planned here like any other (its output directory, its paths) and its trials are run by
 `local_search`, which builds on these functions.
@@ -99,7 +100,7 @@ def run_with_accelerate(run: LocalRun, processes: int) -> dict[str, Any]:
 
 def trainer_command(run: LocalRun, processes: int) -> list[str]:
     """The trainer entry point the pods run, on `run`'s config written into its output
-    directory: directly for one process, under `accelerate launch` for more."""
+    directory: directly for one process, under the pods' launcher for more."""
     config_path = run.output_dir / CONFIG_FILE
     config_path.write_text(run.config.model_dump_json(exclude_none=True), encoding="utf-8")
     trainer = ["-m", "kubetune_trainer", "--config", str(config_path)]
@@ -108,7 +109,7 @@ def trainer_command(run: LocalRun, processes: int) -> list[str]:
         return [sys.executable, *trainer]
     # accelerate's --cpu launcher starts one process unless MPI is installed; its torchrun
     # launcher (--multi_gpu) starts them all, and ACCELERATE_USE_CPU makes them use gloo.
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launcher = [sys.executable, "-m", "kubetune_trainer.launch", "--multi_gpu"]
     launcher += ["--num_processes", str(processes), "--num_machines", "1"]
     launcher += ["--main_process_port", str(free_port()), "--mixed_precision", "no"]
     return [*launcher, "--dynamo_backend", "no", *trainer]

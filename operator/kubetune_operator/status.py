@@ -259,10 +259,10 @@ def observe(
     Job's place in Kueue's queues (kueue.py), shown while Kueue has not admitted it.
     """
     status = _mapping(ftj.get("status"))
-    if status.get("phase") in TERMINAL_PHASES:
-        return _final_status_update(ftj, now)
     live_job = None if job is None or _being_deleted(job) else job
     current_pods = [p for p in pods if live_job is not None and _belongs_to(p, live_job)]
+    if status.get("phase") in TERMINAL_PHASES:
+        return _final_status_update(ftj, current_pods, now)
     observed = _Observed(
         ftj=ftj,
         job=live_job,
@@ -738,8 +738,9 @@ def _pod_cause(pod: Mapping[str, Any], ftj: Mapping[str, Any]) -> _Cause | None:
 def _classify_exit(
     pod: Mapping[str, Any], terminated: Mapping[str, Any], ftj: Mapping[str, Any]
 ) -> _Cause:
-    """The cause of a trainer exit. `accelerate launch` reports a failed child as exit
-    code 1, so the trainer's own verdicts in the status count as much as codes 3 and 4."""
+    """The cause of a trainer exit. A trainer image whose launcher is accelerate's own
+    reports every failed child as exit code 1, so the trainer's own verdicts in the status
+    count as much as codes 3 and 4."""
     status = _mapping(ftj.get("status"))
     exit_code = _int(terminated.get("exitCode"))
     worker = _worker(pod)
@@ -810,8 +811,8 @@ def _trainer_termination(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 def _with_trainer_record(terminated: Mapping[str, Any]) -> Mapping[str, Any]:
     """The container's exit, with the exit code and message the trainer wrote to its
-    termination message (JSON) when it did: `accelerate launch` reports every failed child
-    as exit code 1, so the code Kubernetes saw may not be the trainer's."""
+    termination message (JSON) when it did, with the trainer's message; a trainer image
+    whose launcher is accelerate's own reports every failed child as exit code 1."""
     try:
         record = json.loads(str(terminated.get("message") or ""))
     except ValueError:
@@ -907,8 +908,12 @@ def _trainer_conditions(status: Mapping[str, Any]) -> dict[ConditionType, Condit
     return wanted
 
 
-def _final_status_update(ftj: Mapping[str, Any], now: datetime) -> StatusUpdate:
-    """A finished job: only the trainer-derived conditions may still change."""
+def _final_status_update(
+    ftj: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: datetime
+) -> StatusUpdate:
+    """A finished job: only the trainer-derived conditions and the worker counts may still
+    change. Pod and Job changes come on separate watches, so the last pods may finish after
+    the Job did; once the children are cleaned up, the last counts stay."""
     status = _mapping(ftj.get("status"))
     previous = _conditions_by_type(status)
     conditions = dict(previous)
@@ -922,7 +927,9 @@ def _final_status_update(ftj: Mapping[str, Any], now: datetime) -> StatusUpdate:
             generation=_generation(ftj),
             previous=previous.get(kind),
         )
-    desired = {"conditions": _ordered(conditions)}
+    desired: dict[str, Any] = {"conditions": _ordered(conditions)}
+    if pods:
+        desired["workers"] = _worker_counts(pods)
     return StatusUpdate(
         patch=_changed(status, desired),
         events=_trainer_condition_events(previous, conditions),

@@ -121,6 +121,34 @@ def test_two_processes_under_accelerate_launch_make_one_report(job_folder: Path)
     assert len(list(job_folder.glob("out/report.json"))) == 1
 
 
+def test_a_malformed_ledger_stops_both_processes_with_its_message(job_folder: Path) -> None:
+    """Rank 0 reads cost.json for every process: all of them stop with its message, and no
+    process is left waiting for rank 0 at the next collective."""
+    (job_folder / "out").mkdir()
+    (job_folder / "out/cost.json").write_text("{not json")
+    result = subprocess.run(
+        [
+            str(shutil.which("kubetune")),
+            "run",
+            str(job_folder / "job.yaml"),
+            "--processes",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    output = " ".join((result.stdout + result.stderr).split())
+    assert output.count("cost.json is not a GPU-hour ledger") == 1, output[-3000:]
+    assert "kubetune launcher: trainer process 0 exited with code 3" in output
+    assert "the trainer refused its input" in output
+    assert "Traceback" not in output
+    assert (job_folder / "out/cost.json").read_text() == "{not json"
+    assert not (job_folder / "out/report.json").exists()
+
+
 def test_a_claim_output_needs_a_cluster_or_an_output_directory(job_folder: Path) -> None:
     text = (job_folder / "job.yaml").read_text().replace("uri: out", "uri: pvc://runs/tiny")
     (job_folder / "job.yaml").write_text(text)

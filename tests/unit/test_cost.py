@@ -62,7 +62,7 @@ def test_a_start_resumes_from_the_larger_total_never_the_sum() -> None:
     holds the hours past the last checkpoint, and adding the two would count the hours up
     to the checkpoint twice."""
     assert resumed_gpu_hours(3.0, Ledger(gpu_hours=3.75, attempts=1)) == 3.75  # a crash
-    assert resumed_gpu_hours(3.0, Ledger()) == 3.0  # no ledger (another rank, or none yet)
+    assert resumed_gpu_hours(3.0, Ledger()) == 3.0  # no ledger yet
     assert resumed_gpu_hours(0.0, Ledger(gpu_hours=0.5, attempts=1)) == 0.5  # no checkpoint
 
 

@@ -368,6 +368,22 @@ def test_a_complete_job_succeeds_and_kubectl_wait_finds_succeeded_true() -> None
     assert update.events == [Event("Normal", "Succeeded", message)]
 
 
+def test_workers_that_finish_after_the_job_still_count() -> None:
+    """Pods and Jobs come on separate watches: the Job can be seen complete while a pod
+    still shows Running."""
+    complete = worker_job(conditions=(job_condition("Complete"),))
+    ftj = finetunejob(running_status())
+    done = applied(ftj, look(ftj, complete, [pod(0, phase="Succeeded"), pod(1)]).patch)
+    assert done["status"]["workers"] == {"pending": 0, "running": 1, "succeeded": 1, "failed": 0}
+
+    later = look(done, complete, [pod(0, phase="Succeeded"), pod(1, phase="Succeeded")])
+
+    assert later.patch == {"workers": {"pending": 0, "running": 0, "succeeded": 2, "failed": 0}}
+    assert later.events == []
+    # Pods of a Job being deleted (cleanup) are not counted: the last counts stay.
+    assert look(applied(done, later.patch), worker_job(deleting=True), [pod(0)]).patch == {}
+
+
 def test_a_finished_job_keeps_its_status_when_its_children_are_cleaned_up() -> None:
     complete = worker_job(conditions=(job_condition("Complete"),))
     ftj = finetunejob(running_status())

@@ -85,7 +85,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
     try:
         result = run_training(config, output, job_name=args.job_name, env=env, console=console)
     except INPUT_ERRORS as error:
-        console.print(f"kubetune trainer: {error}", markup=False)
+        if first_process_on_machine(env):  # the others read the same input: one message
+            console.print(f"kubetune trainer: {error}", markup=False)
         return record_exit(env, EXIT_INVALID_INPUT, str(error))
     if result.budget_exceeded:
         return record_exit(env, EXIT_BUDGET_EXCEEDED, result.message)
@@ -96,9 +97,14 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
     return 0
 
 
+def first_process_on_machine(env: Mapping[str, str]) -> bool:
+    """Local rank 0 under a launcher, or the only process."""
+    return env.get("LOCAL_RANK", "0") == "0"
+
+
 def record_exit(env: Mapping[str, str], code: int, message: str) -> int:
     """Write the exit code and why to KUBETUNE_TERMINATION_LOG (a pod's termination message,
-    which `accelerate launch` cannot garble the way it garbles exit codes); return `code`."""
+    which the operator reads, whatever the launcher makes of the exit code); return `code`."""
     path = env.get(TERMINATION_LOG_ENV)
     if path:
         record = {"exitCode": code, "message": message[:MAX_TERMINATION_MESSAGE]}

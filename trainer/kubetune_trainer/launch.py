@@ -14,15 +14,24 @@ own already and which Ctrl-C must still reach. With several processes, torch's e
 replaces the handler with its own, which passes the signal on too and waits
 TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (the operator sets the grace period) before it
 kills the trainers.
+
+accelerate's launcher reports a failed trainer by raising (CalledProcessError for one
+process, torch's ChildFailedError for several) and exits with code 1 whatever the trainer
+said. This launcher exits with the trainer's own code instead (kubetune's exit codes mean
+invalid input, a spent budget, an interruption) and prints one line, not a traceback: the
+trainer has printed why already.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from types import FrameType
 
 from accelerate.commands.launch import main as accelerate_launch
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 
 def forward_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -37,11 +46,30 @@ def lead_own_process_group() -> None:
         os.setpgid(0, 0)
 
 
-def main() -> None:
+def shell_exit_code(returncode: int) -> int:
+    """A child's return code as a shell reports it: 128 + N for one killed by signal N."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def failed_trainer(error: subprocess.CalledProcessError | ChildFailedError) -> tuple[str, int]:
+    """Which trainer process failed first, and its exit code."""
+    if isinstance(error, subprocess.CalledProcessError):
+        return "the trainer", shell_exit_code(error.returncode)
+    rank, failure = error.get_first_failure()
+    return f"trainer process {rank}", shell_exit_code(failure.exitcode)
+
+
+def main() -> int:
     lead_own_process_group()
     signal.signal(signal.SIGTERM, forward_sigterm)
-    accelerate_launch()
+    try:
+        accelerate_launch()
+    except (subprocess.CalledProcessError, ChildFailedError) as error:
+        process, code = failed_trainer(error)
+        print(f"kubetune launcher: {process} exited with code {code}", file=sys.stderr)
+        return code
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

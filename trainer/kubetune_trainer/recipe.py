@@ -39,7 +39,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F  # noqa: N812
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 from rich.console import Console
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedModel
@@ -52,6 +52,7 @@ from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.cost import (
     LEDGER_FILE,
     Budget,
+    BudgetError,
     GpuMeter,
     Ledger,
     RunCost,
@@ -247,7 +248,7 @@ class Recipe:
     layer_parameters: dict[str, list[torch.nn.Parameter]]
     audit_rows: AuditRows | None
     _attempts: int
-    """Starts of the run, this one included (rank 0's ledger; 1 on the other ranks)."""
+    """Starts of the run, this one included (from rank 0's ledger)."""
 
     def __init__(
         self,
@@ -324,10 +325,24 @@ class Recipe:
     def _resume_gpu_count(self) -> None:
         """Continue the GPU-hours of the earlier starts from the checkpoint's count or rank 0's
         ledger, whichever is larger (cost.py says why), and count this start in the ledger."""
-        ledger = Ledger.read(self.ledger_path) if self.accelerator.is_main_process else Ledger()
+        ledger = self._read_ledger_everywhere()
         self.meter.resume(resumed_gpu_hours(self.state.gpu_hours, ledger))
         self._attempts = ledger.attempts + 1
         self._write_ledger()
+
+    def _read_ledger_everywhere(self) -> Ledger:
+        """Rank 0's ledger, on every process: a malformed one stops them all with its message
+        instead of rank 0 alone, with the others left waiting at the next collective."""
+        read: list[Ledger | str] = [Ledger()]
+        if self.accelerator.is_main_process:
+            try:
+                read = [Ledger.read(self.ledger_path)]
+            except BudgetError as error:
+                read = [str(error)]
+        broadcast_object_list(read)
+        if isinstance(read[0], str):
+            raise BudgetError(read[0])
+        return read[0]
 
     @property
     def ledger_path(self) -> Path:
