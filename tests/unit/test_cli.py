@@ -142,3 +142,42 @@ def test_the_operator_refuses_an_unknown_log_format() -> None:
     result = runner.invoke(app, ["operator", "--log-format", "xml"])
     assert result.exit_code == 2
     assert "--log-format must be json or plain (got xml)" in result.output
+
+
+def test_run_overwrite_keeps_a_directory_that_holds_files_no_run_wrote(tmp_path: Path) -> None:
+    manifest = tmp_path / "job.yaml"
+    shutil.copy(SENTIMENT, manifest)
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "report.json").write_text("{}")
+    result = runner.invoke(
+        app, ["run", str(manifest), "--output", str(tmp_path), "--overwrite"], terminal_width=400
+    )
+    assert result.exit_code == 1
+    assert (
+        f"output directory {tmp_path}: --overwrite deletes it, and it holds what no run wrote "
+        "(job.yaml, notes.txt)" in result.output
+    )
+    assert manifest.read_text() == SENTIMENT.read_text()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_run_into_an_output_that_is_a_file_says_so(tmp_path: Path, overwrite: list[str]) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    result = runner.invoke(
+        app, ["run", str(SENTIMENT), "--output", str(taken), *overwrite], terminal_width=400
+    )
+    assert result.exit_code == 1
+    assert f"output directory {taken}: is a file, not a directory" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert taken.read_text() == "mine"
+
+
+def test_run_into_an_output_below_a_file_says_it_cannot_be_written(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("mine")
+    below = tmp_path / "taken/run"
+    result = runner.invoke(app, ["run", str(SENTIMENT), "--output", str(below)], terminal_width=400)
+    assert result.exit_code == 1
+    assert f"output directory {below}: cannot be written (Not a directory)" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
