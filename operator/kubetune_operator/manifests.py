@@ -121,7 +121,8 @@ def load_documents(path: Path) -> list[Any]:
 
 
 def parse_documents(text: str, source: str) -> list[Any]:
-    """Parse YAML text into documents within the size and depth bounds."""
+    """Parse YAML text into documents within the size and depth bounds; empty documents
+    are left out, as kubectl leaves them out (a trailing or doubled `---` is common)."""
     try:
         return _compose_and_construct(text, source)
     except yaml.MarkedYAMLError as error:
@@ -139,7 +140,9 @@ def _compose_and_construct(text: str, source: str) -> list[Any]:
             if node is None:
                 continue
             _check_expanded_size(node, source)
-            documents.append(loader.construct_document(node))
+            document = loader.construct_document(node)
+            if document is not None:  # an empty document, e.g. after a trailing `---`
+                documents.append(document)
     finally:
         loader.dispose()
     return documents
