@@ -626,15 +626,32 @@ def crd(
     if stdout:
         out.out(crdgen.render_crd(), end="")
         return
+    if not root.is_dir():
+        err.print(f"[red]✗[/] --root {escape(str(root))}: not a directory (the checkout's root)")
+        raise typer.Exit(1)
     reference = root / explain.REFERENCE_FILE
     if check:
-        stale = crdgen.stale_crds(root) + ([reference] if explain.reference_is_stale(root) else [])
-        for path in stale:
-            err.print(f"[red]✗[/] {escape(str(path))} differs from the models: run `kubetune crd`")
-        if stale:
-            raise typer.Exit(1)
-        out.print("[green]✓[/] the CRD files and the field reference match the models")
+        _check_crds(root, reference)
         return
+    try:
+        _write_crds(root, reference)
+    except OSError as error:
+        where, reason = error.filename or root, error.strerror or str(error)
+        err.print(f"[red]✗[/] {escape(str(where))}: cannot be written ({escape(reason)})")
+        raise typer.Exit(1) from None
+
+
+def _check_crds(root: Path, reference: Path) -> None:
+    stale = crdgen.stale_crds(root) + ([reference] if explain.reference_is_stale(root) else [])
+    for path in stale:
+        state = "differs from the models" if path.exists() else "is missing"
+        err.print(f"[red]✗[/] {escape(str(path))} {state}: run `kubetune crd`")
+    if stale:
+        raise typer.Exit(1)
+    out.print("[green]✓[/] the CRD files and the field reference match the models")
+
+
+def _write_crds(root: Path, reference: Path) -> None:
     changed = crdgen.write_crds(root)
     for path in crdgen.crd_paths(root):
         out.print(f"{'wrote' if path in changed else 'unchanged'} {escape(str(path))}")

@@ -107,6 +107,33 @@ def test_crd_writes_the_field_reference_and_check_detects_its_drift(tmp_path: Pa
     assert "docs/reference.md differs from the models" in result.output
 
 
+def test_crd_check_names_missing_files_as_missing(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["crd", "--check", "--root", str(tmp_path)], terminal_width=400)
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'crds/finetunejobs.kubetune.dev.yaml'} is missing: run `kubetune crd`" in (
+        result.output
+    )
+    assert "differs" not in result.output
+
+
+@pytest.mark.parametrize("check", [[], ["--check"]])
+def test_crd_with_a_root_that_is_not_a_directory_says_so(tmp_path: Path, check: list[str]) -> None:
+    root = tmp_path / "file"
+    root.write_text("mine")
+    result = runner.invoke(app, ["crd", "--root", str(root), *check], terminal_width=400)
+    assert result.exit_code == 1
+    assert f"--root {root}: not a directory (the checkout's root)" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_crd_that_cannot_write_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "crds").write_text("a file where the folder goes")
+    result = runner.invoke(app, ["crd", "--root", str(tmp_path)], terminal_width=400)
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'crds'}: cannot be written (File exists)" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_crd_to_stdout_is_the_committed_file() -> None:
     result = runner.invoke(app, ["crd", "--stdout"])
     assert result.stdout == (REPO / "crds/finetunejobs.kubetune.dev.yaml").read_text()
