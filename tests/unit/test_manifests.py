@@ -151,3 +151,13 @@ def test_empty_documents_are_left_out_like_kubectl_does(tmp_path: Path, separato
 def test_a_file_of_empty_documents_holds_no_document(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="holds no YAML document"):
         check_file(write(tmp_path, "---\n---\n# nothing\n"))
+
+
+def test_an_unknown_kind_of_kubetunes_group_is_a_typo_not_skipped() -> None:
+    document = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FinetuneJob", "spec": {}}
+    checked = check_document(document, "job.yaml")
+    assert checked.skipped_kind is None
+    assert [f"{p.path}: {p.message}" for p in checked.problems] == [
+        "kind: must be one of FineTuneJob, FineTuneRuntime, ClusterFineTuneRuntime "
+        "(got 'FinetuneJob'); did you mean FineTuneJob?"
+    ]
