@@ -748,5 +748,5 @@ def run_operator(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """The command line (the console script wraps it: kubetune_operator.console)."""
     app()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from kubetune_operator import crdgen
+from kubetune_operator import console, crdgen
 from kubetune_operator.cli import app
 from tests.conftest import EXAMPLE_MANIFESTS, REPO
 
@@ -208,3 +209,35 @@ def test_run_into_an_output_below_a_file_says_it_cannot_be_written(tmp_path: Pat
     assert result.exit_code == 1
     assert f"output directory {below}: cannot be written (Not a directory)" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+class InterruptedImport:
+    """Stands for the CLI module while a Ctrl-C arrives during its import."""
+
+    def __getattr__(self, name: str) -> object:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_the_command_starts_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "kubetune_operator.cli", InterruptedImport())
+    with pytest.raises(SystemExit) as exited:
+        console.main()
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "kubetune: interrupted\n"
+
+
+def test_python_dash_m_runs_the_command(tmp_path: Path) -> None:
+    environment = {"PYTHONPATH": f"{REPO / 'trainer'}:{REPO / 'operator'}", "PATH": ""}
+    command = [sys.executable, "-m", "kubetune_operator", "validate"]
+    valid = subprocess.run(
+        [*command, str(SENTIMENT)], capture_output=True, text=True, env=environment
+    )
+    assert valid.returncode == 0, valid.stderr
+    assert "FineTuneJob sentiment is valid" in valid.stdout
+    missing = subprocess.run(
+        [*command, str(tmp_path / "none.yaml")], capture_output=True, text=True, env=environment
+    )
+    assert missing.returncode == 1
+    assert "none.yaml: cannot read: No such file or directory" in missing.stderr
