@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import time
 import webbrowser
 from collections.abc import Iterator, Mapping
@@ -264,6 +265,12 @@ def run(
     except local.LocalRunError as error:
         err.print(f"[red]✗[/] {escape(job.metadata.name)}: {escape(str(error))}")
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print(
+            f"[red]✗[/] {escape(job.metadata.name)}: interrupted; run the same command again "
+            "to continue from the last checkpoint saved in its output directory, if any"
+        )
+        raise typer.Exit(128 + signal.SIGINT) from None  # as a shell reports Ctrl-C
     _print_summary(report)
     if not report["succeeded"]:
         raise typer.Exit(1)

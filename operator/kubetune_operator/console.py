@@ -7,10 +7,11 @@ print an import traceback. This module imports nothing heavy itself, so it can c
 
 from __future__ import annotations
 
+import signal
 import sys
 
-EXIT_INTERRUPTED = 130
-"""128 + SIGINT, what a shell reports for a command stopped by Ctrl-C."""
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+"""130, what a shell reports for a command stopped by Ctrl-C (as typer exits on one)."""
 
 
 def main() -> None:

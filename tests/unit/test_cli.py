@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kubetune_operator import console, crdgen
+from kubetune_operator import console, crdgen, local
 from kubetune_operator.cli import app
 from tests.conftest import EXAMPLE_MANIFESTS, REPO
 
@@ -241,3 +241,20 @@ def test_python_dash_m_runs_the_command(tmp_path: Path) -> None:
     )
     assert missing.returncode == 1
     assert "none.yaml: cannot read: No such file or directory" in missing.stderr
+
+
+def test_ctrl_c_during_a_run_exits_130_and_says_how_to_continue(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def interrupted(run: object) -> dict[str, object]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local, "run_in_process", interrupted)
+    result = runner.invoke(
+        app, ["run", str(SENTIMENT), "--output", str(tmp_path / "run")], terminal_width=400
+    )
+    assert result.exit_code == 130
+    assert (
+        "✗ sentiment: interrupted; run the same command again to continue from the last "
+        "checkpoint saved in its output directory, if any" in result.output
+    )
