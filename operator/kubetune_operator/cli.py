@@ -233,7 +233,12 @@ def run(
         int, typer.Option(min=1, max=64, help="Training processes (CPU, gloo) on this machine.")
     ] = 1,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a finished run in the output directory.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace a finished run in the output directory (only a directory that holds "
+            "nothing but a run's files: nothing else is deleted).",
+        ),
     ] = False,
     parallel: Annotated[
         int,
