@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import time
 import webbrowser
 from collections.abc import Iterator, Mapping
@@ -232,7 +233,12 @@ def run(
         int, typer.Option(min=1, max=64, help="Training processes (CPU, gloo) on this machine.")
     ] = 1,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a finished run in the output directory.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace a finished run in the output directory (only a directory that holds "
+            "nothing but a run's files: nothing else is deleted).",
+        ),
     ] = False,
     parallel: Annotated[
         int,
@@ -264,6 +270,12 @@ def run(
     except local.LocalRunError as error:
         err.print(f"[red]✗[/] {escape(job.metadata.name)}: {escape(str(error))}")
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print(
+            f"[red]✗[/] {escape(job.metadata.name)}: interrupted; run the same command again "
+            "to continue from the last checkpoint saved in its output directory, if any"
+        )
+        raise typer.Exit(128 + signal.SIGINT) from None  # as a shell reports Ctrl-C
     _print_summary(report)
     if not report["succeeded"]:
         raise typer.Exit(1)
@@ -626,15 +638,32 @@ def crd(
     if stdout:
         out.out(crdgen.render_crd(), end="")
         return
+    if not root.is_dir():
+        err.print(f"[red]✗[/] --root {escape(str(root))}: not a directory (the checkout's root)")
+        raise typer.Exit(1)
     reference = root / explain.REFERENCE_FILE
     if check:
-        stale = crdgen.stale_crds(root) + ([reference] if explain.reference_is_stale(root) else [])
-        for path in stale:
-            err.print(f"[red]✗[/] {escape(str(path))} differs from the models: run `kubetune crd`")
-        if stale:
-            raise typer.Exit(1)
-        out.print("[green]✓[/] the CRD files and the field reference match the models")
+        _check_crds(root, reference)
         return
+    try:
+        _write_crds(root, reference)
+    except OSError as error:
+        where, reason = error.filename or root, error.strerror or str(error)
+        err.print(f"[red]✗[/] {escape(str(where))}: cannot be written ({escape(reason)})")
+        raise typer.Exit(1) from None
+
+
+def _check_crds(root: Path, reference: Path) -> None:
+    stale = crdgen.stale_crds(root) + ([reference] if explain.reference_is_stale(root) else [])
+    for path in stale:
+        state = "differs from the models" if path.exists() else "is missing"
+        err.print(f"[red]✗[/] {escape(str(path))} {state}: run `kubetune crd`")
+    if stale:
+        raise typer.Exit(1)
+    out.print("[green]✓[/] the CRD files and the field reference match the models")
+
+
+def _write_crds(root: Path, reference: Path) -> None:
     changed = crdgen.write_crds(root)
     for path in crdgen.crd_paths(root):
         out.print(f"{'wrote' if path in changed else 'unchanged'} {escape(str(path))}")
@@ -731,5 +760,5 @@ def run_operator(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """The command line (the console script wraps it: kubetune_operator.console)."""
     app()

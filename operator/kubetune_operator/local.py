@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -60,17 +61,54 @@ def _default_output(config: TrainingConfig, job: FineTuneJob) -> Path:
     return directory
 
 
+RUN_ENTRIES = frozenset(
+    {
+        *(REPORT_FILE, "report.html", CONFIG_FILE, "metrics.jsonl", "cost.json"),
+        *("checkpoints", "cache", "model", "search.json", "search.html", "trainer.log"),
+    }
+)
+"""What a run (the trainer, or a local search) writes at the top of its output directory."""
+RUN_ENTRY_PATTERN = re.compile(r"(trial|fold)-\d+|\.partial-.+|\..+\.partial")
+"""A search's trials, cross-validation's folds, and files being written atomically."""
+
+
 def prepare_output(run: LocalRun, overwrite: bool) -> None:
-    """Refuse to mix a new run into a finished one unless asked to start over."""
-    finished = run.output_dir / REPORT_FILE
+    """Refuse to mix a new run into a finished one unless asked to start over; start over
+    only in a directory that holds nothing but a run's files, so no other file is lost."""
+    directory = run.output_dir
+    if directory.exists() and not directory.is_dir():
+        raise LocalRunError(f"output directory {directory}: is a file, not a directory")
+    finished = directory / REPORT_FILE
     if finished.exists() and not overwrite:
         raise LocalRunError(
-            f"{run.output_dir} already holds a finished run ({finished}); pass --overwrite "
+            f"{directory} already holds a finished run ({finished}); pass --overwrite "
             "to start again, or --output DIR for another directory"
         )
-    if overwrite and run.output_dir.exists():
-        shutil.rmtree(run.output_dir)
-    run.output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if overwrite and directory.exists():
+            _check_only_run_files(directory)
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LocalRunError(
+            f"output directory {directory}: cannot be written ({error.strerror or error})"
+        ) from None
+
+
+def _check_only_run_files(directory: Path) -> None:
+    foreign = sorted(
+        entry.name
+        for entry in directory.iterdir()
+        if entry.name not in RUN_ENTRIES and not RUN_ENTRY_PATTERN.fullmatch(entry.name)
+    )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise LocalRunError(
+            f"output directory {directory}: --overwrite deletes it, and it holds what no run "
+            f"wrote ({shown}); move those away, or pass --output DIR for another directory"
+        )
 
 
 def run_in_process(run: LocalRun) -> dict[str, Any]:

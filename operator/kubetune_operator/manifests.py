@@ -6,11 +6,13 @@ are bounded (YAML bombs), bytes must be UTF-8, duplicate keys are reported rathe
 silently merged, and every failure becomes a `ManifestError` or a list of `Problem`s
 that name the file and the field. This is what `kubetune validate` and `kubetune run` use.
 FineTuneJobs are checked, and so are FineTuneRuntime and ClusterFineTuneRuntime documents
-(a platform team's `kubetune validate runtime.yaml`); other kinds are skipped.
+(a platform team's `kubetune validate runtime.yaml`); other kinds are skipped, except
+an unknown kind of kubetune's own API group, which is a typo.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +77,8 @@ def check_document(document: Any, source: str) -> Checked:
     if isinstance(kind, str) and kind in runtime_api.RUNTIME_MODELS:
         return _check_runtime(document, source, runtime_api.RUNTIME_MODELS[kind])
     if kind != v1alpha1.KIND:
+        if isinstance(kind, str) and kind and _in_kubetune_group(api_version):
+            return Checked(source, problems=[Problem("kind", _unknown_kind(kind))])
         if isinstance(kind, str) and kind:
             return Checked(source, skipped_kind=shown(kind).strip("'\""))
         return Checked(source, problems=[Problem("kind", f"must be {v1alpha1.KIND}")])
@@ -86,6 +90,18 @@ def check_document(document: Any, source: str) -> Checked:
     except ValidationError as error:
         return Checked(source, problems=problems_from(error, v1alpha1.FineTuneJob))
     return Checked(source, job=job, document=document)
+
+
+def _in_kubetune_group(api_version: object) -> bool:
+    return isinstance(api_version, str) and api_version.startswith(f"{v1alpha1.GROUP}/")
+
+
+def _unknown_kind(kind: str) -> str:
+    """A kind of kubetune's API group that it does not define: a typo, not another object."""
+    kinds = [v1alpha1.KIND, *runtime_api.RUNTIME_MODELS]
+    message = f"must be one of {', '.join(kinds)} (got {shown(kind)})"
+    close = difflib.get_close_matches(kind, kinds, n=1, cutoff=0.6)
+    return f"{message}; did you mean {close[0]}?" if close else message
 
 
 def _check_runtime(
@@ -121,7 +137,8 @@ def load_documents(path: Path) -> list[Any]:
 
 
 def parse_documents(text: str, source: str) -> list[Any]:
-    """Parse YAML text into documents within the size and depth bounds."""
+    """Parse YAML text into documents within the size and depth bounds; empty documents
+    are left out, as kubectl leaves them out (a trailing or doubled `---` is common)."""
     try:
         return _compose_and_construct(text, source)
     except yaml.MarkedYAMLError as error:
@@ -139,7 +156,9 @@ def _compose_and_construct(text: str, source: str) -> list[Any]:
             if node is None:
                 continue
             _check_expanded_size(node, source)
-            documents.append(loader.construct_document(node))
+            document = loader.construct_document(node)
+            if document is not None:  # an empty document, e.g. after a trailing `---`
+                documents.append(document)
     finally:
         loader.dispose()
     return documents

@@ -38,6 +38,8 @@ class ReportError(Exception):
 def load_report(run_dir: Path) -> dict[str, Any]:
     """RUN_DIR/report.json's content (a JSON object)."""
     path = run_dir / REPORT_JSON
+    if run_dir.is_file():
+        raise ReportError(f"{run_dir}: is a file; give the run's output directory")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -54,7 +56,18 @@ def load_report(run_dir: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(content, dict):
         raise ReportError(f"{path}: must hold a JSON object (got {type(content).__name__})")
+    _check_is_a_run_report(content, path)
     return content
+
+
+def _check_is_a_run_report(content: Mapping[str, Any], path: Path) -> None:
+    """Every run and search report names its job and says whether it succeeded; a file
+    without them (cut short, or another tool's report.json) cannot be summarised."""
+    if not isinstance(content.get("job"), str) or not isinstance(content.get("succeeded"), bool):
+        raise ReportError(
+            f"{path}: not a kubetune report (it needs the text field job and the true/false "
+            "field succeeded)"
+        )
 
 
 def html_path(run_dir: Path) -> Path:

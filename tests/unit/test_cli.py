@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from kubetune_operator import crdgen
+from kubetune_operator import console, crdgen, local
 from kubetune_operator.cli import app
 from tests.conftest import EXAMPLE_MANIFESTS, REPO
 
@@ -107,6 +108,33 @@ def test_crd_writes_the_field_reference_and_check_detects_its_drift(tmp_path: Pa
     assert "docs/reference.md differs from the models" in result.output
 
 
+def test_crd_check_names_missing_files_as_missing(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["crd", "--check", "--root", str(tmp_path)], terminal_width=400)
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'crds/finetunejobs.kubetune.dev.yaml'} is missing: run `kubetune crd`" in (
+        result.output
+    )
+    assert "differs" not in result.output
+
+
+@pytest.mark.parametrize("check", [[], ["--check"]])
+def test_crd_with_a_root_that_is_not_a_directory_says_so(tmp_path: Path, check: list[str]) -> None:
+    root = tmp_path / "file"
+    root.write_text("mine")
+    result = runner.invoke(app, ["crd", "--root", str(root), *check], terminal_width=400)
+    assert result.exit_code == 1
+    assert f"--root {root}: not a directory (the checkout's root)" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_crd_that_cannot_write_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "crds").write_text("a file where the folder goes")
+    result = runner.invoke(app, ["crd", "--root", str(tmp_path)], terminal_width=400)
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'crds'}: cannot be written (File exists)" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_crd_to_stdout_is_the_committed_file() -> None:
     result = runner.invoke(app, ["crd", "--stdout"])
     assert result.stdout == (REPO / "crds/finetunejobs.kubetune.dev.yaml").read_text()
@@ -142,3 +170,91 @@ def test_the_operator_refuses_an_unknown_log_format() -> None:
     result = runner.invoke(app, ["operator", "--log-format", "xml"])
     assert result.exit_code == 2
     assert "--log-format must be json or plain (got xml)" in result.output
+
+
+def test_run_overwrite_keeps_a_directory_that_holds_files_no_run_wrote(tmp_path: Path) -> None:
+    manifest = tmp_path / "job.yaml"
+    shutil.copy(SENTIMENT, manifest)
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "report.json").write_text("{}")
+    result = runner.invoke(
+        app, ["run", str(manifest), "--output", str(tmp_path), "--overwrite"], terminal_width=400
+    )
+    assert result.exit_code == 1
+    assert (
+        f"output directory {tmp_path}: --overwrite deletes it, and it holds what no run wrote "
+        "(job.yaml, notes.txt)" in result.output
+    )
+    assert manifest.read_text() == SENTIMENT.read_text()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_run_into_an_output_that_is_a_file_says_so(tmp_path: Path, overwrite: list[str]) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    result = runner.invoke(
+        app, ["run", str(SENTIMENT), "--output", str(taken), *overwrite], terminal_width=400
+    )
+    assert result.exit_code == 1
+    assert f"output directory {taken}: is a file, not a directory" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert taken.read_text() == "mine"
+
+
+def test_run_into_an_output_below_a_file_says_it_cannot_be_written(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("mine")
+    below = tmp_path / "taken/run"
+    result = runner.invoke(app, ["run", str(SENTIMENT), "--output", str(below)], terminal_width=400)
+    assert result.exit_code == 1
+    assert f"output directory {below}: cannot be written (Not a directory)" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+class InterruptedImport:
+    """Stands for the CLI module while a Ctrl-C arrives during its import."""
+
+    def __getattr__(self, name: str) -> object:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_the_command_starts_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "kubetune_operator.cli", InterruptedImport())
+    with pytest.raises(SystemExit) as exited:
+        console.main()
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "kubetune: interrupted\n"
+
+
+def test_python_dash_m_runs_the_command(tmp_path: Path) -> None:
+    environment = {"PYTHONPATH": f"{REPO / 'trainer'}:{REPO / 'operator'}", "PATH": ""}
+    command = [sys.executable, "-m", "kubetune_operator", "validate"]
+    valid = subprocess.run(
+        [*command, str(SENTIMENT)], capture_output=True, text=True, env=environment
+    )
+    assert valid.returncode == 0, valid.stderr
+    assert "FineTuneJob sentiment is valid" in valid.stdout
+    missing = subprocess.run(
+        [*command, str(tmp_path / "none.yaml")], capture_output=True, text=True, env=environment
+    )
+    assert missing.returncode == 1
+    assert "none.yaml: cannot read: No such file or directory" in missing.stderr
+
+
+def test_ctrl_c_during_a_run_exits_130_and_says_how_to_continue(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def interrupted(run: object) -> dict[str, object]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local, "run_in_process", interrupted)
+    result = runner.invoke(
+        app, ["run", str(SENTIMENT), "--output", str(tmp_path / "run")], terminal_width=400
+    )
+    assert result.exit_code == 130
+    assert (
+        "✗ sentiment: interrupted; run the same command again to continue from the last "
+        "checkpoint saved in its output directory, if any" in result.output
+    )

@@ -184,6 +184,21 @@ def test_ragged_csv_row_is_named(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("encoding", "name"),
+    [("utf-16-le", "UTF-16"), ("utf-16-be", "UTF-16"), ("utf-32-le", "UTF-32")],
+)
+def test_a_csv_saved_as_wide_unicode_is_named_by_its_encoding(
+    tmp_path: Path, encoding: str, name: str
+) -> None:
+    path = tmp_path / "train.csv"
+    path.write_bytes("\ufefftext,label\ngood,positive\nbad,negative\n".encode(encoding))
+    assert load_error(path) == (
+        f"data.train.source: {path} is {name} text; kubetune reads UTF-8: save it as UTF-8 "
+        "(a spreadsheet's CSV UTF-8)"
+    )
+
+
 def test_parquet_file_declared_as_csv(tmp_path: Path) -> None:
     path = tmp_path / "train.csv"
     pq.write_table(pa.Table.from_pylist(ROWS), path)

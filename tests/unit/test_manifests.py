@@ -137,3 +137,27 @@ def test_other_kinds_are_skipped_and_documents_numbered(tmp_path: Path) -> None:
 def test_documents_of_the_wrong_shape(document: Any, expected: str) -> None:
     problems = check_document(document, "job.yaml").problems
     assert [f"{p.path}: {p.message}" for p in problems] == [expected]
+
+
+@pytest.mark.parametrize("separators", ["{job}---\n", "---\n{job}---\n---\n", "{job}\n---\nnull\n"])
+def test_empty_documents_are_left_out_like_kubectl_does(tmp_path: Path, separators: str) -> None:
+    job = (REPO / "examples/sentiment/job.yaml").read_text()
+    results = check_file(write(tmp_path, separators.format(job=job)))
+    assert [(r.source.rsplit("/", 1)[-1], r.name, r.problems) for r in results] == [
+        ("job.yaml", "sentiment", [])
+    ]
+
+
+def test_a_file_of_empty_documents_holds_no_document(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="holds no YAML document"):
+        check_file(write(tmp_path, "---\n---\n# nothing\n"))
+
+
+def test_an_unknown_kind_of_kubetunes_group_is_a_typo_not_skipped() -> None:
+    document = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FinetuneJob", "spec": {}}
+    checked = check_document(document, "job.yaml")
+    assert checked.skipped_kind is None
+    assert [f"{p.path}: {p.message}" for p in checked.problems] == [
+        "kind: must be one of FineTuneJob, FineTuneRuntime, ClusterFineTuneRuntime "
+        "(got 'FinetuneJob'); did you mean FineTuneJob?"
+    ]

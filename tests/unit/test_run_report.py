@@ -181,6 +181,8 @@ def test_a_run_stopped_with_a_checkpoint_is_not_called_failed(
         ("{not json", "report.json: not JSON (line 1, column 2"),
         ("[1, 2]", "report.json: must hold a JSON object (got list)"),
         (b"\xff\xfe", "report.json: cannot be read"),
+        ("{}", "report.json: not a kubetune report (it needs the text field job and the"),
+        ('{"job": "x", "succeeded": "yes"}', "report.json: not a kubetune report"),
     ],
 )
 def test_a_missing_or_broken_report_is_a_message_and_exit_1(
@@ -277,3 +279,10 @@ def test_the_run_summary_has_no_bias_line_without_an_audit(
 )
 def test_duration_is_setup_plus_training(timings: dict[str, float], seconds: float | None) -> None:
     assert run_report.duration_seconds({"timings": timings}) == seconds
+
+
+def test_report_on_a_file_instead_of_a_run_directory_says_so(tmp_path: Path) -> None:
+    report = write(tmp_path / "run", {"job": "x", "succeeded": True}) / "report.json"
+    result = runner.invoke(app, ["report", str(report)], env=WIDE)
+    assert result.exit_code == 1
+    assert f"{report}: is a file; give the run's output directory" in result.output

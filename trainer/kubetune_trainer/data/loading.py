@@ -96,6 +96,7 @@ def _shards_by_format(directory: Path) -> dict[DataFormat, list[Path]]:
 def _read_file(path: Path, data_format: DataFormat, field: str) -> pa.Table:
     try:
         _check_looks_like(path, data_format, field)
+        _check_not_wide_unicode(path, field)
         table = _READERS[data_format](path)
     except (pa.ArrowException, OSError, ValueError) as error:
         raise DataError(_read_failure(path, data_format, field, error)) from None
@@ -110,6 +111,27 @@ def _check_looks_like(path: Path, data_format: DataFormat, field: str) -> None:
             f"{field}.source: {path} looks like {looks_like}, not {data_format}; "
             f"set {field}.format to {looks_like} or give a {data_format} file"
         )
+
+
+WIDE_UNICODE_MARKS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+"""Byte-order marks of the encodings spreadsheets save as "Unicode text", longest first."""
+
+
+def _check_not_wide_unicode(path: Path, field: str) -> None:
+    """Text is read as UTF-8: a UTF-16 file would otherwise fail as rows of NUL bytes."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    for mark, encoding in WIDE_UNICODE_MARKS:
+        if head.startswith(mark):
+            raise DataError(
+                f"{field}.source: {path} is {encoding} text; kubetune reads UTF-8: save it "
+                "as UTF-8 (a spreadsheet's CSV UTF-8)"
+            )
 
 
 def _sniff_format(path: Path) -> DataFormat | None:
