@@ -10,10 +10,12 @@ planned here like any other (its output directory, its paths) and its trials are
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -68,6 +70,8 @@ RUN_ENTRIES = frozenset(
     }
 )
 """What a run (the trainer, or a local search) writes at the top of its output directory."""
+CONTINUED_OUTCOMES = frozenset({"interrupted", "budgetExceeded"})
+"""report.json outcomes of a run stopped with a checkpoint to continue from."""
 RUN_ENTRY_PATTERN = re.compile(r"(trial|fold)-\d+|\.partial-.+|\..+\.partial")
 """A search's trials, cross-validation's folds, and files being written atomically."""
 
@@ -79,6 +83,8 @@ def prepare_output(run: LocalRun, overwrite: bool) -> None:
     if directory.exists() and not directory.is_dir():
         raise LocalRunError(f"output directory {directory}: is a file, not a directory")
     finished = directory / REPORT_FILE
+    if finished.exists() and not overwrite and _stopped_with_a_checkpoint(finished):
+        finished.unlink()  # the run continues from its checkpoint and writes its own report
     if finished.exists() and not overwrite:
         raise LocalRunError(
             f"{directory} already holds a finished run ({finished}); pass --overwrite "
@@ -93,6 +99,16 @@ def prepare_output(run: LocalRun, overwrite: bool) -> None:
         raise LocalRunError(
             f"output directory {directory}: cannot be written ({error.strerror or error})"
         ) from None
+
+
+def _stopped_with_a_checkpoint(report: Path) -> bool:
+    """Whether report.json is that of a run stopped by Ctrl-C, SIGTERM or its GPU budget,
+    which the same command continues."""
+    try:
+        outcome = json.loads(report.read_text(encoding="utf-8")).get("outcome")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return outcome in CONTINUED_OUTCOMES
 
 
 def _check_only_run_files(directory: Path) -> None:
@@ -124,16 +140,29 @@ def run_in_process(run: LocalRun) -> dict[str, Any]:
 
 def run_with_accelerate(run: LocalRun, processes: int) -> dict[str, Any]:
     """Train with `processes` CPU processes (gloo) under accelerate launch."""
-    completed = subprocess.run(
-        trainer_command(run, processes), env=trainer_environment(processes, 1), check=False
-    )
-    if completed.returncode == EXIT_INVALID_INPUT:
+    with subprocess.Popen(
+        trainer_command(run, processes), env=trainer_environment(processes, 1)
+    ) as launcher:
+        try:
+            code = launcher.wait()
+        except KeyboardInterrupt:  # the trainers stop at their next logged step, with a
+            pass_ctrl_c_on(launcher)  # checkpoint: wait for them
+            code = launcher.wait()
+    if code == EXIT_INVALID_INPUT:
         raise LocalRunError("the trainer refused its input (its message is above)")
     if not (run.output_dir / REPORT_FILE).exists():
-        raise LocalRunError(
-            f"the trainer exited with code {completed.returncode} before writing a report"
-        )
+        raise LocalRunError(f"the trainer exited with code {code} before writing a report")
     return read_report(run)
+
+
+def pass_ctrl_c_on(launcher: subprocess.Popen[bytes]) -> None:
+    """A Ctrl-C typed in a terminal reaches the launcher too, which stays in the terminal's
+    job; one sent to this process alone (a script's) is passed on, as the launcher leads a
+    process group of its own then. Never twice: torch's elastic agent would stop waiting
+    for its trainers."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(launcher.pid) != os.getpgrp():
+            launcher.send_signal(signal.SIGINT)
 
 
 def trainer_command(run: LocalRun, processes: int) -> list[str]:

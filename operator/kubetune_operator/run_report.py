@@ -124,7 +124,7 @@ def is_search(report: Mapping[str, Any]) -> bool:
 OUTCOME_MARKS: Final = {
     "succeeded": "[green]✓ succeeded[/]",
     "failed": "[red]✗ failed[/]",
-    "interrupted": "[yellow]■ interrupted[/] (stopped by SIGTERM; resumes from its checkpoint)",
+    "interrupted": "[yellow]■ interrupted[/] (stopped by SIGTERM or Ctrl-C; checkpoint kept)",
     "budgetExceeded": "[yellow]■ stopped[/] (runPolicy.maxGpuHours spent; checkpoint kept)",
 }
 """The heading's mark for report.json's `outcome` (older reports have only `succeeded`)."""

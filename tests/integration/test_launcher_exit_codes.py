@@ -3,7 +3,8 @@
 accelerate's launcher turns any failed trainer into exit code 1 and a traceback; kubetune's
 exit codes (invalid input, a spent budget, an interruption) must reach the pod's status and
 `kubetune run`. Real launches of one and of two processes (torch's elastic agent, gloo),
-with a script in place of the trainer.
+with a script in place of the trainer. An agent stopped by a signal ends with the signal's
+code once its trainers have ended.
 """
 
 from __future__ import annotations
@@ -60,4 +61,38 @@ def test_of_two_processes_the_first_to_fail_gives_the_code(tmp_path: Path) -> No
     code, output = launch(tmp_path, processes=2, rank=1, exit_with="3")
     assert code == 3, output
     assert "kubetune launcher: trainer process 1 exited with code 3" in output
+    assert "Traceback" not in output
+
+
+STOPPING_TRAINER = """
+import signal, sys, time
+signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(143))  # as the trainer stops
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_an_agent_stopped_by_ctrl_c_exits_130_once_its_trainers_stopped(tmp_path: Path) -> None:
+    script = tmp_path / "trainer.py"
+    script.write_text(STOPPING_TRAINER)
+    command = [*LAUNCH, "--multi_gpu", "--num_processes", "2", "--main_process_port", "0"]
+    launcher = subprocess.Popen(
+        [*command, str(script)],
+        env={**os.environ, "ACCELERATE_USE_CPU": "true"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert launcher.stdout is not None
+    ready = 0
+    while ready < 2:
+        line = launcher.stdout.readline()
+        assert line, "the launcher ended before both trainers started"
+        ready += "ready" in line
+
+    launcher.send_signal(signal.SIGINT)
+    output, _ = launcher.communicate(timeout=300)
+
+    assert launcher.returncode == 128 + signal.SIGINT, output
+    assert "kubetune launcher: stopped by SIGINT" in output
     assert "Traceback" not in output

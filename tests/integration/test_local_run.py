@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kubetune_operator.cli import app
+from tests.integration.test_sigterm import ctrl_c_at_step, logged_steps, wait_for_a_logged_step
 from tests.tiny import lay_out_tiny_job, tiny_job_manifest
 
 runner = CliRunner()
@@ -37,6 +40,26 @@ def test_run_resolves_paths_against_the_manifest_and_reports(job_folder: Path) -
     assert report["succeeded"] is True
     assert report["config"]["data"]["train"]["source"] == str(job_folder / "data/train.csv")
     assert f"model          {job_folder / 'out/model'}" in output
+
+
+def test_a_run_stopped_by_ctrl_c_continues_with_the_same_command(
+    job_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patched:
+        ctrl_c_at_step(patched, step=3, presses=1)
+        code, output = run(str(job_folder / "job.yaml"))
+    assert code == 1, output
+    assert "tiny interrupted (run it again to resume from its checkpoint)" in output
+    (checkpoint,) = (job_folder / "out/checkpoints").iterdir()
+    stopped = int(checkpoint.name.removeprefix("step-"))
+
+    code, output = run(str(job_folder / "job.yaml"))
+
+    assert code == 0, output
+    assert "✓ tiny finished" in output
+    first_start, second_start = logged_steps(job_folder / "out/metrics.jsonl")
+    assert first_start[-1] == stopped
+    assert second_start[0] == stopped + 1
 
 
 def test_a_finished_run_is_not_overwritten_unless_asked(job_folder: Path) -> None:
@@ -119,6 +142,33 @@ def test_two_processes_under_accelerate_launch_make_one_report(job_folder: Path)
     assert report["steps"] == 10  # 320 rows, batches of 16 shared by two processes
     assert report["bestMetrics"]["accuracy"] > 0
     assert len(list(job_folder.glob("out/report.json"))) == 1
+
+
+def test_ctrl_c_stops_a_run_of_two_processes_with_a_checkpoint(job_folder: Path) -> None:
+    """Sent to `kubetune run` alone (a script's Ctrl-C; a terminal's reaches every process of
+    its job), it is passed on to the launcher, whose elastic agent passes it on to the
+    trainers: they stop at one logged step, with its checkpoint."""
+    (job_folder / "job.yaml").write_text(tiny_job_manifest(epochs=3, batch=16))
+    command = [str(shutil.which("kubetune")), "run", str(job_folder / "job.yaml")]
+    run = subprocess.Popen(
+        [*command, "--processes", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    wait_for_a_logged_step(run, job_folder / "out/metrics.jsonl")
+    os.killpg(run.pid, signal.SIGINT)
+    output, _ = run.communicate(timeout=600)
+
+    assert run.returncode == 1, output
+    assert "tiny interrupted (run it again to resume from its checkpoint)" in output
+    assert "kubetune launcher: stopped by SIGINT" in output
+    assert "Traceback" not in output
+    report = json.loads((job_folder / "out/report.json").read_text())
+    assert report["outcome"] == "interrupted"
+    assert report["steps"] < 30  # 3 epochs of 10 steps
+    assert report["artifacts"]["lastCheckpoint"].endswith(f"step-{report['steps']:08d}")
 
 
 def test_a_malformed_ledger_stops_both_processes_with_its_message(job_folder: Path) -> None:

@@ -10,7 +10,9 @@ the first evaluation, so every checkpoint found was saved because of the signal.
 
 A SIGTERM after the last step (the final phase) is sent by the run itself, from the real
 function that starts the part of the final phase under test, to its own process: the
-signal, its handler and the stop are the real ones, at a point no timing could hit.
+signal, its handler and the stop are the real ones, at a point no timing could hit. Ctrl-C
+(SIGINT) in a terminal is sent the same way: once, it stops the run like SIGTERM; twice, at
+once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pytest
 
 from kubetune_trainer import examine
 from kubetune_trainer.__main__ import main
-from kubetune_trainer.config import EXIT_INTERRUPTED, TrainingConfig
+from kubetune_trainer.config import EXIT_CTRL_C, EXIT_INTERRUPTED, TrainingConfig
 from kubetune_trainer.recipe import Recipe
 from tests.integration.test_trainer import make_config
 
@@ -306,3 +308,70 @@ def test_sigterm_once_the_model_is_being_saved_ends_the_run_as_it_would_have_end
     assert report["artifacts"]["model"] == str(out / "model")
     assert (out / "model/config.json").exists()
     assert finished_event(out / "metrics.jsonl")["outcome"] == "succeeded"
+
+
+def ctrl_c_at_step(monkeypatch: pytest.MonkeyPatch, step: int, presses: int) -> None:
+    """Ctrl-C `presses` times right after optimizer step `step`, before it is logged."""
+    after_step = Recipe._after_optimizer_step
+
+    def pressed(self: Recipe) -> str | None:
+        if self.state.step == step:
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)
+        return after_step(self)
+
+    monkeypatch.setattr(Recipe, "_after_optimizer_step", pressed)
+
+
+def test_ctrl_c_stops_the_run_like_sigterm_with_a_checkpoint_to_continue_from(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    small_data: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = final_phase_config(tmp_path, tiny_model_dir, small_data)
+    with monkeypatch.context() as patched:
+        ctrl_c_at_step(patched, step=3, presses=1)
+        code, record = run_in_process(config, tmp_path)
+
+    assert code == EXIT_INTERRUPTED, record
+    out = tmp_path / "out"
+    stopped = json.loads((out / "report.json").read_text())["steps"]
+    assert 3 <= stopped < FINAL_STEPS
+    checkpoint = f"step-{stopped:08d}"
+    assert record["message"] == (
+        f"stopped by SIGINT at step {stopped} of {FINAL_STEPS}; checkpoint {checkpoint} saved"
+    )
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [checkpoint]
+    console = " ".join(capsys.readouterr().err.split())
+    assert console.count("Ctrl-C: stopping at the next logged step with a checkpoint") == 1
+
+    code, record = run_in_process(config, tmp_path)
+
+    assert code == 0, record
+    assert json.loads((out / "report.json").read_text())["outcome"] == "succeeded"
+
+
+def test_ctrl_c_twice_stops_at_once_without_a_traceback(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    small_data: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = final_phase_config(tmp_path, tiny_model_dir, small_data)
+    ctrl_c_at_step(monkeypatch, step=3, presses=2)
+
+    code, record = run_in_process(config, tmp_path)
+
+    assert code == EXIT_CTRL_C == 128 + signal.SIGINT, record
+    assert record["message"] == (
+        "interrupted by Ctrl-C: stopped at once, without saving a checkpoint"
+    )
+    out = tmp_path / "out"
+    assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())
+    assert not (out / "report.json").exists()
+    console = capsys.readouterr().err
+    assert "kubetune trainer: interrupted by Ctrl-C: stopped at once" in console
+    assert "Traceback" not in console

@@ -154,7 +154,7 @@ def test_a_bare_report_prints_without_the_parts_it_lacks(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("outcome", "heading"),
     [
-        ("interrupted", "stopped ■ interrupted (stopped by SIGTERM; resumes from its checkpoint)"),
+        ("interrupted", "stopped ■ interrupted (stopped by SIGTERM or Ctrl-C; checkpoint kept)"),
         (
             "budgetExceeded",
             "stopped ■ stopped (runPolicy.maxGpuHours spent; checkpoint kept)",

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from kubetune_trainer.config import (
     EXIT_BUDGET_EXCEEDED,
+    EXIT_CTRL_C,
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
     EXIT_TRAINING_FAILED,
@@ -88,6 +89,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
         if first_process_on_machine(env):  # the others read the same input: one message
             console.print(f"kubetune trainer: {error}", markup=False)
         return record_exit(env, EXIT_INVALID_INPUT, str(error))
+    except KeyboardInterrupt:  # Ctrl-C twice, or once before training
+        message = "interrupted by Ctrl-C: stopped at once, without saving a checkpoint"
+        if first_process_on_machine(env):
+            console.print(f"kubetune trainer: {message}", markup=False)
+        return record_exit(env, EXIT_CTRL_C, message)
     if result.budget_exceeded:
         return record_exit(env, EXIT_BUDGET_EXCEEDED, result.message)
     if result.interrupted:

@@ -66,7 +66,10 @@ EXIT_TRAINING_FAILED = 4
 EXIT_BUDGET_EXCEEDED = 5
 """The trainer's exit code for a run stopped, with a checkpoint, by runPolicy.maxGpuHours."""
 EXIT_INTERRUPTED = 143
-"""The trainer's exit code for a run stopped, with a checkpoint, by SIGTERM (128 + 15)."""
+"""The trainer's exit code for a run stopped, with a checkpoint, by SIGTERM (128 + 15) or by
+one Ctrl-C."""
+EXIT_CTRL_C = 130
+"""The trainer's exit code for a run stopped at once by Ctrl-C, without a checkpoint (128 + 2)."""
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?(@[\w./-]{1,128})?$")
 _PY_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")

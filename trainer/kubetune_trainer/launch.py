@@ -19,7 +19,9 @@ accelerate's launcher reports a failed trainer by raising (CalledProcessError fo
 process, torch's ChildFailedError for several) and exits with code 1 whatever the trainer
 said. This launcher exits with the trainer's own code instead (kubetune's exit codes mean
 invalid input, a spent budget, an interruption) and prints one line, not a traceback: the
-trainer has printed why already.
+trainer has printed why already. Likewise when torch's elastic agent was stopped by a
+signal (it raises once it has passed the signal on and its trainers have ended): the exit
+code is the signal's, 128 + N.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import sys
 from types import FrameType
 
 from accelerate.commands.launch import main as accelerate_launch
+from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 
@@ -68,6 +71,10 @@ def main() -> int:
         process, code = failed_trainer(error)
         print(f"kubetune launcher: {process} exited with code {code}", file=sys.stderr)
         return code
+    except SignalException as stopped:
+        name = signal.Signals(stopped.sigval).name
+        print(f"kubetune launcher: stopped by {name}", file=sys.stderr)
+        return shell_exit_code(-stopped.sigval)
     return 0
 
 

@@ -6,15 +6,19 @@ device, the precision and the process group; the recipe only uses its primitives
 `save_state` / `load_state`, `skip_first_batches`). A restarted pod finds the newest
 checkpoint in the output directory and continues from the exact batch it stopped at.
 
-Asked to stop (SIGTERM: a suspended, preempted, evicted or drained worker group), the run
-stops at its next logged step, every process at the same one, saves a checkpoint there and
-ends as interrupted; the next group resumes from that checkpoint. A signal handler runs
-between bytecodes of the main thread, so it only sets a flag; the flag travels in the
-collective that already reduces the logged loss, so the check costs no extra sync. After
-the last step (the final phase: loading the best checkpoint, examining it, saving it) the
-processes agree on the flag before each part, and a stop skips what is left: the checkpoint
-of the last step is there to resume from, and the next start does the final phase again.
-A SIGTERM that comes once the model is saved changes nothing.
+Asked to stop (SIGTERM: a suspended, preempted, evicted or drained worker group; or Ctrl-C,
+SIGINT, in a terminal), the run stops at its next logged step, every process at the same
+one, saves a checkpoint there and ends as interrupted; the next group resumes from that
+checkpoint. A signal handler runs between bytecodes of the main thread, so it only sets a
+flag; the flag travels in the collective that already reduces the logged loss, so the
+check costs no extra sync. After the last step (the final phase: loading the best
+checkpoint, examining it, saving it) the processes agree on the flag before each part, and
+a stop skips what is left: the checkpoint of the last step is there to resume from, and
+the next start does the final phase again.
+A SIGTERM that comes once the model is saved changes nothing. A second Ctrl-C in a run
+without a launcher stops it at once (KeyboardInterrupt), losing the steps since the last
+checkpoint; under a launcher the second SIGINT is torch's elastic agent passing the first
+one on, so it only asks again.
 """
 
 from __future__ import annotations
@@ -102,6 +106,8 @@ from kubetune_trainer.schedules import (
 )
 
 CHECKPOINTS = "checkpoints"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""What asks a run to stop with a checkpoint: Kubernetes stopping a pod, Ctrl-C in a terminal."""
 CHECKPOINT_PREFIX = "step-"
 PARTIAL_PREFIX = ".partial-"
 """A checkpoint being written: hidden, and never matching CHECKPOINT_PREFIX."""
@@ -154,7 +160,8 @@ class RunResult:
     budget_exceeded: bool = False
     """Stopped by runPolicy.maxGpuHours (with a checkpoint to resume from)."""
     interrupted: bool = False
-    """Stopped by SIGTERM (with a checkpoint to resume from); neither failed nor done."""
+    """Stopped by SIGTERM or Ctrl-C (with a checkpoint to resume from); neither failed nor
+    done."""
 
     @property
     def outcome(self) -> Outcome:
@@ -242,8 +249,9 @@ class Recipe:
     _interrupted: bool
     """Some process got SIGTERM: every process stops at this logged step (or part of the
     final phase)."""
-    _sigterm_received: bool
-    """This process got SIGTERM (set by the signal handler, read at the next logged step)."""
+    _stop_signal: str | None
+    """The signal that asked this process to stop, SIGTERM or SIGINT (set by the signal
+    handler, read at the next logged step); None until one comes."""
     snapshot: LayerSnapshot | None
     layer_parameters: dict[str, list[torch.nn.Parameter]]
     audit_rows: AuditRows | None
@@ -580,26 +588,40 @@ class Recipe:
     def train(self) -> RunResult:
         """Train to the end (or an early stop), then save the best model and the report;
         a SIGTERM stops the run at its next logged step with a checkpoint."""
-        self._sigterm_received = False
-        with self._flag_sigterm():
+        self._stop_signal = None
+        with self._flag_stop_signals():
             return self._train()
 
     @contextmanager
-    def _flag_sigterm(self) -> Iterator[None]:
-        """SIGTERM only sets a flag while training (the previous handler comes back after).
-        The flag handler stays through the final checkpoint, so a second SIGTERM cannot
-        interrupt a save; signal handlers can only be set in the main thread."""
+    def _flag_stop_signals(self) -> Iterator[None]:
+        """SIGTERM and SIGINT only set a flag while training (the previous handlers come back
+        after). The flag handler stays through the final checkpoint, so a second SIGTERM
+        cannot interrupt a save; signal handlers can only be set in the main thread."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        previous = {signum: signal.signal(signum, self._on_stop_signal) for signum in STOP_SIGNALS}
         try:
             yield
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
-    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        self._sigterm_received = True
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        ctrl_c = signum == signal.SIGINT
+        if ctrl_c and self._stop_signal == "SIGINT" and "LOCAL_RANK" not in self.env:
+            raise KeyboardInterrupt  # Ctrl-C twice: stop now
+        first = self._stop_signal is None
+        self._stop_signal = signal.Signals(signum).name
+        if ctrl_c and first and self.accelerator.is_main_process:
+            self.console.print(
+                "Ctrl-C: stopping at the next logged step with a checkpoint "
+                "(Ctrl-C again to stop at once, without one)"
+            )
+
+    @property
+    def _stop_asked(self) -> bool:
+        return self._stop_signal is not None
 
     def _train(self) -> RunResult:
         started = time.perf_counter()
@@ -769,7 +791,7 @@ class Recipe:
     def _log_step(self) -> str | None:
         cost = self.budget.cost(self.meter.gpu_hours())
         loss, self._budget_spent, self._interrupted = self._reduce_loss_and_stop_flags(
-            self.budget.exceeded(cost.gpu_hours), self._sigterm_received
+            self.budget.exceeded(cost.gpu_hours), self._stop_asked
         )
         throughput = self._window_throughput()
         grad_norm = None if self._grad_norm is None else float(self._grad_norm.item())
@@ -1072,7 +1094,7 @@ class Recipe:
         """Whether any process got SIGTERM; once true it stays true. A collective: every
         process asks at the same points of the final phase."""
         if not self._interrupted:
-            flag = torch.tensor(float(self._sigterm_received), device=self.accelerator.device)
+            flag = torch.tensor(float(self._stop_asked), device=self.accelerator.device)
             self._interrupted = bool(self.accelerator.reduce(flag, "sum").item() > 0)
         return self._interrupted
 
@@ -1110,7 +1132,8 @@ class Recipe:
         if self._interrupted:
             latest = self._latest_checkpoint()
             return False, (
-                f"stopped by SIGTERM at step {self.state.step} of {self.total_steps}; "
+                f"stopped by {self._stop_signal or 'SIGTERM'} at step {self.state.step} of "
+                f"{self.total_steps}; "
                 f"checkpoint {latest.name if latest else '(none)'} saved"
             )
         if diverged:
