@@ -247,8 +247,8 @@ class Recipe:
     _log_every: int
     _budget_spent: bool
     _interrupted: bool
-    """Some process got SIGTERM: every process stops at this logged step (or part of the
-    final phase)."""
+    """Some process was asked to stop (SIGTERM, Ctrl-C): every process stops at this logged
+    step (or part of the final phase)."""
     _stop_signal: str | None
     """The signal that asked this process to stop, SIGTERM or SIGINT (set by the signal
     handler, read at the next logged step); None until one comes."""
@@ -587,7 +587,7 @@ class Recipe:
 
     def train(self) -> RunResult:
         """Train to the end (or an early stop), then save the best model and the report;
-        a SIGTERM stops the run at its next logged step with a checkpoint."""
+        a SIGTERM or a Ctrl-C stops the run at its next logged step with a checkpoint."""
         self._stop_signal = None
         with self._flag_stop_signals():
             return self._train()
@@ -1082,16 +1082,16 @@ class Recipe:
         """Load the best checkpoint, examine it and save it, unless a SIGTERM comes first:
         it skips what is left (examine.py checks between its parts), and the checkpoint of
         the last step, saved with the last evaluation, is where the next start resumes."""
-        if self._sigterm_agreed():
+        if self._stop_agreed():
             return {}, None
         self._load_best_checkpoint()
         sections, bias_audit = self._examine_final_model()
-        if self.config.output.save_model and not self._sigterm_agreed():
+        if self.config.output.save_model and not self._stop_agreed():
             self._save_model()
         return sections, bias_audit
 
-    def _sigterm_agreed(self) -> bool:
-        """Whether any process got SIGTERM; once true it stays true. A collective: every
+    def _stop_agreed(self) -> bool:
+        """Whether any process was asked to stop; once true it stays true. A collective: every
         process asks at the same points of the final phase."""
         if not self._interrupted:
             flag = torch.tensor(float(self._stop_asked), device=self.accelerator.device)
@@ -1174,7 +1174,7 @@ class Recipe:
                 audit_rows=self.audit_rows,
                 snapshot=self.snapshot,
                 reporter=self.reporter,
-                stop_requested=self._sigterm_agreed,
+                stop_requested=self._stop_agreed,
             )
         )
 
