@@ -2,8 +2,8 @@
 
 One process trains in this Python process; more are started with the pods' launcher
 (`kubetune_trainer.launch`, accelerate's with the trainer's exit codes passed on) and the
-same trainer entry point. The trainer (and torch) is imported
-only when a run starts, so the rest of the CLI stays light. A job with `spec.search` is
+same trainer entry point. The trainer (and torch) is imported only when a run starts, so
+the rest of the CLI stays light. A job with `spec.search` is
 planned here like any other (its output directory, its paths) and its trials are run by
 `local_search`, which builds on these functions.
 """
@@ -139,7 +139,7 @@ def run_in_process(run: LocalRun) -> dict[str, Any]:
 
 
 def run_with_accelerate(run: LocalRun, processes: int) -> dict[str, Any]:
-    """Train with `processes` CPU processes (gloo) under accelerate launch."""
+    """Train with `processes` CPU processes (gloo) under the pods' launcher."""
     with subprocess.Popen(
         trainer_command(run, processes), env=trainer_environment(processes, 1)
     ) as launcher:
