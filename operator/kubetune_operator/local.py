@@ -3,9 +3,9 @@
 One process trains in this Python process; more are started with the pods' launcher
 (`kubetune_trainer.launch`, accelerate's with the trainer's exit codes passed on) and the
 same trainer entry point. The trainer (and torch) is imported only when a run starts, so
-the rest of the CLI stays light. A job with `spec.search` is
-planned here like any other (its output directory, its paths) and its trials are run by
-`local_search`, which builds on these functions.
+the rest of the CLI stays light. A job with `spec.search` is planned here like any other
+(its output directory, its paths) and its trials are run by `local_search`, which builds on
+these functions.
 """
 
 from __future__ import annotations
