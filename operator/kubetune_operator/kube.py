@@ -296,11 +296,13 @@ class Cluster:
         plain = self.api.sanitize_for_serialization(found)  # type: ignore[no-untyped-call]
         return [item for item in plain.get("items") or [] if isinstance(item, dict)]
 
-    def pending_workloads(self, namespace: str, local_queue: str) -> dict[str, Any] | None:
-        """Kueue's pending Workloads of a LocalQueue in the order Kueue admits them (a
-        PendingWorkloadsSummary, kueue.py); None when no version of Kueue's visibility API
-        answers for it: not served (404: no Kueue, its VisibilityOnDemand feature off, or no
-        such LocalQueue) or not allowed (403)."""
+    def pending_workloads(
+        self, namespace: str, local_queue: str, *, offset: int = 0, limit: int = 1000
+    ) -> dict[str, Any] | None:
+        """Kueue's pending Workloads of a LocalQueue in the order Kueue admits them, `limit`
+        of them from `offset` on (a PendingWorkloadsSummary, kueue.py); None when no version
+        of Kueue's visibility API answers for it: not served (404: no Kueue, its
+        VisibilityOnDemand feature off, or no such LocalQueue) or not allowed (403)."""
         others = [v for v in KUEUE_VISIBILITY_VERSIONS if v != self.visibility_version]
         for version in [self.visibility_version, *others]:
             path = (
@@ -308,7 +310,7 @@ class Cluster:
                 f"/localqueues/{quote(local_queue, safe='')}/pendingworkloads"
             )
             try:
-                found = self._get_path(path)
+                found = self._get_path(path, [("offset", offset), ("limit", limit)])
             except ApiException as error:
                 if error.status in (NOT_FOUND, FORBIDDEN):
                     continue
@@ -318,12 +320,13 @@ class Cluster:
             return found
         return None
 
-    def _get_path(self, path: str) -> dict[str, Any]:
+    def _get_path(self, path: str, query: list[tuple[str, int]]) -> dict[str, Any]:
         """GET an API path the generated client has no method for (an aggregated API's
         subresource), the way its generated methods send a request."""
         request = self.api.param_serialize(
             method="GET",
             resource_path=path,
+            query_params=query,
             header_params={"Accept": "application/json"},
             auth_settings=["BearerToken"],
         )

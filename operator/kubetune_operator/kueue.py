@@ -10,7 +10,9 @@ PendingWorkloads with `metadata` (name, namespace, ownerReferences), `priority`,
 The operator asks once per LocalQueue per tick of its clock (kube.Cluster does the request,
 asking v1beta1 after v1beta2 where v1beta2 is not served, and remembers the version that
 answered; workers.py decides whom to ask for) and this module, on plain data, says which FineTuneJob
-stands where, counted from 1 as the operator's own queue counts (1: admitted next).
+stands where, counted from 1 as the operator's own queue counts (1: admitted next). The API
+answers a page of PAGE_SIZE Workloads at a time; the next page is asked for only while a
+full page leaves some waiting Job unfound, up to MAX_PAGES pages.
 
 How a Workload is matched to its Job: Kueue names a Job's Workload `job-<job name>-<hash>`,
 cut to fit, so the name cannot be parsed back reliably; but Kueue sets the Job as the
@@ -20,7 +22,7 @@ kind, name, uid) into each PendingWorkload, as it has since the API first appear
 not the name: after a restart the new worker Job has the old one's name, and the old
 Workload may still be listed for a moment. This needs no read of `workloads.kueue.x-k8s.io`
 and no permission for it. A Job that no item names (not pending in Kueue's queue, or past
-the API's first 1000 items) has no place, and its status says what it said without one.
+the first MAX_PAGES pages) has no place, and its status says what it said without one.
 
 `Visibility` is what the operator remembers between ticks: the places found, and the
 LocalQueues whose visibility API did not answer (not served: the feature gate off or an
@@ -41,6 +43,13 @@ LocalQueue = tuple[str, str]
 REST_TICKS: Final = 10
 """Ticks of the operator's clock a LocalQueue is not asked about after its visibility API
 did not answer (five minutes at the default tick of 30 seconds)."""
+
+
+PAGE_SIZE: Final = 1000
+"""Pending Workloads per request: the visibility API's default limit."""
+MAX_PAGES: Final = 10
+"""Pages read per LocalQueue and tick at most: jobs further back than 10000 Workloads show
+no place rather than cost more requests."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,12 @@ def places(summary: Mapping[str, Any], jobs: Mapping[str, K]) -> dict[K, Place]:
         if place is not None and owners:
             found[jobs[owners[0]]] = place
     return found
+
+
+def more_to_read(summary: Mapping[str, Any], found: int, waiting: int) -> bool:
+    """Whether the page after `summary` may hold a waiting Job: this page was full and only
+    `found` of the `waiting` Jobs are placed so far."""
+    return len(_items(summary)) >= PAGE_SIZE and found < waiting
 
 
 @dataclass

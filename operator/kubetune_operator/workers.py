@@ -201,7 +201,8 @@ def waits_in_queue(ftj: Mapping[str, Any]) -> bool:
 
 def look_up_kueue_places(shared: OperatorState, indexes: Indexes) -> None:
     """Ask Kueue's visibility API where the worker Jobs waiting for it stand: one request
-    per LocalQueue that has such Jobs, whatever their number. The places are kept for every
+    per LocalQueue that has such Jobs, whatever their number (one more per page of
+    kueue.PAGE_SIZE Workloads ahead of the last of them). The places are kept for every
     status computed until the next look; a LocalQueue whose API does not answer keeps the
     message without a place and rests (kueue.Visibility)."""
     waiting = _waiting_for_kueue(shared, indexes)
@@ -210,13 +211,13 @@ def look_up_kueue_places(shared: OperatorState, indexes: Indexes) -> None:
     for queue in memory.due(waiting):
         jobs = waiting[queue]
         try:
-            summary = shared.cluster.pending_workloads(*queue)
+            placed = _kueue_places_in(shared, queue, jobs)
         except (ApiException, urllib3.exceptions.HTTPError) as error:
             # Transient (Kueue's API priority and fairness answers 429): keep the last places.
             LOGGER.debug("Kueue's pending workloads of %s/%s: %s", *queue, error)
             found |= {key: memory.places[key] for key in jobs.values() if key in memory.places}
             continue
-        if summary is None:
+        if placed is None:
             if memory.unanswered(queue):
                 LOGGER.info(
                     "Kueue's visibility API (%s) does not answer for LocalQueue %s/%s (not "
@@ -225,8 +226,25 @@ def look_up_kueue_places(shared: OperatorState, indexes: Indexes) -> None:
                     *queue,
                 )
             continue
-        found |= kueue.places(summary, jobs)
+        found |= placed
     memory.places = found
+
+
+def _kueue_places_in(
+    shared: OperatorState, queue: kueue.LocalQueue, jobs: Mapping[str, Key]
+) -> dict[Key, kueue.Place] | None:
+    """The places of `jobs` in a LocalQueue, page after page; None when its visibility API
+    does not answer."""
+    found: dict[Key, kueue.Place] = {}
+    for page in range(kueue.MAX_PAGES):
+        offset = page * kueue.PAGE_SIZE
+        summary = shared.cluster.pending_workloads(*queue, offset=offset, limit=kueue.PAGE_SIZE)
+        if summary is None:
+            return found if page else None
+        found |= kueue.places(summary, jobs)
+        if not kueue.more_to_read(summary, len(found), len(jobs)):
+            break
+    return found
 
 
 def _waiting_for_kueue(

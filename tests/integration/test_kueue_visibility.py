@@ -68,12 +68,15 @@ class KueueQueue:
             )
         ]
 
-    def _summary(self) -> dict[str, Any]:
+    def _summary(self, request: Any) -> dict[str, Any]:
+        """One page, as the API's `offset` and `limit` ask (defaults 0 and 1000)."""
+        offset = int(request.params.get("offset", 0))
+        limit = int(request.params.get("limit", 1000))
         return {
             "kind": "PendingWorkloadsSummary",
             "apiVersion": "visibility.kueue.x-k8s.io/v1beta1",
             "metadata": {"creationTimestamp": None},
-            "items": list(self.items),
+            "items": self.items[offset : offset + limit],
         }
 
 
@@ -189,3 +192,29 @@ def test_without_the_visibility_api_the_job_keeps_the_message_without_a_place(
         "Kueue's visibility API (visibility.kueue.x-k8s.io) does not answer for LocalQueue "
         "default/gpu-queue (not served or not allowed): jobs waiting in it show no place"
     ]
+
+
+def test_a_job_far_back_in_a_long_queue_gets_its_place_from_a_later_page(
+    kube: KubeClient,
+    kube_emulator: EmulatorServer,
+    operator: Callable[[], OperatorThread],
+    sentiment: dict[str, Any],
+    looks: list[int],
+) -> None:
+    local_queue = KueueQueue(kube_emulator)
+    operator()
+    create_runtime(kube, runtime("kueue", queue={"kueueLocalQueue": "gpu-queue"}))
+    kube.create(job(sentiment, "sentiment", "kueue", gpusPerWorker=1))
+    ahead = [(f"other-{n}-workers", f"uid-other-{n}") for n in range(2100)]  # pages of 1000
+    local_queue.wait(*ahead, worker_uid(kube, "sentiment"), cluster_queue_offsets=(0,) * 2101)
+
+    placed = kube.wait_for_object("FineTuneJob", "sentiment", position_is(2101))
+
+    assert running_message(placed) == (
+        "waiting for Kueue to admit the worker Job: place 2101 in LocalQueue gpu-queue "
+        "(2101 in ClusterQueue)"
+    )
+    requests = kube_emulator.request_counts()[PENDING_REQUESTS]
+    # Three pages per look (the last one short), and the first look's v1beta2 request; the
+    # looks are counted after the requests, so a look under way is counted.
+    assert requests <= 3 * looks[0] + 1

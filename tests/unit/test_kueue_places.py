@@ -112,6 +112,15 @@ def test_items_without_an_owner_or_positions_are_skipped() -> None:
 # The memory between ticks.
 
 
+def test_the_next_page_is_read_only_after_a_full_page_with_jobs_still_unplaced() -> None:
+    full = summary(
+        *(pending(f"w{n}", "team-a", "gpus", f"uid-{n}", n, n) for n in range(kueue.PAGE_SIZE))
+    )
+    assert kueue.more_to_read(full, found=0, waiting=1)
+    assert not kueue.more_to_read(full, found=1, waiting=1)  # every waiting job placed
+    assert not kueue.more_to_read(TEAM_A, found=0, waiting=1)  # the last page
+
+
 def test_a_queue_whose_api_does_not_answer_rests_then_is_asked_again() -> None:
     memory = kueue.Visibility()
     queue, other = ("team-a", "gpus"), ("team-b", "gpus")
