@@ -31,7 +31,7 @@ from kubetune_trainer.data.columns import (
     validation_file_columns,
 )
 from kubetune_trainer.data.groups import group_column, present_sensitive_groups, sensitive_groups
-from kubetune_trainer.data.labels import encode_labels, labels_of
+from kubetune_trainer.data.labels import check_metric_computable, encode_labels, labels_of
 from kubetune_trainer.data.language_model import prepare_language_model_data
 from kubetune_trainer.data.loading import read_source
 from kubetune_trainer.data.prepared import AuditRows, PreparedData
@@ -96,6 +96,7 @@ def _finish(
 ) -> PreparedData:
     """After the rules: add and resample training rows, weigh classes, tokenize, report."""
     data, seed = config.data, config.training.seed
+    check_metric_computable(config, labels, validation)
     train = replace(train, sources=np.arange(train.table.num_rows, dtype=np.int64))
     synthetic = {"synthetic": synthetic_count(train)} if data.augmentation else {}
     train, augmented = with_augmented_rows(train, validation, len(labels), config)
