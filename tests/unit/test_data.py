@@ -601,6 +601,20 @@ def test_bad_weights(
     assert message == f"data.weightColumn: {train} has {problem}; weights must be numbers >= 0"
 
 
+def test_training_rows_that_all_weigh_nothing_are_refused(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    train = write_csv(tmp_path / "train.csv", reviews(3, "a", w="0") + reviews(3, "b", w="0.0"))
+    validation = write_csv(tmp_path / "val.csv", reviews(2, "a", w="0") + reviews(2, "b", w="0"))
+    assert data_error(make_config(train, validation, weightColumn="w"), tokenizer) == (
+        f"data.weightColumn: every training row of {train} has weight 0 in column 'w', so "
+        "the loss would be 0 at every step and the model would not learn; give rows a weight > 0"
+    )
+    weighed = write_csv(tmp_path / "weighed.csv", reviews(3, "a", w="0") + reviews(3, "b", w="1"))
+    prepared = prepare_data(make_config(weighed, validation, weightColumn="w"), tokenizer)
+    assert prepared.train["weight"] == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+
+
 def test_rows_without_a_weight(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
     train = tmp_path / "train.jsonl"
     train.write_text('{"text": "good", "label": "a", "w": 1}\n{"text": "bad", "label": "b"}\n')

@@ -39,7 +39,7 @@ from kubetune_trainer.data.rows import Rows
 from kubetune_trainer.data.rules import apply_quality_rules
 from kubetune_trainer.data.screening import rows_read, screen
 from kubetune_trainer.data.splits import split_off_validation
-from kubetune_trainer.data.tokenizing import model_inputs, tokenize
+from kubetune_trainer.data.tokenizing import check_training_weights, model_inputs, tokenize
 from kubetune_trainer.data_report import (
     BeforeAfter,
     Counts,
@@ -107,6 +107,8 @@ def _finish(
         counts.tolist(), data.balance.class_weights, data.balance.beta, names=labels
     )
     train_inputs, validation_inputs = model_inputs(train, data), model_inputs(validation, data)
+    if data.weight_column is not None:
+        check_training_weights(train_inputs, data.weight_column, train.origin)
     train_set = tokenize(train_inputs, tokenizer, data.max_length, "training")
     validation_set = tokenize(validation_inputs, tokenizer, data.max_length, "validation")
     leaving = _Tally.of(train, validation, labels, data)
