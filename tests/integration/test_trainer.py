@@ -169,6 +169,29 @@ def test_gradual_unfreezing_is_logged_per_epoch(
         assert by_group["head"] > 0
 
 
+def test_gradual_unfreezing_by_steps_is_logged_where_each_group_is_released(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    config = make_config(
+        tiny_model_dir,
+        small_data,
+        training={"epochs": 1},  # 20 steps
+        freezing={"gradualUnfreezing": {"every": 5, "unit": "steps"}},
+    )
+    result = train(config, tmp_path)
+    log = result.report["freezing"]
+    assert [(entry["epoch"], entry["step"]) for entry in log] == [(1, 0), (1, 5), (1, 10), (1, 15)]
+    assert [entry["trainable"] for entry in log] == [
+        ["head"],
+        ["block 1", "head"],
+        ["block 0", "block 1", "head"],
+        ["embeddings", "block 0", "block 1", "head"],
+    ]
+    for step, by_group in result.report["curves"]["layerGradNorms"]:
+        trained = log[sum(entry["step"] < step for entry in log) - 1]["trainable"]
+        assert (by_group["block 0"] > 0) == ("block 0" in trained), step
+
+
 def test_l1_shrinks_the_weights(
     tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
 ) -> None:

@@ -285,6 +285,7 @@ class Recipe:
             frozenset(),
             [],
         )
+        self._logged_stage: tuple[str, ...] | None = None
         self.state = TrainingState()
         self.timings: dict[str, float] = {}
 
@@ -724,6 +725,7 @@ class Recipe:
     def _prepare_gradients(self) -> None:
         """Drop gradients of layers the schedule still holds frozen, then clip."""
         if self.plan.is_scheduled:
+            self._log_freezing_on_release()
             freezing.drop_frozen_gradients(
                 self.accelerator.unwrap_model(self.model), self._trainable_now()
             )
@@ -882,12 +884,25 @@ class Recipe:
         return self._budget_spent or self._interrupted
 
     def _log_freezing(self) -> None:
+        """Log what trains at the start of each epoch and whenever that changes."""
+        self._logged_stage = tuple(self.plan.unfrozen_groups(self.state.epoch, self.state.step))
         entry = self.plan.describe(self.state.epoch, self.state.step)
         entry["learningRates"] = self._group_learning_rates(entry["trainable"])
         entry["message"] = freezing_summary(entry)
-        if not self.state.freezing_log or self.state.freezing_log[-1]["epoch"] != entry["epoch"]:
+        last = self.state.freezing_log[-1] if self.state.freezing_log else None
+        if last is None or any(
+            last[key] != entry[key] for key in ("epoch", "trainable", "partial")
+        ):
             self.state.freezing_log.append(entry)
             self.reporter.section("freezing", entry)
+
+    def _log_freezing_on_release(self) -> None:
+        """Log the plan again when gradualUnfreezing by steps releases a group mid-epoch."""
+        if (
+            tuple(self.plan.unfrozen_groups(self.state.epoch, self.state.step))
+            != self._logged_stage
+        ):
+            self._log_freezing()
 
     def _group_learning_rates(self, trainable: list[str]) -> dict[str, float]:
         """Each trainable group's peak rate (the schedule scales them all alike)."""
