@@ -308,6 +308,10 @@ def test_early_stopping_and_best_checkpoint(
     assert result.report["bestCheckpoint"] == f"step-{evaluations[best]['step']:08d}"
     assert (tmp_path / "checkpoints" / result.report["bestCheckpoint"]).exists()
     assert result.metrics["loss"] == pytest.approx(losses[best])
+    assert result.message == (
+        f"best loss={losses[best]:.4f}; stopped early at step {evaluations[-1]['step']} of 600: "
+        "loss did not improve by more than 0 in 2 evaluations (evaluation.earlyStopping)"
+    )
 
 
 def test_learning_rate_range_test_is_recorded_and_leaves_the_model_untouched(

@@ -1157,6 +1157,7 @@ class Recipe:
                 f"checkpoint is {self._latest_checkpoint()}"
             )
         best = f"best {self.config.primary_metric()}={self.state.best_metric:.4f}"
+        best += self._early_stop_note()
         bias = self.config.bias
         if bias_audit is None or bias is None or bias_audit.verdict != "Failed":
             return True, best
@@ -1166,6 +1167,19 @@ class Recipe:
                 f"{best}; the bias audit failed (bias.onFailure: fail): {bias_audit.message}",
             )
         return True, f"{best}; the bias audit failed (bias.onFailure: warn): {bias_audit.message}"
+
+    def _early_stop_note(self) -> str:
+        """Why the run ended before its last step, when early stopping ended it."""
+        early = self.config.evaluation.early_stopping
+        waited = self.state.evaluations_without_improvement
+        if early is None or waited < early.patience or self.state.step >= self.total_steps:
+            return ""
+        evaluations = "evaluation" if waited == 1 else "evaluations"
+        return (
+            f"; stopped early at step {self.state.step} of {self.total_steps}: "
+            f"{self.config.primary_metric()} did not improve by more than {early.min_delta:g} "
+            f"in {waited} {evaluations} (evaluation.earlyStopping)"
+        )
 
     def _load_best_checkpoint(self) -> None:
         """The model of the best evaluation, the one that is audited and saved."""
