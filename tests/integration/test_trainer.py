@@ -463,6 +463,20 @@ def test_dropout_overrides_reach_the_model_config(
     assert model.bert.encoder.layer[0].output.dropout.p == 0.3
 
 
+def test_a_classifier_is_fine_tuned_to_a_different_number_of_classes(
+    tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    from kubetune_trainer.modeling import load_model
+
+    labels = ["negative", "positive", "neutral"]
+    model = load_model(make_config(tiny_model_dir, small_data), labels)  # saved with 2 classes
+    assert model.classifier.out_features == 3
+    assert model.config.id2label == dict(enumerate(labels))
+    before = load_file(tiny_model_dir / "model.safetensors")
+    kept = model.bert.encoder.layer[0].output.dense.weight
+    assert torch.equal(kept, before["bert.encoder.layer.0.output.dense.weight"])
+
+
 def test_label_smoothing_is_the_smoothed_cross_entropy() -> None:
     logits = torch.tensor([[2.0, 0.5], [0.1, 0.3]])
     labels = torch.tensor([0, 1])
