@@ -290,6 +290,22 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(
     )
 
 
+def test_a_divergence_before_any_checkpoint_says_there_is_none(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    config = make_config(
+        tiny_model_dir,
+        small_data,
+        training={"learningRate": 10.0, "optimizer": "sgd", "epochs": 1},
+        regularization={"maxGradNorm": None},
+    )
+    result = train(config, tmp_path)
+    assert result.diagnosis.verdict == "Diverged"
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+    assert result.message.endswith("; no checkpoint was saved before it")
+    assert "None" not in result.message
+
+
 def test_early_stopping_and_best_checkpoint(
     tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
 ) -> None:

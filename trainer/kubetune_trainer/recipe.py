@@ -1152,10 +1152,13 @@ class Recipe:
                 f"checkpoint {latest.name if latest else '(none)'} saved"
             )
         if diverged:
-            return False, (
-                f"training diverged at step {self.state.step}: {diverged}; the last good "
-                f"checkpoint is {self._latest_checkpoint()}"
+            latest = self._latest_checkpoint()
+            kept = (
+                f"the last good checkpoint is {latest}"
+                if latest
+                else "no checkpoint was saved before it"
             )
+            return False, f"training diverged at step {self.state.step}: {diverged}; {kept}"
         best = f"best {self.config.primary_metric()}={self.state.best_metric:.4f}"
         best += self._early_stop_note()
         bias = self.config.bias
