@@ -169,6 +169,29 @@ def test_gradual_unfreezing_is_logged_per_epoch(
         assert by_group["head"] > 0
 
 
+def test_gradual_unfreezing_by_steps_is_logged_where_each_group_is_released(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    config = make_config(
+        tiny_model_dir,
+        small_data,
+        training={"epochs": 1},  # 20 steps
+        freezing={"gradualUnfreezing": {"every": 5, "unit": "steps"}},
+    )
+    result = train(config, tmp_path)
+    log = result.report["freezing"]
+    assert [(entry["epoch"], entry["step"]) for entry in log] == [(1, 0), (1, 5), (1, 10), (1, 15)]
+    assert [entry["trainable"] for entry in log] == [
+        ["head"],
+        ["block 1", "head"],
+        ["block 0", "block 1", "head"],
+        ["embeddings", "block 0", "block 1", "head"],
+    ]
+    for step, by_group in result.report["curves"]["layerGradNorms"]:
+        trained = log[sum(entry["step"] < step for entry in log) - 1]["trainable"]
+        assert (by_group["block 0"] > 0) == ("block 0" in trained), step
+
+
 def test_l1_shrinks_the_weights(
     tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
 ) -> None:
@@ -267,6 +290,22 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(
     )
 
 
+def test_a_divergence_before_any_checkpoint_says_there_is_none(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    config = make_config(
+        tiny_model_dir,
+        small_data,
+        training={"learningRate": 10.0, "optimizer": "sgd", "epochs": 1},
+        regularization={"maxGradNorm": None},
+    )
+    result = train(config, tmp_path)
+    assert result.diagnosis.verdict == "Diverged"
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+    assert result.message.endswith("; no checkpoint was saved before it")
+    assert "None" not in result.message
+
+
 def test_early_stopping_and_best_checkpoint(
     tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
 ) -> None:
@@ -285,6 +324,10 @@ def test_early_stopping_and_best_checkpoint(
     assert result.report["bestCheckpoint"] == f"step-{evaluations[best]['step']:08d}"
     assert (tmp_path / "checkpoints" / result.report["bestCheckpoint"]).exists()
     assert result.metrics["loss"] == pytest.approx(losses[best])
+    assert result.message == (
+        f"best loss={losses[best]:.4f}; stopped early at step {evaluations[-1]['step']} of 600: "
+        "loss did not improve by more than 0 in 2 evaluations (evaluation.earlyStopping)"
+    )
 
 
 def test_learning_rate_range_test_is_recorded_and_leaves_the_model_untouched(
@@ -434,6 +477,20 @@ def test_dropout_overrides_reach_the_model_config(
     assert model.config.hidden_dropout_prob == 0.3
     assert model.config.attention_probs_dropout_prob == 0.05
     assert model.bert.encoder.layer[0].output.dropout.p == 0.3
+
+
+def test_a_classifier_is_fine_tuned_to_a_different_number_of_classes(
+    tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    from kubetune_trainer.modeling import load_model
+
+    labels = ["negative", "positive", "neutral"]
+    model = load_model(make_config(tiny_model_dir, small_data), labels)  # saved with 2 classes
+    assert model.classifier.out_features == 3
+    assert model.config.id2label == dict(enumerate(labels))
+    before = load_file(tiny_model_dir / "model.safetensors")
+    kept = model.bert.encoder.layer[0].output.dense.weight
+    assert torch.equal(kept, before["bert.encoder.layer.0.output.dense.weight"])
 
 
 def test_label_smoothing_is_the_smoothed_cross_entropy() -> None:

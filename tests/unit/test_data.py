@@ -24,6 +24,7 @@ from kubetune_trainer.data import (
     kfold_splits,
     load_table,
     prepare_data,
+    prepare_language_model_data,
     stratified_split,
 )
 from tests.conftest import REPO
@@ -599,6 +600,53 @@ def test_bad_weights(
     train = write_csv(tmp_path / "train.csv", rows)
     message = data_error(make_config(train, train, weightColumn="w"), tokenizer)
     assert message == f"data.weightColumn: {train} has {problem}; weights must be numbers >= 0"
+
+
+def test_responses_that_max_length_cuts_off_everywhere_are_refused(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    long_prompt = "the kettle is good the lamp is fine the tent"  # 10 tokens
+    rows = [{"text": f"{long_prompt} {i}", "answer": "great"} for i in range(4)]
+    train = write_csv(tmp_path / "train.csv", rows)
+    validation = write_csv(tmp_path / "val.csv", [{"text": "good", "answer": "fine"}])
+
+    def config(max_length: int) -> TrainingConfig:
+        return TrainingConfig.model_validate(
+            {
+                "model": {"source": "unused", "task": "causal-lm"},
+                "data": {
+                    "train": {"source": str(train)},
+                    "validation": {"source": str(validation)},
+                    "textPairColumn": "answer",
+                    "maxLength": max_length,
+                },
+                "training": {"batchSize": 2},
+            }
+        )
+
+    with pytest.raises(DataError) as refused:
+        prepare_language_model_data(config(8), tokenizer)
+    assert str(refused.value) == (
+        "data.maxLength: 8 tokens hold only the prompt of every training row, so no "
+        "response token (data.textPairColumn) is left to learn from; raise data.maxLength "
+        "or shorten the prompts"
+    )
+    prepared = prepare_language_model_data(config(12), tokenizer)
+    assert [labels[-1] for labels in prepared.train["labels"]] == [tokenizer.vocab["great"]] * 4
+
+
+def test_training_rows_that_all_weigh_nothing_are_refused(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    train = write_csv(tmp_path / "train.csv", reviews(3, "a", w="0") + reviews(3, "b", w="0.0"))
+    validation = write_csv(tmp_path / "val.csv", reviews(2, "a", w="0") + reviews(2, "b", w="0"))
+    assert data_error(make_config(train, validation, weightColumn="w"), tokenizer) == (
+        f"data.weightColumn: every training row of {train} has weight 0 in column 'w', so "
+        "the loss would be 0 at every step and the model would not learn; give rows a weight > 0"
+    )
+    weighed = write_csv(tmp_path / "weighed.csv", reviews(3, "a", w="0") + reviews(3, "b", w="1"))
+    prepared = prepare_data(make_config(weighed, validation, weightColumn="w"), tokenizer)
+    assert prepared.train["weight"] == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
 
 
 def test_rows_without_a_weight(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:

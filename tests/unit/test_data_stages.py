@@ -288,3 +288,46 @@ def test_folds_never_validate_on_a_copy_of_a_training_row(
         assert len(set(sources[held_out])) == len(held_out)
         seen_validation += sources[held_out].tolist()
     assert sorted(seen_validation) == list(range(75))
+
+
+def test_roc_auc_is_refused_for_a_validation_split_of_one_class(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    train = write_csv(
+        tmp_path / "train.csv", sentences(20, "positive", 1) + sentences(20, "negative", 2)
+    )
+    validation = write_csv(tmp_path / "val.csv", sentences(10, "negative", 3))
+    config = config_for(train, validation, sensitiveColumns=[])
+    roc_auc = config.model_copy(
+        update={"evaluation": config.evaluation.model_copy(update={"metric": "rocAuc"})}
+    )
+
+    with pytest.raises(DataError) as refused:
+        prepare_data(roc_auc, tokenizer)
+
+    assert str(refused.value) == (
+        "evaluation.metric: rocAuc needs validation rows of both classes, and every "
+        "validation row is negative; pick another metric or add positive rows"
+    )
+    assert len(prepare_data(config, tokenizer).validation) == 10
+
+
+def test_roc_auc_is_refused_for_more_than_two_classes(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    rows = sentences(20, "positive", 1) + sentences(20, "negative", 2) + sentences(20, "mixed", 3)
+    config = TrainingConfig.model_validate(
+        {
+            "model": {"source": "unused"},
+            "data": {"train": {"source": str(write_csv(tmp_path / "train.csv", rows))}},
+            "training": {"batchSize": 4},
+            "evaluation": {"metric": "rocAuc"},
+        }
+    )
+
+    with pytest.raises(DataError) as refused:
+        prepare_data(config, tokenizer)
+
+    assert str(refused.value) == (
+        "evaluation.metric: rocAuc is binary and there are 3 classes; pick another metric"
+    )

@@ -91,17 +91,22 @@ def load_model(config: TrainingConfig, labels: list[str]) -> nn.Module:
 
 
 def _from_pretrained(auto: Any, path: Path, model_config: PretrainedConfig) -> PreTrainedModel:
-    """Fused scaled-dot-product attention where the architecture has it, else the eager one."""
+    """Fused scaled-dot-product attention where the architecture has it, else the eager one.
+
+    A classifier saved with another number of classes gets a fresh head of the right size
+    (the only weights whose shape the labels change); a causal LM must match exactly.
+    """
+    options = {
+        "config": model_config,
+        "dtype": torch.float32,
+        "ignore_mismatched_sizes": auto is AutoModelForSequenceClassification,
+    }
     try:
-        model: PreTrainedModel = auto.from_pretrained(
-            path, config=model_config, attn_implementation="sdpa", dtype=torch.float32
-        )
+        model: PreTrainedModel = auto.from_pretrained(path, attn_implementation="sdpa", **options)
     except ValueError as error:
         if not any(name in str(error).lower() for name in ("sdpa", "scaled_dot_product")):
             raise
-        model = auto.from_pretrained(
-            path, config=model_config, attn_implementation="eager", dtype=torch.float32
-        )
+        model = auto.from_pretrained(path, attn_implementation="eager", **options)
     return model
 
 

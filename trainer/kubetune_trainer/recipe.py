@@ -285,6 +285,7 @@ class Recipe:
             frozenset(),
             [],
         )
+        self._logged_stage: tuple[str, ...] | None = None
         self.state = TrainingState()
         self.timings: dict[str, float] = {}
 
@@ -724,6 +725,7 @@ class Recipe:
     def _prepare_gradients(self) -> None:
         """Drop gradients of layers the schedule still holds frozen, then clip."""
         if self.plan.is_scheduled:
+            self._log_freezing_on_release()
             freezing.drop_frozen_gradients(
                 self.accelerator.unwrap_model(self.model), self._trainable_now()
             )
@@ -882,12 +884,25 @@ class Recipe:
         return self._budget_spent or self._interrupted
 
     def _log_freezing(self) -> None:
+        """Log what trains at the start of each epoch and whenever that changes."""
+        self._logged_stage = tuple(self.plan.unfrozen_groups(self.state.epoch, self.state.step))
         entry = self.plan.describe(self.state.epoch, self.state.step)
         entry["learningRates"] = self._group_learning_rates(entry["trainable"])
         entry["message"] = freezing_summary(entry)
-        if not self.state.freezing_log or self.state.freezing_log[-1]["epoch"] != entry["epoch"]:
+        last = self.state.freezing_log[-1] if self.state.freezing_log else None
+        if last is None or any(
+            last[key] != entry[key] for key in ("epoch", "trainable", "partial")
+        ):
             self.state.freezing_log.append(entry)
             self.reporter.section("freezing", entry)
+
+    def _log_freezing_on_release(self) -> None:
+        """Log the plan again when gradualUnfreezing by steps releases a group mid-epoch."""
+        if (
+            tuple(self.plan.unfrozen_groups(self.state.epoch, self.state.step))
+            != self._logged_stage
+        ):
+            self._log_freezing()
 
     def _group_learning_rates(self, trainable: list[str]) -> dict[str, float]:
         """Each trainable group's peak rate (the schedule scales them all alike)."""
@@ -1137,11 +1152,15 @@ class Recipe:
                 f"checkpoint {latest.name if latest else '(none)'} saved"
             )
         if diverged:
-            return False, (
-                f"training diverged at step {self.state.step}: {diverged}; the last good "
-                f"checkpoint is {self._latest_checkpoint()}"
+            latest = self._latest_checkpoint()
+            kept = (
+                f"the last good checkpoint is {latest}"
+                if latest
+                else "no checkpoint was saved before it"
             )
+            return False, f"training diverged at step {self.state.step}: {diverged}; {kept}"
         best = f"best {self.config.primary_metric()}={self.state.best_metric:.4f}"
+        best += self._early_stop_note()
         bias = self.config.bias
         if bias_audit is None or bias is None or bias_audit.verdict != "Failed":
             return True, best
@@ -1151,6 +1170,19 @@ class Recipe:
                 f"{best}; the bias audit failed (bias.onFailure: fail): {bias_audit.message}",
             )
         return True, f"{best}; the bias audit failed (bias.onFailure: warn): {bias_audit.message}"
+
+    def _early_stop_note(self) -> str:
+        """Why the run ended before its last step, when early stopping ended it."""
+        early = self.config.evaluation.early_stopping
+        waited = self.state.evaluations_without_improvement
+        if early is None or waited < early.patience or self.state.step >= self.total_steps:
+            return ""
+        evaluations = "evaluation" if waited == 1 else "evaluations"
+        return (
+            f"; stopped early at step {self.state.step} of {self.total_steps}: "
+            f"{self.config.primary_metric()} did not improve by more than {early.min_delta:g} "
+            f"in {waited} {evaluations} (evaluation.earlyStopping)"
+        )
 
     def _load_best_checkpoint(self) -> None:
         """The model of the best evaluation, the one that is audited and saved."""

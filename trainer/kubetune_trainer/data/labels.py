@@ -125,3 +125,25 @@ def class_names(rows: Rows, config: TrainingConfig) -> npt.NDArray[np.object_]:
     values = label_values(rows, config.data.label_column)
     names[ids] = values.take(pa.array(first)).to_pylist()
     return names
+
+
+def check_metric_computable(
+    config: TrainingConfig, labels: Sequence[str], validation: Rows
+) -> None:
+    """Refuse rocAuc (naming evaluation.metric) where it is never defined: more than two
+    classes, or validation rows of one class (cross-validation's folds are its own)."""
+    if config.primary_metric() != "rocAuc" or config.evaluation.cross_validation is not None:
+        return
+    if len(labels) != 2:
+        raise DataError(
+            f"evaluation.metric: rocAuc is binary and there are {len(labels)} classes; "
+            "pick another metric"
+        )
+    present = np.unique(validation.label_ids).tolist()
+    if len(present) == 1:
+        (only,) = present
+        raise DataError(
+            f"evaluation.metric: rocAuc needs validation rows of both classes, and every "
+            f"validation row is {labels[only]}; pick another metric or add "
+            f"{labels[1 - only]} rows"
+        )

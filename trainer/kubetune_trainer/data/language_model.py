@@ -116,7 +116,23 @@ def _tokenize_for_language_model(
     lengths = pc.list_value_length(encoded.data.table.column("input_ids"))
     if pc.max(lengths).as_py() is None:
         raise DataError(f"data.{split}: no row holds any text")
+    if data.text_pair_column is not None:
+        _check_responses_fit(encoded, data.max_length, split)
     return datasets.Dataset(InMemoryTable(encoded.data.table.append_column("length", lengths)))
+
+
+def _check_responses_fit(encoded: datasets.Dataset, max_length: int, split: str) -> None:
+    """Refuse a split whose every response is cut off by data.maxLength: its loss would be
+    0/0 (NaN) at every step, which would read as a divergence."""
+    learnable = any(
+        any(label != IGNORED_LABEL for label in labels[1:]) for labels in encoded["labels"]
+    )
+    if not learnable:
+        raise DataError(
+            f"data.maxLength: {max_length} tokens hold only the prompt of every {split} row, "
+            "so no response token (data.textPairColumn) is left to learn from; raise "
+            "data.maxLength or shorten the prompts"
+        )
 
 
 def _language_model_encoder(

@@ -31,7 +31,7 @@ from kubetune_trainer.data.columns import (
     validation_file_columns,
 )
 from kubetune_trainer.data.groups import group_column, present_sensitive_groups, sensitive_groups
-from kubetune_trainer.data.labels import encode_labels, labels_of
+from kubetune_trainer.data.labels import check_metric_computable, encode_labels, labels_of
 from kubetune_trainer.data.language_model import prepare_language_model_data
 from kubetune_trainer.data.loading import read_source
 from kubetune_trainer.data.prepared import AuditRows, PreparedData
@@ -39,7 +39,7 @@ from kubetune_trainer.data.rows import Rows
 from kubetune_trainer.data.rules import apply_quality_rules
 from kubetune_trainer.data.screening import rows_read, screen
 from kubetune_trainer.data.splits import split_off_validation
-from kubetune_trainer.data.tokenizing import model_inputs, tokenize
+from kubetune_trainer.data.tokenizing import check_training_weights, model_inputs, tokenize
 from kubetune_trainer.data_report import (
     BeforeAfter,
     Counts,
@@ -96,6 +96,7 @@ def _finish(
 ) -> PreparedData:
     """After the rules: add and resample training rows, weigh classes, tokenize, report."""
     data, seed = config.data, config.training.seed
+    check_metric_computable(config, labels, validation)
     train = replace(train, sources=np.arange(train.table.num_rows, dtype=np.int64))
     synthetic = {"synthetic": synthetic_count(train)} if data.augmentation else {}
     train, augmented = with_augmented_rows(train, validation, len(labels), config)
@@ -106,6 +107,8 @@ def _finish(
         counts.tolist(), data.balance.class_weights, data.balance.beta, names=labels
     )
     train_inputs, validation_inputs = model_inputs(train, data), model_inputs(validation, data)
+    if data.weight_column is not None:
+        check_training_weights(train_inputs, data.weight_column, train.origin)
     train_set = tokenize(train_inputs, tokenizer, data.max_length, "training")
     validation_set = tokenize(validation_inputs, tokenizer, data.max_length, "validation")
     leaving = _Tally.of(train, validation, labels, data)

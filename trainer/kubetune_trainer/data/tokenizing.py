@@ -60,6 +60,16 @@ def _weights(rows: Rows, column: str) -> pa.ChunkedArray:
     return pc.cast(weights, pa.float32())
 
 
+def check_training_weights(inputs: pa.Table, column: str, origin: str) -> None:
+    """Refuse training rows that all weigh 0: the weighted loss would be 0 at every step."""
+    if "weight" in inputs.column_names and not pc.any(pc.greater(inputs["weight"], 0)).as_py():
+        raise DataError(
+            f"data.weightColumn: every training row of {origin} has weight 0 in column "
+            f"{column!r}, so the loss would be 0 at every step and the model would not learn; "
+            "give rows a weight > 0"
+        )
+
+
 def _as_numbers(rows: Rows, column: str) -> pa.ChunkedArray:
     """The column as float64; blank text cells become null (a missing weight, not a bad one)."""
     values = rows.table.column(column)
