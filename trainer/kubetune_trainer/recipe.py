@@ -725,10 +725,10 @@ class Recipe:
     def _prepare_gradients(self) -> None:
         """Drop gradients of layers the schedule still holds frozen, then clip."""
         if self.plan.is_scheduled:
-            self._log_freezing_on_release()
-            freezing.drop_frozen_gradients(
-                self.accelerator.unwrap_model(self.model), self._trainable_now()
-            )
+            trainable = self._trainable_now()
+            if self._trainable_cache[0] != self._logged_stage:  # released mid-epoch (by steps)
+                self._log_freezing()
+            freezing.drop_frozen_gradients(self.accelerator.unwrap_model(self.model), trainable)
         if self._logs_at(self.state.step + 1):
             self._layer_grad_norms = self._norms_per_layer_group()
         max_norm = self.config.regularization.max_grad_norm
@@ -895,14 +895,6 @@ class Recipe:
         ):
             self.state.freezing_log.append(entry)
             self.reporter.section("freezing", entry)
-
-    def _log_freezing_on_release(self) -> None:
-        """Log the plan again when gradualUnfreezing by steps releases a group mid-epoch."""
-        if (
-            tuple(self.plan.unfrozen_groups(self.state.epoch, self.state.step))
-            != self._logged_stage
-        ):
-            self._log_freezing()
 
     def _group_learning_rates(self, trainable: list[str]) -> dict[str, float]:
         """Each trainable group's peak rate (the schedule scales them all alike)."""
