@@ -17,7 +17,7 @@ import webbrowser
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console, Group
@@ -25,20 +25,13 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from kubetune_operator import (
-    crdgen,
-    explain,
-    job_view,
-    kube,
-    local,
-    local_search,
-    run_report,
-    runtimes,
-    search_report,
-)
+from kubetune_operator import crdgen, explain, local, run_report, runtimes
 from kubetune_operator.api.runtime import AnyRuntime
 from kubetune_operator.api.v1alpha1 import DNS_LABEL_PATTERN, FineTuneJob
 from kubetune_operator.manifests import Checked, ManifestError, check_document, check_file
+
+if TYPE_CHECKING:  # the cluster client and Optuna load only for the commands that use them
+    from kubetune_operator import kube, local_search
 
 app = typer.Typer(
     name="kubetune",
@@ -49,6 +42,21 @@ app = typer.Typer(
 )
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _needs_extra(extra: str, command: str) -> Iterator[None]:
+    """Around the imports of a command that needs more than the base install: a missing
+    package is one line naming the extra that installs it, not an import traceback."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        install = escape(f"python -m pip install 'kubetune[{extra}]'")
+        err.print(
+            f"[red]✗[/] kubetune {command} needs {escape(str(error.name))}, which is not "
+            f"installed: {install}"
+        )
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -255,10 +263,14 @@ def run(
     resume an interrupted search.
     """
     job = _single_job(manifest)
+    with _needs_extra("trainer", "run"):
+        local.check_trainer_installed(search=job.spec.search is not None)
     try:
         plan = local.plan_local_run(job, manifest, output)
         local.prepare_output(plan, overwrite)
         if job.spec.search is not None:
+            from kubetune_operator import local_search
+
             _run_search(local_search.plan_search(job, plan, manifest, parallel, processes))
             return
         out.print(f"Training [bold]{escape(plan.name)}[/] into {escape(str(plan.output_dir))}")
@@ -408,6 +420,8 @@ def submit(
                 "which the pods cannot see; use pvc://CLAIM/PATH (a volume the pods mount) "
                 "or an absolute path inside the trainer image"
             )
+    with _needs_extra("operator", "submit"):
+        from kubetune_operator import kube
     if dry_run:
         for job in jobs:
             target = _namespace_for(job, namespace)
@@ -432,6 +446,8 @@ def _check_namespace_option(namespace: str | None) -> None:
 
 
 def _namespace_for(job: FineTuneJob, namespace: str | None) -> str:
+    from kubetune_operator import kube
+
     return namespace or job.metadata.namespace or kube.current_namespace()
 
 
@@ -464,6 +480,8 @@ def _locations(node: object, field_path: str) -> Iterator[tuple[str, str]]:
 
 
 def _create(cluster: kube.Cluster, job: FineTuneJob, namespace: str) -> bool:
+    from kubetune_operator import kube
+
     body = job.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"status"})
     body["metadata"]["namespace"] = namespace
     name = job.metadata.name
@@ -483,6 +501,8 @@ def _create(cluster: kube.Cluster, job: FineTuneJob, namespace: str) -> bool:
 
 @contextlib.contextmanager
 def _kube_errors() -> Iterator[None]:
+    from kubetune_operator import kube
+
     try:
         yield
     except kube.KubeError as error:
@@ -524,6 +544,8 @@ def status(
     _check_namespace_option(namespace)
     if html is not None:
         _check_page_options(html, watch=watch, as_json=as_json)
+    with _needs_extra("operator", "status"):
+        from kubetune_operator import kube
     with _kube_errors():
         cluster = kube.Cluster(kube.connect())
         target = namespace or kube.current_namespace()
@@ -551,6 +573,8 @@ def _check_page_options(page: Path, *, watch: bool, as_json: bool) -> None:
 
 
 def _write_search_page(cluster: kube.Cluster, namespace: str, name: str, page: Path) -> None:
+    from kubetune_operator import job_view, search_report
+
     job, _ = _fetch(cluster, namespace, name)
     try:
         search_report.write_page(page, job_view.search_page(job))
@@ -570,6 +594,8 @@ def _write_search_page(cluster: kube.Cluster, namespace: str, name: str, page: P
 def _fetch(
     cluster: kube.Cluster, namespace: str, name: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from kubetune_operator import kube
+
     with kube.explained(f"read FineTuneJob {namespace}/{name}"):
         try:
             job = cluster.get_job(namespace, name)
@@ -581,6 +607,8 @@ def _fetch(
 
 
 def _not_found(cluster: kube.Cluster, namespace: str, name: str) -> str:
+    from kubetune_operator import kube
+
     message = f"FineTuneJob {namespace}/{name} not found"
     with contextlib.suppress(kube.KubeError), kube.explained("list FineTuneJobs"):
         names = cluster.list_job_names(namespace)
@@ -591,6 +619,8 @@ def _not_found(cluster: kube.Cluster, namespace: str, name: str) -> str:
 def _show(
     job: Mapping[str, Any], events: list[dict[str, Any]], *, as_json: bool, compact: bool
 ) -> None:
+    from kubetune_operator import job_view
+
     if as_json:
         status = job_view.status_of(job)
         out.out(json.dumps(status, ensure_ascii=False, indent=None if compact else 2))
@@ -603,6 +633,8 @@ def _watch(
     cluster: kube.Cluster, namespace: str, name: str, interval: float, as_json: bool
 ) -> str | None:
     """Poll until the job finishes, showing each change; the final phase."""
+    from kubetune_operator import job_view
+
     live = out.is_terminal and not as_json
     shown: object = None
     with Live(console=out, auto_refresh=False) if live else contextlib.nullcontext() as screen:
@@ -732,12 +764,13 @@ def run_operator(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
 ) -> None:
     """Run the FineTuneJob operator against the current cluster (in-cluster or kubeconfig)."""
-    import kopf
+    with _needs_extra("operator", "operator"):
+        import kopf
 
-    from kubetune_operator import (
-        handlers,  # noqa: F401  (its decorators register the handlers)
-        kube,
-    )
+        from kubetune_operator import (
+            handlers,  # noqa: F401  (its decorators register the handlers)
+            kube,
+        )
 
     formats = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.FULL}
     if log_format not in formats:

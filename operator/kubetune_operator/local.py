@@ -11,6 +11,7 @@ these functions.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -125,6 +126,18 @@ def _check_only_run_files(directory: Path) -> None:
             f"output directory {directory}: --overwrite deletes it, and it holds what no run "
             f"wrote ({shown}); move those away, or pass --output DIR for another directory"
         )
+
+
+TRAINER_PACKAGES = ("torch", "transformers", "accelerate", "datasets")
+"""What training imports, which the trainer extra installs and the base install has not."""
+
+
+def check_trainer_installed(*, search: bool) -> None:
+    """Before anything is written: ModuleNotFoundError naming the first package that a run
+    (a search: Optuna too) needs and this environment lacks, found without importing it."""
+    for package in (*TRAINER_PACKAGES, *(("optuna",) if search else ())):
+        if importlib.util.find_spec(package) is None:
+            raise ModuleNotFoundError(f"No module named {package!r}", name=package)
 
 
 def run_in_process(run: LocalRun) -> dict[str, Any]:

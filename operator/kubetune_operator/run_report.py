@@ -22,8 +22,6 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from kubetune_operator.search_report import SEARCH_HTML
-
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 MISSING = "\u2013"
@@ -77,7 +75,11 @@ def html_path(run_dir: Path) -> Path:
 
 def page_path(report: Mapping[str, Any], run_dir: Path) -> Path:
     """The folder's HTML page: a search's search.html, else the run's report.html."""
-    return (run_dir / SEARCH_HTML).resolve() if is_search(report) else html_path(run_dir)
+    if not is_search(report):
+        return html_path(run_dir)
+    from kubetune_operator.search_report import SEARCH_HTML  # Optuna: only for a search
+
+    return (run_dir / SEARCH_HTML).resolve()
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
@@ -328,6 +330,8 @@ def search_renderables(report: Mapping[str, Any], run_dir: Path) -> list[Rendera
         grid.add_row(f"[bold]{escape(name)}[/]", escape(value))
     parts += [grid, _trials_table(glance, _mapping(report.get("messages")))]
     parts += _best_trial(glance) + _importance(glance)
+    from kubetune_operator.search_report import SEARCH_HTML  # Optuna: only for a search
+
     parts.append(_page_line(SEARCH_HTML, Path(glance["searchHtml"])))
     return parts
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO
+from tests.installs import kubetune_with, python_with
 
 HEAVY = ("torch", "transformers", "accelerate", "datasets")
 
@@ -32,4 +36,53 @@ def test_api_cli_and_crd_generation_import_no_torch() -> None:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_base_install_runs_help_validate_explain_and_crd() -> None:
+    """`pip install kubetune` alone: the commands that need neither torch nor a cluster."""
+    assert "Usage: kubetune" in kubetune_with((), "--help").stdout
+    examples = [str(p) for p in sorted((REPO / "examples/sentiment").glob("*.yaml"))]
+    checked = kubetune_with((), "validate", *examples)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.count("is valid") == len(examples)
+    explained = kubetune_with((), "explain", "spec.training.epochs")
+    assert explained.returncode == 0, explained.stderr
+    assert explained.stdout.startswith("spec.training.epochs <integer>")
+    crd = kubetune_with((), "crd", "--stdout")
+    assert crd.returncode == 0, crd.stderr
+    assert crd.stdout == (REPO / "crds/finetunejobs.kubetune.dev.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "extra"),
+    [
+        (("run", "examples/sentiment/job.yaml", "--output", "unused"), "trainer"),
+        (("submit", "examples/gitops/job.yaml", "--dry-run"), "operator"),
+        (("status", "sentiment"), "operator"),
+        (("operator",), "operator"),
+    ],
+)
+def test_a_command_beyond_the_base_install_names_the_extra_it_needs(
+    argv: tuple[str, ...], extra: str, tmp_path: Path
+) -> None:
+    result = kubetune_with((), *argv)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.endswith(f"is not installed: python -m pip install 'kubetune[{extra}]'"), line
+    assert not (REPO / "unused").exists()
+
+
+def test_the_trainer_extra_holds_what_a_run_and_a_search_import() -> None:
+    """What `kubetune run` loads, for a plain job and a search, without the operator's
+    cluster client (tests/integration/test_local_run.py trains that way too)."""
+    code = (
+        "from kubetune_operator import local, local_search, run_report\n"
+        "import kubetune_trainer.__main__, kubetune_trainer.launch\n"
+        "local.check_trainer_installed(search=True)\n"
+        "print(sorted(m for m in ('kopf', 'kubernetes', 'urllib3') if sys.modules[m]))\n"
+    )
+    result = python_with(("trainer",), code)
+    assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
