@@ -96,3 +96,44 @@ def test_an_agent_stopped_by_ctrl_c_exits_130_once_its_trainers_stopped(tmp_path
     assert launcher.returncode == 128 + signal.SIGINT, output
     assert "kubetune launcher: stopped by SIGINT" in output
     assert "Traceback" not in output
+
+
+SLOW_TO_STOP = """
+import pathlib, signal, sys, time
+def stop(signum, frame):
+    time.sleep(7)  # a checkpoint longer than accelerate's 5 s between terminate and kill
+    pathlib.Path(sys.argv[1]).write_text("saved")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_one_trainer_gets_all_the_time_its_checkpoint_needs_after_sigterm(
+    tmp_path: Path,
+) -> None:
+    """A pod's SIGTERM reaches the launcher alone; the trainer must be able to finish its
+    checkpoint within the grace period, not be killed 5 seconds later."""
+    script = tmp_path / "trainer.py"
+    script.write_text(SLOW_TO_STOP)
+    checkpoint = tmp_path / "checkpoint"
+    command = [*LAUNCH, "--cpu", "--num_processes", "1", str(script), str(checkpoint)]
+    launcher = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a group of its own, as a container's processes are
+    )
+    assert launcher.stdout is not None
+    while "ready" not in (line := launcher.stdout.readline()):
+        assert line, "the launcher ended before the trainer started"
+
+    launcher.send_signal(signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=300)
+
+    assert launcher.returncode == 143, output
+    assert checkpoint.read_text() == "saved"
+    assert "kubetune launcher: the trainer exited with code 143" in output
+    assert "Traceback" not in output

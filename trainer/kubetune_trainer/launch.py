@@ -15,24 +15,37 @@ replaces the handler with its own, which passes the signal on too and waits
 TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (the operator sets the grace period) before it
 kills the trainers.
 
-accelerate's launcher reports a failed trainer by raising (CalledProcessError for one
-process, torch's ChildFailedError for several) and exits with code 1 whatever the trainer
-said. This launcher exits with the trainer's own code instead (kubetune's exit codes mean
-invalid input, a spent budget, an interruption) and prints one line, not a traceback: the
-trainer has printed why already. Likewise when torch's elastic agent was stopped by a
-signal (it raises once it has passed the signal on and its trainers have ended): the exit
-code is the signal's, 128 + N.
+One process is started here, from accelerate's own command line and environment: since
+accelerate 1.1x its launcher of one process answers SIGTERM by terminating the trainer and
+killing it 5 seconds later, too soon for the checkpoint a stopped trainer saves. Here the
+trainer gets its signal and all the time it needs (the pod's grace period bounds it). A
+Ctrl-C reaches the trainer, which stops at its next logged step: from a terminal the
+trainer hears it itself, from a script this launcher passes it on.
+
+accelerate's launcher reports a failed group by raising (torch's ChildFailedError) and
+exits with code 1 whatever the trainer said. This launcher exits with the trainer's own
+code instead (kubetune's exit codes mean invalid input, a spent budget, an interruption)
+and prints one line, not a traceback: the trainer has printed why already. Likewise when
+torch's elastic agent was stopped by a signal N (it raises, or with accelerate 1.1x exits
+128 + N, once it has passed the signal on and its trainers have ended): the exit code is
+the signal's, 128 + N.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
 import sys
 from types import FrameType
 
-from accelerate.commands.launch import main as accelerate_launch
+from accelerate.commands.launch import (
+    _validate_launch_command,
+    launch_command,
+    launch_command_parser,
+)
+from accelerate.utils.launch import prepare_simple_launcher_cmd_env
 from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -62,20 +75,70 @@ def failed_trainer(error: subprocess.CalledProcessError | ChildFailedError) -> t
     return f"trainer process {rank}", shell_exit_code(failure.exitcode)
 
 
-def main() -> int:
-    lead_own_process_group()
-    signal.signal(signal.SIGTERM, forward_sigterm)
+def stopping_signal(code: object) -> signal.Signals | None:
+    """The signal an exit code 128 + N names, as accelerate 1.1x exits once its elastic
+    agent was stopped by signal N; None for any other code."""
+    if not isinstance(code, int) or code <= 128:
+        return None
     try:
-        accelerate_launch()
+        return signal.Signals(code - 128)
+    except ValueError:
+        return None
+
+
+def launches_one_process(args: argparse.Namespace) -> bool:
+    """Whether the command line asks for accelerate's launcher of a single process: one
+    process, no torchrun, DeepSpeed, FSDP, Megatron or TPU. kubetune passes every setting
+    on the command line (the pods' builder and `kubetune run`)."""
+    distributed = (args.multi_gpu, args.use_deepspeed, args.use_fsdp, args.use_megatron_lm)
+    return args.num_processes == 1 and not any(distributed) and not args.tpu
+
+
+def run_one_process(args: argparse.Namespace) -> int:
+    """The trainer with accelerate's command and environment; its exit code once it ended."""
+    args, _, _ = _validate_launch_command(args)
+    command, environment = prepare_simple_launcher_cmd_env(args)
+    trainer = subprocess.Popen(command, env=environment)
+    while True:
+        try:
+            code = shell_exit_code(trainer.wait())
+            break
+        except KeyboardInterrupt:  # the trainer stops at its next logged step: wait for it
+            if not os.isatty(0):  # a script's Ctrl-C reached this process alone
+                trainer.send_signal(signal.SIGINT)
+    if code:
+        print(f"kubetune launcher: the trainer exited with code {code}", file=sys.stderr)
+    return code
+
+
+def run_group(args: argparse.Namespace) -> int:
+    """accelerate's launcher of several processes; the first failed trainer's exit code."""
+    try:
+        launch_command(args)
     except (subprocess.CalledProcessError, ChildFailedError) as error:
         process, code = failed_trainer(error)
         print(f"kubetune launcher: {process} exited with code {code}", file=sys.stderr)
         return code
     except SignalException as stopped:
-        name = signal.Signals(stopped.sigval).name
-        print(f"kubetune launcher: stopped by {name}", file=sys.stderr)
-        return shell_exit_code(-stopped.sigval)
+        return stopped_by(signal.Signals(stopped.sigval))
+    except SystemExit as exiting:
+        stopped_with = stopping_signal(exiting.code)
+        if stopped_with is None:
+            raise
+        return stopped_by(stopped_with)
     return 0
+
+
+def stopped_by(signum: signal.Signals) -> int:
+    print(f"kubetune launcher: stopped by {signum.name}", file=sys.stderr)
+    return shell_exit_code(-signum)
+
+
+def main() -> int:
+    lead_own_process_group()
+    signal.signal(signal.SIGTERM, forward_sigterm)
+    args = launch_command_parser().parse_args()
+    return run_one_process(args) if launches_one_process(args) else run_group(args)
 
 
 if __name__ == "__main__":
