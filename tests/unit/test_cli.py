@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from kubetune_operator import console, crdgen, local
 from kubetune_operator.cli import app
+from kubetune_trainer.diagnosis import EvalPoint, RunSetup, diagnose
 from tests.conftest import EXAMPLE_MANIFESTS, REPO
 
 runner = CliRunner()
@@ -257,4 +258,44 @@ def test_ctrl_c_during_a_run_exits_130_and_says_how_to_continue(
     assert (
         "✗ sentiment: interrupted; run the same command again to continue from the last "
         "checkpoint saved in its output directory, if any" in result.output
+    )
+
+
+def test_run_summary_warns_of_a_perfect_validation_score(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The training is left out (it is the trainer's to test); its diagnosis is real.
+    evals = [
+        EvalPoint(step, epoch, {"loss": loss, "accuracy": accuracy}, {"accuracy": accuracy})
+        for step, epoch, loss, accuracy in [(19, 1.0, 0.21, 0.97), (38, 2.0, 0.02, 1.0)]
+    ]
+    losses = [(step, 0.7 * 0.9**step) for step in range(1, 39)]
+    diagnosis = diagnose(
+        losses,
+        evals,
+        "accuracy",
+        setup=RunSetup(),
+        max_gap=None,
+        underfitting_floor=None,
+        majority_rate=0.5,
+        diverged=None,
+    )
+
+    def finished(run: local.LocalRun) -> dict[str, object]:
+        return {
+            "job": run.name,
+            "succeeded": True,
+            "outcome": "succeeded",
+            "bestMetrics": {"accuracy": 1.0, "loss": 0.02},
+            "diagnosis": diagnosis.to_status(),
+        }
+
+    monkeypatch.setattr(local, "run_in_process", finished)
+    result = runner.invoke(
+        app, ["run", str(SENTIMENT), "--output", str(tmp_path / "run")], terminal_width=400
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "  diagnosis      Healthy: Check the data before trusting a perfect validation score: "
+        "it usually means leakage between the splits" in result.output
     )

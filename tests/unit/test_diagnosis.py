@@ -18,6 +18,7 @@ from kubetune_trainer.config import (
     RegularizationSpec,
 )
 from kubetune_trainer.diagnosis import (
+    DIVERGED_ADVICE,
     MAX_EVIDENCE_CHARS,
     MAX_EVIDENCE_ITEMS,
     MAX_SUGGESTION_CHARS,
@@ -430,6 +431,105 @@ def test_setup_of_a_manifest_carries_its_freezing_and_regularization() -> None:
     assert "freezing" not in judge_one_short_epoch(setup_of("sentiment/job.yaml")).suggestion
 
 
+# A perfect validation score is flagged, whatever the verdict
+
+PERFECT_SCORE_ADVICE = (
+    "Check the data before trusting a perfect validation score: it usually means leakage "
+    "between the splits (the data.quality leakage rule drops only training rows whose "
+    "normalised text equals a validation row's, not near-copies), labels that can be read "
+    "off the text, or a task too easy to need the model."
+)
+
+
+def perfect_run(metric: str = "accuracy", final: float = 1.0) -> list[EvalPoint]:
+    """Both curves improve together up to `final` validation `metric` at step 60."""
+    return evaluations(
+        {"loss": [0.30, 0.08, 0.02], metric: [0.95, 0.99, final]},
+        {"loss": [0.35, 0.10, 0.03], metric: [0.93, 0.98, 1.0]},
+    )
+
+
+def test_perfect_validation_accuracy_is_healthy_but_flagged() -> None:
+    result = judge(perfect_run())
+
+    assert result.verdict == "Healthy"
+    assert result.evidence == [
+        "perfect validation accuracy: 1.000 at step 60 (epoch 3); the best possible is 1.000",
+        "final validation metrics at step 60 (epoch 3): loss 0.020, accuracy 1.000",
+        "training accuracy 1.000 vs validation 1.000 at step 60: a gap of 0.000",
+        "lowest validation loss 0.020 at step 60; final 0.020 at step 60",
+    ]
+    assert result.suggestion == PERFECT_SCORE_ADVICE
+    assert "No change needed" not in result.suggestion
+
+
+@pytest.mark.parametrize(
+    ("metric", "validation", "evidence"),
+    [
+        ("f1Macro", [0.91, 1.0], "perfect validation f1Macro: 1.000 at step 40 (epoch 2)"),
+        ("rocAuc", [0.97, 0.9996], "perfect validation rocAuc: 1.000 at step 40 (epoch 2)"),
+        ("loss", [0.05, 0.0003], "perfect validation loss: 0.0003 at step 40 (epoch 2); "),
+        ("perplexity", [1.2, 1.0002], "perfect validation perplexity: 1.000 at step 40"),
+    ],
+)
+def test_any_primary_metric_at_its_best_possible_value_is_flagged(
+    metric: str, validation: list[float], evidence: str
+) -> None:
+    losses = {"loss": [0.05, 0.0003] if metric == "loss" else [0.05, 0.0002]}
+    evals = evaluations({**losses, metric: validation}, {"loss": [0.06, 0.001]})
+
+    result = judge(evals, metric=metric)
+
+    assert result.evidence[0].startswith(evidence)
+    assert result.suggestion == PERFECT_SCORE_ADVICE
+
+
+@pytest.mark.parametrize(("metric", "final"), [("accuracy", 0.999), ("loss", 0.002)])
+def test_a_near_perfect_score_is_not_flagged(metric: str, final: float) -> None:
+    evals = evaluations(
+        {"loss": [0.05, 0.002 if metric == "loss" else 0.01], "accuracy": [0.98, final]},
+        {"loss": [0.06, 0.003], "accuracy": [0.97, 0.999]},
+    )
+
+    result = judge(evals, metric=metric)
+
+    assert result.verdict == "Healthy"
+    assert result.suggestion.startswith("No change needed.")
+    assert not any("perfect" in line for line in result.evidence)
+
+
+def test_a_perfect_score_leads_the_advice_of_another_verdict() -> None:
+    evals = evaluations(
+        {"loss": [0.600, 0.450, 0.412, 0.440, 0.515], "accuracy": [0.90, 0.98, 1.0, 1.0, 1.0]},
+        {"loss": [0.650, 0.500, 0.380, 0.200, 0.120], "accuracy": [0.88, 0.97, 1.0, 1.0, 1.0]},
+    )
+
+    result = judge(evals)
+
+    assert result.verdict == "Overfitting"
+    assert result.evidence[0].startswith("perfect validation accuracy: 1.000 at step 60")
+    assert result.evidence[1].startswith("validation loss rose from 0.412 (step 60)")
+    assert result.suggestion.startswith(PERFECT_SCORE_ADVICE + " Stop earlier:")
+
+
+def test_a_perfect_score_with_leakage_kept_says_so() -> None:
+    result = judge(perfect_run(), setup=RunSetup(leakage_mode="warn"))
+
+    assert "(data.quality.leakage.mode is warn, which keeps training rows that repeat " in (
+        result.suggestion
+    )
+    assert "validation rows: set it to drop)" in result.suggestion
+
+
+def test_a_diverged_run_is_not_flagged_for_an_earlier_perfect_score() -> None:
+    losses = [(1, 0.3), (2, math.nan)]
+
+    result = judge(perfect_run(), losses=losses, diverged="training loss was nan at step 2")
+
+    assert result.verdict == "Diverged"
+    assert result.suggestion == DIVERGED_ADVICE
+
+
 def test_divergence_wins_over_everything_and_names_the_last_good_loss() -> None:
     losses = [(1, 0.70), (2, 0.50), (3, 0.55), (4, math.nan)]
 
@@ -569,6 +669,7 @@ def every_verdict() -> list[Diagnosis]:
         judge(overfitting_run()),
         judge(steady_run(0.61), majority_rate=0.6),
         judge(steady_run(0.7)),
+        judge(perfect_run()),
         judge([], losses=[(1, math.nan)], diverged="training loss was nan at step 1"),
         judge([]),
     ]

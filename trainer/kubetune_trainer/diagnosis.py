@@ -6,7 +6,8 @@ the loss may have blown up. People read the job's status and report, not the pod
 this module turns the recorded curves into a verdict, the observations behind it (with
 their numbers and steps) and what to change in the manifest. The advice names only what
 the run's config can change (`RunSetup`): "unfreeze" only when something was frozen,
-"lower the label smoothing" only when there is some.
+"lower the label smoothing" only when there is some. A perfect validation score is judged
+like any other, but flagged: it is far more often a flaw of the data than a perfect model.
 
 `DivergenceMonitor` watches the training loss step by step on rank 0, so that a diverged
 run stops at once instead of burning GPU hours; `diagnose` judges the whole run at its end.
@@ -51,6 +52,11 @@ MAJORITY_MARGIN = 0.02
 MIN_SMOOTHED_LOSSES = 3
 """Losses averaged before a blow-up can be called: one bad batch is not a divergence."""
 DIVERGED_LR_REDUCTION = 10
+PERFECT_TOLERANCE = 5e-4
+"""A validation value this close to its metric's best possible value (it prints as that
+value at three decimals) is a perfect score."""
+BEST_POSSIBLE: dict[str, float] = {"loss": 0.0, "perplexity": 1.0}
+"""The best possible value of the metrics whose best is not 1.0 (accuracy, F1, ROC AUC)."""
 # The limits of the status model (kubetune_operator.api.v1alpha1.Diagnosis).
 MAX_EVIDENCE_ITEMS = 32
 MAX_EVIDENCE_CHARS = 1024
@@ -96,6 +102,8 @@ class RunSetup:
     lora: LoraSpec | None = None
     max_steps: int | None = None
     """training.maxSteps: the run may have ended there, before training.epochs."""
+    leakage_mode: str = "drop"
+    """data.quality.leakage.mode: warn keeps training rows that repeat validation rows."""
 
     @classmethod
     def of(cls, config: TrainingConfig) -> RunSetup:
@@ -105,6 +113,7 @@ class RunSetup:
             regularization=config.regularization,
             lora=config.training.lora,
             max_steps=config.training.max_steps,
+            leakage_mode=config.data.quality.leakage.mode,
         )
 
 
@@ -203,12 +212,15 @@ def diagnose(
     reason a `DivergenceMonitor` gave, if it stopped the run; `majority_rate` is the share
     of the most common class in the training data (sets the floor for accuracy when
     `underfitting_floor` is left out); `setup` is what the run's config set, so that the
-    advice names only remedies that apply to it.
+    advice names only remedies that apply to it. A perfect validation score of the primary
+    metric keeps its verdict but leads the evidence and the advice with a warning.
     """
     if diverged is not None:
         return _diverged(diverged, train_losses)
     floor = _floor(primary_metric, underfitting_floor, majority_rate)
-    return _judge(train_losses, evals, primary_metric, setup, max_gap, floor)
+    judged = _judge(train_losses, evals, primary_metric, setup, max_gap, floor)
+    perfect = _perfect_evaluation(evals, primary_metric)
+    return judged if perfect is None else _suspicious(judged, perfect, primary_metric, setup)
 
 
 def _judge(
@@ -466,6 +478,51 @@ def _healthy(
     )
     return Diagnosis(
         "Healthy", [context, _gap_summary(last, metric, max_gap), lowest], HEALTHY_ADVICE
+    )
+
+
+def _perfect_evaluation(evals: Sequence[EvalPoint], metric: str) -> EvalPoint | None:
+    """The first evaluation whose primary metric reached its best possible value."""
+    best = _best_possible(metric)
+    return next(
+        (
+            point
+            for point in evals
+            if metric in point.metrics and abs(point.metrics[metric] - best) <= PERFECT_TOLERANCE
+        ),
+        None,
+    )
+
+
+def _best_possible(metric: str) -> float:
+    return BEST_POSSIBLE.get(metric, 1.0)
+
+
+def _suspicious(judged: Diagnosis, perfect: EvalPoint, metric: str, setup: RunSetup) -> Diagnosis:
+    """The verdict, led by the warning that a perfect validation score is seldom real."""
+    evidence = (
+        f"perfect validation {metric}: {_number(perfect.metrics[metric])} at step "
+        f"{perfect.step} (epoch {_epoch(perfect.epoch)}); the best possible is "
+        f"{_best_possible(metric):.3f}"
+    )
+    warning = _perfect_score_advice(setup.leakage_mode)
+    # "No change needed" is the one piece of advice a suspicious score contradicts.
+    rest = "" if judged.verdict == "Healthy" else f" {judged.suggestion}"
+    return Diagnosis(judged.verdict, [evidence, *judged.evidence], warning + rest)
+
+
+def _perfect_score_advice(leakage_mode: str) -> str:
+    leakage = (
+        "data.quality.leakage.mode is warn, which keeps training rows that repeat validation "
+        "rows: set it to drop"
+        if leakage_mode == "warn"
+        else "the data.quality leakage rule drops only training rows whose normalised text "
+        "equals a validation row's, not near-copies"
+    )
+    return (
+        "Check the data before trusting a perfect validation score: it usually means leakage "
+        f"between the splits ({leakage}), labels that can be read off the text, or a task "
+        "too easy to need the model."
     )
 
 
