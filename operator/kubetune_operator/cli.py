@@ -66,22 +66,38 @@ def validate(
     ] = None,
 ) -> None:
     """Check FineTuneJob and runtime manifests against the API; print every problem with its
-    field path, and with --runtime every broken guardrail with its value and limit."""
+    field path, and with --runtime every broken guardrail with its value and limit.
+
+    Other kinds of objects (a Kustomization beside the jobs) are skipped with a note, and
+    only files that hold no kubetune resource at all, between them, are an error."""
     available = _load_runtimes(runtime) if runtime else []
     if available is None:
         raise typer.Exit(1)
-    failed = False
+    failed, kubetune = False, False
     for path in files:
-        failed |= not (_report_with(path, available) if available else _report_file(path))
-    if failed:
+        results = _checked_documents(path)
+        if results is None:
+            failed = True
+            continue
+        kubetune |= any(r.is_kubetune for r in results)
+        if available:
+            failed |= not _report_with(results, path, available)
+        else:
+            failed |= not _report_file(results, path)
+    if not (kubetune or failed):
+        err.print(f"[red]✗[/] {escape(_nothing_to_check(files))}")
+    if failed or not kubetune:
         raise typer.Exit(1)
 
 
-def _report_file(path: Path) -> bool:
+def _nothing_to_check(files: list[Path]) -> str:
+    if len(files) == 1:
+        return f"{files[0]}: holds no FineTuneJob or runtime, only other kinds (skipped)"
+    return f"none of the {len(files)} files holds a FineTuneJob or runtime"
+
+
+def _report_file(results: list[Checked], path: Path) -> bool:
     """Validate a file of FineTuneJobs and runtimes, printing what is valid and what is not."""
-    results = _checked_documents(path)
-    if results is None:
-        return False
     reported = [_report_document(result) for result in results]  # report every document
     return all(reported)
 
@@ -103,7 +119,9 @@ def _valid_jobs(path: Path) -> list[FineTuneJob] | None:
 def _report_document(result: Checked) -> bool:
     source = escape(result.source)
     if result.skipped_kind:
-        out.print(f"[dim]- {source}: {escape(result.skipped_kind)} skipped (not a FineTuneJob)[/]")
+        out.print(
+            f"[dim]- {source}: {escape(result.skipped_kind)} skipped (not a kubetune resource)[/]"
+        )
         return True
     if result.runtime:
         return _report_runtime(result.runtime, source)
@@ -149,26 +167,19 @@ def _load_runtimes(paths: list[Path]) -> list[Checked] | None:
     return found
 
 
-def _report_with(path: Path, available: list[Checked]) -> bool:
+def _report_with(results: list[Checked], path: Path, available: list[Checked]) -> bool:
     """Validate the file's jobs as their runtime makes them: defaults merged, guardrails kept."""
-    results = _checked_documents(path)
-    if results is None:
-        return False
     reported = [_report_job_with(r, available) if r.job else _report_document(r) for r in results]
     return all(reported)
 
 
 def _checked_documents(path: Path) -> list[Checked] | None:
-    """The file's checked documents; None (after printing why) when it holds nothing to check."""
+    """The file's checked documents; None (after printing why) when it cannot be read."""
     try:
-        results = check_file(path)
+        return check_file(path)
     except ManifestError as error:
         err.print(f"[red]✗[/] {escape(str(error))}")
         return None
-    if not any(r.job or r.problems or r.runtime for r in results):
-        err.print(f"[red]✗[/] {escape(str(path))}: holds no FineTuneJob")
-        return None
-    return results
 
 
 def _report_job_with(result: Checked, available: list[Checked]) -> bool:

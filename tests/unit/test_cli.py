@@ -50,6 +50,48 @@ def test_validate_reports_every_problem_with_its_path(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_validate_passes_every_example_and_skips_the_kustomization_with_a_note() -> None:
+    examples = sorted(map(str, (REPO / "examples").glob("*/*.yaml")))
+    assert str(REPO / "examples/gitops/kustomization.yaml") in examples
+
+    result = kubetune("validate", *examples)
+
+    assert result.returncode == 0, result.stderr
+    assert f"- {REPO}/examples/gitops/kustomization.yaml: Kustomization skipped " in result.stdout
+    assert "FineTuneJob sentiment-debiased is valid" in result.stdout
+    assert "ClusterFineTuneRuntime a100 is valid" in result.stdout
+    assert result.stderr == ""
+
+
+def test_validate_of_only_other_kinds_says_so_and_exits_1(tmp_path: Path) -> None:
+    pod = tmp_path / "pod.yaml"
+    pod.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n")
+    kustomization = str(REPO / "examples/gitops/kustomization.yaml")
+
+    alone = kubetune("validate", kustomization)
+    both = kubetune("validate", kustomization, str(pod))
+
+    assert alone.returncode == 1
+    assert f"- {kustomization}: Kustomization skipped (not a kubetune resource)" in alone.stdout
+    assert f"✗ {kustomization}: holds no FineTuneJob or runtime, only other kinds (skipped)" in (
+        alone.stderr
+    )
+    assert both.returncode == 1
+    assert f"- {pod}: Pod skipped (not a kubetune resource)" in both.stdout
+    assert "✗ none of the 2 files holds a FineTuneJob or runtime" in both.stderr
+
+
+def test_validate_still_calls_a_near_miss_kind_of_kubetunes_group_an_error(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(SENTIMENT.read_text().replace("kind: FineTuneJob", "kind: FinetuneJob"))
+
+    result = kubetune("validate", str(REPO / "examples/gitops/kustomization.yaml"), str(typo))
+
+    assert result.returncode == 1
+    assert "did you mean FineTuneJob?" in result.stderr
+    assert "none of the" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
