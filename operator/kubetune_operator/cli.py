@@ -14,7 +14,7 @@ import re
 import signal
 import time
 import webbrowser
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,8 +68,9 @@ def validate(
     """Check FineTuneJob and runtime manifests against the API; print every problem with its
     field path, and with --runtime every broken guardrail with its value and limit.
 
-    Other kinds of objects (a Kustomization beside the jobs) are skipped with a note, and
-    only files that hold no kubetune resource at all, between them, are an error."""
+    A job's local data and model paths must exist (see local_sources); other kinds of
+    objects (a Kustomization beside the jobs) are skipped with a note, and only files that
+    hold no kubetune resource at all, between them, are an error."""
     available = _load_runtimes(runtime) if runtime else []
     if available is None:
         raise typer.Exit(1)
@@ -98,8 +99,27 @@ def _nothing_to_check(files: list[Path]) -> str:
 
 def _report_file(results: list[Checked], path: Path) -> bool:
     """Validate a file of FineTuneJobs and runtimes, printing what is valid and what is not."""
-    reported = [_report_document(result) for result in results]  # report every document
+    reported = [_with_sources(r, path, _report_document) for r in results]  # report all
     return all(reported)
+
+
+def _with_sources(result: Checked, manifest: Path, report: Callable[[Checked], bool]) -> bool:
+    """Report a document as `report` does; for a job, its local sources must exist too, and
+    a dim note says which sources this machine could not check."""
+    if result.job is None:
+        return report(result)
+    from kubetune_operator.local_sources import check_sources
+
+    found = check_sources(result.job, manifest)
+    if found.problems:
+        _print_problems(escape(result.source), found.problems, "problem")
+        return False
+    if not report(result):
+        return False
+    note = found.note()
+    if note is not None:
+        out.print(f"    [dim]not checked here: {escape(note)}[/]")
+    return True
 
 
 def _valid_jobs(path: Path) -> list[FineTuneJob] | None:
@@ -169,7 +189,11 @@ def _load_runtimes(paths: list[Path]) -> list[Checked] | None:
 
 def _report_with(results: list[Checked], path: Path, available: list[Checked]) -> bool:
     """Validate the file's jobs as their runtime makes them: defaults merged, guardrails kept."""
-    reported = [_report_job_with(r, available) if r.job else _report_document(r) for r in results]
+
+    def with_runtime(result: Checked) -> bool:
+        return _report_job_with(result, available) if result.job else _report_document(result)
+
+    reported = [_with_sources(r, path, with_runtime) for r in results]
     return all(reported)
 
 

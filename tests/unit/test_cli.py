@@ -60,7 +60,61 @@ def test_validate_passes_every_example_and_skips_the_kustomization_with_a_note()
     assert f"- {REPO}/examples/gitops/kustomization.yaml: Kustomization skipped " in result.stdout
     assert "FineTuneJob sentiment-debiased is valid" in result.stdout
     assert "ClusterFineTuneRuntime a100 is valid" in result.stdout
+    assert (
+        "    not checked here: spec.data.train.source pvc://kubetune-data/sentiment/train.csv, "
+        "spec.data.validation.source pvc://kubetune-data/sentiment/validation.csv "
+        "(on a PersistentVolumeClaim, mounted only in the pods)"
+    ) in result.stdout
     assert result.stderr == ""
+
+
+def copy_of_the_sentiment_job(folder: Path, *data: str) -> Path:
+    """The sentiment manifest in `folder`, with only the named files of its data/ beside it."""
+    (folder / "data").mkdir(parents=True)
+    for name in data:
+        shutil.copy(SENTIMENT.parent / "data" / name, folder / "data" / name)
+    return Path(shutil.copy(SENTIMENT, folder / "job.yaml"))
+
+
+def test_validate_names_a_missing_data_file_by_field_and_resolved_path(tmp_path: Path) -> None:
+    manifest = copy_of_the_sentiment_job(tmp_path, "validation.csv")
+
+    result = kubetune("validate", str(manifest))
+
+    assert result.returncode == 1
+    assert f"✗ {manifest}: 1 problem" in result.stderr
+    assert (
+        f"    spec.data.train.source: {tmp_path}/data/train.csv does not exist "
+        "(relative to the manifest's folder)"
+    ) in result.stderr
+    assert "is valid" not in result.stdout
+
+
+def test_validate_resolves_data_paths_against_the_manifests_folder_not_the_working_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy_of_the_sentiment_job(tmp_path / "jobs", "train.csv", "validation.csv")
+    monkeypatch.chdir(tmp_path)
+
+    result = runner.invoke(app, ["validate", "jobs/job.yaml"], terminal_width=400)
+
+    assert result.exit_code == 0, result.output
+    assert "✓ jobs/job.yaml: FineTuneJob sentiment is valid" in result.output
+
+
+def test_validate_checks_local_paths_with_a_runtime_too(tmp_path: Path) -> None:
+    manifest = copy_of_the_sentiment_job(tmp_path, "train.csv")
+
+    result = runner.invoke(
+        app,
+        ["validate", str(manifest), "--runtime", str(REPO / "examples/runtimes/small-cpu.yaml")],
+        terminal_width=400,
+    )
+
+    assert result.exit_code == 1
+    assert f"spec.data.validation.source: {tmp_path}/data/validation.csv does not exist" in (
+        result.output
+    )
 
 
 def test_validate_of_only_other_kinds_says_so_and_exits_1(tmp_path: Path) -> None:
