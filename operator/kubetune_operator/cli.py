@@ -14,7 +14,7 @@ import re
 import signal
 import time
 import webbrowser
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -74,24 +74,60 @@ def validate(
     ] = None,
 ) -> None:
     """Check FineTuneJob and runtime manifests against the API; print every problem with its
-    field path, and with --runtime every broken guardrail with its value and limit."""
+    field path, and with --runtime every broken guardrail with its value and limit.
+
+    A job's local data and model paths must exist (see local_sources); other kinds of
+    objects (a Kustomization beside the jobs) are skipped with a note, and only files that
+    hold no kubetune resource at all, between them, are an error."""
     available = _load_runtimes(runtime) if runtime else []
     if available is None:
         raise typer.Exit(1)
-    failed = False
+    failed, kubetune = False, False
     for path in files:
-        failed |= not (_report_with(path, available) if available else _report_file(path))
-    if failed:
+        results = _checked_documents(path)
+        if results is None:
+            failed = True
+            continue
+        kubetune |= any(r.is_kubetune for r in results)
+        if available:
+            failed |= not _report_with(results, path, available)
+        else:
+            failed |= not _report_file(results, path)
+    if not (kubetune or failed):
+        err.print(f"[red]✗[/] {escape(_nothing_to_check(files))}")
+    if failed or not kubetune:
         raise typer.Exit(1)
 
 
-def _report_file(path: Path) -> bool:
+def _nothing_to_check(files: list[Path]) -> str:
+    if len(files) == 1:
+        return f"{files[0]}: holds no FineTuneJob or runtime, only other kinds (skipped)"
+    return f"none of the {len(files)} files holds a FineTuneJob or runtime"
+
+
+def _report_file(results: list[Checked], path: Path) -> bool:
     """Validate a file of FineTuneJobs and runtimes, printing what is valid and what is not."""
-    results = _checked_documents(path)
-    if results is None:
-        return False
-    reported = [_report_document(result) for result in results]  # report every document
+    reported = [_with_sources(r, path, _report_document) for r in results]  # report all
     return all(reported)
+
+
+def _with_sources(result: Checked, manifest: Path, report: Callable[[Checked], bool]) -> bool:
+    """Report a document as `report` does; for a job, its local sources must exist too, and
+    a dim note says which sources this machine could not check."""
+    if result.job is None:
+        return report(result)
+    from kubetune_operator.local_sources import check_sources
+
+    found = check_sources(result.job, manifest)
+    if found.problems:
+        _print_problems(escape(result.source), found.problems, "problem")
+        return False
+    if not report(result):
+        return False
+    note = found.note()
+    if note is not None:
+        out.print(f"    [dim]not checked here: {escape(note)}[/]")
+    return True
 
 
 def _valid_jobs(path: Path) -> list[FineTuneJob] | None:
@@ -111,7 +147,9 @@ def _valid_jobs(path: Path) -> list[FineTuneJob] | None:
 def _report_document(result: Checked) -> bool:
     source = escape(result.source)
     if result.skipped_kind:
-        out.print(f"[dim]- {source}: {escape(result.skipped_kind)} skipped (not a FineTuneJob)[/]")
+        out.print(
+            f"[dim]- {source}: {escape(result.skipped_kind)} skipped (not a kubetune resource)[/]"
+        )
         return True
     if result.runtime:
         return _report_runtime(result.runtime, source)
@@ -157,26 +195,23 @@ def _load_runtimes(paths: list[Path]) -> list[Checked] | None:
     return found
 
 
-def _report_with(path: Path, available: list[Checked]) -> bool:
+def _report_with(results: list[Checked], path: Path, available: list[Checked]) -> bool:
     """Validate the file's jobs as their runtime makes them: defaults merged, guardrails kept."""
-    results = _checked_documents(path)
-    if results is None:
-        return False
-    reported = [_report_job_with(r, available) if r.job else _report_document(r) for r in results]
+
+    def with_runtime(result: Checked) -> bool:
+        return _report_job_with(result, available) if result.job else _report_document(result)
+
+    reported = [_with_sources(r, path, with_runtime) for r in results]
     return all(reported)
 
 
 def _checked_documents(path: Path) -> list[Checked] | None:
-    """The file's checked documents; None (after printing why) when it holds nothing to check."""
+    """The file's checked documents; None (after printing why) when it cannot be read."""
     try:
-        results = check_file(path)
+        return check_file(path)
     except ManifestError as error:
         err.print(f"[red]✗[/] {escape(str(error))}")
         return None
-    if not any(r.job or r.problems or r.runtime for r in results):
-        err.print(f"[red]✗[/] {escape(str(path))}: holds no FineTuneJob")
-        return None
-    return results
 
 
 def _report_job_with(result: Checked, available: list[Checked]) -> bool:

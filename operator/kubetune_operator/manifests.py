@@ -6,8 +6,9 @@ are bounded (YAML bombs), bytes must be UTF-8, duplicate keys are reported rathe
 silently merged, and every failure becomes a `ManifestError` or a list of `Problem`s
 that name the file and the field. This is what `kubetune validate` and `kubetune run` use.
 FineTuneJobs are checked, and so are FineTuneRuntime and ClusterFineTuneRuntime documents
-(a platform team's `kubetune validate runtime.yaml`); other kinds are skipped, except
-an unknown kind of kubetune's own API group, which is a typo.
+(a platform team's `kubetune validate runtime.yaml`); other kinds (a Kustomization, a
+ConfigMap beside a job) are not kubetune's to check and are skipped, except an unknown
+kind of kubetune's own API group, which is a typo.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ class Checked:
     """Set when the document is a valid FineTuneRuntime or ClusterFineTuneRuntime."""
     document: dict[str, Any] | None = None
     """The document as read, when it is valid (a runtime's defaults merge into it)."""
+
+    @property
+    def is_kubetune(self) -> bool:
+        """Whether the document is, or was meant as, a kubetune resource (a broken one
+        included), rather than another kind that kubetune leaves alone."""
+        return self.skipped_kind is None
 
     @property
     def name(self) -> str:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from kubetune_operator import console, crdgen, local
 from kubetune_operator.cli import app
+from kubetune_trainer.diagnosis import EvalPoint, RunSetup, diagnose
 from tests.conftest import EXAMPLE_MANIFESTS, REPO
 
 runner = CliRunner()
@@ -47,6 +48,102 @@ def test_validate_reports_every_problem_with_its_path(tmp_path: Path) -> None:
     assert "spec.training.optimiser: unknown field; did you mean optimizer?" in result.stderr
     assert "FineTuneJob sentiment is valid" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_validate_passes_every_example_and_skips_the_kustomization_with_a_note() -> None:
+    examples = sorted(map(str, (REPO / "examples").glob("*/*.yaml")))
+    assert str(REPO / "examples/gitops/kustomization.yaml") in examples
+
+    result = kubetune("validate", *examples)
+
+    assert result.returncode == 0, result.stderr
+    assert f"- {REPO}/examples/gitops/kustomization.yaml: Kustomization skipped " in result.stdout
+    assert "FineTuneJob sentiment-debiased is valid" in result.stdout
+    assert "ClusterFineTuneRuntime a100 is valid" in result.stdout
+    assert (
+        "    not checked here: spec.data.train.source pvc://kubetune-data/sentiment/train.csv, "
+        "spec.data.validation.source pvc://kubetune-data/sentiment/validation.csv "
+        "(on a PersistentVolumeClaim, mounted only in the pods)"
+    ) in result.stdout
+    assert result.stderr == ""
+
+
+def copy_of_the_sentiment_job(folder: Path, *data: str) -> Path:
+    """The sentiment manifest in `folder`, with only the named files of its data/ beside it."""
+    (folder / "data").mkdir(parents=True)
+    for name in data:
+        shutil.copy(SENTIMENT.parent / "data" / name, folder / "data" / name)
+    return Path(shutil.copy(SENTIMENT, folder / "job.yaml"))
+
+
+def test_validate_names_a_missing_data_file_by_field_and_resolved_path(tmp_path: Path) -> None:
+    manifest = copy_of_the_sentiment_job(tmp_path, "validation.csv")
+
+    result = kubetune("validate", str(manifest))
+
+    assert result.returncode == 1
+    assert f"✗ {manifest}: 1 problem" in result.stderr
+    assert (
+        f"    spec.data.train.source: {tmp_path}/data/train.csv does not exist "
+        "(relative to the manifest's folder)"
+    ) in result.stderr
+    assert "is valid" not in result.stdout
+
+
+def test_validate_resolves_data_paths_against_the_manifests_folder_not_the_working_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy_of_the_sentiment_job(tmp_path / "jobs", "train.csv", "validation.csv")
+    monkeypatch.chdir(tmp_path)
+
+    result = runner.invoke(app, ["validate", "jobs/job.yaml"], terminal_width=400)
+
+    assert result.exit_code == 0, result.output
+    assert "✓ jobs/job.yaml: FineTuneJob sentiment is valid" in result.output
+
+
+def test_validate_checks_local_paths_with_a_runtime_too(tmp_path: Path) -> None:
+    manifest = copy_of_the_sentiment_job(tmp_path, "train.csv")
+
+    result = runner.invoke(
+        app,
+        ["validate", str(manifest), "--runtime", str(REPO / "examples/runtimes/small-cpu.yaml")],
+        terminal_width=400,
+    )
+
+    assert result.exit_code == 1
+    assert f"spec.data.validation.source: {tmp_path}/data/validation.csv does not exist" in (
+        result.output
+    )
+
+
+def test_validate_of_only_other_kinds_says_so_and_exits_1(tmp_path: Path) -> None:
+    pod = tmp_path / "pod.yaml"
+    pod.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n")
+    kustomization = str(REPO / "examples/gitops/kustomization.yaml")
+
+    alone = kubetune("validate", kustomization)
+    both = kubetune("validate", kustomization, str(pod))
+
+    assert alone.returncode == 1
+    assert f"- {kustomization}: Kustomization skipped (not a kubetune resource)" in alone.stdout
+    assert f"✗ {kustomization}: holds no FineTuneJob or runtime, only other kinds (skipped)" in (
+        alone.stderr
+    )
+    assert both.returncode == 1
+    assert f"- {pod}: Pod skipped (not a kubetune resource)" in both.stdout
+    assert "✗ none of the 2 files holds a FineTuneJob or runtime" in both.stderr
+
+
+def test_validate_still_calls_a_near_miss_kind_of_kubetunes_group_an_error(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(SENTIMENT.read_text().replace("kind: FineTuneJob", "kind: FinetuneJob"))
+
+    result = kubetune("validate", str(REPO / "examples/gitops/kustomization.yaml"), str(typo))
+
+    assert result.returncode == 1
+    assert "did you mean FineTuneJob?" in result.stderr
+    assert "none of the" not in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -257,4 +354,44 @@ def test_ctrl_c_during_a_run_exits_130_and_says_how_to_continue(
     assert (
         "✗ sentiment: interrupted; run the same command again to continue from the last "
         "checkpoint saved in its output directory, if any" in result.output
+    )
+
+
+def test_run_summary_warns_of_a_perfect_validation_score(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The training is left out (it is the trainer's to test); its diagnosis is real.
+    evals = [
+        EvalPoint(step, epoch, {"loss": loss, "accuracy": accuracy}, {"accuracy": accuracy})
+        for step, epoch, loss, accuracy in [(19, 1.0, 0.21, 0.97), (38, 2.0, 0.02, 1.0)]
+    ]
+    losses = [(step, 0.7 * 0.9**step) for step in range(1, 39)]
+    diagnosis = diagnose(
+        losses,
+        evals,
+        "accuracy",
+        setup=RunSetup(),
+        max_gap=None,
+        underfitting_floor=None,
+        majority_rate=0.5,
+        diverged=None,
+    )
+
+    def finished(run: local.LocalRun) -> dict[str, object]:
+        return {
+            "job": run.name,
+            "succeeded": True,
+            "outcome": "succeeded",
+            "bestMetrics": {"accuracy": 1.0, "loss": 0.02},
+            "diagnosis": diagnosis.to_status(),
+        }
+
+    monkeypatch.setattr(local, "run_in_process", finished)
+    result = runner.invoke(
+        app, ["run", str(SENTIMENT), "--output", str(tmp_path / "run")], terminal_width=400
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "  diagnosis      Healthy: Check the data before trusting a perfect validation score: "
+        "it usually means leakage between the splits" in result.output
     )

@@ -10,15 +10,25 @@ from typing import Any
 import pytest
 
 from kubetune_operator.api.v1alpha1 import Diagnosis as DiagnosisStatus
+from kubetune_operator.api.v1alpha1 import FineTuneJob
+from kubetune_trainer.config import (
+    FreezingSpec,
+    GradualUnfreezingSpec,
+    LoraSpec,
+    RegularizationSpec,
+)
 from kubetune_trainer.diagnosis import (
+    DIVERGED_ADVICE,
     MAX_EVIDENCE_CHARS,
     MAX_EVIDENCE_ITEMS,
     MAX_SUGGESTION_CHARS,
     Diagnosis,
     DivergenceMonitor,
     EvalPoint,
+    RunSetup,
     diagnose,
 )
+from tests.conftest import load_example
 
 STEPS_PER_EPOCH = 20
 
@@ -53,6 +63,7 @@ def judge(
     **thresholds: Any,
 ) -> Diagnosis:
     settings: dict[str, Any] = {
+        "setup": RunSetup(),
         "max_gap": None,
         "underfitting_floor": None,
         "majority_rate": None,
@@ -250,13 +261,16 @@ def test_loss_floor_is_a_ceiling(final_loss: float, verdict: str) -> None:
 def test_flat_training_loss_is_underfitting() -> None:
     flat = [(s, 0.7 - 0.0002 * s) for s in range(1, 101)]
 
-    result = judge(steady_run(0.61), losses=flat)
+    result = judge(steady_run(0.61), losses=flat, setup=RunSetup(FreezingSpec(freeze_layers=3)))
 
     assert result.verdict == "Underfitting"
     assert result.evidence[0] == (
         "training loss fell by less than 5%: mean 0.699 over steps 1-10, 0.681 over steps 91-100"
     )
-    assert "freezing.freezeLayers" in result.suggestion
+    assert result.suggestion == (
+        "Raise training.learningRate (e.g. 3x). "
+        "Train more of the model: lower freezing.freezeLayers (now 3)."
+    )
 
 
 def test_overfitting_wins_over_underfitting() -> None:
@@ -264,6 +278,256 @@ def test_overfitting_wins_over_underfitting() -> None:
 
     assert result.verdict == "Overfitting"
     assert not any("underfittingFloor" in line for line in result.evidence)
+
+
+# Advice names only what the run's config can change
+
+
+def one_short_epoch() -> tuple[list[tuple[int, float]], list[EvalPoint]]:
+    """One epoch of 510 training rows (600 less a 15% validation split) in batches of 16:
+    32 steps whose loss barely moves, and a training accuracy below the 0.55 majority."""
+    losses = [(step, 0.693 - 0.0002 * (step - 1)) for step in range(1, 33)]
+    evals = [
+        EvalPoint(
+            step=32,
+            epoch=1.0,
+            metrics={"loss": 0.688, "accuracy": 0.544},
+            train_metrics={"loss": 0.690, "accuracy": 0.541},
+        )
+    ]
+    return losses, evals
+
+
+def judge_one_short_epoch(setup: RunSetup) -> Diagnosis:
+    losses, evals = one_short_epoch()
+    return judge(evals, losses=losses, majority_rate=0.55, setup=setup)
+
+
+def test_underfitting_with_nothing_frozen_does_not_advise_unfreezing() -> None:
+    result = judge_one_short_epoch(RunSetup())
+
+    assert result.verdict == "Underfitting"
+    assert result.evidence[:2] == [
+        "final training accuracy 0.541 (step 32) is worse than 0.570 "
+        "(the majority-class rate 0.550 plus 0.020)",
+        "training loss fell by less than 5%: mean 0.693 over steps 1-5, 0.687 over steps 28-32",
+    ]
+    assert result.suggestion == (
+        "Raise training.learningRate (e.g. 3x). Train more epochs (training.epochs). "
+        "Regularize less: lower regularization.weightDecay (now 0.01)."
+    )
+    assert "freezing" not in result.suggestion
+
+
+def test_underfitting_names_exactly_what_was_frozen() -> None:
+    frozen = FreezingSpec(freeze_layers=4, head_only_epochs=1, frozen_modules=["*.bias"])
+
+    result = judge_one_short_epoch(RunSetup(frozen))
+
+    assert result.suggestion == (
+        "Raise training.learningRate (e.g. 3x). Train more epochs (training.epochs). "
+        "Train more of the model: lower freezing.freezeLayers (now 4), lower "
+        "freezing.headOnlyEpochs (now 1) or remove patterns from freezing.frozenModules. "
+        "Regularize less: lower regularization.weightDecay (now 0.01)."
+    )
+    assert "gradualUnfreezing" not in result.suggestion
+    assert "freezeEmbeddings" not in result.suggestion
+
+
+@pytest.mark.parametrize(
+    ("gradual", "advice"),
+    [
+        (
+            GradualUnfreezingSpec(every=1, groups_per_step=2),
+            "unfreeze faster (freezing.gradualUnfreezing: a higher groupsPerStep (now 2))",
+        ),
+        (
+            GradualUnfreezingSpec(every=50, unit="steps"),
+            "unfreeze faster (freezing.gradualUnfreezing: a lower every (now 50 steps) "
+            "or a higher groupsPerStep (now 1))",
+        ),
+    ],
+)
+def test_gradual_unfreezing_is_advised_only_where_it_can_go_faster(
+    gradual: GradualUnfreezingSpec, advice: str
+) -> None:
+    result = judge_one_short_epoch(RunSetup(FreezingSpec(gradual_unfreezing=gradual)))
+
+    assert f"Train more of the model: {advice}." in result.suggestion
+    assert "freezeLayers" not in result.suggestion
+    assert "headOnlyEpochs" not in result.suggestion
+
+
+def test_underfitting_with_lora_advises_a_higher_rank() -> None:
+    result = judge_one_short_epoch(RunSetup(lora=LoraSpec(rank=4)))
+
+    assert (
+        "Train more of the model: raise training.lora.rank (now 4) or leave out training.lora."
+        in result.suggestion
+    )
+    assert "freezing" not in result.suggestion
+
+
+def test_underfitting_under_max_steps_advises_more_steps() -> None:
+    result = judge_one_short_epoch(RunSetup(max_steps=32))
+
+    assert "Train longer: raise training.maxSteps (now 32) and training.epochs." in (
+        result.suggestion
+    )
+    assert "Train more epochs" not in result.suggestion
+
+
+@pytest.mark.parametrize(
+    ("regularization", "advice"),
+    [
+        (RegularizationSpec(weight_decay=0.0), None),
+        (
+            RegularizationSpec(dropout=0.2, label_smoothing=0.1),
+            "Regularize less: lower regularization.weightDecay (now 0.01), "
+            "regularization.dropout (now 0.2) and regularization.labelSmoothing (now 0.1).",
+        ),
+    ],
+)
+def test_regularize_less_names_only_the_regularizers_in_use(
+    regularization: RegularizationSpec, advice: str | None
+) -> None:
+    result = judge_one_short_epoch(RunSetup(regularization=regularization))
+
+    if advice is None:
+        assert "Regularize less" not in result.suggestion
+    else:
+        assert advice in result.suggestion
+    assert "regularization.l1" not in result.suggestion
+
+
+def test_overfitting_with_lora_advises_a_lower_rank_not_adding_lora() -> None:
+    result = judge(wide_gap_run(), max_gap=0.1, setup=RunSetup(lora=LoraSpec(rank=16)))
+
+    assert (
+        "Train fewer parameters or see more examples: freeze more layers "
+        "(freezing.freezeLayers) or lower training.lora.rank (now 16), and add or augment "
+        "training data."
+    ) in result.suggestion
+    assert "train LoRA adapters" not in result.suggestion
+
+
+def setup_of(example: str) -> RunSetup:
+    job = FineTuneJob.model_validate(load_example(example))
+    return RunSetup.of(job.spec.training_config())
+
+
+def test_setup_of_a_manifest_carries_its_freezing_and_regularization() -> None:
+    result = judge_one_short_epoch(setup_of("sentiment/every-section.yaml"))
+
+    assert result.suggestion == (
+        "Raise training.learningRate (e.g. 3x). Train more epochs (training.epochs). "
+        "Train more of the model: lower freezing.freezeLayers (now 2), lower "
+        "freezing.headOnlyEpochs (now 1), unfreeze faster (freezing.gradualUnfreezing: "
+        "a higher groupsPerStep (now 2)) or set freezing.freezeEmbeddings to false. "
+        "Regularize less: lower regularization.weightDecay (now 0.01), regularization.l1 "
+        "(now 1e-06), regularization.dropout (now 0.15), regularization.attentionDropout "
+        "(now 0.1) and regularization.labelSmoothing (now 0.05)."
+    )
+    assert "freezing" not in judge_one_short_epoch(setup_of("sentiment/job.yaml")).suggestion
+
+
+# A perfect validation score is flagged, whatever the verdict
+
+PERFECT_SCORE_ADVICE = (
+    "Check the data before trusting a perfect validation score: it usually means leakage "
+    "between the splits (the data.quality leakage rule drops only training rows whose "
+    "normalised text equals a validation row's, not near-copies), labels that can be read "
+    "off the text, or a task too easy to need the model."
+)
+
+
+def perfect_run(metric: str = "accuracy", final: float = 1.0) -> list[EvalPoint]:
+    """Both curves improve together up to `final` validation `metric` at step 60."""
+    return evaluations(
+        {"loss": [0.30, 0.08, 0.02], metric: [0.95, 0.99, final]},
+        {"loss": [0.35, 0.10, 0.03], metric: [0.93, 0.98, 1.0]},
+    )
+
+
+def test_perfect_validation_accuracy_is_healthy_but_flagged() -> None:
+    result = judge(perfect_run())
+
+    assert result.verdict == "Healthy"
+    assert result.evidence == [
+        "perfect validation accuracy: 1.000 at step 60 (epoch 3); the best possible is 1.000",
+        "final validation metrics at step 60 (epoch 3): loss 0.020, accuracy 1.000",
+        "training accuracy 1.000 vs validation 1.000 at step 60: a gap of 0.000",
+        "lowest validation loss 0.020 at step 60; final 0.020 at step 60",
+    ]
+    assert result.suggestion == PERFECT_SCORE_ADVICE
+    assert "No change needed" not in result.suggestion
+
+
+@pytest.mark.parametrize(
+    ("metric", "validation", "evidence"),
+    [
+        ("f1Macro", [0.91, 1.0], "perfect validation f1Macro: 1.000 at step 40 (epoch 2)"),
+        ("rocAuc", [0.97, 0.9996], "perfect validation rocAuc: 1.000 at step 40 (epoch 2)"),
+        ("loss", [0.05, 0.0003], "perfect validation loss: 0.0003 at step 40 (epoch 2); "),
+        ("perplexity", [1.2, 1.0002], "perfect validation perplexity: 1.000 at step 40"),
+    ],
+)
+def test_any_primary_metric_at_its_best_possible_value_is_flagged(
+    metric: str, validation: list[float], evidence: str
+) -> None:
+    losses = {"loss": [0.05, 0.0003] if metric == "loss" else [0.05, 0.0002]}
+    evals = evaluations({**losses, metric: validation}, {"loss": [0.06, 0.001]})
+
+    result = judge(evals, metric=metric)
+
+    assert result.evidence[0].startswith(evidence)
+    assert result.suggestion == PERFECT_SCORE_ADVICE
+
+
+@pytest.mark.parametrize(("metric", "final"), [("accuracy", 0.999), ("loss", 0.002)])
+def test_a_near_perfect_score_is_not_flagged(metric: str, final: float) -> None:
+    evals = evaluations(
+        {"loss": [0.05, 0.002 if metric == "loss" else 0.01], "accuracy": [0.98, final]},
+        {"loss": [0.06, 0.003], "accuracy": [0.97, 0.999]},
+    )
+
+    result = judge(evals, metric=metric)
+
+    assert result.verdict == "Healthy"
+    assert result.suggestion.startswith("No change needed.")
+    assert not any("perfect" in line for line in result.evidence)
+
+
+def test_a_perfect_score_leads_the_advice_of_another_verdict() -> None:
+    evals = evaluations(
+        {"loss": [0.600, 0.450, 0.412, 0.440, 0.515], "accuracy": [0.90, 0.98, 1.0, 1.0, 1.0]},
+        {"loss": [0.650, 0.500, 0.380, 0.200, 0.120], "accuracy": [0.88, 0.97, 1.0, 1.0, 1.0]},
+    )
+
+    result = judge(evals)
+
+    assert result.verdict == "Overfitting"
+    assert result.evidence[0].startswith("perfect validation accuracy: 1.000 at step 60")
+    assert result.evidence[1].startswith("validation loss rose from 0.412 (step 60)")
+    assert result.suggestion.startswith(PERFECT_SCORE_ADVICE + " Stop earlier:")
+
+
+def test_a_perfect_score_with_leakage_kept_says_so() -> None:
+    result = judge(perfect_run(), setup=RunSetup(leakage_mode="warn"))
+
+    assert "(data.quality.leakage.mode is warn, which keeps training rows that repeat " in (
+        result.suggestion
+    )
+    assert "validation rows: set it to drop)" in result.suggestion
+
+
+def test_a_diverged_run_is_not_flagged_for_an_earlier_perfect_score() -> None:
+    losses = [(1, 0.3), (2, math.nan)]
+
+    result = judge(perfect_run(), losses=losses, diverged="training loss was nan at step 2")
+
+    assert result.verdict == "Diverged"
+    assert result.suggestion == DIVERGED_ADVICE
 
 
 def test_divergence_wins_over_everything_and_names_the_last_good_loss() -> None:
@@ -405,6 +669,7 @@ def every_verdict() -> list[Diagnosis]:
         judge(overfitting_run()),
         judge(steady_run(0.61), majority_rate=0.6),
         judge(steady_run(0.7)),
+        judge(perfect_run()),
         judge([], losses=[(1, math.nan)], diverged="training loss was nan at step 1"),
         judge([]),
     ]

@@ -161,3 +161,25 @@ def test_an_unknown_kind_of_kubetunes_group_is_a_typo_not_skipped() -> None:
         "kind: must be one of FineTuneJob, FineTuneRuntime, ClusterFineTuneRuntime "
         "(got 'FinetuneJob'); did you mean FineTuneJob?"
     ]
+
+
+@pytest.mark.parametrize(
+    ("document", "kubetune"),
+    [
+        ({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}, False),
+        ({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}}, False),
+        ({"apiVersion": "kubetune.dev/v1alpha1", "kind": "FinetuneJob"}, True),
+        ({"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob"}, True),
+        ({"apiVersion": "kubetune.dev/v1alpha1"}, True),
+        ([1, 2], True),
+    ],
+)
+def test_a_document_is_kubetunes_unless_it_is_another_kind(document: Any, kubetune: bool) -> None:
+    """What `kubetune validate` may skip: broken kubetune documents are kubetune's, to report."""
+    assert check_document(document, "f.yaml").is_kubetune is kubetune
+
+
+def test_the_kustomization_example_holds_only_a_skipped_kind() -> None:
+    results = check_file(REPO / "examples/gitops/kustomization.yaml")
+
+    assert [(r.skipped_kind, r.is_kubetune) for r in results] == [("Kustomization", False)]

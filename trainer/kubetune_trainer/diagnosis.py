@@ -4,7 +4,10 @@ A fine-tune that finishes is not necessarily a good one: the validation loss may
 turned up epochs ago, the model may do no better than predicting the majority class, or
 the loss may have blown up. People read the job's status and report, not the pod logs, so
 this module turns the recorded curves into a verdict, the observations behind it (with
-their numbers and steps) and what to change in the manifest.
+their numbers and steps) and what to change in the manifest. The advice names only what
+the run's config can change (`RunSetup`): "unfreeze" only when something was frozen,
+"lower the label smoothing" only when there is some. A perfect validation score is judged
+like any other, but flagged: it is far more often a flaw of the data than a perfect model.
 
 `DivergenceMonitor` watches the training loss step by step on rank 0, so that a diverged
 run stops at once instead of burning GPU hours; `diagnose` judges the whole run at its end.
@@ -17,10 +20,17 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kubetune_trainer.config import metric_direction
+from kubetune_trainer.config import (
+    FreezingSpec,
+    GradualUnfreezingSpec,
+    LoraSpec,
+    RegularizationSpec,
+    TrainingConfig,
+    metric_direction,
+)
 
 # Overfitting: the validation loss must have risen this fraction above its minimum since
 # its best evaluation; smaller rises are taken as evaluation noise.
@@ -42,6 +52,11 @@ MAJORITY_MARGIN = 0.02
 MIN_SMOOTHED_LOSSES = 3
 """Losses averaged before a blow-up can be called: one bad batch is not a divergence."""
 DIVERGED_LR_REDUCTION = 10
+PERFECT_TOLERANCE = 5e-4
+"""A validation value this close to its metric's best possible value (it prints as that
+value at three decimals) is a perfect score."""
+BEST_POSSIBLE: dict[str, float] = {"loss": 0.0, "perplexity": 1.0}
+"""The best possible value of the metrics whose best is not 1.0 (accuracy, F1, ROC AUC)."""
 # The limits of the status model (kubetune_operator.api.v1alpha1.Diagnosis).
 MAX_EVIDENCE_ITEMS = 32
 MAX_EVIDENCE_CHARS = 1024
@@ -70,14 +85,36 @@ SHRINK_CAPACITY = (
 )
 LEARN_FASTER = "Raise training.learningRate (e.g. 3x)."
 TRAIN_LONGER = "Train more epochs (training.epochs)."
-UNFREEZE = (
-    "Train more of the model: lower freezing.freezeLayers and freezing.headOnlyEpochs, "
-    "or unfreeze earlier (freezing.gradualUnfreezing)."
-)
-REGULARIZE_LESS = (
-    "Regularize less: lower regularization.weightDecay, regularization.dropout and "
-    "regularization.labelSmoothing."
-)
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What the run's config set that the advice may tell to change.
+
+    Advice that names a setting the run did not use sends people to the wrong field (lower
+    freezing.freezeLayers when nothing was frozen), so each remedy is offered only where
+    it applies. The defaults are a TrainingConfig's, so tests and saved curves give only
+    what they vary.
+    """
+
+    freezing: FreezingSpec = field(default_factory=FreezingSpec)
+    regularization: RegularizationSpec = field(default_factory=RegularizationSpec)
+    lora: LoraSpec | None = None
+    max_steps: int | None = None
+    """training.maxSteps: the run may have ended there, before training.epochs."""
+    leakage_mode: str = "drop"
+    """data.quality.leakage.mode: warn keeps training rows that repeat validation rows."""
+
+    @classmethod
+    def of(cls, config: TrainingConfig) -> RunSetup:
+        """The setup of the run that `config` describes."""
+        return cls(
+            freezing=config.freezing,
+            regularization=config.regularization,
+            lora=config.training.lora,
+            max_steps=config.training.max_steps,
+            leakage_mode=config.data.quality.leakage.mode,
+        )
 
 
 @dataclass(frozen=True)
@@ -163,6 +200,7 @@ def diagnose(
     evals: Sequence[EvalPoint],
     primary_metric: str,
     *,
+    setup: RunSetup,
     max_gap: float | None,
     underfitting_floor: float | None,
     majority_rate: float | None,
@@ -173,21 +211,36 @@ def diagnose(
     `train_losses` are (optimizer step, loss) pairs in step order; `diverged` is the
     reason a `DivergenceMonitor` gave, if it stopped the run; `majority_rate` is the share
     of the most common class in the training data (sets the floor for accuracy when
-    `underfitting_floor` is left out).
+    `underfitting_floor` is left out); `setup` is what the run's config set, so that the
+    advice names only remedies that apply to it. A perfect validation score of the primary
+    metric keeps its verdict but leads the evidence and the advice with a warning.
     """
     if diverged is not None:
         return _diverged(diverged, train_losses)
+    floor = _floor(primary_metric, underfitting_floor, majority_rate)
+    judged = _judge(train_losses, evals, primary_metric, setup, max_gap, floor)
+    perfect = _perfect_evaluation(evals, primary_metric)
+    return judged if perfect is None else _suspicious(judged, perfect, primary_metric, setup)
+
+
+def _judge(
+    train_losses: Sequence[tuple[int, float]],
+    evals: Sequence[EvalPoint],
+    metric: str,
+    setup: RunSetup,
+    max_gap: float | None,
+    floor: tuple[float, str] | None,
+) -> Diagnosis:
     if not evals or (len(evals) < 2 and len(train_losses) < MIN_TRAIN_LOSSES):
         return _inconclusive(len(evals), len(train_losses))
     context = _final_metrics(evals[-1])
-    overfitting = _overfitting(evals, primary_metric, max_gap)
+    overfitting = _overfitting(evals, metric, max_gap, setup)
     if overfitting:
         return _from_findings("Overfitting", overfitting, context)
-    floor = _floor(primary_metric, underfitting_floor, majority_rate)
-    underfitting = _underfitting(train_losses, evals[-1], primary_metric, floor)
+    underfitting = _underfitting(train_losses, evals[-1], metric, floor, setup)
     if underfitting:
         return _from_findings("Underfitting", underfitting, context)
-    return _healthy(evals, primary_metric, max_gap, context)
+    return _healthy(evals, metric, max_gap, context)
 
 
 def _diverged(reason: str, train_losses: Sequence[tuple[int, float]]) -> Diagnosis:
@@ -223,8 +276,10 @@ def _from_findings(verdict: Verdict, findings: list[_Finding], context: str) -> 
     return Diagnosis(verdict, evidence, " ".join(advice))
 
 
-def _overfitting(evals: Sequence[EvalPoint], metric: str, max_gap: float | None) -> list[_Finding]:
-    findings = [_validation_loss_rise(evals), _gap_too_wide(evals[-1], metric, max_gap)]
+def _overfitting(
+    evals: Sequence[EvalPoint], metric: str, max_gap: float | None, setup: RunSetup
+) -> list[_Finding]:
+    findings = [_validation_loss_rise(evals), _gap_too_wide(evals[-1], metric, max_gap, setup)]
     return [finding for finding in findings if finding is not None]
 
 
@@ -252,13 +307,25 @@ def _stop_earlier(best: EvalPoint) -> str:
     )
 
 
-def _gap_too_wide(last: EvalPoint, metric: str, max_gap: float | None) -> _Finding | None:
+def _gap_too_wide(
+    last: EvalPoint, metric: str, max_gap: float | None, setup: RunSetup
+) -> _Finding | None:
     gap = _gap(last, metric)
     if max_gap is None or gap is None or gap <= max_gap:
         return None
     return _Finding(
         f"{_gap_text(last, metric, gap)}, more than maxGeneralizationGap {_number(max_gap)}",
-        (REGULARIZE_MORE, SHRINK_CAPACITY),
+        (REGULARIZE_MORE, _shrink_capacity(setup.lora)),
+    )
+
+
+def _shrink_capacity(lora: LoraSpec | None) -> str:
+    if lora is None:
+        return SHRINK_CAPACITY
+    return (
+        "Train fewer parameters or see more examples: freeze more layers "
+        f"(freezing.freezeLayers) or lower training.lora.rank (now {lora.rank}), and add or "
+        "augment training data."
     )
 
 
@@ -267,8 +334,12 @@ def _underfitting(
     last: EvalPoint,
     metric: str,
     floor: tuple[float, str] | None,
+    setup: RunSetup,
 ) -> list[_Finding]:
-    findings = [_below_floor(last, metric, floor), _flat_training_loss(train_losses)]
+    findings = [
+        _below_floor(last, metric, floor, setup),
+        _flat_training_loss(train_losses, setup),
+    ]
     return [finding for finding in findings if finding is not None]
 
 
@@ -287,17 +358,26 @@ def _floor(
     )
 
 
-def _below_floor(last: EvalPoint, metric: str, floor: tuple[float, str] | None) -> _Finding | None:
+def _below_floor(
+    last: EvalPoint, metric: str, floor: tuple[float, str] | None, setup: RunSetup
+) -> _Finding | None:
     value = last.train_metrics.get(metric)
     if floor is None or value is None or not _worse(metric, value, floor[0]):
         return None
     return _Finding(
         f"final training {metric} {_number(value)} (step {last.step}) is worse than {floor[1]}",
-        (LEARN_FASTER, TRAIN_LONGER, UNFREEZE, REGULARIZE_LESS),
+        _advice(
+            LEARN_FASTER,
+            _train_longer(setup.max_steps),
+            _train_more_of_the_model(setup),
+            _regularize_less(setup.regularization),
+        ),
     )
 
 
-def _flat_training_loss(train_losses: Sequence[tuple[int, float]]) -> _Finding | None:
+def _flat_training_loss(
+    train_losses: Sequence[tuple[int, float]], setup: RunSetup
+) -> _Finding | None:
     if len(train_losses) < MIN_TRAIN_LOSSES:
         return None
     size = max(LOSS_WINDOW_MIN, int(len(train_losses) * LOSS_WINDOW_FRACTION))
@@ -309,8 +389,83 @@ def _flat_training_loss(train_losses: Sequence[tuple[int, float]]) -> _Finding |
         f"training loss fell by less than {FLAT_LOSS_TOLERANCE:.0%}: mean {_number(start)} "
         f"over steps {first[0][0]}-{first[-1][0]}, {_number(end)} over steps "
         f"{last[0][0]}-{last[-1][0]}",
-        (LEARN_FASTER, UNFREEZE),
+        _advice(LEARN_FASTER, _train_more_of_the_model(setup)),
     )
+
+
+def _advice(*remedies: str | None) -> tuple[str, ...]:
+    """The remedies that apply to the run (None: one that does not)."""
+    return tuple(remedy for remedy in remedies if remedy is not None)
+
+
+def _train_longer(max_steps: int | None) -> str:
+    if max_steps is None:
+        return TRAIN_LONGER
+    return f"Train longer: raise training.maxSteps (now {max_steps}) and training.epochs."
+
+
+def _train_more_of_the_model(setup: RunSetup) -> str | None:
+    """Unfreeze what the run froze, or give LoRA more room; None when all weights trained."""
+    ways = _unfreezing(setup.freezing) + _more_lora(setup.lora)
+    return f"Train more of the model: {_one_of(ways)}." if ways else None
+
+
+def _unfreezing(freezing: FreezingSpec) -> list[str]:
+    ways = []
+    if freezing.freeze_layers:
+        ways.append(f"lower freezing.freezeLayers (now {freezing.freeze_layers})")
+    if freezing.head_only_epochs:
+        ways.append(f"lower freezing.headOnlyEpochs (now {freezing.head_only_epochs})")
+    if freezing.gradual_unfreezing is not None:
+        ways.append(_faster_unfreezing(freezing.gradual_unfreezing))
+    if freezing.freeze_embeddings:
+        ways.append("set freezing.freezeEmbeddings to false")
+    if freezing.frozen_modules:
+        ways.append("remove patterns from freezing.frozenModules")
+    return ways
+
+
+def _faster_unfreezing(gradual: GradualUnfreezingSpec) -> str:
+    ways = [f"a higher groupsPerStep (now {gradual.groups_per_step})"]
+    if gradual.every > 1:
+        ways.insert(0, f"a lower every (now {gradual.every} {gradual.unit})")
+    return f"unfreeze faster (freezing.gradualUnfreezing: {_one_of(ways)})"
+
+
+def _more_lora(lora: LoraSpec | None) -> list[str]:
+    if lora is None:
+        return []
+    return [f"raise training.lora.rank (now {lora.rank}) or leave out training.lora"]
+
+
+def _regularize_less(regularization: RegularizationSpec) -> str | None:
+    """Lower the regularizers the run used; None when it used none."""
+    knobs = [
+        f"regularization.{name} (now {value:g})"
+        for name, value in (
+            ("weightDecay", regularization.weight_decay),
+            ("l1", regularization.l1),
+            ("dropout", regularization.dropout),
+            ("attentionDropout", regularization.attention_dropout),
+            ("labelSmoothing", regularization.label_smoothing),
+        )
+        if value
+    ]
+    return f"Regularize less: lower {_all_of(knobs)}." if knobs else None
+
+
+def _one_of(items: Sequence[str]) -> str:
+    return _listed(items, "or")
+
+
+def _all_of(items: Sequence[str]) -> str:
+    return _listed(items, "and")
+
+
+def _listed(items: Sequence[str], conjunction: str) -> str:
+    if len(items) < 2:
+        return "".join(items)
+    return f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
 
 
 def _healthy(
@@ -323,6 +478,51 @@ def _healthy(
     )
     return Diagnosis(
         "Healthy", [context, _gap_summary(last, metric, max_gap), lowest], HEALTHY_ADVICE
+    )
+
+
+def _perfect_evaluation(evals: Sequence[EvalPoint], metric: str) -> EvalPoint | None:
+    """The first evaluation whose primary metric reached its best possible value."""
+    best = _best_possible(metric)
+    return next(
+        (
+            point
+            for point in evals
+            if metric in point.metrics and abs(point.metrics[metric] - best) <= PERFECT_TOLERANCE
+        ),
+        None,
+    )
+
+
+def _best_possible(metric: str) -> float:
+    return BEST_POSSIBLE.get(metric, 1.0)
+
+
+def _suspicious(judged: Diagnosis, perfect: EvalPoint, metric: str, setup: RunSetup) -> Diagnosis:
+    """The verdict, led by the warning that a perfect validation score is seldom real."""
+    evidence = (
+        f"perfect validation {metric}: {_number(perfect.metrics[metric])} at step "
+        f"{perfect.step} (epoch {_epoch(perfect.epoch)}); the best possible is "
+        f"{_best_possible(metric):.3f}"
+    )
+    warning = _perfect_score_advice(setup.leakage_mode)
+    # "No change needed" is the one piece of advice a suspicious score contradicts.
+    rest = "" if judged.verdict == "Healthy" else f" {judged.suggestion}"
+    return Diagnosis(judged.verdict, [evidence, *judged.evidence], warning + rest)
+
+
+def _perfect_score_advice(leakage_mode: str) -> str:
+    leakage = (
+        "data.quality.leakage.mode is warn, which keeps training rows that repeat validation "
+        "rows: set it to drop"
+        if leakage_mode == "warn"
+        else "the data.quality leakage rule drops only training rows whose normalised text "
+        "equals a validation row's, not near-copies"
+    )
+    return (
+        "Check the data before trusting a perfect validation score: it usually means leakage "
+        f"between the splits ({leakage}), labels that can be read off the text, or a task "
+        "too easy to need the model."
     )
 
 

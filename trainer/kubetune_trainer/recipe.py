@@ -76,7 +76,13 @@ from kubetune_trainer.data import (
 )
 from kubetune_trainer.data_cache import cached_prepare
 from kubetune_trainer.data_report import failed_status
-from kubetune_trainer.diagnosis import Diagnosis, DivergenceMonitor, EvalPoint, diagnose
+from kubetune_trainer.diagnosis import (
+    Diagnosis,
+    DivergenceMonitor,
+    EvalPoint,
+    RunSetup,
+    diagnose,
+)
 from kubetune_trainer.examine import FinalModel, examine_final_model, predict
 from kubetune_trainer.flops import (
     ModelShape,
@@ -1052,6 +1058,7 @@ class Recipe:
             [(int(s), float(v)) for s, v in self.state.train_losses],
             [self._eval_point(e) for e in self.state.evaluations],
             self.config.primary_metric(),
+            setup=RunSetup.of(self.config),
             max_gap=self.config.evaluation.max_generalization_gap,
             underfitting_floor=self.config.evaluation.underfitting_floor,
             majority_rate=None

@@ -1,0 +1,135 @@
+"""Which of a FineTuneJob's sources exist, as far as this machine can tell.
+
+The API models check a source's form (`kubetune_trainer.config.parse_source`), never that
+it exists, because where it must exist depends on where the job runs. `kubetune validate`
+runs beside the manifest, so it checks here what can be checked here, and says what it
+could not check rather than calling it valid:
+
+- A relative path names a file beside the manifest, a file of this machine: `kubetune
+  run` resolves it against the manifest's folder, and `kubetune submit` warns that pods
+  cannot see it. Missing, it is a problem for a local run and a cluster alike.
+- An absolute path (or file://) that does not exist here is only a note: it may name a
+  file inside the trainer image, where the pods read it.
+- pvc:// (a volume mounted in the pods) and hf:// (the hub, fetched at run time) cannot be
+  checked here. pkg:// of a top-level package is looked for in the package as installed
+  here (found, never imported); where it is not there it is a note too, since the trainer
+  image may ship another version of the package.
+
+spec.output.uri is not a source: the run creates it. Pure, apart from looking at the file
+system and at where packages are installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubetune_operator.api.v1alpha1 import FineTuneJob
+from kubetune_trainer.config import Source, parse_source
+
+
+@dataclass(frozen=True)
+class Unchecked:
+    """A source this machine cannot check, and why."""
+
+    field_path: str
+    uri: str
+    why: str
+
+
+@dataclass(frozen=True)
+class SourceCheck:
+    """What checking a job's sources on this machine found."""
+
+    problems: list[str] = field(default_factory=list)
+    """Sources that cannot exist where the job runs: 'FIELD: PATH does not exist (...)'."""
+    unchecked: list[Unchecked] = field(default_factory=list)
+
+    def note(self) -> str | None:
+        """What could not be checked, on one line: 'FIELD URI, FIELD URI (why); ...'."""
+        if not self.unchecked:
+            return None
+        grouped: dict[str, list[str]] = {}
+        for item in self.unchecked:
+            grouped.setdefault(item.why, []).append(f"{item.field_path} {item.uri}")
+        return "; ".join(f"{', '.join(sources)} ({why})" for why, sources in grouped.items())
+
+
+def check_sources(job: FineTuneJob, manifest: Path) -> SourceCheck:
+    """Check every source of `job`, read from `manifest`, against this machine."""
+    found, folder = SourceCheck(), manifest_folder(manifest)
+    for field_path, uri in job_sources(job):
+        problem, why = _check(uri, folder)
+        if problem is not None:
+            found.problems.append(f"{field_path}: {problem}")
+        if why is not None:
+            found.unchecked.append(Unchecked(field_path, uri, why))
+    return found
+
+
+def manifest_folder(manifest: Path) -> Path:
+    """The folder that relative paths resolve against, as `kubetune run` resolves them (a
+    linked manifest's target's folder); written as given when that is the same folder."""
+    folder = manifest.resolve().parent
+    return manifest.parent if manifest.parent.resolve() == folder else folder
+
+
+def job_sources(job: FineTuneJob) -> list[tuple[str, str]]:
+    """(field path, URI) of every source the job reads: its model and its data files."""
+    spec = job.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return list(_sources(spec, "spec"))
+
+
+def _sources(node: object, field_path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key == "source" and isinstance(value, str):
+                yield f"{field_path}.{key}", value
+            else:
+                yield from _sources(value, f"{field_path}.{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _sources(item, f"{field_path}[{index}]")
+
+
+def _check(uri: str, folder: Path) -> tuple[str | None, str | None]:
+    """(the problem, why it was not checked): at most one of them; neither when it exists."""
+    source = parse_source(uri)  # the model accepted it, so it parses
+    if source.scheme == "pvc":
+        return None, "on a PersistentVolumeClaim, mounted only in the pods"
+    if source.scheme == "hf":
+        return None, "on the Hugging Face hub, fetched at run time"
+    if source.scheme == "pkg":
+        return None, _unchecked_package(source)
+    return _check_path(source, folder)
+
+
+def _check_path(source: Source, folder: Path) -> tuple[str | None, str | None]:
+    path = Path(source.location)
+    if not path.is_absolute():
+        resolved = folder / path
+        if resolved.exists():
+            return None, None
+        return f"{resolved} does not exist (relative to the manifest's folder)", None
+    if path.exists():
+        return None, None
+    return None, "absolute, not on this machine: maybe a path inside the trainer image"
+
+
+def _unchecked_package(source: Source) -> str | None:
+    """Why a pkg:// source was not checked; None when it exists in the installed package."""
+    package = source.authority
+    if "." in package:  # finding a subpackage would import its parent
+        return f"in Python package {package}, not looked up here"
+    try:
+        spec = importlib.util.find_spec(package)  # a top-level name: found, not imported
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return f"in Python package {package}, not installed here: the trainer must have it"
+    places = [Path(place) / source.location for place in spec.submodule_search_locations]
+    if any(place.exists() for place in places):
+        return None
+    return f"not in Python package {package} as installed here"
