@@ -22,6 +22,7 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
+from kubetune_operator.search import params_text, value_text
 from kubetune_operator.search_report import SEARCH_HTML
 
 REPORT_JSON = "report.json"
@@ -341,8 +342,8 @@ def _trials_table(glance: Mapping[str, Any], messages: Mapping[str, Any]) -> Tab
         [
             f"{t.get('number')}{' ★' if t.get('number') == best else ''}",
             str(t.get("state")),
-            *(fmt(_mapping(t.get("params")).get(p)) for p in paths),
-            fmt(t.get("objective")),
+            *(value_text(_mapping(t.get("params")).get(p)) for p in paths),
+            value_text(t.get("objective")),
             str(messages.get(str(t.get("number")), "")),
         ]
         for t in trials
@@ -355,10 +356,10 @@ def _best_trial(glance: Mapping[str, Any]) -> list[RenderableType]:
     if not best:
         return ["[bold]best trial[/]     [red]none completed[/]"]
     metric = glance["objective"].get("metric") or "objective"
-    params = ", ".join(f"{k}={fmt(v)}" for k, v in _mapping(best.get("params")).items())
+    params = params_text(_mapping(best.get("params")))
     lines: list[RenderableType] = [
         f"[bold]best trial[/]     {escape(str(best.get('name')))} "
-        f"({escape(str(metric))} {escape(fmt(best.get('objective')))})",
+        f"({escape(str(metric))} {escape(value_text(best.get('objective')))})",
         f"  params:  {escape(params)}",
     ]
     for name, key in (("model", "bestModel"), ("report", "bestTrialReport")):

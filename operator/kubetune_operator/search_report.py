@@ -35,17 +35,16 @@ from kubetune_operator.search import (
     search_outcome,
     study_from_trials,
     total_trials,
+    value_text,
 )
 from kubetune_trainer.html_page import (
     BASE_STYLE,
-    MISSING,
     Markup,
     Section,
     badge,
     document,
     facts,
     fmt_number,
-    h,
     join,
     tag,
 )
@@ -383,7 +382,7 @@ def marker(mark: Mark, x: float, y: float, tooltip: str) -> Markup:
 
 
 def _tooltip(mark: Mark, metric: str, extra: str = "") -> str:
-    value = MISSING if mark.value is None else fmt_number(mark.value)
+    value = value_text(mark.value)
     shown = {
         "Complete": f"{metric} {value}",
         "Pruned": f"pruned, last {metric} {value}",
@@ -499,7 +498,7 @@ def slice_chart(
             assert frame.x is not None
             x = frame.x(float(raw))
         y_pixel = _y_of(frame, mark)
-        where = f" ({parameter.path}={h(raw) if categorical else fmt_number(raw)})"
+        where = f" ({parameter.path}={value_text(raw)})"
         body.append(marker(mark, x, y_pixel, _tooltip(mark, metric, where)))
         if mark.number == best:
             body.append(_best_ring(x, y_pixel))
@@ -641,7 +640,7 @@ def header(job: str, spec: FineTuneJobSpec, records: Sequence[TrialStatus]) -> M
     counts = {state: sum(t.state == state for t in records) for state in STATE_TONE}
     items: list[tuple[object, object]] = [
         ("objective", f"{direction} {metric}"),
-        (f"best {metric}", None if best is None else best.objective),
+        (f"best {metric}", value_text(None if best is None else best.objective)),
         ("best trial", None if best is None else best.name),
         (
             "finished",
@@ -718,9 +717,10 @@ def _default_note(trial: TrialStatus) -> str:
 
 
 def _cell(value: object) -> Markup:
+    """A trial's value or objective in a table cell, as value_text shows it everywhere."""
     if _finite(value) is not None:
-        return tag("td", value, class_="num")
-    return tag("td", value)
+        return tag("td", value_text(value), class_="num")
+    return tag("td", value_text(value))
 
 
 def _slices(

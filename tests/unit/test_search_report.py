@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from kubetune_operator import cli, job_view, run_report, search_report
 from kubetune_operator.api.v1alpha1 import FineTuneJobSpec
 from kubetune_operator.search import SearchError
+from kubetune_trainer.html_page import MISSING
 from tests.html_elements import Elements
 
 LEARNING_RATE = {
@@ -131,7 +132,7 @@ def test_minimize_table_marks_the_best_and_each_state(sentiment: dict[str, Any])
     assert [cells[0] for _, cells in table] == ["0", "1 ★", "2", "3", "4", "5"]
     assert [css for css, _ in table] == ["", "best", "failed", "quiet", "", ""]
     assert table[1][1] == ["1 ★", "job-trial-1", "Complete", "0.001", "0.4", ""]
-    assert table[2][1][-2:] == [search_report.MISSING, "batch too big"]
+    assert table[2][1][-2:] == [MISSING, "batch too big"]
     assert table[3][1][-2:] == ["0.8", "stopped after 2 evaluations (value: the last one)"]
     assert table[5][1][2] == "Running"
     header = text_of(tree.find("header"))  # type: ignore[arg-type]
@@ -177,7 +178,7 @@ def test_a_stopped_trial_is_listed_with_why_but_not_drawn(sentiment: dict[str, A
             "job-trial-5",
             "Stopped",
             "0.0005",
-            search_report.MISSING,
+            MISSING,
             "stopped unfinished: the search failed",
         ],
     )
