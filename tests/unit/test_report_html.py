@@ -977,13 +977,31 @@ def test_the_fairness_chart_draws_each_group_and_the_four_fifths_line(root: Elem
         "TPR",
         "selection rate (not judged)",
         "four-fifths of the highest",
-        "positive: positive",
+        "selection rate and TPR of 'positive' per group",
         "Rates per group of dialect",
     }
     assert expected <= set(labels)
     svg = by_id(root, "chart-bias-1")
     assert svg is not None
     assert list(svg.iter("pattern"))  # the hatch of the groups left out
+
+
+def test_the_panel_subtitle_says_which_rates_of_which_class_it_draws() -> None:
+    labels = svg_texts(dom(render_html(full_report())), "chart-bias-1")
+    assert "selection rate and TPR of 'positive' per group" in labels
+    assert not [label for label in labels if label.startswith("positive:")]
+
+    report = full_report()
+    (attribute,) = report["biasAudit"]["attributes"]
+    (positive,) = attribute["classes"]
+    positive["positiveLabel"] = "yes"
+    for group in positive["groups"]:
+        group["tpr"] = None  # no group has a row labelled "yes": no TPR to draw
+    for metric in report["biasAudit"]["metrics"]:
+        metric["positiveLabel"] = "yes" if metric["positiveLabel"] else None
+    labels = svg_texts(dom(render_html(report)), "chart-bias-1")
+    assert "selection rate of 'yes' per group" in labels
+    assert "TPR" not in labels
 
 
 def test_a_threshold_other_than_four_fifths_is_named_by_its_value() -> None:

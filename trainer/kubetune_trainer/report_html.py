@@ -928,12 +928,19 @@ def fairness_chart(
             _fairness_bars(ax, bars, tpr)
             for rate, words in lines.get(label, []):
                 ax.axvline(rate, color="#dc2626", linestyle="--", linewidth=1, label=words)
-            ax.set(title=f"positive: {chart_text(label)}", xlabel="rate", xlim=(0, 1.05))
+            ax.set(title=panel_title(label, tpr), xlabel="rate", xlim=(0, 1.05))
             ax.grid(axis="y", visible=False)
             ax.legend(loc="lower right")
         figure.suptitle(title, fontsize=10, fontweight="bold")
 
     return chart(chart_id, title, draw, (7.6, min(height, 16)))
+
+
+def panel_title(label: str, tpr: bool) -> str:
+    """What a panel draws: how often each group is predicted the positive class `label`,
+    among all its rows (selection rate) and, with TPR, among its rows labelled `label`."""
+    rates = "selection rate and TPR" if tpr else "selection rate"
+    return f"{rates} of '{chart_text(label)}' per group"
 
 
 def _fairness_bars(ax: Axes, bars: Sequence[GroupBar], tpr: bool) -> None:
