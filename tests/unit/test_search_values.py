@@ -1,6 +1,6 @@
 """A trial's values and objective read the same wherever a search shows them: the lines
 `kubetune run` prints as trials start and end, its summary, `kubetune status`, the
-parent's status messages and search.html, all through search.value_text."""
+parent's status messages and Events, and search.html, all through search.value_text."""
 
 from __future__ import annotations
 
@@ -14,10 +14,16 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from kubetune_operator import job_view, run_report, search_report
+from kubetune_operator import job_view, run_report, search_report, trials
 from kubetune_operator.api.v1alpha1 import FineTuneJobSpec, TrialStatus
 from kubetune_operator.local_search import TrialResult, ended_line, started_line
-from kubetune_operator.search import params_text, search_outcome, search_status, value_text
+from kubetune_operator.search import (
+    TrialPlan,
+    params_text,
+    search_outcome,
+    search_status,
+    value_text,
+)
 
 LEARNING_RATE = {"path": "training.learningRate", "type": "float", "min": 1e-6, "max": 1e-2}
 BATCH_SIZE = {"path": "training.batchSize", "type": "int", "min": 8, "max": 64}
@@ -80,6 +86,11 @@ def test_the_lines_kubetune_run_prints_as_trials_start_and_end() -> None:
     assert ended_line(1, "loss", TrialResult("Complete", 1.4059283e-5)) == (
         "trial 1 complete: loss=1.406e-5"
     )
+
+
+def test_the_event_of_a_created_trial_names_its_rounded_values() -> None:
+    plan = TrialPlan(number=0, name="lr-trial-0", params=PARAMS)
+    assert trials.created_message(plan) == f"trial 0: created lr-trial-0 with {SHOWN}"
 
 
 def search_spec(sentiment: dict[str, Any]) -> FineTuneJobSpec:
