@@ -21,7 +21,7 @@ from rich.table import Table
 
 from kubetune_operator.manifests import check_document
 from kubetune_operator.run_report import MISSING, bias_line, fmt, passed_mark, table
-from kubetune_operator.search import SearchError
+from kubetune_operator.search import SearchError, value_text
 from kubetune_operator.search_report import render_search_html
 
 FINISHED: Final = ("Succeeded", "Failed")
@@ -320,7 +320,8 @@ def _trials(status: Mapping[str, Any]) -> list[RenderableType]:
     )
     best = _mapping(status.get("bestTrial"))
     if best:
-        line += f"; best {escape(str(best.get('name')))} ({fmt(best.get('objective'))})"
+        objective = value_text(best.get("objective"))
+        line += f"; best {escape(str(best.get('name')))} ({escape(objective)})"
     return [line]
 
 

@@ -47,11 +47,13 @@ from kubetune_operator.search import (
     next_trials,
     objective_metric,
     objective_of,
+    params_text,
     search_outcome,
     search_status,
     total_trials,
     trial_name,
     trial_spec,
+    value_text,
 )
 from kubetune_operator.search_report import (
     SEARCH_HTML,
@@ -232,7 +234,7 @@ def _run_trials(plan: SearchPlan, book: TrialBook, notify: Notify) -> None:
                         for p in next_trials(parent, book.trials)
                     ]
                 for trial in starting:
-                    notify(f"trial {trial.number} started: {_params_text(trial.params)}")
+                    notify(started_line(trial))
                     running[launch(trial)] = trial
             if not running:
                 return
@@ -282,11 +284,20 @@ def _record_end(
     else:
         book.messages.pop(str(trial.number), None)
     save_book(plan, book)
+    metric, _ = objective_metric(plan.job.spec)
+    notify(ended_line(trial.number, metric, result))
+
+
+def started_line(trial: TrialStatus) -> str:
+    """What the terminal says when a trial starts: its number and its values."""
+    return f"trial {trial.number} started: {params_text(trial.params)}"
+
+
+def ended_line(number: int, metric: str, result: TrialResult) -> str:
+    """What the terminal says when a trial ends: its objective, or why it failed."""
     if result.state == "Complete":
-        metric, _ = objective_metric(plan.job.spec)
-        notify(f"trial {trial.number} complete: {metric}={result.objective:.4g}")
-    else:
-        notify(f"trial {trial.number} failed: {result.message}")
+        return f"trial {number} complete: {metric}={value_text(result.objective)}"
+    return f"trial {number} failed: {result.message}"
 
 
 def _launcher(
@@ -433,10 +444,6 @@ def _publish_best_model(plan: SearchPlan, number: int) -> str:
     except OSError:
         shutil.copytree(source, target)
     return str(target)
-
-
-def _params_text(params: Mapping[str, Any]) -> str:
-    return ", ".join(f"{path}={value}" for path, value in params.items())
 
 
 def _first_line(error: BaseException) -> str:

@@ -337,6 +337,8 @@ def search_renderables(report: Mapping[str, Any], run_dir: Path) -> list[Rendera
 
 
 def _trials_table(glance: Mapping[str, Any], messages: Mapping[str, Any]) -> Table:
+    from kubetune_operator.search import value_text  # Optuna: only for a search
+
     trials = glance["trials"]
     best = _mapping(glance["bestTrial"]).get("number")
     paths = list(dict.fromkeys(p for t in trials for p in _mapping(t.get("params"))))
@@ -345,8 +347,8 @@ def _trials_table(glance: Mapping[str, Any], messages: Mapping[str, Any]) -> Tab
         [
             f"{t.get('number')}{' ★' if t.get('number') == best else ''}",
             str(t.get("state")),
-            *(fmt(_mapping(t.get("params")).get(p)) for p in paths),
-            fmt(t.get("objective")),
+            *(value_text(_mapping(t.get("params")).get(p)) for p in paths),
+            value_text(t.get("objective")),
             str(messages.get(str(t.get("number")), "")),
         ]
         for t in trials
@@ -355,14 +357,16 @@ def _trials_table(glance: Mapping[str, Any], messages: Mapping[str, Any]) -> Tab
 
 
 def _best_trial(glance: Mapping[str, Any]) -> list[RenderableType]:
+    from kubetune_operator.search import params_text, value_text  # Optuna: only for a search
+
     best = _mapping(glance["bestTrial"])
     if not best:
         return ["[bold]best trial[/]     [red]none completed[/]"]
     metric = glance["objective"].get("metric") or "objective"
-    params = ", ".join(f"{k}={fmt(v)}" for k, v in _mapping(best.get("params")).items())
+    params = params_text(_mapping(best.get("params")))
     lines: list[RenderableType] = [
         f"[bold]best trial[/]     {escape(str(best.get('name')))} "
-        f"({escape(str(metric))} {escape(fmt(best.get('objective')))})",
+        f"({escape(str(metric))} {escape(value_text(best.get('objective')))})",
         f"  params:  {escape(params)}",
     ]
     for name, key in (("model", "bestModel"), ("report", "bestTrialReport")):

@@ -35,17 +35,16 @@ from kubetune_operator.search import (
     search_outcome,
     study_from_trials,
     total_trials,
+    value_text,
 )
 from kubetune_trainer.html_page import (
     BASE_STYLE,
-    MISSING,
     Markup,
     Section,
     badge,
     document,
     facts,
     fmt_number,
-    h,
     join,
     tag,
 )
@@ -205,6 +204,8 @@ class Scale:
     start: float
     end: float
     log: bool = False
+    whole: bool = False
+    """Ticks at whole numbers only (trial numbers: there is no trial 0.5)."""
 
     def __call__(self, value: float) -> float:
         low, high, at = self.low, self.high, value
@@ -214,7 +215,13 @@ class Scale:
         return self.start + fraction * (self.end - self.start)
 
     def ticks(self) -> list[float]:
+        if self.whole:
+            return whole_ticks(self.low, self.high)
         return log_ticks(self.low, self.high) if self.log else linear_ticks(self.low, self.high)
+
+    def label(self, value: float) -> str:
+        """A tick's text: a whole number as it is (trial 1000, not 1,000), else 4 digits."""
+        return str(round(value)) if self.whole else fmt_number(value)
 
 
 def linear_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -227,6 +234,19 @@ def linear_ticks(low: float, high: float, count: int = 5) -> list[float]:
     first = math.ceil(low / step - 1e-9)
     last = math.floor(high / step + 1e-9)
     return [round(i * step, 12) for i in range(first, last + 1)]
+
+
+def whole_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Whole numbers in [low, high], 1, 2 or 5 times a power of ten apart and never closer
+    than 1: trial 0 alone for one trial, 0, 1, 2 for three, 0, 10, ... 40 for fifty."""
+    first, last = math.ceil(low - 1e-9), math.floor(high + 1e-9)
+    if last < first:
+        return []
+    raw = max((last - first) / count, 1.0)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
+    start = math.ceil(first / step) * step
+    return [float(tick) for tick in range(start, last + 1, step)]
 
 
 def log_ticks(low: float, high: float) -> list[float]:
@@ -299,7 +319,7 @@ def axes(frame: Frame, x_label: str, y_label: str) -> list[Markup]:
     """Grid lines, tick labels, the frame and the axis titles."""
     parts = [_y_tick(frame.y, value) for value in frame.y.ticks()]
     if frame.x is not None:
-        parts += [_x_tick(frame.x(value), fmt_number(value)) for value in frame.x.ticks()]
+        parts += [_x_tick(frame.x(value), frame.x.label(value)) for value in frame.x.ticks()]
     else:
         band = (RIGHT - LEFT) / max(len(frame.categories), 1)
         limit = max(int(band / 6.5), 3)
@@ -383,7 +403,7 @@ def marker(mark: Mark, x: float, y: float, tooltip: str) -> Markup:
 
 
 def _tooltip(mark: Mark, metric: str, extra: str = "") -> str:
-    value = MISSING if mark.value is None else fmt_number(mark.value)
+    value = value_text(mark.value)
     shown = {
         "Complete": f"{metric} {value}",
         "Pruned": f"pruned, last {metric} {value}",
@@ -422,7 +442,7 @@ def objective_chart(
     if not values:
         return None
     last = max(t.number for t in trials)
-    frame = Frame(_y_scale(values), Scale(-0.5, last + 0.5, LEFT, RIGHT))
+    frame = Frame(_y_scale(values), Scale(-0.5, last + 0.5, LEFT, RIGHT, whole=True))
     assert frame.x is not None
     body = axes(frame, "trial", metric)
     line = best_so_far(trials, maximize)
@@ -499,7 +519,7 @@ def slice_chart(
             assert frame.x is not None
             x = frame.x(float(raw))
         y_pixel = _y_of(frame, mark)
-        where = f" ({parameter.path}={h(raw) if categorical else fmt_number(raw)})"
+        where = f" ({parameter.path}={value_text(raw)})"
         body.append(marker(mark, x, y_pixel, _tooltip(mark, metric, where)))
         if mark.number == best:
             body.append(_best_ring(x, y_pixel))
@@ -641,7 +661,7 @@ def header(job: str, spec: FineTuneJobSpec, records: Sequence[TrialStatus]) -> M
     counts = {state: sum(t.state == state for t in records) for state in STATE_TONE}
     items: list[tuple[object, object]] = [
         ("objective", f"{direction} {metric}"),
-        (f"best {metric}", None if best is None else best.objective),
+        (f"best {metric}", value_text(None if best is None else best.objective)),
         ("best trial", None if best is None else best.name),
         (
             "finished",
@@ -718,9 +738,10 @@ def _default_note(trial: TrialStatus) -> str:
 
 
 def _cell(value: object) -> Markup:
+    """A trial's value or objective in a table cell, as value_text shows it everywhere."""
     if _finite(value) is not None:
-        return tag("td", value, class_="num")
-    return tag("td", value)
+        return tag("td", value_text(value), class_="num")
+    return tag("td", value_text(value))
 
 
 def _slices(

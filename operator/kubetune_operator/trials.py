@@ -194,14 +194,20 @@ def _start_trials(
         kopf.adopt(manifest, owner=body_of(ftj))
         params = plan.params
         if shared.cluster.create(manifest):
-            message = f"trial {plan.number}: created {plan.name} with {plan.params}"
-            events.append(status_rules.Event("Normal", status_rules.Reason.Created, message))
+            events.append(
+                status_rules.Event("Normal", status_rules.Reason.Created, created_message(plan))
+            )
         elif plan.name in children:
             params = _recorded_params(children[plan.name], plan.params)
         created.append(
             {"number": plan.number, "name": plan.name, "state": "Pending", "params": params}
         )
     return created, events
+
+
+def created_message(plan: search.TrialPlan) -> str:
+    """The Event of a created trial: its child and its values, as every view shows them."""
+    return f"trial {plan.number}: created {plan.name} with {search.params_text(plan.params)}"
 
 
 def _recreate_deleted(

@@ -977,13 +977,31 @@ def test_the_fairness_chart_draws_each_group_and_the_four_fifths_line(root: Elem
         "TPR",
         "selection rate (not judged)",
         "four-fifths of the highest",
-        "positive: positive",
+        "selection rate and TPR of 'positive' per group",
         "Rates per group of dialect",
     }
     assert expected <= set(labels)
     svg = by_id(root, "chart-bias-1")
     assert svg is not None
     assert list(svg.iter("pattern"))  # the hatch of the groups left out
+
+
+def test_the_panel_subtitle_says_which_rates_of_which_class_it_draws() -> None:
+    labels = svg_texts(dom(render_html(full_report())), "chart-bias-1")
+    assert "selection rate and TPR of 'positive' per group" in labels
+    assert not [label for label in labels if label.startswith("positive:")]
+
+    report = full_report()
+    (attribute,) = report["biasAudit"]["attributes"]
+    (positive,) = attribute["classes"]
+    positive["positiveLabel"] = "yes"
+    for group in positive["groups"]:
+        group["tpr"] = None  # no group has a row labelled "yes": no TPR to draw
+    for metric in report["biasAudit"]["metrics"]:
+        metric["positiveLabel"] = "yes" if metric["positiveLabel"] else None
+    labels = svg_texts(dom(render_html(report)), "chart-bias-1")
+    assert "selection rate of 'yes' per group" in labels
+    assert "TPR" not in labels
 
 
 def test_a_threshold_other_than_four_fifths_is_named_by_its_value() -> None:
@@ -1337,6 +1355,28 @@ def test_gradient_norms_per_layer_group_are_drawn_with_the_schedule_changes() ->
     assert 'id="chart-grad-norms"' in page
     del report["curves"]["layerGradNorms"]
     assert 'id="chart-grad-norms"' not in render.render_html(report)
+
+
+def test_twelve_layer_groups_get_twelve_different_lines_listed_in_the_models_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    groups = ["embeddings", *(f"block {i}" for i in range(10)), "head"]
+    entries = [[step, {g: 0.1 * step + i for i, g in enumerate(groups)}] for step in (10, 20, 30)]
+    norms = render.layer_norm_series(entries)
+    figure = drawn(monkeypatch, lambda: render.grad_norm_chart(norms, [20.0]))
+    (ax,) = figure.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    styles = [(lines[g].get_color(), lines[g].get_linestyle()) for g in groups]
+    assert len(set(styles)) == 12
+    assert styles[:2] == [("#2563eb", "-"), ("#ea580c", "-")]
+    assert styles[10:] == [("#2563eb", "--"), ("#ea580c", "--")]  # the colours ran out
+    (legend,) = figure.legends
+    assert [t.get_text() for t in legend.get_texts()][:12] == groups  # block 10 after block 9
+
+
+def test_line_styles_stay_distinct_for_up_to_40_groups() -> None:
+    assert len(set(render.group_line_styles(40))) == 40
+    assert render.group_line_styles(41)[40] == render.group_line_styles(1)[0]
 
 
 def test_the_learning_rate_is_drawn_when_the_report_has_it() -> None:

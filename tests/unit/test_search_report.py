@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from kubetune_operator import cli, job_view, run_report, search_report
 from kubetune_operator.api.v1alpha1 import FineTuneJobSpec
 from kubetune_operator.search import SearchError
+from kubetune_trainer.html_page import MISSING
 from tests.html_elements import Elements
 
 LEARNING_RATE = {
@@ -101,10 +102,15 @@ def centre(point: ET.Element) -> tuple[float, float]:
     return x + 4, y + 4
 
 
+def x_ticks(svg: ET.Element) -> list[tuple[str, float]]:
+    """The x tick labels and where they are, left to right (below the plot)."""
+    below = [t for t in svg.iter("text") if float(t.get("y", 0)) == search_report.BOTTOM + 16]
+    return sorted(((t.text or "", float(t.get("x", 0))) for t in below), key=lambda t: t[1])
+
+
 def tick_labels(svg: ET.Element) -> list[str]:
     """The x tick labels, left to right (below the plot)."""
-    below = [t for t in svg.iter("text") if float(t.get("y", 0)) == search_report.BOTTOM + 16]
-    return [t.text or "" for t in sorted(below, key=lambda t: float(t.get("x", 0)))]
+    return [label for label, _ in x_ticks(svg)]
 
 
 def rows(tree: ET.Element) -> list[tuple[str, list[str]]]:
@@ -131,7 +137,7 @@ def test_minimize_table_marks_the_best_and_each_state(sentiment: dict[str, Any])
     assert [cells[0] for _, cells in table] == ["0", "1 ★", "2", "3", "4", "5"]
     assert [css for css, _ in table] == ["", "best", "failed", "quiet", "", ""]
     assert table[1][1] == ["1 ★", "job-trial-1", "Complete", "0.001", "0.4", ""]
-    assert table[2][1][-2:] == [search_report.MISSING, "batch too big"]
+    assert table[2][1][-2:] == [MISSING, "batch too big"]
     assert table[3][1][-2:] == ["0.8", "stopped after 2 evaluations (value: the last one)"]
     assert table[5][1][2] == "Running"
     header = text_of(tree.find("header"))  # type: ignore[arg-type]
@@ -177,7 +183,7 @@ def test_a_stopped_trial_is_listed_with_why_but_not_drawn(sentiment: dict[str, A
             "job-trial-5",
             "Stopped",
             "0.0005",
-            search_report.MISSING,
+            MISSING,
             "stopped unfinished: the search failed",
         ],
     )
@@ -394,6 +400,28 @@ def test_write_search_html_replaces_the_page_whole(
     assert [p.name for p in tmp_path.iterdir()] == ["search.html"]
 
 
+@pytest.mark.parametrize(
+    ("count", "expected"), [(1, [0]), (2, [0, 1]), (3, [0, 1, 2]), (50, [0, 10, 20, 30, 40])]
+)
+def test_the_trial_axis_ticks_whole_trial_numbers_only(
+    sentiment: dict[str, Any], count: int, expected: list[int]
+) -> None:
+    spec = spec_of(
+        sentiment, parameters=[LEARNING_RATE], objective={"metric": "loss"}, maxTrials=count
+    )
+    trials = [
+        trial(n, "Complete", {"training.learningRate": 1e-4 * (n + 1)}, objective=1 / (n + 2))
+        for n in range(count)
+    ]
+    svg = chart(main_tree(search_report.render_search_html("job", spec, trials)), "chart-objective")
+    ticks = x_ticks(svg)
+    numbers = [int(label) for label, _ in ticks]  # a label "0.5" or "1,000" would raise here
+    assert numbers == expected
+    assert all(0 <= n < count for n in numbers)
+    drawn = sorted(centre(p)[0] for p in points(svg, "complete"))  # trial n is the n-th
+    assert [x for _, x in ticks] == pytest.approx([drawn[n] for n in numbers])
+
+
 def test_ticks_are_round_numbers() -> None:
     assert search_report.linear_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert search_report.linear_ticks(-0.5, 5.5) == [0, 2, 4]
@@ -404,6 +432,10 @@ def test_ticks_are_round_numbers() -> None:
     assert search_report.log_ticks(1e-5, 2e-2) == [1e-5, 1e-4, 1e-3, 1e-2]
     assert search_report.log_ticks(1.5e-4, 9e-4) == pytest.approx([2e-4, 5e-4])
     assert search_report.log_ticks(2.1e-4, 2.3e-4) == [2.1e-4, 2.3e-4]
+    assert search_report.whole_ticks(-0.5, 0.5) == [0]
+    assert search_report.whole_ticks(-0.5, 11.5) == [0, 5, 10]
+    assert search_report.whole_ticks(-0.5, 1499.5) == [0, 500, 1000]
+    assert search_report.whole_ticks(0.2, 0.8) == []
 
 
 # --- where the page is reached from -------------------------------------------------------

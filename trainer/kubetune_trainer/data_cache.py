@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import fields
@@ -32,6 +31,7 @@ from transformers import PreTrainedTokenizerBase
 from kubetune_trainer.config import DataSource, TrainingConfig
 from kubetune_trainer.data import PreparedData
 from kubetune_trainer.data_report import DataReport
+from kubetune_trainer.file_modes import publish
 from kubetune_trainer.quality import QualityReport, RuleResult
 from kubetune_trainer.sources import SourceError, resolve_local
 
@@ -133,8 +133,7 @@ def save_prepared(prepared: PreparedData, folder: Path) -> None:
     for split in _SPLITS:
         _row_facts(prepared, split).save_to_disk(str(partial / f"{split}-rows"))
     (partial / "prepared.json").write_text(json.dumps(_summary(prepared)), encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
+    publish(partial, folder)
 
 
 def load_prepared(folder: Path) -> PreparedData:

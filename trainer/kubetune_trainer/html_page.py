@@ -111,6 +111,12 @@ def fmt_number(value: float) -> str:
         return MISSING
     if 1e4 <= abs(value) < 1e15:
         return f"{float(f'{value:.4g}'):,.0f}"
+    return significant(value)
+
+
+def significant(value: float) -> str:
+    """4 significant digits, with the exponent as a manifest writes it where one is needed:
+    0.0001406, 1.406e-5, 0.5, 3."""
     text = f"{value:.4g}"
     if "e" in text:
         mantissa, exponent = text.split("e")

@@ -84,6 +84,7 @@ from kubetune_trainer.diagnosis import (
     diagnose,
 )
 from kubetune_trainer.examine import FinalModel, examine_final_model, predict
+from kubetune_trainer.file_modes import publish
 from kubetune_trainer.flops import (
     ModelShape,
     Throughput,
@@ -1008,9 +1009,9 @@ class Recipe:
         """Save everything needed to resume, atomically; keep the best and the newest few.
 
         The state is written into a hidden folder that `latest_checkpoint` never picks, then
-        renamed into place: a checkpoint folder that exists is complete, whenever the
-        process is killed. A hidden folder left by a killed save is removed first, so no
-        stale file of it joins the new checkpoint.
+        renamed into place (readable as the umask allows: file_modes.publish): a checkpoint
+        folder that exists is complete, whenever the process is killed. A hidden folder left
+        by a killed save is removed first, so no stale file of it joins the new checkpoint.
         """
         final = self.checkpoint_root / checkpoint_name(self.state.step)
         partial = self.checkpoint_root / f"{PARTIAL_PREFIX}{final.name}"
@@ -1022,9 +1023,7 @@ class Recipe:
         self.accelerator.save_state(str(partial))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            partial.rename(final)
+            publish(partial, final)
             self._rotate_checkpoints()
         self.accelerator.wait_for_everyone()
         return final
@@ -1221,9 +1220,7 @@ class Recipe:
                 shutil.rmtree(partial)
             model.save_pretrained(partial, save_function=self.accelerator.save)
             self.tokenizer.save_pretrained(partial)
-            if final.exists():
-                shutil.rmtree(final)
-            partial.rename(final)
+            publish(partial, final)
         self.accelerator.wait_for_everyone()
 
     def _write_report(

@@ -67,6 +67,12 @@ MAX_POINTS = 2000
 PHASES = (("in", "in"), ("out", "out"))
 """A split's rows as they came in and as they went out to the model."""
 PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04"]
+GROUP_COLOURS: Final = (*PALETTE, "#db2777", "#7c4a1e", "#111827")
+"""One line per layer group: the page's colours plus pink, brown and black (ten)."""
+GROUP_LINE_STYLES: Final = ("-", "--", ":", "-.")
+"""Once the colours run out the next groups are dashed, then dotted, then dash-dotted."""
+LEGEND_ROWS = 16
+"""A legend of more entries than this gets another column."""
 IN_COLOUR, OUT_COLOUR, BEST_COLOUR = "#93c5fd", "#1d4ed8", "#6b7280"
 CHART_STYLE: dict[RcKeyType, Any] = {
     "svg.fonttype": "none",  # text as <text>, not glyph paths: small, searchable, selectable
@@ -922,12 +928,19 @@ def fairness_chart(
             _fairness_bars(ax, bars, tpr)
             for rate, words in lines.get(label, []):
                 ax.axvline(rate, color="#dc2626", linestyle="--", linewidth=1, label=words)
-            ax.set(title=f"positive: {chart_text(label)}", xlabel="rate", xlim=(0, 1.05))
+            ax.set(title=panel_title(label, tpr), xlabel="rate", xlim=(0, 1.05))
             ax.grid(axis="y", visible=False)
             ax.legend(loc="lower right")
         figure.suptitle(title, fontsize=10, fontweight="bold")
 
     return chart(chart_id, title, draw, (7.6, min(height, 16)))
+
+
+def panel_title(label: str, tpr: bool) -> str:
+    """What a panel draws: how often each group is predicted the positive class `label`,
+    among all its rows (selection rate) and, with TPR, among its rows labelled `label`."""
+    rates = "selection rate and TPR" if tpr else "selection rate"
+    return f"{rates} of '{chart_text(label)}' per group"
 
 
 def _fairness_bars(ax: Axes, bars: Sequence[GroupBar], tpr: bool) -> None:
@@ -1388,17 +1401,31 @@ def schedule_changes(log: Sequence[Mapping[str, Any]]) -> list[float]:
     return changes
 
 
+def group_line_styles(count: int) -> list[tuple[str, str]]:
+    """A (colour, line style) pair for each of `count` layer groups, all different for up to
+    40 groups: each colour solid, then each colour dashed, and so on."""
+    colours, styles = len(GROUP_COLOURS), len(GROUP_LINE_STYLES)
+    return [
+        (GROUP_COLOURS[i % colours], GROUP_LINE_STYLES[i // colours % styles]) for i in range(count)
+    ]
+
+
 def grad_norm_chart(norms: Mapping[str, list[tuple[float, float]]], changes: list[float]) -> Markup:
+    """One line per layer group, in the model's order (the order the trainer records the
+    groups in: embeddings first, head last), so the legend reads from input to output."""
+
     def draw(figure: Figure) -> None:
         ax = figure.add_subplot()
-        for group, points in norms.items():
-            _plot(ax, points, label=chart_text(group), linewidth=1.1)
+        styles = group_line_styles(len(norms))
+        for (group, points), (colour, style) in zip(norms.items(), styles, strict=True):
+            _plot(ax, points, label=chart_text(group), color=colour, linestyle=style, linewidth=1.1)
         _mark_changes(ax, changes)
         _steps_axis(ax)
         ax.set(
             title="Gradient norm per layer group", xlabel="step", ylabel="norm (before clipping)"
         )
-        figure.legend(loc="outside right upper", fontsize=7)
+        columns = math.ceil(len(norms) / LEGEND_ROWS) or 1
+        figure.legend(loc="outside right upper", fontsize=7, ncols=columns)
 
     title = "Gradient norm of each layer group over steps, with the freezing schedule's changes"
     return chart("chart-grad-norms", title, draw, (6.4, 3.3))
