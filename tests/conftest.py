@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,18 @@ EXAMPLE_MANIFESTS = sorted(
     for path in (REPO / "examples").rglob("*.yaml")
     if path.name != "kustomization.yaml" and path not in RUNTIME_EXAMPLES
 )
+
+
+def required_program(*names: str, package: str) -> str:
+    """The path of the first of `names` on PATH; else the test fails with one line saying
+    what to install (CI installs it in .ci/run: a missing program is a broken setup)."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail(
+        f"{names[0]} is not on PATH: apt-get install {package} (see the README)", pytrace=False
+    )
 
 
 def load_example(name: str) -> dict[str, Any]:

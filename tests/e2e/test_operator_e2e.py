@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import pytest
 
-from tests.conftest import REPO, load_example
+from tests.conftest import REPO, load_example, required_program
 from tests.kube.client import KubeClient, wait_for
 from tests.kube.emulator import EmulatorServer
 from tests.kube.kubelet import TestKubelet, free_port
@@ -38,7 +38,6 @@ TRAINER_METRICS_PORT: Final = 9400
 """The trainer's containerPort (builders.OperatorSettings.metrics_port)."""
 RUN_TIMEOUT_S: Final = 1800.0
 """Generous: a timeout is a failure with the objects and logs shown, never a speed check."""
-PROMETHEUS: Final = "/usr/bin/prometheus"
 
 
 @dataclass
@@ -126,7 +125,7 @@ def run_prometheus(root: Path, targets: dict[str, int]) -> Iterator[str]:
     with (root / "log").open("wb") as log:
         process = subprocess.Popen(
             [
-                PROMETHEUS,
+                required_program("prometheus", package="prometheus"),
                 f"--config.file={root / 'prometheus.yml'}",
                 f"--storage.tsdb.path={root / 'data'}",
                 f"--web.listen-address={address}",

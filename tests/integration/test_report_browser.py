@@ -9,7 +9,6 @@ the screenshot shows a drawn page, not a blank one.
 from __future__ import annotations
 
 import csv
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from PIL import Image
 
 from kubetune_trainer.__main__ import run_training
 from kubetune_trainer.config import TrainingConfig
+from tests.conftest import required_program
 from tests.html_elements import Elements
 
 pytestmark = pytest.mark.browser
@@ -40,11 +40,7 @@ BROWSER_TIMEOUT_S = 120
 
 
 def chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.skip("no chromium binary on PATH (CI installs it in .ci/run)")
+    return required_program("chromium", "chromium-browser", package="chromium")
 
 
 def hostile_data(clean: tuple[Path, Path], folder: Path) -> tuple[Path, Path]:
