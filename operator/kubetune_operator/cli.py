@@ -324,6 +324,8 @@ def run(
         )
         raise typer.Exit(128 + signal.SIGINT) from None  # as a shell reports Ctrl-C
     _print_summary(report)
+    if report.get("outcome") == "interrupted":  # by Ctrl-C, with a checkpoint
+        raise typer.Exit(128 + signal.SIGINT)
     if not report["succeeded"]:
         raise typer.Exit(1)
 
@@ -370,11 +372,12 @@ def _print_summary(report: dict[str, Any]) -> None:
     out.print(f"{mark} {escape(str(report['job']))} {OUTCOME_WORDS.get(outcome, outcome)}")
     best = report.get("bestMetrics") or {}
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in best.items() if v is not None)
-    diagnosis = report.get("diagnosis") or {}
-    rows = [
-        ("metrics", metrics),
-        ("diagnosis", f"{diagnosis.get('verdict')}: {diagnosis.get('suggestion', '')}"),
-    ]
+    rows = [("metrics", metrics)] if metrics else []
+    if outcome in local.CONTINUED_OUTCOMES:  # unfinished curves: no verdict on them yet
+        rows.append(("stopped at", f"step {report.get('steps')}"))
+    else:
+        diagnosis = report.get("diagnosis") or {}
+        rows.append(("diagnosis", f"{diagnosis.get('verdict')}: {diagnosis.get('suggestion', '')}"))
     artifacts = report.get("artifacts") or {}
     rows += [
         (name, str(artifacts[name]))
