@@ -154,7 +154,7 @@ def run_in_process(run: LocalRun) -> dict[str, Any]:
 def run_with_accelerate(run: LocalRun, processes: int) -> dict[str, Any]:
     """Train with `processes` CPU processes (gloo) under the pods' launcher."""
     with subprocess.Popen(
-        trainer_command(run, processes), env=trainer_environment(processes, 1)
+        trainer_command(run, processes), env=trainer_environment(processes, None)
     ) as launcher:
         try:
             code = launcher.wait()
@@ -195,10 +195,13 @@ def trainer_command(run: LocalRun, processes: int) -> list[str]:
     return [*launcher, "--dynamo_backend", "no", *trainer]
 
 
-def trainer_environment(processes: int, threads: int) -> dict[str, str]:
+def trainer_environment(processes: int, threads: int | None) -> dict[str, str]:
     """The environment of a trainer subprocess: `threads` OpenMP threads per process unless
-    OMP_NUM_THREADS says otherwise; several processes share the CPU (gloo)."""
-    environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    OMP_NUM_THREADS says otherwise (None: the trainer shares this process's CPUs among its
+    processes itself, see kubetune_trainer.threads); several processes use gloo."""
+    environment = dict(os.environ)
+    if threads is not None:
+        environment.setdefault("OMP_NUM_THREADS", str(threads))
     if processes > 1:
         environment["ACCELERATE_USE_CPU"] = "true"
     return environment

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+import re
 import socket
 import threading
 import urllib.error
@@ -716,10 +717,10 @@ def test_console_prints_plain_lines_when_not_a_terminal() -> None:
         "dataValidation: 118 of 120 rows kept | 2 empty",
         "training ml/sentiment: 3 epochs, 100 steps (34 per epoch) on 2 processes, "
         "primary metric accuracy",
-        "epoch 1/3  step 10/100  loss 0.6931  lr 2.00e-05  grad norm 1.250  32.0 samples/s  "
-        "1,024 tokens/s  MFU 41.2%  ETA --:--",
-        "epoch 1/3  step 20/100  loss nan  lr 2.00e-05  32.0 samples/s  1,024 tokens/s  "
-        "ETA 0:00:00",
+        "epoch 1/3  step 10/100  ETA --:--  loss 0.6931  lr 2.00e-05  grad norm 1.250  "
+        "32.0 samples/s  1,024 tokens/s  MFU 41.2%",
+        "epoch 1/3  step 20/100  ETA 0:00:00  loss nan  lr 2.00e-05  32.0 samples/s  "
+        "1,024 tokens/s",
         "eval at step 20 (epoch 0.59): accuracy=0.8750  loss=0.4000",
         "diagnosis: Overfitting | raise weight decay",
         "training succeeded: saved the best model",
@@ -734,7 +735,7 @@ def test_console_eta_comes_from_the_pace() -> None:
     reporter.logged(step(10))
     clock.now = 20.0
     reporter.logged(step(20))
-    assert output.getvalue().splitlines()[-1].endswith("ETA 0:02:40")
+    assert "step 20/100  ETA 0:02:40  loss" in output.getvalue().splitlines()[-1]
 
 
 def test_console_draws_a_bar_on_a_terminal() -> None:
@@ -747,9 +748,35 @@ def test_console_draws_a_bar_on_a_terminal() -> None:
     reporter.finished("failed", "diverged")
     reporter.close()
     text = output.getvalue()
-    assert "step 10/100  loss 0.6931" in text
+    assert "step 10/100  ETA --:--  loss 0.6931" in text
     assert "freezing: epoch=1 trainable=classifier frozen=-" in text
     assert text.rstrip().endswith("training failed: diverged")
+
+
+def test_an_80_column_terminal_keeps_the_progress_line_on_one_row_with_its_eta() -> None:
+    output = io.StringIO()
+    console = Console(file=output, width=80, force_terminal=True, color_system=None)
+    reporter = ConsoleReporter(console, clock=FakeClock())
+    reporter.started(INFO)
+    reporter.logged(step(10))
+    reporter.close()
+    (bar,) = [row for row in output.getvalue().split("\r") if "step 10/100" in row]
+    row = re.sub(r"\x1b\[[?0-9;]*[A-Za-z]", "", bar).rstrip("\n")  # no terminal codes
+    assert len(row) <= 80
+    assert "epoch 1/3  step 10/100  ETA --:--  loss 0.6931" in row
+    assert row.endswith("…")  # the detail that does not fit is cut, not wrapped
+
+
+def test_piped_lines_are_never_wrapped() -> None:
+    """A pod's log or a pipe: each line whole, however long, so a log search finds it."""
+    from kubetune_trainer.reporting import plain_console
+
+    console = plain_console()
+    console.file = io.StringIO()
+    console.width = 80
+    long = "dataValidation: " + "word " * 40
+    console.print(long, markup=False)
+    assert console.file.getvalue() == long + "\n"
 
 
 def test_fan_out_sends_every_event_to_every_reporter(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
 from pydantic import ValidationError
 from rich.console import Console
 
@@ -34,7 +35,9 @@ from kubetune_trainer.crossval import run_cross_validation
 from kubetune_trainer.data import DataError
 from kubetune_trainer.modeling import ModelError
 from kubetune_trainer.recipe import Recipe, RunResult
+from kubetune_trainer.reporting import plain_console
 from kubetune_trainer.sources import SourceError, pvc_root
+from kubetune_trainer.threads import threads_for
 
 INPUT_ERRORS = (DataError, SourceError, ModelError, BudgetError)
 TERMINATION_LOG_ENV = "KUBETUNE_TERMINATION_LOG"
@@ -51,6 +54,11 @@ def run_training(
     console: Console | None = None,
 ) -> RunResult:
     """Set up, train and clean up one run; input errors propagate as DataError & co."""
+    console = console or plain_console()
+    threads = threads_for(config.training.cpu_threads, env)
+    torch.set_num_threads(threads.threads)
+    if first_process_on_machine(env):
+        console.print(threads.line(), markup=False)
     if config.evaluation.cross_validation is not None:
         return run_cross_validation(config, output_dir, job_name=job_name, env=env, console=console)
     recipe = Recipe(config, output_dir, job_name=job_name, env=env, console=console)
@@ -74,7 +82,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
     args = parser.parse_args(argv)
     if not args.config:
         parser.error("--config (or KUBETUNE_CONFIG) is required")
-    console = Console(stderr=True, highlight=False)
+    console = plain_console()
     try:
         config = read_config(Path(args.config))
     except (OSError, ValidationError) as error:

@@ -609,6 +609,8 @@ class TrainingSpec(Section):
     """Compile the model with torch.compile (pays off on long GPU runs, not on short CPU ones)."""
     data_loader_workers: int | None = Field(default=None, ge=0, le=64)
     """Processes that collate training batches beside each trainer process (pinned memory on GPUs); left out: 2 on a GPU, 0 on the CPU (where they would take cores from the model)."""
+    cpu_threads: int | None = Field(default=None, ge=1, le=1024)
+    """CPU threads each trainer process computes with; left out: OMP_NUM_THREADS if set, else the CPUs the process may use (its affinity, capped by the container's CPU quota) shared by the trainer processes on its machine."""
 
     @field_validator("warmup_steps")
     @classmethod

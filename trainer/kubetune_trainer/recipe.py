@@ -103,6 +103,7 @@ from kubetune_trainer.reporting import (
     RunInfo,
     StepRecord,
     build_reporter,
+    plain_console,
 )
 from kubetune_trainer.schedules import (
     RangeTestResult,
@@ -282,7 +283,7 @@ class Recipe:
         self.output_dir = output_dir
         self.job_name = job_name
         self.env = env
-        self.console = console or Console(stderr=True)
+        self.console = console or plain_console()
         self.data = data
         self.others_gpu_hours = others_gpu_hours
         self._attempts = 1  # until the ledger of earlier starts is read (_resume_gpu_count)
@@ -326,10 +327,12 @@ class Recipe:
         with self.accelerator.main_process_first():
             self.tokenizer = load_tokenizer(self.config)
             if self.data is None:
+                self._say("preparing data: reading, checking and tokenizing the rows")
                 self.data = self._prepare_data()
         self.reporter.section("dataValidation", self.data.report.to_status())
         self._check_bias_settings()
         self.audit_rows = prepare_audit_rows(self.config, self.tokenizer, self.data.labels)
+        self._say(f"loading the model {self.config.model.source}")
         self._build_model_and_loaders()
         self._maybe_find_learning_rate()
         self._build_scheduler()
@@ -337,6 +340,11 @@ class Recipe:
         self._resume_from_latest_checkpoint()
         self._resume_gpu_count()
         self.timings["setupSeconds"] = time.perf_counter() - started
+
+    def _say(self, line: str) -> None:
+        """What setup does now, on rank 0: its phases take seconds to minutes."""
+        if self.accelerator.is_main_process:
+            self.console.print(line, markup=False)
 
     def _resume_gpu_count(self) -> None:
         """Continue the GPU-hours of the earlier starts from the checkpoint's count or rank 0's

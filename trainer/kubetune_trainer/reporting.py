@@ -33,6 +33,7 @@ from typing import Any, Final, Literal, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
+from rich.table import Column
 
 from kubetune_trainer.cost import RunCost
 
@@ -723,9 +724,11 @@ def start_line(info: RunInfo) -> str:
 
 
 def step_line(info: RunInfo, record: StepRecord, eta_seconds: float | None) -> str:
+    """Where the run is and when it ends first, so a narrow terminal cuts off only detail."""
     parts = [
         f"epoch {current_epoch(record.epoch, info.epochs)}/{info.epochs}",
         f"step {record.step}/{info.total_steps}",
+        f"ETA {format_duration(eta_seconds)}",
         f"loss {record.loss:.4f}",
         f"lr {record.learning_rate:.2e}",
     ]
@@ -737,7 +740,6 @@ def step_line(info: RunInfo, record: StepRecord, eta_seconds: float | None) -> s
     ]
     if record.mfu is not None:
         parts.append(f"MFU {record.mfu:.1%}")
-    parts.append(f"ETA {format_duration(eta_seconds)}")
     return "  ".join(parts)
 
 
@@ -778,6 +780,16 @@ PLAIN_PROGRESS_LINES = 20
 """Without a terminal, a step line is printed each time another 1/20 of the run is done."""
 
 
+BAR_WIDTH = 12
+"""Columns of the progress bar on a terminal: the step line beside it says the numbers."""
+
+
+def plain_console() -> Console:
+    """Standard error with lines never wrapped: a pod's log or a pipe keeps each line whole
+    (searchable); a terminal folds long ones itself."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
 class ConsoleReporter:
     """A progress bar on an interactive terminal; elsewhere (CI logs, files) a plain line
     every 5% of the run, since a live bar would only be drawn once, at the end."""
@@ -793,8 +805,12 @@ class ConsoleReporter:
         self._info = info
         self._print(start_line(info))
         if self._console.is_interactive:
+            line = Column(no_wrap=True, overflow="ellipsis", ratio=1)  # never wraps the bar
             progress = Progress(
-                TextColumn("{task.description}", markup=False), BarColumn(), console=self._console
+                BarColumn(bar_width=BAR_WIDTH),
+                TextColumn("{task.description}", markup=False, table_column=line),
+                console=self._console,
+                expand=True,
             )
             task = progress.add_task("starting", total=info.total_steps or None)
             progress.start()
