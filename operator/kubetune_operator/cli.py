@@ -270,7 +270,12 @@ def _is_namespaced(runtime: AnyRuntime) -> bool:
 def run(
     manifest: Annotated[Path, typer.Argument(help="A FineTuneJob manifest.")],
     output: Annotated[
-        Path | None, typer.Option(help="Output directory (default: spec.output.uri or runs/NAME).")
+        Path | None,
+        typer.Option(
+            help="Output directory; relative paths: from the current directory (default: "
+            "spec.output.uri, whose relative paths are from the manifest's folder, else "
+            "./runs/NAME)."
+        ),
     ] = None,
     processes: Annotated[
         int, typer.Option(min=1, max=64, help="Training processes (CPU, gloo) on this machine.")

@@ -692,6 +692,6 @@ def test_notes_tell_the_user_the_next_commands() -> None:
     result = helm("install", "kt", str(CHART), "--namespace", RELEASE_NAMESPACE, "--dry-run=client")
     assert result.returncode == 0, result.stderr
     notes = result.stdout.split("NOTES:", 1)[1]
-    assert "kubectl apply -f examples/sentiment/job.yaml" in notes
+    assert "kubectl apply -f examples/gitops/job.yaml" in notes  # its data is on claims
     assert "kubectl get ftj -w" in notes
     assert "rollout status deployment/kt-kubetune" in notes
