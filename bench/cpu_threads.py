@@ -6,20 +6,23 @@ Each run is the README example (`kubetune run examples/sentiment/job.yaml`, the 
 all-MiniLM-L6-v2) cut to `--steps` optimizer steps, in a fresh process, with:
 
   (d) the default: training.cpuThreads left out, so the trainer takes the CPUs its
-      affinity and CPU quota allow (kubetune_trainer.threads; 2 on a 2-core machine)
+      affinity and CPU quota allow (2 on a 2-core machine), and its waiting OpenMP
+      threads spin briefly before they sleep (kubetune_trainer.threads)
   (1) training.cpuThreads: 1
+  (s) the default thread count with GNU OpenMP's own spinning (GOMP_SPINCOUNT=300000)
 
 first on an idle machine, then beside `--spinners` processes that each keep a core busy (a
 shared CI runner, a laptop compiling). It prints the median samples/s of the logged steps
-after the 5th (loading, warm-up and evaluation left out) and the ratio d/1 in each
-setting. The variants alternate (d 1 d 1 ...) so a machine that slows down for a while
-slows both alike. Run nothing else beside it: on two cores any other process is load.
+after the 5th (loading, warm-up and evaluation left out) and the ratios d/1 and d/s in
+each setting. The variants alternate (d 1 s d 1 s ...) so a machine that slows down for a
+while slows all alike. Run nothing else beside it: on two cores any other process is load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -34,6 +37,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples/sentiment"
 WARM_UP_STEPS = 5
+GNU_SPIN_COUNT = "300000"
+"""GNU OpenMP's own GOMP_SPINCOUNT, which kubetune_trainer.threads lowers."""
 
 
 def manifest(work: Path, steps: int, threads: int | None) -> Path:
@@ -50,7 +55,7 @@ def manifest(work: Path, steps: int, threads: int | None) -> Path:
     return path
 
 
-def samples_per_second(job: Path, output: Path) -> tuple[float, str]:
+def samples_per_second(job: Path, output: Path, env: dict[str, str]) -> tuple[float, str]:
     """The run's median logged samples/s after the warm-up, and its thread line."""
     shutil.rmtree(output, ignore_errors=True)
     result = subprocess.run(
@@ -58,6 +63,7 @@ def samples_per_second(job: Path, output: Path) -> tuple[float, str]:
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, **env},
     )
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("cpu threads:")]
     events = [json.loads(x) for x in (output / "metrics.jsonl").read_text().splitlines()]
@@ -81,11 +87,13 @@ def spinners(count: int) -> Iterator[None]:
             process.wait()
 
 
-def measure(work: Path, jobs: dict[str, Path], rounds: int) -> dict[str, float]:
+def measure(
+    work: Path, jobs: dict[str, tuple[Path, dict[str, str]]], rounds: int
+) -> dict[str, float]:
     rates: dict[str, list[float]] = {name: [] for name in jobs}
     for _ in range(rounds):
-        for name, job in jobs.items():
-            rate, line = samples_per_second(job, work / f"out-{name}")
+        for name, (job, env) in jobs.items():
+            rate, line = samples_per_second(job, work / f"out-{name}", env)
             print(f"  ({name}) {rate:7.1f} samples/s   {line}", flush=True)
             rates[name].append(rate)
     return {name: statistics.median(values) for name, values in rates.items()}
@@ -99,7 +107,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        jobs = {"d": manifest(work, args.steps, None), "1": manifest(work, args.steps, 1)}
+        default = manifest(work, args.steps, None)
+        jobs = {
+            "d": (default, {}),
+            "1": (manifest(work, args.steps, 1), {}),
+            "s": (default, {"GOMP_SPINCOUNT": GNU_SPIN_COUNT}),
+        }
         print("idle machine")
         idle = measure(work, jobs, args.rounds)
         print(f"busy machine ({args.spinners} spinning processes)")
@@ -107,8 +120,9 @@ def main() -> None:
             busy = measure(work, jobs, args.rounds)
     for setting, found in (("idle", idle), ("busy", busy)):
         print(
-            f"{setting}: default {found['d']:.1f} samples/s, one thread {found['1']:.1f} "
-            f"samples/s, default/one = {found['d'] / found['1']:.2f}"
+            f"{setting}: default {found['d']:.1f}, one thread {found['1']:.1f}, "
+            f"GNU spinning {found['s']:.1f} samples/s; d/1 = {found['d'] / found['1']:.2f}, "
+            f"d/s = {found['d'] / found['s']:.2f}"
         )
 
 

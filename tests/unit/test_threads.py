@@ -4,11 +4,13 @@ may use (affinity capped by the cgroup quota) shared by its processes on the mac
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from kubetune_trainer.threads import choose_threads, cpu_quota, threads_for
+from kubetune_trainer.threads import choose_threads, cpu_quota, quiet_openmp_waits, threads_for
 
 
 def test_the_manifest_wins_over_everything() -> None:
@@ -114,3 +116,26 @@ def test_this_machine() -> None:
     quota = cpu_quota()
     expected = usable if quota is None else max(1, min(usable, int(quota)))
     assert choice.threads == expected
+
+
+def test_openmp_threads_spin_briefly_unless_told_otherwise() -> None:
+    env: dict[str, str] = {}
+    quiet_openmp_waits(env)
+    assert env == {"GOMP_SPINCOUNT": "10000"}
+    for told in ({"GOMP_SPINCOUNT": "300000"}, {"OMP_WAIT_POLICY": "ACTIVE"}):
+        kept = dict(told)
+        quiet_openmp_waits(kept)
+        assert kept == told
+
+
+def test_importing_the_trainer_sets_it_before_torch_loads() -> None:
+    code = (
+        "import sys, os\n"
+        "import kubetune_trainer.config\n"
+        "print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["10000", "False"]
