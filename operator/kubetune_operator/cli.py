@@ -338,6 +338,8 @@ def run(
 def _run_search(plan: local_search.SearchPlan) -> None:
     """Run or resume the search; print its trials, best trial and importance; exit 1 unless
     it succeeded."""
+    from kubetune_operator import local_search
+
     report = local_search.run_search(plan, lambda line: out.print(escape(line)))
     for part in run_report.renderables(report, plan.output_dir):
         out.print(part)

@@ -1073,7 +1073,8 @@ class Recipe:
             else self.data.majority_rate,
             diverged=diverged,
         )
-        self.reporter.section("diagnosis", diagnosis.to_status())
+        if not self._interrupted or self._budget_spent:  # no verdict on curves to be continued
+            self.reporter.section("diagnosis", diagnosis.to_status())
         best = self._best_evaluation()
         sections: dict[str, Any] = {}
         bias_audit = None
