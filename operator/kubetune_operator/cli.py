@@ -25,7 +25,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from kubetune_operator import crdgen, explain, local, run_report, runtimes
+from kubetune_operator import crdgen, explain, local, local_sources, run_report, runtimes
 from kubetune_operator.api.runtime import AnyRuntime
 from kubetune_operator.api.v1alpha1 import DNS_LABEL_PATTERN, FineTuneJob
 from kubetune_operator.manifests import Checked, ManifestError, check_document, check_file
@@ -116,9 +116,7 @@ def _with_sources(result: Checked, manifest: Path, report: Callable[[Checked], b
     a dim note says which sources this machine could not check."""
     if result.job is None:
         return report(result)
-    from kubetune_operator.local_sources import check_sources
-
-    found = check_sources(result.job, manifest)
+    found = local_sources.check_sources(result.job, manifest)
     if found.problems:
         _print_problems(escape(result.source), found.problems, "problem")
         return False
@@ -499,8 +497,8 @@ def _namespace_for(job: FineTuneJob, namespace: str | None) -> str:
 def _laptop_paths(job: FineTuneJob) -> list[tuple[str, str]]:
     """(field path, value) of every source or output that names a file of this machine:
     a relative path, or an absolute one that exists here (the pods see the image's)."""
-    spec = job.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return [(path, uri) for path, uri in _locations(spec, "spec") if _names_a_local_file(uri)]
+    located = local_sources.job_sources(job, ("source", "uri"))
+    return [(path, uri) for path, uri in located if _names_a_local_file(uri)]
 
 
 def _names_a_local_file(uri: str) -> bool:
@@ -509,19 +507,6 @@ def _names_a_local_file(uri: str) -> bool:
     if "://" in uri:
         return False
     return not os.path.isabs(uri) or os.path.exists(uri)
-
-
-def _locations(node: object, field_path: str) -> Iterator[tuple[str, str]]:
-    """Every `source` and `uri` string below `node`, with its field path."""
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            if key in ("source", "uri") and isinstance(value, str):
-                yield f"{field_path}.{key}", value
-            else:
-                yield from _locations(value, f"{field_path}.{key}")
-    elif isinstance(node, list):
-        for index, item in enumerate(node):
-            yield from _locations(item, f"{field_path}[{index}]")
 
 
 def _create(cluster: kube.Cluster, job: FineTuneJob, namespace: str) -> bool:

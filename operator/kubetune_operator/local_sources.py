@@ -76,22 +76,23 @@ def manifest_folder(manifest: Path) -> Path:
     return manifest.parent if manifest.parent.resolve() == folder else folder
 
 
-def job_sources(job: FineTuneJob) -> list[tuple[str, str]]:
-    """(field path, URI) of every source the job reads: its model and its data files."""
+def job_sources(job: FineTuneJob, keys: tuple[str, ...] = ("source",)) -> list[tuple[str, str]]:
+    """(field path, URI) of every source the job reads: its model and its data files (with
+    `keys` ("source", "uri"), its output too)."""
     spec = job.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return list(_sources(spec, "spec"))
+    return list(_locations(spec, "spec", keys))
 
 
-def _sources(node: object, field_path: str) -> Iterator[tuple[str, str]]:
+def _locations(node: object, field_path: str, keys: tuple[str, ...]) -> Iterator[tuple[str, str]]:
     if isinstance(node, Mapping):
         for key, value in node.items():
-            if key == "source" and isinstance(value, str):
+            if key in keys and isinstance(value, str):
                 yield f"{field_path}.{key}", value
             else:
-                yield from _sources(value, f"{field_path}.{key}")
+                yield from _locations(value, f"{field_path}.{key}", keys)
     elif isinstance(node, list):
         for index, item in enumerate(node):
-            yield from _sources(item, f"{field_path}[{index}]")
+            yield from _locations(item, f"{field_path}[{index}]", keys)
 
 
 def _check(uri: str, folder: Path) -> tuple[str | None, str | None]:
