@@ -49,10 +49,13 @@ class OperatorState:
     restarted: dict[Key, int] = field(default_factory=dict)
     """The newest group restart this operator decided per job: an index that still shows an
     older status must not make it create an older group again."""
-    written: dict[Key, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-    """The last status patch per job and the resourceVersion it was computed from. kopf's
-    indexes lag the operator's own writes; until the index moves past that version, the
-    patch is laid over it, so the next event neither repeats the patch nor its Events."""
+    written: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    """The status fields this operator patched per job that the index may not show yet.
+    kopf's indexes lag the operator's own writes, and a patch sent through kopf (the create
+    handler's) reaches the API after one sent directly from another handler, so the index
+    can move to a newer version that still lacks it: the fields are laid over the index
+    until it shows every one of them, so the next event neither repeats the patch nor its
+    Events, and a queue decision sees the GPUs a job has just taken."""
     created_jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
     """The worker Job this operator created per job, until the index shows it, so the
     status does not see it missing and create it again."""
@@ -86,19 +89,32 @@ class OperatorState:
             self.cluster.patch_status(*key, patch)
         else:
             into.status.update(patch)
-        self.written[key] = (ftj["metadata"]["resourceVersion"], {**ftj.get("status", {}), **patch})
+        self.written[key] = {**self.written.get(key, {}), **patch}
 
     def own_writes_over(self, key: Key, ftj: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-        """The indexed FineTuneJob with this operator's last status patch laid over it while
-        the index still shows the version the patch was computed from."""
+        """The indexed FineTuneJob with the status fields this operator wrote laid over it,
+        until the index shows them all."""
         mine = self.written.get(key)
         if ftj is None or mine is None:
             return ftj
-        version, status = mine
-        if ftj["metadata"].get("resourceVersion") != version:
+        status = ftj.get("status") or {}
+        if shows(status, mine):
             del self.written[key]
             return ftj
-        return {**ftj, "status": status}
+        return {**ftj, "status": {**status, **mine}}
+
+
+def shows(status: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
+    """Whether `status` holds `fields` as a merge patch of them would leave it: equal values,
+    nested objects at least these keys, a None field absent."""
+    for name, value in fields.items():
+        found = status.get(name)
+        if isinstance(value, Mapping) and isinstance(found, Mapping):
+            if not shows(found, value):
+                return False
+        elif found != value:
+            return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -72,9 +74,42 @@ def test_a_deleted_job_leaves_nothing_behind_for_a_new_one_of_its_name() -> None
         shared.locks[job].acquire()
         shared.locks[job].release()
         shared.restarted[job] = 2
-        shared.written[job] = ("41", {"phase": "Running"})
+        shared.written[job] = {"phase": "Running"}
         shared.created_jobs[job] = {"kind": "Job"}
     shared.forget(key)
     for kept in (shared.locks, shared.restarted, shared.written, shared.created_jobs):
         assert key not in kept
         assert other in kept
+
+
+def indexed(version: str, status: dict[str, Any]) -> dict[str, Any]:
+    metadata = {"namespace": "ml", "name": "q2", "resourceVersion": version}
+    return {"metadata": metadata, "status": status}
+
+
+def test_own_writes_stay_over_a_newer_index_version_that_lacks_them() -> None:
+    """The create handler's status goes through kopf after the handler ends; a Job handler's
+    direct patch can reach the API first, so the index shows a newer version without the
+    Validated status. The queue must still see that the job holds its GPUs."""
+    from kubernetes import client
+
+    from kubetune_operator import kube
+    from kubetune_operator.state import OperatorState
+
+    shared = OperatorState(kube.Cluster(client.ApiClient()), builders.OperatorSettings())
+    key = ("ml", "q2")
+    validated = {"conditions": [{"type": "Validated", "status": "True"}], "queuePosition": None}
+    progress = {"phase": "Pending", "workers": {"running": 0}}
+    shared.written[key] = {**validated, **progress}
+
+    newer_without_it = indexed("12", {**progress, "progress": {"step": 3}})
+    seen = shared.own_writes_over(key, newer_without_it)
+    assert seen is not None
+    assert seen["status"] == {**progress, "progress": {"step": 3}, **validated}
+    assert key in shared.written
+
+    conditions = validated["conditions"]
+    showing_all = indexed("13", {**progress, "workers": {"running": 0, "failed": 0}})
+    showing_all["status"]["conditions"] = conditions  # queuePosition: None is absent
+    assert shared.own_writes_over(key, showing_all) is showing_all
+    assert key not in shared.written
