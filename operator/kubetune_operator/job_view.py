@@ -21,8 +21,9 @@ from rich.table import Table
 
 from kubetune_operator.manifests import check_document
 from kubetune_operator.run_report import MISSING, bias_line, fmt, passed_mark, table
-from kubetune_operator.search import SearchError, value_text
+from kubetune_operator.search import SearchError
 from kubetune_operator.search_report import render_search_html
+from kubetune_trainer.html_page import value_text
 
 FINISHED: Final = ("Succeeded", "Failed")
 """Phases after which nothing changes any more."""

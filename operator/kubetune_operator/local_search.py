@@ -47,13 +47,11 @@ from kubetune_operator.search import (
     next_trials,
     objective_metric,
     objective_of,
-    params_text,
     search_outcome,
     search_status,
     total_trials,
     trial_name,
     trial_spec,
-    value_text,
 )
 from kubetune_operator.search_report import (
     SEARCH_HTML,
@@ -61,6 +59,7 @@ from kubetune_operator.search_report import (
     write_search_html,
 )
 from kubetune_trainer.config import EXIT_INVALID_INPUT
+from kubetune_trainer.html_page import params_text, value_text
 
 SEARCH_FILE: Final = "search.json"
 MODEL_DIR: Final = "model"

@@ -22,6 +22,8 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
+from kubetune_trainer.html_page import params_text, value_text
+
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 MISSING = "\u2013"
@@ -337,8 +339,6 @@ def search_renderables(report: Mapping[str, Any], run_dir: Path) -> list[Rendera
 
 
 def _trials_table(glance: Mapping[str, Any], messages: Mapping[str, Any]) -> Table:
-    from kubetune_operator.search import value_text  # Optuna: only for a search
-
     trials = glance["trials"]
     best = _mapping(glance["bestTrial"]).get("number")
     paths = list(dict.fromkeys(p for t in trials for p in _mapping(t.get("params"))))
@@ -357,8 +357,6 @@ def _trials_table(glance: Mapping[str, Any], messages: Mapping[str, Any]) -> Tab
 
 
 def _best_trial(glance: Mapping[str, Any]) -> list[RenderableType]:
-    from kubetune_operator.search import params_text, value_text  # Optuna: only for a search
-
     best = _mapping(glance["bestTrial"])
     if not best:
         return ["[bold]best trial[/]     [red]none completed[/]"]

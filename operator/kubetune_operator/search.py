@@ -36,9 +36,6 @@ TrialStatus entries of its status, as models or as the dicts the API server retu
         The rebuilt study itself, for reports (importance, slice plots).
     propose(study, search, number) -> dict
         The one ask that next_trials makes per trial, for a caller that keeps a live study.
-    value_text(value) -> str, params_text(params) -> str
-        A trial's values and objective as every view shows them (the terminal, search.html,
-        status messages): 4 significant digits, ints as ints, categories as they are.
 
 Trial states map onto Optuna's: Complete -> COMPLETE (its objective), Pruned -> PRUNED
 (its last intermediate value, as Optuna records a pruned trial), Failed and Stopped -> FAIL,
@@ -102,7 +99,7 @@ from kubetune_operator.api.v1alpha1 import (
     spec_field,
 )
 from kubetune_trainer.config import metric_direction
-from kubetune_trainer.html_page import MISSING, significant
+from kubetune_trainer.html_page import params_text, value_text
 
 TRIAL_COMPONENT: Final = "trial"
 TRIAL_NUMBER_ANNOTATION: Final = "kubetune.dev/trial-number"
@@ -337,27 +334,6 @@ def search_outcome(spec: FineTuneJobSpec, trials: Sequence[TrialLike]) -> Search
         "Succeeded",
         f"best of {total} trials: {best.name} with {metric}={value_text(best.objective)}",
     )
-
-
-def value_text(value: object) -> str:
-    """A trial's parameter value or objective as people read it, in the terminal and on
-    search.html alike: a sampled 0.00014059283 as 0.0001406 and 1.4059e-5 as 1.406e-5 (4
-    significant digits), ints as they are (32, not 32.0), a category as it is, a
-    missing or non-finite number as an en dash."""
-    if value is None:
-        return MISSING
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return significant(value) if math.isfinite(value) else MISSING
-    return str(value)
-
-
-def params_text(params: Mapping[str, Any]) -> str:
-    """A trial's values as `path=value, ...`, each value as value_text shows it."""
-    return ", ".join(f"{path}={value_text(value)}" for path, value in params.items())
 
 
 def _search(spec: FineTuneJobSpec) -> SearchSpec:

@@ -35,7 +35,6 @@ from kubetune_operator.search import (
     search_outcome,
     study_from_trials,
     total_trials,
-    value_text,
 )
 from kubetune_trainer.html_page import (
     BASE_STYLE,
@@ -47,6 +46,7 @@ from kubetune_trainer.html_page import (
     fmt_number,
     join,
     tag,
+    value_text,
 )
 
 SEARCH_HTML: Final = "search.html"

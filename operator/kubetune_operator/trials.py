@@ -30,6 +30,7 @@ from kubetune_operator.state import (
     post,
     without_status,
 )
+from kubetune_trainer.html_page import params_text
 
 
 def start(shared: OperatorState, ftj: Mapping[str, Any], children: list[Mapping[str, Any]]) -> None:
@@ -207,7 +208,7 @@ def _start_trials(
 
 def created_message(plan: search.TrialPlan) -> str:
     """The Event of a created trial: its child and its values, as every view shows them."""
-    return f"trial {plan.number}: created {plan.name} with {search.params_text(plan.params)}"
+    return f"trial {plan.number}: created {plan.name} with {params_text(plan.params)}"
 
 
 def _recreate_deleted(

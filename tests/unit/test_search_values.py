@@ -1,6 +1,6 @@
 """A trial's values and objective read the same wherever a search shows them: the lines
 `kubetune run` prints as trials start and end, its summary, `kubetune status`, the
-parent's status messages and Events, and search.html, all through search.value_text."""
+parent's status messages and Events, and search.html, all through html_page.value_text."""
 
 from __future__ import annotations
 
@@ -17,13 +17,8 @@ from rich.console import Console
 from kubetune_operator import job_view, run_report, search_report, trials
 from kubetune_operator.api.v1alpha1 import FineTuneJobSpec, TrialStatus
 from kubetune_operator.local_search import TrialResult, ended_line, started_line
-from kubetune_operator.search import (
-    TrialPlan,
-    params_text,
-    search_outcome,
-    search_status,
-    value_text,
-)
+from kubetune_operator.search import TrialPlan, search_outcome, search_status
+from kubetune_trainer.html_page import params_text, value_text
 
 LEARNING_RATE = {"path": "training.learningRate", "type": "float", "min": 1e-6, "max": 1e-2}
 BATCH_SIZE = {"path": "training.batchSize", "type": "int", "min": 8, "max": 64}

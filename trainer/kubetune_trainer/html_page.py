@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -122,6 +122,27 @@ def significant(value: float) -> str:
         mantissa, exponent = text.split("e")
         return f"{mantissa}e{int(exponent)}"
     return text
+
+
+def value_text(value: object) -> str:
+    """A trial's parameter value or objective as people read it, in the terminal and on
+    search.html alike: a sampled 0.00014059283 as 0.0001406 and 1.4059e-5 as 1.406e-5 (4
+    significant digits), ints as they are (32, not 32.0), a category as it is, a
+    missing or non-finite number as an en dash."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return significant(value) if math.isfinite(value) else MISSING
+    return str(value)
+
+
+def params_text(params: Mapping[str, object]) -> str:
+    """A trial's values as `path=value, ...`, each value as value_text shows it."""
+    return ", ".join(f"{path}={value_text(value)}" for path, value in params.items())
 
 
 def facts(items: Sequence[tuple[object, object]]) -> Markup:
