@@ -25,10 +25,14 @@ from typing import Any, Final
 
 from kubetune_operator.api.runtime import KUEUE_QUEUE_LABEL
 from kubetune_operator.api.v1alpha1 import (
+    API_VERSION,
+    GROUP,
     LABEL_COMPONENT,
     LABEL_JOB_NAME,
     LABEL_MANAGED_BY,
     MANAGED_BY,
+    REPORT_KIND,
+    REPORT_PLURAL,
     FineTuneJob,
     FineTuneJobSpec,
     ResourcesSpec,
@@ -63,6 +67,8 @@ DISRUPTION_RULE: Final = {
 reason PodFailurePolicy and a message naming DisruptionTarget, which outlives the pod, so
 the operator restarts the group without counting it against runPolicy.backoffLimit."""
 
+REPORT_NAME_ENV: Final = "KUBETUNE_REPORT_NAME"
+"""The FineTuneJobReport the trainer writes (kubetune_trainer.reporting.REPORT_NAME_ENV)."""
 MAX_GPU_HOURS_ENV: Final = "KUBETUNE_MAX_GPU_HOURS"
 PRICE_PER_GPU_HOUR_ENV: Final = "KUBETUNE_PRICE_PER_GPU_HOUR"
 CURRENCY_ENV: Final = "KUBETUNE_CURRENCY"
@@ -103,8 +109,13 @@ def config_map_name(job: str) -> str:
 
 
 def trainer_account_name(job: str) -> str:
-    """The ServiceAccount, Role and RoleBinding that let the trainer patch the job's status."""
+    """The ServiceAccount, Role and RoleBinding that let the trainer patch the job's report."""
     return f"{job}-trainer"
+
+
+def report_name(job: str) -> str:
+    """The FineTuneJobReport the trainer writes: the job's own name, in a kind of its own."""
+    return job
 
 
 def workers_name(job: str) -> str:
@@ -147,13 +158,15 @@ def build_children(
     deadline_seconds: int | None = None,
     kueue_queue: str | None = None,
 ) -> list[dict[str, Any]]:
-    """ConfigMap, ServiceAccount, Role, RoleBinding, Service and Job, in creation order.
+    """ConfigMap, FineTuneJobReport, ServiceAccount, Role, RoleBinding, Service and Job,
+    in creation order.
 
     No ownerReferences: the handler adopts each child (kopf.adopt).
     """
     name = job.metadata.name
     return [
         build_config_map(job, namespace),
+        build_report(name, namespace),
         build_service_account(name, namespace),
         build_role(name, namespace),
         build_role_binding(name, namespace),
@@ -173,6 +186,7 @@ def child_references(job: str, namespace: str) -> list[dict[str, Any]]:
     """Kind, name and namespace of every child, for deleting them (the Job last)."""
     kinds = [
         ("v1", "ConfigMap", config_map_name(job)),
+        (API_VERSION, REPORT_KIND, report_name(job)),
         ("v1", "ServiceAccount", trainer_account_name(job)),
         ("rbac.authorization.k8s.io/v1", "Role", trainer_account_name(job)),
         ("rbac.authorization.k8s.io/v1", "RoleBinding", trainer_account_name(job)),
@@ -206,6 +220,16 @@ def training_config_json(config: TrainingConfig) -> str:
     return config.model_dump_json(exclude_none=True)
 
 
+def build_report(job: str, namespace: str) -> dict[str, Any]:
+    """The object the trainer reports through, empty until it does (the operator copies what
+    it reports into the job's status)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": REPORT_KIND,
+        "metadata": _metadata(report_name(job), namespace, child_labels(job, "report")),
+    }
+
+
 def build_service_account(job: str, namespace: str) -> dict[str, Any]:
     """The workers' identity; its token is mounted by a projected volume, not automatically."""
     return {
@@ -217,16 +241,17 @@ def build_service_account(job: str, namespace: str) -> dict[str, Any]:
 
 
 def build_role(job: str, namespace: str) -> dict[str, Any]:
-    """Reading and patching this one job's status: all the trainer may do."""
+    """Reading and patching this one job's report: all the trainer may do. Not the job's
+    status: the operator rebuilds the workers from it."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": _metadata(trainer_account_name(job), namespace, child_labels(job, "worker")),
         "rules": [
             {
-                "apiGroups": ["kubetune.dev"],
-                "resources": ["finetunejobs/status"],
-                "resourceNames": [job],
+                "apiGroups": [GROUP],
+                "resources": [REPORT_PLURAL],
+                "resourceNames": [report_name(job)],
                 "verbs": ["get", "patch"],
             }
         ],
@@ -438,6 +463,7 @@ def container_env(
     env = [
         _value("KUBETUNE_CONFIG", CONFIG_PATH),
         _value("KUBETUNE_JOB_NAME", name),
+        _value(REPORT_NAME_ENV, report_name(name)),
         _field("KUBETUNE_JOB_NAMESPACE", "metadata.namespace"),
         _field("KUBETUNE_MACHINE_RANK", f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"),
         _value("KUBETUNE_RENDEZVOUS_HOST", rendezvous_host(name, namespace)),

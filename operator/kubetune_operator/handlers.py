@@ -49,6 +49,7 @@ from kubetune_operator.state import (
 FINETUNEJOBS: Final = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 RUNTIMES: Final = (v1alpha1.GROUP, v1alpha1.VERSION, runtime_api.RUNTIME_PLURAL)
 CLUSTER_RUNTIMES: Final = (v1alpha1.GROUP, v1alpha1.VERSION, runtime_api.CLUSTER_RUNTIME_PLURAL)
+REPORTS: Final = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.REPORT_PLURAL)
 WAITING_FOR_RUNTIME: Final = frozenset(
     {runtimes.RUNTIME_NOT_FOUND, runtimes.RUNTIME_AMBIGUOUS, runtimes.RUNTIME_INVALID}
 )
@@ -99,6 +100,13 @@ def worker_jobs(
 
 @kopf.index("v1", "pods", labels=MANAGED)
 def worker_pods(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
+    return {_key(namespace, labels.get(v1alpha1.LABEL_JOB_NAME, "")): dict(body)}
+
+
+@kopf.index(*REPORTS, labels=MANAGED)
+def job_reports(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, Any]:
     return {_key(namespace, labels.get(v1alpha1.LABEL_JOB_NAME, "")): dict(body)}
@@ -263,6 +271,7 @@ def spec_changed(body: kopf.Body, diff: kopf.Diff, **_: Any) -> None:
 @kopf.on.event(*FINETUNEJOBS)
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 @kopf.on.event("v1", "pods", labels=MANAGED)
+@kopf.on.event(*REPORTS, labels=MANAGED)
 def refresh_status(
     resource: kopf.Resource,
     type: str,
@@ -272,8 +281,9 @@ def refresh_status(
     memo: Any,
     **kwargs: Any,
 ) -> None:
-    """Recompute the owning FineTuneJob's status from its children and act on the verdict;
-    a trial's change refreshes its search parent too."""
+    """Recompute the owning FineTuneJob's status from its children (its trainer's report
+    copied in first) and act on the verdict; a trial's change refreshes its search parent
+    too."""
     indexes = Indexes.of(kwargs)
     is_finetunejob = resource.plural == v1alpha1.PLURAL
     key = _key(namespace, name if is_finetunejob else labels.get(v1alpha1.LABEL_JOB_NAME, ""))
@@ -343,6 +353,7 @@ def _refresh(shared: OperatorState, key: Key, indexes: Indexes) -> bool:
         if ftj.get("spec", {}).get("search"):
             trials.advance(shared, ftj, list(indexes.trials.get(key, [])))
             return False
+        ftj = workers.take_report(shared, ftj, newest(indexes.reports.get(key, [])))
         job = newest(indexes.jobs.get(key, []))
         before = ftj.get("status", {}).get("phase")
         after = workers.refresh(shared, ftj, job, list(indexes.pods.get(key, [])), indexes)

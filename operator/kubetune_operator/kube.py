@@ -10,6 +10,7 @@ in `explained`, which turns refusals and network failures into one line a person
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -39,6 +40,11 @@ KUEUE_VISIBILITY_VERSIONS: Final = ("v1beta2", "v1beta1")
 """The versions of Kueue's visibility API asked, newest first: Kueue 0.15 and later serve
 v1beta2, 0.9 to 0.14 v1beta1 (0.6 to 0.8 served only v1alpha1, which is not asked)."""
 
+_CUSTOM_PLURALS: Final = {
+    v1alpha1.KIND: v1alpha1.PLURAL,
+    v1alpha1.REPORT_KIND: v1alpha1.REPORT_PLURAL,
+}
+"""kubetune's own kinds that the operator creates and deletes, by kind."""
 _CREATE_METHODS: Final[dict[tuple[str, str], tuple[type[Any], str]]] = {
     ("v1", "ConfigMap"): (client.CoreV1Api, "create_namespaced_config_map"),
     ("v1", "ServiceAccount"): (client.CoreV1Api, "create_namespaced_service_account"),
@@ -151,8 +157,9 @@ class Cluster:
         namespace = obj["metadata"]["namespace"]
         try:
             if obj["apiVersion"] == v1alpha1.API_VERSION:
+                plural = _CUSTOM_PLURALS[obj["kind"]]
                 client.CustomObjectsApi(self.api).create_namespaced_custom_object(
-                    v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, dict(obj)
+                    v1alpha1.GROUP, v1alpha1.VERSION, namespace, plural, dict(obj)
                 )
             else:
                 api_class, method = _CREATE_METHODS[(obj["apiVersion"], obj["kind"])]
@@ -181,9 +188,17 @@ class Cluster:
         core, rbac = client.CoreV1Api(self.api), client.RbacAuthorizationV1Api(self.api)
         custom = client.CustomObjectsApi(self.api)
         deleters: dict[str, Callable[[], object]] = {
-            "FineTuneJob": lambda: custom.delete_namespaced_custom_object(
-                v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name
-            ),
+            **{
+                kind: functools.partial(
+                    custom.delete_namespaced_custom_object,
+                    v1alpha1.GROUP,
+                    v1alpha1.VERSION,
+                    namespace,
+                    plural,
+                    name,
+                )
+                for kind, plural in _CUSTOM_PLURALS.items()
+            },
             "ConfigMap": lambda: core.delete_namespaced_config_map(name, namespace),
             "ServiceAccount": lambda: core.delete_namespaced_service_account(name, namespace),
             "Service": lambda: core.delete_namespaced_service(name, namespace),

@@ -214,6 +214,20 @@ def resolve(
     return _resolved_with(document, chosen, runtime)
 
 
+def recheck(job: FineTuneJob, document: Mapping[str, Any]) -> FineTuneJob | Refused:
+    """A recorded effective spec checked again against the guardrails of the runtime it
+    was recorded with, before the operator builds workers from it."""
+    runtime = _runtime_model(document)
+    if isinstance(runtime, Refused):
+        return runtime
+    violations = check_guardrails(job, runtime)
+    if violations:
+        return Refused(
+            GUARDRAIL_VIOLATED, [f"status.effectiveSpec: {v.message}" for v in violations]
+        )
+    return job
+
+
 def _runtime_model(document: Mapping[str, Any]) -> AnyRuntime | Refused:
     kind = str(document.get("kind", ""))
     shown = f"{kind} {_name(document)}"

@@ -125,6 +125,8 @@ class Indexes:
     jobs: kopf.Index[Key, Any]
     pods: kopf.Index[Key, Any]
     trials: kopf.Index[Key, Any]
+    reports: kopf.Index[Key, Any]
+    """The FineTuneJobReports the trainers write."""
     runtimes: kopf.Index[str, Any]
     """FineTuneRuntimes by namespace."""
     cluster_runtimes: kopf.Index[str, Any]
@@ -138,6 +140,7 @@ class Indexes:
             kwargs["worker_jobs"],
             kwargs["worker_pods"],
             kwargs["search_trials"],
+            kwargs["job_reports"],
             kwargs["namespace_runtimes"],
             kwargs["cluster_runtimes"],
         )

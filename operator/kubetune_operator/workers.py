@@ -21,7 +21,7 @@ import kopf
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from kubetune_operator import builders, kube, kueue, metrics, queueing, runtimes
+from kubetune_operator import builders, kube, kueue, metrics, queueing, reports, runtimes
 from kubetune_operator import status as status_rules
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.manifests import check_document
@@ -52,7 +52,7 @@ def resolution(
     if not is_validated(ftj):
         namespaced, cluster = indexes.runtimes_for(key_of(ftj)[0])
         return runtimes.resolve(job, without_status(ftj), namespaced, cluster)
-    recorded = recorded_job(ftj)
+    recorded = recorded_job(ftj, indexes)
     if recorded is None:
         # Validated by an operator that recorded no effective spec: it ran the job's own.
         own = job.spec.model_dump(mode="json", exclude_none=True)
@@ -62,17 +62,37 @@ def resolution(
     return runtimes.Resolved(recorded, None, {})
 
 
-def recorded_job(ftj: Mapping[str, Any]) -> v1alpha1.FineTuneJob | runtimes.Refused | None:
-    """The job with the effective spec recorded in its status (None when none is)."""
-    spec = ftj.get("status", {}).get("effectiveSpec")
+def recorded_job(
+    ftj: Mapping[str, Any], indexes: Indexes
+) -> v1alpha1.FineTuneJob | runtimes.Refused | None:
+    """The job with the effective spec recorded in its status (None when none is), checked
+    again before every use: only the operator writes the status (the trainer reports
+    through its FineTuneJobReport), and what it recorded must still match its hash and,
+    while the runtime is the one it was recorded with, keep to that runtime's guardrails."""
+    status = ftj.get("status", {})
+    spec = status.get("effectiveSpec")
     if spec is None:
         return None
+    if runtimes.spec_hash(spec) != status.get("effectiveSpecHash"):
+        return runtimes.Refused(runtimes.INVALID_SPEC, [CHANGED_EFFECTIVE_SPEC])
     spec = {**spec, "runPolicy": run_policy(ftj)}
     checked = check_document({**without_status(ftj), "spec": spec}, name_of(ftj))
     if checked.job is None:
         problems = [f"status.effectiveSpec: {problem}" for problem in checked.problems]
         return runtimes.Refused(runtimes.INVALID_SPEC, problems)
-    return checked.job
+    applied = status.get("runtime")
+    if applied is None:
+        return checked.job
+    document = indexes.runtime(key_of(ftj)[0], applied["kind"], applied["name"])
+    if document is None or document["metadata"].get("generation") != applied["generation"]:
+        return checked.job  # edited or deleted since: the recorded spec stands, as it was
+    return runtimes.recheck(checked.job, document)
+
+
+CHANGED_EFFECTIVE_SPEC: Final = (
+    "status.effectiveSpec was changed after the job was validated (it no longer matches "
+    "status.effectiveSpecHash): the operator builds no workers from it; create the job again"
+)
 
 
 def refuse(
@@ -160,6 +180,22 @@ def _first_look(
     return _observe(view, worker_job, [])
 
 
+def take_report(
+    shared: OperatorState, ftj: Mapping[str, Any], report: Mapping[str, Any] | None
+) -> Mapping[str, Any]:
+    """The job with what its trainer reported copied into its status, which is patched when
+    that changed it. A report the job does not own is not read."""
+    if report is None or not reports.owned_by(report, ftj):
+        return ftj
+    copied = reports.status_copy(ftj.get("status", {}), report)
+    for refused in copied.refused:
+        LOGGER.warning("FineTuneJobReport %s: %s (not copied)", name_of(ftj), refused)
+    if not copied.patch:
+        return ftj
+    shared.write_status(ftj, copied.patch)
+    return {**ftj, "status": {**ftj.get("status", {}), **copied.patch}}
+
+
 def refresh(
     shared: OperatorState,
     ftj: Mapping[str, Any],
@@ -178,7 +214,7 @@ def refresh(
         phase = _advance_in_queue(shared, ftj, indexes)
     else:
         update = _observe(ftj, job, pods, shared.kueue.places.get(key))
-        _apply(shared, ftj, job, update)
+        _apply(shared, ftj, job, update, indexes)
         phase = {**ftj.get("status", {}), **update.patch}.get("phase")
     verdict = (ftj.get("status", {}).get("biasAudit") or {}).get("verdict")
     metrics.JOBS.track(key, phase, verdict)
@@ -303,7 +339,9 @@ def _advance_in_queue(shared: OperatorState, ftj: Mapping[str, Any], indexes: In
             post(ftj, update.events)
             return "Queued"
         admitted = {**ftj, "status": {**ftj.get("status", {}), "queuePosition": None}}
-        worker_job = _create_workers(shared, admitted, int(ftj["status"].get("restarts", 0)))
+        worker_job = _create_workers(
+            shared, admitted, int(ftj["status"].get("restarts", 0)), indexes
+        )
         first = _observe(admitted, worker_job, [])
         shared.write_status(ftj, {"queuePosition": None, **first.patch})
     post(ftj, first.events)
@@ -404,6 +442,7 @@ def _apply(
     ftj: Mapping[str, Any],
     job: Mapping[str, Any] | None,
     update: status_rules.StatusUpdate,
+    indexes: Indexes,
 ) -> None:
     """Write the patch, post the Events, then delete or (re)create the worker Job."""
     key = key_of(ftj)
@@ -421,20 +460,22 @@ def _apply(
         shared.cluster.delete_job(key[0], builders.workers_name(key[1]))
         return
     if status.get("phase") not in TERMINAL_PHASES and _gone(job):
-        _create_workers(shared, ftj, int(status.get("restarts", 0)))
+        _create_workers(shared, ftj, int(status.get("restarts", 0)), indexes)
 
 
 def _create_workers(
-    shared: OperatorState, ftj: Mapping[str, Any], restart: int
+    shared: OperatorState, ftj: Mapping[str, Any], restart: int, indexes: Indexes
 ) -> dict[str, Any] | None:
     """Create the worker Job of group restart `restart` from the effective spec recorded at
     validation (a runtime edited since changes nothing); the trainer resumes from the last
     checkpoint in the output volume. A restart number already used is never used again,
-    even when the index still shows an older status."""
+    even when the index still shows an older status. A recorded spec that fails its check
+    fails the job instead."""
     key: Key = key_of(ftj)
     restart = max(restart, shared.restarted.get(key, 0))
-    recorded = recorded_job(ftj)
+    recorded = recorded_job(ftj, indexes)
     if isinstance(recorded, runtimes.Refused):
+        refuse(shared, ftj, recorded)
         return None
     if recorded is None:
         checked = check_document(without_status(ftj), name_of(ftj))

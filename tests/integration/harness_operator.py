@@ -2,8 +2,8 @@
 
 On a FineTuneJob's creation it does what the real operator's handlers do in miniature:
 creates a ConfigMap owned by the job (`kopf.adopt`), writes the job's status through the
-handler's `patch.status`, and posts an Event. It also reacts to a status field written by
-another process, to deletion (through kopf's finalizer), and to labelled pods and Jobs.
+handler's `patch.status`, and posts an Event. It also reacts to a report written by another
+process, to deletion (through kopf's finalizer), and to labelled pods and Jobs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import kopf
 import kubernetes
 
 FINETUNEJOBS: Final = ("kubetune.dev", "v1alpha1", "finetunejobs")
+REPORTS: Final = ("kubetune.dev", "v1alpha1", "finetunejobreports")
 MANAGED: Final = {"app.kubernetes.io/managed-by": "kubetune"}
 
 
@@ -51,11 +52,15 @@ def create_config(
     kopf.info(body, reason="ConfigCreated", message=f"created ConfigMap {name}-config")
 
 
-@kopf.on.field(*FINETUNEJOBS, field="status.progress.step")
-def see_progress(new: Any, patch: kopf.Patch, **_: Any) -> None:
-    """Echo the step a trainer reported, proving the operator saw the status change."""
-    if new is not None:
-        patch.status["seenStep"] = new
+@kopf.on.event(*REPORTS)
+def see_progress(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+    """Copy the step a trainer reported into its job's status, proving the operator saw
+    the report change."""
+    step = body.get("report", {}).get("progress", {}).get("step")
+    if step is not None:
+        kubernetes.client.CustomObjectsApi().patch_namespaced_custom_object_status(
+            *FINETUNEJOBS[:2], str(namespace), FINETUNEJOBS[2], name, {"status": {"seenStep": step}}
+        )
 
 
 @kopf.on.delete(*FINETUNEJOBS)

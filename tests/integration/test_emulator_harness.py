@@ -3,7 +3,7 @@
 A tiny operator (harness_operator.py) stands in for kubetune's: these tests prove that what
 operator tests rely on works through the emulator: discovery, create/watch/patch/delete,
 the status subresource, JSON-patched finalizers, ownerReferences, Events, label-filtered
-watches, status patches from another process, request counting, and both ways to run kopf.
+watches, report patches from another process, request counting, and both ways to run kopf.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def test_operator_in_a_thread_creates_an_owned_config_map_status_and_event(
     assert kube.get("ConfigMap", "sentiment-config") is not None
 
 
-def test_a_status_patch_from_another_process_reaches_the_operator(
+def test_a_report_patch_from_another_process_reaches_the_operator(
     kube_emulator: EmulatorServer,
     kube: KubeClient,
     operator_thread: Callable[[str], OperatorThread],
@@ -169,6 +169,13 @@ def test_a_status_patch_from_another_process_reaches_the_operator(
     token = tmp_path / "token"
     token.write_text("any-token\n")
 
+    kube.create(
+        {
+            "apiVersion": "kubetune.dev/v1alpha1",
+            "kind": "FineTuneJobReport",
+            "metadata": {"name": "sentiment"},
+        }
+    )
     subprocess.run(
         [sys.executable, "-c", TRAINER_PATCH, kube_emulator.url, str(token)],
         env=kopf_environment(kube_emulator.kubeconfig_path),
@@ -179,8 +186,10 @@ def test_a_status_patch_from_another_process_reaches_the_operator(
     job = kube.wait_for_object(
         "FineTuneJob", "sentiment", lambda job: job["status"].get("seenStep") == 7
     )
-    assert job["status"]["progress"] == {"step": 7, "totalSteps": 20}
     assert job["status"]["phase"] == "Pending"
+    report = kube.get("FineTuneJobReport", "sentiment")
+    assert report is not None
+    assert report["report"]["progress"] == {"step": 7, "totalSteps": 20}
 
 
 def test_label_filtered_pod_and_job_watches_reach_their_handlers(

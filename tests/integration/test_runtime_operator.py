@@ -219,6 +219,129 @@ def test_the_effective_spec_is_recorded_and_a_runtime_edit_does_not_reach_a_rest
     assert after["status"]["runtime"]["generation"] == 1
 
 
+# --- the trainer cannot steer what the operator builds ------------------------------------
+
+
+def start_guarded_job(
+    kube: KubeClient, sentiment: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A job under a runtime that allows one CPU worker from one registry, and its Job."""
+    strict = runtime(
+        "strict",
+        defaults={"resources": {"image": "registry.example/ml/trainer:1"}},
+        guardrails={
+            "allowedImages": ["registry.example/ml/*"],
+            "maxWorkers": 1,
+            "maxGpusPerJob": 0,
+            "allowedTolerations": [],
+        },
+    )
+    create_runtime(kube, strict)
+    kube.create(job(sentiment, "sentiment", "strict"))
+    first = kube.wait_for_object("Job", "sentiment-workers", lambda j: True)
+    ftj = kube.wait_for_object("FineTuneJob", "sentiment", validated("Validated"))
+    return ftj, first
+
+
+def tampered(effective: dict[str, Any]) -> dict[str, Any]:
+    """What the security review's status patch put in: another registry, 4 x 8 GPUs, every
+    taint tolerated."""
+    spec = copy.deepcopy(effective)
+    spec["resources"].update(
+        image="evil.example/miner:latest",
+        workers=4,
+        gpusPerWorker=8,
+        tolerations=[{"operator": "Exists"}],
+    )
+    return spec
+
+
+def crash_and_expect_failure(
+    kube: KubeClient, first: dict[str, Any], reason: str
+) -> dict[str, Any]:
+    """Crash the group's worker; the job must fail with `reason` and no Job come back."""
+    run_pods(kube, first, w0={"terminated": {"exitCode": 137, "reason": "Error"}})
+    failed = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Failed"))
+    assert condition(failed, "Validated")["reason"] == reason
+    kube.wait_until_gone("Job", "sentiment-workers")
+    assert kube.list_objects("Job", "default") == []
+    return failed
+
+
+def test_a_changed_effective_spec_is_never_built_even_with_its_hash_matching(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    """The security review's bypass: a status patch, then a worker crash. Whoever writes the
+    status (the trainer no longer may), a recorded spec outside the runtime's guardrails is
+    refused before the restart is built."""
+    operator()
+    ftj, first = start_guarded_job(kube, sentiment)
+    spec = tampered(ftj["status"]["effectiveSpec"])
+    kube.patch(
+        "FineTuneJob",
+        "sentiment",
+        {"status": {"effectiveSpec": spec, "effectiveSpecHash": runtimes.spec_hash(spec)}},
+        subresource="status",
+    )
+    failed = crash_and_expect_failure(kube, first, "GuardrailViolated")
+    message = condition(failed, "Validated")["message"]
+    assert "evil.example/miner:latest" in message
+    assert "registry.example/ml/*" in message
+    assert "status.effectiveSpec" in message
+
+
+def test_an_effective_spec_that_no_longer_matches_its_hash_is_never_built(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    ftj, first = start_guarded_job(kube, sentiment)
+    spec = tampered(ftj["status"]["effectiveSpec"])
+    kube.patch(
+        "FineTuneJob", "sentiment", {"status": {"effectiveSpec": spec}}, subresource="status"
+    )
+    failed = crash_and_expect_failure(kube, first, "InvalidSpec")
+    assert "no longer matches status.effectiveSpecHash" in condition(failed, "Validated")["message"]
+
+
+def test_the_trainer_reports_through_its_own_object_and_only_its_fields_reach_the_status(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    """The report is the one object a worker may patch: its trainer fields are copied into
+    the status, anything else in it (the operator's fields, a bad value) is not."""
+    operator()
+    ftj, first = start_guarded_job(kube, sentiment)
+    report = kube.get("FineTuneJobReport", "sentiment")
+    assert report is not None
+    assert report["metadata"]["ownerReferences"][0]["uid"] == ftj["metadata"]["uid"]
+    forged = {
+        "progress": {"step": 7, "totalSteps": 20, "percent": 35},
+        "metrics": {"accuracy": 0.75},
+        "phase": "Succeeded",
+        "restarts": 0,
+        "effectiveSpec": tampered(ftj["status"]["effectiveSpec"]),
+        "diagnosis": {"verdict": "Splendid"},
+    }
+    kube.patch("FineTuneJobReport", "sentiment", {"report": forged})
+    copied = kube.wait_for_object(
+        "FineTuneJob", "sentiment", lambda f: f["status"].get("progress", {}).get("step") == 7
+    )
+    assert copied["status"]["metrics"] == {"accuracy": 0.75}
+    assert copied["status"]["effectiveSpec"] == ftj["status"]["effectiveSpec"]
+    assert copied["status"]["phase"] != "Succeeded"
+    assert "diagnosis" not in copied["status"]
+    kube.patch("FineTuneJobReport", "sentiment", {"report": {"progress": {"percent": None}}})
+    kube.wait_for_object(
+        "FineTuneJob", "sentiment", lambda f: "percent" not in f["status"]["progress"]
+    )
+    crash = {"terminated": {"exitCode": 137, "reason": "Error"}}
+    run_pods(kube, first, w0=crash)
+    second = restarted_workers(kube)
+    assert second["spec"]["parallelism"] == 1
+    assert second["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "registry.example/ml/trainer:1"
+    )
+
+
 # --- queues ------------------------------------------------------------------------------
 
 

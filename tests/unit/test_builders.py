@@ -28,7 +28,12 @@ import yaml
 from pydantic import BaseModel
 
 from kubetune_operator import builders
-from kubetune_operator.api.v1alpha1 import DNS_LABEL_PATTERN, FineTuneJob, nested_model
+from kubetune_operator.api.v1alpha1 import (
+    DNS_LABEL_PATTERN,
+    FineTuneJob,
+    FineTuneJobReport,
+    nested_model,
+)
 from kubetune_operator.builders import (
     RESTART_ANNOTATION,
     OperatorSettings,
@@ -176,6 +181,13 @@ def test_golden_manifests(case: str) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_every_child_is_a_valid_kubernetes_object(case: str, version: str) -> None:
     for child in children_of(case):
+        assert_valid_child(child, version)
+
+
+def assert_valid_child(child: dict[str, Any], version: str) -> None:
+    if child["kind"] == "FineTuneJobReport":  # kubetune's own kind: its model is its schema
+        FineTuneJobReport.model_validate(child, by_alias=True, by_name=False)
+    else:
         kubernetes_validate.validate(child, version, strict=True)
 
 
@@ -183,6 +195,7 @@ def test_children_come_in_creation_order_with_deterministic_names() -> None:
     children = children_of("gpu-4-workers")
     assert [(c["kind"], c["metadata"]["name"]) for c in children] == [
         ("ConfigMap", "sentiment-large-config"),
+        ("FineTuneJobReport", "sentiment-large"),
         ("ServiceAccount", "sentiment-large-trainer"),
         ("Role", "sentiment-large-trainer"),
         ("RoleBinding", "sentiment-large-trainer"),
@@ -240,6 +253,7 @@ def test_the_trainer_reads_what_the_builders_write() -> None:
     for name in (
         sources.PVC_ROOT_ENV,
         reporting.JOB_NAME_ENV,
+        reporting.REPORT_NAME_ENV,
         reporting.JOB_NAMESPACE_ENV,
         reporting.METRICS_PORT_ENV,
         reporting.SERVICE_ACCOUNT_DIR_ENV,
@@ -364,6 +378,7 @@ def test_the_environment_of_a_gpu_worker() -> None:
     assert env_values(job) == {
         "KUBETUNE_CONFIG": "/etc/kubetune/config.json",
         "KUBETUNE_JOB_NAME": "sentiment-large",
+        "KUBETUNE_REPORT_NAME": "sentiment-large",
         "KUBETUNE_RENDEZVOUS_HOST": "sentiment-large-workers-0.sentiment-large-workers.ml-team.svc",
         "KUBETUNE_RENDEZVOUS_PORT": "29500",
         "KUBETUNE_METRICS_PORT": "9400",
@@ -562,12 +577,13 @@ def test_writable_paths_are_volumes_on_a_read_only_root() -> None:
     assert volumes["config"]["configMap"]["name"] == "sentiment-config"
 
 
-def test_the_trainer_may_only_read_and_patch_its_own_status() -> None:
+def test_the_trainer_may_only_read_and_patch_its_own_report() -> None:
+    """Not its FineTuneJob's status: the operator rebuilds the workers from it."""
     children = by_kind(children_of("gpu-4-workers"))
     assert children["Role"]["rules"] == [
         {
             "apiGroups": ["kubetune.dev"],
-            "resources": ["finetunejobs/status"],
+            "resources": ["finetunejobreports"],
             "resourceNames": ["sentiment-large"],
             "verbs": ["get", "patch"],
         }
@@ -741,7 +757,7 @@ def test_a_forty_character_name_keeps_every_derived_name_within_limits() -> None
         assert_dns_label(label)
     for child in children:
         for version in KUBERNETES_VERSIONS:
-            kubernetes_validate.validate(child, version, strict=True)
+            assert_valid_child(child, version)
 
 
 def test_long_claims_get_distinct_valid_volume_names() -> None:

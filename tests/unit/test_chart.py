@@ -386,12 +386,14 @@ def test_the_derived_rules_hold_the_calls_a_reader_would_expect() -> None:
         ("", "configmaps", "create"),
         ("rbac.authorization.k8s.io", "rolebindings", "delete"),
         ("batch", "jobs", "patch"),
-        ("kubetune.dev", "finetunejobs/status", "get"),
+        ("kubetune.dev", "finetunejobreports", "patch"),
+        ("kubetune.dev", "finetunejobreports", "watch"),
         ("", "pods", "watch"),
         ("visibility.kueue.x-k8s.io", "localqueues/pendingworkloads", "get"),
     } <= rules
     assert ("", "pods", "create") not in rules
     assert ("", "secrets", "get") not in rules
+    assert ("kubetune.dev", "finetunejobs/status", "get") not in rules, "granted to no trainer"
 
 
 def test_namespaced_mode_grants_roles_per_watched_namespace_only() -> None:

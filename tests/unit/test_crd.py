@@ -33,6 +33,7 @@ def test_committed_crds_match_the_models() -> None:
         "finetunejobs.kubetune.dev.yaml",
         "finetuneruntimes.kubetune.dev.yaml",
         "clusterfinetuneruntimes.kubetune.dev.yaml",
+        "finetunejobreports.kubetune.dev.yaml",
     ]
     assert {p.relative_to(REPO).as_posix() for p in crdgen.crd_paths(REPO)} == {
         f"{folder}/{name}" for folder in ("crds", "charts/kubetune/crds") for name in names
@@ -42,6 +43,7 @@ def test_committed_crds_match_the_models() -> None:
 def test_crd_is_a_valid_apiextensions_v1_object() -> None:
     version = kubernetes_validate.latest_version()
     kubernetes_validate.validate(crdgen.finetunejob_crd(), version, strict=True)
+    kubernetes_validate.validate(crdgen.report_crd(), version, strict=True)
 
 
 def walk(node: Schema, path: str = "") -> Iterator[tuple[str, Schema]]:

@@ -22,12 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from rich.console import Console
 
+from kubetune_operator import reports
 from kubetune_operator.api import v1alpha1
-from kubetune_operator.api.v1alpha1 import FineTuneJobStatus
+from kubetune_operator.api.v1alpha1 import TrainerReport
 from kubetune_trainer.cost import RunCost
 from kubetune_trainer.reporting import (
     API_GROUP_VERSION,
-    PLURAL,
+    REPORT_PLURAL,
     TRAINER_METRICS,
     ConsoleReporter,
     EtaEstimator,
@@ -63,16 +64,7 @@ INFO = RunInfo(
     num_processes=2,
     primary_metric="accuracy",
 )
-TRAINER_FIELDS = {
-    "progress",
-    "metrics",
-    "metricSummary",
-    "diagnosis",
-    "dataValidation",
-    "biasAudit",
-    "artifacts",
-    "cost",
-}
+TRAINER_FIELDS = set(reports.TRAINER_FIELDS)
 DIAGNOSIS = {
     "verdict": "Overfitting",
     "evidence": ["validation loss rose 3 evaluations in a row"],
@@ -171,7 +163,7 @@ def test_merged_patches_equal_sending_them_in_order() -> None:
     }
 
 
-# The status: a loopback HTTP server plays the API server.
+# The report: a loopback HTTP server plays the API server.
 
 
 @dataclass(frozen=True)
@@ -196,9 +188,9 @@ class FakeApiServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
     def bodies(self) -> list[dict[str, Any]]:
-        """The status fields of each patch; the status subresource ignores all but `status`."""
-        assert all(set(request.body) == {"status"} for request in self.requests)
-        return [request.body["status"] for request in self.requests]
+        """The trainer fields of each report patch."""
+        assert all(set(request.body) == {"report"} for request in self.requests)
+        return [request.body["report"] for request in self.requests]
 
 
 class ApiHandler(BaseHTTPRequestHandler):
@@ -252,26 +244,24 @@ def client_for(api: FakeApiServer, token: Path) -> StatusClient:
 
 def assert_trainer_status(body: dict[str, Any]) -> None:
     assert set(body) <= TRAINER_FIELDS, f"the operator owns {set(body) - TRAINER_FIELDS}"
-    FineTuneJobStatus.model_validate(body, by_name=False)
+    TrainerReport.model_validate(body, by_name=False)
 
 
-def test_client_patches_the_status_subresource_with_a_fresh_token(
-    api: FakeApiServer, token: Path
-) -> None:
+def test_client_patches_the_jobs_report_with_a_fresh_token(api: FakeApiServer, token: Path) -> None:
     client = client_for(api, token)
     client.patch({"progress": {"step": 1}})
     token.write_text("token-2")
     client.patch({"progress": {"step": 2}})
     first, second = api.requests
     assert first.method == "PATCH"
-    assert first.path == "/apis/kubetune.dev/v1alpha1/namespaces/ml/finetunejobs/sentiment/status"
+    assert first.path == "/apis/kubetune.dev/v1alpha1/namespaces/ml/finetunejobreports/sentiment"
     assert first.content_type == "application/merge-patch+json"
     assert (first.authorization, second.authorization) == ("Bearer token-1", "Bearer token-2")
-    assert second.body == {"status": {"progress": {"step": 2}}}
+    assert second.body == {"report": {"progress": {"step": 2}}}
 
 
 def test_the_url_matches_the_operators_api() -> None:
-    assert (API_GROUP_VERSION, PLURAL) == (v1alpha1.API_VERSION, v1alpha1.PLURAL)
+    assert (API_GROUP_VERSION, REPORT_PLURAL) == (v1alpha1.API_VERSION, v1alpha1.REPORT_PLURAL)
 
 
 def test_status_patches_are_throttled_merged_and_flushed_on_finish(
@@ -421,7 +411,7 @@ def write_service_account(directory: Path) -> Path:
 def test_client_from_the_pod_environment(tmp_path: Path) -> None:
     account = write_service_account(tmp_path / "sa")
     env = {
-        "KUBETUNE_JOB_NAME": "sentiment",
+        "KUBETUNE_REPORT_NAME": "sentiment",
         "KUBETUNE_JOB_NAMESPACE": "ml",
         "KUBERNETES_SERVICE_HOST": "10.96.0.1",
         "KUBERNETES_SERVICE_PORT": "6443",
@@ -429,7 +419,7 @@ def test_client_from_the_pod_environment(tmp_path: Path) -> None:
     client = StatusClient.from_environment(env, service_account_dir=account)
     assert client is not None
     assert client.url == (
-        "https://10.96.0.1:6443/apis/kubetune.dev/v1alpha1/namespaces/ml/finetunejobs/sentiment/status"
+        "https://10.96.0.1:6443/apis/kubetune.dev/v1alpha1/namespaces/ml/finetunejobreports/sentiment"
     )
     ipv6 = StatusClient.from_environment(
         env | {"KUBERNETES_SERVICE_HOST": "fd00::1"}, service_account_dir=account
@@ -439,12 +429,12 @@ def test_client_from_the_pod_environment(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "missing", ["KUBETUNE_JOB_NAME", "KUBETUNE_JOB_NAMESPACE", "KUBERNETES_SERVICE_HOST"]
+    "missing", ["KUBETUNE_REPORT_NAME", "KUBETUNE_JOB_NAMESPACE", "KUBERNETES_SERVICE_HOST"]
 )
 def test_no_client_without_the_job_or_a_cluster(tmp_path: Path, missing: str) -> None:
     account = write_service_account(tmp_path / "sa")
     env = {
-        "KUBETUNE_JOB_NAME": "sentiment",
+        "KUBETUNE_REPORT_NAME": "sentiment",
         "KUBETUNE_JOB_NAMESPACE": "ml",
         "KUBERNETES_SERVICE_HOST": "10.96.0.1",
     }
@@ -454,7 +444,7 @@ def test_no_client_without_the_job_or_a_cluster(tmp_path: Path, missing: str) ->
 
 def test_no_client_without_a_token(tmp_path: Path) -> None:
     env = {
-        "KUBETUNE_JOB_NAME": "sentiment",
+        "KUBETUNE_REPORT_NAME": "sentiment",
         "KUBETUNE_JOB_NAMESPACE": "ml",
         "KUBERNETES_SERVICE_HOST": "10.96.0.1",
     }
@@ -464,7 +454,7 @@ def test_no_client_without_a_token(tmp_path: Path) -> None:
 def test_the_token_directory_comes_from_the_environment(tmp_path: Path) -> None:
     account = write_service_account(tmp_path / "projected")
     env = {
-        "KUBETUNE_JOB_NAME": "sentiment",
+        "KUBETUNE_REPORT_NAME": "sentiment",
         "KUBETUNE_JOB_NAMESPACE": "ml",
         "KUBERNETES_SERVICE_HOST": "10.96.0.1",
         "KUBETUNE_SERVICE_ACCOUNT_DIR": str(account),
@@ -482,7 +472,7 @@ def test_the_api_url_replaces_the_in_cluster_service_and_is_used(
 ) -> None:
     account = write_service_account(tmp_path / "sa")
     env = {
-        "KUBETUNE_JOB_NAME": "sentiment",
+        "KUBETUNE_REPORT_NAME": "sentiment",
         "KUBETUNE_JOB_NAMESPACE": "ml",
         "KUBETUNE_API_URL": api.host + "/",
         "KUBETUNE_SERVICE_ACCOUNT_DIR": str(account),
@@ -490,16 +480,16 @@ def test_the_api_url_replaces_the_in_cluster_service_and_is_used(
     client = StatusClient.from_environment(env | {"KUBERNETES_SERVICE_HOST": "10.96.0.1"})
     assert client is not None
     assert client.url == (
-        f"{api.host}/apis/kubetune.dev/v1alpha1/namespaces/ml/finetunejobs/sentiment/status"
+        f"{api.host}/apis/kubetune.dev/v1alpha1/namespaces/ml/finetunejobreports/sentiment"
     )
     without_service = StatusClient.from_environment(env)
     assert without_service is not None
     without_service.patch({"progress": {"step": 3}})
     (request,) = api.requests
-    assert request.path == "/apis/kubetune.dev/v1alpha1/namespaces/ml/finetunejobs/sentiment/status"
+    assert request.path == "/apis/kubetune.dev/v1alpha1/namespaces/ml/finetunejobreports/sentiment"
     assert (request.authorization, request.body) == (
         "Bearer token",
-        {"status": {"progress": {"step": 3}}},
+        {"report": {"progress": {"step": 3}}},
     )
 
 
@@ -816,7 +806,7 @@ def test_rank_zero_on_a_laptop_reports_to_the_console_and_a_file(tmp_path: Path)
 def test_rank_zero_in_a_pod_also_serves_metrics_and_patches_the_status(tmp_path: Path) -> None:
     env = {
         "KUBETUNE_METRICS_PORT": "0",
-        "KUBETUNE_JOB_NAME": "sentiment",
+        "KUBETUNE_REPORT_NAME": "sentiment",
         "KUBETUNE_JOB_NAMESPACE": "ml",
         "KUBERNETES_SERVICE_HOST": "10.96.0.1",
     }
@@ -837,7 +827,7 @@ def test_a_pod_of_the_test_kubelet_patches_the_status_through_the_api_url(
     tmp_path: Path,
 ) -> None:
     env = {
-        "KUBETUNE_JOB_NAME": "sentiment",
+        "KUBETUNE_REPORT_NAME": "sentiment",
         "KUBETUNE_JOB_NAMESPACE": "ml",
         "KUBETUNE_API_URL": "http://127.0.0.1:8001",
         "KUBETUNE_SERVICE_ACCOUNT_DIR": str(write_service_account(tmp_path / "sa")),

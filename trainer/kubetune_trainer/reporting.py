@@ -1,16 +1,18 @@
-"""Where training progress goes: the console, metrics.jsonl, Prometheus and the CR status.
+"""Where training progress goes: the console, metrics.jsonl, Prometheus and the job's report.
 
 The recipe reports through one `Reporter` and never knows who listens: a laptop run gets a
 progress line and a metrics file; a pod also serves Prometheus metrics and patches its
-FineTuneJob's status. Only rank 0 reports (`build_reporter` gives the other ranks a
-`NullReporter`), and no sink may stop training: a status PATCH that fails is logged and
-retried, never raised.
+FineTuneJobReport. Only rank 0 reports (`build_reporter` gives the other ranks a
+`NullReporter`), and no sink may stop training: a PATCH that fails is logged and retried,
+never raised.
 
-The status fields written here are the trainer's half of the ownership table in DESIGN.md
-(progress, metrics, metricSummary, diagnosis, dataValidation, biasAudit, artifacts, cost). The
-operator writes the other half, so the two writers' merge patches never touch the same
-field. The trainer never imports the operator, so the patches are built as plain JSON here
-and the tests check each one against the operator's status model.
+The fields written here are the trainer's half of the status in DESIGN.md (progress,
+metrics, metricSummary, diagnosis, dataValidation, biasAudit, artifacts, cost). They go to
+the job's FineTuneJobReport, the one object the pod's ServiceAccount may patch; the
+operator checks them and copies them into the FineTuneJob's status, which the trainer
+cannot write (the operator rebuilds the workers from it). The trainer never imports the
+operator, so the patches are built as plain JSON here and the tests check each one against
+the operator's report model.
 """
 
 from __future__ import annotations
@@ -42,16 +44,18 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 API_GROUP_VERSION: Final = "kubetune.dev/v1alpha1"
-PLURAL: Final = "finetunejobs"
+REPORT_PLURAL: Final = "finetunejobreports"
 TRAINER_SECTIONS: Final = frozenset(
     {"diagnosis", "dataValidation", "biasAudit", "artifacts", "cost"}
 )
-"""The sections that go into the status; others (e.g. "freezing") reach the console and
+"""The sections that go into the report; others (e.g. "freezing") reach the console and
 metrics.jsonl only, since the operator owns every other status field."""
 
 SERVICE_ACCOUNT_DIR: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 METRICS_FILE_NAME: Final = "metrics.jsonl"
 JOB_NAME_ENV: Final = "KUBETUNE_JOB_NAME"
+REPORT_NAME_ENV: Final = "KUBETUNE_REPORT_NAME"
+"""The FineTuneJobReport to patch (the operator names it; see its builders module)."""
 JOB_NAMESPACE_ENV: Final = "KUBETUNE_JOB_NAMESPACE"
 METRICS_PORT_ENV: Final = "KUBETUNE_METRICS_PORT"
 SERVICE_ACCOUNT_DIR_ENV: Final = "KUBETUNE_SERVICE_ACCOUNT_DIR"
@@ -277,7 +281,7 @@ def merge_patches(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[
 
 
 class StatusPatchError(Exception):
-    """The API server answered a status PATCH with an error."""
+    """The API server answered a report PATCH with an error."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(f"HTTP {code}: {message}")
@@ -285,7 +289,8 @@ class StatusPatchError(Exception):
 
 
 class StatusClient:
-    """PATCHes one FineTuneJob's status subresource with the pod's service account token."""
+    """PATCHes the trainer's fields into one FineTuneJobReport with the pod's service
+    account token."""
 
     def __init__(
         self,
@@ -303,7 +308,7 @@ class StatusClient:
         )
         self.url = (
             f"{base}/apis/{API_GROUP_VERSION}/namespaces/{namespace_part}"
-            f"/{PLURAL}/{name_part}/status"
+            f"/{REPORT_PLURAL}/{name_part}"
         )
         self._token_path = token_path
         self._ca_path = ca_path
@@ -313,13 +318,14 @@ class StatusClient:
     def from_environment(
         cls, env: Mapping[str, str], *, service_account_dir: Path | None = None
     ) -> StatusClient | None:
-        """The client for the job named in `env`, or None outside a cluster or without a token.
+        """The client for the report named in `env`, or None outside a cluster or without a
+        token.
 
         The token and CA come from `service_account_dir`, else KUBETUNE_SERVICE_ACCOUNT_DIR,
         else the standard mount; the API server from KUBETUNE_API_URL, else the
         KUBERNETES_SERVICE_HOST and _PORT that every pod gets.
         """
-        name, namespace = env.get(JOB_NAME_ENV), env.get(JOB_NAMESPACE_ENV)
+        name, namespace = env.get(REPORT_NAME_ENV), env.get(JOB_NAMESPACE_ENV)
         base_url = api_base_url(env)
         account_dir = service_account_directory(env, service_account_dir)
         token_path = account_dir / "token"
@@ -335,13 +341,12 @@ class StatusClient:
         )
 
     def patch(self, fields: Mapping[str, Any]) -> None:
-        """Merge-patch these status fields; raises StatusPatchError for an error answer,
-        OSError or http.client.HTTPException when the server cannot be reached or talked to.
-
-        The body names `status`: the status subresource ignores everything outside it."""
+        """Merge-patch these fields into the report; raises StatusPatchError for an error
+        answer, OSError or http.client.HTTPException when the server cannot be reached or
+        talked to."""
         request = urllib.request.Request(
             self.url,
-            data=json.dumps({"status": dict(fields)}, allow_nan=False).encode(),
+            data=json.dumps({"report": dict(fields)}, allow_nan=False).encode(),
             method="PATCH",
             headers={
                 "Content-Type": "application/merge-patch+json",
@@ -486,7 +491,7 @@ class StatusReporter:
             return
         self._warned.add(kind)
         logger.warning(
-            "status patch to %s failed (%s); %s (further %s failures are not logged)",
+            "report patch to %s failed (%s); %s (further %s failures are not logged)",
             self._client.url,
             error,
             outcome,
@@ -914,8 +919,8 @@ def build_reporter(
     service_account_dir: Path | None = None,
 ) -> Reporter:
     """The sinks this process reports to: none off rank 0; on rank 0 the console and
-    metrics.jsonl, Prometheus when KUBETUNE_METRICS_PORT is set, and the status when the
-    job's name and namespace are set and a cluster's service account token is mounted
+    metrics.jsonl, Prometheus when KUBETUNE_METRICS_PORT is set, and the job's report when
+    its name and namespace are set and a cluster's service account token is mounted
     (see StatusClient.from_environment for where the token and the API server are found)."""
     if not rank_zero:
         return NullReporter()
@@ -936,8 +941,9 @@ def build_reporter(
         reporters.append(StatusReporter(client))
     elif JOB_NAME_ENV in env and api_base_url(env) is not None:
         logger.warning(
-            "running in a cluster but without %s or a service account token in %s: "
+            "running in a cluster but without %s, %s or a service account token in %s: "
             "the FineTuneJob status will not show progress",
+            REPORT_NAME_ENV,
             JOB_NAMESPACE_ENV,
             service_account_directory(env, service_account_dir),
         )

@@ -689,8 +689,33 @@ class AppliedRuntime(Section):
     """The Kueue LocalQueue the worker Jobs are submitted to (the runtime's spec.queue.kueueLocalQueue then)."""
 
 
-class FineTuneJobStatus(Section):
-    """The observed state; see the ownership table in the design (operator vs trainer fields)."""
+class TrainerReport(Section):
+    """What the trainer's rank 0 reports: the status fields that come from training.
+
+    The trainer writes them into its FineTuneJobReport, never into the FineTuneJob: the
+    operator checks them against this model and copies them into the job's status."""
+
+    progress: Progress | None = None
+    """Training progress (from the trainer)."""
+    metrics: dict[Annotated[str, Field(max_length=128)], float] = Field(default_factory=dict)
+    """Latest validation metrics (from the trainer)."""
+    metric_summary: Annotated[str, Field(max_length=128)] = ""
+    """The primary metric as 'name=value', for kubectl get."""
+    diagnosis: Diagnosis | None = None
+    """Over/underfitting and divergence verdict (from the trainer)."""
+    data_validation: DataValidationStatus | None = None
+    """Data checks (from the trainer)."""
+    bias_audit: BiasAuditStatus | None = None
+    """Fairness audit (from the trainer)."""
+    artifacts: Artifacts | None = None
+    """Where the outputs are (from the trainer)."""
+    cost: CostStatus | None = None
+    """GPU-hours and their price so far (from the trainer)."""
+
+
+class FineTuneJobStatus(TrainerReport):
+    """The observed state; the operator writes it all (the trainer's fields it copies from
+    the job's FineTuneJobReport)."""
 
     phase: Phase | None = None
     """Pending, Queued, Running, Succeeded, Failed or Suspended."""
@@ -722,22 +747,6 @@ class FineTuneJobStatus(Section):
     """The spec the job runs with: the runtime's defaults under the job's fields, every default filled in. Recorded once at validation; worker restarts are built from it, so a runtime edited later does not change a running job."""
     queue_position: int | None = Field(default=None, ge=1)
     """While Queued, the place in the queue (1 is next to start): the operator's queue (the runtime's maxConcurrentGpusPerNamespace), or the Kueue LocalQueue's (from Kueue's visibility API; absent where it is not served)."""
-    progress: Progress | None = None
-    """Training progress (from the trainer)."""
-    metrics: dict[Annotated[str, Field(max_length=128)], float] = Field(default_factory=dict)
-    """Latest validation metrics (from the trainer)."""
-    metric_summary: Annotated[str, Field(max_length=128)] = ""
-    """The primary metric as 'name=value', for kubectl get."""
-    diagnosis: Diagnosis | None = None
-    """Over/underfitting and divergence verdict (from the trainer)."""
-    data_validation: DataValidationStatus | None = None
-    """Data checks (from the trainer)."""
-    bias_audit: BiasAuditStatus | None = None
-    """Fairness audit (from the trainer)."""
-    artifacts: Artifacts | None = None
-    """Where the outputs are (from the trainer)."""
-    cost: CostStatus | None = None
-    """GPU-hours and their price so far (from the trainer)."""
     trials: list[TrialStatus] = Field(default_factory=list, max_length=1000)
     """Search trials (parent jobs only)."""
     best_trial: BestTrial | None = None
@@ -775,3 +784,25 @@ class FineTuneJob(BaseModel):
                 f"(its trials are named NAME{TRIAL_SUFFIX}); got {len(self.metadata.name)}"
             )
         return self
+
+
+REPORT_KIND = "FineTuneJobReport"
+REPORT_PLURAL = "finetunejobreports"
+REPORT_SHORT_NAMES = ("ftjreport",)
+
+
+class FineTuneJobReport(BaseModel):
+    """The trainer's half of a FineTuneJob's status, in an object of its own.
+
+    A worker pod's ServiceAccount may patch only this object (of its own job): it cannot
+    write the job's status, from which the operator rebuilds the workers, nor its spec.
+    The operator creates it with the job's name, owned by the job, and copies what it
+    reports into the job's status after checking it."""
+
+    model_config = OBJECT_CONFIG
+
+    api_version: Literal["kubetune.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["FineTuneJobReport"]
+    metadata: ObjectMeta
+    report: TrainerReport | None = None
+    """What the trainer reported last, field by field as in the job's status."""
