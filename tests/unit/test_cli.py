@@ -6,8 +6,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from kubetune_operator import console, crdgen, local
@@ -166,6 +168,27 @@ def test_validate_refuses_hostile_files_without_a_traceback(
     assert result.returncode == 1
     assert expected in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def written(manifest: dict[str, Any], folder: Path) -> Path:
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest, allow_unicode=True))
+    return path
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_quantities_not_above_zero_are_refused_by_name(
+    tmp_path: Path, sentiment: dict[str, Any], command: str
+) -> None:
+    sentiment["spec"]["resources"].update(cpu="-2", memory="-4Gi", sharedMemory="0")
+    result = runner.invoke(app, [command, str(written(sentiment, tmp_path))], terminal_width=400)
+    assert result.exit_code == 1
+    for field, value in (("cpu", "-2"), ("memory", "-4Gi"), ("sharedMemory", "0")):
+        assert (
+            f"spec.resources.{field}: must be a Kubernetes quantity above zero such as 4, 500m, "
+            f"16Gi (got '{value}')"
+        ) in result.output
+    assert "Traceback" not in result.output
 
 
 def test_validate_a_missing_file() -> None:
