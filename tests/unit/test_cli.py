@@ -191,6 +191,20 @@ def test_quantities_not_above_zero_are_refused_by_name(
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_label_with_a_bidi_override_is_refused_by_code_point(
+    tmp_path: Path, sentiment: dict[str, Any], command: str
+) -> None:
+    sentiment["spec"]["model"]["labels"] = ["negative", "evil\u202e"]
+    result = runner.invoke(app, [command, str(written(sentiment, tmp_path))], terminal_width=400)
+    assert result.exit_code == 1
+    assert (
+        "    spec.model.labels[1]: must not contain U+202E RIGHT-TO-LEFT OVERRIDE: control and "
+        "bidirectional-override characters would reach terminals and reports\n"
+    ) in result.output
+    assert "\u202e" not in result.output
+
+
 def test_validate_a_missing_file() -> None:
     result = runner.invoke(app, ["validate", "no/such/job.yaml"])
     assert result.exit_code == 1

@@ -130,3 +130,30 @@ def test_a_runtime_defaults_quantities_above_zero_too() -> None:
         f"spec.defaults.resources.memory: must be {ABOVE_ZERO} (got '-4Gi')",
         f"spec.defaults.resources.sharedMemory: must be {ABOVE_ZERO} (got '0')",
     ]
+
+
+@pytest.mark.parametrize(
+    ("label", "named"),
+    [
+        ("neg\u202eative", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+        ("neg\x00", "U+0000"),
+        ("\x1b[31mred", "U+001B"),
+        ("a\u2066b", "U+2066 LEFT-TO-RIGHT ISOLATE"),
+        ("two\u2028lines", "U+2028 LINE SEPARATOR"),
+    ],
+)
+def test_class_labels_with_control_characters_are_refused_by_code_point(
+    every_section: dict[str, Any], label: str, named: str
+) -> None:
+    every_section["spec"]["model"]["labels"][1] = label
+    every_section["spec"]["bias"]["positiveLabels"] = [label]
+    why = "control and bidirectional-override characters would reach terminals and reports"
+    assert problems(every_section) == [
+        f"spec.model.labels[1]: must not contain {named}: {why}",
+        f"spec.bias.positiveLabels[0]: must not contain {named}: {why}",
+    ]
+
+
+def test_class_labels_may_hold_any_printable_text(sentiment: dict[str, Any]) -> None:
+    sentiment["spec"]["model"]["labels"] = ["négatif 👎", "👩\u200d💻 :x: [b]positif[/b]"]
+    assert problems(sentiment) == []
