@@ -205,6 +205,20 @@ def test_a_label_with_a_bidi_override_is_refused_by_code_point(
     assert "\u202e" not in result.output
 
 
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_an_hf_revision_that_climbs_out_is_refused_by_field(
+    tmp_path: Path, sentiment: dict[str, Any], command: str
+) -> None:
+    sentiment["spec"]["model"]["source"] = "hf://org/name@../../../etc"
+    result = runner.invoke(app, [command, str(written(sentiment, tmp_path))], terminal_width=400)
+    assert result.exit_code == 1
+    assert (
+        "    spec.model.source: hf://ORG/NAME@REVISION: revision '../../../etc' is not a git "
+        "branch, tag or commit ("
+    ) in result.output
+    assert "Traceback" not in result.output
+
+
 def test_validate_a_missing_file() -> None:
     result = runner.invoke(app, ["validate", "no/such/job.yaml"])
     assert result.exit_code == 1

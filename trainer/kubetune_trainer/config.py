@@ -193,7 +193,27 @@ def _hf_source(rest: str) -> Source:
             "hf:// needs ORG/NAME with an optional @REVISION, e.g. hf://org/model@main"
         )
     name, _, revision = rest.partition("@")
+    if revision:
+        _check_revision(revision)
     return Source("hf", name, authority=authority, revision=revision)
+
+
+def _check_revision(revision: str) -> None:
+    """A branch, tag or commit by git check-ref-format's rules (what _HF_REPO's characters
+    leave to check): the revision names a file below refs/ in the Hugging Face cache, so a
+    '..' or an empty part would lead out of it."""
+    parts = revision.split("/")
+    if (
+        ".." in revision
+        or revision.endswith(".")
+        or "" in parts
+        or any(part.startswith(".") or part.endswith(".lock") for part in parts)
+    ):
+        raise ValueError(
+            f"hf://ORG/NAME@REVISION: revision {revision!r} is not a git branch, tag or "
+            "commit (no '..', no empty part or part that starts with '.' or ends with "
+            "'.lock', no '.' at the end)"
+        )
 
 
 def _package_source(rest: str) -> Source:
