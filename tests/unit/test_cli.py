@@ -219,6 +219,17 @@ def test_an_hf_revision_that_climbs_out_is_refused_by_field(
     assert "Traceback" not in result.output
 
 
+def test_validate_echoes_a_name_with_an_emoji_code_as_it_is(
+    tmp_path: Path, sentiment: dict[str, Any]
+) -> None:
+    sentiment["metadata"]["name"] = ":x:"
+    result = kubetune("validate", str(written(sentiment, tmp_path)))
+    assert result.returncode == 1
+    assert "    metadata.name: must be a DNS-1123 label" in result.stderr
+    assert "(got ':x:')" in result.stderr
+    assert "\N{CROSS MARK}" not in result.stderr
+
+
 def test_validate_a_missing_file() -> None:
     result = runner.invoke(app, ["validate", "no/such/job.yaml"])
     assert result.exit_code == 1
