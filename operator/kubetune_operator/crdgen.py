@@ -209,8 +209,13 @@ def _inline(node: Schema, defs: dict[str, Schema], where: str) -> Schema:
         return _inline({**options[0], **rest}, defs, where)
     types = sorted(o.get("type", "") for o in options)
     if types == ["integer", "string"]:
+        # A structural schema allows no bounds inside the anyOf; beside it, each bound
+        # applies to its own type (minimum to integers, pattern to strings), as in the
+        # schema of a Kubernetes resource.Quantity.
+        bounds = {k: v for option in options for k, v in option.items() if k != "type"}
         return {
             **rest,
+            **bounds,
             "x-kubernetes-int-or-string": True,
             "anyOf": [{"type": "integer"}, {"type": "string"}],
         }

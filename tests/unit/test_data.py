@@ -494,6 +494,28 @@ def test_labels_outside_model_labels(tmp_path: Path, tokenizer: PreTrainedTokeni
     )
 
 
+def test_a_class_name_from_the_rows_with_control_characters_is_a_data_error(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    rows = reviews(2, "ok") + reviews(2, "evil\u202e") + reviews(1, "nul\x00")
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    assert data_error(make_config(train), tokenizer) == (
+        f"data.labelColumn: {train} has 3 rows whose label holds U+202E RIGHT-TO-LEFT "
+        "OVERRIDE: 'evil\\u202e', 'nul\\x00', in data rows 3, 4, 5; a class name must not "
+        "contain control or bidirectional-override characters: fix those rows, or declare "
+        "the classes in model.labels (other labels are then data.quality.unknownLabels)"
+    )
+
+
+def test_a_data_label_with_control_characters_outside_model_labels_is_shown_escaped(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", reviews(2, "ok") + reviews(1, "\x1b[2J"))
+    message = data_error(make_config(train, labels=["bad", "ok"]), tokenizer)
+    assert "'\\x1b[2J' (1 row), in data row 3" in message
+    assert "\x1b" not in message
+
+
 def test_class_ids_out_of_range_are_unknown_labels(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:

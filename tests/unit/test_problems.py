@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 
 from kubetune_operator.manifests import check_document
+from tests.conftest import load_example
+
+ABOVE_ZERO = "a Kubernetes quantity above zero such as 4, 500m, 16Gi"
 
 
 def problems(manifest: dict[str, Any]) -> list[str]:
@@ -60,9 +64,17 @@ def test_enum_lists_the_values_and_suggests(sentiment: dict[str, Any]) -> None:
             "resources",
             "memory",
             "lots",
-            "must be a Kubernetes quantity such as 4, 500m, 16Gi (got 'lots')",
+            f"must be {ABOVE_ZERO} (got 'lots')",
         ),
         ("runPolicy", "suspend", "yes please", "must be true or false (got str 'yes please')"),
+        ("resources", "cpu", "-2", f"must be {ABOVE_ZERO} (got '-2')"),
+        ("resources", "cpu", -2, "must be >= 1 (got -2)"),
+        ("resources", "cpu", 0, "must be >= 1 (got 0)"),
+        ("resources", "memory", "-4Gi", f"must be {ABOVE_ZERO} (got '-4Gi')"),
+        ("resources", "memory", "0", f"must be {ABOVE_ZERO} (got '0')"),
+        ("resources", "memory", "0.0Gi", f"must be {ABOVE_ZERO} (got '0.0Gi')"),
+        ("resources", "sharedMemory", "-1", f"must be {ABOVE_ZERO} (got '-1')"),
+        ("resources", "sharedMemory", "+0", f"must be {ABOVE_ZERO} (got '+0')"),
     ],
 )
 def test_values_out_of_range_or_of_the_wrong_type(
@@ -102,3 +114,46 @@ def test_messages_of_cross_field_rules(sentiment: dict[str, Any]) -> None:
     assert problems(sentiment) == [
         "spec.bias: the audit needs data.sensitiveColumns to name at least one column"
     ]
+
+
+@pytest.mark.parametrize("value", ["8", 8, "7500m", "0.5", ".25", "16Gi", "1e3", "+2"])
+def test_quantities_above_zero_are_accepted(sentiment: dict[str, Any], value: int | str) -> None:
+    sentiment["spec"]["resources"].update(cpu=value, memory=value, sharedMemory=value)
+    assert problems(sentiment) == []
+
+
+def test_a_runtime_defaults_quantities_above_zero_too() -> None:
+    runtime = copy.deepcopy(load_example("runtimes/small-cpu.yaml"))
+    runtime["spec"]["defaults"]["resources"].update(cpu=-2, memory="-4Gi", sharedMemory="0")
+    assert problems(runtime) == [
+        "spec.defaults.resources.cpu: must be >= 1 (got -2)",
+        f"spec.defaults.resources.memory: must be {ABOVE_ZERO} (got '-4Gi')",
+        f"spec.defaults.resources.sharedMemory: must be {ABOVE_ZERO} (got '0')",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("label", "named"),
+    [
+        ("neg\u202eative", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+        ("neg\x00", "U+0000"),
+        ("\x1b[31mred", "U+001B"),
+        ("a\u2066b", "U+2066 LEFT-TO-RIGHT ISOLATE"),
+        ("two\u2028lines", "U+2028 LINE SEPARATOR"),
+    ],
+)
+def test_class_labels_with_control_characters_are_refused_by_code_point(
+    every_section: dict[str, Any], label: str, named: str
+) -> None:
+    every_section["spec"]["model"]["labels"][1] = label
+    every_section["spec"]["bias"]["positiveLabels"] = [label]
+    why = "control and bidirectional-override characters would reach terminals and reports"
+    assert problems(every_section) == [
+        f"spec.model.labels[1]: must not contain {named}: {why}",
+        f"spec.bias.positiveLabels[0]: must not contain {named}: {why}",
+    ]
+
+
+def test_class_labels_may_hold_any_printable_text(sentiment: dict[str, Any]) -> None:
+    sentiment["spec"]["model"]["labels"] = ["négatif 👎", "👩\u200d💻 :x: [b]positif[/b]"]
+    assert problems(sentiment) == []

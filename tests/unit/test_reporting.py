@@ -26,6 +26,7 @@ from kubetune_operator import reports
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.api.v1alpha1 import TrainerReport
 from kubetune_trainer.cost import RunCost
+from kubetune_trainer.data_report import failed_status
 from kubetune_trainer.reporting import (
     API_GROUP_VERSION,
     REPORT_PLURAL,
@@ -49,6 +50,7 @@ from kubetune_trainer.reporting import (
     merge_patches,
     metrics_patch,
     percent_done,
+    plain_console,
     progress_patch,
     section_patch,
     service_account_directory,
@@ -778,6 +780,19 @@ def test_fan_out_sends_every_event_to_every_reporter(tmp_path: Path) -> None:
     first, second = (path.read_text() for path in paths)
     assert first == second
     assert len(first.splitlines()) == 7
+
+
+def test_the_plain_console_prints_data_rows_as_they_are(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    row = "'awful :x: lamp [b]' (1 row)"
+    message = f"data.labelColumn: train.csv has 1 row with labels that are not in {row}"
+    reporter = ConsoleReporter(plain_console())
+    reporter.section("dataValidation", failed_status(message))
+    reporter.finished("failed", message)
+    shown = capsys.readouterr().err
+    assert shown.count(row) == 2
+    assert "\N{CROSS MARK}" not in shown
 
 
 # Choosing the sinks

@@ -236,6 +236,19 @@ def test_hostile_strings_are_printed_as_they_are(tmp_path: Path) -> None:
     assert result.output.count(SCRIPT) == 4
 
 
+def test_emoji_codes_are_printed_as_they_are(tmp_path: Path) -> None:
+    content = report()
+    content["job"] = ":x:"
+    content["biasAudit"]["worstGroup"] = "dialect=:x:"
+    content["biasAudit"]["metrics"][0]["attribute"] = ":x:"
+    content["data"]["quality"]["message"] = "row 3: 'awful :x: lamp'"
+    run_dir = write(tmp_path / "run", content)
+    result = runner.invoke(app, ["report", str(run_dir)], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert result.output.count(":x:") == 4
+    assert "\N{CROSS MARK}" not in result.output
+
+
 def test_the_run_summary_ends_with_the_bias_verdict(capsys: pytest.CaptureFixture[str]) -> None:
     cli._print_summary(report())
     shown = capsys.readouterr().out

@@ -237,3 +237,54 @@ def test_unreachable_hub_falls_back_to_the_cache(
     snapshot = cache_snapshot(hub_cache, "models--acme--tiny-bert", {"config.json": "{}"})
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     assert resolve_local("hf://acme/tiny-bert", "model.source") == snapshot
+
+
+def test_a_revision_that_climbs_out_of_the_refs_is_refused_before_the_cache_is_read(
+    hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = hub_cache.parent / "outside"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    cache_snapshot(hub_cache, "models--acme--tiny-bert", {"config.json": "{}"})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SourceError) as error:
+        resolve_local("hf://acme/tiny-bert@../../../outside", "model.source")
+    assert str(error.value) == (
+        "model.source: 'hf://acme/tiny-bert@../../../outside' is not a valid source: "
+        "hf://ORG/NAME@REVISION: revision '../../../outside' is not a git branch, tag or "
+        "commit (no '..', no empty part or part that starts with '.' or ends with '.lock', "
+        "no '.' at the end)"
+    )
+
+
+@pytest.mark.parametrize(
+    "planted", ["../../../outside", "../../models--acme--other/snapshots/" + COMMIT, "v2"]
+)
+def test_offline_a_ref_file_that_names_no_commit_is_refused(
+    hub_cache: Path, monkeypatch: pytest.MonkeyPatch, planted: str
+) -> None:
+    """The hub's own offline lookup joins a ref file's content to snapshots/ as it is."""
+    outside = hub_cache.parent / "outside"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    snapshot = cache_snapshot(hub_cache, "models--acme--tiny-bert", {"config.json": "{}"})
+    (snapshot.parent / "v2").mkdir()
+    ref = hub_cache / "models--acme--tiny-bert" / "refs" / "main"
+    ref.write_text(planted)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SourceError) as error:
+        resolve_local("hf://acme/tiny-bert", "model.source")
+    assert str(error.value) == (
+        f"model.source: the Hugging Face cache's {ref} must hold a commit hash (40 hex "
+        f"digits), not {planted[:60]!r}; delete it and download the repository again"
+    )
+
+
+def test_offline_a_tag_resolves_through_its_ref_to_its_snapshot(
+    hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snapshot = cache_snapshot(hub_cache, "models--acme--tiny-bert", {"config.json": "{}"})
+    (hub_cache / "models--acme--tiny-bert" / "refs" / "v1.0").write_text(COMMIT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_local("hf://acme/tiny-bert@v1.0", "model.source") == snapshot
+    assert resolve_local(f"hf://acme/tiny-bert@{COMMIT}", "model.source") == snapshot

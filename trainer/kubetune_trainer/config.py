@@ -14,6 +14,7 @@ convention). Each field's docstring becomes its description in the CRD and in
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Self, TypeVar
@@ -74,6 +75,41 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?(@[\w./-]{1,128})?$")
 _PY_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+"""Controls (NUL, escape sequences, line breaks), lone surrogates and line separators."""
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+"""The bidirectional marks, embeddings, overrides and isolates ("Trojan Source")."""
+
+
+def unprintable_character(text: str) -> str | None:
+    """The first character of `text` that must not reach a terminal or a report, as its
+    code point and name (U+202E RIGHT-TO-LEFT OVERRIDE), or None.
+
+    Such a character lets a value forge, hide or reorder what is printed around it; other
+    invisible characters (zero-width joiners of emoji, soft hyphens) stay allowed.
+    """
+    for character in text:
+        if (
+            unicodedata.category(character) in _UNPRINTABLE_CATEGORIES
+            or character in _BIDI_CONTROLS
+        ):
+            name = unicodedata.name(character, "")
+            return f"U+{ord(character):04X}{f' {name}' if name else ''}"
+    return None
+
+
+def _printable(text: str) -> str:
+    found = unprintable_character(text)
+    if found is not None:
+        raise ValueError(
+            f"must not contain {found}: control and bidirectional-override characters "
+            "would reach terminals and reports"
+        )
+    return text
 
 
 def task_metrics(task: TaskType) -> frozenset[str]:
@@ -157,7 +193,27 @@ def _hf_source(rest: str) -> Source:
             "hf:// needs ORG/NAME with an optional @REVISION, e.g. hf://org/model@main"
         )
     name, _, revision = rest.partition("@")
+    if revision:
+        _check_revision(revision)
     return Source("hf", name, authority=authority, revision=revision)
+
+
+def _check_revision(revision: str) -> None:
+    """A branch, tag or commit by git check-ref-format's rules (what _HF_REPO's characters
+    leave to check): the revision names a file below refs/ in the Hugging Face cache, so a
+    '..' or an empty part would lead out of it."""
+    parts = revision.split("/")
+    if (
+        ".." in revision
+        or revision.endswith(".")
+        or "" in parts
+        or any(part.startswith(".") or part.endswith(".lock") for part in parts)
+    ):
+        raise ValueError(
+            f"hf://ORG/NAME@REVISION: revision {revision!r} is not a git branch, tag or "
+            "commit (no '..', no empty part or part that starts with '.' or ends with "
+            "'.lock', no '.' at the end)"
+        )
 
 
 def _package_source(rest: str) -> Source:
@@ -180,6 +236,9 @@ SourceUri = Annotated[
     AfterValidator(_check_source),
 ]
 ColumnName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
+ClassName = Annotated[
+    str, Field(min_length=1, max_length=MAX_NAME_LENGTH), AfterValidator(_printable)
+]
 ModulePattern = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
 
 
@@ -234,9 +293,7 @@ class ModelSpec(Section):
     """Where the weights and tokenizer are: a local directory, file:///PATH, pvc://CLAIM/PATH (a PersistentVolumeClaim mounted in the pods), hf://ORG/NAME[@REVISION] (the Hugging Face hub), or pkg://PACKAGE/PATH (a directory shipped inside an installed Python package)."""
     task: TaskType = "sequence-classification"
     """What the model learns: sequence-classification (a classification head on the encoder) or causal-lm (next-token prediction)."""
-    labels: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]] | None = Field(
-        default=None, min_length=2, max_length=MAX_LABELS
-    )
+    labels: list[ClassName] | None = Field(default=None, min_length=2, max_length=MAX_LABELS)
     """Class names in class-id order (sequence-classification). Left out: the sorted distinct values of the label column."""
     num_labels: int | None = Field(default=None, ge=2, le=100_000)
     """Number of classes (sequence-classification); must equal the length of labels when both are set."""
@@ -733,9 +790,7 @@ class CounterfactualPair(Section):
 class BiasSpec(Section):
     """The fairness audit run after training, over the sensitive columns of data."""
 
-    positive_labels: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]] = Field(
-        default_factory=list, max_length=MAX_LABELS
-    )
+    positive_labels: list[ClassName] = Field(default_factory=list, max_length=MAX_LABELS)
     """Classes treated as the favourable outcome (one-vs-rest for each). Left out: the second label of a binary task; required for multi-class."""
     thresholds: BiasThresholds = section_default(BiasThresholds)
     """The gates."""

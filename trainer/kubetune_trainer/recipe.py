@@ -387,7 +387,9 @@ class Recipe:
             self.reporter.section("dataValidation", failed_status(str(error)))
             raise
         if cached:
-            self.console.print(f"Data: prepared rows read from {self.output_dir / CACHE_DIR}")
+            self.console.print(
+                f"Data: prepared rows read from {self.output_dir / CACHE_DIR}", markup=False
+            )
         return data
 
     def _check_bias_settings(self) -> None:
@@ -1053,7 +1055,8 @@ class Recipe:
         self.accelerator.load_state(str(latest))
         self.resumed_from = latest
         self.console.print(
-            f"Resuming from {latest} (epoch {self.state.epoch + 1}, step {self.state.step})"
+            f"Resuming from {latest} (epoch {self.state.epoch + 1}, step {self.state.step})",
+            markup=False,
         )
 
     # --- the end ---------------------------------------------------------------------------

@@ -791,8 +791,9 @@ BAR_WIDTH = 12
 
 def plain_console() -> Console:
     """Standard error with lines never wrapped: a pod's log or a pipe keeps each line whole
-    (searchable); a terminal folds long ones itself."""
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    (searchable); a terminal folds long ones itself. Emoji codes are printed as they are,
+    since data rows, labels and paths reach it ("awful :x:" is not "awful ❌")."""
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 class ConsoleReporter:

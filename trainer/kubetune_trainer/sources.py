@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
-from huggingface_hub import HfApi, is_offline_mode, snapshot_download
+from huggingface_hub import HfApi, constants, is_offline_mode, snapshot_download
+from huggingface_hub.file_download import repo_folder_name
 
 from kubetune_trainer.config import Source, parse_source
 
@@ -30,6 +32,7 @@ PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
 HUB_TIMEOUT_SECONDS = 10.0
 """How long a request to the Hugging Face hub may wait before the cache is tried instead."""
 _TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 class SourceError(Exception):
@@ -110,6 +113,8 @@ def _hub_snapshot(source: Source, field: str) -> Path:
     repo_type = "dataset" if source.authority == "datasets" else "model"
     revision = source.revision or None
     reason = "HF_HUB_OFFLINE is set" if _hub_offline() else _hub_unreachable(source, repo_type)
+    if reason is not None:
+        revision = _cached_commit(source, repo_type, field) or revision
     try:
         snapshot = snapshot_download(
             source.location,
@@ -122,6 +127,35 @@ def _hub_snapshot(source: Source, field: str) -> Path:
         cause = f"{reason} and it is not in the local cache" if reason else _first_line(error)
         raise SourceError(_hub_advice(source, field, cause)) from error
     return Path(snapshot)
+
+
+def _cached_commit(source: Source, repo_type: str, field: str) -> str | None:
+    """The commit that the cache's ref file for the branch or tag names; None when the
+    revision is a commit already or the cache has no ref file for it.
+
+    Offline, the hub's own lookup takes a ref file's content as a folder name below the
+    repository's snapshots/, so a planted ref such as '../../../../home' would lead it out
+    of the cache: the content must be a commit hash.
+    """
+    revision = source.revision or constants.DEFAULT_REVISION
+    folder = Path(constants.HF_HUB_CACHE).expanduser() / repo_folder_name(
+        repo_id=source.location, repo_type=repo_type
+    )
+    ref = folder / "refs" / revision
+    if _COMMIT.fullmatch(revision) or not ref.is_file():
+        return None
+    try:
+        commit = ref.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise SourceError(
+            f"{field}: the Hugging Face cache's {ref} cannot be read ({error})"
+        ) from None
+    if not _COMMIT.fullmatch(commit):
+        raise SourceError(
+            f"{field}: the Hugging Face cache's {ref} must hold a commit hash (40 hex digits), "
+            f"not {commit[:60]!r}; delete it and download the repository again"
+        )
+    return commit
 
 
 def _hub_offline() -> bool:

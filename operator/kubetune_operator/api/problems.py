@@ -26,7 +26,7 @@ PATTERN_HINTS = {
         "letter or digit"
     ),
     v1alpha1.DNS_SUBDOMAIN_PATTERN: "a DNS-1123 subdomain: lowercase labels joined by '.'",
-    v1alpha1.QUANTITY_PATTERN: "a Kubernetes quantity such as 4, 500m, 16Gi",
+    v1alpha1.QUANTITY_PATTERN: "a Kubernetes quantity above zero such as 4, 500m, 16Gi",
     v1alpha1.IMAGE_PATTERN: "a container image reference such as registry.example/team/trainer:1.2",
     v1alpha1.RESOURCE_NAME_PATTERN: "a resource name such as nvidia.com/gpu",
     v1alpha1.LABEL_KEY_PATTERN: "a label key such as example.com/team",
@@ -86,7 +86,9 @@ def _field_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     )
 
 
-_UNION_TAGS = frozenset({"int", "str", "float", "bool", "none", "constrained-str", "list", "dict"})
+_UNION_TAGS = frozenset(
+    {"int", "str", "float", "bool", "none", "constrained-int", "constrained-str", "list", "dict"}
+)
 
 
 def _path(loc: tuple[str | int, ...]) -> str:

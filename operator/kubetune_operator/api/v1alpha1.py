@@ -48,9 +48,14 @@ TRIAL_SUFFIX = "-trial-999"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"^\+?(0*[1-9][0-9]*(\.[0-9]*)?|0*\.0*[1-9][0-9]*)"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+"""A Kubernetes quantity above zero: its number has a non-zero digit and no minus sign.
+
+Every quantity of a job (CPU, memory, /dev/shm) is an amount a worker needs, for which
+zero or less means nothing; the CRD carries this pattern so the API server refuses such a
+value at apply time."""
 IMAGE_PATTERN = (
     r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
@@ -71,7 +76,9 @@ ConditionType = Literal[
 
 DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
 DnsSubdomain = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
-Quantity = int | Annotated[str, Field(max_length=64, pattern=QUANTITY_PATTERN)]
+Quantity = (
+    Annotated[int, Field(ge=1)] | Annotated[str, Field(max_length=64, pattern=QUANTITY_PATTERN)]
+)
 LabelKey = Annotated[str, Field(max_length=317, pattern=LABEL_KEY_PATTERN)]
 LabelValue = Annotated[str, Field(max_length=63)]
 ShortText = Annotated[str, Field(max_length=1024)]

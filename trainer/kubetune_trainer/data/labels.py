@@ -4,7 +4,9 @@ A label column holds text ("positive"), numbers (0, 1) or a mix with stray space
 classes come from model.labels when declared, else from the training rows. This module
 turns the column into class ids (the position of each label in the class names), reads
 integer labels as class ids where model.labels declares names they cannot be, and names
-the labels, counts and rows that fit no class.
+the labels, counts and rows that fit no class. Class names taken from the rows must be
+safe to print (no control or bidirectional-override characters): they reach logs, the
+status and the reports.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.config import TrainingConfig, unprintable_character
 from kubetune_trainer.data.columns import as_text
 from kubetune_trainer.data.rows import SHOWN, DataError, Rows, listing, row_count
 from kubetune_trainer.quality import Mask
@@ -45,8 +47,10 @@ def labels_of(rows: Rows, column: str) -> list[str]:
     Integer labels sort as numbers, so that "10" comes after "9". Rows without a label
     (the missingValues rule has them) name no class.
     """
-    distinct = pc.unique(label_values(rows, column)).drop_null()
+    values = label_values(rows, column)
+    distinct = pc.unique(values).drop_null()
     names: list[str] = distinct.to_pylist()
+    _check_printable(rows, values, names)
     if len(names) < 2:
         found = f"the label {names[0]!r}" if names else "no label"
         raise DataError(
@@ -54,6 +58,23 @@ def labels_of(rows: Rows, column: str) -> list[str]:
             "a classifier needs rows of at least two classes"
         )
     return sorted(names, key=int) if _all_match(distinct, _INTEGER_TEXT) else sorted(names)
+
+
+def _check_printable(rows: Rows, values: pa.ChunkedArray, names: list[str]) -> None:
+    """Refuse class names with control or bidirectional-override characters: a class name
+    is printed in logs, the status and the reports, where it could forge or reorder text."""
+    unprintable = [name for name in names if unprintable_character(name) is not None]
+    if not unprintable:
+        return
+    matched = pc.is_in(values, value_set=pa.array(unprintable, pa.string()))
+    found = unprintable_character(unprintable[0])
+    raise DataError(
+        f"data.labelColumn: {rows.origin} has {row_count(pc.sum(matched).as_py())} whose "
+        f"label holds {found}: {listing([repr(name) for name in unprintable], SHOWN)}, in "
+        f"{rows.row_numbers(matched)}; a class name must not contain control or "
+        "bidirectional-override characters: fix those rows, or declare the classes in "
+        "model.labels (other labels are then data.quality.unknownLabels)"
+    )
 
 
 def encode_labels(rows: Rows, labels: Sequence[str], column: str, *, declared: bool) -> Rows:
