@@ -327,27 +327,58 @@ def _labels(runtime: Mapping[str, Any]) -> Mapping[str, Any]:
 
 # --- guardrails ------------------------------------------------------------------------
 
+RUNTIME_OWNER = "the runtime"
+POLICY_OWNER = "the cluster's default policy"
+DEFAULT_POLICY_SOURCE = "Helm value defaultPolicy"
+"""Where a violation of the default policy says its limits come from."""
+SYSTEM_PRIORITY_PREFIX = "system-"
+"""Kubernetes' own PriorityClasses (system-node-critical, system-cluster-critical): their pods
+preempt nearly every other pod and are evicted last."""
+SECRET_FIELDS = ("credentials.hubToken.name", "credentials.storage.name")
+"""Where a spec names a Secret whose values the worker pods get in their environment."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a check judges, and whose guardrails its messages name."""
+
+    whole_job: bool
+    """A job's whole effective spec; else a runtime's partial defaults, judged where set."""
+    owner: str
+    """Who set the guardrails, as a message names them: the runtime, the default policy."""
+
 
 def check_guardrails(job: FineTuneJob, runtime: AnyRuntime | None) -> list[Violation]:
     """Every guardrail of the runtime that the job (its effective spec) breaks, in a fixed order."""
     if runtime is None:
         return []
-    spec = job.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    rails = runtime.spec.guardrails
-    found = list(_spec_violations(spec, rails, runtime.display_name, whole_job=True))
+    spec = _spec_of(job)
+    rails, shown = runtime.spec.guardrails, runtime.display_name
+    found = _spec_violations(spec, rails, shown, Scope(whole_job=True, owner=RUNTIME_OWNER))
     if not any(v.field == "spec.resources" for v in found):  # one message per GPU total
-        found += _queue_violations(spec, runtime.spec.queue, runtime.display_name)
-    found += _bias_violations(spec, rails, runtime.display_name)
-    found += _label_violations(job.metadata.labels, rails, runtime.display_name)
-    return found
+        found += _queue_violations(spec, runtime.spec.queue, shown)
+    return found + _job_violations(job, spec, rails, shown, RUNTIME_OWNER)
+
+
+def check_default_policy(job: FineTuneJob, policy: Guardrails) -> list[Violation]:
+    """Every guardrail of the cluster's default policy that a job no runtime applies to breaks.
+
+    A job that names no image runs the operator's trainer image, which the platform sets in
+    the same chart as the policy: only an image the job names is judged.
+    """
+    spec = _spec_of(job)
+    if _at(spec, "resources.image") is None:
+        policy = policy.model_copy(update={"allowed_images": None})
+    scope = Scope(whole_job=True, owner=POLICY_OWNER)
+    found = _spec_violations(spec, policy, DEFAULT_POLICY_SOURCE, scope)
+    return found + _job_violations(job, spec, policy, DEFAULT_POLICY_SOURCE, POLICY_OWNER)
 
 
 def runtime_problems(runtime: AnyRuntime) -> list[Violation]:
     """Where the runtime's own defaults break its own guardrails (every job would be refused)."""
     defaults = runtime.spec.defaults.model_dump(mode="json", by_alias=True, exclude_none=True)
-    found = _spec_violations(
-        defaults, runtime.spec.guardrails, runtime.display_name, whole_job=False
-    )
+    scope = Scope(whole_job=False, owner=RUNTIME_OWNER)
+    found = _spec_violations(defaults, runtime.spec.guardrails, runtime.display_name, scope)
     return [
         Violation(
             v.field.replace("spec.", "spec.defaults.", 1), v.value, v.limit, v.text, v.runtime
@@ -356,11 +387,24 @@ def runtime_problems(runtime: AnyRuntime) -> list[Violation]:
     ]
 
 
-Check = Callable[[Mapping[str, Any], Guardrails, bool], Iterator[tuple[str, Any, Any, str]]]
+def _spec_of(job: FineTuneJob) -> dict[str, Any]:
+    return job.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _job_violations(
+    job: FineTuneJob, spec: Mapping[str, Any], rails: Guardrails, shown: str, owner: str
+) -> list[Violation]:
+    """The guardrails only a whole job can keep: its bias audit and its labels."""
+    return _bias_violations(spec, rails, shown, owner) + _label_violations(
+        job.metadata.labels, rails, shown, owner
+    )
+
+
+Check = Callable[[Mapping[str, Any], Guardrails, Scope], Iterator[tuple[str, Any, Any, str]]]
 
 
 def _spec_violations(
-    spec: Mapping[str, Any], rails: Guardrails, runtime: str, *, whole_job: bool
+    spec: Mapping[str, Any], rails: Guardrails, runtime: str, scope: Scope
 ) -> list[Violation]:
     """The checks that read the spec; on a runtime's partial defaults only what is set is judged."""
     checks: list[Check] = [
@@ -368,13 +412,16 @@ def _spec_violations(
         _model_source,
         _worker_counts,
         _placement,
+        _node_labels,
         _tolerations,
+        _priority_class,
+        _secrets,
         _deadline,
     ]
     return [
         Violation(f"spec.{field}", value, limit, text, runtime)
         for check in checks
-        for field, value, limit, text in check(spec, rails, whole_job)
+        for field, value, limit, text in check(spec, rails, scope)
     ]
 
 
@@ -386,31 +433,30 @@ def _at(spec: Mapping[str, Any], path: str) -> Any:
 
 
 def _image(
-    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
 ) -> Iterator[tuple[str, Any, Any, str]]:
     patterns = rails.allowed_images
     if patterns is None:
         return
     image = _at(spec, "resources.image")
-    shown = ", ".join(patterns)
-    if image is None and whole_job:
+    if image is None and scope.whole_job:
         yield (
             "resources.image",
             None,
             patterns,
-            f"must be set: the runtime allows only images matching {shown}",
+            f"must be set: {scope.owner} allows only images matching {', '.join(patterns)}",
         )
     elif image is not None and not any(fnmatchcase(image, p) for p in patterns):
         yield (
             "resources.image",
             image,
             patterns,
-            f"{image} matches none of the runtime's allowedImages {shown}",
+            f"{image} {_none_of(scope, 'allowedImages', patterns)}",
         )
 
 
 def _model_source(
-    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
 ) -> Iterator[tuple[str, Any, Any, str]]:
     prefixes = rails.allowed_model_sources
     source = _at(spec, "model.source")
@@ -421,12 +467,12 @@ def _model_source(
         "model.source",
         source,
         prefixes,
-        f"{source} starts with none of the runtime's allowedModelSources {shown}",
+        f"{source} starts with none of {scope.owner}'s allowedModelSources {shown}",
     )
 
 
 def _worker_counts(
-    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
 ) -> Iterator[tuple[str, Any, Any, str]]:
     resources = _at(spec, "resources") or {}
     workers, per_worker = resources.get("workers"), resources.get("gpusPerWorker")
@@ -435,7 +481,7 @@ def _worker_counts(
             "resources.workers",
             workers,
             rails.max_workers,
-            f"{workers} exceeds the runtime's maxWorkers {rails.max_workers}",
+            f"{workers} exceeds {scope.owner}'s maxWorkers {rails.max_workers}",
         )
     limit = rails.max_gpus_per_worker
     if limit is not None and per_worker is not None and per_worker > limit:
@@ -443,7 +489,7 @@ def _worker_counts(
             "resources.gpusPerWorker",
             per_worker,
             limit,
-            f"{per_worker} exceeds the runtime's maxGpusPerWorker {limit}",
+            f"{per_worker} exceeds {scope.owner}'s maxGpusPerWorker {limit}",
         )
     if rails.max_gpus_per_job is not None and workers is not None and per_worker is not None:
         total = workers * per_worker
@@ -452,13 +498,13 @@ def _worker_counts(
                 "resources",
                 total,
                 rails.max_gpus_per_job,
-                f"{workers} workers x {per_worker} GPUs = {total} GPUs exceeds the runtime's "
-                f"maxGpusPerJob {rails.max_gpus_per_job}",
+                f"{workers} workers x {per_worker} GPUs = {total} GPUs exceeds "
+                f"{scope.owner}'s maxGpusPerJob {rails.max_gpus_per_job}",
             )
 
 
 def _placement(
-    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
 ) -> Iterator[tuple[str, Any, Any, str]]:
     choices = rails.allowed_gpu_node_selectors
     resources = _at(spec, "resources") or {}
@@ -466,7 +512,7 @@ def _placement(
     if (
         choices is None
         or not resources.get("gpusPerWorker")
-        or (selector is None and not whole_job)
+        or (selector is None and not scope.whole_job)
     ):
         return
     selector = selector or {}
@@ -478,9 +524,30 @@ def _placement(
         "resources.nodeSelector",
         selector,
         allowed,
-        f"{_labels_text(selector) or '{}'} does not select GPU nodes the runtime allows: "
+        f"{_labels_text(selector) or '{}'} does not select GPU nodes {scope.owner} allows: "
         f"include {shown}",
     )
+
+
+def _node_labels(
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
+) -> Iterator[tuple[str, Any, Any, str]]:
+    """Each nodeSelector entry, as key=value, must match an allowedNodeLabels pattern: a
+    job cannot steer its pods to nodes the platform keeps apart (the control plane, say)."""
+    patterns = rails.allowed_node_labels
+    if patterns is None:
+        return
+    for key, value in sorted((_at(spec, "resources.nodeSelector") or {}).items()):
+        label = f"{key}={value}"
+        if not any(fnmatchcase(label, p) for p in patterns):
+            text = f"{label} {_none_of(scope, 'allowedNodeLabels', patterns)}"
+            yield ("resources.nodeSelector", {key: value}, patterns, text)
+
+
+def _none_of(scope: Scope, guardrail: str, patterns: Sequence[str]) -> str:
+    if not patterns:
+        return f"is not allowed: {scope.owner}'s {guardrail} is empty"
+    return f"matches none of {scope.owner}'s {guardrail} {', '.join(patterns)}"
 
 
 def _labels_text(labels: Mapping[str, Any]) -> str:
@@ -488,7 +555,7 @@ def _labels_text(labels: Mapping[str, Any]) -> str:
 
 
 def _tolerations(
-    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
 ) -> Iterator[tuple[str, Any, Any, str]]:
     allowed = rails.allowed_tolerations
     if allowed is None:
@@ -500,7 +567,53 @@ def _tolerations(
                 f"resources.tolerations[{index}]",
                 raw,
                 [t.model_dump(mode="json", exclude_none=True) for t in allowed],
-                f"{_toleration_text(toleration)} is not among the runtime's allowedTolerations",
+                f"{_toleration_text(toleration)} is not among {scope.owner}'s allowedTolerations",
+            )
+
+
+def _priority_class(
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
+) -> Iterator[tuple[str, Any, Any, str]]:
+    """A class among allowedPriorityClasses; a system-* class only by an entry that starts
+    with system-, so a pattern such as * never lets a job preempt the cluster's own pods."""
+    field, name = "resources.priorityClassName", _at(spec, "resources.priorityClassName")
+    patterns = rails.allowed_priority_classes
+    if name is None:
+        return
+    if name.startswith(SYSTEM_PRIORITY_PREFIX):
+        explicit = [p for p in patterns or [] if p.startswith(SYSTEM_PRIORITY_PREFIX)]
+        if not any(fnmatchcase(name, p) for p in explicit):
+            text = (
+                f"{name} is reserved for the cluster's own pods: only an entry of "
+                f"{scope.owner}'s allowedPriorityClasses that starts with "
+                f"{SYSTEM_PRIORITY_PREFIX} allows it"
+            )
+            yield (field, name, explicit, text)
+    elif patterns is not None and not any(fnmatchcase(name, p) for p in patterns):
+        yield (
+            field,
+            name,
+            patterns,
+            f"{name} {_none_of(scope, 'allowedPriorityClasses', patterns)}",
+        )
+
+
+def _secrets(
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
+) -> Iterator[tuple[str, Any, Any, str]]:
+    """Secrets among allowedSecrets: the pods the operator creates get a named Secret's values
+    in their environment, so naming a Secret is reading it."""
+    patterns = rails.allowed_secrets
+    if patterns is None:
+        return
+    for field in SECRET_FIELDS:
+        name = _at(spec, field)
+        if name is not None and not any(fnmatchcase(name, p) for p in patterns):
+            yield (
+                field,
+                name,
+                patterns,
+                f"Secret {name} {_none_of(scope, 'allowedSecrets', patterns)}",
             )
 
 
@@ -520,7 +633,7 @@ def _toleration_text(toleration: Toleration) -> str:
 
 
 def _deadline(
-    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
 ) -> Iterator[tuple[str, Any, Any, str]]:
     field = "runPolicy.activeDeadlineSeconds"
     deadline = _at(spec, field)
@@ -530,11 +643,11 @@ def _deadline(
             field,
             deadline,
             limit,
-            f"{deadline} exceeds the runtime's maxActiveDeadlineSeconds {limit}",
+            f"{deadline} exceeds {scope.owner}'s maxActiveDeadlineSeconds {limit}",
         )
     budget = rails.max_gpu_hours
     gpus = _gpus(_at(spec, "resources") or {})
-    if budget is None or not gpus or not whole_job:
+    if budget is None or not gpus or not scope.whole_job:
         return
     own_budget = _at(spec, "runPolicy.maxGpuHours")
     if own_budget is not None and own_budget > budget:
@@ -542,14 +655,14 @@ def _deadline(
             "runPolicy.maxGpuHours",
             own_budget,
             budget,
-            f"{own_budget:g} exceeds the runtime's maxGpuHours {budget:g}",
+            f"{own_budget:g} exceeds {scope.owner}'s maxGpuHours {budget:g}",
         )
     if deadline is None:
         yield (
             field,
             None,
             budget,
-            f"must be set: the runtime's maxGpuHours {budget:g} bounds GPUs x deadline",
+            f"must be set: {scope.owner}'s maxGpuHours {budget:g} bounds GPUs x deadline",
         )
     elif gpus * deadline / 3600 > budget:
         hours = gpus * deadline / 3600
@@ -557,7 +670,7 @@ def _deadline(
             field,
             deadline,
             budget,
-            f"{gpus} GPUs x {deadline} s = {hours:g} GPU-hours exceeds the runtime's "
+            f"{gpus} GPUs x {deadline} s = {hours:g} GPU-hours exceeds {scope.owner}'s "
             f"maxGpuHours {budget:g}",
         )
 
@@ -574,7 +687,9 @@ def _queue_violations(spec: Mapping[str, Any], queue: QueueSpec, runtime: str) -
     return [Violation("spec.resources", gpus, limit, text, runtime)]
 
 
-def _bias_violations(spec: Mapping[str, Any], rails: Guardrails, runtime: str) -> list[Violation]:
+def _bias_violations(
+    spec: Mapping[str, Any], rails: Guardrails, runtime: str, owner: str
+) -> list[Violation]:
     if not rails.require_bias_audit or spec.get("bias") is not None:
         return []
     return [
@@ -582,21 +697,21 @@ def _bias_violations(spec: Mapping[str, Any], rails: Guardrails, runtime: str) -
             "spec.bias",
             None,
             True,
-            "must be set: the runtime requires a bias audit (requireBiasAudit)",
+            f"must be set: {owner} requires a bias audit (requireBiasAudit)",
             runtime,
         )
     ]
 
 
 def _label_violations(
-    labels: Mapping[str, str], rails: Guardrails, runtime: str
+    labels: Mapping[str, str], rails: Guardrails, runtime: str, owner: str
 ) -> list[Violation]:
     return [
         Violation(
             f"metadata.labels.{key}",
             labels.get(key),
             key,
-            "is required by the runtime (requiredLabels)",
+            f"is required by {owner} (requiredLabels)",
             runtime,
         )
         for key in rails.required_labels
