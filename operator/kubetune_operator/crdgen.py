@@ -294,6 +294,11 @@ def runtime_openapi_schema(
     model: type[runtime.FineTuneRuntime] | type[runtime.ClusterFineTuneRuntime],
 ) -> Schema:
     """A runtime's schema. Its spec stays editable: a change applies to jobs created after it."""
+    spec = (
+        runtime.ClusterFineTuneRuntimeSpec
+        if model is runtime.ClusterFineTuneRuntime
+        else runtime.FineTuneRuntimeSpec
+    )
     return {
         "type": "object",
         "description": model.__doc__,
@@ -301,7 +306,7 @@ def runtime_openapi_schema(
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": structural_schema(runtime.FineTuneRuntimeSpec),
+            "spec": structural_schema(spec),
             "status": structural_schema(runtime.RuntimeStatus),
         },
     }

@@ -48,6 +48,8 @@ RUNTIME_NOT_FOUND = "RuntimeNotFound"
 """Condition reason of a job whose runtime (named or default) cannot be found."""
 RUNTIME_AMBIGUOUS = "RuntimeAmbiguous"
 """Condition reason of a job that names no runtime while two are labelled default."""
+RUNTIME_NOT_ALLOWED = "RuntimeNotAllowed"
+"""Condition reason of a job that names a ClusterFineTuneRuntime its namespace may not use."""
 RUNTIME_INVALID = "RuntimeInvalid"
 """Condition reason of a job whose runtime is not a valid runtime object."""
 INVALID_SPEC = "InvalidSpec"
@@ -59,6 +61,10 @@ _DEFAULT_GPUS_PER_WORKER: int = ResourcesSpec.model_fields["gpus_per_worker"].de
 
 class RuntimeSelectionError(Exception):
     """The job's runtime cannot be determined: a missing runtimeRef target, or two defaults."""
+
+
+class RuntimeNotAllowedError(RuntimeSelectionError):
+    """The job's runtimeRef names a ClusterFineTuneRuntime that its namespace may not use."""
 
 
 @dataclass(frozen=True)
@@ -183,15 +189,17 @@ class Refused:
     """A job that cannot run with its runtime (yet), and why."""
 
     reason: str
-    """GuardrailViolated, InvalidSpec, RuntimeNotFound, RuntimeAmbiguous or RuntimeInvalid."""
+    """GuardrailViolated, InvalidSpec, RuntimeNotAllowed, RuntimeNotFound, RuntimeAmbiguous or
+    RuntimeInvalid."""
     messages: list[str]
     """One line per problem, each naming the field."""
 
     @property
     def waits_for_runtime(self) -> bool:
         """Whether a runtime created or edited later can make the job valid; a job that
-        breaks a guardrail or is invalid with its runtime's defaults must be re-created."""
-        return self.reason not in (GUARDRAIL_VIOLATED, INVALID_SPEC)
+        breaks a guardrail, is invalid with its runtime's defaults or names a runtime its
+        namespace may not use must be re-created."""
+        return self.reason not in (GUARDRAIL_VIOLATED, INVALID_SPEC, RUNTIME_NOT_ALLOWED)
 
 
 def resolve(
@@ -205,6 +213,8 @@ def resolve(
     the operator. `document` is the job as applied (no status)."""
     try:
         chosen = pick_runtime(job, namespace_runtimes, cluster_runtimes)
+    except RuntimeNotAllowedError as error:
+        return Refused(RUNTIME_NOT_ALLOWED, [str(error)])
     except RuntimeSelectionError as error:
         reason = RUNTIME_NOT_FOUND if job.spec.runtime_ref is not None else RUNTIME_AMBIGUOUS
         return Refused(reason, [str(error)])
@@ -272,10 +282,12 @@ def pick_runtime(
     namespace_runtimes: Sequence[Mapping[str, Any]],
     cluster_runtimes: Sequence[Mapping[str, Any]],
 ) -> Mapping[str, Any] | None:
-    """The job's runtime: its runtimeRef, else the namespace's default, else the cluster's.
+    """The job's runtime: its runtimeRef, else the namespace's default, else the cluster's
+    default among those that serve the job's namespace.
 
     `namespace_runtimes` are the FineTuneRuntimes of the job's namespace. Raises
-    RuntimeSelectionError for a runtimeRef to a missing runtime and for two defaults.
+    RuntimeSelectionError for a runtimeRef to a missing runtime and for two defaults, and
+    RuntimeNotAllowedError for a runtimeRef to a runtime the job's namespace may not use.
     """
     ref = job.spec.runtime_ref
     if ref is not None:
@@ -284,7 +296,11 @@ def pick_runtime(
         (RUNTIME_KIND, namespace_runtimes),
         (CLUSTER_RUNTIME_KIND, cluster_runtimes),
     ):
-        defaults = [r for r in runtimes if _labels(r).get(DEFAULT_RUNTIME_LABEL) == "true"]
+        defaults = [
+            r
+            for r in runtimes
+            if _labels(r).get(DEFAULT_RUNTIME_LABEL) == "true" and serves(r, job.metadata.namespace)
+        ]
         if len(defaults) > 1:
             names = ", ".join(sorted(_name(r) for r in defaults))
             raise RuntimeSelectionError(
@@ -314,7 +330,33 @@ def _referenced(
         raise RuntimeSelectionError(
             f"spec.runtimeRef: {ref.kind} {ref.name!r} does not exist{where} (known: {known})"
         )
+    if not serves(found, job.metadata.namespace):
+        patterns = ", ".join(_allowed_namespaces(found) or []) or "none"
+        raise RuntimeNotAllowedError(
+            f"spec.runtimeRef: {ref.kind} {ref.name} may not be used in namespace "
+            f"{job.metadata.namespace} (its spec.allowedNamespaces: {patterns}); ask its "
+            "owners to allow the namespace, or name another runtime"
+        )
     return found
+
+
+def serves(runtime: Mapping[str, Any], namespace: str | None) -> bool:
+    """Whether jobs of `namespace` may use the runtime: a ClusterFineTuneRuntime's
+    allowedNamespaces (left out: every namespace). A FineTuneRuntime has none: it is only
+    ever looked up in its own namespace. A job without a namespace (a manifest checked on a
+    laptop) is not judged: the cluster does that."""
+    patterns = _allowed_namespaces(runtime)
+    if patterns is None or namespace is None:
+        return True
+    return any(fnmatchcase(namespace, p) for p in patterns)
+
+
+def _allowed_namespaces(runtime: Mapping[str, Any]) -> list[str] | None:
+    """The runtime's allowedNamespaces as written; a malformed value serves no namespace."""
+    patterns = (runtime.get("spec") or {}).get("allowedNamespaces")
+    if patterns is None:
+        return None
+    return [p for p in patterns if isinstance(p, str)] if isinstance(patterns, list) else []
 
 
 def _name(runtime: Mapping[str, Any]) -> str:

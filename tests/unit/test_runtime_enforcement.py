@@ -115,6 +115,36 @@ def test_two_defaults_are_ambiguous_and_wait() -> None:
     assert "a100, b100" in refused.messages[0]
 
 
+def test_a_runtime_the_namespace_may_not_use_is_refused_for_good() -> None:
+    job = user_job()
+    job["metadata"]["namespace"] = "research"
+    refused = resolve(job, cluster=[a100()])
+    assert isinstance(refused, runtimes.Refused)
+    assert (refused.reason, refused.waits_for_runtime) == ("RuntimeNotAllowed", False)
+    assert refused.messages == [
+        "spec.runtimeRef: ClusterFineTuneRuntime a100 may not be used in namespace research "
+        "(its spec.allowedNamespaces: ml, ml-*); ask its owners to allow the namespace, or "
+        "name another runtime"
+    ]
+    job["metadata"]["namespace"] = "ml-vision"
+    assert isinstance(resolve(job, cluster=[a100()]), runtimes.Resolved)
+
+
+def test_a_default_runtime_serves_only_its_namespaces() -> None:
+    job = user_job()
+    del job["spec"]["runtimeRef"]
+    small = copy.deepcopy(load_example("runtimes/small-cpu.yaml"))
+    small["spec"]["allowedNamespaces"] = ["research"]
+    other = a100()
+    other["metadata"]["labels"] = {"kubetune.dev/default-runtime": "true"}
+    resolved = resolve(job, cluster=[small, other])  # not ambiguous: small-cpu skips ml
+    assert isinstance(resolved, runtimes.Resolved)
+    assert resolved.record["runtime"]["name"] == "a100"
+    alone = resolve(job, cluster=[small])
+    assert isinstance(alone, runtimes.Resolved)
+    assert alone.runtime is None
+
+
 def test_an_invalid_runtime_object_waits_with_its_problem() -> None:
     runtime = a100()
     runtime["spec"]["guardrails"]["maxWorkers"] = 0

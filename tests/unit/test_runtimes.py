@@ -407,6 +407,14 @@ def test_pick_runtime_errors() -> None:
 # --- the runtime documents themselves ---------------------------------------------------
 
 
+def test_only_a_cluster_runtime_limits_its_namespaces() -> None:
+    namespaced = a100()
+    namespaced.update(kind="FineTuneRuntime", metadata={"name": "team", "namespace": "ml"})
+    assert [str(p) for p in check_document(namespaced, "team.yaml").problems] == [
+        "spec.allowedNamespaces: unknown field; allowed here: defaults, guardrails, queue"
+    ]
+
+
 def test_runtime_documents_are_checked() -> None:
     bad = a100()
     bad["spec"]["guardrails"].update(maxWorkers=0, maxGpusPerWorker=8, maxGpusPerJob=4)
@@ -430,6 +438,7 @@ def test_runtime_documents_are_checked() -> None:
         "kind: must be FineTuneJob"
     ]
     namespaced = {**a100(), "kind": "FineTuneRuntime"}
+    del namespaced["spec"]["allowedNamespaces"]  # a FineTuneRuntime serves its own namespace
     assert isinstance(check_document(namespaced, "x.yaml").runtime, FineTuneRuntime)
 
 

@@ -188,6 +188,13 @@ class FineTuneRuntimeSpec(Section):
     """Where jobs wait for GPUs; left out: they start at once."""
 
 
+class ClusterFineTuneRuntimeSpec(FineTuneRuntimeSpec):
+    """A runtime's spec, plus the namespaces whose jobs may use it."""
+
+    allowed_namespaces: list[GlobPattern] | None = Field(default=None, max_length=MAX_PATTERNS)
+    """Shell-style patterns of the namespaces whose FineTuneJobs may use this runtime, e.g. ml-*; left out: every namespace; empty: none. A job of another namespace that names it is refused (reason RuntimeNotAllowed); as the default runtime it serves only these namespaces."""
+
+
 class RuntimeStatus(Section):
     """The operator's verdict on the runtime itself."""
 
@@ -236,6 +243,7 @@ class ClusterFineTuneRuntime(_RuntimeObject):
     """Defaults and guardrails for FineTuneJobs in any namespace."""
 
     kind: Literal["ClusterFineTuneRuntime"]
+    spec: ClusterFineTuneRuntimeSpec = section_default(ClusterFineTuneRuntimeSpec)
 
     @model_validator(mode="after")
     def _has_no_namespace(self) -> Self:
