@@ -55,6 +55,9 @@ RUNTIME_INVALID = "RuntimeInvalid"
 INVALID_SPEC = "InvalidSpec"
 """Condition reason of a job whose spec is invalid once the runtime's defaults are merged in."""
 
+DEFAULT_POLICY_ENV = "KUBETUNE_DEFAULT_POLICY"
+"""The operator's environment variable that holds the chart's defaultPolicy as JSON."""
+
 _DEFAULT_WORKERS: int = ResourcesSpec.model_fields["workers"].default
 _DEFAULT_GPUS_PER_WORKER: int = ResourcesSpec.model_fields["gpus_per_worker"].default
 
@@ -207,10 +210,12 @@ def resolve(
     document: Mapping[str, Any],
     namespace_runtimes: Sequence[Mapping[str, Any]],
     cluster_runtimes: Sequence[Mapping[str, Any]],
+    default_policy: Guardrails | None = None,
 ) -> Resolved | Refused:
     """Pick the job's runtime, merge its defaults under the job's fields, validate the result
     as a FineTuneJob and check the guardrails: what `kubetune validate --runtime` does, for
-    the operator. `document` is the job as applied (no status)."""
+    the operator. `document` is the job as applied (no status). A job no runtime applies to
+    keeps its own spec and is judged by `default_policy`, the cluster's, where one is given."""
     try:
         chosen = pick_runtime(job, namespace_runtimes, cluster_runtimes)
     except RuntimeNotAllowedError as error:
@@ -218,7 +223,9 @@ def resolve(
     except RuntimeSelectionError as error:
         reason = RUNTIME_NOT_FOUND if job.spec.runtime_ref is not None else RUNTIME_AMBIGUOUS
         return Refused(reason, [str(error)])
-    runtime = None if chosen is None else _runtime_model(chosen)
+    if chosen is None:
+        return _resolved_by_policy(document, default_policy)
+    runtime = _runtime_model(chosen)
     if isinstance(runtime, Refused):
         return runtime
     return _resolved_with(document, chosen, runtime)
@@ -238,17 +245,14 @@ def _runtime_model(document: Mapping[str, Any]) -> AnyRuntime | Refused:
 
 
 def _resolved_with(
-    document: Mapping[str, Any], chosen: Mapping[str, Any] | None, runtime: AnyRuntime | None
+    document: Mapping[str, Any], chosen: Mapping[str, Any], runtime: AnyRuntime
 ) -> Resolved | Refused:
     manifest = effective_manifest(document, chosen)
-    try:
-        effective = FineTuneJob.model_validate(manifest, by_alias=True, by_name=False)
-    except ValidationError as error:
-        with_defaults = f" (with {runtime.display_name}'s defaults)" if runtime else ""
-        problems = problems_from(error, FineTuneJob)
-        return Refused(INVALID_SPEC, [f"{p}{with_defaults}" for p in problems])
+    effective = _effective_job(manifest, f" (with {runtime.display_name}'s defaults)")
+    if isinstance(effective, Refused):
+        return effective
     violations = check_guardrails(effective, runtime)
-    if runtime is not None and violations:
+    if violations:
         messages = [v.message for v in violations]
         if runtime_problems(runtime):
             messages.append(
@@ -257,6 +261,48 @@ def _resolved_with(
             )
         return Refused(GUARDRAIL_VIOLATED, messages)
     return Resolved(effective, runtime, _record(effective, runtime))
+
+
+def _resolved_by_policy(
+    document: Mapping[str, Any], policy: Guardrails | None
+) -> Resolved | Refused:
+    """A job no runtime applies to: its own spec, with the deadline and GPU budget the policy
+    allows filled in as a runtime's guardrails would, judged by the cluster's default policy."""
+    limits = None if policy is None else {"spec": {"guardrails": policy.model_dump(mode="json")}}
+    effective = _effective_job(effective_manifest(document, limits), "")
+    if isinstance(effective, Refused):
+        return effective
+    violations = [] if policy is None else check_default_policy(effective, policy)
+    if violations:
+        return Refused(GUARDRAIL_VIOLATED, [v.message for v in violations])
+    return Resolved(effective, None, _record(effective, None))
+
+
+def _effective_job(manifest: Mapping[str, Any], with_defaults: str) -> FineTuneJob | Refused:
+    """The effective manifest as a FineTuneJob; InvalidSpec, each problem ending with
+    `with_defaults`, when the merge made it invalid."""
+    try:
+        return FineTuneJob.model_validate(manifest, by_alias=True, by_name=False)
+    except ValidationError as error:
+        problems = problems_from(error, FineTuneJob)
+        return Refused(INVALID_SPEC, [f"{p}{with_defaults}" for p in problems])
+
+
+def default_policy_from(env: Mapping[str, str]) -> Guardrails:
+    """The cluster's default policy, which the chart passes as JSON in DEFAULT_POLICY_ENV;
+    unset or empty: no limits but the one every set of guardrails keeps (system-* priority
+    classes). A policy that does not parse stops the operator with the reason, rather than
+    let it run without one."""
+    text = env.get(DEFAULT_POLICY_ENV, "").strip()
+    if not text:
+        return Guardrails()
+    try:
+        return Guardrails.model_validate_json(text, by_alias=True, by_name=False)
+    except ValidationError as error:
+        problems = "; ".join(str(p) for p in problems_from(error, Guardrails))
+        raise ValueError(
+            f"{DEFAULT_POLICY_ENV} ({DEFAULT_POLICY_SOURCE}) is invalid: {problems}"
+        ) from None
 
 
 def _record(job: FineTuneJob, runtime: AnyRuntime | None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from kubetune_operator import builders, kube, kueue, metrics, queueing, runtimes
 from kubetune_operator import status as status_rules
 from kubetune_operator.api import v1alpha1
+from kubetune_operator.api.runtime import Guardrails
 from kubetune_operator.manifests import check_document
 from kubetune_operator.state import (
     TERMINAL_PHASES,
@@ -45,13 +46,17 @@ LOGGER: Final = logging.getLogger(__name__)
 
 
 def resolution(
-    job: v1alpha1.FineTuneJob, ftj: Mapping[str, Any], indexes: Indexes
+    job: v1alpha1.FineTuneJob,
+    ftj: Mapping[str, Any],
+    indexes: Indexes,
+    default_policy: Guardrails,
 ) -> runtimes.Resolved | runtimes.Refused:
     """What the job runs with: the effective spec recorded at its validation, or, for a job
-    not validated yet, its runtime's defaults merged under its fields and checked now."""
+    not validated yet, its runtime's defaults merged under its fields and checked now (the
+    cluster's default policy where no runtime applies)."""
     if not is_validated(ftj):
         namespaced, cluster = indexes.runtimes_for(key_of(ftj)[0])
-        return runtimes.resolve(job, without_status(ftj), namespaced, cluster)
+        return runtimes.resolve(job, without_status(ftj), namespaced, cluster, default_policy)
     recorded = recorded_job(ftj)
     if recorded is None:
         # Validated by an operator that recorded no effective spec: it ran the job's own.
