@@ -10,6 +10,12 @@ job without `runPolicy.activeDeadlineSeconds` gets the longest deadline the runt
 allows (maxActiveDeadlineSeconds, and for a GPU job what fits in maxGpuHours), and a GPU
 job without `runPolicy.maxGpuHours` gets the runtime's maxGpuHours as its budget, which the
 trainer enforces while it runs (it stops with a checkpoint when the budget is spent).
+
+Creating a FineTuneJob is creating pods with the operator's rights, so no job goes
+unjudged in the cluster: one that no runtime applies to is held to the cluster's default
+policy (the chart's defaultPolicy, the same guardrails, nothing merged), a cluster runtime
+serves only the namespaces it allows, and a system-* priority class needs a guardrail that
+names it.
 """
 
 from __future__ import annotations
