@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
-from kubetune_operator.api.runtime import KUEUE_QUEUE_LABEL
+from kubetune_operator.api.runtime import KUEUE_QUEUE_LABEL, Guardrails
 from kubetune_operator.api.v1alpha1 import (
     API_VERSION,
     GROUP,
@@ -98,6 +98,8 @@ class OperatorSettings:
     image_pull_secrets: tuple[str, ...] = ()
     metrics_port: int = 9400
     rendezvous_port: int = 29500
+    default_policy: Guardrails = field(default_factory=Guardrails)
+    """What a job that no runtime applies to may ask for (the chart's defaultPolicy)."""
 
 
 # Names: deterministic, so a restarted operator finds what it created before.

@@ -697,8 +697,8 @@ def crd(
         bool, typer.Option("--stdout", help="Print the CRD instead of writing files.")
     ] = False,
 ) -> None:
-    """Generate the FineTuneJob CRD from the API models into crds/ and the Helm chart, and
-    the field reference into docs/reference.md."""
+    """Generate the CRDs from the API models into crds/ and the Helm chart, the chart's
+    values schema for defaultPolicy, and the field reference into docs/reference.md."""
     if stdout:
         out.out(crdgen.render_crd(), end="")
         return
@@ -729,7 +729,7 @@ def _check_crds(root: Path, reference: Path) -> None:
 
 def _write_crds(root: Path, reference: Path) -> None:
     changed = crdgen.write_crds(root)
-    for path in crdgen.crd_paths(root):
+    for path in crdgen.generated_files(root):
         out.print(f"{'wrote' if path in changed else 'unchanged'} {escape(str(path))}")
     wrote = explain.write_reference(root)
     out.print(f"{'wrote' if wrote else 'unchanged'} {escape(str(reference))}")

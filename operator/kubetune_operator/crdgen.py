@@ -1,7 +1,9 @@
 """Generate the kubetune CustomResourceDefinitions from the pydantic models.
 
 FineTuneJob and FineTuneJobReport come from api/v1alpha1.py; FineTuneRuntime and
-ClusterFineTuneRuntime from api/runtime.py.
+ClusterFineTuneRuntime from api/runtime.py. The chart's values.schema.json gets its
+`defaultPolicy` from the runtimes' Guardrails model, so Helm refuses at install what the
+operator would refuse at startup.
 
 Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no `$ref`, no
 unions except int-or-string, OpenAPI 3.0 keywords. Pydantic emits JSON Schema 2020-12,
@@ -14,6 +16,7 @@ once created, except for the fields the operator acts on while a job runs.
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +295,11 @@ def runtime_openapi_schema(
     model: type[runtime.FineTuneRuntime] | type[runtime.ClusterFineTuneRuntime],
 ) -> Schema:
     """A runtime's schema. Its spec stays editable: a change applies to jobs created after it."""
+    spec = (
+        runtime.ClusterFineTuneRuntimeSpec
+        if model is runtime.ClusterFineTuneRuntime
+        else runtime.FineTuneRuntimeSpec
+    )
     return {
         "type": "object",
         "description": model.__doc__,
@@ -299,7 +307,7 @@ def runtime_openapi_schema(
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": structural_schema(runtime.FineTuneRuntimeSpec),
+            "spec": structural_schema(spec),
             "status": structural_schema(runtime.RuntimeStatus),
         },
     }
@@ -425,15 +433,60 @@ def crd_paths(root: Path) -> list[Path]:
     return [folder / name for folder in folders for name in rendered_crds()]
 
 
-def _expected(root: Path) -> dict[Path, str]:
+def generated_files(root: Path) -> dict[Path, str]:
+    """Every file `kubetune crd` writes, with its text: the CRDs, and the chart's values
+    schema with its defaultPolicy generated (the rest of that file is written by hand)."""
     texts = rendered_crds()
-    return {path: texts[path.name] for path in crd_paths(root)}
+    files = {path: texts[path.name] for path in crd_paths(root)}
+    schema = root / VALUES_SCHEMA
+    if schema.is_file():
+        files[schema] = values_schema(schema.read_text(encoding="utf-8"))
+    return files
+
+
+VALUES_SCHEMA = Path("charts/kubetune/values.schema.json")
+DEFAULT_POLICY_VALUE = "defaultPolicy"
+
+
+def values_schema(current: str) -> str:
+    """The chart's values schema (JSON text) with defaultPolicy generated from Guardrails."""
+    schema = json.loads(current)
+    schema["properties"][DEFAULT_POLICY_VALUE] = default_policy_schema()
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
+def default_policy_schema() -> Schema:
+    """Guardrails as the JSON Schema (draft 7) Helm checks values with: every object closed,
+    as the rest of the chart's values are, so a misspelt guardrail fails the install."""
+    schema = _draft7(structural_schema(runtime.Guardrails))
+    description = "What a FineTuneJob that no runtime applies to may ask for (docs/platform.md)."
+    return {**schema, "description": description}
+
+
+def _draft7(node: Schema) -> Schema:
+    """A structural schema node in draft 7's words: numeric exclusive bounds, closed objects."""
+    out: Schema = {}
+    for key, value in node.items():
+        if key == "properties":
+            out[key] = {name: _draft7(sub) for name, sub in value.items()}
+        elif key == "items":
+            out[key] = _draft7(value)
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            bound = "minimum" if key == "exclusiveMinimum" else "maximum"
+            out[key] = node[bound]
+        elif key in ("minimum", "maximum") and node.get(f"exclusive{key.title()}"):
+            continue
+        else:
+            out[key] = value
+    if "properties" in node:
+        out["additionalProperties"] = False
+    return out
 
 
 def write_crds(root: Path) -> list[Path]:
-    """Write every CRD to every place it belongs; return the files that changed."""
+    """Write every generated file to every place it belongs; return the files that changed."""
     changed = []
-    for path, text in _expected(root).items():
+    for path, text in generated_files(root).items():
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
@@ -442,9 +495,9 @@ def write_crds(root: Path) -> list[Path]:
 
 
 def stale_crds(root: Path) -> list[Path]:
-    """The CRD files that differ from what the models generate."""
+    """The generated files that differ from what the models generate."""
     return [
         path
-        for path, text in _expected(root).items()
+        for path, text in generated_files(root).items()
         if not path.exists() or path.read_text(encoding="utf-8") != text
     ]

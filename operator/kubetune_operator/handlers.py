@@ -66,6 +66,7 @@ def settings_from_env(env: Mapping[str, str]) -> builders.OperatorSettings:
     return builders.OperatorSettings(
         trainer_image=env.get("KUBETUNE_TRAINER_IMAGE") or defaults.trainer_image,
         image_pull_secrets=tuple(name.strip() for name in secrets.split(",") if name.strip()),
+        default_policy=runtimes.default_policy_from(env),
     )
 
 
@@ -163,7 +164,7 @@ def _validate_and_start(
 ) -> None:
     """Resolve the job's runtime (or take the effective spec recorded earlier); refuse it,
     or start its workers, or (a search parent) its trials, which resolve their own runtime."""
-    resolution = workers.resolution(job, ftj, indexes)
+    resolution = workers.resolution(job, ftj, indexes, shared.settings.default_policy)
     if isinstance(resolution, runtimes.Refused):
         workers.refuse(shared, ftj, resolution, into)
         return

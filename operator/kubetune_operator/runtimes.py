@@ -10,6 +10,12 @@ job without `runPolicy.activeDeadlineSeconds` gets the longest deadline the runt
 allows (maxActiveDeadlineSeconds, and for a GPU job what fits in maxGpuHours), and a GPU
 job without `runPolicy.maxGpuHours` gets the runtime's maxGpuHours as its budget, which the
 trainer enforces while it runs (it stops with a checkpoint when the budget is spent).
+
+Creating a FineTuneJob is creating pods with the operator's rights, so no job goes
+unjudged in the cluster: one that no runtime applies to is held to the cluster's default
+policy (the chart's defaultPolicy, the same guardrails, nothing merged), a cluster runtime
+serves only the namespaces it allows, and a system-* priority class needs a guardrail that
+names it.
 """
 
 from __future__ import annotations
@@ -48,10 +54,15 @@ RUNTIME_NOT_FOUND = "RuntimeNotFound"
 """Condition reason of a job whose runtime (named or default) cannot be found."""
 RUNTIME_AMBIGUOUS = "RuntimeAmbiguous"
 """Condition reason of a job that names no runtime while two are labelled default."""
+RUNTIME_NOT_ALLOWED = "RuntimeNotAllowed"
+"""Condition reason of a job that names a ClusterFineTuneRuntime its namespace may not use."""
 RUNTIME_INVALID = "RuntimeInvalid"
 """Condition reason of a job whose runtime is not a valid runtime object."""
 INVALID_SPEC = "InvalidSpec"
 """Condition reason of a job whose spec is invalid once the runtime's defaults are merged in."""
+
+DEFAULT_POLICY_ENV = "KUBETUNE_DEFAULT_POLICY"
+"""The operator's environment variable that holds the chart's defaultPolicy as JSON."""
 
 _DEFAULT_WORKERS: int = ResourcesSpec.model_fields["workers"].default
 _DEFAULT_GPUS_PER_WORKER: int = ResourcesSpec.model_fields["gpus_per_worker"].default
@@ -59,6 +70,10 @@ _DEFAULT_GPUS_PER_WORKER: int = ResourcesSpec.model_fields["gpus_per_worker"].de
 
 class RuntimeSelectionError(Exception):
     """The job's runtime cannot be determined: a missing runtimeRef target, or two defaults."""
+
+
+class RuntimeNotAllowedError(RuntimeSelectionError):
+    """The job's runtimeRef names a ClusterFineTuneRuntime that its namespace may not use."""
 
 
 @dataclass(frozen=True)
@@ -183,15 +198,17 @@ class Refused:
     """A job that cannot run with its runtime (yet), and why."""
 
     reason: str
-    """GuardrailViolated, InvalidSpec, RuntimeNotFound, RuntimeAmbiguous or RuntimeInvalid."""
+    """GuardrailViolated, InvalidSpec, RuntimeNotAllowed, RuntimeNotFound, RuntimeAmbiguous or
+    RuntimeInvalid."""
     messages: list[str]
     """One line per problem, each naming the field."""
 
     @property
     def waits_for_runtime(self) -> bool:
         """Whether a runtime created or edited later can make the job valid; a job that
-        breaks a guardrail or is invalid with its runtime's defaults must be re-created."""
-        return self.reason not in (GUARDRAIL_VIOLATED, INVALID_SPEC)
+        breaks a guardrail, is invalid with its runtime's defaults or names a runtime its
+        namespace may not use must be re-created."""
+        return self.reason not in (GUARDRAIL_VIOLATED, INVALID_SPEC, RUNTIME_NOT_ALLOWED)
 
 
 def resolve(
@@ -199,16 +216,22 @@ def resolve(
     document: Mapping[str, Any],
     namespace_runtimes: Sequence[Mapping[str, Any]],
     cluster_runtimes: Sequence[Mapping[str, Any]],
+    default_policy: Guardrails | None = None,
 ) -> Resolved | Refused:
     """Pick the job's runtime, merge its defaults under the job's fields, validate the result
     as a FineTuneJob and check the guardrails: what `kubetune validate --runtime` does, for
-    the operator. `document` is the job as applied (no status)."""
+    the operator. `document` is the job as applied (no status). A job no runtime applies to
+    keeps its own spec and is judged by `default_policy`, the cluster's, where one is given."""
     try:
         chosen = pick_runtime(job, namespace_runtimes, cluster_runtimes)
+    except RuntimeNotAllowedError as error:
+        return Refused(RUNTIME_NOT_ALLOWED, [str(error)])
     except RuntimeSelectionError as error:
         reason = RUNTIME_NOT_FOUND if job.spec.runtime_ref is not None else RUNTIME_AMBIGUOUS
         return Refused(reason, [str(error)])
-    runtime = None if chosen is None else _runtime_model(chosen)
+    if chosen is None:
+        return _resolved_by_policy(document, default_policy)
+    runtime = _runtime_model(chosen)
     if isinstance(runtime, Refused):
         return runtime
     return _resolved_with(document, chosen, runtime)
@@ -220,11 +243,19 @@ def recheck(job: FineTuneJob, document: Mapping[str, Any]) -> FineTuneJob | Refu
     runtime = _runtime_model(document)
     if isinstance(runtime, Refused):
         return runtime
-    violations = check_guardrails(job, runtime)
+    return _rechecked(job, check_guardrails(job, runtime))
+
+
+def recheck_policy(job: FineTuneJob, policy: Guardrails) -> FineTuneJob | Refused:
+    """A recorded effective spec of a job no runtime applies to, checked again against the
+    cluster's default policy before the operator builds workers from it."""
+    return _rechecked(job, check_default_policy(job, policy))
+
+
+def _rechecked(job: FineTuneJob, violations: list[Violation]) -> FineTuneJob | Refused:
     if violations:
-        return Refused(
-            GUARDRAIL_VIOLATED, [f"status.effectiveSpec: {v.message}" for v in violations]
-        )
+        messages = [f"status.effectiveSpec: {v.message}" for v in violations]
+        return Refused(GUARDRAIL_VIOLATED, messages)
     return job
 
 
@@ -242,17 +273,14 @@ def _runtime_model(document: Mapping[str, Any]) -> AnyRuntime | Refused:
 
 
 def _resolved_with(
-    document: Mapping[str, Any], chosen: Mapping[str, Any] | None, runtime: AnyRuntime | None
+    document: Mapping[str, Any], chosen: Mapping[str, Any], runtime: AnyRuntime
 ) -> Resolved | Refused:
     manifest = effective_manifest(document, chosen)
-    try:
-        effective = FineTuneJob.model_validate(manifest, by_alias=True, by_name=False)
-    except ValidationError as error:
-        with_defaults = f" (with {runtime.display_name}'s defaults)" if runtime else ""
-        problems = problems_from(error, FineTuneJob)
-        return Refused(INVALID_SPEC, [f"{p}{with_defaults}" for p in problems])
+    effective = _effective_job(manifest, f" (with {runtime.display_name}'s defaults)")
+    if isinstance(effective, Refused):
+        return effective
     violations = check_guardrails(effective, runtime)
-    if runtime is not None and violations:
+    if violations:
         messages = [v.message for v in violations]
         if runtime_problems(runtime):
             messages.append(
@@ -261,6 +289,48 @@ def _resolved_with(
             )
         return Refused(GUARDRAIL_VIOLATED, messages)
     return Resolved(effective, runtime, _record(effective, runtime))
+
+
+def _resolved_by_policy(
+    document: Mapping[str, Any], policy: Guardrails | None
+) -> Resolved | Refused:
+    """A job no runtime applies to: its own spec, with the deadline and GPU budget the policy
+    allows filled in as a runtime's guardrails would, judged by the cluster's default policy."""
+    limits = None if policy is None else {"spec": {"guardrails": policy.model_dump(mode="json")}}
+    effective = _effective_job(effective_manifest(document, limits), "")
+    if isinstance(effective, Refused):
+        return effective
+    violations = [] if policy is None else check_default_policy(effective, policy)
+    if violations:
+        return Refused(GUARDRAIL_VIOLATED, [v.message for v in violations])
+    return Resolved(effective, None, _record(effective, None))
+
+
+def _effective_job(manifest: Mapping[str, Any], with_defaults: str) -> FineTuneJob | Refused:
+    """The effective manifest as a FineTuneJob; InvalidSpec, each problem ending with
+    `with_defaults`, when the merge made it invalid."""
+    try:
+        return FineTuneJob.model_validate(manifest, by_alias=True, by_name=False)
+    except ValidationError as error:
+        problems = problems_from(error, FineTuneJob)
+        return Refused(INVALID_SPEC, [f"{p}{with_defaults}" for p in problems])
+
+
+def default_policy_from(env: Mapping[str, str]) -> Guardrails:
+    """The cluster's default policy, which the chart passes as JSON in DEFAULT_POLICY_ENV;
+    unset or empty: no limits but the one every set of guardrails keeps (system-* priority
+    classes). A policy that does not parse stops the operator with the reason, rather than
+    let it run without one."""
+    text = env.get(DEFAULT_POLICY_ENV, "").strip()
+    if not text:
+        return Guardrails()
+    try:
+        return Guardrails.model_validate_json(text, by_alias=True, by_name=False)
+    except ValidationError as error:
+        problems = "; ".join(str(p) for p in problems_from(error, Guardrails))
+        raise ValueError(
+            f"{DEFAULT_POLICY_ENV} ({DEFAULT_POLICY_SOURCE}) is invalid: {problems}"
+        ) from None
 
 
 def _record(job: FineTuneJob, runtime: AnyRuntime | None) -> dict[str, Any]:
@@ -286,10 +356,12 @@ def pick_runtime(
     namespace_runtimes: Sequence[Mapping[str, Any]],
     cluster_runtimes: Sequence[Mapping[str, Any]],
 ) -> Mapping[str, Any] | None:
-    """The job's runtime: its runtimeRef, else the namespace's default, else the cluster's.
+    """The job's runtime: its runtimeRef, else the namespace's default, else the cluster's
+    default among those that serve the job's namespace.
 
     `namespace_runtimes` are the FineTuneRuntimes of the job's namespace. Raises
-    RuntimeSelectionError for a runtimeRef to a missing runtime and for two defaults.
+    RuntimeSelectionError for a runtimeRef to a missing runtime and for two defaults, and
+    RuntimeNotAllowedError for a runtimeRef to a runtime the job's namespace may not use.
     """
     ref = job.spec.runtime_ref
     if ref is not None:
@@ -298,7 +370,11 @@ def pick_runtime(
         (RUNTIME_KIND, namespace_runtimes),
         (CLUSTER_RUNTIME_KIND, cluster_runtimes),
     ):
-        defaults = [r for r in runtimes if _labels(r).get(DEFAULT_RUNTIME_LABEL) == "true"]
+        defaults = [
+            r
+            for r in runtimes
+            if _labels(r).get(DEFAULT_RUNTIME_LABEL) == "true" and serves(r, job.metadata.namespace)
+        ]
         if len(defaults) > 1:
             names = ", ".join(sorted(_name(r) for r in defaults))
             raise RuntimeSelectionError(
@@ -328,7 +404,33 @@ def _referenced(
         raise RuntimeSelectionError(
             f"spec.runtimeRef: {ref.kind} {ref.name!r} does not exist{where} (known: {known})"
         )
+    if not serves(found, job.metadata.namespace):
+        patterns = ", ".join(_allowed_namespaces(found) or []) or "none"
+        raise RuntimeNotAllowedError(
+            f"spec.runtimeRef: {ref.kind} {ref.name} may not be used in namespace "
+            f"{job.metadata.namespace} (its spec.allowedNamespaces: {patterns}); ask its "
+            "owners to allow the namespace, or name another runtime"
+        )
     return found
+
+
+def serves(runtime: Mapping[str, Any], namespace: str | None) -> bool:
+    """Whether jobs of `namespace` may use the runtime: a ClusterFineTuneRuntime's
+    allowedNamespaces (left out: every namespace). A FineTuneRuntime has none: it is only
+    ever looked up in its own namespace. A job without a namespace (a manifest checked on a
+    laptop) is not judged: the cluster does that."""
+    patterns = _allowed_namespaces(runtime)
+    if patterns is None or namespace is None:
+        return True
+    return any(fnmatchcase(namespace, p) for p in patterns)
+
+
+def _allowed_namespaces(runtime: Mapping[str, Any]) -> list[str] | None:
+    """The runtime's allowedNamespaces as written; a malformed value serves no namespace."""
+    patterns = (runtime.get("spec") or {}).get("allowedNamespaces")
+    if patterns is None:
+        return None
+    return [p for p in patterns if isinstance(p, str)] if isinstance(patterns, list) else []
 
 
 def _name(runtime: Mapping[str, Any]) -> str:
@@ -341,27 +443,58 @@ def _labels(runtime: Mapping[str, Any]) -> Mapping[str, Any]:
 
 # --- guardrails ------------------------------------------------------------------------
 
+RUNTIME_OWNER = "the runtime"
+POLICY_OWNER = "the cluster's default policy"
+DEFAULT_POLICY_SOURCE = "Helm value defaultPolicy"
+"""Where a violation of the default policy says its limits come from."""
+SYSTEM_PRIORITY_PREFIX = "system-"
+"""Kubernetes' own PriorityClasses (system-node-critical, system-cluster-critical): their pods
+preempt nearly every other pod and are evicted last."""
+SECRET_FIELDS = ("credentials.hubToken.name", "credentials.storage.name")
+"""Where a spec names a Secret whose values the worker pods get in their environment."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a check judges, and whose guardrails its messages name."""
+
+    whole_job: bool
+    """A job's whole effective spec; else a runtime's partial defaults, judged where set."""
+    owner: str
+    """Who set the guardrails, as a message names them: the runtime, the default policy."""
+
 
 def check_guardrails(job: FineTuneJob, runtime: AnyRuntime | None) -> list[Violation]:
     """Every guardrail of the runtime that the job (its effective spec) breaks, in a fixed order."""
     if runtime is None:
         return []
-    spec = job.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    rails = runtime.spec.guardrails
-    found = list(_spec_violations(spec, rails, runtime.display_name, whole_job=True))
+    spec = _spec_of(job)
+    rails, shown = runtime.spec.guardrails, runtime.display_name
+    found = _spec_violations(spec, rails, shown, Scope(whole_job=True, owner=RUNTIME_OWNER))
     if not any(v.field == "spec.resources" for v in found):  # one message per GPU total
-        found += _queue_violations(spec, runtime.spec.queue, runtime.display_name)
-    found += _bias_violations(spec, rails, runtime.display_name)
-    found += _label_violations(job.metadata.labels, rails, runtime.display_name)
-    return found
+        found += _queue_violations(spec, runtime.spec.queue, shown)
+    return found + _job_violations(job, spec, rails, shown, RUNTIME_OWNER)
+
+
+def check_default_policy(job: FineTuneJob, policy: Guardrails) -> list[Violation]:
+    """Every guardrail of the cluster's default policy that a job no runtime applies to breaks.
+
+    A job that names no image runs the operator's trainer image, which the platform sets in
+    the same chart as the policy: only an image the job names is judged.
+    """
+    spec = _spec_of(job)
+    if _at(spec, "resources.image") is None:
+        policy = policy.model_copy(update={"allowed_images": None})
+    scope = Scope(whole_job=True, owner=POLICY_OWNER)
+    found = _spec_violations(spec, policy, DEFAULT_POLICY_SOURCE, scope)
+    return found + _job_violations(job, spec, policy, DEFAULT_POLICY_SOURCE, POLICY_OWNER)
 
 
 def runtime_problems(runtime: AnyRuntime) -> list[Violation]:
     """Where the runtime's own defaults break its own guardrails (every job would be refused)."""
     defaults = runtime.spec.defaults.model_dump(mode="json", by_alias=True, exclude_none=True)
-    found = _spec_violations(
-        defaults, runtime.spec.guardrails, runtime.display_name, whole_job=False
-    )
+    scope = Scope(whole_job=False, owner=RUNTIME_OWNER)
+    found = _spec_violations(defaults, runtime.spec.guardrails, runtime.display_name, scope)
     return [
         Violation(
             v.field.replace("spec.", "spec.defaults.", 1), v.value, v.limit, v.text, v.runtime
@@ -370,11 +503,24 @@ def runtime_problems(runtime: AnyRuntime) -> list[Violation]:
     ]
 
 
-Check = Callable[[Mapping[str, Any], Guardrails, bool], Iterator[tuple[str, Any, Any, str]]]
+def _spec_of(job: FineTuneJob) -> dict[str, Any]:
+    return job.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _job_violations(
+    job: FineTuneJob, spec: Mapping[str, Any], rails: Guardrails, shown: str, owner: str
+) -> list[Violation]:
+    """The guardrails only a whole job can keep: its bias audit and its labels."""
+    return _bias_violations(spec, rails, shown, owner) + _label_violations(
+        job.metadata.labels, rails, shown, owner
+    )
+
+
+Check = Callable[[Mapping[str, Any], Guardrails, Scope], Iterator[tuple[str, Any, Any, str]]]
 
 
 def _spec_violations(
-    spec: Mapping[str, Any], rails: Guardrails, runtime: str, *, whole_job: bool
+    spec: Mapping[str, Any], rails: Guardrails, runtime: str, scope: Scope
 ) -> list[Violation]:
     """The checks that read the spec; on a runtime's partial defaults only what is set is judged."""
     checks: list[Check] = [
@@ -382,13 +528,16 @@ def _spec_violations(
         _model_source,
         _worker_counts,
         _placement,
+        _node_labels,
         _tolerations,
+        _priority_class,
+        _secrets,
         _deadline,
     ]
     return [
         Violation(f"spec.{field}", value, limit, text, runtime)
         for check in checks
-        for field, value, limit, text in check(spec, rails, whole_job)
+        for field, value, limit, text in check(spec, rails, scope)
     ]
 
 
@@ -400,31 +549,30 @@ def _at(spec: Mapping[str, Any], path: str) -> Any:
 
 
 def _image(
-    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
 ) -> Iterator[tuple[str, Any, Any, str]]:
     patterns = rails.allowed_images
     if patterns is None:
         return
     image = _at(spec, "resources.image")
-    shown = ", ".join(patterns)
-    if image is None and whole_job:
+    if image is None and scope.whole_job:
         yield (
             "resources.image",
             None,
             patterns,
-            f"must be set: the runtime allows only images matching {shown}",
+            f"must be set: {scope.owner} allows only images matching {', '.join(patterns)}",
         )
     elif image is not None and not any(fnmatchcase(image, p) for p in patterns):
         yield (
             "resources.image",
             image,
             patterns,
-            f"{image} matches none of the runtime's allowedImages {shown}",
+            f"{image} {_none_of(scope, 'allowedImages', patterns)}",
         )
 
 
 def _model_source(
-    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
 ) -> Iterator[tuple[str, Any, Any, str]]:
     prefixes = rails.allowed_model_sources
     source = _at(spec, "model.source")
@@ -435,12 +583,12 @@ def _model_source(
         "model.source",
         source,
         prefixes,
-        f"{source} starts with none of the runtime's allowedModelSources {shown}",
+        f"{source} starts with none of {scope.owner}'s allowedModelSources {shown}",
     )
 
 
 def _worker_counts(
-    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
 ) -> Iterator[tuple[str, Any, Any, str]]:
     resources = _at(spec, "resources") or {}
     workers, per_worker = resources.get("workers"), resources.get("gpusPerWorker")
@@ -449,7 +597,7 @@ def _worker_counts(
             "resources.workers",
             workers,
             rails.max_workers,
-            f"{workers} exceeds the runtime's maxWorkers {rails.max_workers}",
+            f"{workers} exceeds {scope.owner}'s maxWorkers {rails.max_workers}",
         )
     limit = rails.max_gpus_per_worker
     if limit is not None and per_worker is not None and per_worker > limit:
@@ -457,7 +605,7 @@ def _worker_counts(
             "resources.gpusPerWorker",
             per_worker,
             limit,
-            f"{per_worker} exceeds the runtime's maxGpusPerWorker {limit}",
+            f"{per_worker} exceeds {scope.owner}'s maxGpusPerWorker {limit}",
         )
     if rails.max_gpus_per_job is not None and workers is not None and per_worker is not None:
         total = workers * per_worker
@@ -466,13 +614,13 @@ def _worker_counts(
                 "resources",
                 total,
                 rails.max_gpus_per_job,
-                f"{workers} workers x {per_worker} GPUs = {total} GPUs exceeds the runtime's "
-                f"maxGpusPerJob {rails.max_gpus_per_job}",
+                f"{workers} workers x {per_worker} GPUs = {total} GPUs exceeds "
+                f"{scope.owner}'s maxGpusPerJob {rails.max_gpus_per_job}",
             )
 
 
 def _placement(
-    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
 ) -> Iterator[tuple[str, Any, Any, str]]:
     choices = rails.allowed_gpu_node_selectors
     resources = _at(spec, "resources") or {}
@@ -480,7 +628,7 @@ def _placement(
     if (
         choices is None
         or not resources.get("gpusPerWorker")
-        or (selector is None and not whole_job)
+        or (selector is None and not scope.whole_job)
     ):
         return
     selector = selector or {}
@@ -492,9 +640,30 @@ def _placement(
         "resources.nodeSelector",
         selector,
         allowed,
-        f"{_labels_text(selector) or '{}'} does not select GPU nodes the runtime allows: "
+        f"{_labels_text(selector) or '{}'} does not select GPU nodes {scope.owner} allows: "
         f"include {shown}",
     )
+
+
+def _node_labels(
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
+) -> Iterator[tuple[str, Any, Any, str]]:
+    """Each nodeSelector entry, as key=value, must match an allowedNodeLabels pattern: a
+    job cannot steer its pods to nodes the platform keeps apart (the control plane, say)."""
+    patterns = rails.allowed_node_labels
+    if patterns is None:
+        return
+    for key, value in sorted((_at(spec, "resources.nodeSelector") or {}).items()):
+        label = f"{key}={value}"
+        if not any(fnmatchcase(label, p) for p in patterns):
+            text = f"{label} {_none_of(scope, 'allowedNodeLabels', patterns)}"
+            yield ("resources.nodeSelector", {key: value}, patterns, text)
+
+
+def _none_of(scope: Scope, guardrail: str, patterns: Sequence[str]) -> str:
+    if not patterns:
+        return f"is not allowed: {scope.owner}'s {guardrail} is empty"
+    return f"matches none of {scope.owner}'s {guardrail} {', '.join(patterns)}"
 
 
 def _labels_text(labels: Mapping[str, Any]) -> str:
@@ -502,7 +671,7 @@ def _labels_text(labels: Mapping[str, Any]) -> str:
 
 
 def _tolerations(
-    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
 ) -> Iterator[tuple[str, Any, Any, str]]:
     allowed = rails.allowed_tolerations
     if allowed is None:
@@ -514,7 +683,53 @@ def _tolerations(
                 f"resources.tolerations[{index}]",
                 raw,
                 [t.model_dump(mode="json", exclude_none=True) for t in allowed],
-                f"{_toleration_text(toleration)} is not among the runtime's allowedTolerations",
+                f"{_toleration_text(toleration)} is not among {scope.owner}'s allowedTolerations",
+            )
+
+
+def _priority_class(
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
+) -> Iterator[tuple[str, Any, Any, str]]:
+    """A class among allowedPriorityClasses; a system-* class only by an entry that starts
+    with system-, so a pattern such as * never lets a job preempt the cluster's own pods."""
+    field, name = "resources.priorityClassName", _at(spec, "resources.priorityClassName")
+    patterns = rails.allowed_priority_classes
+    if name is None:
+        return
+    if name.startswith(SYSTEM_PRIORITY_PREFIX):
+        explicit = [p for p in patterns or [] if p.startswith(SYSTEM_PRIORITY_PREFIX)]
+        if not any(fnmatchcase(name, p) for p in explicit):
+            text = (
+                f"{name} is reserved for the cluster's own pods: only an entry of "
+                f"{scope.owner}'s allowedPriorityClasses that starts with "
+                f"{SYSTEM_PRIORITY_PREFIX} allows it"
+            )
+            yield (field, name, explicit, text)
+    elif patterns is not None and not any(fnmatchcase(name, p) for p in patterns):
+        yield (
+            field,
+            name,
+            patterns,
+            f"{name} {_none_of(scope, 'allowedPriorityClasses', patterns)}",
+        )
+
+
+def _secrets(
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
+) -> Iterator[tuple[str, Any, Any, str]]:
+    """Secrets among allowedSecrets: the pods the operator creates get a named Secret's values
+    in their environment, so naming a Secret is reading it."""
+    patterns = rails.allowed_secrets
+    if patterns is None:
+        return
+    for field in SECRET_FIELDS:
+        name = _at(spec, field)
+        if name is not None and not any(fnmatchcase(name, p) for p in patterns):
+            yield (
+                field,
+                name,
+                patterns,
+                f"Secret {name} {_none_of(scope, 'allowedSecrets', patterns)}",
             )
 
 
@@ -534,7 +749,7 @@ def _toleration_text(toleration: Toleration) -> str:
 
 
 def _deadline(
-    spec: Mapping[str, Any], rails: Guardrails, whole_job: bool
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
 ) -> Iterator[tuple[str, Any, Any, str]]:
     field = "runPolicy.activeDeadlineSeconds"
     deadline = _at(spec, field)
@@ -544,11 +759,11 @@ def _deadline(
             field,
             deadline,
             limit,
-            f"{deadline} exceeds the runtime's maxActiveDeadlineSeconds {limit}",
+            f"{deadline} exceeds {scope.owner}'s maxActiveDeadlineSeconds {limit}",
         )
     budget = rails.max_gpu_hours
     gpus = _gpus(_at(spec, "resources") or {})
-    if budget is None or not gpus or not whole_job:
+    if budget is None or not gpus or not scope.whole_job:
         return
     own_budget = _at(spec, "runPolicy.maxGpuHours")
     if own_budget is not None and own_budget > budget:
@@ -556,14 +771,14 @@ def _deadline(
             "runPolicy.maxGpuHours",
             own_budget,
             budget,
-            f"{own_budget:g} exceeds the runtime's maxGpuHours {budget:g}",
+            f"{own_budget:g} exceeds {scope.owner}'s maxGpuHours {budget:g}",
         )
     if deadline is None:
         yield (
             field,
             None,
             budget,
-            f"must be set: the runtime's maxGpuHours {budget:g} bounds GPUs x deadline",
+            f"must be set: {scope.owner}'s maxGpuHours {budget:g} bounds GPUs x deadline",
         )
     elif gpus * deadline / 3600 > budget:
         hours = gpus * deadline / 3600
@@ -571,7 +786,7 @@ def _deadline(
             field,
             deadline,
             budget,
-            f"{gpus} GPUs x {deadline} s = {hours:g} GPU-hours exceeds the runtime's "
+            f"{gpus} GPUs x {deadline} s = {hours:g} GPU-hours exceeds {scope.owner}'s "
             f"maxGpuHours {budget:g}",
         )
 
@@ -588,7 +803,9 @@ def _queue_violations(spec: Mapping[str, Any], queue: QueueSpec, runtime: str) -
     return [Violation("spec.resources", gpus, limit, text, runtime)]
 
 
-def _bias_violations(spec: Mapping[str, Any], rails: Guardrails, runtime: str) -> list[Violation]:
+def _bias_violations(
+    spec: Mapping[str, Any], rails: Guardrails, runtime: str, owner: str
+) -> list[Violation]:
     if not rails.require_bias_audit or spec.get("bias") is not None:
         return []
     return [
@@ -596,21 +813,21 @@ def _bias_violations(spec: Mapping[str, Any], rails: Guardrails, runtime: str) -
             "spec.bias",
             None,
             True,
-            "must be set: the runtime requires a bias audit (requireBiasAudit)",
+            f"must be set: {owner} requires a bias audit (requireBiasAudit)",
             runtime,
         )
     ]
 
 
 def _label_violations(
-    labels: Mapping[str, str], rails: Guardrails, runtime: str
+    labels: Mapping[str, str], rails: Guardrails, runtime: str, owner: str
 ) -> list[Violation]:
     return [
         Violation(
             f"metadata.labels.{key}",
             labels.get(key),
             key,
-            "is required by the runtime (requiredLabels)",
+            f"is required by {owner} (requiredLabels)",
             runtime,
         )
         for key in rails.required_labels

@@ -110,6 +110,7 @@ class Reason:
     SearchFailed: Final = "SearchFailed"
     GuardrailViolated: Final = "GuardrailViolated"
     RuntimeNotFound: Final = "RuntimeNotFound"
+    RuntimeNotAllowed: Final = "RuntimeNotAllowed"
     RuntimeAmbiguous: Final = "RuntimeAmbiguous"
     RuntimeInvalid: Final = "RuntimeInvalid"
     GuardrailConflict: Final = "GuardrailConflict"

@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from kubetune_operator import builders, kube, kueue, metrics, queueing, reports, runtimes
 from kubetune_operator import status as status_rules
 from kubetune_operator.api import v1alpha1
+from kubetune_operator.api.runtime import Guardrails
 from kubetune_operator.manifests import check_document
 from kubetune_operator.state import (
     TERMINAL_PHASES,
@@ -45,14 +46,18 @@ LOGGER: Final = logging.getLogger(__name__)
 
 
 def resolution(
-    job: v1alpha1.FineTuneJob, ftj: Mapping[str, Any], indexes: Indexes
+    job: v1alpha1.FineTuneJob,
+    ftj: Mapping[str, Any],
+    indexes: Indexes,
+    default_policy: Guardrails,
 ) -> runtimes.Resolved | runtimes.Refused:
     """What the job runs with: the effective spec recorded at its validation, or, for a job
-    not validated yet, its runtime's defaults merged under its fields and checked now."""
+    not validated yet, its runtime's defaults merged under its fields and checked now (the
+    cluster's default policy where no runtime applies)."""
     if not is_validated(ftj):
         namespaced, cluster = indexes.runtimes_for(key_of(ftj)[0])
-        return runtimes.resolve(job, without_status(ftj), namespaced, cluster)
-    recorded = recorded_job(ftj, indexes)
+        return runtimes.resolve(job, without_status(ftj), namespaced, cluster, default_policy)
+    recorded = recorded_job(ftj, indexes, default_policy)
     if recorded is None:
         # Validated by an operator that recorded no effective spec: it ran the job's own.
         own = job.spec.model_dump(mode="json", exclude_none=True)
@@ -63,12 +68,13 @@ def resolution(
 
 
 def recorded_job(
-    ftj: Mapping[str, Any], indexes: Indexes
+    ftj: Mapping[str, Any], indexes: Indexes, default_policy: Guardrails
 ) -> v1alpha1.FineTuneJob | runtimes.Refused | None:
     """The job with the effective spec recorded in its status (None when none is), checked
     again before every use: only the operator writes the status (the trainer reports
-    through its FineTuneJobReport), and what it recorded must still match its hash and,
-    while the runtime is the one it was recorded with, keep to that runtime's guardrails."""
+    through its FineTuneJobReport), and what it recorded must still match its hash and
+    keep to the guardrails it was recorded under: its runtime's while that runtime is
+    unchanged, the cluster's default policy where no runtime applied."""
     status = ftj.get("status", {})
     spec = status.get("effectiveSpec")
     if spec is None:
@@ -82,7 +88,7 @@ def recorded_job(
         return runtimes.Refused(runtimes.INVALID_SPEC, problems)
     applied = status.get("runtime")
     if applied is None:
-        return checked.job
+        return runtimes.recheck_policy(checked.job, default_policy)
     document = indexes.runtime(key_of(ftj)[0], applied["kind"], applied["name"])
     if document is None or document["metadata"].get("generation") != applied["generation"]:
         return checked.job  # edited or deleted since: the recorded spec stands, as it was
@@ -473,7 +479,7 @@ def _create_workers(
     fails the job instead."""
     key: Key = key_of(ftj)
     restart = max(restart, shared.restarted.get(key, 0))
-    recorded = recorded_job(ftj, indexes)
+    recorded = recorded_job(ftj, indexes, shared.settings.default_policy)
     if isinstance(recorded, runtimes.Refused):
         refuse(shared, ftj, recorded)
         return None

@@ -11,14 +11,17 @@ real GPUs (the test kubelet ignores resource requests, so the queue is what limi
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from kubetune_operator import runtimes
+from tests.conftest import REPO
 from tests.integration.test_operator import (
     children,
     condition,
@@ -104,6 +107,107 @@ def test_a_guardrail_violation_is_refused_with_the_field_value_and_limit(
     kube.wait_for_event(created, reason="GuardrailViolated", message=message)
     assert all(not names for names in children(kube).values())
     assert "effectiveSpec" not in ftj["status"]
+
+
+def test_a_runtime_the_namespace_may_not_use_is_refused_naming_both(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    create_runtime(kube, runtime("research-only", allowedNamespaces=["research-*"]))
+    created = kube.create(job(sentiment, "sentiment", "research-only"))
+
+    ftj = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Failed"))
+    message = (
+        "spec.runtimeRef: ClusterFineTuneRuntime research-only may not be used in namespace "
+        "default (its spec.allowedNamespaces: research-*); ask its owners to allow the "
+        "namespace, or name another runtime"
+    )
+    assert condition(ftj, "Validated")["reason"] == "RuntimeNotAllowed"
+    assert condition(ftj, "Validated")["message"] == message
+    kube.wait_for_event(created, reason="RuntimeNotAllowed", message=message)
+    assert all(not names for names in children(kube).values())
+
+
+# --- the cluster's default policy, as the chart passes it ----------------------------------
+
+
+@pytest.fixture
+def chart_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's environment as the chart's default values make it: defaultPolicy as JSON."""
+    values = yaml.safe_load((REPO / "charts/kubetune/values.yaml").read_text())
+    monkeypatch.setenv(runtimes.DEFAULT_POLICY_ENV, json.dumps(values["defaultPolicy"]))
+
+
+def without_runtime(sentiment: dict[str, Any], name: str, **resources: Any) -> dict[str, Any]:
+    manifest = copy.deepcopy(sentiment)
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["resources"] = {"workers": 1, "gpusPerWorker": 0, **resources}
+    return manifest
+
+
+POLICY_REFUSALS = {
+    "system": (
+        {"priorityClassName": "system-node-critical"},
+        {},
+        "spec.resources.priorityClassName: system-node-critical is reserved for the cluster's "
+        "own pods: only an entry of the cluster's default policy's allowedPriorityClasses that "
+        "starts with system- allows it (Helm value defaultPolicy)",
+    ),
+    "image": (
+        {"image": "docker.io/someone/miner:1"},
+        {},
+        "spec.resources.image: docker.io/someone/miner:1 matches none of the cluster's default "
+        "policy's allowedImages ghcr.io/kubetune/kubetune-trainer:*, "
+        "ghcr.io/kubetune/kubetune-trainer@sha256:* (Helm value defaultPolicy)",
+    ),
+    "secret": (
+        {},
+        {"storage": {"name": "cluster-admin-token"}},
+        "spec.credentials.storage.name: Secret cluster-admin-token is not allowed: the "
+        "cluster's default policy's allowedSecrets is empty (Helm value defaultPolicy)",
+    ),
+}
+
+
+@pytest.mark.usefixtures("chart_policy")
+def test_the_charts_default_policy_refuses_a_job_without_runtime_with_the_reason(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    created = {}
+    for name, (resources, credentials, _) in POLICY_REFUSALS.items():
+        manifest = without_runtime(sentiment, name, **resources)
+        manifest["spec"]["credentials"] = credentials
+        created[name] = kube.create(manifest)
+
+    for name, (_, _, message) in POLICY_REFUSALS.items():
+        ftj = kube.wait_for_object("FineTuneJob", name, phase_is("Failed"))
+        assert condition(ftj, "Validated") | {"lastTransitionTime": ""} == {
+            "type": "Validated",
+            "status": "False",
+            "reason": "GuardrailViolated",
+            "message": message,
+            "lastTransitionTime": "",
+            "observedGeneration": 1,
+        }
+        kube.wait_for_event(created[name], reason="GuardrailViolated", message=message)
+    assert all(not names for names in children(kube).values())
+
+
+@pytest.mark.usefixtures("chart_policy")
+def test_a_job_within_the_charts_default_policy_starts_with_its_deadline(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    kube.create(without_runtime(sentiment, "sentiment", workers=2))
+
+    ftj = kube.wait_for_object("FineTuneJob", "sentiment", validated("Validated"))
+    assert "runtime" not in ftj["status"]
+    assert ftj["status"]["effectiveSpec"]["runPolicy"]["activeDeadlineSeconds"] == 86400
+    workers = kube.wait_for_object("Job", "sentiment-workers", lambda j: True)
+    assert workers["spec"]["activeDeadlineSeconds"] == 86400
+    pod = workers["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "registry.example/kubetune-trainer:test"
 
 
 def test_a_job_waits_for_its_missing_runtime_and_starts_when_it_appears(

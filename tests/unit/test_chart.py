@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlparse
@@ -45,6 +46,7 @@ from kubetune_operator import (
     workers,
 )
 from kubetune_operator.api import v1alpha1
+from kubetune_operator.api.runtime import Guardrails
 from kubetune_operator.manifests import check_file
 from kubetune_trainer import reporting
 
@@ -661,6 +663,40 @@ def test_cluster_wide_network_policy_goes_to_the_release_namespace() -> None:
     assert policy["metadata"]["namespace"] == RELEASE_NAMESPACE
 
 
+# The default policy: what a job without a runtime may ask for.
+
+
+def default_policy(docs: list[dict[str, Any]]) -> Guardrails:
+    return handlers.settings_from_env(env_of(operator_container(docs))).default_policy
+
+
+def test_the_default_policy_reaches_the_operator_as_values_yaml_says() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["defaultPolicy"]
+    policy = default_policy(render())
+    assert policy == Guardrails.model_validate(values, by_alias=True, by_name=False)
+    # Secure by default: the chart's own trainer image, a few GPUs, and nothing else.
+    assert policy.allowed_images == [
+        "ghcr.io/kubetune/kubetune-trainer:*",
+        "ghcr.io/kubetune/kubetune-trainer@sha256:*",
+    ]
+    assert (policy.max_gpus_per_job, policy.max_workers) == (8, 4)
+    assert policy.allowed_tolerations == []
+    assert policy.allowed_node_labels == []
+    assert policy.allowed_priority_classes == []
+    assert policy.allowed_secrets == []
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_the_default_policy_allows_the_trainer_image_the_chart_sets(rendering: str) -> None:
+    docs = RENDERINGS[rendering]()
+    image = env_of(operator_container(docs))["KUBETUNE_TRAINER_IMAGE"]
+    assert any(fnmatchcase(image, pattern) for pattern in default_policy(docs).allowed_images or [])
+
+
+def test_the_default_policy_can_be_removed() -> None:
+    assert default_policy(render("--set", "defaultPolicy=null")) == Guardrails()
+
+
 # Bad values fail with a message that names the value.
 
 
@@ -675,6 +711,9 @@ def test_cluster_wide_network_policy_goes_to_the_release_namespace() -> None:
         (["--set", "monitoring.enabled=true"], "monitoring.coreos.com/v1"),
         (["--set", "networkPolicy.enabled=true"], "networkPolicy.apiServer.cidrs"),
         (["--set", "serviceAccount.create=false"], "serviceAccount.name"),
+        (["--set", "defaultPolicy.maxWorkerz=3"], "additional properties 'maxWorkerz' not allowed"),
+        (["--set", "defaultPolicy.maxGpusPerJob=5000"], "/defaultPolicy/maxGpusPerJob"),
+        (["--set", "defaultPolicy.allowedSecrets[0]="], "/defaultPolicy/allowedSecrets/0"),
     ],
 )
 def test_bad_values_fail_naming_the_value(values: list[str], message: str) -> None:

@@ -125,6 +125,17 @@ def test_crd_schema_rejects_what_the_models_reject(sentiment: dict[str, Any]) ->
         jsonschema.Draft4Validator(SCHEMA).validate(sentiment)
 
 
+@pytest.mark.parametrize("name", ["memory", "cpu", "hugepages-2Mi", "gpu"])
+def test_crd_schema_refuses_a_gpu_resource_without_a_domain(
+    sentiment: dict[str, Any], name: str
+) -> None:
+    sentiment["spec"]["resources"]["gpuResource"] = name
+    with pytest.raises(jsonschema.ValidationError, match="does not match"):
+        jsonschema.Draft4Validator(SCHEMA).validate(sentiment)
+    sentiment["spec"]["resources"]["gpuResource"] = "amd.com/gpu"
+    jsonschema.Draft4Validator(SCHEMA).validate(sentiment)
+
+
 # --- CEL rules, evaluated as the API server does -------------------------------------------
 
 CEL = celpy.Environment()

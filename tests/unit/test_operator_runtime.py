@@ -8,6 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from kubetune_operator import builders, metrics
+from kubetune_operator.api.runtime import Guardrails
 from kubetune_operator.handlers import settings_from_env
 
 
@@ -21,6 +22,24 @@ def test_settings_come_from_the_environment_with_defaults() -> None:
     )
     assert settings.trainer_image == "registry.example/trainer:2"
     assert settings.image_pull_secrets == ("regcred", "other")
+
+
+def test_the_default_policy_comes_from_the_environment() -> None:
+    assert settings_from_env({}).default_policy == Guardrails()
+    env = {"KUBETUNE_DEFAULT_POLICY": '{"maxGpusPerJob": 8, "allowedSecrets": []}'}
+    assert settings_from_env(env).default_policy == Guardrails(
+        max_gpus_per_job=8, allowed_secrets=[]
+    )
+
+
+def test_a_bad_default_policy_stops_the_operator_naming_the_value() -> None:
+    env = {"KUBETUNE_DEFAULT_POLICY": '{"maxGpusPerJob": 8, "alowedSecrets": []}'}
+    with pytest.raises(
+        ValueError,
+        match=r"KUBETUNE_DEFAULT_POLICY \(Helm value defaultPolicy\) "
+        r"is invalid: alowedSecrets: unknown field; did you mean allowedSecrets\?",
+    ):
+        settings_from_env(env)
 
 
 @pytest.mark.parametrize("port", ["http", "-1", "70000"])

@@ -157,3 +157,24 @@ def test_class_labels_with_control_characters_are_refused_by_code_point(
 def test_class_labels_may_hold_any_printable_text(sentiment: dict[str, Any]) -> None:
     sentiment["spec"]["model"]["labels"] = ["négatif 👎", "👩\u200d💻 :x: [b]positif[/b]"]
     assert problems(sentiment) == []
+
+
+@pytest.mark.parametrize(
+    "name", ["cpu", "memory", "ephemeral-storage", "hugepages-2Mi", "gpu", "example/gpu"]
+)
+def test_gpu_resource_must_be_an_extended_resource_with_a_domain(
+    sentiment: dict[str, Any], name: str
+) -> None:
+    # The name becomes the pods' request and limit: `memory` gave a 1-byte memory limit.
+    sentiment["spec"]["resources"]["gpuResource"] = name
+    assert problems(sentiment) == [
+        "spec.resources.gpuResource: must be an extended resource name with a domain, such as "
+        "nvidia.com/gpu or amd.com/gpu (not cpu, memory, ephemeral-storage or hugepages-*) "
+        f"(got {name!r})"
+    ]
+
+
+@pytest.mark.parametrize("name", ["nvidia.com/gpu", "amd.com/gpu", "nvidia.com/mig-1g.5gb"])
+def test_device_plugin_resources_are_gpu_resources(sentiment: dict[str, Any], name: str) -> None:
+    sentiment["spec"]["resources"]["gpuResource"] = name
+    assert problems(sentiment) == []

@@ -9,14 +9,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kubetune_operator import builders, queueing, runtimes
 from kubetune_operator import status as status_rules
-from kubetune_operator.api.runtime import KUEUE_QUEUE_LABEL
+from kubetune_operator.api.runtime import KUEUE_QUEUE_LABEL, Guardrails
 from kubetune_operator.api.v1alpha1 import FineTuneJob
-from tests.conftest import load_example
+from tests.conftest import REPO, load_example
 
 NOW = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
 
@@ -113,6 +114,133 @@ def test_two_defaults_are_ambiguous_and_wait() -> None:
     assert isinstance(refused, runtimes.Refused)
     assert (refused.reason, refused.waits_for_runtime) == ("RuntimeAmbiguous", True)
     assert "a100, b100" in refused.messages[0]
+
+
+def test_a_runtime_the_namespace_may_not_use_is_refused_for_good() -> None:
+    job = user_job()
+    job["metadata"]["namespace"] = "research"
+    refused = resolve(job, cluster=[a100()])
+    assert isinstance(refused, runtimes.Refused)
+    assert (refused.reason, refused.waits_for_runtime) == ("RuntimeNotAllowed", False)
+    assert refused.messages == [
+        "spec.runtimeRef: ClusterFineTuneRuntime a100 may not be used in namespace research "
+        "(its spec.allowedNamespaces: ml, ml-*); ask its owners to allow the namespace, or "
+        "name another runtime"
+    ]
+    job["metadata"]["namespace"] = "ml-vision"
+    assert isinstance(resolve(job, cluster=[a100()]), runtimes.Resolved)
+
+
+def test_a_default_runtime_serves_only_its_namespaces() -> None:
+    job = user_job()
+    del job["spec"]["runtimeRef"]
+    small = copy.deepcopy(load_example("runtimes/small-cpu.yaml"))
+    small["spec"]["allowedNamespaces"] = ["research"]
+    other = a100()
+    other["metadata"]["labels"] = {"kubetune.dev/default-runtime": "true"}
+    resolved = resolve(job, cluster=[small, other])  # not ambiguous: small-cpu skips ml
+    assert isinstance(resolved, runtimes.Resolved)
+    assert resolved.record["runtime"]["name"] == "a100"
+    alone = resolve(job, cluster=[small])
+    assert isinstance(alone, runtimes.Resolved)
+    assert alone.runtime is None
+
+
+# --- the cluster's default policy: jobs that no runtime applies to ---------------------
+
+CHART_POLICY = Guardrails.model_validate(
+    yaml.safe_load((REPO / "charts/kubetune/values.yaml").read_text())["defaultPolicy"],
+    by_alias=True,
+    by_name=False,
+)
+"""The chart's defaultPolicy as values.yaml ships it."""
+POLICY = "(Helm value defaultPolicy)"
+
+
+def cluster_job() -> dict[str, Any]:
+    job = copy.deepcopy(load_example("gitops/job.yaml"))
+    job["metadata"]["namespace"] = "ml"
+    return job
+
+
+def under_policy(job: dict[str, Any], cluster: list[Any] | None = None) -> Any:
+    model = FineTuneJob.model_validate(job, by_alias=True, by_name=False)
+    return runtimes.resolve(model, job, [], cluster or [], CHART_POLICY)
+
+
+def test_a_job_within_the_default_policy_runs_with_the_deadline_it_allows() -> None:
+    resolved = under_policy(cluster_job())
+    assert isinstance(resolved, runtimes.Resolved)
+    assert resolved.runtime is None
+    assert "runtime" not in resolved.record
+    assert resolved.record["effectiveSpec"]["runPolicy"]["activeDeadlineSeconds"] == 86400
+    job = cluster_job()
+    job["spec"]["resources"]["image"] = "ghcr.io/kubetune/kubetune-trainer:0.2.0"
+    assert isinstance(under_policy(job), runtimes.Resolved)
+
+
+def test_the_default_policy_refuses_what_only_a_pod_author_may_decide() -> None:
+    job = cluster_job()
+    job["spec"]["resources"].update(
+        image="docker.io/someone/miner:1",
+        workers=256,
+        gpusPerWorker=16,
+        nodeSelector={"node-role.kubernetes.io/control-plane": ""},
+        tolerations=[{"operator": "Exists"}],
+        priorityClassName="system-node-critical",
+    )
+    job["spec"]["credentials"] = {
+        "hubToken": {"name": "hf-org-admin", "key": "token"},
+        "storage": {"name": "aws-admin"},
+    }
+    refused = under_policy(job)
+    assert isinstance(refused, runtimes.Refused)
+    assert (refused.reason, refused.waits_for_runtime) == ("GuardrailViolated", False)
+    owner = "the cluster's default policy"
+    assert refused.messages == [
+        f"spec.resources.image: docker.io/someone/miner:1 matches none of {owner}'s "
+        "allowedImages ghcr.io/kubetune/kubetune-trainer:*, "
+        f"ghcr.io/kubetune/kubetune-trainer@sha256:* {POLICY}",
+        f"spec.resources.workers: 256 exceeds {owner}'s maxWorkers 4 {POLICY}",
+        f"spec.resources.gpusPerWorker: 16 exceeds {owner}'s maxGpusPerWorker 8 {POLICY}",
+        f"spec.resources: 256 workers x 16 GPUs = 4096 GPUs exceeds {owner}'s maxGpusPerJob 8 "
+        f"{POLICY}",
+        "spec.resources.nodeSelector: node-role.kubernetes.io/control-plane= is not allowed: "
+        f"{owner}'s allowedNodeLabels is empty {POLICY}",
+        f"spec.resources.tolerations[0]: * (Exists) is not among {owner}'s allowedTolerations "
+        f"{POLICY}",
+        "spec.resources.priorityClassName: system-node-critical is reserved for the cluster's "
+        f"own pods: only an entry of {owner}'s allowedPriorityClasses that starts with system- "
+        f"allows it {POLICY}",
+        "spec.credentials.hubToken.name: Secret hf-org-admin is not allowed: "
+        f"{owner}'s allowedSecrets is empty {POLICY}",
+        f"spec.credentials.storage.name: Secret aws-admin is not allowed: {owner}'s "
+        f"allowedSecrets is empty {POLICY}",
+    ]
+
+
+def test_a_runtime_replaces_the_default_policy() -> None:
+    job = user_job()
+    job["spec"]["resources"] = {"priorityClassName": "ml-batch"}
+    job["spec"]["credentials"] = {"hubToken": {"name": "hf-token", "key": "token"}}
+    resolved = under_policy(job, cluster=[a100()])
+    assert isinstance(resolved, runtimes.Resolved)
+    assert resolved.record["runtime"]["name"] == "a100"
+
+
+def test_without_a_policy_a_job_without_runtime_keeps_its_own_spec() -> None:
+    job = cluster_job()
+    job["spec"]["resources"]["priorityClassName"] = "system-node-critical"
+    model = FineTuneJob.model_validate(job, by_alias=True, by_name=False)
+    resolved = runtimes.resolve(model, job, [], [])  # kubetune validate, local runs
+    assert isinstance(resolved, runtimes.Resolved)
+    assert resolved.record["effectiveSpec"]["resources"]["priorityClassName"] == (
+        "system-node-critical"
+    )
+    # The operator's policy when the chart passes none still keeps the system classes out.
+    refused = runtimes.resolve(model, job, [], [], Guardrails())
+    assert isinstance(refused, runtimes.Refused)
+    assert refused.messages[0].startswith("spec.resources.priorityClassName: system-node-critical")
 
 
 def test_an_invalid_runtime_object_waits_with_its_problem() -> None:

@@ -138,6 +138,12 @@ def with_resources(**resources: Any) -> dict[str, Any]:
     return job
 
 
+def with_credentials(**credentials: Any) -> dict[str, Any]:
+    job = user_job()
+    job["spec"]["credentials"] = credentials
+    return job
+
+
 CASES: list[tuple[str, dict[str, Any], str]] = [
     (
         "allowedImages",
@@ -167,6 +173,36 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "spec.resources.tolerations[0]: dedicated=prod:NoExecute (Equal) is not among the "
         "runtime's allowedTolerations",
     ),
+    (
+        "allowedNodeLabels",
+        with_resources(
+            nodeSelector={
+                "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+                "node-role.kubernetes.io/control-plane": "",
+            }
+        ),
+        "spec.resources.nodeSelector: node-role.kubernetes.io/control-plane= matches none of "
+        "the runtime's allowedNodeLabels nvidia.com/gpu.product=*",
+    ),
+    (
+        "allowedPriorityClasses",
+        with_resources(priorityClassName="urgent"),
+        "spec.resources.priorityClassName: urgent matches none of the runtime's "
+        "allowedPriorityClasses ml-*",
+    ),
+    (
+        "system priority classes",
+        with_resources(priorityClassName="system-node-critical"),
+        "spec.resources.priorityClassName: system-node-critical is reserved for the cluster's "
+        "own pods: only an entry of the runtime's allowedPriorityClasses that starts with "
+        "system- allows it",
+    ),
+    (
+        "allowedSecrets",
+        with_credentials(storage={"name": "aws-admin"}),
+        "spec.credentials.storage.name: Secret aws-admin matches none of the runtime's "
+        "allowedSecrets hf-token",
+    ),
 ]
 
 
@@ -174,6 +210,38 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
 def test_each_guardrail_names_field_value_and_limit(case: tuple[str, dict[str, Any], str]) -> None:
     _, job, message = case
     assert violations(job, a100()) == [f"{message} ({A100})"]
+
+
+@pytest.mark.parametrize(
+    ("allowed", "refused"),
+    [
+        (None, True),  # left out: any class but the system ones
+        (["*"], True),  # a catch-all is not an explicit system- entry
+        (["system-cluster-critical"], True),
+        (["system-node-critical"], False),
+        (["system-*"], False),
+    ],
+)
+def test_a_system_priority_class_needs_an_entry_that_names_it(
+    allowed: list[str] | None, refused: bool
+) -> None:
+    runtime = a100()
+    runtime["spec"]["guardrails"]["allowedPriorityClasses"] = allowed
+    found = violations(with_resources(priorityClassName="system-node-critical"), runtime)
+    assert bool(found) is refused
+
+
+def test_empty_lists_allow_no_node_label_and_no_secret() -> None:
+    runtime = a100()
+    del runtime["spec"]["guardrails"]["allowedGpuNodeSelectors"]
+    runtime["spec"]["guardrails"].update(allowedNodeLabels=[], allowedSecrets=[])
+    job = with_credentials(hubToken={"name": "hf-token", "key": "token"})
+    assert violations(job, runtime) == [
+        "spec.resources.nodeSelector: nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB is not "
+        f"allowed: the runtime's allowedNodeLabels is empty ({A100})",
+        "spec.credentials.hubToken.name: Secret hf-token is not allowed: the runtime's "
+        f"allowedSecrets is empty ({A100})",
+    ]
 
 
 def test_max_gpus_per_job() -> None:
@@ -339,6 +407,14 @@ def test_pick_runtime_errors() -> None:
 # --- the runtime documents themselves ---------------------------------------------------
 
 
+def test_only_a_cluster_runtime_limits_its_namespaces() -> None:
+    namespaced = a100()
+    namespaced.update(kind="FineTuneRuntime", metadata={"name": "team", "namespace": "ml"})
+    assert [str(p) for p in check_document(namespaced, "team.yaml").problems] == [
+        "spec.allowedNamespaces: unknown field; allowed here: defaults, guardrails, queue"
+    ]
+
+
 def test_runtime_documents_are_checked() -> None:
     bad = a100()
     bad["spec"]["guardrails"].update(maxWorkers=0, maxGpusPerWorker=8, maxGpusPerJob=4)
@@ -362,6 +438,7 @@ def test_runtime_documents_are_checked() -> None:
         "kind: must be FineTuneJob"
     ]
     namespaced = {**a100(), "kind": "FineTuneRuntime"}
+    del namespaced["spec"]["allowedNamespaces"]  # a FineTuneRuntime serves its own namespace
     assert isinstance(check_document(namespaced, "x.yaml").runtime, FineTuneRuntime)
 
 

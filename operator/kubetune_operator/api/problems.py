@@ -28,7 +28,10 @@ PATTERN_HINTS = {
     v1alpha1.DNS_SUBDOMAIN_PATTERN: "a DNS-1123 subdomain: lowercase labels joined by '.'",
     v1alpha1.QUANTITY_PATTERN: "a Kubernetes quantity above zero such as 4, 500m, 16Gi",
     v1alpha1.IMAGE_PATTERN: "a container image reference such as registry.example/team/trainer:1.2",
-    v1alpha1.RESOURCE_NAME_PATTERN: "a resource name such as nvidia.com/gpu",
+    v1alpha1.EXTENDED_RESOURCE_PATTERN: (
+        "an extended resource name with a domain, such as nvidia.com/gpu or amd.com/gpu "
+        "(not cpu, memory, ephemeral-storage or hugepages-*)"
+    ),
     v1alpha1.LABEL_KEY_PATTERN: "a label key such as example.com/team",
 }
 

@@ -128,6 +128,14 @@ class Guardrails(Section):
     """For jobs with GPUs: the nodeSelector must carry all labels of at least one entry; left out: any placement."""
     allowed_tolerations: list[Toleration] | None = Field(default=None, max_length=32)
     """Tolerations a job may use (an entry without effect allows every effect); left out: any; empty: none."""
+    allowed_node_labels: list[GlobPattern] | None = Field(default=None, max_length=MAX_PATTERNS)
+    """Shell-style patterns of key=value that every resources.nodeSelector entry must match, e.g. nvidia.com/gpu.product=*; left out: any; empty: no nodeSelector."""
+    allowed_priority_classes: list[GlobPattern] | None = Field(
+        default=None, max_length=MAX_PATTERNS
+    )
+    """Shell-style patterns resources.priorityClassName must match; left out: any class but system-*; empty: none. A system-* class (system-node-critical, system-cluster-critical) needs an entry that starts with system-."""
+    allowed_secrets: list[GlobPattern] | None = Field(default=None, max_length=MAX_PATTERNS)
+    """Shell-style patterns the Secrets named in spec.credentials (hubToken, storage) must match: the worker pods get their values, so naming a Secret is reading it; left out: any Secret of the job's namespace; empty: none."""
     max_active_deadline_seconds: int | None = Field(default=None, ge=1, le=2**31 - 1)
     """Longest runPolicy.activeDeadlineSeconds; a job without a deadline gets this one."""
     max_gpu_hours: float | None = Field(default=None, gt=0, le=1_000_000)
@@ -180,6 +188,13 @@ class FineTuneRuntimeSpec(Section):
     """Where jobs wait for GPUs; left out: they start at once."""
 
 
+class ClusterFineTuneRuntimeSpec(FineTuneRuntimeSpec):
+    """A runtime's spec, plus the namespaces whose jobs may use it."""
+
+    allowed_namespaces: list[GlobPattern] | None = Field(default=None, max_length=MAX_PATTERNS)
+    """Shell-style patterns of the namespaces whose FineTuneJobs may use this runtime, e.g. ml-*; left out: every namespace; empty: none. A job of another namespace that names it is refused (reason RuntimeNotAllowed); as the default runtime it serves only these namespaces."""
+
+
 class RuntimeStatus(Section):
     """The operator's verdict on the runtime itself."""
 
@@ -228,6 +243,7 @@ class ClusterFineTuneRuntime(_RuntimeObject):
     """Defaults and guardrails for FineTuneJobs in any namespace."""
 
     kind: Literal["ClusterFineTuneRuntime"]
+    spec: ClusterFineTuneRuntimeSpec = section_default(ClusterFineTuneRuntimeSpec)
 
     @model_validator(mode="after")
     def _has_no_namespace(self) -> Self:

@@ -60,7 +60,13 @@ IMAGE_PATTERN = (
     r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
 )
-RESOURCE_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
+EXTENDED_RESOURCE_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+"
+    r"/[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
+)
+"""A device plugin's resource name: a domain, '/', a name. The names without a domain are
+Kubernetes' own (cpu, memory, ephemeral-storage, hugepages-*), which a job must not set
+through gpuResource: it would become the pods' request and limit."""
 LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
@@ -107,10 +113,10 @@ class ResourcesSpec(Section):
     """Worker pods (machines); training is data-parallel across all their GPUs."""
     gpus_per_worker: int = Field(default=1, ge=0, le=16)
     """GPUs each worker requests; 0 trains on CPU (gloo), as on a laptop cluster."""
-    gpu_resource: Annotated[str, Field(max_length=253, pattern=RESOURCE_NAME_PATTERN)] = (
+    gpu_resource: Annotated[str, Field(max_length=253, pattern=EXTENDED_RESOURCE_PATTERN)] = (
         "nvidia.com/gpu"
     )
-    """Extended resource name of the GPU the device plugin advertises."""
+    """Extended resource name of the GPU the device plugin advertises, with its domain (nvidia.com/gpu, amd.com/gpu); cpu, memory and the other names without a domain are refused."""
     cpu: Quantity | None = None
     """CPU each worker requests (Kubernetes quantity, e.g. 8 or 7500m); left out: 4 per GPU, 2 without."""
     memory: Quantity | None = None
