@@ -4,6 +4,7 @@ the same line in the termination log, and no report.json, model or checkpoint wr
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -61,3 +62,31 @@ def test_freeze_layers_deeper_than_the_model_is_a_configuration_error(
     message = refused(config, tmp_path, capsys)
     assert message.startswith("freezing.freezeLayers: 1000 is deeper than the model")
     assert "2 blocks" in message
+
+
+def one_class_copy(source: Path, folder: Path) -> Path:
+    """`source`'s rows, every one labelled positive."""
+    with source.open(encoding="utf-8", newline="") as handle:
+        rows = [{**row, "label": "positive"} for row in csv.DictReader(handle)]
+    path = folder / "one-class.csv"
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_one_class_training_data_is_refused_although_model_labels_declare_two(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    small_data: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    train = one_class_copy(small_data[0], tmp_path)
+    config = make_config(tiny_model_dir, (train, small_data[1]), training={"epochs": 1})
+    assert config.model.labels == ["negative", "positive"]
+    message = refused(config, tmp_path, capsys)
+    assert message == (
+        f"data.labelColumn: every row of {train} has the label 'positive'; "
+        "a classifier needs rows of at least two classes"
+    )

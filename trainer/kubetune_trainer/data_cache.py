@@ -35,7 +35,7 @@ from kubetune_trainer.file_modes import publish
 from kubetune_trainer.quality import QualityReport, RuleResult
 from kubetune_trainer.sources import SourceError, resolve_local
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bumped when the cached layout changes, so that old caches are not misread."""
 _CHUNK = 1 << 20
 _SPLITS = ("train", "validation")
@@ -199,6 +199,7 @@ def _data_report(saved: dict[str, Any]) -> DataReport:
         added=saved["added"],
         removed=saved["removed"],
         recommendation=saved["recommendation"],
+        warnings=saved["warnings"],
     )
 
 
