@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -89,4 +90,36 @@ def test_one_class_training_data_is_refused_although_model_labels_declare_two(
     assert message == (
         f"data.labelColumn: every row of {train} has the label 'positive'; "
         "a classifier needs rows of at least two classes"
+    )
+
+
+def test_a_fifo_as_training_data_is_refused_before_it_is_opened(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    small_data: tuple[Path, Path],
+    fifo: tuple[Path, threading.Event],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path, opened = fifo
+    config = make_config(tiny_model_dir, (path, small_data[1]), training={"epochs": 1})
+    message = refused(config, tmp_path, capsys)
+    assert message == (
+        f"data.train.source: {path} is a FIFO (named pipe), not a regular file; give a data "
+        "file or a directory of data files"
+    )
+    assert not opened.is_set()  # neither the data cache's hash nor the reader opened it
+
+
+def test_a_symlink_to_dev_zero_as_validation_data_is_refused(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    small_data: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    link = tmp_path / "validation.csv"
+    link.symlink_to("/dev/zero")
+    config = make_config(tiny_model_dir, (small_data[0], link), training={"epochs": 1})
+    message = refused(config, tmp_path, capsys)
+    assert message.startswith(
+        f"data.validation.source: {link} (a symlink to /dev/zero) is a character device, "
     )

@@ -267,6 +267,8 @@ class DataSource(Section):
     """Where the rows are: a local path, file:///PATH, pvc://CLAIM/PATH, or hf://datasets/ORG/NAME."""
     format: DataFormat | None = None
     """File format: csv, jsonl or parquet. Left out: taken from the file extension."""
+    max_gigabytes: float = Field(default=64, gt=0, le=1_000_000)
+    """Largest size read, in GB (10^9 bytes; a directory's files together): the rows are held in memory, so a bigger source is refused before it is read."""
 
     @model_validator(mode="after")
     def _format_is_known(self) -> Self:
