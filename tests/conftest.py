@@ -1,10 +1,13 @@
-"""Shared fixtures: where the checkout and its examples are, and manifests to start from."""
+"""Shared fixtures: where the checkout and its examples are, manifests, a tiny model and data
+to start from, and a FIFO posing as a data file."""
 
 from __future__ import annotations
 
 import copy
 import os
 import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +102,27 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             writer.writerows(kept)
         paths.append(path)
     return paths[0], paths[1]
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Iterator[tuple[Path, threading.Event]]:
+    """A FIFO named like a data file, and whether anyone opened it for reading.
+
+    A writer waits on it: a reader that opened it would read no rows and fail instead of
+    blocking the test forever, and the writer's open returning shows that it was opened.
+    """
+    path = tmp_path / "fifo" / "train.csv"
+    path.parent.mkdir()
+    os.mkfifo(path)
+    opened = threading.Event()
+
+    def write() -> None:
+        with path.open("wb"):
+            opened.set()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    yield path, opened
+    release = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # lets the waiting writer go
+    writer.join()
+    os.close(release)

@@ -52,6 +52,20 @@ def test_validate_reports_every_problem_with_its_path(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_validate_refuses_a_freezing_section_that_freezes_everything(tmp_path: Path) -> None:
+    frozen = SENTIMENT.read_text().replace(
+        "  evaluation:\n", "  freezing:\n    frozenModules: ['*']\n  evaluation:\n", 1
+    )
+    path = tmp_path / "frozen.yaml"
+    path.write_text(frozen)
+    result = kubetune("validate", str(path))
+    assert result.returncode == 1
+    assert (
+        "spec.freezing: frozenModules: '*' freezes every parameter, so nothing would train"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_validate_passes_every_example_and_skips_the_kustomization_with_a_note() -> None:
     examples = sorted(map(str, (REPO / "examples").glob("*/*.yaml")))
     assert str(REPO / "examples/gitops/kustomization.yaml") in examples

@@ -598,6 +598,48 @@ def test_a_single_class(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> N
     )
 
 
+def test_a_single_class_is_refused_when_model_labels_declare_more(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    train = write_csv(tmp_path / "train.csv", reviews(72, "a"))
+    assert data_error(make_config(train, labels=["a", "b"]), tokenizer) == (
+        f"data.labelColumn: every row of {train} has the label 'a'; "
+        "a classifier needs rows of at least two classes"
+    )
+
+
+def test_a_single_class_of_class_ids_is_named_by_its_declared_name(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    train = write_csv(tmp_path / "train.csv", reviews(8, "1"))
+    assert data_error(make_config(train, labels=["neg", "pos"]), tokenizer) == (
+        f"data.labelColumn: every row of {train} has the label 'pos'; "
+        "a classifier needs rows of at least two classes"
+    )
+
+
+def test_a_declared_class_without_training_rows_is_a_warning_in_the_report(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    train = write_csv(tmp_path / "train.csv", reviews(20, "a") + reviews(20, "b"))
+    prepared = prepare_data(make_config(train, labels=["a", "b", "neutral"]), tokenizer)
+    warning = (
+        "model.labels: no training row has the class 'neutral'; the model will never predict it"
+    )
+    assert prepared.report.warnings == [warning]
+    assert prepared.report.to_report()["warnings"] == [warning]
+    assert prepared.report.to_status()["message"].endswith(f"; warning: {warning}")
+
+
+def test_no_warning_when_every_class_has_training_rows(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    train = write_csv(tmp_path / "train.csv", reviews(20, "a") + reviews(20, "b"))
+    prepared = prepare_data(make_config(train, labels=["a", "b"]), tokenizer)
+    assert prepared.report.warnings == []
+    assert "warning" not in prepared.report.to_status()["message"]
+
+
 @pytest.mark.parametrize(
     ("weights", "problem"),
     [

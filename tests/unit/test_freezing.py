@@ -171,3 +171,58 @@ def test_frozen_parameters_are_bit_identical_after_a_step() -> None:
             assert not torch.equal(parameter, before[name]), name
         else:
             assert torch.equal(parameter, before[name]), name
+
+
+def test_a_pattern_that_matches_no_parameter_is_named_with_the_fix() -> None:
+    with pytest.raises(freezing.FreezingError) as raised:
+        freezing.build_plan(bert(), spec(frozenModules=["encoder.layer.0.*"]), 10)
+    assert str(raised.value) == (
+        "freezing.frozenModules: 'encoder.layer.0.*' matches no parameter of the model "
+        "(a pattern matches whole parameter names); '*encoder.layer.0.*' would match"
+    )
+
+
+def test_a_trainable_pattern_that_matches_nothing_shows_the_names_there_are() -> None:
+    with pytest.raises(freezing.FreezingError, match=r"^freezing\.trainableModules: 'nope'") as e:
+        freezing.build_plan(bert(), spec(trainableModules=["nope"]), 10)
+    assert "'bert.embeddings.word_embeddings.weight'" in str(e.value)
+
+
+def test_freeze_layers_beyond_the_depth_names_the_depth() -> None:
+    with pytest.raises(freezing.FreezingError) as raised:
+        freezing.build_plan(bert(layers=2), spec(freezeLayers=1000), 10)
+    assert str(raised.value) == (
+        "freezing.freezeLayers: 1000 is deeper than the model, which has 2 blocks; "
+        "at most 2 freezes them all"
+    )
+
+
+def test_freezing_every_layer_still_trains_the_head() -> None:
+    plan = freezing.build_plan(bert(layers=2), spec(freezeLayers=2, freezeEmbeddings=True), 10)
+    assert plan.trainable_at(0, 0) == frozenset(plan.groups.head)
+
+
+def test_a_plan_that_freezes_everything_is_refused_naming_the_fields() -> None:
+    model = bert(layers=2)
+    fields = {"frozenModules": ["bert.pooler.*", "classifier.*"], "freezeLayers": 2}
+    with pytest.raises(freezing.FreezingError) as raised:
+        freezing.build_plan(model, spec(**fields, freezeEmbeddings=True), 10)
+    count = len(list(model.parameters()))
+    assert str(raised.value) == (
+        "freezing.frozenModules, freezing.freezeLayers, freezing.freezeEmbeddings: all "
+        f"{count} parameter tensors of the model would be frozen, so nothing would train; "
+        "freeze less, or name what trains in freezing.trainableModules"
+    )
+    assert all(p.requires_grad for p in model.parameters())  # nothing was changed
+
+
+def test_a_frozen_head_under_a_head_first_schedule_is_refused() -> None:
+    fields = {"frozenModules": ["bert.pooler.*", "classifier.*"], "headOnlyEpochs": 1}
+    with pytest.raises(freezing.FreezingError, match=r"freezing\.headOnlyEpochs trains only"):
+        freezing.build_plan(bert(layers=2), spec(**fields), 10)
+
+
+def test_a_star_in_frozen_modules_is_refused_by_the_config() -> None:
+    with pytest.raises(ValueError, match=r"frozenModules: '\*' freezes every parameter"):
+        spec(frozenModules=["*"])
+    assert spec(frozenModules=["*"], trainableModules=["classifier.*"]).frozen_modules == ["*"]

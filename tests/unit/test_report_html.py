@@ -791,6 +791,18 @@ def test_rows_added_and_removed_the_imbalance_and_the_recommendation(root: Eleme
     assert text(callout) == "Recommendation: Oversample neutral (data.balance.strategy oversample)."
 
 
+def test_data_warnings_are_callouts_and_absent_without_warnings() -> None:
+    report = full_report()
+    report["data"]["warnings"] = ["model.labels: no training row has the class 'neutral'"]
+    callouts = [e for e in dom(render_html(report)).iter("div") if "warning" in e.get("class", "")]
+    assert [text(c) for c in callouts] == [
+        "Warning: model.labels: no training row has the class 'neutral'"
+    ]
+    report["data"]["warnings"] = []
+    root = dom(render_html(report))
+    assert not [e for e in root.iter("div") if "warning" in e.get("class", "")]
+
+
 def test_the_header_shows_the_outcome_best_result_size_and_timings(root: Element) -> None:
     facts = {text(d[0]): text(d[1]) for d in next(root.iter("dl"))}
     assert facts == {

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
 
-from kubetune_trainer.sources import PVC_ROOT, SourceError, pvc_root, resolve_local
+from kubetune_trainer.config import DataSource
+from kubetune_trainer.sources import (
+    PVC_ROOT,
+    SourceError,
+    pvc_root,
+    resolve_data,
+    resolve_local,
+)
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -288,3 +296,61 @@ def test_offline_a_tag_resolves_through_its_ref_to_its_snapshot(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert resolve_local("hf://acme/tiny-bert@v1.0", "model.source") == snapshot
     assert resolve_local(f"hf://acme/tiny-bert@{COMMIT}", "model.source") == snapshot
+
+
+# --- data sources: regular files of a bounded size ----------------------------------------
+
+
+def data_source_error(path: Path, **fields: object) -> str:
+    with pytest.raises(SourceError) as error:
+        resolve_data(DataSource.model_validate({"source": str(path), **fields}), "data.train")
+    return str(error.value)
+
+
+def test_a_fifo_is_refused_before_it_is_opened(fifo: tuple[Path, threading.Event]) -> None:
+    path, opened = fifo
+    assert data_source_error(path) == (
+        f"data.train.source: {path} is a FIFO (named pipe), not a regular file; give a data "
+        "file or a directory of data files"
+    )
+    assert not opened.is_set()
+
+
+def test_a_symlink_to_dev_zero_is_refused_naming_its_target(tmp_path: Path) -> None:
+    link = tmp_path / "train.csv"
+    link.symlink_to("/dev/zero")
+    assert data_source_error(link) == (
+        f"data.train.source: {link} (a symlink to /dev/zero) is a character device, not a "
+        "regular file; give a data file or a directory of data files"
+    )
+
+
+def test_a_socket_in_a_directory_of_shards_is_refused(tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "part-0.csv").write_text("text,label\ngood,a\n")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(shards / "part-1.csv"))
+        message = data_source_error(shards, format="csv")
+    assert message.startswith(f"data.train.source: {shards / 'part-1.csv'} is a socket, ")
+
+
+def test_a_source_larger_than_its_limit_is_refused_naming_the_field(tmp_path: Path) -> None:
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\n" + "good,a\n" * 500)  # 3511 bytes
+    assert data_source_error(train, maxGigabytes=3e-6) == (
+        f"data.train.source: {train} is 3.51e-06 GB, more than data.train.maxGigabytes "
+        "(3e-06 GB); raise data.train.maxGigabytes if the trainer's memory holds the rows, "
+        "or give a smaller source"
+    )
+    source = DataSource.model_validate({"source": str(train), "maxGigabytes": 5e-6})
+    assert resolve_data(source, "data.train") == train
+
+
+def test_a_directory_counts_all_its_files_against_the_limit(tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    (shards / "more").mkdir(parents=True)
+    for name in ("part-0.csv", "more/part-1.csv"):
+        (shards / name).write_text("text,label\n" + "good,a\n" * 200)  # 1411 bytes each
+    message = data_source_error(shards, format="csv", maxGigabytes=2e-6)
+    assert message.startswith(f"data.train.source: {shards} holds 2.82e-06 GB, more than ")

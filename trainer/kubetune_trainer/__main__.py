@@ -33,13 +33,14 @@ from kubetune_trainer.config import (
 from kubetune_trainer.cost import BudgetError
 from kubetune_trainer.crossval import run_cross_validation
 from kubetune_trainer.data import DataError
+from kubetune_trainer.freezing import FreezingError
 from kubetune_trainer.modeling import ModelError
 from kubetune_trainer.recipe import Recipe, RunResult
 from kubetune_trainer.reporting import plain_console
 from kubetune_trainer.sources import SourceError, pvc_root
 from kubetune_trainer.threads import threads_for
 
-INPUT_ERRORS = (DataError, SourceError, ModelError, BudgetError)
+INPUT_ERRORS = (DataError, SourceError, ModelError, FreezingError, BudgetError)
 TERMINATION_LOG_ENV = "KUBETUNE_TERMINATION_LOG"
 MAX_TERMINATION_MESSAGE = 3000
 """Kubernetes keeps 4 KiB of a termination message; the JSON around it needs a little."""
@@ -53,7 +54,7 @@ def run_training(
     env: Mapping[str, str] = os.environ,
     console: Console | None = None,
 ) -> RunResult:
-    """Set up, train and clean up one run; input errors propagate as DataError & co."""
+    """Set up, train and clean up one run; input errors propagate (INPUT_ERRORS)."""
     console = console or plain_console()
     threads = threads_for(config.training.cpu_threads, env)
     torch.set_num_threads(threads.threads)

@@ -324,6 +324,8 @@ class DataSource(Section):
     """Where the rows are: a local path, file:///PATH, pvc://CLAIM/PATH, or hf://datasets/ORG/NAME."""
     format: DataFormat | None = None
     """File format: csv, jsonl or parquet. Left out: taken from the file extension."""
+    max_gigabytes: float = Field(default=64, gt=0, le=1_000_000)
+    """Largest size read, in GB (10^9 bytes; a directory's files together): the rows are held in memory, so a bigger source is refused before it is read."""
 
     @model_validator(mode="after")
     def _format_is_known(self) -> Self:
@@ -575,9 +577,9 @@ class FreezingSpec(Section):
     layerwise_lr_decay: float = Field(default=1.0, gt=0, le=1)
     """Discriminative learning rates: each block gets this factor times the rate of the block above it (the head gets training.learningRate). 1.0 gives every layer the same rate."""
     frozen_modules: list[ModulePattern] = Field(default_factory=list, max_length=MAX_PATTERNS)
-    """Glob patterns of parameter names that stay frozen (e.g. 'encoder.layer.0.*')."""
+    """Glob patterns of whole parameter names that stay frozen (e.g. '*encoder.layer.0.*'); each must match a parameter of the model."""
     trainable_modules: list[ModulePattern] = Field(default_factory=list, max_length=MAX_PATTERNS)
-    """Glob patterns of parameter names that always train, overriding every rule above (e.g. '*LayerNorm*')."""
+    """Glob patterns of whole parameter names that always train, overriding every rule above (e.g. '*LayerNorm*'); each must match a parameter of the model."""
 
     @field_validator("trainable_modules")
     @classmethod
@@ -586,6 +588,17 @@ class FreezingSpec(Section):
         if both:
             raise ValueError(f"pattern {both[0]!r} is also in frozenModules")
         return trainable
+
+    @model_validator(mode="after")
+    def _something_trains(self) -> Self:
+        # The rest of what trains depends on the model: freezing.build_plan checks it.
+        everything = next((p for p in self.frozen_modules if set(p) == {"*"}), None)
+        if everything is not None and not self.trainable_modules:
+            raise ValueError(
+                f"frozenModules: {everything!r} freezes every parameter, so nothing would "
+                "train; name the parameters to freeze, or those that train in trainableModules"
+            )
+        return self
 
 
 class LoraSpec(Section):

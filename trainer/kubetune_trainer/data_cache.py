@@ -33,9 +33,9 @@ from kubetune_trainer.data import PreparedData
 from kubetune_trainer.data_report import DataReport
 from kubetune_trainer.file_modes import publish
 from kubetune_trainer.quality import QualityReport, RuleResult
-from kubetune_trainer.sources import SourceError, resolve_local
+from kubetune_trainer.sources import SourceError, resolve_data
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bumped when the cached layout changes, so that old caches are not misread."""
 _CHUNK = 1 << 20
 _SPLITS = ("train", "validation")
@@ -108,7 +108,7 @@ def _data_sources(config: TrainingConfig) -> Iterator[tuple[str, DataSource]]:
 def _data_files(config: TrainingConfig) -> Iterator[Path]:
     """Every file the data sources name (a directory: every file under it), in order."""
     for field, source in _data_sources(config):
-        path = resolve_local(source.source, f"{field}.source")
+        path = resolve_data(source, field)
         yield from sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
 
 
@@ -199,6 +199,7 @@ def _data_report(saved: dict[str, Any]) -> DataReport:
         added=saved["added"],
         removed=saved["removed"],
         recommendation=saved["recommendation"],
+        warnings=saved["warnings"],
     )
 
 

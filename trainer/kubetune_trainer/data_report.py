@@ -88,6 +88,8 @@ class DataReport:
     removed: Counts = field(default_factory=dict)
     """Training rows left out after the rules: undersampled."""
     recommendation: str = ""
+    warnings: list[str] = field(default_factory=list)
+    """What the data does not fail for but the user should know, e.g. a class without rows."""
     packing: dict[str, Any] | None = None
     """data.packing: rows, sequences, fill and padding before and after (packing.packing_summary);
     set when the training loader is built, None without packing."""
@@ -125,6 +127,7 @@ class DataReport:
             "removed": self.removed,
             "imbalanceRatio": self.imbalance_ratio(),
             "recommendation": self.recommendation,
+            "warnings": self.warnings,
             "packing": self.packing,
         }
 
@@ -132,9 +135,10 @@ class DataReport:
         changes = [f"+{count} {name}" for name, count in self.added.items() if count]
         changes += [f"-{count} {name}" for name, count in self.removed.items() if count]
         trained_on = sum(self.classes.get("train", {}).get("out", {}).values())
+        warnings = "".join(f"; warning: {warning}" for warning in self.warnings)
         if not changes:
-            return quality_message
-        return f"{quality_message}; training on {trained_on} rows ({', '.join(changes)})"
+            return quality_message + warnings
+        return f"{quality_message}; training on {trained_on} rows ({', '.join(changes)}){warnings}"
 
 
 def _largest(counts: Counts, limit: int) -> Counts:

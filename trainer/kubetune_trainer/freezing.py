@@ -13,6 +13,11 @@ synchronises: parameters frozen for the whole run get `requires_grad=False` befo
 model is prepared (no compute, no communication); parameters frozen only for a while keep
 `requires_grad=True` and have their gradients dropped before each optimizer step, so the
 optimizer leaves them bit-identical until their turn comes.
+
+A spec is checked against the model it is applied to, because a manifest cannot know the
+model's parameter names or depth: a pattern that matches no parameter, a freezeLayers
+deeper than the model, or a plan that leaves nothing to train is a `FreezingError` that
+names the field, not a silently ignored setting or an optimizer with nothing to optimise.
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ from kubetune_trainer.config import FreezingSpec
 HEAD = "head"
 EMBEDDINGS = "embeddings"
 NO_DECAY_MARKERS = ("bias", "norm", "LayerNorm", "layer_norm", "ln_")
+SHOWN_NAMES = 3
+"""A pattern that matches nothing is shown beside this many of the model's parameter names."""
+
+
+class FreezingError(ValueError):
+    """A freezing section that this model cannot follow (the message names the field)."""
 
 
 @dataclass(frozen=True)
@@ -163,9 +174,11 @@ def _group_state(names: tuple[str, ...], trainable: frozenset[str]) -> str:
 
 
 def build_plan(model: nn.Module, spec: FreezingSpec, steps_per_epoch: int) -> FreezingPlan:
-    """Turn the spec into a plan for this model (patterns match parameter names)."""
+    """Turn the spec into a plan for this model (patterns match parameter names); a
+    FreezingError when the model cannot follow it or it would train nothing."""
     groups = find_layer_groups(model)
     names = [n for n, _ in model.named_parameters()]
+    _check_fits(spec, groups, names)
     already_frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     frozen = set(already_frozen) | set(_matching(names, spec.frozen_modules))
     if spec.freeze_embeddings:
@@ -173,9 +186,68 @@ def build_plan(model: nn.Module, spec: FreezingSpec, steps_per_epoch: int) -> Fr
     for block in groups.blocks[: spec.freeze_layers]:
         frozen |= set(block)
     trainable = set(_matching(names, spec.trainable_modules)) - already_frozen
-    return FreezingPlan(
+    plan = FreezingPlan(
         groups, spec, max(steps_per_epoch, 1), frozenset(frozen - trainable), frozenset(trainable)
     )
+    _check_trains_something(plan, len(names))
+    return plan
+
+
+def _check_fits(spec: FreezingSpec, groups: LayerGroups, names: list[str]) -> None:
+    """Every pattern matches a parameter and freezeLayers is within the model's depth."""
+    for field, patterns in (
+        ("frozenModules", spec.frozen_modules),
+        ("trainableModules", spec.trainable_modules),
+    ):
+        for pattern in patterns:
+            if not any(_matching(names, [pattern])):
+                raise FreezingError(f"freezing.{field}: {_matches_nothing(pattern, names)}")
+    depth = len(groups.blocks)
+    if spec.freeze_layers > depth:
+        raise FreezingError(
+            f"freezing.freezeLayers: {spec.freeze_layers} is deeper than the model, which has "
+            f"{depth} blocks; at most {depth} freezes them all"
+        )
+
+
+def _matches_nothing(pattern: str, names: list[str]) -> str:
+    """Why `pattern` matched nothing: patterns match whole names, from their first letter."""
+    anywhere = f"*{pattern}"
+    if any(_matching(names, [anywhere])):
+        return (
+            f"{pattern!r} matches no parameter of the model (a pattern matches whole "
+            f"parameter names); {anywhere!r} would match"
+        )
+    shown = ", ".join(repr(n) for n in names[:SHOWN_NAMES])
+    return f"{pattern!r} matches no parameter of the model, whose names are like {shown}"
+
+
+def _check_trains_something(plan: FreezingPlan, parameters: int) -> None:
+    """Refuse a plan under which no parameter would ever train, or none at the start."""
+    spec = plan.spec
+    if len(plan.always_frozen) == parameters:
+        raise FreezingError(
+            f"{_freezing_fields(spec)}: all {parameters} parameter tensors of the model would "
+            "be frozen, so nothing would train; freeze less, or name what trains in "
+            "freezing.trainableModules"
+        )
+    if not plan.trainable_at(0, 0):
+        schedule = "headOnlyEpochs" if spec.head_only_epochs else "gradualUnfreezing"
+        raise FreezingError(
+            f"{_freezing_fields(spec)}: the whole head would be frozen, and "
+            f"freezing.{schedule} trains only the head at first, so nothing would train "
+            "then; leave part of the head unfrozen"
+        )
+
+
+def _freezing_fields(spec: FreezingSpec) -> str:
+    """The fields that freeze parameters for the whole run, e.g. 'freezing.freezeLayers'."""
+    settings = (
+        ("frozenModules", spec.frozen_modules),
+        ("freezeLayers", spec.freeze_layers),
+        ("freezeEmbeddings", spec.freeze_embeddings),
+    )
+    return ", ".join(f"freezing.{field}" for field, value in settings if value) or "freezing"
 
 
 def _matching(names: Iterable[str], patterns: list[str]) -> Iterator[str]:

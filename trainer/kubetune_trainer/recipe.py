@@ -19,6 +19,9 @@ A SIGTERM that comes once the model is saved changes nothing. A second Ctrl-C in
 without a launcher stops it at once (KeyboardInterrupt), losing the steps since the last
 checkpoint; under a launcher the second SIGINT is torch's elastic agent passing the first
 one on, so it only asks again.
+
+A checkpoint save that finds the disk full ends the run as failed with one line (see
+disk_space.py): the last complete checkpoint is kept, and report.json says why.
 """
 
 from __future__ import annotations
@@ -82,6 +85,12 @@ from kubetune_trainer.diagnosis import (
     EvalPoint,
     RunSetup,
     diagnose,
+)
+from kubetune_trainer.disk_space import (
+    DiskFullError,
+    full_disk_message,
+    is_out_of_space,
+    state_bytes,
 )
 from kubetune_trainer.examine import FinalModel, examine_final_model, predict
 from kubetune_trainer.file_modes import publish
@@ -608,7 +617,10 @@ class Recipe:
         a SIGTERM or a Ctrl-C stops the run at its next logged step with a checkpoint."""
         self._stop_signal = None
         with self._flag_stop_signals():
-            return self._train()
+            try:
+                return self._train()
+            except DiskFullError as error:
+                return self._end_on_full_disk(str(error))
 
     @contextmanager
     def _flag_stop_signals(self) -> Iterator[None]:
@@ -1030,13 +1042,46 @@ class Recipe:
         if self.accelerator.is_main_process and partial.exists():
             shutil.rmtree(partial)
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(partial))
-        self.accelerator.wait_for_everyone()
+        saved = self._save_state(partial)
+        if self._on_any_process(not saved):
+            raise self._disk_full(partial, final)
         if self.accelerator.is_main_process:
             publish(partial, final)
             self._rotate_checkpoints()
         self.accelerator.wait_for_everyone()
         return final
+
+    def _save_state(self, partial: Path) -> bool:
+        """accelerate's save_state into `partial`; False when the disk was full."""
+        try:
+            self.accelerator.save_state(str(partial))
+        except Exception as error:  # each writer raises its own type (see disk_space.py)
+            if not is_out_of_space(error, self.checkpoint_root, self._state_bytes()):
+                raise
+            return False
+        return True
+
+    def _state_bytes(self) -> int:
+        return state_bytes(self.accelerator.unwrap_model(self.model), self.optimizer)
+
+    def _on_any_process(self, flag: bool) -> bool:
+        """Whether `flag` is true on any process: a collective, so every process must ask."""
+        total = self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device))
+        return bool(total.item() > 0)
+
+    def _disk_full(self, partial: Path, final: Path) -> DiskFullError:
+        """The error of a save that found the disk full, after removing what it wrote."""
+        if self.accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return DiskFullError(
+            full_disk_message(
+                self.checkpoint_root,
+                f"checkpoint {final.name}",
+                self._state_bytes(),
+                self._latest_checkpoint(),
+            )
+        )
 
     def _rotate_checkpoints(self) -> None:
         keep = self.config.output.keep_checkpoints
@@ -1064,18 +1109,7 @@ class Recipe:
     def _finish(self, diverged: str | None) -> RunResult:
         if self._stopping_early:
             self._checkpoint_unless_saved()
-        diagnosis = diagnose(
-            [(int(s), float(v)) for s, v in self.state.train_losses],
-            [self._eval_point(e) for e in self.state.evaluations],
-            self.config.primary_metric(),
-            setup=RunSetup.of(self.config),
-            max_gap=self.config.evaluation.max_generalization_gap,
-            underfitting_floor=self.config.evaluation.underfitting_floor,
-            majority_rate=None
-            if self.is_language_model or not self.data
-            else self.data.majority_rate,
-            diverged=diverged,
-        )
+        diagnosis = self._diagnose(diverged)
         if not self._interrupted or self._budget_spent:  # no verdict on curves to be continued
             self.reporter.section("diagnosis", diagnosis.to_status())
         best = self._best_evaluation()
@@ -1102,6 +1136,37 @@ class Recipe:
             budget_exceeded=self._budget_spent,
             interrupted=interrupted,
         )
+
+    def _diagnose(self, diverged: str | None) -> Diagnosis:
+        return diagnose(
+            [(int(s), float(v)) for s, v in self.state.train_losses],
+            [self._eval_point(e) for e in self.state.evaluations],
+            self.config.primary_metric(),
+            setup=RunSetup.of(self.config),
+            max_gap=self.config.evaluation.max_generalization_gap,
+            underfitting_floor=self.config.evaluation.underfitting_floor,
+            majority_rate=None
+            if self.is_language_model or not self.data
+            else self.data.majority_rate,
+            diverged=diverged,
+        )
+
+    def _end_on_full_disk(self, message: str) -> RunResult:
+        """A save found the disk full: the run fails with `message`, and report.json says so
+        where the disk still takes it (the next run continues from the checkpoint kept)."""
+        diagnosis = self._diagnose(None)
+        best = self._best_evaluation()
+        cost = self.budget.cost(self.meter.gpu_hours())
+        report = self._build_report(diagnosis, best, "failed", {"message": message}, cost)
+        if self.accelerator.is_main_process:
+            try:
+                write_reports(self.output_dir, report)
+            except OSError as error:
+                self.console.print(f"{REPORT_JSON} not written either: {error.strerror}")
+        self.reporter.section("artifacts", self._artifacts())
+        self.reporter.section("cost", cost.to_status())
+        self.reporter.finished("failed", message)
+        return RunResult(False, message, self.output_dir, best, diagnosis, report)
 
     def _final_phase(self) -> tuple[dict[str, Any], BiasAudit | None]:
         """Load the best checkpoint, examine it and save it, unless a SIGTERM comes first:
@@ -1243,8 +1308,21 @@ class Recipe:
         sections: dict[str, Any],
         cost: RunCost,
     ) -> dict[str, Any]:
+        report = self._build_report(diagnosis, best, outcome, sections, cost)
+        if self.accelerator.is_main_process:
+            write_reports(self.output_dir, report)  # report.json and report.html
+        return report
+
+    def _build_report(
+        self,
+        diagnosis: Diagnosis,
+        best: dict[str, float],
+        outcome: Outcome,
+        sections: dict[str, Any],
+        cost: RunCost,
+    ) -> dict[str, Any]:
         assert self.data is not None
-        report = build_report(
+        return build_report(
             config=self.config,
             job_name=self.job_name,
             data=self.data,
@@ -1262,9 +1340,6 @@ class Recipe:
             processes=self.processes,
             artifacts=self._artifacts(),
         )
-        if self.accelerator.is_main_process:
-            write_reports(self.output_dir, report)  # report.json and report.html
-        return report
 
     def _artifacts(self) -> dict[str, str]:
         latest = self._latest_checkpoint()

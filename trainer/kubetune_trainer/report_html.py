@@ -1044,6 +1044,7 @@ def data_section(report: Mapping[str, Any]) -> Section | None:
     data = _mapping(report.get("data"))
     parts = [
         _quality_message(data),
+        _warnings(data),
         _rows_table(data),
         _balance(data),
         _quality_table(data),
@@ -1138,6 +1139,13 @@ BALANCE_LINES = {
     "imbalanceRatio": "Class imbalance ratio (largest class to smallest)",
     "majorityRate": "Majority-class rate in validation (the accuracy of always guessing it)",
 }
+
+
+def _warnings(data: Mapping[str, Any]) -> Markup:
+    """What the data did not fail for but the reader must know (a class without rows)."""
+    warnings = [str(w) for w in _sequence(data.get("warnings"))]
+    label = tag("strong", "Warning: ")
+    return join(tag("div", label, warning, class_="callout warning") for warning in warnings)
 
 
 def _balance(data: Mapping[str, Any]) -> Markup:

@@ -10,6 +10,12 @@ field and says what to do, because it ends up in the job's status, not in a trac
 Pods often have no internet access, so the hub is never allowed to hang a job: offline
 mode is honoured, requests time out quickly, and a cached snapshot is used when the hub
 cannot be reached. It imports no torch.
+
+A data source is read to its end (and hashed first, for the data cache), so it must be
+regular files of a bounded size: a FIFO would block the reader forever, a device such as
+/dev/zero would never end, and a file larger than memory would end the pod instead of
+the run. `resolve_data` checks what every path is (through symlinks) and how large the
+files are with stat alone, before anything is opened.
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants, is_offline_mode, snapshot_download
 from huggingface_hub.file_download import repo_folder_name
 
-from kubetune_trainer.config import Source, parse_source
+from kubetune_trainer.config import DataSource, Source, parse_source
 
 PVC_ROOT = "/mnt/kubetune/pvc"
 """Where the operator mounts each claim (as PVC_ROOT/<claim>) in the trainer pods."""
@@ -33,6 +40,14 @@ HUB_TIMEOUT_SECONDS = 10.0
 """How long a request to the Hugging Face hub may wait before the cache is tried instead."""
 _TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+GB = 10**9
+"""The unit of DataSource.maxGigabytes."""
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 class SourceError(Exception):
@@ -55,6 +70,50 @@ def resolve_local(uri: str, field: str) -> Path:
     if not path.exists():
         raise SourceError(f"{field}: {path} does not exist{_named_as(uri, path)}")
     return path
+
+
+def resolve_data(source: DataSource, field: str) -> Path:
+    """The local path of a data source (manifest field `field`, e.g. data.train): a regular
+    file or a directory of them, at most source.maxGigabytes in all, checked before any of
+    it is opened."""
+    path = resolve_local(source.source, f"{field}.source")
+    size = _regular_files_size(path, f"{field}.source")
+    if size > source.max_gigabytes * GB:
+        holds = "holds" if path.is_dir() else "is"
+        raise SourceError(
+            f"{field}.source: {path} {holds} {size / GB:.3g} GB, more than {field}.maxGigabytes "
+            f"({source.max_gigabytes:g} GB); raise {field}.maxGigabytes if the trainer's "
+            "memory holds the rows, or give a smaller source"
+        )
+    return path
+
+
+def _regular_files_size(path: Path, field: str) -> int:
+    """The bytes of the regular file at `path`, or of every file under the directory; a
+    SourceError naming anything else (FIFO, device, socket) found there."""
+    entries = sorted(e for e in path.rglob("*") if not e.is_dir()) if path.is_dir() else [path]
+    return sum(_regular_size(entry, field) for entry in entries)
+
+
+def _regular_size(path: Path, field: str) -> int:
+    try:
+        info = path.stat()  # follows symlinks, and opens nothing
+    except OSError as error:
+        raise SourceError(f"{field}: cannot read {_shown(path)}: {error.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = next(
+            (name for is_kind, name in _SPECIAL_KINDS if is_kind(info.st_mode)), "a special file"
+        )
+        raise SourceError(
+            f"{field}: {_shown(path)} is {kind}, not a regular file; give a data file or a "
+            "directory of data files"
+        )
+    return info.st_size
+
+
+def _shown(path: Path) -> str:
+    """The path, and where it leads when it is a symlink."""
+    return f"{path} (a symlink to {path.resolve()})" if path.is_symlink() else str(path)
 
 
 def pvc_root() -> Path:

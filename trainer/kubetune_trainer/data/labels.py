@@ -51,13 +51,38 @@ def labels_of(rows: Rows, column: str) -> list[str]:
     distinct = pc.unique(values).drop_null()
     names: list[str] = distinct.to_pylist()
     _check_printable(rows, values, names)
-    if len(names) < 2:
-        found = f"the label {names[0]!r}" if names else "no label"
+    _refuse_one_class(rows, names)
+    return sorted(names, key=int) if _all_match(distinct, _INTEGER_TEXT) else sorted(names)
+
+
+def check_two_classes(rows: Rows, labels: Sequence[str]) -> None:
+    """Refuse training rows of fewer than two classes, as labels_of does before model.labels
+    is known to be left out: declaring more classes leaves nothing to tell apart either."""
+    _refuse_one_class(rows, [labels[i] for i in np.unique(rows.label_ids)])
+
+
+def _refuse_one_class(rows: Rows, present: Sequence[str]) -> None:
+    if len(present) < 2:
+        found = f"the label {present[0]!r}" if present else "no label"
         raise DataError(
             f"data.labelColumn: every row of {rows.origin} has {found}; "
             "a classifier needs rows of at least two classes"
         )
-    return sorted(names, key=int) if _all_match(distinct, _INTEGER_TEXT) else sorted(names)
+
+
+def classes_without_rows(
+    labels: Sequence[str], counts: npt.NDArray[np.int64], field: str
+) -> list[str]:
+    """A warning naming the classes no training row has (`field` declared them): the model
+    is never shown them, so it never predicts them."""
+    missing = [name for name, count in zip(labels, counts, strict=True) if count == 0]
+    if not missing:
+        return []
+    them = "it" if len(missing) == 1 else "them"
+    return [
+        f"{field}: no training row has the class {listing([repr(m) for m in missing])}; "
+        f"the model will never predict {them}"
+    ]
 
 
 def _check_printable(rows: Rows, values: pa.ChunkedArray, names: list[str]) -> None:

@@ -26,7 +26,7 @@ from datasets.table import InMemoryTable
 
 from kubetune_trainer.config import DataFormat, DataSource, infer_format
 from kubetune_trainer.data.rows import DataError, Rows
-from kubetune_trainer.sources import SourceError, resolve_local
+from kubetune_trainer.sources import SourceError, resolve_data
 
 
 def load_table(source: DataSource, field: str) -> datasets.Dataset:
@@ -41,7 +41,7 @@ def load_table(source: DataSource, field: str) -> datasets.Dataset:
 def read_source(source: DataSource, field: str) -> Rows:
     """The rows of `source`, numbered by their position in it, for the pipeline's stages."""
     try:
-        path = resolve_local(source.source, f"{field}.source")
+        path = resolve_data(source, field)
     except SourceError as error:
         raise DataError(str(error)) from error
     data_format, files = _data_files(path, source.resolved_format(), field)

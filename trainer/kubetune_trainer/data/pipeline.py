@@ -31,7 +31,13 @@ from kubetune_trainer.data.columns import (
     validation_file_columns,
 )
 from kubetune_trainer.data.groups import group_column, present_sensitive_groups, sensitive_groups
-from kubetune_trainer.data.labels import check_metric_computable, encode_labels, labels_of
+from kubetune_trainer.data.labels import (
+    check_metric_computable,
+    check_two_classes,
+    classes_without_rows,
+    encode_labels,
+    labels_of,
+)
 from kubetune_trainer.data.language_model import prepare_language_model_data
 from kubetune_trainer.data.loading import read_source
 from kubetune_trainer.data.prepared import AuditRows, PreparedData
@@ -67,6 +73,7 @@ def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> 
     train, screened = screen(train, "train", config, config.model.labels)
     labels = config.model.labels or labels_of(train, data.label_column)
     train = encode_labels(train, labels, data.label_column, declared=declared)
+    check_two_classes(train, labels)
     if validation is None:
         train, validation = split_off_validation(
             train, labels, data.validation_split, config.training.seed
@@ -126,6 +133,7 @@ def _finish(
         recommendation=recommendation(
             list(arriving.classes["train"].values()), labels, data.balance
         ),
+        warnings=classes_without_rows(labels, counts, _classes_field(config)),
     )
     return PreparedData(
         train=train_set,
@@ -205,6 +213,11 @@ class _Tally:
             }
             for column, splits in self.groups.items()
         }
+
+
+def _classes_field(config: TrainingConfig) -> str:
+    """Where the classes come from: model.labels, else the training rows' labels."""
+    return "data.labelColumn" if config.model.labels is None else "model.labels"
 
 
 def _majority_rate(label_ids: npt.NDArray[np.int64]) -> float:
