@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
@@ -146,6 +147,16 @@ def claim_volume_name(claim: str) -> str:
         return name
     digest = hashlib.sha256(claim.encode()).hexdigest()[:8]
     return f"pvcx-{claim[:49]}-{digest}"
+
+
+def owned_by(child: Mapping[str, Any], ftj: Mapping[str, Any]) -> bool:
+    """Whether the job controls `child` (an ownerReference with the job's UID): an object
+    that merely has a child's name is someone else's, never adopted, read or deleted."""
+    uid = ftj.get("metadata", {}).get("uid")
+    references = child.get("metadata", {}).get("ownerReferences") or []
+    return uid is not None and any(
+        ref.get("uid") == uid and ref.get("controller") is True for ref in references
+    )
 
 
 # The children, in creation order.

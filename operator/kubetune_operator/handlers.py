@@ -50,9 +50,6 @@ FINETUNEJOBS: Final = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 RUNTIMES: Final = (v1alpha1.GROUP, v1alpha1.VERSION, runtime_api.RUNTIME_PLURAL)
 CLUSTER_RUNTIMES: Final = (v1alpha1.GROUP, v1alpha1.VERSION, runtime_api.CLUSTER_RUNTIME_PLURAL)
 REPORTS: Final = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.REPORT_PLURAL)
-WAITING_FOR_RUNTIME: Final = frozenset(
-    {runtimes.RUNTIME_NOT_FOUND, runtimes.RUNTIME_AMBIGUOUS, runtimes.RUNTIME_INVALID}
-)
 MANAGED: Final = {v1alpha1.LABEL_MANAGED_BY: v1alpha1.MANAGED_BY}
 TICK_SECONDS: Final = float(os.environ.get("KUBETUNE_TICK_SECONDS", "30"))
 """How often each job is looked at for what only the clock notices (deadline, TTL)."""
@@ -180,10 +177,11 @@ def _validate_and_start(
 
 
 def _revalidate(shared: OperatorState, key: Key, indexes: Indexes) -> None:
-    """Validate again a job that waits for its runtime (missing, ambiguous or invalid)."""
+    """Validate again a job that waits for its runtime (missing, ambiguous or invalid) or
+    for an earlier job's children to go."""
     with shared.locks[key]:
         ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, [])))
-        if ftj is None or validated_condition(ftj).get("reason") not in WAITING_FOR_RUNTIME:
+        if ftj is None or validated_condition(ftj).get("reason") not in runtimes.WAITING_REASONS:
             return
         checked = check_document(without_status(ftj), f"{key[0]}/{key[1]}")
         if checked.job is not None:

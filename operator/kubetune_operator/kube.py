@@ -45,19 +45,22 @@ _CUSTOM_PLURALS: Final = {
     v1alpha1.REPORT_KIND: v1alpha1.REPORT_PLURAL,
 }
 """kubetune's own kinds that the operator creates and deletes, by kind."""
-_CREATE_METHODS: Final[dict[tuple[str, str], tuple[type[Any], str]]] = {
-    ("v1", "ConfigMap"): (client.CoreV1Api, "create_namespaced_config_map"),
-    ("v1", "ServiceAccount"): (client.CoreV1Api, "create_namespaced_service_account"),
-    ("v1", "Service"): (client.CoreV1Api, "create_namespaced_service"),
-    ("rbac.authorization.k8s.io/v1", "Role"): (
-        client.RbacAuthorizationV1Api,
-        "create_namespaced_role",
-    ),
+_KIND_METHODS: Final[dict[tuple[str, str], tuple[type[Any], str]]] = {
+    ("v1", "ConfigMap"): (client.CoreV1Api, "namespaced_config_map"),
+    ("v1", "ServiceAccount"): (client.CoreV1Api, "namespaced_service_account"),
+    ("v1", "Service"): (client.CoreV1Api, "namespaced_service"),
+    ("rbac.authorization.k8s.io/v1", "Role"): (client.RbacAuthorizationV1Api, "namespaced_role"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): (
         client.RbacAuthorizationV1Api,
-        "create_namespaced_role_binding",
+        "namespaced_role_binding",
     ),
-    ("batch/v1", "Job"): (client.BatchV1Api, "create_namespaced_job"),
+    ("batch/v1", "Job"): (client.BatchV1Api, "namespaced_job"),
+}
+"""The client class and method suffix (after create_, read_, delete_) of each child kind."""
+_CUSTOM_VERBS: Final = {
+    "create": "create_namespaced_custom_object",
+    "read": "get_namespaced_custom_object",
+    "delete": "delete_namespaced_custom_object",
 }
 
 
@@ -153,17 +156,9 @@ class Cluster:
         """The version of Kueue's visibility API that answered last: asked first."""
 
     def create(self, obj: Mapping[str, Any]) -> bool:
-        """Create `obj` in its namespace; False when it already existed."""
-        namespace = obj["metadata"]["namespace"]
+        """Create `obj` in its namespace; False when one of its name exists already."""
         try:
-            if obj["apiVersion"] == v1alpha1.API_VERSION:
-                plural = _CUSTOM_PLURALS[obj["kind"]]
-                client.CustomObjectsApi(self.api).create_namespaced_custom_object(
-                    v1alpha1.GROUP, v1alpha1.VERSION, namespace, plural, dict(obj)
-                )
-            else:
-                api_class, method = _CREATE_METHODS[(obj["apiVersion"], obj["kind"])]
-                getattr(api_class(self.api), method)(namespace, obj)
+            self._method(obj, "create")(dict(obj))
         except ApiException as error:
             if error.status == CONFLICT:
                 return False
@@ -171,44 +166,53 @@ class Cluster:
             raise
         return True
 
-    def delete_job(self, namespace: str, name: str) -> None:
+    def read(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The object of `obj`'s kind, namespace and name as it is now; None when none is."""
+        try:
+            found = self._method(obj, "read")()
+        except ApiException as error:
+            if error.status == NOT_FOUND:
+                return None
+            _count_failure(f"read {obj['kind']}", error)
+            raise
+        plain = self.api.sanitize_for_serialization(found)  # type: ignore[no-untyped-call]
+        return dict(plain)
+
+    def delete_job(self, namespace: str, name: str, uid: str | None = None) -> None:
         """Delete a batch Job and, before it disappears, its pods (foreground deletion), so
         the next worker group of the same name never meets the old one."""
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"namespace": namespace, "name": name},
+        }
+        self.delete(job, uid)
+
+    def delete(self, obj: Mapping[str, Any], uid: str | None = None) -> None:
+        """Delete one child by kind and name (after ttlSecondsAfterFinished; a pruned trial);
+        with `uid`, only while the object of that name is still that one."""
+        options = client.V1DeleteOptions(
+            preconditions=None if uid is None else client.V1Preconditions(uid=uid),
+            propagation_policy="Foreground" if obj["kind"] == "Job" else None,
+        )
         self._ignore_missing(
-            "delete Job",
-            lambda: client.BatchV1Api(self.api).delete_namespaced_job(
-                name, namespace, propagation_policy="Foreground"
-            ),
+            f"delete {obj['kind']}", lambda: self._method(obj, "delete")(body=options)
         )
 
-    def delete(self, obj: Mapping[str, Any]) -> None:
-        """Delete one child by kind and name (after ttlSecondsAfterFinished; a pruned trial)."""
-        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-        kind = obj["kind"]
-        core, rbac = client.CoreV1Api(self.api), client.RbacAuthorizationV1Api(self.api)
-        custom = client.CustomObjectsApi(self.api)
-        deleters: dict[str, Callable[[], object]] = {
-            **{
-                kind: functools.partial(
-                    custom.delete_namespaced_custom_object,
-                    v1alpha1.GROUP,
-                    v1alpha1.VERSION,
-                    namespace,
-                    plural,
-                    name,
-                )
-                for kind, plural in _CUSTOM_PLURALS.items()
-            },
-            "ConfigMap": lambda: core.delete_namespaced_config_map(name, namespace),
-            "ServiceAccount": lambda: core.delete_namespaced_service_account(name, namespace),
-            "Service": lambda: core.delete_namespaced_service(name, namespace),
-            "Role": lambda: rbac.delete_namespaced_role(name, namespace),
-            "RoleBinding": lambda: rbac.delete_namespaced_role_binding(name, namespace),
-        }
-        if kind == "Job":
-            self.delete_job(namespace, name)
-        else:
-            self._ignore_missing(f"delete {kind}", deleters[kind])
+    def _method(self, obj: Mapping[str, Any], verb: str) -> Callable[..., Any]:
+        """The client method that does `verb` (create, read, delete) to `obj`'s kind, with
+        the arguments that name the object bound (create takes the body after them)."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"].get("name")
+        named = () if verb == "create" else (name,)
+        if obj["apiVersion"] == v1alpha1.API_VERSION:
+            plural = _CUSTOM_PLURALS[obj["kind"]]
+            custom = client.CustomObjectsApi(self.api)
+            where = (v1alpha1.GROUP, v1alpha1.VERSION, namespace, plural)
+            return functools.partial(getattr(custom, _CUSTOM_VERBS[verb]), *where, *named)
+        api_class, suffix = _KIND_METHODS[(obj["apiVersion"], obj["kind"])]
+        return functools.partial(
+            getattr(api_class(self.api), f"{verb}_{suffix}"), *named, namespace
+        )
 
     def set_suspended(self, namespace: str, name: str, suspended: bool) -> None:
         """Suspend (pods deleted) or resume a batch Job."""

@@ -34,15 +34,6 @@ class Copy:
     """One line per report field not copied, naming it and why."""
 
 
-def owned_by(report: Mapping[str, Any], ftj: Mapping[str, Any]) -> bool:
-    """Whether the job controls this report (ownerReference with the job's UID)."""
-    uid = ftj.get("metadata", {}).get("uid")
-    references = report.get("metadata", {}).get("ownerReferences") or []
-    return uid is not None and any(
-        ref.get("uid") == uid and ref.get("controller") is True for ref in references
-    )
-
-
 def status_copy(status: Mapping[str, Any], report: Mapping[str, Any]) -> Copy:
     """The patch that copies the report's valid trainer fields into `status`."""
     fields, refused = checked_fields(report.get("report") or {})

@@ -50,6 +50,9 @@ from kubetune_operator.api.v1alpha1 import (
 
 GUARDRAIL_VIOLATED = "GuardrailViolated"
 """Condition reason of a job refused by its runtime's guardrails."""
+WAITING_FOR_CLEANUP = "WaitingForCleanup"
+"""Condition reason of a job whose child names an earlier job of its name still holds, until
+the garbage collector deletes them."""
 RUNTIME_NOT_FOUND = "RuntimeNotFound"
 """Condition reason of a job whose runtime (named or default) cannot be found."""
 RUNTIME_AMBIGUOUS = "RuntimeAmbiguous"
@@ -60,6 +63,11 @@ RUNTIME_INVALID = "RuntimeInvalid"
 """Condition reason of a job whose runtime is not a valid runtime object."""
 INVALID_SPEC = "InvalidSpec"
 """Condition reason of a job whose spec is invalid once the runtime's defaults are merged in."""
+WAITING_REASONS = frozenset(
+    {RUNTIME_NOT_FOUND, RUNTIME_AMBIGUOUS, RUNTIME_INVALID, WAITING_FOR_CLEANUP}
+)
+"""The reasons of a refused job that is validated again (on the clock, on a runtime's
+change): it may start later without being re-created."""
 
 DEFAULT_POLICY_ENV = "KUBETUNE_DEFAULT_POLICY"
 """The operator's environment variable that holds the chart's defaultPolicy as JSON."""
@@ -204,11 +212,11 @@ class Refused:
     """One line per problem, each naming the field."""
 
     @property
-    def waits_for_runtime(self) -> bool:
-        """Whether a runtime created or edited later can make the job valid; a job that
-        breaks a guardrail, is invalid with its runtime's defaults or names a runtime its
-        namespace may not use must be re-created."""
-        return self.reason not in (GUARDRAIL_VIOLATED, INVALID_SPEC, RUNTIME_NOT_ALLOWED)
+    def waits(self) -> bool:
+        """Whether the job can start later as it is: a runtime created or edited may make it
+        valid (it names a missing, ambiguous or invalid runtime), or an earlier job's
+        children may go; any other refused job must be re-created."""
+        return self.reason in WAITING_REASONS
 
 
 def resolve(

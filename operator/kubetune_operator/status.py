@@ -105,6 +105,8 @@ class Reason:
     InsufficientData: Final = "InsufficientData"
     SpecChangeIgnored: Final = "SpecChangeIgnored"
     CleanedUp: Final = "CleanedUp"
+    NameTaken: Final = "NameTaken"
+    WaitingForCleanup: Final = "WaitingForCleanup"
     TrialPruned: Final = "TrialPruned"
     TrialFailed: Final = "TrialFailed"
     SearchFailed: Final = "SearchFailed"

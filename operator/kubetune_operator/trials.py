@@ -291,4 +291,8 @@ def _outcome_event(outcome: search.SearchOutcome) -> status_rules.Event:
 
 def _child_reference(ftj: Mapping[str, Any], name: str) -> dict[str, Any]:
     namespace = ftj["metadata"]["namespace"]
-    return {"kind": v1alpha1.KIND, "metadata": {"namespace": namespace, "name": name}}
+    return {
+        "apiVersion": v1alpha1.API_VERSION,
+        "kind": v1alpha1.KIND,
+        "metadata": {"namespace": namespace, "name": name},
+    }

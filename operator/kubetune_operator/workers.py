@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import kopf
 import urllib3
@@ -113,7 +113,7 @@ def refuse(
         ftj,
         refused.reason,
         "; ".join(refused.messages),
-        final=not refused.waits_for_runtime,
+        final=not refused.waits,
         now=now(),
     )
     if update.patch:
@@ -151,7 +151,10 @@ def start(
             kueue_queue=_kueue_queue(view),
         )
         wanted = children if waiting is None else children[:-1]
-        created = _create_all(shared.cluster, wanted, owner=body_of(ftj))
+        created, blocked = _create_all(shared.cluster, wanted, owner=body_of(ftj))
+        if blocked is not None:
+            refuse(shared, ftj, blocked, into)
+            return
         worker_job = children[-1]
         update = _first_look(shared, view, worker_job, created) if waiting is None else waiting
         if patch or update.patch:
@@ -191,7 +194,7 @@ def take_report(
 ) -> Mapping[str, Any]:
     """The job with what its trainer reported copied into its status, which is patched when
     that changed it. A report the job does not own is not read."""
-    if report is None or not reports.owned_by(report, ftj):
+    if report is None or not builders.owned_by(report, ftj):
         return ftj
     copied = reports.status_copy(ftj.get("status", {}), report)
     for refused in copied.refused:
@@ -412,7 +415,9 @@ def _kueue_queue(ftj: Mapping[str, Any]) -> str | None:
 
 
 def clean_up_when_due(shared: OperatorState, ftj: Mapping[str, Any], has_job: bool) -> None:
-    """Delete the children ttlSecondsAfterFinished after the end."""
+    """Delete the children ttlSecondsAfterFinished after the end: the ones the job owns,
+    each only while it is the object read (an object of a child's name made by someone
+    else stays)."""
     ttl = run_policy(ftj).get("ttlSecondsAfterFinished")
     finished_at = ftj.get("status", {}).get("completionTime")
     if ttl is None or not finished_at or not has_job:
@@ -421,7 +426,9 @@ def clean_up_when_due(shared: OperatorState, ftj: Mapping[str, Any], has_job: bo
         return
     namespace, name = key_of(ftj)
     for child in builders.child_references(name, namespace):
-        shared.cluster.delete(child)
+        existing = shared.cluster.read(child)
+        if existing is not None and builders.owned_by(existing, ftj):
+            shared.cluster.delete(child, uid=existing["metadata"]["uid"])
     message = f"children deleted {ttl}s after the end"
     post(ftj, [status_rules.Event("Normal", status_rules.Reason.CleanedUp, message)])
 
@@ -496,21 +503,71 @@ def _create_workers(
         deadline_seconds=_deadline_left(recorded, ftj),
         kueue_queue=_kueue_queue(ftj),
     )
-    kopf.adopt(replacement, owner=body_of(ftj))
-    shared.cluster.create(replacement)
+    outcome = _create_owned(shared.cluster, replacement, ftj)
+    if outcome not in ("created", "ours"):
+        refuse(shared, ftj, _blocked(replacement, outcome))
+        return None
     shared.created_jobs[key] = replacement
     return replacement
 
 
 def _create_all(
     cluster: kube.Cluster, children: list[dict[str, Any]], *, owner: kopf.Body
-) -> list[str]:
-    created = []
+) -> tuple[list[str], runtimes.Refused | None]:
+    """Create the children in order; the ones created, and why not all when one's name is
+    held by another object (creating stops there: nothing is granted or started beside it)."""
+    created: list[str] = []
     for child in children:
-        kopf.adopt(child, owner=owner)
-        if cluster.create(child):
+        outcome = _create_owned(cluster, child, owner)
+        if outcome not in ("created", "ours"):
+            return created, _blocked(child, outcome)
+        if outcome == "created":
             created.append(f"{child['kind']} {child['metadata']['name']}")
-    return created
+    return created, None
+
+
+Outcome = Literal["created", "ours", "leftover", "taken"]
+"""A child created now, or one of its name that is the job's own (an operator restart made
+it), an earlier job's of the same name (the garbage collector is deleting it), or anyone
+else's (never adopted, changed or deleted)."""
+
+
+def _create_owned(
+    cluster: kube.Cluster, child: dict[str, Any], owner: Mapping[str, Any]
+) -> Outcome:
+    """Create the child, owned by the job; what holds its name when it exists already."""
+    kopf.adopt(child, owner=body_of(owner))
+    if cluster.create(child):
+        return "created"
+    existing = cluster.read(child)
+    if existing is None or builders.owned_by(existing, owner):
+        return "ours"  # None: deleted in between, and the next event creates it
+    references = existing["metadata"].get("ownerReferences") or []
+    earlier = any(
+        ref.get("kind") == v1alpha1.KIND and ref.get("name") == owner["metadata"]["name"]
+        for ref in references
+    )
+    return "leftover" if earlier else "taken"
+
+
+def _blocked(child: Mapping[str, Any], outcome: Outcome) -> runtimes.Refused:
+    shown = f"{child['kind']} {child['metadata']['name']}"
+    if outcome == "leftover":
+        return runtimes.Refused(
+            runtimes.WAITING_FOR_CLEANUP,
+            [
+                f"{shown} still belongs to an earlier FineTuneJob of this name, which "
+                "Kubernetes' garbage collector is deleting; the job starts when it is gone"
+            ],
+        )
+    return runtimes.Refused(
+        status_rules.Reason.NameTaken,
+        [
+            f"{shown} exists and is not this job's (no ownerReference to it): the operator "
+            "neither uses nor deletes another's object; delete or rename it, or create the "
+            "job under another name"
+        ],
+    )
 
 
 def _deadline_left(job: v1alpha1.FineTuneJob, ftj: Mapping[str, Any]) -> int | None:

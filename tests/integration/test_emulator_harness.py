@@ -2,8 +2,9 @@
 
 A tiny operator (harness_operator.py) stands in for kubetune's: these tests prove that what
 operator tests rely on works through the emulator: discovery, create/watch/patch/delete,
-the status subresource, JSON-patched finalizers, ownerReferences, Events, label-filtered
-watches, report patches from another process, request counting, and both ways to run kopf.
+the status subresource, JSON-patched finalizers, ownerReferences and garbage collection,
+Events, label-filtered watches, report patches from another process, request counting, and
+both ways to run kopf.
 """
 
 from __future__ import annotations
@@ -152,8 +153,8 @@ def test_operator_in_a_thread_creates_an_owned_config_map_status_and_event(
     kube.delete("FineTuneJob", "sentiment")
     kube.wait_until_gone("FineTuneJob", "sentiment")
     kube.wait_for_event(job, reason="Deleting")
-    # The emulator has no garbage collector: the owned ConfigMap outlives its owner.
-    assert kube.get("ConfigMap", "sentiment-config") is not None
+    # The emulator collects garbage: the owned ConfigMap goes with its owner.
+    kube.wait_until_gone("ConfigMap", "sentiment-config")
 
 
 def test_a_report_patch_from_another_process_reaches_the_operator(

@@ -3,8 +3,8 @@
 The real kopf handlers run in a thread against kmock (tests/kube). The emulator runs no
 controllers, so the tests play the batch Job controller and the kubelet by writing the
 Job's and the pods' status themselves, the way a cluster would; tests/e2e runs real trainer
-processes. What the emulator does not prove (garbage collection through ownerReferences,
-CRD schema checks) is listed in tests/kube/emulator.py.
+processes. What the emulator does not prove (a garbage collector's delay, CRD schema checks)
+is listed in tests/kube/emulator.py.
 """
 
 from __future__ import annotations
@@ -333,3 +333,101 @@ def test_a_hostile_spec_fails_alone_and_the_operator_serves_the_next_job(
     kube.create(sentiment)
     wait_for_children(kube)
     assert children(kube) == {kind: [name] for kind, name in CHILDREN.items()}
+
+
+# --- names the job does not own ---------------------------------------------------------
+
+FOREIGN_CONFIG = {
+    "apiVersion": "v1",
+    "kind": "ConfigMap",
+    "metadata": {"name": "sentiment-config"},
+    "data": {"config.json": '{"someone": "else"}'},
+}
+FOREIGN_SERVICE = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {"name": "sentiment-workers"},
+    "spec": {"ports": [{"port": 80}]},
+}
+FOREIGN_JOB = {
+    "apiVersion": "batch/v1",
+    "kind": "Job",
+    "metadata": {"name": "sentiment-workers"},
+    "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+}
+
+
+@pytest.mark.parametrize("foreign", [FOREIGN_CONFIG, FOREIGN_SERVICE, FOREIGN_JOB])
+def test_an_object_of_a_childs_name_that_is_not_the_jobs_fails_it_and_stays_untouched(
+    kube: KubeClient,
+    operator: Callable[[], OperatorThread],
+    sentiment: dict[str, Any],
+    foreign: dict[str, Any],
+) -> None:
+    """The security review's collisions: a foreign ConfigMap was mounted as the trainer's
+    config, a foreign Job kept the FineTuneJob Pending forever."""
+    before = kube.create(foreign)
+    kind, name = foreign["kind"], foreign["metadata"]["name"]
+    operator()
+    kube.create(sentiment)
+    failed = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Failed"))
+    refused = condition(failed, "Validated")
+    assert refused["reason"] == "NameTaken"
+    assert refused["message"].startswith(f"{kind} {name} exists and is not this job's")
+    kube.wait_for_event(failed, reason="NameTaken")
+    assert kube.get(kind, name) == before, "neither adopted nor changed"
+    jobs = kube.list_objects("Job", "default")
+    assert [job["metadata"]["uid"] for job in jobs] == (
+        [before["metadata"]["uid"]] if kind == "Job" else []
+    )
+
+
+def test_the_ttl_cleanup_deletes_only_what_the_job_owns(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    sentiment["spec"]["runPolicy"] = {"ttlSecondsAfterFinished": 5}
+    start_workers(kube, operator, sentiment)
+    complete(kube)
+    ftj = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Succeeded"))
+    # Within the TTL, the job's ConfigMap gives way to someone else's of the same name.
+    kube.delete("ConfigMap", "sentiment-config")
+    kube.wait_until_gone("ConfigMap", "sentiment-config")
+    foreign = kube.create(FOREIGN_CONFIG)
+    kube.wait_for_event(ftj, reason="CleanedUp")
+    left = children(kube)
+    assert left == {kind: ["sentiment-config"] if kind == "ConfigMap" else [] for kind in CHILDREN}
+    assert kube.get("ConfigMap", "sentiment-config") == foreign
+    assert kube.get("FineTuneJobReport", "sentiment") is None
+
+
+def test_a_job_waits_for_the_children_an_earlier_job_of_its_name_left_then_starts(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    """Delete and re-apply: the garbage collector is still deleting the earlier job's
+    children, which are neither someone else's nor this job's."""
+    earlier = {"kind": "FineTuneJob", "name": "sentiment", "uid": "earlier-uid"}
+    leftover = {
+        **FOREIGN_CONFIG,
+        "metadata": {
+            **FOREIGN_CONFIG["metadata"],
+            "ownerReferences": [
+                {"apiVersion": "kubetune.dev/v1alpha1", **earlier, "controller": True}
+            ],
+        },
+    }
+    kube.create(leftover)
+    operator()
+    kube.create(sentiment)
+    waiting = kube.wait_for_object(
+        "FineTuneJob",
+        "sentiment",
+        lambda f: condition(f, "Validated").get("reason") == "WaitingForCleanup",
+    )
+    assert waiting["status"]["phase"] == "Pending"
+    assert kube.list_objects("Job", "default") == []
+    kube.delete("ConfigMap", "sentiment-config")  # what the garbage collector does
+    started = wait_for_children(kube)
+    assert condition(started, "Validated")["status"] == "True"
+    config = kube.get("ConfigMap", "sentiment-config")
+    assert config is not None
+    assert config["metadata"]["ownerReferences"][0]["uid"] == started["metadata"]["uid"]

@@ -13,6 +13,8 @@ What this module adds to kmock 0.8, because kopf or the operator needs it:
 - one cluster-wide, increasing `resourceVersion`, assigned under the storage lock, so
   kopf's consistency wait after its own patches works; the list's `resourceVersion` is the
   current one, and a watch from a version replays only objects changed after it;
+- garbage collection of the objects an owner's deletion leaves (see below for how it
+  differs);
 - a watch subscribes to changes before it snapshots the objects (kmock 0.8 subscribes
   after, losing events that land in between), honours `timeoutSeconds`, filters by
   `labelSelector` like list does (kopf sends server-side label selectors when configured);
@@ -36,8 +38,9 @@ As in kmock, a write that a reaction answers with an error is still applied to t
 
 What the emulator does NOT prove (a real cluster or kind/k3s is the only evidence there):
 
-- no garbage collection: deleting an owner leaves the objects that name it in their
-  ownerReferences; tests assert the ownerReference, not the cascade;
+- garbage collection is immediate and always background: deleting an owner deletes at once
+  every object that names it in its ownerReferences (a real collector does it shortly after,
+  waits for every owner of an object with several, and honours foreground deletion);
 - no schema: CRD OpenAPI validation, defaulting, pruning of unknown fields and CEL rules are
   not applied (unit tests check the CRD with jsonschema and cel-python instead); built-in
   kinds are not validated either;
@@ -368,6 +371,7 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
                 event, released = self._write(request)
                 if event is not None:
                     await self._buses[request.resource].put(event)
+                    await self._collect_garbage(event)
         try:
             if self.has_test_reactions or not _is_resource_request(request):
                 return await apps.RawHandler._handle(self, request)
@@ -521,7 +525,28 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
             last = merge_patch(stored.raw, {"metadata": {"resourceVersion": self._next_revision()}})
             stored.history.append(last)
             stored.delete()
-            await self._buses[key[0]].put({"type": "DELETED", "object": last})
+            deleted = {"type": "DELETED", "object": last}
+            await self._buses[key[0]].put(deleted)
+            await self._collect_garbage(deleted)
+
+    async def _collect_garbage(self, event: Mapping[str, Any]) -> None:
+        """Background cascading deletion, done at once (call under the lock): the objects
+        that name a deleted object in their ownerReferences go too, and theirs after them.
+        A dependent with finalizers is only marked, as the API server does."""
+        if event["type"] != "DELETED":
+            return
+        owners = [event["object"]["metadata"].get("uid")]
+        while owners:
+            uid = owners.pop()
+            for key, stored in list(self.objects.items()):
+                if stored.deleted or not _owned_by(stored.raw, uid):
+                    continue
+                dependent = self._delete(stored)
+                if dependent is None:
+                    continue
+                await self._buses[key[0]].put(dependent)
+                if dependent["type"] == "DELETED":
+                    owners.append(dependent["object"]["metadata"].get("uid"))
 
     # Reads: answered from the stored objects by key or by a filtered scan.
     def _stored(self, request: rendering.Request, name: str, live: bool = False) -> dict[str, Any]:
@@ -620,6 +645,11 @@ def _is_resource_request(request: rendering.Request) -> bool:
     """A request about objects (not discovery, which kmock parses as a list of no plural)."""
     resource = request.resource
     return resource is not None and resource.plural is not None and request.action is not None
+
+
+def _owned_by(body: Mapping[str, Any], uid: str | None) -> bool:
+    references = body.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in references)
 
 
 def _without(body: Mapping[str, Any], *keys: str) -> dict[str, Any]:

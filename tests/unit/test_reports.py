@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune_operator import reports
+from kubetune_operator import builders, reports
 from tests.kube.emulator import merge_patch
 
 JOB = {"metadata": {"name": "sentiment", "uid": "uid-1"}}
@@ -16,10 +16,10 @@ def report(fields: dict[str, Any], uid: str = "uid-1", controller: bool = True) 
 
 
 def test_only_the_jobs_own_report_is_read() -> None:
-    assert reports.owned_by(report({}), JOB)
-    assert not reports.owned_by(report({}, uid="uid-2"), JOB), "a namesake of another job"
-    assert not reports.owned_by(report({}, controller=False), JOB)
-    assert not reports.owned_by({"metadata": {"name": "sentiment"}}, JOB), "nobody's"
+    assert builders.owned_by(report({}), JOB)
+    assert not builders.owned_by(report({}, uid="uid-2"), JOB), "a namesake of another job"
+    assert not builders.owned_by(report({}, controller=False), JOB)
+    assert not builders.owned_by({"metadata": {"name": "sentiment"}}, JOB), "nobody's"
 
 
 def test_the_trainer_fields_are_copied_and_nothing_else() -> None:

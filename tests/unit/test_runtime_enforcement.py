@@ -81,7 +81,7 @@ def test_a_guardrail_violation_is_refused_for_good_with_every_message() -> None:
     refused = resolve(job, cluster=[a100()])
     assert isinstance(refused, runtimes.Refused)
     assert refused.reason == "GuardrailViolated"
-    assert not refused.waits_for_runtime
+    assert not refused.waits
     # The deadline fills in to what 32 GPUs may reserve, so maxGpuHours holds.
     assert refused.messages == [
         "spec.resources.workers: 4 exceeds the runtime's maxWorkers 2 "
@@ -97,7 +97,7 @@ def test_a_missing_runtime_waits_and_names_what_exists() -> None:
     refused = resolve(user_job(), cluster=[])
     assert isinstance(refused, runtimes.Refused)
     assert refused.reason == "RuntimeNotFound"
-    assert refused.waits_for_runtime
+    assert refused.waits
     assert refused.messages == [
         "spec.runtimeRef: ClusterFineTuneRuntime 'a100' does not exist (known: none)"
     ]
@@ -112,7 +112,7 @@ def test_two_defaults_are_ambiguous_and_wait() -> None:
         runtime["metadata"]["labels"] = {"kubetune.dev/default-runtime": "true"}
     refused = resolve(job, cluster=[first, second])
     assert isinstance(refused, runtimes.Refused)
-    assert (refused.reason, refused.waits_for_runtime) == ("RuntimeAmbiguous", True)
+    assert (refused.reason, refused.waits) == ("RuntimeAmbiguous", True)
     assert "a100, b100" in refused.messages[0]
 
 
@@ -121,7 +121,7 @@ def test_a_runtime_the_namespace_may_not_use_is_refused_for_good() -> None:
     job["metadata"]["namespace"] = "research"
     refused = resolve(job, cluster=[a100()])
     assert isinstance(refused, runtimes.Refused)
-    assert (refused.reason, refused.waits_for_runtime) == ("RuntimeNotAllowed", False)
+    assert (refused.reason, refused.waits) == ("RuntimeNotAllowed", False)
     assert refused.messages == [
         "spec.runtimeRef: ClusterFineTuneRuntime a100 may not be used in namespace research "
         "(its spec.allowedNamespaces: ml, ml-*); ask its owners to allow the namespace, or "
@@ -195,7 +195,7 @@ def test_the_default_policy_refuses_what_only_a_pod_author_may_decide() -> None:
     }
     refused = under_policy(job)
     assert isinstance(refused, runtimes.Refused)
-    assert (refused.reason, refused.waits_for_runtime) == ("GuardrailViolated", False)
+    assert (refused.reason, refused.waits) == ("GuardrailViolated", False)
     owner = "the cluster's default policy"
     assert refused.messages == [
         f"spec.resources.image: docker.io/someone/miner:1 matches none of {owner}'s "
@@ -261,7 +261,7 @@ def test_defaults_that_make_the_spec_invalid_are_an_invalid_spec() -> None:
     refused = resolve(job, cluster=[runtime])
     assert isinstance(refused, runtimes.Refused)
     assert refused.reason == "InvalidSpec"
-    assert not refused.waits_for_runtime
+    assert not refused.waits
     assert refused.messages == [
         "spec.evaluation: everySteps applies only when strategy is steps "
         "(with ClusterFineTuneRuntime a100's defaults)"
