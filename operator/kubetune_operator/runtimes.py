@@ -41,11 +41,13 @@ from kubetune_operator.api.runtime import (
 )
 from kubetune_operator.api.v1alpha1 import (
     CLUSTER_RUNTIME_KIND,
+    DEFAULT_STALL_TIMEOUT,
     RUNTIME_KIND,
     FineTuneJob,
     ResourcesSpec,
     RuntimeRef,
     Toleration,
+    duration_seconds,
 )
 
 GUARDRAIL_VIOLATED = "GuardrailViolated"
@@ -147,9 +149,9 @@ def effective_manifest(
 
 
 def _fill_limits(spec: dict[str, Any], guardrails: Mapping[str, Any]) -> None:
-    """The longest deadline the guardrails allow, and for a GPU job the runtime's
-    maxGpuHours as its own budget (the trainer stops at it with a checkpoint), where the
-    job sets none."""
+    """The longest deadline the guardrails allow, for a GPU job the runtime's maxGpuHours as
+    its own budget (the trainer stops at it with a checkpoint), and a stall timeout within
+    maxStallTimeout, where the job sets none."""
     run_policy = spec.get("runPolicy") or {}
     if not isinstance(run_policy, dict):
         return
@@ -165,6 +167,11 @@ def _fill_limits(spec: dict[str, Any], guardrails: Mapping[str, Any]) -> None:
             filled["activeDeadlineSeconds"] = min(deadlines)
     if gpus and isinstance(gpu_hours, int | float) and filled.get("maxGpuHours") is None:
         filled["maxGpuHours"] = gpu_hours
+    longest = guardrails.get("maxStallTimeout")
+    if isinstance(longest, str) and filled.get("stallTimeout") is None:
+        filled["stallTimeout"] = min(
+            longest, DEFAULT_STALL_TIMEOUT, key=lambda text: duration_seconds(text)
+        )
     if filled != run_policy:
         spec["runPolicy"] = filled
 
@@ -541,6 +548,7 @@ def _spec_violations(
         _priority_class,
         _secrets,
         _deadline,
+        _stall_timeout,
     ]
     return [
         Violation(f"spec.{field}", value, limit, text, runtime)
@@ -754,6 +762,17 @@ def _toleration_text(toleration: Toleration) -> str:
     value = f"={toleration.value}" if toleration.value is not None else ""
     effect = f":{toleration.effect}" if toleration.effect else ""
     return f"{toleration.key or '*'}{value}{effect} ({toleration.operator})"
+
+
+def _stall_timeout(
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
+) -> Iterator[tuple[str, Any, Any, str]]:
+    field = "runPolicy.stallTimeout"
+    timeout, limit = _at(spec, field), rails.max_stall_timeout
+    if limit is None or timeout is None or not isinstance(timeout, str):
+        return
+    if duration_seconds(timeout) > duration_seconds(limit):
+        yield field, timeout, limit, f"{timeout} exceeds {scope.owner}'s maxStallTimeout {limit}"
 
 
 def _deadline(

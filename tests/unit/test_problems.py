@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from kubetune_operator.api.v1alpha1 import duration_seconds
 from kubetune_operator.manifests import check_document
 from tests.conftest import load_example
 
@@ -178,3 +179,20 @@ def test_gpu_resource_must_be_an_extended_resource_with_a_domain(
 def test_device_plugin_resources_are_gpu_resources(sentiment: dict[str, Any], name: str) -> None:
     sentiment["spec"]["resources"]["gpuResource"] = name
     assert problems(sentiment) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("30m", 1800), ("1h30m", 5400), ("2h5s", 7205)]
+)
+def test_durations_read_as_kubernetes_writes_them(text: str, seconds: int) -> None:
+    assert duration_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5s", "169h", "30", "1m1h", "", "-5m", "1.5h"])
+def test_a_stall_timeout_out_of_range_or_form_is_refused_by_name(
+    sentiment: dict[str, Any], text: str
+) -> None:
+    sentiment["spec"]["runPolicy"] = {"stallTimeout": text}
+    (problem,) = problems(sentiment)
+    assert problem.startswith("spec.runPolicy")
+    assert "stallTimeout" in problem

@@ -530,3 +530,29 @@ def test_a_trial_carries_its_parents_labels_for_the_runtimes_required_labels() -
     assert trial["metadata"]["labels"]["kubetune.dev/component"] == "trial"
     resolved = resolve(trial, cluster=[a100()])
     assert isinstance(resolved, runtimes.Resolved)
+
+
+# --- the stall timeout ---------------------------------------------------------------------
+
+
+def test_a_runtime_bounds_the_stall_timeout_and_lowers_the_default_to_it() -> None:
+    runtime = a100()
+    runtime["spec"]["guardrails"]["maxStallTimeout"] = "20m"
+    resolved = resolve(user_job(), cluster=[runtime])
+    assert isinstance(resolved, runtimes.Resolved)
+    assert resolved.record["effectiveSpec"]["runPolicy"]["stallTimeout"] == "20m"
+    patient = user_job()
+    patient["spec"]["runPolicy"] = {"stallTimeout": "1h30m"}
+    refused = resolve(patient, cluster=[runtime])
+    assert isinstance(refused, runtimes.Refused)
+    assert refused.reason == "GuardrailViolated"
+    assert "spec.runPolicy.stallTimeout: 1h30m exceeds" in refused.messages[0]
+    assert "maxStallTimeout 20m" in refused.messages[0]
+
+
+def test_a_runtime_with_a_longer_bound_keeps_the_default_stall_timeout() -> None:
+    runtime = a100()
+    runtime["spec"]["guardrails"]["maxStallTimeout"] = "2h"
+    resolved = resolve(user_job(), cluster=[runtime])
+    assert isinstance(resolved, runtimes.Resolved)
+    assert resolved.record["effectiveSpec"]["runPolicy"]["stallTimeout"] == "30m"

@@ -24,6 +24,7 @@ from kubetune_operator.api.v1alpha1 import (
     RUNTIME_KIND,
     Condition,
     DnsLabel,
+    Duration,
     FineTuneJobSpec,
     LabelKey,
     LabelValue,
@@ -138,6 +139,8 @@ class Guardrails(Section):
     """Shell-style patterns the Secrets named in spec.credentials (hubToken, storage) must match: the worker pods get their values, so naming a Secret is reading it; left out: any Secret of the job's namespace; empty: none."""
     max_active_deadline_seconds: int | None = Field(default=None, ge=1, le=2**31 - 1)
     """Longest runPolicy.activeDeadlineSeconds; a job without a deadline gets this one."""
+    max_stall_timeout: Duration | None = None
+    """Longest runPolicy.stallTimeout (a duration such as 30m): a stuck job may hold its GPUs this long at most; a job that sets none gets the shorter of this and the default."""
     max_gpu_hours: float | None = Field(default=None, gt=0, le=1_000_000)
     """GPU-hours a job may reserve: workers times gpusPerWorker times activeDeadlineSeconds / 3600. A GPU job without a deadline gets the longest one that fits."""
     require_bias_audit: bool = False

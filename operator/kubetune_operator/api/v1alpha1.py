@@ -136,6 +136,26 @@ class ResourcesSpec(Section):
 
 
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
+DURATION_PATTERN = (
+    r"^([0-9]{1,4}h([0-9]{1,6}m)?([0-9]{1,7}s)?|[0-9]{1,6}m([0-9]{1,7}s)?|[0-9]{1,7}s)$"
+)
+"""A duration as Kubernetes writes them in its own fields: 90s, 30m, 1h30m."""
+MIN_STALL_TIMEOUT_SECONDS = 10
+MAX_STALL_TIMEOUT_SECONDS = 7 * 24 * 3600
+DEFAULT_STALL_TIMEOUT = "30m"
+Duration = Annotated[str, Field(max_length=20, pattern=DURATION_PATTERN)]
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds in a duration that matches DURATION_PATTERN, e.g. 1h30m: 5400."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    total, number = 0, ""
+    for character in text:
+        if character.isdigit():
+            number += character
+        else:
+            total, number = total + int(number) * units[character], ""
+    return total
 
 
 class RunPolicySpec(Section):
@@ -157,6 +177,17 @@ class RunPolicySpec(Section):
     """ISO 4217 code of pricePerGpuHour's currency (e.g. USD, EUR)."""
     termination_grace_period_seconds: int = Field(default=300, ge=30, le=86_400)
     """Seconds a worker being stopped (suspend, Kueue preemption, eviction, node drain) has before it is killed: the trainer stops at its next logged step and saves a checkpoint there, so one logging interval plus one checkpoint save must fit."""
+    stall_timeout: Duration = DEFAULT_STALL_TIMEOUT
+    """How long the workers may go without a sign of progress (an optimizer step, or a heartbeat from loading, data preparation, evaluation or a checkpoint save) before the group is restarted from its last checkpoint with reason Stalled, counted against backoffLimit; `kubetune run` stops a stalled run. A duration such as 90s, 30m or 1h30m, from 10s to 168h."""
+
+    @model_validator(mode="after")
+    def _stall_timeout_in_range(self) -> Self:
+        seconds = duration_seconds(self.stall_timeout)
+        if not MIN_STALL_TIMEOUT_SECONDS <= seconds <= MAX_STALL_TIMEOUT_SECONDS:
+            raise ValueError(
+                f"runPolicy.stallTimeout must be from 10s to 168h (got {self.stall_timeout!r})"
+            )
+        return self
 
 
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
@@ -514,6 +545,21 @@ class WorkerCounts(Section):
     """Pods that failed."""
 
 
+HeartbeatPhase = Literal[
+    "Starting", "LoadingModel", "PreparingData", "Training", "Evaluating", "Examining", "Saving"
+]
+
+
+class Heartbeat(Section):
+    """The trainer's last sign of progress, in phases that make no optimizer steps too: what
+    tells a slow run from a stuck one (runPolicy.stallTimeout)."""
+
+    time: Timestamp
+    """When rank 0 last made progress (RFC 3339)."""
+    phase: HeartbeatPhase
+    """What it was doing then: Starting, LoadingModel, PreparingData, Training, Evaluating, Examining (the final evaluation and audits) or Saving (a checkpoint or the model)."""
+
+
 class Progress(Section):
     """How far training has come."""
 
@@ -710,6 +756,8 @@ class TrainerReport(Section):
 
     progress: Progress | None = None
     """Training progress (from the trainer)."""
+    heartbeat: Heartbeat | None = None
+    """The trainer's last sign of progress and its phase."""
     metrics: dict[Annotated[str, Field(max_length=128)], float] = Field(default_factory=dict)
     """Latest validation metrics (from the trainer)."""
     metric_summary: Annotated[str, Field(max_length=128)] = ""
