@@ -33,6 +33,7 @@ PATTERN_HINTS = {
         "(not cpu, memory, ephemeral-storage or hugepages-*)"
     ),
     v1alpha1.LABEL_KEY_PATTERN: "a label key such as example.com/team",
+    v1alpha1.DURATION_PATTERN: "a duration in hours, minutes and seconds such as 90s, 30m, 1h30m",
 }
 
 _TYPE_NAMES = {

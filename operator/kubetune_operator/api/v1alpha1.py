@@ -185,7 +185,7 @@ class RunPolicySpec(Section):
         seconds = duration_seconds(self.stall_timeout)
         if not MIN_STALL_TIMEOUT_SECONDS <= seconds <= MAX_STALL_TIMEOUT_SECONDS:
             raise ValueError(
-                f"runPolicy.stallTimeout must be from 10s to 168h (got {self.stall_timeout!r})"
+                f"stallTimeout must be from 10s to 168h (got {self.stall_timeout!r})"
             )
         return self
 
