@@ -41,7 +41,7 @@ from typing import Any, Final, Literal
 
 from kubetune_operator import kueue
 from kubetune_operator.api.runtime import KUEUE_QUEUE_LABEL
-from kubetune_operator.api.v1alpha1 import ConditionType, Phase
+from kubetune_operator.api.v1alpha1 import ConditionType, Phase, duration_seconds
 from kubetune_trainer.config import (
     EXIT_BUDGET_EXCEEDED,
     EXIT_INVALID_INPUT,
@@ -107,6 +107,7 @@ class Reason:
     CleanedUp: Final = "CleanedUp"
     NameTaken: Final = "NameTaken"
     WaitingForCleanup: Final = "WaitingForCleanup"
+    Stalled: Final = "Stalled"
     TrialPruned: Final = "TrialPruned"
     TrialFailed: Final = "TrialFailed"
     SearchFailed: Final = "SearchFailed"
@@ -227,6 +228,8 @@ class _Observed:
     active_deadline_seconds: int | None
     kueue_place: kueue.Place | None = None
     """Where Kueue keeps the worker Job, when it waits for Kueue and the operator knows."""
+    stall_timeout: str | None = None
+    """runPolicy.stallTimeout (a duration); None: no stall is judged."""
 
     @property
     def status(self) -> Mapping[str, Any]:
@@ -254,12 +257,15 @@ def observe(
     backoff_limit: int,
     active_deadline_seconds: int | None,
     kueue_place: kueue.Place | None = None,
+    stall_timeout: str | None = None,
 ) -> StatusUpdate:
     """The status that the worker Job and its pods show, as a patch, Events and a decision.
 
     `job` is None when it does not exist yet or was deleted; a Job being deleted counts as
     gone. `pods` may include pods of an older Job: they are ignored. `kueue_place`: the
     Job's place in Kueue's queues (kueue.py), shown while Kueue has not admitted it.
+    `stall_timeout`: how long running workers may show no sign of progress (the trainer's
+    heartbeat) before the group is restarted as Stalled.
     """
     status = _mapping(ftj.get("status"))
     live_job = None if job is None or _being_deleted(job) else job
@@ -275,6 +281,7 @@ def observe(
         backoff_limit=backoff_limit,
         active_deadline_seconds=active_deadline_seconds,
         kueue_place=kueue_place,
+        stall_timeout=stall_timeout,
     )
     verdict = _judge(observed)
     desired = _desired_status(observed, verdict)
@@ -448,7 +455,8 @@ def rfc3339(moment: datetime) -> str:
 def _judge(observed: _Observed) -> _Verdict:
     if observed.job is None:
         return _without_job(observed)
-    for rule in (_completed, _suspended, _failed, _past_deadline, _pending_problem):
+    rules = (_completed, _suspended, _failed, _past_deadline, _stalled, _pending_problem)
+    for rule in rules:
         verdict = rule(observed)
         if verdict is not None:
             return verdict
@@ -626,6 +634,48 @@ def _past_deadline(observed: _Observed) -> _Verdict | None:
         f"spec.runPolicy.activeDeadlineSeconds ({deadline})"
     )
     return _fail(Reason.DeadlineExceeded, message, delete_job=True)
+
+
+def _stalled(observed: _Observed) -> _Verdict | None:
+    """Every worker runs, yet neither an optimizer step nor a heartbeat of the trainer came
+    for runPolicy.stallTimeout: a collective that never returns, a data loader that
+    deadlocked. Restarted from the last checkpoint, counted against the backoff limit."""
+    timeout = observed.stall_timeout
+    group_start = _group_start(observed)
+    if timeout is None or group_start is None:
+        return None
+    heartbeat = _mapping(observed.status.get("heartbeat"))
+    beat = heartbeat.get("time")
+    beat_time = _parse_time(str(beat)) if beat else None
+    if beat_time is not None and beat_time > group_start:
+        alive, phase = beat_time, str(heartbeat.get("phase", "Training"))
+    else:
+        alive, phase = group_start, "Starting"
+    idle = int((observed.now - alive).total_seconds())
+    if idle <= duration_seconds(timeout):
+        return None
+    message = (
+        f"no sign of progress for {idle} s while {phase} (last at {rfc3339(alive)}; "
+        f"spec.runPolicy.stallTimeout {timeout})"
+    )
+    return _act_on_failure(observed, _Cause(Reason.Stalled, message, None))
+
+
+def _group_start(observed: _Observed) -> datetime | None:
+    """When the last of the group's workers started running; None while any does not run."""
+    if len(observed.pods) < observed.expected_workers or not observed.pods:
+        return None
+    starts = []
+    for pod in observed.pods:
+        running = [
+            _mapping(_mapping(c.get("state")).get("running"))
+            for c in _sequence(_mapping(pod.get("status")).get("containerStatuses"))
+        ]
+        started = [str(r["startedAt"]) for r in running if r.get("startedAt")]
+        if _pod_phase(pod) != "Running" or not started:
+            return None
+        starts.append(max(_parse_time(text) for text in started))
+    return max(starts)
 
 
 def _pending_problem(observed: _Observed) -> _Verdict | None:

@@ -447,6 +447,7 @@ def _observe(
         backoff_limit=int(run_policy(ftj).get("backoffLimit", 3)),
         active_deadline_seconds=run_policy(ftj).get("activeDeadlineSeconds"),
         kueue_place=kueue_place,
+        stall_timeout=run_policy(ftj).get("stallTimeout", v1alpha1.DEFAULT_STALL_TIMEOUT),
     )
 
 

@@ -193,9 +193,16 @@ def look(
     now: datetime = NOW,
     backoff_limit: int = 3,
     deadline: int | None = None,
+    stall: str | None = None,
 ) -> StatusUpdate:
     update = observe(
-        ftj, job, pods, now=now, backoff_limit=backoff_limit, active_deadline_seconds=deadline
+        ftj,
+        job,
+        pods,
+        now=now,
+        backoff_limit=backoff_limit,
+        active_deadline_seconds=deadline,
+        stall_timeout=stall,
     )
     assert_fits_model(ftj, update.patch)
     return update
@@ -958,3 +965,60 @@ def test_condition_keeps_the_transition_time_while_the_status_holds() -> None:
 def test_restart_of_reads_the_annotation() -> None:
     assert [restart_of(worker_job(restart=n)) for n in (0, 2)] == [0, 2]
     assert restart_of(None) == 0
+
+
+# Stalls: running workers that show no sign of progress (the pods started at 11:01).
+
+
+def beating(at: str, phase: str = "Evaluating") -> dict[str, Any]:
+    return {**running_status(), "heartbeat": {"time": at, "phase": phase}}
+
+
+def test_a_group_whose_heartbeat_stopped_restarts_as_stalled_counted_against_the_limit() -> None:
+    ftj = finetunejob(beating("2025-03-01T11:20:00Z"))
+    update = look(ftj, worker_job(), [pod(0), pod(1)], stall="30m")
+    message = (
+        "no sign of progress for 2400 s while Evaluating (last at 2025-03-01T11:20:00Z; "
+        "spec.runPolicy.stallTimeout 30m); restarting the worker group from its last "
+        "checkpoint (restart 1 of 3)"
+    )
+    assert update.decision == Decision("restart", "Stalled", message, delete_job=True)
+    assert update.patch["restarts"] == 1
+    assert update.patch["lastFailure"]["reason"] == "Stalled"
+    assert update.events == [Event("Warning", "Restarting", message)]
+
+
+def test_a_slow_run_that_still_beats_is_not_stalled() -> None:
+    ftj = finetunejob(beating("2025-03-01T11:45:00Z"))
+    update = look(ftj, worker_job(), [pod(0), pod(1)], stall="30m")
+    assert update.decision.action == "none"
+
+
+def test_a_group_that_never_beat_is_stalled_from_when_its_workers_started() -> None:
+    update = look(finetunejob(running_status()), worker_job(), [pod(0), pod(1)], stall="50m")
+    assert update.decision.reason == "Stalled"
+    assert "for 3540 s while Starting (last at 2025-03-01T11:01:00Z;" in update.decision.message
+    alive = look(finetunejob(running_status()), worker_job(), [pod(0), pod(1)], stall="1h")
+    assert alive.decision.action == "none"
+
+
+def test_an_earlier_groups_heartbeat_does_not_stall_a_restarted_group() -> None:
+    """The heartbeat is older than this group's start: the group counts from its start."""
+    status = {**beating("2025-03-01T10:00:00Z"), "restarts": 1}
+    pods = [pod(0, restart=1), pod(1, restart=1)]
+    update = look(finetunejob(status), worker_job(restart=1), pods, stall="1h")
+    assert update.decision.action == "none"
+
+
+def test_no_stall_is_judged_while_a_worker_is_not_running() -> None:
+    ftj = finetunejob(beating("2025-03-01T11:02:00Z"))
+    update = look(ftj, worker_job(), [pod(0), pod(1, phase="Pending")], stall="10m")
+    assert update.decision.reason != "Stalled"
+
+
+def test_stalls_use_up_the_backoff_limit_like_failures() -> None:
+    status = {**beating("2025-03-01T11:02:00Z"), "restarts": 3}
+    pods = [pod(0, restart=3), pod(1, restart=3)]
+    update = look(finetunejob(status), worker_job(restart=3), pods, stall="10m")
+    assert (update.decision.action, update.decision.reason) == ("fail", "BackoffLimitExceeded")
+    assert "last cause: no sign of progress" in update.decision.message

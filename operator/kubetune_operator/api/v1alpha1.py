@@ -184,9 +184,7 @@ class RunPolicySpec(Section):
     def _stall_timeout_in_range(self) -> Self:
         seconds = duration_seconds(self.stall_timeout)
         if not MIN_STALL_TIMEOUT_SECONDS <= seconds <= MAX_STALL_TIMEOUT_SECONDS:
-            raise ValueError(
-                f"stallTimeout must be from 10s to 168h (got {self.stall_timeout!r})"
-            )
+            raise ValueError(f"stallTimeout must be from 10s to 168h (got {self.stall_timeout!r})")
         return self
 
 
