@@ -823,7 +823,7 @@ def _classify_exit(
     if exit_code == EXIT_TRAINING_FAILED or unusable:
         message = (
             f"the trainer's result must not be used (exit code {exit_code}) on {worker}"
-            f"{unusable}; see status.diagnosis, status.biasAudit and report.json"
+            f"{said}{unusable}; see status.diagnosis, status.biasAudit and report.json"
         )
         return _Cause(Reason.TrainingFailed, message, exit_code, finished_at)
     reason = terminated.get("reason", "Error")

@@ -444,6 +444,19 @@ def test_a_termination_message_that_is_not_the_trainers_record_keeps_the_exit_co
     assert "exit code 1" in update.decision.message
 
 
+def test_exit_code_4_names_what_the_trainer_said_last_such_as_a_full_disk() -> None:
+    said = (
+        "no space left on the device of /mnt/kubetune/pvc/runs/checkpoints while saving "
+        "checkpoint step-00000040; the last complete checkpoint, step-00000020, is kept"
+    )
+    full = pod(0, phase="Failed", state=terminated(4, message=said))
+    update = look(finetunejob(running_status()), worker_job(), [full, pod(1)])
+    assert update.decision.reason == "TrainingFailed"
+    assert f"(exit code 4) on worker 0 ({NAME}-workers-0-r0): {said}; see" in (
+        update.decision.message
+    )
+
+
 def test_exit_code_4_fails_with_training_failed_and_the_diagnosis() -> None:
     status = {
         **running_status(),
