@@ -28,6 +28,7 @@ from pathlib import Path
 
 from kubetune_operator.api.v1alpha1 import FineTuneJob
 from kubetune_trainer.config import Source, parse_source
+from kubetune_trainer.file_kinds import shown, special_kind
 
 
 @dataclass(frozen=True)
@@ -112,11 +113,19 @@ def _check_path(source: Source, folder: Path) -> tuple[str | None, str | None]:
     if not path.is_absolute():
         resolved = folder / path
         if resolved.exists():
-            return None, None
+            return _special(resolved), None
         return f"{resolved} does not exist (relative to the manifest's folder)", None
     if path.exists():
-        return None, None
+        return _special(path), None
     return None, "absolute, not on this machine: maybe a path inside the trainer image"
+
+
+def _special(path: Path) -> str | None:
+    """A path that would block or never end when read (a FIFO, a device), as a problem."""
+    kind = special_kind(path.stat().st_mode)
+    if kind is None:
+        return None
+    return f"{shown(path)} is {kind}, not a regular file or a directory"
 
 
 def _unchecked_package(source: Source) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -192,4 +193,22 @@ def test_synthetic_sources_and_audit_data_are_checked(tmp_path: Path) -> None:
     assert found.problems == [
         f"spec.bias.auditData.source: {tmp_path / 'audit.csv'} does not exist "
         "(relative to the manifest's folder)"
+    ]
+
+
+def test_a_fifo_or_a_link_to_a_device_is_a_problem_before_anything_reads_it(
+    tmp_path: Path,
+) -> None:
+    """`kubetune run` would block on the FIFO or read /dev/zero without end: validate says so."""
+    os.mkfifo(tmp_path / "train.csv")
+    (tmp_path / "validation.csv").symlink_to("/dev/zero")
+    job = job_with(train="train.csv", validation="validation.csv")
+
+    found = check_sources(job, tmp_path / "job.yaml")
+
+    assert found.problems == [
+        f"spec.data.train.source: {tmp_path / 'train.csv'} is a FIFO (named pipe), not a "
+        "regular file or a directory",
+        f"spec.data.validation.source: {tmp_path / 'validation.csv'} (a symlink to /dev/zero) "
+        "is a character device, not a regular file or a directory",
     ]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from huggingface_hub import HfApi, constants, is_offline_mode, snapshot_download
 from huggingface_hub.file_download import repo_folder_name
 
 from kubetune_trainer.config import DataSource, Source, parse_source
+from kubetune_trainer.file_kinds import shown, special_kind
 
 PVC_ROOT = "/mnt/kubetune/pvc"
 """Where the operator mounts each claim (as PVC_ROOT/<claim>) in the trainer pods."""
@@ -42,12 +42,6 @@ _TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 GB = 10**9
 """The unit of DataSource.maxGigabytes."""
-_SPECIAL_KINDS = (
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
 
 
 class SourceError(Exception):
@@ -99,21 +93,14 @@ def _regular_size(path: Path, field: str) -> int:
     try:
         info = path.stat()  # follows symlinks, and opens nothing
     except OSError as error:
-        raise SourceError(f"{field}: cannot read {_shown(path)}: {error.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        kind = next(
-            (name for is_kind, name in _SPECIAL_KINDS if is_kind(info.st_mode)), "a special file"
-        )
+        raise SourceError(f"{field}: cannot read {shown(path)}: {error.strerror}") from None
+    kind = special_kind(info.st_mode)
+    if kind is not None:
         raise SourceError(
-            f"{field}: {_shown(path)} is {kind}, not a regular file; give a data file or a "
+            f"{field}: {shown(path)} is {kind}, not a regular file; give a data file or a "
             "directory of data files"
         )
     return info.st_size
-
-
-def _shown(path: Path) -> str:
-    """The path, and where it leads when it is a symlink."""
-    return f"{path} (a symlink to {path.resolve()})" if path.is_symlink() else str(path)
 
 
 def pvc_root() -> Path:
