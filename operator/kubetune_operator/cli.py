@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import time
 import webbrowser
@@ -29,9 +30,11 @@ from kubetune_operator import crdgen, explain, local, local_sources, run_report,
 from kubetune_operator.api.runtime import AnyRuntime
 from kubetune_operator.api.v1alpha1 import DNS_LABEL_PATTERN, FineTuneJob
 from kubetune_operator.manifests import Checked, ManifestError, check_document, check_file
+from kubetune_trainer.config import EXIT_STALLED
 
 if TYPE_CHECKING:  # the cluster client and Optuna load only for the commands that use them
     from kubetune_operator import kube, local_search
+    from kubetune_trainer.watchdog import Stall
 
 app = typer.Typer(
     name="kubetune",
@@ -300,7 +303,8 @@ def run(
     """Run a FineTuneJob on this machine, no cluster needed; print where the results are.
 
     A job with spec.search runs its trials here into OUTPUT/trial-<n>/; run it again to
-    resume an interrupted search.
+    resume an interrupted search. A run that makes no progress for runPolicy.stallTimeout
+    is stopped (exit code 6); run it again to continue from its last checkpoint.
     """
     job = _single_job(manifest)
     with _needs_extra("trainer", "run"):
@@ -314,11 +318,19 @@ def run(
             _run_search(local_search.plan_search(job, plan, manifest, parallel, processes))
             return
         out.print(f"Training [bold]{escape(plan.name)}[/] into {escape(str(plan.output_dir))}")
+        again = _run_command(manifest, output, processes)
+
+        def stalled(stall: Stall) -> None:
+            _print_stall(plan.name, stall, again)
+
         report = (
-            local.run_in_process(plan)
+            local.run_in_process(plan, on_stall=stalled)
             if processes == 1
             else local.run_with_accelerate(plan, processes)
         )
+    except local.StalledRunError as stopped:
+        _print_stall(job.metadata.name, stopped.stall, again)
+        raise typer.Exit(EXIT_STALLED) from None
     except local.LocalRunError as error:
         err.print(f"[red]✗[/] {escape(job.metadata.name)}: {escape(str(error))}")
         raise typer.Exit(1) from None
@@ -333,6 +345,19 @@ def run(
         raise typer.Exit(128 + signal.SIGINT)
     if not report["succeeded"]:
         raise typer.Exit(1)
+
+
+def _run_command(manifest: Path, output: Path | None, processes: int) -> str:
+    """The `kubetune run` command line that continues this run."""
+    words = ["kubetune", "run", str(manifest)]
+    words += ["--output", str(output)] if output is not None else []
+    words += ["--processes", str(processes)] if processes > 1 else []
+    return shlex.join(words)
+
+
+def _print_stall(name: str, stall: Stall, again: str) -> None:
+    """The one line of a run its watchdog stopped (see kubetune_trainer.watchdog)."""
+    err.print(f"[red]✗[/] {escape(name)}: {escape(stall.verdict(again))}")
 
 
 def _run_search(plan: local_search.SearchPlan) -> None:
@@ -368,6 +393,7 @@ OUTCOME_WORDS = {
     "succeeded": "finished",
     "interrupted": "interrupted (run it again to resume from its checkpoint)",
     "budgetExceeded": "stopped: the GPU budget is spent (a checkpoint is kept)",
+    "stalled": "stopped: no progress for runPolicy.stallTimeout (run it again to continue)",
 }
 """How `kubetune run` names report.json's outcome; "failed" says itself."""
 

@@ -6,6 +6,11 @@ same trainer entry point. The trainer (and torch) is imported only when a run st
 the rest of the CLI stays light. A job with `spec.search` is planned here like any other
 (its output directory, its paths) and its trials are run by `local_search`, which builds on
 these functions.
+
+Both ways, a run that makes no progress for the job's runPolicy.stallTimeout is stopped
+(kubetune_trainer.watchdog): the launcher watches its trainers; a run in this process is
+watched by a thread of this process, which ends it, since its main thread is stuck.
+A search's trials are not watched.
 """
 
 from __future__ import annotations
@@ -20,12 +25,16 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kubetune_operator.api.v1alpha1 import FineTuneJob
-from kubetune_trainer.config import EXIT_INVALID_INPUT, TrainingConfig
+from kubetune_operator.api.v1alpha1 import FineTuneJob, duration_seconds
+from kubetune_trainer.config import EXIT_INVALID_INPUT, EXIT_STALLED, TrainingConfig
+
+if TYPE_CHECKING:  # the watchdog loads with the trainer, when a run starts
+    from kubetune_trainer.watchdog import Stall
 
 REPORT_FILE = "report.json"
 CONFIG_FILE = "config.json"
@@ -35,6 +44,14 @@ class LocalRunError(Exception):
     """A local run that cannot start or did not finish; the message says why."""
 
 
+class StalledRunError(Exception):
+    """The watchdog stopped a run that made no progress for runPolicy.stallTimeout."""
+
+    def __init__(self, stall: Stall) -> None:
+        super().__init__(stall.describe())
+        self.stall = stall
+
+
 @dataclass(frozen=True)
 class LocalRun:
     """What `kubetune run` needs to know about one job."""
@@ -42,6 +59,8 @@ class LocalRun:
     name: str
     config: TrainingConfig
     output_dir: Path
+    stall_timeout_s: float | None = None
+    """runPolicy.stallTimeout in seconds; None: not watched (a search's trials)."""
 
 
 def plan_local_run(job: FineTuneJob, manifest: Path, output: Path | None) -> LocalRun:
@@ -51,7 +70,12 @@ def plan_local_run(job: FineTuneJob, manifest: Path, output: Path | None) -> Loc
     output directory holds the search: search.json, trial-<n>/ and the best model.
     """
     config = job.spec.training_config().relative_to(manifest.resolve().parent)
-    return LocalRun(job.metadata.name, config, output or _default_output(config, job))
+    return LocalRun(
+        job.metadata.name,
+        config,
+        output or _default_output(config, job),
+        duration_seconds(job.spec.run_policy.stall_timeout),
+    )
 
 
 def _default_output(config: TrainingConfig, job: FineTuneJob) -> Path:
@@ -68,11 +92,13 @@ RUN_ENTRIES = frozenset(
     {
         *(REPORT_FILE, "report.html", CONFIG_FILE, "metrics.jsonl", "cost.json"),
         *("checkpoints", "cache", "model", "search.json", "search.html", "trainer.log"),
+        *("heartbeat.json", ".kubetune-test-hang"),
     }
 )
 """What a run (the trainer, or a local search) writes at the top of its output directory."""
-CONTINUED_OUTCOMES = frozenset({"interrupted", "budgetExceeded"})
-"""report.json outcomes of a run stopped with a checkpoint to continue from."""
+CONTINUED_OUTCOMES = frozenset({"interrupted", "budgetExceeded", "stalled"})
+"""report.json outcomes of a run stopped with a checkpoint (if it saved one) to continue
+from; "stalled" is written by the stall watchdog."""
 RUN_ENTRY_PATTERN = re.compile(r"(trial|fold)-\d+|\.partial-.+|\..+\.partial")
 """A search's trials, cross-validation's folds, and files being written atomically."""
 
@@ -103,8 +129,8 @@ def prepare_output(run: LocalRun, overwrite: bool) -> None:
 
 
 def _stopped_with_a_checkpoint(report: Path) -> bool:
-    """Whether report.json is that of a run stopped by Ctrl-C, SIGTERM or its GPU budget,
-    which the same command continues."""
+    """Whether report.json is that of a run stopped by Ctrl-C, SIGTERM, its GPU budget or
+    its stall watchdog, which the same command continues."""
     try:
         outcome = json.loads(report.read_text(encoding="utf-8")).get("outcome")
     except (OSError, ValueError, AttributeError):
@@ -140,22 +166,62 @@ def check_trainer_installed(*, search: bool) -> None:
             raise ModuleNotFoundError(f"No module named {package!r}", name=package)
 
 
-def run_in_process(run: LocalRun) -> dict[str, Any]:
-    """Train in this process; return report.json's content."""
+def run_in_process(
+    run: LocalRun, on_stall: Callable[[Stall], None] | None = None
+) -> dict[str, Any]:
+    """Train in this process; return report.json's content.
+
+    With `on_stall` (and a stall timeout), a run that makes no progress is ended from a
+    thread: report.json says so, `on_stall` tells the user, and this process exits with
+    EXIT_STALLED at once (os._exit), since its main thread is stuck and cleans up nothing.
+    """
     from kubetune_trainer.__main__ import INPUT_ERRORS, run_training
 
-    try:
-        run_training(run.config, run.output_dir, job_name=run.name)
-    except INPUT_ERRORS as error:
-        raise LocalRunError(str(error)) from None
+    with _watched(run, on_stall):
+        try:
+            run_training(run.config, run.output_dir, job_name=run.name)
+        except INPUT_ERRORS as error:
+            raise LocalRunError(str(error)) from None
     return read_report(run)
+
+
+@contextlib.contextmanager
+def _watched(run: LocalRun, on_stall: Callable[[Stall], None] | None) -> Iterator[None]:
+    """A stall watchdog over this process's run while it trains (none without on_stall)."""
+    if run.stall_timeout_s is None or on_stall is None:
+        yield
+        return
+    from kubetune_trainer.watchdog import StallWatchdog
+
+    def end_run(stall: Stall) -> None:
+        _end_stalled_process(run, stall, on_stall)
+
+    watchdog = StallWatchdog(run.output_dir, run.stall_timeout_s, end_run).start()
+    try:
+        yield
+    finally:
+        watchdog.stop()
+
+
+def _end_stalled_process(run: LocalRun, stall: Stall, on_stall: Callable[[Stall], None]) -> None:
+    from kubetune_trainer.watchdog import write_stalled_report
+
+    with contextlib.suppress(OSError):  # the line below still says it
+        write_stalled_report(run.output_dir, run.name, stall)
+    on_stall(stall)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_STALLED)
 
 
 def run_with_accelerate(run: LocalRun, processes: int) -> dict[str, Any]:
     """Train with `processes` CPU processes (gloo) under the pods' launcher."""
-    with subprocess.Popen(
-        trainer_command(run, processes), env=trainer_environment(processes, None)
-    ) as launcher:
+    environment = trainer_environment(processes, None)
+    if run.stall_timeout_s is not None:
+        from kubetune_trainer.watchdog import STALL_TIMEOUT_ENV
+
+        environment[STALL_TIMEOUT_ENV] = str(run.stall_timeout_s)
+    with subprocess.Popen(trainer_command(run, processes), env=environment) as launcher:
         try:
             code = launcher.wait()
         except KeyboardInterrupt:  # the trainers stop at their next logged step, with a
@@ -163,9 +229,24 @@ def run_with_accelerate(run: LocalRun, processes: int) -> dict[str, Any]:
             code = launcher.wait()
     if code == EXIT_INVALID_INPUT:
         raise LocalRunError("the trainer refused its input (its message is above)")
+    if code == EXIT_STALLED:
+        raise _stalled(run)
     if not (run.output_dir / REPORT_FILE).exists():
         raise LocalRunError(f"the trainer exited with code {code} before writing a report")
     return read_report(run)
+
+
+def _stalled(run: LocalRun) -> Exception:
+    """What the launcher's watchdog recorded in report.json about the run it stopped."""
+    from kubetune_trainer.watchdog import stall_from_report
+
+    try:
+        stall = stall_from_report(read_report(run))
+    except (LocalRunError, OSError, ValueError):
+        stall = None
+    if stall is None:
+        return LocalRunError("the run made no progress for runPolicy.stallTimeout and was stopped")
+    return StalledRunError(stall)
 
 
 def pass_ctrl_c_on(launcher: subprocess.Popen[bytes]) -> None:

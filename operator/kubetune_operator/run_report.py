@@ -130,6 +130,7 @@ OUTCOME_MARKS: Final = {
     "failed": "[red]✗ failed[/]",
     "interrupted": "[yellow]■ interrupted[/] (stopped by SIGTERM or Ctrl-C; checkpoint kept)",
     "budgetExceeded": "[yellow]■ stopped[/] (runPolicy.maxGpuHours spent; checkpoint kept)",
+    "stalled": "[red]■ stalled[/] (no progress for runPolicy.stallTimeout; stopped)",
 }
 """The heading's mark for report.json's `outcome` (older reports have only `succeeded`)."""
 

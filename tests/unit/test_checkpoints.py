@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from kubetune_trainer.checkpoints import checkpoint_name, latest_checkpoint
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.cost import GpuMeter
-from kubetune_trainer.recipe import PARTIAL_PREFIX, Recipe, checkpoint_name, latest_checkpoint
+from kubetune_trainer.recipe import PARTIAL_PREFIX, Recipe
 
 
 def test_a_half_written_checkpoint_is_never_the_latest(tmp_path: Path) -> None:

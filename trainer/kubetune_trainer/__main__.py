@@ -6,6 +6,8 @@ stopped by its GPU budget (runPolicy.maxGpuHours, with a checkpoint), 143 (128 +
 if the signal had ended it) a run asked to stop (the pod deleted: suspend, Kueue
 preemption, eviction, drain) that stopped at a logged step with a checkpoint for the next
 worker group to resume from, anything else a crash worth retrying from the last checkpoint.
+The trainer never exits with 6 itself: that is the stall watchdog's code (watchdog.py) for
+trainers it stopped because they made no progress for runPolicy.stallTimeout.
 """
 
 from __future__ import annotations

@@ -66,6 +66,9 @@ EXIT_TRAINING_FAILED = 4
 """The trainer's exit code for a run whose result must not be used (it diverged)."""
 EXIT_BUDGET_EXCEEDED = 5
 """The trainer's exit code for a run stopped, with a checkpoint, by runPolicy.maxGpuHours."""
+EXIT_STALLED = 6
+"""The exit code of a run stopped by its watchdog: no progress (heartbeat) for
+runPolicy.stallTimeout (watchdog.py). The last checkpoint is there to continue from."""
 EXIT_INTERRUPTED = 143
 """The trainer's exit code for a run stopped, with a checkpoint, by SIGTERM (128 + 15) or by
 one Ctrl-C."""

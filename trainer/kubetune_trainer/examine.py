@@ -10,7 +10,9 @@ its accelerator and loaders, and gets back the report's sections and the audit's
 Every process predicts its shard of the rows (the loaders are prepared by accelerate and
 the results gathered); the attributions are computed on rank 0 alone. Each part is
 optional and may be slow on a large model: a run asked to stop (SIGTERM) skips the parts
-after the one that is running, every process alike.
+after the one that is running, every process alike. Every batch predicted and every part
+done beats (heartbeat.py: phase Examining), so a slow examination is not taken for a stuck
+one.
 """
 
 from __future__ import annotations
@@ -43,9 +45,13 @@ from kubetune_trainer.reporting import Reporter
 
 
 def predict(
-    model: torch.nn.Module, accelerator: Accelerator, loader: DataLoader[Any]
+    model: torch.nn.Module,
+    accelerator: Accelerator,
+    loader: DataLoader[Any],
+    after_batch: Callable[[], None],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of every row of a prepared loader, gathered from all processes."""
+    """Logits and labels of every row of a prepared loader, gathered from all processes;
+    `after_batch` is called after each batch (a heartbeat)."""
     model.eval()
     all_logits, all_labels = [], []
     for batch in loader:
@@ -56,6 +62,7 @@ def predict(
         logits, labels = accelerator.gather_for_metrics((logits, labels))
         all_logits.append(logits.float().cpu())
         all_labels.append(labels.cpu())
+        after_batch()
     model.train()
     return torch.cat(all_logits), torch.cat(all_labels)
 
@@ -80,6 +87,8 @@ class FinalModel:
     """Where the audit's verdict goes as soon as it is known (status.biasAudit)."""
     stop_requested: Callable[[], bool]
     """Whether the run is to stop now; asked by every process before each part (a collective)."""
+    beat: Callable[[], None]
+    """A sign of progress (the heartbeat's Examining phase): after each batch and part."""
 
 
 def examine_final_model(final: FinalModel) -> tuple[dict[str, Any], BiasAudit | None]:
@@ -88,7 +97,7 @@ def examine_final_model(final: FinalModel) -> tuple[dict[str, Any], BiasAudit | 
     parts done before it."""
     if final.config.model.task == "causal-lm" or final.stop_requested():
         return {}, None
-    logits, gathered = predict(final.model, final.accelerator, final.eval_loader)
+    logits, gathered = predict(final.model, final.accelerator, final.eval_loader, final.beat)
     probabilities = torch.softmax(logits, dim=-1).numpy()
     labels = gathered.numpy().astype(np.int64)
     predictions = probabilities.argmax(axis=1).astype(np.int64)
@@ -97,11 +106,13 @@ def examine_final_model(final: FinalModel) -> tuple[dict[str, Any], BiasAudit | 
     }
     if final.stop_requested():
         return sections, None
+    final.beat()
     bias_audit = _audit_bias(final, probabilities, labels)
     if bias_audit is not None:
         sections["biasAudit"] = bias_audit.to_report()
     if final.stop_requested():
         return sections, bias_audit
+    final.beat()
     attributions = _explain(final, probabilities)
     if attributions is not None:
         sections["attributions"] = attributions
@@ -129,6 +140,7 @@ def _explain(final: FinalModel, probabilities: np.ndarray) -> dict[str, Any] | N
             probabilities=probabilities,
         )
         result["weightChange"] = relative_weight_change(model, final.snapshot)
+        final.beat()
     final.accelerator.wait_for_everyone()
     return result
 
@@ -147,7 +159,10 @@ def _audit_bias(
     )
     if final.audit_rows is not None:
         logits, gathered = predict(
-            final.model, final.accelerator, _evaluation_loader(final, final.audit_rows.rows)
+            final.model,
+            final.accelerator,
+            _evaluation_loader(final, final.audit_rows.rows),
+            final.beat,
         )
         probabilities = torch.softmax(logits, dim=-1).numpy()
         labels = gathered.numpy().astype(np.int64)
@@ -189,7 +204,8 @@ def _counterfactuals(
     if changed.size:
         rows = target.rows.select(changed)
         texts = [swapped.texts[i] for i in changed]
-        logits, _ = predict(final.model, final.accelerator, _loader_of(final, rows, texts))
+        loader = _loader_of(final, rows, texts)
+        logits, _ = predict(final.model, final.accelerator, loader, final.beat)
         scores[changed] = torch.softmax(logits, dim=-1).numpy()
     labels = final.data.labels
     positive = [labels.index(name) for name in positive_classes(labels, spec)]

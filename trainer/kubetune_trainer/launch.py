@@ -22,6 +22,12 @@ trainer gets its signal and all the time it needs (the pod's grace period bounds
 Ctrl-C reaches the trainer, which stops at its next logged step: from a terminal the
 trainer hears it itself, from a script this launcher passes it on.
 
+Given KUBETUNE_STALL_TIMEOUT_SECONDS (runPolicy.stallTimeout; `kubetune run` sets it) and
+the trainer's --output, the launcher also watches the trainers' heartbeat (watchdog.py):
+when they made no progress for that long it says so in one line, stops them (SIGTERM, then
+SIGKILL: a stuck process saves nothing), writes report.json (outcome stalled) and exits
+with EXIT_STALLED (6).
+
 accelerate's launcher reports a failed group by raising (torch's ChildFailedError) and
 exits with code 1 whatever the trainer said. This launcher exits with the trainer's own
 code instead (kubetune's exit codes mean invalid input, a spent budget, an interruption)
@@ -38,6 +44,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from types import FrameType
 
 from accelerate.commands.launch import (
@@ -48,6 +55,15 @@ from accelerate.commands.launch import (
 from accelerate.utils.launch import prepare_simple_launcher_cmd_env
 from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+from kubetune_trainer.config import EXIT_STALLED
+from kubetune_trainer.watchdog import (
+    Stall,
+    StallWatchdog,
+    end_child_processes,
+    stall_timeout,
+    write_stalled_report,
+)
 
 
 def forward_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -134,10 +150,51 @@ def stopped_by(signum: signal.Signals) -> int:
     return shell_exit_code(-signum)
 
 
+def trainer_output(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The trainer's --output and --job-name, from its command line (kubetune run passes
+    them; a pod's trainer finds its output in its config instead)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--job-name", default="local")
+    known, _ = parser.parse_known_args(args.training_script_args)
+    return known.output, known.job_name
+
+
+def watchdog_for(args: argparse.Namespace) -> StallWatchdog | None:
+    """The stall watchdog of these trainers, when a timeout and an output are given."""
+    timeout_s = stall_timeout(os.environ)
+    output, job_name = trainer_output(args)
+    if timeout_s is None or output is None:
+        return None
+    return StallWatchdog(output, timeout_s, lambda stall: stop_stalled(output, job_name, stall))
+
+
+def stop_stalled(output: Path, job_name: str, stall: Stall) -> None:
+    """Say why, end the stuck trainers, and write the report they cannot."""
+    print(f"kubetune launcher: {stall.describe()}: stopping the trainers", file=sys.stderr)
+    end_child_processes()
+    try:
+        write_stalled_report(output, job_name, stall)
+    except OSError as error:
+        print(f"kubetune launcher: report.json not written: {error}", file=sys.stderr)
+
+
 def main() -> int:
     lead_own_process_group()
     signal.signal(signal.SIGTERM, forward_sigterm)
     args = launch_command_parser().parse_args()
+    watchdog = watchdog_for(args)
+    if watchdog is None:
+        return run_trainers(args)
+    watchdog.start()
+    try:
+        code = run_trainers(args)
+    finally:
+        watchdog.stop()
+    return EXIT_STALLED if watchdog.stall is not None else code
+
+
+def run_trainers(args: argparse.Namespace) -> int:
     return run_one_process(args) if launches_one_process(args) else run_group(args)
 
 

@@ -22,6 +22,15 @@ one on, so it only asks again.
 
 A checkpoint save that finds the disk full ends the run as failed with one line (see
 disk_space.py): the last complete checkpoint is kept, and report.json says why.
+
+Rank 0 beats (heartbeat.py) from the code that makes progress, phase by phase: setup's
+loads and data preparation, every optimizer step, every evaluation and examination batch,
+every save. A phase beats as it begins and after each piece of its work, and training beats
+again once a step's log, evaluation or save is done, so a stall names the phase the run was
+in when it stopped moving, not the last one it finished. A run that stops beating for
+runPolicy.stallTimeout is stuck, and is stopped (watchdog.py locally, the operator in a
+cluster). The test hook of hang.py makes it hang for real, at the points its docstring
+names.
 """
 
 from __future__ import annotations
@@ -55,6 +64,13 @@ from transformers.utils import logging as transformers_logging
 from kubetune_trainer import freezing
 from kubetune_trainer.audit import BiasAudit, positive_classes
 from kubetune_trainer.balance import class_balanced_weights
+from kubetune_trainer.checkpoints import (
+    CHECKPOINT_PREFIX,
+    CHECKPOINTS,
+    checkpoint_name,
+    latest_checkpoint,
+    parse_checkpoint_step,
+)
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.cost import (
     LEDGER_FILE,
@@ -101,13 +117,17 @@ from kubetune_trainer.flops import (
     device_peak,
     shape_from_config,
 )
+from kubetune_trainer.hang import HangHook
+from kubetune_trainer.heartbeat import HEARTBEAT_FILE, Heartbeat
 from kubetune_trainer.interpret import LayerSnapshot, snapshot_layer_groups
 from kubetune_trainer.metrics import classification_metrics, is_better, language_model_metrics
 from kubetune_trainer.modeling import load_model, load_tokenizer
 from kubetune_trainer.report import REPORT_HTML, REPORT_JSON, build_report, write_reports
 from kubetune_trainer.reporting import (
     EvalRecord,
+    NullReporter,
     Outcome,
+    Phase,
     Reporter,
     RunInfo,
     StepRecord,
@@ -122,10 +142,8 @@ from kubetune_trainer.schedules import (
     warmup_steps,
 )
 
-CHECKPOINTS = "checkpoints"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 """What asks a run to stop with a checkpoint: Kubernetes stopping a pod, Ctrl-C in a terminal."""
-CHECKPOINT_PREFIX = "step-"
 PARTIAL_PREFIX = ".partial-"
 """A checkpoint being written: hidden, and never matching CHECKPOINT_PREFIX."""
 MODEL_DIR = "model"
@@ -305,6 +323,12 @@ class Recipe:
         self._logged_stage: tuple[str, ...] | None = None
         self.state = TrainingState()
         self.timings: dict[str, float] = {}
+        self.heartbeat = Heartbeat(
+            output_dir / HEARTBEAT_FILE, NullReporter(), lambda: 0, enabled=False
+        )
+        """Silent until setup knows the rank and the reporter (_start_heartbeat)."""
+        self.hang = HangHook.from_env(env, output_dir)
+        """The test hook of hang.py (inert unless a test sets it)."""
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -333,13 +357,16 @@ class Recipe:
             env=self.env,
             console=self.console,
         )
+        self._start_heartbeat()
         with self.accelerator.main_process_first():
+            self._beat("LoadingModel")
             self.tokenizer = load_tokenizer(self.config)
             if self.data is None:
                 self._say("preparing data: reading, checking and tokenizing the rows")
                 self.data = self._prepare_data()
         self.reporter.section("dataValidation", self.data.report.to_status())
         self._check_bias_settings()
+        self._beat("PreparingData")
         self.audit_rows = prepare_audit_rows(self.config, self.tokenizer, self.data.labels)
         self._say(f"loading the model {self.config.model.source}")
         self._build_model_and_loaders()
@@ -349,6 +376,20 @@ class Recipe:
         self._resume_from_latest_checkpoint()
         self._resume_gpu_count()
         self.timings["setupSeconds"] = time.perf_counter() - started
+
+    def _start_heartbeat(self) -> None:
+        """Rank 0's heartbeat, to its reporter and heartbeat.json."""
+        self.heartbeat = Heartbeat(
+            self.output_dir / HEARTBEAT_FILE,
+            self.reporter,
+            lambda: self.state.step,
+            enabled=self.accelerator.is_main_process,
+        )
+        self._beat("Starting")
+
+    def _beat(self, phase: Phase) -> None:
+        """Progress in `phase` (rank 0 only: the others' heartbeat is off)."""
+        self.heartbeat.beat(phase)
 
     def _say(self, line: str) -> None:
         """What setup does now, on rank 0: its phases take seconds to minutes."""
@@ -388,9 +429,15 @@ class Recipe:
 
     def _prepare_data(self) -> PreparedData:
         """The data from the cache of an earlier start, or prepared now; failures go to status."""
+        self._beat("PreparingData")
         try:
             data, cached = cached_prepare(
-                self.config, self.tokenizer, self.output_dir / CACHE_DIR, prepare_data
+                self.config,
+                self.tokenizer,
+                self.output_dir / CACHE_DIR,
+                lambda config, tokenizer: prepare_data(
+                    config, tokenizer, lambda: self._beat("PreparingData")
+                ),
             )
         except DataError as error:
             self.reporter.section("dataValidation", failed_status(str(error)))
@@ -413,7 +460,9 @@ class Recipe:
 
     def _build_model_and_loaders(self) -> None:
         assert self.data is not None
+        self._beat("LoadingModel")
         model = load_model(self.config, self.data.labels)
+        self._beat("LoadingModel")
         self.train_rows = self._training_rows()
         self.steps_per_epoch = self._steps_per_epoch(len(self.train_rows))
         self.plan = freezing.build_plan(model, self.config.freezing, self.steps_per_epoch)
@@ -604,6 +653,7 @@ class Recipe:
         self.accelerator.backward(loss)
         self.optimizer.step()
         self.optimizer.zero_grad()
+        self._beat("Training")
         return float(self.accelerator.reduce(loss.detach(), "mean").item())
 
     def _set_base_learning_rate(self, result: RangeTestResult) -> None:
@@ -678,12 +728,13 @@ class Recipe:
 
     def _train_epoch(self) -> str | None:
         """One epoch (or what is left of it after a resume); a divergence reason stops it."""
+        self._beat("Training")
         self._log_freezing()
         self.train_loader.set_epoch(self.state.epoch)
         batches = self.accelerator.skip_first_batches(
             self.train_loader, self.state.batches_in_epoch
         )
-        for batch in batches:
+        for batch in self.hang.training_batches(batches):
             rows, width = batch["input_ids"].shape
             self._batch_shape = (int(rows), int(width))
             with self.accelerator.accumulate(self.model):
@@ -699,7 +750,9 @@ class Recipe:
             if not self.accelerator.sync_gradients:
                 continue
             self.state.step += 1
+            self.hang.at_optimizer_step(self.state.step, self.process_index, self.processes)
             reason = self._after_optimizer_step()
+            self._beat("Training")  # after its log, evaluation or save: training goes on
             if reason is not None or self._stopped():
                 return reason
         return None
@@ -728,6 +781,10 @@ class Recipe:
             if active:
                 return loss + self.config.regularization.l1 * l1_penalty(active)
         return loss
+
+    @property
+    def process_index(self) -> int:
+        return int(self.accelerator.process_index)
 
     @property
     def gpus(self) -> int:
@@ -939,9 +996,12 @@ class Recipe:
     def evaluate(self) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         """Validation metrics, class probabilities and labels over the whole validation set
         (for a language model: its loss and perplexity, and empty arrays)."""
+        self._beat("Evaluating")
         if self.is_language_model:
             return self._evaluate_language_model(), np.empty((0, 0)), np.empty(0)
-        logits, labels = predict(self.model, self.accelerator, self.eval_loader)
+        logits, labels = predict(
+            self.model, self.accelerator, self.eval_loader, self._evaluation_batch_done
+        )
         loss = float(F.cross_entropy(logits, labels).item())
         probabilities = torch.softmax(logits, dim=-1).numpy()
         return (
@@ -962,9 +1022,14 @@ class Recipe:
             row_sums, row_counts = self.accelerator.gather_for_metrics((row_sums, row_counts))
             sums.append(row_sums.cpu())
             counts.append(row_counts.cpu())
+            self._evaluation_batch_done()
         self.model.train()
         loss = float(torch.cat(sums).sum() / torch.cat(counts).sum().clamp_min(1))
         return language_model_metrics(loss)
+
+    def _evaluation_batch_done(self) -> None:
+        self.hang.after_evaluation_batch()
+        self._beat("Evaluating")
 
     def _train_interval_metrics(self) -> dict[str, float]:
         """Running training metrics since the last evaluation, over every process."""
@@ -1035,6 +1100,7 @@ class Recipe:
         folder that exists is complete, whenever the process is killed. A hidden folder left
         by a killed save is removed first, so no stale file of it joins the new checkpoint.
         """
+        self._beat("Saving")
         final = self.checkpoint_root / checkpoint_name(self.state.step)
         partial = self.checkpoint_root / f"{PARTIAL_PREFIX}{final.name}"
         self.state.gpu_hours = self.meter.own_gpu_hours()
@@ -1049,6 +1115,7 @@ class Recipe:
             publish(partial, final)
             self._rotate_checkpoints()
         self.accelerator.wait_for_everyone()
+        self._beat("Saving")
         return final
 
     def _save_state(self, partial: Path) -> bool:
@@ -1097,7 +1164,9 @@ class Recipe:
         latest = self._latest_checkpoint()
         if latest is None:
             return
+        self._beat("LoadingModel")
         self.accelerator.load_state(str(latest))
+        self._beat("LoadingModel")
         self.resumed_from = latest
         self.console.print(
             f"Resuming from {latest} (epoch {self.state.epoch + 1}, step {self.state.step})",
@@ -1264,7 +1333,9 @@ class Recipe:
         if self.state.best_checkpoint:
             # load_state also rewinds the registered TrainingState: keep the run's own.
             finished = copy.deepcopy(self.state.state_dict())
+            self._beat("Examining")
             self.accelerator.load_state(str(self.checkpoint_root / self.state.best_checkpoint))
+            self._beat("Examining")
             self.state.load_state_dict(finished)
 
     def _examine_final_model(self) -> tuple[dict[str, Any], BiasAudit | None]:
@@ -1282,6 +1353,7 @@ class Recipe:
                 snapshot=self.snapshot,
                 reporter=self.reporter,
                 stop_requested=self._stop_agreed,
+                beat=lambda: self._beat("Examining"),
             )
         )
 
@@ -1295,9 +1367,11 @@ class Recipe:
         if self.accelerator.is_main_process:
             if partial.exists():  # left by a save that was killed: none of it may stay
                 shutil.rmtree(partial)
+            self._beat("Saving")
             model.save_pretrained(partial, save_function=self.accelerator.save)
             self.tokenizer.save_pretrained(partial)
             publish(partial, final)
+            self._beat("Saving")
         self.accelerator.wait_for_everyone()
 
     def _write_report(
@@ -1377,17 +1451,3 @@ def freezing_summary(entry: dict[str, Any]) -> str:
     trained = ", ".join(f"{g} ({rates[g]:.2g})" if g in rates else g for g in entry["trainable"])
     frozen = ", ".join(entry["frozen"]) or "nothing"
     return f"epoch {entry['epoch']} trains {trained}; frozen: {frozen}"
-
-
-def checkpoint_name(step: int) -> str:
-    return f"{CHECKPOINT_PREFIX}{step:08d}"
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint under `root` (a save in progress is not one)."""
-    checkpoints = sorted(root.glob(f"{CHECKPOINT_PREFIX}*"))
-    return checkpoints[-1] if checkpoints else None
-
-
-def parse_checkpoint_step(name: str) -> int:
-    return int(name.removeprefix(CHECKPOINT_PREFIX)) if name else -1

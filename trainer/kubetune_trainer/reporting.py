@@ -6,8 +6,13 @@ FineTuneJobReport. Only rank 0 reports (`build_reporter` gives the other ranks a
 `NullReporter`), and no sink may stop training: a PATCH that fails is logged and retried,
 never raised.
 
+Every sink also hears the run's heartbeats (`Beat`, from heartbeat.py): the signs of
+progress that tell a slow run from a stuck one. The report gets the last one as
+`heartbeat`, Prometheus its time and phase; the console and metrics.jsonl leave them out.
+
 The fields written here are the trainer's half of the status in DESIGN.md (progress,
-metrics, metricSummary, diagnosis, dataValidation, biasAudit, artifacts, cost). They go to
+metrics, metricSummary, diagnosis, dataValidation, biasAudit, artifacts, cost, heartbeat).
+They go to
 the job's FineTuneJobReport, the one object the pod's ServiceAccount may patch; the
 operator checks them and copies them into the FineTuneJob's status, which the trainer
 cannot write (the operator rebuilds the workers from it). The trainer never imports the
@@ -23,14 +28,16 @@ import json
 import logging
 import math
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from rich.console import Console
@@ -122,6 +129,24 @@ class StepRecord:
     """GPU-hours (and their price) so far, earlier starts included; None when not counted."""
 
 
+Phase = Literal[
+    "Starting", "LoadingModel", "PreparingData", "Training", "Evaluating", "Examining", "Saving"
+]
+"""What rank 0 was doing when it last made progress (the report's heartbeat.phase)."""
+PHASES: Final[tuple[Phase, ...]] = get_args(Phase)
+
+
+@dataclass(frozen=True)
+class Beat:
+    """A sign of progress, given by the code that made it (heartbeat.py)."""
+
+    time: float
+    """Unix seconds."""
+    phase: Phase
+    step: int
+    """Optimizer steps done."""
+
+
 @dataclass(frozen=True)
 class EvalRecord:
     """Validation metrics (including "loss") after an evaluation."""
@@ -144,6 +169,9 @@ class Reporter(Protocol):
     def section(self, name: str, payload: Mapping[str, Any]) -> None:
         """A named whole payload, camelCase. The TRAINER_SECTIONS also go into the status;
         others (e.g. "freezing") reach the console and metrics.jsonl only."""
+
+    def heartbeat(self, beat: Beat) -> None:
+        """A sign of progress: any time, as often as once a second (heartbeat.py throttles)."""
 
     def finished(self, outcome: Outcome, message: str) -> None: ...
 
@@ -257,6 +285,16 @@ def section_patch(name: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     patch = {name: json_safe(payload)}
     json.dumps(patch, allow_nan=False)
     return patch
+
+
+def rfc3339(seconds: float) -> str:
+    """Unix seconds as the API's date-time, in UTC to the second: 2026-12-07T14:55:03Z."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def heartbeat_patch(beat: Beat) -> dict[str, Any]:
+    """When rank 0 last made progress, and doing what."""
+    return {"heartbeat": {"time": rfc3339(beat.time), "phase": beat.phase}}
 
 
 def finished_patch(outcome: Outcome) -> dict[str, Any]:
@@ -414,25 +452,51 @@ def _failure_kind(error: Exception) -> str:
     return type(reason if isinstance(reason, Exception) else error).__name__
 
 
+Cancel = Callable[[], None]
+Schedule = Callable[[float, Callable[[], None]], Cancel]
+"""Call a function after some seconds, from another thread; returns what cancels the call."""
+
+
+def timer_thread(delay_s: float, function: Callable[[], None]) -> Cancel:
+    """`function` in a daemon timer thread after `delay_s` seconds."""
+    timer = threading.Timer(delay_s, function)
+    timer.daemon = True
+    timer.start()
+    return timer.cancel
+
+
 class StatusReporter:
     """Writes the trainer-owned status fields, at most one PATCH per `min_interval_s`.
 
-    Updates in between are merged into one pending patch, sent with the first event after
-    the interval; `finished` and `close` send it at once. A failed PATCH keeps the pending
-    patch for the next try, except when the server rejected its content.
+    Updates in between are merged into one pending patch, sent when the interval is over:
+    by the first event after it, else by a timer. The timer matters for the heartbeat: a
+    beat held back must reach the report within one interval even when the run stops
+    beating right after it (stuck, or in a step slower than the stall timeout), or the
+    operator would judge the run by an older beat. The timer only sends what the run
+    reported; it never beats itself. `finished` and `close` send at once. A failed PATCH
+    keeps the pending patch for the next try, except when the server rejected its content.
     """
 
     def __init__(
-        self, client: StatusClient, *, min_interval_s: float = 5.0, clock: Clock = time.monotonic
+        self,
+        client: StatusClient,
+        *,
+        min_interval_s: float = 5.0,
+        clock: Clock = time.monotonic,
+        schedule: Schedule = timer_thread,
     ) -> None:
         self._client = client
         self._min_interval_s = min_interval_s
         self._clock = clock
+        self._schedule = schedule
         self._eta = EtaEstimator(clock)
         self._info: RunInfo | None = None
         self._pending: dict[str, Any] = {}
         self._last_attempt: float | None = None
         self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        """Held while the pending patch changes or is sent (the timer sends from its thread)."""
+        self._cancel_timer: Cancel | None = None
 
     def started(self, info: RunInfo) -> None:
         self._info = info
@@ -454,9 +518,13 @@ class StatusReporter:
         if name in TRAINER_SECTIONS:
             self._offer(section_patch(name, payload))
 
+    def heartbeat(self, beat: Beat) -> None:
+        self._offer(heartbeat_patch(beat))
+
     def finished(self, outcome: Outcome, message: str) -> None:
         if self._info is not None:
-            self._pending = merge_patches(self._pending, finished_patch(outcome))
+            with self._lock:
+                self._pending = merge_patches(self._pending, finished_patch(outcome))
         self.flush()
 
     def close(self) -> None:
@@ -464,6 +532,12 @@ class StatusReporter:
 
     def flush(self) -> None:
         """Send the pending patch now, whatever the interval."""
+        with self._lock:
+            self._stop_timer()
+            self._send()
+
+    def _send(self) -> None:
+        """Send the pending patch (with the lock held)."""
         if not self._pending:
             return
         self._last_attempt = self._clock()
@@ -480,10 +554,31 @@ class StatusReporter:
         self._pending = {}
 
     def _offer(self, update: Mapping[str, Any]) -> None:
-        self._pending = merge_patches(self._pending, update)
-        now = self._clock()
-        if self._last_attempt is None or now - self._last_attempt >= self._min_interval_s:
-            self.flush()
+        with self._lock:
+            self._pending = merge_patches(self._pending, update)
+            wait = self._wait_left()
+            if wait <= 0:
+                self._stop_timer()
+                self._send()
+            elif self._cancel_timer is None:
+                self._cancel_timer = self._schedule(wait, self._send_when_due)
+
+    def _wait_left(self) -> float:
+        """Seconds until the interval since the last PATCH is over (0 or less: now)."""
+        if self._last_attempt is None:
+            return 0.0
+        return self._last_attempt + self._min_interval_s - self._clock()
+
+    def _send_when_due(self) -> None:
+        """The timer's call: what is still pending goes now."""
+        with self._lock:
+            self._cancel_timer = None
+            self._send()
+
+    def _stop_timer(self) -> None:
+        if self._cancel_timer is not None:
+            self._cancel_timer()
+            self._cancel_timer = None
 
     def _warn_once(self, error: Exception, outcome: str) -> None:
         kind = _failure_kind(error)
@@ -561,6 +656,19 @@ GPU_HOURS = MetricDefinition(
     "GPU-hours of the run at the last logged step: GPUs held times hours since the trainer "
     "started, restarts and a cross-validation's earlier folds included (0 on the CPU).",
 )
+HEARTBEAT_TIME = MetricDefinition(
+    "kubetune_trainer_heartbeat_time_seconds",
+    "gauge",
+    "Unix time of rank 0's last sign of progress: an optimizer step, or a stage of data "
+    "preparation, a model load, an evaluation or examination batch, a save.",
+)
+PHASE = MetricDefinition(
+    "kubetune_trainer_phase",
+    "gauge",
+    "1 for the phase of rank 0's last sign of progress (the phase label: Starting, "
+    "LoadingModel, PreparingData, Training, Evaluating, Examining, Saving), 0 for the others.",
+    ("job", "namespace", "phase"),
+)
 TRAINER_METRICS: Final = (
     LOSS,
     LEARNING_RATE,
@@ -574,6 +682,8 @@ TRAINER_METRICS: Final = (
     EVAL_METRIC,
     SAMPLES,
     GPU_HOURS,
+    HEARTBEAT_TIME,
+    PHASE,
 )
 
 
@@ -632,6 +742,11 @@ class PrometheusReporter:
 
     def section(self, name: str, payload: Mapping[str, Any]) -> None:
         pass
+
+    def heartbeat(self, beat: Beat) -> None:
+        self._set(HEARTBEAT_TIME, beat.time)
+        for phase in PHASES:
+            self._gauges[PHASE].labels(**self._labels, phase=phase).set(phase == beat.phase)
 
     def finished(self, outcome: Outcome, message: str) -> None:
         pass
@@ -701,6 +816,9 @@ class JsonlReporter:
 
     def section(self, name: str, payload: Mapping[str, Any]) -> None:
         self._write("section", {"name": name, "payload": payload})
+
+    def heartbeat(self, beat: Beat) -> None:
+        pass  # once a second would drown the curve; heartbeat.json holds the last one
 
     def finished(self, outcome: Outcome, message: str) -> None:
         self._write(
@@ -840,6 +958,9 @@ class ConsoleReporter:
     def section(self, name: str, payload: Mapping[str, Any]) -> None:
         self._print(section_summary(name, payload))
 
+    def heartbeat(self, beat: Beat) -> None:
+        pass
+
     def finished(self, outcome: Outcome, message: str) -> None:
         self._stop_bar()
         self._print(final_line(outcome, message))
@@ -871,6 +992,9 @@ class NullReporter:
     def section(self, name: str, payload: Mapping[str, Any]) -> None:
         pass
 
+    def heartbeat(self, beat: Beat) -> None:
+        pass
+
     def finished(self, outcome: Outcome, message: str) -> None:
         pass
 
@@ -899,6 +1023,10 @@ class FanOut:
     def section(self, name: str, payload: Mapping[str, Any]) -> None:
         for reporter in self.reporters:
             reporter.section(name, payload)
+
+    def heartbeat(self, beat: Beat) -> None:
+        for reporter in self.reporters:
+            reporter.heartbeat(beat)
 
     def finished(self, outcome: Outcome, message: str) -> None:
         for reporter in self.reporters:

@@ -4,12 +4,14 @@ This is the one place that says in which order the stages run; each stage lives 
 module named after it (loading, screening, labels, splits, rules, augmenting, balancing,
 tokenizing). `prepare_data` is the entry point of every run (a causal language model's
 rows go through language_model.py instead); `prepare_audit_rows` reads bias.auditData
-through the same stages as a validation file.
+through the same stages as a validation file. `prepare_data` calls `progress` between its
+stages: the recipe's heartbeat (heartbeat.py), so a long preparation is not taken for a
+stuck one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -57,15 +59,25 @@ from kubetune_trainer.data_report import (
 from kubetune_trainer.quality import QualityReport
 
 
-def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
-    """Load, check, label, split and tokenize the data of a run."""
+def _no_progress() -> None:
+    pass
+
+
+def prepare_data(
+    config: TrainingConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    progress: Callable[[], None] = _no_progress,
+) -> PreparedData:
+    """Load, check, label, split and tokenize the data of a run; `progress` between stages."""
     if config.model.task == "causal-lm":
         return prepare_language_model_data(config, tokenizer)
     data = config.data
     train = read_source(data.train, "data.train")
+    progress()
     validation = (
         None if data.validation is None else read_source(data.validation, "data.validation")
     )
+    progress()
     check_columns(train, training_file_columns(data, holds_validation=validation is None))
     if validation is not None:
         check_columns(validation, validation_file_columns(data))
@@ -85,10 +97,14 @@ def prepare_data(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> 
     train, screened = with_synthetic_rows(train, labels, config, screened)
     rows_in = rows_read(train, validation, screened)
     arriving = _Tally.of(train, validation, labels, data)
+    progress()
     train, validation, quality = apply_quality_rules(
         train, validation, config, tokenizer, screened=screened
     )
-    return _finish(train, validation, quality, arriving, rows_in, labels, config, tokenizer)
+    progress()
+    return _finish(
+        train, validation, quality, arriving, rows_in, labels, config, tokenizer, progress
+    )
 
 
 def _finish(
@@ -100,6 +116,7 @@ def _finish(
     labels: Sequence[str],
     config: TrainingConfig,
     tokenizer: PreTrainedTokenizerBase,
+    progress: Callable[[], None],
 ) -> PreparedData:
     """After the rules: add and resample training rows, weigh classes, tokenize, report."""
     data, seed = config.data, config.training.seed
@@ -107,6 +124,7 @@ def _finish(
     train = replace(train, sources=np.arange(train.table.num_rows, dtype=np.int64))
     synthetic = {"synthetic": synthetic_count(train)} if data.augmentation else {}
     train, augmented = with_augmented_rows(train, validation, len(labels), config)
+    progress()
     train, oversampled, removed = resampled(train, len(labels), data.balance, seed)
     check_batch_size(config.training.batch_size, train)
     counts = np.bincount(train.label_ids, minlength=len(labels))
@@ -117,7 +135,9 @@ def _finish(
     if data.weight_column is not None:
         check_training_weights(train_inputs, data.weight_column, train.origin)
     train_set = tokenize(train_inputs, tokenizer, data.max_length, "training")
+    progress()
     validation_set = tokenize(validation_inputs, tokenizer, data.max_length, "validation")
+    progress()
     leaving = _Tally.of(train, validation, labels, data)
     report = DataReport(
         quality=quality,
