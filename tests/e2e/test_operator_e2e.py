@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 import shutil
 import subprocess
 import urllib.parse
@@ -327,3 +328,31 @@ def test_a_suspended_job_resumes_from_its_checkpoint(tmp_path: Path) -> None:
         first_step_after = next(e for e in events[starts[1] :] if e["event"] == "step")
         assert first_step_after["step"] > int(saved[-1].removeprefix("step-"))
         cluster.kube.wait_for_event(created, reason="Suspended")
+
+
+def test_a_group_stuck_in_its_data_loader_is_restarted_as_stalled_and_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer's test hook blocks the data loader of the first group for good: the pods
+    stay Running, the heartbeat stops, and only the operator's watchdog can end it."""
+    monkeypatch.setenv("KUBETUNE_TEST_HANG", "dataloader")
+    monkeypatch.setenv("KUBETUNE_TICK_SECONDS", "1")
+    with start_cluster(tmp_path) as cluster:
+        manifest = cluster_manifest(cluster.kubelet, epochs=1, checkpointEverySteps=5)
+        manifest["spec"]["runPolicy"] = {
+            "stallTimeout": "40s",
+            "terminationGracePeriodSeconds": 30,
+        }
+        cluster.kube.create(manifest)
+        ftj = cluster.wait_for_phase("Succeeded")
+
+        assert ftj["status"]["restarts"] == 1
+        assert ftj["status"]["lastFailure"]["reason"] == "Stalled"
+        (stalled,) = [
+            event["message"]
+            for event in cluster.kube.events_for(ftj)
+            if event["reason"] == "Restarting"
+        ]
+        assert re.search(r"no sign of progress for \d+ s while Training", stalled), stalled
+        assert "spec.runPolicy.stallTimeout 40s" in stalled
+        assert ftj["status"]["heartbeat"]["phase"] in ("Examining", "Saving", "Training")

@@ -76,8 +76,17 @@ POLL_INTERVAL_S: Final = 0.2
 LOG_TAIL_CHARS: Final = 4000
 MAX_TERMINATION_MESSAGE: Final = 4096
 LOOPBACK: Final = "127.0.0.1"
-IMAGE_ENV: Final = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "HF_HUB_OFFLINE", "VIRTUAL_ENV")
-"""What the 'image' contributes to a container's environment: taken from the test's own."""
+IMAGE_ENV: Final = (
+    "PATH",
+    "PYTHONPATH",
+    "LANG",
+    "LC_ALL",
+    "HF_HUB_OFFLINE",
+    "VIRTUAL_ENV",
+    "KUBETUNE_TEST_HANG",
+)
+"""What the 'image' contributes to a container's environment: taken from the test's own
+(KUBETUNE_TEST_HANG: the trainer's test hook that makes a worker group hang once)."""
 STAND_IN: Final = (
     "import pathlib, sys, time\n"
     "release = pathlib.Path(sys.argv[1])\n"

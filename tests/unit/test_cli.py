@@ -419,7 +419,7 @@ def test_python_dash_m_runs_the_command(tmp_path: Path) -> None:
 def test_ctrl_c_during_a_run_exits_130_and_says_how_to_continue(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    def interrupted(run: object) -> dict[str, object]:
+    def interrupted(run: object, **_: object) -> dict[str, object]:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(local, "run_in_process", interrupted)
@@ -453,7 +453,7 @@ def test_run_summary_warns_of_a_perfect_validation_score(
         diverged=None,
     )
 
-    def finished(run: local.LocalRun) -> dict[str, object]:
+    def finished(run: local.LocalRun, **_: object) -> dict[str, object]:
         return {
             "job": run.name,
             "succeeded": True,
