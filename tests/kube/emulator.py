@@ -6,24 +6,43 @@ that a real kopf operator trips over, and `EmulatorServer` serves it on a loopba
 from a background thread, so separate processes reach it: the operator (`kopf run`), the
 `kubernetes` client, and trainer processes that PATCH a FineTuneJob's status.
 
-What this module adds to kmock 0.8, because kopf or the operator needs it:
+What this module adds to kmock 0.8, because kopf or the operator needs it, or because an
+operator could otherwise get away with what a real API server refuses:
 
 - metadata on create: `uid`, `creationTimestamp`, `generation`, the namespace from the URL,
   `name` from `generateName` (kopf's Events have no name), `kind`/`apiVersion` when absent;
 - one cluster-wide, increasing `resourceVersion`, assigned under the storage lock, so
   kopf's consistency wait after its own patches works; the list's `resourceVersion` is the
-  current one, and a watch from a version replays only objects changed after it;
+  current one;
+- watches served from an event log: a watch without a version gets every object as ADDED,
+  one resumed from a version gets exactly the events since (MODIFIED and DELETED
+  included), one from a version older than the log keeps (`log_capacity` events, half
+  dropped when full, as etcd compacts) an ERROR event with 410 Gone, as the API server
+  sends it; BOOKMARK events every `bookmark_s` seconds when the client allows them; a
+  watch honours `timeoutSeconds` and filters by `labelSelector` like list does;
 - garbage collection of the objects an owner's deletion leaves (see below for how it
   differs);
-- a watch subscribes to changes before it snapshots the objects (kmock 0.8 subscribes
-  after, losing events that land in between), honours `timeoutSeconds`, filters by
-  `labelSelector` like list does (kopf sends server-side label selectors when configured);
 - the status subresource: a PATCH of `.../status` changes only `status`, a PATCH of the
   object leaves `status` alone (for resources that declare the subresource); `generation`
   grows when anything but `metadata` and `status` is patched;
-- JSON patches (kopf adds and removes finalizers with them) answer 422 when a `test` op
-  fails; merge patches follow RFC 7386 (a scalar may replace a map); a merge patch that
-  names a stale `metadata.resourceVersion` answers 409;
+- optimistic concurrency: a merge patch, a JSON patch or a PUT whose result names another
+  `metadata.resourceVersion` than the stored one answers 409 Conflict; a failed JSON-patch
+  `test` answers 422; merge patches follow RFC 7386 (null deletes, lists and scalars
+  replace); PUT (replace) is served, keeping uid, creationTimestamp and generation;
+- admission of custom resources (tests/kube/admission.py, the code the CRD unit tests use):
+  on create, patch and PUT, of the object and of its status, the CRD version's structural
+  schema (types, required, enum, pattern, minimum/maximum, lengths, item and property
+  counts; `format` is not checked) and its `x-kubernetes-validations` CEL rules, evaluated
+  on the defaulted object, transition rules (`oldSelf`) on updates only, with ratcheting
+  (an unchanged value is not checked again, as since Kubernetes 1.30); a refusal is 422
+  Invalid worded as the API server words it (`FineTuneJob.kubetune.dev "x" is invalid:
+  spec.resources.workers: Invalid value: 0: ...`); nulls of non-nullable fields are pruned
+  before storing, as the API server does; `admission = False` turns it off (a CRD applied
+  without its schema) so tests can reach the operator's own validation;
+- faults on demand (`EmulatorServer.inject(Faults(...))`, tests/kube/faults.py), seeded
+  and counted: a share of requests answered 500 or 429 with Retry-After, which store
+  nothing; delayed answers; watches cut before their timeout; resumed watches answered
+  410 Gone. The tests' own client is spared unless asked;
 - list responses carry `kind: <Kind>List` and `apiVersion`; `/api/v1` discovery says
   `groupVersion: v1` (kmock 0.8 says `/v1`);
 - discovery for every resource kubetune touches, and the CRDs of `crds/` both as a resource
@@ -32,30 +51,30 @@ What this module adds to kmock 0.8, because kopf or the operator needs it:
   reaction (quadratic over a benchmark), so resource requests are answered straight from
   the store while no test has added reactions of its own.
 
-Fault injection still goes through kmock's DSL, on the loop: for example
+kmock's DSL still injects faults of a test's choosing, on the loop: for example
 `server.call(lambda emulator: emulator["get /api/v1/namespaces/ns/pods/p"][:1] << 503)`.
-As in kmock, a write that a reaction answers with an error is still applied to the store.
+Unlike `inject`, a write that such a reaction answers with an error is still applied to
+the store (the reaction only replaces the answer): a lost answer, not a failed write.
 
 What the emulator does NOT prove (a real cluster or kind/k3s is the only evidence there):
 
 - garbage collection is immediate and always background: deleting an owner deletes at once
   every object that names it in its ownerReferences (a real collector does it shortly after,
   waits for every owner of an object with several, and honours foreground deletion);
-- no schema: CRD OpenAPI validation, defaulting, pruning of unknown fields and CEL rules are
-  not applied (unit tests check the CRD with jsonschema and cel-python instead); built-in
-  kinds are not validated either;
+- admission is partial: defaults are applied only to validate (the stored object is not
+  defaulted), unknown fields are not pruned, `format` and `x-kubernetes-list-type` are not
+  checked, CEL cost limits are not enforced, ratcheting covers CEL rules but not the
+  schema; built-in kinds are not validated at all, and no admission webhooks run;
 - no controllers: Jobs create no pods, pods never run, nothing is scheduled, Services get
   no endpoints; a test kubelet or the test itself writes pod and Job status;
 - strategic merge patches are applied as merge patches (lists are replaced, never merged by
-  key); server-side apply (`application/apply-patch+yaml`), PUT (replace) and delete-
-  collection are not served; DELETE ignores `propagationPolicy` and preconditions;
-- optimistic concurrency only for a stale `resourceVersion` in a patch body or a JSON-patch
-  `test`; there is no admission, no RBAC (any token works), no quota, no field selectors
-  (they answer 400 rather than being ignored), no bookmarks and no 410 Gone;
+  key); server-side apply (`application/apply-patch+yaml`) and delete-collection are not
+  served; DELETE ignores `propagationPolicy` and preconditions;
+- there is no RBAC (any token works), no quota, no field selectors (they answer 400 rather
+  than being ignored), no API priority and fairness (429s come only from `inject`);
 - a watch with a label selector sees only events whose object matches now; a real API
-  server also reports an object that stops matching as DELETED; a watch resumed from a
-  resourceVersion replays the objects changed since as ADDED and misses deletions made
-  between the list and the watch;
+  server also reports an object that stops matching as DELETED; an injected cut ends the
+  stream cleanly (as a server timeout does), never with a reset connection;
 - `/api/v1/namespaces` (and any cluster-scoped core resource) cannot be listed or fetched:
   kmock 0.8 parses `namespaces` as the namespace prefix and answers 500, so run kopf
   cluster-wide (`-A`/`clusterwide=True`), never with namespace patterns;
