@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import kopf
@@ -134,7 +134,7 @@ def reconcile(
 ) -> None:
     """Validate the spec with its runtime; create the children that are missing (existing
     ones count as done)."""
-    with metrics.reconcile_timer("reconcile"):
+    with metrics.reconcile_timer("reconcile"), retried_soon_when_transient():
         shared, key = state(memo), _key(namespace, name)
         checked = check_document(without_status(body), f"{key[0]}/{key[1]}")
         if checked.job is None:
@@ -150,6 +150,19 @@ def reconcile(
             # The index has seen this event too, and the overlay holds what refreshes wrote.
             ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, []))) or body
             _validate_and_start(shared, checked.job, ftj, indexes, into=patch)
+
+
+@contextlib.contextmanager
+def retried_soon_when_transient() -> Iterator[None]:
+    """A 429 or 5xx from the API server makes kopf run the handler again after the
+    server's Retry-After (or a second), not after kopf's default minute."""
+    try:
+        yield
+    except Exception as error:
+        delay = kube.retry_delay(error)
+        if delay is None:
+            raise
+        raise kopf.TemporaryError(f"the API server failed: {error}", delay=delay) from error
 
 
 def _validate_and_start(

@@ -30,6 +30,11 @@ NOT_FOUND: Final = 404
 BAD_REQUEST: Final = 400
 UNAUTHORIZED: Final = 401
 FORBIDDEN: Final = 403
+TOO_MANY_REQUESTS: Final = 429
+SERVER_ERROR: Final = 500
+TRANSIENT_RETRY_S: Final = 1.0
+"""How soon a handler that met a 5xx (or a 429 without Retry-After) runs again; kopf's
+default for an unexpected error is a minute."""
 SERVICE_ACCOUNT_TOKEN: Final = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 SERVICE_ACCOUNT_NAMESPACE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 DEFAULT_NAMESPACE: Final = "default"
@@ -362,6 +367,19 @@ class Cluster:
             if error.status != NOT_FOUND:
                 _count_failure(operation, error)
                 raise
+
+
+def retry_delay(error: BaseException) -> float | None:
+    """Seconds to wait before trying a failed call again when the failure is the API
+    server's passing trouble (429 with its Retry-After, or a 5xx), else None."""
+    if not isinstance(error, ApiException) or error.status is None:
+        return None
+    if error.status == TOO_MANY_REQUESTS:
+        header = (error.headers or {}).get("Retry-After")
+        with contextlib.suppress(ValueError):
+            return max(float(str(header)), TRANSIENT_RETRY_S)
+        return TRANSIENT_RETRY_S
+    return TRANSIENT_RETRY_S if error.status >= SERVER_ERROR else None
 
 
 def _count_failure(operation: str, error: ApiException) -> None:

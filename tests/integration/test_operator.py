@@ -3,7 +3,7 @@
 The real kopf handlers run in a thread against kmock (tests/kube). The emulator runs no
 controllers, so the tests play the batch Job controller and the kubelet by writing the
 Job's and the pods' status themselves, the way a cluster would; tests/e2e runs real trainer
-processes. What the emulator does not prove (a garbage collector's delay, CRD schema checks)
+processes. What the emulator does not prove (a garbage collector's delay, pruning of unknown fields)
 is listed in tests/kube/emulator.py.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.kube.client import KubeClient
+from tests.kube.client import KubeApiError, KubeClient
+from tests.kube.emulator import EmulatorServer
 from tests.kube.operators import KopfLog, OperatorThread
 
 CHILDREN = {
@@ -49,6 +50,20 @@ def children(kube: KubeClient) -> dict[str, list[str]]:
 def wait_for_children(kube: KubeClient) -> dict[str, Any]:
     kube.wait_for(lambda: all(children(kube).values()) or None, "every child to exist")
     return kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Pending"))
+
+
+def refused_then_admitted(
+    kube: KubeClient, kube_emulator: EmulatorServer, body: dict[str, Any], *fields: str
+) -> dict[str, Any]:
+    """Create `body`, which the CRD refuses (422 naming each field) as the API server does;
+    then create it with the CRD's checks off (an older CRD, or one applied without its
+    schema), so the operator's own validation is what the test sees."""
+    with pytest.raises(KubeApiError) as refused:
+        kube.create(body)
+    assert refused.value.status == 422
+    assert all(f"{field}: " in str(refused.value) for field in fields), str(refused.value)
+    kube_emulator.call(lambda emulator: setattr(emulator, "admission", False))
+    return kube.create(body)
 
 
 def restarted_workers(kube: KubeClient, restart: int = 1) -> dict[str, Any]:
@@ -148,6 +163,7 @@ def test_an_operator_restart_creates_nothing_twice(
 )
 def test_an_invalid_spec_is_reported_and_creates_nothing(
     kube: KubeClient,
+    kube_emulator: EmulatorServer,
     operator: Callable[[], OperatorThread],
     sentiment: dict[str, Any],
     change: dict[str, Any],
@@ -156,7 +172,7 @@ def test_an_invalid_spec_is_reported_and_creates_nothing(
     operator()
     for section, values in change.items():
         sentiment["spec"].setdefault(section, {}).update(values)
-    created = kube.create(sentiment)
+    created = refused_then_admitted(kube, kube_emulator, sentiment, field)
     ftj = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Failed"))
 
     validated = condition(ftj, "Validated")
@@ -312,14 +328,18 @@ def test_the_deadline_fails_the_job_and_stops_its_workers(
 
 
 def test_a_hostile_spec_fails_alone_and_the_operator_serves_the_next_job(
-    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+    kube: KubeClient,
+    kube_emulator: EmulatorServer,
+    operator: Callable[[], OperatorThread],
+    sentiment: dict[str, Any],
 ) -> None:
     operator()
     hostile = copy.deepcopy(sentiment)
     hostile["metadata"]["name"] = "x" * 41  # too long for the derived names
     hostile["spec"]["resources"] = {"workers": 10**9, "image": "$(curl evil)"}
     hostile["spec"]["output"] = {"uri": "pvc://runs/../../etc"}
-    kube.create(hostile)
+    fields = ("spec.resources.workers", "spec.resources.image")
+    refused_then_admitted(kube, kube_emulator, hostile, *fields)
     failed = kube.wait_for_object("FineTuneJob", "x" * 41, phase_is("Failed"))
     message = condition(failed, "Validated")["message"]
     for field in (

@@ -29,7 +29,7 @@ from tests.integration.test_operator import (
     restarted_workers,
     run_pods,
 )
-from tests.kube.client import KubeClient
+from tests.kube.client import KubeApiError, KubeClient
 from tests.kube.emulator import EmulatorServer
 from tests.kube.kubelet import TestKubelet
 from tests.kube.operators import KopfLog, OperatorThread
@@ -408,7 +408,10 @@ def test_an_effective_spec_that_no_longer_matches_its_hash_is_never_built(
 
 
 def test_the_trainer_reports_through_its_own_object_and_only_its_fields_reach_the_status(
-    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+    kube: KubeClient,
+    kube_emulator: EmulatorServer,
+    operator: Callable[[], OperatorThread],
+    sentiment: dict[str, Any],
 ) -> None:
     """The report is the one object a worker may patch: its trainer fields are copied into
     the status, anything else in it (the operator's fields, a bad value) is not."""
@@ -425,6 +428,10 @@ def test_the_trainer_reports_through_its_own_object_and_only_its_fields_reach_th
         "effectiveSpec": tampered(ftj["status"]["effectiveSpec"]),
         "diagnosis": {"verdict": "Splendid"},
     }
+    with pytest.raises(KubeApiError, match=r"report\.diagnosis\.verdict: Unsupported value"):
+        kube.patch("FineTuneJobReport", "sentiment", {"report": forged})
+    # The report's CRD refuses the bad verdict; the operator must hold without it too.
+    kube_emulator.call(lambda emulator: setattr(emulator, "admission", False))
     kube.patch("FineTuneJobReport", "sentiment", {"report": forged})
     copied = kube.wait_for_object(
         "FineTuneJob", "sentiment", lambda f: f["status"].get("progress", {}).get("step") == 7

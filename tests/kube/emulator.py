@@ -6,24 +6,43 @@ that a real kopf operator trips over, and `EmulatorServer` serves it on a loopba
 from a background thread, so separate processes reach it: the operator (`kopf run`), the
 `kubernetes` client, and trainer processes that PATCH a FineTuneJob's status.
 
-What this module adds to kmock 0.8, because kopf or the operator needs it:
+What this module adds to kmock 0.8, because kopf or the operator needs it, or because an
+operator could otherwise get away with what a real API server refuses:
 
 - metadata on create: `uid`, `creationTimestamp`, `generation`, the namespace from the URL,
   `name` from `generateName` (kopf's Events have no name), `kind`/`apiVersion` when absent;
 - one cluster-wide, increasing `resourceVersion`, assigned under the storage lock, so
   kopf's consistency wait after its own patches works; the list's `resourceVersion` is the
-  current one, and a watch from a version replays only objects changed after it;
+  current one;
+- watches served from an event log: a watch without a version gets every object as ADDED,
+  one resumed from a version gets exactly the events since (MODIFIED and DELETED
+  included), one from a version older than the log keeps (`log_capacity` events, half
+  dropped when full, as etcd compacts) an ERROR event with 410 Gone, as the API server
+  sends it; BOOKMARK events every `bookmark_s` seconds when the client allows them; a
+  watch honours `timeoutSeconds` and filters by `labelSelector` like list does;
 - garbage collection of the objects an owner's deletion leaves (see below for how it
   differs);
-- a watch subscribes to changes before it snapshots the objects (kmock 0.8 subscribes
-  after, losing events that land in between), honours `timeoutSeconds`, filters by
-  `labelSelector` like list does (kopf sends server-side label selectors when configured);
 - the status subresource: a PATCH of `.../status` changes only `status`, a PATCH of the
   object leaves `status` alone (for resources that declare the subresource); `generation`
   grows when anything but `metadata` and `status` is patched;
-- JSON patches (kopf adds and removes finalizers with them) answer 422 when a `test` op
-  fails; merge patches follow RFC 7386 (a scalar may replace a map); a merge patch that
-  names a stale `metadata.resourceVersion` answers 409;
+- optimistic concurrency: a merge patch, a JSON patch or a PUT whose result names another
+  `metadata.resourceVersion` than the stored one answers 409 Conflict; a failed JSON-patch
+  `test` answers 422; merge patches follow RFC 7386 (null deletes, lists and scalars
+  replace); PUT (replace) is served, keeping uid, creationTimestamp and generation;
+- admission of custom resources (tests/kube/admission.py, the code the CRD unit tests use):
+  on create, patch and PUT, of the object and of its status, the CRD version's structural
+  schema (types, required, enum, pattern, minimum/maximum, lengths, item and property
+  counts; `format` is not checked) and its `x-kubernetes-validations` CEL rules, evaluated
+  on the defaulted object, transition rules (`oldSelf`) on updates only, with ratcheting
+  (an unchanged value is not checked again, as since Kubernetes 1.30); a refusal is 422
+  Invalid worded as the API server words it (`FineTuneJob.kubetune.dev "x" is invalid:
+  spec.resources.workers: Invalid value: 0: ...`); nulls of non-nullable fields are pruned
+  before storing, as the API server does; `admission = False` turns it off (a CRD applied
+  without its schema) so tests can reach the operator's own validation;
+- faults on demand (`EmulatorServer.inject(Faults(...))`, tests/kube/faults.py), seeded
+  and counted: a share of requests answered 500 or 429 with Retry-After, which store
+  nothing; delayed answers; watches cut before their timeout; resumed watches answered
+  410 Gone. The tests' own client is spared unless asked;
 - list responses carry `kind: <Kind>List` and `apiVersion`; `/api/v1` discovery says
   `groupVersion: v1` (kmock 0.8 says `/v1`);
 - discovery for every resource kubetune touches, and the CRDs of `crds/` both as a resource
@@ -32,30 +51,30 @@ What this module adds to kmock 0.8, because kopf or the operator needs it:
   reaction (quadratic over a benchmark), so resource requests are answered straight from
   the store while no test has added reactions of its own.
 
-Fault injection still goes through kmock's DSL, on the loop: for example
+kmock's DSL still injects faults of a test's choosing, on the loop: for example
 `server.call(lambda emulator: emulator["get /api/v1/namespaces/ns/pods/p"][:1] << 503)`.
-As in kmock, a write that a reaction answers with an error is still applied to the store.
+Unlike `inject`, a write that such a reaction answers with an error is still applied to
+the store (the reaction only replaces the answer): a lost answer, not a failed write.
 
 What the emulator does NOT prove (a real cluster or kind/k3s is the only evidence there):
 
 - garbage collection is immediate and always background: deleting an owner deletes at once
   every object that names it in its ownerReferences (a real collector does it shortly after,
   waits for every owner of an object with several, and honours foreground deletion);
-- no schema: CRD OpenAPI validation, defaulting, pruning of unknown fields and CEL rules are
-  not applied (unit tests check the CRD with jsonschema and cel-python instead); built-in
-  kinds are not validated either;
+- admission is partial: defaults are applied only to validate (the stored object is not
+  defaulted), unknown fields are not pruned, `format` and `x-kubernetes-list-type` are not
+  checked, CEL cost limits are not enforced, ratcheting covers CEL rules but not the
+  schema; built-in kinds are not validated at all, and no admission webhooks run;
 - no controllers: Jobs create no pods, pods never run, nothing is scheduled, Services get
   no endpoints; a test kubelet or the test itself writes pod and Job status;
 - strategic merge patches are applied as merge patches (lists are replaced, never merged by
-  key); server-side apply (`application/apply-patch+yaml`), PUT (replace) and delete-
-  collection are not served; DELETE ignores `propagationPolicy` and preconditions;
-- optimistic concurrency only for a stale `resourceVersion` in a patch body or a JSON-patch
-  `test`; there is no admission, no RBAC (any token works), no quota, no field selectors
-  (they answer 400 rather than being ignored), no bookmarks and no 410 Gone;
+  key); server-side apply (`application/apply-patch+yaml`) and delete-collection are not
+  served; DELETE ignores `propagationPolicy` and preconditions;
+- there is no RBAC (any token works), no quota, no field selectors (they answer 400 rather
+  than being ignored), no API priority and fairness (429s come only from `inject`);
 - a watch with a label selector sees only events whose object matches now; a real API
-  server also reports an object that stops matching as DELETED; a watch resumed from a
-  resourceVersion replays the objects changed since as ADDED and misses deletions made
-  between the list and the watch;
+  server also reports an object that stops matching as DELETED; an injected cut ends the
+  stream cleanly (as a server timeout does), never with a reset connection;
 - `/api/v1/namespaces` (and any cluster-scoped core resource) cannot be listed or fetched:
   kmock 0.8 parses `namespaces` as the namespace prefix and answers 500, so run kopf
   cluster-wide (`-A`/`clusterwide=True`), never with namespace patterns;
@@ -66,6 +85,7 @@ What the emulator does NOT prove (a real cluster or kind/k3s is the only evidenc
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import copy
@@ -81,10 +101,14 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import aiohttp.web
+import attrs
 import jsonpatch  # type: ignore[import-untyped]
 import kmock
 import yaml
 from kmock._internal import apps, enums, k8s, rendering
+
+from tests.kube.admission import CustomResourceSchema
+from tests.kube.faults import GONE, TOO_MANY_REQUESTS, FaultPlan, Faults
 
 T = TypeVar("T")
 
@@ -97,6 +121,11 @@ STOP_TIMEOUT_S: Final = 30.0
 SHUTDOWN_TIMEOUT_S: Final = 0.2
 MERGE_PATCH: Final = "application/merge-patch+json"
 WRITE_ACTIONS: Final = frozenset({enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE})
+EVENT_LOG_CAPACITY: Final = 100_000
+"""Watch events kept for resumed watches; an older resourceVersion is answered 410 Gone."""
+BOOKMARK_S: Final = 10.0
+"""How often a watch that allows bookmarks gets one (a real API server: about a minute)."""
+_FAULT_REASONS: Final = {500: "InternalError", 429: "TooManyRequests", 503: "ServiceUnavailable"}
 
 
 @dataclass(frozen=True)
@@ -229,11 +258,13 @@ _VERBS: Final = {
 
 def _record(request: rendering.Request) -> RequestRecord:
     resource = request.resource
+    if request.method == enums.method.PUT and _is_named(request):
+        request = attrs.evolve(request, action=enums.action.UPDATE)
     if resource is None or not _is_resource_request(request):
         verb, what = request.method.value.lower(), request.url.path
     else:
         assert request.action is not None
-        verb = _VERBS[request.action]
+        verb = "update" if request.method == enums.method.PUT else _VERBS[request.action]
         what = str(resource.plural) + (f"/{request.subresource}" if request.subresource else "")
     return RequestRecord(
         verb, what, request.namespace, request.name, _header(request, "User-Agent")
@@ -316,6 +347,16 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
         self.types: dict[str, ResourceType] = {}
         self._revision = 0
         self._builtin_reactions = len(self._payloads)
+        self.plan = FaultPlan()
+        self.bookmark_s = BOOKMARK_S
+        self.log_capacity = EVENT_LOG_CAPACITY
+        self._log: list[tuple[int, kmock.resource, dict[str, Any]]] = []
+        self._compacted = 0
+        self._published = asyncio.Event()
+        self.schemas: dict[str, CustomResourceSchema] = {}
+        self.admission = True
+        """Whether custom resources are checked against their CRD (off: as with a CRD
+        installed without a schema, to reach the operator's own validation)."""
         for resource in resources:
             self.types[resource.key] = resource
             self.resources[resource.key] = kmock.ResourceInfo(
@@ -331,6 +372,20 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
         for crd in crds:
             name = crd["metadata"]["name"]
             self.objects[crd_key, None, name] = self._stamped(copy.deepcopy(dict(crd)))
+            self._add_schemas(crd)
+
+    def _add_schemas(self, crd: Mapping[str, Any]) -> None:
+        group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
+        for version in crd["spec"]["versions"]:
+            schema = CustomResourceSchema.of(crd, version["name"])
+            if schema is not None:
+                self.schemas[f"{group}/{version['name']}/{plural}"] = schema
+
+    def inject(self, faults: Faults) -> FaultPlan:
+        """Fail requests from now on as `faults` says (`Faults()` stops); the plan counts
+        what it injects."""
+        self.plan = FaultPlan(faults)
+        return self.plan
 
     @property
     def revision(self) -> int:
@@ -365,13 +420,18 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
     # Writes: the state changes here, under the lock, before the answer is rendered from
     # the stored object.
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        fault = await self._fault(request)
+        if fault is not None:
+            return fault
+        if request.method == enums.method.PUT and _is_named(request):
+            request = attrs.evolve(request, action=enums.action.UPDATE)  # kmock serves no PUT
         released: tuple[kmock.resource, str | None, str] | None = None
         if request.resource is not None and request.action in WRITE_ACTIONS:
             async with self._lock:
                 event, released = self._write(request)
                 if event is not None:
-                    await self._buses[request.resource].put(event)
-                    await self._collect_garbage(event)
+                    self._publish(request.resource, event)
+                    self._collect_garbage(event)
         try:
             if self.has_test_reactions or not _is_resource_request(request):
                 return await apps.RawHandler._handle(self, request)
@@ -379,6 +439,45 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
         finally:
             if released is not None:
                 await self._forget(released)
+
+    async def _fault(self, request: rendering.Request) -> aiohttp.web.StreamResponse | None:
+        """The injected error answer for this request, if any, after the injected delay.
+        Nothing is stored: the request fails before it reaches the store."""
+        if not _is_resource_request(request) or self.plan.spares(_header(request, "User-Agent")):
+            return None
+        chance = self.plan.draw(_signature(request))
+        delay = self.plan.delay(chance)
+        if delay:
+            await asyncio.sleep(delay)
+        code = self.plan.error(chance)
+        if code is None:
+            return None
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Status",
+            "metadata": {},
+            "status": "Failure",
+            "code": code,
+            "reason": _FAULT_REASONS.get(code, "InternalError"),
+            "message": f"injected fault: {code} for {request.method.value} {request.url.path}",
+        }
+        headers = {}
+        if code == TOO_MANY_REQUESTS:
+            body["details"] = {"retryAfterSeconds": self.plan.faults.retry_after}
+            headers["Retry-After"] = str(self.plan.faults.retry_after)
+        return aiohttp.web.json_response(body, status=code, headers=headers)
+
+    def _publish(self, resource: kmock.resource, event: dict[str, Any]) -> None:
+        """Record a change for the watches (call under the lock), forgetting the oldest
+        events beyond the log's capacity, as etcd compacts."""
+        revision = int(event["object"]["metadata"]["resourceVersion"])
+        self._log.append((revision, resource, event))
+        if len(self._log) > self.log_capacity:
+            dropped = len(self._log) - self.log_capacity // 2
+            self._compacted = self._log[dropped - 1][0]
+            del self._log[:dropped]
+        self._published.set()
+        self._published = asyncio.Event()
 
     @property
     def has_test_reactions(self) -> bool:
@@ -451,6 +550,7 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
             raise _error(422, "Invalid", "metadata.name: Required value")
         body.setdefault("apiVersion", served.api_version)
         body.setdefault("kind", served.kind)
+        body = self._admitted(served, body)
         key = (request.resource, request.namespace, metadata["name"])
         if key in self.objects and not self.objects[key].deleted:
             raise _error(
@@ -467,7 +567,13 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
         self, request: rendering.Request, served: ResourceType, stored: kmock.Object
     ) -> dict[str, Any]:
         old = copy.deepcopy(stored.raw)
-        new = self._patched(request, old)
+        if request.method == enums.method.PUT:
+            new = _replaced(request, old)
+        else:
+            new = self._patched(request, old)
+        wanted = new.get("metadata", {}).get("resourceVersion")
+        if wanted is not None and wanted != old["metadata"]["resourceVersion"]:
+            raise _error(409, "Conflict", "the object has been modified; apply to the latest")
         with_status = "status" in served.subresources
         if request.subresource == "status":
             new = {**old, "status": new["status"]} if "status" in new else _without(old, "status")
@@ -475,6 +581,7 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
             raise _error(404, "NotFound", f"the emulator does not serve {request.subresource!r}")
         elif with_status:
             new = {**new, "status": old["status"]} if "status" in old else _without(new, "status")
+        new = self._admitted(served, new, old)
         if _without(new, "metadata", "status") != _without(old, "metadata", "status"):
             new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
         new["metadata"]["resourceVersion"] = self._next_revision()
@@ -496,11 +603,31 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
             raise _error(415, "UnsupportedMediaType", f"the emulator cannot apply {kind!r}")
         if not isinstance(request.data, dict):
             raise _error(400, "BadRequest", "a merge patch must be a JSON object")
-        wanted = request.data.get("metadata", {}).get("resourceVersion")
-        if wanted is not None and wanted != old["metadata"]["resourceVersion"]:
-            raise _error(409, "Conflict", "the object has been modified; apply to the latest")
         patched = merge_patch(old, request.data)
         return copy.deepcopy(patched)
+
+    def _admitted(
+        self, served: ResourceType, new: dict[str, Any], old: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The object to store, its non-nullable nulls pruned; refused, 422 Invalid as the
+        API server words it, when the CRD's schema or CEL rules refuse it (`old` given for
+        an update, for the transition rules)."""
+        schema = self.schemas.get(served.key) if self.admission else None
+        if schema is None:
+            return new
+        new = schema.pruned(new)
+        problems = schema.problems(new, old)
+        if not problems:
+            return new
+        name = new.get("metadata", {}).get("name", "")
+        listed = problems[0] if len(problems) == 1 else f"[{', '.join(problems)}]"
+        causes = [{"reason": "FieldValueInvalid", "message": problem} for problem in problems]
+        raise k8s.KubernetesError(
+            status=422,
+            reason="Invalid",
+            message=f'{served.kind}.{served.group} "{name}" is invalid: {listed}',
+            details={"name": name, "group": served.group, "kind": served.kind, "causes": causes},
+        )
 
     def _delete(self, stored: kmock.Object) -> dict[str, Any] | None:
         metadata = stored.raw.get("metadata", {})
@@ -526,10 +653,10 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
             stored.history.append(last)
             stored.delete()
             deleted = {"type": "DELETED", "object": last}
-            await self._buses[key[0]].put(deleted)
-            await self._collect_garbage(deleted)
+            self._publish(key[0], deleted)
+            self._collect_garbage(deleted)
 
-    async def _collect_garbage(self, event: Mapping[str, Any]) -> None:
+    def _collect_garbage(self, event: Mapping[str, Any]) -> None:
         """Background cascading deletion, done at once (call under the lock): the objects
         that name a deleted object in their ownerReferences go too, and theirs after them.
         A dependent with finalizers is only marked, as the API server does."""
@@ -544,7 +671,7 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
                 dependent = self._delete(stored)
                 if dependent is None:
                     continue
-                await self._buses[key[0]].put(dependent)
+                self._publish(key[0], dependent)
                 if dependent["type"] == "DELETED":
                     owners.append(dependent["object"]["metadata"].get("uid"))
 
@@ -611,26 +738,75 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
         }
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        """Events after the asked resourceVersion (all objects as ADDED without one), then
+        live ones, until timeoutSeconds or an injected cut; 410 Gone (as an ERROR event, as
+        the API server sends it) for a version older than the event log keeps."""
         assert request.resource is not None
-        self.type_of(request.resource)
+        served = self.type_of(request.resource)
         selected = self._selected(request)
         since = request.params.get("resourceVersion", "")
         yield b""  # sends the headers: the stream is open even if nothing happens
-        bus = self._buses[request.resource]
-        mark = await bus.mark()
-        try:
-            async with self._lock:
-                replay = self._current(request, int(since) if since.isdigit() else 0)
-            for body in replay:
-                yield {"type": "ADDED", "object": body}
-            timeout = float(request.params.get("timeoutSeconds", 0)) or None
+        watch = self._watch_plan(request)
+        async with self._lock:
+            resumed = since.isdigit() and int(since) > 0
+            if resumed and (int(since) < self._compacted or watch.gone):
+                yield _expired(since)
+                return
+            replay = [] if resumed else self._current(request)
+            last = int(since) if resumed else self._revision
+        for body in replay:
+            yield {"type": "ADDED", "object": body}
+        async for event in self._follow(request.resource, served, last, selected, watch):
+            yield event
+
+    def _watch_plan(self, request: rendering.Request) -> _WatchPlan:
+        loop = asyncio.get_running_loop()
+        limits = [float(request.params.get("timeoutSeconds", 0)) or None]
+        gone = False
+        if not self.plan.spares(_header(request, "User-Agent")):
+            chance = self.plan.draw("watch|" + _signature(request))
+            limits.append(self.plan.cut(chance))
+            gone = bool(request.params.get("resourceVersion")) and self.plan.gone(chance)
+        seconds = [limit for limit in limits if limit is not None]
+        bookmarks = request.params.get("allowWatchBookmarks") == "true"
+        return _WatchPlan(
+            deadline=loop.time() + min(seconds) if seconds else None,
+            bookmark_s=self.bookmark_s if bookmarks else None,
+            gone=gone,
+        )
+
+    async def _follow(
+        self,
+        resource: kmock.resource,
+        served: ResourceType,
+        last: int,
+        selected: Callable[[Mapping[str, Any]], bool],
+        watch: _WatchPlan,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The logged events of `resource` after revision `last`, as they come, and a
+        bookmark (at the last revision looked at) when one is due. Ends at the deadline."""
+        loop = asyncio.get_running_loop()
+        bookmark_at = loop.time() + watch.bookmark_s if watch.bookmark_s else None
+        while True:
+            published = self._published
+            if last < self._compacted:  # fell behind the log: the client must list again
+                yield _expired(str(last))
+                return
+            start = bisect.bisect_right(self._log, last, key=lambda entry: entry[0])
+            for revision, kind, event in self._log[start:]:
+                last = revision
+                if kind == resource and selected(event["object"]):
+                    yield event
+            if watch.deadline is not None and loop.time() >= watch.deadline:
+                return
+            if bookmark_at is not None and loop.time() >= bookmark_at:
+                yield _bookmark(served, last)
+                bookmark_at = loop.time() + (watch.bookmark_s or 0)
+                continue
+            wake = min((t for t in (watch.deadline, bookmark_at) if t is not None), default=None)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    async for event in bus.stream(since=mark):
-                        if selected(event["object"]):
-                            yield event
-        finally:
-            await bus.unmark(mark)
+                async with asyncio.timeout_at(wake):
+                    await published.wait()
 
     async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
         payload = await super()._serve_version(request)
@@ -641,10 +817,62 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
         return payload
 
 
+@dataclass(frozen=True)
+class _WatchPlan:
+    """When one watch stream ends, whether it gets bookmarks, whether it is answered Gone."""
+
+    deadline: float | None
+    bookmark_s: float | None
+    gone: bool
+
+
+def _expired(since: str) -> dict[str, Any]:
+    status = {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "metadata": {},
+        "status": "Failure",
+        "message": f"too old resource version: {since}",
+        "reason": "Expired",
+        "code": GONE,
+    }
+    return {"type": "ERROR", "object": status}
+
+
+def _bookmark(served: ResourceType, revision: int) -> dict[str, Any]:
+    body = {"apiVersion": served.api_version, "kind": served.kind}
+    return {"type": "BOOKMARK", "object": {**body, "metadata": {"resourceVersion": str(revision)}}}
+
+
+def _signature(request: rendering.Request) -> str:
+    """What identifies a request for the fault plan: not its resourceVersion, which differs
+    from run to run."""
+    query = sorted((k, v) for k, v in request.params.items() if k != "resourceVersion")
+    return f"{request.method.value} {request.url.path}?{query}"
+
+
+def _is_named(request: rendering.Request) -> bool:
+    return (
+        request.resource is not None and request.resource.plural is not None and bool(request.name)
+    )
+
+
 def _is_resource_request(request: rendering.Request) -> bool:
     """A request about objects (not discovery, which kmock parses as a list of no plural)."""
     resource = request.resource
     return resource is not None and resource.plural is not None and request.action is not None
+
+
+def _replaced(request: rendering.Request, old: dict[str, Any]) -> dict[str, Any]:
+    """The object a PUT sends, with what the server owns kept from the stored one."""
+    body = request.data
+    if not isinstance(body, dict) or body.get("metadata", {}).get("name") != request.name:
+        raise _error(400, "BadRequest", "a replacement must be an object of the URL's name")
+    new = copy.deepcopy(body)
+    kept = ("uid", "creationTimestamp", "namespace", "generation", "deletionTimestamp")
+    new["metadata"].update({k: old["metadata"][k] for k in kept if k in old["metadata"]})
+    new["metadata"].setdefault("resourceVersion", old["metadata"]["resourceVersion"])
+    return new
 
 
 def _owned_by(body: Mapping[str, Any], uid: str | None) -> bool:
@@ -730,6 +958,11 @@ class EmulatorServer:
                 return function(self.emulator)
 
         return asyncio.run_coroutine_threadsafe(locked(), self._loop).result(timeout)
+
+    def inject(self, faults: Faults) -> FaultPlan:
+        """Fail requests from now on as `faults` says (`Faults()` stops); read the plan's
+        `injected` counts through `call` while requests are still being served."""
+        return self.call(lambda emulator: emulator.inject(faults))
 
     def objects(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Deep copies of the live objects (of one kind, or all), in creation order."""

@@ -11,17 +11,17 @@ import copy
 from collections.abc import Iterator
 from typing import Any, Literal
 
-import celpy
 import jsonschema
 import kubernetes_validate
 import pytest
-from celpy import celtypes
 from pydantic import BaseModel
 
 from kubetune_operator import crdgen
 from kubetune_operator.api.v1alpha1 import FineTuneJob
 from kubetune_operator.manifests import check_document
 from tests.conftest import EXAMPLE_MANIFESTS, REPO, load_example
+from tests.kube.admission import apply_defaults
+from tests.kube.admission import failed_rules as rules_failing
 
 Schema = dict[str, Any]
 SCHEMA: Schema = crdgen.finetunejob_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -136,61 +136,12 @@ def test_crd_schema_refuses_a_gpu_resource_without_a_domain(
     jsonschema.Draft4Validator(SCHEMA).validate(sentiment)
 
 
-# --- CEL rules, evaluated as the API server does -------------------------------------------
-
-CEL = celpy.Environment()
-
-
-def to_cel(value: Any, schema: Schema) -> Any:
-    """CEL values typed by the schema, as Kubernetes types them: `number` is always a double."""
-    if isinstance(value, bool):
-        return celtypes.BoolType(value)
-    if schema.get("type") == "number":
-        return celtypes.DoubleType(value)
-    if isinstance(value, dict):
-        props = schema.get("properties", {})
-        extra = schema.get("additionalProperties", {})
-        return celtypes.MapType(
-            {celtypes.StringType(k): to_cel(v, props.get(k, extra)) for k, v in value.items()}
-        )
-    if isinstance(value, list):
-        return celtypes.ListType([to_cel(v, schema.get("items", {})) for v in value])
-    return celpy.json_to_cel(value)
+# --- CEL rules, evaluated as the API server does (tests/kube/admission.py) ---------------
 
 
 def failed_rules(new: Any, old: Any = None, schema: Schema = SCHEMA) -> list[str]:
-    """Messages of the rules that fail for `new` (an update from `old` when given)."""
-    failed = []
-    for rule in schema.get("x-kubernetes-validations", []):
-        transition = "oldSelf" in rule["rule"]
-        if transition and old is None:
-            continue
-        activation = {"self": to_cel(new, schema)}
-        if transition:
-            activation["oldSelf"] = to_cel(old, schema)
-        if not CEL.program(CEL.compile(rule["rule"])).evaluate(activation):
-            failed.append(rule["message"])
-    for name, sub in schema.get("properties", {}).items():
-        if isinstance(new, dict) and name in new:
-            old_value = old.get(name) if isinstance(old, dict) else None
-            failed += failed_rules(new[name], old_value, sub)
-    if isinstance(new, list) and "items" in schema:
-        for item in new:  # atomic lists: no transition rules below them
-            failed += failed_rules(item, None, schema["items"])
-    return failed
-
-
-def apply_defaults(value: Any, schema: Schema) -> Any:
-    """Fill in the schema's defaults the way the API server does before validating."""
-    if isinstance(value, dict) and "properties" in schema:
-        for name, sub in schema["properties"].items():
-            if name not in value and "default" in sub:
-                value[name] = copy.deepcopy(sub["default"])
-            if name in value:
-                value[name] = apply_defaults(value[name], sub)
-    if isinstance(value, list) and "items" in schema:
-        return [apply_defaults(item, schema["items"]) for item in value]
-    return value
+    """Messages of the FineTuneJob CRD's rules that fail for `new` (an update from `old`)."""
+    return rules_failing(new, old, schema)
 
 
 def defaulted(manifest: dict[str, Any]) -> dict[str, Any]:
