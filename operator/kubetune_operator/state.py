@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +27,9 @@ from kubetune_operator import status as status_rules
 from kubetune_operator.api.v1alpha1 import CLUSTER_RUNTIME_KIND
 
 TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
+OWN_WRITES_TTL_S: Final = 15.0
+"""How long the operator's own status writes are laid over an index that does not show them:
+far longer than the index lags, short enough that a write undone by a late one is redone."""
 
 Key = tuple[str, str]
 """(namespace, FineTuneJob name): how children find their FineTuneJob in the indexes."""
@@ -55,7 +59,13 @@ class OperatorState:
     handler's) reaches the API after one sent directly from another handler, so the index
     can move to a newer version that still lacks it: the fields are laid over the index
     until it shows every one of them, so the next event neither repeats the patch nor its
-    Events, and a queue decision sees the GPUs a job has just taken."""
+    Events, and a queue decision sees the GPUs a job has just taken. At most
+    OWN_WRITES_TTL_S after the last write, though: a patch that kopf retried through API
+    faults can land after a later one and undo it, and the index, which then shows the
+    undone status, must be believed again so that the status is written once more."""
+    written_at: dict[Key, float] = field(default_factory=dict)
+    """When `written` last grew, per job (clock())."""
+    clock: Callable[[], float] = time.monotonic
     created_jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
     """The worker Job this operator created per job, until the index shows it, so the
     status does not see it missing and create it again."""
@@ -71,7 +81,7 @@ class OperatorState:
     def forget(self, key: Key) -> None:
         """Drop what is kept of a deleted job, so a new job of the same name starts clean
         (restart 0, no Job taken for created) and a long-lived operator does not grow."""
-        for kept in (self.locks, self.restarted, self.written, self.created_jobs):
+        for kept in (self.locks, self.restarted, self.written, self.written_at, self.created_jobs):
             kept.pop(key, None)
         self.kueue.places.pop(key, None)
 
@@ -90,16 +100,19 @@ class OperatorState:
         else:
             into.status.update(patch)
         self.written[key] = {**self.written.get(key, {}), **patch}
+        self.written_at[key] = self.clock()
 
     def own_writes_over(self, key: Key, ftj: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
         """The indexed FineTuneJob with the status fields this operator wrote laid over it,
-        until the index shows them all."""
+        until the index shows them all or OWN_WRITES_TTL_S have passed."""
         mine = self.written.get(key)
         if ftj is None or mine is None:
             return ftj
         status = ftj.get("status") or {}
-        if shows(status, mine):
+        expired = self.clock() - self.written_at.get(key, 0.0) > OWN_WRITES_TTL_S
+        if expired or shows(status, mine):
             del self.written[key]
+            self.written_at.pop(key, None)
             return ftj
         return {**ftj, "status": {**status, **mine}}
 

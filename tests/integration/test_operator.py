@@ -17,6 +17,7 @@ import pytest
 
 from tests.kube.client import KubeApiError, KubeClient
 from tests.kube.emulator import EmulatorServer
+from tests.kube.kubelet import now_rfc3339
 from tests.kube.operators import KopfLog, OperatorThread
 
 CHILDREN = {
@@ -97,7 +98,8 @@ def run_pods(kube: KubeClient, job: dict[str, Any], **states: dict[str, Any]) ->
         ]
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
         kube.create(pod)
-        state = states.get(f"w{index}", {"running": {"startedAt": "2026-11-22T10:00:00Z"}})
+        # Started now: a start long ago would be a group stalled past runPolicy.stallTimeout.
+        state = states.get(f"w{index}", {"running": {"startedAt": now_rfc3339()}})
         phase = "Failed" if "terminated" in state else "Running"
         container = {"name": "trainer", "state": state, "restartCount": 0}
         kube.patch(

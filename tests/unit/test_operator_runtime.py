@@ -119,7 +119,7 @@ def test_own_writes_stay_over_a_newer_index_version_that_lacks_them() -> None:
     key = ("ml", "q2")
     validated = {"conditions": [{"type": "Validated", "status": "True"}], "queuePosition": None}
     progress = {"phase": "Pending", "workers": {"running": 0}}
-    shared.written[key] = {**validated, **progress}
+    shared.written[key], shared.written_at[key] = {**validated, **progress}, shared.clock()
 
     newer_without_it = indexed("12", {**progress, "progress": {"step": 3}})
     seen = shared.own_writes_over(key, newer_without_it)
@@ -131,4 +131,28 @@ def test_own_writes_stay_over_a_newer_index_version_that_lacks_them() -> None:
     showing_all = indexed("13", {**progress, "workers": {"running": 0, "failed": 0}})
     showing_all["status"]["conditions"] = conditions  # queuePosition: None is absent
     assert shared.own_writes_over(key, showing_all) is showing_all
+    assert key not in shared.written
+
+
+def test_own_writes_give_way_to_the_index_after_a_while() -> None:
+    """A create handler's patch that kopf retried through API faults landed after the
+    refresh's Succeeded and set the phase back to Pending: the index must be believed again,
+    or the operator would think the job Succeeded and never write it again."""
+    from kubernetes import client
+
+    from kubetune_operator import kube
+    from kubetune_operator.state import OWN_WRITES_TTL_S, OperatorState
+
+    now = [100.0]
+    shared = OperatorState(
+        kube.Cluster(client.ApiClient()), builders.OperatorSettings(), clock=lambda: now[0]
+    )
+    key = ("ml", "q2")
+    shared.written[key], shared.written_at[key] = {"phase": "Succeeded"}, now[0]
+    undone = indexed("14", {"phase": "Pending"})
+    seen = shared.own_writes_over(key, undone)
+    assert seen is not None
+    assert seen["status"]["phase"] == "Succeeded"
+    now[0] += OWN_WRITES_TTL_S + 1
+    assert shared.own_writes_over(key, undone) is undone
     assert key not in shared.written
