@@ -169,9 +169,7 @@ def _fill_limits(spec: dict[str, Any], guardrails: Mapping[str, Any]) -> None:
         filled["maxGpuHours"] = gpu_hours
     longest = guardrails.get("maxStallTimeout")
     if isinstance(longest, str) and filled.get("stallTimeout") is None:
-        filled["stallTimeout"] = min(
-            longest, DEFAULT_STALL_TIMEOUT, key=lambda text: duration_seconds(text)
-        )
+        filled["stallTimeout"] = min(longest, DEFAULT_STALL_TIMEOUT, key=duration_seconds)
     if filled != run_policy:
         spec["runPolicy"] = filled
 

@@ -16,9 +16,14 @@ def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
 
 
+def saved_checkpoints(root: Path) -> list[Path]:
+    """The complete checkpoints under `root`, oldest first (a save in progress is not one)."""
+    return sorted(root.glob(f"{CHECKPOINT_PREFIX}*"))
+
+
 def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint under `root` (a save in progress is not one)."""
-    checkpoints = sorted(root.glob(f"{CHECKPOINT_PREFIX}*"))
+    """The newest complete checkpoint under `root`."""
+    checkpoints = saved_checkpoints(root)
     return checkpoints[-1] if checkpoints else None
 
 

@@ -65,11 +65,11 @@ from kubetune_trainer import freezing
 from kubetune_trainer.audit import BiasAudit, positive_classes
 from kubetune_trainer.balance import class_balanced_weights
 from kubetune_trainer.checkpoints import (
-    CHECKPOINT_PREFIX,
     CHECKPOINTS,
     checkpoint_name,
     latest_checkpoint,
     parse_checkpoint_step,
+    saved_checkpoints,
 )
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.cost import (
@@ -1152,8 +1152,7 @@ class Recipe:
 
     def _rotate_checkpoints(self) -> None:
         keep = self.config.output.keep_checkpoints
-        checkpoints = sorted(self.checkpoint_root.glob(f"{CHECKPOINT_PREFIX}*"))
-        for old in checkpoints[:-keep]:
+        for old in saved_checkpoints(self.checkpoint_root)[:-keep]:
             if old.name != self.state.best_checkpoint:
                 shutil.rmtree(old)
 
