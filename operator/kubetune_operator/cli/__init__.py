@@ -1,0 +1,1 @@
+"""The `kubetune` command: validate, explain, crd, run (local), submit, status, report."""

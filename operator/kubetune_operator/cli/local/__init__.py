@@ -1,0 +1,1 @@
+"""`kubetune run` without a cluster: one training or a whole search on this machine."""
