@@ -192,10 +192,10 @@ def write_data(folder: Path, rows: int) -> tuple[Path, Path]:
 
 def kubetune_side(train_path: Path, validation_path: Path) -> Result:
     started = time.perf_counter()
-    from kubetune_trainer.balance import resample
     from kubetune_trainer.config import DataQualitySpec, DataSource
     from kubetune_trainer.data import quality_settings, read_source
-    from kubetune_trainer.quality import check
+    from kubetune_trainer.data.balance import resample
+    from kubetune_trainer.data.quality import check
 
     stamps = {"imports": time.perf_counter()}
     imports_rss, imports_cpu = peak_rss_mib(), time.process_time()

@@ -10,7 +10,7 @@ to itself. Once the operator's FineTuneJob watch is open (kopf says it is ready 
 the clock starts and --jobs copies of examples/sentiment/job.yaml, named sentiment-00000,
 sentiment-00001, ..., are created from 8 client threads as fast as the emulator takes them.
 
-  (k) kubetune: `kubetune_operator.handlers`; a job is done when its six children
+  (k) kubetune: `kubetune_operator.controller.handlers`; a job is done when its six children
       (ConfigMap, ServiceAccount, Role, RoleBinding, Service, batch Job) exist, owned by
       it, and its status.phase is set
   (b) baseline: the harness operator tests/integration/harness_operator.py, the least a
@@ -50,7 +50,7 @@ from typing import Any, Final
 REPO: Final = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "trainer")]
 
-from kubetune_operator.manifests import load_documents  # noqa: E402
+from kubetune_operator.api.manifests import load_documents  # noqa: E402
 from tests.kube.client import TEST_USER_AGENT, KubeClient  # noqa: E402
 from tests.kube.emulator import EmulatorServer, KubetuneEmulator  # noqa: E402
 from tests.kube.operators import OperatorProcess  # noqa: E402
@@ -90,7 +90,7 @@ SIDES: Final = (
     Side(
         "k",
         "kubetune",
-        "kubetune_operator.handlers",
+        "kubetune_operator.controller.handlers",
         frozenset({"ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Service", "Job"}),
     ),
 )

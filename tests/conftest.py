@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from kubetune_operator.manifests import parse_documents
+from kubetune_operator.api.manifests import parse_documents
 
 pytest_plugins = ["tests.kube.fixtures"]
 

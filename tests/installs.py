@@ -26,7 +26,7 @@ sys.modules.update(dict.fromkeys({blocked!r}))  # None there: import raises, fin
 """
 KUBETUNE = """
 sys.argv = ["kubetune", *{argv!r}]
-from kubetune_operator.console import main
+from kubetune_operator.cli.console import main
 main()
 """
 

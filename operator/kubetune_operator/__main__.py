@@ -1,5 +1,5 @@
 """`python -m kubetune_operator`: the `kubetune` command without its console script."""
 
-from kubetune_operator.console import main
+from kubetune_operator.cli.console import main
 
 main()

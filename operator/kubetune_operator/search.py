@@ -99,7 +99,7 @@ from kubetune_operator.api.v1alpha1 import (
     spec_field,
 )
 from kubetune_trainer.config import metric_direction
-from kubetune_trainer.html_page import params_text, value_text
+from kubetune_trainer.formatting import params_text, value_text
 
 TRIAL_COMPONENT: Final = "trial"
 TRIAL_NUMBER_ANNOTATION: Final = "kubetune.dev/trial-number"

@@ -33,7 +33,7 @@ from tests.kube.operators import OperatorProcess
 
 pytestmark = pytest.mark.slow
 
-HANDLERS: Final = "kubetune_operator.handlers"
+HANDLERS: Final = "kubetune_operator.controller.handlers"
 JOB: Final = "sentiment"
 TRAINER_METRICS_PORT: Final = 9400
 """The trainer's containerPort (builders.OperatorSettings.metrics_port)."""

@@ -9,7 +9,7 @@ import pytest
 from tests.kube.emulator import EmulatorServer
 from tests.kube.operators import OperatorThread
 
-HANDLERS = "kubetune_operator.handlers"
+HANDLERS = "kubetune_operator.controller.handlers"
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from kubetune_operator.cli import app
+from kubetune_operator.cli.app import app
 from tests.conftest import REPO
 from tests.kube.client import TEST_USER_AGENT, KubeClient
 from tests.kube.emulator import EmulatorServer, write_kubeconfig

@@ -28,7 +28,7 @@ KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 TRAINER_PATCH = """
 import sys
 from pathlib import Path
-from kubetune_trainer.reporting import StatusClient
+from kubetune_trainer.report.progress import StatusClient
 
 url, token = sys.argv[1], Path(sys.argv[2])
 client = StatusClient("default", "sentiment", host=url, token_path=token, ca_path=None)

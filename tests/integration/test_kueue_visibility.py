@@ -20,7 +20,8 @@ from typing import Any, Final
 
 import pytest
 
-from kubetune_operator import kueue, workers
+from kubetune_operator import kueue
+from kubetune_operator.controller import workers
 from tests.integration.test_operator import condition, phase_is
 from tests.integration.test_runtime_operator import create_runtime, event_reasons, job, runtime
 from tests.kube.client import KubeClient

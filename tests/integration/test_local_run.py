@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kubetune_operator.cli import app
+from kubetune_operator.cli.app import app
 from tests.integration.test_sigterm import ctrl_c_at_step, logged_steps, wait_for_a_logged_step
 from tests.tiny import lay_out_tiny_job, tiny_job_manifest
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from kubetune_operator import local
-from kubetune_operator.cli import app
+from kubetune_operator.cli.app import app
+from kubetune_operator.cli.local import runs
 from tests.tiny import lay_out_tiny_job, tiny_job_manifest
 
 runner = CliRunner()
@@ -47,14 +47,14 @@ def run(*args: str) -> tuple[int, str]:
 def trainings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the runs trained in this process (each still trains for real)."""
     trained: list[str] = []
-    real = local.run_in_process
+    real = runs.run_in_process
 
-    def counted(run: local.LocalRun) -> dict[str, Any]:
+    def counted(run: runs.LocalRun) -> dict[str, Any]:
         trained.append(run.name)
         return real(run)
 
-    monkeypatch.setattr(local, "run_in_process", counted)
-    monkeypatch.setattr("kubetune_operator.local_search.run_in_process", counted)
+    monkeypatch.setattr(runs, "run_in_process", counted)
+    monkeypatch.setattr("kubetune_operator.cli.local.searches.run_in_process", counted)
     return trained
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from kubetune_operator import local
-from kubetune_operator.cli import app
+from kubetune_operator.cli.app import app
+from kubetune_operator.cli.local import runs
 from tests.integration import test_local_search as local_search_tests
 
 job_folder = local_search_tests.job_folder
@@ -50,13 +50,13 @@ def test_a_local_search_rewrites_its_page_after_every_trial(
     out = job_folder / "out"
     page = out / "search.html"
     seen: list[list[tuple[str, str]]] = []
-    real = local.run_in_process
+    real = runs.run_in_process
 
-    def train_and_look(run: local.LocalRun) -> dict[str, Any]:
+    def train_and_look(run: runs.LocalRun) -> dict[str, Any]:
         seen.append([(cells[1], cells[2]) for _, cells in page_rows(page)])
         return real(run)
 
-    monkeypatch.setattr("kubetune_operator.local_search.run_in_process", train_and_look)
+    monkeypatch.setattr("kubetune_operator.cli.local.searches.run_in_process", train_and_look)
     manifest = local_search_tests.write_job(job_folder, SEARCH)
     code, output = local_search_tests.run(str(manifest))
     assert code == 0, output

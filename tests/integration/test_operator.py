@@ -1,4 +1,4 @@
-"""kubetune's operator (kubetune_operator.handlers) against the Kubernetes emulator.
+"""kubetune's operator (kubetune_operator.controller.handlers) against the Kubernetes emulator.
 
 The real kopf handlers run in a thread against kmock (tests/kube). The emulator runs no
 controllers, so the tests play the batch Job controller and the kubelet by writing the

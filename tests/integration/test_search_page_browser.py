@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kubetune_operator import search_report
 from kubetune_operator.api.v1alpha1 import FineTuneJobSpec
+from kubetune_operator.cli.views import search_page
 from tests.html_elements import Elements
 from tests.integration.test_report_browser import browse, chromium, page_messages
 
@@ -73,7 +73,7 @@ def near(pixels: np.ndarray, colour: str, tolerance: int = 40) -> int:
 
 def test_chromium_renders_the_search_page(tmp_path: Path, sentiment: dict[str, Any]) -> None:
     binary = chromium()
-    page = search_report.write_search_html(
+    page = search_page.write_search_html(
         tmp_path / "search.html", SCRIPT, searched_spec(sentiment), trials(), {"9": IMG}
     )
 
@@ -104,7 +104,7 @@ def test_chromium_renders_the_search_page(tmp_path: Path, sentiment: dict[str, A
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.shape == (3200, 1280, 3)
     assert (pixels.min(axis=2) < 245).mean() > 0.03  # not a white page
-    assert near(pixels, search_report.COMPLETE_COLOUR) > 2000  # complete marks and importance bars
-    assert near(pixels, search_report.BEST_COLOUR) > 300  # the best-so-far line and best rings
-    assert near(pixels, search_report.PRUNED_COLOUR) > 30  # the pruned trial's triangles
-    assert near(pixels, search_report.FAILED_COLOUR) > 30  # the failed trial's crosses
+    assert near(pixels, search_page.COMPLETE_COLOUR) > 2000  # complete marks and importance bars
+    assert near(pixels, search_page.BEST_COLOUR) > 300  # the best-so-far line and best rings
+    assert near(pixels, search_page.PRUNED_COLOUR) > 30  # the pruned trial's triangles
+    assert near(pixels, search_page.FAILED_COLOUR) > 30  # the failed trial's crosses

@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from kubetune_trainer import examine
 from kubetune_trainer.__main__ import main
 from kubetune_trainer.config import EXIT_CTRL_C, EXIT_INTERRUPTED, TrainingConfig
+from kubetune_trainer.examine import final_model
 from kubetune_trainer.recipe import Recipe
 from tests.integration.test_trainer import make_config
 
@@ -234,11 +234,11 @@ def final_evaluation_signalled(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def audit_signalled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(examine, "_audit_bias", sigterm_first(examine._audit_bias))
+    monkeypatch.setattr(final_model, "_audit_bias", sigterm_first(final_model._audit_bias))
 
 
 def attributions_signalled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(examine, "_explain", sigterm_first(examine._explain))
+    monkeypatch.setattr(final_model, "_explain", sigterm_first(final_model._explain))
 
 
 @pytest.mark.parametrize(

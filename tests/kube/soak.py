@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from kubetune_operator.manifests import load_documents
+from kubetune_operator.api.manifests import load_documents
 from tests.kube.client import TEST_USER_AGENT, KubeClient
 from tests.kube.emulator import REPO, EmulatorServer
 from tests.kube.faults import Faults
@@ -278,7 +278,9 @@ class Soak:
         for number in range(self.kills + 1):
             log = self.folder / f"kopf-{'faulty' if self.faults else 'clean'}-{number}.log"
             result.logs.append(log)
-            yield OperatorProcess(["kubetune_operator.handlers"], server.kubeconfig_path, log)
+            yield OperatorProcess(
+                ["kubetune_operator.controller.handlers"], server.kubeconfig_path, log
+            )
 
     @staticmethod
     def _restart(operator: OperatorProcess, fresh: OperatorProcess) -> OperatorProcess:

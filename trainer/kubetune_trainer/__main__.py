@@ -35,11 +35,11 @@ from kubetune_trainer.config import (
 from kubetune_trainer.cost import BudgetError
 from kubetune_trainer.crossval import run_cross_validation
 from kubetune_trainer.data import DataError
+from kubetune_trainer.data.sources import SourceError, pvc_root
 from kubetune_trainer.freezing import FreezingError
 from kubetune_trainer.modeling import ModelError
 from kubetune_trainer.recipe import Recipe, RunResult
-from kubetune_trainer.reporting import plain_console
-from kubetune_trainer.sources import SourceError, pvc_root
+from kubetune_trainer.report.progress import plain_console
 from kubetune_trainer.threads import threads_for
 
 INPUT_ERRORS = (DataError, SourceError, ModelError, FreezingError, BudgetError)

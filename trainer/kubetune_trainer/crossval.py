@@ -26,11 +26,11 @@ from rich.console import Console
 
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import PreparedData, class_weights, kfold_splits, prepare_data
-from kubetune_trainer.data_cache import cached_prepare
+from kubetune_trainer.data.cache import cached_prepare
 from kubetune_trainer.metrics import is_better
 from kubetune_trainer.modeling import load_tokenizer
 from kubetune_trainer.recipe import CACHE_DIR, MODEL_DIR, Recipe, RunResult
-from kubetune_trainer.report import REPORT_HTML, REPORT_JSON, write_reports
+from kubetune_trainer.report.summary import REPORT_HTML, REPORT_JSON, write_reports
 
 
 def fold_rows(

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from kubetune_trainer.reporting import PHASES, Beat, Phase, Reporter
+from kubetune_trainer.report.progress import PHASES, Beat, Phase, Reporter
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from transformers.utils import logging as transformers_logging
 
 from kubetune_trainer.config import LoraSpec, TrainingConfig
 from kubetune_trainer.data import PACKED_ARCHITECTURES
-from kubetune_trainer.sources import resolve_local
+from kubetune_trainer.data.sources import resolve_local
 
 HIDDEN_DROPOUT_NAMES = (
     "hidden_dropout_prob",

@@ -62,8 +62,6 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTra
 from transformers.utils import logging as transformers_logging
 
 from kubetune_trainer import freezing
-from kubetune_trainer.audit import BiasAudit, positive_classes
-from kubetune_trainer.balance import class_balanced_weights
 from kubetune_trainer.checkpoints import (
     CHECKPOINTS,
     checkpoint_name,
@@ -93,8 +91,9 @@ from kubetune_trainer.data import (
     prepare_audit_rows,
     prepare_data,
 )
-from kubetune_trainer.data_cache import cached_prepare
-from kubetune_trainer.data_report import failed_status
+from kubetune_trainer.data.balance import class_balanced_weights
+from kubetune_trainer.data.cache import cached_prepare
+from kubetune_trainer.data.report import failed_status
 from kubetune_trainer.diagnosis import (
     Diagnosis,
     DivergenceMonitor,
@@ -108,7 +107,9 @@ from kubetune_trainer.disk_space import (
     is_out_of_space,
     state_bytes,
 )
-from kubetune_trainer.examine import FinalModel, examine_final_model, predict
+from kubetune_trainer.examine.audit import BiasAudit, positive_classes
+from kubetune_trainer.examine.final_model import FinalModel, examine_final_model, predict
+from kubetune_trainer.examine.interpret import LayerSnapshot, snapshot_layer_groups
 from kubetune_trainer.file_modes import publish
 from kubetune_trainer.flops import (
     ModelShape,
@@ -119,11 +120,9 @@ from kubetune_trainer.flops import (
 )
 from kubetune_trainer.hang import HangHook
 from kubetune_trainer.heartbeat import HEARTBEAT_FILE, Heartbeat
-from kubetune_trainer.interpret import LayerSnapshot, snapshot_layer_groups
 from kubetune_trainer.metrics import classification_metrics, is_better, language_model_metrics
 from kubetune_trainer.modeling import load_model, load_tokenizer
-from kubetune_trainer.report import REPORT_HTML, REPORT_JSON, build_report, write_reports
-from kubetune_trainer.reporting import (
+from kubetune_trainer.report.progress import (
     EvalRecord,
     NullReporter,
     Outcome,
@@ -134,6 +133,7 @@ from kubetune_trainer.reporting import (
     build_reporter,
     plain_console,
 )
+from kubetune_trainer.report.summary import REPORT_HTML, REPORT_JSON, build_report, write_reports
 from kubetune_trainer.schedules import (
     RangeTestResult,
     build_optimizer,

@@ -32,7 +32,7 @@ import psutil
 
 from kubetune_trainer.checkpoints import CHECKPOINTS, latest_checkpoint
 from kubetune_trainer.heartbeat import HEARTBEAT_FILE, read_heartbeat
-from kubetune_trainer.reporting import Beat
+from kubetune_trainer.report.progress import Beat
 
 STALL_TIMEOUT_ENV: Final = "KUBETUNE_STALL_TIMEOUT_SECONDS"
 """runPolicy.stallTimeout in seconds, for the launcher (`kubetune run` sets it)."""

@@ -13,6 +13,8 @@ import os
 import re
 import shlex
 import signal
+import subprocess
+import sys
 import time
 import webbrowser
 from collections.abc import Callable, Iterator, Mapping
@@ -26,14 +28,19 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from kubetune_operator import crdgen, explain, local, local_sources, run_report, runtimes
+from kubetune_operator import runtimes
+from kubetune_operator.api import crdgen
+from kubetune_operator.api.manifests import Checked, ManifestError, check_document, check_file
 from kubetune_operator.api.runtime import AnyRuntime
 from kubetune_operator.api.v1alpha1 import DNS_LABEL_PATTERN, FineTuneJob
-from kubetune_operator.manifests import Checked, ManifestError, check_document, check_file
+from kubetune_operator.cli import explain
+from kubetune_operator.cli.local import paths, runs
+from kubetune_operator.cli.views import run_summary
 from kubetune_trainer.config import EXIT_STALLED
 
 if TYPE_CHECKING:  # the cluster client and Optuna load only for the commands that use them
-    from kubetune_operator import kube, local_search
+    from kubetune_operator import kube
+    from kubetune_operator.cli.local import searches
     from kubetune_trainer.watchdog import Stall
 
 app = typer.Typer(
@@ -121,7 +128,7 @@ def _with_sources(result: Checked, manifest: Path, report: Callable[[Checked], b
     a dim note says which sources this machine could not check."""
     if result.job is None:
         return report(result)
-    found = local_sources.check_sources(result.job, manifest)
+    found = paths.check_sources(result.job, manifest)
     if found.problems:
         _print_problems(escape(result.source), found.problems, "problem")
         return False
@@ -308,14 +315,14 @@ def run(
     """
     job = _single_job(manifest)
     with _needs_extra("trainer", "run"):
-        local.check_trainer_installed(search=job.spec.search is not None)
+        runs.check_trainer_installed(search=job.spec.search is not None)
     try:
-        plan = local.plan_local_run(job, manifest, output)
-        local.prepare_output(plan, overwrite)
+        plan = runs.plan_local_run(job, manifest, output)
+        runs.prepare_output(plan, overwrite)
         if job.spec.search is not None:
-            from kubetune_operator import local_search
+            from kubetune_operator.cli.local import searches
 
-            _run_search(local_search.plan_search(job, plan, manifest, parallel, processes))
+            _run_search(searches.plan_search(job, plan, manifest, parallel, processes))
             return
         out.print(f"Training [bold]{escape(plan.name)}[/] into {escape(str(plan.output_dir))}")
         again = _run_command(manifest, output, processes)
@@ -324,14 +331,14 @@ def run(
             _print_stall(plan.name, stall, again)
 
         report = (
-            local.run_in_process(plan, on_stall=stalled)
+            runs.run_in_process(plan, on_stall=stalled)
             if processes == 1
-            else local.run_with_accelerate(plan, processes)
+            else runs.run_with_accelerate(plan, processes)
         )
-    except local.StalledRunError as stopped:
+    except runs.StalledRunError as stopped:
         _print_stall(job.metadata.name, stopped.stall, again)
         raise typer.Exit(EXIT_STALLED) from None
-    except local.LocalRunError as error:
+    except runs.LocalRunError as error:
         err.print(f"[red]✗[/] {escape(job.metadata.name)}: {escape(str(error))}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
@@ -360,13 +367,13 @@ def _print_stall(name: str, stall: Stall, again: str) -> None:
     err.print(f"[red]✗[/] {escape(name)}: {escape(stall.verdict(again))}")
 
 
-def _run_search(plan: local_search.SearchPlan) -> None:
+def _run_search(plan: searches.SearchPlan) -> None:
     """Run or resume the search; print its trials, best trial and importance; exit 1 unless
     it succeeded."""
-    from kubetune_operator import local_search
+    from kubetune_operator.cli.local import searches
 
-    report = local_search.run_search(plan, lambda line: out.print(escape(line)))
-    for part in run_report.renderables(report, plan.output_dir):
+    report = searches.run_search(plan, lambda line: out.print(escape(line)))
+    for part in run_summary.renderables(report, plan.output_dir):
         out.print(part)
     if not report["succeeded"]:
         err.print(f"[red]✗[/] {escape(plan.job.metadata.name)}: {escape(report['message'])}")
@@ -406,7 +413,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     best = report.get("bestMetrics") or {}
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in best.items() if v is not None)
     rows = [("metrics", metrics)] if metrics else []
-    if outcome in local.CONTINUED_OUTCOMES:  # unfinished curves: no verdict on them yet
+    if outcome in runs.CONTINUED_OUTCOMES:  # unfinished curves: no verdict on them yet
         rows.append(("stopped at", f"step {report.get('steps')}"))
     else:
         diagnosis = report.get("diagnosis") or {}
@@ -419,7 +426,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     ]
     for name, value in rows:
         out.print(f"  [bold]{name:<15}[/]{escape(value)}")
-    bias = run_report.bias_line(report)
+    bias = run_summary.bias_line(report)
     if bias is not None:
         out.print(f"  [bold]{'bias audit':<15}[/]{bias}")
 
@@ -440,17 +447,17 @@ def report(
     """Summarize a finished run from its report.json: outcome, metrics, data, bias audit
     (a search: its trials, best trial and parameter importance)."""
     try:
-        content = run_report.load_report(run_dir)
-    except run_report.ReportError as error:
+        content = run_summary.load_report(run_dir)
+    except run_summary.ReportError as error:
         err.print(f"[red]✗[/] {escape(str(error))}")
         raise typer.Exit(1) from None
     if as_json:
-        out.out(json.dumps(run_report.summary(content, run_dir), indent=2, ensure_ascii=False))
+        out.out(json.dumps(run_summary.summary(content, run_dir), indent=2, ensure_ascii=False))
     else:
-        for part in run_report.renderables(content, run_dir):
+        for part in run_summary.renderables(content, run_dir):
             out.print(part)
     if open_page:
-        _open_page(run_report.page_path(content, run_dir))
+        _open_page(run_summary.page_path(content, run_dir))
 
 
 def _open_page(page: Path) -> None:
@@ -525,7 +532,7 @@ def _namespace_for(job: FineTuneJob, namespace: str | None) -> str:
 def _laptop_paths(job: FineTuneJob) -> list[tuple[str, str]]:
     """(field path, value) of every source or output that names a file of this machine:
     a relative path, or an absolute one that exists here (the pods see the image's)."""
-    located = local_sources.job_sources(job, ("source", "uri"))
+    located = paths.job_sources(job, ("source", "uri"))
     return [(path, uri) for path, uri in located if _names_a_local_file(uri)]
 
 
@@ -631,18 +638,18 @@ def _check_page_options(page: Path, *, watch: bool, as_json: bool) -> None:
 
 
 def _write_search_page(cluster: kube.Cluster, namespace: str, name: str, page: Path) -> None:
-    from kubetune_operator import job_view, search_report
+    from kubetune_operator.cli.views import job_status, search_page
 
     job, _ = _fetch(cluster, namespace, name)
     try:
-        search_report.write_page(page, job_view.search_page(job))
-    except job_view.PageError as error:
+        search_page.write_page(page, job_status.search_page(job))
+    except job_status.PageError as error:
         err.print(f"[red]✗[/] {escape(str(error))}")
         raise typer.Exit(1) from None
     except OSError as error:
         err.print(f"[red]✗[/] --html {escape(str(page))}: cannot be written ({escape(str(error))})")
         raise typer.Exit(1) from None
-    trials = len(job_view.status_of(job).get("trials") or [])
+    trials = len(job_status.status_of(job).get("trials") or [])
     out.print(
         f"[green]✓[/] wrote {escape(str(page))}: the search page of FineTuneJob "
         f"{escape(namespace)}/{escape(name)} ({trials} trials)"
@@ -677,13 +684,13 @@ def _not_found(cluster: kube.Cluster, namespace: str, name: str) -> str:
 def _show(
     job: Mapping[str, Any], events: list[dict[str, Any]], *, as_json: bool, compact: bool
 ) -> None:
-    from kubetune_operator import job_view
+    from kubetune_operator.cli.views import job_status
 
     if as_json:
-        status = job_view.status_of(job)
+        status = job_status.status_of(job)
         out.out(json.dumps(status, ensure_ascii=False, indent=None if compact else 2))
         return
-    for part in job_view.renderables(job, events, datetime.now(UTC)):
+    for part in job_status.renderables(job, events, datetime.now(UTC)):
         out.print(part)
 
 
@@ -691,7 +698,7 @@ def _watch(
     cluster: kube.Cluster, namespace: str, name: str, interval: float, as_json: bool
 ) -> str | None:
     """Poll until the job finishes, showing each change; the final phase."""
-    from kubetune_operator import job_view
+    from kubetune_operator.cli.views import job_status
 
     live = out.is_terminal and not as_json
     shown: object = None
@@ -699,15 +706,15 @@ def _watch(
         while True:
             job, events = _fetch(cluster, namespace, name)
             if screen is not None:  # a terminal: redraw in place, so the ages tick too
-                parts = job_view.renderables(job, events, datetime.now(UTC))
+                parts = job_status.renderables(job, events, datetime.now(UTC))
                 screen.update(Group(*parts), refresh=True)
             elif (job.get("status"), events) != shown:
                 if shown is not None and not as_json:
                     out.rule(datetime.now().strftime("%H:%M:%S"), style="dim")
                 _show(job, events, as_json=as_json, compact=True)
                 shown = (job.get("status"), events)
-            if job_view.phase(job) in job_view.FINISHED:
-                return job_view.phase(job)
+            if job_status.phase(job) in job_status.FINISHED:
+                return job_status.phase(job)
             time.sleep(interval)
 
 
@@ -795,61 +802,22 @@ def _fields_table(fields: list[explain.FieldDoc]) -> Table:
     return table
 
 
-@app.command(name="operator")
-def run_operator(
-    namespace: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--namespace",
-            "-n",
-            help="Watch only this namespace (repeat for several; globs allowed). "
-            "Default: every namespace.",
-        ),
-    ] = None,
-    peering: Annotated[
-        str | None,
-        typer.Option(
-            help="kopf peering name: replicas that share it elect one active operator. "
-            "Default: standalone (run one replica)."
-        ),
-    ] = None,
-    liveness: Annotated[
-        str, typer.Option(help="Where kopf serves the health probe.")
-    ] = "http://0.0.0.0:8081/healthz",
-    log_format: Annotated[
-        str, typer.Option(help="json (structured, one object per line) or plain.")
-    ] = "json",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
-) -> None:
-    """Run the FineTuneJob operator against the current cluster (in-cluster or kubeconfig)."""
+@app.command(
+    name="operator",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def run_operator(context: typer.Context) -> None:
+    """Run the FineTuneJob operator against the current cluster (in-cluster or kubeconfig).
+
+    The options are those of `kubetune-operator`, the operator pod's own program, which
+    this runs (see `kubetune operator --help`)."""
     with _needs_extra("operator", "operator"):
-        import kopf
-
-        from kubetune_operator import (
-            handlers,  # noqa: F401  (its decorators register the handlers)
-            kube,
-        )
-
-    formats = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.FULL}
-    if log_format not in formats:
-        err.print(f"[red]✗[/] --log-format must be json or plain (got {escape(log_format)})")
-        raise typer.Exit(2)
-    try:
-        kube.connect()
-    except kube.KubeError as error:
-        err.print(f"[red]✗[/] {escape(str(error))}")
-        raise typer.Exit(1) from None
-    kopf.configure(verbose=verbose, log_format=formats[log_format], log_refkey="object")
-    namespaces = namespace or []
-    kopf.run(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        standalone=peering is None,
-        peering_name=peering,
-        liveness_endpoint=liveness,
-    )
+        import kopf  # noqa: F401  (refused here, before a second Python starts)
+    command = [sys.executable, "-m", "kubetune_operator.controller", *context.args]
+    raise typer.Exit(subprocess.call(command))
 
 
 def main() -> None:
-    """The command line (the console script wraps it: kubetune_operator.console)."""
+    """The command line (the console script wraps it: kubetune_operator.cli.console)."""
     app()

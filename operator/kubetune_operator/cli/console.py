@@ -17,7 +17,7 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 def main() -> None:
     """Console-script entry point: the CLI, with a Ctrl-C during its start-up caught too."""
     try:
-        from kubetune_operator.cli import main as run_cli
+        from kubetune_operator.cli.app import main as run_cli
 
         run_cli()
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune_operator.crdgen import Schema, openapi_schema
+from kubetune_operator.api.crdgen import Schema, openapi_schema
 
 
 class UnknownFieldPathError(LookupError):

@@ -25,12 +25,13 @@ from typing import Any, Final
 
 import kopf
 
-from kubetune_operator import builders, kube, metrics, runtimes, search, trials, workers
+from kubetune_operator import builders, kube, metrics, runtimes, search
 from kubetune_operator import status as status_rules
 from kubetune_operator.api import runtime as runtime_api
 from kubetune_operator.api import v1alpha1
-from kubetune_operator.manifests import check_document
-from kubetune_operator.state import (
+from kubetune_operator.api.manifests import check_document
+from kubetune_operator.controller import trials, workers
+from kubetune_operator.controller.state import (
     CLUSTER,
     TERMINAL_PHASES,
     Indexes,

@@ -20,8 +20,8 @@ import kopf
 from kubetune_operator import search
 from kubetune_operator import status as status_rules
 from kubetune_operator.api import v1alpha1
-from kubetune_operator.manifests import check_document
-from kubetune_operator.state import (
+from kubetune_operator.api.manifests import check_document
+from kubetune_operator.controller.state import (
     TERMINAL_PHASES,
     OperatorState,
     body_of,
@@ -30,7 +30,7 @@ from kubetune_operator.state import (
     post,
     without_status,
 )
-from kubetune_trainer.html_page import params_text
+from kubetune_trainer.formatting import params_text
 
 
 def start(shared: OperatorState, ftj: Mapping[str, Any], children: list[Mapping[str, Any]]) -> None:

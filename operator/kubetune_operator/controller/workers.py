@@ -21,12 +21,13 @@ import kopf
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from kubetune_operator import builders, kube, kueue, metrics, queueing, reports, runtimes
+from kubetune_operator import builders, kube, kueue, metrics, queueing, runtimes
 from kubetune_operator import status as status_rules
 from kubetune_operator.api import v1alpha1
+from kubetune_operator.api.manifests import check_document
 from kubetune_operator.api.runtime import Guardrails
-from kubetune_operator.manifests import check_document
-from kubetune_operator.state import (
+from kubetune_operator.controller import reports
+from kubetune_operator.controller.state import (
     TERMINAL_PHASES,
     Indexes,
     Key,

@@ -12,7 +12,7 @@ from typing import Any
 
 from kubetune_operator import kueue
 from kubetune_operator.status import observe
-from tests.unit.test_status import (
+from tests.unit.operator.test_status import (
     NOW,
     applied,
     assert_fits_model,

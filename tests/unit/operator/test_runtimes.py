@@ -12,10 +12,10 @@ import yaml
 from typer.testing import CliRunner
 
 from kubetune_operator import runtimes
+from kubetune_operator.api.manifests import check_document
 from kubetune_operator.api.runtime import ClusterFineTuneRuntime, FineTuneRuntime
 from kubetune_operator.api.v1alpha1 import FineTuneJob
-from kubetune_operator.cli import app
-from kubetune_operator.manifests import check_document
+from kubetune_operator.cli.app import app
 from tests.conftest import REPO, load_example
 
 A100 = "ClusterFineTuneRuntime a100"

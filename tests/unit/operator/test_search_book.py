@@ -7,7 +7,7 @@ import copy
 from typing import Any
 
 from kubetune_operator.api.v1alpha1 import FineTuneJobSpec
-from kubetune_operator.local_search import fingerprint, trial_result
+from kubetune_operator.cli.local.searches import fingerprint, trial_result
 
 
 def spec(sentiment: dict[str, Any], **search: Any) -> FineTuneJobSpec:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from kubetune_operator.api.manifests import check_document
 from kubetune_operator.api.v1alpha1 import SearchParameter, spec_field
-from kubetune_operator.manifests import check_document
 
 
 def problems_with_search(manifest: dict[str, Any], search: dict[str, Any]) -> list[str]:

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from kubetune_operator import job_view, run_report, search_report, trials
 from kubetune_operator.api.v1alpha1 import FineTuneJobSpec, TrialStatus
-from kubetune_operator.local_search import TrialResult, ended_line, started_line
+from kubetune_operator.cli.local.searches import TrialResult, ended_line, started_line
+from kubetune_operator.cli.views import job_status, run_summary, search_page
+from kubetune_operator.controller import trials
 from kubetune_operator.search import TrialPlan, search_outcome, search_status
-from kubetune_trainer.html_page import params_text, value_text
+from kubetune_trainer.formatting import params_text, value_text
 
 LEARNING_RATE = {"path": "training.learningRate", "type": "float", "min": 1e-6, "max": 1e-2}
 BATCH_SIZE = {"path": "training.batchSize", "type": "int", "min": 8, "max": 64}
@@ -130,7 +131,7 @@ def test_kubetune_runs_summary_shows_the_rounded_values(
     sentiment: dict[str, Any], tmp_path: Path
 ) -> None:
     report = search_report_json(search_spec(sentiment))
-    lines = printed(run_report.renderables(report, tmp_path))
+    lines = printed(run_summary.renderables(report, tmp_path))
     table = lines.index(next(line for line in lines if line.startswith(" trial ")))
     assert lines[table + 1].split() == ["0", "★", "Complete", "0.0001406", "32", "cosine", "0.8765"]
     assert lines[table + 2].split() == ["1", "Complete", "1.406e-5", "16", "linear", "0.9123"]
@@ -141,7 +142,7 @@ def test_kubetune_runs_summary_shows_the_rounded_values(
 def test_kubetune_status_shows_the_rounded_best_objective(sentiment: dict[str, Any]) -> None:
     status = search_status(search_spec(sentiment), TRIALS)
     job = {"metadata": {"namespace": "team-a", "name": "lr"}, "status": status}
-    lines = printed(job_view.renderables(job, [], now=datetime(2030, 1, 1, tzinfo=UTC)))
+    lines = printed(job_status.renderables(job, [], now=datetime(2030, 1, 1, tzinfo=UTC)))
     assert "trials  2: 2 complete; best lr-trial-0 (0.8765)" in lines
 
 
@@ -160,7 +161,7 @@ def header_facts(tree: ET.Element) -> dict[str, str]:
 
 
 def test_search_html_shows_the_same_rounded_values(sentiment: dict[str, Any]) -> None:
-    tree = main_tree(search_report.render_search_html("lr", search_spec(sentiment), TRIALS))
+    tree = main_tree(search_page.render_search_html("lr", search_spec(sentiment), TRIALS))
     body = tree.findall(".//table[@class='trials']/tbody/tr")
     assert [cells(row) for row in body] == [
         ["0 \u2605", "lr-trial-0", "Complete", "0.0001406", "32", "cosine", "0.8765", ""],

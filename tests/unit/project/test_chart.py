@@ -34,24 +34,16 @@ from kopf._cogs.structs import references
 from kubernetes import client
 from prometheus_client import REGISTRY
 
-from kubetune_operator import (
-    builders,
-    cli,
-    crdgen,
-    handlers,
-    kube,
-    metrics,
-    search,
-    state,
-    trials,
-    workers,
-)
-from kubetune_operator.api import v1alpha1
+from kubetune_operator import builders, kube, metrics, search
+from kubetune_operator.api import crdgen, v1alpha1
+from kubetune_operator.api.manifests import check_file
 from kubetune_operator.api.runtime import Guardrails
-from kubetune_operator.manifests import check_file
-from kubetune_trainer import reporting
+from kubetune_operator.controller import handlers, state, trials, workers
+from kubetune_operator.controller import main as controller_main
+from kubetune_trainer.report import progress
+from tests.conftest import REPO
 
-ROOT: Final = Path(__file__).resolve().parents[2]
+ROOT: Final = REPO
 CHART: Final = ROOT / "charts" / "kubetune"
 NON_DEFAULT: Final = CHART / "ci" / "namespaced-values.yaml"
 WATCHED: Final = ["team-a", "team-b"]
@@ -431,16 +423,14 @@ def test_only_the_peering_patch_is_limited_by_name(rendering: str) -> None:
                 assert rule["resourceNames"] == ["kubetune"]
 
 
-# The Deployment runs the real CLI with the real settings.
+# The Deployment runs the controller's own program with the real settings.
 
 
 def parsed_operator_args(container: dict[str, Any]) -> dict[str, Any]:
-    """The `kubetune operator` options as the CLI parses the container's args."""
-    group = typer.main.get_command(cli.app)
-    assert container["args"][0] == "operator"
-    with group.make_context("kubetune", ["operator"]) as context:
-        command = group.get_command(context, "operator")  # type: ignore[attr-defined]
-    with command.make_context("operator", list(container["args"][1:])) as parsed:
+    """The `kubetune-operator` options as the program parses the container's args."""
+    assert container["command"] == ["kubetune-operator"]
+    command = typer.main.get_command(controller_main.app)
+    with command.make_context("kubetune-operator", list(container["args"])) as parsed:
         params: dict[str, Any] = parsed.params
     return params
 
@@ -597,7 +587,7 @@ def exported_metric_names() -> set[str]:
         definition.name
         if definition.kind == "gauge" or definition.name.endswith("_total")
         else f"{definition.name}_total"
-        for definition in reporting.TRAINER_METRICS
+        for definition in progress.TRAINER_METRICS
     }
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
     for family in REGISTRY.collect():

@@ -15,7 +15,7 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
-from kubetune_operator.manifests import check_file
+from kubetune_operator.api.manifests import check_file
 from kubetune_trainer.config import parse_source
 from tests.conftest import REPO
 

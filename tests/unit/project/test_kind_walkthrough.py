@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kubetune_operator.manifests import check_file
+from kubetune_operator.api.manifests import check_file
 from tests.conftest import REPO
 
 SCRIPT = REPO / "hack/kind-e2e.sh"

@@ -12,7 +12,7 @@ import os
 from prometheus_client import CollectorRegistry
 
 from kubetune_operator import metrics
-from kubetune_trainer.reporting import TRAINER_METRICS
+from kubetune_trainer.report.progress import TRAINER_METRICS
 from tests.conftest import REPO
 
 DOC = REPO / "docs/metrics.md"

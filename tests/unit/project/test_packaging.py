@@ -30,7 +30,7 @@ def test_trainer_extra_admits_the_cpu_torch_build_ci_installs() -> None:
 def test_api_cli_and_crd_generation_import_no_torch() -> None:
     code = (
         "import sys\n"
-        "import kubetune_operator.cli, kubetune_operator.crdgen, kubetune_trainer.config\n"
+        "import kubetune_operator.cli.app, kubetune_operator.api.crdgen, kubetune_trainer.config\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     )
     result = subprocess.run(
@@ -78,9 +78,10 @@ def test_the_trainer_extra_holds_what_a_run_and_a_search_import() -> None:
     """What `kubetune run` loads, for a plain job and a search, without the operator's
     cluster client (tests/integration/test_local_run.py trains that way too)."""
     code = (
-        "from kubetune_operator import local, local_search, run_report\n"
+        "from kubetune_operator.cli.local import runs, searches\n"
+        "from kubetune_operator.cli.views import run_summary\n"
         "import kubetune_trainer.__main__, kubetune_trainer.launch\n"
-        "local.check_trainer_installed(search=True)\n"
+        "runs.check_trainer_installed(search=True)\n"
         "print(sorted(m for m in ('kopf', 'kubernetes', 'urllib3') if sys.modules[m]))\n"
     )
     result = python_with(("trainer",), code)

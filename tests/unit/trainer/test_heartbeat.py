@@ -8,9 +8,9 @@ from pathlib import Path
 
 from kubetune_operator.api.v1alpha1 import TrainerReport
 from kubetune_trainer.heartbeat import Heartbeat, read_heartbeat, write_heartbeat
-from kubetune_trainer.reporting import Beat, NullReporter, StatusReporter, heartbeat_patch
+from kubetune_trainer.report.progress import Beat, NullReporter, StatusReporter, heartbeat_patch
 from kubetune_trainer.watchdog import StallWatchdog, duration_text
-from tests.unit.test_reporting import FakeClock
+from tests.unit.trainer.report.test_progress import FakeClock
 
 
 class Beats(NullReporter):

@@ -37,6 +37,7 @@ This package re-exports what the rest of the trainer uses, so callers import fro
 from kubetune_trainer.data.augmenting import SYNTHETIC_COLUMN
 from kubetune_trainer.data.balancing import class_weights
 from kubetune_trainer.data.batching import MEGA_BATCH_FACTOR, LengthGroupedSampler
+from kubetune_trainer.data.cleaning import TOKEN_COUNT_BATCH, apply_quality_rules, quality_settings
 from kubetune_trainer.data.groups import MISSING_GROUP
 from kubetune_trainer.data.language_model import IGNORED_LABEL, prepare_language_model_data
 from kubetune_trainer.data.loading import load_table, read_source
@@ -51,7 +52,6 @@ from kubetune_trainer.data.packing import (
 from kubetune_trainer.data.pipeline import prepare_audit_rows, prepare_data
 from kubetune_trainer.data.prepared import AuditRows, PreparedData
 from kubetune_trainer.data.rows import DataError
-from kubetune_trainer.data.rules import TOKEN_COUNT_BATCH, apply_quality_rules, quality_settings
 from kubetune_trainer.data.splits import kfold_splits, stratified_split
 
 __all__ = [

@@ -17,19 +17,19 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kubetune_trainer.augment import (
+from kubetune_trainer.config import DataSource, TrainingConfig
+from kubetune_trainer.data.augment import (
     AugmentationError,
     augment_texts,
     plan_augmentation,
     read_synonyms,
 )
-from kubetune_trainer.config import DataSource, TrainingConfig
 from kubetune_trainer.data.columns import as_text, check_columns, training_file_columns
 from kubetune_trainer.data.labels import encode_labels
 from kubetune_trainer.data.loading import read_source
+from kubetune_trainer.data.quality import RuleResult, normalise
 from kubetune_trainer.data.rows import DataError, Rows
 from kubetune_trainer.data.screening import screen
-from kubetune_trainer.quality import RuleResult, normalise
 
 SYNTHETIC_COLUMN = "__kubetune_synthetic"
 """A column that marks synthetic rows (data.augmentation.syntheticSources) among the training

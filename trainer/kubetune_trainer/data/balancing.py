@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from kubetune_trainer.balance import resample
 from kubetune_trainer.config import BalanceSpec
+from kubetune_trainer.data.balance import resample
 from kubetune_trainer.data.rows import DataError, Rows, listing
 
 

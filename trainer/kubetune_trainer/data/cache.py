@@ -30,10 +30,10 @@ from transformers import PreTrainedTokenizerBase
 
 from kubetune_trainer.config import DataSource, TrainingConfig
 from kubetune_trainer.data import PreparedData
-from kubetune_trainer.data_report import DataReport
+from kubetune_trainer.data.quality import QualityReport, RuleResult
+from kubetune_trainer.data.report import DataReport
+from kubetune_trainer.data.sources import SourceError, resolve_data
 from kubetune_trainer.file_modes import publish
-from kubetune_trainer.quality import QualityReport, RuleResult
-from kubetune_trainer.sources import SourceError, resolve_data
 
 CACHE_FORMAT = 2
 """Bumped when the cached layout changes, so that old caches are not misread."""

@@ -1,6 +1,6 @@
 """The data-quality rules of quality.py, run on the pipeline's rows.
 
-The quality engine (kubetune_trainer.quality) knows no file, tokenizer or model; this
+The quality engine (kubetune_trainer.data.quality) knows no file, tokenizer or model; this
 module is where the pipeline meets it. It builds the engine's settings from the manifest,
 measures what the engine cannot (token counts for the length rule, the label-noise
 detector), hands over each row's position in its file so that examples and messages name
@@ -21,8 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from kubetune_trainer.config import DataQualitySpec, DataSpec, TrainingConfig
 from kubetune_trainer.data.columns import as_text
 from kubetune_trainer.data.labels import class_names
-from kubetune_trainer.data.rows import DataError, Rows
-from kubetune_trainer.quality import (
+from kubetune_trainer.data.quality import (
     Finding,
     LengthSettings,
     Mask,
@@ -34,6 +33,7 @@ from kubetune_trainer.quality import (
     SplitInput,
     check,
 )
+from kubetune_trainer.data.rows import DataError, Rows
 
 TOKEN_COUNT_BATCH = 1024
 """Rows per tokenizer call when the length rule counts tokens."""
@@ -147,7 +147,7 @@ def _label_noise_detector(train: Rows, config: TrainingConfig) -> Callable[[Mask
     if spec is None or config.model.task != "sequence-classification":
         return None
     # Imported here: cleanlab takes most of a second to import, and most runs do not ask.
-    from kubetune_trainer.label_noise import find_suspects
+    from kubetune_trainer.data.label_noise import find_suspects
 
     names = class_names(train, config)
     texts = _joined_texts(train, config.data)

@@ -21,8 +21,8 @@ import pyarrow.compute as pc
 
 from kubetune_trainer.config import TrainingConfig, unprintable_character
 from kubetune_trainer.data.columns import as_text
+from kubetune_trainer.data.quality import Mask
 from kubetune_trainer.data.rows import SHOWN, DataError, Rows, listing, row_count
-from kubetune_trainer.quality import Mask
 
 _INTEGER_TEXT = r"^-?[0-9]+$"
 _CLASS_ID_TEXT = r"^[0-9]{1,9}$"

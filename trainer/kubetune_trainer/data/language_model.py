@@ -21,15 +21,15 @@ from transformers import PreTrainedTokenizerBase
 
 from kubetune_trainer.config import DataSpec, TrainingConfig
 from kubetune_trainer.data.batching import check_batch_size
+from kubetune_trainer.data.cleaning import apply_quality_rules
 from kubetune_trainer.data.columns import check_columns, required_texts, text_columns
 from kubetune_trainer.data.groups import present_sensitive_groups
 from kubetune_trainer.data.loading import read_source
 from kubetune_trainer.data.prepared import PreparedData
+from kubetune_trainer.data.report import DataReport, length_summary
 from kubetune_trainer.data.rows import DataError, Rows
-from kubetune_trainer.data.rules import apply_quality_rules
 from kubetune_trainer.data.screening import rows_read, screen
 from kubetune_trainer.data.splits import stratified_split
-from kubetune_trainer.data_report import DataReport, length_summary
 
 IGNORED_LABEL = -100
 """The label value torch's cross-entropy skips: prompt tokens and padding."""

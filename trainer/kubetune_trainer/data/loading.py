@@ -26,7 +26,7 @@ from datasets.table import InMemoryTable
 
 from kubetune_trainer.config import DataFormat, DataSource, infer_format
 from kubetune_trainer.data.rows import DataError, Rows
-from kubetune_trainer.sources import SourceError, resolve_data
+from kubetune_trainer.data.sources import SourceError, resolve_data
 
 
 def load_table(source: DataSource, field: str) -> datasets.Dataset:

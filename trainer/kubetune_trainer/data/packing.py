@@ -13,8 +13,8 @@ for sdpa, eager and flex attention, and flash attention takes position_ids as it
 boundaries: a row attends only to itself, exactly as it would alone. Two conditions:
 the model must be run without a KV cache (a cache switches the detection off; modeling.py
 sets use_cache false), and the architecture must take position_ids from its inputs
-(`PACKED_ARCHITECTURES`, each checked by tests/unit/test_packing.py against one row at a
-time). The first label of every packed row is IGNORED_LABEL, so the last token of a row is
+(`PACKED_ARCHITECTURES`, each checked by tests/unit/trainer/data/test_packing.py against one
+row at a time). The first label of every packed row is IGNORED_LABEL, so the last token of a row is
 never asked to predict the first token of the next.
 
 The collator pads each batch of packed sequences to its longest, and numbers the pad tail

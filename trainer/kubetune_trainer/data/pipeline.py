@@ -18,15 +18,16 @@ import numpy as np
 import numpy.typing as npt
 from transformers import PreTrainedTokenizerBase
 
-from kubetune_trainer.balance import recommendation
 from kubetune_trainer.config import DataSpec, TrainingConfig
 from kubetune_trainer.data.augmenting import (
     synthetic_count,
     with_augmented_rows,
     with_synthetic_rows,
 )
+from kubetune_trainer.data.balance import recommendation
 from kubetune_trainer.data.balancing import class_weights, resampled
 from kubetune_trainer.data.batching import check_batch_size
+from kubetune_trainer.data.cleaning import apply_quality_rules
 from kubetune_trainer.data.columns import (
     check_columns,
     training_file_columns,
@@ -43,12 +44,8 @@ from kubetune_trainer.data.labels import (
 from kubetune_trainer.data.language_model import prepare_language_model_data
 from kubetune_trainer.data.loading import read_source
 from kubetune_trainer.data.prepared import AuditRows, PreparedData
-from kubetune_trainer.data.rows import Rows
-from kubetune_trainer.data.rules import apply_quality_rules
-from kubetune_trainer.data.screening import rows_read, screen
-from kubetune_trainer.data.splits import split_off_validation
-from kubetune_trainer.data.tokenizing import check_training_weights, model_inputs, tokenize
-from kubetune_trainer.data_report import (
+from kubetune_trainer.data.quality import QualityReport
+from kubetune_trainer.data.report import (
     BeforeAfter,
     Counts,
     DataReport,
@@ -56,7 +53,10 @@ from kubetune_trainer.data_report import (
     group_counts,
     length_summary,
 )
-from kubetune_trainer.quality import QualityReport
+from kubetune_trainer.data.rows import Rows
+from kubetune_trainer.data.screening import rows_read, screen
+from kubetune_trainer.data.splits import split_off_validation
+from kubetune_trainer.data.tokenizing import check_training_weights, model_inputs, tokenize
 
 
 def _no_progress() -> None:

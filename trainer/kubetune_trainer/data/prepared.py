@@ -15,8 +15,8 @@ import datasets
 import numpy as np
 import numpy.typing as npt
 
-from kubetune_trainer.data_report import DataReport
-from kubetune_trainer.quality import QualityReport
+from kubetune_trainer.data.quality import QualityReport
+from kubetune_trainer.data.report import DataReport
 
 
 @dataclass

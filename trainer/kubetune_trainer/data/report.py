@@ -23,8 +23,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kubetune_trainer.balance import imbalance_ratio
-from kubetune_trainer.quality import QualityReport
+from kubetune_trainer.data.balance import imbalance_ratio
+from kubetune_trainer.data.quality import QualityReport
 
 HISTOGRAM_BINS = 20
 """Length histograms have at most this many bins."""

@@ -21,11 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.data.cleaning import quality_failure
 from kubetune_trainer.data.columns import as_text
 from kubetune_trainer.data.labels import label_values, unknown_labels_message, unknown_mask
-from kubetune_trainer.data.rows import DataError, Rows, row_count
-from kubetune_trainer.data.rules import quality_failure
-from kubetune_trainer.quality import (
+from kubetune_trainer.data.quality import (
     Mask,
     QualityError,
     QualityReport,
@@ -34,6 +33,7 @@ from kubetune_trainer.quality import (
     SplitInput,
     rule_result,
 )
+from kubetune_trainer.data.rows import DataError, Rows, row_count
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from kubetune_trainer.audit import (
+from kubetune_trainer.config import BiasSpec, TrainingConfig
+from kubetune_trainer.data import AuditRows, PreparedData
+from kubetune_trainer.examine.audit import (
     BiasAudit,
     CounterfactualResult,
     audit,
@@ -37,11 +39,9 @@ from kubetune_trainer.audit import (
     positive_classes,
     swap_terms,
 )
-from kubetune_trainer.config import BiasSpec, TrainingConfig
-from kubetune_trainer.data import AuditRows, PreparedData
-from kubetune_trainer.interpret import LayerSnapshot, explain, relative_weight_change
+from kubetune_trainer.examine.interpret import LayerSnapshot, explain, relative_weight_change
 from kubetune_trainer.metrics import per_class_summary
-from kubetune_trainer.reporting import Reporter
+from kubetune_trainer.report.progress import Reporter
 
 
 def predict(

@@ -40,15 +40,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from kubetune_trainer.html_page import (
+from kubetune_trainer.formatting import MISSING, fmt_number
+from kubetune_trainer.report.page import (
     BASE_STYLE,
-    MISSING,
     Markup,
     Section,
     badge,
     document,
     facts,
-    fmt_number,
     h,
     join,
     printable,

@@ -9,14 +9,12 @@ standard library only, so the operator, which has no torch or matplotlib, can us
 from __future__ import annotations
 
 import html
-import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-MISSING: Final = "\u2013"
-"""Shown for a missing or non-finite value."""
+from kubetune_trainer.formatting import MISSING, fmt_number
 
 CSP: Final = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 """No scripts, no requests: the pages need neither, and their data is untrusted."""
@@ -101,48 +99,6 @@ def _attribute(value: object) -> Markup:
 
 def join(parts: Iterable[object]) -> Markup:
     return Markup("".join(h(part) for part in parts))
-
-
-def fmt_number(value: float) -> str:
-    """Ints with thousands separators; other numbers with 4 significant digits."""
-    if isinstance(value, int):
-        return f"{value:,}"
-    if not math.isfinite(value):
-        return MISSING
-    if 1e4 <= abs(value) < 1e15:
-        return f"{float(f'{value:.4g}'):,.0f}"
-    return significant(value)
-
-
-def significant(value: float) -> str:
-    """4 significant digits, with the exponent as a manifest writes it where one is needed:
-    0.0001406, 1.406e-5, 0.5, 3."""
-    text = f"{value:.4g}"
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        return f"{mantissa}e{int(exponent)}"
-    return text
-
-
-def value_text(value: object) -> str:
-    """A trial's parameter value or objective as people read it, in the terminal and on
-    search.html alike: a sampled 0.00014059283 as 0.0001406 and 1.4059e-5 as 1.406e-5 (4
-    significant digits), ints as they are (32, not 32.0), a category as it is, a
-    missing or non-finite number as an en dash."""
-    if value is None:
-        return MISSING
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return significant(value) if math.isfinite(value) else MISSING
-    return str(value)
-
-
-def params_text(params: Mapping[str, object]) -> str:
-    """A trial's values as `path=value, ...`, each value as value_text shows it."""
-    return ", ".join(f"{path}={value_text(value)}" for path, value in params.items())
 
 
 def facts(items: Sequence[tuple[object, object]]) -> Markup:

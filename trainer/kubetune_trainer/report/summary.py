@@ -18,8 +18,8 @@ from typing import Any
 
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import PreparedData
-from kubetune_trainer.report_html import render_html
-from kubetune_trainer.reporting import json_safe
+from kubetune_trainer.report.html import render_html
+from kubetune_trainer.report.progress import json_safe
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from kubetune_operator.api.v1alpha1 import FineTuneJob, FineTuneJobSpec, TrialStatus
-from kubetune_operator.local import (
+from kubetune_operator.cli.local.runs import (
     REPORT_FILE,
     LocalRun,
     LocalRunError,
@@ -39,6 +39,11 @@ from kubetune_operator.local import (
     run_in_process,
     trainer_command,
     trainer_environment,
+)
+from kubetune_operator.cli.views.search_page import (
+    SEARCH_HTML,
+    parameter_importance,
+    write_search_html,
 )
 from kubetune_operator.search import (
     ACTIVE_STATES,
@@ -53,13 +58,8 @@ from kubetune_operator.search import (
     trial_name,
     trial_spec,
 )
-from kubetune_operator.search_report import (
-    SEARCH_HTML,
-    parameter_importance,
-    write_search_html,
-)
 from kubetune_trainer.config import EXIT_INVALID_INPUT
-from kubetune_trainer.html_page import params_text, value_text
+from kubetune_trainer.formatting import params_text, value_text
 
 SEARCH_FILE: Final = "search.json"
 MODEL_DIR: Final = "model"

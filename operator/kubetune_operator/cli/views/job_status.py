@@ -19,11 +19,11 @@ from rich.console import RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from kubetune_operator.manifests import check_document
-from kubetune_operator.run_report import MISSING, bias_line, fmt, passed_mark, table
+from kubetune_operator.api.manifests import check_document
+from kubetune_operator.cli.views.run_summary import bias_line, fmt, passed_mark, table
+from kubetune_operator.cli.views.search_page import render_search_html
 from kubetune_operator.search import SearchError
-from kubetune_operator.search_report import render_search_html
-from kubetune_trainer.html_page import value_text
+from kubetune_trainer.formatting import MISSING, value_text
 
 FINISHED: Final = ("Succeeded", "Failed")
 """Phases after which nothing changes any more."""

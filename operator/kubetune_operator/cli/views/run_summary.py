@@ -22,12 +22,10 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from kubetune_trainer.html_page import params_text, value_text
+from kubetune_trainer.formatting import MISSING, params_text, value_text
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
-MISSING = "\u2013"
-"""Shown for a missing or non-finite value (as in report.html)."""
 VERDICT_STYLE = {"Passed": "green", "Failed": "red", "InsufficientData": "yellow"}
 
 
@@ -79,7 +77,7 @@ def page_path(report: Mapping[str, Any], run_dir: Path) -> Path:
     """The folder's HTML page: a search's search.html, else the run's report.html."""
     if not is_search(report):
         return html_path(run_dir)
-    from kubetune_operator.search_report import SEARCH_HTML  # Optuna: only for a search
+    from kubetune_operator.cli.views.search_page import SEARCH_HTML  # Optuna: only for a search
 
     return (run_dir / SEARCH_HTML).resolve()
 
@@ -333,7 +331,7 @@ def search_renderables(report: Mapping[str, Any], run_dir: Path) -> list[Rendera
         grid.add_row(f"[bold]{escape(name)}[/]", escape(value))
     parts += [grid, _trials_table(glance, _mapping(report.get("messages")))]
     parts += _best_trial(glance) + _importance(glance)
-    from kubetune_operator.search_report import SEARCH_HTML  # Optuna: only for a search
+    from kubetune_operator.cli.views.search_page import SEARCH_HTML  # Optuna: only for a search
 
     parts.append(_page_line(SEARCH_HTML, Path(glance["searchHtml"])))
     return parts

@@ -36,17 +36,16 @@ from kubetune_operator.search import (
     study_from_trials,
     total_trials,
 )
-from kubetune_trainer.html_page import (
+from kubetune_trainer.formatting import fmt_number, value_text
+from kubetune_trainer.report.page import (
     BASE_STYLE,
     Markup,
     Section,
     badge,
     document,
     facts,
-    fmt_number,
     join,
     tag,
-    value_text,
 )
 
 SEARCH_HTML: Final = "search.html"

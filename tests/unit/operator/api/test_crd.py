@@ -16,9 +16,9 @@ import kubernetes_validate
 import pytest
 from pydantic import BaseModel
 
-from kubetune_operator import crdgen
+from kubetune_operator.api import crdgen
+from kubetune_operator.api.manifests import check_document
 from kubetune_operator.api.v1alpha1 import FineTuneJob
-from kubetune_operator.manifests import check_document
 from tests.conftest import EXAMPLE_MANIFESTS, REPO, load_example
 from tests.kube.admission import apply_defaults
 from tests.kube.admission import failed_rules as rules_failing

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kubetune_operator.manifests import ManifestError, check_document, load_documents
+from kubetune_operator.api.manifests import ManifestError, check_document, load_documents
 from tests.conftest import load_example
 
 BASE = load_example("sentiment/every-section.yaml")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kubetune_operator.manifests import (
+from kubetune_operator.api.manifests import (
     MAX_MANIFEST_BYTES,
     ManifestError,
     check_document,

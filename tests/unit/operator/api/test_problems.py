@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from kubetune_operator.api.manifests import check_document
 from kubetune_operator.api.v1alpha1 import duration_seconds
-from kubetune_operator.manifests import check_document
 from tests.conftest import load_example
 
 ABOVE_ZERO = "a Kubernetes quantity above zero such as 4, 500m, 16Gi"

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from kubetune_operator import builders, metrics
 from kubetune_operator.api.runtime import Guardrails
-from kubetune_operator.handlers import settings_from_env
+from kubetune_operator.controller.handlers import settings_from_env
 
 
 def test_settings_come_from_the_environment_with_defaults() -> None:
@@ -85,7 +85,7 @@ def test_a_deleted_job_leaves_nothing_behind_for_a_new_one_of_its_name() -> None
     from kubernetes import client
 
     from kubetune_operator import kube
-    from kubetune_operator.state import OperatorState
+    from kubetune_operator.controller.state import OperatorState
 
     shared = OperatorState(kube.Cluster(client.ApiClient()), builders.OperatorSettings())
     key, other = ("ml", "sentiment"), ("ml", "other")
@@ -113,7 +113,7 @@ def test_own_writes_stay_over_a_newer_index_version_that_lacks_them() -> None:
     from kubernetes import client
 
     from kubetune_operator import kube
-    from kubetune_operator.state import OperatorState
+    from kubetune_operator.controller.state import OperatorState
 
     shared = OperatorState(kube.Cluster(client.ApiClient()), builders.OperatorSettings())
     key = ("ml", "q2")
@@ -141,7 +141,7 @@ def test_own_writes_give_way_to_the_index_after_a_while() -> None:
     from kubernetes import client
 
     from kubetune_operator import kube
-    from kubetune_operator.state import OWN_WRITES_TTL_S, OperatorState
+    from kubetune_operator.controller.state import OWN_WRITES_TTL_S, OperatorState
 
     now = [100.0]
     shared = OperatorState(

@@ -1,10 +1,11 @@
-"""The trainer's report, checked and copied into the status (kubetune_operator.reports)."""
+"""The trainer's report, checked and copied into the status (controller/reports.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kubetune_operator import builders, reports
+from kubetune_operator import builders
+from kubetune_operator.controller import reports
 from tests.kube.emulator import merge_patch
 
 JOB = {"metadata": {"name": "sentiment", "uid": "uid-1"}}

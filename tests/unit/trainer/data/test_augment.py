@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kubetune_trainer.augment import (
+from kubetune_trainer.config import AugmentationOperation, AugmentationSpec, DataSource
+from kubetune_trainer.data.augment import (
     AugmentationError,
     AugmentedTexts,
     augment_texts,
     plan_augmentation,
     read_synonyms,
 )
-from kubetune_trainer.config import AugmentationOperation, AugmentationSpec, DataSource
 
 TWENTY_WORDS = (
     "one two three four five six seven eight nine ten "

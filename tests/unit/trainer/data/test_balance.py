@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kubetune_trainer.balance import (
+from kubetune_trainer.config import BalanceSpec
+from kubetune_trainer.data import MEGA_BATCH_FACTOR, LengthGroupedSampler
+from kubetune_trainer.data.balance import (
     EFFECTIVE_NUMBER_ABOVE,
     ResampleMode,
     class_balanced_weights,
@@ -19,8 +21,6 @@ from kubetune_trainer.balance import (
     recommendation,
     resample,
 )
-from kubetune_trainer.config import BalanceSpec
-from kubetune_trainer.data import MEGA_BATCH_FACTOR, LengthGroupedSampler
 
 
 def labels_of(counts: list[int], seed: int | None = 0) -> npt.NDArray[np.int64]:

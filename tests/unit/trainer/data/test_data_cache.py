@@ -10,9 +10,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import DataError, PreparedData, prepare_data
-from kubetune_trainer.data_cache import cached_prepare
-from tests.unit.test_data import write_csv
-from tests.unit.test_data_stages import config_for, sentences
+from kubetune_trainer.data.cache import cached_prepare
+from tests.unit.trainer.data.test_data import write_csv
+from tests.unit.trainer.data.test_data_stages import config_for, sentences
 
 
 @pytest.fixture(scope="module")

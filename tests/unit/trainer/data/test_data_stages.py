@@ -15,8 +15,8 @@ from kubetune_operator.api.v1alpha1 import DataValidationStatus
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.crossval import fold_rows
 from kubetune_trainer.data import DataError, PreparedData, prepare_data
-from kubetune_trainer.quality import normalise
-from tests.unit.test_data import write_csv
+from kubetune_trainer.data.quality import normalise
+from tests.unit.trainer.data.test_data import write_csv
 
 WORDS = [
     "the",

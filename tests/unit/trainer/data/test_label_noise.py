@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import DataError, prepare_data
-from kubetune_trainer.label_noise import find_suspects
+from kubetune_trainer.data.label_noise import find_suspects
 
 VOCABULARY = {
     0: ["kettle", "toaster", "blender", "oven", "fridge", "kitchen", "stove", "mixer"],

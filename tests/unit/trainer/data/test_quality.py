@@ -21,10 +21,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from kubetune_trainer import quality
 from kubetune_trainer.config import TrainingConfig
-from kubetune_trainer.data import DataError, PreparedData, prepare_data
-from kubetune_trainer.quality import (
+from kubetune_trainer.data import DataError, PreparedData, prepare_data, quality
+from kubetune_trainer.data.quality import (
     Finding,
     LengthSettings,
     QualityError,
@@ -37,7 +36,7 @@ from kubetune_trainer.quality import (
     normalise,
 )
 from tests.tiny import make_tokenizer
-from tests.unit.test_crd import defaulted, failed_rules
+from tests.unit.operator.api.test_crd import defaulted, failed_rules
 
 TRAIN = [
     ("Great kettle!", "pos"),  # 0 kept: the first of four copies

@@ -11,7 +11,7 @@ import huggingface_hub.constants
 import pytest
 
 from kubetune_trainer.config import DataSource
-from kubetune_trainer.sources import (
+from kubetune_trainer.data.sources import (
     PVC_ROOT,
     SourceError,
     pvc_root,

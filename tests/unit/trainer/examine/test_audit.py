@@ -23,7 +23,8 @@ from fairlearn.metrics import (
 )
 
 from kubetune_operator.api.v1alpha1 import BiasAuditStatus
-from kubetune_trainer.audit import (
+from kubetune_trainer.config import BiasSpec, BiasThresholds, CounterfactualPair
+from kubetune_trainer.examine.audit import (
     MAX_STATUS_GROUPS,
     MAX_STATUS_METRICS,
     MISSING_GROUP,
@@ -34,7 +35,6 @@ from kubetune_trainer.audit import (
     counterfactual_result,
     swap_terms,
 )
-from kubetune_trainer.config import BiasSpec, BiasThresholds, CounterfactualPair
 
 BINARY = ["negative", "positive"]
 Rows = tuple[list[int], list[int], list[str | None]]

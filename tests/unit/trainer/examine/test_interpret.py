@@ -22,8 +22,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
 from kubetune_trainer.config import AttributionSpec
-from kubetune_trainer.freezing import find_layer_groups
-from kubetune_trainer.interpret import (
+from kubetune_trainer.examine.interpret import (
     LayerSnapshot,
     explain,
     merge_pieces,
@@ -31,6 +30,7 @@ from kubetune_trainer.interpret import (
     select_rows,
     snapshot_layer_groups,
 )
+from kubetune_trainer.freezing import find_layer_groups
 from tests.tiny import make_wordpiece_tokenizer
 
 FILLER = [

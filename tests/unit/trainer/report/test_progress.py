@@ -22,12 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from rich.console import Console
 
-from kubetune_operator import reports
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.api.v1alpha1 import TrainerReport
+from kubetune_operator.controller import reports
 from kubetune_trainer.cost import RunCost
-from kubetune_trainer.data_report import failed_status
-from kubetune_trainer.reporting import (
+from kubetune_trainer.data.report import failed_status
+from kubetune_trainer.report.progress import (
     API_GROUP_VERSION,
     REPORT_PLURAL,
     TRAINER_METRICS,
@@ -761,7 +761,7 @@ def test_an_80_column_terminal_keeps_the_progress_line_on_one_row_with_its_eta()
 
 def test_piped_lines_are_never_wrapped() -> None:
     """A pod's log or a pipe: each line whole, however long, so a log search finds it."""
-    from kubetune_trainer.reporting import plain_console
+    from kubetune_trainer.report.progress import plain_console
 
     console = plain_console()
     console.file = io.StringIO()
@@ -879,7 +879,7 @@ def test_console_without_a_terminal_prints_a_line_per_twentieth_of_the_run() -> 
 
 
 def test_a_message_that_already_counts_the_rows_is_not_prefixed_twice() -> None:
-    from kubetune_trainer.reporting import section_summary
+    from kubetune_trainer.report.progress import section_summary
 
     payload = {"rowsIn": 10, "rowsOut": 8, "message": "8 of 10 rows kept: 2 duplicates dropped"}
     assert section_summary("dataValidation", payload) == (

@@ -18,10 +18,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from kubetune_trainer import report as report_module
-from kubetune_trainer import report_html as render
-from kubetune_trainer.report import REPORT_HTML, REPORT_JSON, write_reports
-from kubetune_trainer.report_html import fmt_number, fmt_seconds, render_html
+from kubetune_trainer.report import html as render
+from kubetune_trainer.report import summary as report_module
+from kubetune_trainer.report.html import fmt_number, fmt_seconds, render_html
+from kubetune_trainer.report.summary import REPORT_HTML, REPORT_JSON, write_reports
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'
@@ -1072,8 +1072,8 @@ def test_a_bias_audit_without_counterfactuals_or_groups_keeps_its_verdict() -> N
 def test_a_real_audit_renders() -> None:
     import numpy as np
 
-    from kubetune_trainer.audit import audit
     from kubetune_trainer.config import BiasSpec
+    from kubetune_trainer.examine.audit import audit
 
     spec = BiasSpec.model_validate(
         {"minGroupSize": 3, "thresholds": {"demographicParityRatio": 0.8}}

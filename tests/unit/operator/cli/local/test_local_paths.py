@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from kubetune_operator.api.v1alpha1 import FineTuneJob
-from kubetune_operator.local_sources import Unchecked, check_sources, job_sources
+from kubetune_operator.cli.local.paths import Unchecked, check_sources, job_sources
 from tests.conftest import load_example
 
 

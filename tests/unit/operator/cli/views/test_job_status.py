@@ -7,20 +7,20 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
-from kubetune_operator import job_view
+from kubetune_operator.cli.views import job_status
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def rendered(job: dict[str, object], events: list[dict[str, object]] | None = None) -> str:
     console = Console(width=120, record=True, file=io.StringIO())
-    for part in job_view.renderables(job, events or [], NOW):
+    for part in job_status.renderables(job, events or [], NOW):
         console.print(part)
     return console.export_text()
 
 
 def test_durations_are_short_and_human() -> None:
-    assert [job_view.duration_text(s) for s in (0, 45, 725, 11_220, 187_200, -3)] == [
+    assert [job_status.duration_text(s) for s in (0, 45, 725, 11_220, 187_200, -3)] == [
         "0s",
         "45s",
         "12m 05s",
@@ -28,24 +28,24 @@ def test_durations_are_short_and_human() -> None:
         "2d 04h",
         "0s",
     ]
-    assert job_view.age_text("2025-03-01T11:58:30Z", NOW) == "1m 30s"
-    assert job_view.age_text("not a time", NOW) == "\u2013"
+    assert job_status.age_text("2025-03-01T11:58:30Z", NOW) == "1m 30s"
+    assert job_status.age_text("not a time", NOW) == "\u2013"
 
 
 def test_progress_leaves_out_what_is_not_known_yet() -> None:
-    assert job_view.progress_text({}) == "\u2013"
-    assert job_view.progress_text({"epoch": 1, "epochs": 3}) == "epoch 1/3"
+    assert job_status.progress_text({}) == "\u2013"
+    assert job_status.progress_text({"epoch": 1, "epochs": 3}) == "epoch 1/3"
     full = {"epoch": 2, "epochs": 3, "step": 1500, "totalSteps": 3000, "percent": 50}
-    assert job_view.progress_text(full | {"etaSeconds": 3725}) == (
+    assert job_status.progress_text(full | {"etaSeconds": 3725}) == (
         "epoch 2/3  step 1,500/3,000 (50%)  ETA 1h 02m"
     )
 
 
 def test_workers_and_the_last_failure() -> None:
     status = {"workers": {"running": 3, "pending": 1, "failed": 0}, "restarts": 2}
-    assert job_view.workers_text(status) == "3 running, 1 pending; restarts 2"
-    assert job_view.workers_text({}) == "none yet; restarts 0"
-    assert job_view.last_failure_text({"reason": "WorkerFailed", "restart": 1}) == (
+    assert job_status.workers_text(status) == "3 running, 1 pending; restarts 2"
+    assert job_status.workers_text({}) == "none yet; restarts 0"
+    assert job_status.last_failure_text({"reason": "WorkerFailed", "restart": 1}) == (
         "WorkerFailed (worker group 1)"
     )
 
@@ -58,14 +58,14 @@ def test_recent_events_are_the_last_ones_by_time_whatever_the_field() -> None:
         {"reason": "B", "lastTimestamp": "2025-03-01T11:00:02Z"},
         {"reason": "timeless"},
     ]
-    assert [e["reason"] for e in job_view.recent_events(events, 3)] == ["B", "C", "D"]
-    assert job_view.recent_events(events, 5)[0]["reason"] == "timeless"
-    assert job_view.recent_events(events, 0) == []
+    assert [e["reason"] for e in job_status.recent_events(events, 3)] == ["B", "C", "D"]
+    assert job_status.recent_events(events, 5)[0]["reason"] == "timeless"
+    assert job_status.recent_events(events, 0) == []
 
 
 def test_an_event_repeated_shows_its_count() -> None:
     event = {"lastTimestamp": "2025-03-01T11:59:00Z", "count": 4}
-    assert job_view.age_text_of_event(event, NOW) == "1m 00s (x4)"
+    assert job_status.age_text_of_event(event, NOW) == "1m 00s (x4)"
 
 
 def test_a_job_the_operator_has_not_seen_shows_only_its_name() -> None:

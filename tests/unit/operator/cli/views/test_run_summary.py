@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from kubetune_operator import cli, run_report
-from kubetune_operator.cli import app
+from kubetune_operator.cli import app as cli
+from kubetune_operator.cli.app import app
+from kubetune_operator.cli.views import run_summary
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "240"}
@@ -291,7 +292,7 @@ def test_the_run_summary_has_no_bias_line_without_an_audit(
     ],
 )
 def test_duration_is_setup_plus_training(timings: dict[str, float], seconds: float | None) -> None:
-    assert run_report.duration_seconds({"timings": timings}) == seconds
+    assert run_summary.duration_seconds({"timings": timings}) == seconds
 
 
 def test_report_on_a_file_instead_of_a_run_directory_says_so(tmp_path: Path) -> None:

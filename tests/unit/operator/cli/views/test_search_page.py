@@ -24,10 +24,11 @@ from optuna.trial import create_trial
 from rich.console import Console
 from typer.testing import CliRunner
 
-from kubetune_operator import cli, job_view, run_report, search_report
 from kubetune_operator.api.v1alpha1 import FineTuneJobSpec
+from kubetune_operator.cli import app as cli
+from kubetune_operator.cli.views import job_status, run_summary, search_page
 from kubetune_operator.search import SearchError
-from kubetune_trainer.html_page import MISSING
+from kubetune_trainer.formatting import MISSING
 from tests.html_elements import Elements
 
 LEARNING_RATE = {
@@ -104,7 +105,7 @@ def centre(point: ET.Element) -> tuple[float, float]:
 
 def x_ticks(svg: ET.Element) -> list[tuple[str, float]]:
     """The x tick labels and where they are, left to right (below the plot)."""
-    below = [t for t in svg.iter("text") if float(t.get("y", 0)) == search_report.BOTTOM + 16]
+    below = [t for t in svg.iter("text") if float(t.get("y", 0)) == search_page.BOTTOM + 16]
     return sorted(((t.text or "", float(t.get("x", 0))) for t in below), key=lambda t: t[1])
 
 
@@ -131,7 +132,7 @@ def best_so_far_ys(svg: ET.Element) -> list[float]:
 
 def test_minimize_table_marks_the_best_and_each_state(sentiment: dict[str, Any]) -> None:
     spec = spec_of(sentiment, parameters=[LEARNING_RATE], objective={"metric": "loss"})
-    page = search_report.render_search_html("job", spec, MINIMIZE_TRIALS, {"2": "batch too big"})
+    page = search_page.render_search_html("job", spec, MINIMIZE_TRIALS, {"2": "batch too big"})
     tree = main_tree(page)
     table = rows(tree)
     assert [cells[0] for _, cells in table] == ["0", "1 ★", "2", "3", "4", "5"]
@@ -151,7 +152,7 @@ def test_minimize_objective_chart_draws_each_finished_trial_and_the_best_so_far(
 ) -> None:
     spec = spec_of(sentiment, parameters=[LEARNING_RATE], objective={"metric": "loss"})
     svg = chart(
-        main_tree(search_report.render_search_html("job", spec, MINIMIZE_TRIALS)), "chart-objective"
+        main_tree(search_page.render_search_html("job", spec, MINIMIZE_TRIALS)), "chart-objective"
     )
     complete, pruned, failed = (points(svg, s) for s in ("complete", "pruned", "failed"))
     assert (len(complete), len(pruned), len(failed)) == (3, 1, 1)  # the running trial is not drawn
@@ -160,7 +161,7 @@ def test_minimize_objective_chart_draws_each_finished_trial_and_the_best_so_far(
     y = {value: centre(p)[1] for p, value in zip(complete, (0.5, 0.4, 0.45), strict=True)}
     assert y[0.4] > y[0.45] > y[0.5]  # lower loss lower on the chart
     assert centre(pruned[0])[1] < y[0.5]  # drawn at its last value, 0.8
-    assert centre(failed[0])[1] == search_report.BOTTOM
+    assert centre(failed[0])[1] == search_page.BOTTOM
     ring = svg.find(".//circle[@class='best-mark']")
     assert ring is not None
     assert (float(ring.get("cx", 0)), float(ring.get("cy", 0))) == pytest.approx(
@@ -175,7 +176,7 @@ def test_minimize_objective_chart_draws_each_finished_trial_and_the_best_so_far(
 def test_a_stopped_trial_is_listed_with_why_but_not_drawn(sentiment: dict[str, Any]) -> None:
     spec = spec_of(sentiment, parameters=[LEARNING_RATE], objective={"metric": "loss"})
     stopped = [*MINIMIZE_TRIALS[:5], trial(5, "Stopped", {"training.learningRate": 5e-4})]
-    tree = main_tree(search_report.render_search_html("job", spec, stopped))
+    tree = main_tree(search_page.render_search_html("job", spec, stopped))
     assert rows(tree)[5] == (
         "quiet",
         [
@@ -196,7 +197,7 @@ def test_a_stopped_trial_is_listed_with_why_but_not_drawn(sentiment: dict[str, A
 def test_log_parameter_slice_spaces_decades_evenly(sentiment: dict[str, Any]) -> None:
     spec = spec_of(sentiment, parameters=[LEARNING_RATE], objective={"metric": "loss"})
     svg = chart(
-        main_tree(search_report.render_search_html("job", spec, MINIMIZE_TRIALS)), "chart-slice-0"
+        main_tree(search_page.render_search_html("job", spec, MINIMIZE_TRIALS)), "chart-slice-0"
     )
     xs = sorted(centre(p)[0] for p in points(svg, "complete"))  # 1e-4, 1e-3, 1e-2
     assert xs[1] - xs[0] == pytest.approx(xs[2] - xs[1], abs=0.02)
@@ -223,7 +224,7 @@ def test_maximize_with_an_int_and_a_categorical_parameter(sentiment: dict[str, A
         ),
         trial(4, "Complete", {"training.epochs": 5, "training.scheduler": "cosine"}, objective=0.6),
     ]
-    tree = main_tree(search_report.render_search_html("job", spec, trials))
+    tree = main_tree(search_page.render_search_html("job", spec, trials))
     assert [css for css, _ in rows(tree)] == ["", "", "", "best", ""]
     assert "maximize accuracy" in text_of(tree)
 
@@ -239,9 +240,9 @@ def test_maximize_with_an_int_and_a_categorical_parameter(sentiment: dict[str, A
 
     scheduler = chart(tree, "chart-slice-1")
     assert tick_labels(scheduler) == ["linear", "cosine", "constant"]
-    band = (search_report.RIGHT - search_report.LEFT) / 3
+    band = (search_page.RIGHT - search_page.LEFT) / 3
     columns = [
-        int((centre(p)[0] - search_report.LEFT) // band) for p in points(scheduler, "complete")
+        int((centre(p)[0] - search_page.LEFT) // band) for p in points(scheduler, "complete")
     ]
     assert columns == [0, 1, 1, 2, 1]
     cosine_xs = [
@@ -293,15 +294,13 @@ def test_importance_bars_follow_optunas_fanova_ranking(sentiment: dict[str, Any]
     expected = optuna_order(distributions, trials)
     assert expected[0] == "training.learningRate"
 
-    svg = chart(
-        main_tree(search_report.render_search_html("job", spec, trials)), "chart-importance"
-    )
+    svg = chart(main_tree(search_page.render_search_html("job", spec, trials)), "chart-importance")
     labels = [t.text for t in svg.iter("text") if t.get("text-anchor") == "end"]
     assert labels == expected
     widths = [float(bar.get("width", 0)) for bar in svg.iter("rect")]
     assert widths == sorted(widths, reverse=True)
     assert len(widths) == 3
-    importance, note = search_report.parameter_importance(spec, trials)
+    importance, note = search_page.parameter_importance(spec, trials)
     assert note == "fANOVA"
     assert importance is not None
     assert sum(importance.values()) == pytest.approx(1.0)
@@ -313,7 +312,7 @@ def test_zero_complete_trials_leave_notes_instead_of_charts(sentiment: dict[str,
         trial(0, "Failed", {"training.learningRate": 1e-3, "training.scheduler": "linear"}),
         trial(1, "Running", {"training.learningRate": 1e-4, "training.scheduler": "cosine"}),
     ]
-    page = search_report.render_search_html("job", spec, trials)
+    page = search_page.render_search_html("job", spec, trials)
     tree = main_tree(page)
     assert tree.find(".//svg") is None
     notes = [text_of(p) for p in tree.iter("p") if p.get("class") == "callout"]
@@ -327,7 +326,7 @@ def test_zero_complete_trials_leave_notes_instead_of_charts(sentiment: dict[str,
     assert badge is not None
     assert (badge.text, badge.get("class")) == ("running", "badge neutral")
 
-    empty = main_tree(search_report.render_search_html("job", spec, []))
+    empty = main_tree(search_page.render_search_html("job", spec, []))
     assert "No trial has started yet." in text_of(empty)
 
 
@@ -336,19 +335,19 @@ def test_a_complete_trial_without_an_objective_is_drawn_as_failed(
 ) -> None:
     spec = spec_of(sentiment, parameters=[LEARNING_RATE], objective={"metric": "loss"})
     trials = [*MINIMIZE_TRIALS[:2], trial(2, "Complete", {"training.learningRate": 2e-3})]
-    svg = chart(main_tree(search_report.render_search_html("job", spec, trials)), "chart-objective")
+    svg = chart(main_tree(search_page.render_search_html("job", spec, trials)), "chart-objective")
     assert (len(points(svg, "complete")), len(points(svg, "failed"))) == (2, 1)
-    assert centre(points(svg, "failed")[0])[1] == search_report.BOTTOM
+    assert centre(points(svg, "failed")[0])[1] == search_page.BOTTOM
 
 
 def test_two_complete_trials_are_too_few_for_importance(sentiment: dict[str, Any]) -> None:
     spec = spec_of(sentiment, parameters=[LEARNING_RATE], objective={"metric": "loss"})
     two = MINIMIZE_TRIALS[:2]
-    assert search_report.parameter_importance(spec, two) == (
+    assert search_page.parameter_importance(spec, two) == (
         None,
         "needs 3 completed trials (2 completed)",
     )
-    tree = main_tree(search_report.render_search_html("job", spec, two))
+    tree = main_tree(search_page.render_search_html("job", spec, two))
     assert len(points(chart(tree, "chart-objective"), "complete")) == 2
     assert tree.find(".//svg[@id='chart-importance']") is None
 
@@ -360,7 +359,7 @@ def test_hostile_strings_stay_text(sentiment: dict[str, Any]) -> None:
         trial(1, "Complete", {"training.scheduler": SVG_ONLOAD}, objective=0.2),
         trial(2, "Failed", {"training.scheduler": "cosine", "extra<b>": IMG}),
     ]
-    page = search_report.render_search_html(SCRIPT, spec, trials, {"2": IMG})
+    page = search_page.render_search_html(SCRIPT, spec, trials, {"2": IMG})
     parsed = Elements(page)
     names = [name for name, _ in parsed.tags]
     assert {"script", "img", "iframe", "object", "embed", "b"}.isdisjoint(names)
@@ -383,10 +382,10 @@ def test_hostile_strings_stay_text(sentiment: dict[str, Any]) -> None:
 def test_a_spec_without_search_or_bad_trials_is_a_search_error(sentiment: dict[str, Any]) -> None:
     spec = FineTuneJobSpec.model_validate(sentiment["spec"])
     with pytest.raises(SearchError, match=r"spec\.search"):
-        search_report.render_search_html("job", spec, [])
+        search_page.render_search_html("job", spec, [])
     searching = spec_of(sentiment, parameters=[LEARNING_RATE])
     with pytest.raises(SearchError, match=r"status\.trials"):
-        search_report.render_search_html("job", searching, [{"number": 0, "state": "Weird"}])
+        search_page.render_search_html("job", searching, [{"number": 0, "state": "Weird"}])
 
 
 def test_write_search_html_replaces_the_page_whole(
@@ -395,7 +394,7 @@ def test_write_search_html_replaces_the_page_whole(
     spec = spec_of(sentiment, parameters=[LEARNING_RATE], objective={"metric": "loss"})
     page = tmp_path / "search.html"
     page.write_text("old")
-    assert search_report.write_search_html(page, "job", spec, MINIMIZE_TRIALS) == page
+    assert search_page.write_search_html(page, "job", spec, MINIMIZE_TRIALS) == page
     assert len(rows(main_tree(page.read_text()))) == 6
     assert [p.name for p in tmp_path.iterdir()] == ["search.html"]
 
@@ -413,7 +412,7 @@ def test_the_trial_axis_ticks_whole_trial_numbers_only(
         trial(n, "Complete", {"training.learningRate": 1e-4 * (n + 1)}, objective=1 / (n + 2))
         for n in range(count)
     ]
-    svg = chart(main_tree(search_report.render_search_html("job", spec, trials)), "chart-objective")
+    svg = chart(main_tree(search_page.render_search_html("job", spec, trials)), "chart-objective")
     ticks = x_ticks(svg)
     numbers = [int(label) for label, _ in ticks]  # a label "0.5" or "1,000" would raise here
     assert numbers == expected
@@ -423,19 +422,19 @@ def test_the_trial_axis_ticks_whole_trial_numbers_only(
 
 
 def test_ticks_are_round_numbers() -> None:
-    assert search_report.linear_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert search_report.linear_ticks(-0.5, 5.5) == [0, 2, 4]
-    assert search_report.linear_ticks(-0.5, 3.5) == [0, 1, 2, 3]
-    assert search_report.linear_ticks(0.413, 0.437) == pytest.approx(
+    assert search_page.linear_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert search_page.linear_ticks(-0.5, 5.5) == [0, 2, 4]
+    assert search_page.linear_ticks(-0.5, 3.5) == [0, 1, 2, 3]
+    assert search_page.linear_ticks(0.413, 0.437) == pytest.approx(
         [0.415, 0.42, 0.425, 0.43, 0.435]
     )
-    assert search_report.log_ticks(1e-5, 2e-2) == [1e-5, 1e-4, 1e-3, 1e-2]
-    assert search_report.log_ticks(1.5e-4, 9e-4) == pytest.approx([2e-4, 5e-4])
-    assert search_report.log_ticks(2.1e-4, 2.3e-4) == [2.1e-4, 2.3e-4]
-    assert search_report.whole_ticks(-0.5, 0.5) == [0]
-    assert search_report.whole_ticks(-0.5, 11.5) == [0, 5, 10]
-    assert search_report.whole_ticks(-0.5, 1499.5) == [0, 500, 1000]
-    assert search_report.whole_ticks(0.2, 0.8) == []
+    assert search_page.log_ticks(1e-5, 2e-2) == [1e-5, 1e-4, 1e-3, 1e-2]
+    assert search_page.log_ticks(1.5e-4, 9e-4) == pytest.approx([2e-4, 5e-4])
+    assert search_page.log_ticks(2.1e-4, 2.3e-4) == [2.1e-4, 2.3e-4]
+    assert search_page.whole_ticks(-0.5, 0.5) == [0]
+    assert search_page.whole_ticks(-0.5, 11.5) == [0, 5, 10]
+    assert search_page.whole_ticks(-0.5, 1499.5) == [0, 500, 1000]
+    assert search_page.whole_ticks(0.2, 0.8) == []
 
 
 # --- where the page is reached from -------------------------------------------------------
@@ -449,7 +448,7 @@ def parent(sentiment: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str,
 
 
 def test_job_view_draws_a_search_parents_page(sentiment: dict[str, Any]) -> None:
-    page = job_view.search_page(parent(sentiment, MINIMIZE_TRIALS))
+    page = job_status.search_page(parent(sentiment, MINIMIZE_TRIALS))
     tree = main_tree(page)
     assert [css for css, _ in rows(tree)] == ["", "best", "failed", "quiet", "", ""]
     assert text_of(tree.find("header/div/h1")) == "sentiment"  # type: ignore[arg-type]
@@ -457,13 +456,13 @@ def test_job_view_draws_a_search_parents_page(sentiment: dict[str, Any]) -> None
 
 def test_job_view_refuses_what_is_not_a_search_page(sentiment: dict[str, Any]) -> None:
     plain = dict(sentiment, status={"phase": "Running"})
-    with pytest.raises(job_view.PageError, match="sentiment is not a search parent"):
-        job_view.search_page(plain)
+    with pytest.raises(job_status.PageError, match="sentiment is not a search parent"):
+        job_status.search_page(plain)
     gaps = parent(sentiment, [MINIMIZE_TRIALS[1]])
     with pytest.raises(
-        job_view.PageError, match=r"team-a/sentiment: status\.trials: trial numbers"
+        job_status.PageError, match=r"team-a/sentiment: status\.trials: trial numbers"
     ):
-        job_view.search_page(gaps)
+        job_status.search_page(gaps)
 
 
 def search_folder(tmp_path: Path, drawn: bool) -> Path:
@@ -477,15 +476,15 @@ def search_folder(tmp_path: Path, drawn: bool) -> Path:
 @pytest.mark.parametrize("drawn", [True, False])
 def test_report_of_a_search_folder_names_its_page(tmp_path: Path, drawn: bool) -> None:
     folder = search_folder(tmp_path, drawn)
-    report = run_report.load_report(folder)
+    report = run_summary.load_report(folder)
     console = Console(width=400, record=True, file=io.StringIO())
-    for part in run_report.renderables(report, folder):
+    for part in run_summary.renderables(report, folder):
         console.print(part)
     page = (folder / "search.html").resolve()
     suffix = "" if drawn else " (not written)"
     assert f"search.html    {page}{suffix}" in console.export_text()
-    assert run_report.page_path(report, folder) == page
-    assert run_report.summary(report, folder)["searchHtml"] == str(page)
+    assert run_summary.page_path(report, folder) == page
+    assert run_summary.summary(report, folder)["searchHtml"] == str(page)
 
 
 def test_report_open_opens_a_searchs_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
