@@ -60,6 +60,10 @@ LOWER_IS_BETTER: frozenset[str] = frozenset({"loss", "perplexity"})
 
 SOURCE_SCHEMES = ("file", "pvc", "hf", "pkg")
 
+MISSING_GROUP = "(missing)"
+"""The group of a row whose sensitive column (data.sensitiveColumns) is empty, as the data
+report, the bias audit and the status name it."""
+
 EXIT_INVALID_INPUT = 3
 """The trainer's exit code for a bad config, data or model source: a retry cannot help."""
 EXIT_TRAINING_FAILED = 4

@@ -1,6 +1,6 @@
 """A trial's values and objective read the same wherever a search shows them: the lines
 `kubetune run` prints as trials start and end, its summary, `kubetune status`, the
-parent's status messages and Events, and search.html, all through html_page.value_text."""
+parent's status messages and Events, and search.html, all through formatting.value_text."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def printed(parts: list[Any]) -> list[str]:
 
 
 def search_report_json(spec: FineTuneJobSpec) -> dict[str, Any]:
-    """report.json of a finished local search, as local_search writes it."""
+    """report.json of a finished local search, as cli/local/searches.py writes it."""
     return {
         "job": "lr",
         "kind": "search",

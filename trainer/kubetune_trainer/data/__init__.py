@@ -5,18 +5,26 @@ message that names the file, the column or the manifest field, and the counts (i
 the DataValidated condition), never with a pyarrow traceback. So every stage checks what
 it relies on and raises `DataError` in the user's terms.
 
-The stages, in order (docs/data.md describes them for users), each in the module named
-after it:
+Every step of the data, from a source URI to a batch, lives in this package. A module
+named for what it does to the rows (loading, screening, cleaning, augmenting, balancing,
+tokenizing, batching, packing) is a stage of the pipeline; a module named for a thing
+(quality, balance, augment, label_noise) is the algorithm a stage calls, which knows no
+file, manifest or tokenizer and is tested on plain columns.
 
+The stages, in order (docs/data.md describes them for users):
+
+- sources: resolve the manifest's URIs (path, pvc://, hf://, pkg://) to local paths;
 - loading: read each source into an Arrow table (CSV cells as text, so "007" stays "007");
 - columns: check that each file has the columns the manifest names;
 - screening: the per-file quality rules (missing values, unknown labels);
 - labels: map the label column to class ids;
 - splits: hold out a stratified validation split when no validation source is given (and
   the cross-validation folds);
-- augmenting: add the synthetic rows; later, EDA augmentation of the training rows;
-- rules: the quality rules of quality.py (a DataError when they refuse the data);
-- balancing: resampling of the training rows, and class weights;
+- augmenting: add the synthetic rows; later, EDA augmentation of the training rows
+  (augment.py);
+- cleaning: the quality rules of quality.py and the label-noise detector of
+  label_noise.py (a DataError when they refuse the data);
+- balancing: resampling of the training rows (balance.py), and class weights;
 - tokenizing: the model's input columns, tokenized without padding;
 - batching: `LengthGroupedSampler` puts rows of similar length in a batch, so that the
   collator's padding to the longest row stays small;
@@ -25,10 +33,12 @@ after it:
 
 pipeline.py runs them in this order (`prepare_data`), language_model.py runs the few that
 apply to a causal language model, and prepared.py holds what they hand on (`PreparedData`).
-The data report (data_report.py) counts classes and groups as they reach the rules and as
-they leave for the model. Every stage works on whole Arrow columns (pyarrow.compute,
-numpy, batched tokenizer calls), never on one row at a time in Python, except the EDA
-edits, which are per row by nature and run only on the (scarce) training rows.
+report.py is the data report: it counts classes and groups as they reach the rules and as
+they leave for the model. cache.py keeps the pipeline's output in the run's folder, so a
+restart or a second worker reads it instead of preparing the data again. Every stage works
+on whole Arrow columns (pyarrow.compute, numpy, batched tokenizer calls), never on one row
+at a time in Python, except the EDA edits, which are per row by nature and run only on the
+(scarce) training rows.
 
 This package re-exports what the rest of the trainer uses, so callers import from
 `kubetune_trainer.data` and never from its modules.

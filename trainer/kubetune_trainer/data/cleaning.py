@@ -1,4 +1,4 @@
-"""The data-quality rules of quality.py, run on the pipeline's rows.
+"""The data-quality rules of quality.py (and label_noise.py), run on the pipeline's rows.
 
 The quality engine (kubetune_trainer.data.quality) knows no file, tokenizer or model; this
 module is where the pipeline meets it. It builds the engine's settings from the manifest,

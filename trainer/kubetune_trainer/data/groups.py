@@ -14,11 +14,9 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kubetune_trainer.config import MISSING_GROUP
 from kubetune_trainer.data.columns import as_text
 from kubetune_trainer.data.rows import Rows
-
-MISSING_GROUP = "(missing)"
-"""The group of a validation row whose sensitive column is empty."""
 
 
 def sensitive_groups(rows: Rows, columns: Sequence[str]) -> dict[str, list[str]]:

@@ -1,7 +1,7 @@
 """The pipeline of sequence classification, stage by stage: `prepare_data`.
 
 This is the one place that says in which order the stages run; each stage lives in a
-module named after it (loading, screening, labels, splits, rules, augmenting, balancing,
+module named after it (loading, screening, labels, splits, cleaning, augmenting, balancing,
 tokenizing). `prepare_data` is the entry point of every run (a causal language model's
 rows go through language_model.py instead); `prepare_audit_rows` reads bias.auditData
 through the same stages as a validation file. `prepare_data` calls `progress` between its

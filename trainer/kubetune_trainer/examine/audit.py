@@ -53,10 +53,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from kubetune_trainer.config import BiasSpec, CounterfactualPair
+from kubetune_trainer.config import MISSING_GROUP, BiasSpec, CounterfactualPair
 
-MISSING_GROUP = "(missing)"
-"""The group of rows whose sensitive column has no value (the same as data.MISSING_GROUP)."""
 COUNTERFACTUAL_ATTRIBUTE = "counterfactuals"
 """The attribute of the counterfactual flip rate in status.biasAudit.metrics."""
 # The limits of the status model (kubetune_operator.api.v1alpha1.BiasAuditStatus).

@@ -1,4 +1,4 @@
-"""local_sources: which of a job's sources exist here, on real files in a temporary folder."""
+"""cli/local/paths.py: which of a job's sources exist here, on real files in a temporary folder."""
 
 from __future__ import annotations
 
