@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,10 +192,47 @@ def explain(
             "layerConductance": [],
             "weightChange": [],
         }
+    with _in_eval_mode(model):
+        pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        truth = np.asarray(rows["labels"][:], dtype=np.int64)
+        if probabilities is None:
+            probabilities = _predict(model, rows, pad_id)
+        predicted = probabilities.argmax(axis=1).astype(np.int64)
+        confidence = probabilities.max(axis=1).astype(np.float64)
+        chosen = select_rows(truth, predicted, confidence, spec.sample_size, seed)
+        sample = rows.select(chosen.tolist())
+        target = torch.as_tensor(predicted[chosen])
+        scores, ids = _attribute(model, sample, target, pad_id, special, spec.steps)
+        words = _row_words(tokenizer, ids, scores, special, pad_id)
+        return {
+            "classes": _class_tokens(words, predicted[chosen], labels, spec.top_tokens),
+            "groups": _group_tokens(words, chosen, groups, spec.top_tokens),
+            "examples": [
+                {
+                    "text": texts[row],
+                    "label": labels[truth[row]],
+                    "predicted": labels[predicted[row]],
+                    "confidence": _finite(float(confidence[row]), "confidence"),
+                    "error": bool(truth[row] != predicted[row]),
+                    "tokens": _scored(row_words),
+                }
+                for row, row_words in zip(chosen.tolist(), words, strict=True)
+            ],
+            "layerConductance": _layer_conductance(
+                model, sample, target, pad_id, special, min(spec.steps, CONDUCTANCE_STEPS)
+            ),
+            "weightChange": [],
+        }
+
+
+@contextmanager
+def _in_eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode (no dropout) for the block, then back in the mode it was in."""
     was_training = model.training
     model.eval()
     try:
-        return _explain(model, tokenizer, rows, texts, groups, labels, spec, seed, probabilities)
+        yield
     finally:
         model.train(was_training)
 
@@ -218,50 +256,6 @@ def _check_model(model: nn.Module, labels: list[str]) -> None:
             f"label: got {type(model).__name__} with num_labels={num_labels} for {len(labels)} "
             "labels"
         )
-
-
-def _explain(
-    model: nn.Module,
-    tokenizer: Any,
-    rows: datasets.Dataset,
-    texts: list[str],
-    groups: dict[str, list[str]],
-    labels: list[str],
-    spec: AttributionSpec,
-    seed: int,
-    probabilities: npt.NDArray[np.float64] | None,
-) -> dict[str, Any]:
-    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
-    truth = np.asarray(rows["labels"][:], dtype=np.int64)
-    if probabilities is None:
-        probabilities = _predict(model, rows, pad_id)
-    predicted = probabilities.argmax(axis=1).astype(np.int64)
-    confidence = probabilities.max(axis=1).astype(np.float64)
-    chosen = select_rows(truth, predicted, confidence, spec.sample_size, seed)
-    sample = rows.select(chosen.tolist())
-    target = torch.as_tensor(predicted[chosen])
-    scores, ids = _attribute(model, sample, target, pad_id, special, spec.steps)
-    words = _row_words(tokenizer, ids, scores, special, pad_id)
-    return {
-        "classes": _class_tokens(words, predicted[chosen], labels, spec.top_tokens),
-        "groups": _group_tokens(words, chosen, groups, spec.top_tokens),
-        "examples": [
-            {
-                "text": texts[row],
-                "label": labels[truth[row]],
-                "predicted": labels[predicted[row]],
-                "confidence": _finite(float(confidence[row]), "confidence"),
-                "error": bool(truth[row] != predicted[row]),
-                "tokens": _scored(row_words),
-            }
-            for row, row_words in zip(chosen.tolist(), words, strict=True)
-        ],
-        "layerConductance": _layer_conductance(
-            model, sample, target, pad_id, special, min(spec.steps, CONDUCTANCE_STEPS)
-        ),
-        "weightChange": [],
-    }
 
 
 def _device(model: nn.Module) -> torch.device:
