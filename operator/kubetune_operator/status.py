@@ -41,7 +41,12 @@ from typing import Any, Final, Literal
 
 from kubetune_operator import kueue
 from kubetune_operator.api.runtime import KUEUE_QUEUE_LABEL
-from kubetune_operator.api.v1alpha1 import ConditionType, Phase, duration_seconds
+from kubetune_operator.api.v1alpha1 import (
+    TERMINAL_PHASES,
+    ConditionType,
+    Phase,
+    duration_seconds,
+)
 from kubetune_trainer.config import (
     EXIT_BUDGET_EXCEEDED,
     EXIT_INVALID_INPUT,
@@ -60,7 +65,6 @@ DISRUPTION_CONDITION: Final = "DisruptionTarget"
 ConditionValue = tuple[Literal["True", "False", "Unknown"], str, str]
 """A condition's status, reason and message."""
 
-TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
 IMAGE_NOT_FOUND_MARKERS: Final = ("not found", "manifest unknown", "repository does not exist")
 CONDITION_ORDER: Final[tuple[ConditionType, ...]] = (
     "Validated",

@@ -9,7 +9,7 @@ validate` checks manifests with them, so the three can never disagree.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -70,6 +70,8 @@ through gpuResource: it would become the pods' request and limit."""
 LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
+TERMINAL_PHASES: Final[frozenset[Phase]] = frozenset({"Succeeded", "Failed"})
+"""The phases a job never leaves (the operator, its views and `kubetune status` agree)."""
 ConditionType = Literal[
     "Validated",
     "DataValidated",

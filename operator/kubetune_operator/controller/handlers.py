@@ -30,10 +30,10 @@ from kubetune_operator import status as status_rules
 from kubetune_operator.api import runtime as runtime_api
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.api.manifests import check_document
+from kubetune_operator.api.v1alpha1 import TERMINAL_PHASES
 from kubetune_operator.controller import trials, workers
 from kubetune_operator.controller.state import (
     CLUSTER,
-    TERMINAL_PHASES,
     Indexes,
     Key,
     OperatorState,

@@ -26,7 +26,6 @@ from kubetune_operator import builders, kube, kueue
 from kubetune_operator import status as status_rules
 from kubetune_operator.api.v1alpha1 import CLUSTER_RUNTIME_KIND
 
-TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
 OWN_WRITES_TTL_S: Final = 15.0
 """How long the operator's own status writes are laid over an index that does not show them:
 far longer than the index lags, short enough that a write undone by a late one is redone."""

@@ -26,9 +26,9 @@ from kubetune_operator import status as status_rules
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.api.manifests import check_document
 from kubetune_operator.api.runtime import Guardrails
+from kubetune_operator.api.v1alpha1 import TERMINAL_PHASES
 from kubetune_operator.controller import reports
 from kubetune_operator.controller.state import (
-    TERMINAL_PHASES,
     Indexes,
     Key,
     OperatorState,
