@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final, Literal
 
 import kopf
@@ -25,6 +24,7 @@ from kubetune_operator import builders, kube, kueue, metrics, queueing, runtimes
 from kubetune_operator import status as status_rules
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.api.manifests import check_document
+from kubetune_operator.api.plain import parse_time
 from kubetune_operator.api.runtime import Guardrails
 from kubetune_operator.api.v1alpha1 import TERMINAL_PHASES
 from kubetune_operator.controller import reports
@@ -414,7 +414,7 @@ def clean_up_when_due(shared: OperatorState, ftj: TrackedJob, has_job: bool) -> 
     finished_at = ftj.status.completion_time
     if ttl is None or not finished_at or not has_job:
         return
-    if (now() - datetime.fromisoformat(finished_at)).total_seconds() < ttl:
+    if (now() - parse_time(finished_at)).total_seconds() < ttl:
         return
     namespace, name = ftj.key
     for child in builders.child_references(name, namespace):
@@ -568,7 +568,7 @@ def _deadline_left(job: v1alpha1.FineTuneJob, ftj: TrackedJob) -> int | None:
     started = ftj.status.start_time
     if deadline is None or not started:
         return deadline
-    elapsed = (now() - datetime.fromisoformat(started)).total_seconds()
+    elapsed = (now() - parse_time(started)).total_seconds()
     return max(1, int(deadline - elapsed))
 
 
