@@ -101,11 +101,11 @@ def _trial_seen(
     """A Pending/Running trial as its child shows it: state, objective, new intermediate value."""
     if trial["state"] not in search.ACTIVE_STATES or child is None:
         return dict(trial)
-    status = child.get("status") or {}
+    status = TrackedJob.of(child).status
     seen = {**trial, "intermediate": _with_intermediate(spec, trial, status)}
-    phase = status.get("phase")
+    phase = status.phase
     if phase == "Succeeded":
-        model = (status.get("artifacts") or {}).get("model") or None
+        model = (status.artifacts.model if status.artifacts else "") or None
         seen |= {
             "state": "Complete",
             "objective": search.objective_of(spec, status),
@@ -119,14 +119,17 @@ def _trial_seen(
 
 
 def _with_intermediate(
-    spec: v1alpha1.FineTuneJobSpec, trial: Mapping[str, Any], child_status: Mapping[str, Any]
+    spec: v1alpha1.FineTuneJobSpec,
+    trial: Mapping[str, Any],
+    child_status: v1alpha1.FineTuneJobStatus,
 ) -> dict[str, float]:
-    """The trial's intermediate values plus the child's current one, keyed by its step."""
+    """The trial's intermediate values plus the child's current one, keyed by its step (a
+    progress that reports no step yet adds none)."""
     known = dict(trial.get("intermediate") or {})
-    step = (child_status.get("progress") or {}).get("step")
+    progress = child_status.progress
     value = search.objective_of(spec, child_status)
-    if isinstance(step, int) and value is not None:
-        known.setdefault(str(step), value)
+    if progress is not None and "step" in progress.model_fields_set and value is not None:
+        known.setdefault(str(progress.step), value)
     return known
 
 
