@@ -183,8 +183,7 @@ def _validate_and_start(
     record = ftj.unwritten(resolution.record)
     if record:
         shared.write_status(ftj, record)
-    updated = TrackedJob.of(shared.own_writes_over(ftj.key, ftj.body) or ftj.body)
-    trials.start(shared, updated, list(indexes.trials.get(ftj.key, [])))
+    trials.start(shared, ftj.with_status(record), list(indexes.trials.get(ftj.key, [])))
 
 
 def _revalidate(shared: OperatorState, key: Key, indexes: Indexes) -> None:

@@ -15,7 +15,6 @@ Status patches stay dicts, as kopf and the API take them.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import threading
 import time
@@ -31,7 +30,7 @@ import kopf
 from kubetune_operator import builders, kube, kueue
 from kubetune_operator import status as status_rules
 from kubetune_operator.api import v1alpha1
-from kubetune_operator.api.manifests import check_document
+from kubetune_operator.api.manifests import Checked, check_document
 
 LOGGER: Final = logging.getLogger(__name__)
 OWN_WRITES_TTL_S: Final = 15.0
@@ -57,19 +56,25 @@ class TrackedJob:
     """The plain object: what kopf.adopt, the Events and the pure status rules take."""
     status: v1alpha1.FineTuneJobStatus
     """The status, typed; the fields that do not validate are left unread (logged)."""
+    spec_check: list[Checked] = field(default_factory=list, repr=False, compare=False)
+    """The spec's validation once it was asked for, shared with the views of this job that
+    differ only in their status (`with_status`)."""
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> TrackedJob:
-        """The kopf boundary: read a FineTuneJob's status into the model."""
+        """The kopf boundary: read a FineTuneJob's status into the model (its spec is
+        validated when first asked for: a queue decision reads only its peers' status)."""
         status, unread = v1alpha1.readable_status(body.get("status"))
         if unread:
             LOGGER.warning("FineTuneJob %s: status fields left unread: %s", name_of(body), unread)
         return cls(body, status)
 
-    @functools.cached_property
+    @property
     def checked(self) -> tuple[v1alpha1.FineTuneJob | None, list[str]]:
-        """The spec validated once: the API model with this status, or why it is invalid."""
-        checked = check_document(without_status(self.body), self.name)
+        """The API model with this status, or why the spec is invalid; validated once."""
+        if not self.spec_check:
+            self.spec_check.append(check_document(without_status(self.body), self.name))
+        checked = self.spec_check[0]
         if checked.job is None:
             return None, [str(problem) for problem in checked.problems]
         return checked.job.model_copy(update={"status": self.status}), []
@@ -109,10 +114,11 @@ class TrackedJob:
         return {name: value for name, value in fields.items() if stored.get(name) != value}
 
     def with_status(self, patch: Mapping[str, Any]) -> TrackedJob:
-        """The job as it is once `patch` is written (a None field: left out, as the API
-        leaves it out)."""
-        stored = self.body.get("status") or {}
-        return TrackedJob.of({**self.body, "status": {**stored, **patch}})
+        """The job as it is once the status `patch` is written (a None field reads as absent,
+        as the API leaves it out); its spec is not validated again."""
+        status = {**(self.body.get("status") or {}), **patch}
+        read, _ = v1alpha1.readable_status(status)
+        return TrackedJob({**self.body, "status": status}, read, self.spec_check)
 
     def run_policy(self) -> dict[str, Any]:
         """The effective runPolicy (the runtime may have set a deadline or a backoff limit)

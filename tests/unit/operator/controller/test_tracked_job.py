@@ -59,8 +59,12 @@ def test_the_spec_is_validated_once_per_tracked_body(monkeypatch: pytest.MonkeyP
     tracked = TrackedJob.of(body({"phase": "Pending"}))
     assert calls == []  # a peer read for a queue decision needs only its status
     assert tracked.model is not None
-    assert tracked.model is tracked.model
-    assert len(calls) == 1
+    assert tracked.model.status is tracked.status
+    updated = tracked.with_status({"phase": "Running"})
+    assert updated.model is not None
+    assert updated.model.status is updated.status
+    assert updated.model.status.phase == "Running"
+    assert len(calls) == 1  # the same spec: validated once for both views
 
 
 def test_a_status_with_unknown_or_invalid_fields_keeps_the_rest_readable(
