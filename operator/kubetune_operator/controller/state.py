@@ -56,6 +56,9 @@ class TrackedJob:
     """The plain object: what kopf.adopt, the Events and the pure status rules take."""
     status: v1alpha1.FineTuneJobStatus
     """The status, typed; the fields that do not validate are left unread (logged)."""
+    unread: tuple[str, ...] = ()
+    """The status fields left unread (v1alpha1.readable_status): a bad value's field, an
+    unknown field by its path."""
     spec_check: list[Checked] = field(default_factory=list, repr=False, compare=False)
     """The spec's validation once it was asked for, shared with the views of this job that
     differ only in their status (`with_status`)."""
@@ -67,7 +70,7 @@ class TrackedJob:
         status, unread = v1alpha1.readable_status(body.get("status"))
         if unread:
             LOGGER.warning("FineTuneJob %s: status fields left unread: %s", name_of(body), unread)
-        return cls(body, status)
+        return cls(body, status, tuple(unread))
 
     @property
     def checked(self) -> tuple[v1alpha1.FineTuneJob | None, list[str]]:
@@ -117,8 +120,8 @@ class TrackedJob:
         """The job as it is once the status `patch` is written (a None field reads as absent,
         as the API leaves it out); its spec is not validated again."""
         status = {**(self.body.get("status") or {}), **patch}
-        read, _ = v1alpha1.readable_status(status)
-        return TrackedJob({**self.body, "status": status}, read, self.spec_check)
+        read, unread = v1alpha1.readable_status(status)
+        return TrackedJob({**self.body, "status": status}, read, tuple(unread), self.spec_check)
 
     def run_policy(self) -> dict[str, Any]:
         """The effective runPolicy (the runtime may have set a deadline or a backoff limit)

@@ -73,6 +73,9 @@ def recorded_job(
     through its FineTuneJobReport), and what it recorded must still match its hash and
     keep to the guardrails it was recorded under: its runtime's while that runtime is
     unchanged, the cluster's default policy where no runtime applied."""
+    unreadable: list[str] = [name for name in RECORD_FIELDS if name in ftj.unread]
+    if unreadable:
+        return runtimes.Refused(runtimes.INVALID_SPEC, [_unreadable_record(unreadable)])
     status = ftj.status
     if status.effective_spec is None:
         return None
@@ -91,6 +94,19 @@ def recorded_job(
     if document is None or document["metadata"].get("generation") != applied.generation:
         return checked.job  # edited or deleted since: the recorded spec stands, as it was
     return runtimes.recheck(checked.job, document)
+
+
+RECORD_FIELDS: Final = ("effectiveSpec", "effectiveSpecHash", "runtime")
+"""What the operator records at validation and builds the workers from: never read as
+absent when it is there but does not validate."""
+
+
+def _unreadable_record(fields: list[str]) -> str:
+    shown = ", ".join(f"status.{name}" for name in fields)
+    return (
+        f"{shown} no longer validates (changed after the job was validated): the operator "
+        "builds no workers from it; create the job again"
+    )
 
 
 CHANGED_EFFECTIVE_SPEC: Final = (

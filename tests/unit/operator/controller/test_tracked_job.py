@@ -11,7 +11,7 @@ import kopf
 import pytest
 from kubernetes import client
 
-from kubetune_operator import builders, kube
+from kubetune_operator import builders, kube, runtimes
 from kubetune_operator.api.v1alpha1 import readable_status
 from kubetune_operator.controller import handlers
 from kubetune_operator.controller.state import OperatorState, TrackedJob
@@ -148,3 +148,29 @@ def test_the_create_handler_fails_an_invalid_spec_with_a_reason_and_an_event(
     assert "spec.training.epochs" in conditions["Validated"]["message"]
     assert patch["status"]["phase"] == "Failed"
     assert [event.reason for event in posted] == ["InvalidSpec"]
+
+
+@pytest.mark.parametrize(
+    "tampered",
+    [
+        {"effectiveSpec": "not an object"},
+        {"effectiveSpecHash": 42},
+        {"runtime": {"kind": "SomethingElse", "name": "gpu", "generation": 1}},
+    ],
+)
+def test_a_recorded_field_that_does_not_validate_builds_no_workers(
+    tampered: dict[str, Any],
+) -> None:
+    """Left unread, the effective spec or its runtime would read as never recorded (the
+    job's own spec, the default policy): a changed record is refused instead."""
+    from kubetune_operator.api.runtime import Guardrails
+    from kubetune_operator.controller import workers
+
+    spec = {"model": {"source": "x"}}
+    recorded = {"effectiveSpec": spec, "effectiveSpecHash": "sha256:" + "0" * 64}
+    tracked = TrackedJob.of(body({"conditions": [VALIDATED], **recorded, **tampered}))
+    no_indexes: Any = None  # not reached: the record is refused before a runtime is looked up
+    refused = workers.recorded_job(tracked, no_indexes, Guardrails())
+    assert isinstance(refused, runtimes.Refused)
+    assert refused.reason == runtimes.INVALID_SPEC
+    assert f"status.{next(iter(tampered))} no longer validates" in refused.messages[0]
