@@ -48,8 +48,8 @@ def advance(
     `first`: status fields to lay over the stored ones and write along (the validation).
     """
     view = ftj.with_status(first or {})
-    if view.phase in TERMINAL_PHASES or view.model is None:
-        return
+    if view.phase in TERMINAL_PHASES or view.model is None or "trials" in view.unread:
+        return  # unread trials (logged) would read as none and the search would start over
     try:
         desired, events = _search_step(shared, view, view.model, children)
     except search.SearchError as error:

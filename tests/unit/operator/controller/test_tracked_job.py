@@ -174,3 +174,23 @@ def test_a_recorded_field_that_does_not_validate_builds_no_workers(
     assert isinstance(refused, runtimes.Refused)
     assert refused.reason == runtimes.INVALID_SPEC
     assert f"status.{next(iter(tampered))} no longer validates" in refused.messages[0]
+
+
+def test_a_search_whose_recorded_trials_do_not_validate_is_not_started_over() -> None:
+    from kubetune_operator.controller import trials
+
+    class NoCluster:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the cluster was called ({name})")
+
+    shared = OperatorState(NoCluster(), builders.OperatorSettings())  # type: ignore[arg-type]
+    scheduler = {"path": "training.scheduler", "type": "categorical", "choices": ["cosine"]}
+    parent = body(
+        {"phase": "Running", "conditions": [VALIDATED], "trials": [{"number": 0}]},
+        search={"algorithm": "grid", "maxTrials": 2, "parameters": [scheduler]},
+    )
+    tracked = TrackedJob.of(parent)
+    assert tracked.model is not None
+    assert "trials" in tracked.unread
+    trials.advance(shared, tracked, [])
+    assert shared.written == {}
