@@ -36,6 +36,8 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
+from kubetune_operator.api.plain import mapping, mappings
+
 K = TypeVar("K", bound=Hashable)
 
 LocalQueue = tuple[str, str]
@@ -71,7 +73,7 @@ def places(summary: Mapping[str, Any], jobs: Mapping[str, K]) -> dict[K, Place]:
     FineTuneJob's key); jobs that no PendingWorkload names are left out.
     """
     found: dict[K, Place] = {}
-    for item in _items(summary):
+    for item in mappings(summary.get("items")):
         place = _place(item)
         owners = [uid for uid in _owner_uids(item) if uid in jobs]
         if place is not None and owners:
@@ -82,7 +84,7 @@ def places(summary: Mapping[str, Any], jobs: Mapping[str, K]) -> dict[K, Place]:
 def more_to_read(summary: Mapping[str, Any], found: int, waiting: int) -> bool:
     """Whether the page after `summary` may hold a waiting Job: this page was full and only
     `found` of the `waiting` Jobs are placed so far."""
-    return len(_items(summary)) >= PAGE_SIZE and found < waiting
+    return len(mappings(summary.get("items"))) >= PAGE_SIZE and found < waiting
 
 
 @dataclass
@@ -115,11 +117,6 @@ class Visibility:
         return first
 
 
-def _items(summary: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    items = summary.get("items")
-    return [item for item in items if isinstance(item, Mapping)] if isinstance(items, list) else []
-
-
 def _place(item: Mapping[str, Any]) -> Place | None:
     in_local, in_cluster = item.get("positionInLocalQueue"), item.get("positionInClusterQueue")
     if not isinstance(in_local, int) or not isinstance(in_cluster, int):
@@ -128,8 +125,5 @@ def _place(item: Mapping[str, Any]) -> Place | None:
 
 
 def _owner_uids(item: Mapping[str, Any]) -> list[str]:
-    metadata = item.get("metadata")
-    references = metadata.get("ownerReferences") if isinstance(metadata, Mapping) else None
-    if not isinstance(references, list):
-        return []
-    return [str(ref["uid"]) for ref in references if isinstance(ref, Mapping) and ref.get("uid")]
+    references = mappings(mapping(item.get("metadata")).get("ownerReferences"))
+    return [str(ref["uid"]) for ref in references if ref.get("uid")]

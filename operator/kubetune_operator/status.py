@@ -40,8 +40,14 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from kubetune_operator import kueue
+from kubetune_operator.api.plain import mapping, mappings, parse_time
 from kubetune_operator.api.runtime import KUEUE_QUEUE_LABEL
-from kubetune_operator.api.v1alpha1 import ConditionType, Phase, duration_seconds
+from kubetune_operator.api.v1alpha1 import (
+    TERMINAL_PHASES,
+    ConditionType,
+    Phase,
+    duration_seconds,
+)
 from kubetune_trainer.config import (
     EXIT_BUDGET_EXCEEDED,
     EXIT_INVALID_INPUT,
@@ -60,7 +66,6 @@ DISRUPTION_CONDITION: Final = "DisruptionTarget"
 ConditionValue = tuple[Literal["True", "False", "Unknown"], str, str]
 """A condition's status, reason and message."""
 
-TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
 IMAGE_NOT_FOUND_MARKERS: Final = ("not found", "manifest unknown", "repository does not exist")
 CONDITION_ORDER: Final[tuple[ConditionType, ...]] = (
     "Validated",
@@ -233,7 +238,7 @@ class _Observed:
 
     @property
     def status(self) -> Mapping[str, Any]:
-        return _mapping(self.ftj.get("status"))
+        return mapping(self.ftj.get("status"))
 
     @property
     def restart(self) -> int:
@@ -241,7 +246,7 @@ class _Observed:
 
     @property
     def expected_workers(self) -> int:
-        spec = _mapping(_mapping(self.job).get("spec"))
+        spec = mapping(mapping(self.job).get("spec"))
         return _int(spec.get("parallelism")) or _int(spec.get("completions")) or len(self.pods) or 1
 
 
@@ -267,7 +272,7 @@ def observe(
     `stall_timeout`: how long running workers may show no sign of progress (the trainer's
     heartbeat) before the group is restarted as Stalled.
     """
-    status = _mapping(ftj.get("status"))
+    status = mapping(ftj.get("status"))
     live_job = None if job is None or _being_deleted(job) else job
     current_pods = [p for p in pods if live_job is not None and _belongs_to(p, live_job)]
     if status.get("phase") in TERMINAL_PHASES:
@@ -297,7 +302,7 @@ def validated(
 ) -> dict[str, Any]:
     """The patch for a valid spec whose children are being created: Validated=True,
     observedGeneration, and phase Pending for a new job or one that was not valid."""
-    status = _mapping(ftj.get("status"))
+    status = mapping(ftj.get("status"))
     generation = _generation(ftj)
     previous = _conditions_by_type(status)
     conditions = {
@@ -341,7 +346,7 @@ def refused(
     Failed and Failed=True. Otherwise it waits for its runtime (missing, ambiguous or
     invalid) in phase Pending, and is validated again when a runtime changes.
     """
-    status = _mapping(ftj.get("status"))
+    status = mapping(ftj.get("status"))
     generation = _generation(ftj)
     message = _clip(message)
     conditions = dict(_conditions_by_type(status))
@@ -372,7 +377,7 @@ def refused(
 def queued(ftj: Mapping[str, Any], position: int, message: str, *, now: datetime) -> StatusUpdate:
     """A job waiting in the operator's GPU queue, without a worker Job: phase Queued, its
     place, Running=False with reason Queued; an Event when it starts waiting."""
-    status = _mapping(ftj.get("status"))
+    status = mapping(ftj.get("status"))
     previous = _conditions_by_type(status)
     conditions = dict(previous)
     conditions["Running"] = condition(
@@ -395,7 +400,7 @@ def runtime_validated(
 ) -> StatusUpdate:
     """A runtime's own status: Validated True, or False with `reason` and every problem
     (one Warning Event with them when that changes)."""
-    status = _mapping(runtime.get("status"))
+    status = mapping(runtime.get("status"))
     previous = _conditions_by_type(status).get("Validated")
     if problems:
         value: Literal["True", "False"] = "False"
@@ -440,7 +445,7 @@ def condition(
 
 def restart_of(job: Mapping[str, Any] | None) -> int:
     """Which group restart a worker Job is (its kubetune.dev/restart annotation; 0 first)."""
-    annotations = _mapping(_mapping(_mapping(job).get("metadata")).get("annotations"))
+    annotations = mapping(mapping(mapping(job).get("metadata")).get("annotations"))
     return _int(annotations.get(RESTART_ANNOTATION))
 
 
@@ -484,10 +489,10 @@ def _completed(observed: _Observed) -> _Verdict | None:
 
 
 def _suspended(observed: _Observed) -> _Verdict | None:
-    if not _mapping(_mapping(observed.job).get("spec")).get("suspend"):
+    if not mapping(mapping(observed.job).get("spec")).get("suspend"):
         return None
-    run_policy = _mapping(_mapping(observed.ftj.get("spec")).get("runPolicy"))
-    labels = _mapping(_mapping(_mapping(observed.job).get("metadata")).get("labels"))
+    run_policy = mapping(mapping(observed.ftj.get("spec")).get("runPolicy"))
+    labels = mapping(mapping(mapping(observed.job).get("metadata")).get("labels"))
     queue = labels.get(KUEUE_QUEUE_LABEL)
     if run_policy.get("suspend"):
         message = (
@@ -507,7 +512,7 @@ def _suspended(observed: _Observed) -> _Verdict | None:
 def _kueue_message(observed: _Observed, queue: str) -> str:
     place = observed.kueue_place
     if place is None:
-        namespace = _mapping(_mapping(observed.ftj.get("metadata"))).get("namespace", "")
+        namespace = mapping(mapping(observed.ftj.get("metadata"))).get("namespace", "")
         return (
             f"waiting for Kueue to admit the worker Job from LocalQueue {queue}; its place "
             f"in the queue: kubectl get workloads -n {namespace}"
@@ -528,7 +533,7 @@ def _failed(observed: _Observed) -> _Verdict | None:
         cause = _Cause(
             Reason.WorkerDisrupted,
             "a worker was disrupted (evicted, preempted or its node drained): "
-            f"{_mapping(job_failure).get('message', '')}",
+            f"{mapping(job_failure).get('message', '')}",
             None,
         )
     if cause is None and job_failure is not None:
@@ -557,7 +562,7 @@ def _act_on_failure(observed: _Observed, cause: _Cause) -> _Verdict:
         # Seen again before the next group exists: the status counts this one already.
         counted_already = _int(observed.status.get("restarts")) > restart
         return _restart(observed, cause, record, disruptions + (0 if counted_already else 1))
-    earlier = _mapping(observed.status.get("lastFailure"))
+    earlier = mapping(observed.status.get("lastFailure"))
     if cause.reason == Reason.OOMKilled and _same_oom_again(earlier, restart, step):
         message = (
             f"{cause.message}; the second OOM kill at step {step} (the first was in "
@@ -605,7 +610,7 @@ def _restart(
 def _names_a_disruption(job_failure: Mapping[str, Any] | None) -> bool:
     """The Job failed by its pod failure policy's disruption rule (builders.DISRUPTION_RULE):
     the pod may be gone by now, the Job's condition still says it."""
-    failure = _mapping(job_failure)
+    failure = mapping(job_failure)
     return failure.get("reason") == "PodFailurePolicy" and DISRUPTION_CONDITION in str(
         failure.get("message", "")
     )
@@ -626,7 +631,7 @@ def _past_deadline(observed: _Observed) -> _Verdict | None:
     deadline = observed.active_deadline_seconds
     if deadline is None or observed.start_time is None:
         return None
-    elapsed = (observed.now - _parse_time(observed.start_time)).total_seconds()
+    elapsed = (observed.now - parse_time(observed.start_time)).total_seconds()
     if elapsed <= deadline:
         return None
     message = (
@@ -644,9 +649,9 @@ def _stalled(observed: _Observed) -> _Verdict | None:
     group_start = _group_start(observed)
     if timeout is None or group_start is None:
         return None
-    heartbeat = _mapping(observed.status.get("heartbeat"))
+    heartbeat = mapping(observed.status.get("heartbeat"))
     beat = heartbeat.get("time")
-    beat_time = _parse_time(str(beat)) if beat else None
+    beat_time = parse_time(str(beat)) if beat else None
     if beat_time is not None and beat_time > group_start:
         alive, phase = beat_time, str(heartbeat.get("phase", "Training"))
     else:
@@ -668,13 +673,13 @@ def _group_start(observed: _Observed) -> datetime | None:
     starts = []
     for pod in observed.pods:
         running = [
-            _mapping(_mapping(c.get("state")).get("running"))
-            for c in _sequence(_mapping(pod.get("status")).get("containerStatuses"))
+            mapping(mapping(c.get("state")).get("running"))
+            for c in mappings(mapping(pod.get("status")).get("containerStatuses"))
         ]
         started = [str(r["startedAt"]) for r in running if r.get("startedAt")]
         if _pod_phase(pod) != "Running" or not started:
             return None
-        starts.append(max(_parse_time(text) for text in started))
+        starts.append(max(parse_time(text) for text in started))
     return max(starts)
 
 
@@ -690,7 +695,7 @@ def _pending_problem(observed: _Observed) -> _Verdict | None:
 
 def _image_pull_problem(pod: Mapping[str, Any]) -> _Verdict | None:
     for container in _container_statuses(pod):
-        waiting = _mapping(_mapping(container.get("state")).get("waiting"))
+        waiting = mapping(mapping(container.get("state")).get("waiting"))
         reason = PULL_REASONS.get(str(waiting.get("reason")))
         if reason is None:
             continue
@@ -707,7 +712,7 @@ def _image_pull_problem(pod: Mapping[str, Any]) -> _Verdict | None:
 
 def _container_config_problem(pod: Mapping[str, Any]) -> _Verdict | None:
     for container in _container_statuses(pod):
-        waiting = _mapping(_mapping(container.get("state")).get("waiting"))
+        waiting = mapping(mapping(container.get("state")).get("waiting"))
         if waiting.get("reason") == Reason.CreateContainerConfigError:
             message = _clip(f"{_worker(pod)}: {waiting.get('message', '')}")
             return _Verdict("Pending", Reason.CreateContainerConfigError, message)
@@ -715,7 +720,7 @@ def _container_config_problem(pod: Mapping[str, Any]) -> _Verdict | None:
 
 
 def _scheduling_problem(pod: Mapping[str, Any]) -> _Verdict | None:
-    for pod_condition in _sequence(_mapping(pod.get("status")).get("conditions")):
+    for pod_condition in mappings(mapping(pod.get("status")).get("conditions")):
         if (
             pod_condition.get("type") == "PodScheduled"
             and pod_condition.get("status") == "False"
@@ -783,7 +788,7 @@ def _pod_cause(pod: Mapping[str, Any], ftj: Mapping[str, Any]) -> _Cause | None:
         return _classify_exit(pod, terminated, ftj)
     if _pod_phase(pod) != "Failed":
         return None
-    pod_status = _mapping(pod.get("status"))
+    pod_status = mapping(pod.get("status"))
     detail = f"{pod_status.get('reason', 'Failed')}: {pod_status.get('message', '')}"
     return _Cause(Reason.WorkerFailed, f"{_worker(pod)} failed ({detail})", None)
 
@@ -794,7 +799,7 @@ def _classify_exit(
     """The cause of a trainer exit. A trainer image whose launcher is accelerate's own
     reports every failed child as exit code 1, so the trainer's own verdicts in the status
     count as much as codes 3 and 4."""
-    status = _mapping(ftj.get("status"))
+    status = mapping(ftj.get("status"))
     exit_code = _int(terminated.get("exitCode"))
     worker = _worker(pod)
     finished_at = str(terminated.get("finishedAt", ""))
@@ -805,7 +810,7 @@ def _classify_exit(
         at_step = f" at step {step}" if step is not None else ""
         message = f"{worker} was OOMKilled{at_step} (exit code {exit_code})"
         return _Cause(Reason.OOMKilled, message, exit_code, finished_at)
-    data_validation = _mapping(status.get("dataValidation"))
+    data_validation = mapping(status.get("dataValidation"))
     if exit_code == EXIT_INVALID_INPUT or data_validation.get("passed") is False:
         message = (
             f"the trainer refused its input (exit code {exit_code}) on {worker}{said}"
@@ -819,7 +824,7 @@ def _classify_exit(
             "raise spec.runPolicy.maxGpuHours and start a job on the same output to continue"
         )
         return _Cause(Reason.BudgetExceeded, message, exit_code, finished_at)
-    unusable = _unusable_result(status, _mapping(ftj.get("spec")))
+    unusable = _unusable_result(status, mapping(ftj.get("spec")))
     if exit_code == EXIT_TRAINING_FAILED or unusable:
         message = (
             f"the trainer's result must not be used (exit code {exit_code}) on {worker}"
@@ -839,11 +844,11 @@ def _data_rejection(data_validation: Mapping[str, Any]) -> str:
 
 def _unusable_result(status: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
     """What the trainer said makes its result unusable ('' when it said nothing so)."""
-    diagnosis = _mapping(status.get("diagnosis"))
+    diagnosis = mapping(status.get("diagnosis"))
     if diagnosis.get("verdict") == "Diverged":
         return f": training diverged; {diagnosis.get('suggestion', '')}".rstrip("; ")
-    audit = _mapping(status.get("biasAudit"))
-    if audit.get("verdict") == "Failed" and _mapping(spec.get("bias")).get("onFailure") == "fail":
+    audit = mapping(status.get("biasAudit"))
+    if audit.get("verdict") == "Failed" and mapping(spec.get("bias")).get("onFailure") == "fail":
         return (
             f": the bias audit failed with bias.onFailure fail (worst group "
             f"{audit.get('worstGroup', '')}): {audit.get('message', '')}"
@@ -856,9 +861,9 @@ def _trainer_termination(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     trainer = next((c for c in statuses if c.get("name") == TRAINER_CONTAINER), None)
     if trainer is None:
         return None
-    terminated = _mapping(_mapping(trainer.get("state")).get("terminated"))
+    terminated = mapping(mapping(trainer.get("state")).get("terminated"))
     # restartPolicy OnFailure restarts the container in place; its last exit is the cause.
-    last = terminated or _mapping(_mapping(trainer.get("lastState")).get("terminated"))
+    last = terminated or mapping(mapping(trainer.get("lastState")).get("terminated"))
     return _with_trainer_record(last) if last else None
 
 
@@ -889,7 +894,7 @@ def _desired_status(observed: _Observed, verdict: _Verdict) -> dict[str, Any]:
     if observed.start_time is not None:
         desired["startTime"] = observed.start_time
     if verdict.phase in TERMINAL_PHASES:
-        finished = _mapping(_mapping(observed.job).get("status")).get("completionTime")
+        finished = mapping(mapping(observed.job).get("status")).get("completionTime")
         desired["completionTime"] = finished or rfc3339(observed.now)
     if verdict.disruptions is not None:
         desired["disruptions"] = verdict.disruptions
@@ -940,7 +945,7 @@ def _lifecycle_conditions(
 def _trainer_conditions(status: Mapping[str, Any]) -> dict[ConditionType, ConditionValue]:
     """DataValidated and BiasAuditPassed, from what the trainer wrote (absent: no condition)."""
     wanted: dict[ConditionType, ConditionValue] = {}
-    data = _mapping(status.get("dataValidation"))
+    data = mapping(status.get("dataValidation"))
     if data:
         message = _clip(str(data.get("message", "")))
         wanted["DataValidated"] = (
@@ -948,7 +953,7 @@ def _trainer_conditions(status: Mapping[str, Any]) -> dict[ConditionType, Condit
             if data.get("passed", True)
             else ("False", Reason.DataRejected, message)
         )
-    audit = _mapping(status.get("biasAudit"))
+    audit = mapping(status.get("biasAudit"))
     verdict = audit.get("verdict")
     message = _clip(str(audit.get("message", "")))
     if verdict == "Passed":
@@ -967,7 +972,7 @@ def _final_status_update(
     """A finished job: only the trainer-derived conditions and the worker counts may still
     change. Pod and Job changes come on separate watches, so the last pods may finish after
     the Job did; once the children are cleaned up, the last counts stay."""
-    status = _mapping(ftj.get("status"))
+    status = mapping(ftj.get("status"))
     previous = _conditions_by_type(status)
     conditions = dict(previous)
     for kind, (value, reason, message) in _trainer_conditions(status).items():
@@ -1037,27 +1042,27 @@ def _trainer_condition_events(
 def _belongs_to(pod: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
     """Whether a pod is the current Job's: same owner uid, or failing that (an emulator
     without uids) the same restart annotation; a pod that carries neither counts."""
-    job_uid = _mapping(job.get("metadata")).get("uid")
+    job_uid = mapping(job.get("metadata")).get("uid")
     pod_uid = _owner_uid(pod)
     if job_uid and pod_uid:
         return bool(pod_uid == job_uid)
-    annotations = _mapping(_mapping(pod.get("metadata")).get("annotations"))
+    annotations = mapping(mapping(pod.get("metadata")).get("annotations"))
     if RESTART_ANNOTATION in annotations:
         return _int(annotations[RESTART_ANNOTATION]) == restart_of(job)
     return True
 
 
 def _owner_uid(pod: Mapping[str, Any]) -> str | None:
-    metadata = _mapping(pod.get("metadata"))
-    for owner in _sequence(metadata.get("ownerReferences")):
+    metadata = mapping(pod.get("metadata"))
+    for owner in mappings(metadata.get("ownerReferences")):
         if owner.get("kind") == "Job" and owner.get("uid"):
             return str(owner["uid"])
-    labels = _mapping(metadata.get("labels"))
+    labels = mapping(metadata.get("labels"))
     return next((str(labels[k]) for k in CONTROLLER_UID_LABELS if labels.get(k)), None)
 
 
 def _being_deleted(obj: Mapping[str, Any]) -> bool:
-    return bool(_mapping(obj.get("metadata")).get("deletionTimestamp"))
+    return bool(mapping(obj.get("metadata")).get("deletionTimestamp"))
 
 
 def _is_disrupted(pod: Mapping[str, Any]) -> bool:
@@ -1065,7 +1070,7 @@ def _is_disrupted(pod: Mapping[str, Any]) -> bool:
 
 
 def _condition_of(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
-    conditions = _mapping(obj.get("status")).get("conditions") or []
+    conditions = mapping(obj.get("status")).get("conditions") or []
     found = [c for c in conditions if isinstance(c, Mapping) and c.get("type") == kind]
     return found[-1] if found else {}
 
@@ -1075,7 +1080,7 @@ def _first_start(
 ) -> str | None:
     """When the first worker Job started: as Kubernetes counts a Job's deadline (so a job
     stuck Pending still meets it), or failing that when a worker ran."""
-    started = _mapping(_mapping(job).get("status")).get("startTime")
+    started = mapping(mapping(job).get("status")).get("startTime")
     if started:
         return str(started)
     if any(_pod_phase(p) in ("Running", "Succeeded", "Failed") for p in pods):
@@ -1084,7 +1089,7 @@ def _first_start(
 
 
 def _job_condition(job: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any] | None:
-    for job_condition in _sequence(_mapping(_mapping(job).get("status")).get("conditions")):
+    for job_condition in mappings(mapping(mapping(job).get("status")).get("conditions")):
         if job_condition.get("type") == kind and job_condition.get("status") == "True":
             return job_condition
     return None
@@ -1102,27 +1107,27 @@ def _worker_counts(pods: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def _pod_phase(pod: Mapping[str, Any]) -> str:
-    return str(_mapping(pod.get("status")).get("phase", "Pending"))
+    return str(mapping(pod.get("status")).get("phase", "Pending"))
 
 
 def _container_statuses(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    pod_status = _mapping(pod.get("status"))
+    pod_status = mapping(pod.get("status"))
     return [
-        *_sequence(pod_status.get("initContainerStatuses")),
-        *_sequence(pod_status.get("containerStatuses")),
+        *mappings(pod_status.get("initContainerStatuses")),
+        *mappings(pod_status.get("containerStatuses")),
     ]
 
 
 def _pod_name(pod: Mapping[str, Any]) -> str:
-    return str(_mapping(pod.get("metadata")).get("name", "?"))
+    return str(mapping(pod.get("metadata")).get("name", "?"))
 
 
 def _worker(pod: Mapping[str, Any]) -> str:
     """'worker 1 (pod name)': the rank a person reads in logs, and the pod to inspect."""
-    metadata = _mapping(pod.get("metadata"))
-    index = _mapping(metadata.get("labels")).get(COMPLETION_INDEX_LABEL)
+    metadata = mapping(pod.get("metadata"))
+    index = mapping(metadata.get("labels")).get(COMPLETION_INDEX_LABEL)
     if index is None:
-        index = _mapping(metadata.get("annotations")).get(COMPLETION_INDEX_LABEL, "?")
+        index = mapping(metadata.get("annotations")).get(COMPLETION_INDEX_LABEL, "?")
     return f"worker {index} ({_pod_name(pod)})"
 
 
@@ -1130,7 +1135,7 @@ def _worker(pod: Mapping[str, Any]) -> str:
 
 
 def _conditions_by_type(status: Mapping[str, Any]) -> dict[ConditionType, Mapping[str, Any]]:
-    return {c["type"]: c for c in _sequence(status.get("conditions")) if "type" in c}
+    return {c["type"]: c for c in mappings(status.get("conditions")) if "type" in c}
 
 
 def _ordered(conditions: Mapping[ConditionType, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -1142,23 +1147,15 @@ def _invalid_spec(conditions: Mapping[ConditionType, Mapping[str, Any]]) -> bool
 
 
 def _progress_step(status: Mapping[str, Any]) -> int | None:
-    step = _mapping(status.get("progress")).get("step")
+    step = mapping(status.get("progress")).get("step")
     return step if isinstance(step, int) else None
 
 
 def _generation(ftj: Mapping[str, Any]) -> int:
-    return _int(_mapping(ftj.get("metadata")).get("generation"))
+    return _int(mapping(ftj.get("metadata")).get("generation"))
 
 
 # Small helpers for untyped API objects.
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _sequence(value: Any) -> list[Mapping[str, Any]]:
-    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
 
 
 def _int(value: Any) -> int:
@@ -1166,10 +1163,6 @@ def _int(value: Any) -> int:
         return int(value)
     except (TypeError, ValueError):
         return 0
-
-
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _last_line(text: Any) -> str:

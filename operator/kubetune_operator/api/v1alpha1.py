@@ -9,7 +9,8 @@ validate` checks manifests with them, so the three can never disagree.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Self
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -70,6 +71,8 @@ through gpuResource: it would become the pods' request and limit."""
 LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
+TERMINAL_PHASES: Final[frozenset[Phase]] = frozenset({"Succeeded", "Failed"})
+"""The phases a job never leaves (the operator, its views and `kubetune status` agree)."""
 ConditionType = Literal[
     "Validated",
     "DataValidated",
@@ -810,6 +813,55 @@ class FineTuneJobStatus(TrainerReport):
     """Search trials (parent jobs only)."""
     best_trial: BestTrial | None = None
     """The best trial (parent jobs only)."""
+
+
+def readable_status(stored: object) -> tuple[FineTuneJobStatus, list[str]]:
+    """A stored status as the model reads it, and the fields of it left unread.
+
+    The status is the operator's own record, yet it may hold what this version does not
+    know (an older operator's field, someone's `kubectl patch --subresource status`): a
+    field the model does not know is left out wherever it is, and a field whose value does
+    not validate is left out whole, so one bad field never hides the rest of the status."""
+    data = dict(stored) if isinstance(stored, Mapping) else {}
+    unread: list[str] = []
+    while True:
+        try:
+            status = FineTuneJobStatus.model_validate(data, by_alias=True, by_name=False)
+            return status, list(dict.fromkeys(unread))
+        except ValidationError as error:
+            paths = [_unread_path(found) for found in error.errors()]
+        unread += [".".join(map(str, path)) for path in paths]
+        trimmed = data
+        for path in paths:
+            trimmed = _without(trimmed, path)
+        data = trimmed if trimmed != data else {}  # nothing found to leave out: read nothing
+
+
+def _unread_path(error: Any) -> tuple[int | str, ...]:
+    """An unknown field alone; a field with a bad value where it sits in the status."""
+    location: tuple[int | str, ...] = tuple(error["loc"])
+    return location if error["type"] == "extra_forbidden" else location[:1]
+
+
+def _without(data: Mapping[str, Any], path: tuple[int | str, ...]) -> dict[str, Any]:
+    """`data` without the field at `path` (keys, and positions in lists of objects)."""
+    head, rest = str(path[0]), path[1:]
+    inner = data.get(head)
+    if rest and isinstance(inner, Mapping):
+        return {**data, head: _without(inner, rest)}
+    if rest[1:] and isinstance(inner, list) and _object_at(inner, rest[0]):
+        items = list(inner)
+        items[int(rest[0])] = _without(items[int(rest[0])], rest[1:])
+        return {**data, head: items}
+    return {key: value for key, value in data.items() if key != head}
+
+
+def _object_at(items: list[Any], position: int | str) -> bool:
+    return (
+        isinstance(position, int)
+        and 0 <= position < len(items)
+        and isinstance(items[position], Mapping)
+    )
 
 
 OBJECT_CONFIG = ConfigDict(

@@ -30,20 +30,18 @@ from kubetune_operator import status as status_rules
 from kubetune_operator.api import runtime as runtime_api
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.api.manifests import check_document
+from kubetune_operator.api.v1alpha1 import TERMINAL_PHASES
 from kubetune_operator.controller import trials, workers
 from kubetune_operator.controller.state import (
     CLUSTER,
-    TERMINAL_PHASES,
     Indexes,
     Key,
     OperatorState,
+    TrackedJob,
     events_through,
-    is_validated,
-    key_of,
     newest,
     now,
     post,
-    validated_condition,
     without_status,
 )
 
@@ -137,20 +135,20 @@ def reconcile(
     ones count as done)."""
     with metrics.reconcile_timer("reconcile"), retried_soon_when_transient():
         shared, key = state(memo), _key(namespace, name)
-        checked = check_document(without_status(body), f"{key[0]}/{key[1]}")
-        if checked.job is None:
-            message = "; ".join(str(problem) for problem in checked.problems)
-            update = status_rules.validation_failed(body, message, now=now())
+        seen = TrackedJob.of(body)
+        job, problems = seen.checked
+        if job is None:
+            update = status_rules.validation_failed(body, "; ".join(problems), now=now())
             patch.status.update(update.patch)
             post(body, update.events)
             return
-        if body.get("status", {}).get("phase") in TERMINAL_PHASES:
+        if seen.phase in TERMINAL_PHASES:
             return
         indexes = Indexes.of(kwargs)
         with shared.locks[key]:
             # The index has seen this event too, and the overlay holds what refreshes wrote.
-            ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, []))) or body
-            _validate_and_start(shared, checked.job, ftj, indexes, into=patch)
+            ftj = indexes.tracked(shared, key) or seen
+            _validate_and_start(shared, job, ftj, indexes, into=patch)
 
 
 @contextlib.contextmanager
@@ -169,7 +167,7 @@ def retried_soon_when_transient() -> Iterator[None]:
 def _validate_and_start(
     shared: OperatorState,
     job: v1alpha1.FineTuneJob,
-    ftj: Any,
+    ftj: TrackedJob,
     indexes: Indexes,
     into: kopf.Patch | None = None,
 ) -> None:
@@ -182,24 +180,22 @@ def _validate_and_start(
     if job.spec.search is None:
         workers.start(shared, resolution, ftj, indexes, into)
         return
-    status = ftj.get("status", {})
-    record = {k: v for k, v in resolution.record.items() if status.get(k) != v}
+    record = ftj.unwritten(resolution.record)
     if record:
         shared.write_status(ftj, record)
-    key = key_of(ftj)
-    trials.start(shared, shared.own_writes_over(key, ftj) or ftj, list(indexes.trials.get(key, [])))
+    trials.start(shared, ftj.with_status(record), list(indexes.trials.get(ftj.key, [])))
 
 
 def _revalidate(shared: OperatorState, key: Key, indexes: Indexes) -> None:
     """Validate again a job that waits for its runtime (missing, ambiguous or invalid) or
     for an earlier job's children to go."""
     with shared.locks[key]:
-        ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, [])))
-        if ftj is None or validated_condition(ftj).get("reason") not in runtimes.WAITING_REASONS:
+        ftj = indexes.tracked(shared, key)
+        validated = None if ftj is None else ftj.validated_condition()
+        if ftj is None or validated is None or validated.reason not in runtimes.WAITING_REASONS:
             return
-        checked = check_document(without_status(ftj), f"{key[0]}/{key[1]}")
-        if checked.job is not None:
-            _validate_and_start(shared, checked.job, ftj, indexes)
+        if ftj.model is not None:
+            _validate_and_start(shared, ftj.model, ftj, indexes)
 
 
 @kopf.on.resume(*RUNTIMES)
@@ -233,7 +229,7 @@ def runtime_event(namespace: str | None, memo: Any, **kwargs: Any) -> None:
         if namespace is not None and key[0] != namespace:
             continue
         _revalidate(shared, key, indexes)
-        ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, [])))
+        ftj = indexes.tracked(shared, key)
         if ftj is not None and workers.waits_in_queue(ftj):
             _refresh(shared, key, indexes)
 
@@ -242,7 +238,7 @@ def _refresh_queue(shared: OperatorState, namespace: str, indexes: Indexes) -> N
     """Look again at the jobs of a namespace that wait in the operator's queue."""
     for ftj in indexes.jobs_in(shared, namespace):
         if workers.waits_in_queue(ftj):
-            _refresh(shared, key_of(ftj), indexes)
+            _refresh(shared, ftj.key, indexes)
 
 
 @kopf.on.field(*FINETUNEJOBS, field="spec.runPolicy.suspend")
@@ -352,7 +348,7 @@ def tick(shared: OperatorState, key: Key, indexes: Indexes) -> None:
         _revalidate(shared, key, indexes)
         if _refresh(shared, key, indexes):  # ended by its deadline: its GPUs are free
             _refresh_queue(shared, key[0], indexes)
-        ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, [])))
+        ftj = indexes.tracked(shared, key)
         if ftj is not None:
             workers.clean_up_when_due(shared, ftj, has_job=bool(indexes.jobs.get(key)))
 
@@ -360,15 +356,15 @@ def tick(shared: OperatorState, key: Key, indexes: Indexes) -> None:
 def _refresh(shared: OperatorState, key: Key, indexes: Indexes) -> bool:
     """Bring the job's status up to date; True when it just ended (its GPUs are free)."""
     with metrics.reconcile_timer("status"), shared.locks[key]:
-        ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, [])))
-        if ftj is None or not is_validated(ftj):
+        ftj = indexes.tracked(shared, key)
+        if ftj is None or not ftj.is_validated():
             return False
-        if ftj.get("spec", {}).get("search"):
+        if ftj.is_search:
             trials.advance(shared, ftj, list(indexes.trials.get(key, [])))
             return False
         ftj = workers.take_report(shared, ftj, newest(indexes.reports.get(key, [])))
         job = newest(indexes.jobs.get(key, []))
-        before = ftj.get("status", {}).get("phase")
+        before = ftj.phase
         after = workers.refresh(shared, ftj, job, list(indexes.pods.get(key, [])), indexes)
         return before not in TERMINAL_PHASES and after in TERMINAL_PHASES
 

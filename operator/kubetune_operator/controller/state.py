@@ -4,13 +4,18 @@ The operator keeps no state of its own that matters after a restart (the childre
 annotations and the resources' status are the state). What it does keep is a courtesy to
 kopf's indexes, which lag the operator's own writes: the last status patch and the worker
 Job it created per job are laid over the indexed objects until the index catches up, so
-the next event neither repeats a patch nor creates a child twice. The helpers at the end
-read the indexed objects, which are plain dicts, the same way everywhere.
+the next event neither repeats a patch nor creates a child twice.
+
+The indexes hold plain dicts, as kopf gives them. A FineTuneJob leaves them once, through
+`TrackedJob.of`: its status read into the typed model, its spec validated into the API
+model (when first asked for), and that object is what the workers and trials work on.
+Status patches stay dicts, as kopf and the API take them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -24,9 +29,10 @@ import kopf
 
 from kubetune_operator import builders, kube, kueue
 from kubetune_operator import status as status_rules
-from kubetune_operator.api.v1alpha1 import CLUSTER_RUNTIME_KIND
+from kubetune_operator.api import v1alpha1
+from kubetune_operator.api.manifests import Checked, check_document
 
-TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
+LOGGER: Final = logging.getLogger(__name__)
 OWN_WRITES_TTL_S: Final = 15.0
 """How long the operator's own status writes are laid over an index that does not show them:
 far longer than the index lags, short enough that a write undone by a late one is redone."""
@@ -39,6 +45,91 @@ CLUSTER: Final = ""
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class TrackedJob:
+    """A FineTuneJob as the controller works on it: its body as kopf's index holds it (this
+    operator's own writes laid over), read once into the API model."""
+
+    body: Mapping[str, Any]
+    """The plain object: what kopf.adopt, the Events and the pure status rules take."""
+    status: v1alpha1.FineTuneJobStatus
+    """The status, typed; the fields that do not validate are left unread (logged)."""
+    unread: tuple[str, ...] = ()
+    """The status fields left unread (v1alpha1.readable_status): a bad value's field, an
+    unknown field by its path."""
+    spec_check: list[Checked] = field(default_factory=list, repr=False, compare=False)
+    """The spec's validation once it was asked for, shared with the views of this job that
+    differ only in their status (`with_status`)."""
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> TrackedJob:
+        """The kopf boundary: read a FineTuneJob's status into the model (its spec is
+        validated when first asked for: a queue decision reads only its peers' status)."""
+        status, unread = v1alpha1.readable_status(body.get("status"))
+        if unread:
+            LOGGER.warning("FineTuneJob %s: status fields left unread: %s", name_of(body), unread)
+        return cls(body, status, tuple(unread))
+
+    @property
+    def checked(self) -> tuple[v1alpha1.FineTuneJob | None, list[str]]:
+        """The API model with this status, or why the spec is invalid; validated once."""
+        if not self.spec_check:
+            self.spec_check.append(check_document(without_status(self.body), self.name))
+        checked = self.spec_check[0]
+        if checked.job is None:
+            return None, [str(problem) for problem in checked.problems]
+        return checked.job.model_copy(update={"status": self.status}), []
+
+    @property
+    def model(self) -> v1alpha1.FineTuneJob | None:
+        """The API model, spec and typed status; None when the spec does not validate."""
+        return self.checked[0]
+
+    @property
+    def key(self) -> Key:
+        return key_of(self.body)
+
+    @property
+    def name(self) -> str:
+        return name_of(self.body)
+
+    @property
+    def phase(self) -> v1alpha1.Phase | None:
+        return self.status.phase
+
+    @property
+    def is_search(self) -> bool:
+        """A search parent, also when its spec no longer validates (it then makes no trials)."""
+        return bool(self.body.get("spec", {}).get("search"))
+
+    def validated_condition(self) -> v1alpha1.Condition | None:
+        return next((c for c in self.status.conditions if c.type == "Validated"), None)
+
+    def is_validated(self) -> bool:
+        validated = self.validated_condition()
+        return validated is not None and validated.status == "True"
+
+    def unwritten(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Of the status `fields`, those the status does not hold yet: what a patch changes."""
+        stored = self.status.model_dump(mode="json", exclude_unset=True)
+        return {name: value for name, value in fields.items() if stored.get(name) != value}
+
+    def with_status(self, patch: Mapping[str, Any]) -> TrackedJob:
+        """The job as it is once the status `patch` is written (a None field reads as absent,
+        as the API leaves it out); its spec is not validated again."""
+        status = {**(self.body.get("status") or {}), **patch}
+        read, unread = v1alpha1.readable_status(status)
+        return TrackedJob({**self.body, "status": status}, read, tuple(unread), self.spec_check)
+
+    def run_policy(self) -> dict[str, Any]:
+        """The effective runPolicy (the runtime may have set a deadline or a backoff limit)
+        with what the job's own spec says now on top: suspend and the deadline may be
+        edited."""
+        recorded = (self.status.effective_spec or {}).get("runPolicy") or {}
+        own = self.body.get("spec", {}).get("runPolicy") or {}
+        return {**recorded, **own}
 
 
 @dataclass
@@ -86,7 +177,7 @@ class OperatorState:
         self.kueue.places.pop(key, None)
 
     def write_status(
-        self, ftj: Mapping[str, Any], patch: dict[str, Any], into: kopf.Patch | None = None
+        self, ftj: TrackedJob, patch: dict[str, Any], into: kopf.Patch | None = None
     ) -> None:
         """Patch the status and remember the result until the index shows it.
 
@@ -94,7 +185,7 @@ class OperatorState:
         that the creation was handled. A status request of its own would come first, and
         its event, without that record, would make kopf run the create handler again.
         """
-        key = key_of(ftj)
+        key = ftj.key
         if into is None:
             self.cluster.patch_status(*key, patch)
         else:
@@ -165,15 +256,19 @@ class Indexes:
     def runtime(self, namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
         """One runtime as it is now, by kind and name; None when it is gone."""
         namespaced, cluster = self.runtimes_for(namespace)
-        candidates = cluster if kind == CLUSTER_RUNTIME_KIND else namespaced
+        candidates = cluster if kind == v1alpha1.CLUSTER_RUNTIME_KIND else namespaced
         return next((r for r in candidates if r["metadata"]["name"] == name), None)
 
-    def jobs_in(self, shared: OperatorState, namespace: str) -> list[Mapping[str, Any]]:
+    def tracked(self, shared: OperatorState, key: Key) -> TrackedJob | None:
+        """The FineTuneJob as the index shows it, this operator's own writes laid over; None
+        when the index has none."""
+        ftj = shared.own_writes_over(key, newest(self.finetunejobs.get(key, [])))
+        return None if ftj is None else TrackedJob.of(ftj)
+
+    def jobs_in(self, shared: OperatorState, namespace: str) -> list[TrackedJob]:
         """The FineTuneJobs of a namespace, with this operator's own writes laid over them."""
         found = (
-            shared.own_writes_over(key, newest(self.finetunejobs.get(key, [])))
-            for key in list(self.finetunejobs)
-            if key[0] == namespace
+            self.tracked(shared, key) for key in list(self.finetunejobs) if key[0] == namespace
         )
         return [ftj for ftj in found if ftj is not None]
 
@@ -217,23 +312,6 @@ def body_of(ftj: Mapping[str, Any]) -> kopf.Body:
 
 def without_status(body: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in body.items() if key != "status"}
-
-
-def run_policy(ftj: Mapping[str, Any]) -> dict[str, Any]:
-    """The effective runPolicy (the runtime may have set a deadline or a backoff limit) with
-    what the job's own spec says now on top: suspend and the deadline may be edited."""
-    recorded = ((ftj.get("status") or {}).get("effectiveSpec") or {}).get("runPolicy") or {}
-    return {**recorded, **(ftj.get("spec", {}).get("runPolicy") or {})}
-
-
-def is_validated(ftj: Mapping[str, Any]) -> bool:
-    return validated_condition(ftj).get("status") == "True"
-
-
-def validated_condition(ftj: Mapping[str, Any]) -> Mapping[str, Any]:
-    conditions = ftj.get("status", {}).get("conditions", [])
-    found: Mapping[str, Any] = next((c for c in conditions if c.get("type") == "Validated"), {})
-    return found
 
 
 def newest(bodies: Iterable[Any]) -> Mapping[str, Any] | None:

@@ -20,28 +20,26 @@ import kopf
 from kubetune_operator import search
 from kubetune_operator import status as status_rules
 from kubetune_operator.api import v1alpha1
-from kubetune_operator.api.manifests import check_document
+from kubetune_operator.api.v1alpha1 import TERMINAL_PHASES
 from kubetune_operator.controller.state import (
-    TERMINAL_PHASES,
     OperatorState,
+    TrackedJob,
     body_of,
-    name_of,
     now,
     post,
-    without_status,
 )
 from kubetune_trainer.formatting import params_text
 
 
-def start(shared: OperatorState, ftj: Mapping[str, Any], children: list[Mapping[str, Any]]) -> None:
+def start(shared: OperatorState, ftj: TrackedJob, children: list[Mapping[str, Any]]) -> None:
     """A new or resumed search parent: Validated, Running, and its first trials, in one patch."""
-    first = status_rules.validated(ftj, now=now())
+    first = status_rules.validated(ftj.body, now=now())
     advance(shared, ftj, children, first=first)
 
 
 def advance(
     shared: OperatorState,
-    ftj: Mapping[str, Any],
+    ftj: TrackedJob,
     children: list[Mapping[str, Any]],
     first: Mapping[str, Any] | None = None,
 ) -> None:
@@ -49,38 +47,35 @@ def advance(
 
     `first`: status fields to lay over the stored ones and write along (the validation).
     """
-    stored = ftj.get("status", {})
-    status = {**stored, **(first or {})}
-    if status.get("phase") in TERMINAL_PHASES:
-        return
-    view = {**ftj, "status": status}
-    checked = check_document(without_status(ftj), name_of(ftj))
-    if checked.job is None:
-        return
+    view = ftj.with_status(first or {})
+    if view.phase in TERMINAL_PHASES or view.model is None or "trials" in view.unread:
+        return  # unread trials (logged) would read as none and the search would start over
     try:
-        desired, events = _search_step(shared, view, checked.job, children)
+        desired, events = _search_step(shared, view, view.model, children)
     except search.SearchError as error:
-        trials, stopped = _stop_unfinished(
-            shared, view, [dict(t) for t in status.get("trials") or []]
-        )
-        failed = status_rules.validation_failed(view, str(error) + stopped, now=now())
+        trials, stopped = _stop_unfinished(shared, view, _trial_records(view))
+        failed = status_rules.validation_failed(view.body, str(error) + stopped, now=now())
         desired, events = {**failed.patch, "trials": trials}, failed.events
-    final = {**status, **desired}
-    patch = {field: value for field, value in final.items() if stored.get(field) != value}
+    patch = ftj.unwritten({**(first or {}), **desired})
     if patch:
         shared.write_status(ftj, patch)
-    post(ftj, events)
+    post(ftj.body, events)
+
+
+def _trial_records(ftj: TrackedJob) -> list[dict[str, Any]]:
+    """The trials recorded in the status, as the pure `search` functions take them."""
+    return [trial.model_dump(mode="json", exclude_unset=True) for trial in ftj.status.trials]
 
 
 def _search_step(
     shared: OperatorState,
-    ftj: Mapping[str, Any],
+    ftj: TrackedJob,
     parent: v1alpha1.FineTuneJob,
     children: list[Mapping[str, Any]],
 ) -> tuple[dict[str, Any], list[status_rules.Event]]:
     """The parent's desired status and its Events, after pruning and creating trials."""
     spec, by_name = parent.spec, {child["metadata"]["name"]: child for child in children}
-    previous = list(ftj["status"].get("trials") or [])
+    previous = _trial_records(ftj)
     trials = [_trial_seen(spec, trial, by_name.get(trial["name"])) for trial in previous]
     events = _trial_events(previous, trials)
     trials, pruned = _pruned(shared, ftj, spec, trials)
@@ -95,7 +90,7 @@ def _search_step(
         trials, stopped = _stop_unfinished(shared, ftj, trials)
         outcome = dataclasses.replace(outcome, message=outcome.message + stopped)
     desired = {**search.search_status(spec, trials), **_search_phase(ftj, outcome)}
-    if ftj["status"].get("phase") != outcome.phase and outcome.phase != "Running":
+    if ftj.phase != outcome.phase and outcome.phase != "Running":
         events.append(_outcome_event(outcome))
     return desired, events
 
@@ -106,11 +101,11 @@ def _trial_seen(
     """A Pending/Running trial as its child shows it: state, objective, new intermediate value."""
     if trial["state"] not in search.ACTIVE_STATES or child is None:
         return dict(trial)
-    status = child.get("status") or {}
+    status = TrackedJob.of(child).status
     seen = {**trial, "intermediate": _with_intermediate(spec, trial, status)}
-    phase = status.get("phase")
+    phase = status.phase
     if phase == "Succeeded":
-        model = (status.get("artifacts") or {}).get("model") or None
+        model = (status.artifacts.model if status.artifacts else "") or None
         seen |= {
             "state": "Complete",
             "objective": search.objective_of(spec, status),
@@ -124,19 +119,22 @@ def _trial_seen(
 
 
 def _with_intermediate(
-    spec: v1alpha1.FineTuneJobSpec, trial: Mapping[str, Any], child_status: Mapping[str, Any]
+    spec: v1alpha1.FineTuneJobSpec,
+    trial: Mapping[str, Any],
+    child_status: v1alpha1.FineTuneJobStatus,
 ) -> dict[str, float]:
-    """The trial's intermediate values plus the child's current one, keyed by its step."""
+    """The trial's intermediate values plus the child's current one, keyed by its step (a
+    progress that reports no step yet adds none)."""
     known = dict(trial.get("intermediate") or {})
-    step = (child_status.get("progress") or {}).get("step")
+    progress = child_status.progress
     value = search.objective_of(spec, child_status)
-    if isinstance(step, int) and value is not None:
-        known.setdefault(str(step), value)
+    if progress is not None and "step" in progress.model_fields_set and value is not None:
+        known.setdefault(str(progress.step), value)
     return known
 
 
 def _trial_events(
-    previous: list[Mapping[str, Any]], trials: list[dict[str, Any]]
+    previous: list[dict[str, Any]], trials: list[dict[str, Any]]
 ) -> list[status_rules.Event]:
     return [
         status_rules.Event(
@@ -151,7 +149,7 @@ def _trial_events(
 
 def _pruned(
     shared: OperatorState,
-    ftj: Mapping[str, Any],
+    ftj: TrackedJob,
     spec: v1alpha1.FineTuneJobSpec,
     trials: list[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[status_rules.Event]]:
@@ -168,7 +166,7 @@ def _pruned(
 
 
 def _stop_unfinished(
-    shared: OperatorState, ftj: Mapping[str, Any], trials: list[dict[str, Any]]
+    shared: OperatorState, ftj: TrackedJob, trials: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], str]:
     """Delete the children of the trials still pending or running, recorded Stopped: a
     failed search has no use for them. Also what to add to the failure's message."""
@@ -183,7 +181,7 @@ def _stop_unfinished(
 
 def _start_trials(
     shared: OperatorState,
-    ftj: Mapping[str, Any],
+    ftj: TrackedJob,
     parent: v1alpha1.FineTuneJob,
     trials: list[dict[str, Any]],
     children: Mapping[str, Mapping[str, Any]],
@@ -192,7 +190,7 @@ def _start_trials(
     created, events = [], []
     for plan in search.next_trials(parent, trials):
         manifest = search.trial_manifest(parent, plan)
-        kopf.adopt(manifest, owner=body_of(ftj))
+        kopf.adopt(manifest, owner=body_of(ftj.body))
         params = plan.params
         if shared.cluster.create(manifest):
             events.append(
@@ -213,7 +211,7 @@ def created_message(plan: search.TrialPlan) -> str:
 
 def _recreate_deleted(
     shared: OperatorState,
-    ftj: Mapping[str, Any],
+    ftj: TrackedJob,
     parent: v1alpha1.FineTuneJob,
     trials: list[dict[str, Any]],
     children: Mapping[str, Mapping[str, Any]],
@@ -229,7 +227,7 @@ def _recreate_deleted(
             continue
         plan = search.TrialPlan(trial["number"], trial["name"], dict(trial["params"]))
         manifest = search.trial_manifest(parent, plan)
-        kopf.adopt(manifest, owner=body_of(ftj))
+        kopf.adopt(manifest, owner=body_of(ftj.body))
         if shared.cluster.create(manifest):
             trial["state"] = "Pending"
             message = f"trial {plan.number}: created {plan.name} again (it was deleted)"
@@ -244,11 +242,13 @@ def _recorded_params(child: Mapping[str, Any], proposed: dict[str, Any]) -> dict
     return dict(json.loads(recorded)) if recorded else proposed
 
 
-def _search_phase(ftj: Mapping[str, Any], outcome: search.SearchOutcome) -> dict[str, Any]:
+def _search_phase(ftj: TrackedJob, outcome: search.SearchOutcome) -> dict[str, Any]:
     """The parent's phase, conditions and completionTime for where the search stands."""
-    status, moment = ftj["status"], now()
-    generation = int(ftj["metadata"].get("generation", 1))
-    previous = {c["type"]: c for c in status.get("conditions", [])}
+    status, moment = ftj.status, now()
+    generation = int(ftj.body["metadata"].get("generation", 1))
+    previous: dict[str, dict[str, Any]] = {
+        c.type: c.model_dump(mode="json", exclude_unset=True) for c in status.conditions
+    }
     reason = _outcome_reason(outcome)
     running: Literal["True", "False"] = "True" if outcome.phase == "Running" else "False"
     wanted: dict[str, tuple[Literal["True", "False"], str]] = {"Running": (running, reason)}
@@ -272,7 +272,7 @@ def _search_phase(ftj: Mapping[str, Any], outcome: search.SearchOutcome) -> dict
         "conditions": [conditions[k] for k in status_rules.CONDITION_ORDER if k in conditions],
     }
     if outcome.phase != "Running":
-        desired["completionTime"] = status.get("completionTime") or status_rules.rfc3339(moment)
+        desired["completionTime"] = status.completion_time or status_rules.rfc3339(moment)
     return desired
 
 
@@ -289,8 +289,8 @@ def _outcome_event(outcome: search.SearchOutcome) -> status_rules.Event:
     return status_rules.Event(kind, _outcome_reason(outcome), outcome.message)
 
 
-def _child_reference(ftj: Mapping[str, Any], name: str) -> dict[str, Any]:
-    namespace = ftj["metadata"]["namespace"]
+def _child_reference(ftj: TrackedJob, name: str) -> dict[str, Any]:
+    namespace = ftj.key[0]
     return {
         "apiVersion": v1alpha1.API_VERSION,
         "kind": v1alpha1.KIND,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final, Literal
 
 import kopf
@@ -25,21 +24,19 @@ from kubetune_operator import builders, kube, kueue, metrics, queueing, runtimes
 from kubetune_operator import status as status_rules
 from kubetune_operator.api import v1alpha1
 from kubetune_operator.api.manifests import check_document
+from kubetune_operator.api.plain import parse_time
 from kubetune_operator.api.runtime import Guardrails
+from kubetune_operator.api.v1alpha1 import TERMINAL_PHASES
 from kubetune_operator.controller import reports
 from kubetune_operator.controller.state import (
-    TERMINAL_PHASES,
     Indexes,
     Key,
     OperatorState,
+    TrackedJob,
     body_of,
-    is_validated,
-    key_of,
-    name_of,
     newest,
     now,
     post,
-    run_policy,
     without_status,
 )
 
@@ -48,16 +45,16 @@ LOGGER: Final = logging.getLogger(__name__)
 
 def resolution(
     job: v1alpha1.FineTuneJob,
-    ftj: Mapping[str, Any],
+    ftj: TrackedJob,
     indexes: Indexes,
     default_policy: Guardrails,
 ) -> runtimes.Resolved | runtimes.Refused:
     """What the job runs with: the effective spec recorded at its validation, or, for a job
     not validated yet, its runtime's defaults merged under its fields and checked now (the
     cluster's default policy where no runtime applies)."""
-    if not is_validated(ftj):
-        namespaced, cluster = indexes.runtimes_for(key_of(ftj)[0])
-        return runtimes.resolve(job, without_status(ftj), namespaced, cluster, default_policy)
+    if not ftj.is_validated():
+        namespaced, cluster = indexes.runtimes_for(ftj.key[0])
+        return runtimes.resolve(job, without_status(ftj.body), namespaced, cluster, default_policy)
     recorded = recorded_job(ftj, indexes, default_policy)
     if recorded is None:
         # Validated by an operator that recorded no effective spec: it ran the job's own.
@@ -69,31 +66,47 @@ def resolution(
 
 
 def recorded_job(
-    ftj: Mapping[str, Any], indexes: Indexes, default_policy: Guardrails
+    ftj: TrackedJob, indexes: Indexes, default_policy: Guardrails
 ) -> v1alpha1.FineTuneJob | runtimes.Refused | None:
     """The job with the effective spec recorded in its status (None when none is), checked
     again before every use: only the operator writes the status (the trainer reports
     through its FineTuneJobReport), and what it recorded must still match its hash and
     keep to the guardrails it was recorded under: its runtime's while that runtime is
     unchanged, the cluster's default policy where no runtime applied."""
-    status = ftj.get("status", {})
-    spec = status.get("effectiveSpec")
-    if spec is None:
+    unreadable: list[str] = [name for name in RECORD_FIELDS if name in ftj.unread]
+    if unreadable:
+        return runtimes.Refused(runtimes.INVALID_SPEC, [_unreadable_record(unreadable)])
+    status = ftj.status
+    if status.effective_spec is None:
         return None
-    if runtimes.spec_hash(spec) != status.get("effectiveSpecHash"):
+    if runtimes.spec_hash(status.effective_spec) != status.effective_spec_hash:
         return runtimes.Refused(runtimes.INVALID_SPEC, [CHANGED_EFFECTIVE_SPEC])
-    spec = {**spec, "runPolicy": run_policy(ftj)}
-    checked = check_document({**without_status(ftj), "spec": spec}, name_of(ftj))
+    # Another document than the job's own spec: checked as a whole, as the spec once was.
+    spec = {**status.effective_spec, "runPolicy": ftj.run_policy()}
+    checked = check_document({**without_status(ftj.body), "spec": spec}, ftj.name)
     if checked.job is None:
         problems = [f"status.effectiveSpec: {problem}" for problem in checked.problems]
         return runtimes.Refused(runtimes.INVALID_SPEC, problems)
-    applied = status.get("runtime")
+    applied = status.runtime
     if applied is None:
         return runtimes.recheck_policy(checked.job, default_policy)
-    document = indexes.runtime(key_of(ftj)[0], applied["kind"], applied["name"])
-    if document is None or document["metadata"].get("generation") != applied["generation"]:
+    document = indexes.runtime(ftj.key[0], applied.kind, applied.name)
+    if document is None or document["metadata"].get("generation") != applied.generation:
         return checked.job  # edited or deleted since: the recorded spec stands, as it was
     return runtimes.recheck(checked.job, document)
+
+
+RECORD_FIELDS: Final = ("effectiveSpec", "effectiveSpecHash", "runtime")
+"""What the operator records at validation and builds the workers from: never read as
+absent when it is there but does not validate."""
+
+
+def _unreadable_record(fields: list[str]) -> str:
+    shown = ", ".join(f"status.{name}" for name in fields)
+    return (
+        f"{shown} no longer validates (changed after the job was validated): the operator "
+        "builds no workers from it; create the job again"
+    )
 
 
 CHANGED_EFFECTIVE_SPEC: Final = (
@@ -104,14 +117,14 @@ CHANGED_EFFECTIVE_SPEC: Final = (
 
 def refuse(
     shared: OperatorState,
-    ftj: Mapping[str, Any],
+    ftj: TrackedJob,
     refused: runtimes.Refused,
     into: kopf.Patch | None = None,
 ) -> None:
     """Validated=False with the refusal's reason and every message, and one Event (`into`:
     see OperatorState.write_status)."""
     update = status_rules.refused(
-        ftj,
+        ftj.body,
         refused.reason,
         "; ".join(refused.messages),
         final=not refused.waits,
@@ -119,40 +132,40 @@ def refuse(
     )
     if update.patch:
         shared.write_status(ftj, update.patch, into)
-    post(ftj, update.events)
+    post(ftj.body, update.events)
 
 
 def start(
     shared: OperatorState,
     resolved: runtimes.Resolved,
-    ftj: Mapping[str, Any],
+    ftj: TrackedJob,
     indexes: Indexes,
     into: kopf.Patch | None = None,
 ) -> None:
     """Record what the job runs with, mark it Validated and create the children that are
     missing; the worker Job only when the operator's queue lets it start (`into`: see
     OperatorState.write_status)."""
-    namespace = key_of(ftj)[0]
-    status = ftj.get("status", {})
-    recorded = {k: v for k, v in resolved.record.items() if status.get(k) != v}
-    message = _validated_message({**status, **recorded})
-    patch = {**recorded, **status_rules.validated(ftj, now=now(), message=message)}
-    view = {**ftj, "status": {**status, **patch}}
+    namespace = ftj.key[0]
+    recorded = ftj.unwritten(resolved.record)
+    validated = ftj.with_status(recorded)
+    message = _validated_message(validated.status)
+    patch = {**recorded, **status_rules.validated(ftj.body, now=now(), message=message)}
+    view = ftj.with_status(patch)
     with shared.queue_locks[namespace]:
         # A job that holds its GPUs already (an operator restart) is not queued again.
         waiting = None if _holds_gpus(ftj) else _still_waiting(shared, view, indexes)
-        if waiting is None and status.get("queuePosition") is not None:
+        if waiting is None and ftj.status.queue_position is not None:
             patch["queuePosition"] = None
         children = builders.build_children(
             resolved.job,
             namespace,
             shared.settings,
-            restart=int(status.get("restarts", 0)),
+            restart=ftj.status.restarts,
             deadline_seconds=_deadline_left(resolved.job, ftj),
             kueue_queue=_kueue_queue(view),
         )
         wanted = children if waiting is None else children[:-1]
-        created, blocked = _create_all(shared.cluster, wanted, owner=body_of(ftj))
+        created, blocked = _create_all(shared.cluster, wanted, owner=body_of(ftj.body))
         if blocked is not None:
             refuse(shared, ftj, blocked, into)
             return
@@ -160,61 +173,61 @@ def start(
         update = _first_look(shared, view, worker_job, created) if waiting is None else waiting
         if patch or update.patch:
             shared.write_status(ftj, {**patch, **update.patch}, into)
-    post(ftj, update.events)
+    post(ftj.body, update.events)
     if created:
         message = "created " + ", ".join(created)
-        post(ftj, [status_rules.Event("Normal", status_rules.Reason.Created, message)])
+        post(ftj.body, [status_rules.Event("Normal", status_rules.Reason.Created, message)])
 
 
-def _validated_message(status: Mapping[str, Any]) -> str:
-    runtime = status.get("runtime")
-    digest = str(status.get("effectiveSpecHash", ""))[:19]
+def _validated_message(status: v1alpha1.FineTuneJobStatus) -> str:
+    runtime = status.runtime
+    digest = (status.effective_spec_hash or "")[:19]
     if runtime is None:
         return f"the spec is valid (effective spec {digest})"
     return (
-        f"the spec is valid with {runtime['kind']} {runtime['name']} "
-        f"(generation {runtime['generation']}; effective spec {digest})"
+        f"the spec is valid with {runtime.kind} {runtime.name} "
+        f"(generation {runtime.generation}; effective spec {digest})"
     )
 
 
 def _first_look(
     shared: OperatorState,
-    view: Mapping[str, Any],
+    view: TrackedJob,
     worker_job: dict[str, Any],
     created: list[str],
 ) -> status_rules.StatusUpdate:
     """A new worker Job has no pods yet: its first status goes out with the validation."""
     if not created or created[-1] != f"Job {worker_job['metadata']['name']}":
         return status_rules.StatusUpdate({}, [], status_rules.NOTHING_TO_DO)
-    shared.created_jobs[key_of(view)] = worker_job
+    shared.created_jobs[view.key] = worker_job
     return _observe(view, worker_job, [])
 
 
 def take_report(
-    shared: OperatorState, ftj: Mapping[str, Any], report: Mapping[str, Any] | None
-) -> Mapping[str, Any]:
+    shared: OperatorState, ftj: TrackedJob, report: Mapping[str, Any] | None
+) -> TrackedJob:
     """The job with what its trainer reported copied into its status, which is patched when
     that changed it. A report the job does not own is not read."""
-    if report is None or not builders.owned_by(report, ftj):
+    if report is None or not builders.owned_by(report, ftj.body):
         return ftj
-    copied = reports.status_copy(ftj.get("status", {}), report)
+    copied = reports.status_copy(ftj.body.get("status") or {}, report)
     for refused in copied.refused:
-        LOGGER.warning("FineTuneJobReport %s: %s (not copied)", name_of(ftj), refused)
+        LOGGER.warning("FineTuneJobReport %s: %s (not copied)", ftj.name, refused)
     if not copied.patch:
         return ftj
     shared.write_status(ftj, copied.patch)
-    return {**ftj, "status": {**ftj.get("status", {}), **copied.patch}}
+    return ftj.with_status(copied.patch)
 
 
 def refresh(
     shared: OperatorState,
-    ftj: Mapping[str, Any],
+    ftj: TrackedJob,
     job: Mapping[str, Any] | None,
     pods: list[Any],
     indexes: Indexes,
 ) -> str | None:
     """Recompute the status from the Job and pods and act on the verdict; the new phase."""
-    key = key_of(ftj)
+    key = ftj.key
     if job is not None:
         shared.created_jobs.pop(key, None)
     else:
@@ -225,19 +238,18 @@ def refresh(
     else:
         update = _observe(ftj, job, pods, shared.kueue.places.get(key))
         _apply(shared, ftj, job, update, indexes)
-        phase = {**ftj.get("status", {}), **update.patch}.get("phase")
-    verdict = (ftj.get("status", {}).get("biasAudit") or {}).get("verdict")
-    metrics.JOBS.track(key, phase, verdict)
+        phase = ftj.with_status(update.patch).phase
+    audit = ftj.status.bias_audit
+    metrics.JOBS.track(key, phase, None if audit is None else audit.verdict)
     return phase
 
 
-def waits_in_queue(ftj: Mapping[str, Any]) -> bool:
+def waits_in_queue(ftj: TrackedJob) -> bool:
     """Whether the job waits in the operator's queue (a job waiting for Kueue has its Job,
     and its queuePosition is Kueue's)."""
-    status = ftj.get("status", {})
     return (
-        status.get("phase") == "Queued"
-        and status.get("queuePosition") is not None
+        ftj.phase == "Queued"
+        and ftj.status.queue_position is not None
         and _kueue_queue(ftj) is None
     )
 
@@ -299,11 +311,11 @@ def _waiting_for_kueue(
     """Per LocalQueue, the uids of the worker Jobs that wait for Kueue, with their jobs."""
     waiting: dict[kueue.LocalQueue, dict[str, Key]] = {}
     for key in list(indexes.finetunejobs):
-        ftj = shared.own_writes_over(key, newest(indexes.finetunejobs.get(key, [])))
+        ftj = indexes.tracked(shared, key)
         job = newest(indexes.jobs.get(key, []))
-        queue = _kueue_queue(ftj or {})
+        queue = None if ftj is None else _kueue_queue(ftj)
         uid = ((job or {}).get("metadata") or {}).get("uid")
-        if queue and uid and (ftj or {}).get("status", {}).get("phase") == "Queued":
+        if queue and uid and ftj is not None and ftj.phase == "Queued":
             waiting.setdefault((key[0], queue), {})[str(uid)] = key
     return waiting
 
@@ -323,52 +335,49 @@ class _Queue:
 
 
 def _still_waiting(
-    shared: OperatorState, ftj: Mapping[str, Any], indexes: Indexes
+    shared: OperatorState, ftj: TrackedJob, indexes: Indexes
 ) -> status_rules.StatusUpdate | None:
     """The Queued status when the queue keeps the job waiting; None when it may start."""
     queue = _queue_of(shared, ftj, indexes)
-    name = key_of(ftj)[1]
+    name = ftj.key[1]
     if queue is None or name in queue.admission.start:
         return None
     position = queue.admission.positions[name]
     message = (
         f"waiting for GPUs: {queue.runtime} lets the started jobs of namespace "
-        f"{key_of(ftj)[0]} hold {queue.limit} GPUs at once (queue.maxConcurrentGpusPerNamespace); "
+        f"{ftj.key[0]} hold {queue.limit} GPUs at once (queue.maxConcurrentGpusPerNamespace); "
         f"{queue.in_use} are held and this job needs {queue.gpus}. Place {position} in the queue."
     )
-    return status_rules.queued(ftj, position, message, now=now())
+    return status_rules.queued(ftj.body, position, message, now=now())
 
 
-def _advance_in_queue(shared: OperatorState, ftj: Mapping[str, Any], indexes: Indexes) -> str:
+def _advance_in_queue(shared: OperatorState, ftj: TrackedJob, indexes: Indexes) -> str:
     """A Queued job: start its worker Job when its turn has come, else update its place."""
-    with shared.queue_locks[key_of(ftj)[0]]:
+    with shared.queue_locks[ftj.key[0]]:
         update = _still_waiting(shared, ftj, indexes)
         if update is not None:
             if update.patch:
                 shared.write_status(ftj, update.patch)
-            post(ftj, update.events)
+            post(ftj.body, update.events)
             return "Queued"
-        admitted = {**ftj, "status": {**ftj.get("status", {}), "queuePosition": None}}
-        worker_job = _create_workers(
-            shared, admitted, int(ftj["status"].get("restarts", 0)), indexes
-        )
+        admitted = ftj.with_status({"queuePosition": None})
+        worker_job = _create_workers(shared, admitted, ftj.status.restarts, indexes)
         first = _observe(admitted, worker_job, [])
         shared.write_status(ftj, {"queuePosition": None, **first.patch})
-    post(ftj, first.events)
+    post(ftj.body, first.events)
     if worker_job is not None:
         message = f"created Job {worker_job['metadata']['name']}: its turn in the queue came"
-        post(ftj, [status_rules.Event("Normal", status_rules.Reason.Created, message)])
+        post(ftj.body, [status_rules.Event("Normal", status_rules.Reason.Created, message)])
     return str(first.patch.get("phase", "Pending"))
 
 
-def _queue_of(shared: OperatorState, ftj: Mapping[str, Any], indexes: Indexes) -> _Queue | None:
+def _queue_of(shared: OperatorState, ftj: TrackedJob, indexes: Indexes) -> _Queue | None:
     """The queue decision for the job; None when its runtime sets no limit or it needs no GPU."""
-    namespace, name = key_of(ftj)
-    status = ftj.get("status", {})
-    applied, gpus = status.get("runtime"), runtimes.job_gpus(status.get("effectiveSpec") or {})
+    namespace, name = ftj.key
+    applied, gpus = ftj.status.runtime, _gpus(ftj)
     if applied is None or gpus == 0:
         return None
-    runtime = indexes.runtime(namespace, applied["kind"], applied["name"])
+    runtime = indexes.runtime(namespace, applied.kind, applied.name)
     queue = ((runtime or {}).get("spec") or {}).get("queue") or {}
     limit = queue.get("maxConcurrentGpusPerNamespace")
     if not isinstance(limit, int):
@@ -376,127 +385,124 @@ def _queue_of(shared: OperatorState, ftj: Mapping[str, Any], indexes: Indexes) -
     peers = [
         peer
         for peer in indexes.jobs_in(shared, namespace)
-        if peer["metadata"]["name"] != name and _same_runtime(peer, applied)
+        if peer.key[1] != name and _same_runtime(peer, applied)
     ]
     in_use = sum(_gpus(peer) for peer in peers if _holds_gpus(peer))
     waiting = [_waiting(peer) for peer in peers if waits_in_queue(peer)] + [_waiting(ftj)]
     admission = queueing.admit(waiting, in_use, limit)
-    return _Queue(admission, limit, in_use, gpus, f"{applied['kind']} {applied['name']}")
+    return _Queue(admission, limit, in_use, gpus, f"{applied.kind} {applied.name}")
 
 
-def _same_runtime(ftj: Mapping[str, Any], applied: Mapping[str, Any]) -> bool:
-    theirs = ftj.get("status", {}).get("runtime") or {}
-    return (theirs.get("kind"), theirs.get("name")) == (applied["kind"], applied["name"])
+def _same_runtime(ftj: TrackedJob, applied: v1alpha1.AppliedRuntime) -> bool:
+    theirs = ftj.status.runtime
+    return theirs is not None and (theirs.kind, theirs.name) == (applied.kind, applied.name)
 
 
-def _holds_gpus(ftj: Mapping[str, Any]) -> bool:
+def _holds_gpus(ftj: TrackedJob) -> bool:
     """Validated, started and not finished: its GPUs are taken (suspended ones keep them)."""
-    phase = ftj.get("status", {}).get("phase")
-    return is_validated(ftj) and phase not in TERMINAL_PHASES and not waits_in_queue(ftj)
+    return ftj.is_validated() and ftj.phase not in TERMINAL_PHASES and not waits_in_queue(ftj)
 
 
-def _gpus(ftj: Mapping[str, Any]) -> int:
-    return runtimes.job_gpus(ftj.get("status", {}).get("effectiveSpec") or {})
+def _gpus(ftj: TrackedJob) -> int:
+    return runtimes.job_gpus(ftj.status.effective_spec or {})
 
 
-def _waiting(ftj: Mapping[str, Any]) -> queueing.WaitingJob:
-    metadata = ftj["metadata"]
-    resources = (ftj.get("status", {}).get("effectiveSpec") or {}).get("resources") or {}
+def _waiting(ftj: TrackedJob) -> queueing.WaitingJob:
+    resources = (ftj.status.effective_spec or {}).get("resources") or {}
     return queueing.WaitingJob(
-        name=metadata["name"],
+        name=ftj.key[1],
         gpus=_gpus(ftj),
-        created=str(metadata.get("creationTimestamp", "")),
+        created=str(ftj.body["metadata"].get("creationTimestamp", "")),
         priority_class=resources.get("priorityClassName"),
     )
 
 
-def _kueue_queue(ftj: Mapping[str, Any]) -> str | None:
-    queue = (ftj.get("status", {}).get("runtime") or {}).get("kueueLocalQueue")
-    return str(queue) if queue else None
+def _kueue_queue(ftj: TrackedJob) -> str | None:
+    runtime = ftj.status.runtime
+    return None if runtime is None else runtime.kueue_local_queue
 
 
-def clean_up_when_due(shared: OperatorState, ftj: Mapping[str, Any], has_job: bool) -> None:
+def clean_up_when_due(shared: OperatorState, ftj: TrackedJob, has_job: bool) -> None:
     """Delete the children ttlSecondsAfterFinished after the end: the ones the job owns,
     each only while it is the object read (an object of a child's name made by someone
     else stays)."""
-    ttl = run_policy(ftj).get("ttlSecondsAfterFinished")
-    finished_at = ftj.get("status", {}).get("completionTime")
+    ttl = ftj.run_policy().get("ttlSecondsAfterFinished")
+    finished_at = ftj.status.completion_time
     if ttl is None or not finished_at or not has_job:
         return
-    if (now() - datetime.fromisoformat(finished_at)).total_seconds() < ttl:
+    if (now() - parse_time(finished_at)).total_seconds() < ttl:
         return
-    namespace, name = key_of(ftj)
+    namespace, name = ftj.key
     for child in builders.child_references(name, namespace):
         existing = shared.cluster.read(child)
-        if existing is not None and builders.owned_by(existing, ftj):
+        if existing is not None and builders.owned_by(existing, ftj.body):
             shared.cluster.delete(child, uid=existing["metadata"]["uid"])
     message = f"children deleted {ttl}s after the end"
-    post(ftj, [status_rules.Event("Normal", status_rules.Reason.CleanedUp, message)])
+    post(ftj.body, [status_rules.Event("Normal", status_rules.Reason.CleanedUp, message)])
 
 
 def _observe(
-    ftj: Mapping[str, Any],
+    ftj: TrackedJob,
     job: Mapping[str, Any] | None,
     pods: list[Any],
     kueue_place: kueue.Place | None = None,
 ) -> status_rules.StatusUpdate:
+    run_policy = ftj.run_policy()
     return status_rules.observe(
-        ftj,
+        ftj.body,
         job,
         pods,
         now=now(),
-        backoff_limit=int(run_policy(ftj).get("backoffLimit", 3)),
-        active_deadline_seconds=run_policy(ftj).get("activeDeadlineSeconds"),
+        backoff_limit=int(run_policy.get("backoffLimit", 3)),
+        active_deadline_seconds=run_policy.get("activeDeadlineSeconds"),
         kueue_place=kueue_place,
-        stall_timeout=run_policy(ftj).get("stallTimeout", v1alpha1.DEFAULT_STALL_TIMEOUT),
+        stall_timeout=run_policy.get("stallTimeout", v1alpha1.DEFAULT_STALL_TIMEOUT),
     )
 
 
 def _apply(
     shared: OperatorState,
-    ftj: Mapping[str, Any],
+    ftj: TrackedJob,
     job: Mapping[str, Any] | None,
     update: status_rules.StatusUpdate,
     indexes: Indexes,
 ) -> None:
     """Write the patch, post the Events, then delete or (re)create the worker Job."""
-    key = key_of(ftj)
-    status = {**ftj.get("status", {}), **update.patch}
+    key = ftj.key
+    status = ftj.with_status(update.patch).status
     if update.decision.action == "restart":
         # Before the Job goes: a refresh from an index that has not seen this status yet
         # must create the next group, not the one that failed.
-        shared.restarted[key] = int(status.get("restarts", 0))
+        shared.restarted[key] = status.restarts
         metrics.RESTARTS.inc()
     if update.patch:
         shared.write_status(ftj, update.patch)
-    post(ftj, update.events)
+    post(ftj.body, update.events)
     if update.decision.delete_job and job is not None:
         shared.created_jobs.pop(key, None)
         shared.cluster.delete_job(key[0], builders.workers_name(key[1]))
         return
-    if status.get("phase") not in TERMINAL_PHASES and _gone(job):
-        _create_workers(shared, ftj, int(status.get("restarts", 0)), indexes)
+    if status.phase not in TERMINAL_PHASES and _gone(job):
+        _create_workers(shared, ftj, status.restarts, indexes)
 
 
 def _create_workers(
-    shared: OperatorState, ftj: Mapping[str, Any], restart: int, indexes: Indexes
+    shared: OperatorState, ftj: TrackedJob, restart: int, indexes: Indexes
 ) -> dict[str, Any] | None:
     """Create the worker Job of group restart `restart` from the effective spec recorded at
     validation (a runtime edited since changes nothing); the trainer resumes from the last
     checkpoint in the output volume. A restart number already used is never used again,
     even when the index still shows an older status. A recorded spec that fails its check
     fails the job instead."""
-    key: Key = key_of(ftj)
+    key: Key = ftj.key
     restart = max(restart, shared.restarted.get(key, 0))
     recorded = recorded_job(ftj, indexes, shared.settings.default_policy)
     if isinstance(recorded, runtimes.Refused):
         refuse(shared, ftj, recorded)
         return None
+    recorded = recorded or ftj.model
     if recorded is None:
-        checked = check_document(without_status(ftj), name_of(ftj))
-        if checked.job is None:
-            return None
-        recorded = checked.job
+        return None
     replacement = builders.build_job(
         recorded,
         key[0],
@@ -505,7 +511,7 @@ def _create_workers(
         deadline_seconds=_deadline_left(recorded, ftj),
         kueue_queue=_kueue_queue(ftj),
     )
-    outcome = _create_owned(shared.cluster, replacement, ftj)
+    outcome = _create_owned(shared.cluster, replacement, ftj.body)
     if outcome not in ("created", "ours"):
         refuse(shared, ftj, _blocked(replacement, outcome))
         return None
@@ -572,13 +578,13 @@ def _blocked(child: Mapping[str, Any], outcome: Outcome) -> runtimes.Refused:
     )
 
 
-def _deadline_left(job: v1alpha1.FineTuneJob, ftj: Mapping[str, Any]) -> int | None:
+def _deadline_left(job: v1alpha1.FineTuneJob, ftj: TrackedJob) -> int | None:
     """What is left of runPolicy.activeDeadlineSeconds since the job first started."""
     deadline = job.spec.run_policy.active_deadline_seconds
-    started = ftj.get("status", {}).get("startTime")
+    started = ftj.status.start_time
     if deadline is None or not started:
         return deadline
-    elapsed = (now() - datetime.fromisoformat(started)).total_seconds()
+    elapsed = (now() - parse_time(started)).total_seconds()
     return max(1, int(deadline - elapsed))
 
 
