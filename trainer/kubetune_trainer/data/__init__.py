@@ -44,11 +44,11 @@ This package re-exports what the rest of the trainer uses, so callers import fro
 `kubetune_trainer.data` and never from its modules.
 """
 
+from kubetune_trainer.config import MISSING_GROUP
 from kubetune_trainer.data.augmenting import SYNTHETIC_COLUMN
 from kubetune_trainer.data.balancing import class_weights
 from kubetune_trainer.data.batching import MEGA_BATCH_FACTOR, LengthGroupedSampler
 from kubetune_trainer.data.cleaning import TOKEN_COUNT_BATCH, apply_quality_rules, quality_settings
-from kubetune_trainer.data.groups import MISSING_GROUP
 from kubetune_trainer.data.language_model import IGNORED_LABEL, prepare_language_model_data
 from kubetune_trainer.data.loading import load_table, read_source
 from kubetune_trainer.data.packing import (
