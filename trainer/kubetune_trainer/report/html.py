@@ -26,21 +26,19 @@ significant digits (0.6543, 12,350, 5.337e-5); durations read as 0.2041 s, 3 min
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-import matplotlib
-from cycler import cycler
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from kubetune_trainer.formatting import MISSING, fmt_number
+from kubetune_trainer.report.charts import PALETTE, chart, chart_text, horizontal_bars, number_ticks
 from kubetune_trainer.report.page import (
     BASE_STYLE,
     Markup,
@@ -50,22 +48,15 @@ from kubetune_trainer.report.page import (
     facts,
     h,
     join,
-    printable,
     tag,
 )
 
-if TYPE_CHECKING:
-    from matplotlib.typing import RcKeyType
-
 MAX_CLASSES_CHARTED = 40
 """The class chart shows at most this many classes (the largest); the table lists all."""
-MAX_LABEL_CHARS = 32
-"""Chart labels are clipped to this many characters (tables show them whole)."""
 MAX_POINTS = 2000
 """A curve is thinned to about this many points: a long run's chart stays small."""
 PHASES = (("in", "in"), ("out", "out"))
 """A split's rows as they came in and as they went out to the model."""
-PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04"]
 GROUP_COLOURS: Final = (*PALETTE, "#db2777", "#7c4a1e", "#111827")
 """One line per layer group: the page's colours plus pink, brown and black (ten)."""
 GROUP_LINE_STYLES: Final = ("-", "--", ":", "-.")
@@ -73,21 +64,6 @@ GROUP_LINE_STYLES: Final = ("-", "--", ":", "-.")
 LEGEND_ROWS = 16
 """A legend of more entries than this gets another column."""
 IN_COLOUR, OUT_COLOUR, BEST_COLOUR = "#93c5fd", "#1d4ed8", "#6b7280"
-CHART_STYLE: dict[RcKeyType, Any] = {
-    "svg.fonttype": "none",  # text as <text>, not glyph paths: small, searchable, selectable
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.titleweight": "bold",
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.color": "#e5e7eb",
-    "grid.linewidth": 0.6,
-    "axes.axisbelow": True,
-    "axes.prop_cycle": cycler(color=PALETTE),
-    "legend.frameon": False,
-    "legend.fontsize": 8,
-}
 VERDICT_TONE = {
     "Healthy": "good",
     "Overfitting": "warn",
@@ -118,16 +94,12 @@ tr.failed td{color:#991b1b;font-weight:600}
 .example{border:1px solid var(--line);border-radius:6px;padding:6px 12px;margin:8px 0}
 .example.error{border-left:4px solid #dc2626}
 .highlighted span{border-radius:3px;padding:0 1px;white-space:pre-wrap}
-svg.chart{max-width:100%;height:auto;display:block}
 ul{margin:6px 0;padding-left:22px}
 details{margin:12px 0}summary{cursor:pointer;font-weight:600}
 pre{background:var(--bg);border:1px solid var(--line);border-radius:6px;padding:12px;
 overflow:auto;font-size:12px}
 """
 )
-
-
-# --- safe HTML ----------------------------------------------------------------------------
 
 
 # --- numbers ------------------------------------------------------------------------------
@@ -211,52 +183,6 @@ def _sequence(value: object) -> Sequence[Any]:
 
 
 # --- charts -------------------------------------------------------------------------------
-
-
-Draw = Callable[[Figure], None]
-
-
-def chart(chart_id: str, title: str, draw: Draw, size: tuple[float, float]) -> Markup:
-    """An inline <svg> of the figure that `draw` fills (size in inches)."""
-    with matplotlib.rc_context({**CHART_STYLE, "svg.hashsalt": chart_id}):  # stable ids
-        figure = Figure(figsize=size, layout="constrained")
-        draw(figure)
-        buffer = io.StringIO()
-        figure.savefig(buffer, format="svg", metadata={"Date": None})
-    return tag("figure", _inline_svg(buffer.getvalue(), chart_id, title))
-
-
-def _inline_svg(svg: str, chart_id: str, title: str) -> Markup:
-    """The <svg> element alone, its ids made unique in the page, titled for screen readers."""
-    svg = svg[svg.index("<svg") :]
-    svg = re.sub(r"<metadata>.*?</metadata>|<!--.*?-->", "", svg, flags=re.DOTALL)
-    svg = re.sub(r"\n\s+", "\n", svg)  # matplotlib's indentation
-    svg = re.sub(r"<[^>]+>", lambda match: _prefixed_ids(match.group(), chart_id), svg)
-    opening = f'<svg class="chart" role="img" aria-label="{h(title)}" id="{h(chart_id)}"'
-    svg = svg.replace("<svg", opening, 1)
-    head_end = svg.index(">") + 1
-    return Markup(f"{svg[:head_end]}<title>{h(title)}</title>{svg[head_end:]}")
-
-
-def _prefixed_ids(element: str, prefix: str) -> str:
-    """An SVG tag with its id and references to ids prefixed (charts share one page).
-
-    Groups lose their ids (matplotlib's labels such as "axes_1", never referenced), which
-    keeps the page small; clip paths and markers keep theirs, prefixed.
-    """
-    if element.startswith(("<svg", "<g ")):
-        element = re.sub(r'\sid="[^"]*"', "", element)
-    element = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', element)
-    element = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", element)
-    return re.sub(r'href="#([^"]+)"', rf'href="#{prefix}-\1"', element)
-
-
-def chart_text(text: object) -> str:
-    """A label for matplotlib: clipped, and with `$` escaped (no mathtext from data)."""
-    label = printable(str(text))
-    if len(label) > MAX_LABEL_CHARS:
-        label = label[: MAX_LABEL_CHARS - 1] + "\u2026"
-    return label.replace("$", r"\$")
 
 
 def thin(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -754,11 +680,10 @@ def _score_chart(
         ax = figure.add_subplot()
         values = [score for _, score in shown]
         colours = [OUT_COLOUR if v >= 0 else "#dc2626" for v in values]
-        ax.barh(range(len(shown)), values, color=colours, height=0.7)
-        ax.set_yticks(range(len(shown)), [chart_text(name) for name, _ in shown])
-        ax.invert_yaxis()
+        bars = horizontal_bars(ax, [name for name, _ in shown], values)
+        for bar, colour in zip(bars, colours, strict=True):
+            bar.set_color(colour)
         ax.axvline(0, color="#6b7280", linewidth=0.8)
-        ax.grid(axis="y", visible=False)
         ax.set(title=title, xlabel=xlabel)
 
     height = min(1.2 + 0.28 * len(shown), 12)
@@ -1488,7 +1413,7 @@ def range_test_chart(points: list[tuple[float, float]], suggestion: float | None
                 label=f"suggested {fmt_number(suggestion)}",
             )
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda rate, _: fmt_number(rate)))
+        number_ticks(ax.xaxis)
         ax.xaxis.set_minor_formatter(NullFormatter())  # plain labels: mathtext is slow
         ax.set(title="Learning-rate range test", xlabel="learning rate (log scale)", ylabel="loss")
         ax.legend()
