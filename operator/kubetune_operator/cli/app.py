@@ -638,11 +638,12 @@ def _check_page_options(page: Path, *, watch: bool, as_json: bool) -> None:
 
 
 def _write_search_page(cluster: kube.Cluster, namespace: str, name: str, page: Path) -> None:
-    from kubetune_operator.cli.views import job_status, search_page
+    from kubetune_operator.cli.views import job_status
+    from kubetune_trainer.report.files import write_text_atomically
 
     job, _ = _fetch(cluster, namespace, name)
     try:
-        search_page.write_page(page, job_status.search_page(job))
+        write_text_atomically(page, job_status.search_page(job))
     except job_status.PageError as error:
         err.print(f"[red]✗[/] {escape(str(error))}")
         raise typer.Exit(1) from None

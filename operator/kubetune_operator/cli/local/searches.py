@@ -40,11 +40,8 @@ from kubetune_operator.cli.local.runs import (
     trainer_command,
     trainer_environment,
 )
-from kubetune_operator.cli.views.search_page import (
-    SEARCH_HTML,
-    parameter_importance,
-    write_search_html,
-)
+from kubetune_operator.cli.views.run_summary import SEARCH_HTML
+from kubetune_operator.cli.views.search_page import parameter_importance, write_search_html
 from kubetune_operator.search import (
     ACTIVE_STATES,
     SearchError,

@@ -21,7 +21,6 @@ from rich.table import Table
 
 from kubetune_operator.api.manifests import check_document
 from kubetune_operator.cli.views.run_summary import bias_line, fmt, passed_mark, table
-from kubetune_operator.cli.views.search_page import render_search_html
 from kubetune_operator.search import SearchError
 from kubetune_trainer.formatting import MISSING, value_text
 
@@ -362,6 +361,8 @@ def search_page(job: Mapping[str, Any]) -> str:
     if checked.job is None:
         problems = "; ".join(str(problem) for problem in checked.problems)
         raise PageError(f"{shown}: its spec is not valid ({problems})")
+    from kubetune_operator.cli.views.search_page import render_search_html  # matplotlib
+
     trials = _records(status_of(job).get("trials"))
     try:
         return render_search_html(checked.job.metadata.name, checked.job.spec, trials)

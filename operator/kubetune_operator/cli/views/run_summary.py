@@ -23,9 +23,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from kubetune_trainer.formatting import MISSING, params_text, value_text
+from kubetune_trainer.report.files import REPORT_HTML, REPORT_JSON
 
-REPORT_JSON = "report.json"
-REPORT_HTML = "report.html"
+SEARCH_HTML: Final = "search.html"
+"""A search's page, beside its report.json (views/search_page.py draws it)."""
 VERDICT_STYLE = {"Passed": "green", "Failed": "red", "InsufficientData": "yellow"}
 
 
@@ -77,8 +78,6 @@ def page_path(report: Mapping[str, Any], run_dir: Path) -> Path:
     """The folder's HTML page: a search's search.html, else the run's report.html."""
     if not is_search(report):
         return html_path(run_dir)
-    from kubetune_operator.cli.views.search_page import SEARCH_HTML  # Optuna: only for a search
-
     return (run_dir / SEARCH_HTML).resolve()
 
 
@@ -331,8 +330,6 @@ def search_renderables(report: Mapping[str, Any], run_dir: Path) -> list[Rendera
         grid.add_row(f"[bold]{escape(name)}[/]", escape(value))
     parts += [grid, _trials_table(glance, _mapping(report.get("messages")))]
     parts += _best_trial(glance) + _importance(glance)
-    from kubetune_operator.cli.views.search_page import SEARCH_HTML  # Optuna: only for a search
-
     parts.append(_page_line(SEARCH_HTML, Path(glance["searchHtml"])))
     return parts
 
