@@ -611,6 +611,9 @@ def status(
         _check_page_options(html, watch=watch, as_json=as_json)
     with _needs_extra("operator", "status"):
         from kubetune_operator import kube
+    if html is not None:
+        with _needs_extra("report", "status --html"):
+            import matplotlib  # noqa: F401  (the page's charts; refused before the cluster is asked)
     with _kube_errors():
         cluster = kube.Cluster(kube.connect())
         target = namespace or kube.current_namespace()
