@@ -35,7 +35,7 @@ from kubetune_operator.api.runtime import AnyRuntime
 from kubetune_operator.api.v1alpha1 import DNS_LABEL_PATTERN, FineTuneJob
 from kubetune_operator.cli import explain
 from kubetune_operator.cli.local import paths, runs
-from kubetune_operator.cli.views import run_summary
+from kubetune_operator.cli.views import run_summary, terminal
 from kubetune_trainer.config import EXIT_STALLED
 
 if TYPE_CHECKING:  # the cluster client and Optuna load only for the commands that use them
@@ -426,7 +426,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     ]
     for name, value in rows:
         out.print(f"  [bold]{name:<15}[/]{escape(value)}")
-    bias = run_summary.bias_line(report)
+    bias = terminal.bias_line(report)
     if bias is not None:
         out.print(f"  [bold]{'bias audit':<15}[/]{bias}")
 
