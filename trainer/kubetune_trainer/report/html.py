@@ -37,7 +37,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from kubetune_trainer.formatting import MISSING, fmt_number
+from kubetune_trainer.formatting import MISSING, finite_number, fmt_number
 from kubetune_trainer.report.charts import PALETTE, chart, chart_text, horizontal_bars, number_ticks
 from kubetune_trainer.report.page import (
     BASE_STYLE,
@@ -123,13 +123,6 @@ def fmt_count_change(before: int, after: int) -> str:
     return f"+{change:,}" if change > 0 else f"\u2212{-change:,}" if change < 0 else "0"
 
 
-def _number(value: object) -> float | None:
-    """A finite number from JSON data, or None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _words(key: str) -> str:
     """setupSeconds -> setup; evaluationSeconds -> evaluation; dataLoadSeconds -> data load."""
     stem = re.sub(r"Seconds$", "", key)
@@ -167,7 +160,7 @@ def _row(row: Sequence[object] | Row) -> Markup:
 
 
 def _cell(value: object) -> Markup:
-    if _number(value) is not None:
+    if finite_number(value) is not None:
         return tag("td", value, class_="num")
     if isinstance(value, TextCell):
         return tag("td", value, class_="text")
@@ -267,12 +260,12 @@ def _run_facts(report: Mapping[str, Any]) -> list[tuple[object, object]]:
         if report.get(key) not in (None, ""):
             items.append((label, report[key]))
     cost = _mapping(report.get("cost"))
-    if _number(cost.get("gpuHours")) is not None:
+    if finite_number(cost.get("gpuHours")) is not None:
         items.append(("GPU-hours", cost["gpuHours"]))
-    if _number(cost.get("amount")) is not None:
+    if finite_number(cost.get("amount")) is not None:
         items.append(("cost", f"{cost['amount']:,.2f} {cost.get('currency') or ''}".strip()))
     for key, seconds in _mapping(report.get("timings")).items():
-        if _number(seconds) is not None:
+        if finite_number(seconds) is not None:
             items.append((_words(key), fmt_seconds(seconds)))
     return items + _throughput_facts(_mapping(report.get("throughput")))
 
@@ -280,10 +273,10 @@ def _run_facts(report: Mapping[str, Any]) -> list[tuple[object, object]]:
 def _throughput_facts(throughput: Mapping[str, Any]) -> list[tuple[object, object]]:
     """The run's mean tokens/s, and its MFU where the GPU's peak is known."""
     items: list[tuple[object, object]] = []
-    tokens_per_second = _number(throughput.get("tokensPerSecond"))
+    tokens_per_second = finite_number(throughput.get("tokensPerSecond"))
     if tokens_per_second is not None:
         items.append(("tokens/s", f"{tokens_per_second:,.0f}"))
-    mfu = _number(throughput.get("mfu"))
+    mfu = finite_number(throughput.get("mfu"))
     if mfu is not None:
         items.append(("MFU", f"{mfu:.1%}"))
     return items
@@ -328,7 +321,7 @@ def _pairs(values: Sequence[Any]) -> list[tuple[float, float]]:
     pairs = []
     for pair in values:
         if isinstance(pair, list | tuple) and len(pair) == 2:
-            x, y = _number(pair[0]), _number(pair[1])
+            x, y = finite_number(pair[0]), finite_number(pair[1])
             if x is not None and y is not None:
                 pairs.append((x, y))
     return pairs
@@ -586,7 +579,7 @@ def token_scores(value: object) -> list[tuple[str, float]]:
     """[{"token": t, "score": s}, ...] as pairs; entries without a finite score left out."""
     pairs = []
     for entry in map(_mapping, _sequence(value)):
-        score = _number(entry.get("score"))
+        score = finite_number(entry.get("score"))
         if score is not None and entry.get("token") is not None:
             pairs.append((str(entry["token"]), score))
     return pairs
@@ -650,7 +643,7 @@ def _examples_highlighted(value: object) -> Markup:
 def _example(example: Mapping[str, Any]) -> Markup:
     error = example.get("error") is True
     meta = f"label {h(example.get('label'))} \u00b7 predicted {h(example.get('predicted'))}"
-    if _number(example.get("confidence")) is not None:
+    if finite_number(example.get("confidence")) is not None:
         meta += f" ({h(example['confidence'])})"
     tokens = token_scores(example.get("tokens"))
     body = highlighted(tokens) if tokens else tag("p", TextCell(example.get("text") or ""))
@@ -662,7 +655,7 @@ def _example(example: Mapping[str, Any]) -> Markup:
 def _named_scores(value: object, name_key: str, score_key: str) -> list[tuple[str, float]]:
     pairs = []
     for entry in map(_mapping, _sequence(value)):
-        score = _number(entry.get(score_key))
+        score = finite_number(entry.get(score_key))
         if score is not None:
             pairs.append((str(entry.get(name_key)), score))
     return pairs
@@ -799,8 +792,8 @@ def _group_bars(positive: Mapping[str, Any], judged: Mapping[str, bool]) -> list
     return [
         GroupBar(
             str(row.get("group")),
-            _number(row.get("selectionRate")),
-            _number(row.get("tpr")),
+            finite_number(row.get("selectionRate")),
+            finite_number(row.get("tpr")),
             judged.get(str(row.get("group")), False),
         )
         for row in rows[:MAX_CLASSES_CHARTED]
@@ -820,7 +813,7 @@ def _threshold_lines(
         return []
     highest, lines = max(rates), []
     for metric in metrics:
-        threshold = _number(metric.get("threshold"))
+        threshold = finite_number(metric.get("threshold"))
         if metric.get("attribute") != attribute or threshold is None:
             continue
         if metric.get("positiveLabel") not in (label, None):
@@ -1090,7 +1083,7 @@ def _balance_lines(data: Mapping[str, Any]) -> list[str]:
         if counts:
             lines.append(f"{title}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()))
     for key, title in BALANCE_LINES.items():
-        value = _number(data.get(key))
+        value = finite_number(data.get(key))
         if value and data.get("labels", True):  # a language model has no classes
             lines.append(f"{title}: {fmt_number(value)}")
     return lines
@@ -1224,7 +1217,9 @@ def _lengths(data: Mapping[str, Any], report: Mapping[str, Any]) -> Markup:
         return Markup("")
     rows = [[split, *(stats.get(key) for key in LENGTH_STATS)] for split, stats in lengths.items()]
     histograms = {s: hist for s, stats in lengths.items() if (hist := histogram(stats))}
-    max_length = _number(_mapping(_mapping(report.get("config")).get("data")).get("maxLength"))
+    max_length = finite_number(
+        _mapping(_mapping(report.get("config")).get("data")).get("maxLength")
+    )
     parts = [tag("h3", "Lengths in tokens")]
     if histograms:
         parts.append(length_chart(histograms, max_length))
@@ -1236,7 +1231,7 @@ def _packing(data: Mapping[str, Any]) -> Markup:
     """data.packing: how many sequences the training rows became and the padding it saved."""
     packing = _mapping(data.get("packing"))
     keys = ("rows", "sequences", "fill", "paddingBefore", "paddingAfter")
-    numbers = [n for key in keys if (n := _number(packing.get(key))) is not None]
+    numbers = [n for key in keys if (n := finite_number(packing.get(key))) is not None]
     if len(numbers) < len(keys):
         return Markup("")
     rows, sequences, fill, before, after = numbers
@@ -1251,8 +1246,8 @@ def _packing(data: Mapping[str, Any]) -> Markup:
 def histogram(stats: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
     """(edges, counts) when the histogram is well formed (k + 1 edges for k counts)."""
     hist = _mapping(stats.get("histogram"))
-    edges = [_number(e) for e in _sequence(hist.get("edges"))]
-    counts = [_number(c) for c in _sequence(hist.get("counts"))]
+    edges = [finite_number(e) for e in _sequence(hist.get("edges"))]
+    counts = [finite_number(c) for c in _sequence(hist.get("counts"))]
     if not counts or len(edges) != len(counts) + 1 or None in edges or None in counts:
         return None
     return [e for e in edges if e is not None], [c for c in counts if c is not None]
@@ -1313,9 +1308,9 @@ def layer_norm_series(entries: Sequence[Any]) -> dict[str, list[tuple[float, flo
     for entry in entries:
         if not (isinstance(entry, list | tuple) and len(entry) == 2):
             continue
-        step = _number(entry[0])
+        step = finite_number(entry[0])
         for group, value in _mapping(entry[1]).items():
-            norm = _number(value)
+            norm = finite_number(value)
             if step is not None and norm is not None:
                 series.setdefault(str(group), []).append((step, norm))
     return series
@@ -1326,7 +1321,7 @@ def schedule_changes(log: Sequence[Mapping[str, Any]]) -> list[float]:
     changes, before = [], None
     for entry in log:
         trainable = tuple(str(g) for g in _sequence(entry.get("trainable")))
-        step = _number(entry.get("step"))
+        step = finite_number(entry.get("step"))
         if before is not None and trainable != before and step is not None:
             changes.append(step)
         before = trainable
@@ -1367,7 +1362,7 @@ def _freezing_row(entry: Mapping[str, Any], partial: bool) -> list[object]:
     rates = _mapping(entry.get("learningRates"))
     trains = ", ".join(
         f"{group} ({fmt_number(rates[group])})"
-        if _number(rates.get(group)) is not None
+        if finite_number(rates.get(group)) is not None
         else str(group)
         for group in _sequence(entry.get("trainable"))
     )
@@ -1385,7 +1380,7 @@ def range_test_section(report: Mapping[str, Any]) -> Section | None:
     points = [p for p in _pairs(list(zip(rates, losses, strict=False))) if p[0] > 0]
     if not points:
         return None
-    suggestion = _number(test.get("suggestion"))
+    suggestion = finite_number(test.get("suggestion"))
     finder = _mapping(
         _mapping(_mapping(report.get("config")).get("training")).get("findLearningRate")
     )

@@ -42,7 +42,7 @@ from kubetune_operator.search import (
     study_from_trials,
     total_trials,
 )
-from kubetune_trainer.formatting import fmt_number, value_text
+from kubetune_trainer.formatting import finite_number, fmt_number, value_text
 from kubetune_trainer.report.charts import (
     PALETTE,
     Hover,
@@ -134,11 +134,12 @@ def parameter_importance(
             warnings.simplefilter("ignore")
             importance = optuna.importance.get_param_importances(study, evaluator=evaluator)
     except (ValueError, RuntimeError) as error:
-        return None, f"not computed: {_first_line(error)}"
+        return None, f"not computed: {first_line(error)}"
     return {name: float(value) for name, value in importance.items()}, "fANOVA"
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An error's message as one line (its first), or its type when it has none."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -164,7 +165,7 @@ def _validated(raw: Mapping[str, Any]) -> TrialStatus:
     try:
         return TrialStatus.model_validate(dict(raw))
     except ValueError as error:
-        raise SearchError(f"status.trials: {_first_line(error)}") from None
+        raise SearchError(f"status.trials: {first_line(error)}") from None
 
 
 def _step_key(step: str) -> float:
@@ -178,16 +179,10 @@ def drawn_value(trial: TrialStatus) -> float | None:
     """What a chart plots: a complete trial's objective, a pruned one's last intermediate
     value (as Optuna records a pruned trial), None for a failed trial."""
     if trial.state == "Complete":
-        return _finite(trial.objective)
+        return finite_number(trial.objective)
     if trial.state == "Pruned" and trial.intermediate:
-        return _finite(trial.intermediate[max(trial.intermediate, key=_step_key)])
+        return finite_number(trial.intermediate[max(trial.intermediate, key=_step_key)])
     return None
-
-
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def chart_marks(trials: Sequence[TrialStatus]) -> list[Mark]:
@@ -397,7 +392,7 @@ def _placed(parameter: SearchParameter, trials: Sequence[TrialStatus]) -> list[t
             if raw is not None:
                 placed.append((mark, str(raw)))
             continue
-        number = _finite(raw)
+        number = finite_number(raw)
         if number is not None and (number > 0 or not parameter.log):
             placed.append((mark, number))
     return placed
@@ -598,7 +593,7 @@ def _default_note(trial: TrialStatus) -> str:
 
 def _cell(value: object) -> Markup:
     """A trial's value or objective in a table cell, as value_text shows it everywhere."""
-    if _finite(value) is not None:
+    if finite_number(value) is not None:
         return tag("td", value_text(value), class_="num")
     return tag("td", value_text(value))
 
