@@ -8,8 +8,8 @@ rebuilt from any saved report and tested without a training run.
 
 The page must open wherever an output directory can be browsed (a file:// URL, a PVC
 browser, an artifact store, offline), so it is one self-contained file: a small inline
-stylesheet, charts as inline SVG drawn by matplotlib without pyplot (text kept as text, so
-the charts stay small and their labels searchable), no JavaScript, nothing fetched.
+stylesheet, charts as inline SVG drawn by matplotlib (report/charts.py, shared with
+search.html), no JavaScript, nothing fetched.
 
 Data rows are untrusted input (a training file can hold anything), and so are labels,
 column names and the job's name. Every value reaches the page through `h()`, which formats

@@ -6,7 +6,7 @@ OUTPUT/trial-<n>/, one after the other in this process, or N trainer subprocesse
 pure functions the operator calls: which trials come next, each trial's spec, its
 objective, the best trial, when the search is over. Where the operator keeps the trials
 table in the parent's status, this keeps it in OUTPUT/search.json (the same shape),
-rewritten after every change with OUTPUT/search.html (search_report's page of it) beside
+rewritten after every change with OUTPUT/search.html (views/search_page.py draws it) beside
 it, so an interrupted search resumes: finished trials are kept,
 and a trial that was running is run again (the trainer resumes it from its checkpoint).
 Pruning (search.earlyStopping) needs the operator watching trials as they report; local

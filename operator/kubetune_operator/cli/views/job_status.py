@@ -5,7 +5,8 @@ an ML engineer wants while a job runs: where it stands, how far it is, the metri
 the trainer's verdicts on the curves, the data and the bias audit. Pure functions from the
 object as the API returns it (plain data, camelCase) to rich renderables, so they are
 tested without a cluster. Every string comes from the cluster and reaches rich escaped.
-A search parent's page (`--html`) is search_report's, drawn from its spec and status.trials.
+A search parent's page (`--html`) is views/search_page.py's, drawn from its spec and
+status.trials.
 """
 
 from __future__ import annotations
