@@ -257,22 +257,20 @@ def padded(values: Sequence[float], log: bool = False) -> tuple[float, float]:
 
 
 def _mark_hovers(
-    placed: Sequence[tuple[Mark, Any]], metric: str, best: int | None, where: str = ""
+    placed: Sequence[tuple[Mark, Any]], metric: str, best: int | None, path: str = ""
 ) -> dict[str, Hover]:
-    """Each mark's class and tooltip, keyed by the gid it is drawn with; the best's ring."""
+    """Each mark's class and tooltip (with its value of `path`, on a slice), keyed by the
+    gid it is drawn with; and the best trial's ring."""
     hovers = {
         f"trial-{mark.number}": Hover(
-            f"point {mark.state.lower()}", _tooltip(mark, metric, _where(where, raw))
+            f"point {mark.state.lower()}",
+            _tooltip(mark, metric, f" ({path}={value_text(raw)})" if path else ""),
         )
         for mark, raw in placed
     }
     if best is not None:
-        hovers["best-mark"] = Hover("best-mark", f"the best trial, {best}")
+        hovers["best-mark"] = Hover("best-mark", f"trial {best}: the best")
     return hovers
-
-
-def _where(path: str, raw: object) -> str:
-    return f" ({path}={value_text(raw)})" if path else ""
 
 
 def _tooltip(mark: Mark, metric: str, extra: str = "") -> str:
