@@ -91,7 +91,8 @@ def test_chromium_renders_the_search_page(tmp_path: Path, sentiment: dict[str, A
     tags = [name for name, _ in dom.tags]
     assert {"script", "img", "iframe", "object", "embed"}.isdisjoint(tags)
     assert tags.count("tr") == 1 + 11 + 1 + 3  # trials head and rows, best trial head and rows
-    assert tags.count("circle") >= 4 * 8  # complete marks in each of four charts (+ best rings)
+    marks = [attrs.get("class") for name, attrs in dom.tags if name == "g"]
+    assert marks.count("point complete") == 4 * 8  # the complete trials in each of four charts
     text = "".join(dom.text)
     assert text.count(SCRIPT) == 2  # the title and the heading
     assert IMG in text

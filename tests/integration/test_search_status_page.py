@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from kubetune_operator.cli.views import search_page
+from kubetune_operator.cli.views import run_summary
 from tests.conftest import load_example
 from tests.integration import test_cli_cluster as cli_cluster_tests
 from tests.kube.client import KubeClient
@@ -99,7 +99,7 @@ def test_status_html_draws_a_search_parents_page(
     assert rows[1][1][3:6] == ["0.0003", "cosine", "0.87"]
     assert rows[2][1][5] == "0.52"  # the pruned trial's last value
     assert page.read_text().count('class="point complete"') == 2 * 3  # objective and 2 slices
-    assert [p.name for p in folder.iterdir()] == [search_page.SEARCH_HTML]  # no leftovers
+    assert [p.name for p in folder.iterdir()] == [run_summary.SEARCH_HTML]  # no leftovers
 
 
 def test_status_html_refuses_a_job_that_is_not_a_search(

@@ -15,6 +15,14 @@ MISSING: Final = "\u2013"
 """Shown for a missing or non-finite value."""
 
 
+def finite_number(value: object) -> float | None:
+    """A finite number from JSON data (not a bool), or None: what a table right-aligns and a
+    chart can plot."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def fmt_number(value: float) -> str:
     """Ints with thousands separators; other numbers with 4 significant digits."""
     if isinstance(value, int):

@@ -35,7 +35,7 @@ from kubetune_operator.api.runtime import AnyRuntime
 from kubetune_operator.api.v1alpha1 import DNS_LABEL_PATTERN, FineTuneJob
 from kubetune_operator.cli import explain
 from kubetune_operator.cli.local import paths, runs
-from kubetune_operator.cli.views import run_summary
+from kubetune_operator.cli.views import run_summary, terminal
 from kubetune_trainer.config import EXIT_STALLED
 
 if TYPE_CHECKING:  # the cluster client and Optuna load only for the commands that use them
@@ -426,7 +426,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     ]
     for name, value in rows:
         out.print(f"  [bold]{name:<15}[/]{escape(value)}")
-    bias = run_summary.bias_line(report)
+    bias = terminal.bias_line(report)
     if bias is not None:
         out.print(f"  [bold]{'bias audit':<15}[/]{bias}")
 
@@ -611,6 +611,9 @@ def status(
         _check_page_options(html, watch=watch, as_json=as_json)
     with _needs_extra("operator", "status"):
         from kubetune_operator import kube
+    if html is not None:
+        with _needs_extra("report", "status --html"):
+            import matplotlib  # noqa: F401  (the page's charts; refused before the cluster is asked)
     with _kube_errors():
         cluster = kube.Cluster(kube.connect())
         target = namespace or kube.current_namespace()
@@ -638,11 +641,12 @@ def _check_page_options(page: Path, *, watch: bool, as_json: bool) -> None:
 
 
 def _write_search_page(cluster: kube.Cluster, namespace: str, name: str, page: Path) -> None:
-    from kubetune_operator.cli.views import job_status, search_page
+    from kubetune_operator.cli.views import job_status
+    from kubetune_trainer.report.files import write_text_atomically
 
     job, _ = _fetch(cluster, namespace, name)
     try:
-        search_page.write_page(page, job_status.search_page(job))
+        write_text_atomically(page, job_status.search_page(job))
     except job_status.PageError as error:
         err.print(f"[red]✗[/] {escape(str(error))}")
         raise typer.Exit(1) from None

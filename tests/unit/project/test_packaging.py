@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.installs import kubetune_with, python_with
+from tests.installs import distributions, kubetune_with, python_with
 
 HEAVY = ("torch", "transformers", "accelerate", "datasets")
 
@@ -19,6 +19,14 @@ def test_operator_extra_pulls_no_torch() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     base_and_operator = project["dependencies"] + project["optional-dependencies"]["operator"]
     assert not [d for d in base_and_operator if d.split("[")[0].split(">")[0] in HEAVY]
+
+
+def test_the_operator_image_gets_no_matplotlib_and_the_trainer_does() -> None:
+    """The operator image installs the operator extra alone; the pages' charts come with the
+    report extra, which the trainer extra includes."""
+    assert "matplotlib" not in distributions(("operator",))
+    assert "matplotlib" in distributions(("report",))
+    assert "matplotlib" in distributions(("trainer",))
 
 
 def test_trainer_extra_admits_the_cpu_torch_build_ci_installs() -> None:
@@ -37,6 +45,18 @@ def test_api_cli_and_crd_generation_import_no_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_status_and_report_in_the_terminal_import_no_matplotlib() -> None:
+    """Only a page's charts need the report extra: `kubetune status NAME` and `kubetune
+    report DIR` run with the operator extra alone."""
+    code = (
+        "from kubetune_operator.cli.views import job_status, run_summary\n"
+        "print(sys.modules['matplotlib'])"  # None: the guard's, never imported
+    )
+    result = python_with(("operator",), code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "None"
 
 
 def test_the_base_install_runs_help_validate_explain_and_crd() -> None:
@@ -72,6 +92,21 @@ def test_a_command_beyond_the_base_install_names_the_extra_it_needs(
     (line,) = result.stderr.splitlines()
     assert line.endswith(f"is not installed: python -m pip install 'kubetune[{extra}]'"), line
     assert not (REPO / "unused").exists()
+
+
+def test_a_search_page_from_the_cluster_names_the_report_extra(tmp_path: Path) -> None:
+    """`kubetune status NAME --html` with the operator extra alone: its charts need
+    matplotlib, which the report extra installs; said before any cluster is asked."""
+    page = tmp_path / "search.html"
+    result = kubetune_with(("operator",), "status", "sentiment", "--html", str(page))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line == (
+        "✗ kubetune status --html needs matplotlib, which is not installed: "
+        "python -m pip install 'kubetune[report]'"
+    )
+    assert not page.exists()
 
 
 def test_the_trainer_extra_holds_what_a_run_and_a_search_import() -> None:

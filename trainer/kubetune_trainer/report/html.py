@@ -8,8 +8,8 @@ rebuilt from any saved report and tested without a training run.
 
 The page must open wherever an output directory can be browsed (a file:// URL, a PVC
 browser, an artifact store, offline), so it is one self-contained file: a small inline
-stylesheet, charts as inline SVG drawn by matplotlib without pyplot (text kept as text, so
-the charts stay small and their labels searchable), no JavaScript, nothing fetched.
+stylesheet, charts as inline SVG drawn by matplotlib (report/charts.py, shared with
+search.html), no JavaScript, nothing fetched.
 
 Data rows are untrusted input (a training file can hold anything), and so are labels,
 column names and the job's name. Every value reaches the page through `h()`, which formats
@@ -26,21 +26,19 @@ significant digits (0.6543, 12,350, 5.337e-5); durations read as 0.2041 s, 3 min
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-import matplotlib
-from cycler import cycler
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from kubetune_trainer.formatting import MISSING, fmt_number
+from kubetune_trainer.formatting import MISSING, finite_number, fmt_number
+from kubetune_trainer.report.charts import PALETTE, chart, chart_text, horizontal_bars, number_ticks
 from kubetune_trainer.report.page import (
     BASE_STYLE,
     Markup,
@@ -50,22 +48,15 @@ from kubetune_trainer.report.page import (
     facts,
     h,
     join,
-    printable,
     tag,
 )
 
-if TYPE_CHECKING:
-    from matplotlib.typing import RcKeyType
-
 MAX_CLASSES_CHARTED = 40
 """The class chart shows at most this many classes (the largest); the table lists all."""
-MAX_LABEL_CHARS = 32
-"""Chart labels are clipped to this many characters (tables show them whole)."""
 MAX_POINTS = 2000
 """A curve is thinned to about this many points: a long run's chart stays small."""
 PHASES = (("in", "in"), ("out", "out"))
 """A split's rows as they came in and as they went out to the model."""
-PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04"]
 GROUP_COLOURS: Final = (*PALETTE, "#db2777", "#7c4a1e", "#111827")
 """One line per layer group: the page's colours plus pink, brown and black (ten)."""
 GROUP_LINE_STYLES: Final = ("-", "--", ":", "-.")
@@ -73,21 +64,6 @@ GROUP_LINE_STYLES: Final = ("-", "--", ":", "-.")
 LEGEND_ROWS = 16
 """A legend of more entries than this gets another column."""
 IN_COLOUR, OUT_COLOUR, BEST_COLOUR = "#93c5fd", "#1d4ed8", "#6b7280"
-CHART_STYLE: dict[RcKeyType, Any] = {
-    "svg.fonttype": "none",  # text as <text>, not glyph paths: small, searchable, selectable
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.titleweight": "bold",
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.color": "#e5e7eb",
-    "grid.linewidth": 0.6,
-    "axes.axisbelow": True,
-    "axes.prop_cycle": cycler(color=PALETTE),
-    "legend.frameon": False,
-    "legend.fontsize": 8,
-}
 VERDICT_TONE = {
     "Healthy": "good",
     "Overfitting": "warn",
@@ -118,16 +94,12 @@ tr.failed td{color:#991b1b;font-weight:600}
 .example{border:1px solid var(--line);border-radius:6px;padding:6px 12px;margin:8px 0}
 .example.error{border-left:4px solid #dc2626}
 .highlighted span{border-radius:3px;padding:0 1px;white-space:pre-wrap}
-svg.chart{max-width:100%;height:auto;display:block}
 ul{margin:6px 0;padding-left:22px}
 details{margin:12px 0}summary{cursor:pointer;font-weight:600}
 pre{background:var(--bg);border:1px solid var(--line);border-radius:6px;padding:12px;
 overflow:auto;font-size:12px}
 """
 )
-
-
-# --- safe HTML ----------------------------------------------------------------------------
 
 
 # --- numbers ------------------------------------------------------------------------------
@@ -149,13 +121,6 @@ def fmt_count_change(before: int, after: int) -> str:
     """+40, \u22123 (a minus sign) or 0: how a split's row count changed."""
     change = after - before
     return f"+{change:,}" if change > 0 else f"\u2212{-change:,}" if change < 0 else "0"
-
-
-def _number(value: object) -> float | None:
-    """A finite number from JSON data, or None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def _words(key: str) -> str:
@@ -195,7 +160,7 @@ def _row(row: Sequence[object] | Row) -> Markup:
 
 
 def _cell(value: object) -> Markup:
-    if _number(value) is not None:
+    if finite_number(value) is not None:
         return tag("td", value, class_="num")
     if isinstance(value, TextCell):
         return tag("td", value, class_="text")
@@ -211,52 +176,6 @@ def _sequence(value: object) -> Sequence[Any]:
 
 
 # --- charts -------------------------------------------------------------------------------
-
-
-Draw = Callable[[Figure], None]
-
-
-def chart(chart_id: str, title: str, draw: Draw, size: tuple[float, float]) -> Markup:
-    """An inline <svg> of the figure that `draw` fills (size in inches)."""
-    with matplotlib.rc_context({**CHART_STYLE, "svg.hashsalt": chart_id}):  # stable ids
-        figure = Figure(figsize=size, layout="constrained")
-        draw(figure)
-        buffer = io.StringIO()
-        figure.savefig(buffer, format="svg", metadata={"Date": None})
-    return tag("figure", _inline_svg(buffer.getvalue(), chart_id, title))
-
-
-def _inline_svg(svg: str, chart_id: str, title: str) -> Markup:
-    """The <svg> element alone, its ids made unique in the page, titled for screen readers."""
-    svg = svg[svg.index("<svg") :]
-    svg = re.sub(r"<metadata>.*?</metadata>|<!--.*?-->", "", svg, flags=re.DOTALL)
-    svg = re.sub(r"\n\s+", "\n", svg)  # matplotlib's indentation
-    svg = re.sub(r"<[^>]+>", lambda match: _prefixed_ids(match.group(), chart_id), svg)
-    opening = f'<svg class="chart" role="img" aria-label="{h(title)}" id="{h(chart_id)}"'
-    svg = svg.replace("<svg", opening, 1)
-    head_end = svg.index(">") + 1
-    return Markup(f"{svg[:head_end]}<title>{h(title)}</title>{svg[head_end:]}")
-
-
-def _prefixed_ids(element: str, prefix: str) -> str:
-    """An SVG tag with its id and references to ids prefixed (charts share one page).
-
-    Groups lose their ids (matplotlib's labels such as "axes_1", never referenced), which
-    keeps the page small; clip paths and markers keep theirs, prefixed.
-    """
-    if element.startswith(("<svg", "<g ")):
-        element = re.sub(r'\sid="[^"]*"', "", element)
-    element = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', element)
-    element = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", element)
-    return re.sub(r'href="#([^"]+)"', rf'href="#{prefix}-\1"', element)
-
-
-def chart_text(text: object) -> str:
-    """A label for matplotlib: clipped, and with `$` escaped (no mathtext from data)."""
-    label = printable(str(text))
-    if len(label) > MAX_LABEL_CHARS:
-        label = label[: MAX_LABEL_CHARS - 1] + "\u2026"
-    return label.replace("$", r"\$")
 
 
 def thin(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -341,12 +260,12 @@ def _run_facts(report: Mapping[str, Any]) -> list[tuple[object, object]]:
         if report.get(key) not in (None, ""):
             items.append((label, report[key]))
     cost = _mapping(report.get("cost"))
-    if _number(cost.get("gpuHours")) is not None:
+    if finite_number(cost.get("gpuHours")) is not None:
         items.append(("GPU-hours", cost["gpuHours"]))
-    if _number(cost.get("amount")) is not None:
+    if finite_number(cost.get("amount")) is not None:
         items.append(("cost", f"{cost['amount']:,.2f} {cost.get('currency') or ''}".strip()))
     for key, seconds in _mapping(report.get("timings")).items():
-        if _number(seconds) is not None:
+        if finite_number(seconds) is not None:
             items.append((_words(key), fmt_seconds(seconds)))
     return items + _throughput_facts(_mapping(report.get("throughput")))
 
@@ -354,10 +273,10 @@ def _run_facts(report: Mapping[str, Any]) -> list[tuple[object, object]]:
 def _throughput_facts(throughput: Mapping[str, Any]) -> list[tuple[object, object]]:
     """The run's mean tokens/s, and its MFU where the GPU's peak is known."""
     items: list[tuple[object, object]] = []
-    tokens_per_second = _number(throughput.get("tokensPerSecond"))
+    tokens_per_second = finite_number(throughput.get("tokensPerSecond"))
     if tokens_per_second is not None:
         items.append(("tokens/s", f"{tokens_per_second:,.0f}"))
-    mfu = _number(throughput.get("mfu"))
+    mfu = finite_number(throughput.get("mfu"))
     if mfu is not None:
         items.append(("MFU", f"{mfu:.1%}"))
     return items
@@ -402,7 +321,7 @@ def _pairs(values: Sequence[Any]) -> list[tuple[float, float]]:
     pairs = []
     for pair in values:
         if isinstance(pair, list | tuple) and len(pair) == 2:
-            x, y = _number(pair[0]), _number(pair[1])
+            x, y = finite_number(pair[0]), finite_number(pair[1])
             if x is not None and y is not None:
                 pairs.append((x, y))
     return pairs
@@ -660,7 +579,7 @@ def token_scores(value: object) -> list[tuple[str, float]]:
     """[{"token": t, "score": s}, ...] as pairs; entries without a finite score left out."""
     pairs = []
     for entry in map(_mapping, _sequence(value)):
-        score = _number(entry.get("score"))
+        score = finite_number(entry.get("score"))
         if score is not None and entry.get("token") is not None:
             pairs.append((str(entry["token"]), score))
     return pairs
@@ -724,7 +643,7 @@ def _examples_highlighted(value: object) -> Markup:
 def _example(example: Mapping[str, Any]) -> Markup:
     error = example.get("error") is True
     meta = f"label {h(example.get('label'))} \u00b7 predicted {h(example.get('predicted'))}"
-    if _number(example.get("confidence")) is not None:
+    if finite_number(example.get("confidence")) is not None:
         meta += f" ({h(example['confidence'])})"
     tokens = token_scores(example.get("tokens"))
     body = highlighted(tokens) if tokens else tag("p", TextCell(example.get("text") or ""))
@@ -736,7 +655,7 @@ def _example(example: Mapping[str, Any]) -> Markup:
 def _named_scores(value: object, name_key: str, score_key: str) -> list[tuple[str, float]]:
     pairs = []
     for entry in map(_mapping, _sequence(value)):
-        score = _number(entry.get(score_key))
+        score = finite_number(entry.get(score_key))
         if score is not None:
             pairs.append((str(entry.get(name_key)), score))
     return pairs
@@ -754,11 +673,10 @@ def _score_chart(
         ax = figure.add_subplot()
         values = [score for _, score in shown]
         colours = [OUT_COLOUR if v >= 0 else "#dc2626" for v in values]
-        ax.barh(range(len(shown)), values, color=colours, height=0.7)
-        ax.set_yticks(range(len(shown)), [chart_text(name) for name, _ in shown])
-        ax.invert_yaxis()
+        bars = horizontal_bars(ax, [name for name, _ in shown], values)
+        for bar, colour in zip(bars, colours, strict=True):
+            bar.set_color(colour)
         ax.axvline(0, color="#6b7280", linewidth=0.8)
-        ax.grid(axis="y", visible=False)
         ax.set(title=title, xlabel=xlabel)
 
     height = min(1.2 + 0.28 * len(shown), 12)
@@ -874,8 +792,8 @@ def _group_bars(positive: Mapping[str, Any], judged: Mapping[str, bool]) -> list
     return [
         GroupBar(
             str(row.get("group")),
-            _number(row.get("selectionRate")),
-            _number(row.get("tpr")),
+            finite_number(row.get("selectionRate")),
+            finite_number(row.get("tpr")),
             judged.get(str(row.get("group")), False),
         )
         for row in rows[:MAX_CLASSES_CHARTED]
@@ -895,7 +813,7 @@ def _threshold_lines(
         return []
     highest, lines = max(rates), []
     for metric in metrics:
-        threshold = _number(metric.get("threshold"))
+        threshold = finite_number(metric.get("threshold"))
         if metric.get("attribute") != attribute or threshold is None:
             continue
         if metric.get("positiveLabel") not in (label, None):
@@ -1165,7 +1083,7 @@ def _balance_lines(data: Mapping[str, Any]) -> list[str]:
         if counts:
             lines.append(f"{title}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()))
     for key, title in BALANCE_LINES.items():
-        value = _number(data.get(key))
+        value = finite_number(data.get(key))
         if value and data.get("labels", True):  # a language model has no classes
             lines.append(f"{title}: {fmt_number(value)}")
     return lines
@@ -1299,7 +1217,9 @@ def _lengths(data: Mapping[str, Any], report: Mapping[str, Any]) -> Markup:
         return Markup("")
     rows = [[split, *(stats.get(key) for key in LENGTH_STATS)] for split, stats in lengths.items()]
     histograms = {s: hist for s, stats in lengths.items() if (hist := histogram(stats))}
-    max_length = _number(_mapping(_mapping(report.get("config")).get("data")).get("maxLength"))
+    max_length = finite_number(
+        _mapping(_mapping(report.get("config")).get("data")).get("maxLength")
+    )
     parts = [tag("h3", "Lengths in tokens")]
     if histograms:
         parts.append(length_chart(histograms, max_length))
@@ -1311,7 +1231,7 @@ def _packing(data: Mapping[str, Any]) -> Markup:
     """data.packing: how many sequences the training rows became and the padding it saved."""
     packing = _mapping(data.get("packing"))
     keys = ("rows", "sequences", "fill", "paddingBefore", "paddingAfter")
-    numbers = [n for key in keys if (n := _number(packing.get(key))) is not None]
+    numbers = [n for key in keys if (n := finite_number(packing.get(key))) is not None]
     if len(numbers) < len(keys):
         return Markup("")
     rows, sequences, fill, before, after = numbers
@@ -1326,8 +1246,8 @@ def _packing(data: Mapping[str, Any]) -> Markup:
 def histogram(stats: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
     """(edges, counts) when the histogram is well formed (k + 1 edges for k counts)."""
     hist = _mapping(stats.get("histogram"))
-    edges = [_number(e) for e in _sequence(hist.get("edges"))]
-    counts = [_number(c) for c in _sequence(hist.get("counts"))]
+    edges = [finite_number(e) for e in _sequence(hist.get("edges"))]
+    counts = [finite_number(c) for c in _sequence(hist.get("counts"))]
     if not counts or len(edges) != len(counts) + 1 or None in edges or None in counts:
         return None
     return [e for e in edges if e is not None], [c for c in counts if c is not None]
@@ -1388,9 +1308,9 @@ def layer_norm_series(entries: Sequence[Any]) -> dict[str, list[tuple[float, flo
     for entry in entries:
         if not (isinstance(entry, list | tuple) and len(entry) == 2):
             continue
-        step = _number(entry[0])
+        step = finite_number(entry[0])
         for group, value in _mapping(entry[1]).items():
-            norm = _number(value)
+            norm = finite_number(value)
             if step is not None and norm is not None:
                 series.setdefault(str(group), []).append((step, norm))
     return series
@@ -1401,7 +1321,7 @@ def schedule_changes(log: Sequence[Mapping[str, Any]]) -> list[float]:
     changes, before = [], None
     for entry in log:
         trainable = tuple(str(g) for g in _sequence(entry.get("trainable")))
-        step = _number(entry.get("step"))
+        step = finite_number(entry.get("step"))
         if before is not None and trainable != before and step is not None:
             changes.append(step)
         before = trainable
@@ -1442,7 +1362,7 @@ def _freezing_row(entry: Mapping[str, Any], partial: bool) -> list[object]:
     rates = _mapping(entry.get("learningRates"))
     trains = ", ".join(
         f"{group} ({fmt_number(rates[group])})"
-        if _number(rates.get(group)) is not None
+        if finite_number(rates.get(group)) is not None
         else str(group)
         for group in _sequence(entry.get("trainable"))
     )
@@ -1460,7 +1380,7 @@ def range_test_section(report: Mapping[str, Any]) -> Section | None:
     points = [p for p in _pairs(list(zip(rates, losses, strict=False))) if p[0] > 0]
     if not points:
         return None
-    suggestion = _number(test.get("suggestion"))
+    suggestion = finite_number(test.get("suggestion"))
     finder = _mapping(
         _mapping(_mapping(report.get("config")).get("training")).get("findLearningRate")
     )
@@ -1488,7 +1408,7 @@ def range_test_chart(points: list[tuple[float, float]], suggestion: float | None
                 label=f"suggested {fmt_number(suggestion)}",
             )
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda rate, _: fmt_number(rate)))
+        number_ticks(ax.xaxis)
         ax.xaxis.set_minor_formatter(NullFormatter())  # plain labels: mathtext is slow
         ax.set(title="Learning-rate range test", xlabel="learning rate (log scale)", ylabel="loss")
         ax.legend()

@@ -1,9 +1,10 @@
 """The safe-HTML building blocks and the look that kubetune's pages share.
 
-report.html (a run, `report_html`) and search.html (a search, the operator's
-`search_report`) are self-contained pages of untrusted data: no scripts, no requests, every
-string escaped on its way in. This module holds what both build them from, with the
-standard library only, so the operator, which has no torch or matplotlib, can use it too.
+report.html (a run, report/html.py) and search.html (a search, the CLI's
+views/search_page.py) are self-contained pages of untrusted data: no scripts, no requests,
+every string escaped on its way in. This module holds the HTML both build them from (their
+charts are report/charts.py's), with the standard library only, so it loads where neither
+torch nor matplotlib is installed.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ tr.best td{font-weight:600;background:#eff6ff}
 tr.quiet td{color:var(--muted)}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:16px}
 figure{margin:8px 0}
+svg.chart{max-width:100%;height:auto;display:block}
 .callout{border-left:4px solid var(--accent);background:#eff6ff;padding:8px 14px;margin:12px 0;
 border-radius:0 6px 6px 0}
 """

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 from datetime import UTC, datetime
 from importlib import metadata
@@ -18,13 +17,16 @@ from typing import Any
 
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import PreparedData
+
+# Re-exported (`as`): recipe.py and crossval.py import the file names from here.
+from kubetune_trainer.report.files import REPORT_HTML as REPORT_HTML
+from kubetune_trainer.report.files import REPORT_JSON as REPORT_JSON
+from kubetune_trainer.report.files import write_text_atomically
 from kubetune_trainer.report.html import render_html
 from kubetune_trainer.report.progress import json_safe
 
 logger = logging.getLogger(__name__)
 
-REPORT_JSON = "report.json"
-REPORT_HTML = "report.html"
 VERSIONED_PACKAGES = ("kubetune", "torch", "transformers", "accelerate", "datasets")
 
 
@@ -111,11 +113,3 @@ def write_json_atomically(path: Path, content: dict[str, Any]) -> None:
     """Write JSON (NaN and infinities as null) atomically."""
     text = json.dumps(json_safe(content), indent=2, allow_nan=False)
     write_text_atomically(path, text + "\n")
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write UTF-8 text to a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)

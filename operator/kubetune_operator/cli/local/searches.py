@@ -6,7 +6,7 @@ OUTPUT/trial-<n>/, one after the other in this process, or N trainer subprocesse
 pure functions the operator calls: which trials come next, each trial's spec, its
 objective, the best trial, when the search is over. Where the operator keeps the trials
 table in the parent's status, this keeps it in OUTPUT/search.json (the same shape),
-rewritten after every change with OUTPUT/search.html (search_report's page of it) beside
+rewritten after every change with OUTPUT/search.html (views/search_page.py draws it) beside
 it, so an interrupted search resumes: finished trials are kept,
 and a trial that was running is run again (the trainer resumes it from its checkpoint).
 Pruning (search.earlyStopping) needs the operator watching trials as they report; local
@@ -40,8 +40,9 @@ from kubetune_operator.cli.local.runs import (
     trainer_command,
     trainer_environment,
 )
+from kubetune_operator.cli.views.run_summary import SEARCH_HTML
 from kubetune_operator.cli.views.search_page import (
-    SEARCH_HTML,
+    first_line,
     parameter_importance,
     write_search_html,
 )
@@ -60,6 +61,7 @@ from kubetune_operator.search import (
 )
 from kubetune_trainer.config import EXIT_INVALID_INPUT
 from kubetune_trainer.formatting import params_text, value_text
+from kubetune_trainer.report.files import write_text_atomically
 
 SEARCH_FILE: Final = "search.json"
 MODEL_DIR: Final = "model"
@@ -148,7 +150,7 @@ def load_book(plan: SearchPlan) -> TrialBook:
         recorded = str(content["fingerprint"])
     except (OSError, ValueError, KeyError, TypeError, ValidationError) as error:
         raise LocalRunError(
-            f"{path}: cannot resume from it ({_first_line(error)}); pass --overwrite to start again"
+            f"{path}: cannot resume from it ({first_line(error)}); pass --overwrite to start again"
         ) from None
     if recorded != expected:
         raise LocalRunError(
@@ -326,7 +328,7 @@ def _run_trial(plan: SearchPlan, trial: TrialStatus, train: Train) -> TrialResul
     try:
         run = trial_run(plan, trial.number, trial.params)
     except (SearchError, ValidationError) as error:
-        return TrialResult("Failed", message=_first_line(error))
+        return TrialResult("Failed", message=first_line(error))
     if (run.output_dir / REPORT_FILE).exists():
         return trial_result(plan.job.spec, read_report(run))
     run.output_dir.mkdir(parents=True, exist_ok=True)
@@ -445,12 +447,6 @@ def _publish_best_model(plan: SearchPlan, number: int) -> str:
     return str(target)
 
 
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
 def _write_json(path: Path, content: Mapping[str, Any]) -> None:
     """Write atomically: an interrupted write never leaves half a trials table."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(content, indent=2, ensure_ascii=False), encoding="utf-8")
-    partial.replace(path)
+    write_text_atomically(path, json.dumps(content, indent=2, ensure_ascii=False))

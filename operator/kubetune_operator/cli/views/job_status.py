@@ -5,7 +5,8 @@ an ML engineer wants while a job runs: where it stands, how far it is, the metri
 the trainer's verdicts on the curves, the data and the bias audit. Pure functions from the
 object as the API returns it (plain data, camelCase) to rich renderables, so they are
 tested without a cluster. Every string comes from the cluster and reaches rich escaped.
-A search parent's page (`--html`) is search_report's, drawn from its spec and status.trials.
+A search parent's page (`--html`) is views/search_page.py's, drawn from its spec and
+status.trials.
 """
 
 from __future__ import annotations
@@ -20,8 +21,19 @@ from rich.markup import escape
 from rich.table import Table
 
 from kubetune_operator.api.manifests import check_document
-from kubetune_operator.cli.views.run_summary import bias_line, fmt, passed_mark, table
-from kubetune_operator.cli.views.search_page import render_search_html
+from kubetune_operator.cli.views.terminal import (
+    BIAS_VALUE_COLUMNS,
+    Column,
+    bias_parts,
+    counts_text,
+    diagnosis_line,
+    facts,
+    fmt,
+    labelled,
+    mapping,
+    records,
+    table,
+)
 from kubetune_operator.search import SearchError
 from kubetune_trainer.formatting import MISSING, value_text
 
@@ -37,6 +49,13 @@ PHASE_STYLE: Final = {
     "Suspended": "magenta",
 }
 DIAGNOSIS_STYLE: Final = {"Healthy": "green", "Inconclusive": "yellow"}
+BIAS_COLUMNS: Final[tuple[Column, ...]] = (
+    ("metric", lambda metric: str(metric.get("name", ""))),
+    ("attribute", lambda metric: str(metric.get("attribute", ""))),
+    *BIAS_VALUE_COLUMNS,
+)
+LABEL_WIDTH: Final = 0
+"""Labels and their text two spaces apart, unaligned."""
 _EPOCH: Final = datetime.min.replace(tzinfo=UTC)
 
 
@@ -44,17 +63,9 @@ class PageError(Exception):
     """A job's search page cannot be drawn; the message names the job and says why."""
 
 
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _records(value: object) -> list[Mapping[str, Any]]:
-    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
-
-
 def status_of(job: Mapping[str, Any]) -> Mapping[str, Any]:
     """The object's status (empty before the operator wrote one)."""
-    return _mapping(job.get("status"))
+    return mapping(job.get("status"))
 
 
 def phase(job: Mapping[str, Any]) -> str | None:
@@ -79,7 +90,7 @@ def event_time(event: Mapping[str, Any]) -> datetime:
     moments = (
         event.get("lastTimestamp"),
         event.get("eventTime"),
-        _mapping(event.get("metadata")).get("creationTimestamp"),
+        mapping(event.get("metadata")).get("creationTimestamp"),
     )
     parsed = (parse_time(moment) for moment in moments)
     return next((moment for moment in parsed if moment is not None), _EPOCH)
@@ -127,7 +138,7 @@ def progress_text(progress: Mapping[str, Any]) -> str:
 
 def workers_text(status: Mapping[str, Any]) -> str:
     """Worker pods by phase, and the group restarts."""
-    workers = _mapping(status.get("workers"))
+    workers = mapping(status.get("workers"))
     counts = [
         f"{fmt(workers[state])} {state}"
         for state in ("running", "pending", "succeeded", "failed")
@@ -156,17 +167,17 @@ def renderables(
     parts: list[RenderableType] = [_heading(job), _facts(status, now)]
     parts += _conditions(status, now)
     parts += _metrics(status)
-    parts += _diagnosis(_mapping(status.get("diagnosis")))
-    parts += _data(_mapping(status.get("dataValidation")))
-    parts += _bias(status)
-    parts += _artifacts(_mapping(status.get("artifacts")))
+    parts += _diagnosis(mapping(status.get("diagnosis")))
+    parts += _data(mapping(status.get("dataValidation")))
+    parts += bias_parts(status, LABEL_WIDTH, BIAS_COLUMNS)
+    parts += _artifacts(mapping(status.get("artifacts")))
     parts += _trials(status)
     parts += _events(recent_events(events), now)
     return parts
 
 
 def _heading(job: Mapping[str, Any]) -> str:
-    metadata = _mapping(job.get("metadata"))
+    metadata = mapping(job.get("metadata"))
     name = f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
     current = phase(job)
     shown = (
@@ -179,15 +190,15 @@ def _heading(job: Mapping[str, Any]) -> str:
 
 def _facts(status: Mapping[str, Any], now: datetime) -> Table:
     rows = [
-        ("progress", progress_text(_mapping(status.get("progress")))),
+        ("progress", progress_text(mapping(status.get("progress")))),
         ("workers", workers_text(status)),
     ]
     if status.get("queuePosition"):
         rows.append(("queue position", str(status["queuePosition"])))
-    runtime = _mapping(status.get("runtime"))
+    runtime = mapping(status.get("runtime"))
     if runtime:
         rows.append(("runtime", runtime_text(runtime, status.get("effectiveSpecHash"))))
-    failure = _mapping(status.get("lastFailure"))
+    failure = mapping(status.get("lastFailure"))
     if failure:
         rows.append(("last failure", last_failure_text(failure)))
     if status.get("metricSummary"):
@@ -196,10 +207,7 @@ def _facts(status: Mapping[str, Any], now: datetime) -> Table:
         rows.append(("started", f"{age_text(status['startTime'], now)} ago"))
     if status.get("completionTime"):
         rows.append(("finished", f"{age_text(status['completionTime'], now)} ago"))
-    grid = Table.grid(padding=(0, 2))
-    for name, value in rows:
-        grid.add_row(f"[bold]{escape(name)}[/]", escape(value))
-    return grid
+    return facts(rows)
 
 
 def runtime_text(runtime: Mapping[str, Any], spec_hash: object) -> str:
@@ -213,7 +221,7 @@ def runtime_text(runtime: Mapping[str, Any], spec_hash: object) -> str:
 
 
 def _conditions(status: Mapping[str, Any], now: datetime) -> list[RenderableType]:
-    conditions = _records(status.get("conditions"))
+    conditions = records(status.get("conditions"))
     if not conditions:
         return []
     rows = [
@@ -230,20 +238,17 @@ def _conditions(status: Mapping[str, Any], now: datetime) -> list[RenderableType
 
 
 def _metrics(status: Mapping[str, Any]) -> list[RenderableType]:
-    metrics = _mapping(status.get("metrics"))
+    metrics = mapping(status.get("metrics"))
     if not metrics:
         return []
     return [table("metrics", list(metrics), [[fmt(value) for value in metrics.values()]])]
 
 
 def _diagnosis(diagnosis: Mapping[str, Any]) -> list[RenderableType]:
-    verdict = diagnosis.get("verdict")
-    if not verdict:
+    style = DIAGNOSIS_STYLE.get(str(diagnosis.get("verdict")), "red")
+    line = diagnosis_line(diagnosis, LABEL_WIDTH, style)
+    if line is None:
         return []
-    style = DIAGNOSIS_STYLE.get(str(verdict), "red")
-    line = f"[bold]diagnosis[/]  [{style}]{escape(str(verdict))}[/]"
-    if diagnosis.get("suggestion"):
-        line += f": {escape(str(diagnosis['suggestion']))}"
     evidence = diagnosis.get("evidence")
     notes = [f"  • {escape(str(item))}" for item in evidence] if isinstance(evidence, list) else []
     return [line, *notes]
@@ -253,17 +258,15 @@ def _data(data: Mapping[str, Any]) -> list[RenderableType]:
     if not data:
         return []
     mark = "[green]✓[/]" if data.get("passed", True) else "[red]✗[/]"
-    lines: list[RenderableType] = [
-        f"[bold]data[/]  {mark} {escape(str(data.get('message') or ''))}".rstrip()
-    ]
+    message = escape(str(data.get("message") or ""))
+    lines: list[RenderableType] = [labelled("data", f"{mark} {message}".rstrip(), LABEL_WIDTH)]
     if data.get("rowsIn") is not None:
         lines.append(f"  rows: {fmt(data['rowsIn'])} in, {fmt(data.get('rowsOut'))} kept")
     for title, key in (("dropped", "dropped"), ("flagged", "flagged"), ("added", "added")):
-        counts = _mapping(data.get(key))
+        counts = mapping(data.get(key))
         if counts:
-            listed = ", ".join(f"{fmt(n)} {rule}" for rule, n in counts.items())
-            lines.append(f"  {title}: {escape(listed)}")
-    classes = _mapping(data.get("classCounts"))
+            lines.append(f"  {title}: {escape(counts_text(counts))}")
+    classes = mapping(data.get("classCounts"))
     if classes:
         listed = ", ".join(f"{label} {fmt(n)}" for label, n in classes.items())
         ratio = data.get("imbalanceRatio")
@@ -272,31 +275,6 @@ def _data(data: Mapping[str, Any]) -> list[RenderableType]:
     if data.get("recommendation"):
         lines.append(f"  recommendation: {escape(str(data['recommendation']))}")
     return lines
-
-
-def _bias(status: Mapping[str, Any]) -> list[RenderableType]:
-    line = bias_line(status)
-    if line is None:
-        return []
-    audit = _mapping(status.get("biasAudit"))
-    parts: list[RenderableType] = [f"[bold]bias audit[/]  {line}"]
-    if audit.get("worstGroup"):
-        parts.append(f"  worst group: {escape(str(audit['worstGroup']))}")
-    metrics = _records(audit.get("metrics"))
-    if metrics:
-        rows = [
-            [
-                str(m.get("name", "")),
-                str(m.get("attribute", "")),
-                fmt(m.get("value")),
-                fmt(m.get("threshold")),
-                passed_mark(m.get("passed")),
-            ]
-            for m in metrics
-        ]
-        headers = ["metric", "attribute", "value", "threshold", "passed"]
-        parts.append(table("bias metrics", headers, rows))
-    return parts
 
 
 def _artifacts(artifacts: Mapping[str, Any]) -> list[RenderableType]:
@@ -312,14 +290,14 @@ def _artifacts(artifacts: Mapping[str, Any]) -> list[RenderableType]:
 
 
 def _trials(status: Mapping[str, Any]) -> list[RenderableType]:
-    trials = _records(status.get("trials"))
+    trials = records(status.get("trials"))
     if not trials:
         return []
     states = Counter(str(trial.get("state")) for trial in trials)
-    line = f"[bold]trials[/]  {len(trials)}: " + escape(
+    line = labelled("trials", f"{len(trials)}: ", LABEL_WIDTH) + escape(
         ", ".join(f"{n} {state.lower()}" for state, n in states.items())
     )
-    best = _mapping(status.get("bestTrial"))
+    best = mapping(status.get("bestTrial"))
     if best:
         objective = value_text(best.get("objective"))
         line += f"; best {escape(str(best.get('name')))} ({escape(objective)})"
@@ -351,9 +329,9 @@ def age_text_of_event(event: Mapping[str, Any], now: datetime) -> str:
 
 def search_page(job: Mapping[str, Any]) -> str:
     """search.html of a search parent, from its spec and status.trials."""
-    metadata = _mapping(job.get("metadata"))
+    metadata = mapping(job.get("metadata"))
     shown = f"FineTuneJob {metadata.get('namespace', '')}/{metadata.get('name', '')}"
-    if not _mapping(job.get("spec")).get("search"):
+    if not mapping(job.get("spec")).get("search"):
         raise PageError(
             f"{shown} is not a search parent (its spec has no search section); "
             "--html draws the page of a search"
@@ -362,7 +340,9 @@ def search_page(job: Mapping[str, Any]) -> str:
     if checked.job is None:
         problems = "; ".join(str(problem) for problem in checked.problems)
         raise PageError(f"{shown}: its spec is not valid ({problems})")
-    trials = _records(status_of(job).get("trials"))
+    from kubetune_operator.cli.views.search_page import render_search_html  # matplotlib
+
+    trials = records(status_of(job).get("trials"))
     try:
         return render_search_html(checked.job.metadata.name, checked.job.spec, trials)
     except SearchError as error:

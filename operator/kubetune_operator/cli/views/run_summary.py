@@ -13,8 +13,7 @@ of each parameter instead, and its page is search.html.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -22,11 +21,32 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
+from kubetune_operator.cli.views.terminal import (
+    BIAS_VALUE_COLUMNS,
+    Column,
+    bias_parts,
+    counts_text,
+    diagnosis_line,
+    facts,
+    fmt,
+    labelled,
+    mapping,
+    records,
+    table,
+)
 from kubetune_trainer.formatting import MISSING, params_text, value_text
+from kubetune_trainer.report.files import REPORT_HTML, REPORT_JSON
 
-REPORT_JSON = "report.json"
-REPORT_HTML = "report.html"
-VERDICT_STYLE = {"Passed": "green", "Failed": "red", "InsufficientData": "yellow"}
+SEARCH_HTML: Final = "search.html"
+"""A search's page, beside its report.json (views/search_page.py draws it)."""
+LABEL_WIDTH: Final = 15
+"""The column where a labelled line's text starts."""
+BIAS_COLUMNS: Final[tuple[Column, ...]] = (
+    ("metric", lambda metric: str(metric.get("statusName") or metric.get("name"))),
+    ("attribute", lambda metric: str(metric.get("attribute"))),
+    ("positive label", lambda metric: str(metric.get("positiveLabel") or "all classes")),
+    *BIAS_VALUE_COLUMNS,
+)
 
 
 class ReportError(Exception):
@@ -77,40 +97,12 @@ def page_path(report: Mapping[str, Any], run_dir: Path) -> Path:
     """The folder's HTML page: a search's search.html, else the run's report.html."""
     if not is_search(report):
         return html_path(run_dir)
-    from kubetune_operator.cli.views.search_page import SEARCH_HTML  # Optuna: only for a search
-
     return (run_dir / SEARCH_HTML).resolve()
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _sequence(value: object) -> Sequence[Any]:
-    return value if isinstance(value, list) else []
-
-
-def fmt(value: object) -> str:
-    """4 significant digits, ints with separators, missing as an en dash (as report.html)."""
-    if isinstance(value, bool) or value is None:
-        return MISSING if value is None else str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else MISSING
-    return str(value)
-
-
-def passed_mark(passed: object) -> str:
-    """✓ passed, ✗ failed, the en dash when not gated or not measured."""
-    if passed is True:
-        return "✓"
-    return "✗" if passed is False else MISSING
 
 
 def duration_seconds(report: Mapping[str, Any]) -> float | None:
     """Setup plus training (evaluations run inside training), or timings.totalSeconds."""
-    timings = _mapping(report.get("timings"))
+    timings = mapping(report.get("timings"))
     if isinstance(timings.get("totalSeconds"), int | float):
         return float(timings["totalSeconds"])
     parts = [timings.get(key) for key in ("setupSeconds", "trainSeconds")]
@@ -138,10 +130,10 @@ def summary(report: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     if is_search(report):
         return search_summary(report, run_dir)
     metric = report.get("primaryMetric")
-    best = _mapping(report.get("bestMetrics"))
-    diagnosis = _mapping(report.get("diagnosis"))
-    audit = _mapping(report.get("biasAudit"))
-    data = _mapping(report.get("data"))
+    best = mapping(report.get("bestMetrics"))
+    diagnosis = mapping(report.get("diagnosis"))
+    audit = mapping(report.get("biasAudit"))
+    data = mapping(report.get("data"))
     return {
         "job": report.get("job"),
         "succeeded": report.get("succeeded"),
@@ -156,7 +148,7 @@ def summary(report: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
             "suggestion": diagnosis.get("suggestion"),
         },
         "data": {
-            "message": _mapping(data.get("quality")).get("message"),
+            "message": mapping(data.get("quality")).get("message"),
             "added": _counts(data.get("added")),
             "removed": _counts(data.get("removed")),
             "recommendation": data.get("recommendation"),
@@ -177,20 +169,9 @@ def summary(report: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
 def _counts(value: object) -> dict[str, int]:
     return {
         str(k): v
-        for k, v in _mapping(value).items()
+        for k, v in mapping(value).items()
         if isinstance(v, int) and not isinstance(v, bool) and v
     }
-
-
-def bias_line(report: Mapping[str, Any]) -> str | None:
-    """The audit's verdict and message as rich markup, or None when the run had no audit."""
-    audit = _mapping(report.get("biasAudit"))
-    verdict = audit.get("verdict")
-    if not verdict:
-        return None
-    style = VERDICT_STYLE.get(str(verdict), "bold")
-    message = str(audit.get("message") or "").removeprefix(f"{verdict}: ")
-    return f"[{style}]{escape(str(verdict))}[/]: {escape(message)}".rstrip(": ")
 
 
 def renderables(report: Mapping[str, Any], run_dir: Path) -> list[RenderableType]:
@@ -209,7 +190,7 @@ def renderables(report: Mapping[str, Any], run_dir: Path) -> list[RenderableType
 
 def _page_line(name: str, page: Path) -> str:
     shown = escape(str(page)) if page.exists() else f"{escape(str(page))} [dim](not written)[/]"
-    return f"[bold]{name}[/]    {shown}"
+    return labelled(name, shown, LABEL_WIDTH)
 
 
 def _heading(glance: Mapping[str, Any]) -> str:
@@ -225,74 +206,35 @@ def _facts(glance: Mapping[str, Any]) -> Table:
         ("steps", fmt(glance["steps"])),
         ("duration", MISSING if seconds is None else f"{seconds:.1f} s"),
     ]
-    grid = Table.grid(padding=(0, 2))
-    for name, value in rows:
-        grid.add_row(f"[bold]{escape(name)}[/]", escape(value))
-    return grid
-
-
-def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
-    """A borderless titled table of escaped plain-text cells (shared with `kubetune status`)."""
-    drawn = Table(title=escape(title), title_justify="left", header_style="bold", box=None)
-    for header in headers:
-        drawn.add_column(escape(str(header)), overflow="fold")  # narrow terminals lose nothing
-    for row in rows:
-        drawn.add_row(*(escape(cell) for cell in row))
-    return drawn
+    return facts(rows)
 
 
 def _diagnosis(diagnosis: Mapping[str, Any]) -> list[RenderableType]:
-    if not diagnosis.get("verdict"):
-        return []
-    line = f"[bold]diagnosis[/]      {escape(str(diagnosis['verdict']))}"
-    if diagnosis.get("suggestion"):
-        line += f": {escape(str(diagnosis['suggestion']))}"
-    return [line]
+    line = diagnosis_line(diagnosis, LABEL_WIDTH)
+    return [] if line is None else [line]
 
 
 def _data(data: Mapping[str, Any]) -> list[RenderableType]:
     lines = []
     if data.get("message"):
-        lines.append(f"[bold]data[/]           {escape(str(data['message']))}")
+        lines.append(labelled("data", escape(str(data["message"])), LABEL_WIDTH))
     for title, key in (("added", "added"), ("removed", "removed")):
         if data[key]:
-            counts = ", ".join(f"{n:,} {name}" for name, n in data[key].items())
-            lines.append(f"  rows {title}:  {escape(counts)}")
+            lines.append(f"  rows {title}:  {escape(counts_text(data[key]))}")
     if data.get("recommendation"):
         lines.append(f"  recommendation: {escape(str(data['recommendation']))}")
     return list(lines)
 
 
 def _bias(report: Mapping[str, Any]) -> list[RenderableType]:
-    line = bias_line(report)
-    if line is None:
-        return []
-    audit = _mapping(report.get("biasAudit"))
-    parts: list[RenderableType] = [f"[bold]bias audit[/]     {line}"]
-    if audit.get("worstGroup"):
-        parts.append(f"  worst group: {escape(str(audit['worstGroup']))}")
-    metrics = [m for m in _sequence(audit.get("metrics")) if isinstance(m, Mapping)]
-    if metrics:
-        headers = ["metric", "attribute", "positive label", "value", "threshold", "passed"]
-        rows = [
-            [
-                str(m.get("statusName") or m.get("name")),
-                str(m.get("attribute")),
-                str(m.get("positiveLabel") or "all classes"),
-                fmt(m.get("value")),
-                fmt(m.get("threshold")),
-                passed_mark(m.get("passed")),
-            ]
-            for m in metrics
-        ]
-        parts.append(table("bias metrics", headers, rows))
-    return [Group(*parts)]
+    parts = bias_parts(report, LABEL_WIDTH, BIAS_COLUMNS)
+    return [Group(*parts)] if parts else []
 
 
 def search_summary(report: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     """A search's glance as plain data: outcome, objective, best trial, trials, importance,
     and where its page is."""
-    search = _mapping(report.get("search"))
+    search = mapping(report.get("search"))
     return {
         "job": report.get("job"),
         "kind": "search",
@@ -300,13 +242,13 @@ def search_summary(report: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
         "outcome": report.get("outcome"),
         "message": report.get("message"),
         "algorithm": search.get("algorithm"),
-        "objective": dict(_mapping(search.get("objective"))),
-        "progress": dict(_mapping(report.get("progress"))),
-        "bestTrial": dict(_mapping(report.get("bestTrial"))) or None,
-        "bestModel": _mapping(report.get("artifacts")).get("model") or None,
-        "bestTrialReport": _mapping(report.get("artifacts")).get("bestTrialReport") or None,
-        "trials": [dict(t) for t in _sequence(report.get("trials")) if isinstance(t, Mapping)],
-        "importance": dict(_mapping(report.get("importance"))) or None,
+        "objective": dict(mapping(search.get("objective"))),
+        "progress": dict(mapping(report.get("progress"))),
+        "bestTrial": dict(mapping(report.get("bestTrial"))) or None,
+        "bestModel": mapping(report.get("artifacts")).get("model") or None,
+        "bestTrialReport": mapping(report.get("artifacts")).get("bestTrialReport") or None,
+        "trials": [dict(t) for t in records(report.get("trials"))],
+        "importance": dict(mapping(report.get("importance"))) or None,
         "importanceNote": report.get("importanceNote"),
         "searchHtml": str(page_path(report, run_dir)),
     }
@@ -321,32 +263,27 @@ def search_renderables(report: Mapping[str, Any], run_dir: Path) -> list[Rendera
     parts: list[RenderableType] = [_heading(glance)]
     if glance["message"]:
         parts.append(escape(str(glance["message"])))
-    facts = [
+    rows = [
         ("algorithm", str(glance["algorithm"] or MISSING)),
         ("objective", f"{objective.get('direction', '')} {objective.get('metric', '')}".strip()),
         ("trials", f"{fmt(progress.get('step'))} of {fmt(progress.get('totalSteps'))} finished"),
     ]
-    grid = Table.grid(padding=(0, 2))
-    for name, value in facts:
-        grid.add_row(f"[bold]{escape(name)}[/]", escape(value))
-    parts += [grid, _trials_table(glance, _mapping(report.get("messages")))]
+    parts += [facts(rows), _trials_table(glance, mapping(report.get("messages")))]
     parts += _best_trial(glance) + _importance(glance)
-    from kubetune_operator.cli.views.search_page import SEARCH_HTML  # Optuna: only for a search
-
     parts.append(_page_line(SEARCH_HTML, Path(glance["searchHtml"])))
     return parts
 
 
 def _trials_table(glance: Mapping[str, Any], messages: Mapping[str, Any]) -> Table:
     trials = glance["trials"]
-    best = _mapping(glance["bestTrial"]).get("number")
-    paths = list(dict.fromkeys(p for t in trials for p in _mapping(t.get("params"))))
+    best = mapping(glance["bestTrial"]).get("number")
+    paths = list(dict.fromkeys(p for t in trials for p in mapping(t.get("params"))))
     metric = str(glance["objective"].get("metric") or "objective")
     rows = [
         [
             f"{t.get('number')}{' ★' if t.get('number') == best else ''}",
             str(t.get("state")),
-            *(value_text(_mapping(t.get("params")).get(p)) for p in paths),
+            *(value_text(mapping(t.get("params")).get(p)) for p in paths),
             value_text(t.get("objective")),
             str(messages.get(str(t.get("number")), "")),
         ]
@@ -356,14 +293,18 @@ def _trials_table(glance: Mapping[str, Any], messages: Mapping[str, Any]) -> Tab
 
 
 def _best_trial(glance: Mapping[str, Any]) -> list[RenderableType]:
-    best = _mapping(glance["bestTrial"])
+    best = mapping(glance["bestTrial"])
     if not best:
-        return ["[bold]best trial[/]     [red]none completed[/]"]
+        return [labelled("best trial", "[red]none completed[/]", LABEL_WIDTH)]
     metric = glance["objective"].get("metric") or "objective"
-    params = params_text(_mapping(best.get("params")))
+    params = params_text(mapping(best.get("params")))
     lines: list[RenderableType] = [
-        f"[bold]best trial[/]     {escape(str(best.get('name')))} "
-        f"({escape(str(metric))} {escape(value_text(best.get('objective')))})",
+        labelled(
+            "best trial",
+            f"{escape(str(best.get('name')))} "
+            f"({escape(str(metric))} {escape(value_text(best.get('objective')))})",
+            LABEL_WIDTH,
+        ),
         f"  params:  {escape(params)}",
     ]
     for name, key in (("model", "bestModel"), ("report", "bestTrialReport")):
@@ -376,7 +317,7 @@ def _importance(glance: Mapping[str, Any]) -> list[RenderableType]:
     importance = glance["importance"]
     if not importance:
         note = glance["importanceNote"] or "not computed"
-        return [f"[bold]parameter importance[/]  {escape(str(note))}"]
+        return [labelled("parameter importance", escape(str(note)), LABEL_WIDTH)]
     ranked = sorted(importance.items(), key=lambda item: -float(item[1]))
     rows = [[str(path), fmt(float(value))] for path, value in ranked]
     return [table("parameter importance (fANOVA)", ["parameter", "importance"], rows)]

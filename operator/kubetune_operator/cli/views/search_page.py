@@ -10,10 +10,12 @@ over trial number with the best-so-far line, one slice plot per parameter (a log
 log-scaled range, categories for choices) and Optuna's fANOVA importance.
 
 Like the run's report.html, the page must open wherever a folder can be browsed, offline and
-from file://, so it is self-contained: an inline stylesheet that matches report.html's, charts
-as inline SVG drawn here (the operator package has no matplotlib), no JavaScript, nothing
-fetched. Every value from the data (parameter values, notes, the job's name) reaches the page
-through `h()`, which escapes it; the Content-Security-Policy forbids scripts as a second guard.
+from file://, and it is drawn the same way: report.html's stylesheet, and charts that
+matplotlib draws as inline SVG (kubetune_trainer.report.charts), no JavaScript, nothing
+fetched. Only the CLI draws it, never the operator pod, so matplotlib is fine here: the
+`report` extra installs it. Every value from the data (parameter values, notes, the job's
+name) reaches the page through `h()`, which escapes it, or a chart through `chart_text`;
+the Content-Security-Policy forbids scripts as a second guard.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
 from kubetune_operator.api.v1alpha1 import FineTuneJobSpec, SearchParameter, TrialStatus
 from kubetune_operator.search import (
@@ -36,7 +42,16 @@ from kubetune_operator.search import (
     study_from_trials,
     total_trials,
 )
-from kubetune_trainer.formatting import fmt_number, value_text
+from kubetune_trainer.formatting import finite_number, fmt_number, value_text
+from kubetune_trainer.report.charts import (
+    PALETTE,
+    Hover,
+    chart,
+    chart_text,
+    horizontal_bars,
+    number_ticks,
+)
+from kubetune_trainer.report.files import write_text_atomically
 from kubetune_trainer.report.page import (
     BASE_STYLE,
     Markup,
@@ -48,14 +63,37 @@ from kubetune_trainer.report.page import (
     tag,
 )
 
-SEARCH_HTML: Final = "search.html"
 MIN_TRIALS_FOR_IMPORTANCE: Final = 3
 """fANOVA fits a forest on the completed trials; with fewer it says nothing useful."""
-MAX_LABEL_CHARS: Final = 32
-"""Chart labels are clipped to this many characters (the tables and tooltips show them whole)."""
+CHART_SIZE: Final = (5.6, 3.8)
+"""Inches: report.html's curves' width (two side by side on a wide screen), with room for
+the legend under the plot."""
 
-COMPLETE_COLOUR, PRUNED_COLOUR, FAILED_COLOUR = "#2563eb", "#ea580c", "#dc2626"
-BEST_COLOUR, GRID_COLOUR, AXIS_COLOUR, MUTED_COLOUR = "#16a34a", "#e5e7eb", "#9ca3af", "#6b7280"
+COMPLETE_COLOUR, PRUNED_COLOUR, BEST_COLOUR, FAILED_COLOUR = (PALETTE[i] for i in (0, 1, 2, 4))
+MARK_STYLES: Final[Mapping[str, Mapping[str, Any]]] = {
+    "Complete": {"marker": "o", "markersize": 6, "color": COMPLETE_COLOUR, "alpha": 0.85},
+    "Pruned": {
+        "marker": "^",
+        "markersize": 6.5,
+        "markerfacecolor": "white",
+        "markeredgecolor": PRUNED_COLOUR,
+        "markeredgewidth": 1.4,
+    },
+    "Failed": {"marker": "x", "markersize": 6, "color": FAILED_COLOUR, "markeredgewidth": 1.8},
+}
+"""A complete trial is a filled circle, a pruned one a hollow triangle, a failed one a cross."""
+MARK_LEGEND: Final = {
+    "Complete": "complete",
+    "Pruned": "pruned (last reported value)",
+    "Failed": "failed (no objective; on the bottom edge)",
+}
+BEST_RING: Final[Mapping[str, Any]] = {
+    "marker": "o",
+    "markersize": 12,
+    "markerfacecolor": "none",
+    "markeredgecolor": BEST_COLOUR,
+    "markeredgewidth": 1.8,
+}
 STATE_TONE: Final = {
     "Complete": "good",
     "Pruned": "warn",
@@ -72,20 +110,8 @@ STYLE: Final = (
 td.name{white-space:nowrap}
 td.note{max-width:420px;word-break:break-word;color:var(--muted)}
 tr.failed td{color:#991b1b}
-figcaption{font-weight:600;font-size:13px;margin:0 0 4px}
-svg.chart{max-width:100%;height:auto;display:block;font-size:11px}
-.legend{list-style:none;padding:0;margin:4px 0 0;font-size:12px;color:var(--muted)}
-.legend li{display:inline-block;margin-right:14px}
-.k-complete{color:#2563eb}.k-pruned{color:#ea580c}.k-failed{color:#dc2626}.k-best{color:#16a34a}
 """
 )
-
-
-# --- safe HTML ----------------------------------------------------------------------------
-
-
-def clipped(text: str, limit: int = MAX_LABEL_CHARS) -> str:
-    return text if len(text) <= limit else text[: max(limit - 1, 1)] + "\u2026"
 
 
 # --- importance ---------------------------------------------------------------------------
@@ -109,11 +135,12 @@ def parameter_importance(
             warnings.simplefilter("ignore")
             importance = optuna.importance.get_param_importances(study, evaluator=evaluator)
     except (ValueError, RuntimeError) as error:
-        return None, f"not computed: {_first_line(error)}"
+        return None, f"not computed: {first_line(error)}"
     return {name: float(value) for name, value in importance.items()}, "fANOVA"
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An error's message as one line (its first), or its type when it has none."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -139,7 +166,7 @@ def _validated(raw: Mapping[str, Any]) -> TrialStatus:
     try:
         return TrialStatus.model_validate(dict(raw))
     except ValueError as error:
-        raise SearchError(f"status.trials: {_first_line(error)}") from None
+        raise SearchError(f"status.trials: {first_line(error)}") from None
 
 
 def _step_key(step: str) -> float:
@@ -153,16 +180,10 @@ def drawn_value(trial: TrialStatus) -> float | None:
     """What a chart plots: a complete trial's objective, a pruned one's last intermediate
     value (as Optuna records a pruned trial), None for a failed trial."""
     if trial.state == "Complete":
-        return _finite(trial.objective)
+        return finite_number(trial.objective)
     if trial.state == "Pruned" and trial.intermediate:
-        return _finite(trial.intermediate[max(trial.intermediate, key=_step_key)])
+        return finite_number(trial.intermediate[max(trial.intermediate, key=_step_key)])
     return None
-
-
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def chart_marks(trials: Sequence[TrialStatus]) -> list[Mark]:
@@ -191,48 +212,7 @@ def best_so_far(trials: Sequence[TrialStatus], maximize: bool) -> list[tuple[int
     return points
 
 
-# --- scales and ticks ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Scale:
-    """Data values to pixels along one axis, linear or log."""
-
-    low: float
-    high: float
-    start: float
-    end: float
-    log: bool = False
-    whole: bool = False
-    """Ticks at whole numbers only (trial numbers: there is no trial 0.5)."""
-
-    def __call__(self, value: float) -> float:
-        low, high, at = self.low, self.high, value
-        if self.log:
-            low, high, at = math.log10(low), math.log10(high), math.log10(value)
-        fraction = 0.5 if high == low else (at - low) / (high - low)
-        return self.start + fraction * (self.end - self.start)
-
-    def ticks(self) -> list[float]:
-        if self.whole:
-            return whole_ticks(self.low, self.high)
-        return log_ticks(self.low, self.high) if self.log else linear_ticks(self.low, self.high)
-
-    def label(self, value: float) -> str:
-        """A tick's text: a whole number as it is (trial 1000, not 1,000), else 4 digits."""
-        return str(round(value)) if self.whole else fmt_number(value)
-
-
-def linear_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """Round values (1, 2 or 5 times a power of ten apart) from low to high."""
-    if high <= low:
-        return [low]
-    raw = (high - low) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
-    first = math.ceil(low / step - 1e-9)
-    last = math.floor(high / step + 1e-9)
-    return [round(i * step, 12) for i in range(first, last + 1)]
+# --- ticks --------------------------------------------------------------------------------
 
 
 def whole_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -273,132 +253,24 @@ def padded(values: Sequence[float], log: bool = False) -> tuple[float, float]:
     return low - margin, high + margin
 
 
-# --- SVG charts ---------------------------------------------------------------------------
+# --- charts -------------------------------------------------------------------------------
 
 
-WIDTH, HEIGHT = 520, 300
-LEFT, RIGHT, TOP, BOTTOM = 66, WIDTH - 16, 12, HEIGHT - 46
-
-
-@dataclass(frozen=True)
-class Frame:
-    """A chart's x axis (a scale, or categories) and y scale."""
-
-    y: Scale
-    x: Scale | None = None
-    categories: tuple[str, ...] = ()
-
-    def category_x(self, index: int) -> float:
-        band = (RIGHT - LEFT) / max(len(self.categories), 1)
-        return LEFT + (index + 0.5) * band
-
-
-def svg_chart(chart_id: str, title: str, body: Sequence[Markup], height: int = HEIGHT) -> Markup:
-    """An inline <svg> of the given elements, titled for screen readers."""
-    return tag(
-        "svg",
-        tag("title", title),
-        *body,
-        class_="chart",
-        id=chart_id,
-        role="img",
-        aria_label=title,
-        viewBox=f"0 0 {WIDTH} {height}",
-        width=WIDTH,
-        height=height,
-        xmlns="http://www.w3.org/2000/svg",
-    )
-
-
-def figure(caption: str, svg: Markup, *after: Markup) -> Markup:
-    return tag("figure", tag("figcaption", caption), svg, *after)
-
-
-def axes(frame: Frame, x_label: str, y_label: str) -> list[Markup]:
-    """Grid lines, tick labels, the frame and the axis titles."""
-    parts = [_y_tick(frame.y, value) for value in frame.y.ticks()]
-    if frame.x is not None:
-        parts += [_x_tick(frame.x(value), frame.x.label(value)) for value in frame.x.ticks()]
-    else:
-        band = (RIGHT - LEFT) / max(len(frame.categories), 1)
-        limit = max(int(band / 6.5), 3)
-        parts += [
-            _x_tick(frame.category_x(i), clipped(name, limit), name)
-            for i, name in enumerate(frame.categories)
-        ]
-    parts += [
-        _line(LEFT, BOTTOM, RIGHT, BOTTOM, AXIS_COLOUR),
-        _line(LEFT, TOP, LEFT, BOTTOM, AXIS_COLOUR),
-        _text((LEFT + RIGHT) / 2, HEIGHT - 8, clipped(x_label, 60), anchor="middle"),
-        tag(
-            "text",
-            clipped(y_label, 40),
-            x=14,
-            y=(TOP + BOTTOM) / 2,
-            transform=f"rotate(-90 14 {(TOP + BOTTOM) / 2:.2f})",
-            text_anchor="middle",
-            fill=MUTED_COLOUR,
-        ),
-    ]
-    return parts
-
-
-def _y_tick(scale: Scale, value: float) -> Markup:
-    y = scale(value)
-    return join(
-        [
-            _line(LEFT, y, RIGHT, y, GRID_COLOUR),
-            _text(LEFT - 6, y + 4, fmt_number(value), anchor="end"),
-        ]
-    )
-
-
-def _x_tick(x: float, label: str, full: str | None = None) -> Markup:
-    text = _text(x, BOTTOM + 16, label, anchor="middle", tooltip=full)
-    return join([_line(x, TOP, x, BOTTOM, GRID_COLOUR), text])
-
-
-def _line(x1: float, y1: float, x2: float, y2: float, colour: str) -> Markup:
-    return tag("line", x1=float(x1), y1=float(y1), x2=float(x2), y2=float(y2), stroke=colour)
-
-
-def _text(x: float, y: float, text: str, anchor: str, tooltip: str | None = None) -> Markup:
-    children = [tag("title", tooltip)] if tooltip and tooltip != text else []
-    return tag(
-        "text", *children, text, x=float(x), y=float(y), text_anchor=anchor, fill=MUTED_COLOUR
-    )
-
-
-def marker(mark: Mark, x: float, y: float, tooltip: str) -> Markup:
-    """A complete trial as a filled circle, a pruned one as a hollow triangle, a failed one
-    as a cross on the bottom edge; the tooltip names the trial."""
-    title = tag("title", tooltip)
-    if mark.state == "Complete":
-        return tag(
-            "circle",
-            title,
-            class_="point complete",
-            cx=x,
-            cy=y,
-            r=4.5,
-            fill=COMPLETE_COLOUR,
-            fill_opacity="0.85",
+def _mark_hovers(
+    placed: Sequence[tuple[Mark, Any]], metric: str, best: int | None, path: str = ""
+) -> dict[str, Hover]:
+    """Each mark's class and tooltip (with its value of `path`, on a slice), keyed by the
+    gid it is drawn with; and the best trial's ring."""
+    hovers = {
+        f"trial-{mark.number}": Hover(
+            f"point {mark.state.lower()}",
+            _tooltip(mark, metric, f" ({path}={value_text(raw)})" if path else ""),
         )
-    if mark.state == "Pruned":
-        path = f"M{x:.2f},{y - 5:.2f}L{x + 4.5:.2f},{y + 3.5:.2f}L{x - 4.5:.2f},{y + 3.5:.2f}Z"
-        return tag(
-            "path",
-            title,
-            class_="point pruned",
-            d=path,
-            fill="#fff",
-            stroke=PRUNED_COLOUR,
-            stroke_width="1.6",
-        )
-    down = f"M{x - 4:.2f},{y - 4:.2f}L{x + 4:.2f},{y + 4:.2f}"
-    up = f"M{x - 4:.2f},{y + 4:.2f}L{x + 4:.2f},{y - 4:.2f}"
-    path = down + up
-    return tag("path", title, class_="point failed", d=path, stroke=FAILED_COLOUR, stroke_width="2")
+        for mark, raw in placed
+    }
+    if best is not None:
+        hovers["best-mark"] = Hover("best-mark", f"trial {best}: the best")
+    return hovers
 
 
 def _tooltip(mark: Mark, metric: str, extra: str = "") -> str:
@@ -410,26 +282,32 @@ def _tooltip(mark: Mark, metric: str, extra: str = "") -> str:
     return f"trial {mark.number}{extra}: {shown}"
 
 
-def _y_of(frame: Frame, mark: Mark) -> float:
-    return BOTTOM if mark.value is None else frame.y(mark.value)
+def _draw_marks(ax: Axes, placed: Sequence[tuple[Mark, float]], best: int | None) -> None:
+    """A mark per trial at (x, its value), a failed one on the bottom edge, the best ringed;
+    the legend names each state once."""
+    named: set[str] = set()
+    for mark, x in placed:
+        on_edge = mark.value is None
+        at = ([x], [0.0 if mark.value is None else mark.value])
+        transform = ax.get_xaxis_transform() if on_edge else ax.transData
+        label = MARK_LEGEND[mark.state] if mark.state not in named else "_nolegend_"
+        named.add(mark.state)
+        style = MARK_STYLES[mark.state]
+        placing: dict[str, Any] = {
+            "linestyle": "none",
+            "transform": transform,
+            "clip_on": not on_edge,
+        }
+        ax.plot(*at, gid=f"trial-{mark.number}", label=label, **placing, **style)
+        if mark.number == best:
+            ax.plot(*at, gid="best-mark", label="best trial", **placing, **BEST_RING)
 
 
-def _best_ring(x: float, y: float) -> Markup:
-    return tag(
-        "circle",
-        class_="best-mark",
-        cx=x,
-        cy=y,
-        r=8.5,
-        fill="none",
-        stroke=BEST_COLOUR,
-        stroke_width="2",
-    )
-
-
-def _y_scale(values: Sequence[float]) -> Scale:
-    low, high = padded(values)
-    return Scale(low, high, BOTTOM, TOP)
+def _label_axes(ax: Axes, metric: str, x_label: str, title: str) -> None:
+    """The objective up the side, the title and x label, and the legend of the marks."""
+    number_ticks(ax.yaxis)
+    ax.set(title=title, xlabel=x_label, ylabel=chart_text(metric))
+    ax.figure.legend(loc="outside lower center", ncols=3, fontsize=7)  # off the marks
 
 
 def objective_chart(
@@ -437,62 +315,37 @@ def objective_chart(
 ) -> Markup | None:
     """The objective of every finished trial over trial number, and the best-so-far line."""
     marks = chart_marks(trials)
-    values = [m.value for m in marks if m.value is not None]
-    if not values:
+    if not any(m.value is not None for m in marks):
         return None
     last = max(t.number for t in trials)
-    frame = Frame(_y_scale(values), Scale(-0.5, last + 0.5, LEFT, RIGHT, whole=True))
-    assert frame.x is not None
-    body = axes(frame, "trial", metric)
     line = best_so_far(trials, maximize)
-    if line:
-        body.append(_best_so_far_line(frame, line, last))
-    for mark in marks:
-        x, y = frame.x(mark.number), _y_of(frame, mark)
-        body.append(marker(mark, x, y, _tooltip(mark, metric)))
-        if mark.number == best:
-            body.append(_best_ring(x, y))
+    placed = [(mark, float(mark.number)) for mark in marks]
+
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        if line:
+            xs = [number for number, _ in line] + [last]
+            ys = [value for _, value in line] + [line[-1][1]]
+            ax.plot(
+                xs,
+                ys,
+                drawstyle="steps-post",  # the best holds until a trial beats it
+                color=BEST_COLOUR,
+                linewidth=1.6,
+                gid="best-so-far",
+                label="best so far",
+            )
+        _draw_marks(ax, placed, best)
+        ax.set_xlim(-0.5, last + 0.5)
+        ax.xaxis.set_major_locator(FixedLocator(whole_ticks(-0.5, last + 0.5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda number, _: str(round(number))))
+        direction = "higher" if maximize else "lower"
+        _label_axes(ax, metric, "trial", f"Objective over trials ({direction} is better)")
+
+    hovers = _mark_hovers(placed, metric, best)
+    hovers["best-so-far"] = Hover("best-so-far", f"the best {metric} so far")
     title = f"{metric} of each trial, and the best so far"
-    return figure(
-        f"Objective over trials ({'higher' if maximize else 'lower'} is better)",
-        svg_chart("chart-objective", title, body),
-        legend(best_line=True),
-    )
-
-
-def _best_so_far_line(frame: Frame, line: list[tuple[int, float]], last: int) -> Markup:
-    """A step line: the best value holds until a trial beats it, out to the last trial."""
-    assert frame.x is not None
-    points: list[str] = []
-    for index, (number, value) in enumerate(line):
-        if index and value != line[index - 1][1]:
-            points.append(f"{frame.x(number):.2f},{frame.y(line[index - 1][1]):.2f}")
-        points.append(f"{frame.x(number):.2f},{frame.y(value):.2f}")
-    points.append(f"{frame.x(last):.2f},{frame.y(line[-1][1]):.2f}")
-    return tag(
-        "polyline",
-        class_="best-so-far",
-        points=" ".join(points),
-        fill="none",
-        stroke=BEST_COLOUR,
-        stroke_width="2",
-    )
-
-
-def legend(best_line: bool) -> Markup:
-    items = [
-        ("k-complete", "\u25cf", "complete"),
-        ("k-pruned", "\u25b3", "pruned (last reported value)"),
-        ("k-failed", "\u2715", "failed (no objective; on the bottom edge)"),
-        ("k-best", "\u25ef", "best trial"),
-    ]
-    if best_line:
-        items.append(("k-best", "\u2500", "best so far"))
-    return tag(
-        "ul",
-        *(tag("li", tag("span", symbol, class_=css), " ", text) for css, symbol, text in items),
-        class_="legend",
-    )
+    return chart("chart-objective", title, draw, CHART_SIZE, hovers)
 
 
 def slice_chart(
@@ -504,26 +357,28 @@ def slice_chart(
 ) -> Markup:
     """The objective against one parameter's value, one mark per finished trial."""
     placed = _placed(parameter, trials)
-    values = [m.value for m, _ in placed if m.value is not None]
-    y = _y_scale(values or [0.0])
-    categorical = parameter.type == "categorical"
-    frame = _slice_frame(parameter, [raw for _, raw in placed], y)
-    scale_note = " (log scale)" if parameter.log else ""
-    body = axes(frame, f"{parameter.path}{scale_note}", metric)
+    categories = _categories(parameter, [raw for _, raw in placed])
     seen: dict[str, int] = {}
-    for mark, raw in placed:
-        if categorical:
-            x = frame.category_x(frame.categories.index(raw)) + _spread(seen, raw)
+    at = [
+        (mark, categories.index(raw) + _spread(seen, raw) if categories else float(raw))
+        for mark, raw in placed
+    ]
+    scale_note = " (log scale)" if parameter.log else ""
+
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        _draw_marks(ax, at, best)
+        if categories:
+            ax.set_xticks(range(len(categories)), [chart_text(name) for name in categories])
+            ax.set_xlim(-0.5, len(categories) - 0.5)
         else:
-            assert frame.x is not None
-            x = frame.x(float(raw))
-        y_pixel = _y_of(frame, mark)
-        where = f" ({parameter.path}={value_text(raw)})"
-        body.append(marker(mark, x, y_pixel, _tooltip(mark, metric, where)))
-        if mark.number == best:
-            body.append(_best_ring(x, y_pixel))
+            _value_axis(ax, parameter, [raw for _, raw in placed])
+        x_label = f"{chart_text(parameter.path)}{scale_note}"
+        _label_axes(ax, metric, x_label, chart_text(parameter.path))
+
+    hovers = _mark_hovers(placed, metric, best, parameter.path)
     title = f"{metric} against {parameter.path}"
-    return figure(parameter.path, svg_chart(f"chart-slice-{index}", title, body))
+    return chart(f"chart-slice-{index}", title, draw, CHART_SIZE, hovers)
 
 
 def _placed(parameter: SearchParameter, trials: Sequence[TrialStatus]) -> list[tuple[Mark, Any]]:
@@ -536,59 +391,65 @@ def _placed(parameter: SearchParameter, trials: Sequence[TrialStatus]) -> list[t
             if raw is not None:
                 placed.append((mark, str(raw)))
             continue
-        number = _finite(raw)
+        number = finite_number(raw)
         if number is not None and (number > 0 or not parameter.log):
             placed.append((mark, number))
     return placed
 
 
-def _slice_frame(parameter: SearchParameter, raws: Sequence[Any], y: Scale) -> Frame:
-    if parameter.type == "categorical":
-        names = list(dict.fromkeys([*parameter.choices, *(str(raw) for raw in raws)]))
-        return Frame(y, categories=tuple(names))
+def _categories(parameter: SearchParameter, raws: Sequence[Any]) -> list[str]:
+    """A categorical parameter's choices, then any other value a trial had; [] for numbers."""
+    if parameter.type != "categorical":
+        return []
+    return list(dict.fromkeys([*parameter.choices, *(str(raw) for raw in raws)]))
+
+
+def _value_axis(ax: Axes, parameter: SearchParameter, raws: Sequence[float]) -> None:
+    """A numeric parameter's axis over its whole range, logarithmic for a log-scaled one."""
     bounds = [b for b in (parameter.min, parameter.max) if b is not None]
     domain = [float(v) for v in (*bounds, *parameter.values, *raws)]
     if parameter.log:
         domain = [v for v in domain if v > 0]
+        ax.set_xscale("log")
     low, high = padded(domain or [1.0], parameter.log)
-    return Frame(y, Scale(low, high, LEFT, RIGHT, parameter.log))
+    ax.set_xlim(low, high)
+    if parameter.log:
+        ax.xaxis.set_major_locator(FixedLocator(log_ticks(low, high)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    elif parameter.type == "int":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    number_ticks(ax.xaxis)
 
 
 def _spread(seen: dict[str, int], name: str) -> float:
-    """Offsets for trials sharing a category (0, +6, -6, +12, ...), so none hides another."""
+    """Offsets for trials sharing a category (0, +0.04, -0.04, +0.08, ... of the gap between
+    two categories), so none hides another."""
     count = seen.get(name, 0)
     seen[name] = count + 1
     side = 1 if count % 2 else -1
-    return side * 6.0 * ((count + 1) // 2 % 6)
+    return side * 0.04 * ((count + 1) // 2 % 6)
 
 
 def importance_chart(importance: Mapping[str, float]) -> Markup:
     """Horizontal bars, the most important parameter first."""
     ranked = sorted(importance.items(), key=lambda item: -item[1])
-    row, label_end, bar_start = 26, 236, 244
-    height = 16 + row * len(ranked)
-    longest = max(ranked[0][1], 1e-12)
-    span = RIGHT - 60 - bar_start
-    body: list[Markup] = []
-    for i, (path, value) in enumerate(ranked):
-        y = 8 + i * row
-        width = max(span * value / longest, 1.0)
-        body += [
-            _text(label_end, y + 14, clipped(path), anchor="end", tooltip=path),
-            tag(
-                "rect",
-                tag("title", f"{path}: {fmt_number(value)}"),
-                class_="bar",
-                x=float(bar_start),
-                y=float(y + 3),
-                width=float(width),
-                height=16.0,
-                fill=COMPLETE_COLOUR,
-                rx="2",
-            ),
-            _text(bar_start + width + 6, y + 15, fmt_number(value), anchor="start"),
-        ]
-    return svg_chart("chart-importance", "Parameter importance (fANOVA)", body, height)
+
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        bars = horizontal_bars(ax, [path for path, _ in ranked], [v for _, v in ranked])
+        for number, bar in enumerate(bars):
+            bar.set_gid(f"bar-{number}")
+            bar.set_color(COMPLETE_COLOUR)
+        ax.bar_label(bars, [fmt_number(value) for _, value in ranked], padding=3)
+        number_ticks(ax.xaxis)
+        ax.set(title="Parameter importance (fANOVA)", xlabel="share of the objective's variance")
+
+    hovers = {
+        f"bar-{number}": Hover("bar", f"{path}: {fmt_number(value)}")
+        for number, (path, value) in enumerate(ranked)
+    }
+    height = min(1.2 + 0.3 * len(ranked), 12)
+    return chart("chart-importance", "Parameter importance (fANOVA)", draw, (6.4, height), hovers)
 
 
 # --- the page -----------------------------------------------------------------------------
@@ -638,15 +499,8 @@ def write_search_html(
     trials: Sequence[TrialLike],
     notes: Mapping[str, str] | None = None,
 ) -> Path:
-    """Render the page into `path` atomically."""
-    return write_page(path, render_search_html(job, spec, trials, notes))
-
-
-def write_page(path: Path, page: str) -> Path:
-    """Write through a temporary file and a rename: a reader never sees half a page."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(page, encoding="utf-8")
-    partial.replace(path)
+    """Render the page into `path` atomically: a reader never sees half a page."""
+    write_text_atomically(path, render_search_html(job, spec, trials, notes))
     return path
 
 
@@ -738,7 +592,7 @@ def _default_note(trial: TrialStatus) -> str:
 
 def _cell(value: object) -> Markup:
     """A trial's value or objective in a table cell, as value_text shows it everywhere."""
-    if _finite(value) is not None:
+    if finite_number(value) is not None:
         return tag("td", value_text(value), class_="num")
     return tag("td", value_text(value))
 
@@ -752,7 +606,7 @@ def _slices(
     if not any(m.value is not None for m in chart_marks(records)):
         return _note("The slice plots appear once a trial reports an objective.")
     charts = [slice_chart(i, p, records, metric, best) for i, p in enumerate(parameters)]
-    return join([tag("div", *charts, class_="charts"), legend(best_line=False)])
+    return tag("div", *charts, class_="charts")
 
 
 def _importance(importance: Mapping[str, float] | None, note: str) -> Markup:
@@ -764,7 +618,7 @@ def _importance(importance: Mapping[str, float] | None, note: str) -> Markup:
         "that each parameter explains (the shares add up to 1).",
         class_="sub",
     )
-    return join([explanation, tag("figure", importance_chart(importance))])
+    return join([explanation, importance_chart(importance)])
 
 
 def _note(text: str) -> Markup:

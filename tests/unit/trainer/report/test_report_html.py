@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
+from kubetune_trainer.report import charts
 from kubetune_trainer.report import html as render
 from kubetune_trainer.report import summary as report_module
 from kubetune_trainer.report.html import fmt_number, fmt_seconds, render_html
@@ -543,8 +544,8 @@ def drawn(monkeypatch: pytest.MonkeyPatch, make_chart: Callable[[], object]) -> 
     figures: list[Figure] = []
     inline = render.chart
 
-    def keep(chart_id: str, title: str, draw: render.Draw, size: tuple[float, float]) -> Any:
-        with matplotlib.rc_context(render.CHART_STYLE):
+    def keep(chart_id: str, title: str, draw: charts.Draw, size: tuple[float, float]) -> Any:
+        with matplotlib.rc_context(charts.CHART_STYLE):
             figure = Figure(figsize=size, layout="constrained")
             draw(figure)
         figures.append(figure)

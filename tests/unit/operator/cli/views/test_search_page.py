@@ -90,28 +90,52 @@ def chart(tree: ET.Element, chart_id: str) -> ET.Element:
 
 
 def points(svg: ET.Element, state: str) -> list[ET.Element]:
-    return [e for e in svg.iter() if e.get("class") == f"point {state}"]
+    """The marks of the trials in a state (each a group titled with its trial)."""
+    return [g for g in svg.iter("g") if g.get("class") == f"point {state}"]
 
 
-def centre(point: ET.Element) -> tuple[float, float]:
-    """A marker's centre: the circle's, the triangle's (apex 5 above), the cross's."""
-    if point.tag == "circle":
-        return float(point.get("cx", "nan")), float(point.get("cy", "nan"))
-    x, y = (float(v) for v in re.findall(r"-?[\d.]+", point.get("d", ""))[:2])
-    if "pruned" in point.get("class", ""):
-        return x, y + 5
-    return x + 4, y + 4
+def centre(mark: ET.Element) -> tuple[float, float]:
+    """Where matplotlib placed a mark's symbol (a <use> of its marker path)."""
+    use = mark.find(".//use")
+    assert use is not None
+    return float(use.get("x", "nan")), float(use.get("y", "nan"))
+
+
+def plot_bottom(svg: ET.Element) -> float:
+    """The bottom edge of the plotting area: its clip rectangle's."""
+    rect = svg.find(".//clipPath/rect")
+    assert rect is not None
+    return float(rect.get("y", "nan")) + float(rect.get("height", "nan"))
+
+
+def texts(svg: ET.Element, anchor: str) -> list[ET.Element]:
+    """The chart's unrotated text of an anchor (middle: titles and x ticks; end: y ticks)."""
+    return [
+        t
+        for t in svg.iter("text")
+        if f"text-anchor: {anchor}" in t.get("style", "")
+        and t.get("transform", "").startswith("rotate(-0 ")
+    ]
 
 
 def x_ticks(svg: ET.Element) -> list[tuple[str, float]]:
-    """The x tick labels and where they are, left to right (below the plot)."""
-    below = [t for t in svg.iter("text") if float(t.get("y", 0)) == search_page.BOTTOM + 16]
-    return sorted(((t.text or "", float(t.get("x", 0))) for t in below), key=lambda t: t[1])
+    """The x tick labels and where they are, left to right: the centred texts between the
+    title (the highest) and the axis label (the lowest)."""
+    centred = sorted(texts(svg, "middle"), key=lambda t: float(t.get("y", 0)))[1:-1]
+    return sorted(((t.text or "", float(t.get("x", 0))) for t in centred), key=lambda t: t[1])
 
 
 def tick_labels(svg: ET.Element) -> list[str]:
     """The x tick labels, left to right (below the plot)."""
     return [label for label, _ in x_ticks(svg)]
+
+
+def path_points(element: ET.Element) -> list[tuple[float, float]]:
+    """The vertices of the first <path> in a group, as (x, y)."""
+    path = element.find(".//path")
+    assert path is not None
+    numbers = [float(n) for n in re.findall(r"-?[\d.]+", path.get("d", ""))]
+    return list(zip(numbers[::2], numbers[1::2], strict=True))
 
 
 def rows(tree: ET.Element) -> list[tuple[str, list[str]]]:
@@ -122,9 +146,9 @@ def rows(tree: ET.Element) -> list[tuple[str, list[str]]]:
 
 
 def best_so_far_ys(svg: ET.Element) -> list[float]:
-    line = svg.find(".//polyline[@class='best-so-far']")
+    line = svg.find(".//g[@class='best-so-far']")
     assert line is not None
-    return [float(p.split(",")[1]) for p in (line.get("points") or "").split()]
+    return [y for _, y in path_points(line)]
 
 
 # --- the tests ----------------------------------------------------------------------------
@@ -161,12 +185,11 @@ def test_minimize_objective_chart_draws_each_finished_trial_and_the_best_so_far(
     y = {value: centre(p)[1] for p, value in zip(complete, (0.5, 0.4, 0.45), strict=True)}
     assert y[0.4] > y[0.45] > y[0.5]  # lower loss lower on the chart
     assert centre(pruned[0])[1] < y[0.5]  # drawn at its last value, 0.8
-    assert centre(failed[0])[1] == search_page.BOTTOM
-    ring = svg.find(".//circle[@class='best-mark']")
+    assert centre(failed[0])[1] == pytest.approx(plot_bottom(svg))
+    assert centre(failed[0])[1] > max(centre(p)[1] for p in complete + pruned)
+    ring = svg.find(".//g[@class='best-mark']")
     assert ring is not None
-    assert (float(ring.get("cx", 0)), float(ring.get("cy", 0))) == pytest.approx(
-        centre(complete[1])
-    )
+    assert centre(ring) == pytest.approx(centre(complete[1]))
     line = best_so_far_ys(svg)
     assert line == sorted(line)  # minimizing: the best so far only goes down the chart
     assert line[0] == pytest.approx(y[0.5])
@@ -240,9 +263,10 @@ def test_maximize_with_an_int_and_a_categorical_parameter(sentiment: dict[str, A
 
     scheduler = chart(tree, "chart-slice-1")
     assert tick_labels(scheduler) == ["linear", "cosine", "constant"]
-    band = (search_page.RIGHT - search_page.LEFT) / 3
+    category_xs = [x for _, x in x_ticks(scheduler)]
     columns = [
-        int((centre(p)[0] - search_page.LEFT) // band) for p in points(scheduler, "complete")
+        min(range(3), key=lambda i: abs(category_xs[i] - centre(p)[0]))
+        for p in points(scheduler, "complete")
     ]
     assert columns == [0, 1, 1, 2, 1]
     cosine_xs = [
@@ -295,9 +319,10 @@ def test_importance_bars_follow_optunas_fanova_ranking(sentiment: dict[str, Any]
     assert expected[0] == "training.learningRate"
 
     svg = chart(main_tree(search_page.render_search_html("job", spec, trials)), "chart-importance")
-    labels = [t.text for t in svg.iter("text") if t.get("text-anchor") == "end"]
+    labels = [t.text for t in texts(svg, "end")]
     assert labels == expected
-    widths = [float(bar.get("width", 0)) for bar in svg.iter("rect")]
+    bars = [g for g in svg.iter("g") if g.get("class") == "bar"]
+    widths = [max(xs) - min(xs) for xs in ([x for x, _ in path_points(bar)] for bar in bars)]
     assert widths == sorted(widths, reverse=True)
     assert len(widths) == 3
     importance, note = search_page.parameter_importance(spec, trials)
@@ -337,7 +362,7 @@ def test_a_complete_trial_without_an_objective_is_drawn_as_failed(
     trials = [*MINIMIZE_TRIALS[:2], trial(2, "Complete", {"training.learningRate": 2e-3})]
     svg = chart(main_tree(search_page.render_search_html("job", spec, trials)), "chart-objective")
     assert (len(points(svg, "complete")), len(points(svg, "failed"))) == (2, 1)
-    assert centre(points(svg, "failed")[0])[1] == search_page.BOTTOM
+    assert centre(points(svg, "failed")[0])[1] == pytest.approx(plot_bottom(svg))
 
 
 def test_two_complete_trials_are_too_few_for_importance(sentiment: dict[str, Any]) -> None:
@@ -365,7 +390,9 @@ def test_hostile_strings_stay_text(sentiment: dict[str, Any]) -> None:
     assert {"script", "img", "iframe", "object", "embed", "b"}.isdisjoint(names)
     assert names.count("svg") == 2  # the objective chart and the one slice plot
     assert not [(n, key) for n, attrs in parsed.tags for key in attrs if key.startswith("on")]
-    assert all(a["href"].startswith("#") for n, a in parsed.tags if "href" in a)
+    links = [value for _, a in parsed.tags for key, value in a.items() if key.endswith("href")]
+    assert links
+    assert all(link.startswith("#") for link in links)
     assert not [a for n, a in parsed.tags if "src" in a]
     text = "".join(parsed.text)
     assert text.count(SCRIPT) == 2  # <title> and <h1>
@@ -421,13 +448,28 @@ def test_the_trial_axis_ticks_whole_trial_numbers_only(
     assert [x for _, x in ticks] == pytest.approx([drawn[n] for n in numbers])
 
 
+@pytest.mark.parametrize("objectives", [(0.0, 1.0), (-0.5, 5.5), (-0.5, 3.5), (0.413, 0.437)])
+def test_the_objective_axis_ticks_round_numbers(
+    sentiment: dict[str, Any], objectives: tuple[float, float]
+) -> None:
+    spec = spec_of(sentiment, parameters=[LEARNING_RATE], objective={"metric": "loss"})
+    trials = [
+        trial(n, "Complete", {"training.learningRate": 1e-4}, objective=value)
+        for n, value in enumerate(objectives)
+    ]
+    svg = chart(main_tree(search_page.render_search_html("job", spec, trials)), "chart-objective")
+    ticks = [float(t.text or "nan") for t in texts(svg, "end")]  # the y axis's labels
+    assert len(ticks) >= 3
+    step = ticks[1] - ticks[0]
+    assert [b - a for a, b in itertools.pairwise(ticks)] == pytest.approx([step] * (len(ticks) - 1))
+    mantissa = step / 10 ** math.floor(math.log10(step))
+    assert any(mantissa == pytest.approx(m) for m in (1, 2, 2.5, 5))
+    assert [tick / step for tick in ticks] == pytest.approx([round(t / step) for t in ticks])
+    assert ticks[0] - step < min(objectives)
+    assert max(objectives) < ticks[-1] + step
+
+
 def test_ticks_are_round_numbers() -> None:
-    assert search_page.linear_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert search_page.linear_ticks(-0.5, 5.5) == [0, 2, 4]
-    assert search_page.linear_ticks(-0.5, 3.5) == [0, 1, 2, 3]
-    assert search_page.linear_ticks(0.413, 0.437) == pytest.approx(
-        [0.415, 0.42, 0.425, 0.43, 0.435]
-    )
     assert search_page.log_ticks(1e-5, 2e-2) == [1e-5, 1e-4, 1e-3, 1e-2]
     assert search_page.log_ticks(1.5e-4, 9e-4) == pytest.approx([2e-4, 5e-4])
     assert search_page.log_ticks(2.1e-4, 2.3e-4) == [2.1e-4, 2.3e-4]
