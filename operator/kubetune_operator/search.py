@@ -344,7 +344,7 @@ def _search(spec: FineTuneJobSpec) -> SearchSpec:
 
 def _records(trials: Sequence[TrialLike]) -> list[TrialStatus]:
     records = sorted(
-        (t if isinstance(t, TrialStatus) else _validated_trial(t) for t in trials),
+        (t if isinstance(t, TrialStatus) else validated_trial(t) for t in trials),
         key=lambda t: t.number,
     )
     numbers = [r.number for r in records]
@@ -355,7 +355,8 @@ def _records(trials: Sequence[TrialLike]) -> list[TrialStatus]:
     return records
 
 
-def _validated_trial(raw: Mapping[str, Any]) -> TrialStatus:
+def validated_trial(raw: Mapping[str, Any]) -> TrialStatus:
+    """A recorded trial as the model reads it, or a SearchError naming the field."""
     try:
         return TrialStatus.model_validate(dict(raw))
     except ValidationError as error:

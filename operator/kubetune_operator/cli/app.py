@@ -32,7 +32,7 @@ from kubetune_operator import runtimes
 from kubetune_operator.api import crdgen
 from kubetune_operator.api.manifests import Checked, ManifestError, check_document, check_file
 from kubetune_operator.api.runtime import AnyRuntime
-from kubetune_operator.api.v1alpha1 import DNS_LABEL_PATTERN, FineTuneJob
+from kubetune_operator.api.v1alpha1 import DNS_LABEL_PATTERN, TERMINAL_PHASES, FineTuneJob
 from kubetune_operator.cli import explain
 from kubetune_operator.cli.local import paths, runs
 from kubetune_operator.cli.views import run_summary, terminal
@@ -717,7 +717,7 @@ def _watch(
                     out.rule(datetime.now().strftime("%H:%M:%S"), style="dim")
                 _show(job, events, as_json=as_json, compact=True)
                 shown = (job.get("status"), events)
-            if job_status.phase(job) in job_status.FINISHED:
+            if job_status.phase(job) in TERMINAL_PHASES:
                 return job_status.phase(job)
             time.sleep(interval)
 

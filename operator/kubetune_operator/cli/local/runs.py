@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune_operator.api.v1alpha1 import FineTuneJob, duration_seconds
 from kubetune_trainer.config import EXIT_INVALID_INPUT, EXIT_STALLED, TrainingConfig
+from kubetune_trainer.report.files import REPORT_HTML, REPORT_JSON
 
 if TYPE_CHECKING:  # the watchdog loads with the trainer, when a run starts
     from kubetune_trainer.watchdog import Stall
 
-REPORT_FILE = "report.json"
 CONFIG_FILE = "config.json"
 
 
@@ -90,7 +90,7 @@ def _default_output(config: TrainingConfig, job: FineTuneJob) -> Path:
 
 RUN_ENTRIES = frozenset(
     {
-        *(REPORT_FILE, "report.html", CONFIG_FILE, "metrics.jsonl", "cost.json"),
+        *(REPORT_JSON, REPORT_HTML, CONFIG_FILE, "metrics.jsonl", "cost.json"),
         *("checkpoints", "cache", "model", "search.json", "search.html", "trainer.log"),
         *("heartbeat.json", ".kubetune-test-hang"),
     }
@@ -109,7 +109,7 @@ def prepare_output(run: LocalRun, overwrite: bool) -> None:
     directory = run.output_dir
     if directory.exists() and not directory.is_dir():
         raise LocalRunError(f"output directory {directory}: is a file, not a directory")
-    finished = directory / REPORT_FILE
+    finished = directory / REPORT_JSON
     if finished.exists() and not overwrite and _stopped_with_a_checkpoint(finished):
         finished.unlink()  # the run continues from its checkpoint and writes its own report
     if finished.exists() and not overwrite:
@@ -231,7 +231,7 @@ def run_with_accelerate(run: LocalRun, processes: int) -> dict[str, Any]:
         raise LocalRunError("the trainer refused its input (its message is above)")
     if code == EXIT_STALLED:
         raise _stalled(run)
-    if not (run.output_dir / REPORT_FILE).exists():
+    if not (run.output_dir / REPORT_JSON).exists():
         raise LocalRunError(f"the trainer exited with code {code} before writing a report")
     return read_report(run)
 
@@ -298,7 +298,7 @@ def free_port() -> int:
 
 def read_report(run: LocalRun) -> dict[str, Any]:
     """The run's report.json; LocalRunError when the run wrote none."""
-    path = run.output_dir / REPORT_FILE
+    path = run.output_dir / REPORT_JSON
     if not path.exists():
         raise LocalRunError(f"the run finished without a report at {path}")
     report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))

@@ -32,7 +32,6 @@ from pydantic import ValidationError
 
 from kubetune_operator.api.v1alpha1 import FineTuneJob, FineTuneJobSpec, TrialStatus
 from kubetune_operator.cli.local.runs import (
-    REPORT_FILE,
     LocalRun,
     LocalRunError,
     read_report,
@@ -61,7 +60,7 @@ from kubetune_operator.search import (
 )
 from kubetune_trainer.config import EXIT_INVALID_INPUT
 from kubetune_trainer.formatting import params_text, value_text
-from kubetune_trainer.report.files import write_text_atomically
+from kubetune_trainer.report.files import REPORT_JSON, write_text_atomically
 
 SEARCH_FILE: Final = "search.json"
 MODEL_DIR: Final = "model"
@@ -124,7 +123,7 @@ def run_search(plan: SearchPlan, notify: Notify) -> dict[str, Any]:
         report = _search_report(plan, book)
     except SearchError as error:
         raise LocalRunError(str(error)) from None
-    _write_json(plan.output_dir / REPORT_FILE, report)
+    _write_json(plan.output_dir / REPORT_JSON, report)
     return report
 
 
@@ -329,7 +328,7 @@ def _run_trial(plan: SearchPlan, trial: TrialStatus, train: Train) -> TrialResul
         run = trial_run(plan, trial.number, trial.params)
     except (SearchError, ValidationError) as error:
         return TrialResult("Failed", message=first_line(error))
-    if (run.output_dir / REPORT_FILE).exists():
+    if (run.output_dir / REPORT_JSON).exists():
         return trial_result(plan.job.spec, read_report(run))
     run.output_dir.mkdir(parents=True, exist_ok=True)
     problem = train(run)
@@ -357,7 +356,7 @@ def _in_subprocess(run: LocalRun, processes: int, threads: int) -> str | None:
             stderr=subprocess.STDOUT,
             check=False,
         )
-    if (run.output_dir / REPORT_FILE).exists():
+    if (run.output_dir / REPORT_JSON).exists():
         return None
     if completed.returncode == EXIT_INVALID_INPUT:
         return _trainer_message(log)
@@ -392,7 +391,7 @@ def _search_report(plan: SearchPlan, book: TrialBook) -> dict[str, Any]:
     best = best_trial(spec, book.trials)
     metric, direction = objective_metric(spec)
     importance, importance_note = parameter_importance(spec, book.trials)
-    best_report = plan.output_dir / f"trial-{best.number}" / REPORT_FILE if best else None
+    best_report = plan.output_dir / f"trial-{best.number}" / REPORT_JSON if best else None
     best_metrics = _read_json(best_report).get("bestMetrics", {}) if best_report else {}
     return {
         "job": plan.job.metadata.name,

@@ -37,8 +37,6 @@ from kubetune_operator.cli.views.terminal import (
 from kubetune_operator.search import SearchError
 from kubetune_trainer.formatting import MISSING, value_text
 
-FINISHED: Final = ("Succeeded", "Failed")
-"""Phases after which nothing changes any more."""
 RECENT_EVENTS: Final = 5
 PHASE_STYLE: Final = {
     "Pending": "yellow",

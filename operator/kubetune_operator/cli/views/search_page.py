@@ -41,6 +41,7 @@ from kubetune_operator.search import (
     search_outcome,
     study_from_trials,
     total_trials,
+    validated_trial,
 )
 from kubetune_trainer.formatting import finite_number, fmt_number, value_text
 from kubetune_trainer.report.charts import (
@@ -158,15 +159,8 @@ class Mark:
 
 
 def _trials(trials: Sequence[TrialLike]) -> list[TrialStatus]:
-    records = [t if isinstance(t, TrialStatus) else _validated(t) for t in trials]
+    records = [t if isinstance(t, TrialStatus) else validated_trial(t) for t in trials]
     return sorted(records, key=lambda t: t.number)
-
-
-def _validated(raw: Mapping[str, Any]) -> TrialStatus:
-    try:
-        return TrialStatus.model_validate(dict(raw))
-    except ValueError as error:
-        raise SearchError(f"status.trials: {first_line(error)}") from None
 
 
 def _step_key(step: str) -> float:
