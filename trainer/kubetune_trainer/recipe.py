@@ -61,7 +61,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
-from kubetune_trainer import freezing
+from kubetune_trainer import freezing, schedules
 from kubetune_trainer.checkpoints import (
     CHECKPOINTS,
     checkpoint_name,
@@ -135,7 +135,6 @@ from kubetune_trainer.report.progress import (
 )
 from kubetune_trainer.report.summary import REPORT_HTML, REPORT_JSON, build_report, write_reports
 from kubetune_trainer.schedules import (
-    RangeTestResult,
     build_optimizer,
     build_scheduler,
     run_range_test,
@@ -467,7 +466,7 @@ class Recipe:
         self.steps_per_epoch = self._steps_per_epoch(len(self.train_rows))
         self.plan = freezing.build_plan(model, self.config.freezing, self.steps_per_epoch)
         freezing.freeze_permanently(model, self.plan)
-        groups = freezing.optimizer_groups(
+        groups = schedules.optimizer_groups(
             model,
             self.plan,
             self.config.training.learning_rate,
@@ -637,7 +636,7 @@ class Recipe:
         self.optimizer.load_state_dict(optimizer_state)
         self.state.range_test = result.to_report()
         if finder.apply:
-            self._set_base_learning_rate(result)
+            schedules.set_base_rate(self.optimizer, result.suggestion)
 
     def _endless_batches(self) -> Any:
         epoch = 0
@@ -647,18 +646,13 @@ class Recipe:
             epoch += 1
 
     def _range_test_step(self, rate: float, batch: dict[str, torch.Tensor]) -> float:
-        for group in self.optimizer.param_groups:
-            group["lr"] = rate * group["scale"]
+        schedules.set_base_rate(self.optimizer, rate)
         loss = self._loss(batch)[0]
         self.accelerator.backward(loss)
         self.optimizer.step()
         self.optimizer.zero_grad()
         self._beat("Training")
         return float(self.accelerator.reduce(loss.detach(), "mean").item())
-
-    def _set_base_learning_rate(self, result: RangeTestResult) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = result.suggestion * group["scale"]
 
     # --- training ----------------------------------------------------------------------------
 
@@ -984,11 +978,7 @@ class Recipe:
 
     def _group_learning_rates(self, trainable: list[str]) -> dict[str, float]:
         """Each trainable group's peak rate (the schedule scales them all alike)."""
-        rates = {
-            layer: float(g.get("initial_lr", g["lr"]))
-            for g in self.optimizer.param_groups
-            for layer in g["layers"]
-        }
+        rates = schedules.peak_rates(self.optimizer)
         return {group: rates[group] for group in trainable if group in rates}
 
     # --- evaluation and checkpoints -------------------------------------------------------

@@ -2,6 +2,9 @@
 
 Every schedule is a multiplier on each parameter group's own rate, so discriminative
 learning rates (lower for lower layers) survive warmup and decay unchanged in ratio.
+A group's rate is the base rate times its discriminative factor (freezing.py's
+`learning_rate_scale`, kept in the group as "scale"), computed only by `group_rate`:
+when the optimizer is built, and when the range test tries or applies a base rate.
 """
 
 from __future__ import annotations
@@ -12,18 +15,73 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 from transformers.optimization import Adafactor
 
 from kubetune_trainer.config import LearningRateFinderSpec, TrainingSpec
+from kubetune_trainer.freezing import HEAD, FreezingPlan
 
 ONE_CYCLE_RATIO = 32.0
 """Slanted triangular rates end at peak / 32 (Howard and Ruder, 2018)."""
 RANGE_TEST_SMOOTHING = 0.98
 RANGE_TEST_BLOWUP = 4.0
 """The range test stops once the smoothed loss exceeds this multiple of its best value."""
+NO_DECAY_MARKERS = ("bias", "norm", "LayerNorm", "layer_norm", "ln_")
+
+
+def group_rate(base_lr: float, scale: float) -> float:
+    """A parameter group's learning rate: the base rate times its discriminative factor."""
+    return base_lr * scale
+
+
+def optimizer_groups(
+    model: nn.Module, plan: FreezingPlan, base_lr: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Parameter groups with discriminative learning rates and no decay on biases and norms.
+
+    Layer groups that share a rate share an optimizer group ("layers" names them; "scale"
+    is their discriminative factor): each optimizer group is one fused kernel launch.
+    """
+    group_of = {n: g for g, names in plan.groups.named().items() for n in names}
+    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    layers: dict[tuple[float, bool], list[str]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        decays = parameter.ndim >= 2 and not any(m in name for m in NO_DECAY_MARKERS)
+        group = group_of.get(name, HEAD)
+        key = (plan.learning_rate_scale(group), decays)
+        buckets.setdefault(key, []).append(parameter)
+        if group not in layers.setdefault(key, []):
+            layers[key].append(group)
+    return [
+        {
+            "params": params,
+            "lr": group_rate(base_lr, scale),
+            "weight_decay": weight_decay if decays else 0.0,
+            "layers": layers[(scale, decays)],
+            "scale": scale,
+        }
+        for (scale, decays), params in buckets.items()
+    ]
+
+
+def set_base_rate(optimizer: Optimizer, base_lr: float) -> None:
+    """Give every group the rate of `base_lr` (the range test's trials and its suggestion)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group_rate(base_lr, group["scale"])
+
+
+def peak_rates(optimizer: Optimizer) -> dict[str, float]:
+    """Each layer group's rate before the schedule scales it (its peak), by layer group."""
+    return {
+        layer: float(group.get("initial_lr", group["lr"]))
+        for group in optimizer.param_groups
+        for layer in group["layers"]
+    }
 
 
 def build_optimizer(spec: TrainingSpec, groups: list[dict[str, Any]]) -> Optimizer:
