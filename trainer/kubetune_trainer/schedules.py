@@ -9,12 +9,14 @@ when the optimizer is built, and when the range test tries or applies a base rat
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -67,6 +69,14 @@ def optimizer_groups(
         }
         for (scale, decays), params in buckets.items()
     ]
+
+
+def decaying_parameters(
+    model: nn.Module, groups: list[dict[str, Any]]
+) -> list[tuple[str, nn.Parameter]]:
+    """The named parameters of the groups with weight decay (biases and norms have none)."""
+    decaying = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    return [(name, p) for name, p in model.named_parameters() if id(p) in decaying]
 
 
 def set_base_rate(optimizer: Optimizer, base_lr: float) -> None:
@@ -135,6 +145,15 @@ def build_scheduler(optimizer: Optimizer, spec: TrainingSpec, total_steps: int) 
     return scheduler
 
 
+def build_process_scheduler(
+    optimizer: Optimizer, spec: TrainingSpec, total_steps: int, processes: int
+) -> LambdaLR:
+    """The schedule for accelerate to prepare: a prepared scheduler steps once per process
+    for each optimizer step, so its warmup and its length count `processes` times over."""
+    scaled = spec.model_copy(update={"warmup_steps": warmup_steps(spec, total_steps) * processes})
+    return build_scheduler(optimizer, scaled, total_steps * processes)
+
+
 def slanted_triangular(peak_step: int, total_steps: int) -> Callable[[int], float]:
     """ULMFiT's one-cycle schedule: a short linear climb, then a long linear descent."""
     peak = max(peak_step, 1)
@@ -189,6 +208,35 @@ def run_range_test(
         if value > RANGE_TEST_BLOWUP * min(smoothed):
             break
     return RangeTestResult(rates, smoothed, steepest_descent(rates, smoothed, spec.start_lr))
+
+
+def find_learning_rate(
+    spec: LearningRateFinderSpec,
+    accelerator: Accelerator,
+    model: nn.Module,
+    optimizer: Optimizer,
+    loss_of: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    batches: Iterator[dict[str, torch.Tensor]],
+    after_step: Callable[[], None],
+) -> RangeTestResult:
+    """The range test on a prepared model and optimizer, each step at a base rate on the
+    next of `batches`; the model's weights and the optimizer's state are restored after."""
+    model_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
+    optimizer_state = copy.deepcopy(optimizer.state_dict())
+
+    def train_step(rate: float) -> float:
+        set_base_rate(optimizer, rate)
+        loss = loss_of(next(batches))
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        after_step()
+        return float(accelerator.reduce(loss.detach(), "mean").item())
+
+    result = run_range_test(spec, train_step)
+    accelerator.unwrap_model(model).load_state_dict(model_state)
+    optimizer.load_state_dict(optimizer_state)
+    return result
 
 
 def steepest_descent(rates: Sequence[float], losses: Sequence[float], fallback: float) -> float:

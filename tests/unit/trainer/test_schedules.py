@@ -7,13 +7,17 @@ from typing import Any
 
 import pytest
 import torch
+from accelerate import Accelerator
 
 from kubetune_trainer.config import LearningRateFinderSpec, TrainingSpec
 from kubetune_trainer.freezing import build_plan
 from kubetune_trainer.schedules import (
     ONE_CYCLE_RATIO,
     build_optimizer,
+    build_process_scheduler,
     build_scheduler,
+    decaying_parameters,
+    find_learning_rate,
     group_rate,
     optimizer_groups,
     peak_rates,
@@ -179,3 +183,67 @@ def test_peak_rates_are_the_rates_before_the_schedule_scales_them() -> None:
     assert peak_rates(optimizer)["head"] == pytest.approx(1e-3)
     assert peak_rates(optimizer)["embeddings"] == pytest.approx(1.25e-4)
     assert scheduler.get_last_lr()[0] == 0.0
+
+
+def test_a_prepared_scheduler_counts_each_step_once_per_process() -> None:
+    spec = TrainingSpec.model_validate(
+        {"learningRate": 1.0, "warmupSteps": 10, "scheduler": "linear"}, by_name=False
+    )
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    group = {"params": [parameter], "lr": 1.0, "layers": ["head"], "scale": 1.0}
+    optimizer = build_optimizer(spec, [group])
+    scheduler = build_process_scheduler(optimizer, spec, 100, processes=2)
+    seen = []
+    for _ in range(200):
+        seen.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert seen[10] == pytest.approx(0.5)  # half way through a warmup of 2 x 10
+    assert seen[20] == pytest.approx(1.0)
+    assert seen[110] == pytest.approx(0.5)  # half way down the 2 x 90 that follow
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.0)
+
+
+def test_the_range_test_leaves_the_model_and_optimizer_as_they_were() -> None:
+    accelerator = Accelerator(cpu=True)
+    model = bert(layers=2)
+    plan = build_plan(model, spec(layerwiseLrDecay=0.5), 10)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, plan, base_lr=1e-3, weight_decay=0.0))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    finder = LearningRateFinderSpec.model_validate(
+        {"startLr": 1e-5, "endLr": 1.0, "steps": 12}, by_name=False
+    )
+    torch.manual_seed(0)
+    batch = {"input_ids": torch.randint(5, 50, (4, 8)), "labels": torch.tensor([0, 1, 0, 1])}
+    steps: list[int] = []
+
+    result = find_learning_rate(
+        finder,
+        accelerator,
+        model,
+        optimizer,
+        lambda b: model(**b).loss,
+        iter(lambda: dict(batch), None),
+        lambda: steps.append(1),
+    )
+
+    assert len(steps) >= len(result.learning_rates) >= 2
+    assert result.learning_rates[0] == pytest.approx(1e-5)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert optimizer.state_dict()["state"] == {}
+    rates = peak_rates(optimizer)  # the trials' rates are undone too
+    assert rates == pytest.approx(
+        {"head": 1e-3, "block 1": 5e-4, "block 0": 2.5e-4, "embeddings": 1.25e-4}
+    )
+
+
+def test_the_decaying_parameters_are_the_weights_not_the_biases_or_norms() -> None:
+    model = bert(layers=2)
+    plan = build_plan(model, spec(), 10)
+    groups = optimizer_groups(model, plan, base_lr=1e-3, weight_decay=0.01)
+    names = [name for name, _ in decaying_parameters(model, groups)]
+    assert "classifier.weight" in names
+    assert "bert.encoder.layer.0.attention.self.query.weight" in names
+    assert not any(n.endswith("bias") or "LayerNorm" in n for n in names)
+    assert decaying_parameters(model, optimizer_groups(model, plan, 1e-3, 0.0)) == []
