@@ -11,7 +11,7 @@ directory).
 Two records carry the count across starts, both totals of the run so far (every attempt
 until then), never the hours of one attempt:
 
-- every checkpoint holds the GPU-hours at its save (recipe.TrainingState.gpu_hours);
+- every checkpoint holds the GPU-hours at its save (training_state.TrainingState.gpu_hours);
 - rank 0 keeps `<output>/cost.json` (`Ledger`), replaced atomically at the start, at every
   logged step, at every checkpoint and at the end, with the GPU-hours then and the number
   of starts.

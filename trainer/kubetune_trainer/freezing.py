@@ -1,4 +1,4 @@
-"""Which parameters train when, and at what learning rate.
+"""Which parameters train when, and each layer group's learning-rate factor.
 
 Fine-tuning a pre-trained network goes wrong when the randomly initialised head sends
 large gradients into layers that already know the language: the lower layers forget
@@ -33,7 +33,6 @@ from kubetune_trainer.config import FreezingSpec
 
 HEAD = "head"
 EMBEDDINGS = "embeddings"
-NO_DECAY_MARKERS = ("bias", "norm", "LayerNorm", "layer_norm", "ln_")
 SHOWN_NAMES = 3
 """A pattern that matches nothing is shown beside this many of the model's parameter names."""
 
@@ -269,35 +268,3 @@ def drop_frozen_gradients(model: nn.Module, trainable: frozenset[str]) -> None:
     for name, parameter in model.named_parameters():
         if parameter.grad is not None and name not in trainable:
             parameter.grad = None
-
-
-def optimizer_groups(
-    model: nn.Module, plan: FreezingPlan, base_lr: float, weight_decay: float
-) -> list[dict[str, Any]]:
-    """Parameter groups with discriminative learning rates and no decay on biases and norms.
-
-    Layer groups that share a rate share an optimizer group ("layers" names them; "scale"
-    is their discriminative factor): each optimizer group is one fused kernel launch.
-    """
-    group_of = {n: g for g, names in plan.groups.named().items() for n in names}
-    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
-    layers: dict[tuple[float, bool], list[str]] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        decays = parameter.ndim >= 2 and not any(m in name for m in NO_DECAY_MARKERS)
-        group = group_of.get(name, HEAD)
-        key = (plan.learning_rate_scale(group), decays)
-        buckets.setdefault(key, []).append(parameter)
-        if group not in layers.setdefault(key, []):
-            layers[key].append(group)
-    return [
-        {
-            "params": params,
-            "lr": base_lr * scale,
-            "weight_decay": weight_decay if decays else 0.0,
-            "layers": layers[(scale, decays)],
-            "scale": scale,
-        }
-        for (scale, decays), params in buckets.items()
-    ]

@@ -2,28 +2,96 @@
 
 Every schedule is a multiplier on each parameter group's own rate, so discriminative
 learning rates (lower for lower layers) survive warmup and decay unchanged in ratio.
+A group's rate is the base rate times its discriminative factor (freezing.py's
+`learning_rate_scale`, kept in the group as "scale"), computed only by `group_rate`:
+when the optimizer is built, and when the range test tries or applies a base rate.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 from transformers.optimization import Adafactor
 
 from kubetune_trainer.config import LearningRateFinderSpec, TrainingSpec
+from kubetune_trainer.freezing import HEAD, FreezingPlan
 
 ONE_CYCLE_RATIO = 32.0
 """Slanted triangular rates end at peak / 32 (Howard and Ruder, 2018)."""
 RANGE_TEST_SMOOTHING = 0.98
 RANGE_TEST_BLOWUP = 4.0
 """The range test stops once the smoothed loss exceeds this multiple of its best value."""
+NO_DECAY_MARKERS = ("bias", "norm", "LayerNorm", "layer_norm", "ln_")
+
+
+def group_rate(base_lr: float, scale: float) -> float:
+    """A parameter group's learning rate: the base rate times its discriminative factor."""
+    return base_lr * scale
+
+
+def optimizer_groups(
+    model: nn.Module, plan: FreezingPlan, base_lr: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Parameter groups with discriminative learning rates and no decay on biases and norms.
+
+    Layer groups that share a rate share an optimizer group ("layers" names them; "scale"
+    is their discriminative factor): each optimizer group is one fused kernel launch.
+    """
+    group_of = {n: g for g, names in plan.groups.named().items() for n in names}
+    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    layers: dict[tuple[float, bool], list[str]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        decays = parameter.ndim >= 2 and not any(m in name for m in NO_DECAY_MARKERS)
+        group = group_of.get(name, HEAD)
+        key = (plan.learning_rate_scale(group), decays)
+        buckets.setdefault(key, []).append(parameter)
+        if group not in layers.setdefault(key, []):
+            layers[key].append(group)
+    return [
+        {
+            "params": params,
+            "lr": group_rate(base_lr, scale),
+            "weight_decay": weight_decay if decays else 0.0,
+            "layers": layers[(scale, decays)],
+            "scale": scale,
+        }
+        for (scale, decays), params in buckets.items()
+    ]
+
+
+def decaying_parameters(
+    model: nn.Module, groups: list[dict[str, Any]]
+) -> list[tuple[str, nn.Parameter]]:
+    """The named parameters of the groups with weight decay (biases and norms have none)."""
+    decaying = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    return [(name, p) for name, p in model.named_parameters() if id(p) in decaying]
+
+
+def set_base_rate(optimizer: Optimizer, base_lr: float) -> None:
+    """Give every group the rate of `base_lr` (the range test's trials and its suggestion)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group_rate(base_lr, group["scale"])
+
+
+def peak_rates(optimizer: Optimizer) -> dict[str, float]:
+    """Each layer group's rate before the schedule scales it (its peak), by layer group."""
+    return {
+        layer: float(group.get("initial_lr", group["lr"]))
+        for group in optimizer.param_groups
+        for layer in group["layers"]
+    }
 
 
 def build_optimizer(spec: TrainingSpec, groups: list[dict[str, Any]]) -> Optimizer:
@@ -75,6 +143,15 @@ def build_scheduler(optimizer: Optimizer, spec: TrainingSpec, total_steps: int) 
         scheduler_specific_kwargs=options,
     )
     return scheduler
+
+
+def build_process_scheduler(
+    optimizer: Optimizer, spec: TrainingSpec, total_steps: int, processes: int
+) -> LambdaLR:
+    """The schedule for accelerate to prepare: a prepared scheduler steps once per process
+    for each optimizer step, so its warmup and its length count `processes` times over."""
+    scaled = spec.model_copy(update={"warmup_steps": warmup_steps(spec, total_steps) * processes})
+    return build_scheduler(optimizer, scaled, total_steps * processes)
 
 
 def slanted_triangular(peak_step: int, total_steps: int) -> Callable[[int], float]:
@@ -131,6 +208,35 @@ def run_range_test(
         if value > RANGE_TEST_BLOWUP * min(smoothed):
             break
     return RangeTestResult(rates, smoothed, steepest_descent(rates, smoothed, spec.start_lr))
+
+
+def find_learning_rate(
+    spec: LearningRateFinderSpec,
+    accelerator: Accelerator,
+    model: nn.Module,
+    optimizer: Optimizer,
+    loss_of: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    batches: Iterator[dict[str, torch.Tensor]],
+    after_step: Callable[[], None],
+) -> RangeTestResult:
+    """The range test on a prepared model and optimizer, each step at a base rate on the
+    next of `batches`; the model's weights and the optimizer's state are restored after."""
+    model_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
+    optimizer_state = copy.deepcopy(optimizer.state_dict())
+
+    def train_step(rate: float) -> float:
+        set_base_rate(optimizer, rate)
+        loss = loss_of(next(batches))
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        after_step()
+        return float(accelerator.reduce(loss.detach(), "mean").item())
+
+    result = run_range_test(spec, train_step)
+    accelerator.unwrap_model(model).load_state_dict(model_state)
+    optimizer.load_state_dict(optimizer_state)
+    return result
 
 
 def steepest_descent(rates: Sequence[float], losses: Sequence[float], fallback: float) -> float:

@@ -8,10 +8,12 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from kubetune_trainer.checkpoint_store import PARTIAL_PREFIX
 from kubetune_trainer.checkpoints import checkpoint_name, latest_checkpoint
 from kubetune_trainer.config import TrainingConfig
-from kubetune_trainer.cost import GpuMeter
-from kubetune_trainer.recipe import PARTIAL_PREFIX, Recipe
+from kubetune_trainer.cost import LEDGER_FILE, Budget, GpuMeter
+from kubetune_trainer.cost_ledger import CostLedger
+from kubetune_trainer.recipe import Recipe
 
 
 def test_a_half_written_checkpoint_is_never_the_latest(tmp_path: Path) -> None:
@@ -39,7 +41,7 @@ def recipe_with_a_model(output: Path) -> Recipe:
     )
     recipe = Recipe(config, output, job_name="checkpoints")
     recipe.accelerator = Accelerator(cpu=True)
-    recipe.meter = GpuMeter(0)
+    recipe.cost_ledger = CostLedger(GpuMeter(0), Budget(), output / LEDGER_FILE, writer=True)
     recipe.model = recipe.accelerator.prepare(torch.nn.Linear(4, 2))
     recipe.accelerator.register_for_checkpointing(recipe.state)
     return recipe

@@ -16,10 +16,10 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from kubetune_trainer import file_modes
+from kubetune_trainer.checkpoint_store import PARTIAL_PREFIX
 from kubetune_trainer.data import prepare_data
 from kubetune_trainer.data.cache import cached_prepare
 from kubetune_trainer.file_modes import current_umask, publish
-from kubetune_trainer.recipe import PARTIAL_PREFIX
 from kubetune_trainer.report.summary import REPORT_HTML, REPORT_JSON, write_reports
 from tests.tiny import make_tokenizer
 from tests.unit.trainer.data.test_data import write_csv

@@ -120,30 +120,6 @@ def test_patterns_override_groups() -> None:
     assert described["frozen"] == []
 
 
-def test_discriminative_learning_rates_and_no_decay_groups() -> None:
-    model = bert(layers=2)
-    plan = freezing.build_plan(model, spec(layerwiseLrDecay=0.5), 10)
-    groups = freezing.optimizer_groups(model, plan, base_lr=1e-3, weight_decay=0.01)
-    rates = {(layer, g["weight_decay"]): g["lr"] for g in groups for layer in g["layers"]}
-    assert rates[("head", 0.01)] == pytest.approx(1e-3)
-    assert rates[("block 1", 0.01)] == pytest.approx(5e-4)
-    assert rates[("block 0", 0.01)] == pytest.approx(2.5e-4)
-    assert rates[("embeddings", 0.01)] == pytest.approx(1.25e-4)
-    no_decay = [p for g in groups if g["weight_decay"] == 0.0 for p in g["params"]]
-    names = {id(p): n for n, p in model.named_parameters()}
-    assert all(n.endswith("bias") or "LayerNorm" in n for n in (names[id(p)] for p in no_decay))
-    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
-    assert len(groups) == 8  # four rates, each with and without decay
-
-
-def test_layers_sharing_a_rate_share_an_optimizer_group() -> None:
-    model = bert(layers=4)
-    plan = freezing.build_plan(model, spec(), 10)
-    groups = freezing.optimizer_groups(model, plan, base_lr=1e-3, weight_decay=0.01)
-    assert len(groups) == 2
-    assert groups[0]["layers"] == ["embeddings", "block 0", "block 1", "block 2", "block 3", "head"]
-
-
 def one_step(model: torch.nn.Module, trainable: frozenset[str]) -> dict[str, torch.Tensor]:
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW(

@@ -1,0 +1,73 @@
+"""Validation metrics over the whole validation set, every process's rows together.
+
+A classifier is scored on its class probabilities (metrics.py); a language model on its
+mean loss per predicted token and its perplexity. Batches are sharded across processes;
+`gather_for_metrics` drops the rows the last batch repeats to fill every process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from kubetune_trainer.data import IGNORED_LABEL
+from kubetune_trainer.examine.final_model import predict
+from kubetune_trainer.metrics import classification_metrics, language_model_metrics
+
+
+def classifier_evaluation(
+    model: torch.nn.Module,
+    accelerator: Accelerator,
+    loader: DataLoader[Any],
+    batch_done: Callable[[], None],
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """A classifier's metrics, class probabilities and labels."""
+    logits, labels = predict(model, accelerator, loader, batch_done)
+    loss = float(F.cross_entropy(logits, labels).item())
+    probabilities = torch.softmax(logits, dim=-1).numpy()
+    return (
+        classification_metrics(labels.numpy(), probabilities, loss),
+        probabilities,
+        labels.numpy(),
+    )
+
+
+def language_model_evaluation(
+    model: torch.nn.Module,
+    accelerator: Accelerator,
+    loader: DataLoader[Any],
+    batch_done: Callable[[], None],
+) -> dict[str, float]:
+    """Mean loss per predicted token over the validation rows, and its perplexity."""
+    model.eval()
+    sums, counts = [], []
+    for batch in loader:
+        labels = batch.pop("labels")
+        with torch.no_grad():
+            logits = model(**batch).logits
+        row_sums, row_counts = token_losses(logits, labels)
+        row_sums, row_counts = accelerator.gather_for_metrics((row_sums, row_counts))
+        sums.append(row_sums.cpu())
+        counts.append(row_counts.cpu())
+        batch_done()
+    model.train()
+    loss = float(torch.cat(sums).sum() / torch.cat(counts).sum().clamp_min(1))
+    return language_model_metrics(loss)
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed next-token loss and the number of tokens it covers."""
+    shifted_logits, shifted_labels = logits[:, :-1].float(), labels[:, 1:]
+    per_token = F.cross_entropy(
+        shifted_logits.flatten(0, 1),
+        shifted_labels.flatten(),
+        ignore_index=IGNORED_LABEL,
+        reduction="none",
+    ).view(shifted_labels.shape)
+    return per_token.sum(dim=1), (shifted_labels != IGNORED_LABEL).sum(dim=1)
