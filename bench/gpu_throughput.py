@@ -16,7 +16,7 @@ Each row trains three ways, each in a fresh process, with the same rows (every o
 the row's sequence length, so there is no padding), the same length-grouped order, batch
 size, learning-rate schedule, gradient clipping (1.0), fused AdamW, SDPA attention,
 bf16 autocast on a GPU (fp32 on the CPU), and data-loader workers:
-  kubetune  the kubetune recipe (kubetune_trainer.recipe.Recipe)
+  kubetune  the kubetune recipe (kubetune_trainer.training.recipe.Recipe)
   bare      a bare accelerate loop written here
   trainer   the transformers Trainer
 Throughput is taken between the end of the warm-up steps and the last step (the device is
@@ -242,7 +242,7 @@ class StepClock:
 def kubetune_loop(settings: Settings, work: Path) -> StepClock:
     from rich.console import Console
 
-    from kubetune_trainer.recipe import Recipe
+    from kubetune_trainer.training.recipe import Recipe
 
     clock = StepClock(settings)
 

@@ -78,7 +78,7 @@ def kubetune_variant(model: Path, steps: int, work: Path, features: bool) -> lis
     from rich.console import Console
 
     from kubetune_trainer.config import TrainingConfig
-    from kubetune_trainer.recipe import Recipe
+    from kubetune_trainer.training.recipe import Recipe
 
     data = REPO / "examples/sentiment/data"
     spec: dict[str, Any] = {

@@ -23,7 +23,7 @@ import torch
 from kubetune_trainer.__main__ import main
 from kubetune_trainer.config import EXIT_BUDGET_EXCEEDED, TrainingConfig
 from kubetune_trainer.cost import LEDGER_FILE
-from kubetune_trainer.recipe import Recipe
+from kubetune_trainer.training.recipe import Recipe
 from tests.integration.test_sigterm import finished_event
 
 
@@ -130,7 +130,7 @@ def test_a_malformed_budget_is_bad_input_naming_the_variable(
 CRASH_AFTER_A_CHECKPOINT = """
 import os, signal, sys
 from kubetune_trainer.__main__ import main
-from kubetune_trainer.recipe import Recipe
+from kubetune_trainer.training.recipe import Recipe
 
 log_step = Recipe._log_step
 

@@ -14,8 +14,8 @@ from rich.console import Console
 
 from kubetune_trainer.__main__ import main
 from kubetune_trainer.config import EXIT_INVALID_INPUT, TrainingConfig
-from kubetune_trainer.recipe import Recipe
 from kubetune_trainer.report.progress import METRICS_FILE_NAME
+from kubetune_trainer.training.recipe import Recipe
 from tests.integration.test_trainer import make_config
 
 

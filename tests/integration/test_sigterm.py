@@ -32,7 +32,7 @@ import pytest
 from kubetune_trainer.__main__ import main
 from kubetune_trainer.config import EXIT_CTRL_C, EXIT_INTERRUPTED, TrainingConfig
 from kubetune_trainer.examine import final_model
-from kubetune_trainer.recipe import Recipe
+from kubetune_trainer.training.recipe import Recipe
 from tests.integration.test_trainer import make_config
 
 MAX_STEPS = 160

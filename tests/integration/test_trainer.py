@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from kubetune_trainer.__main__ import run_training
 from kubetune_trainer.config import TrainingConfig
-from kubetune_trainer.losses import classification_loss, l1_penalty
-from kubetune_trainer.recipe import Recipe, RunResult
+from kubetune_trainer.training.losses import classification_loss, l1_penalty
+from kubetune_trainer.training.recipe import Recipe, RunResult
 
 
 def make_config(model: Path, data: tuple[Path, Path], **sections: Any) -> TrainingConfig:

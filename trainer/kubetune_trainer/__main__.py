@@ -38,9 +38,9 @@ from kubetune_trainer.data import DataError
 from kubetune_trainer.data.sources import SourceError, pvc_root
 from kubetune_trainer.freezing import FreezingError
 from kubetune_trainer.modeling import ModelError
-from kubetune_trainer.recipe import Recipe, RunResult
 from kubetune_trainer.report.progress import plain_console
 from kubetune_trainer.threads import threads_for
+from kubetune_trainer.training.recipe import Recipe, RunResult
 
 INPUT_ERRORS = (DataError, SourceError, ModelError, FreezingError, BudgetError)
 TERMINATION_LOG_ENV = "KUBETUNE_TERMINATION_LOG"

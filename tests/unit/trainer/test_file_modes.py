@@ -16,16 +16,16 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from kubetune_trainer import file_modes
-from kubetune_trainer.checkpoint_store import PARTIAL_PREFIX
 from kubetune_trainer.data import prepare_data
 from kubetune_trainer.data.cache import cached_prepare
 from kubetune_trainer.file_modes import current_umask, publish
 from kubetune_trainer.report.summary import REPORT_HTML, REPORT_JSON, write_reports
+from kubetune_trainer.training.checkpoint_store import PARTIAL_PREFIX
 from tests.tiny import make_tokenizer
 from tests.unit.trainer.data.test_data import write_csv
 from tests.unit.trainer.data.test_data_stages import config_for, sentences
 from tests.unit.trainer.report.test_report_html import full_report
-from tests.unit.trainer.test_checkpoints import recipe_with_a_model
+from tests.unit.trainer.training.test_checkpoints import recipe_with_a_model
 
 
 class Modes(NamedTuple):

@@ -1,1 +1,1 @@
-"""The training loop: the recipe (setup, train, evaluate, save, cleanup) and the small parts it holds."""
+"""The training loop: the recipe (setup, train, evaluate, save, cleanup) and the parts it holds."""

@@ -62,11 +62,9 @@ from transformers import PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
 from kubetune_trainer import freezing, schedules
-from kubetune_trainer.checkpoint_store import PARTIAL_PREFIX, CheckpointStore
 from kubetune_trainer.checkpoints import CHECKPOINTS, checkpoint_name, parse_checkpoint_step
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.cost import LEDGER_FILE, Budget, GpuMeter, RunCost
-from kubetune_trainer.cost_ledger import CostLedger
 from kubetune_trainer.data import (
     AuditRows,
     DataError,
@@ -78,25 +76,13 @@ from kubetune_trainer.data.cache import cached_prepare
 from kubetune_trainer.data.report import failed_status
 from kubetune_trainer.diagnosis import Diagnosis, DivergenceMonitor
 from kubetune_trainer.disk_space import DiskFullError, state_bytes
-from kubetune_trainer.evaluation import classifier_evaluation, language_model_evaluation
 from kubetune_trainer.examine.audit import BiasAudit, positive_classes
 from kubetune_trainer.examine.final_model import FinalModel, examine_final_model
 from kubetune_trainer.examine.interpret import LayerSnapshot, snapshot_layer_groups
 from kubetune_trainer.file_modes import publish
-from kubetune_trainer.freezing_tracker import FreezingTracker, TrainableSet
 from kubetune_trainer.hang import HangHook
 from kubetune_trainer.heartbeat import HEARTBEAT_FILE, Heartbeat
-from kubetune_trainer.layer_grad_norms import LayerGradNorms
-from kubetune_trainer.loaders import build_loaders, endless_batches, steps_per_epoch, training_rows
-from kubetune_trainer.losses import classification_loss, l1_penalty
 from kubetune_trainer.modeling import load_model, load_tokenizer
-from kubetune_trainer.outcome import (
-    Ending,
-    best_evaluation,
-    diagnose_run,
-    outcome_of,
-    run_message,
-)
 from kubetune_trainer.report.progress import (
     EvalRecord,
     NullReporter,
@@ -107,12 +93,31 @@ from kubetune_trainer.report.progress import (
     build_reporter,
     plain_console,
 )
+from kubetune_trainer.report.run import RunEnd, RunReport
 from kubetune_trainer.report.summary import REPORT_JSON
-from kubetune_trainer.run_report import RunEnd, RunReport
-from kubetune_trainer.running_loss import RunningLoss
-from kubetune_trainer.stop_guard import StopGuard
-from kubetune_trainer.throughput import ThroughputMeter, mfu_basis
-from kubetune_trainer.training_state import TrainingState
+from kubetune_trainer.training.checkpoint_store import PARTIAL_PREFIX, CheckpointStore
+from kubetune_trainer.training.cost_ledger import CostLedger
+from kubetune_trainer.training.evaluation import classifier_evaluation, language_model_evaluation
+from kubetune_trainer.training.freezing_tracker import FreezingTracker, TrainableSet
+from kubetune_trainer.training.layer_grad_norms import LayerGradNorms
+from kubetune_trainer.training.loaders import (
+    build_loaders,
+    endless_batches,
+    steps_per_epoch,
+    training_rows,
+)
+from kubetune_trainer.training.losses import classification_loss, l1_penalty
+from kubetune_trainer.training.outcome import (
+    Ending,
+    best_evaluation,
+    diagnose_run,
+    outcome_of,
+    run_message,
+)
+from kubetune_trainer.training.running_loss import RunningLoss
+from kubetune_trainer.training.stop_guard import StopGuard
+from kubetune_trainer.training.throughput import ThroughputMeter, mfu_basis
+from kubetune_trainer.training.training_state import TrainingState
 
 MODEL_DIR = "model"
 CACHE_DIR = "cache"

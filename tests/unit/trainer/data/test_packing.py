@@ -36,8 +36,8 @@ from kubetune_trainer.data import (
     pack_rows,
 )
 from kubetune_trainer.data.packing import best_fit_decreasing, padding_fraction
-from kubetune_trainer.evaluation import token_losses
 from kubetune_trainer.modeling import ModelError, load_model
+from kubetune_trainer.training.evaluation import token_losses
 
 VOCAB = 64
 

@@ -7,7 +7,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from kubetune_trainer.flops import batch_training_flops, shape_from_config
-from kubetune_trainer.throughput import ThroughputMeter, mfu_basis
+from kubetune_trainer.training.throughput import ThroughputMeter, mfu_basis
 
 
 class Clock:

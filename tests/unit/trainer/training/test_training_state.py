@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubetune_trainer.training_state import TrainingState
+from kubetune_trainer.training.training_state import TrainingState
 
 
 def test_a_logged_step_adds_its_points_to_the_curves() -> None:

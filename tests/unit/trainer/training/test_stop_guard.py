@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from kubetune_trainer.stop_guard import CTRL_C_NOTICE, STOP_SIGNALS, StopGuard
+from kubetune_trainer.training.stop_guard import CTRL_C_NOTICE, STOP_SIGNALS, StopGuard
 
 
 def guard(env: dict[str, str] | None = None) -> tuple[StopGuard, list[str]]:

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from kubetune_trainer.checkpoint_store import PARTIAL_PREFIX
 from kubetune_trainer.checkpoints import checkpoint_name, latest_checkpoint
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.cost import LEDGER_FILE, Budget, GpuMeter
-from kubetune_trainer.cost_ledger import CostLedger
-from kubetune_trainer.recipe import Recipe
+from kubetune_trainer.training.checkpoint_store import PARTIAL_PREFIX
+from kubetune_trainer.training.cost_ledger import CostLedger
+from kubetune_trainer.training.recipe import Recipe
 
 
 def test_a_half_written_checkpoint_is_never_the_latest(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.examine.audit import AuditVerdict, BiasAudit
-from kubetune_trainer.outcome import (
+from kubetune_trainer.training.outcome import (
     Ending,
     best_evaluation,
     diagnose_run,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kubetune_trainer import freezing
-from kubetune_trainer.layer_grad_norms import LayerGradNorms
+from kubetune_trainer.training.layer_grad_norms import LayerGradNorms
 from tests.unit.trainer.test_freezing import bert
 
 

@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from kubetune_trainer.data import IGNORED_LABEL
-from kubetune_trainer.evaluation import (
+from kubetune_trainer.training.evaluation import (
     classifier_evaluation,
     language_model_evaluation,
     token_losses,

@@ -11,7 +11,8 @@ import torch
 
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import PreparedData, prepare_data
-from kubetune_trainer.loaders import (
+from kubetune_trainer.modeling import load_tokenizer
+from kubetune_trainer.training.loaders import (
     CUDA_LOADER_WORKERS,
     build_loaders,
     data_loader_workers,
@@ -20,7 +21,6 @@ from kubetune_trainer.loaders import (
     steps_per_epoch,
     training_rows,
 )
-from kubetune_trainer.modeling import load_tokenizer
 
 
 def config(model: Path, files: tuple[Path, Path], **sections: Any) -> TrainingConfig:

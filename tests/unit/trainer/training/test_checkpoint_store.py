@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from kubetune_trainer.checkpoint_store import PARTIAL_PREFIX, CheckpointStore
 from kubetune_trainer.checkpoints import checkpoint_name
+from kubetune_trainer.training.checkpoint_store import PARTIAL_PREFIX, CheckpointStore
 
 
 def store(root: Path, keep: int) -> CheckpointStore:

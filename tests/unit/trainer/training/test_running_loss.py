@@ -6,7 +6,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from kubetune_trainer.running_loss import RunningLoss, gather_uneven
+from kubetune_trainer.training.running_loss import RunningLoss, gather_uneven
 
 
 def test_the_log_window_is_the_mean_since_the_last_log() -> None:

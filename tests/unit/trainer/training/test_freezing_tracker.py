@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune_trainer import freezing
-from kubetune_trainer.freezing_tracker import FreezingTracker, freezing_summary
+from kubetune_trainer.training.freezing_tracker import FreezingTracker, freezing_summary
 from tests.unit.trainer.test_freezing import bert, spec
 
 

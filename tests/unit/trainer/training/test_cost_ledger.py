@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kubetune_trainer.cost import LEDGER_FILE, Budget, BudgetError, GpuMeter, Ledger
-from kubetune_trainer.cost_ledger import CostLedger
+from kubetune_trainer.training.cost_ledger import CostLedger
 
 
 class Clock:
