@@ -29,7 +29,8 @@ from kubetune_trainer.data import PreparedData, class_weights, kfold_splits, pre
 from kubetune_trainer.data.cache import cached_prepare
 from kubetune_trainer.metrics import is_better
 from kubetune_trainer.modeling import load_tokenizer
-from kubetune_trainer.report.summary import REPORT_HTML, REPORT_JSON, write_reports
+from kubetune_trainer.report.files import REPORT_HTML, REPORT_JSON
+from kubetune_trainer.report.summary import write_reports
 from kubetune_trainer.training.recipe import CACHE_DIR, MODEL_DIR, Recipe, RunResult
 
 

@@ -19,7 +19,8 @@ from kubetune_trainer import file_modes
 from kubetune_trainer.data import prepare_data
 from kubetune_trainer.data.cache import cached_prepare
 from kubetune_trainer.file_modes import current_umask, publish
-from kubetune_trainer.report.summary import REPORT_HTML, REPORT_JSON, write_reports
+from kubetune_trainer.report.files import REPORT_HTML, REPORT_JSON
+from kubetune_trainer.report.summary import write_reports
 from kubetune_trainer.training.checkpoint_store import PARTIAL_PREFIX
 from tests.tiny import make_tokenizer
 from tests.unit.trainer.data.test_data import write_csv

@@ -17,8 +17,9 @@ from typing import Any
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.cost import RunCost
 from kubetune_trainer.data import PreparedData
+from kubetune_trainer.report.files import REPORT_HTML, REPORT_JSON
 from kubetune_trainer.report.progress import Outcome, RunInfo
-from kubetune_trainer.report.summary import REPORT_HTML, REPORT_JSON, build_report, write_reports
+from kubetune_trainer.report.summary import build_report, write_reports
 
 
 @dataclass(frozen=True)

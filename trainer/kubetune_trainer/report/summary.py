@@ -17,11 +17,7 @@ from typing import Any
 
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import PreparedData
-
-# Re-exported (`as`): recipe.py and crossval.py import the file names from here.
-from kubetune_trainer.report.files import REPORT_HTML as REPORT_HTML
-from kubetune_trainer.report.files import REPORT_JSON as REPORT_JSON
-from kubetune_trainer.report.files import write_text_atomically
+from kubetune_trainer.report.files import REPORT_HTML, REPORT_JSON, write_text_atomically
 from kubetune_trainer.report.html import render_html
 from kubetune_trainer.report.progress import json_safe
 

@@ -83,6 +83,7 @@ from kubetune_trainer.file_modes import publish
 from kubetune_trainer.hang import HangHook
 from kubetune_trainer.heartbeat import HEARTBEAT_FILE, Heartbeat
 from kubetune_trainer.modeling import load_model, load_tokenizer
+from kubetune_trainer.report.files import REPORT_JSON
 from kubetune_trainer.report.progress import (
     EvalRecord,
     NullReporter,
@@ -94,7 +95,6 @@ from kubetune_trainer.report.progress import (
     plain_console,
 )
 from kubetune_trainer.report.run import RunEnd, RunReport
-from kubetune_trainer.report.summary import REPORT_JSON
 from kubetune_trainer.training.checkpoint_store import PARTIAL_PREFIX, CheckpointStore
 from kubetune_trainer.training.cost_ledger import CostLedger
 from kubetune_trainer.training.evaluation import classifier_evaluation, language_model_evaluation

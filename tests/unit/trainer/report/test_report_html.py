@@ -21,8 +21,9 @@ from matplotlib.text import Text
 from kubetune_trainer.report import charts
 from kubetune_trainer.report import html as render
 from kubetune_trainer.report import summary as report_module
+from kubetune_trainer.report.files import REPORT_HTML, REPORT_JSON
 from kubetune_trainer.report.html import fmt_number, fmt_seconds, render_html
-from kubetune_trainer.report.summary import REPORT_HTML, REPORT_JSON, write_reports
+from kubetune_trainer.report.summary import write_reports
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'

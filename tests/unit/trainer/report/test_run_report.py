@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.report.files import REPORT_HTML, REPORT_JSON
 from kubetune_trainer.report.progress import RunInfo
 from kubetune_trainer.report.run import RunReport
-from kubetune_trainer.report.summary import REPORT_HTML, REPORT_JSON
 
 
 def report(output: Path, *, writer: bool) -> RunReport:
