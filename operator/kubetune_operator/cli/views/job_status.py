@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kubetune_operator.api.manifests import check_document
+from kubetune_operator.api.plain import mapping, mappings
 from kubetune_operator.cli.views.terminal import (
     BIAS_VALUE_COLUMNS,
     Column,
@@ -30,8 +31,6 @@ from kubetune_operator.cli.views.terminal import (
     facts,
     fmt,
     labelled,
-    mapping,
-    records,
     table,
 )
 from kubetune_operator.search import SearchError
@@ -219,7 +218,7 @@ def runtime_text(runtime: Mapping[str, Any], spec_hash: object) -> str:
 
 
 def _conditions(status: Mapping[str, Any], now: datetime) -> list[RenderableType]:
-    conditions = records(status.get("conditions"))
+    conditions = mappings(status.get("conditions"))
     if not conditions:
         return []
     rows = [
@@ -288,7 +287,7 @@ def _artifacts(artifacts: Mapping[str, Any]) -> list[RenderableType]:
 
 
 def _trials(status: Mapping[str, Any]) -> list[RenderableType]:
-    trials = records(status.get("trials"))
+    trials = mappings(status.get("trials"))
     if not trials:
         return []
     states = Counter(str(trial.get("state")) for trial in trials)
@@ -340,7 +339,7 @@ def search_page(job: Mapping[str, Any]) -> str:
         raise PageError(f"{shown}: its spec is not valid ({problems})")
     from kubetune_operator.cli.views.search_page import render_search_html  # matplotlib
 
-    trials = records(status_of(job).get("trials"))
+    trials = mappings(status_of(job).get("trials"))
     try:
         return render_search_html(checked.job.metadata.name, checked.job.spec, trials)
     except SearchError as error:

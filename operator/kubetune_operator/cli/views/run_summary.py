@@ -21,6 +21,7 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
+from kubetune_operator.api.plain import mapping, mappings
 from kubetune_operator.cli.views.terminal import (
     BIAS_VALUE_COLUMNS,
     Column,
@@ -30,8 +31,6 @@ from kubetune_operator.cli.views.terminal import (
     facts,
     fmt,
     labelled,
-    mapping,
-    records,
     table,
 )
 from kubetune_trainer.formatting import MISSING, params_text, value_text
@@ -247,7 +246,7 @@ def search_summary(report: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
         "bestTrial": dict(mapping(report.get("bestTrial"))) or None,
         "bestModel": mapping(report.get("artifacts")).get("model") or None,
         "bestTrialReport": mapping(report.get("artifacts")).get("bestTrialReport") or None,
-        "trials": [dict(t) for t in records(report.get("trials"))],
+        "trials": [dict(t) for t in mappings(report.get("trials"))],
         "importance": dict(mapping(report.get("importance"))) or None,
         "importanceNote": report.get("importanceNote"),
         "searchHtml": str(page_path(report, run_dir)),

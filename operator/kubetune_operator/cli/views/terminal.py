@@ -15,6 +15,7 @@ from rich.console import RenderableType
 from rich.markup import escape
 from rich.table import Table
 
+from kubetune_operator.api.plain import mapping, mappings
 from kubetune_trainer.formatting import MISSING, fmt_number
 
 VERDICT_STYLE: Final = {"Passed": "green", "Failed": "red", "InsufficientData": "yellow"}
@@ -22,15 +23,6 @@ VERDICT_STYLE: Final = {"Passed": "green", "Failed": "red", "InsufficientData": 
 
 Column = tuple[str, Callable[[Mapping[str, Any]], str]]
 """A table column: its header, and its cell of a record."""
-
-
-def mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def records(value: object) -> list[Mapping[str, Any]]:
-    """The objects of a JSON list (anything else in it, or no list, is left out)."""
-    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
 
 
 def fmt(value: object) -> str:
@@ -121,7 +113,7 @@ def bias_parts(
     parts: list[RenderableType] = [labelled("bias audit", line, width)]
     if audit.get("worstGroup"):
         parts.append(f"  worst group: {escape(str(audit['worstGroup']))}")
-    metrics = records(audit.get("metrics"))
+    metrics = mappings(audit.get("metrics"))
     if metrics:
         rows = [[cell(metric) for _, cell in columns] for metric in metrics]
         parts.append(table("bias metrics", [header for header, _ in columns], rows))

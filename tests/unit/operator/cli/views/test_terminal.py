@@ -33,9 +33,3 @@ def test_a_labelled_line_aligns_its_text_where_the_label_fits() -> None:
         "[bold]parameter importance[/]  ok"
     )
     assert terminal.labelled("trials", "2", 0) == "[bold]trials[/]  2"
-
-
-def test_a_json_list_keeps_only_its_objects() -> None:
-    assert terminal.records([{"a": 1}, 2, "x", None, {"b": 2}]) == [{"a": 1}, {"b": 2}]
-    assert terminal.records({"a": 1}) == []
-    assert terminal.mapping([1]) == {}
