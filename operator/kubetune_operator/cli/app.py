@@ -88,7 +88,7 @@ def validate(
     """Check FineTuneJob and runtime manifests against the API; print every problem with its
     field path, and with --runtime every broken guardrail with its value and limit.
 
-    A job's local data and model paths must exist (see local_sources); other kinds of
+    A job's local data and model paths must exist (see local/paths.py); other kinds of
     objects (a Kustomization beside the jobs) are skipped with a note, and only files that
     hold no kubetune resource at all, between them, are an error."""
     available = _load_runtimes(runtime) if runtime else []

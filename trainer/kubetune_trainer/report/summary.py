@@ -1,6 +1,6 @@
 """report.json: every number a finished run produced, in one file a person or a tool reads.
 
-The HTML report (report.html, drawn by report_html from the same content) and `kubetune
+The HTML report (report.html, drawn by html.py from the same content) and `kubetune
 report` are drawn from it; the status only carries a summary. The files are written
 atomically, so a crash never leaves a half-written report that looks like a result.
 """

@@ -22,7 +22,7 @@ throughput meter (throughput.py), the layer gradient norms (layer_grad_norms.py)
 freezing tracker (freezing_tracker.py), the GPU-hour ledger (cost_ledger.py), the
 checkpoint store (checkpoint_store.py: atomic saves, rotation, a full disk), the training
 state (training_state.py), and at the end the outcome and its message (outcome.py) and the
-report (run_report.py). Optimizers, their per-group rates and schedules are built in
+report (report/run.py). Optimizers, their per-group rates and schedules are built in
 schedules.py, the loaders in loaders.py, the losses and metrics in losses.py and
 evaluation.py.
 

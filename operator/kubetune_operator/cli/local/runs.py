@@ -4,7 +4,7 @@ One process trains in this Python process; more are started with the pods' launc
 (`kubetune_trainer.launch`, accelerate's with the trainer's exit codes passed on) and the
 same trainer entry point. The trainer (and torch) is imported only when a run starts, so
 the rest of the CLI stays light. A job with `spec.search` is planned here like any other
-(its output directory, its paths) and its trials are run by `local_search`, which builds on
+(its output directory, its paths) and its trials are run by `searches.py`, which builds on
 these functions.
 
 Both ways, a run that makes no progress for the job's runPolicy.stallTimeout is stopped

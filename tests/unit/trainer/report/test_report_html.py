@@ -525,7 +525,7 @@ def svg_texts(root: Element, chart_id: str) -> list[str]:
 
 
 SCHEDULE_COLOUR = "#64748b"
-"""The colour of the freezing schedule's change markers (report_html._mark_changes)."""
+"""The colour of the freezing schedule's change markers (report/html.py: _mark_changes)."""
 
 
 def dotted_paths(root: Element, chart_id: str, colour: str) -> int:

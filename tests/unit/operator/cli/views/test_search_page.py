@@ -489,14 +489,14 @@ def parent(sentiment: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str,
     return sentiment | {"status": {"phase": "Running", "trials": trials}}
 
 
-def test_job_view_draws_a_search_parents_page(sentiment: dict[str, Any]) -> None:
+def test_job_status_draws_a_search_parents_page(sentiment: dict[str, Any]) -> None:
     page = job_status.search_page(parent(sentiment, MINIMIZE_TRIALS))
     tree = main_tree(page)
     assert [css for css, _ in rows(tree)] == ["", "best", "failed", "quiet", "", ""]
     assert text_of(tree.find("header/div/h1")) == "sentiment"  # type: ignore[arg-type]
 
 
-def test_job_view_refuses_what_is_not_a_search_page(sentiment: dict[str, Any]) -> None:
+def test_job_status_refuses_what_is_not_a_search_page(sentiment: dict[str, Any]) -> None:
     plain = dict(sentiment, status={"phase": "Running"})
     with pytest.raises(job_status.PageError, match="sentiment is not a search parent"):
         job_status.search_page(plain)
