@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Final, cast
 
 import kopf
@@ -72,7 +73,7 @@ class TrackedJob:
             LOGGER.warning("FineTuneJob %s: status fields left unread: %s", name_of(body), unread)
         return cls(body, status, tuple(unread))
 
-    @property
+    @cached_property
     def checked(self) -> tuple[v1alpha1.FineTuneJob | None, list[str]]:
         """The API model with this status, or why the spec is invalid; validated once."""
         if not self.spec_check:

@@ -237,8 +237,7 @@ def refresh(
         phase = _advance_in_queue(shared, ftj, indexes)
     else:
         update = _observe(ftj, job, pods, shared.kueue.places.get(key))
-        _apply(shared, ftj, job, update, indexes)
-        phase = ftj.with_status(update.patch).phase
+        phase = _apply(shared, ftj, job, update, indexes)
     audit = ftj.status.bias_audit
     metrics.JOBS.track(key, phase, None if audit is None else audit.verdict)
     return phase
@@ -466,8 +465,9 @@ def _apply(
     job: Mapping[str, Any] | None,
     update: status_rules.StatusUpdate,
     indexes: Indexes,
-) -> None:
-    """Write the patch, post the Events, then delete or (re)create the worker Job."""
+) -> v1alpha1.Phase | None:
+    """Write the patch, post the Events, then delete or (re)create the worker Job; the
+    phase the status has now."""
     key = ftj.key
     status = ftj.with_status(update.patch).status
     if update.decision.action == "restart":
@@ -481,9 +481,10 @@ def _apply(
     if update.decision.delete_job and job is not None:
         shared.created_jobs.pop(key, None)
         shared.cluster.delete_job(key[0], builders.workers_name(key[1]))
-        return
+        return status.phase
     if status.phase not in TERMINAL_PHASES and _gone(job):
         _create_workers(shared, ftj, status.restarts, indexes)
+    return status.phase
 
 
 def _create_workers(
