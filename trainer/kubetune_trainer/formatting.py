@@ -1,8 +1,9 @@
 """How kubetune writes a number for people: one rule for the status, the terminal and the pages.
 
 A trial's learning rate reads 0.0001406 in `kubetune status`, in the search's Events, on
-search.html and in report.html alike. The operator writes such values too, so this module
-holds them with the standard library only (the operator has no torch).
+search.html and in report.html alike; an error from a library is shown by its first line.
+The operator writes such values too, so this module holds them with the standard library
+only (the operator has no torch).
 """
 
 from __future__ import annotations
@@ -63,3 +64,9 @@ def value_text(value: object) -> str:
 def params_text(params: Mapping[str, object]) -> str:
     """A trial's values as `path=value, ...`, each value as value_text shows it."""
     return ", ".join(f"{path}={value_text(value)}" for path, value in params.items())
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message as one line (its first), or its type when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

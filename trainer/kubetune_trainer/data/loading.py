@@ -27,6 +27,7 @@ from datasets.table import InMemoryTable
 from kubetune_trainer.config import DataFormat, DataSource, infer_format
 from kubetune_trainer.data.rows import DataError, Rows
 from kubetune_trainer.data.sources import SourceError, resolve_data
+from kubetune_trainer.formatting import first_line
 
 
 def load_table(source: DataSource, field: str) -> datasets.Dataset:
@@ -184,7 +185,7 @@ _READERS: dict[DataFormat, Callable[[Path], pa.Table]] = {
 
 
 def _read_failure(path: Path, data_format: DataFormat, field: str, error: Exception) -> str:
-    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    detail = first_line(error)
     where = f"{field}.source: {path}"
     if detail.startswith(("Empty CSV file", "Empty JSON file")):
         return f"{where} is empty"

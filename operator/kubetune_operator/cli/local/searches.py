@@ -41,7 +41,6 @@ from kubetune_operator.cli.local.runs import (
 )
 from kubetune_operator.cli.views.run_summary import SEARCH_HTML
 from kubetune_operator.cli.views.search_page import (
-    first_line,
     parameter_importance,
     write_search_html,
 )
@@ -59,7 +58,7 @@ from kubetune_operator.search import (
     trial_spec,
 )
 from kubetune_trainer.config import EXIT_INVALID_INPUT
-from kubetune_trainer.formatting import params_text, value_text
+from kubetune_trainer.formatting import first_line, params_text, value_text
 from kubetune_trainer.report.files import REPORT_JSON, write_text_atomically
 
 SEARCH_FILE: Final = "search.json"

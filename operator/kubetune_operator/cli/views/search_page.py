@@ -43,7 +43,7 @@ from kubetune_operator.search import (
     total_trials,
     validated_trial,
 )
-from kubetune_trainer.formatting import finite_number, fmt_number, value_text
+from kubetune_trainer.formatting import finite_number, first_line, fmt_number, value_text
 from kubetune_trainer.report.charts import (
     PALETTE,
     Hover,
@@ -138,12 +138,6 @@ def parameter_importance(
     except (ValueError, RuntimeError) as error:
         return None, f"not computed: {first_line(error)}"
     return {name: float(value) for name, value in importance.items()}, "fANOVA"
-
-
-def first_line(error: BaseException) -> str:
-    """An error's message as one line (its first), or its type when it has none."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # --- the trials as the charts see them ----------------------------------------------------
