@@ -41,6 +41,8 @@ SchedulerType = Literal[
     "linear", "cosine", "cosine-with-restarts", "constant", "polynomial", "one-cycle"
 ]
 OptimizerType = Literal["adamw", "adafactor", "sgd"]
+Objective = Literal["sft", "dpo"]
+PreferenceLoss = Literal["sigmoid", "ipo"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 MetricName = Literal[
     "accuracy",
@@ -51,11 +53,21 @@ MetricName = Literal[
     "rocAuc",
     "loss",
     "perplexity",
+    "rewardAccuracy",
+    "rewardMargin",
+    "chosenReward",
+    "rejectedReward",
 ]
 CLASSIFICATION_METRICS: frozenset[str] = frozenset(
     {"accuracy", "f1Macro", "f1Micro", "precisionMacro", "recallMacro", "rocAuc", "loss"}
 )
 LANGUAGE_MODEL_METRICS: frozenset[str] = frozenset({"loss", "perplexity"})
+PREFERENCE_METRICS: frozenset[str] = frozenset(
+    {"loss", "rewardAccuracy", "rewardMargin", "chosenReward", "rejectedReward"}
+)
+"""A dpo run's validation metrics: the loss, and the implicit rewards beta * (log-prob of the
+policy - log-prob of the reference) of the chosen and rejected responses, their mean margin
+and the share of rows whose chosen reward is the higher (training/preference_loss.py)."""
 LOWER_IS_BETTER: frozenset[str] = frozenset({"loss", "perplexity"})
 
 SOURCE_SCHEMES = ("file", "pvc", "hf", "pkg")
@@ -119,8 +131,10 @@ def _printable(text: str) -> str:
     return text
 
 
-def task_metrics(task: TaskType) -> frozenset[str]:
-    """The validation metrics that make sense for a task."""
+def task_metrics(task: TaskType, objective: Objective = "sft") -> frozenset[str]:
+    """The validation metrics that make sense for a task and training objective."""
+    if objective == "dpo":
+        return PREFERENCE_METRICS
     return LANGUAGE_MODEL_METRICS if task == "causal-lm" else CLASSIFICATION_METRICS
 
 
@@ -434,6 +448,10 @@ class DataQualitySpec(Section):
             "!has(self.unknownLabels.mode) || self.unknownLabels.mode != 'warn'",
             "unknownLabels.mode: warn cannot keep a row whose label is not a class; use drop or fail",
         ),
+        (
+            "!has(self.identicalPreferences.mode) || self.identicalPreferences.mode != 'warn'",
+            "identicalPreferences.mode: warn cannot keep a row whose chosen and rejected responses are the same; use drop or fail",
+        ),
     )
 
     duplicates: QualityRule = section_default(QualityRule)
@@ -450,6 +468,8 @@ class DataQualitySpec(Section):
     """Rows without a label, text pair or weight (null, empty or blank) where the data section names those columns; rows without text are the empty rule's. Checked per file before the validation split; mode drop or fail (warn cannot keep a row that cannot be trained on)."""
     unknown_labels: StrictQualityRule = section_default(StrictQualityRule)
     """Rows whose label is not a declared class (model.labels, or for validation rows the labels of the training rows). Checked per file before the validation split; mode drop or fail (warn cannot keep a row without a class)."""
+    identical_preferences: QualityRule = section_default(QualityRule)
+    """training.objective dpo: rows whose chosen response equals their rejected one (they carry no preference, and no gradient). Checked per file before the validation split; mode drop or fail (warn cannot keep a row that teaches nothing)."""
     length: LengthRule = section_default(LengthRule)
     """Rows shorter than minTokens or longer than maxTokens in the model's tokens (text and text pair, special tokens not counted)."""
     label_noise: LabelNoiseSpec | None = None
@@ -472,6 +492,11 @@ class DataQualitySpec(Section):
             raise ValueError(
                 "unknownLabels.mode: warn cannot keep a row whose label is not a class; "
                 "use drop or fail"
+            )
+        if self.identical_preferences.mode == "warn":
+            raise ValueError(
+                "identicalPreferences.mode: warn cannot keep a row whose chosen and rejected "
+                "responses are the same; use drop or fail"
             )
         return self
 
@@ -532,6 +557,10 @@ class DataSpec(Section):
     """Column with a second text: the pair of a sentence-pair task (entailment), or for causal-lm the response, the only tokens the loss counts (the text column is then the prompt). Left out for single texts."""
     label_column: ColumnName = "label"
     """Column with the class label (sequence-classification; causal-lm ignores it)."""
+    chosen_column: ColumnName = "chosen"
+    """training.objective dpo: column with the preferred response to the prompt in data.textColumn."""
+    rejected_column: ColumnName = "rejected"
+    """training.objective dpo: column with the response that is not preferred."""
     sensitive_columns: list[ColumnName] = Field(default_factory=list, max_length=16)
     """Columns with sensitive attributes (e.g. gender, dialect group): reported per group in the data report and audited by the bias section. Never fed to the model."""
     weight_column: ColumnName | None = None
@@ -547,10 +576,14 @@ class DataSpec(Section):
     packing: bool = False
     """causal-lm only: pack several training rows into each sequence of maxLength tokens (best-fit decreasing), each row attending only to itself; fewer padding tokens per step. Validation rows stay unpacked."""
 
-    def column_roles(self, *, with_label: bool) -> list[tuple[str, str]]:
+    def column_roles(
+        self, *, with_label: bool, with_preferences: bool = False
+    ) -> list[tuple[str, str]]:
         """(field path, column) for every column the data section names."""
         roles = [
             ("data.textColumn", self.text_column),
+            ("data.chosenColumn", self.chosen_column if with_preferences else None),
+            ("data.rejectedColumn", self.rejected_column if with_preferences else None),
             ("data.textPairColumn", self.text_pair_column),
             ("data.labelColumn", self.label_column if with_label else None),
             ("data.weightColumn", self.weight_column),
@@ -621,6 +654,33 @@ class LoraSpec(Section):
     """Names of the linear modules that get adapters (e.g. query, value). Left out: peft's default for the architecture."""
 
 
+class PreferenceSpec(Section):
+    """Direct preference optimisation (training.objective dpo): the policy learns to prefer each row's chosen response over its rejected one, relative to the starting model (the reference)."""
+
+    model_config = cel_rules(
+        (
+            "!has(self.labelSmoothing) || self.labelSmoothing == 0.0 || !has(self.loss) || self.loss == 'sigmoid'",
+            "labelSmoothing applies to the sigmoid loss only",
+        ),
+    )
+
+    beta: float = Field(default=0.1, gt=0, le=100)
+    """How far the policy may move from the reference: larger keeps it closer (for ipo, the regulariser tau)."""
+    loss: PreferenceLoss = "sigmoid"
+    """sigmoid (DPO, Rafailov et al. 2023) on the summed log-probability ratios, or ipo (Azar et al. 2023) on their per-token averages."""
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+    """sigmoid only: the probability that a row's preference is flipped; the loss is robust DPO's unbiased estimate under such noise (Chowdhury et al. 2024), 0 for plain DPO."""
+
+    @model_validator(mode="after")
+    def _smoothing_is_sigmoid_only(self) -> Self:
+        if self.label_smoothing > 0 and self.loss != "sigmoid":
+            raise ValueError(
+                f"labelSmoothing applies to the sigmoid loss only, not {self.loss}; "
+                "leave it out or set it to 0"
+            )
+        return self
+
+
 class LearningRateFinderSpec(Section):
     """A learning-rate range test run before training: the rate grows exponentially while the loss is recorded."""
 
@@ -680,6 +740,10 @@ class TrainingSpec(Section):
     """Run a learning-rate range test first and record its curve; left out to use learningRate as given."""
     lora: LoraSpec | None = None
     """Train LoRA adapters instead of the full weights (for large models); left out for full fine-tuning."""
+    objective: Objective = "sft"
+    """sft: learn the texts (or a classifier's labels); dpo (causal-lm): learn to prefer each row's data.chosenColumn over its data.rejectedColumn response to the prompt in data.textColumn."""
+    preference: PreferenceSpec = section_default(PreferenceSpec)
+    """The preference loss of training.objective dpo."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     compile: bool = False
@@ -758,7 +822,7 @@ class EvaluationSpec(Section):
     every_steps: int | None = Field(default=None, ge=1, le=100_000_000)
     """Optimizer steps between evaluations (strategy: steps)."""
     metric: MetricName | None = None
-    """The primary metric: it picks the best checkpoint, drives early stopping and is shown by kubectl get. loss and perplexity are lower-is-better. Left out: accuracy for sequence-classification, loss for causal-lm."""
+    """The primary metric: it picks the best checkpoint, drives early stopping and is shown by kubectl get. loss and perplexity are lower-is-better. Left out: accuracy for sequence-classification, loss for causal-lm (training.objective dpo too)."""
     batch_size: int | None = Field(default=None, ge=1, le=65_536)
     """Rows per evaluation batch on each worker; left out: twice training.batchSize."""
     early_stopping: EarlyStoppingSpec | None = None
@@ -898,7 +962,9 @@ class TrainingConfig(Section):
     def _columns_are_distinct(self) -> Self:
         seen: dict[str, str] = {}
         with_label = self.model.task == "sequence-classification"
-        for field, column in self.data.column_roles(with_label=with_label):
+        with_preferences = self.training.objective == "dpo"
+        roles = self.data.column_roles(with_label=with_label, with_preferences=with_preferences)
+        for field, column in roles:
             if column in seen:
                 raise ValueError(f"column {column!r} is named by both {seen[column]} and {field}")
             seen[column] = field
@@ -907,11 +973,33 @@ class TrainingConfig(Section):
     @model_validator(mode="after")
     def _metric_fits_task(self) -> Self:
         metric = self.evaluation.metric
-        allowed = task_metrics(self.model.task)
+        objective = self.training.objective
+        allowed = task_metrics(self.model.task, objective)
         if metric is not None and metric not in allowed:
+            applies_to = "training.objective dpo" if objective == "dpo" else self.model.task
             raise ValueError(
-                f"evaluation.metric {metric!r} does not apply to {self.model.task}; "
+                f"evaluation.metric {metric!r} does not apply to {applies_to}; "
                 f"use one of {', '.join(sorted(allowed))}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _preferences_need_causal_lm(self) -> Self:
+        if self.training.objective != "dpo":
+            return self
+        if self.model.task != "causal-lm":
+            raise ValueError(
+                f"training.objective dpo applies to causal-lm only, not {self.model.task}"
+            )
+        if self.data.packing:
+            raise ValueError(
+                "data.packing does not apply to training.objective dpo: a chosen and a "
+                "rejected response are compared row by row; leave it out or set it to false"
+            )
+        if self.data.text_pair_column is not None:
+            raise ValueError(
+                "data.textPairColumn does not apply to training.objective dpo: the responses "
+                "are data.chosenColumn and data.rejectedColumn; leave it out"
             )
         return self
 

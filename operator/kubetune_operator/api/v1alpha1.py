@@ -488,7 +488,7 @@ class FineTuneJobSpec(TrainingConfig):
     def _objective_fits_task(self) -> Self:
         if self.search is None:
             return self
-        allowed = task_metrics(self.model.task)
+        allowed = task_metrics(self.model.task, self.training.objective)
         metric = self.search.objective.metric
         if metric is not None and metric not in allowed:
             raise ValueError(

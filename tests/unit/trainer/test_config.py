@@ -259,3 +259,77 @@ def test_output_directory_of_each_kind() -> None:
     assert claim.output_directory("job", Path("/mnt/pvc")) == Path("/mnt/pvc/runs/team/a")
     assert claim.output_directory("job", None) is None
     assert default.output_directory("job", None) == Path("runs/job")
+
+
+def dpo(**training: Any) -> dict[str, Any]:
+    return {"objective": "dpo", **training}
+
+
+def test_dpo_reads_its_preference_section_and_metrics() -> None:
+    config = TrainingConfig.model_validate(
+        minimal(
+            model={"source": "m", "task": "causal-lm"},
+            training=dpo(preference={"beta": 0.3, "labelSmoothing": 0.1}),
+            evaluation={"metric": "rewardMargin"},
+        ),
+        by_name=False,
+    )
+    assert config.training.preference.beta == 0.3
+    assert config.training.preference.loss == "sigmoid"
+    assert config.data.chosen_column == "chosen"
+    assert config.primary_metric() == "rewardMargin"
+    assert metric_direction("rewardAccuracy") == "maximize"
+    default = TrainingConfig.model_validate(
+        minimal(model={"source": "m", "task": "causal-lm"}, training=dpo()), by_name=False
+    )
+    assert default.primary_metric() == "loss"
+
+
+@pytest.mark.parametrize(
+    ("sections", "complaint"),
+    [
+        ({"training": dpo()}, "training.objective dpo applies to causal-lm only"),
+        (
+            {
+                "model": {"source": "m", "task": "causal-lm"},
+                "training": dpo(),
+                "evaluation": {"metric": "perplexity"},
+            },
+            "evaluation.metric 'perplexity' does not apply to training.objective dpo",
+        ),
+        (
+            {
+                "model": {"source": "m", "task": "causal-lm"},
+                "evaluation": {"metric": "rewardAccuracy"},
+            },
+            "evaluation.metric 'rewardAccuracy' does not apply to causal-lm",
+        ),
+        (
+            {
+                "model": {"source": "m", "task": "causal-lm"},
+                "training": dpo(preference={"loss": "ipo", "labelSmoothing": 0.1}),
+            },
+            "labelSmoothing applies to the sigmoid loss only",
+        ),
+        (
+            {
+                "model": {"source": "m", "task": "causal-lm"},
+                "data": {"train": {"source": "t.csv"}, "chosenColumn": "text"},
+                "training": dpo(),
+            },
+            "column 'text' is named by both data.textColumn and data.chosenColumn",
+        ),
+        (
+            {
+                "data": {
+                    "train": {"source": "t.csv"},
+                    "quality": {"identicalPreferences": {"mode": "warn"}},
+                }
+            },
+            "identicalPreferences.mode: warn cannot keep",
+        ),
+    ],
+)
+def test_dpo_refusals_name_the_field(sections: dict[str, Any], complaint: str) -> None:
+    _, message = error_of(minimal(**sections))
+    assert complaint in message
