@@ -32,7 +32,9 @@ The stages, in order (docs/data.md describes them for users):
   data.maxLength tokens (the recipe packs when it builds the training loader).
 
 pipeline.py runs them in this order (`prepare_data`), language_model.py runs the few that
-apply to a causal language model, and prepared.py holds what they hand on (`PreparedData`).
+apply to a causal language model, preferences.py those of its preference rows (a prompt,
+a chosen and a rejected response: training.objective dpo), and prepared.py holds what
+they hand on (`PreparedData`).
 report.py is the data report: it counts classes and groups as they reach the rules and as
 they leave for the model. cache.py keeps the pipeline's output in the run's folder, so a
 restart or a second worker reads it instead of preparing the data again. Every stage works
@@ -60,6 +62,7 @@ from kubetune_trainer.data.packing import (
     packing_summary,
 )
 from kubetune_trainer.data.pipeline import prepare_audit_rows, prepare_data
+from kubetune_trainer.data.preferences import REFERENCE_COLUMNS, PreferenceCollator
 from kubetune_trainer.data.prepared import AuditRows, PreparedData
 from kubetune_trainer.data.rows import DataError
 from kubetune_trainer.data.splits import kfold_splits, stratified_split
@@ -69,6 +72,7 @@ __all__ = [
     "MEGA_BATCH_FACTOR",
     "MISSING_GROUP",
     "PACKED_ARCHITECTURES",
+    "REFERENCE_COLUMNS",
     "SYNTHETIC_COLUMN",
     "TOKEN_COUNT_BATCH",
     "AuditRows",
@@ -77,6 +81,7 @@ __all__ = [
     "PackedCollator",
     "PackedRows",
     "PackingStats",
+    "PreferenceCollator",
     "PreparedData",
     "apply_quality_rules",
     "class_weights",

@@ -83,3 +83,12 @@ def text_columns(data: DataSpec) -> list[tuple[str, str]]:
     if data.text_pair_column is not None:
         roles.append(("data.textPairColumn", data.text_pair_column))
     return roles
+
+
+def preference_columns(data: DataSpec) -> list[tuple[str, str]]:
+    """The columns of a preference file (training.objective dpo): prompt, chosen, rejected."""
+    return [
+        ("data.textColumn", data.text_column),
+        ("data.chosenColumn", data.chosen_column),
+        ("data.rejectedColumn", data.rejected_column),
+    ]

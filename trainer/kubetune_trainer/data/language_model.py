@@ -10,6 +10,7 @@ learns to answer, not to repeat the question.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -26,6 +27,7 @@ from kubetune_trainer.data.columns import check_columns, required_texts, text_co
 from kubetune_trainer.data.groups import present_sensitive_groups
 from kubetune_trainer.data.loading import read_source
 from kubetune_trainer.data.prepared import PreparedData
+from kubetune_trainer.data.quality import QualityReport
 from kubetune_trainer.data.report import DataReport, length_summary
 from kubetune_trainer.data.rows import DataError, Rows
 from kubetune_trainer.data.screening import rows_read, screen
@@ -40,11 +42,68 @@ def prepare_language_model_data(
 ) -> PreparedData:
     """Load, check, split and tokenize the rows of a causal-LM run."""
     data = config.data
+    checked = checked_rows(config, tokenizer, text_columns(data))
+    train_set = _tokenize_for_language_model(checked.train, data, tokenizer, "training")
+    validation_set = _tokenize_for_language_model(checked.validation, data, tokenizer, "validation")
+    return checked.prepared(train_set, validation_set, data)
+
+
+@dataclass(frozen=True)
+class CheckedRows:
+    """A causal-LM run's rows once read, screened, split and checked by the quality rules."""
+
+    train: Rows
+    validation: Rows
+    quality: QualityReport
+    rows_in: dict[str, int]
+
+    def prepared(
+        self, train_set: datasets.Dataset, validation_set: datasets.Dataset, data: DataSpec
+    ) -> PreparedData:
+        """What the run trains on: the tokenized rows (with a "length" column) and, beside
+        them, the prompts, groups and counts."""
+        report = DataReport(
+            quality=self.quality,
+            labels=[],
+            classes={},
+            lengths={
+                split: length_summary(np.asarray(rows["length"][:]), data.max_length)
+                for split, rows in (("train", train_set), ("validation", validation_set))
+            },
+        )
+        return PreparedData(
+            train=train_set,
+            validation=validation_set,
+            labels=[],
+            train_class_counts={},
+            class_weights=None,
+            train_texts=_prompts(self.train, data),
+            train_groups=present_sensitive_groups(self.train, data.sensitive_columns),
+            train_sources=np.arange(len(train_set), dtype=np.int64),
+            validation_texts=_prompts(self.validation, data),
+            validation_groups=present_sensitive_groups(self.validation, data.sensitive_columns),
+            rows={
+                **self.rows_in,
+                "train_out": len(train_set),
+                "validation_out": len(validation_set),
+            },
+            majority_rate=0.0,
+            report=report,
+        )
+
+
+def checked_rows(
+    config: TrainingConfig, tokenizer: PreTrainedTokenizerBase, columns: list[tuple[str, str]]
+) -> CheckedRows:
+    """Read the sources, check that they hold `columns` ((field, column) pairs), screen
+    them, hold out the validation split if there is no validation source, and apply the
+    quality rules."""
+    data = config.data
     train = read_source(data.train, "data.train")
     validation = (
         None if data.validation is None else read_source(data.validation, "data.validation")
     )
-    check_columns(train, text_columns(data))
+    check_columns(train, columns)
     train, screened = screen(train, "train", config, None)
     if validation is None:
         kept, held_out = stratified_split(
@@ -54,7 +113,7 @@ def prepare_language_model_data(
         )
         train, validation = train.take(kept), train.take(held_out)
     else:
-        check_columns(validation, text_columns(data))
+        check_columns(validation, columns)
         validation, screened_validation = screen(validation, "validation", config, None)
         screened += screened_validation
     rows_in = rows_read(train, validation, screened)
@@ -62,37 +121,7 @@ def prepare_language_model_data(
         train, validation, config, tokenizer, screened=screened
     )
     check_batch_size(config.training.batch_size, train)
-    train_texts, validation_texts = _prompts(train, data), _prompts(validation, data)
-    train_set = _tokenize_for_language_model(train, data, tokenizer, "training")
-    validation_set = _tokenize_for_language_model(validation, data, tokenizer, "validation")
-    report = DataReport(
-        quality=quality,
-        labels=[],
-        classes={},
-        lengths={
-            split: length_summary(np.asarray(rows["length"][:]), data.max_length)
-            for split, rows in (("train", train_set), ("validation", validation_set))
-        },
-    )
-    return PreparedData(
-        train=train_set,
-        validation=validation_set,
-        labels=[],
-        train_class_counts={},
-        class_weights=None,
-        train_texts=train_texts,
-        train_groups=present_sensitive_groups(train, data.sensitive_columns),
-        train_sources=np.arange(len(train_set), dtype=np.int64),
-        validation_texts=validation_texts,
-        validation_groups=present_sensitive_groups(validation, data.sensitive_columns),
-        rows={
-            **rows_in,
-            "train_out": len(train_set),
-            "validation_out": len(validation_set),
-        },
-        majority_rate=0.0,
-        report=report,
-    )
+    return CheckedRows(train, validation, quality, rows_in)
 
 
 def _prompts(rows: Rows, data: DataSpec) -> list[str]:
@@ -108,7 +137,7 @@ def _tokenize_for_language_model(
         columns["response"] = required_texts(rows, data.text_pair_column, "data.textPairColumn")
     table = pa.table(columns)
     encoded = datasets.Dataset(InMemoryTable(table)).map(
-        _language_model_encoder(tokenizer, data.max_length),
+        language_model_encoder(tokenizer, data.max_length),
         batched=True,
         remove_columns=list(columns),
         desc=f"Tokenizing the {split} rows",
@@ -117,24 +146,31 @@ def _tokenize_for_language_model(
     if pc.max(lengths).as_py() is None:
         raise DataError(f"data.{split}: no row holds any text")
     if data.text_pair_column is not None:
-        _check_responses_fit(encoded, data.max_length, split)
+        check_responses_fit(encoded, data.max_length, split)
     return datasets.Dataset(InMemoryTable(encoded.data.table.append_column("length", lengths)))
 
 
-def _check_responses_fit(encoded: datasets.Dataset, max_length: int, split: str) -> None:
-    """Refuse a split whose every response is cut off by data.maxLength: its loss would be
-    0/0 (NaN) at every step, which would read as a divergence."""
+def check_responses_fit(
+    encoded: datasets.Dataset,
+    max_length: int,
+    split: str,
+    labels: str = "labels",
+    field: str = "data.textPairColumn",
+) -> None:
+    """Refuse a split whose every response (in the column `labels`) is cut off by
+    data.maxLength: its loss would be 0/0 (NaN) at every step, which would read as a
+    divergence."""
     # In Arrow: a Python loop over every token would slow the start of a large run.
-    responses = pc.list_flatten(pc.list_slice(encoded.data.table.column("labels"), 1))
+    responses = pc.list_flatten(pc.list_slice(encoded.data.table.column(labels), 1))
     if not pc.any(pc.not_equal(responses, IGNORED_LABEL)).as_py():
         raise DataError(
             f"data.maxLength: {max_length} tokens hold only the prompt of every {split} row, "
-            "so no response token (data.textPairColumn) is left to learn from; raise "
+            f"so no response token ({field}) is left to learn from; raise "
             "data.maxLength or shorten the prompts"
         )
 
 
-def _language_model_encoder(
+def language_model_encoder(
     tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> Callable[[Any], dict[str, Any]]:
     """Prompt (+ response + end of text) token ids, labels masking the prompt when a response

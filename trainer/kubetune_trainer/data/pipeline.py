@@ -43,6 +43,7 @@ from kubetune_trainer.data.labels import (
 )
 from kubetune_trainer.data.language_model import prepare_language_model_data
 from kubetune_trainer.data.loading import read_source
+from kubetune_trainer.data.preferences import prepare_preference_data
 from kubetune_trainer.data.prepared import AuditRows, PreparedData
 from kubetune_trainer.data.quality import QualityReport
 from kubetune_trainer.data.report import (
@@ -69,6 +70,8 @@ def prepare_data(
     progress: Callable[[], None] = _no_progress,
 ) -> PreparedData:
     """Load, check, label, split and tokenize the data of a run; `progress` between stages."""
+    if config.training.objective == "dpo":
+        return prepare_preference_data(config, tokenizer)
     if config.model.task == "causal-lm":
         return prepare_language_model_data(config, tokenizer)
     data = config.data

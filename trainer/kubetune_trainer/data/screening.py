@@ -1,8 +1,10 @@
 """The per-file rules: rows that cannot be encoded go before the labels are.
 
-Two of the data-quality rules run on each file as soon as it is read, before the rest of
-the pipeline: data.quality.missingValues (a row without a label, text pair or weight) and
-data.quality.unknownLabels (a label that is no class). The label encoding and the
+Some of the data-quality rules run on each file as soon as it is read, before the rest of
+the pipeline: data.quality.missingValues (a row without a label, text pair, weight, or
+chosen or rejected response), data.quality.unknownLabels (a label that is no class) and,
+for training.objective dpo, data.quality.identicalPreferences (a row whose chosen response
+is its rejected one). The label encoding and the
 stratified validation split need every row to have a class, so these rules cannot wait for
 the quality engine; their results still open its report and count in its dropped share.
 Their modes are drop or fail, since a row that cannot be encoded cannot be kept.
@@ -66,6 +68,10 @@ def screen(
         unknown = _unknown_values(rows, config, labels)
         mode = spec.unknown_labels.mode
         rows = _settle(rows, split, "unknownLabels", mode, unknown, config, results)
+    if config.training.objective == "dpo":
+        identical = _identical_preferences(rows, config)
+        mode = spec.identical_preferences.mode
+        rows = _settle(rows, split, "identicalPreferences", mode, identical, config, results)
     report = QualityReport({split: rows_in}, {split: rows.table.num_rows}, results)
     try:
         report.refuse_excess_drops(split, spec.max_dropped_fraction, rows.origin)
@@ -115,6 +121,9 @@ def _needed_values(rows: Rows, config: TrainingConfig) -> list[tuple[str, str, s
     needed = [("data.labelColumn", data.label_column, "label")] if classifying else []
     if data.text_pair_column is not None:
         needed.append(("data.textPairColumn", data.text_pair_column, "text"))
+    if config.training.objective == "dpo":
+        needed.append(("data.chosenColumn", data.chosen_column, "chosen response"))
+        needed.append(("data.rejectedColumn", data.rejected_column, "rejected response"))
     weights = data.weight_column
     if classifying and weights is not None and weights in rows.table.column_names:
         needed.append(("data.weightColumn", weights, "weight"))
@@ -150,6 +159,24 @@ def _blank(rows: Rows, column: str, field: str) -> Mask:
     values = as_text(rows, column, field)
     blank = pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_trim_whitespace(values), ""))
     return np.asarray(pc.fill_null(blank, True).to_numpy(zero_copy_only=False), dtype=np.bool_)
+
+
+def _identical_preferences(rows: Rows, config: TrainingConfig) -> _Screened:
+    """Rows whose chosen and rejected responses are the same text (spaces around ignored)."""
+    data = config.data
+    chosen = pc.utf8_trim_whitespace(as_text(rows, data.chosen_column, "data.chosenColumn"))
+    rejected = pc.utf8_trim_whitespace(as_text(rows, data.rejected_column, "data.rejectedColumn"))
+    same = pc.fill_null(pc.equal(chosen, rejected), False)
+    matched = np.asarray(same.to_numpy(zero_copy_only=False), dtype=np.bool_)
+    count = row_count(int(matched.sum()))
+    failure = (
+        f"data.quality.identicalPreferences: {rows.origin} has {count} whose "
+        f"{data.chosen_column!r} response equals its {data.rejected_column!r} one "
+        f"({rows.row_numbers(same)}); such a row prefers nothing. "
+        "data.quality.identicalPreferences.mode is fail: fix them, or set it to drop to "
+        "leave those rows out"
+    )
+    return _Screened(matched, failure)
 
 
 def _unknown_values(rows: Rows, config: TrainingConfig, labels: Sequence[str]) -> _Screened:

@@ -34,7 +34,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, get_args
@@ -127,6 +127,9 @@ class StepRecord:
     whose peak is not known."""
     cost: RunCost | None = None
     """GPU-hours (and their price) so far, earlier starts included; None when not counted."""
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    """Training metrics over the interval besides the loss: a dpo run's rewards
+    (chosenReward, rejectedReward, rewardMargin, rewardAccuracy)."""
 
 
 Phase = Literal[
@@ -645,6 +648,13 @@ EVAL_METRIC = MetricDefinition(
     "Latest validation metric, by name (the metric label: accuracy, loss, ...).",
     ("job", "namespace", "metric"),
 )
+TRAIN_METRIC = MetricDefinition(
+    "kubetune_trainer_train_metric",
+    "gauge",
+    "Latest training metric besides the loss, by name, over the last logging interval (a "
+    "dpo run's rewardAccuracy, rewardMargin, chosenReward, rejectedReward).",
+    ("job", "namespace", "metric"),
+)
 SAMPLES = MetricDefinition(
     "kubetune_trainer_samples_total",
     "counter",
@@ -680,6 +690,7 @@ TRAINER_METRICS: Final = (
     STEP,
     PROGRESS_RATIO,
     EVAL_METRIC,
+    TRAIN_METRIC,
     SAMPLES,
     GPU_HOURS,
     HEARTBEAT_TIME,
@@ -734,6 +745,8 @@ class PrometheusReporter:
         self._set(EPOCH, record.epoch)
         self._set(STEP, record.step)
         self._set(PROGRESS_RATIO, record.step / info.total_steps if info.total_steps else 0.0)
+        for name, value in record.metrics.items():
+            self._gauges[TRAIN_METRIC].labels(**self._labels, metric=name).set(value)
         self._count_samples(record.samples_per_second)
 
     def evaluated(self, record: EvalRecord) -> None:
@@ -808,6 +821,7 @@ class JsonlReporter:
                 "tokensPerSecond": record.tokens_per_second,
                 "mfu": record.mfu,
                 "gpuHours": None if record.cost is None else record.cost.gpu_hours,
+                **({"metrics": dict(record.metrics)} if record.metrics else {}),
             },
         )
 
@@ -854,6 +868,7 @@ def step_line(info: RunInfo, record: StepRecord, eta_seconds: float | None) -> s
         f"ETA {format_duration(eta_seconds)}",
         f"loss {record.loss:.4f}",
         f"lr {record.learning_rate:.2e}",
+        *(f"{name} {value:.4f}" for name, value in record.metrics.items()),
     ]
     if record.grad_norm is not None:
         parts.append(f"grad norm {record.grad_norm:.3f}")

@@ -25,6 +25,7 @@ from kubetune_trainer.data import (
     IGNORED_LABEL,
     LengthGroupedSampler,
     PackedCollator,
+    PreferenceCollator,
     PreparedData,
     pack_rows,
     packing_summary,
@@ -88,7 +89,10 @@ def build_loaders(
 
 
 def _collator(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> Any:
-    """Pads a batch to a multiple of 8 tokens (a language model's labels with IGNORED_LABEL)."""
+    """Pads a batch to a multiple of 8 tokens (a language model's labels with IGNORED_LABEL;
+    a preference batch's chosen rows, then its rejected rows)."""
+    if config.training.objective == "dpo":
+        return PreferenceCollator(tokenizer.pad_token_id or 0)
     if config.model.task == "causal-lm":
         return DataCollatorForSeq2Seq(
             tokenizer, label_pad_token_id=IGNORED_LABEL, pad_to_multiple_of=8

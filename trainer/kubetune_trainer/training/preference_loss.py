@@ -68,14 +68,14 @@ def pair_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> PairLogProbs:
     return PairLogProbs(chosen, rejected, chosen_tokens, rejected_tokens)
 
 
-def preference_loss(
+def preference_losses(
     policy: PairLogProbs,
     reference_chosen: torch.Tensor,
     reference_rejected: torch.Tensor,
     spec: PreferenceSpec,
 ) -> tuple[torch.Tensor, PairRewards]:
-    """The batch's mean loss and each row's rewards, against the reference's summed
-    log-probabilities of the same responses."""
+    """Each row's loss and rewards, against the reference's summed log-probabilities of the
+    same responses (the batch's loss is the mean)."""
     chosen_ratio = policy.chosen - reference_chosen
     rejected_ratio = policy.rejected - reference_rejected
     if spec.loss == "ipo":
@@ -83,7 +83,7 @@ def preference_loss(
     else:
         per_row = _sigmoid(spec.beta * (chosen_ratio - rejected_ratio), spec.label_smoothing)
     rewards = PairRewards(spec.beta * chosen_ratio.detach(), spec.beta * rejected_ratio.detach())
-    return per_row.mean(), rewards
+    return per_row, rewards
 
 
 def _sigmoid(logits: torch.Tensor, smoothing: float) -> torch.Tensor:

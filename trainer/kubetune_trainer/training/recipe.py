@@ -114,6 +114,7 @@ from kubetune_trainer.training.outcome import (
     outcome_of,
     run_message,
 )
+from kubetune_trainer.training.preferences import preference_objective
 from kubetune_trainer.training.running_loss import RunningLoss
 from kubetune_trainer.training.stop_guard import StopGuard
 from kubetune_trainer.training.throughput import ThroughputMeter, mfu_basis
@@ -310,6 +311,7 @@ class Recipe:
         self._beat("LoadingModel")
         model = load_model(self.config, self.data.labels)
         self._beat("LoadingModel")
+        self.preferences = preference_objective(self.config, model, self.accelerator, self.data)
         self.train_rows = training_rows(self.config, self.data)
         self.steps_per_epoch = steps_per_epoch(self.config, len(self.train_rows), self.processes)
         self.plan = freezing.build_plan(model, self.config.freezing, self.steps_per_epoch)
@@ -456,6 +458,8 @@ class Recipe:
         self, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The training loss, and for classification the predictions and labels to track."""
+        if self.preferences is not None:  # its rewards are tracked by training/preferences.py
+            return self._with_l1(self.preferences.loss(self.model, batch)), None, None
         if self.is_language_model:  # the model shifts the labels and skips masked tokens
             return self._with_l1(self.model(**batch).loss), None, None
         labels = batch.pop("labels")
@@ -515,6 +519,8 @@ class Recipe:
     def _start_windows(self) -> None:
         """The loss and throughput windows of the first logged step."""
         self.losses = RunningLoss(self.accelerator.device)
+        if self.preferences is not None:
+            self.preferences.open_windows()
         self.throughput.open_window()
         self._grad_norm = None
         self._log_every = max(1, self.total_steps // MAX_LOGS_PER_RUN)
@@ -550,6 +556,7 @@ class Recipe:
                 tokens_per_second=throughput.tokens_per_second,
                 mfu=throughput.mfu,
                 cost=cost,
+                metrics=self.preferences.close_log_window() if self.preferences else {},
             )
         )
         self.throughput.open_window()
@@ -600,6 +607,8 @@ class Recipe:
         (for a language model: its loss and perplexity, and empty arrays)."""
         self._beat("Evaluating")
         parts = (self.model, self.accelerator, self.eval_loader, self._evaluation_batch_done)
+        if self.preferences is not None:  # training/preferences.py: loss and rewards
+            return self.preferences.evaluate(*parts), np.empty((0, 0)), np.empty(0)
         if self.is_language_model:
             return language_model_evaluation(*parts), np.empty((0, 0)), np.empty(0)
         return classifier_evaluation(*parts)
@@ -616,6 +625,8 @@ class Recipe:
             classes=len(self.data.labels) if self.data else None,
             language_model=self.is_language_model,
         )
+        if self.preferences is not None:
+            train_metrics = self.preferences.close_interval(train_metrics)
         self.state.evaluations.append(
             {
                 "step": self.state.step,

@@ -11,7 +11,7 @@ import torch
 
 from kubetune_trainer.config import PreferenceSpec
 from kubetune_trainer.data import IGNORED_LABEL
-from kubetune_trainer.training.preference_loss import pair_log_probs, preference_loss
+from kubetune_trainer.training.preference_loss import pair_log_probs, preference_losses
 from tests.tiny import make_tiny_causal_lm
 
 trl = pytest.importorskip("trl")
@@ -64,7 +64,8 @@ def trl_and_ours(
     policy = pair_log_probs(trainer.model(**inputs).logits, labels)
     with torch.no_grad():
         reference = pair_log_probs(trainer.ref_model(**inputs).logits, labels)
-    ours, rewards = preference_loss(policy, reference.chosen, reference.rejected, spec)
+    losses, rewards = preference_losses(policy, reference.chosen, reference.rejected, spec)
+    ours = losses.mean()
     ours_metrics = {
         "rewards/chosen": float(rewards.chosen.mean()),
         "rewards/rejected": float(rewards.rejected.mean()),
