@@ -35,6 +35,11 @@ from kubetune_trainer.config import (
 # Overfitting: the validation loss must have risen this fraction above its minimum since
 # its best evaluation; smaller rises are taken as evaluation noise.
 VALIDATION_RISE_TOLERANCE = 0.10
+# Overfitting of a preference run: since the validation reward margin peaked, the
+# training reward margin must have grown by this fraction of its value at the peak.
+MARGIN_GROWTH_TOLERANCE = 0.10
+REWARD_MARGIN = "rewardMargin"
+"""A dpo run's mean chosen-minus-rejected reward (training/preference_loss.py)."""
 # Underfitting: a training loss whose last window is less than this fraction below its
 # first window is flat.
 FLAT_LOSS_TOLERANCE = 0.05
@@ -104,6 +109,9 @@ class RunSetup:
     """training.maxSteps: the run may have ended there, before training.epochs."""
     leakage_mode: str = "drop"
     """data.quality.leakage.mode: warn keeps training rows that repeat validation rows."""
+    preference_beta: float | None = None
+    """training.preference.beta of a dpo run (None for sft): raising it holds the policy
+    nearer the reference, the preference loss's own regularizer."""
 
     @classmethod
     def of(cls, config: TrainingConfig) -> RunSetup:
@@ -114,6 +122,9 @@ class RunSetup:
             lora=config.training.lora,
             max_steps=config.training.max_steps,
             leakage_mode=config.data.quality.leakage.mode,
+            preference_beta=config.training.preference.beta
+            if config.training.objective == "dpo"
+            else None,
         )
 
 
@@ -279,7 +290,11 @@ def _from_findings(verdict: Verdict, findings: list[_Finding], context: str) -> 
 def _overfitting(
     evals: Sequence[EvalPoint], metric: str, max_gap: float | None, setup: RunSetup
 ) -> list[_Finding]:
-    findings = [_validation_loss_rise(evals), _gap_too_wide(evals[-1], metric, max_gap, setup)]
+    findings = [
+        _validation_loss_rise(evals),
+        _reward_margin_stalled(evals, setup),
+        _gap_too_wide(evals[-1], metric, max_gap, setup),
+    ]
     return [finding for finding in findings if finding is not None]
 
 
@@ -296,6 +311,44 @@ def _validation_loss_rise(evals: Sequence[EvalPoint]) -> _Finding | None:
         f"{_number(last_loss)} (step {last.step}) while training loss fell from "
         f"{_number(best_train)} to {_number(last_train)}",
         (_stop_earlier(best), REGULARIZE_MORE),
+    )
+
+
+def _reward_margin_stalled(evals: Sequence[EvalPoint], setup: RunSetup) -> _Finding | None:
+    """A preference run whose validation reward margin stopped growing (it peaked before
+    the last evaluation) while the training margin went on growing: the policy learns the
+    training pairs, not the preference."""
+    points = [p for p in evals if REWARD_MARGIN in p.metrics and REWARD_MARGIN in p.train_metrics]
+    if len(points) < 2:
+        return None
+    peak, last = max(points, key=lambda p: p.metrics[REWARD_MARGIN]), points[-1]
+    peak_train, last_train = peak.train_metrics[REWARD_MARGIN], last.train_metrics[REWARD_MARGIN]
+    if peak is last or last_train - peak_train <= MARGIN_GROWTH_TOLERANCE * abs(peak_train):
+        return None
+    return _Finding(
+        f"validation reward margin stopped growing: highest "
+        f"{_number(peak.metrics[REWARD_MARGIN])} at step {peak.step}, "
+        f"{_number(last.metrics[REWARD_MARGIN])} at step {last.step}, while the training "
+        f"reward margin grew from {_number(peak_train)} to {_number(last_train)}",
+        (_stop_at_margin_peak(peak), _hold_nearer_the_reference(setup.preference_beta)),
+    )
+
+
+def _stop_at_margin_peak(peak: EvalPoint) -> str:
+    return (
+        f"Stop earlier: the validation reward margin was highest at epoch "
+        f"{_epoch(peak.epoch)} (step {peak.step}); set training.epochs to "
+        f"{max(1, math.ceil(peak.epoch))}, or enable evaluation.earlyStopping with "
+        "evaluation.metric rewardMargin."
+    )
+
+
+def _hold_nearer_the_reference(beta: float | None) -> str:
+    if beta is None:
+        return REGULARIZE_MORE
+    return (
+        f"Hold the policy nearer the reference: raise training.preference.beta (now "
+        f"{beta:g}, e.g. 2x), or add preference pairs."
     )
 
 

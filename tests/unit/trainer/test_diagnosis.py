@@ -725,3 +725,47 @@ def test_monitor_catches_a_blow_up_that_starts_at_the_second_step() -> None:
         "smoothed training loss 3.973 (mean of the last 3) at step 3 "
         "is above 4 x its starting value 0.690"
     )
+
+
+def preference_run(
+    validation_margins: list[float], training_margins: list[float]
+) -> list[EvalPoint]:
+    """A dpo run whose DPO loss falls on both splits; only the reward margins vary."""
+    count = len(validation_margins)
+    falling = [0.69 - 0.05 * i for i in range(count)]
+    return evaluations(
+        {"loss": falling, "rewardMargin": validation_margins},
+        {"loss": falling, "rewardMargin": training_margins},
+    )
+
+
+def test_a_validation_reward_margin_that_stops_growing_while_training_grows_is_overfitting() -> (
+    None
+):
+    evals = preference_run([0.2, 0.6, 0.9, 0.85, 0.8], [0.2, 0.7, 1.2, 2.0, 3.1])
+    result = judge(evals, "loss", setup=RunSetup(preference_beta=0.1))
+    assert result.verdict == "Overfitting"
+    assert result.evidence[0] == (
+        "validation reward margin stopped growing: highest 0.900 at step 60, 0.800 at step "
+        "100, while the training reward margin grew from 1.200 to 3.100"
+    )
+    assert "the validation reward margin was highest at epoch 3 (step 60)" in result.suggestion
+    assert "evaluation.metric rewardMargin" in result.suggestion
+    assert "raise training.preference.beta (now 0.1, e.g. 2x)" in result.suggestion
+
+
+@pytest.mark.parametrize(
+    ("validation", "training"),
+    [
+        ([0.2, 0.6, 0.9, 1.1, 1.3], [0.2, 0.7, 1.2, 2.0, 3.1]),  # both still growing
+        ([0.2, 0.6, 0.9, 0.85, 0.8], [0.2, 0.7, 1.2, 1.25, 1.3]),  # training stalled too
+    ],
+    ids=["growing", "both-stalled"],
+)
+def test_reward_margins_growing_or_stalling_together_are_not_overfitting(
+    validation: list[float], training: list[float]
+) -> None:
+    result = judge(
+        preference_run(validation, training), "loss", setup=RunSetup(preference_beta=0.1)
+    )
+    assert result.verdict != "Overfitting"
