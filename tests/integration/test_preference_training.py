@@ -93,3 +93,4 @@ def test_a_dpo_run_learns_the_preference_and_reports_its_rewards(
     )
     saved = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert saved["curves"]["evaluations"][-1]["metrics"]["rewardAccuracy"] > 0.9
+    assert 'id="chart-rewards"' in (tmp_path / "report.html").read_text(encoding="utf-8")

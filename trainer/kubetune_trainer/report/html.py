@@ -304,7 +304,9 @@ def curves_section(report: Mapping[str, Any]) -> Section | None:
     charts = []
     if losses or _series(evaluations, "loss"):
         charts.append(_loss_chart(losses, evaluations, marks))
-    metrics = [m for m in metric_names(evaluations) if m != "loss"]
+    if _series(evaluations, REWARD_MARGIN):
+        charts.append(_rewards_chart(evaluations, marks))
+    metrics = [m for m in metric_names(evaluations) if m != "loss" and m not in REWARDS_CHARTED]
     if metrics:
         charts.append(_metrics_chart(metrics, evaluations, marks))
     rates = _pairs(_sequence(curves.get("learningRate")))
@@ -405,6 +407,35 @@ def _metrics_chart(
         figure.legend(loc="outside right upper", fontsize=7)
 
     return chart("chart-metrics", "Validation metrics over steps", draw, (5.6, 3.3))
+
+
+REWARD_MARGIN = "rewardMargin"
+REWARDS_CHARTED = (REWARD_MARGIN, "chosenReward", "rejectedReward")
+"""A dpo run's rewards (training/preference_loss.py), charted apart from its other metrics:
+they share a scale of their own, and the margin's two curves are what the diagnosis reads."""
+
+
+def _rewards_chart(evaluations: Sequence[Mapping[str, Any]], marks: Marks) -> Markup:
+    """A dpo run's validation rewards, and the training reward margin beside the validation
+    one (a validation margin that stops growing while training's grows is overfitting)."""
+
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        for metric in REWARDS_CHARTED:
+            width = 2.2 if metric == REWARD_MARGIN else 1.1
+            points = _series(evaluations, metric)
+            _plot(ax, points, label=chart_text(metric), linewidth=width, marker="o", markersize=3)
+        training = _series(evaluations, REWARD_MARGIN, "trainMetrics")
+        label = chart_text(f"training {REWARD_MARGIN}")
+        _plot(ax, training, label=label, linestyle="--", color="#64748b")
+        primary = marks.primary if marks.primary in REWARDS_CHARTED else None
+        _mark_best(ax, marks.best, _series(evaluations, primary) if primary else [])
+        _mark_changes(ax, marks.changes)
+        _steps_axis(ax)
+        ax.set(title="Rewards", xlabel="step", ylabel="beta x log-probability ratio")
+        figure.legend(loc="outside right upper", fontsize=7)
+
+    return chart("chart-rewards", "Preference rewards over steps", draw, (5.6, 3.3))
 
 
 def _learning_rate_chart(rates: list[tuple[float, float]], changes: list[float]) -> Markup:

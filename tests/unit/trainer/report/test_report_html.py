@@ -670,6 +670,22 @@ def test_a_language_model_report_has_no_class_parts_and_plots_perplexity() -> No
     ]
 
 
+def test_a_preference_report_charts_its_rewards_and_both_reward_margins() -> None:
+    report = full_report()
+    report["primaryMetric"] = "rewardMargin"
+    for i, evaluation in enumerate(report["curves"]["evaluations"]):
+        rewards = {"chosenReward": 0.1 * i, "rejectedReward": -0.2 * i, "rewardMargin": 0.3 * i}
+        evaluation["metrics"] = {"loss": 0.6, "rewardAccuracy": 0.9, **rewards}
+        evaluation["trainMetrics"] = {"loss": 0.5, "rewardAccuracy": 0.95, **rewards}
+    root = dom(render_html(report))
+    rewards = svg_texts(root, "chart-rewards")
+    for name in ("rewardMargin", "training rewardMargin", "chosenReward", "rejectedReward"):
+        assert name in rewards
+    metrics = svg_texts(root, "chart-metrics")
+    assert "rewardAccuracy" in metrics
+    assert "rewardMargin" not in metrics
+
+
 # --- the numbers ------------------------------------------------------------------------
 
 
