@@ -77,6 +77,7 @@ def cache_key(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> str
         "model": config.model.model_dump(mode="json", exclude={"source"}),
         "seed": config.training.seed,
         "batchSize": config.training.batch_size,
+        "objective": config.training.objective,  # dpo prepares preference rows
         "tokenizer": Hasher.hash(tokenizer),
     }
     digest.update(json.dumps(inputs, sort_keys=True).encode())

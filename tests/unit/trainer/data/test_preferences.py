@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import IGNORED_LABEL, DataError, PreferenceCollator, prepare_data
+from kubetune_trainer.data.cache import cache_key
 from tests.tiny import make_tokenizer
 
 WORDS = ["the", "kettle", "is", "good", "bad", "lamp", "tent", "fine", "awful"]
@@ -141,3 +142,15 @@ def test_a_blank_response_is_a_missing_value_with_its_count(
     prepared = prepare_data(config_of(train, validation), tokenizer)
     assert matched(prepared, "missingValues") == {"train": 1, "validation": 0}
     assert prepared.rows["train_out"] == 6
+
+
+def test_the_data_cache_tells_preference_rows_from_texts(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    train = write_rows(tmp_path / "train.csv", rows(4))
+    validation = write_rows(tmp_path / "validation.csv", rows(2))
+    preferences = config_of(train, validation)
+    texts = preferences.model_copy(
+        update={"training": preferences.training.model_copy(update={"objective": "sft"})}
+    )
+    assert cache_key(preferences, tokenizer) != cache_key(texts, tokenizer)
