@@ -13,6 +13,7 @@ import pytest
 
 from kubetune_trainer.__main__ import run_training
 from kubetune_trainer.config import TrainingConfig
+from tests.integration.test_trainer import assert_same_loss_curve, crash_then_resume
 from tests.tiny import make_tiny_causal_lm
 
 WORDS = [f"w{i}" for i in range(30)] + ["good", "bad"]
@@ -94,3 +95,22 @@ def test_a_dpo_run_learns_the_preference_and_reports_its_rewards(
     saved = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert saved["curves"]["evaluations"][-1]["metrics"]["rewardAccuracy"] > 0.9
     assert 'id="chart-rewards"' in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_resumed_dpo_run_continues_the_same_curve_and_rewards(
+    tmp_path: Path, preference_job: dict[str, Any]
+) -> None:
+    """The reference log-probabilities are computed again from the starting model at the
+    restart, so the resumed run sees the numbers the first start saw."""
+    job = {
+        **preference_job,
+        "training": {**preference_job["training"], "epochs": 1},
+        "output": {"checkpointEverySteps": 3},
+    }
+    config = TrainingConfig.model_validate(job, by_name=False)
+    straight = run_training(config, tmp_path / "straight", job_name="dpo", env={})
+    resumed_from, result = crash_then_resume(config, tmp_path / "resumed", "dpo", 6)
+    assert resumed_from == tmp_path / "resumed/checkpoints/step-00000006"
+    assert_same_loss_curve(result, straight)
+    for name in REWARDS:
+        assert result.metrics[name] == pytest.approx(straight.metrics[name], rel=1e-4, abs=1e-6)
