@@ -488,12 +488,14 @@ class FineTuneJobSpec(TrainingConfig):
     def _objective_fits_task(self) -> Self:
         if self.search is None:
             return self
-        allowed = task_metrics(self.model.task, self.training.objective)
+        objective = self.training.objective
+        allowed = task_metrics(self.model.task, objective)
         metric = self.search.objective.metric
         if metric is not None and metric not in allowed:
+            applies_to = "training.objective dpo" if objective == "dpo" else self.model.task
             raise ValueError(
                 f"search.objective.metric {metric!r} does not apply to "
-                f"{self.model.task}; use one of {', '.join(sorted(allowed))}"
+                f"{applies_to}; use one of {', '.join(sorted(allowed))}"
             )
         return self
 

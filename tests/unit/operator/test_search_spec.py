@@ -155,6 +155,28 @@ def test_objective_must_fit_the_task(sentiment: dict[str, Any]) -> None:
     ]
 
 
+def test_a_dpo_search_aims_at_a_preference_metric() -> None:
+    manifest: dict[str, Any] = {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "prefs"},
+        "spec": {
+            "model": {"source": "hf://gpt2", "task": "causal-lm"},
+            "data": {"train": {"source": "pvc://data/prefs.jsonl"}, "textColumn": "prompt"},
+            "training": {"objective": "dpo"},
+            "output": {"uri": "pvc://out/prefs"},
+        },
+    }
+    parameter = {"path": "training.preference.beta", "type": "float", "values": [0.1, 0.3]}
+    search = {"parameters": [parameter], "objective": {"metric": "rewardMargin"}}
+    assert problems_with_search(manifest, search) == []
+    search["objective"] = {"metric": "perplexity"}
+    assert problems_with_search(manifest, search) == [
+        "spec: search.objective.metric 'perplexity' does not apply to training.objective dpo; "
+        "use one of chosenReward, loss, rejectedReward, rewardAccuracy, rewardMargin"
+    ]
+
+
 def test_spec_field_walks_nested_sections() -> None:
     assert spec_field("freezing.gradualUnfreezing.every").annotation is int
     assert spec_field("training.learningRate").annotation is float

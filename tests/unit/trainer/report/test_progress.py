@@ -54,6 +54,7 @@ from kubetune_trainer.report.progress import (
     progress_patch,
     section_patch,
     service_account_directory,
+    step_line,
 )
 
 INFO = RunInfo(
@@ -885,3 +886,34 @@ def test_a_message_that_already_counts_the_rows_is_not_prefixed_twice() -> None:
     assert section_summary("dataValidation", payload) == (
         "dataValidation: 8 of 10 rows kept: 2 duplicates dropped"
     )
+
+
+PREFERENCE_METRICS = {
+    "chosenReward": 0.4,
+    "rejectedReward": -0.6,
+    "rewardMargin": 1.0,
+    "rewardAccuracy": 0.75,
+}
+
+
+def test_a_dpo_runs_rewards_reach_every_output(tmp_path: Path) -> None:
+    """Console, metrics.jsonl and Prometheus carry the training rewards of each logged step;
+    the validation ones reach the status like any metric."""
+    record = step(10, metrics=PREFERENCE_METRICS)
+    line = step_line(INFO, record, None)
+    assert "rewardMargin 1.0000  rewardAccuracy 0.7500" in line
+    path = tmp_path / "metrics.jsonl"
+    jsonl = JsonlReporter(path)
+    jsonl.logged(record)
+    jsonl.close()
+    assert json.loads(path.read_text())["metrics"] == PREFERENCE_METRICS
+    prometheus = PrometheusReporter(0, job="prefs", namespace="ml", address="127.0.0.1")
+    try:
+        prometheus.started(INFO)
+        prometheus.logged(record)
+        families = scrape(prometheus.port)
+    finally:
+        prometheus.close()
+    served = {s.labels["metric"]: s.value for s in families["kubetune_trainer_train_metric"]}
+    assert served == PREFERENCE_METRICS
+    assert_trainer_status(metrics_patch({"loss": 0.3, **PREFERENCE_METRICS}, "rewardMargin"))
