@@ -19,6 +19,11 @@ from tests.tiny import make_tiny_chat_lm
 
 WORDS = [f"w{i}" for i in range(24)]
 SYSTEM = {"role": "system", "content": "answer with the next word"}
+OWN_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + ' ' + m['content'] + '<|im_end|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant ' }}{% endif %}"
+)
+"""The tokenizer's own template: ChatML without its newlines."""
 
 
 def dialogue(rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -44,8 +49,8 @@ def write_openai_jsonl(path: Path, conversations: list[list[dict[str, Any]]]) ->
 @pytest.fixture(scope="module")
 def chat_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A causal-lm job over 160 training and 24 validation dialogues, one of them with a
-    tool message (dropped by malformedConversations), and a model whose tokenizer has
-    ChatML as its own template."""
+    tool message (dropped by malformedConversations), and a model whose tokenizer has a
+    template of its own."""
     folder = tmp_path_factory.mktemp("chat")
     rng = np.random.default_rng(0)
     train = [dialogue(rng) for _ in range(160)]
@@ -54,7 +59,7 @@ def chat_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     texts = [" ".join(WORDS), SYSTEM["content"]]
     return {
         "model": {
-            "source": str(make_tiny_chat_lm(folder / "gpt", texts, CHATML_TEMPLATE)),
+            "source": str(make_tiny_chat_lm(folder / "gpt", texts, OWN_TEMPLATE)),
             "task": "causal-lm",
         },
         "data": {
@@ -112,6 +117,7 @@ def test_an_openai_jsonl_file_trains_unchanged(tmp_path: Path, chat_job: dict[st
     assert data["conversations"]["validation"]["rows"] == 24
     saved = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert saved["data"]["conversations"] == data["conversations"]
+    assert (tmp_path / "model/chat_template.jinja").read_text(encoding="utf-8") == OWN_TEMPLATE
 
 
 def test_conversations_pack_and_train_a_lora_adapter_with_chatml_named(
@@ -126,3 +132,6 @@ def test_conversations_pack_and_train_a_lora_adapter_with_chatml_named(
     packing = result.report["data"]["packing"]
     assert packing["rows"] == 159
     assert packing["sequences"] < 159 / 3
+    # The saved model renders conversations as it learnt them.
+    saved_template = (tmp_path / "model/chat_template.jinja").read_text(encoding="utf-8")
+    assert saved_template == CHATML_TEMPLATE

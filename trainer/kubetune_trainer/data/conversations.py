@@ -91,7 +91,7 @@ def chat_template(tokenizer: PreTrainedTokenizerBase, named: str | None) -> str 
             "data.messagesColumn: conversations need a fast tokenizer (one that reports "
             f"each token's characters); {type(tokenizer).__name__} is not"
         )
-    template = CHATML_TEMPLATE if named == CHATML else named
+    template = None if named is None else named_template(named)
     if template is None and not tokenizer.chat_template:
         raise DataError(
             "data.chatTemplate: the model's tokenizer has no chat template; name one: "
@@ -105,6 +105,11 @@ def chat_template(tokenizer: PreTrainedTokenizerBase, named: str | None) -> str 
             f"{where}: fails to render a two-message conversation: {first_line(error)}"
         ) from None
     return template
+
+
+def named_template(named: str) -> str:
+    """The Jinja text of data.chatTemplate: the built-in ChatML for "chatml"."""
+    return CHATML_TEMPLATE if named == CHATML else named
 
 
 def parse_conversation(value: Any) -> Conversation:
