@@ -118,6 +118,9 @@ def test_an_openai_jsonl_file_trains_unchanged(tmp_path: Path, chat_job: dict[st
     saved = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert saved["data"]["conversations"] == data["conversations"]
     assert (tmp_path / "model/chat_template.jinja").read_text(encoding="utf-8") == OWN_TEMPLATE
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<th>assistant messages trained</th>" in page
+    assert f">{train['trainedMessages']}</td>" in page
 
 
 def test_conversations_pack_and_train_a_lora_adapter_with_chatml_named(
