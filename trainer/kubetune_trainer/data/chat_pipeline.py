@@ -16,6 +16,7 @@ The rendering and the reasons travel as extra columns of the rows (`CONVERSATION
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -164,7 +165,8 @@ def _render_row(tokenizer: PreTrainedTokenizerBase, value: Any, template: str | 
         conversation = parse_conversation(value)
         rendered = render(tokenizer, conversation, template)
     except ConversationError as error:
-        return _RowFacts(str(value), None, [], str(error), 0, 0)
+        shown = json.dumps(value, ensure_ascii=False, default=str)  # the examples' text
+        return _RowFacts(shown, None, [], str(error), 0, 0)
     return _RowFacts(
         conversation.text(),
         rendered.text,

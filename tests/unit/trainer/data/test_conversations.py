@@ -269,6 +269,17 @@ def test_malformed_conversations_are_dropped_and_counted_with_examples(
     }
 
 
+def test_a_file_mixing_text_and_content_parts_reads_back(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, ANSWER]
+    train = write_jsonl(tmp_path / "train.jsonl", [*GOOD, parts])
+    validation = write_jsonl(tmp_path / "validation.jsonl", [conversation("ok", "ok")])
+    prepared = prepare_data(config_of(train, validation), tokenizer)
+    assert prepared.train_texts[-1] == "user: hi\nassistant: fine"
+    assert prepared.rows["train_out"] == 5
+
+
 def test_malformed_conversations_fail_the_job_by_default(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
