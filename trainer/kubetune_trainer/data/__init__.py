@@ -31,6 +31,11 @@ The stages, in order (docs/data.md describes them for users):
 - packing: with data.packing, causal-LM training rows packed into sequences of
   data.maxLength tokens (the recipe packs when it builds the training loader).
 
+Conversations (data.messagesColumn) take their own path through the same stages
+(chat_pipeline.py): each file's conversations are checked and rendered with the chat
+template as it is read (conversations.py), the rules see their text, and the tokens carry
+the loss on the assistant's messages only.
+
 pipeline.py runs them in this order (`prepare_data`), language_model.py runs the few that
 apply to a causal language model, preferences.py those of its preference rows (a prompt,
 a chosen and a rejected response: training.objective dpo), and prepared.py holds what
@@ -51,6 +56,11 @@ from kubetune_trainer.data.augmenting import SYNTHETIC_COLUMN
 from kubetune_trainer.data.balancing import class_weights
 from kubetune_trainer.data.batching import MEGA_BATCH_FACTOR, LengthGroupedSampler
 from kubetune_trainer.data.cleaning import TOKEN_COUNT_BATCH, apply_quality_rules, quality_settings
+from kubetune_trainer.data.conversations import (
+    ConversationError,
+    named_template,
+    render_conversation,
+)
 from kubetune_trainer.data.language_model import IGNORED_LABEL, prepare_language_model_data
 from kubetune_trainer.data.loading import load_table, read_source
 from kubetune_trainer.data.packing import (
@@ -76,6 +86,7 @@ __all__ = [
     "SYNTHETIC_COLUMN",
     "TOKEN_COUNT_BATCH",
     "AuditRows",
+    "ConversationError",
     "DataError",
     "LengthGroupedSampler",
     "PackedCollator",
@@ -87,6 +98,7 @@ __all__ = [
     "class_weights",
     "kfold_splits",
     "load_table",
+    "named_template",
     "pack_rows",
     "packing_summary",
     "prepare_audit_rows",
@@ -94,5 +106,6 @@ __all__ = [
     "prepare_language_model_data",
     "quality_settings",
     "read_source",
+    "render_conversation",
     "stratified_split",
 ]
