@@ -14,7 +14,7 @@ import pytest
 from kubetune_trainer.__main__ import run_training
 from kubetune_trainer.config import TrainingConfig
 from tests.integration.test_trainer import assert_same_loss_curve, crash_then_resume
-from tests.tiny import make_tiny_causal_lm
+from tests.tiny import make_tiny_causal_lm, make_tiny_chat_lm
 
 WORDS = [f"w{i}" for i in range(30)] + ["good", "bad"]
 REWARDS = ("chosenReward", "rejectedReward", "rewardMargin", "rewardAccuracy")
@@ -114,3 +114,42 @@ def test_a_resumed_dpo_run_continues_the_same_curve_and_rewards(
     assert_same_loss_curve(result, straight)
     for name in REWARDS:
         assert result.metrics[name] == pytest.approx(straight.metrics[name], rel=1e-4, abs=1e-6)
+
+
+def test_a_conversational_dpo_run_learns_the_preference(tmp_path: Path) -> None:
+    """TRL's conversational preference format: a prompt conversation, and each answer a
+    list of one assistant message, rendered with the chat template."""
+
+    def conversations(rows: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+        return [
+            {
+                "messages": [{"role": "user", "content": prompt}],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
+            for prompt, chosen, rejected in rows
+        ]
+
+    for name, rows in (("train", preference_rows(64, 0)), ("validation", preference_rows(16, 1))):
+        lines = [json.dumps(row) for row in conversations(rows)]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    job = {
+        "model": {"source": str(make_tiny_chat_lm(tmp_path / "gpt", WORDS)), "task": "causal-lm"},
+        "data": {
+            "train": {"source": str(tmp_path / "train.jsonl")},
+            "validation": {"source": str(tmp_path / "validation.jsonl")},
+            "messagesColumn": "messages",
+            "chatTemplate": "chatml",
+            "maxLength": 48,
+            "quality": {"duplicates": {"mode": "warn"}},
+        },
+        "training": {"objective": "dpo", "epochs": 2, "batchSize": 8, "learningRate": 1e-2},
+        "regularization": {"dropout": 0.0},
+    }
+    config = TrainingConfig.model_validate(job, by_name=False)
+    result = run_training(config, tmp_path / "out", job_name="chat-dpo", env={})
+    assert result.succeeded, result.message
+    assert result.report["data"]["rows"]["train_out"] == 64
+    evaluations = result.report["curves"]["evaluations"]
+    assert evaluations[-1]["metrics"]["rewardAccuracy"] > 0.9
+    assert evaluations[-1]["metrics"]["rewardMargin"] > evaluations[0]["metrics"]["rewardMargin"]

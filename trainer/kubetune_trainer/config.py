@@ -569,9 +569,9 @@ class DataSpec(Section):
     label_column: ColumnName = "label"
     """Column with the class label (sequence-classification; causal-lm ignores it)."""
     chosen_column: ColumnName = "chosen"
-    """training.objective dpo: column with the preferred response to the prompt in data.textColumn."""
+    """training.objective dpo: column with the preferred response to the prompt in data.textColumn (with data.messagesColumn: a list of assistant messages answering the conversation there)."""
     rejected_column: ColumnName = "rejected"
-    """training.objective dpo: column with the response that is not preferred."""
+    """training.objective dpo: column with the response that is not preferred (a list of assistant messages with data.messagesColumn)."""
     sensitive_columns: list[ColumnName] = Field(default_factory=list, max_length=16)
     """Columns with sensitive attributes (e.g. gender, dialect group): reported per group in the data report and audited by the bias section. Never fed to the model."""
     weight_column: ColumnName | None = None
@@ -597,6 +597,11 @@ class DataSpec(Section):
         """(field path, column) for every column the data section names."""
         if self.messages_column is not None:
             conversation = [("data.messagesColumn", self.messages_column)]
+            if with_preferences:
+                conversation += [
+                    ("data.chosenColumn", self.chosen_column),
+                    ("data.rejectedColumn", self.rejected_column),
+                ]
             return conversation + [("data.sensitiveColumns", c) for c in self.sensitive_columns]
         roles = [
             ("data.textColumn", self.text_column),

@@ -321,6 +321,14 @@ def test_dpo_reads_its_preference_section_and_metrics() -> None:
         ),
         (
             {
+                "model": {"source": "m", "task": "causal-lm"},
+                "data": {"train": {"source": "t.jsonl"}, "messagesColumn": "rejected"},
+                "training": dpo(),
+            },
+            "column 'rejected' is named by both data.messagesColumn and data.rejectedColumn",
+        ),
+        (
+            {
                 "data": {
                     "train": {"source": "t.csv"},
                     "quality": {"identicalPreferences": {"mode": "warn"}},

@@ -38,8 +38,8 @@ the loss on the assistant's messages only.
 
 pipeline.py runs them in this order (`prepare_data`), language_model.py runs the few that
 apply to a causal language model, preferences.py those of its preference rows (a prompt,
-a chosen and a rejected response: training.objective dpo), and prepared.py holds what
-they hand on (`PreparedData`).
+a chosen and a rejected response: training.objective dpo; chat_preferences.py when they
+are conversations), and prepared.py holds what they hand on (`PreparedData`).
 report.py is the data report: it counts classes and groups as they reach the rules and as
 they leave for the model. cache.py keeps the pipeline's output in the run's folder, so a
 restart or a second worker reads it instead of preparing the data again. Every stage works

@@ -15,19 +15,20 @@ from typing import Any
 
 import datasets
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.table import InMemoryTable
 from transformers import PreTrainedTokenizerBase
 
-from kubetune_trainer.config import DataSpec, TrainingConfig
+from kubetune_trainer.config import DataSource, DataSpec, TrainingConfig
 from kubetune_trainer.data.batching import check_batch_size
 from kubetune_trainer.data.cleaning import apply_quality_rules
 from kubetune_trainer.data.columns import check_columns, required_texts, text_columns
 from kubetune_trainer.data.groups import present_sensitive_groups
 from kubetune_trainer.data.loading import read_source
 from kubetune_trainer.data.prepared import PreparedData
-from kubetune_trainer.data.quality import QualityReport
+from kubetune_trainer.data.quality import QualityReport, RuleResult
 from kubetune_trainer.data.report import DataReport, length_summary
 from kubetune_trainer.data.rows import DataError, Rows
 from kubetune_trainer.data.screening import rows_read, screen
@@ -92,20 +93,34 @@ class CheckedRows:
         )
 
 
+Reader = Callable[[DataSource, str, str], tuple[Rows, list[RuleResult]]]
+"""Reads one source (the source, its field, its split) into rows, with the results of the
+per-file rules it ran as it read them."""
+TokenCounter = Callable[[Rows], npt.NDArray[np.int64]]
+"""Tokens per row, for the length rule, where the model reads more than the text column."""
+
+
+def _read(source: DataSource, field: str, split: str) -> tuple[Rows, list[RuleResult]]:
+    return read_source(source, field), []
+
+
 def checked_rows(
-    config: TrainingConfig, tokenizer: PreTrainedTokenizerBase, columns: list[tuple[str, str]]
+    config: TrainingConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    columns: list[tuple[str, str]],
+    *,
+    read: Reader = _read,
+    token_counts: TokenCounter | None = None,
 ) -> CheckedRows:
-    """Read the sources, check that they hold `columns` ((field, column) pairs), screen
-    them, hold out the validation split if there is no validation source, and apply the
-    quality rules."""
+    """Read the sources (with `read`), check that they hold `columns` ((field, column)
+    pairs), screen them, hold out the validation split if there is no validation source,
+    and apply the quality rules (the length rule counting `token_counts`, if given)."""
     data = config.data
-    train = read_source(data.train, "data.train")
-    validation = (
-        None if data.validation is None else read_source(data.validation, "data.validation")
-    )
+    train, screened = read(data.train, "data.train", "train")
     check_columns(train, columns)
-    train, screened = screen(train, "train", config, None)
-    if validation is None:
+    train, screened_train = screen(train, "train", config, None)
+    screened += screened_train
+    if data.validation is None:
         kept, held_out = stratified_split(
             np.zeros(train.table.num_rows, dtype=np.int64),
             data.validation_split,
@@ -113,12 +128,13 @@ def checked_rows(
         )
         train, validation = train.take(kept), train.take(held_out)
     else:
+        validation, read_validation = read(data.validation, "data.validation", "validation")
         check_columns(validation, columns)
         validation, screened_validation = screen(validation, "validation", config, None)
-        screened += screened_validation
+        screened += read_validation + screened_validation
     rows_in = rows_read(train, validation, screened)
     train, validation, quality = apply_quality_rules(
-        train, validation, config, tokenizer, screened=screened
+        train, validation, config, tokenizer, screened=screened, token_counts=token_counts
     )
     check_batch_size(config.training.batch_size, train)
     return CheckedRows(train, validation, quality, rows_in)

@@ -29,6 +29,7 @@ from kubetune_trainer.data.balance import recommendation
 from kubetune_trainer.data.balancing import class_weights, resampled
 from kubetune_trainer.data.batching import check_batch_size
 from kubetune_trainer.data.chat_pipeline import prepare_conversation_data
+from kubetune_trainer.data.chat_preferences import prepare_conversational_preference_data
 from kubetune_trainer.data.cleaning import apply_quality_rules
 from kubetune_trainer.data.columns import (
     check_columns,
@@ -72,6 +73,8 @@ def prepare_data(
     progress: Callable[[], None] = _no_progress,
 ) -> PreparedData:
     """Load, check, label, split and tokenize the data of a run; `progress` between stages."""
+    if config.training.objective == "dpo" and config.data.messages_column is not None:
+        return prepare_conversational_preference_data(config, tokenizer)
     if config.training.objective == "dpo":
         return prepare_preference_data(config, tokenizer)
     if config.model.task == "causal-lm" and config.data.messages_column is not None:

@@ -41,6 +41,8 @@ from kubetune_trainer.data.language_model import (
 from kubetune_trainer.data.prepared import PreparedData
 from kubetune_trainer.data.rows import DataError, Rows
 
+TOKEN_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
+"""What a tokenized preference row holds (besides its length)."""
 REFERENCE_COLUMNS = ("reference_chosen", "reference_rejected")
 """The reference model's summed log-probabilities of each response, when computed before
 training (training/preferences.py); the collator passes them on with the batch."""
@@ -72,10 +74,16 @@ def _tokenize_preferences(
         remove_columns=list(columns),
         desc=f"Tokenizing the {split} preference rows",
     )
+    return preference_rows(encoded, data.max_length, split)
+
+
+def preference_rows(encoded: datasets.Dataset, max_length: int, split: str) -> datasets.Dataset:
+    """Tokenized preference rows (TOKEN_COLUMNS) checked, with their `length` column: a
+    split where data.maxLength cuts off every chosen or every rejected response is refused."""
     if not len(encoded):
         raise DataError(f"data.{split}: no preference row is left")
-    check_responses_fit(encoded, data.max_length, split, "chosen_labels", "data.chosenColumn")
-    check_responses_fit(encoded, data.max_length, split, "rejected_labels", "data.rejectedColumn")
+    check_responses_fit(encoded, max_length, split, "chosen_labels", "data.chosenColumn")
+    check_responses_fit(encoded, max_length, split, "rejected_labels", "data.rejectedColumn")
     table = encoded.data.table
     lengths = pc.max_element_wise(
         pc.list_value_length(table.column("chosen_input_ids")),

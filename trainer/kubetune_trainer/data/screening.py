@@ -83,6 +83,21 @@ def screen(
     return rows, results
 
 
+def settle(
+    rows: Rows,
+    split: str,
+    rule: str,
+    mode: RuleMode,
+    matched: Mask,
+    failure: str,
+    config: TrainingConfig,
+    results: list[RuleResult],
+) -> Rows:
+    """A per-file rule run outside `screen` (as a file is read): fail with `failure` in
+    fail mode, else record what `rule` matched in `results` and drop those rows."""
+    return _settle(rows, split, rule, mode, _Screened(matched, failure), config, results)
+
+
 def _settle(
     rows: Rows,
     split: str,
