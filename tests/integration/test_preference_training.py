@@ -153,3 +153,19 @@ def test_a_conversational_dpo_run_learns_the_preference(tmp_path: Path) -> None:
     evaluations = result.report["curves"]["evaluations"]
     assert evaluations[-1]["metrics"]["rewardAccuracy"] > 0.9
     assert evaluations[-1]["metrics"]["rewardMargin"] > evaluations[0]["metrics"]["rewardMargin"]
+
+
+def test_a_simpo_run_learns_the_preference_without_a_reference(
+    tmp_path: Path, preference_job: dict[str, Any]
+) -> None:
+    training = {**preference_job["training"], "objective": "simpo", "epochs": 2}
+    training["preference"] = {"beta": 2.0, "gamma": 0.5}
+    config = TrainingConfig.model_validate({**preference_job, "training": training}, by_name=False)
+    result = run_training(config, tmp_path, job_name="simpo", env={})
+    assert result.succeeded, result.message
+    first, last = (
+        result.report["curves"]["evaluations"][0],
+        result.report["curves"]["evaluations"][-1],
+    )
+    assert last["metrics"]["rewardAccuracy"] > 0.9
+    assert last["trainMetrics"]["rewardMargin"] > first["trainMetrics"]["rewardMargin"]

@@ -41,7 +41,7 @@ SchedulerType = Literal[
     "linear", "cosine", "cosine-with-restarts", "constant", "polynomial", "one-cycle"
 ]
 OptimizerType = Literal["adamw", "adafactor", "sgd"]
-Objective = Literal["sft", "dpo"]
+Objective = Literal["sft", "dpo", "simpo"]
 PreferenceLoss = Literal["sigmoid", "ipo"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 MetricName = Literal[
@@ -65,9 +65,10 @@ LANGUAGE_MODEL_METRICS: frozenset[str] = frozenset({"loss", "perplexity"})
 PREFERENCE_METRICS: frozenset[str] = frozenset(
     {"loss", "rewardAccuracy", "rewardMargin", "chosenReward", "rejectedReward"}
 )
-"""A dpo run's validation metrics: the loss, and the implicit rewards beta * (log-prob of the
-policy - log-prob of the reference) of the chosen and rejected responses, their mean margin
-and the share of rows whose chosen reward is the higher (training/preference_loss.py)."""
+"""A preference run's validation metrics: the loss, and the implicit rewards of the chosen
+and rejected responses (dpo: beta * (log-prob of the policy - log-prob of the reference);
+simpo: beta * the policy's mean log-prob per token), their mean margin and the share of rows
+whose chosen reward is the higher (training/preference_loss.py)."""
 LOWER_IS_BETTER: frozenset[str] = frozenset({"loss", "perplexity"})
 
 SOURCE_SCHEMES = ("file", "pvc", "hf", "pkg")
@@ -133,7 +134,7 @@ def _printable(text: str) -> str:
 
 def task_metrics(task: TaskType, objective: Objective = "sft") -> frozenset[str]:
     """The validation metrics that make sense for a task and training objective."""
-    if objective == "dpo":
+    if objective != "sft":
         return PREFERENCE_METRICS
     return LANGUAGE_MODEL_METRICS if task == "causal-lm" else CLASSIFICATION_METRICS
 
@@ -473,7 +474,7 @@ class DataQualitySpec(Section):
     unknown_labels: StrictQualityRule = section_default(StrictQualityRule)
     """Rows whose label is not a declared class (model.labels, or for validation rows the labels of the training rows). Checked per file before the validation split; mode drop or fail (warn cannot keep a row without a class)."""
     identical_preferences: QualityRule = section_default(QualityRule)
-    """training.objective dpo: rows whose chosen response equals their rejected one (they carry no preference, and no gradient). Checked per file before the validation split; mode drop or fail (warn cannot keep a row that teaches nothing)."""
+    """training.objective dpo or simpo: rows whose chosen response equals their rejected one (they carry no preference, and no gradient). Checked per file before the validation split; mode drop or fail (warn cannot keep a row that teaches nothing)."""
     malformed_conversations: StrictQualityRule = section_default(StrictQualityRule)
     """Conversations (data.messagesColumn) that are not a list of {role, content} messages, have a role other than system, developer, user or assistant, a weight other than 0 or 1, no assistant message with weight 1, or that the chat template fails to render. Checked per file; mode drop or fail (warn cannot keep a conversation that cannot be rendered)."""
     length: LengthRule = section_default(LengthRule)
@@ -569,9 +570,9 @@ class DataSpec(Section):
     label_column: ColumnName = "label"
     """Column with the class label (sequence-classification; causal-lm ignores it)."""
     chosen_column: ColumnName = "chosen"
-    """training.objective dpo: column with the preferred response to the prompt in data.textColumn (with data.messagesColumn: a list of assistant messages answering the conversation there)."""
+    """training.objective dpo or simpo: column with the preferred response to the prompt in data.textColumn (with data.messagesColumn: a list of assistant messages answering the conversation there)."""
     rejected_column: ColumnName = "rejected"
-    """training.objective dpo: column with the response that is not preferred (a list of assistant messages with data.messagesColumn)."""
+    """training.objective dpo or simpo: column with the response that is not preferred (a list of assistant messages with data.messagesColumn)."""
     sensitive_columns: list[ColumnName] = Field(default_factory=list, max_length=16)
     """Columns with sensitive attributes (e.g. gender, dialect group): reported per group in the data report and audited by the bias section. Never fed to the model."""
     weight_column: ColumnName | None = None
@@ -678,7 +679,7 @@ class LoraSpec(Section):
 
 
 class PreferenceSpec(Section):
-    """Direct preference optimisation (training.objective dpo): the policy learns to prefer each row's chosen response over its rejected one, relative to the starting model (the reference)."""
+    """Preference optimisation (training.objective dpo or simpo): the policy learns to prefer each row's chosen response over its rejected one (dpo: relative to the starting model, the reference)."""
 
     model_config = cel_rules(
         (
@@ -693,6 +694,8 @@ class PreferenceSpec(Section):
     """sigmoid (DPO, Rafailov et al. 2023) on the summed log-probability ratios, or ipo (Azar et al. 2023) on their per-token averages."""
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
     """sigmoid only: the probability that a row's preference is flipped; the loss is robust DPO's unbiased estimate under such noise (Chowdhury et al. 2024), 0 for plain DPO."""
+    gamma: float = Field(default=0.5, ge=0, le=100)
+    """simpo only: the target reward margin; the loss asks beta x (the chosen response's mean log-probability per token - the rejected one's) to exceed it (SimPO's gamma, Meng et al. 2024)."""
 
     @model_validator(mode="after")
     def _smoothing_is_sigmoid_only(self) -> Self:
@@ -764,9 +767,27 @@ class TrainingSpec(Section):
     lora: LoraSpec | None = None
     """Train LoRA adapters instead of the full weights (for large models); left out for full fine-tuning."""
     objective: Objective = "sft"
-    """sft: learn the texts (or a classifier's labels); dpo (causal-lm): learn to prefer each row's data.chosenColumn over its data.rejectedColumn response to the prompt in data.textColumn."""
+    """sft: learn the texts (or a classifier's labels); dpo (causal-lm): learn to prefer each row's data.chosenColumn over its data.rejectedColumn response to the prompt in data.textColumn, relative to the starting model; simpo: the same without a reference model, on length-normalised rewards with a target margin (training.preference.gamma)."""
     preference: PreferenceSpec = section_default(PreferenceSpec)
-    """The preference loss of training.objective dpo."""
+    """The preference loss of training.objective dpo or simpo."""
+
+    @property
+    def learns_preferences(self) -> bool:
+        """Whether the objective is a preference one (dpo, simpo): preference rows, rewards."""
+        return self.objective != "sft"
+
+    @model_validator(mode="after")
+    def _simpo_is_a_sigmoid(self) -> Self:
+        preference = self.preference
+        if self.objective == "simpo" and (
+            preference.loss != "sigmoid" or preference.label_smoothing > 0
+        ):
+            raise ValueError(
+                "preference.loss ipo and preference.labelSmoothing apply to objective dpo "
+                "only, not simpo; leave them out"
+            )
+        return self
+
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     compile: bool = False
@@ -985,7 +1006,7 @@ class TrainingConfig(Section):
     def _columns_are_distinct(self) -> Self:
         seen: dict[str, str] = {}
         with_label = self.model.task == "sequence-classification"
-        with_preferences = self.training.objective == "dpo"
+        with_preferences = self.training.learns_preferences
         roles = self.data.column_roles(with_label=with_label, with_preferences=with_preferences)
         for field, column in roles:
             if column in seen:
@@ -999,7 +1020,9 @@ class TrainingConfig(Section):
         objective = self.training.objective
         allowed = task_metrics(self.model.task, objective)
         if metric is not None and metric not in allowed:
-            applies_to = "training.objective dpo" if objective == "dpo" else self.model.task
+            applies_to = (
+                f"training.objective {objective}" if objective != "sft" else self.model.task
+            )
             raise ValueError(
                 f"evaluation.metric {metric!r} does not apply to {applies_to}; "
                 f"use one of {', '.join(sorted(allowed))}"
@@ -1008,21 +1031,22 @@ class TrainingConfig(Section):
 
     @model_validator(mode="after")
     def _preferences_need_causal_lm(self) -> Self:
-        if self.training.objective != "dpo":
+        objective = self.training.objective
+        if objective == "sft":
             return self
         if self.model.task != "causal-lm":
             raise ValueError(
-                f"training.objective dpo applies to causal-lm only, not {self.model.task}"
+                f"training.objective {objective} applies to causal-lm only, not {self.model.task}"
             )
         if self.data.packing:
             raise ValueError(
-                "data.packing does not apply to training.objective dpo: a chosen and a "
-                "rejected response are compared row by row; leave it out or set it to false"
+                f"data.packing does not apply to training.objective {objective}: a chosen and "
+                "a rejected response are compared row by row; leave it out or set it to false"
             )
         if self.data.text_pair_column is not None:
             raise ValueError(
-                "data.textPairColumn does not apply to training.objective dpo: the responses "
-                "are data.chosenColumn and data.rejectedColumn; leave it out"
+                f"data.textPairColumn does not apply to training.objective {objective}: the "
+                "responses are data.chosenColumn and data.rejectedColumn; leave it out"
             )
         return self
 

@@ -492,7 +492,9 @@ class FineTuneJobSpec(TrainingConfig):
         allowed = task_metrics(self.model.task, objective)
         metric = self.search.objective.metric
         if metric is not None and metric not in allowed:
-            applies_to = "training.objective dpo" if objective == "dpo" else self.model.task
+            applies_to = (
+                f"training.objective {objective}" if objective != "sft" else self.model.task
+            )
             raise ValueError(
                 f"search.objective.metric {metric!r} does not apply to "
                 f"{applies_to}; use one of {', '.join(sorted(allowed))}"

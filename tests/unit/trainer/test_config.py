@@ -336,6 +336,17 @@ def test_dpo_reads_its_preference_section_and_metrics() -> None:
             },
             "identicalPreferences.mode: warn cannot keep",
         ),
+        (
+            {
+                "model": {"source": "m", "task": "causal-lm"},
+                "training": {"objective": "simpo", "preference": {"loss": "ipo"}},
+            },
+            "preference.loss ipo and preference.labelSmoothing apply to objective dpo only",
+        ),
+        (
+            {"training": {"objective": "simpo"}},
+            "training.objective simpo applies to causal-lm only",
+        ),
     ],
 )
 def test_dpo_refusals_name_the_field(sections: dict[str, Any], complaint: str) -> None:

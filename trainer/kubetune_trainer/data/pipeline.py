@@ -73,9 +73,9 @@ def prepare_data(
     progress: Callable[[], None] = _no_progress,
 ) -> PreparedData:
     """Load, check, label, split and tokenize the data of a run; `progress` between stages."""
-    if config.training.objective == "dpo" and config.data.messages_column is not None:
+    if config.training.learns_preferences and config.data.messages_column is not None:
         return prepare_conversational_preference_data(config, tokenizer)
-    if config.training.objective == "dpo":
+    if config.training.learns_preferences:
         return prepare_preference_data(config, tokenizer)
     if config.model.task == "causal-lm" and config.data.messages_column is not None:
         return prepare_conversation_data(config, tokenizer)

@@ -68,7 +68,7 @@ def screen(
         unknown = _unknown_values(rows, config, labels)
         mode = spec.unknown_labels.mode
         rows = _settle(rows, split, "unknownLabels", mode, unknown, config, results)
-    if config.training.objective == "dpo":
+    if config.training.learns_preferences:
         identical = _identical_preferences(rows, config)
         mode = spec.identical_preferences.mode
         rows = _settle(rows, split, "identicalPreferences", mode, identical, config, results)
@@ -136,7 +136,7 @@ def _needed_values(rows: Rows, config: TrainingConfig) -> list[tuple[str, str, s
     needed = [("data.labelColumn", data.label_column, "label")] if classifying else []
     if data.text_pair_column is not None:
         needed.append(("data.textPairColumn", data.text_pair_column, "text"))
-    if config.training.objective == "dpo":
+    if config.training.learns_preferences:
         needed.append(("data.chosenColumn", data.chosen_column, "chosen response"))
         needed.append(("data.rejectedColumn", data.rejected_column, "rejected response"))
     weights = data.weight_column

@@ -91,7 +91,7 @@ def build_loaders(
 def _collator(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> Any:
     """Pads a batch to a multiple of 8 tokens (a language model's labels with IGNORED_LABEL;
     a preference batch's chosen rows, then its rejected rows)."""
-    if config.training.objective == "dpo":
+    if config.training.learns_preferences:
         return PreferenceCollator(tokenizer.pad_token_id or 0)
     if config.model.task == "causal-lm":
         return DataCollatorForSeq2Seq(

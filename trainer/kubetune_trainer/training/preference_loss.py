@@ -9,8 +9,12 @@ does, so that beta means the same whatever the responses' lengths. Label smoothi
 robust DPO's (Chowdhury et al. 2024): an unbiased loss when each preference is flipped
 with that probability, which TRL names "robust" and which is plain DPO at 0.
 
-tests/unit/trainer/training/test_preference_loss.py checks the loss, the rewards and the
-log-probabilities against TRL's own DPOTrainer on the same model and batch.
+SimPO (Meng et al. 2024) needs no reference at all: its reward is beta times the policy's
+mean log-probability per response token, and the loss asks the chosen reward to beat the
+rejected one by a margin gamma, as TRL's CPOTrainer computes it with loss_type simpo.
+
+tests/unit/trainer/training/test_preference_loss.py checks the losses, the rewards and the
+log-probabilities against TRL's own DPOTrainer and CPOTrainer on the same model and batch.
 """
 
 from __future__ import annotations
@@ -84,6 +88,15 @@ def preference_losses(
         per_row = _sigmoid(spec.beta * (chosen_ratio - rejected_ratio), spec.label_smoothing)
     rewards = PairRewards(spec.beta * chosen_ratio.detach(), spec.beta * rejected_ratio.detach())
     return per_row, rewards
+
+
+def simpo_losses(policy: PairLogProbs, spec: PreferenceSpec) -> tuple[torch.Tensor, PairRewards]:
+    """Each row's SimPO loss and rewards: -log sigmoid(beta * (mean chosen log-prob - mean
+    rejected log-prob) - gamma), the means per response token."""
+    chosen = policy.chosen / policy.chosen_tokens.clamp_min(1)
+    rejected = policy.rejected / policy.rejected_tokens.clamp_min(1)
+    per_row = -F.logsigmoid(spec.beta * (chosen - rejected) - spec.gamma)
+    return per_row, PairRewards(spec.beta * chosen.detach(), spec.beta * rejected.detach())
 
 
 def _sigmoid(logits: torch.Tensor, smoothing: float) -> torch.Tensor:

@@ -1,7 +1,7 @@
-"""training.objective dpo in the recipe: the reference, the loss, and the reward metrics.
+"""training.objective dpo or simpo in the recipe: the reference, the loss, and the rewards.
 
-The reference is the starting model, frozen, and it costs one forward pass without
-gradients per response; where it comes from depends on what trains:
+SimPO has no reference. DPO's reference is the starting model, frozen, and it costs one
+forward pass without gradients per response; where it comes from depends on what trains:
 
 - With training.lora it is the training model itself with its adapters disabled (peft's
   `disable_adapter`), run beside every batch: no second copy of the model in memory, and
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import torch
@@ -39,9 +39,13 @@ from kubetune_trainer.training.preference_loss import (
     PairRewards,
     pair_log_probs,
     preference_losses,
+    simpo_losses,
 )
 
 MODEL_INPUTS = ("input_ids", "attention_mask")
+Reference = Literal["adapters", "rows"] | None
+"""Where the reference log-probabilities come from: the model with its LoRA adapters
+disabled, the batch (computed once, REFERENCE_COLUMNS), or nowhere (simpo)."""
 
 
 class RewardSums:
@@ -70,14 +74,14 @@ class RewardSums:
 
 
 class PreferenceObjective:
-    """The loss and metrics of a dpo run's batches, and where its reference comes from."""
+    """The loss and metrics of a preference run's batches, and where its reference comes from."""
 
-    def __init__(self, spec: PreferenceSpec, accelerator: Accelerator, *, adapters: bool) -> None:
-        """`adapters`: the model trains LoRA adapters, so disabling them gives the reference;
-        else the batches bring the reference's log-probabilities (REFERENCE_COLUMNS)."""
+    def __init__(
+        self, spec: PreferenceSpec, accelerator: Accelerator, reference: Reference
+    ) -> None:
         self.spec = spec
         self.accelerator = accelerator
-        self.adapters = adapters
+        self.reference = reference
         self.log_window = RewardSums(accelerator.device)
         self.interval = RewardSums(accelerator.device)
 
@@ -135,7 +139,9 @@ class PreferenceObjective:
     ) -> tuple[torch.Tensor, PairRewards]:
         labels = batch["labels"]
         inputs = {name: batch[name] for name in MODEL_INPUTS}
-        if self.adapters:
+        if self.reference is None:
+            return simpo_losses(pair_log_probs(model(**inputs).logits, labels), self.spec)
+        if self.reference == "adapters":
             reference = self._without_adapters(model, inputs, labels)
             reference_chosen, reference_rejected = reference.chosen, reference.rejected
         else:
@@ -170,12 +176,14 @@ def preference_objective(
     accelerator: Accelerator,
     data: PreparedData,
 ) -> PreferenceObjective | None:
-    """A dpo run's objective (None for sft); without LoRA, first the reference
-    log-probabilities of every row of `data`, added to it as columns."""
-    if config.training.objective != "dpo":
+    """A preference run's objective (None for sft); for dpo without LoRA, first the
+    reference log-probabilities of every row of `data`, added to it as columns."""
+    training = config.training
+    if training.objective == "sft":
         return None
-    adapters = config.training.lora is not None
-    if not adapters:
+    if training.objective == "simpo":
+        return PreferenceObjective(training.preference, accelerator, None)
+    if training.lora is None:
         batch_size = config.evaluation.batch_size or 2 * config.training.batch_size
         collator = PreferenceCollator(0)  # what pads is masked: any token id will do
         model.to(accelerator.device)
@@ -186,7 +194,8 @@ def preference_objective(
                 split,
                 with_reference_columns(model, rows, accelerator, collator, batch_size),
             )
-    return PreferenceObjective(config.training.preference, accelerator, adapters=adapters)
+    reference: Reference = "rows" if training.lora is None else "adapters"
+    return PreferenceObjective(training.preference, accelerator, reference)
 
 
 def with_reference_columns(

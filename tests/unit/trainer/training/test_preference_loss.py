@@ -1,9 +1,11 @@
-"""The DPO loss, rewards and log-probabilities equal TRL's DPOTrainer on the same tiny model
-and batch: TRL's own `_compute_loss` is the reference, not a re-implementation of it."""
+"""The DPO and SimPO losses, rewards and log-probabilities equal TRL's on the same tiny model
+and batch: TRL's own code (DPOTrainer's `_compute_loss`, CPOTrainer's `get_batch_logps` and
+`cpo_loss`) is the reference, not a re-implementation of it."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,7 +13,11 @@ import torch
 
 from kubetune_trainer.config import PreferenceSpec
 from kubetune_trainer.data import IGNORED_LABEL
-from kubetune_trainer.training.preference_loss import pair_log_probs, preference_losses
+from kubetune_trainer.training.preference_loss import (
+    pair_log_probs,
+    preference_losses,
+    simpo_losses,
+)
 from tests.tiny import make_tiny_causal_lm
 
 trl = pytest.importorskip("trl")
@@ -95,3 +101,38 @@ def test_loss_rewards_and_log_probs_equal_trl(
         assert value == pytest.approx(their_metrics[name], abs=1e-5), name
     assert abs(our_metrics["rewards/margins"]) > 1e-3  # the policy did move off the reference
     ours.backward()  # the loss is differentiable through the policy's log-probabilities
+
+
+def test_simpo_loss_rewards_and_mean_log_probs_equal_trls_cpo_trainer(
+    tiny_lm: Path, tmp_path: Path
+) -> None:
+    from trl.experimental.cpo import CPOTrainer
+
+    trainer = trl_trainer(tiny_lm, tmp_path, beta=2.0, loss_type=["sigmoid"])
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ROWS["prompt"]))])
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, IGNORED_LABEL)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        logits = trainer.model(**inputs).logits
+    spec = PreferenceSpec(beta=2.0, gamma=0.7)
+    policy = pair_log_probs(logits, labels)
+    losses, rewards = simpo_losses(policy, spec)
+    their_means = CPOTrainer.get_batch_logps(logits, labels, average_log_prob=True)
+    their_chosen, their_rejected = their_means.chunk(2)
+    torch.testing.assert_close(
+        policy.chosen / policy.chosen_tokens, their_chosen, atol=1e-5, rtol=0
+    )
+    cpo = SimpleNamespace(  # the attributes cpo_loss reads from a CPOTrainer with loss_type simpo
+        alpha=0.0,
+        beta=spec.beta,
+        loss_type="simpo",
+        simpo_gamma=spec.gamma,
+        label_smoothing=0.0,
+        accelerator=SimpleNamespace(device=torch.device("cpu")),
+    )
+    their_losses, chosen_rewards, rejected_rewards = CPOTrainer.cpo_loss(
+        cpo, their_chosen, their_rejected
+    )
+    torch.testing.assert_close(losses, their_losses, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rewards.chosen, chosen_rewards, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rewards.rejected, rejected_rewards, atol=1e-5, rtol=0)

@@ -72,7 +72,7 @@ def test_with_lora_the_reference_is_the_base_model_with_adapters_off(tiny_lm: Pa
     batch = batch_of(preference_rows())
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     before = models_in_memory()
-    objective = PreferenceObjective(PreferenceSpec(), Accelerator(cpu=True), adapters=True)
+    objective = PreferenceObjective(PreferenceSpec(), Accelerator(cpu=True), "adapters")
     reference = objective._without_adapters(model, inputs, batch["labels"])
     loss = objective.loss(model, batch)
     assert models_in_memory() == before  # no copy of the model was made
@@ -106,7 +106,7 @@ def test_without_lora_the_reference_is_computed_once_and_carried_with_the_rows(
     chosen, rejected = REFERENCE_COLUMNS
     assert rows[chosen] == pytest.approx(expected.chosen.tolist(), abs=1e-5)
     assert rows[rejected] == pytest.approx(expected.rejected.tolist(), abs=1e-5)
-    objective = PreferenceObjective(PreferenceSpec(), accelerator, adapters=False)
+    objective = PreferenceObjective(PreferenceSpec(), accelerator, "rows")
     loss = objective.loss(model, batch)  # the starting model is its own reference
     assert float(loss) == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-5)
     assert objective.close_log_window()["rewardMargin"] == pytest.approx(0.0, abs=1e-5)
