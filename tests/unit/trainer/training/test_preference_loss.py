@@ -41,7 +41,12 @@ def trl_trainer(path: Path, tmp: Path, **args: Any) -> Any:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = trl.DPOConfig(output_dir=str(tmp), report_to=[], use_cpu=True, max_length=None, **args)
+    # fp32, as the trainer's CPU runs: the accelerate state TRL's trainer sets up is shared
+    # by every Accelerator the process makes later, and refuses another precision.
+    precision = {"bf16": False, "fp16": False}
+    config = trl.DPOConfig(
+        output_dir=str(tmp), report_to=[], use_cpu=True, max_length=None, **precision, **args
+    )
     trainer = trl.DPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(path),
         args=config,

@@ -101,13 +101,15 @@ def test_without_lora_the_reference_is_computed_once_and_carried_with_the_rows(
     assert model.training
     batch = batch_of(rows)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    with torch.no_grad():
+    # Under the run's autocast, as the reference pass and the prepared model's forward are.
+    with torch.no_grad(), accelerator.autocast():
         expected = pair_log_probs(model.eval()(**inputs).logits, batch["labels"])
     chosen, rejected = REFERENCE_COLUMNS
     assert rows[chosen] == pytest.approx(expected.chosen.tolist(), abs=1e-5)
     assert rows[rejected] == pytest.approx(expected.rejected.tolist(), abs=1e-5)
     objective = PreferenceObjective(PreferenceSpec(), accelerator, "rows")
-    loss = objective.loss(model, batch)  # the starting model is its own reference
+    with accelerator.autocast():
+        loss = objective.loss(model, batch)  # the starting model is its own reference
     assert float(loss) == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-5)
     assert objective.close_log_window()["rewardMargin"] == pytest.approx(0.0, abs=1e-5)
     assert (batch["labels"] == IGNORED_LABEL).any()
