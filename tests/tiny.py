@@ -108,6 +108,45 @@ def make_tiny_causal_lm(path: Path, texts: Iterable[str], layers: int = 2, seed:
     return path
 
 
+CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
+CHAT_ROLES = ["system", "developer", "user", "assistant"]
+
+
+def make_chat_tokenizer(
+    texts: Iterable[str], template: str | None = None
+) -> PreTrainedTokenizerFast:
+    """The word-level tokenizer over `texts` and the role names, knowing ChatML's
+    <|im_start|> and <|im_end|> as special tokens (end of text: <|im_end|>), with `template`
+    as its own chat template (None: it has none)."""
+    tokenizer = make_tokenizer([*texts, *CHAT_ROLES])
+    tokenizer.add_special_tokens({"additional_special_tokens": CHAT_TOKENS})
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def make_tiny_chat_lm(path: Path, texts: Iterable[str], template: str | None = None) -> Path:
+    """Save a randomly initialised tiny GPT-2 and `make_chat_tokenizer`'s tokenizer to `path`."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = make_chat_tokenizer(texts, template)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=256,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 TINY_JOB = """\
 apiVersion: kubetune.dev/v1alpha1
 kind: FineTuneJob

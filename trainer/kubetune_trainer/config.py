@@ -434,6 +434,10 @@ class DataQualitySpec(Section):
             "!has(self.unknownLabels.mode) || self.unknownLabels.mode != 'warn'",
             "unknownLabels.mode: warn cannot keep a row whose label is not a class; use drop or fail",
         ),
+        (
+            "!has(self.malformedConversations.mode) || self.malformedConversations.mode != 'warn'",
+            "malformedConversations.mode: warn cannot keep a conversation that cannot be rendered; use drop or fail",
+        ),
     )
 
     duplicates: QualityRule = section_default(QualityRule)
@@ -450,6 +454,8 @@ class DataQualitySpec(Section):
     """Rows without a label, text pair or weight (null, empty or blank) where the data section names those columns; rows without text are the empty rule's. Checked per file before the validation split; mode drop or fail (warn cannot keep a row that cannot be trained on)."""
     unknown_labels: StrictQualityRule = section_default(StrictQualityRule)
     """Rows whose label is not a declared class (model.labels, or for validation rows the labels of the training rows). Checked per file before the validation split; mode drop or fail (warn cannot keep a row without a class)."""
+    malformed_conversations: StrictQualityRule = section_default(StrictQualityRule)
+    """Conversations (data.messagesColumn) that are not a list of {role, content} messages, have a role other than system, developer, user or assistant, a weight other than 0 or 1, no assistant message with weight 1, or that the chat template fails to render. Checked per file; mode drop or fail (warn cannot keep a conversation that cannot be rendered)."""
     length: LengthRule = section_default(LengthRule)
     """Rows shorter than minTokens or longer than maxTokens in the model's tokens (text and text pair, special tokens not counted)."""
     label_noise: LabelNoiseSpec | None = None
@@ -472,6 +478,11 @@ class DataQualitySpec(Section):
             raise ValueError(
                 "unknownLabels.mode: warn cannot keep a row whose label is not a class; "
                 "use drop or fail"
+            )
+        if self.malformed_conversations.mode == "warn":
+            raise ValueError(
+                "malformedConversations.mode: warn cannot keep a conversation that cannot be "
+                "rendered; use drop or fail"
             )
         return self
 
@@ -546,9 +557,16 @@ class DataSpec(Section):
     """Extra training rows for scarce data. Left out: none."""
     packing: bool = False
     """causal-lm only: pack several training rows into each sequence of maxLength tokens (best-fit decreasing), each row attending only to itself; fewer padding tokens per step. Validation rows stay unpacked."""
+    messages_column: ColumnName | None = None
+    """causal-lm only: column holding conversations, lists of {role, content} messages in OpenAI's fine-tuning format (system, developer, user, assistant; weight 0 on an assistant message leaves it out of the loss). Set, each row is a conversation, rendered with chatTemplate, and the loss counts the assistant tokens only; textColumn and textPairColumn are then not read."""
+    chat_template: str | None = Field(default=None, min_length=1, max_length=65_536)
+    """How conversations (messagesColumn) become text: "chatml" for the built-in ChatML template, or a Jinja chat template. Left out: the tokenizer's own; a tokenizer without one is an error."""
 
     def column_roles(self, *, with_label: bool) -> list[tuple[str, str]]:
         """(field path, column) for every column the data section names."""
+        if self.messages_column is not None:
+            conversation = [("data.messagesColumn", self.messages_column)]
+            return conversation + [("data.sensitiveColumns", c) for c in self.sensitive_columns]
         roles = [
             ("data.textColumn", self.text_column),
             ("data.textPairColumn", self.text_pair_column),
@@ -938,6 +956,25 @@ class TrainingConfig(Section):
             raise ValueError(
                 f"data.packing applies to causal-lm only, not {self.model.task}; "
                 "leave it out or set it to false"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _conversations_need_causal_lm(self) -> Self:
+        data = self.data
+        if data.messages_column is None:
+            if data.chat_template is not None:
+                raise ValueError("data.chatTemplate renders conversations: set data.messagesColumn")
+            return self
+        if self.model.task != "causal-lm":
+            raise ValueError(
+                f"data.messagesColumn applies to causal-lm only, not {self.model.task}; "
+                "leave it out, or set model.task to causal-lm"
+            )
+        if data.text_pair_column is not None:
+            raise ValueError(
+                "data.messagesColumn and data.textPairColumn exclude each other: a "
+                "conversation's assistant messages are its responses; leave one out"
             )
         return self
 

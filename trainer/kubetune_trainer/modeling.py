@@ -26,7 +26,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from kubetune_trainer.config import LoraSpec, TrainingConfig
-from kubetune_trainer.data import PACKED_ARCHITECTURES
+from kubetune_trainer.data import PACKED_ARCHITECTURES, named_template
 from kubetune_trainer.data.sources import resolve_local
 
 HIDDEN_DROPOUT_NAMES = (
@@ -55,10 +55,14 @@ def model_path(config: TrainingConfig) -> Path:
 
 
 def load_tokenizer(config: TrainingConfig) -> PreTrainedTokenizerBase:
-    """The model's tokenizer; causal LMs without a padding token pad with end-of-text."""
+    """The model's tokenizer; causal LMs without a padding token pad with end-of-text. With
+    data.chatTemplate, that template replaces the tokenizer's own, so the saved model renders
+    conversations at inference as it learnt them."""
     tokenizer = AutoTokenizer.from_pretrained(model_path(config))
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
+    if config.data.chat_template is not None:
+        tokenizer.chat_template = named_template(config.data.chat_template)
     return tokenizer
 
 

@@ -31,6 +31,11 @@ The stages, in order (docs/data.md describes them for users):
 - packing: with data.packing, causal-LM training rows packed into sequences of
   data.maxLength tokens (the recipe packs when it builds the training loader).
 
+Conversations (data.messagesColumn) take their own path through the same stages
+(chat_pipeline.py): each file's conversations are checked and rendered with the chat
+template as it is read (conversations.py), the rules see their text, and the tokens carry
+the loss on the assistant's messages only.
+
 pipeline.py runs them in this order (`prepare_data`), language_model.py runs the few that
 apply to a causal language model, and prepared.py holds what they hand on (`PreparedData`).
 report.py is the data report: it counts classes and groups as they reach the rules and as
@@ -49,6 +54,11 @@ from kubetune_trainer.data.augmenting import SYNTHETIC_COLUMN
 from kubetune_trainer.data.balancing import class_weights
 from kubetune_trainer.data.batching import MEGA_BATCH_FACTOR, LengthGroupedSampler
 from kubetune_trainer.data.cleaning import TOKEN_COUNT_BATCH, apply_quality_rules, quality_settings
+from kubetune_trainer.data.conversations import (
+    ConversationError,
+    named_template,
+    render_conversation,
+)
 from kubetune_trainer.data.language_model import IGNORED_LABEL, prepare_language_model_data
 from kubetune_trainer.data.loading import load_table, read_source
 from kubetune_trainer.data.packing import (
@@ -72,6 +82,7 @@ __all__ = [
     "SYNTHETIC_COLUMN",
     "TOKEN_COUNT_BATCH",
     "AuditRows",
+    "ConversationError",
     "DataError",
     "LengthGroupedSampler",
     "PackedCollator",
@@ -82,6 +93,7 @@ __all__ = [
     "class_weights",
     "kfold_splits",
     "load_table",
+    "named_template",
     "pack_rows",
     "packing_summary",
     "prepare_audit_rows",
@@ -89,5 +101,6 @@ __all__ = [
     "prepare_language_model_data",
     "quality_settings",
     "read_source",
+    "render_conversation",
     "stratified_split",
 ]

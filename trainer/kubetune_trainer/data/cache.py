@@ -200,6 +200,7 @@ def _data_report(saved: dict[str, Any]) -> DataReport:
         removed=saved["removed"],
         recommendation=saved["recommendation"],
         warnings=saved["warnings"],
+        conversations=saved.get("conversations"),
     )
 
 

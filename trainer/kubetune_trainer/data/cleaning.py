@@ -46,22 +46,26 @@ def apply_quality_rules(
     tokenizer: PreTrainedTokenizerBase,
     *,
     screened: Sequence[RuleResult] = (),
+    token_counts: Callable[[Rows], npt.NDArray[np.int64]] | None = None,
 ) -> tuple[Rows, Rows, QualityReport]:
     """The rows the data-quality rules keep, and their report (row numbers are file positions).
 
     `screened` holds what the per-file rules (`screening.screen`: missingValues, unknownLabels) did
     before the labels were encoded and the validation split made: the report opens with
-    them and the dropped share counts them. The length rule counts tokens with `tokenizer`.
+    them and the dropped share counts them. The length rule counts tokens with `tokenizer`,
+    in the text (and text pair) columns, or with `token_counts` where the model reads
+    something else (a rendered conversation).
     """
     data = config.data
     label = data.label_column if config.model.task == "sequence-classification" else None
     for rows in (train, validation):  # a column of lists or structs is no text to check
         as_text(rows, data.text_column, "data.textColumn")
+    count = token_counts or (lambda rows: _token_counts(rows, data, tokenizer))
     train_input, validation_input = (
         SplitInput(
             rows.table,
             rows.positions,
-            _token_counts(rows, data, tokenizer),
+            count(rows),
             rows.origin,
             rows.files,
         )

@@ -11,6 +11,7 @@ the row.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -165,12 +166,18 @@ def _read_jsonl(path: Path) -> pa.Table:
 
 
 def _read_jsonl_mixed_types(path: Path) -> pa.Table:
-    """Arrow needs one type per column; pandas reads mixed ones as objects, made text here."""
+    """Arrow needs one type per column; pandas reads mixed ones as objects, made text here:
+    lists and objects as JSON (a conversation whose contents are strings in some messages
+    and lists of parts in others reads back from it), the rest as str() writes them."""
     frame = pd.read_json(path, lines=True, dtype=False)
     for name in frame.columns:
         if pd.api.types.infer_dtype(frame[name], skipna=True) in ("mixed", "mixed-integer"):
-            frame[name] = frame[name].astype("string")
+            frame[name] = frame[name].map(_as_json_if_nested).astype("string")
     return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _as_json_if_nested(value: Any) -> Any:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict) else value
 
 
 def _read_parquet(path: Path) -> pa.Table:

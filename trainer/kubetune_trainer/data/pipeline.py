@@ -3,7 +3,8 @@
 This is the one place that says in which order the stages run; each stage lives in a
 module named after it (loading, screening, labels, splits, cleaning, augmenting, balancing,
 tokenizing). `prepare_data` is the entry point of every run (a causal language model's
-rows go through language_model.py instead); `prepare_audit_rows` reads bias.auditData
+rows go through language_model.py instead, and its conversations through
+chat_pipeline.py); `prepare_audit_rows` reads bias.auditData
 through the same stages as a validation file. `prepare_data` calls `progress` between its
 stages: the recipe's heartbeat (heartbeat.py), so a long preparation is not taken for a
 stuck one.
@@ -27,6 +28,7 @@ from kubetune_trainer.data.augmenting import (
 from kubetune_trainer.data.balance import recommendation
 from kubetune_trainer.data.balancing import class_weights, resampled
 from kubetune_trainer.data.batching import check_batch_size
+from kubetune_trainer.data.chat_pipeline import prepare_conversation_data
 from kubetune_trainer.data.cleaning import apply_quality_rules
 from kubetune_trainer.data.columns import (
     check_columns,
@@ -69,6 +71,8 @@ def prepare_data(
     progress: Callable[[], None] = _no_progress,
 ) -> PreparedData:
     """Load, check, label, split and tokenize the data of a run; `progress` between stages."""
+    if config.model.task == "causal-lm" and config.data.messages_column is not None:
+        return prepare_conversation_data(config, tokenizer)
     if config.model.task == "causal-lm":
         return prepare_language_model_data(config, tokenizer)
     data = config.data

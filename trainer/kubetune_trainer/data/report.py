@@ -93,6 +93,9 @@ class DataReport:
     packing: dict[str, Any] | None = None
     """data.packing: rows, sequences, fill and padding before and after (packing.packing_summary);
     set when the training loader is built, None without packing."""
+    conversations: dict[str, dict[str, Any]] | None = None
+    """data.messagesColumn: split -> rows, messages, trainedMessages (assistant, weight 1),
+    assistantTokenShare (of the tokens after truncation); None for other rows."""
 
     def imbalance_ratio(self) -> float | None:
         """Largest over smallest class in the training rows that reached the rules."""
@@ -129,6 +132,7 @@ class DataReport:
             "recommendation": self.recommendation,
             "warnings": self.warnings,
             "packing": self.packing,
+            "conversations": self.conversations,
         }
 
     def _message(self, quality_message: str) -> str:

@@ -969,6 +969,7 @@ def data_section(report: Mapping[str, Any]) -> Section | None:
         _classes(data),
         _lengths(data, report),
         _packing(data),
+        _conversations(data),
         _groups(data),
     ]
     body = join(part for part in parts if part)
@@ -1241,6 +1242,35 @@ def _packing(data: Mapping[str, Any]) -> Markup:
         f"({fill:.1%} full); padding per batch {before:.1%} unpacked, {after:.1%} packed.",
         class_="packing",
     )
+
+
+_CONVERSATION_FIGURES = ("rows", "messages", "trainedMessages", "assistantTokenShare")
+_CONVERSATION_HEADERS = (
+    "split",
+    "conversations",
+    "messages",
+    "assistant messages trained",
+    "tokens in the loss",
+)
+
+
+def _conversations(data: Mapping[str, Any]) -> Markup:
+    """data.messagesColumn: each split's conversations and messages, and the share of its
+    tokens the loss counts (the assistant's)."""
+    conversations = _mapping(data.get("conversations"))
+    rows = [_conversation_row(split, _mapping(f)) for split, f in conversations.items()]
+    shown = [row for row in rows if row is not None]
+    return table(_CONVERSATION_HEADERS, shown, class_="conversations") if shown else Markup("")
+
+
+def _conversation_row(split: str, figures: Mapping[str, Any]) -> list[object] | None:
+    numbers = [
+        n for key in _CONVERSATION_FIGURES if (n := finite_number(figures.get(key))) is not None
+    ]
+    if len(numbers) < len(_CONVERSATION_FIGURES):
+        return None
+    *counts, share = numbers
+    return [split, *(f"{count:,.0f}" for count in counts), f"{share:.1%}"]
 
 
 def histogram(stats: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:

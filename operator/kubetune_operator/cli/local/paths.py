@@ -17,11 +17,17 @@ could not check rather than calling it valid:
 
 spec.output.uri is not a source: the run creates it. Pure, apart from looking at the file
 system and at where packages are installed.
+
+One look inside a source is cheap enough to make here: a job of conversations
+(data.messagesColumn) without data.chatTemplate needs its model's tokenizer to have a chat
+template, and a local model folder says so in its files; without one the run would fail only
+once its pod has started.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +73,39 @@ def check_sources(job: FineTuneJob, manifest: Path) -> SourceCheck:
             found.problems.append(f"{field_path}: {problem}")
         if why is not None:
             found.unchecked.append(Unchecked(field_path, uri, why))
+    template = _chat_template_problem(job, folder)
+    if template is not None:
+        found.problems.append(template)
     return found
+
+
+_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "additional_chat_templates")
+"""Where a saved tokenizer keeps its chat templates besides tokenizer_config.json."""
+
+
+def _chat_template_problem(job: FineTuneJob, folder: Path) -> str | None:
+    """Conversations without spec.data.chatTemplate whose local model folder holds a
+    tokenizer without a chat template."""
+    data = job.spec.data
+    source = parse_source(job.spec.model.source)
+    if data.messages_column is None or data.chat_template is not None or source.scheme != "file":
+        return None
+    model = Path(source.location)
+    model = model if model.is_absolute() else folder / model
+    config = model / "tokenizer_config.json"
+    if not config.is_file() or any((model / name).exists() for name in _TEMPLATE_FILES):
+        return None
+    try:
+        saved = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # the run reports a tokenizer it cannot read
+    if isinstance(saved, dict) and saved.get("chat_template"):
+        return None
+    return (
+        f"spec.data.chatTemplate: the tokenizer in {model} has no chat template to render "
+        "spec.data.messagesColumn with; name one: 'chatml' for the built-in ChatML, or a "
+        "Jinja template"
+    )
 
 
 def manifest_folder(manifest: Path) -> Path:

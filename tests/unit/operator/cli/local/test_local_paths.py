@@ -212,3 +212,37 @@ def test_a_fifo_or_a_link_to_a_device_is_a_problem_before_anything_reads_it(
         f"spec.data.validation.source: {tmp_path / 'validation.csv'} (a symlink to /dev/zero) "
         "is a character device, not a regular file or a directory",
     ]
+
+
+def conversation_job(**data: str) -> FineTuneJob:
+    """A job of conversations on the model in model/ beside the manifest."""
+    return FineTuneJob.model_validate(
+        {
+            "apiVersion": "kubetune.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": "chat"},
+            "spec": {
+                "model": {"source": "model", "task": "causal-lm"},
+                "data": {"train": {"source": "hf://datasets/org/chats"}, **data},
+            },
+        }
+    )
+
+
+def test_conversations_need_a_chat_template_that_a_local_tokenizer_lacks(tmp_path: Path) -> None:
+    write(tmp_path / "model/tokenizer_config.json", '{"eos_token": "</s>"}')
+    manifest = tmp_path / "job.yaml"
+    problem = (
+        f"spec.data.chatTemplate: the tokenizer in {tmp_path / 'model'} has no chat template "
+        "to render spec.data.messagesColumn with; name one: 'chatml' for the built-in "
+        "ChatML, or a Jinja template"
+    )
+
+    assert check_sources(conversation_job(messagesColumn="messages"), manifest).problems == [
+        problem
+    ]
+    named = conversation_job(messagesColumn="messages", chatTemplate="chatml")
+    assert check_sources(named, manifest).problems == []
+    assert check_sources(conversation_job(), manifest).problems == []
+    write(tmp_path / "model/chat_template.jinja", "{{ messages }}")
+    assert check_sources(conversation_job(messagesColumn="messages"), manifest).problems == []
