@@ -17,6 +17,11 @@ torch's FSDP2 does run on CPU with gloo, so `shard_on_cpu` sets the distributed 
 gate would have set; accelerate's own FSDP2 code then prepares, saves and loads as on GPUs.
 That is how the CPU tests (and a laptop's `kubetune run` with several processes) shard.
 
+training.gradientCheckpointing stays transformers' own (modeling.py): transformers 5
+checkpoints each block's `forward` inside FSDP2's hooks, as FSDP2 needs. The plugin's
+`activation_checkpointing` (torch's checkpoint_wrapper around each block) fails on
+transformers 5's GPT-2 blocks with a mismatched attention-mask size, so it stays off.
+
 What reads parameters directly cannot see sharded ones: the config refuses the options
 that would (config.py, `_sharding_fits_the_recipe`), and the layer gradient norms are not
 measured (`measures_layer_grad_norms`).
@@ -47,9 +52,7 @@ def fsdp_plugin(training: TrainingSpec) -> FullyShardedDataParallelPlugin | None
         reshard_after_forward=training.fsdp.strategy == "full",
         auto_wrap_policy="transformer_based_wrap",
         state_dict_type="SHARDED_STATE_DICT",
-        # training.gradientCheckpointing stays transformers' own (modeling.py), which keeps
-        # FSDP2's hooks outside the checkpoint; the plugin's checkpoint_wrapper breaks
-        # transformers 5's blocks (see the module's note).
+        # training.gradientCheckpointing stays transformers' own (see the module's note).
         activation_checkpointing=False,
         cpu_ram_efficient_loading=False,
     )
