@@ -100,7 +100,6 @@ from kubetune_trainer.training.checkpoint_store import PARTIAL_PREFIX, Checkpoin
 from kubetune_trainer.training.cost_ledger import CostLedger
 from kubetune_trainer.training.evaluation import classifier_evaluation, language_model_evaluation
 from kubetune_trainer.training.freezing_tracker import FreezingTracker, TrainableSet
-from kubetune_trainer.training.layer_grad_norms import LayerGradNorms
 from kubetune_trainer.training.loaders import (
     build_loaders,
     endless_batches,
@@ -327,14 +326,11 @@ class Recipe:
         )
         optimizer = schedules.build_optimizer(self.config.training, groups)
         self.snapshot = self._initial_weights(model)
-        self.layer_grad_norms = LayerGradNorms(
-            model,
-            self.accelerator.device,
-            enabled=sharding.measures_layer_grad_norms(self.accelerator),
-        )
+        self.layer_grad_norms = sharding.layer_grad_norms(model, self.accelerator)
         loaders = build_loaders(
             self.config, self.tokenizer, self.data, self.train_rows, self.accelerator.device
         )
+        sharding.wrap_blocks(self.accelerator, model)
         self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             model, optimizer, *loaders
         )

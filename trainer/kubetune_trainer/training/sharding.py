@@ -3,7 +3,7 @@
 A model past one GPU's memory trains when its parameters, gradients and optimizer state are
 split across every process of the job (FSDP2, torch's `fully_shard`, through accelerate).
 Everything stays accelerate's: `prepare` shards the model block by block (its
-`transformer_based_wrap` reads the blocks from the model's `_no_split_modules`),
+`transformer_based_wrap`, given the model's `_no_split_modules` by `wrap_blocks`),
 `save_state` / `load_state` write and read sharded checkpoints (torch.distributed.checkpoint,
 one file per process, so a restarted group resumes exactly), and `get_state_dict` gathers
 the full weights on rank 0 for the final `save_pretrained` directory, which loads like the
@@ -24,7 +24,7 @@ transformers 5's GPT-2 blocks with a mismatched attention-mask size, so it stays
 
 What reads parameters directly cannot see sharded ones: the config refuses the options
 that would (config.py, `_sharding_fits_the_recipe`), and the layer gradient norms are not
-measured (`measures_layer_grad_norms`).
+measured (`layer_grad_norms`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from accelerate.state import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
 from kubetune_trainer.config import TrainingSpec
+from kubetune_trainer.training.layer_grad_norms import LayerGradNorms
 
 
 class ShardingError(ValueError):
@@ -77,14 +78,35 @@ def shard_on_cpu(accelerator: Accelerator, plugin: FullyShardedDataParallelPlugi
     accelerator.state.fsdp_plugin = plugin
 
 
+def wrap_blocks(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """Before `prepare`: shard the model by its transformer blocks (`block_classes`)."""
+    if is_sharded(accelerator):
+        accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = block_classes(model)
+
+
+def block_classes(model: torch.nn.Module) -> list[str]:
+    """The classes of the model's `_no_split_modules` that it has, but the one holding the
+    input embeddings (BERT's BertEmbeddings): accelerate shards the embeddings as a unit
+    of their own, and sharding them twice fails."""
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    embeddings = get_embeddings() if callable(get_embeddings) else None
+    present = {type(module).__name__: module for module in model.modules()}
+    return [
+        name
+        for name in getattr(model, "_no_split_modules", None) or []
+        if name in present and not any(inner is embeddings for inner in present[name].modules())
+    ]
+
+
+def layer_grad_norms(model: torch.nn.Module, accelerator: Accelerator) -> LayerGradNorms:
+    """The layer gradient norms of `model`: none measured when it is sharded (no process
+    holds whole gradients)."""
+    return LayerGradNorms(model, accelerator.device, enabled=not is_sharded(accelerator))
+
+
 def is_sharded(accelerator: Accelerator) -> bool:
     """Whether the prepared model is sharded (FSDP)."""
     return bool(accelerator.distributed_type == DistributedType.FSDP)
-
-
-def measures_layer_grad_norms(accelerator: Accelerator) -> bool:
-    """Layer gradient norms need each process to hold whole gradients: not when sharded."""
-    return not is_sharded(accelerator)
 
 
 def full_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, Any] | None:

@@ -10,7 +10,12 @@ import pytest
 
 from kubetune_trainer.config import TrainingConfig, TrainingSpec
 from kubetune_trainer.training.recipe import Recipe
-from kubetune_trainer.training.sharding import ShardingError, check_processes, fsdp_plugin
+from kubetune_trainer.training.sharding import (
+    ShardingError,
+    block_classes,
+    check_processes,
+    fsdp_plugin,
+)
 
 
 def training(**fields: Any) -> TrainingSpec:
@@ -60,3 +65,18 @@ def test_a_sharded_run_of_one_process_stops_in_setup_with_the_field(
     recipe = Recipe(config, tmp_path, job_name="test", env={})
     with pytest.raises(ShardingError, match="this run has 1"):
         recipe.setup()
+
+
+def test_blocks_are_the_transformer_layers_not_the_embeddings(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from tests.tiny import make_tiny_causal_lm, make_tiny_model
+
+    texts = ["a good film", "a bad film"]
+    bert = AutoModelForSequenceClassification.from_pretrained(
+        make_tiny_model(tmp_path / "bert", texts)
+    )
+    gpt = AutoModelForCausalLM.from_pretrained(make_tiny_causal_lm(tmp_path / "gpt", texts))
+    assert "BertEmbeddings" in bert._no_split_modules  # the one accelerate would shard twice
+    assert block_classes(bert) == ["BertLayer"]
+    assert block_classes(gpt) == ["GPT2Block"]
