@@ -956,20 +956,37 @@ class TrainingConfig(Section):
     def _sharding_fits_the_recipe(self) -> Self:
         if self.training.sharding == "none":
             return self
+        training, freezing = self.training, self.freezing
         refused = [
-            ("training.compile", self.training.compile),
-            ("training.lora", self.training.lora is not None),
-            ("training.findLearningRate", self.training.find_learning_rate is not None),
-            ("regularization.l1", self.regularization.l1 > 0),
-            ("freezing.headOnlyEpochs", self.freezing.head_only_epochs > 0),
-            ("freezing.gradualUnfreezing", self.freezing.gradual_unfreezing is not None),
-            ("evaluation.attributions", self.evaluation.attributions is not None),
+            ("training.compile", training.compile, "compiling a sharded model is untested"),
+            ("training.lora", training.lora is not None, "adapters merge into whole weights"),
+            (
+                "training.findLearningRate",
+                training.find_learning_rate is not None,
+                "the range test copies and restores whole weights",
+            ),
+            ("regularization.l1", self.regularization.l1 > 0, "the penalty reads whole weights"),
+            (
+                "freezing.headOnlyEpochs",
+                freezing.head_only_epochs > 0,
+                "the schedule drops whole gradients",
+            ),
+            (
+                "freezing.gradualUnfreezing",
+                freezing.gradual_unfreezing is not None,
+                "the schedule drops whole gradients",
+            ),
+            (
+                "evaluation.attributions",
+                self.evaluation.attributions is not None,
+                "attributions run on one process",
+            ),
         ]
-        for field, is_set in refused:
+        for field, is_set, reason in refused:
             if is_set:
                 raise ValueError(
-                    f"training.sharding: fsdp does not combine with {field} (not supported "
-                    f"with sharded parameters); leave {field} out or set training.sharding: none"
+                    f"training.sharding: fsdp does not combine with {field} ({reason}); "
+                    f"leave {field} out or set training.sharding: none"
                 )
         return self
 
