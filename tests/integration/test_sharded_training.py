@@ -121,6 +121,11 @@ def train_losses(folder: Path) -> list[tuple[int, float]]:
     return [(int(step), float(loss)) for step, loss in report(folder)["curves"]["trainLoss"]]
 
 
+def grad_norms(folder: Path) -> list[float]:
+    lines = (folder / "out/metrics.jsonl").read_text().splitlines()
+    return [event["gradNorm"] for event in map(json.loads, lines) if event["event"] == "step"]
+
+
 def assert_same_curve(got: list[tuple[int, float]], expected: list[tuple[int, float]]) -> None:
     assert [step for step, _ in got] == [step for step, _ in expected]
     assert [loss for _, loss in got] == pytest.approx(
@@ -146,6 +151,8 @@ def test_a_sharded_run_follows_the_plain_curve_and_saves_the_whole_model(
     finish(launcher(write_config(tmp_path / "plain", gpt, small_data, "none")))
     assert len(train_losses(sharded)) == MAX_STEPS
     assert_same_curve(train_losses(sharded), train_losses(tmp_path / "plain"))
+    # Clipping takes the norm of the whole gradient, not of one process's shard.
+    assert grad_norms(sharded) == pytest.approx(grad_norms(tmp_path / "plain"), rel=1e-4)
     assert report(sharded)["succeeded"]
     assert list((sharded / "out/checkpoints").glob("*/pytorch_model_fsdp_0/__1_0.distcp"))
 
