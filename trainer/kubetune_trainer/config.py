@@ -688,7 +688,7 @@ class TrainingSpec(Section):
     lora: LoraSpec | None = None
     """Train LoRA adapters instead of the full weights (for large models); left out for full fine-tuning."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about a third more compute (with sharding: FSDP's activation checkpointing of each transformer block)."""
+    """Recompute activations in the backward pass: less memory, about a third more compute (with sharding too: each transformer block, inside FSDP's hooks)."""
     sharding: Literal["none", "fsdp"] = "none"
     """none: every process holds the whole model (data parallel); fsdp: the model's state is sharded across all processes of all workers (FSDP2, through accelerate), for models past one GPU's memory. Needs two or more processes."""
     fsdp: FsdpSpec = section_default(FsdpSpec)
