@@ -107,7 +107,11 @@ def kill_with_its_trainers(pid: int) -> None:
 
 
 def finish(run: subprocess.Popen[str]) -> str:
-    output, _ = run.communicate(timeout=240)
+    try:
+        output, _ = run.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        kill_with_its_trainers(run.pid)
+        raise
     assert run.returncode == 0, output
     return output
 
@@ -160,12 +164,12 @@ def test_a_sharded_run_follows_the_plain_curve_and_saves_the_whole_model(
     assert config["architectures"] == ["GPT2LMHeadModel"]
     gathered = AutoModelForCausalLM.from_pretrained(sharded / "out/model")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain/out/model")
-    moved = AutoModelForCausalLM.from_pretrained(gpt)
+    untrained = AutoModelForCausalLM.from_pretrained(gpt)
     tokens = torch.arange(2, 30).reshape(2, 14)
     with torch.no_grad():
         logits = gathered(input_ids=tokens).logits
         assert torch.allclose(logits, plain(input_ids=tokens).logits, atol=1e-4)
-        assert not torch.allclose(logits, moved(input_ids=tokens).logits, atol=1e-2)
+        assert not torch.allclose(logits, untrained(input_ids=tokens).logits, atol=1e-2)
 
 
 def test_a_killed_sharded_run_resumes_from_its_sharded_checkpoint(
@@ -178,11 +182,14 @@ def test_a_killed_sharded_run_resumes_from_its_sharded_checkpoint(
     # Every process blocks before its third batch, once step 2's checkpoint is saved.
     run = launcher(config, {HANG_ENV: "dataloader"})
     deadline = time.monotonic() + 180
-    while not (tmp_path / "out" / MARKER).exists() and run.poll() is None:
-        assert time.monotonic() < deadline, "the run never reached its hang"
-        time.sleep(0.5)
-    kill_with_its_trainers(run.pid)
-    run.communicate(timeout=60)
+    try:
+        while not (tmp_path / "out" / MARKER).exists() and run.poll() is None:
+            assert time.monotonic() < deadline, "the run never reached its hang"
+            time.sleep(0.5)
+    finally:
+        kill_with_its_trainers(run.pid)
+        run.communicate(timeout=60)
+    assert (tmp_path / "out/checkpoints/step-00000002").is_dir()
     assert not (tmp_path / "out/report.json").exists()  # killed: it said nothing
 
     output = finish(launcher(config))
