@@ -95,11 +95,11 @@ from kubetune_trainer.report.progress import (
     plain_console,
 )
 from kubetune_trainer.report.run import RunEnd, RunReport
+from kubetune_trainer.training import sharding
 from kubetune_trainer.training.checkpoint_store import PARTIAL_PREFIX, CheckpointStore
 from kubetune_trainer.training.cost_ledger import CostLedger
 from kubetune_trainer.training.evaluation import classifier_evaluation, language_model_evaluation
 from kubetune_trainer.training.freezing_tracker import FreezingTracker, TrainableSet
-from kubetune_trainer.training.layer_grad_norms import LayerGradNorms
 from kubetune_trainer.training.loaders import (
     build_loaders,
     endless_batches,
@@ -203,14 +203,18 @@ class Recipe:
         meter_started = time.monotonic()
         training = self.config.training
         budget = Budget.from_env(self.env)
+        plugin = sharding.fsdp_plugin(training)
         self.accelerator = Accelerator(
+            fsdp_plugin=plugin,
             mixed_precision=mixed_precision(training.precision),
             gradient_accumulation_steps=training.gradient_accumulation_steps,
             dynamo_backend="inductor" if training.compile else "no",
             # Pinned batches are copied to the GPU while the previous step still runs.
             dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
         )
+        sharding.shard_on_cpu(self.accelerator, plugin)
         self.processes = int(self.accelerator.num_processes)
+        sharding.check_processes(training, self.processes)
         self.run_report = RunReport(
             self.config,
             self.job_name,
@@ -322,10 +326,11 @@ class Recipe:
         )
         optimizer = schedules.build_optimizer(self.config.training, groups)
         self.snapshot = self._initial_weights(model)
-        self.layer_grad_norms = LayerGradNorms(model, self.accelerator.device)
+        self.layer_grad_norms = sharding.layer_grad_norms(model, self.accelerator)
         loaders = build_loaders(
             self.config, self.tokenizer, self.data, self.train_rows, self.accelerator.device
         )
+        sharding.wrap_blocks(self.accelerator, model)
         self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             model, optimizer, *loaders
         )
@@ -810,11 +815,14 @@ class Recipe:
             model = merge()
         final = self.output_dir / MODEL_DIR
         partial = self.output_dir / f"{PARTIAL_PREFIX}{MODEL_DIR}"
+        state_dict = sharding.full_state_dict(self.accelerator, self.model)  # all processes
         if self.accelerator.is_main_process:
             if partial.exists():  # left by a save that was killed: none of it may stay
                 shutil.rmtree(partial)
             self._beat("Saving")
-            model.save_pretrained(partial, save_function=self.accelerator.save)
+            model.save_pretrained(
+                partial, state_dict=state_dict, save_function=self.accelerator.save
+            )
             self.tokenizer.save_pretrained(partial)
             publish(partial, final)
             self._beat("Saving")
