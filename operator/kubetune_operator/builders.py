@@ -439,7 +439,7 @@ def _trainer_container(
 
 def processes_per_worker(resources: ResourcesSpec) -> int:
     """Trainer processes in each pod: one per GPU, one on a CPU worker."""
-    return max(resources.gpus_per_worker, 1)
+    return resources.processes_per_worker
 
 
 def launch_args(spec: FineTuneJobSpec, job: str) -> list[str]:

@@ -547,6 +547,7 @@ def _spec_violations(
         _secrets,
         _deadline,
         _stall_timeout,
+        _sharding,
     ]
     return [
         Violation(f"spec.{field}", value, limit, text, runtime)
@@ -771,6 +772,25 @@ def _stall_timeout(
         return
     if duration_seconds(timeout) > duration_seconds(limit):
         yield field, timeout, limit, f"{timeout} exceeds {scope.owner}'s maxStallTimeout {limit}"
+
+
+def _sharding(
+    spec: Mapping[str, Any], rails: Guardrails, scope: Scope
+) -> Iterator[tuple[str, Any, Any, str]]:
+    field, rule = "training.sharding", rails.sharding
+    sharding = _at(spec, field)
+    if rule == "allowed" or (sharding is None and not scope.whole_job):
+        return
+    sharding = sharding or "none"
+    if rule == "required" and sharding != "fsdp":
+        yield (
+            field,
+            sharding,
+            rule,
+            f"{sharding} is not fsdp: {scope.owner} requires sharded training (sharding: required)",
+        )
+    if rule == "forbidden" and sharding == "fsdp":
+        yield field, sharding, rule, f"fsdp is forbidden by {scope.owner} (sharding: forbidden)"
 
 
 def _deadline(

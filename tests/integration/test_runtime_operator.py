@@ -109,6 +109,23 @@ def test_a_guardrail_violation_is_refused_with_the_field_value_and_limit(
     assert "effectiveSpec" not in ftj["status"]
 
 
+def test_a_runtime_that_requires_sharding_refuses_a_data_parallel_job(
+    kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
+) -> None:
+    operator()
+    create_runtime(kube, runtime("sharded-only", guardrails={"sharding": "required"}))
+    created = kube.create(job(sentiment, "sentiment", "sharded-only", workers=2))
+
+    ftj = kube.wait_for_object("FineTuneJob", "sentiment", phase_is("Failed"))
+    message = (
+        "spec.training.sharding: none is not fsdp: the runtime requires sharded training "
+        "(sharding: required) (ClusterFineTuneRuntime sharded-only)"
+    )
+    assert condition(ftj, "Validated")["message"] == message
+    kube.wait_for_event(created, reason="GuardrailViolated", message=message)
+    assert all(not names for names in children(kube).values())
+
+
 def test_a_runtime_the_namespace_may_not_use_is_refused_naming_both(
     kube: KubeClient, operator: Callable[[], OperatorThread], sentiment: dict[str, Any]
 ) -> None:

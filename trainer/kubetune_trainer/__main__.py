@@ -41,8 +41,9 @@ from kubetune_trainer.modeling import ModelError
 from kubetune_trainer.report.progress import plain_console
 from kubetune_trainer.threads import threads_for
 from kubetune_trainer.training.recipe import Recipe, RunResult
+from kubetune_trainer.training.sharding import ShardingError
 
-INPUT_ERRORS = (DataError, SourceError, ModelError, FreezingError, BudgetError)
+INPUT_ERRORS = (DataError, SourceError, ModelError, FreezingError, BudgetError, ShardingError)
 TERMINATION_LOG_ENV = "KUBETUNE_TERMINATION_LOG"
 MAX_TERMINATION_MESSAGE = 3000
 """Kubernetes keeps 4 KiB of a termination message; the JSON around it needs a little."""

@@ -726,6 +726,13 @@ class LearningRateFinderSpec(Section):
         return self
 
 
+class FsdpSpec(Section):
+    """How a sharded run (training.sharding: fsdp) splits the model's state across its processes."""
+
+    strategy: Literal["full", "gradients-and-optimizer"] = "full"
+    """full: parameters, gradients and optimizer state are sharded, and each block's parameters are gathered again for the backward pass (the least memory); gradients-and-optimizer: parameters stay gathered between the forward and the backward pass (less communication, more memory)."""
+
+
 class TrainingSpec(Section):
     """The optimisation loop: length, batch, learning rate and its schedule, precision."""
 
@@ -789,7 +796,11 @@ class TrainingSpec(Section):
         return self
 
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    """Recompute activations in the backward pass: less memory, about a third more compute (with sharding too: each transformer block, inside FSDP's hooks)."""
+    sharding: Literal["none", "fsdp"] = "none"
+    """none: every process holds the whole model (data parallel); fsdp: the model's state is sharded across all processes of all workers (FSDP2, through accelerate), for models past one GPU's memory. Needs two or more processes."""
+    fsdp: FsdpSpec = section_default(FsdpSpec)
+    """How sharding splits the model (with sharding: fsdp)."""
     compile: bool = False
     """Compile the model with torch.compile (pays off on long GPU runs, not on short CPU ones)."""
     data_loader_workers: int | None = Field(default=None, ge=0, le=64)
@@ -1093,6 +1104,44 @@ class TrainingConfig(Section):
                 "data.messagesColumn and data.textPairColumn exclude each other: a "
                 "conversation's assistant messages are its responses; leave one out"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sharding_fits_the_recipe(self) -> Self:
+        if self.training.sharding == "none":
+            return self
+        training, freezing = self.training, self.freezing
+        refused = [
+            ("training.compile", training.compile, "compiling a sharded model is untested"),
+            ("training.lora", training.lora is not None, "adapters merge into whole weights"),
+            (
+                "training.findLearningRate",
+                training.find_learning_rate is not None,
+                "the range test copies and restores whole weights",
+            ),
+            ("regularization.l1", self.regularization.l1 > 0, "the penalty reads whole weights"),
+            (
+                "freezing.headOnlyEpochs",
+                freezing.head_only_epochs > 0,
+                "the schedule drops whole gradients",
+            ),
+            (
+                "freezing.gradualUnfreezing",
+                freezing.gradual_unfreezing is not None,
+                "the schedule drops whole gradients",
+            ),
+            (
+                "evaluation.attributions",
+                self.evaluation.attributions is not None,
+                "attributions run on one process",
+            ),
+        ]
+        for field, is_set, reason in refused:
+            if is_set:
+                raise ValueError(
+                    f"training.sharding: fsdp does not combine with {field} ({reason}); "
+                    f"leave {field} out or set training.sharding: none"
+                )
         return self
 
     def primary_metric(self) -> MetricName:

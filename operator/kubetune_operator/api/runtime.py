@@ -145,6 +145,8 @@ class Guardrails(Section):
     """GPU-hours a job may reserve: workers times gpusPerWorker times activeDeadlineSeconds / 3600. A GPU job without a deadline gets the longest one that fits."""
     require_bias_audit: bool = False
     """Jobs must run the fairness audit (spec.bias must be set, by the job or the defaults)."""
+    sharding: Literal["allowed", "required", "forbidden"] = "allowed"
+    """training.sharding a job may use: allowed (either), required (fsdp: models this runtime's GPUs hold only when sharded) or forbidden (none)."""
     required_labels: list[LabelKey] = Field(default_factory=list, max_length=32)
     """Label keys every job must carry with a non-empty value, e.g. cost-center."""
 

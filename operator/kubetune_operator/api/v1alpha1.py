@@ -137,6 +137,11 @@ class ResourcesSpec(Section):
     priority_class_name: DnsSubdomain | None = None
     """PriorityClass of the worker pods."""
 
+    @property
+    def processes_per_worker(self) -> int:
+        """Trainer processes in each pod: one per GPU, one on a CPU worker."""
+        return max(self.gpus_per_worker, 1)
+
 
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
 DURATION_PATTERN = (
@@ -483,6 +488,17 @@ class FineTuneJobSpec(TrainingConfig):
     """Secrets for the workers (hub token, storage credentials), by reference only."""
     search: SearchSpec | None = None
     """Hyperparameter search; this job then runs child trial jobs instead of training itself."""
+
+    @model_validator(mode="after")
+    def _sharding_has_processes(self) -> Self:
+        processes = self.resources.workers * self.resources.processes_per_worker
+        if self.training.sharding == "fsdp" and processes < 2:
+            raise ValueError(
+                "training.sharding: fsdp needs two or more trainer processes, and "
+                f"resources.workers x gpusPerWorker gives {processes}; raise "
+                "resources.workers or resources.gpusPerWorker, or set training.sharding: none"
+            )
+        return self
 
     @model_validator(mode="after")
     def _objective_fits_task(self) -> Self:

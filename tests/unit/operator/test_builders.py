@@ -338,6 +338,16 @@ def test_cpu_workers_use_the_multi_process_launcher_on_gloo() -> None:
     assert set(trainer(job)["resources"]["requests"]) == {"cpu", "memory"}
 
 
+def test_sharded_workers_launch_as_data_parallel_ones() -> None:
+    """The FSDP plugin is built in each trainer process from the config: the pods' command
+    and rendezvous stay those of data parallelism."""
+    plain = with_resources(workers=2, gpusPerWorker=0)
+    sharded = copy.deepcopy(plain)
+    sharded["spec"].setdefault("training", {})["sharding"] = "fsdp"
+    assert launch(workers_job(sharded)) == launch(workers_job(plain))
+    assert env_values(workers_job(sharded)) == env_values(workers_job(plain))
+
+
 def test_one_gpu_is_a_plain_single_process_launch() -> None:
     job = workers_job(with_resources(workers=1, gpusPerWorker=1))
     args = launch(job)

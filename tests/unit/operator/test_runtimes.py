@@ -310,6 +310,49 @@ def test_require_bias_audit_and_required_labels() -> None:
     ]
 
 
+def test_sharding_guardrail_requires_or_forbids_fsdp() -> None:
+    runtime = a100()
+    job = user_job()
+    assert violations(job, runtime) == []  # allowed: either
+    runtime["spec"]["guardrails"]["sharding"] = "required"
+    assert violations(job, runtime) == [
+        "spec.training.sharding: none is not fsdp: the runtime requires sharded training "
+        f"(sharding: required) ({A100})"
+    ]
+    job["spec"]["training"] = {"sharding": "fsdp"}
+    assert violations(job, runtime) == []
+    runtime["spec"]["guardrails"]["sharding"] = "forbidden"
+    assert violations(job, runtime) == [
+        f"spec.training.sharding: fsdp is forbidden by the runtime (sharding: forbidden) ({A100})"
+    ]
+
+
+def test_a_runtime_that_requires_sharding_need_not_default_it() -> None:
+    runtime = a100()
+    runtime["spec"]["guardrails"]["sharding"] = "required"
+    assert runtimes.runtime_problems(ClusterFineTuneRuntime.model_validate(runtime)) == []
+    runtime["spec"]["defaults"]["training"]["sharding"] = "none"
+    model = ClusterFineTuneRuntime.model_validate(runtime, by_name=False)
+    assert [v.field for v in runtimes.runtime_problems(model)] == [
+        "spec.defaults.training.sharding"
+    ]
+
+
+def test_sharding_on_one_process_is_invalid_naming_the_field() -> None:
+    job = user_job()
+    job["spec"]["training"] = {"sharding": "fsdp"}
+    job["spec"]["resources"] = {"workers": 1, "gpusPerWorker": 1}
+    problems = [str(p) for p in check_document(job, "job.yaml").problems]
+    assert problems == [
+        "spec: training.sharding: fsdp needs two or more trainer processes, and "
+        "resources.workers x gpusPerWorker gives 1; raise resources.workers or "
+        "resources.gpusPerWorker, or set training.sharding: none"
+    ]
+    for resources in ({"workers": 2, "gpusPerWorker": 0}, {"workers": 1, "gpusPerWorker": 2}):
+        job["spec"]["resources"] = resources
+        assert check_document(job, "job.yaml").problems == []
+
+
 def test_a_job_without_an_image_is_refused_when_images_are_restricted() -> None:
     runtime = a100()
     del runtime["spec"]["defaults"]["resources"]["image"]

@@ -352,3 +352,34 @@ def test_dpo_reads_its_preference_section_and_metrics() -> None:
 def test_dpo_refusals_name_the_field(sections: dict[str, Any], complaint: str) -> None:
     _, message = error_of(minimal(**sections))
     assert complaint in message
+
+
+@pytest.mark.parametrize(
+    ("section", "fields", "named"),
+    [
+        ("training", {"compile": True}, "training.compile"),
+        ("training", {"lora": {}}, "training.lora"),
+        ("training", {"findLearningRate": {}}, "training.findLearningRate"),
+        ("regularization", {"l1": 0.01}, "regularization.l1"),
+        ("freezing", {"headOnlyEpochs": 1}, "freezing.headOnlyEpochs"),
+        ("freezing", {"gradualUnfreezing": {}}, "freezing.gradualUnfreezing"),
+        ("evaluation", {"attributions": {}}, "evaluation.attributions"),
+    ],
+)
+def test_sharding_refuses_what_reads_whole_parameters(
+    section: str, fields: dict[str, Any], named: str
+) -> None:
+    config = minimal(**{section: fields})
+    config.setdefault("training", {})["sharding"] = "fsdp"
+    loc, msg = error_of(config)
+    assert loc == ()
+    assert f"training.sharding: fsdp does not combine with {named}" in msg
+    config["training"]["sharding"] = "none"
+    TrainingConfig.model_validate(config, by_name=False)
+
+
+def test_sharding_defaults_to_none_and_full_strategy() -> None:
+    config = TrainingConfig.model_validate(minimal(training={"sharding": "fsdp"}), by_name=False)
+    assert config.training.sharding == "fsdp"
+    assert config.training.fsdp.strategy == "full"
+    assert TrainingConfig.model_validate(minimal()).training.sharding == "none"

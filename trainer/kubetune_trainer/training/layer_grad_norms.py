@@ -15,18 +15,24 @@ from kubetune_trainer.freezing import find_layer_groups
 class LayerGradNorms:
     """The gradient norm of each of a model's layer groups (freezing.py's), when measured."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+    def __init__(
+        self, model: torch.nn.Module, device: torch.device, *, enabled: bool = True
+    ) -> None:
+        """`enabled` false (a sharded model: no process holds whole gradients): nothing is
+        measured, and the log has no layer norms."""
         parameters = dict(model.named_parameters())
         self.layer_parameters = {
             group: [parameters[name] for name in names]
             for group, names in find_layer_groups(model).named().items()
-            if names
+            if names and enabled
         }
         self.device = device
         self._measured: torch.Tensor | None = None
 
     def measure(self) -> None:
         """Take each group's norm of the gradients now, on the device."""
+        if not self.layer_parameters:
+            return
         zero = torch.zeros((), device=self.device)
         norms = []
         for parameters in self.layer_parameters.values():

@@ -93,7 +93,8 @@ class PreferenceObjective:
         return losses.mean()
 
     def open_windows(self) -> None:
-        """Forget the batches before training starts (the learning-rate range test's)."""
+        """Forget the batches before training starts (the learning-rate range test's): the
+        running loss opens these windows with its own (running_loss.ExtraMetrics)."""
         self.log_window = RewardSums(self.accelerator.device)
         self.interval = RewardSums(self.accelerator.device)
 

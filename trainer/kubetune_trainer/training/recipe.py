@@ -95,11 +95,11 @@ from kubetune_trainer.report.progress import (
     plain_console,
 )
 from kubetune_trainer.report.run import RunEnd, RunReport
+from kubetune_trainer.training import sharding
 from kubetune_trainer.training.checkpoint_store import PARTIAL_PREFIX, CheckpointStore
 from kubetune_trainer.training.cost_ledger import CostLedger
 from kubetune_trainer.training.evaluation import classifier_evaluation, language_model_evaluation
 from kubetune_trainer.training.freezing_tracker import FreezingTracker, TrainableSet
-from kubetune_trainer.training.layer_grad_norms import LayerGradNorms
 from kubetune_trainer.training.loaders import (
     build_loaders,
     endless_batches,
@@ -204,14 +204,18 @@ class Recipe:
         meter_started = time.monotonic()
         training = self.config.training
         budget = Budget.from_env(self.env)
+        plugin = sharding.fsdp_plugin(training)
         self.accelerator = Accelerator(
+            fsdp_plugin=plugin,
             mixed_precision=mixed_precision(training.precision),
             gradient_accumulation_steps=training.gradient_accumulation_steps,
             dynamo_backend="inductor" if training.compile else "no",
             # Pinned batches are copied to the GPU while the previous step still runs.
             dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
         )
+        sharding.shard_on_cpu(self.accelerator, plugin)
         self.processes = int(self.accelerator.num_processes)
+        sharding.check_processes(training, self.processes)
         self.run_report = RunReport(
             self.config,
             self.job_name,
@@ -324,10 +328,11 @@ class Recipe:
         )
         optimizer = schedules.build_optimizer(self.config.training, groups)
         self.snapshot = self._initial_weights(model)
-        self.layer_grad_norms = LayerGradNorms(model, self.accelerator.device)
+        self.layer_grad_norms = sharding.layer_grad_norms(model, self.accelerator)
         loaders = build_loaders(
             self.config, self.tokenizer, self.data, self.train_rows, self.accelerator.device
         )
+        sharding.wrap_blocks(self.accelerator, model)
         self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             model, optimizer, *loaders
         )
@@ -518,9 +523,7 @@ class Recipe:
 
     def _start_windows(self) -> None:
         """The loss and throughput windows of the first logged step."""
-        self.losses = RunningLoss(self.accelerator.device)
-        if self.preferences is not None:
-            self.preferences.open_windows()
+        self.losses = RunningLoss(self.accelerator.device, self.preferences)
         self.throughput.open_window()
         self._grad_norm = None
         self._log_every = max(1, self.total_steps // MAX_LOGS_PER_RUN)
@@ -556,7 +559,7 @@ class Recipe:
                 tokens_per_second=throughput.tokens_per_second,
                 mfu=throughput.mfu,
                 cost=cost,
-                metrics=self.preferences.close_log_window() if self.preferences else {},
+                metrics=self.losses.close_extra_log_window(),
             )
         )
         self.throughput.open_window()
@@ -607,10 +610,9 @@ class Recipe:
         (for a language model: its loss and perplexity, and empty arrays)."""
         self._beat("Evaluating")
         parts = (self.model, self.accelerator, self.eval_loader, self._evaluation_batch_done)
-        if self.preferences is not None:  # training/preferences.py: loss and rewards
-            return self.preferences.evaluate(*parts), np.empty((0, 0)), np.empty(0)
-        if self.is_language_model:
-            return language_model_evaluation(*parts), np.empty((0, 0)), np.empty(0)
+        if self.is_language_model:  # a preference run's loss and rewards: preferences.py
+            evaluate = self.preferences.evaluate if self.preferences else language_model_evaluation
+            return evaluate(*parts), np.empty((0, 0)), np.empty(0)
         return classifier_evaluation(*parts)
 
     def _evaluation_batch_done(self) -> None:
@@ -625,8 +627,6 @@ class Recipe:
             classes=len(self.data.labels) if self.data else None,
             language_model=self.is_language_model,
         )
-        if self.preferences is not None:
-            train_metrics = self.preferences.close_interval(train_metrics)
         self.state.evaluations.append(
             {
                 "step": self.state.step,
@@ -821,11 +821,14 @@ class Recipe:
             model = merge()
         final = self.output_dir / MODEL_DIR
         partial = self.output_dir / f"{PARTIAL_PREFIX}{MODEL_DIR}"
+        state_dict = sharding.full_state_dict(self.accelerator, self.model)  # all processes
         if self.accelerator.is_main_process:
             if partial.exists():  # left by a save that was killed: none of it may stay
                 shutil.rmtree(partial)
             self._beat("Saving")
-            model.save_pretrained(partial, save_function=self.accelerator.save)
+            model.save_pretrained(
+                partial, state_dict=state_dict, save_function=self.accelerator.save
+            )
             self.tokenizer.save_pretrained(partial)
             publish(partial, final)
             self._beat("Saving")

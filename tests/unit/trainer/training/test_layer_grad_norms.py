@@ -44,3 +44,13 @@ def test_a_group_without_gradients_has_norm_zero() -> None:
     assert taken is not None
     assert taken["embeddings"] == 0.0
     assert taken["head"] > 0.0
+
+
+def test_disabled_norms_measure_nothing() -> None:
+    """A sharded model: no process holds whole gradients, so the log has no layer norms."""
+    model = bert(layers=2)
+    norms = LayerGradNorms(model, torch.device("cpu"), enabled=False)
+    inputs = torch.randint(5, 50, (4, 12))
+    model(input_ids=inputs, labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+    norms.measure()
+    assert norms.take() is None

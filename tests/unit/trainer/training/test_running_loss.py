@@ -49,3 +49,31 @@ def test_a_language_models_interval_gives_its_loss_and_perplexity() -> None:
 def test_gathering_on_one_process_keeps_the_values() -> None:
     gathered = gather_uneven(Accelerator(cpu=True), torch.tensor([3, 1, 2]))
     assert gathered.tolist() == [3, 1, 2]
+
+
+class Rewards:
+    """Extra metrics that count how their windows are used."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    def open_windows(self) -> None:
+        self.opened += 1
+
+    def close_log_window(self) -> dict[str, float]:
+        return {"rewardMargin": 0.5}
+
+    def close_interval(self, train_metrics: dict[str, float]) -> dict[str, float]:
+        return {"loss": train_metrics["loss"], "rewardMargin": 0.25}
+
+
+def test_extra_metrics_open_with_the_running_loss_and_close_with_its_windows() -> None:
+    accelerator = Accelerator(cpu=True)
+    rewards = Rewards()
+    losses = RunningLoss(accelerator.device, rewards)
+    assert rewards.opened == 1
+    losses.add(torch.tensor(0.5), None, None)
+    assert losses.close_extra_log_window() == {"rewardMargin": 0.5}
+    interval = losses.close_interval(accelerator, classes=None, language_model=True)
+    assert interval == {"loss": 0.5, "rewardMargin": 0.25}
+    assert RunningLoss(accelerator.device).close_extra_log_window() == {}
