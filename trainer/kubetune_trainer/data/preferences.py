@@ -1,11 +1,12 @@
-"""The pipeline of preference rows (training.objective dpo): a prompt, a chosen and a
-rejected response per row.
+"""The pipeline of preference rows (training.objective dpo or simpo): a prompt, a chosen
+and a rejected response per row.
 
 The rows are read, screened, split and checked like a causal LM's (language_model.py),
 with two more per-file checks in screening.py: a row without a chosen or rejected response
 is data.quality.missingValues', and a row whose two responses are the same is
 data.quality.identicalPreferences' (it prefers nothing, so it carries no gradient). The
-text rules (duplicates, empty, garbage, leakage, length) read the prompt (data.textColumn).
+text rules (duplicates, empty, garbage, leakage) read the prompt (data.textColumn); the
+length rule counts the prompt with its longer response, the sequence data.maxLength cuts.
 
 Each response is tokenized after its prompt as a causal LM's response is (prompt tokens
 masked out of the labels, the end-of-text token appended), into the columns chosen_input_ids,
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import datasets
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -31,7 +34,7 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase
 
 from kubetune_trainer.config import DataSpec, TrainingConfig
-from kubetune_trainer.data.columns import preference_columns, required_texts
+from kubetune_trainer.data.columns import as_text, preference_columns, required_texts
 from kubetune_trainer.data.language_model import (
     IGNORED_LABEL,
     check_responses_fit,
@@ -52,12 +55,35 @@ PAD_TO_MULTIPLE = 8
 def prepare_preference_data(
     config: TrainingConfig, tokenizer: PreTrainedTokenizerBase
 ) -> PreparedData:
-    """Load, check, split and tokenize the preference rows of a dpo run."""
+    """Load, check, split and tokenize the preference rows of a dpo or simpo run."""
     data = config.data
-    checked = checked_rows(config, tokenizer, preference_columns(data))
+    counts = _token_counts(tokenizer, data)
+    checked = checked_rows(config, tokenizer, preference_columns(data), token_counts=counts)
     train_set = _tokenize_preferences(checked.train, data, tokenizer, "training")
     validation_set = _tokenize_preferences(checked.validation, data, tokenizer, "validation")
     return checked.prepared(train_set, validation_set, data)
+
+
+def _token_counts(
+    tokenizer: PreTrainedTokenizerBase, data: DataSpec
+) -> Callable[[Rows], npt.NDArray[np.int64]]:
+    """Tokens of each row's prompt and its longer response (special tokens not counted):
+    what the length rule compares with data.maxLength, which truncates that sequence."""
+
+    def count(rows: Rows) -> npt.NDArray[np.int64]:
+        def tokens(column: str, field: str) -> npt.NDArray[np.int64]:
+            texts = pc.fill_null(as_text(rows, column, field), "").to_pylist()
+            if not texts:
+                return np.zeros(0, dtype=np.int64)
+            encoded = tokenizer(texts, add_special_tokens=False, return_length=True, verbose=False)
+            return np.asarray(encoded["length"], dtype=np.int64)
+
+        prompts = tokens(data.text_column, "data.textColumn")
+        chosen = tokens(data.chosen_column, "data.chosenColumn")
+        rejected = tokens(data.rejected_column, "data.rejectedColumn")
+        return prompts + np.maximum(chosen, rejected)
+
+    return count
 
 
 def _tokenize_preferences(

@@ -154,3 +154,15 @@ def test_the_data_cache_tells_preference_rows_from_texts(
         update={"training": preferences.training.model_copy(update={"objective": "sft"})}
     )
     assert cache_key(preferences, tokenizer) != cache_key(texts, tokenizer)
+
+
+def test_the_length_rule_counts_the_prompt_with_its_longer_response(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    long_answer = ("the kettle is", "fine good", "awful bad the lamp is the tent is fine")
+    train = write_rows(tmp_path / "train.csv", [*rows(8), long_answer])
+    validation = write_rows(tmp_path / "validation.csv", rows(2))
+    length = {"mode": "drop", "maxTokens": 8}
+    prepared = prepare_data(config_of(train, validation, quality={"length": length}), tokenizer)
+    assert matched(prepared, "length") == {"train": 1, "validation": 0}
+    assert prepared.rows["train_out"] == 8
