@@ -70,7 +70,7 @@ class RewardSums:
         rows = total[-1]
         if not rows:
             return {}
-        return {name: value / rows for name, value in zip(REWARD_METRICS, total, strict=False)}
+        return {name: value / rows for name, value in zip(REWARD_METRICS, total[:-1], strict=True)}
 
 
 class PreferenceObjective:
