@@ -249,6 +249,17 @@ def test_cel_rules_agree_with_the_models(sentiment: dict[str, Any], case: Case) 
     assert rejection(sentiment) == ([rule_message], [model_message])
 
 
+def test_merge_adapter_needs_lora_in_the_rules_and_the_models(
+    sentiment: dict[str, Any],
+) -> None:
+    sentiment["spec"]["output"] = {"mergeAdapter": True}
+    rules, models = rejection(sentiment)
+    assert rules == ["output.mergeAdapter needs training.lora"]
+    assert models[0].startswith("spec: output.mergeAdapter needs training.lora")
+    sentiment["spec"]["training"]["lora"] = {"rank": 4}
+    assert rejection(sentiment) == ([], [])
+
+
 def test_search_rules_agree_with_the_models(every_section: dict[str, Any]) -> None:
     parameters = every_section["spec"]["search"]["parameters"]
     parameters[0].update(min=1e-3, max=1e-5)
