@@ -82,6 +82,9 @@ def export_model(
     `state_dict`: the model's full state dict where the model itself is sharded (peft keeps
     the adapter's entries of it); None: the model's own.
     """
+    stale = export.output_dir / MERGED_DIR  # an earlier save's: it never outlives its model/
+    if stale.exists():
+        shutil.rmtree(stale)
     peft_config = getattr(model, "peft_config", None)
     if isinstance(peft_config, dict):
         name, revision = export.base_reference

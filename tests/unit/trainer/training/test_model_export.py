@@ -143,7 +143,7 @@ def test_a_classifier_adapter_carries_its_fully_trained_head(tmp_path: Path) -> 
     torch.testing.assert_close(logits(merged, inputs), trained, atol=1e-4, rtol=0)
 
 
-def test_a_save_killed_half_way_leaves_no_merged_model_and_the_next_save_cleans_up(
+def test_a_killed_save_leaves_no_merged_model_and_later_saves_clean_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     base_dir = make_tiny_causal_lm(tmp_path / "base", TEXTS)
@@ -170,6 +170,9 @@ def test_a_save_killed_half_way_leaves_no_merged_model_and_the_next_save_cleans_
     monkeypatch.undo()
     export(config, tmp_path / "out", model, [])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["merged", "model"]
+    unmerged = ModelExport(tmp_path / "out", tokenizer, base_model_reference(config), None)
+    export_model(unmerged, model)  # a later save without mergeAdapter: no stale merged/
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model"]
 
 
 def test_an_adapter_names_a_hub_base_by_its_repository_and_revision() -> None:
