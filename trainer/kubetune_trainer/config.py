@@ -620,7 +620,7 @@ class LoraSpec(Section):
     target_modules: list[ModulePattern] = Field(default_factory=list, max_length=MAX_PATTERNS)
     """Names of the linear modules that get adapters (e.g. query, value). Left out: peft's default for the architecture."""
     quantization: Literal["none", "4bit", "8bit"] = "none"
-    """QLoRA: load the frozen base weights quantized by bitsandbytes (4bit: NF4 with double quantization; 8bit: LLM.int8) to save memory; needs the qlora extra."""
+    """QLoRA: load the frozen base weights quantized by bitsandbytes (4bit: NF4 with double quantization; 8bit: LLM.int8, on a GPU only) to save memory; needs the qlora extra."""
 
 
 class LearningRateFinderSpec(Section):

@@ -8,10 +8,11 @@ ready model whatever the options.
 
 QLoRA (training.lora.quantization) loads the frozen base weights through bitsandbytes: 4bit
 as the QLoRA paper does (NF4, double quantization, computing in bf16 where the GPU has it),
-8bit as LLM.int8. bitsandbytes' CPU backend runs both, so the same manifest trains on a
-laptop, slowly; on a GPU each process loads its copy onto its own device, as accelerate
-asks. The merged model (training/model_export.py) is built on a base loaded again here at
-full precision: merging into quantized weights would round the adapter away.
+8bit as LLM.int8. bitsandbytes' CPU backend runs 4bit, so the same manifest trains on a
+laptop, slowly (8bit there cannot load its own checkpoints back, so it needs a GPU); on a
+GPU each process loads its copy onto its own device, as accelerate asks. The merged model
+(training/model_export.py) is built on a base loaded again here at full precision: merging
+into quantized weights would round the adapter away.
 """
 
 from __future__ import annotations
@@ -130,6 +131,11 @@ def _quantization_options(quantization: str, task: str) -> dict[str, Any]:
     """from_pretrained's arguments for bitsandbytes' 4bit or 8bit weights ({} for "none")."""
     if quantization == "none":
         return {}
+    if quantization == "8bit" and not torch.cuda.is_available():
+        raise ModelError(
+            "training.lora.quantization: 8bit needs a CUDA GPU (bitsandbytes' CPU backend "
+            "trains in 8bit but cannot load its checkpoints back); use 4bit without a GPU"
+        )
     try:
         importlib.import_module("bitsandbytes")
     except ImportError:

@@ -197,7 +197,16 @@ def test_an_adapter_directory_as_model_source_is_refused_with_what_to_use(
         model_path(config)
 
 
-@pytest.mark.parametrize("bits", ["4bit", "8bit"])
+@pytest.mark.parametrize(
+    "bits",
+    [
+        "4bit",
+        pytest.param(
+            "8bit",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="8bit needs CUDA"),
+        ),
+    ],
+)
 def test_qlora_trains_on_a_quantized_base_and_merges_into_a_plain_one(
     tmp_path: Path, bits: str
 ) -> None:
@@ -216,9 +225,15 @@ def test_qlora_trains_on_a_quantized_base_and_merges_into_a_plain_one(
     assert getattr(merged.config, "quantization_config", None) is None
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     with_adapter = PeftModel.from_pretrained(base, tmp_path / "out/model").eval()
-    torch.testing.assert_close(
-        logits(merged, inputs), logits(with_adapter, inputs), atol=1e-4, rtol=0
-    )
+    expected = logits(with_adapter, inputs)
+    torch.testing.assert_close(logits(merged, inputs), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refused only without CUDA")
+def test_8bit_without_a_gpu_is_refused_naming_the_field(tmp_path: Path) -> None:
+    base_dir = make_tiny_causal_lm(tmp_path / "base", TEXTS)
+    with pytest.raises(ModelError, match=r"^training\.lora\.quantization: 8bit needs a CUDA GPU"):
+        load_model(causal_config(base_dir, quantization="8bit"), [])
 
 
 def test_quantization_without_bitsandbytes_names_the_field_and_the_extra(
