@@ -127,10 +127,15 @@ CLASSIFIER_HEADS = ["classifier", "score"]
 """What transformers' sequence classifiers call their head: trained in full, never quantized."""
 
 
-def _quantization_options(quantization: str, task: str) -> dict[str, Any]:
-    """from_pretrained's arguments for bitsandbytes' 4bit or 8bit weights ({} for "none")."""
-    if quantization == "none":
-        return {}
+def check_quantization(config: TrainingConfig) -> None:
+    """Refuse a training.lora.quantization that this machine cannot run, before any data is
+    read (load_model checks again)."""
+    lora = config.training.lora
+    if lora is not None and lora.quantization != "none":
+        _check_quantization(lora.quantization)
+
+
+def _check_quantization(quantization: str) -> None:
     if quantization == "8bit" and not torch.cuda.is_available():
         raise ModelError(
             "training.lora.quantization: 8bit needs a CUDA GPU (bitsandbytes' CPU backend "
@@ -143,6 +148,13 @@ def _quantization_options(quantization: str, task: str) -> dict[str, Any]:
             f"training.lora.quantization: {quantization} needs bitsandbytes, which is not "
             "installed: python -m pip install 'kubetune[qlora]' (or leave quantization out)"
         ) from None
+
+
+def _quantization_options(quantization: str, task: str) -> dict[str, Any]:
+    """from_pretrained's arguments for bitsandbytes' 4bit or 8bit weights ({} for "none")."""
+    if quantization == "none":
+        return {}
+    _check_quantization(quantization)
     from transformers import BitsAndBytesConfig
 
     # Causal LMs keep transformers' default: every linear layer but the output head.

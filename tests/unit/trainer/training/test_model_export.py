@@ -20,6 +20,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from kubetune_trainer.__main__ import run_training
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.modeling import (
     ModelError,
@@ -232,8 +233,12 @@ def test_qlora_trains_on_a_quantized_base_and_merges_into_a_plain_one(
 @pytest.mark.skipif(torch.cuda.is_available(), reason="refused only without CUDA")
 def test_8bit_without_a_gpu_is_refused_naming_the_field(tmp_path: Path) -> None:
     base_dir = make_tiny_causal_lm(tmp_path / "base", TEXTS)
-    with pytest.raises(ModelError, match=r"^training\.lora\.quantization: 8bit needs a CUDA GPU"):
-        load_model(causal_config(base_dir, quantization="8bit"), [])
+    config = causal_config(base_dir, quantization="8bit")
+    refusal = r"^training\.lora\.quantization: 8bit needs a CUDA GPU"
+    with pytest.raises(ModelError, match=refusal):  # before the data (unused.csv) is read
+        run_training(config, tmp_path / "out", job_name="test", env={})
+    with pytest.raises(ModelError, match=refusal):
+        load_model(config, [])
 
 
 def test_quantization_without_bitsandbytes_names_the_field_and_the_extra(
