@@ -485,6 +485,16 @@ class FineTuneJobSpec(TrainingConfig):
     """Hyperparameter search; this job then runs child trial jobs instead of training itself."""
 
     @model_validator(mode="after")
+    def _8bit_runs_on_gpus(self) -> Self:
+        lora = self.training.lora
+        if lora is not None and lora.quantization == "8bit" and not self.resources.gpus_per_worker:
+            raise ValueError(
+                "training.lora.quantization 8bit needs GPUs (bitsandbytes' CPU backend cannot "
+                "load its 8bit checkpoints back): set resources.gpusPerWorker, or use 4bit"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _objective_fits_task(self) -> Self:
         if self.search is None:
             return self
