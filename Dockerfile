@@ -33,7 +33,8 @@ CMD ["--help"]
 FROM base AS trainer
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=""
-# trainer,example adds the all-MiniLM-L6-v2 weights that examples/gitops/job.yaml fine-tunes.
+# trainer,example adds the all-MiniLM-L6-v2 weights that examples/gitops/job.yaml fine-tunes;
+# trainer,qlora adds bitsandbytes, for training.lora.quantization.
 ARG TRAINER_EXTRAS=trainer
 LABEL org.opencontainers.image.title="kubetune-trainer" \
       org.opencontainers.image.description="The kubetune trainer: python -m kubetune_trainer under accelerate launch" \

@@ -96,6 +96,8 @@ def test_grid_runs_every_point_picks_the_best_and_resumes(
     assert report["artifacts"]["bestTrialReport"] == str(out / f"trial-{best}/report.json")
     assert (out / "model").resolve() == (out / f"trial-{best}/model").resolve()
     assert (out / "model/config.json").exists()
+    assert report["artifacts"]["mergedModel"] == ""  # no LoRA trial, no merged/ to link
+    assert not (out / "merged").exists()
     assert set(report["importance"]) == {"training.learningRate", "training.epochs"}
     assert sum(report["importance"].values()) == pytest.approx(1.0)
     assert f"tiny-trial-{best}" in output

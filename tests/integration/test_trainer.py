@@ -384,17 +384,31 @@ def test_cross_validation_trains_one_model_per_fold_and_reports_the_spread(
     assert result.report["cost"] == folds[-1]["cost"]  # each fold counts the folds before it
 
 
-def test_lora_trains_adapters_only_and_saves_a_plain_model(
-    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_lora_trains_adapters_only_and_saves_the_adapter_and_a_merged_model(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path], quantization: str
 ) -> None:
+    import csv
+
+    from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
+    from tests.tiny import make_tiny_model
+
+    model_dir = tiny_model_dir
+    if quantization != "none":  # bitsandbytes' CPU kernels need rows of 64 weights at least
+        with small_data[0].open() as handle:
+            texts = [row["text"] for row in csv.DictReader(handle)]
+        model_dir = make_tiny_model(tmp_path / "bert64", texts, hidden=64)
+    lora = {"rank": 4, "targetModules": ["query", "value"], "quantization": quantization}
     config = make_config(
-        tiny_model_dir,
+        model_dir,
         small_data,
-        training={"epochs": 1, "lora": {"rank": 4, "targetModules": ["query", "value"]}},
+        training={"epochs": 1, "lora": lora},
+        output={"mergeAdapter": True},
     )
-    recipe = Recipe(config, tmp_path, job_name="test", env={})
+    out = tmp_path / "out"
+    recipe = Recipe(config, out, job_name="test", env={})
     recipe.setup()
     trainable = {
         n
@@ -406,13 +420,20 @@ def test_lora_trains_adapters_only_and_saves_a_plain_model(
     result = recipe.train()
     recipe.cleanup()
     assert result.succeeded
-    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
+    assert result.report["artifacts"]["model"] == str(out / "model")
+    assert result.report["artifacts"]["mergedModel"] == str(out / "merged")
+    assert (out / "model/adapter_model.safetensors").is_file()
+    merged = AutoModelForSequenceClassification.from_pretrained(out / "merged")
     assert not any("lora" in n for n, _ in merged.named_parameters())
-    before = load_file(tiny_model_dir / "model.safetensors")
+    before = load_file(model_dir / "model.safetensors")
     query = "bert.encoder.layer.0.attention.self.query.weight"
     assert not torch.equal(merged.state_dict()[query], before[query])  # adapters merged in
     key = "bert.encoder.layer.0.attention.self.key.weight"
-    assert torch.equal(merged.state_dict()[key], before[key])  # no adapter on key
+    assert torch.equal(merged.state_dict()[key], before[key])  # a full-precision base
+    base = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    adapted = PeftModel.from_pretrained(base, out / "model")
+    head = adapted.base_model.model.state_dict()["classifier.modules_to_save.default.weight"]
+    assert torch.equal(head, merged.state_dict()["classifier.weight"])  # trained in full
 
 
 def test_causal_lm_learns_to_answer_and_ignores_the_prompt_in_the_loss(

@@ -37,7 +37,7 @@ from kubetune_trainer.crossval import run_cross_validation
 from kubetune_trainer.data import DataError
 from kubetune_trainer.data.sources import SourceError, pvc_root
 from kubetune_trainer.freezing import FreezingError
-from kubetune_trainer.modeling import ModelError
+from kubetune_trainer.modeling import ModelError, check_quantization
 from kubetune_trainer.report.progress import plain_console
 from kubetune_trainer.threads import threads_for
 from kubetune_trainer.training.recipe import Recipe, RunResult
@@ -63,6 +63,7 @@ def run_training(
     torch.set_num_threads(threads.threads)
     if first_process_on_machine(env):
         console.print(threads.line(), markup=False)
+    check_quantization(config)
     if config.evaluation.cross_validation is not None:
         return run_cross_validation(config, output_dir, job_name=job_name, env=env, console=console)
     recipe = Recipe(config, output_dir, job_name=job_name, env=env, console=console)

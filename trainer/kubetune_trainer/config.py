@@ -676,6 +676,8 @@ class LoraSpec(Section):
     """Dropout on the adapter input."""
     target_modules: list[ModulePattern] = Field(default_factory=list, max_length=MAX_PATTERNS)
     """Names of the linear modules that get adapters (e.g. query, value). Left out: peft's default for the architecture."""
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    """QLoRA: load the frozen base weights quantized by bitsandbytes (4bit: NF4 with double quantization; 8bit: LLM.int8, on a GPU only) to save memory; needs the qlora extra."""
 
 
 class PreferenceSpec(Section):
@@ -976,7 +978,9 @@ class OutputSpec(Section):
     checkpoint_every_steps: int | None = Field(default=None, ge=1, le=100_000_000)
     """Also checkpoint every N optimizer steps (restarts lose less work); left out: at each evaluation."""
     save_model: bool = True
-    """Save the best model and its tokenizer to model/ (loadable with from_pretrained)."""
+    """Save the best model and its tokenizer to model/ (loadable with from_pretrained; with training.lora, the adapter: PeftModel.from_pretrained)."""
+    merge_adapter: bool = False
+    """With training.lora: also save the base model with the adapter merged in to merged/ (loadable with from_pretrained alone)."""
 
     @field_validator("uri")
     @classmethod
@@ -993,6 +997,10 @@ class TrainingConfig(Section):
         (
             "!has(self.bias) || (has(self.data.sensitiveColumns) && size(self.data.sensitiveColumns) > 0)",
             "bias needs data.sensitiveColumns to name at least one column",
+        ),
+        (
+            "!has(self.output) || !has(self.output.mergeAdapter) || !self.output.mergeAdapter || (has(self.training) && has(self.training.lora))",
+            "output.mergeAdapter needs training.lora",
         ),
     )
 
@@ -1142,6 +1150,15 @@ class TrainingConfig(Section):
                     f"training.sharding: fsdp does not combine with {field} ({reason}); "
                     f"leave {field} out or set training.sharding: none"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _merge_needs_lora(self) -> Self:
+        if self.output.merge_adapter and self.training.lora is None:
+            raise ValueError(
+                "output.mergeAdapter needs training.lora (a run without LoRA saves the full "
+                "model to model/); set training.lora or leave mergeAdapter out"
+            )
         return self
 
     def primary_metric(self) -> MetricName:

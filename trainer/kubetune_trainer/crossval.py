@@ -31,7 +31,8 @@ from kubetune_trainer.metrics import is_better
 from kubetune_trainer.modeling import load_tokenizer
 from kubetune_trainer.report.files import REPORT_HTML, REPORT_JSON
 from kubetune_trainer.report.summary import write_reports
-from kubetune_trainer.training.recipe import CACHE_DIR, MODEL_DIR, Recipe, RunResult
+from kubetune_trainer.training.model_export import MERGED_DIR, MODEL_DIR
+from kubetune_trainer.training.recipe import CACHE_DIR, Recipe, RunResult
 
 
 def fold_rows(
@@ -126,8 +127,10 @@ def _summarise(
     metric = config.primary_metric()
     best = _best_fold(results, metric)
     summary = fold_summary(results)
-    if (best.output_dir / MODEL_DIR).exists():
-        shutil.copytree(best.output_dir / MODEL_DIR, output_dir / MODEL_DIR, dirs_exist_ok=True)
+    models = {"model": MODEL_DIR, "mergedModel": MERGED_DIR}
+    for folder in models.values():
+        if (best.output_dir / folder).exists():
+            shutil.copytree(best.output_dir / folder, output_dir / folder, dirs_exist_ok=True)
     report: dict[str, Any] = {
         **best.report,
         "job": job_name,
@@ -142,7 +145,11 @@ def _summarise(
         },
         "artifacts": {
             **best.report["artifacts"],
-            "model": str(output_dir / MODEL_DIR),
+            **{
+                key: str(output_dir / folder)
+                for key, folder in models.items()
+                if best.report["artifacts"].get(key)
+            },
             "report": str(output_dir / REPORT_JSON),
             "reportHtml": str(output_dir / REPORT_HTML),
         },

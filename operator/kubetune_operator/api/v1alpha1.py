@@ -501,6 +501,16 @@ class FineTuneJobSpec(TrainingConfig):
         return self
 
     @model_validator(mode="after")
+    def _8bit_runs_on_gpus(self) -> Self:
+        lora = self.training.lora
+        if lora is not None and lora.quantization == "8bit" and not self.resources.gpus_per_worker:
+            raise ValueError(
+                "training.lora.quantization 8bit needs GPUs (bitsandbytes' CPU backend cannot "
+                "load its 8bit checkpoints back): set resources.gpusPerWorker, or use 4bit"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _objective_fits_task(self) -> Self:
         if self.search is None:
             return self
@@ -687,7 +697,9 @@ class Artifacts(Section):
     output_uri: Annotated[str, Field(max_length=2048)] = ""
     """The output directory."""
     model: Annotated[str, Field(max_length=2048)] = ""
-    """The fine-tuned model (from_pretrained loads it)."""
+    """The fine-tuned model (from_pretrained loads it); with training.lora, its adapter (PeftModel.from_pretrained loads it)."""
+    merged_model: Annotated[str, Field(max_length=2048)] = ""
+    """With output.mergeAdapter: the base model with the adapter merged in (from_pretrained loads it)."""
     report: Annotated[str, Field(max_length=2048)] = ""
     """report.json."""
     report_html: Annotated[str, Field(max_length=2048)] = ""

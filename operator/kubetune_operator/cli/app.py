@@ -421,7 +421,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     artifacts = report.get("artifacts") or {}
     rows += [
         (name, str(artifacts[name]))
-        for name in ("model", "report", "reportHtml", "lastCheckpoint")
+        for name in ("model", "mergedModel", "report", "reportHtml", "lastCheckpoint")
         if artifacts.get(name)
     ]
     for name, value in rows:

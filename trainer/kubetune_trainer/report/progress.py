@@ -886,7 +886,15 @@ def eval_line(record: EvalRecord) -> str:
     return f"eval at step {record.step} (epoch {record.epoch:.2f}): {metrics}"
 
 
-_SUMMARY_KEYS = ("verdict", "worstGroup", "message", "suggestion", "model", "outputUri")
+_SUMMARY_KEYS = (
+    "verdict",
+    "worstGroup",
+    "message",
+    "suggestion",
+    "model",
+    "mergedModel",
+    "outputUri",
+)
 
 
 def section_summary(name: str, payload: Mapping[str, Any]) -> str:

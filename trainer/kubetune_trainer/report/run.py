@@ -42,7 +42,9 @@ class RunReport:
     job_name: str
     output_dir: Path
     model_dir: Path
-    """Where the final model is saved (if it is)."""
+    """Where the final model (with LoRA, its adapter) is saved (if it is)."""
+    merged_dir: Path
+    """Where the model with the adapter merged in is saved (output.mergeAdapter)."""
     processes: int
     writer: bool
     """This process writes the files (rank 0)."""
@@ -67,6 +69,7 @@ class RunReport:
         return {
             "outputUri": str(self.output_dir),
             "model": str(self.model_dir) if self.model_dir.exists() else "",
+            "mergedModel": str(self.merged_dir) if self.merged_dir.exists() else "",
             "report": str(self.output_dir / REPORT_JSON),
             "reportHtml": str(self.output_dir / REPORT_HTML),
             "lastCheckpoint": str(latest_checkpoint) if latest_checkpoint else "",

@@ -21,7 +21,8 @@ The recipe holds small collaborators, each in a module of its own: the stop guar
 throughput meter (throughput.py), the layer gradient norms (layer_grad_norms.py), the
 freezing tracker (freezing_tracker.py), the GPU-hour ledger (cost_ledger.py), the
 checkpoint store (checkpoint_store.py: atomic saves, rotation, a full disk), the training
-state (training_state.py), and at the end the outcome and its message (outcome.py) and the
+state (training_state.py), and at the end the saved model (model_export.py: with LoRA the
+adapter, and the merged model if asked), the outcome and its message (outcome.py) and the
 report (report/run.py). Optimizers, their per-group rates and schedules are built in
 schedules.py, the loaders in loaders.py, the losses and metrics in losses.py and
 evaluation.py.
@@ -44,11 +45,10 @@ from __future__ import annotations
 import copy
 import math
 import os
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from rich.console import Console
-from transformers import PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
 from kubetune_trainer import freezing, schedules
@@ -79,10 +78,9 @@ from kubetune_trainer.disk_space import DiskFullError, state_bytes
 from kubetune_trainer.examine.audit import BiasAudit, positive_classes
 from kubetune_trainer.examine.final_model import FinalModel, examine_final_model
 from kubetune_trainer.examine.interpret import LayerSnapshot, snapshot_layer_groups
-from kubetune_trainer.file_modes import publish
 from kubetune_trainer.hang import HangHook
 from kubetune_trainer.heartbeat import HEARTBEAT_FILE, Heartbeat
-from kubetune_trainer.modeling import load_model, load_tokenizer
+from kubetune_trainer.modeling import load_model, load_tokenizer, state_load_options
 from kubetune_trainer.report.files import REPORT_JSON
 from kubetune_trainer.report.progress import (
     EvalRecord,
@@ -96,7 +94,7 @@ from kubetune_trainer.report.progress import (
 )
 from kubetune_trainer.report.run import RunEnd, RunReport
 from kubetune_trainer.training import sharding
-from kubetune_trainer.training.checkpoint_store import PARTIAL_PREFIX, CheckpointStore
+from kubetune_trainer.training.checkpoint_store import CheckpointStore
 from kubetune_trainer.training.cost_ledger import CostLedger
 from kubetune_trainer.training.evaluation import classifier_evaluation, language_model_evaluation
 from kubetune_trainer.training.freezing_tracker import FreezingTracker, TrainableSet
@@ -107,6 +105,7 @@ from kubetune_trainer.training.loaders import (
     training_rows,
 )
 from kubetune_trainer.training.losses import classification_loss, l1_penalty
+from kubetune_trainer.training.model_export import MERGED_DIR, MODEL_DIR, export_model, run_export
 from kubetune_trainer.training.outcome import (
     Ending,
     best_evaluation,
@@ -120,7 +119,6 @@ from kubetune_trainer.training.stop_guard import StopGuard
 from kubetune_trainer.training.throughput import ThroughputMeter, mfu_basis
 from kubetune_trainer.training.training_state import TrainingState
 
-MODEL_DIR = "model"
 CACHE_DIR = "cache"
 """Under the output folder: the prepared data of the last start (data_cache)."""
 MAX_LOGS_PER_RUN = 200
@@ -221,6 +219,7 @@ class Recipe:
             self.job_name,
             self.output_dir,
             self.output_dir / MODEL_DIR,
+            self.output_dir / MERGED_DIR,
             self.processes,
             writer=self.accelerator.is_main_process,
         )
@@ -677,7 +676,7 @@ class Recipe:
         if latest is None:
             return
         self._beat("LoadingModel")
-        self.accelerator.load_state(str(latest))
+        self.accelerator.load_state(str(latest), **state_load_options(self.config))
         self._beat("LoadingModel")
         self.resumed_from = latest
         self.console.print(
@@ -791,7 +790,8 @@ class Recipe:
             # load_state also rewinds the registered TrainingState: keep the run's own.
             finished = copy.deepcopy(self.state.state_dict())
             self._beat("Examining")
-            self.accelerator.load_state(str(self.checkpoints.root / self.state.best_checkpoint))
+            best = self.checkpoints.root / self.state.best_checkpoint
+            self.accelerator.load_state(str(best), **state_load_options(self.config))
             self._beat("Examining")
             self.state.load_state_dict(finished)
 
@@ -815,23 +815,16 @@ class Recipe:
         )
 
     def _save_model(self) -> None:
-        model: PreTrainedModel = self.accelerator.unwrap_model(self.model)
-        merge = getattr(model, "merge_and_unload", None)  # LoRA: fold adapters into weights
-        if callable(merge):
-            model = merge()
-        final = self.output_dir / MODEL_DIR
-        partial = self.output_dir / f"{PARTIAL_PREFIX}{MODEL_DIR}"
-        state_dict = sharding.full_state_dict(self.accelerator, self.model)  # all processes
+        """model/ (and merged/), written by the main process: model_export.py; a sharded
+        model's full weights are gathered first, by every process."""
+        assert self.data is not None
+        state_dict = sharding.full_state_dict(self.accelerator, self.model)
         if self.accelerator.is_main_process:
-            if partial.exists():  # left by a save that was killed: none of it may stay
-                shutil.rmtree(partial)
-            self._beat("Saving")
-            model.save_pretrained(
-                partial, state_dict=state_dict, save_function=self.accelerator.save
+            beat = partial(self._beat, "Saving")
+            export = run_export(
+                self.config, self.output_dir, self.tokenizer, self.data.labels, beat
             )
-            self.tokenizer.save_pretrained(partial)
-            publish(partial, final)
-            self._beat("Saving")
+            export_model(export, self.accelerator.unwrap_model(self.model), state_dict)
         self.accelerator.wait_for_everyone()
 
     def _report(self, end: RunEnd) -> dict[str, Any]:

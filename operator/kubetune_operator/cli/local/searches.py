@@ -63,6 +63,8 @@ from kubetune_trainer.report.files import REPORT_JSON, write_text_atomically
 
 SEARCH_FILE: Final = "search.json"
 MODEL_DIR: Final = "model"
+MERGED_DIR: Final = "merged"
+"""A LoRA trial's merged model (output.mergeAdapter), beside its adapter in model/."""
 LOG_FILE: Final = "trainer.log"
 RESUMABLE_FIELDS: Final = ("maxTrials", "parallelism", "maxFailedTrials")
 """search fields a resumed search may change (e.g. raise maxTrials to run more trials)."""
@@ -415,7 +417,8 @@ def _search_report(plan: SearchPlan, book: TrialBook) -> dict[str, Any]:
         "importance": importance,
         "importanceNote": importance_note,
         "artifacts": {
-            "model": _publish_best_model(plan, best.number) if best else "",
+            "model": _publish_best(plan, best.number, MODEL_DIR) if best else "",
+            "mergedModel": _publish_best(plan, best.number, MERGED_DIR) if best else "",
             "bestTrialReport": str(best_report or ""),
             "search": str(plan.output_dir / SEARCH_FILE),
             "searchHtml": str(plan.output_dir / SEARCH_HTML),
@@ -428,18 +431,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     return content
 
 
-def _publish_best_model(plan: SearchPlan, number: int) -> str:
-    """OUTPUT/model: a relative link to the best trial's model (a copy where links fail)."""
-    source = plan.output_dir / f"trial-{number}" / MODEL_DIR
-    target = plan.output_dir / MODEL_DIR
-    if not source.is_dir():
-        return ""
+def _publish_best(plan: SearchPlan, number: int, folder: str) -> str:
+    """OUTPUT/model (or merged): a relative link to the best trial's (a copy where links
+    fail); none where the best trial has none, so no earlier best's is left in its place."""
+    source = plan.output_dir / f"trial-{number}" / folder
+    target = plan.output_dir / folder
     if target.is_symlink() or target.is_file():
         target.unlink()
     elif target.exists():
         shutil.rmtree(target)
+    if not source.is_dir():
+        return ""
     try:
-        target.symlink_to(Path(f"trial-{number}") / MODEL_DIR, target_is_directory=True)
+        target.symlink_to(Path(f"trial-{number}") / folder, target_is_directory=True)
     except OSError:
         shutil.copytree(source, target)
     return str(target)

@@ -278,6 +278,7 @@ def _artifacts(artifacts: Mapping[str, Any]) -> list[RenderableType]:
     names = {
         "outputUri": "output",
         "model": "model",
+        "mergedModel": "merged model",
         "report": "report.json",
         "reportHtml": "report.html",
         "lastCheckpoint": "last checkpoint",

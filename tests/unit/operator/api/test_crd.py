@@ -249,6 +249,34 @@ def test_cel_rules_agree_with_the_models(sentiment: dict[str, Any], case: Case) 
     assert rejection(sentiment) == ([rule_message], [model_message])
 
 
+def test_merge_adapter_needs_lora_in_the_rules_and_the_models(
+    sentiment: dict[str, Any],
+) -> None:
+    sentiment["spec"]["output"] = {"mergeAdapter": True}
+    rules, models = rejection(sentiment)
+    assert rules == ["output.mergeAdapter needs training.lora"]
+    assert models[0].startswith("spec: output.mergeAdapter needs training.lora")
+    sentiment["spec"]["training"]["lora"] = {"rank": 4}
+    assert rejection(sentiment) == ([], [])
+
+
+@pytest.mark.parametrize(("bits", "gpus", "refused"), [("8bit", 0, True), ("4bit", 0, False)])
+def test_8bit_quantization_needs_gpus_per_worker(
+    sentiment: dict[str, Any], bits: str, gpus: int, refused: bool
+) -> None:
+    sentiment["spec"]["training"]["lora"] = {"quantization": bits}
+    sentiment["spec"]["resources"]["gpusPerWorker"] = gpus
+    problems = [str(p) for p in check_document(sentiment, "job.yaml").problems]
+    assert problems == (
+        [
+            "spec: training.lora.quantization 8bit needs GPUs (bitsandbytes' CPU backend cannot "
+            "load its 8bit checkpoints back): set resources.gpusPerWorker, or use 4bit"
+        ]
+        if refused
+        else []
+    )
+
+
 def test_search_rules_agree_with_the_models(every_section: dict[str, Any]) -> None:
     parameters = every_section["spec"]["search"]["parameters"]
     parameters[0].update(min=1e-3, max=1e-5)

@@ -19,7 +19,7 @@ def report(output: Path, *, writer: bool) -> RunReport:
         },
         by_name=False,
     )
-    return RunReport(config, "job", output, output / "model", 1, writer=writer)
+    return RunReport(config, "job", output, output / "model", output / "merged", 1, writer=writer)
 
 
 def test_the_artifacts_name_only_what_is_there(tmp_path: Path) -> None:
@@ -27,14 +27,17 @@ def test_the_artifacts_name_only_what_is_there(tmp_path: Path) -> None:
     assert reported.artifacts(None) == {
         "outputUri": str(tmp_path),
         "model": "",
+        "mergedModel": "",
         "report": str(tmp_path / REPORT_JSON),
         "reportHtml": str(tmp_path / REPORT_HTML),
         "lastCheckpoint": "",
     }
     (tmp_path / "model").mkdir()
+    (tmp_path / "merged").mkdir()
     checkpoint = tmp_path / "checkpoints/step-00000004"
     artifacts = reported.artifacts(checkpoint)
     assert artifacts["model"] == str(tmp_path / "model")
+    assert artifacts["mergedModel"] == str(tmp_path / "merged")
     assert artifacts["lastCheckpoint"] == str(checkpoint)
 
 
