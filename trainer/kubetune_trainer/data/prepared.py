@@ -29,7 +29,9 @@ class PreparedData:
 
     train: datasets.Dataset
     """input_ids, attention_mask (token_type_ids when the tokenizer makes them), labels,
-    length (tokens), and weight when data.weightColumn is set."""
+    length (tokens), and weight when data.weightColumn is set; a preference run's rows hold
+    chosen_input_ids, chosen_labels, rejected_input_ids, rejected_labels and length instead
+    (preferences.py)."""
     validation: datasets.Dataset
     """The same columns as train."""
     labels: list[str]
