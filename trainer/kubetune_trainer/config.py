@@ -691,7 +691,7 @@ class PreferenceSpec(Section):
     )
 
     beta: float = Field(default=0.1, gt=0, le=100)
-    """How far the policy may move from the reference: larger keeps it closer (for ipo, the regulariser tau)."""
+    """dpo: how far the policy may move from the reference, larger keeps it closer (for ipo, the regulariser tau); simpo: the scale of the rewards (its paper uses 2 to 2.5)."""
     loss: PreferenceLoss = "sigmoid"
     """sigmoid (DPO, Rafailov et al. 2023) on the summed log-probability ratios, or ipo (Azar et al. 2023) on their per-token averages."""
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
