@@ -196,3 +196,27 @@ def test_a_killed_sharded_run_resumes_from_its_sharded_checkpoint(
     assert f"Resuming from {tmp_path / 'out/checkpoints/step-00000002'}" in output
     assert_same_curve(train_losses(tmp_path), train_losses(sharded))
     assert report(tmp_path)["succeeded"]
+
+
+def test_a_sharded_lora_run_saves_the_adapter_of_the_plain_run(
+    tmp_path: Path, gpt: Path, small_data: tuple[Path, Path]
+) -> None:
+    from safetensors.torch import load_file
+
+    adapters = {}
+    for sharding in ("fsdp", "none"):
+        config = write_config(tmp_path / sharding, gpt, small_data, sharding)
+        settings = json.loads(config.read_text())
+        settings["training"]["lora"] = {"rank": 4, "alpha": 8, "dropout": 0.0}
+        settings["training"]["learningRate"] = 1e-2
+        config.write_text(json.dumps(settings))
+        finish(launcher(config))
+        adapters[sharding] = load_file(tmp_path / sharding / "out/model/adapter_model.safetensors")
+    assert_same_curve(train_losses(tmp_path / "fsdp"), train_losses(tmp_path / "none"))
+    # The gathered adapter is the adapter: the same tensors, trained away from B = 0.
+    assert adapters["fsdp"].keys() == adapters["none"].keys()
+    for name, tensor in adapters["fsdp"].items():
+        assert torch.allclose(tensor, adapters["none"][name], atol=1e-5), name
+    trained = [t for name, t in adapters["fsdp"].items() if "lora_B" in name]
+    assert trained
+    assert all(t.abs().max() > 1e-3 for t in trained)

@@ -1121,7 +1121,11 @@ class TrainingConfig(Section):
         training, freezing = self.training, self.freezing
         refused = [
             ("training.compile", training.compile, "compiling a sharded model is untested"),
-            ("training.lora", training.lora is not None, "adapters merge into whole weights"),
+            (
+                "training.lora.quantization",
+                training.lora is not None and training.lora.quantization != "none",
+                "FSDP does not shard bitsandbytes' quantized weights here",
+            ),
             (
                 "training.findLearningRate",
                 training.find_learning_rate is not None,

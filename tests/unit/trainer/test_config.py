@@ -358,7 +358,7 @@ def test_dpo_refusals_name_the_field(sections: dict[str, Any], complaint: str) -
     ("section", "fields", "named"),
     [
         ("training", {"compile": True}, "training.compile"),
-        ("training", {"lora": {}}, "training.lora"),
+        ("training", {"lora": {"quantization": "4bit"}}, "training.lora.quantization"),
         ("training", {"findLearningRate": {}}, "training.findLearningRate"),
         ("regularization", {"l1": 0.01}, "regularization.l1"),
         ("freezing", {"headOnlyEpochs": 1}, "freezing.headOnlyEpochs"),
