@@ -27,7 +27,9 @@ loss on the assistant's tokens (content and <|im_end|>) only, LoRA rank 8 / alph
 dropout 0.05 on peft's default modules, DPO beta 0.1 with the sigmoid loss. TRL draws its
 batches through kubetune's length-grouped sampler over the same rows (as
 bench/trainer_overhead.py does for the transformers Trainer), so step i of either side
-trains on the same rows with the same padding.
+trains on the same rows with the same padding. Every child runs with kubetune's OpenMP spin
+count (GOMP_SPINCOUNT, which importing kubetune_trainer sets before torch loads), so a busy
+machine does not slow the TRL side's waiting threads more than kubetune's.
 
 Throughput is real (non-padding: the attention mask's ones) tokens per second: for each
 optimizer step after the warm-up, the tokens of its batch (for DPO, the chosen and the
@@ -380,12 +382,29 @@ def measure(name: str, model: Path, data: Path, steps: int) -> dict[str, float]:
         "--steps",
         str(steps),
     ]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env=child_environment())
     if result.returncode != 0:
         sys.stderr.write(result.stderr[-4000:])
         raise SystemExit(f"{name} failed with exit code {result.returncode}")
     last: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
     return last
+
+
+def child_environment() -> dict[str, str]:
+    """This environment, with kubetune's OpenMP spin count for every side.
+
+    Importing kubetune_trainer before torch shortens how long waiting OpenMP threads spin
+    (threads.quiet_openmp_waits); a TRL process would keep GNU OpenMP's long spins, which
+    on a busy machine cost it 2x and more (docs/performance.md, CPU threads). Every child
+    gets the same setting, so the ratios compare the training loops, not the spin counts;
+    a GOMP_SPINCOUNT or OMP_WAIT_POLICY set by hand is kept.
+    """
+    from kubetune_trainer.threads import OPENMP_SPIN_COUNT
+
+    env = dict(os.environ)
+    if "GOMP_SPINCOUNT" not in env and "OMP_WAIT_POLICY" not in env:
+        env["GOMP_SPINCOUNT"] = OPENMP_SPIN_COUNT
+    return env
 
 
 def main() -> None:
