@@ -257,7 +257,6 @@ def kubetune_variant(
 
 def kubetune_sampler(name: str, model: Path, data: dict[str, Path]) -> Any:
     """kubetune's length-grouped order over the same rows, for TRL's loader."""
-    from kubetune_trainer.config import TrainingConfig  # noqa: F401  (config's import order)
     from kubetune_trainer.data import LengthGroupedSampler, prepare_data
     from kubetune_trainer.modeling import load_tokenizer
 
@@ -323,7 +322,7 @@ def trl_variant(
     tokenizer = AutoTokenizer.from_pretrained(model)
     base = DPOTrainer if dpo else SFTTrainer
 
-    class SameOrder(base):  # type: ignore[misc,valid-type]
+    class SameOrder(base):  # type: ignore[misc,valid-type]  (a class chosen at run time)
         def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
             return sampler
 
@@ -486,6 +485,12 @@ def report(results: dict[str, dict[str, float]], steps: int, repeats: int, weigh
             f"  {what} {numerator}/{denominator} = {ratio:.3f}  "
             f"({verdict} the target {sense} {target})"
         )
+        if key == "peak_rss_mib":  # what the target can tell apart on this model
+            share = weights / results[denominator][key]
+            print(
+                f"    a second copy of the weights would add {weights:.0f} MiB, "
+                f"{share:.1%} of {denominator}'s peak RSS"
+            )
 
 
 if __name__ == "__main__":
