@@ -27,6 +27,9 @@ from typing import Any
 
 import torch
 
+Message = dict[str, str]
+"""One {role, content} message of a conversation."""
+
 TEST = Path(__file__).parent / "data" / "test.jsonl"
 MAX_NEW_TOKENS = 48
 BATCH = 10
@@ -47,7 +50,7 @@ def load(folder: Path) -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
-def held_out(path: Path) -> list[tuple[list[dict], str]]:
+def held_out(path: Path) -> list[tuple[list[Message], str]]:
     """(the conversation up to the answer, the expected answer) per test row."""
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -57,7 +60,7 @@ def held_out(path: Path) -> list[tuple[list[dict], str]]:
 
 
 @torch.no_grad()
-def generate(model: Any, tokenizer: Any, prompts: list[list[dict]]) -> list[str]:
+def generate(model: Any, tokenizer: Any, prompts: list[list[Message]]) -> list[str]:
     answers = []
     for start in range(0, len(prompts), BATCH):
         texts = [
@@ -95,7 +98,7 @@ def right_shape(answer: str) -> bool:
     )
 
 
-def score(folder: Path, rows: list[tuple[list[dict], str]]) -> dict[str, Any]:
+def score(folder: Path, rows: list[tuple[list[Message], str]]) -> dict[str, Any]:
     model, tokenizer = load(folder)
     answers = generate(model, tokenizer, [prompt for prompt, _ in rows])
     expected = [answer for _, answer in rows]

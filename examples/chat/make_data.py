@@ -20,6 +20,12 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
+
+Person = dict[str, Any]
+"""name, age, job, city: the answer's fields, in its order."""
+Pools = tuple[list[str], list[str], list[str]]
+"""The names, jobs and cities to draw from."""
 
 SEED = 20261207
 TRAIN_ROWS = 240
@@ -68,7 +74,7 @@ def split(items: list[str], held_out: int) -> tuple[list[str], list[str]]:
     return items[:-held_out], items[-held_out:]
 
 
-def person(rng: random.Random, names: list[str], jobs: list[str], cities: list[str]) -> dict:
+def person(rng: random.Random, names: list[str], jobs: list[str], cities: list[str]) -> Person:
     return {
         "name": rng.choice(names),
         "age": rng.randint(19, 88),
@@ -77,24 +83,26 @@ def person(rng: random.Random, names: list[str], jobs: list[str], cities: list[s
     }
 
 
-def answer(fields: dict) -> str:
+def answer(fields: Person) -> str:
     """The one accepted answer: keys in this order, the age a number, one line."""
     return json.dumps(fields, ensure_ascii=False)
 
 
-def prompt(rng: random.Random, fields: dict, templates: list[str]) -> str:
+def prompt(rng: random.Random, fields: Person, templates: list[str]) -> str:
     article = "an" if fields["job"][0] in "aeiou" else "a"
     sentence = rng.choice(templates).format(a_job=f"{article} {fields['job']}", **fields)
     return f"{INSTRUCTION}\n{sentence}"
 
 
-def conversation(user: str, assistant: str) -> dict:
+def conversation(user: str, assistant: str) -> dict[str, Any]:
     return {
         "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     }
 
 
-def rows(rng: random.Random, count: int, pools: tuple, templates: list[str]) -> list[dict]:
+def rows(
+    rng: random.Random, count: int, pools: Pools, templates: list[str]
+) -> list[dict[str, Any]]:
     out = []
     for _ in range(count):
         fields = person(rng, *pools)
@@ -102,7 +110,7 @@ def rows(rng: random.Random, count: int, pools: tuple, templates: list[str]) -> 
     return out
 
 
-def write(path: Path, table: list[dict]) -> None:
+def write(path: Path, table: list[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for row in table:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -58,7 +58,7 @@ def convert(gguf: Path, target: Path) -> None:
     # The weights are float32 already; without these two, save_pretrained refuses the
     # model, and a saved config would still claim GGUF quantization (and every later
     # save_pretrained of the model, kubetune's merged/ among them, would refuse too).
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     del model.config.quantization_config
     partial = target.with_name(target.name + ".partial")  # no half-written model on a crash
     shutil.rmtree(partial, ignore_errors=True)
