@@ -14,8 +14,9 @@ the model's own chat template, and two scores per model:
     python examples/chat/evaluate.py base runs/chat-sft/merged
     python examples/chat/evaluate.py base runs/chat-sft/model    # the adapter on the base
 
-`base` is make_model.py's converted SmolLM2; any other argument is a model folder, and
-one with adapter_config.json is a LoRA adapter, put on the base it names.
+`base` is make_model.py's converted SmolLM2; any other argument is a model folder (or a
+hub model id), and a folder with adapter_config.json is a LoRA adapter, put on the base
+it names.
 """
 
 from __future__ import annotations
