@@ -12,7 +12,12 @@ Held-out prompts use names, jobs and cities that no training or validation row h
 sentence wordings the training rows never use either, so exact match on them measures the
 format learnt, not rows remembered.
 
-    python examples/chat/make_data.py      # rewrites data/{train,validation,test}.jsonl
+For preference tuning (DPO) after SFT, preferences-{train,validation}.jsonl hold TRL's
+conversational preference rows (messages, chosen, rejected) about a sentence that gives no
+age: prefer `"age": null` to an invented age. test-no-age.jsonl holds held-out prompts
+without an age, for evaluate.py --test.
+
+    python examples/chat/make_data.py      # rewrites data/*.jsonl
 """
 
 from __future__ import annotations
@@ -67,6 +72,17 @@ TEST_TEMPLATES = [
     "{name} ({age}) has been {a_job} in {city} for years.",
     "At {age}, {name} still works as {a_job} in {city}.",
 ]
+NO_AGE_TEMPLATES = [
+    "{name} is {a_job} from {city}.",
+    "Meet {name}, who works as {a_job} in {city}.",
+    "In {city} there is {a_job} called {name}.",
+]
+NO_AGE_TEST_TEMPLATES = [
+    "{name} has been {a_job} in {city} for years.",
+    "{name} still works as {a_job} in {city}.",
+]
+PREFERENCE_ROWS = 200
+PREFERENCE_VALIDATION_ROWS = 40
 
 
 def split(items: list[str], held_out: int) -> tuple[list[str], list[str]]:
@@ -110,6 +126,35 @@ def rows(
     return out
 
 
+def preference(rng: random.Random, pools: Pools) -> dict[str, Any]:
+    """A prompt with a preferred and a worse answer. Half the sentences give no age: the
+    preferred answer says `"age": null`, the worse one makes an age up (what the SFT model
+    does, never having seen a sentence without one). The other half give the age: the
+    preferred answer has it, the worse one says null, so "null" is learnt as "not given",
+    not as a new default."""
+    fields = person(rng, *pools)
+    without = {**fields, "age": None}
+    if rng.random() < 0.5:
+        user, chosen, rejected = prompt(rng, without, NO_AGE_TEMPLATES), without, fields
+    else:
+        user, chosen, rejected = prompt(rng, fields, TRAIN_TEMPLATES), fields, without
+    return {
+        "messages": [{"role": "user", "content": user}],
+        "chosen": [{"role": "assistant", "content": answer(chosen)}],
+        "rejected": [{"role": "assistant", "content": answer(rejected)}],
+    }
+
+
+def missing_age_test(rng: random.Random, count: int, pools: Pools) -> list[dict[str, Any]]:
+    """Held-out prompts without an age, for evaluate.py --test: the expected answer says
+    null, so exact match there is the rate of the wanted behaviour."""
+    out = []
+    for _ in range(count):
+        fields = {**person(rng, *pools), "age": None}
+        out.append(conversation(prompt(rng, fields, NO_AGE_TEST_TEMPLATES), answer(fields)))
+    return out
+
+
 def write(path: Path, table: list[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for row in table:
@@ -128,6 +173,11 @@ def main() -> None:
     write(data / "validation.jsonl", rows(rng, VALIDATION_ROWS, seen, TRAIN_TEMPLATES))
     unseen = (test_names, test_jobs, test_cities)
     write(data / "test.jsonl", rows(rng, TEST_ROWS, unseen, TEST_TEMPLATES))
+    rng = random.Random(SEED + 1)  # the preference rows leave the SFT rows as they were
+    for name, count in [("train", PREFERENCE_ROWS), ("validation", PREFERENCE_VALIDATION_ROWS)]:
+        table = [preference(rng, seen) for _ in range(count)]
+        write(data / f"preferences-{name}.jsonl", table)
+    write(data / "test-no-age.jsonl", missing_age_test(rng, TEST_ROWS, unseen))
 
 
 if __name__ == "__main__":

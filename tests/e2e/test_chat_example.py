@@ -50,7 +50,14 @@ def test_the_chat_example_trains_and_evaluates_with_a_tiny_model(tmp_path: Path)
     (tmp_path / "sft.yaml").write_text(manifest.replace(SMOLLM2, "model"), encoding="utf-8")
     run(sys.executable, "make_data.py", cwd=tmp_path)
     rows = {p.stem: len(p.read_text().splitlines()) for p in (tmp_path / "data").iterdir()}
-    assert rows == {"train": 240, "validation": 40, "test": 50}
+    assert rows == {
+        "train": 240,
+        "validation": 40,
+        "test": 50,
+        "preferences-train": 200,
+        "preferences-validation": 40,
+        "test-no-age": 50,
+    }
     make_tiny_chat_lm(tmp_path / "model", conversation_texts(tmp_path / "data"), CHATML_TEMPLATE)
 
     kubetune = shutil.which("kubetune")
