@@ -11,6 +11,11 @@ the model's own chat template, and two scores per model:
   from copying each word right);
 - values right: the answer parses as JSON with the expected values, however laid out.
 
+With --preferences FILE (preference rows: messages, chosen, rejected) it also gives the
+share of rows where the model finds the chosen answer likelier than the rejected one
+(summed log-probabilities of the answer's tokens): a DPO run's reward accuracy measures
+the same preference, relative to its reference model.
+
     python examples/chat/evaluate.py base runs/chat-sft/merged
     python examples/chat/evaluate.py base runs/chat-sft/model    # the adapter on the base
 
@@ -80,6 +85,27 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[Message]]) -> list[s
     return answers
 
 
+@torch.no_grad()
+def answer_logprob(model: Any, tokenizer: Any, prompt: list[Message], answer: str) -> float:
+    """log p(answer | prompt) under the chat template, summed over the answer's tokens."""
+    context = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    start = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    ids = tokenizer(context + answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    logprobs = model(ids).logits[0, :-1].log_softmax(-1)
+    targets = ids[0, 1:]
+    return float(logprobs[start - 1 :].gather(1, targets[start - 1 :, None]).sum())
+
+
+def preference_accuracy(model: Any, tokenizer: Any, path: Path) -> float:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    wins = 0
+    for row in rows:
+        chosen, rejected = (row[key][0]["content"] for key in ("chosen", "rejected"))
+        chosen_lp = answer_logprob(model, tokenizer, row["messages"], chosen)
+        wins += chosen_lp > answer_logprob(model, tokenizer, row["messages"], rejected)
+    return wins / len(rows)
+
+
 def values_right(answer: str, expected: str) -> bool:
     try:
         return bool(json.loads(answer) == json.loads(expected))
@@ -99,9 +125,12 @@ def right_shape(answer: str) -> bool:
     )
 
 
-def score(folder: Path, rows: list[tuple[list[Message], str]]) -> dict[str, Any]:
+def score(
+    folder: Path, rows: list[tuple[list[Message], str]], preferences: Path | None
+) -> dict[str, Any]:
     model, tokenizer = load(folder)
     answers = generate(model, tokenizer, [prompt for prompt, _ in rows])
+    prefers = preference_accuracy(model, tokenizer, preferences) if preferences else None
     expected = [answer for _, answer in rows]
     wrong = [a for a, e in zip(answers, expected, strict=True) if a != e]
     return {
@@ -110,6 +139,7 @@ def score(folder: Path, rows: list[tuple[list[Message], str]]) -> dict[str, Any]
         "rightShape": sum(map(right_shape, answers)) / len(rows),
         "valuesRight": sum(map(values_right, answers, expected)) / len(rows),
         "firstWrong": wrong[0] if wrong else None,
+        "prefersChosen": prefers,
     }
 
 
@@ -125,17 +155,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", type=folder, help="base, or model/adapter folders")
     parser.add_argument("--test", type=Path, default=TEST)
+    parser.add_argument("--preferences", type=Path, help="preference rows to score")
     args = parser.parse_args()
     rows = held_out(args.test)
     print(f"{len(rows)} held-out prompts; the first: {rows[0][0][-1]['content']!r}")
     print(f"expects {rows[0][1]}")
     for model in args.models:
-        result = score(model, rows)
+        result = score(model, rows, args.preferences)
         print(
             f"{result['model']}: exact match {result['exactMatch']:.0%}, "
             f"right shape {result['rightShape']:.0%}, values right {result['valuesRight']:.0%}; "
             f"first wrong answer: {result['firstWrong']!r}"
         )
+        if result["prefersChosen"] is not None:
+            print(f"  prefers the chosen answer in {result['prefersChosen']:.0%} of the rows")
 
 
 if __name__ == "__main__":

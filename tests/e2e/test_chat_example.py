@@ -68,8 +68,8 @@ def test_the_chat_example_trains_and_evaluates_with_a_tiny_model(tmp_path: Path)
     assert (out / "model/adapter_config.json").exists()
     assert (out / "merged/config.json").exists()
 
-    scores = run(
-        sys.executable, "evaluate.py", "model", out / "merged", out / "model", cwd=tmp_path
-    )
+    models = ("model", out / "merged", out / "model")
+    preferences = ("--preferences", "data/preferences-validation.jsonl")
+    scores = run(sys.executable, "evaluate.py", *models, *preferences, cwd=tmp_path)
     assert scores.startswith("50 held-out prompts")
-    assert scores.count("exact match") == 3
+    assert scores.count("exact match") == scores.count("prefers the chosen answer in") == 3
