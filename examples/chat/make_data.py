@@ -127,21 +127,19 @@ def rows(
 
 
 def preference(rng: random.Random, pools: Pools) -> dict[str, Any]:
-    """A prompt with a preferred and a worse answer. Half the sentences give no age: the
-    preferred answer says `"age": null`, the worse one makes an age up (what the SFT model
-    does, never having seen a sentence without one). The other half give the age: the
-    preferred answer has it, the worse one says null, so "null" is learnt as "not given",
-    not as a new default."""
+    """A prompt without an age, the preferred answer saying `"age": null` and the worse
+    one making an age up, as the SFT model does (it never saw a sentence without one).
+
+    Only this kind: with half the rows of the opposite kind (age given, null rejected),
+    two runs' reward accuracy rose to 1.0 and then fell to 0 from step 12 on, most likely
+    because the kinds' prompts differ in length and kubetune's length-grouped batches held
+    one kind each. Whether the model still copies a given age, test.jsonl measures."""
     fields = person(rng, *pools)
     without = {**fields, "age": None}
-    if rng.random() < 0.5:
-        user, chosen, rejected = prompt(rng, without, NO_AGE_TEMPLATES), without, fields
-    else:
-        user, chosen, rejected = prompt(rng, fields, TRAIN_TEMPLATES), fields, without
     return {
-        "messages": [{"role": "user", "content": user}],
-        "chosen": [{"role": "assistant", "content": answer(chosen)}],
-        "rejected": [{"role": "assistant", "content": answer(rejected)}],
+        "messages": [{"role": "user", "content": prompt(rng, without, NO_AGE_TEMPLATES)}],
+        "chosen": [{"role": "assistant", "content": answer(without)}],
+        "rejected": [{"role": "assistant", "content": answer(fields)}],
     }
 
 
