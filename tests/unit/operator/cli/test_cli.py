@@ -69,7 +69,7 @@ def test_validate_refuses_a_freezing_section_that_freezes_everything(tmp_path: P
 
 
 def test_validate_passes_every_example_and_skips_the_kustomization_with_a_note() -> None:
-    examples = sorted(map(str, (REPO / "examples").glob("*/*.yaml")))
+    examples = sorted(map(str, (REPO / "examples").rglob("*.yaml")))
     assert str(REPO / "examples/gitops/kustomization.yaml") in examples
 
     result = kubetune("validate", *examples)
