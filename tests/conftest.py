@@ -24,6 +24,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parent.parent
 RUNTIME_EXAMPLES = [REPO / "examples/runtimes/small-cpu.yaml", REPO / "examples/runtimes/a100.yaml"]
+AFTER_ANOTHER_RUN = [REPO / "examples/chat/dpo.yaml"]
+"""Examples whose model is an earlier example's output (runs/chat-sft/merged): valid only
+once that run has made it, so `kubetune validate` checks them beside a stand-in for it."""
 EXAMPLE_MANIFESTS = sorted(
     path
     for path in (REPO / "examples").rglob("*.yaml")

@@ -16,8 +16,10 @@ from kubetune_operator.api import crdgen
 from kubetune_operator.cli import console
 from kubetune_operator.cli.app import app
 from kubetune_operator.cli.local import runs
+from kubetune_trainer.data.conversations import CHATML_TEMPLATE
 from kubetune_trainer.diagnosis import EvalPoint, RunSetup, diagnose
-from tests.conftest import EXAMPLE_MANIFESTS, REPO
+from tests.conftest import AFTER_ANOTHER_RUN, EXAMPLE_MANIFESTS, REPO
+from tests.tiny import make_tiny_chat_lm
 
 runner = CliRunner()
 SENTIMENT = REPO / "examples/sentiment/job.yaml"
@@ -31,10 +33,26 @@ def kubetune(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_validate_passes_the_examples() -> None:
-    result = kubetune("validate", *map(str, EXAMPLE_MANIFESTS))
+    standalone = [str(p) for p in EXAMPLE_MANIFESTS if p not in AFTER_ANOTHER_RUN]
+    result = kubetune("validate", *standalone)
     assert result.returncode == 0, result.stderr
     assert "FineTuneJob sentiment is valid" in result.stdout
     assert "FineTuneJob sentiment-every-section is valid" in result.stdout
+
+
+def test_the_dpo_example_is_valid_once_the_sft_example_made_its_model(tmp_path: Path) -> None:
+    example = tmp_path / "examples/chat"
+    shutil.copytree(REPO / "examples/chat", example)
+    missing = kubetune("validate", str(example / "dpo.yaml"))
+    assert missing.returncode == 1
+    assert "spec.model.source" in missing.stderr
+    assert "examples/chat/../../runs/chat-sft/merged does not exist" in missing.stderr
+
+    # In place of what `kubetune run examples/chat/sft.yaml` writes there:
+    make_tiny_chat_lm(tmp_path / "runs/chat-sft/merged", ["a name"], CHATML_TEMPLATE)
+    result = kubetune("validate", str(example / "dpo.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "FineTuneJob chat-dpo is valid" in result.stdout
 
 
 def test_validate_reports_every_problem_with_its_path(tmp_path: Path) -> None:
@@ -69,7 +87,9 @@ def test_validate_refuses_a_freezing_section_that_freezes_everything(tmp_path: P
 
 
 def test_validate_passes_every_example_and_skips_the_kustomization_with_a_note() -> None:
-    examples = sorted(map(str, (REPO / "examples").rglob("*.yaml")))
+    examples = sorted(
+        str(p) for p in (REPO / "examples").rglob("*.yaml") if p not in AFTER_ANOTHER_RUN
+    )
     assert str(REPO / "examples/gitops/kustomization.yaml") in examples
 
     result = kubetune("validate", *examples)
