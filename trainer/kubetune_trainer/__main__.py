@@ -80,6 +80,16 @@ def read_config(path: Path) -> TrainingConfig:
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> int:
+    """Train as the arguments say and return the exit code; the process group (if any) is
+    torn down before the process exits, as gloo's threads must be stopped, not abandoned."""
+    try:
+        return _main(argv, env)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _main(argv: Sequence[str] | None, env: Mapping[str, str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m kubetune_trainer", description=__doc__)
     parser.add_argument("--config", default=env.get("KUBETUNE_CONFIG"), required=False)
     parser.add_argument("--output", type=Path, help="output directory (default: output.uri)")

@@ -8,6 +8,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import pytest
@@ -120,6 +121,7 @@ def test_the_saved_model_is_readable_as_the_umask_allows(modes: Modes, tmp_path:
     )
     recipe.model = recipe.accelerator.prepare(BertForSequenceClassification(config))
     recipe.tokenizer = make_tokenizer(["good", "bad"])
+    recipe.data = SimpleNamespace(labels=["a", "b"])  # type: ignore[assignment]  # all _save_model reads
     leftover = tmp_path / f"{PARTIAL_PREFIX}model"
     leftover.mkdir()  # left by a save that was killed
 

@@ -49,8 +49,9 @@ class ModelExport:
 
     output_dir: Path
     tokenizer: PreTrainedTokenizerBase
-    base_reference: tuple[str, str | None]
-    """The adapter's base_model_name_or_path and revision (modeling.base_model_reference)."""
+    base_reference: tuple[str, str | None] | None
+    """The adapter's base_model_name_or_path and revision (modeling.base_model_reference);
+    None for a run without LoRA, which saves no adapter."""
     load_base: Callable[[], PreTrainedModel] | None
     """The base model at full precision, for merged/; None: no merged model."""
     beat: Callable[[], None] = lambda: None
@@ -68,7 +69,7 @@ def run_export(
     return ModelExport(
         output_dir,
         tokenizer,
-        base_model_reference(config),
+        base_model_reference(config) if config.training.lora is not None else None,
         (lambda: load_base_model(config, labels)) if config.output.merge_adapter else None,
         beat,
     )
@@ -86,7 +87,7 @@ def export_model(
     if stale.exists():
         shutil.rmtree(stale)
     peft_config = getattr(model, "peft_config", None)
-    if isinstance(peft_config, dict):
+    if isinstance(peft_config, dict) and export.base_reference is not None:
         name, revision = export.base_reference
         for adapter in peft_config.values():
             adapter.base_model_name_or_path = name
