@@ -76,10 +76,10 @@ def test_a_run_writes_a_loadable_model_and_a_full_report(
     assert report["diagnosis"]["verdict"] in ("Healthy", "Overfitting", "Underfitting")
     assert set(report["versions"]) >= {"python", "torch", "transformers", "accelerate"}
     assert report["cost"] == {"gpuHours": 0.0}  # a CPU run holds no GPU
-    # One batch per logged step: tokens over samples is its width, padded to a multiple of 8.
+    # One batch per logged step: tokens over samples is its width, its longest row on a CPU.
     widths = {e["tokensPerSecond"] / e["samplesPerSecond"] for e in step_events(tmp_path)}
-    assert {round(width) for width in widths} <= {8, 16, 24, 32}
     assert all(width == pytest.approx(round(width), rel=1e-12) for width in widths)
+    assert {round(width) % 8 for width in widths} != {0}  # not rounded up to a multiple of 8
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
     assert model.config.id2label == {0: "negative", 1: "positive"}
