@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from kubetune_trainer.config import PreferenceSpec
-from kubetune_trainer.training.evaluation import token_losses
 
 CHOSEN_REWARD = "chosenReward"
 REJECTED_REWARD = "rejectedReward"
@@ -63,10 +62,10 @@ class PairRewards:
         }
 
 
-def pair_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> PairLogProbs:
+def pair_log_probs(losses: torch.Tensor, counts: torch.Tensor) -> PairLogProbs:
     """The log-probabilities of a batch whose first half holds the rows' chosen responses
-    and second half their rejected ones (data/preferences.py collates them so)."""
-    losses, counts = token_losses(logits, labels)
+    and second half their rejected ones (data/preferences.py collates them so), from each
+    row's summed token loss and token count (training/token_losses.py)."""
     chosen, rejected = (-losses).chunk(2)
     chosen_tokens, rejected_tokens = counts.chunk(2)
     return PairLogProbs(chosen, rejected, chosen_tokens, rejected_tokens)

@@ -117,6 +117,7 @@ from kubetune_trainer.training.preferences import preference_objective
 from kubetune_trainer.training.running_loss import RunningLoss
 from kubetune_trainer.training.stop_guard import StopGuard
 from kubetune_trainer.training.throughput import ThroughputMeter, mfu_basis
+from kubetune_trainer.training.token_losses import mean_token_loss
 from kubetune_trainer.training.training_state import TrainingState
 
 CACHE_DIR = "cache"
@@ -315,7 +316,7 @@ class Recipe:
         model = load_model(self.config, self.data.labels)
         self._beat("LoadingModel")
         self.preferences = preference_objective(self.config, model, self.accelerator, self.data)
-        self.train_rows = training_rows(self.config, self.data)
+        self.train_rows = training_rows(self.config, self.data, self.accelerator.device)
         self.steps_per_epoch = steps_per_epoch(self.config, len(self.train_rows), self.processes)
         self.plan = freezing.build_plan(model, self.config.freezing, self.steps_per_epoch)
         freezing.freeze_permanently(model, self.plan)
@@ -464,8 +465,8 @@ class Recipe:
         """The training loss, and for classification the predictions and labels to track."""
         if self.preferences is not None:  # its rewards are tracked by training/preferences.py
             return self._with_l1(self.preferences.loss(self.model, batch)), None, None
-        if self.is_language_model:  # the model shifts the labels and skips masked tokens
-            return self._with_l1(self.model(**batch).loss), None, None
+        if self.is_language_model:  # the labelled tokens' mean loss
+            return self._with_l1(mean_token_loss(self.model, self.accelerator, batch)), None, None
         labels = batch.pop("labels")
         row_weights = batch.pop("weight", None)
         logits = self.model(**batch).logits

@@ -18,6 +18,7 @@ from kubetune_trainer.training.preference_loss import (
     preference_losses,
     simpo_losses,
 )
+from kubetune_trainer.training.token_losses import token_losses
 from tests.tiny import make_tiny_causal_lm
 
 trl = pytest.importorskip("trl")
@@ -72,9 +73,9 @@ def trl_and_ours(
     metrics = {name: values[-1] for name, values in trainer._metrics["train"].items()}
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, IGNORED_LABEL)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    policy = pair_log_probs(trainer.model(**inputs).logits, labels)
+    policy = pair_log_probs(*token_losses(trainer.model(**inputs).logits, labels))
     with torch.no_grad():
-        reference = pair_log_probs(trainer.ref_model(**inputs).logits, labels)
+        reference = pair_log_probs(*token_losses(trainer.ref_model(**inputs).logits, labels))
     losses, rewards = preference_losses(policy, reference.chosen, reference.rejected, spec)
     ours = losses.mean()
     ours_metrics = {
@@ -120,7 +121,7 @@ def test_simpo_loss_rewards_and_mean_log_probs_equal_trls_cpo_trainer(
     with torch.no_grad():
         logits = trainer.model(**inputs).logits
     spec = PreferenceSpec(beta=2.0, gamma=0.7)
-    policy = pair_log_probs(logits, labels)
+    policy = pair_log_probs(*token_losses(logits, labels))
     losses, rewards = simpo_losses(policy, spec)
     their_means = CPOTrainer.get_batch_logps(logits, labels, average_log_prob=True)
     their_chosen, their_rejected = their_means.chunk(2)
