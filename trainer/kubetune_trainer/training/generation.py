@@ -9,7 +9,7 @@ with its end-of-turn marker), the prompt is everything before it (for a conversa
 dialogue up to that message rendered with the chat template and its generation prompt).
 
 Completions are greedy, at most maxNewTokens long, and end at the end of text or at the
-special token that ends the references (a chat template's end of turn). Prompts are
+special tokens the references hold (a chat template's end of turn). Prompts are
 generated in batches, left-padded so that every row's next token follows its own prompt;
 each process completes its share of the sample, and the completions are gathered on every
 process, which all score them alike (generation_metrics.py), so that the best checkpoint
@@ -53,7 +53,8 @@ class Sample:
     prompt_texts: list[str]
     """The prompts as text (special tokens shown), for the report."""
     stop_ids: list[int]
-    """Tokens that end a completion: the end of text, and those that end the references."""
+    """Tokens that end a completion: the end of text, and the special tokens of the
+    references (a chat template's end of turn)."""
     pad_id: int
 
 
@@ -104,7 +105,8 @@ def _sample(
 ) -> Sample:
     special = set(tokenizer.all_special_ids)
     end_of_text = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
-    ends = {reference[-1] for _, _, reference in pairs if reference[-1] in special}
+    # A chat template's end of turn is special; what follows it (a newline) may not be.
+    ends = {token for _, _, reference in pairs for token in reference if token in special}
     stop_ids = sorted({*end_of_text, *ends})
     pad_id = tokenizer.pad_token_id
     return Sample(

@@ -110,3 +110,18 @@ def test_batched_left_padded_generation_equals_one_prompt_at_a_time(gpt: Path) -
         as_text(tokenizer, ids, stop) for ids in greedy
     ]
     assert len({tuple(ids) for ids in greedy}) > 1  # the prompts lead to different texts
+
+
+def test_a_special_token_inside_the_references_ends_the_completions(gpt: Path) -> None:
+    """ChatML's turn ends with <|im_end|> and a newline: the special token stops generation
+    and cuts the reference, wherever it lies in it."""
+    tokenizer = AutoTokenizer.from_pretrained(gpt)
+    w = tokenizer.convert_tokens_to_ids(["w1", "w2", "w3"])
+    end_of_turn = tokenizer.mask_token_id  # a special token that is not the end of text
+    validation = datasets.Dataset.from_dict(
+        {"input_ids": [[w[0], w[1], end_of_turn, w[2]]], "labels": [[X, w[1], end_of_turn, w[2]]]}
+    )
+    sample = draw_sample(GenerationSpec(samples=1), validation, tokenizer)
+    assert sample.stop_ids == sorted([tokenizer.eos_token_id, end_of_turn])
+    assert sample.references == ["w2"]
+    assert sample.prompts == [[w[0]]]
