@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kubetune_trainer.__main__ import run_training
-from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.config import EvaluationSpec, TrainingConfig
 from kubetune_trainer.data.conversations import CHATML_TEMPLATE
 from tests.tiny import make_tiny_chat_lm
 
@@ -137,8 +137,14 @@ def test_conversations_pack_and_train_a_lora_adapter_with_chatml_named(
     # rate, as LoRA usually takes, and a smaller fall of the loss in 21 steps.
     lora = {**chat_job["training"], "learningRate": 5e-2, "lora": {"rank": 8, "alpha": 32}}
     config = config_of({**chat_job, "training": lora}, packing=True, chatTemplate="chatml")
+    generation = {"generation": {"samples": 6, "maxNewTokens": 3}}  # the adapted model's
+    config = config.model_copy(update={"evaluation": EvaluationSpec.model_validate(generation)})
     result = run_training(config, tmp_path, job_name="chat-packed", env={})
     assert_learns(result, by=0.97)
+    table = result.report["generation"]  # validation rows stay unpacked
+    assert table["after"]["checkpoint"] == result.report["bestCheckpoint"]  # by the loss
+    assert all(row["reference"] in WORDS for row in table["rows"])
+    assert all(row["prompt"].endswith("<|im_start|> assistant") for row in table["rows"])
     packing = result.report["data"]["packing"]
     assert packing["rows"] == 159
     assert packing["sequences"] < 159 / 3
