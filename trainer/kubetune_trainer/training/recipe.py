@@ -98,6 +98,7 @@ from kubetune_trainer.training.checkpoint_store import CheckpointStore
 from kubetune_trainer.training.cost_ledger import CostLedger
 from kubetune_trainer.training.evaluation import classifier_evaluation, language_model_evaluation
 from kubetune_trainer.training.freezing_tracker import FreezingTracker, TrainableSet
+from kubetune_trainer.training.generation import generation_evaluation
 from kubetune_trainer.training.loaders import (
     build_loaders,
     endless_batches,
@@ -249,6 +250,9 @@ class Recipe:
                 self.data = self._prepare_data()
         self.reporter.section("dataValidation", self.data.report.to_status())
         self._check_bias_settings()
+        self.generation = generation_evaluation(
+            self.config, self.data, self.tokenizer, self.accelerator, self._evaluation_batch_done
+        )
         self._beat("PreparingData")
         self.audit_rows = prepare_audit_rows(self.config, self.tokenizer, self.data.labels)
         self._say(f"loading the model {self.config.model.source}")
@@ -411,6 +415,7 @@ class Recipe:
         for step, loss in self.state.train_losses:  # a resumed run keeps its starting loss
             self.monitor.update(int(step), float(loss))
         self._start_windows()
+        self.generation.before(self.model, self.state)  # the starting model's completions
         self.model.train()  # from_pretrained hands the model over in eval mode (no dropout)
         diverged = None
         stop = self.stop_guard
@@ -612,7 +617,8 @@ class Recipe:
         parts = (self.model, self.accelerator, self.eval_loader, self._evaluation_batch_done)
         if self.is_language_model:  # a preference run's loss and rewards: preferences.py
             evaluate = self.preferences.evaluate if self.preferences else language_model_evaluation
-            return evaluate(*parts), np.empty((0, 0)), np.empty(0)
+            metrics = evaluate(*parts) | self.generation.metrics(self.model)
+            return metrics, np.empty((0, 0)), np.empty(0)
         return classifier_evaluation(*parts)
 
     def _evaluation_batch_done(self) -> None:
@@ -637,6 +643,7 @@ class Recipe:
         )
         self.reporter.evaluated(EvalRecord(self.state.step, self._fractional_epoch(), metrics))
         self._track_best(metrics)
+        self.generation.keep_if_best(self.state)
         self.timings["evaluationSeconds"] = (
             self.timings.get("evaluationSeconds", 0.0) + time.perf_counter() - started
         )
