@@ -728,6 +728,8 @@ class PreferenceSpec(Section):
     """sigmoid only: the probability that a row's preference is flipped; the loss is robust DPO's unbiased estimate under such noise (Chowdhury et al. 2024), 0 for plain DPO."""
     gamma: float = Field(default=0.5, ge=0, le=100)
     """simpo only: the target reward margin; the loss asks beta x (the chosen response's mean log-probability per token - the rejected one's) to exceed it (SimPO's gamma, Meng et al. 2024)."""
+    sft_weight: float = Field(default=0.0, ge=0, le=100)
+    """Adds this times the chosen responses' mean negative log-likelihood per token to the loss (RPO, Pang et al. 2024; TRL's loss_type [sigmoid, sft]), so that the chosen answer's probability rises instead of falling along with the rejected one's and greedy answers follow the preference; 0 for the preference loss alone."""
 
     @model_validator(mode="after")
     def _smoothing_is_sigmoid_only(self) -> Self:

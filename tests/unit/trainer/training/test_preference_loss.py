@@ -64,9 +64,10 @@ def trl_trainer(path: Path, tmp: Path, **args: Any) -> Any:
 def trl_and_ours(
     path: Path, tmp: Path, spec: PreferenceSpec, loss_type: str
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, dict[str, float]]:
-    trainer = trl_trainer(
-        path, tmp, beta=spec.beta, loss_type=[loss_type], label_smoothing=spec.label_smoothing
-    )
+    losses: dict[str, Any] = {"loss_type": [loss_type]}
+    if spec.sft_weight:
+        losses = {"loss_type": [loss_type, "sft"], "loss_weights": [1.0, spec.sft_weight]}
+    trainer = trl_trainer(path, tmp, beta=spec.beta, label_smoothing=spec.label_smoothing, **losses)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ROWS["prompt"]))])
     trainer.model.train()
     theirs = trainer._compute_loss(trainer.model, batch, False)
@@ -95,8 +96,9 @@ def trl_and_ours(
         (PreferenceSpec(beta=0.1), "sigmoid"),
         (PreferenceSpec(beta=0.5, loss="ipo"), "ipo"),
         (PreferenceSpec(beta=0.2, label_smoothing=0.2), "robust"),
+        (PreferenceSpec(beta=0.1, sft_weight=0.7), "sigmoid"),
     ],
-    ids=["sigmoid", "ipo", "label-smoothing"],
+    ids=["sigmoid", "ipo", "label-smoothing", "sft-weight"],
 )
 def test_loss_rewards_and_log_probs_equal_trl(
     tiny_lm: Path, tmp_path: Path, spec: PreferenceSpec, loss_type: str
