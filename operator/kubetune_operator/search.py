@@ -29,7 +29,7 @@ TrialStatus entries of its status, as models or as the dicts the API server retu
     best_trial(spec, trials) -> BestTrial | None
     search_status(spec, trials) -> dict
         The parent's status patch: trials, bestTrial, progress, metricSummary, and
-        artifacts.model = the best trial's model when it has one (else null).
+        artifacts.model (and mergedModel) = the best trial's when it has one (else null).
     search_outcome(spec, trials) -> SearchOutcome
         Running, Succeeded (every trial ran and one completed) or Failed, with a message.
     study_from_trials(spec, trials) -> optuna.Study
@@ -301,15 +301,23 @@ def search_status(spec: FineTuneJobSpec, trials: Sequence[TrialLike]) -> dict[st
     total = total_trials(search)
     metric, _ = objective_metric(spec)
     progress = Progress(step=finished, total_steps=total, percent=min(100, 100 * finished // total))
-    best_model = None if best is None else records[best.number].model
+    best_record = None if best is None else records[best.number]
     return {
         "trials": [r.model_dump(mode="json", by_alias=True) for r in records],
         "bestTrial": None if best is None else best.model_dump(mode="json", by_alias=True),
         "progress": progress.model_dump(mode="json", by_alias=True, exclude_unset=True),
         "metricSummary": "" if best is None else f"{metric}={value_text(best.objective)}",
         # null removes a previous best's model from the parent (a merge patch deletes it).
-        "artifacts": {"model": best_model} if best_model else None,
+        "artifacts": _best_artifacts(best_record),
     }
+
+
+def _best_artifacts(best: TrialStatus | None) -> dict[str, str] | None:
+    """The parent's artifacts: the best trial's model, and its merged model when it has one."""
+    if best is None or not best.model:
+        return None
+    merged = {"mergedModel": best.merged_model} if best.merged_model else {}
+    return {"model": best.model, **merged}
 
 
 def search_outcome(spec: FineTuneJobSpec, trials: Sequence[TrialLike]) -> SearchOutcome:

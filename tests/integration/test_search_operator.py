@@ -84,7 +84,7 @@ def succeed(kube: KubeClient, name: str, value: float, step: int = 20) -> None:
         phase="Succeeded",
         metrics={"accuracy": value},
         progress={"step": step},
-        artifacts={"model": f"pvc://runs/{name}/model"},
+        artifacts={"model": f"pvc://runs/{name}/model", "mergedModel": f"pvc://runs/{name}/merged"},
     )
 
 
@@ -136,7 +136,10 @@ def assert_grid_covered_once_with_the_best(kube: KubeClient, created: dict[str, 
     assert best["params"] == {"training.learningRate": 1e-4, "training.warmupRatio": 0.1}
     assert best["objective"] == pytest.approx(0.75)
     assert children[best["name"]]["status"]["metrics"]["accuracy"] == pytest.approx(0.75)
-    assert parent["status"]["artifacts"]["model"] == f"pvc://runs/{best['name']}/model"
+    assert parent["status"]["artifacts"] == {
+        "model": f"pvc://runs/{best['name']}/model",
+        "mergedModel": f"pvc://runs/{best['name']}/merged",
+    }
     assert parent["status"]["progress"]["step"] == 4
     assert parent["status"]["metricSummary"] == "accuracy=0.75"
     succeeded = [c for c in parent["status"]["conditions"] if c["type"] == "Succeeded"]

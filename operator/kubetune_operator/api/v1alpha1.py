@@ -739,6 +739,8 @@ class TrialStatus(Section):
     """Objective values at each evaluation, keyed by step."""
     model: Annotated[str, Field(max_length=2048)] | None = None
     """The trial's fine-tuned model (its status.artifacts.model), once it has one."""
+    merged_model: Annotated[str, Field(max_length=2048)] | None = None
+    """The trial's merged model (its status.artifacts.mergedModel; output.mergeAdapter), once it has one."""
 
 
 class BestTrial(Section):

@@ -105,11 +105,12 @@ def _trial_seen(
     seen = {**trial, "intermediate": _with_intermediate(spec, trial, status)}
     phase = status.phase
     if phase == "Succeeded":
-        model = (status.artifacts.model if status.artifacts else "") or None
+        artifacts = status.artifacts
         seen |= {
             "state": "Complete",
             "objective": search.objective_of(spec, status),
-            "model": model,
+            "model": (artifacts.model if artifacts else "") or None,
+            "mergedModel": (artifacts.merged_model if artifacts else "") or None,
         }
     elif phase == "Failed":
         seen["state"] = "Failed"

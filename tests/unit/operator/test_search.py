@@ -564,6 +564,11 @@ def test_search_status_points_the_parent_artifacts_at_the_best_trial_model(
     status = search_status(job.spec, trials)
     assert status["artifacts"] == {"model": "/output/s-trial-1/model"}
     assert status["trials"][2]["model"] == "/output/s-trial-2/model"
+    trials[1]["mergedModel"] = "/output/s-trial-1/merged"
+    assert search_status(job.spec, trials)["artifacts"] == {
+        "model": "/output/s-trial-1/model",
+        "mergedModel": "/output/s-trial-1/merged",
+    }
     del trials[1]["model"]
     assert search_status(job.spec, trials)["artifacts"] is None, "the best has no model yet"
     assert search_status(job.spec, [])["artifacts"] is None
