@@ -1156,6 +1156,11 @@ class TrainingConfig(Section):
         for field, is_set in chosen:
             if is_set:
                 raise ValueError(f"{field} applies to sequence-classification only, not causal-lm")
+        if self.evaluation.attributions is not None and data.messages_column is not None:
+            raise ValueError(
+                "evaluation.attributions explains the responses to prompt rows "
+                "(data.textColumn); it does not apply to conversations (data.messagesColumn)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -251,6 +251,9 @@ def test_a_causal_lm_audit_needs_pairs_or_sensitive_columns() -> None:
     TrainingConfig.model_validate(
         minimal(model=LM, evaluation={"attributions": {"responseTokens": 8}}), by_name=False
     )
+    chat = {"train": {"source": "t.jsonl"}, "messagesColumn": "messages"}
+    _, msg = error_of(minimal(model=LM, data=chat, evaluation={"attributions": {}}))
+    assert "it does not apply to conversations (data.messagesColumn)" in msg
 
 
 @pytest.mark.parametrize(
