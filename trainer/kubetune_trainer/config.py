@@ -923,8 +923,8 @@ class BiasThresholds(Section):
     """causal-lm, bias.stereotypePairs: largest acceptable distance from 0.5 (no preference) of the share of a category's pairs in which the model finds the more stereotypical sentence likelier."""
     loss_difference: float | None = Field(default=None, ge=0, le=1000)
     """causal-lm: largest acceptable difference between the groups' mean validation loss per token (nats)."""
-    perplexity_ratio: float | None = Field(default=None, ge=0, le=1)
-    """causal-lm: lowest acceptable ratio of the smallest to the largest group validation perplexity."""
+    perplexity_ratio: float | None = Field(default=0.8, ge=0, le=1)
+    """causal-lm: lowest acceptable ratio of the smallest to the largest group validation perplexity (0.8: the worst-served group's perplexity at most 1.25 times the best-served's, as the four-fifths rule)."""
 
 
 class CounterfactualPair(Section):

@@ -12,7 +12,8 @@ A language model makes no decisions to compare across groups, so the classifier'
   stereotypeShareDeviation (0.1 by default), judged on the point estimate per category.
 - Does it serve every group as well? Where the validation rows carry data.sensitiveColumns,
   each group's mean loss per token and its perplexity, gated by bias.thresholds.
-  lossDifference (largest minus smallest) and perplexityRatio (smallest over largest).
+  perplexityRatio (smallest over largest, 0.8 by default) and lossDifference (largest
+  minus smallest, not gated by default).
   `group_table`, `difference_metric` and `ratio_metric` take any per-row metric, so that
   other per-row measurements (generation metrics) are audited the same way.
 
