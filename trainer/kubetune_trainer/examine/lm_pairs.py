@@ -185,15 +185,17 @@ def sequence_log_likelihoods(
     device: torch.device,
 ) -> npt.NDArray[np.float64]:
     """Each sequence's summed log-likelihood of its tokens after the first, given the ones
-    before, in batches of `batch_size` (right-padded; padding is never scored)."""
+    before, in batches of `batch_size` sequences of similar length (right-padded; padding is
+    never scored), in the order given."""
     was_training = model.training
     model.eval()
-    scores = [
-        _batch_log_likelihoods(model, token_ids[start : start + batch_size], device)
-        for start in range(0, len(token_ids), batch_size)
-    ]
+    order = np.argsort([len(ids) for ids in token_ids], kind="stable")
+    scores = np.zeros(len(token_ids), np.float64)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        scores[batch] = _batch_log_likelihoods(model, [token_ids[i] for i in batch], device)
     model.train(was_training)
-    return np.concatenate(scores) if scores else np.zeros(0, np.float64)
+    return scores
 
 
 def _batch_log_likelihoods(

@@ -82,8 +82,9 @@ def test_pair_scores_equal_a_plain_forward_pass(tiny_lm: tuple) -> None:
         ["gender"] * 3,
         "test",
     )
-    # batch 2: a batch of unequal lengths, padding must not count
-    scores = score_pairs(model, tokenizer, pairs, batch_size=2, max_length=64, device=CPU)
+    # batch 4: the 2- and 3-word sentences share a batch (padding must not count); the
+    # scores come back in the order of the pairs
+    scores = score_pairs(model, tokenizer, pairs, batch_size=4, max_length=64, device=CPU)
     for side, texts in ((scores.more, pairs.more), (scores.less, pairs.less)):
         expected = [independent_log_likelihood(model, tokenizer, text) for text in texts]
         np.testing.assert_allclose(side, expected, atol=1e-5)
