@@ -173,3 +173,31 @@ def test_a_missing_audit_file_fails_before_training(
     code = main(["--config", str(config_file), "--output", str(tmp_path / "run")], env={})
     assert code == EXIT_INVALID_INPUT
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_bad_stereotype_pairs_table_fails_a_causal_lm_before_training(
+    tmp_path: Path, small_data: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.tiny import make_tiny_causal_lm
+
+    model = make_tiny_causal_lm(tmp_path / "gpt", ["the man cooks the woman"])
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("sent_more,sent_less,bias_type\nthe woman,the man,gender\nthe man,the man,x\n")
+    config = TrainingConfig.model_validate(
+        {
+            "model": {"source": str(model), "task": "causal-lm"},
+            "data": {"train": {"source": str(small_data[0])}, "maxLength": 32},
+            "bias": {"stereotypePairs": {"pairs": {"source": str(pairs)}}},
+        },
+        by_name=False,
+    )
+    config_file = tmp_path / "config.json"
+    config_file.write_text(config.model_dump_json(by_alias=True))
+    code = main(["--config", str(config_file), "--output", str(tmp_path / "run")], env={})
+    assert code == EXIT_INVALID_INPUT
+    printed = capsys.readouterr()
+    assert f"bias.stereotypePairs.pairs: {pairs} row 2: both sides are 'the man'" in (
+        printed.out + printed.err
+    )
+    assert "Traceback" not in printed.out + printed.err
+    assert not (tmp_path / "run" / "checkpoints").exists()

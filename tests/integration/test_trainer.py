@@ -449,6 +449,7 @@ def test_causal_lm_learns_to_answer_and_ignores_the_prompt_in_the_loss(
     with small_data[0].open() as handle:
         texts = [row["text"] + " " + row["label"] for row in csv.DictReader(handle)]
     model = make_tiny_causal_lm(tmp_path / "gpt", texts)
+    pairs = stereotype_pairs(small_data[1], tmp_path / "pairs.csv")
     config = TrainingConfig.model_validate(
         {
             "model": {"source": str(model), "task": "causal-lm"},
@@ -458,12 +459,15 @@ def test_causal_lm_learns_to_answer_and_ignores_the_prompt_in_the_loss(
                 "textColumn": "text",
                 "textPairColumn": "label",
                 "maxLength": 48,
+                "sensitiveColumns": ["dialect"],
             },
             "training": {"epochs": 4, "batchSize": 16, "learningRate": 3e-3, "seed": 3},
             "evaluation": {
                 "metric": "exactMatch",
                 "generation": {"samples": 20, "maxNewTokens": 3},
+                "attributions": {"sampleSize": 2, "responseTokens": 2},
             },
+            "bias": {"minGroupSize": 5, "stereotypePairs": {"pairs": {"source": str(pairs)}}},
         },
         by_name=False,
     )
@@ -493,6 +497,73 @@ def test_causal_lm_learns_to_answer_and_ignores_the_prompt_in_the_loss(
     assert after == sum(hits) / 20 == result.metrics["exactMatch"]
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run/model")
     assert reloaded.config.model_type == "gpt2"
+    check_language_model_audit(tmp_path / "run", result.report, reloaded, tokenizer, pairs)
+
+
+def stereotype_pairs(validation: Path, path: Path) -> Path:
+    """Six pairs of validation sentences with 'proper' (the regional dialect) and 'really'."""
+    import csv
+
+    with validation.open() as handle:
+        texts = [row["text"] for row in csv.DictReader(handle) if " proper " in row["text"]]
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["sent_more", "sent_less", "bias_type"])
+        writer.writerows(
+            [text, text.replace(" proper ", " really "), "dialect"] for text in texts[:6]
+        )
+    return path
+
+
+def check_language_model_audit(
+    run: Path, report: dict[str, Any], model: Any, tokenizer: Any, pairs: Path
+) -> None:
+    """status.biasAudit and report.json carry the causal LM's audit; the pair gaps are those
+    of the saved model; the attributions explain two prompts; report.html shows them."""
+    import csv
+
+    from kubetune_operator.api.v1alpha1 import BiasAuditStatus
+    from tests.integration.test_data_in_training import sections
+
+    (status,) = sections(run, "biasAudit")
+    parsed = BiasAuditStatus.model_validate(status)
+    assert {m.name for m in parsed.metrics} == {
+        "stereotypeShareDeviation",
+        "lossDifference",
+        "perplexityRatio",
+    }
+    groups = {(g.attribute, g.group): g.count for g in parsed.groups}
+    assert groups[("stereotypePairs", "dialect")] == 6
+    assert groups[("dialect", "regional")] + groups[("dialect", "standard")] == 80
+    audit = report["biasAudit"]
+    assert audit["kind"] == "causal-lm"
+    assert audit["verdict"] == parsed.verdict
+    [category] = audit["stereotypePairs"]["categories"]
+    assert category["baseStereotypeShare"] is not None
+    with pairs.open() as handle:
+        rows = list(csv.DictReader(handle))
+    gaps = [
+        log_likelihood(model, tokenizer, row["sent_more"])
+        - log_likelihood(model, tokenizer, row["sent_less"])
+        for row in rows
+    ]
+    assert category["meanGap"] == pytest.approx(sum(gaps) / len(gaps), abs=1e-4)
+    assert len(audit["stereotypePairs"]["moved"]) == 6
+    examples = report["attributions"]["examples"]
+    assert len(examples) == 2
+    assert all(example["tokens"] and example["response"] for example in examples)
+    page = (run / "report.html").read_text()
+    assert "Stereotype pairs" in page
+    assert "Prompts and their responses" in page
+
+
+def log_likelihood(model: Any, tokenizer: Any, text: str) -> float:
+    ids = torch.tensor(
+        [[tokenizer.eos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]]
+    )
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+    return float(sum(log_probs[t - 1, ids[0, t]] for t in range(1, ids.shape[1])))
 
 
 def test_dropout_overrides_reach_the_model_config(

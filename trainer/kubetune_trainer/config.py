@@ -886,14 +886,16 @@ class CrossValidationSpec(Section):
 
 
 class AttributionSpec(Section):
-    """What the final model relies on: token attributions (layer integrated gradients on the embeddings) and layer conductance (captum) for a sample of validation rows, and how much each layer group changed in training."""
+    """What the final model relies on: token attributions (layer integrated gradients on the embeddings) and layer conductance (captum) for a sample of validation rows, and how much each layer group changed in training; for causal-lm, each prompt token's effect on the generated response (captum's feature ablation)."""
 
     sample_size: int = Field(default=64, ge=1, le=4096)
-    """Validation rows to explain (stratified by class; the most confident errors come first)."""
+    """Validation rows to explain (stratified by class; the most confident errors come first; causal-lm: the first prompts, one forward pass per prompt token each)."""
     steps: int = Field(default=16, ge=2, le=512)
     """Integration steps per row: more is more exact and slower."""
     top_tokens: int = Field(default=10, ge=1, le=100)
     """Tokens listed per class and per sensitive group in the report."""
+    response_tokens: int = Field(default=24, ge=1, le=512)
+    """causal-lm: most tokens generated (greedy) for each sampled prompt; the attributions explain the log-probability of that response."""
 
 
 class GenerationSpec(Section):
@@ -938,7 +940,7 @@ class EvaluationSpec(Section):
     underfitting_floor: float | None = Field(default=None, ge=0, le=1e6)
     """Report underfitting when the final training value of the primary metric is worse than this. Left out: the majority-class rate for accuracy."""
     attributions: AttributionSpec | None = None
-    """Explain the final model (sequence-classification). Left out: no attributions."""
+    """Explain the final model (sequence-classification; causal-lm: which prompt tokens drove the generated response). Left out: no attributions."""
     generation: GenerationSpec | None = None
     """causal-lm: also evaluate by generating completions of validation prompts (exactMatch, tokenF1, rougeL, which evaluation.metric may then name). Left out: no generation."""
 
@@ -964,6 +966,12 @@ class BiasThresholds(Section):
     """Largest acceptable difference of true-positive rates between groups."""
     accuracy_difference: float | None = Field(default=None, ge=0, le=1)
     """Largest acceptable difference of accuracy between groups."""
+    stereotype_share_deviation: float | None = Field(default=0.1, ge=0, le=0.5)
+    """causal-lm, bias.stereotypePairs: largest acceptable distance from 0.5 (no preference) of the share of a category's pairs in which the model finds the more stereotypical sentence likelier."""
+    loss_difference: float | None = Field(default=None, ge=0, le=1000)
+    """causal-lm: largest acceptable difference between the groups' mean validation loss per token (nats)."""
+    perplexity_ratio: float | None = Field(default=0.8, ge=0, le=1)
+    """causal-lm: lowest acceptable ratio of the smallest to the largest group validation perplexity (0.8: the worst-served group's perplexity at most 1.25 times the best-served's, as the four-fifths rule)."""
 
 
 class CounterfactualPair(Section):
@@ -975,6 +983,37 @@ class CounterfactualPair(Section):
     """What it is replaced with (and what is replaced by it)."""
 
 
+STEREOTYPE_PLACEHOLDER = "{group}"
+"""Where a template of bias.stereotypePairs.templates takes each group term."""
+
+
+class StereotypePairsSpec(Section):
+    """Sentence pairs that differ only in a group term (CrowS-Pairs style), for the audit of a causal LM: given as a table of pairs (pairs), or as templates expanded over a table of group terms (templates and terms)."""
+
+    pairs: DataSource | None = None
+    """A table of pairs: the more stereotypical sentence, the less stereotypical one and the bias category of each pair."""
+    templates: DataSource | None = None
+    """A table of template sentences, each with the placeholder {group} (and optionally a category, which limits it to that category's terms); needs terms."""
+    terms: DataSource | None = None
+    """With templates: a table of group terms, one row per category with the more and the less stereotyped group's term."""
+    more_column: ColumnName = "sent_more"
+    """Column with the more stereotypical sentence (in terms: the more stereotyped group's term)."""
+    less_column: ColumnName = "sent_less"
+    """Column with the less stereotypical sentence (in terms: the other group's term)."""
+    category_column: ColumnName = "bias_type"
+    """Column with the bias category (e.g. gender, age); the audit reports and gates each category."""
+    template_column: ColumnName = "template"
+    """Column of templates with the template sentences."""
+
+    @model_validator(mode="after")
+    def _one_way_to_give_pairs(self) -> Self:
+        if (self.pairs is None) == (self.templates is None):
+            raise ValueError("set either pairs (a table of pairs) or templates (with terms)")
+        if (self.templates is None) != (self.terms is None):
+            raise ValueError("templates and terms go together: templates are expanded over terms")
+        return self
+
+
 class BiasSpec(Section):
     """The fairness audit run after training, over the sensitive columns of data."""
 
@@ -983,13 +1022,15 @@ class BiasSpec(Section):
     thresholds: BiasThresholds = section_default(BiasThresholds)
     """The gates."""
     min_group_size: int = Field(default=30, ge=1, le=1_000_000)
-    """Groups with fewer validation rows are reported as insufficient data rather than judged."""
+    """Groups with fewer validation rows (causal-lm: categories with fewer stereotype pairs) are reported as insufficient data rather than judged."""
     on_failure: Literal["fail", "warn"] = "warn"
     """fail: a failed audit fails the job; warn: the job succeeds with BiasAuditPassed=False."""
     audit_data: DataSource | None = None
     """A separate audit dataset (e.g. counterfactual template sentences) with the same columns; left out: the validation rows."""
     counterfactuals: list[CounterfactualPair] = Field(default_factory=list, max_length=256)
     """Term pairs to swap in the audit texts; the audit reports how often predictions flip."""
+    stereotype_pairs: StereotypePairsSpec | None = None
+    """causal-lm: sentence pairs that differ only in a group term; the audit reports, per category, how often the model prefers the more stereotypical sentence, before and after fine-tuning."""
 
     @field_validator("counterfactuals")
     @classmethod
@@ -1013,6 +1054,38 @@ class BiasSpec(Section):
 def _term_key(term: str) -> str:
     """A counterfactual term as the swap matches it: any case, any run of spaces."""
     return " ".join(term.lower().split())
+
+
+def _bias_anchored(bias: BiasSpec, base: Path) -> BiasSpec:
+    """bias.stereotypePairs' tables with relative local paths made absolute against `base`."""
+    pairs = bias.stereotype_pairs
+    assert pairs is not None
+    tables = {
+        name: _anchored(source, "source", base)
+        for name in ("pairs", "templates", "terms")
+        if (source := getattr(pairs, name)) is not None
+    }
+    return bias.model_copy(update={"stereotype_pairs": pairs.model_copy(update=tables)})
+
+
+def _language_model_bias(bias: BiasSpec, data: DataSpec | None) -> BiasSpec:
+    """A causal LM's audit: stereotype pairs, and per-group quality on the sensitive columns."""
+    if data is not None and not data.sensitive_columns and bias.stereotype_pairs is None:
+        raise ValueError(
+            "the audit of a causal-lm needs stereotypePairs or data.sensitiveColumns "
+            "(per-group validation loss)"
+        )
+    for name, value in (
+        ("positiveLabels", bias.positive_labels),
+        ("counterfactuals", bias.counterfactuals),
+        ("auditData", bias.audit_data),
+    ):
+        if value:
+            raise ValueError(
+                f"{name} applies to sequence-classification only; a causal-lm is audited "
+                "with stereotypePairs and per-group validation loss"
+            )
+    return bias
 
 
 class OutputSpec(Section):
@@ -1144,12 +1217,16 @@ class TrainingConfig(Section):
             ("data.balance", data.balance.is_set()),
             ("data.quality.labelNoise", data.quality.label_noise is not None),
             ("data.augmentation", data.augmentation is not None),
-            ("evaluation.attributions", self.evaluation.attributions is not None),
             ("evaluation.crossValidation", self.evaluation.cross_validation is not None),
         ]
         for field, is_set in chosen:
             if is_set:
                 raise ValueError(f"{field} applies to sequence-classification only, not causal-lm")
+        if self.evaluation.attributions is not None and data.messages_column is not None:
+            raise ValueError(
+                "evaluation.attributions explains the responses to prompt rows "
+                "(data.textColumn); it does not apply to conversations (data.messagesColumn)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -1249,12 +1326,14 @@ class TrainingConfig(Section):
         model: ModelSpec | None = info.data.get("model")
         if bias is None:
             return bias
+        if model is not None and model.task == "causal-lm":
+            return _language_model_bias(bias, data)
+        if bias.stereotype_pairs is not None:
+            raise ValueError("stereotypePairs applies to causal-lm only")
         if data is not None and not data.sensitive_columns:
             raise ValueError("the audit needs data.sensitiveColumns to name at least one column")
         if data is not None and data.text_pair_column is not None and bias.counterfactuals:
             raise ValueError("counterfactuals swap terms in single texts, not in text pairs")
-        if model is not None and model.task != "sequence-classification":
-            raise ValueError("the audit applies to sequence-classification only")
         classes = model and (model.num_labels or (model.labels and len(model.labels)))
         if classes and classes > 2 and not bias.positive_labels:
             raise ValueError(
@@ -1295,6 +1374,8 @@ class TrainingConfig(Section):
         if self.bias is not None and self.bias.audit_data is not None:
             audit = _anchored(self.bias.audit_data, "source", base)
             updates["bias"] = self.bias.model_copy(update={"audit_data": audit})
+        if self.bias is not None and self.bias.stereotype_pairs is not None:
+            updates["bias"] = _bias_anchored(updates.get("bias", self.bias), base)
         return self.model_copy(update=updates)
 
     def output_directory(self, job_name: str, pvc_root: Path | None) -> Path | None:

@@ -228,6 +228,56 @@ def test_bias_audit_needs_sensitive_columns_and_known_positive_labels() -> None:
     assert "'good', which is not in model.labels (neg, pos)" in msg
 
 
+LM = {"source": "m", "task": "causal-lm"}
+PAIRS = {"pairs": {"source": "pairs.csv"}}
+
+
+def test_a_causal_lm_audit_needs_pairs_or_sensitive_columns() -> None:
+    config = TrainingConfig.model_validate(
+        minimal(model=LM, bias={"stereotypePairs": PAIRS}), by_name=False
+    )
+    assert config.bias is not None
+    assert config.bias.thresholds.stereotype_share_deviation == 0.1
+    anchored = config.relative_to(Path("/jobs/a"))
+    assert anchored.bias is not None
+    assert anchored.bias.stereotype_pairs is not None
+    assert anchored.bias.stereotype_pairs.pairs is not None
+    assert anchored.bias.stereotype_pairs.pairs.source == "/jobs/a/pairs.csv"
+    loc, msg = error_of(minimal(model=LM, bias={}))
+    assert loc == ("bias",)
+    assert "needs stereotypePairs or data.sensitiveColumns" in msg
+    grouped = {"train": {"source": "t.csv"}, "sensitiveColumns": ["dialect"]}
+    TrainingConfig.model_validate(minimal(model=LM, data=grouped, bias={}), by_name=False)
+    TrainingConfig.model_validate(
+        minimal(model=LM, evaluation={"attributions": {"responseTokens": 8}}), by_name=False
+    )
+    chat = {"train": {"source": "t.jsonl"}, "messagesColumn": "messages"}
+    _, msg = error_of(minimal(model=LM, data=chat, evaluation={"attributions": {}}))
+    assert "it does not apply to conversations (data.messagesColumn)" in msg
+
+
+@pytest.mark.parametrize(
+    ("model", "bias", "complaint"),
+    [
+        (
+            LM,
+            {"stereotypePairs": PAIRS, "counterfactuals": [{"term": "a", "counterpart": "b"}]},
+            "counterfactuals applies to sequence-classification only",
+        ),
+        (LM, {"stereotypePairs": PAIRS, "positiveLabels": ["x"]}, "positiveLabels applies"),
+        ({"source": "m"}, {"stereotypePairs": PAIRS}, "stereotypePairs applies to causal-lm only"),
+        (LM, {"stereotypePairs": {**PAIRS, "templates": {"source": "t.csv"}}}, "set either pairs"),
+        (LM, {"stereotypePairs": {"templates": {"source": "t.csv"}}}, "templates and terms go"),
+    ],
+)
+def test_stereotype_pairs_refusals_name_the_rule(
+    model: dict[str, Any], bias: dict[str, Any], complaint: str
+) -> None:
+    data = {"train": {"source": "t.csv"}, "sensitiveColumns": ["g"]}
+    _, msg = error_of(minimal(model=model, data=data, bias=bias))
+    assert complaint in msg
+
+
 def test_freezing_patterns_cannot_be_frozen_and_trainable() -> None:
     loc, _ = error_of(minimal(freezing={"frozenModules": ["a.*"], "trainableModules": ["a.*"]}))
     assert loc == ("freezing", "trainableModules")

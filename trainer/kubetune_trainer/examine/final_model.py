@@ -1,5 +1,7 @@
 """The examination of the final model: per-class results, the bias audit, attributions.
 
+(A causal LM's examination is lm_examine.py's: its audit is of likelihoods, not classes.)
+
 Training ends with the best checkpoint loaded; before it is saved, the run asks what that
 model does: its confusion matrix and per-class results, whether it treats the sensitive
 groups alike (the bias section, on the validation rows or on bias.auditData, with the
@@ -40,8 +42,13 @@ from kubetune_trainer.examine.audit import (
     swap_terms,
 )
 from kubetune_trainer.examine.interpret import LayerSnapshot, explain, relative_weight_change
+from kubetune_trainer.examine.lm_audit import LanguageModelAudit
+from kubetune_trainer.examine.lm_examine import StartingPairs, examine_language_model
 from kubetune_trainer.metrics import per_class_summary
 from kubetune_trainer.report.progress import Reporter
+
+ModelAudit = BiasAudit | LanguageModelAudit
+"""A classifier's audit (audit.py) or a causal LM's (lm_audit.py): verdict, message, status."""
 
 
 def predict(
@@ -89,14 +96,18 @@ class FinalModel:
     """Whether the run is to stop now; asked by every process before each part (a collective)."""
     beat: Callable[[], None]
     """A sign of progress (the heartbeat's Examining phase): after each batch and part."""
+    starting_pairs: StartingPairs | None = None
+    """causal-lm: bias.stereotypePairs with the starting model's scores (lm_examine.py)."""
 
 
-def examine_final_model(final: FinalModel) -> tuple[dict[str, Any], BiasAudit | None]:
+def examine_final_model(final: FinalModel) -> tuple[dict[str, Any], ModelAudit | None]:
     """The final model's report sections (evaluation: per-class results; biasAudit;
-    attributions) and its audit; nothing for a causal language model. A stop keeps the
-    parts done before it."""
-    if final.config.model.task == "causal-lm" or final.stop_requested():
+    attributions) and its audit; a causal language model's are lm_examine.py's. A stop
+    keeps the parts done before it."""
+    if final.stop_requested():
         return {}, None
+    if final.config.model.task == "causal-lm":
+        return examine_language_model(final, final.starting_pairs)
     logits, gathered = predict(final.model, final.accelerator, final.eval_loader, final.beat)
     probabilities = torch.softmax(logits, dim=-1).numpy()
     labels = gathered.numpy().astype(np.int64)

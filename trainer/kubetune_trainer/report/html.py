@@ -639,6 +639,8 @@ def attributions_section(report: Mapping[str, Any]) -> Section | None:
     """Which tokens moved the predictions, per class, per group and in examples; which layers
     mattered and how far fine-tuning moved each layer group."""
     found = _mapping(report.get("attributions"))
+    if found.get("kind") == "causal-lm":
+        return _prompt_attributions(found)
     parts = [
         _token_tables("Top tokens per class", "attr-class", _mapping(found.get("classes"))),
         _group_tokens(_mapping(found.get("groups"))),
@@ -777,6 +779,8 @@ def bias_section(report: Mapping[str, Any]) -> Section | None:
     audit = _mapping(report.get("biasAudit"))
     if not audit.get("verdict"):
         return None
+    if audit.get("kind") == "causal-lm":
+        return _language_model_bias(audit)
     attributes = [a for a in _sequence(audit.get("attributes")) if isinstance(a, Mapping)]
     metrics = [m for m in _sequence(audit.get("metrics")) if isinstance(m, Mapping)]
     parts = [_audit_verdict(audit), _audit_metrics(metrics)]
@@ -1036,6 +1040,106 @@ def _audit_evidence(audit: Mapping[str, Any]) -> Markup:
     if not evidence:
         return Markup("")
     return join([tag("h3", "Evidence"), tag("ul", *(tag("li", line) for line in evidence))])
+
+
+# --- a causal LM's audit and attributions ---------------------------------------------------
+
+
+def _language_model_bias(audit: Mapping[str, Any]) -> Section:
+    """A causal LM's audit (lm_audit.LanguageModelAudit.to_report): the gated metrics, the
+    stereotype preference per category before and after fine-tuning, the pairs that moved
+    most, and each group's validation loss."""
+    metrics = [m for m in _sequence(audit.get("metrics")) if isinstance(m, Mapping)]
+    rows = [_language_model_metric_row(m) for m in metrics]
+    headers = ["metric", "category or column", "value", "threshold", "passed", "detail"]
+    parts = [_audit_verdict(audit)]
+    if rows:
+        parts += [tag("h3", "Metrics"), table(headers, rows, class_="bias-metrics")]
+    parts += [_stereotype_pairs(_mapping(audit.get("stereotypePairs")))]
+    parts += [_group_quality(t) for t in _sequence(audit.get("groupQuality"))]
+    parts.append(_audit_evidence(audit))
+    return Section("bias", "Bias audit", join(part for part in parts if part))
+
+
+def _language_model_metric_row(metric: Mapping[str, Any]) -> Row:
+    passed = metric.get("passed")
+    cells = [metric.get(key) for key in ("name", "attribute", "value", "threshold")]
+    cells += [passed_mark(passed), metric.get("reason") or metric.get("detail") or ""]
+    return Row(cells, "passed" if passed is True else "failed" if passed is False else "quiet")
+
+
+def _stereotype_pairs(result: Mapping[str, Any]) -> Markup:
+    categories = [c for c in _sequence(result.get("categories")) if isinstance(c, Mapping)]
+    if not categories:
+        return Markup("")
+    line = (
+        f"{h(result.get('pairs'))} sentence pairs from {h(result.get('origin'))}: the share in "
+        "which the model finds the more stereotypical sentence likelier (0.5: no preference; "
+        f"interval: {h(result.get('interval'))}; {h(result.get('tie'))})."
+    )
+    headers = ["category", "pairs", "share", "low", "high", "mean gap", "share before"]
+    headers.append("mean gap before")
+    keys = ["category", "pairs", "stereotypeShare", "low", "high", "meanGap"]
+    keys += ["baseStereotypeShare", "baseMeanGap"]
+    rows = [
+        Row([c.get(k) for k in keys], "" if c.get("sufficient") else "quiet") for c in categories
+    ]
+    parts = [tag("h3", "Stereotype pairs"), tag("p", Markup(line), class_="sub")]
+    parts.append(table(headers, rows, class_="stereotype-categories"))
+    moved = [p for p in _sequence(result.get("moved")) if isinstance(p, Mapping)]
+    if moved:
+        keys = ["category", "more", "less", "baseGap", "gap", "change"]
+        cells = [
+            [TextCell(p[k]) if k in ("more", "less") else p.get(k) for k in keys] for p in moved
+        ]
+        heading = "Pairs whose log-likelihood gap fine-tuning moved most"
+        gap_headers = [
+            "category",
+            "more stereotypical",
+            "less",
+            "gap before",
+            "gap after",
+            "change",
+        ]
+        parts += [tag("h3", heading), table(gap_headers, cells, class_="stereotype-moved")]
+    return join(parts)
+
+
+def _group_quality(value: object) -> Markup:
+    found = _mapping(value)
+    groups = [g for g in _sequence(found.get("groups")) if isinstance(g, Mapping)]
+    if not groups:
+        return Markup("")
+    metric, attribute = found.get("metric"), str(found.get("attribute"))
+    rows = [
+        Row([g.get("group"), g.get("count"), g.get("value")], "" if g.get("judged") else "quiet")
+        for g in groups
+    ]
+    heading = f"Validation {metric} per group of {attribute}"
+    return join([tag("h3", heading), table([attribute, "rows", metric], rows, class_="lm-groups")])
+
+
+def _prompt_attributions(found: Mapping[str, Any]) -> Section | None:
+    """Each sampled prompt, its tokens coloured by how much they made the response likelier."""
+    examples = [e for e in _sequence(found.get("examples")) if isinstance(e, Mapping)]
+    shown = []
+    for example in examples:
+        tokens = token_scores(example.get("tokens"))
+        response = tag("p", "Response: ", TextCell(example.get("response") or ""), class_="sub")
+        body = highlighted(tokens) if tokens else tag("p", TextCell(example.get("prompt") or ""))
+        shown.append(tag("div", body, response, class_="example"))
+    if not shown:
+        return None
+    legend = tag(
+        "p",
+        tag("span", "made the response likelier", style=f"background:{token_colour(1, 1.25)}"),
+        " ",
+        tag("span", "less likely", style=f"background:{token_colour(-1, 1.25)}"),
+        f" ({h(found.get('method'))})",
+        class_="legend highlighted",
+    )
+    body = join([tag("h3", "Prompts and their responses"), legend, *shown])
+    return Section("attributions", "Attributions", body)
 
 
 # --- data ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from kubetune_trainer.checkpoints import parse_checkpoint_step
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.diagnosis import Diagnosis, EvalPoint, RunSetup, diagnose
 from kubetune_trainer.examine.audit import BiasAudit
+from kubetune_trainer.examine.lm_audit import LanguageModelAudit
 from kubetune_trainer.report.progress import Outcome
 
 
@@ -50,7 +51,7 @@ class Ending:
 
 
 def run_message(
-    ending: Ending, config: TrainingConfig, bias_audit: BiasAudit | None
+    ending: Ending, config: TrainingConfig, bias_audit: BiasAudit | LanguageModelAudit | None
 ) -> tuple[bool, str]:
     """Whether the result may be used, and the run's last line."""
     stopped = _stop_message(ending)

@@ -75,9 +75,10 @@ from kubetune_trainer.data.cache import cached_prepare
 from kubetune_trainer.data.report import failed_status
 from kubetune_trainer.diagnosis import Diagnosis, DivergenceMonitor
 from kubetune_trainer.disk_space import DiskFullError, state_bytes
-from kubetune_trainer.examine.audit import BiasAudit, positive_classes
-from kubetune_trainer.examine.final_model import FinalModel, examine_final_model
+from kubetune_trainer.examine.audit import positive_classes
+from kubetune_trainer.examine.final_model import FinalModel, ModelAudit, examine_final_model
 from kubetune_trainer.examine.interpret import LayerSnapshot, snapshot_layer_groups
+from kubetune_trainer.examine.lm_examine import StartingPairs, score_starting_pairs
 from kubetune_trainer.hang import HangHook
 from kubetune_trainer.heartbeat import HEARTBEAT_FILE, Heartbeat
 from kubetune_trainer.modeling import load_model, load_tokenizer, state_load_options
@@ -165,6 +166,7 @@ class Recipe:
     _log_every: int
     snapshot: LayerSnapshot | None
     audit_rows: AuditRows | None
+    starting_pairs: StartingPairs | None
 
     def __init__(
         self,
@@ -257,6 +259,9 @@ class Recipe:
         self.audit_rows = prepare_audit_rows(self.config, self.tokenizer, self.data.labels)
         self._say(f"loading the model {self.config.model.source}")
         self._build_model_and_loaders()
+        self.starting_pairs = score_starting_pairs(
+            self.config, self.tokenizer, self.model, self.accelerator
+        )
         self._maybe_find_learning_rate()
         self._build_scheduler()
         self.accelerator.register_for_checkpointing(self.state)
@@ -774,7 +779,7 @@ class Recipe:
         self._report_end(end, message)
         return RunResult(False, message, self.output_dir, end.best_metrics, diagnosis, report)
 
-    def _final_phase(self) -> tuple[dict[str, Any], BiasAudit | None]:
+    def _final_phase(self) -> tuple[dict[str, Any], ModelAudit | None]:
         """Load the best checkpoint, examine it and save it, unless a SIGTERM comes first:
         it skips what is left (examine.py checks between its parts), and the checkpoint of
         the last step, saved with the last evaluation, is where the next start resumes."""
@@ -803,7 +808,7 @@ class Recipe:
             self._beat("Examining")
             self.state.load_state_dict(finished)
 
-    def _examine_final_model(self) -> tuple[dict[str, Any], BiasAudit | None]:
+    def _examine_final_model(self) -> tuple[dict[str, Any], ModelAudit | None]:
         """The report sections and bias audit of the loaded model (examine.py)."""
         assert self.data is not None
         return examine_final_model(
@@ -819,6 +824,7 @@ class Recipe:
                 reporter=self.reporter,
                 stop_requested=self.stop_guard.stop_agreed,
                 beat=lambda: self._beat("Examining"),
+                starting_pairs=self.starting_pairs,
             )
         )
 

@@ -1467,3 +1467,43 @@ def test_the_learning_rate_is_drawn_when_the_report_has_it() -> None:
     assert 'id="chart-learning-rate"' in render.render_html(report)
     del report["curves"]["learningRate"]
     assert 'id="chart-learning-rate"' not in render.render_html(report)
+
+
+def test_a_language_model_audit_and_its_prompt_attributions_render() -> None:
+    import numpy as np
+
+    from kubetune_trainer.config import BiasSpec
+    from kubetune_trainer.examine.lm_audit import language_model_audit, stereotype_result
+    from kubetune_trainer.examine.lm_pairs import StereotypePairs
+
+    pairs = StereotypePairs(
+        ["the woman cooks", "old folk forget"],
+        ["the man cooks", "young folk forget"],
+        ["gender", "gender"],
+        "pairs.csv",
+    )
+    stereotypes = stereotype_result(pairs, np.array([1.5, -0.5]), np.array([0.5, 1.0]), 1)
+    report = full_report()
+    report["biasAudit"] = language_model_audit(BiasSpec(), stereotypes, []).to_report()
+    report["attributions"] = {
+        "kind": "causal-lm",
+        "method": "feature ablation",
+        "examples": [
+            {
+                "prompt": "the woman",
+                "response": "cooks",
+                "tokens": [{"token": "the", "score": 0.1}, {"token": "woman", "score": -0.4}],
+            }
+        ],
+    }
+    root = dom(render_html(report))
+    section = by_id(root, "bias")
+    assert section is not None
+    assert [text(s) for s in section.iter("span")] == ["Passed"]
+    assert table_rows(find_table(root, "stereotype-categories"))[1][:3] == ["gender", "2", "0.5"]
+    moved = table_rows(find_table(root, "stereotype-moved"))
+    assert moved[1] == ["gender", "old folk forget", "young folk forget", "1", "-0.5", "-1.5"]
+    attributions = by_id(root, "attributions")
+    assert attributions is not None
+    assert "Response: cooks" in text(attributions)
+    assert [text(s) for s in attributions.iter("span")][-2:] == ["the", "woman"]
