@@ -53,7 +53,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from kubetune_trainer.config import MISSING_GROUP, BiasSpec, CounterfactualPair
+from kubetune_trainer.config import MISSING_GROUP, BiasSpec, CounterfactualPair, TrainingConfig
+from kubetune_trainer.data.rows import DataError
 
 COUNTERFACTUAL_ATTRIBUTE = "counterfactuals"
 """The attribute of the counterfactual flip rate in status.biasAudit.metrics."""
@@ -504,6 +505,16 @@ def audit(
                 _metric_evidence(m, len(positive) > 1) for m in measured if m.value is None
             ]
     return _judged(positive, spec, attributes, metrics, evidence, counterfactual)
+
+
+def check_positive_labels(config: TrainingConfig, labels: Sequence[str]) -> None:
+    """Refuse, before any training, a classifier's bias section that its classes cannot audit."""
+    if config.bias is None or config.model.task == "causal-lm":
+        return
+    try:
+        positive_classes(labels, config.bias)
+    except ValueError as error:
+        raise DataError(f"bias.positiveLabels: {error}") from None
 
 
 def positive_classes(labels: Sequence[str], spec: BiasSpec) -> list[str]:

@@ -75,7 +75,7 @@ from kubetune_trainer.data.cache import cached_prepare
 from kubetune_trainer.data.report import failed_status
 from kubetune_trainer.diagnosis import Diagnosis, DivergenceMonitor
 from kubetune_trainer.disk_space import DiskFullError, state_bytes
-from kubetune_trainer.examine.audit import positive_classes
+from kubetune_trainer.examine.audit import check_positive_labels
 from kubetune_trainer.examine.final_model import FinalModel, ModelAudit, examine_final_model
 from kubetune_trainer.examine.interpret import LayerSnapshot, snapshot_layer_groups
 from kubetune_trainer.examine.lm_examine import StartingPairs, score_starting_pairs
@@ -251,7 +251,7 @@ class Recipe:
                 self._say("preparing data: reading, checking and tokenizing the rows")
                 self.data = self._prepare_data()
         self.reporter.section("dataValidation", self.data.report.to_status())
-        self._check_bias_settings()
+        check_positive_labels(self.config, self.data.labels)
         self.generation = generation_evaluation(
             self.config, self.data, self.tokenizer, self.accelerator, self._evaluation_batch_done
         )
@@ -308,16 +308,6 @@ class Recipe:
                 f"Data: prepared rows read from {self.output_dir / CACHE_DIR}", markup=False
             )
         return data
-
-    def _check_bias_settings(self) -> None:
-        """Refuse, before any training, a bias section that the data's classes cannot audit."""
-        spec = self.config.bias
-        if spec is None or self.data is None or self.is_language_model:
-            return
-        try:
-            positive_classes(self.data.labels, spec)
-        except ValueError as error:
-            raise DataError(f"bias.positiveLabels: {error}") from None
 
     def _build_model_and_loaders(self) -> None:
         assert self.data is not None

@@ -99,7 +99,10 @@ def labelled_head(model: torch.nn.Module) -> torch.nn.Module | None:
     if isinstance(model, FSDPModule) or hasattr(model, "_orig_mod"):  # sharded, compiled
         return None
     inner: Any = extract_model_from_parallel(model, keep_torch_compile=False)
-    if getattr(getattr(inner, "config", None), "model_type", None) not in LABELLED_HEAD_ARCHITECTURES:
+    if (
+        getattr(getattr(inner, "config", None), "model_type", None)
+        not in LABELLED_HEAD_ARCHITECTURES
+    ):
         return None
     head = inner.get_output_embeddings()
     return head if isinstance(head, torch.nn.Module) else None
