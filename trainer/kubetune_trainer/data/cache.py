@@ -202,6 +202,7 @@ def _data_report(saved: dict[str, Any]) -> DataReport:
         recommendation=saved["recommendation"],
         warnings=saved["warnings"],
         conversations=saved.get("conversations"),
+        tokens=saved.get("tokens"),
     )
 
 

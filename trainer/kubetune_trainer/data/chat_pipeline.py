@@ -40,7 +40,7 @@ from kubetune_trainer.data.conversations import (
     render,
 )
 from kubetune_trainer.data.groups import present_sensitive_groups
-from kubetune_trainer.data.language_model import IGNORED_LABEL
+from kubetune_trainer.data.language_model import ENCODED_COLUMNS, IGNORED_LABEL
 from kubetune_trainer.data.loading import read_source
 from kubetune_trainer.data.prepared import PreparedData
 from kubetune_trainer.data.quality import (
@@ -54,6 +54,7 @@ from kubetune_trainer.data.report import DataReport, length_summary
 from kubetune_trainer.data.rows import DataError, Rows, row_count
 from kubetune_trainer.data.screening import rows_read
 from kubetune_trainer.data.splits import stratified_split
+from kubetune_trainer.data.token_budget import run_tokens, split_tokens, truncated
 
 CONVERSATION_TEXT = "kubetune:conversation"
 """The column of each conversation as "role: content" lines, the text the rules check."""
@@ -96,9 +97,12 @@ def prepare_conversation_data(
         token_counts=_rendered_token_counts(tokenizer),
     )
     check_batch_size(config.training.batch_size, train)
-    train_set = _tokenize(train, tokenizer, data.max_length, "training")
-    validation_set = _tokenize(validation, tokenizer, data.max_length, "validation")
+    train_set, train_tokens = _tokenize(train, tokenizer, data.max_length, "training")
+    validation_set, validation_tokens = _tokenize(
+        validation, tokenizer, data.max_length, "validation"
+    )
     splits = (("train", train, train_set), ("validation", validation, validation_set))
+    figures = {"train": train_tokens, "validation": validation_tokens}
     report = DataReport(
         quality=quality,
         labels=[],
@@ -108,6 +112,7 @@ def prepare_conversation_data(
             for split, _, encoded in splits
         },
         conversations={split: _figures(rows, encoded) for split, rows, encoded in splits},
+        tokens=run_tokens(figures, config.training.epochs, config.training.max_steps),
     )
     return PreparedData(
         train=train_set,
@@ -255,33 +260,34 @@ def _rendered_token_counts(
 
 def _tokenize(
     rows: Rows, tokenizer: PreTrainedTokenizerBase, max_length: int, split: str
-) -> datasets.Dataset:
+) -> tuple[datasets.Dataset, dict[str, Any]]:
+    """The split's conversations tokenized and cut to max_length, and its token figures
+    (counted before the cut)."""
     table = rows.table.select([_RENDERED, _SPANS])
-    encoded = datasets.Dataset(InMemoryTable(table)).map(
-        _encoder(tokenizer, max_length),
+    whole = datasets.Dataset(InMemoryTable(table)).map(
+        _encoder(tokenizer),
         batched=True,
         remove_columns=table.column_names,
         desc=f"Tokenizing the {split} conversations",
     )
+    figures = split_tokens(whole.data.table.column("labels"), max_length)
+    encoded = truncated(whole, ENCODED_COLUMNS, max_length)
     _check_answers_fit(encoded, max_length, split)
     lengths = pc.list_value_length(encoded.data.table.column("input_ids"))
-    return datasets.Dataset(InMemoryTable(encoded.data.table.append_column("length", lengths)))
+    with_lengths = encoded.data.table.append_column("length", lengths)
+    return datasets.Dataset(InMemoryTable(with_lengths)), figures
 
 
-def _encoder(
-    tokenizer: PreTrainedTokenizerBase, max_length: int
-) -> Callable[[Any], dict[str, Any]]:
-    """The rendered texts' token ids, cut to max_length, labels on the assistant's tokens."""
+def _encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[Any], dict[str, Any]]:
+    """The rendered texts' token ids, whole, labels on the assistant's tokens."""
 
     def encode(batch: Any) -> dict[str, Any]:
         encoded = tokenizer(batch[_RENDERED], add_special_tokens=False, return_offsets_mapping=True)
-        ids = [row[:max_length] for row in encoded["input_ids"]]
+        ids = encoded["input_ids"]
         labels = [
-            assistant_labels(row_ids, offsets, list(zip(flat[::2], flat[1::2], strict=True)))[
-                :max_length
-            ]
+            assistant_labels(row_ids, offsets, list(zip(flat[::2], flat[1::2], strict=True)))
             for row_ids, offsets, flat in zip(
-                encoded["input_ids"], encoded["offset_mapping"], batch[_SPANS], strict=True
+                ids, encoded["offset_mapping"], batch[_SPANS], strict=True
             )
         ]
         return {"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids], "labels": labels}

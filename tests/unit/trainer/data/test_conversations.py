@@ -267,6 +267,10 @@ def test_malformed_conversations_are_dropped_and_counted_with_examples(
         "trainedMessages": 4,
         "assistantTokenShare": pytest.approx(10 / 45, abs=1e-4),  # 45 tokens, 10 answers,
     }
+    train_tokens = prepared.report.to_report()["tokens"]["splits"]["train"]
+    assert (train_tokens["tokensPerEpoch"], train_tokens["lossTokensPerEpoch"]) == (45, 10)
+    assert train_tokens["responseTokens"]["total"] == 10
+    assert train_tokens["promptTokens"]["total"] == 35
 
 
 def test_a_file_mixing_text_and_content_parts_reads_back(
