@@ -36,6 +36,7 @@ from kubetune_trainer.data.conversations import (
     ConversationError,
     assistant_labels,
     chat_template,
+    check_turns,
     parse_conversation,
     render,
 )
@@ -63,6 +64,11 @@ _SPANS = "kubetune:spans"
 """The trained assistant messages' [start, end) characters in the rendered text, flat."""
 _PROBLEM = "kubetune:problem"
 """Why a conversation cannot be trained on; null for those that can."""
+PROMPT_TEXT = "kubetune:prompt"
+RESPONSE_TEXT = "kubetune:response"
+"""The columns of each conversation's prompt (the messages before its last trained assistant
+message, as "role: content" lines) and response (that message): what conflictingResponses,
+nearDuplicates and leakage compare."""
 _MESSAGES = "kubetune:messages"
 _TRAINED = "kubetune:trained"
 _RULE = "malformedConversations"
@@ -95,6 +101,7 @@ def prepare_conversation_data(
         tokenizer,
         screened=screened,
         token_counts=_rendered_token_counts(tokenizer),
+        prompts=(PROMPT_TEXT, RESPONSE_TEXT),
     )
     check_batch_size(config.training.batch_size, train)
     train_set, train_tokens = _tokenize(train, tokenizer, data.max_length, "training")
@@ -158,6 +165,8 @@ class _RowFacts(NamedTuple):
     """One row's conversation as the columns hold it."""
 
     text: str
+    prompt: str
+    response: str
     rendered: str | None
     spans: list[int]
     problem: str | None
@@ -168,12 +177,14 @@ class _RowFacts(NamedTuple):
 def _render_row(tokenizer: PreTrainedTokenizerBase, value: Any, template: str | None) -> _RowFacts:
     try:
         conversation = parse_conversation(value)
+        check_turns(conversation)
         rendered = render(tokenizer, conversation, template)
     except ConversationError as error:
         shown = json.dumps(value, ensure_ascii=False, default=str)  # the examples' text
-        return _RowFacts(shown, None, [], str(error), 0, 0)
+        return _RowFacts(shown, "", "", None, [], str(error), 0, 0)
     return _RowFacts(
         conversation.text(),
+        *conversation.prompt_and_response(),
         rendered.text,
         [bound for span in rendered.spans for bound in span],
         None,
@@ -185,6 +196,8 @@ def _render_row(tokenizer: PreTrainedTokenizerBase, value: Any, template: str | 
 def _rendered_columns(facts: list[_RowFacts]) -> dict[str, pa.Array]:
     return {
         CONVERSATION_TEXT: pa.array([f.text for f in facts], pa.large_string()),
+        PROMPT_TEXT: pa.array([f.prompt for f in facts], pa.large_string()),
+        RESPONSE_TEXT: pa.array([f.response for f in facts], pa.large_string()),
         _RENDERED: pa.array([f.rendered for f in facts], pa.large_string()),
         _SPANS: pa.array([f.spans for f in facts], pa.list_(pa.int64())),
         _PROBLEM: pa.array([f.problem for f in facts], pa.string()),
