@@ -4,7 +4,8 @@ A causal LM has no labels and no classes, so most of the classification pipeline
 apply: its rows are read, screened, split and checked by the quality rules like any other,
 then tokenized as prompt (+ response + end of text). When a response column is set
 (data.textPairColumn) the prompt's tokens are masked out of the labels, so that the model
-learns to answer, not to repeat the question.
+learns to answer, not to repeat the question. The rows are tokenized whole, counted in
+tokens for the data report (token_budget.py), then cut to data.maxLength.
 """
 
 from __future__ import annotations

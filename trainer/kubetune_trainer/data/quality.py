@@ -9,7 +9,10 @@ them, or fail the job, as the manifest asks per rule. Dropping too much is a fai
 it means the data, not a few rows, is wrong.
 
 Rows are compared on their normalised text (lowercase, no punctuation, single spaces), so
-"Great kettle!" and "great  kettle" are the same row. Every rule works on whole Arrow
+"Great kettle!" and "great  kettle" are the same row. A causal LM's rows are compared on
+their prompt and response: a repeated pair is a duplicate, one prompt with several
+responses is conflictingResponses', a prompt nearly another's nearDuplicates'
+(near_duplicates.py), and leakage compares prompts. Every rule works on whole Arrow
 columns (pyarrow.compute regexes, numpy on integer codes), never on one row at a time.
 
 The engine knows no tokenizer, file format or model. What needs one is measured by the

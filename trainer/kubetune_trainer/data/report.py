@@ -3,8 +3,10 @@
 A user whose fine-tune disappoints first asks what the model was trained on. This report
 answers with numbers: rows in and out, what each quality rule matched, the classes and
 the sensitive groups before and after the rules, the rows augmentation and resampling
-added or removed, the token lengths the model saw, and a recommendation when the classes
-are imbalanced and nothing was done about it. The status carries a compact summary
+added or removed, the token lengths the model saw (for a causal LM, its prompt and
+response tokens, what an epoch reads and the loss counts, what data.maxLength cuts:
+token_budget.py), and a recommendation when the classes are imbalanced and nothing was
+done about it. The status carries a compact summary
 (`status.dataValidation`, the DataValidated condition's evidence); report.json and
 report.html carry all of it.
 
