@@ -26,6 +26,7 @@ BANDS = 16
 """Locality-sensitive hashing bands of HASHES // BANDS hashes: prompts with Jaccard
 similarity 0.8 share a band with probability 1 - (1 - 0.8**4)**16, over 0.9999."""
 SEED = 20_240_601
+PROMPTS_PER_BATCH = 65_536
 Mask = npt.NDArray[np.bool_]
 Codes = npt.NDArray[np.int64]
 Hashes = npt.NDArray[np.uint64]
@@ -49,35 +50,59 @@ def near_duplicates(
 
 def _signatures(prompts: pa.ChunkedArray) -> tuple[Hashes, Mask]:
     """Each prompt's MinHash signature over its word trigrams, and which prompts have a
-    trigram (three words or more); the others' signatures mean nothing."""
-    trigrams, owners = _trigrams(prompts)
+    trigram (three words or more); the others' signatures mean nothing. The words are
+    hashed once; the trigrams are made PROMPTS_PER_BATCH prompts at a time, so that memory
+    stays bounded on long conversations."""
+    words = pc.split_pattern(prompts.combine_chunks(), " ")
+    offsets = np.asarray(words.offsets.to_numpy(zero_copy_only=False), np.int64)
+    hashes = _word_hashes(pc.list_flatten(words))
     count = len(prompts)
-    shingled = np.bincount(owners, minlength=count) > 0
     signatures = np.full((count, HASHES), np.iinfo(np.uint64).max, dtype=np.uint64)
-    if not len(trigrams):
-        return signatures, shingled
-    starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-    present = owners[starts]
-    multipliers, offsets = _hash_functions()
-    for k in range(HASHES):
-        values = _mixed(trigrams * multipliers[k] + offsets[k])
-        signatures[present, k] = np.minimum.reduceat(values, starts)
+    shingled = np.zeros(count, dtype=np.bool_)
+    functions = _hash_functions()
+    for start in range(0, count, PROMPTS_PER_BATCH):
+        stop = min(start + PROMPTS_PER_BATCH, count)
+        batch_offsets = offsets[start : stop + 1]
+        batch_hashes = hashes[batch_offsets[0] : batch_offsets[-1]]
+        trigrams, owners = _trigrams(batch_hashes, np.diff(batch_offsets))
+        shingled[start:stop] = np.bincount(owners, minlength=stop - start) > 0
+        _minimum_hashes(trigrams, owners, functions, signatures[start:stop])
     return signatures, shingled
 
 
-def _trigrams(prompts: pa.ChunkedArray) -> tuple[Hashes, Codes]:
-    """A hash per word trigram of every prompt, and the prompt each belongs to (ascending)."""
-    words = pc.split_pattern(prompts.combine_chunks(), " ")
-    owners = np.asarray(pc.list_parent_indices(words).to_numpy(zero_copy_only=False), np.int64)
-    encoded = pc.dictionary_encode(pc.list_flatten(words))
-    word_codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), np.int64)
+def _word_hashes(words: pa.Array) -> Hashes:
+    """A random 64-bit hash per word, the same for the same word (one per distinct word)."""
+    encoded = pc.dictionary_encode(words)
+    codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), np.int64)
     rng = np.random.default_rng(SEED)
-    word_hashes = rng.integers(0, np.iinfo(np.int64).max, len(encoded.dictionary), np.int64)
-    hashes = word_hashes.astype(np.uint64)[word_codes]
+    distinct = rng.integers(0, np.iinfo(np.int64).max, len(encoded.dictionary), np.int64)
+    hashes: Hashes = distinct.astype(np.uint64)[codes]
+    return hashes
+
+
+def _trigrams(hashes: Hashes, lengths: Codes) -> tuple[Hashes, Codes]:
+    """A hash per word trigram of consecutive prompts (`lengths` words each, their word
+    `hashes` one after the other), and the prompt each belongs to (ascending)."""
+    owners = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
     same_prompt = owners[:-2] == owners[2:]
     with np.errstate(over="ignore"):
         combined = (hashes[:-2] * _PRIME + hashes[1:-1]) * _PRIME + hashes[2:]
     return combined[same_prompt], owners[:-2][same_prompt]
+
+
+def _minimum_hashes(
+    trigrams: Hashes, owners: Codes, functions: tuple[Hashes, Hashes], signatures: Hashes
+) -> None:
+    """Fill each owner's row of `signatures` with the minimum of every hash function over
+    its trigrams (owners without a trigram keep theirs)."""
+    if not len(trigrams):
+        return
+    starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+    present = owners[starts]
+    multipliers, offsets = functions
+    for k in range(HASHES):
+        values = _mixed(trigrams * multipliers[k] + offsets[k])
+        signatures[present, k] = np.minimum.reduceat(values, starts)
 
 
 def _hash_functions() -> tuple[Hashes, Hashes]:
@@ -105,10 +130,23 @@ def _near_an_earlier(signatures: Hashes, threshold: float) -> Mask:
         return near
     width = HASHES // BANDS
     for band in range(BANDS):
-        block = signatures[:, band * width : (band + 1) * width]
-        _, first, inverse = np.unique(block, axis=0, return_index=True, return_inverse=True)
-        earlier = first[inverse.ravel()]
+        _, first, inverse = np.unique(
+            _band_keys(signatures[:, band * width : (band + 1) * width]),
+            return_index=True,
+            return_inverse=True,
+        )
+        earlier = first[inverse]
         later = np.flatnonzero(earlier != np.arange(count))
         similarity = (signatures[later] == signatures[earlier[later]]).mean(axis=1)
         near[later[similarity >= threshold]] = True
     return near
+
+
+def _band_keys(block: Hashes) -> Hashes:
+    """One 64-bit key per row of a band: rows with the same hashes share it (other rows
+    only by a chance of about one in 2**64, and the similarity check follows anyway)."""
+    keys = np.zeros(len(block), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in block.T:
+            keys = _mixed(keys * _PRIME + column)
+    return keys
