@@ -115,12 +115,21 @@ def test_an_openai_jsonl_file_trains_unchanged(tmp_path: Path, chat_job: dict[st
     assert train["trainedMessages"] == chat_job["expected"]["trained"]
     assert 0.1 < train["assistantTokenShare"] < 0.3  # a word and <|im_end|> per answer
     assert data["conversations"]["validation"]["rows"] == 24
+    tokens = data["tokens"]["splits"]["train"]
+    lengths = data["lengths"]["train"]
+    assert tokens["tokensPerEpoch"] == round(lengths["mean"] * lengths["count"])
+    assert tokens["responseTokens"]["total"] / tokens["tokensPerEpoch"] == pytest.approx(
+        train["assistantTokenShare"], abs=1e-4
+    )
+    assert data["tokens"]["tokensPerRun"] == 3 * tokens["tokensPerEpoch"]
+    assert (tokens["responsesCut"], tokens["responseTokensCut"]) == (0, 0)  # maxLength holds all
     saved = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert saved["data"]["conversations"] == data["conversations"]
     assert (tmp_path / "model/chat_template.jinja").read_text(encoding="utf-8") == OWN_TEMPLATE
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "<th>assistant messages trained</th>" in page
     assert f">{train['trainedMessages']}</td>" in page
+    assert "<h3>Tokens</h3>" in page
 
 
 def test_conversations_pack_and_train_a_lora_adapter_with_chatml_named(

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from kubetune_trainer.data import near_duplicates
 from kubetune_trainer.data.quality import (
     NearDuplicateSettings,
     QualityError,
@@ -126,3 +127,11 @@ def test_a_near_duplicate_needs_most_trigrams_in_common() -> None:
     )
     assert keep.all()
     assert next(r for r in report.results if r.rule == "nearDuplicates").matched == 0
+
+
+def test_near_duplicates_do_not_depend_on_how_the_prompts_are_batched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(near_duplicates, "PROMPTS_PER_BATCH", 3)
+    _, report = run(settings("warn"))
+    assert matched_rows(report, "nearDuplicates") == [5]
