@@ -71,6 +71,8 @@ message, as "role: content" lines) and response (that message): what conflicting
 nearDuplicates and leakage compare."""
 _MESSAGES = "kubetune:messages"
 _TRAINED = "kubetune:trained"
+_TURNS = "kubetune:turns"
+"""Assistant messages per conversation (each answers a turn), trained or not."""
 _RULE = "malformedConversations"
 
 
@@ -172,6 +174,7 @@ class _RowFacts(NamedTuple):
     problem: str | None
     messages: int
     trained: int
+    turns: int
 
 
 def _render_row(tokenizer: PreTrainedTokenizerBase, value: Any, template: str | None) -> _RowFacts:
@@ -181,7 +184,7 @@ def _render_row(tokenizer: PreTrainedTokenizerBase, value: Any, template: str | 
         rendered = render(tokenizer, conversation, template)
     except ConversationError as error:
         shown = json.dumps(value, ensure_ascii=False, default=str)  # the examples' text
-        return _RowFacts(shown, "", "", None, [], str(error), 0, 0)
+        return _RowFacts(shown, "", "", None, [], str(error), 0, 0, 0)
     return _RowFacts(
         conversation.text(),
         *conversation.prompt_and_response(),
@@ -190,6 +193,7 @@ def _render_row(tokenizer: PreTrainedTokenizerBase, value: Any, template: str | 
         None,
         len(conversation.messages),
         sum(conversation.trained),
+        sum(message["role"] == "assistant" for message in conversation.messages),
     )
 
 
@@ -203,6 +207,7 @@ def _rendered_columns(facts: list[_RowFacts]) -> dict[str, pa.Array]:
         _PROBLEM: pa.array([f.problem for f in facts], pa.string()),
         _MESSAGES: pa.array([f.messages for f in facts], pa.int64()),
         _TRAINED: pa.array([f.trained for f in facts], pa.int64()),
+        _TURNS: pa.array([f.turns for f in facts], pa.int64()),
     }
 
 
@@ -329,6 +334,7 @@ def _figures(rows: Rows, encoded: datasets.Dataset) -> dict[str, Any]:
         "rows": rows.table.num_rows,
         "messages": pc.sum(rows.table.column(_MESSAGES)).as_py() or 0,
         "trainedMessages": pc.sum(rows.table.column(_TRAINED)).as_py() or 0,
+        "turns": pc.sum(rows.table.column(_TURNS)).as_py() or 0,
         "assistantTokenShare": round(trained_tokens / max(len(labels), 1), 4),
     }
 

@@ -96,8 +96,9 @@ class DataReport:
     """data.packing: rows, sequences, fill and padding before and after (packing.packing_summary);
     set when the training loader is built, None without packing."""
     conversations: dict[str, dict[str, Any]] | None = None
-    """data.messagesColumn: split -> rows, messages, trainedMessages (assistant, weight 1),
-    assistantTokenShare (of the tokens after truncation); None for other rows."""
+    """data.messagesColumn: split -> rows, messages, turns (assistant messages),
+    trainedMessages (assistant, weight 1), assistantTokenShare (of the tokens after
+    truncation); None for other rows."""
     tokens: dict[str, Any] | None = None
     """causal-lm: each split's prompt and response tokens, the tokens an epoch reads and
     the loss counts, the responses data.maxLength cuts, and the run's totals

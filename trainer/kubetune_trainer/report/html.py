@@ -1281,6 +1281,7 @@ _CONVERSATION_HEADERS = (
     "split",
     "conversations",
     "messages",
+    "turns",
     "assistant messages trained",
     "tokens in the loss",
 )
@@ -1301,8 +1302,10 @@ def _conversation_row(split: str, figures: Mapping[str, Any]) -> list[object] | 
     ]
     if len(numbers) < len(_CONVERSATION_FIGURES):
         return None
-    *counts, share = numbers
-    return [split, *(f"{count:,.0f}" for count in counts), f"{share:.1%}"]
+    rows, messages, trained, share = numbers
+    turns = finite_number(figures.get("turns"))  # reports before turns were counted lack it
+    counts = [None if n is None else f"{n:,.0f}" for n in (rows, messages, turns, trained)]
+    return [split, *counts, f"{share:.1%}"]
 
 
 _TOKEN_SIDES = (("promptTokens", "prompt"), ("responseTokens", "response"))

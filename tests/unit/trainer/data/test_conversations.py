@@ -264,6 +264,7 @@ def test_malformed_conversations_are_dropped_and_counted_with_examples(
     assert prepared.report.to_report()["conversations"]["train"] == {
         "rows": 4,
         "messages": 9,
+        "turns": 4,
         "trainedMessages": 4,
         "assistantTokenShare": pytest.approx(10 / 45, abs=1e-4),  # 45 tokens, 10 answers,
     }
