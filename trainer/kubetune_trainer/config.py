@@ -474,7 +474,7 @@ class DataQualitySpec(Section):
     )
 
     duplicates: QualityRule = section_default(QualityRule)
-    """Rows whose text and label equal an earlier row's once case, punctuation and spacing are ignored (the first is kept). causal-lm compares the prompt and its response (data.textColumn and data.textPairColumn), or the whole conversation (data.messagesColumn), or the prompt (preference rows)."""
+    """Rows whose text and label equal an earlier row's once case, punctuation and spacing are ignored (the first is kept). causal-lm compares the prompt and its response (data.textColumn and data.textPairColumn), or the whole conversation (data.messagesColumn), or the prompt and both responses (preference rows)."""
     conflicting_labels: QualityRule = section_default(QualityRule)
     """Rows with the same normalised text but different labels (every copy)."""
     empty: QualityRule = section_default(QualityRule)

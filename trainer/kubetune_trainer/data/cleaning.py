@@ -10,6 +10,7 @@ change.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -58,18 +59,19 @@ def apply_quality_rules(
     in the text (and text pair) columns, or with `token_counts` where the model reads
     something else (a rendered conversation). A causal LM's rules compare its prompts and
     responses: the columns `prompts` names ((prompt, response), the response None for rows
-    without one), or else data.textColumn and data.textPairColumn.
+    without one), or else data.textColumn and data.textPairColumn (for preference rows,
+    both responses together).
     """
     data = config.data
     generative = config.model.task == "causal-lm"
     label = None if generative else data.label_column
-    prompt, response = (None, None) if not generative else prompts or _prompt_columns(data)
+    prompt, response = (None, None) if not generative else prompts or _prompt_columns(config)
     for rows in (train, validation):  # a column of lists or structs is no text to check
         as_text(rows, data.text_column, "data.textColumn")
     count = token_counts or (lambda rows: _token_counts(rows, data, tokenizer))
     train_input, validation_input = (
         SplitInput(
-            rows.table,
+            _with_preference_pairs(rows, config),
             rows.positions,
             count(rows),
             rows.origin,
@@ -83,7 +85,7 @@ def apply_quality_rules(
             validation_input,
             text_column=data.text_column,
             label_column=label,
-            settings=quality_settings(data.quality, data.max_length, generative=generative),
+            settings=_settings(config),
             earlier=screened,
             label_noise=_label_noise_detector(train, config),
             prompt_column=prompt,
@@ -106,10 +108,40 @@ def quality_failure(error: QualityError) -> str:
     return f"data.quality.{error.rule}: {error}; {fix}"
 
 
-def _prompt_columns(data: DataSpec) -> tuple[str, str | None]:
-    """A causal LM's prompt and response columns (preference rows' responses are two, and
-    compared by identicalPreferences: none here)."""
+PREFERENCE_PAIR = "kubetune:preference pair"
+"""Preference rows' chosen and rejected responses in one column: a row is a duplicate when
+its prompt and both responses repeat an earlier row's."""
+
+
+def _prompt_columns(config: TrainingConfig) -> tuple[str, str | None]:
+    """A causal LM's prompt and response columns."""
+    data = config.data
+    if config.training.learns_preferences:
+        return data.text_column, PREFERENCE_PAIR
     return data.text_column, data.text_pair_column
+
+
+def _with_preference_pairs(rows: Rows, config: TrainingConfig) -> pa.Table:
+    """The rows' table, with PREFERENCE_PAIR for preference rows."""
+    if not config.training.learns_preferences:
+        return rows.table
+    data = config.data
+    chosen = pc.fill_null(as_text(rows, data.chosen_column, "data.chosenColumn"), "")
+    rejected = pc.fill_null(as_text(rows, data.rejected_column, "data.rejectedColumn"), "")
+    pairs = pc.binary_join_element_wise(chosen, rejected, "\n")
+    return rows.table.append_column(PREFERENCE_PAIR, pairs)
+
+
+def _settings(config: TrainingConfig) -> QualitySettings:
+    """The engine's settings for this run: a causal LM's with the rules on prompts, but
+    conflictingResponses, since preference rows give one prompt several pairs on purpose."""
+    data = config.data
+    settings = quality_settings(
+        data.quality, data.max_length, generative=config.model.task == "causal-lm"
+    )
+    if config.training.learns_preferences:
+        return dataclasses.replace(settings, conflicting_responses=None)
+    return settings
 
 
 def quality_settings(
