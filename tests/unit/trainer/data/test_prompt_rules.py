@@ -3,13 +3,15 @@ one prompt with conflicting responses, near-duplicate prompts, and leakage of pr
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from kubetune_trainer.data import near_duplicates
+from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.data import DataError, near_duplicates, prepare_data
 from kubetune_trainer.data.quality import (
     NearDuplicateSettings,
     QualityError,
@@ -18,6 +20,7 @@ from kubetune_trainer.data.quality import (
     RuleSettings,
     check,
 )
+from tests.tiny import make_tokenizer
 
 POEM = "please write a short and friendly poem about the quiet grey sea under the full moon"
 TRAIN = [
@@ -135,3 +138,38 @@ def test_near_duplicates_do_not_depend_on_how_the_prompts_are_batched(
     monkeypatch.setattr(near_duplicates, "PROMPTS_PER_BATCH", 3)
     _, report = run(settings("warn"))
     assert matched_rows(report, "nearDuplicates") == [5]
+
+
+def test_through_the_pipeline_a_failing_rule_names_its_field_and_rows(tmp_path: Path) -> None:
+    train = tmp_path / "train.csv"
+    lines = [f'"{prompt}","{response}"' for prompt, response in TRAIN]
+    train.write_text("prompt,response\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    validation = tmp_path / "validation.csv"
+    validation.write_text("prompt,response\ncount to three,one two three\n", encoding="utf-8")
+
+    def config(mode: str) -> TrainingConfig:
+        return TrainingConfig.model_validate(
+            {
+                "model": {"source": "unused", "task": "causal-lm"},
+                "data": {
+                    "train": {"source": str(train)},
+                    "validation": {"source": str(validation)},
+                    "textColumn": "prompt",
+                    "textPairColumn": "response",
+                    "quality": {"conflictingResponses": {"mode": mode}},
+                },
+                "training": {"batchSize": 2},
+            }
+        )
+
+    tokenizer = make_tokenizer([text for row in TRAIN for text in row])
+    with pytest.raises(DataError) as refused:
+        prepare_data(config("fail"), tokenizer)
+    assert str(refused.value) == (
+        f"data.quality.conflictingResponses: 2 of 8 train rows of {train} match (file rows "
+        "0, 1, counting from 0) and the rule's mode is fail; fix those rows, or set "
+        "data.quality.conflictingResponses.mode to drop or warn"
+    )
+    status = prepare_data(config("warn"), tokenizer).report.to_status()
+    assert status["flagged"] == {"conflictingResponses": 2, "nearDuplicates": 1}
+    assert status["dropped"] == {"duplicates": 1}
