@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kubetune_trainer.__main__ import run_training
-from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.config import EvaluationSpec, TrainingConfig
 from kubetune_trainer.data.conversations import CHATML_TEMPLATE
 from tests.tiny import make_tiny_chat_lm
 
@@ -106,8 +106,15 @@ def assert_learns(result: Any, by: float) -> None:
 
 
 def test_an_openai_jsonl_file_trains_unchanged(tmp_path: Path, chat_job: dict[str, Any]) -> None:
-    result = run_training(config_of(chat_job), tmp_path, job_name="chat", env={})
+    """... and is evaluated by generation, with exactMatch as its primary metric."""
+    generation = {"samples": 12, "maxNewTokens": 4, "batchSize": 5, "seed": 1}
+    evaluation = {"evaluation": {"metric": "exactMatch", "generation": generation}}
+    config = TrainingConfig.model_validate(
+        {**config_of(chat_job).model_dump(exclude_none=True), **evaluation}, by_name=False
+    )
+    result = run_training(config, tmp_path, job_name="chat", env={})
     assert_learns(result, by=0.7)
+    assert_generation_evaluated(result.report, tmp_path)
     data = result.report["data"]
     assert data["quality"]["dropped"] == {"malformedConversations": 1}
     train = data["conversations"]["train"]
@@ -142,11 +149,50 @@ def test_conversations_pack_and_train_a_lora_adapter_with_chatml_named(
     # rate, as LoRA usually takes, and a smaller fall of the loss in 21 steps.
     lora = {**chat_job["training"], "learningRate": 5e-2, "lora": {"rank": 8, "alpha": 32}}
     config = config_of({**chat_job, "training": lora}, packing=True, chatTemplate="chatml")
+    generation = {"generation": {"samples": 6, "maxNewTokens": 3}}  # the adapted model's
+    config = config.model_copy(update={"evaluation": EvaluationSpec.model_validate(generation)})
     result = run_training(config, tmp_path, job_name="chat-packed", env={})
     assert_learns(result, by=0.97)
+    table = result.report["generation"]  # validation rows stay unpacked
+    assert table["after"]["checkpoint"] == result.report["bestCheckpoint"]  # by the loss
+    assert all(row["reference"] in WORDS for row in table["rows"])
+    assert all(row["prompt"].endswith("<|im_start|> assistant") for row in table["rows"])
     packing = result.report["data"]["packing"]
     assert packing["rows"] == 159
     assert packing["sequences"] < 159 / 3
     # The saved model renders conversations as it learnt them.
     saved_template = (tmp_path / "model/chat_template.jinja").read_text(encoding="utf-8")
     assert saved_template == CHATML_TEMPLATE
+
+
+def assert_generation_evaluated(report: dict[str, Any], output: Path) -> None:
+    """Every evaluation has the generation metrics, the best one picked by exactMatch; the
+    report's table holds each sampled prompt (the dialogue up to its last trained answer,
+    with the generation prompt), its reference (that answer: the word after the last user
+    word) and its completions before and after, scored as the metrics say."""
+    evaluations = report["curves"]["evaluations"]
+    assert all({"exactMatch", "tokenF1", "rougeL"} <= set(e["metrics"]) for e in evaluations)
+    best = max(evaluations, key=lambda e: e["metrics"]["exactMatch"])
+    assert report["primaryMetric"] == "exactMatch"
+    assert report["bestMetrics"]["exactMatch"] == best["metrics"]["exactMatch"]
+    generation = report["generation"]
+    assert generation["after"]["checkpoint"] == report["bestCheckpoint"]
+    after = generation["after"]
+    assert after["step"] == best["step"]
+    assert after["metrics"] == {name: best["metrics"][name] for name in after["metrics"]}
+    rows = generation["rows"]
+    assert len(rows) == generation["samples"] == 12
+    for row in rows:
+        # the word-level tokenizer decodes with a space between tokens
+        last_user_word = row["prompt"].split("user")[-1].split("<|im_end|>")[0].strip()
+        assert row["reference"] == WORDS[(WORDS.index(last_user_word) + 1) % len(WORDS)]
+        assert row["prompt"].endswith("<|im_start|> assistant")
+    for when in ("before", "after"):
+        hits = [row[when] == row["reference"] for row in rows]
+        assert generation[when]["metrics"]["exactMatch"] == sum(hits) / len(rows)
+    lines = (output / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    evaluated = [json.loads(line) for line in lines if '"exactMatch"' in line]
+    assert len(evaluated) >= len(evaluations)
+    page = (output / "report.html").read_text(encoding="utf-8")
+    assert 'id="generation"' in page
+    assert f'<td class="text">{rows[0]["reference"]}</td>' in page

@@ -123,3 +123,32 @@ def test_a_symlink_to_dev_zero_as_validation_data_is_refused(
     assert message.startswith(
         f"data.validation.source: {link} (a symlink to /dev/zero) is a character device, "
     )
+
+
+def test_a_generation_sample_larger_than_the_validation_rows_is_refused(
+    tmp_path: Path, small_data: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.tiny import make_tiny_causal_lm
+
+    with small_data[0].open() as handle:
+        texts = [row["text"] + " " + row["label"] for row in csv.DictReader(handle)]
+    config = TrainingConfig.model_validate(
+        {
+            "model": {
+                "source": str(make_tiny_causal_lm(tmp_path / "gpt", texts)),
+                "task": "causal-lm",
+            },
+            "data": {
+                "train": {"source": str(small_data[0])},
+                "validation": {"source": str(small_data[1])},
+                "textPairColumn": "label",
+            },
+            "evaluation": {"generation": {"samples": 81}},
+        },
+        by_name=False,
+    )
+    message = refused(config, tmp_path, capsys)
+    assert message == (
+        "evaluation.generation.samples: 81 is more than the 80 validation rows; lower it to "
+        "at most 80, or add validation rows"
+    )

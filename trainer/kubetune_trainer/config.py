@@ -57,6 +57,9 @@ MetricName = Literal[
     "rewardMargin",
     "chosenReward",
     "rejectedReward",
+    "exactMatch",
+    "tokenF1",
+    "rougeL",
 ]
 CLASSIFICATION_METRICS: frozenset[str] = frozenset(
     {"accuracy", "f1Macro", "f1Micro", "precisionMacro", "recallMacro", "rocAuc", "loss"}
@@ -69,6 +72,9 @@ PREFERENCE_METRICS: frozenset[str] = frozenset(
 and rejected responses (dpo: beta * (log-prob of the policy - log-prob of the reference);
 simpo: beta * the policy's mean log-prob per token), their mean margin and the share of rows
 whose chosen reward is the higher (training/preference_loss.py)."""
+GENERATION_METRICS: frozenset[str] = frozenset({"exactMatch", "tokenF1", "rougeL"})
+"""A causal LM's metrics by generation (evaluation.generation): its greedy completions of
+validation prompts against their reference responses (generation_metrics.py)."""
 LOWER_IS_BETTER: frozenset[str] = frozenset({"loss", "perplexity"})
 
 SOURCE_SCHEMES = ("file", "pvc", "hf", "pkg")
@@ -132,11 +138,35 @@ def _printable(text: str) -> str:
     return text
 
 
-def task_metrics(task: TaskType, objective: Objective = "sft") -> frozenset[str]:
-    """The validation metrics that make sense for a task and training objective."""
+def task_metrics(
+    task: TaskType, objective: Objective = "sft", generation: bool = False
+) -> frozenset[str]:
+    """The validation metrics that make sense for a task and training objective
+    (`generation`: with evaluation.generation set)."""
     if objective != "sft":
         return PREFERENCE_METRICS
-    return LANGUAGE_MODEL_METRICS if task == "causal-lm" else CLASSIFICATION_METRICS
+    if task == "causal-lm":
+        return LANGUAGE_MODEL_METRICS | (GENERATION_METRICS if generation else frozenset())
+    return CLASSIFICATION_METRICS
+
+
+def metric_refusal(
+    field: str, metric: str, task: TaskType, objective: Objective, generation: bool
+) -> str | None:
+    """Why `metric`, named by `field`, cannot be measured by this run; None if it can."""
+    allowed = task_metrics(task, objective, generation)
+    if metric in allowed:
+        return None
+    if metric in GENERATION_METRICS and task == "causal-lm" and objective == "sft":
+        return (
+            f"{field} {metric!r} is measured on generated completions: set "
+            "evaluation.generation, or use one of " + ", ".join(sorted(allowed))
+        )
+    applies_to = f"training.objective {objective}" if objective != "sft" else task
+    return (
+        f"{field} {metric!r} does not apply to {applies_to}; "
+        f"use one of {', '.join(sorted(allowed))}"
+    )
 
 
 def _anchored(section: SectionT, field: str, base: Path) -> SectionT:
@@ -716,6 +746,8 @@ class PreferenceSpec(Section):
     """sigmoid only: the probability that a row's preference is flipped; the loss is robust DPO's unbiased estimate under such noise (Chowdhury et al. 2024), 0 for plain DPO."""
     gamma: float = Field(default=0.5, ge=0, le=100)
     """simpo only: the target reward margin; the loss asks beta x (the chosen response's mean log-probability per token - the rejected one's) to exceed it (SimPO's gamma, Meng et al. 2024)."""
+    sft_weight: float = Field(default=0.0, ge=0, le=100)
+    """Adds this times the chosen responses' mean negative log-likelihood per token to the loss (RPO, Pang et al. 2024; TRL's loss_type [sigmoid, sft]), so that the chosen answer's probability rises instead of falling along with the rejected one's and greedy answers follow the preference; 0 for the preference loss alone."""
 
     @model_validator(mode="after")
     def _smoothing_is_sigmoid_only(self) -> Self:
@@ -882,6 +914,19 @@ class AttributionSpec(Section):
     """Tokens listed per class and per sensitive group in the report."""
 
 
+class GenerationSpec(Section):
+    """Evaluation by generation (causal-lm with data.textPairColumn or data.messagesColumn): greedy completions of a seeded sample of validation prompts, scored against their reference responses by exactMatch, tokenF1 and rougeL, at every evaluation and once before training; the report shows each prompt's completion before and after fine-tuning."""
+
+    samples: int = Field(default=32, ge=1, le=4096)
+    """Validation rows to complete, drawn at random (seeded by seed); at most the validation rows there are."""
+    max_new_tokens: int = Field(default=64, ge=1, le=4096)
+    """Most tokens generated per completion; a completion also ends at the end of text or the chat template's end of turn."""
+    batch_size: int = Field(default=8, ge=1, le=1024)
+    """Prompts generated together (left-padded) on each worker."""
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    """Seed of the sample: the same seed completes the same rows in every run."""
+
+
 class EvaluationSpec(Section):
     """How and how often the model is evaluated, and what counts as better."""
 
@@ -897,7 +942,7 @@ class EvaluationSpec(Section):
     every_steps: int | None = Field(default=None, ge=1, le=100_000_000)
     """Optimizer steps between evaluations (strategy: steps)."""
     metric: MetricName | None = None
-    """The primary metric: it picks the best checkpoint, drives early stopping and is shown by kubectl get. loss and perplexity are lower-is-better. Left out: accuracy for sequence-classification, loss for causal-lm (training.objective dpo too)."""
+    """The primary metric: it picks the best checkpoint, drives early stopping and is shown by kubectl get. loss and perplexity are lower-is-better; exactMatch, tokenF1 and rougeL need evaluation.generation. Left out: accuracy for sequence-classification, loss for causal-lm (training.objective dpo too)."""
     batch_size: int | None = Field(default=None, ge=1, le=65_536)
     """Rows per evaluation batch on each worker; left out: twice training.batchSize."""
     early_stopping: EarlyStoppingSpec | None = None
@@ -912,6 +957,8 @@ class EvaluationSpec(Section):
     """Report underfitting when the final training value of the primary metric is worse than this. Left out: the majority-class rate for accuracy."""
     attributions: AttributionSpec | None = None
     """Explain the final model (sequence-classification). Left out: no attributions."""
+    generation: GenerationSpec | None = None
+    """causal-lm: also evaluate by generating completions of validation prompts (exactMatch, tokenF1, rougeL, which evaluation.metric may then name). Left out: no generation."""
 
     @model_validator(mode="after")
     def _steps_need_strategy(self) -> Self:
@@ -1054,15 +1101,34 @@ class TrainingConfig(Section):
     @model_validator(mode="after")
     def _metric_fits_task(self) -> Self:
         metric = self.evaluation.metric
-        objective = self.training.objective
-        allowed = task_metrics(self.model.task, objective)
-        if metric is not None and metric not in allowed:
-            applies_to = (
-                f"training.objective {objective}" if objective != "sft" else self.model.task
-            )
+        if metric is None:
+            return self
+        generation = self.evaluation.generation is not None
+        refusal = metric_refusal(
+            "evaluation.metric", metric, self.model.task, self.training.objective, generation
+        )
+        if refusal is not None:
+            raise ValueError(refusal)
+        return self
+
+    @model_validator(mode="after")
+    def _generation_has_responses(self) -> Self:
+        if self.evaluation.generation is None:
+            return self
+        if self.model.task != "causal-lm":
             raise ValueError(
-                f"evaluation.metric {metric!r} does not apply to {applies_to}; "
-                f"use one of {', '.join(sorted(allowed))}"
+                f"evaluation.generation applies to causal-lm only, not {self.model.task}"
+            )
+        if self.training.objective != "sft":
+            raise ValueError(
+                f"evaluation.generation does not apply to training.objective "
+                f"{self.training.objective}: its metrics are the rewards; leave it out"
+            )
+        data = self.data
+        if data.messages_column is None and data.text_pair_column is None:
+            raise ValueError(
+                "evaluation.generation needs prompts and reference responses: set "
+                "data.textPairColumn (the response to data.textColumn) or data.messagesColumn"
             )
         return self
 
@@ -1164,6 +1230,11 @@ class TrainingConfig(Section):
                 "evaluation.attributions",
                 self.evaluation.attributions is not None,
                 "attributions run on one process",
+            ),
+            (
+                "evaluation.generation",
+                self.evaluation.generation is not None,
+                "each process generates its own prompts to their own lengths",
             ),
         ]
         for field, is_set, reason in refused:

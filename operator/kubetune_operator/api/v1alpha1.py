@@ -20,8 +20,8 @@ from kubetune_trainer.config import (
     Section,
     TrainingConfig,
     cel_rules,
+    metric_refusal,
     section_default,
-    task_metrics,
 )
 
 GROUP = "kubetune.dev"
@@ -514,17 +514,18 @@ class FineTuneJobSpec(TrainingConfig):
     def _objective_fits_task(self) -> Self:
         if self.search is None:
             return self
-        objective = self.training.objective
-        allowed = task_metrics(self.model.task, objective)
         metric = self.search.objective.metric
-        if metric is not None and metric not in allowed:
-            applies_to = (
-                f"training.objective {objective}" if objective != "sft" else self.model.task
-            )
-            raise ValueError(
-                f"search.objective.metric {metric!r} does not apply to "
-                f"{applies_to}; use one of {', '.join(sorted(allowed))}"
-            )
+        if metric is None:
+            return self
+        refusal = metric_refusal(
+            "search.objective.metric",
+            metric,
+            self.model.task,
+            self.training.objective,
+            self.evaluation.generation is not None,
+        )
+        if refusal is not None:
+            raise ValueError(refusal)
         return self
 
 

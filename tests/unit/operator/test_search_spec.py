@@ -190,3 +190,25 @@ def test_a_search_parent_name_leaves_room_for_its_trials(sentiment: dict[str, An
     assert "got 31" in problem
     sentiment["metadata"]["name"] = "a" * 30
     assert problems_with_search(sentiment, search) == []
+
+
+def test_a_generation_metric_is_a_search_objective_only_with_generation() -> None:
+    spec: dict[str, Any] = {
+        "model": {"source": "hf://gpt2", "task": "causal-lm"},
+        "data": {"train": {"source": "pvc://data/qa.jsonl"}, "textPairColumn": "answer"},
+        "output": {"uri": "pvc://out/qa"},
+    }
+    manifest = {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "qa"},
+        "spec": spec,
+    }
+    parameter = {"path": "training.learningRate", "type": "float", "min": 1e-5, "max": 1e-3}
+    search = {"parameters": [parameter], "objective": {"metric": "rougeL"}}
+    assert problems_with_search(manifest, search) == [
+        "spec: search.objective.metric 'rougeL' is measured on generated completions: set "
+        "evaluation.generation, or use one of loss, perplexity"
+    ]
+    spec["evaluation"] = {"generation": {"samples": 16}}
+    assert problems_with_search(manifest, search) == []

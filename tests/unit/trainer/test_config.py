@@ -383,3 +383,58 @@ def test_sharding_defaults_to_none_and_full_strategy() -> None:
     assert config.training.sharding == "fsdp"
     assert config.training.fsdp.strategy == "full"
     assert TrainingConfig.model_validate(minimal()).training.sharding == "none"
+
+
+def causal_lm(**sections: Any) -> dict[str, Any]:
+    data = {"train": {"source": "t.jsonl"}, "textPairColumn": "response"}
+    return minimal(model={"source": "m", "task": "causal-lm"}, data=data, **sections)
+
+
+def test_generation_metrics_need_evaluation_generation() -> None:
+    config = TrainingConfig.model_validate(
+        causal_lm(evaluation={"metric": "rougeL", "generation": {"samples": 8}}), by_name=False
+    )
+    assert config.primary_metric() == "rougeL"
+    assert metric_direction("exactMatch") == "maximize"
+    generation = config.evaluation.generation
+    assert generation is not None
+    assert (generation.samples, generation.max_new_tokens, generation.seed) == (8, 64, 0)
+    loc, msg = error_of(causal_lm(evaluation={"metric": "exactMatch"}))
+    assert loc == ()
+    assert "evaluation.metric 'exactMatch' is measured on generated completions: set " in msg
+    assert "evaluation.generation, or use one of loss, perplexity" in msg
+    loc, msg = error_of(minimal(evaluation={"metric": "tokenF1"}))
+    assert "evaluation.metric 'tokenF1' does not apply to sequence-classification" in msg
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (
+            minimal(evaluation={"generation": {}}),
+            "evaluation.generation applies to causal-lm only, not sequence-classification",
+        ),
+        (
+            minimal(model={"source": "m", "task": "causal-lm"}, evaluation={"generation": {}}),
+            "evaluation.generation needs prompts and reference responses: set data.textPairColumn",
+        ),
+        (
+            causal_lm(evaluation={"generation": {}}, training={"objective": "dpo"}),
+            "evaluation.generation does not apply to training.objective dpo",
+        ),
+        (
+            causal_lm(evaluation={"generation": {}}, training={"sharding": "fsdp"}),
+            "fsdp does not combine with evaluation.generation",
+        ),
+    ],
+)
+def test_generation_needs_a_causal_lm_with_responses(config: dict[str, Any], expected: str) -> None:
+    loc, msg = error_of(config)
+    assert loc == ()
+    assert expected in msg
+
+
+def test_a_generation_sample_is_bounded() -> None:
+    loc, msg = error_of(causal_lm(evaluation={"generation": {"samples": 0}}))
+    assert loc == ("evaluation", "generation", "samples")
+    assert "greater than or equal to 1" in msg

@@ -49,7 +49,8 @@ from kubetune_trainer.data.batching import LengthGroupedSampler
 from kubetune_trainer.data.language_model import IGNORED_LABEL
 
 PAD_MULTIPLE = 8
-"""Batches are padded to a multiple of this many tokens (tensor-core friendly shapes)."""
+"""On a GPU, batches are padded to a multiple of this many tokens (tensor-core friendly
+shapes); on a CPU to their longest row (training/loaders.py, pad_multiple)."""
 PACKED_ARCHITECTURES = frozenset(
     {"gemma", "gemma2", "gpt2", "gpt_neox", "llama", "mistral", "phi", "phi3", "qwen2", "qwen3"}
 )
@@ -171,10 +172,11 @@ def padding_fraction(
 
 
 def packing_summary(
-    packed: PackedRows, row_lengths: npt.ArrayLike, batch_size: int, seed: int
+    packed: PackedRows, row_lengths: npt.ArrayLike, batch_size: int, seed: int, multiple: int
 ) -> dict[str, Any]:
     """The data report's packing section: the counts, the fill of the packed sequences, and
-    the padding share of the first epoch's length-grouped batches without and with packing."""
+    the padding share of the first epoch's length-grouped batches without and with packing
+    (batches padded to a multiple of `multiple` tokens, as the loader pads them)."""
     rows = np.asarray(row_lengths, dtype=np.int64)
     sequences = np.asarray(packed.rows["length"][:], dtype=np.int64)
     unpacked_order = LengthGroupedSampler(rows, batch_size, seed).order()
@@ -186,14 +188,14 @@ def packing_summary(
         "tokens": stats.tokens,
         "maxLength": stats.capacity,
         "fill": stats.fill,
-        "paddingBefore": padding_fraction(rows, unpacked_order, batch_size),
-        "paddingAfter": padding_fraction(sequences, packed_order, batch_size),
+        "paddingBefore": padding_fraction(rows, unpacked_order, batch_size, multiple),
+        "paddingAfter": padding_fraction(sequences, packed_order, batch_size, multiple),
     }
 
 
 @dataclass(frozen=True)
 class PackedCollator:
-    """Pads a batch of packed sequences to its longest (a multiple of 8): input_ids with
+    """Pads a batch of packed sequences to its longest (rounded up to `multiple`): input_ids with
     the pad token, labels with IGNORED_LABEL, position_ids numbering the pad tail 0..k as a
     row of its own. No attention_mask: the model finds the rows from position_ids."""
 

@@ -50,7 +50,6 @@ TOKEN_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rej
 REFERENCE_COLUMNS = ("reference_chosen", "reference_rejected")
 """The reference model's summed log-probabilities of each response, when computed before
 training (training/preferences.py); the collator passes them on with the batch."""
-PAD_TO_MULTIPLE = 8
 
 
 def prepare_preference_data(
@@ -145,9 +144,11 @@ def _preference_encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[Any], d
 @dataclass(frozen=True)
 class PreferenceCollator:
     """A batch of B preference rows as 2B sequences: the chosen ones, then the rejected
-    ones, right-padded to a multiple of 8 tokens (labels with IGNORED_LABEL)."""
+    ones, right-padded to their longest, rounded up to `multiple` tokens (labels with
+    IGNORED_LABEL)."""
 
     pad_token_id: int
+    multiple: int = 1
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         sides = ("chosen", "rejected")
@@ -163,8 +164,7 @@ class PreferenceCollator:
                 batch[column] = torch.tensor([float(row[column]) for row in rows])
         return batch
 
-    @staticmethod
-    def _padded(sequences: list[torch.Tensor], value: int) -> torch.Tensor:
+    def _padded(self, sequences: list[torch.Tensor], value: int) -> torch.Tensor:
         padded = pad_sequence(sequences, batch_first=True, padding_value=value)
-        extra = -padded.shape[1] % PAD_TO_MULTIPLE
+        extra = -padded.shape[1] % self.multiple
         return F.pad(padded, (0, extra), value=value)

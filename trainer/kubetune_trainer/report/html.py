@@ -204,6 +204,7 @@ def render_html(report: Mapping[str, Any]) -> str:
             curves_section(report),
             diagnosis_section(report),
             evaluation_section(report),
+            generation_section(report),
             bias_section(report),
             attributions_section(report),
             data_section(report),
@@ -532,6 +533,59 @@ def evaluation_section(report: Mapping[str, Any]) -> Section | None:
         ]
         parts.append(table(headers, rows, class_="per-class"))
     return Section("evaluation", "Evaluation", join(parts)) if parts else None
+
+
+GENERATION_ROWS_SHOWN: Final = 50
+"""Prompts the generation table shows; report.json holds every sampled one."""
+PROMPT_TAIL_CHARS: Final = 400
+"""A longer prompt shows its end, where the model continues it."""
+
+
+def generation_section(report: Mapping[str, Any]) -> Section | None:
+    """evaluation.generation: the metrics of the completions before and after fine-tuning,
+    and the sampled prompts with their reference and both completions."""
+    generation = _mapping(report.get("generation"))
+    rows = [row for row in _sequence(generation.get("rows")) if isinstance(row, Mapping)]
+    if not rows:
+        return None
+    before = _mapping(_mapping(generation.get("before")).get("metrics"))
+    after_pass = _mapping(generation.get("after"))
+    after = _mapping(after_pass.get("metrics"))
+    names = sorted({*before, *after})
+    after_title = f"after ({after_pass['checkpoint']})" if after_pass.get("checkpoint") else "after"
+    metrics = table(
+        ["metric", "before fine-tuning", after_title],
+        [[name, before.get(name), after.get(name)] for name in names],
+        class_="generation-metrics",
+    )
+    shown = rows[:GENERATION_ROWS_SHOWN]
+    note = (
+        f"Greedy completions of {len(rows):,} validation prompts drawn at random (at most "
+        f"{generation.get('maxNewTokens')} new tokens each)"
+        + (f"; the first {len(shown)} are shown, report.json holds all." if shown != rows else ".")
+    )
+    completions = table(
+        ["row", "prompt", "reference", "before", "after"],
+        [
+            [
+                row.get("row"),
+                TextCell(_prompt_tail(str(row.get("prompt", "")))),
+                *(
+                    TextCell(row[key]) if isinstance(row.get(key), str) else None
+                    for key in ("reference", "before", "after")
+                ),
+            ]
+            for row in shown
+        ],
+        class_="generation",
+    )
+    return Section("generation", "Generation", join([metrics, tag("p", note), completions]))
+
+
+def _prompt_tail(prompt: str) -> str:
+    if len(prompt) <= PROMPT_TAIL_CHARS:
+        return prompt
+    return "\u2026" + prompt[-PROMPT_TAIL_CHARS:]
 
 
 def confusion_matrix(value: object, size: int) -> list[list[int]] | None:

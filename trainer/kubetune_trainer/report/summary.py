@@ -41,7 +41,8 @@ def build_report(
     artifacts: dict[str, str],
 ) -> dict[str, Any]:
     """The report as plain JSON data; `sections` adds what the examination of the final model
-    found (evaluation: the confusion matrix and per-class results; biasAudit; attributions)."""
+    found (evaluation: the confusion matrix and per-class results; biasAudit; attributions);
+    `generation` comes from the state (evaluation.generation's completions before and after)."""
     return {
         "job": job_name,
         "succeeded": succeeded,
@@ -72,6 +73,7 @@ def build_report(
         "timings": timings,
         "artifacts": artifacts,
         "versions": versions(),
+        **({"generation": state["generation"]} if state.get("generation") else {}),
         **sections,
     }
 

@@ -16,9 +16,9 @@ import torch.nn.functional as F  # noqa: N812
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from kubetune_trainer.data import IGNORED_LABEL
 from kubetune_trainer.examine.final_model import predict
 from kubetune_trainer.metrics import classification_metrics, language_model_metrics
+from kubetune_trainer.training.token_losses import row_token_losses
 
 
 def classifier_evaluation(
@@ -50,8 +50,7 @@ def language_model_evaluation(
     for batch in loader:
         labels = batch.pop("labels")
         with torch.no_grad():
-            logits = model(**batch).logits
-        row_sums, row_counts = token_losses(logits, labels)
+            row_sums, row_counts = row_token_losses(model, accelerator, batch, labels)
         row_sums, row_counts = accelerator.gather_for_metrics((row_sums, row_counts))
         sums.append(row_sums.cpu())
         counts.append(row_counts.cpu())
@@ -59,15 +58,3 @@ def language_model_evaluation(
     model.train()
     loss = float(torch.cat(sums).sum() / torch.cat(counts).sum().clamp_min(1))
     return language_model_metrics(loss)
-
-
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the summed next-token loss and the number of tokens it covers."""
-    shifted_logits, shifted_labels = logits[:, :-1].float(), labels[:, 1:]
-    per_token = F.cross_entropy(
-        shifted_logits.flatten(0, 1),
-        shifted_labels.flatten(),
-        ignore_index=IGNORED_LABEL,
-        reduction="none",
-    ).view(shifted_labels.shape)
-    return per_token.sum(dim=1), (shifted_labels != IGNORED_LABEL).sum(dim=1)

@@ -31,12 +31,23 @@ from kubetune_trainer.data import (
     packing_summary,
 )
 from kubetune_trainer.data.balance import class_balanced_weights
+from kubetune_trainer.data.packing import PAD_MULTIPLE
 
 CUDA_LOADER_WORKERS = 2
 """Loader processes beside a GPU when training.dataLoaderWorkers is not set (none on a CPU)."""
 
 
-def training_rows(config: TrainingConfig, data: PreparedData) -> datasets.Dataset:
+def pad_multiple(device: torch.device) -> int:
+    """What a batch's width is rounded up to: PAD_MULTIPLE tokens on a GPU, whose tensor
+    cores want such shapes, and the longest row on a CPU, where the extra positions are
+    only extra work (about 4% more tokens in the chat benchmark's batches; see
+    docs/performance.md, LLM objectives against TRL)."""
+    return PAD_MULTIPLE if device.type == "cuda" else 1
+
+
+def training_rows(
+    config: TrainingConfig, data: PreparedData, device: torch.device
+) -> datasets.Dataset:
     """The rows the training loader draws: with data.packing the training rows packed
     into sequences of data.maxLength tokens (the data report gets the packing's numbers),
     else the training rows as prepared."""
@@ -45,7 +56,7 @@ def training_rows(config: TrainingConfig, data: PreparedData) -> datasets.Datase
     packed = pack_rows(data.train, config.data.max_length)
     training = config.training
     data.report.packing = packing_summary(
-        packed, data.train["length"][:], training.batch_size, training.seed
+        packed, data.train["length"][:], training.batch_size, training.seed, pad_multiple(device)
     )
     return packed.rows
 
@@ -73,7 +84,7 @@ def build_loaders(
         train_rows.select_columns(columns).with_format("torch"),
         batch_size=training.batch_size,
         sampler=sampler,
-        collate_fn=_training_collator(config, tokenizer),
+        collate_fn=_training_collator(config, tokenizer, pad_multiple(device)),
         generator=torch.Generator().manual_seed(training.seed),
         **loading,
     )
@@ -81,31 +92,34 @@ def build_loaders(
     validation = DataLoader(
         data.validation.select_columns(eval_columns).with_format("torch"),
         batch_size=config.evaluation.batch_size or 2 * training.batch_size,
-        collate_fn=_collator(config, tokenizer),
+        collate_fn=_collator(config, tokenizer, pad_multiple(device)),
         generator=torch.Generator().manual_seed(training.seed),
         **loading,
     )
     return train, validation
 
 
-def _collator(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> Any:
-    """Pads a batch to a multiple of 8 tokens (a language model's labels with IGNORED_LABEL;
-    a preference batch's chosen rows, then its rejected rows)."""
+def _collator(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase, multiple: int) -> Any:
+    """Pads a batch to its longest row, rounded up to `multiple` tokens (a language model's
+    labels with IGNORED_LABEL; a preference batch's chosen rows, then its rejected rows)."""
     if config.training.learns_preferences:
-        return PreferenceCollator(tokenizer.pad_token_id or 0)
+        return PreferenceCollator(tokenizer.pad_token_id or 0, multiple)
+    rounding = multiple if multiple > 1 else None
     if config.model.task == "causal-lm":
         return DataCollatorForSeq2Seq(
-            tokenizer, label_pad_token_id=IGNORED_LABEL, pad_to_multiple_of=8
+            tokenizer, label_pad_token_id=IGNORED_LABEL, pad_to_multiple_of=rounding
         )
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=rounding)
 
 
-def _training_collator(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> Any:
+def _training_collator(
+    config: TrainingConfig, tokenizer: PreTrainedTokenizerBase, multiple: int
+) -> Any:
     # Packed sequences bring position_ids and no attention_mask; what pads them is
     # never attended to, so a tokenizer without a pad token may pad with id 0.
     if config.data.packing:
-        return PackedCollator(tokenizer.pad_token_id or 0)
-    return _collator(config, tokenizer)
+        return PackedCollator(tokenizer.pad_token_id or 0, multiple)
+    return _collator(config, tokenizer, multiple)
 
 
 def steps_per_epoch(config: TrainingConfig, rows: int, processes: int) -> int:

@@ -7,7 +7,10 @@ the sum over its response tokens (the prompt and padding carry IGNORED_LABEL); I
 et al. 2023) regresses the per-token average of the same ratios onto 1 / (2 beta), as TRL
 does, so that beta means the same whatever the responses' lengths. Label smoothing is
 robust DPO's (Chowdhury et al. 2024): an unbiased loss when each preference is flipped
-with that probability, which TRL names "robust" and which is plain DPO at 0.
+with that probability, which TRL names "robust" and which is plain DPO at 0. With sftWeight,
+the chosen responses' negative log-likelihood joins the loss (RPO, Pang et al. 2024): plain
+DPO may lower the chosen answer's probability too, as long as the rejected one's falls
+faster, and greedy decoding then writes neither.
 
 SimPO (Meng et al. 2024) needs no reference at all: its reward is beta times the policy's
 mean log-probability per response token, and the loss asks the chosen reward to beat the
@@ -25,7 +28,6 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from kubetune_trainer.config import PreferenceSpec
-from kubetune_trainer.training.evaluation import token_losses
 
 CHOSEN_REWARD = "chosenReward"
 REJECTED_REWARD = "rejectedReward"
@@ -63,10 +65,10 @@ class PairRewards:
         }
 
 
-def pair_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> PairLogProbs:
+def pair_log_probs(losses: torch.Tensor, counts: torch.Tensor) -> PairLogProbs:
     """The log-probabilities of a batch whose first half holds the rows' chosen responses
-    and second half their rejected ones (data/preferences.py collates them so)."""
-    losses, counts = token_losses(logits, labels)
+    and second half their rejected ones (data/preferences.py collates them so), from each
+    row's summed token loss and token count (training/token_losses.py)."""
     chosen, rejected = (-losses).chunk(2)
     chosen_tokens, rejected_tokens = counts.chunk(2)
     return PairLogProbs(chosen, rejected, chosen_tokens, rejected_tokens)
@@ -87,7 +89,7 @@ def preference_losses(
     else:
         per_row = _sigmoid(spec.beta * (chosen_ratio - rejected_ratio), spec.label_smoothing)
     rewards = PairRewards(spec.beta * chosen_ratio.detach(), spec.beta * rejected_ratio.detach())
-    return per_row, rewards
+    return _with_chosen_likelihood(per_row, policy, spec), rewards
 
 
 def simpo_losses(policy: PairLogProbs, spec: PreferenceSpec) -> tuple[torch.Tensor, PairRewards]:
@@ -96,7 +98,19 @@ def simpo_losses(policy: PairLogProbs, spec: PreferenceSpec) -> tuple[torch.Tens
     chosen = policy.chosen / policy.chosen_tokens.clamp_min(1)
     rejected = policy.rejected / policy.rejected_tokens.clamp_min(1)
     per_row = -F.logsigmoid(spec.beta * (chosen - rejected) - spec.gamma)
-    return per_row, PairRewards(spec.beta * chosen.detach(), spec.beta * rejected.detach())
+    rewards = PairRewards(spec.beta * chosen.detach(), spec.beta * rejected.detach())
+    return _with_chosen_likelihood(per_row, policy, spec), rewards
+
+
+def _with_chosen_likelihood(
+    per_row: torch.Tensor, policy: PairLogProbs, spec: PreferenceSpec
+) -> torch.Tensor:
+    """Each row's loss plus sftWeight x the batch's mean negative log-likelihood per chosen
+    token (one number for the batch, as TRL's sft loss term computes it)."""
+    if spec.sft_weight == 0:
+        return per_row
+    nll = -policy.chosen.sum() / policy.chosen_tokens.sum().clamp_min(1)
+    return per_row + spec.sft_weight * nll
 
 
 def _sigmoid(logits: torch.Tensor, smoothing: float) -> torch.Tensor:

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from kubetune_trainer.config import PreferenceSpec, TrainingConfig
 from kubetune_trainer.data import REFERENCE_COLUMNS, PreferenceCollator, PreparedData
+from kubetune_trainer.training.loaders import pad_multiple
 from kubetune_trainer.training.preference_loss import (
     REWARD_METRICS,
     PairLogProbs,
@@ -41,6 +42,7 @@ from kubetune_trainer.training.preference_loss import (
     preference_losses,
     simpo_losses,
 )
+from kubetune_trainer.training.token_losses import row_token_losses
 
 MODEL_INPUTS = ("input_ids", "attention_mask")
 Reference = Literal["adapters", "rows"] | None
@@ -141,13 +143,13 @@ class PreferenceObjective:
         labels = batch["labels"]
         inputs = {name: batch[name] for name in MODEL_INPUTS}
         if self.reference is None:
-            return simpo_losses(pair_log_probs(model(**inputs).logits, labels), self.spec)
+            return simpo_losses(self._log_probs(model, inputs, labels), self.spec)
         if self.reference == "adapters":
             reference = self._without_adapters(model, inputs, labels)
             reference_chosen, reference_rejected = reference.chosen, reference.rejected
         else:
             reference_chosen, reference_rejected = (batch[name] for name in REFERENCE_COLUMNS)
-        policy = pair_log_probs(model(**inputs).logits, labels)
+        policy = self._log_probs(model, inputs, labels)
         return preference_losses(policy, reference_chosen, reference_rejected, self.spec)
 
     def _without_adapters(
@@ -156,7 +158,12 @@ class PreferenceObjective:
         """The starting model's log-probabilities: the LoRA model with its adapters off."""
         peft_model = self.accelerator.unwrap_model(model)
         with peft_model.disable_adapter(), _frozen(model):
-            return pair_log_probs(model(**inputs).logits, labels)
+            return self._log_probs(model, inputs, labels)
+
+    def _log_probs(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor
+    ) -> PairLogProbs:
+        return pair_log_probs(*row_token_losses(model, self.accelerator, inputs, labels))
 
 
 @contextlib.contextmanager
@@ -186,7 +193,7 @@ def preference_objective(
         return PreferenceObjective(training.preference, accelerator, None)
     if training.lora is None:
         batch_size = config.evaluation.batch_size or 2 * config.training.batch_size
-        collator = PreferenceCollator(0)  # what pads is masked: any token id will do
+        collator = PreferenceCollator(0, pad_multiple(accelerator.device))  # pads are masked
         model.to(accelerator.device)
         for split in ("train", "validation"):
             rows = getattr(data, split)
@@ -235,6 +242,7 @@ def _reference_log_probs(
         for batch in loader:
             batch = {name: tensor.to(accelerator.device) for name, tensor in batch.items()}
             inputs = {name: batch[name] for name in MODEL_INPUTS}
-            log_probs = pair_log_probs(model(**inputs).logits, batch["labels"])
+            losses = row_token_losses(model, accelerator, inputs, batch["labels"])
+            log_probs = pair_log_probs(*losses)
             scored += zip(log_probs.chosen.tolist(), log_probs.rejected.tolist(), strict=True)
     return scored

@@ -98,6 +98,7 @@ from kubetune_trainer.training.checkpoint_store import CheckpointStore
 from kubetune_trainer.training.cost_ledger import CostLedger
 from kubetune_trainer.training.evaluation import classifier_evaluation, language_model_evaluation
 from kubetune_trainer.training.freezing_tracker import FreezingTracker, TrainableSet
+from kubetune_trainer.training.generation import generation_evaluation
 from kubetune_trainer.training.loaders import (
     build_loaders,
     endless_batches,
@@ -117,6 +118,7 @@ from kubetune_trainer.training.preferences import preference_objective
 from kubetune_trainer.training.running_loss import RunningLoss
 from kubetune_trainer.training.stop_guard import StopGuard
 from kubetune_trainer.training.throughput import ThroughputMeter, mfu_basis
+from kubetune_trainer.training.token_losses import mean_token_loss
 from kubetune_trainer.training.training_state import TrainingState
 
 CACHE_DIR = "cache"
@@ -248,6 +250,9 @@ class Recipe:
                 self.data = self._prepare_data()
         self.reporter.section("dataValidation", self.data.report.to_status())
         self._check_bias_settings()
+        self.generation = generation_evaluation(
+            self.config, self.data, self.tokenizer, self.accelerator, self._evaluation_batch_done
+        )
         self._beat("PreparingData")
         self.audit_rows = prepare_audit_rows(self.config, self.tokenizer, self.data.labels)
         self._say(f"loading the model {self.config.model.source}")
@@ -315,7 +320,7 @@ class Recipe:
         model = load_model(self.config, self.data.labels)
         self._beat("LoadingModel")
         self.preferences = preference_objective(self.config, model, self.accelerator, self.data)
-        self.train_rows = training_rows(self.config, self.data)
+        self.train_rows = training_rows(self.config, self.data, self.accelerator.device)
         self.steps_per_epoch = steps_per_epoch(self.config, len(self.train_rows), self.processes)
         self.plan = freezing.build_plan(model, self.config.freezing, self.steps_per_epoch)
         freezing.freeze_permanently(model, self.plan)
@@ -410,6 +415,7 @@ class Recipe:
         for step, loss in self.state.train_losses:  # a resumed run keeps its starting loss
             self.monitor.update(int(step), float(loss))
         self._start_windows()
+        self.generation.before(self.model, self.state)  # the starting model's completions
         self.model.train()  # from_pretrained hands the model over in eval mode (no dropout)
         diverged = None
         stop = self.stop_guard
@@ -464,8 +470,8 @@ class Recipe:
         """The training loss, and for classification the predictions and labels to track."""
         if self.preferences is not None:  # its rewards are tracked by training/preferences.py
             return self._with_l1(self.preferences.loss(self.model, batch)), None, None
-        if self.is_language_model:  # the model shifts the labels and skips masked tokens
-            return self._with_l1(self.model(**batch).loss), None, None
+        if self.is_language_model:  # the labelled tokens' mean loss
+            return self._with_l1(mean_token_loss(self.model, self.accelerator, batch)), None, None
         labels = batch.pop("labels")
         row_weights = batch.pop("weight", None)
         logits = self.model(**batch).logits
@@ -611,7 +617,8 @@ class Recipe:
         parts = (self.model, self.accelerator, self.eval_loader, self._evaluation_batch_done)
         if self.is_language_model:  # a preference run's loss and rewards: preferences.py
             evaluate = self.preferences.evaluate if self.preferences else language_model_evaluation
-            return evaluate(*parts), np.empty((0, 0)), np.empty(0)
+            metrics = evaluate(*parts) | self.generation.metrics(self.model)
+            return metrics, np.empty((0, 0)), np.empty(0)
         return classifier_evaluation(*parts)
 
     def _evaluation_batch_done(self) -> None:
@@ -636,6 +643,7 @@ class Recipe:
         )
         self.reporter.evaluated(EvalRecord(self.state.step, self._fractional_epoch(), metrics))
         self._track_best(metrics)
+        self.generation.keep_if_best(self.state)
         self.timings["evaluationSeconds"] = (
             self.timings.get("evaluationSeconds", 0.0) + time.perf_counter() - started
         )

@@ -35,6 +35,10 @@ class TrainingState:
     """[step, {layer group: gradient norm before clipping}] at every logged step."""
     gpu_hours: float = 0.0
     """GPU-hours of the run when the checkpoint was saved, earlier starts included."""
+    generation: dict[str, Any] | None = None
+    """evaluation.generation: the sampled prompts and references, with the completions and
+    metrics of the starting model (before) and of the best evaluation (after); report.json's
+    `generation` section (training/generation.py)."""
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

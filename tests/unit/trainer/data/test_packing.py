@@ -37,7 +37,7 @@ from kubetune_trainer.data import (
 )
 from kubetune_trainer.data.packing import best_fit_decreasing, padding_fraction
 from kubetune_trainer.modeling import ModelError, load_model
-from kubetune_trainer.training.evaluation import token_losses
+from kubetune_trainer.training.token_losses import token_losses
 
 VOCAB = 64
 

@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import IGNORED_LABEL, DataError, PreferenceCollator, prepare_data
 from kubetune_trainer.data.cache import cache_key
+from kubetune_trainer.training.loaders import pad_multiple
 from tests.tiny import make_tokenizer
 
 WORDS = ["the", "kettle", "is", "good", "bad", "lamp", "tent", "fine", "awful"]
@@ -82,7 +83,7 @@ def test_each_response_follows_its_prompt_with_the_prompt_masked(
 
 
 def test_the_collator_puts_chosen_rows_first_and_pads_them_together() -> None:
-    collate = PreferenceCollator(pad_token_id=0)
+    collate = PreferenceCollator(pad_token_id=0, multiple=pad_multiple(torch.device("cuda")))
     first = {"chosen_input_ids": [5, 6], "chosen_labels": [-100, 6]}
     first |= {"rejected_input_ids": [5, 7, 8], "rejected_labels": [-100, 7, 8]}
     first |= {"reference_chosen": -1.5, "reference_rejected": -2.0}
@@ -96,6 +97,8 @@ def test_the_collator_puts_chosen_rows_first_and_pads_them_together() -> None:
     assert batch["labels"][0].tolist() == [-100, 6] + [IGNORED_LABEL] * 6
     assert batch["reference_chosen"].tolist() == [-1.5, -0.5]
     assert batch["reference_rejected"].dtype == torch.float32
+    on_a_cpu = PreferenceCollator(0, pad_multiple(torch.device("cpu")))([first, second])
+    assert on_a_cpu["input_ids"].tolist() == batch["input_ids"][:, :3].tolist()
 
 
 def test_identical_preferences_are_dropped_and_counted(

@@ -672,6 +672,58 @@ def test_a_language_model_report_has_no_class_parts_and_plots_perplexity() -> No
     ]
 
 
+def generation_report() -> dict[str, Any]:
+    """report["generation"] as training/generation.py keeps it: three prompts, one of them
+    long and one whose completion is untrusted markup, with their completions before and
+    after."""
+    rows = [
+        ("user: capital of france?\nassistant:", "paris", "the the the", "paris"),
+        ("x" * 1000 + " last words", "yes", "", "no"),
+        ("say it", "fine", SCRIPT, IMG),
+    ]
+    return {
+        "samples": 3,
+        "maxNewTokens": 16,
+        "before": {"metrics": {"exactMatch": 0.0, "tokenF1": 0.0, "rougeL": 0.0}},
+        "after": {
+            "step": 40,
+            "checkpoint": "step-00000040",
+            "metrics": {"exactMatch": 1 / 3, "tokenF1": 1 / 3, "rougeL": 1 / 3},
+        },
+        "rows": [
+            {"row": i * 7, "prompt": p, "reference": r, "before": b, "after": a}
+            for i, (p, r, b, a) in enumerate(rows)
+        ],
+    }
+
+
+def test_the_generation_section_shows_metrics_and_completions_before_and_after() -> None:
+    report = full_report()
+    report["generation"] = generation_report()
+    page = render_html(report)
+    root = dom(page)
+    assert section_ids(root) == [*SECTIONS[:3], "generation", *SECTIONS[3:]]
+    assert table_rows(find_table(root, "generation-metrics")) == [
+        ["metric", "before fine-tuning", "after (step-00000040)"],
+        ["exactMatch", "0", "0.3333"],
+        ["rougeL", "0", "0.3333"],
+        ["tokenF1", "0", "0.3333"],
+    ]
+    rows = table_rows(find_table(root, "generation"))
+    assert rows[0] == ["row", "prompt", "reference", "before", "after"]
+    assert rows[1] == ["0", "user: capital of france?\nassistant:", "paris", "the the the", "paris"]
+    assert rows[2][1] == "\u2026" + ("x" * 1000 + " last words")[-render.PROMPT_TAIL_CHARS :]
+    assert rows[2][2:] == ["yes", "", "no"]
+    assert rows[3][3:] == [SCRIPT, IMG]  # text, not markup
+    assert "<script>" not in page
+    assert "<img" not in page
+    del report["generation"]["after"]  # a run stopped before its first evaluation
+    for row in report["generation"]["rows"]:
+        row["after"] = None
+    shown = table_rows(find_table(dom(render_html(report)), "generation"))
+    assert [row[4] for row in shown[1:]] == ["\u2013"] * 3
+
+
 def test_a_preference_report_charts_its_rewards_and_both_reward_margins() -> None:
     report = full_report()
     report["primaryMetric"] = "rewardMargin"

@@ -14,8 +14,8 @@ from kubetune_trainer.data import IGNORED_LABEL
 from kubetune_trainer.training.evaluation import (
     classifier_evaluation,
     language_model_evaluation,
-    token_losses,
 )
+from kubetune_trainer.training.token_losses import token_losses
 from tests.unit.trainer.test_freezing import bert
 
 

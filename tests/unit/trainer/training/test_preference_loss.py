@@ -18,6 +18,7 @@ from kubetune_trainer.training.preference_loss import (
     preference_losses,
     simpo_losses,
 )
+from kubetune_trainer.training.token_losses import token_losses
 from tests.tiny import make_tiny_causal_lm
 
 trl = pytest.importorskip("trl")
@@ -63,18 +64,19 @@ def trl_trainer(path: Path, tmp: Path, **args: Any) -> Any:
 def trl_and_ours(
     path: Path, tmp: Path, spec: PreferenceSpec, loss_type: str
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, dict[str, float]]:
-    trainer = trl_trainer(
-        path, tmp, beta=spec.beta, loss_type=[loss_type], label_smoothing=spec.label_smoothing
-    )
+    losses: dict[str, Any] = {"loss_type": [loss_type]}
+    if spec.sft_weight:
+        losses = {"loss_type": [loss_type, "sft"], "loss_weights": [1.0, spec.sft_weight]}
+    trainer = trl_trainer(path, tmp, beta=spec.beta, label_smoothing=spec.label_smoothing, **losses)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ROWS["prompt"]))])
     trainer.model.train()
     theirs = trainer._compute_loss(trainer.model, batch, False)
     metrics = {name: values[-1] for name, values in trainer._metrics["train"].items()}
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, IGNORED_LABEL)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    policy = pair_log_probs(trainer.model(**inputs).logits, labels)
+    policy = pair_log_probs(*token_losses(trainer.model(**inputs).logits, labels))
     with torch.no_grad():
-        reference = pair_log_probs(trainer.ref_model(**inputs).logits, labels)
+        reference = pair_log_probs(*token_losses(trainer.ref_model(**inputs).logits, labels))
     losses, rewards = preference_losses(policy, reference.chosen, reference.rejected, spec)
     ours = losses.mean()
     ours_metrics = {
@@ -94,8 +96,9 @@ def trl_and_ours(
         (PreferenceSpec(beta=0.1), "sigmoid"),
         (PreferenceSpec(beta=0.5, loss="ipo"), "ipo"),
         (PreferenceSpec(beta=0.2, label_smoothing=0.2), "robust"),
+        (PreferenceSpec(beta=0.1, sft_weight=0.7), "sigmoid"),
     ],
-    ids=["sigmoid", "ipo", "label-smoothing"],
+    ids=["sigmoid", "ipo", "label-smoothing", "sft-weight"],
 )
 def test_loss_rewards_and_log_probs_equal_trl(
     tiny_lm: Path, tmp_path: Path, spec: PreferenceSpec, loss_type: str
@@ -120,7 +123,7 @@ def test_simpo_loss_rewards_and_mean_log_probs_equal_trls_cpo_trainer(
     with torch.no_grad():
         logits = trainer.model(**inputs).logits
     spec = PreferenceSpec(beta=2.0, gamma=0.7)
-    policy = pair_log_probs(logits, labels)
+    policy = pair_log_probs(*token_losses(logits, labels))
     losses, rewards = simpo_losses(policy, spec)
     their_means = CPOTrainer.get_batch_logps(logits, labels, average_log_prob=True)
     their_chosen, their_rejected = their_means.chunk(2)

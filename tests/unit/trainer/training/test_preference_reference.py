@@ -17,6 +17,7 @@ from kubetune_trainer.data import IGNORED_LABEL, REFERENCE_COLUMNS, PreferenceCo
 from kubetune_trainer.modeling import load_model
 from kubetune_trainer.training.preference_loss import pair_log_probs
 from kubetune_trainer.training.preferences import PreferenceObjective, with_reference_columns
+from kubetune_trainer.training.token_losses import token_losses
 from tests.tiny import make_tiny_causal_lm
 
 WORDS = [f"w{i}" for i in range(12)]
@@ -79,11 +80,11 @@ def test_with_lora_the_reference_is_the_base_model_with_adapters_off(tiny_lm: Pa
     assert model.training  # the reference pass left the mode as it found it
     base = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
     with torch.no_grad():
-        expected = pair_log_probs(base(**inputs).logits, batch["labels"])
+        expected = pair_log_probs(*token_losses(base(**inputs).logits, batch["labels"]))
     torch.testing.assert_close(reference.chosen, expected.chosen, atol=1e-5, rtol=0)
     torch.testing.assert_close(reference.rejected, expected.rejected, atol=1e-5, rtol=0)
     with torch.no_grad():
-        policy = pair_log_probs(model(**inputs).logits, batch["labels"])
+        policy = pair_log_probs(*token_losses(model(**inputs).logits, batch["labels"]))
     assert not torch.allclose(policy.chosen, expected.chosen, atol=1e-3)
     loss.backward()
     trained = {name for name, p in model.named_parameters() if p.grad is not None}
@@ -103,7 +104,7 @@ def test_without_lora_the_reference_is_computed_once_and_carried_with_the_rows(
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     # Under the run's autocast, as the reference pass and the prepared model's forward are.
     with torch.no_grad(), accelerator.autocast():
-        expected = pair_log_probs(model.eval()(**inputs).logits, batch["labels"])
+        expected = pair_log_probs(*token_losses(model.eval()(**inputs).logits, batch["labels"]))
     chosen, rejected = REFERENCE_COLUMNS
     assert rows[chosen] == pytest.approx(expected.chosen.tolist(), abs=1e-5)
     assert rows[rejected] == pytest.approx(expected.rejected.tolist(), abs=1e-5)
