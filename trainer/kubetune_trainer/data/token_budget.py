@@ -63,11 +63,21 @@ def split_tokens(labels: pa.ChunkedArray, max_length: int) -> dict[str, Any]:
 
 def _per_row(labels: pa.ChunkedArray, max_length: int) -> dict[str, Ints]:
     """Per row: tokens, response tokens, and those of the first max_length tokens (response,
-    and response after the first position: the loss's)."""
+    and response after the first position: the loss's). One Arrow chunk at a time, so that
+    the per-token arrays stay the size of a chunk."""
+    counted = [_chunk_per_row(chunk, max_length) for chunk in labels.chunks]
+    keys = ("length", "response", "responseKept", "lossKept")
+    return {
+        key: np.concatenate([chunk[key] for chunk in counted] or [np.zeros(0, np.int64)])
+        for key in keys
+    }
+
+
+def _chunk_per_row(labels: pa.Array, max_length: int) -> dict[str, Ints]:
     lengths = np.asarray(pc.list_value_length(labels).to_numpy(zero_copy_only=False), np.int64)
     flat = np.asarray(pc.list_flatten(labels).to_numpy(zero_copy_only=False), np.int64)
     rows = np.repeat(np.arange(len(lengths)), lengths)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
     position = np.arange(len(flat), dtype=np.int64) - starts[rows]
     response = flat != IGNORED
     kept = response & (position < max_length)

@@ -6,11 +6,13 @@ import csv
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from transformers import PreTrainedTokenizerBase
 
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.data import prepare_data
+from kubetune_trainer.data.token_budget import split_tokens
 from tests.tiny import make_tokenizer
 
 TRAIN = [
@@ -95,3 +97,12 @@ def test_max_steps_makes_the_run_total_an_upper_bound(
     assert prepared.report.tokens is not None
     assert prepared.report.tokens["upperBound"] is True
     assert "at most 63 over 3 epochs" in prepared.report.to_status()["message"]
+
+
+def test_the_figures_do_not_depend_on_how_arrow_chunks_the_rows() -> None:
+    prompt = [-100]
+    rows = [prompt * 5 + [7, 8], prompt * 2 + [7, 8, 9, 10], prompt * 3 + list(range(9))]
+    whole = split_tokens(pa.chunked_array([rows]), 8)
+    assert split_tokens(pa.chunked_array([rows[:1], [], rows[1:]]), 8) == whole
+    assert (whole["tokensPerEpoch"], whole["lossTokensPerEpoch"]) == (21, 11)
+    assert (whole["responsesCut"], whole["responseTokensCut"]) == (1, 4)
