@@ -457,7 +457,11 @@ def _split(name: str, rows: SplitInput, columns: _Columns) -> _Split:
         rows.lengths,
         everything,
         everything.copy(),
-        normalised if columns.prompt is None else _normalised_column(table, columns.prompt),
+        (
+            normalised
+            if columns.prompt in (None, columns.text)
+            else _normalised_column(table, columns.prompt)
+        ),
         None if columns.response is None else _normalised_column(table, columns.response),
     )
 
