@@ -77,6 +77,7 @@ def chat_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "training": {"epochs": 3, "batchSize": 8, "learningRate": 1e-2, "seed": 3},
         "expected": {
             "messages": sum(len(m) for m in train) - len(train[7]),
+            "turns": sum(m["role"] == "assistant" for c in train[:7] + train[8:] for m in c),
             "trained": sum(
                 m["role"] == "assistant" and m.get("weight", 1) == 1
                 for c in train[:7] + train[8:]
@@ -120,14 +121,25 @@ def test_an_openai_jsonl_file_trains_unchanged(tmp_path: Path, chat_job: dict[st
     assert train["rows"] == data["rows"]["train_out"] == 159
     assert train["messages"] == chat_job["expected"]["messages"]
     assert train["trainedMessages"] == chat_job["expected"]["trained"]
+    assert train["turns"] == chat_job["expected"]["turns"]
     assert 0.1 < train["assistantTokenShare"] < 0.3  # a word and <|im_end|> per answer
     assert data["conversations"]["validation"]["rows"] == 24
+    tokens = data["tokens"]["splits"]["train"]
+    lengths = data["lengths"]["train"]
+    assert tokens["tokensPerEpoch"] == round(lengths["mean"] * lengths["count"])
+    assert tokens["responseTokens"]["total"] / tokens["tokensPerEpoch"] == pytest.approx(
+        train["assistantTokenShare"], abs=1e-4
+    )
+    assert data["tokens"]["tokensPerRun"] == 3 * tokens["tokensPerEpoch"]
+    assert (tokens["responsesCut"], tokens["responseTokensCut"]) == (0, 0)  # maxLength holds all
     saved = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert saved["data"]["conversations"] == data["conversations"]
     assert (tmp_path / "model/chat_template.jinja").read_text(encoding="utf-8") == OWN_TEMPLATE
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "<th>assistant messages trained</th>" in page
+    assert f"<td>{train['turns']:,}</td>" in page  # the conversations table's turns
     assert f">{train['trainedMessages']}</td>" in page
+    assert "<h3>Tokens</h3>" in page
 
 
 def test_conversations_pack_and_train_a_lora_adapter_with_chatml_named(

@@ -458,6 +458,20 @@ class LengthRule(QualityRule):
     """Most tokens a row's text (with its pair) may have. Left out: data.maxLength, so the rule counts the rows that would be truncated."""
 
 
+class WarningQualityRule(QualityRule):
+    """A data-quality rule that only counts and shows its rows unless told otherwise."""
+
+    mode: Literal["drop", "warn", "fail"] = "warn"
+    """drop the rows, warn (count and show them, keep them), or fail the job."""
+
+
+class NearDuplicateRule(WarningQualityRule):
+    """causal-lm: prompts that are nearly, not exactly, an earlier prompt (MinHash of word trigrams)."""
+
+    threshold: float = Field(default=0.8, ge=0.5, le=1)
+    """Least share of word trigrams two normalised prompts have in common (Jaccard similarity, estimated with 64 MinHash functions) for the later one to match."""
+
+
 class LabelNoiseSpec(QualityRule):
     """Suspected label errors, found by confident learning (cleanlab) on out-of-fold probabilities of a TF-IDF + logistic-regression model."""
 
@@ -490,7 +504,7 @@ class DataQualitySpec(Section):
     )
 
     duplicates: QualityRule = section_default(QualityRule)
-    """Rows whose text equals an earlier row's once case, punctuation and spacing are ignored (the first is kept)."""
+    """Rows whose text and label equal an earlier row's once case, punctuation and spacing are ignored (the first is kept). causal-lm compares the prompt and its response (data.textColumn and data.textPairColumn), or the whole conversation (data.messagesColumn), or the prompt and both responses (preference rows)."""
     conflicting_labels: QualityRule = section_default(QualityRule)
     """Rows with the same normalised text but different labels (every copy)."""
     empty: QualityRule = section_default(QualityRule)
@@ -498,7 +512,11 @@ class DataQualitySpec(Section):
     garbage: QualityRule = section_default(QualityRule)
     """Rows with replacement characters (broken encodings), control characters, or mostly symbols."""
     leakage: QualityRule = section_default(QualityRule)
-    """Training rows whose normalised text is also in the validation rows (they would inflate validation scores)."""
+    """Training rows whose normalised text is also in the validation rows (they would inflate validation scores); causal-lm compares the prompts (a conversation's messages before its last trained assistant message)."""
+    conflicting_responses: WarningQualityRule = section_default(WarningQualityRule)
+    """causal-lm: rows whose normalised prompt comes with more than one response (every copy); the model learns their average. warn by default: several good answers to one prompt can be on purpose."""
+    near_duplicates: NearDuplicateRule = section_default(NearDuplicateRule)
+    """causal-lm: rows whose prompt is nearly an earlier row's (see threshold); exact copies are the duplicates and conflictingResponses rules'. Prompts of fewer than three words are not compared."""
     missing_values: QualityRule = section_default(QualityRule)
     """Rows without a label, text pair or weight (null, empty or blank) where the data section names those columns; rows without text are the empty rule's. Checked per file before the validation split; mode drop or fail (warn cannot keep a row that cannot be trained on)."""
     unknown_labels: StrictQualityRule = section_default(StrictQualityRule)
@@ -506,7 +524,7 @@ class DataQualitySpec(Section):
     identical_preferences: QualityRule = section_default(QualityRule)
     """training.objective dpo or simpo: rows whose chosen response equals their rejected one (they carry no preference, and no gradient). Checked per file before the validation split; mode drop or fail (warn cannot keep a row that teaches nothing)."""
     malformed_conversations: StrictQualityRule = section_default(StrictQualityRule)
-    """Conversations (data.messagesColumn) that are not a list of {role, content} messages, have a role other than system, developer, user or assistant, a weight other than 0 or 1, no assistant message with weight 1, or that the chat template fails to render. Checked per file; mode drop or fail (warn cannot keep a conversation that cannot be rendered)."""
+    """Conversations (data.messagesColumn) that are not a list of {role, content} messages, have a role other than system, developer, user or assistant, a weight other than 0 or 1, no assistant message with weight 1, an empty message, a system or developer message after the first user or assistant one, two user or two assistant messages in a row, or that the chat template fails to render. Checked per file; mode drop or fail (warn cannot keep a conversation that cannot be rendered)."""
     length: LengthRule = section_default(LengthRule)
     """Rows shorter than minTokens or longer than maxTokens in the model's tokens (text and text pair, special tokens not counted)."""
     label_noise: LabelNoiseSpec | None = None

@@ -8,8 +8,8 @@ it relies on and raises `DataError` in the user's terms.
 Every step of the data, from a source URI to a batch, lives in this package. A module
 named for what it does to the rows (loading, screening, cleaning, augmenting, balancing,
 tokenizing, batching, packing) is a stage of the pipeline; a module named for a thing
-(quality, balance, augment, label_noise) is the algorithm a stage calls, which knows no
-file, manifest or tokenizer and is tested on plain columns.
+(quality, near_duplicates, balance, augment, label_noise) is the algorithm a stage calls,
+which knows no file, manifest or tokenizer and is tested on plain columns.
 
 The stages, in order (docs/data.md describes them for users):
 
@@ -41,7 +41,8 @@ apply to a causal language model, preferences.py those of its preference rows (a
 a chosen and a rejected response: training.objective dpo; chat_preferences.py when they
 are conversations), and prepared.py holds what they hand on (`PreparedData`).
 report.py is the data report: it counts classes and groups as they reach the rules and as
-they leave for the model. cache.py keeps the pipeline's output in the run's folder, so a
+they leave for the model, and token_budget.py a causal LM's tokens (per epoch, in the loss,
+cut by data.maxLength). cache.py keeps the pipeline's output in the run's folder, so a
 restart or a second worker reads it instead of preparing the data again. Every stage works
 on whole Arrow columns (pyarrow.compute, numpy, batched tokenizer calls), never on one row
 at a time in Python, except the EDA edits, which are per row by nature and run only on the

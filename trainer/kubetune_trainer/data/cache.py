@@ -78,6 +78,8 @@ def cache_key(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase) -> str
         "seed": config.training.seed,
         "batchSize": config.training.batch_size,
         "objective": config.training.objective,  # dpo prepares preference rows
+        "epochs": config.training.epochs,  # the data report's tokens over the run
+        "maxSteps": config.training.max_steps,
         "tokenizer": Hasher.hash(tokenizer),
     }
     digest.update(json.dumps(inputs, sort_keys=True).encode())
@@ -202,6 +204,7 @@ def _data_report(saved: dict[str, Any]) -> DataReport:
         recommendation=saved["recommendation"],
         warnings=saved["warnings"],
         conversations=saved.get("conversations"),
+        tokens=saved.get("tokens"),
     )
 
 

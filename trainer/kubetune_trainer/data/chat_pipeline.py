@@ -36,11 +36,12 @@ from kubetune_trainer.data.conversations import (
     ConversationError,
     assistant_labels,
     chat_template,
+    check_turns,
     parse_conversation,
     render,
 )
 from kubetune_trainer.data.groups import present_sensitive_groups
-from kubetune_trainer.data.language_model import IGNORED_LABEL
+from kubetune_trainer.data.language_model import ENCODED_COLUMNS, IGNORED_LABEL
 from kubetune_trainer.data.loading import read_source
 from kubetune_trainer.data.prepared import PreparedData
 from kubetune_trainer.data.quality import (
@@ -54,6 +55,7 @@ from kubetune_trainer.data.report import DataReport, length_summary
 from kubetune_trainer.data.rows import DataError, Rows, row_count
 from kubetune_trainer.data.screening import rows_read
 from kubetune_trainer.data.splits import stratified_split
+from kubetune_trainer.data.token_budget import run_tokens, split_tokens, truncated
 
 CONVERSATION_TEXT = "kubetune:conversation"
 """The column of each conversation as "role: content" lines, the text the rules check."""
@@ -62,8 +64,15 @@ _SPANS = "kubetune:spans"
 """The trained assistant messages' [start, end) characters in the rendered text, flat."""
 _PROBLEM = "kubetune:problem"
 """Why a conversation cannot be trained on; null for those that can."""
+PROMPT_TEXT = "kubetune:prompt"
+RESPONSE_TEXT = "kubetune:response"
+"""The columns of each conversation's prompt (the messages before its last trained assistant
+message, as "role: content" lines) and response (that message): what conflictingResponses,
+nearDuplicates and leakage compare."""
 _MESSAGES = "kubetune:messages"
 _TRAINED = "kubetune:trained"
+_TURNS = "kubetune:turns"
+"""Assistant messages per conversation (each answers a turn), trained or not."""
 _RULE = "malformedConversations"
 
 
@@ -94,11 +103,15 @@ def prepare_conversation_data(
         tokenizer,
         screened=screened,
         token_counts=_rendered_token_counts(tokenizer),
+        prompts=(PROMPT_TEXT, RESPONSE_TEXT),
     )
     check_batch_size(config.training.batch_size, train)
-    train_set = _tokenize(train, tokenizer, data.max_length, "training")
-    validation_set = _tokenize(validation, tokenizer, data.max_length, "validation")
+    train_set, train_tokens = _tokenize(train, tokenizer, data.max_length, "training")
+    validation_set, validation_tokens = _tokenize(
+        validation, tokenizer, data.max_length, "validation"
+    )
     splits = (("train", train, train_set), ("validation", validation, validation_set))
+    figures = {"train": train_tokens, "validation": validation_tokens}
     report = DataReport(
         quality=quality,
         labels=[],
@@ -108,6 +121,7 @@ def prepare_conversation_data(
             for split, _, encoded in splits
         },
         conversations={split: _figures(rows, encoded) for split, rows, encoded in splits},
+        tokens=run_tokens(figures, config.training.epochs, config.training.max_steps),
     )
     return PreparedData(
         train=train_set,
@@ -153,38 +167,47 @@ class _RowFacts(NamedTuple):
     """One row's conversation as the columns hold it."""
 
     text: str
+    prompt: str
+    response: str
     rendered: str | None
     spans: list[int]
     problem: str | None
     messages: int
     trained: int
+    turns: int
 
 
 def _render_row(tokenizer: PreTrainedTokenizerBase, value: Any, template: str | None) -> _RowFacts:
     try:
         conversation = parse_conversation(value)
+        check_turns(conversation)
         rendered = render(tokenizer, conversation, template)
     except ConversationError as error:
         shown = json.dumps(value, ensure_ascii=False, default=str)  # the examples' text
-        return _RowFacts(shown, None, [], str(error), 0, 0)
+        return _RowFacts(shown, "", "", None, [], str(error), 0, 0, 0)
     return _RowFacts(
         conversation.text(),
+        *conversation.prompt_and_response(),
         rendered.text,
         [bound for span in rendered.spans for bound in span],
         None,
         len(conversation.messages),
         sum(conversation.trained),
+        sum(message["role"] == "assistant" for message in conversation.messages),
     )
 
 
 def _rendered_columns(facts: list[_RowFacts]) -> dict[str, pa.Array]:
     return {
         CONVERSATION_TEXT: pa.array([f.text for f in facts], pa.large_string()),
+        PROMPT_TEXT: pa.array([f.prompt for f in facts], pa.large_string()),
+        RESPONSE_TEXT: pa.array([f.response for f in facts], pa.large_string()),
         _RENDERED: pa.array([f.rendered for f in facts], pa.large_string()),
         _SPANS: pa.array([f.spans for f in facts], pa.list_(pa.int64())),
         _PROBLEM: pa.array([f.problem for f in facts], pa.string()),
         _MESSAGES: pa.array([f.messages for f in facts], pa.int64()),
         _TRAINED: pa.array([f.trained for f in facts], pa.int64()),
+        _TURNS: pa.array([f.turns for f in facts], pa.int64()),
     }
 
 
@@ -255,33 +278,34 @@ def _rendered_token_counts(
 
 def _tokenize(
     rows: Rows, tokenizer: PreTrainedTokenizerBase, max_length: int, split: str
-) -> datasets.Dataset:
+) -> tuple[datasets.Dataset, dict[str, Any]]:
+    """The split's conversations tokenized and cut to max_length, and its token figures
+    (counted before the cut)."""
     table = rows.table.select([_RENDERED, _SPANS])
-    encoded = datasets.Dataset(InMemoryTable(table)).map(
-        _encoder(tokenizer, max_length),
+    whole = datasets.Dataset(InMemoryTable(table)).map(
+        _encoder(tokenizer),
         batched=True,
         remove_columns=table.column_names,
         desc=f"Tokenizing the {split} conversations",
     )
+    figures = split_tokens(whole.data.table.column("labels"), max_length)
+    encoded = truncated(whole, ENCODED_COLUMNS, max_length)
     _check_answers_fit(encoded, max_length, split)
     lengths = pc.list_value_length(encoded.data.table.column("input_ids"))
-    return datasets.Dataset(InMemoryTable(encoded.data.table.append_column("length", lengths)))
+    with_lengths = encoded.data.table.append_column("length", lengths)
+    return datasets.Dataset(InMemoryTable(with_lengths)), figures
 
 
-def _encoder(
-    tokenizer: PreTrainedTokenizerBase, max_length: int
-) -> Callable[[Any], dict[str, Any]]:
-    """The rendered texts' token ids, cut to max_length, labels on the assistant's tokens."""
+def _encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[Any], dict[str, Any]]:
+    """The rendered texts' token ids, whole, labels on the assistant's tokens."""
 
     def encode(batch: Any) -> dict[str, Any]:
         encoded = tokenizer(batch[_RENDERED], add_special_tokens=False, return_offsets_mapping=True)
-        ids = [row[:max_length] for row in encoded["input_ids"]]
+        ids = encoded["input_ids"]
         labels = [
-            assistant_labels(row_ids, offsets, list(zip(flat[::2], flat[1::2], strict=True)))[
-                :max_length
-            ]
+            assistant_labels(row_ids, offsets, list(zip(flat[::2], flat[1::2], strict=True)))
             for row_ids, offsets, flat in zip(
-                encoded["input_ids"], encoded["offset_mapping"], batch[_SPANS], strict=True
+                ids, encoded["offset_mapping"], batch[_SPANS], strict=True
             )
         ]
         return {"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids], "labels": labels}
@@ -310,6 +334,7 @@ def _figures(rows: Rows, encoded: datasets.Dataset) -> dict[str, Any]:
         "rows": rows.table.num_rows,
         "messages": pc.sum(rows.table.column(_MESSAGES)).as_py() or 0,
         "trainedMessages": pc.sum(rows.table.column(_TRAINED)).as_py() or 0,
+        "turns": pc.sum(rows.table.column(_TURNS)).as_py() or 0,
         "assistantTokenShare": round(trained_tokens / max(len(labels), 1), 4),
     }
 

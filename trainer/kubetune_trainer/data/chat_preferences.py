@@ -46,6 +46,7 @@ from kubetune_trainer.data.prepared import PreparedData
 from kubetune_trainer.data.quality import RuleResult
 from kubetune_trainer.data.rows import Rows, row_count
 from kubetune_trainer.data.screening import settle
+from kubetune_trainer.data.token_budget import preference_tokens, run_tokens, truncated
 
 PROMPT_TEXT = "kubetune:prompt"
 CHOSEN_TEXT = "kubetune:chosen"
@@ -206,14 +207,15 @@ def _longer_answer(rows: Rows) -> npt.NDArray[np.int64]:
 
 def _prepared(checked: CheckedRows, on_texts: TrainingConfig) -> PreparedData:
     max_length = on_texts.data.max_length
-    splits = (("training", checked.train), ("validation", checked.validation))
-    train_set, validation_set = (_truncated(rows, max_length, split) for split, rows in splits)
-    return checked.prepared(train_set, validation_set, on_texts.data)
-
-
-def _truncated(rows: Rows, max_length: int, split: str) -> datasets.Dataset:
-    table = rows.table.select(list(TOKEN_COLUMNS))
-    cut = pa.table(
-        {name: pc.list_slice(table.column(name), 0, max_length) for name in TOKEN_COLUMNS}
+    whole = {
+        split: datasets.Dataset(InMemoryTable(rows.table.select(list(TOKEN_COLUMNS))))
+        for split, rows in (("train", checked.train), ("validation", checked.validation))
+    }
+    train_set, validation_set = (
+        preference_rows(truncated(rows, TOKEN_COLUMNS, max_length), max_length, split)
+        for split, rows in (("training", whole["train"]), ("validation", whole["validation"]))
     )
-    return preference_rows(datasets.Dataset(InMemoryTable(cut)), max_length, split)
+    figures = {split: preference_tokens(rows, max_length) for split, rows in whole.items()}
+    training = on_texts.training
+    tokens = run_tokens(figures, training.epochs, training.max_steps)
+    return checked.prepared(train_set, validation_set, on_texts.data, tokens)

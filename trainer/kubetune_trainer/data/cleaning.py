@@ -10,6 +10,7 @@ change.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ from kubetune_trainer.data.quality import (
     Finding,
     LengthSettings,
     Mask,
+    NearDuplicateSettings,
     QualityError,
     QualityReport,
     QualitySettings,
@@ -47,6 +49,7 @@ def apply_quality_rules(
     *,
     screened: Sequence[RuleResult] = (),
     token_counts: Callable[[Rows], npt.NDArray[np.int64]] | None = None,
+    prompts: tuple[str, str | None] | None = None,
 ) -> tuple[Rows, Rows, QualityReport]:
     """The rows the data-quality rules keep, and their report (row numbers are file positions).
 
@@ -54,16 +57,21 @@ def apply_quality_rules(
     before the labels were encoded and the validation split made: the report opens with
     them and the dropped share counts them. The length rule counts tokens with `tokenizer`,
     in the text (and text pair) columns, or with `token_counts` where the model reads
-    something else (a rendered conversation).
+    something else (a rendered conversation). A causal LM's rules compare its prompts and
+    responses: the columns `prompts` names ((prompt, response), the response None for rows
+    without one), or else data.textColumn and data.textPairColumn (for preference rows,
+    both responses together).
     """
     data = config.data
-    label = data.label_column if config.model.task == "sequence-classification" else None
+    generative = config.model.task == "causal-lm"
+    label = None if generative else data.label_column
+    prompt, response = (None, None) if not generative else prompts or _prompt_columns(config)
     for rows in (train, validation):  # a column of lists or structs is no text to check
         as_text(rows, data.text_column, "data.textColumn")
     count = token_counts or (lambda rows: _token_counts(rows, data, tokenizer))
     train_input, validation_input = (
         SplitInput(
-            rows.table,
+            _with_preference_pairs(rows, config),
             rows.positions,
             count(rows),
             rows.origin,
@@ -77,9 +85,11 @@ def apply_quality_rules(
             validation_input,
             text_column=data.text_column,
             label_column=label,
-            settings=quality_settings(data.quality, data.max_length),
+            settings=_settings(config),
             earlier=screened,
             label_noise=_label_noise_detector(train, config),
+            prompt_column=prompt,
+            response_column=response,
         )
     except QualityError as error:
         raise DataError(quality_failure(error)) from None
@@ -98,10 +108,50 @@ def quality_failure(error: QualityError) -> str:
     return f"data.quality.{error.rule}: {error}; {fix}"
 
 
-def quality_settings(spec: DataQualitySpec, max_length: int) -> QualitySettings:
-    """The engine's settings from the config section (length.maxTokens defaults to maxLength)."""
+PREFERENCE_PAIR = "kubetune:preference pair"
+"""Preference rows' chosen and rejected responses in one column: a row is a duplicate when
+its prompt and both responses repeat an earlier row's."""
+
+
+def _prompt_columns(config: TrainingConfig) -> tuple[str, str | None]:
+    """A causal LM's prompt and response columns."""
+    data = config.data
+    if config.training.learns_preferences:
+        return data.text_column, PREFERENCE_PAIR
+    return data.text_column, data.text_pair_column
+
+
+def _with_preference_pairs(rows: Rows, config: TrainingConfig) -> pa.Table:
+    """The rows' table, with PREFERENCE_PAIR for preference rows."""
+    if not config.training.learns_preferences:
+        return rows.table
+    data = config.data
+    chosen = pc.fill_null(as_text(rows, data.chosen_column, "data.chosenColumn"), "")
+    rejected = pc.fill_null(as_text(rows, data.rejected_column, "data.rejectedColumn"), "")
+    pairs = pc.binary_join_element_wise(chosen, rejected, "\n")
+    return rows.table.append_column(PREFERENCE_PAIR, pairs)
+
+
+def _settings(config: TrainingConfig) -> QualitySettings:
+    """The engine's settings for this run: a causal LM's with the rules on prompts, but
+    conflictingResponses, since preference rows give one prompt several pairs on purpose."""
+    data = config.data
+    settings = quality_settings(
+        data.quality, data.max_length, generative=config.model.task == "causal-lm"
+    )
+    if config.training.learns_preferences:
+        return dataclasses.replace(settings, conflicting_responses=None)
+    return settings
+
+
+def quality_settings(
+    spec: DataQualitySpec, max_length: int, *, generative: bool = False
+) -> QualitySettings:
+    """The engine's settings from the config section (length.maxTokens defaults to maxLength);
+    `generative`: a causal LM's, with the rules on prompts and responses."""
     length = spec.length
     upper = max_length if length.max_tokens is None else length.max_tokens
+    near = spec.near_duplicates
     return QualitySettings(
         duplicates=RuleSettings(spec.duplicates.mode),
         conflicting_labels=RuleSettings(spec.conflicting_labels.mode),
@@ -110,6 +160,12 @@ def quality_settings(spec: DataQualitySpec, max_length: int) -> QualitySettings:
         leakage=RuleSettings(spec.leakage.mode),
         length=LengthSettings(length.mode, min_tokens=length.min_tokens, max_tokens=upper),
         label_noise=None if spec.label_noise is None else RuleSettings(spec.label_noise.mode),
+        conflicting_responses=(
+            RuleSettings(spec.conflicting_responses.mode) if generative else None
+        ),
+        near_duplicates=(
+            NearDuplicateSettings(near.mode, threshold=near.threshold) if generative else None
+        ),
         max_non_printable_fraction=spec.max_non_printable_fraction,
         max_dropped_fraction=spec.max_dropped_fraction,
         examples_per_rule=spec.examples_per_rule,

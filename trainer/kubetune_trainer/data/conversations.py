@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -72,7 +73,44 @@ class Conversation:
 
     def text(self) -> str:
         """The contents as "role: content" lines: what the data-quality rules compare."""
-        return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages)
+        return _lines(self.messages)
+
+    def prompt_and_response(self) -> tuple[str, str]:
+        """The messages before the last trained assistant message, as "role: content" lines,
+        and that message's content: what a prompt and its response are to the rules."""
+        last = int(np.flatnonzero(self.trained)[-1])
+        return _lines(self.messages[:last]), self.messages[last]["content"]
+
+
+def _lines(messages: list[dict[str, str]]) -> str:
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+OPENING_ROLES = ("system", "developer")
+"""The roles that set a conversation up: they come before its first user or assistant message."""
+
+
+def check_turns(conversation: Conversation) -> None:
+    """ConversationError when a message is empty, a system or developer message comes after
+    the conversation started, or user or assistant speaks twice in a row (what a chat
+    template renders, but no chat the model will see looks like)."""
+    messages = conversation.messages
+    for number, message in enumerate(messages, 1):
+        if not message["content"].strip():
+            raise ConversationError(f"message {number} ({message['role']}) is empty")
+    talk = [(n, m["role"]) for n, m in enumerate(messages, 1) if m["role"] not in OPENING_ROLES]
+    for number, message in enumerate(messages, 1):
+        if message["role"] in OPENING_ROLES and talk and number > talk[0][0]:
+            raise ConversationError(
+                f"message {number} ({message['role']}) comes after the conversation started; "
+                f"{' and '.join(OPENING_ROLES)} messages open it"
+            )
+    for (number, role), (next_number, next_role) in pairwise(talk):
+        if role == next_role:
+            raise ConversationError(
+                f"messages {number} and {next_number} are both {role}'s; user and assistant "
+                "take turns"
+            )
 
 
 @dataclass(frozen=True)

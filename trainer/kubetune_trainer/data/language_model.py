@@ -4,7 +4,8 @@ A causal LM has no labels and no classes, so most of the classification pipeline
 apply: its rows are read, screened, split and checked by the quality rules like any other,
 then tokenized as prompt (+ response + end of text). When a response column is set
 (data.textPairColumn) the prompt's tokens are masked out of the labels, so that the model
-learns to answer, not to repeat the question.
+learns to answer, not to repeat the question. The rows are tokenized whole, counted in
+tokens for the data report (token_budget.py), then cut to data.maxLength.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from kubetune_trainer.data.report import DataReport, length_summary
 from kubetune_trainer.data.rows import DataError, Rows
 from kubetune_trainer.data.screening import rows_read, screen
 from kubetune_trainer.data.splits import stratified_split
+from kubetune_trainer.data.token_budget import IGNORED, run_tokens, split_tokens, truncated
 
-IGNORED_LABEL = -100
+IGNORED_LABEL = IGNORED
 """The label value torch's cross-entropy skips: prompt tokens and padding."""
+ENCODED_COLUMNS = ("input_ids", "attention_mask", "labels")
 
 
 def prepare_language_model_data(
@@ -44,9 +47,15 @@ def prepare_language_model_data(
     """Load, check, split and tokenize the rows of a causal-LM run."""
     data = config.data
     checked = checked_rows(config, tokenizer, text_columns(data))
-    train_set = _tokenize_for_language_model(checked.train, data, tokenizer, "training")
-    validation_set = _tokenize_for_language_model(checked.validation, data, tokenizer, "validation")
-    return checked.prepared(train_set, validation_set, data)
+    train_set, train_tokens = _tokenize_for_language_model(
+        checked.train, data, tokenizer, "training"
+    )
+    validation_set, validation_tokens = _tokenize_for_language_model(
+        checked.validation, data, tokenizer, "validation"
+    )
+    splits = {"train": train_tokens, "validation": validation_tokens}
+    tokens = run_tokens(splits, config.training.epochs, config.training.max_steps)
+    return checked.prepared(train_set, validation_set, data, tokens)
 
 
 @dataclass(frozen=True)
@@ -59,10 +68,14 @@ class CheckedRows:
     rows_in: dict[str, int]
 
     def prepared(
-        self, train_set: datasets.Dataset, validation_set: datasets.Dataset, data: DataSpec
+        self,
+        train_set: datasets.Dataset,
+        validation_set: datasets.Dataset,
+        data: DataSpec,
+        tokens: dict[str, Any] | None = None,
     ) -> PreparedData:
         """What the run trains on: the tokenized rows (with a "length" column) and, beside
-        them, the prompts, groups and counts."""
+        them, the prompts, groups, counts and the token figures (token_budget.run_tokens)."""
         report = DataReport(
             quality=self.quality,
             labels=[],
@@ -71,6 +84,7 @@ class CheckedRows:
                 split: length_summary(np.asarray(rows["length"][:]), data.max_length)
                 for split, rows in (("train", train_set), ("validation", validation_set))
             },
+            tokens=tokens,
         )
         return PreparedData(
             train=train_set,
@@ -147,23 +161,28 @@ def _prompts(rows: Rows, data: DataSpec) -> list[str]:
 
 def _tokenize_for_language_model(
     rows: Rows, data: DataSpec, tokenizer: PreTrainedTokenizerBase, split: str
-) -> datasets.Dataset:
+) -> tuple[datasets.Dataset, dict[str, Any]]:
+    """The split's rows tokenized and cut to data.maxLength, and its token figures (counted
+    before the cut)."""
     columns = {"prompt": required_texts(rows, data.text_column, "data.textColumn")}
     if data.text_pair_column is not None:
         columns["response"] = required_texts(rows, data.text_pair_column, "data.textPairColumn")
     table = pa.table(columns)
-    encoded = datasets.Dataset(InMemoryTable(table)).map(
-        language_model_encoder(tokenizer, data.max_length),
+    whole = datasets.Dataset(InMemoryTable(table)).map(
+        language_model_encoder(tokenizer, None),
         batched=True,
         remove_columns=list(columns),
         desc=f"Tokenizing the {split} rows",
     )
+    figures = split_tokens(whole.data.table.column("labels"), data.max_length)
+    encoded = truncated(whole, ENCODED_COLUMNS, data.max_length)
     lengths = pc.list_value_length(encoded.data.table.column("input_ids"))
     if pc.max(lengths).as_py() is None:
         raise DataError(f"data.{split}: no row holds any text")
     if data.text_pair_column is not None:
         check_responses_fit(encoded, data.max_length, split)
-    return datasets.Dataset(InMemoryTable(encoded.data.table.append_column("length", lengths)))
+    with_lengths = encoded.data.table.append_column("length", lengths)
+    return datasets.Dataset(InMemoryTable(with_lengths)), figures
 
 
 def check_responses_fit(
@@ -187,10 +206,10 @@ def check_responses_fit(
 
 
 def language_model_encoder(
-    tokenizer: PreTrainedTokenizerBase, max_length: int
+    tokenizer: PreTrainedTokenizerBase, max_length: int | None
 ) -> Callable[[Any], dict[str, Any]]:
     """Prompt (+ response + end of text) token ids, labels masking the prompt when a response
-    column exists."""
+    column exists, cut to `max_length` tokens (None: whole)."""
     end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def encode(batch: Any) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from kubetune_trainer.data.language_model import (
 )
 from kubetune_trainer.data.prepared import PreparedData
 from kubetune_trainer.data.rows import DataError, Rows
+from kubetune_trainer.data.token_budget import preference_tokens, run_tokens, truncated
 
 TOKEN_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
 """What a tokenized preference row holds (besides its length)."""
@@ -58,9 +59,13 @@ def prepare_preference_data(
     data = config.data
     counts = _token_counts(tokenizer, data)
     checked = checked_rows(config, tokenizer, preference_columns(data), token_counts=counts)
-    train_set = _tokenize_preferences(checked.train, data, tokenizer, "training")
-    validation_set = _tokenize_preferences(checked.validation, data, tokenizer, "validation")
-    return checked.prepared(train_set, validation_set, data)
+    train_set, train_tokens = _tokenize_preferences(checked.train, data, tokenizer, "training")
+    validation_set, validation_tokens = _tokenize_preferences(
+        checked.validation, data, tokenizer, "validation"
+    )
+    splits = {"train": train_tokens, "validation": validation_tokens}
+    tokens = run_tokens(splits, config.training.epochs, config.training.max_steps)
+    return checked.prepared(train_set, validation_set, data, tokens)
 
 
 def _token_counts(
@@ -87,19 +92,23 @@ def _token_counts(
 
 def _tokenize_preferences(
     rows: Rows, data: DataSpec, tokenizer: PreTrainedTokenizerBase, split: str
-) -> datasets.Dataset:
+) -> tuple[datasets.Dataset, dict[str, Any]]:
+    """The split's preference rows tokenized and cut to data.maxLength, and their token
+    figures (counted before the cut)."""
     columns = {
         "prompt": required_texts(rows, data.text_column, "data.textColumn"),
         "chosen": required_texts(rows, data.chosen_column, "data.chosenColumn"),
         "rejected": required_texts(rows, data.rejected_column, "data.rejectedColumn"),
     }
-    encoded = datasets.Dataset(InMemoryTable(pa.table(columns))).map(
-        _preference_encoder(tokenizer, data.max_length),
+    whole = datasets.Dataset(InMemoryTable(pa.table(columns))).map(
+        _preference_encoder(tokenizer),
         batched=True,
         remove_columns=list(columns),
         desc=f"Tokenizing the {split} preference rows",
     )
-    return preference_rows(encoded, data.max_length, split)
+    figures = preference_tokens(whole, data.max_length)
+    encoded = truncated(whole, TOKEN_COLUMNS, data.max_length)
+    return preference_rows(encoded, data.max_length, split), figures
 
 
 def preference_rows(encoded: datasets.Dataset, max_length: int, split: str) -> datasets.Dataset:
@@ -117,11 +126,9 @@ def preference_rows(encoded: datasets.Dataset, max_length: int, split: str) -> d
     return datasets.Dataset(InMemoryTable(table.append_column("length", lengths)))
 
 
-def _preference_encoder(
-    tokenizer: PreTrainedTokenizerBase, max_length: int
-) -> Callable[[Any], dict[str, Any]]:
-    """Both responses of each row, each after its prompt, as a causal LM's response."""
-    encode = language_model_encoder(tokenizer, max_length)
+def _preference_encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[Any], dict[str, Any]]:
+    """Both responses of each row, each after its prompt, as a causal LM's response (whole)."""
+    encode = language_model_encoder(tokenizer, None)
 
     def encode_both(batch: Any) -> dict[str, Any]:
         columns: dict[str, Any] = {}

@@ -9,7 +9,10 @@ them, or fail the job, as the manifest asks per rule. Dropping too much is a fai
 it means the data, not a few rows, is wrong.
 
 Rows are compared on their normalised text (lowercase, no punctuation, single spaces), so
-"Great kettle!" and "great  kettle" are the same row. Every rule works on whole Arrow
+"Great kettle!" and "great  kettle" are the same row. A causal LM's rows are compared on
+their prompt and response: a repeated pair is a duplicate, one prompt with several
+responses is conflictingResponses', a prompt nearly another's nearDuplicates'
+(near_duplicates.py), and leakage compares prompts. Every rule works on whole Arrow
 columns (pyarrow.compute regexes, numpy on integer codes), never on one row at a time.
 
 The engine knows no tokenizer, file format or model. What needs one is measured by the
@@ -39,6 +42,8 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from kubetune_trainer.data.near_duplicates import near_duplicates
 
 RuleMode = Literal["drop", "warn", "fail"]
 Mask = npt.NDArray[np.bool_]
@@ -83,6 +88,14 @@ class LengthSettings(RuleSettings):
 
 
 @dataclass(frozen=True)
+class NearDuplicateSettings(RuleSettings):
+    """The near-duplicates rule: prompts whose word trigrams overlap by at least `threshold`
+    (Jaccard similarity, estimated by MinHash)."""
+
+    threshold: float = 0.8
+
+
+@dataclass(frozen=True)
 class QualitySettings:
     """The rules to apply and their limits (built by the config layer)."""
 
@@ -95,6 +108,10 @@ class QualitySettings:
     """Runs on the splits whose token counts are given (SplitInput.lengths)."""
     label_noise: RuleSettings | None = None
     """Runs when set and a detector is given to `check`."""
+    conflicting_responses: RuleSettings | None = None
+    """Runs when set and `check` is given a response column (causal LMs)."""
+    near_duplicates: NearDuplicateSettings | None = None
+    """Runs when set (causal LMs), on the prompts."""
     max_non_printable_fraction: float = 0.3
     max_dropped_fraction: float = 0.3
     examples_per_rule: int = 3
@@ -340,6 +357,11 @@ class _Split:
     keep: Mask
     judged: Mask
     """Rows the rules after `empty` look at: kept so far, and with some text."""
+    prompts: pa.ChunkedArray
+    """The normalised prompts (a causal LM's) that leakage and near-duplicates compare; the
+    normalised texts where there are no prompts."""
+    responses: pa.ChunkedArray | None
+    """The normalised responses, where a causal LM's rows have them."""
 
     def take_examples(self, matched: Mask, limit: int, details: Details) -> list[dict[str, Any]]:
         where = _Where(self.positions, self.files)
@@ -359,23 +381,28 @@ def check(
     settings: QualitySettings,
     earlier: Sequence[RuleResult] = (),
     label_noise: Callable[[Mask], Finding] | None = None,
+    prompt_column: str | None = None,
+    response_column: str | None = None,
 ) -> tuple[Mask, Mask | None, QualityReport]:
     """The rows of each split to keep, and the report; raises QualityError as configured.
 
     Each split goes through empty, garbage, length (where token counts are given),
-    duplicates and conflicting labels (the last only with a label column); then training
-    rows whose text is in the cleaned validation rows are leakage, and last the label-noise
-    detector looks at the training rows still kept. A rule sees only the rows the rules
-    before it kept. `earlier` holds the results of rules run on the files before (their
-    dropped rows are no longer in the tables): they open the report and count in rows_in
-    and in the dropped share.
+    duplicates and conflicting labels (the last only with a label column); a causal LM's
+    rows, with `response_column`, are duplicates when prompt and response repeat, and go on
+    through conflicting responses and near-duplicates of prompts. Then training rows whose
+    text (or prompt, with `prompt_column`) is in the cleaned validation rows are leakage,
+    and last the label-noise detector looks at the training rows still kept. A rule sees
+    only the rows the rules before it kept. `earlier` holds the results of rules run on the
+    files before (their dropped rows are no longer in the tables): they open the report and
+    count in rows_in and in the dropped share.
     """
     results: list[RuleResult] = list(earlier)
-    train_split = _split("train", _input(train), text_column, label_column)
+    columns = _Columns(text_column, label_column, prompt_column, response_column)
+    train_split = _split("train", _input(train), columns)
     _clean(train_split, settings, results)
     validation_split = None
     if validation is not None:
-        validation_split = _split("validation", _input(validation), text_column, label_column)
+        validation_split = _split("validation", _input(validation), columns)
         _clean(validation_split, settings, results)
         leaked = _leaked(train_split, validation_split)
         _apply(train_split, "leakage", settings.leakage, leaked, settings, results)
@@ -403,23 +430,44 @@ def _dropped_before(earlier: Sequence[RuleResult], split: str) -> int:
     return sum(r.matched for r in earlier if r.split == split and r.mode == "drop")
 
 
-def _split(name: str, rows: SplitInput, text_column: str, label_column: str | None) -> _Split:
+@dataclass(frozen=True)
+class _Columns:
+    """The columns the rules read: text and label, and a causal LM's prompt and response."""
+
+    text: str
+    label: str | None
+    prompt: str | None
+    response: str | None
+
+
+def _split(name: str, rows: SplitInput, columns: _Columns) -> _Split:
     table = rows.table
-    texts = table.column(text_column).cast(pa.large_string())
+    texts = table.column(columns.text).cast(pa.large_string())
+    normalised = normalise(texts)
     everything = np.ones(table.num_rows, dtype=np.bool_)
     return _Split(
         name,
         rows.origin,
         table,
         texts,
-        normalise(texts),
-        label_column,
+        normalised,
+        columns.label,
         _positions(rows),
         rows.files,
         rows.lengths,
         everything,
         everything.copy(),
+        (
+            normalised
+            if columns.prompt in (None, columns.text)
+            else _normalised_column(table, columns.prompt)
+        ),
+        None if columns.response is None else _normalised_column(table, columns.response),
     )
+
+
+def _normalised_column(table: pa.Table, column: str) -> pa.ChunkedArray:
+    return normalise(pc.fill_null(table.column(column).cast(pa.large_string()), ""))
 
 
 def _clean(split: _Split, settings: QualitySettings, results: list[RuleResult]) -> None:
@@ -440,6 +488,27 @@ def _clean(split: _Split, settings: QualitySettings, results: list[RuleResult]) 
         conflicting = _conflicting(text_codes, label_codes, split.judged & has_words)
         rule = settings.conflicting_labels
         _apply(split, "conflictingLabels", rule, conflicting, settings, results)
+    _clean_prompts(split, settings, results)
+
+
+def _clean_prompts(split: _Split, settings: QualitySettings, results: list[RuleResult]) -> None:
+    """A causal LM's rules on its prompts: one prompt with several responses, and prompts
+    nearly the same as an earlier one."""
+    prompt_codes = _codes(split.prompts)
+    has_prompt = _has_words(split.prompts)
+    rule = settings.conflicting_responses
+    if rule is not None and split.responses is not None:
+        response_codes = _codes(split.responses)
+        conflicting = _conflicting(prompt_codes, response_codes, split.judged & has_prompt)
+        _apply(split, "conflictingResponses", rule, conflicting, settings, results)
+    near = settings.near_duplicates
+    if near is not None:
+        candidates = split.judged & has_prompt
+        matched = near_duplicates(split.prompts, prompt_codes, candidates, near.threshold)
+        note = f"threshold {near.threshold}"
+        _apply(
+            split, "nearDuplicates", near, matched, settings, results, Finding(matched, {}, note)
+        )
 
 
 def _apply(
@@ -529,9 +598,12 @@ def _codes(values: pa.ChunkedArray) -> Codes:
 
 
 def _label_codes(split: _Split) -> Codes:
-    if split.label_column is None:
-        return np.zeros(split.table.num_rows, dtype=np.int64)
-    return _codes(split.table.column(split.label_column))
+    """What makes rows with the same text different: the label, or a causal LM's response."""
+    if split.label_column is not None:
+        return _codes(split.table.column(split.label_column))
+    if split.responses is not None:
+        return _codes(split.responses)
+    return np.zeros(split.table.num_rows, dtype=np.int64)
 
 
 def _pair_codes(text_codes: Codes, label_codes: Codes) -> Codes:
@@ -562,7 +634,8 @@ def _conflicting(text_codes: Codes, label_codes: Codes, candidates: Mask) -> Mas
 
 
 def _leaked(train: _Split, validation: _Split) -> Mask:
-    """Training rows whose normalised text is in the kept validation rows."""
-    kept = validation.normalised.filter(pa.array(validation.judged))
-    inside = pc.is_in(train.normalised, value_set=kept.combine_chunks())
-    return train.judged & _has_words(train.normalised) & _mask(inside)
+    """Training rows whose normalised text (a causal LM's: prompt) is in the kept validation
+    rows."""
+    kept = validation.prompts.filter(pa.array(validation.judged))
+    inside = pc.is_in(train.prompts, value_set=kept.combine_chunks())
+    return train.judged & _has_words(train.prompts) & _mask(inside)

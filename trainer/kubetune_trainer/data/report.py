@@ -3,8 +3,10 @@
 A user whose fine-tune disappoints first asks what the model was trained on. This report
 answers with numbers: rows in and out, what each quality rule matched, the classes and
 the sensitive groups before and after the rules, the rows augmentation and resampling
-added or removed, the token lengths the model saw, and a recommendation when the classes
-are imbalanced and nothing was done about it. The status carries a compact summary
+added or removed, the token lengths the model saw (for a causal LM, its prompt and
+response tokens, what an epoch reads and the loss counts, what data.maxLength cuts:
+token_budget.py), and a recommendation when the classes are imbalanced and nothing was
+done about it. The status carries a compact summary
 (`status.dataValidation`, the DataValidated condition's evidence); report.json and
 report.html carry all of it.
 
@@ -94,8 +96,13 @@ class DataReport:
     """data.packing: rows, sequences, fill and padding before and after (packing.packing_summary);
     set when the training loader is built, None without packing."""
     conversations: dict[str, dict[str, Any]] | None = None
-    """data.messagesColumn: split -> rows, messages, trainedMessages (assistant, weight 1),
-    assistantTokenShare (of the tokens after truncation); None for other rows."""
+    """data.messagesColumn: split -> rows, messages, turns (assistant messages),
+    trainedMessages (assistant, weight 1), assistantTokenShare (of the tokens after
+    truncation); None for other rows."""
+    tokens: dict[str, Any] | None = None
+    """causal-lm: each split's prompt and response tokens, the tokens an epoch reads and
+    the loss counts, the responses data.maxLength cuts, and the run's totals
+    (token_budget.run_tokens); None for classifiers."""
 
     def imbalance_ratio(self) -> float | None:
         """Largest over smallest class in the training rows that reached the rules."""
@@ -133,6 +140,7 @@ class DataReport:
             "warnings": self.warnings,
             "packing": self.packing,
             "conversations": self.conversations,
+            "tokens": self.tokens,
         }
 
     def _message(self, quality_message: str) -> str:
@@ -140,6 +148,8 @@ class DataReport:
         changes += [f"-{count} {name}" for name, count in self.removed.items() if count]
         trained_on = sum(self.classes.get("train", {}).get("out", {}).values())
         warnings = "".join(f"; warning: {warning}" for warning in self.warnings)
+        if self.tokens is not None:
+            quality_message += f"; {_tokens_message(self.tokens)}"
         if not changes:
             return quality_message + warnings
         return f"{quality_message}; training on {trained_on} rows ({', '.join(changes)}){warnings}"
@@ -148,6 +158,24 @@ class DataReport:
 def _largest(counts: Counts, limit: int) -> Counts:
     ranked = sorted(counts.items(), key=lambda item: -item[1])
     return dict(ranked[:limit])
+
+
+def _tokens_message(tokens: dict[str, Any]) -> str:
+    """One line for the status, e.g. "training reads 1,200 tokens per epoch (400 in the
+    loss), 3,600 over 3 epochs; 2 responses cut by data.maxLength (35 tokens lost)"."""
+    train = tokens["splits"].get("train", {})
+    at_most = "at most " if tokens["upperBound"] else ""
+    line = (
+        f"training reads {train.get('tokensPerEpoch', 0):,} tokens per epoch "
+        f"({train.get('lossTokensPerEpoch', 0):,} in the loss), {at_most}"
+        f"{tokens['tokensPerRun']:,} over {tokens['epochs']} epochs"
+    )
+    cut = sum(split.get("responsesCut", 0) for split in tokens["splits"].values())
+    lost = sum(split.get("responseTokensCut", 0) for split in tokens["splits"].values())
+    if cut:
+        responses = "response" if cut == 1 else "responses"
+        line += f"; {cut:,} {responses} cut by data.maxLength ({lost:,} tokens lost)"
+    return line
 
 
 def failed_status(message: str) -> dict[str, Any]:

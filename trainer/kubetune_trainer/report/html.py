@@ -1159,6 +1159,7 @@ def data_section(report: Mapping[str, Any]) -> Section | None:
         _lengths(data, report),
         _packing(data),
         _conversations(data),
+        _tokens(data, report),
         _groups(data),
     ]
     body = join(part for part in parts if part)
@@ -1438,6 +1439,7 @@ _CONVERSATION_HEADERS = (
     "split",
     "conversations",
     "messages",
+    "turns",
     "assistant messages trained",
     "tokens in the loss",
 )
@@ -1458,8 +1460,101 @@ def _conversation_row(split: str, figures: Mapping[str, Any]) -> list[object] | 
     ]
     if len(numbers) < len(_CONVERSATION_FIGURES):
         return None
-    *counts, share = numbers
-    return [split, *(f"{count:,.0f}" for count in counts), f"{share:.1%}"]
+    rows, messages, trained, share = numbers
+    turns = finite_number(figures.get("turns"))  # reports before turns were counted lack it
+    counts = [None if n is None else f"{n:,.0f}" for n in (rows, messages, turns, trained)]
+    return [split, *counts, f"{share:.1%}"]
+
+
+_TOKEN_SIDES = (("promptTokens", "prompt"), ("responseTokens", "response"))
+_TOKEN_FIGURES = (
+    "tokensPerEpoch",
+    "lossTokensPerEpoch",
+    "responsesCut",
+    "responseTokensCut",
+)
+_TOKEN_HEADERS = (
+    "split",
+    "rows",
+    *(f"{side} {stat}" for _, side in _TOKEN_SIDES for stat in ("p50", "p95", "max")),
+    "tokens per epoch",
+    "in the loss",
+    "responses cut",
+    "response tokens cut",
+)
+
+
+def _tokens(data: Mapping[str, Any], report: Mapping[str, Any]) -> Markup:
+    """causal-lm: each split's prompt and response tokens, what an epoch reads and the loss
+    counts, the responses data.maxLength cuts, and the run's totals."""
+    tokens = _mapping(data.get("tokens"))
+    splits = {str(s): _mapping(f) for s, f in _mapping(tokens.get("splits")).items()}
+    rows = [[split, *_token_cells(figures)] for split, figures in splits.items()]
+    if not rows:
+        return Markup("")
+    max_length = finite_number(
+        _mapping(_mapping(report.get("config")).get("data")).get("maxLength")
+    )
+    parts = [tag("h3", "Tokens")]
+    histograms = {
+        (split, side): hist
+        for split, figures in splits.items()
+        for key, side in _TOKEN_SIDES
+        if (hist := histogram(_mapping(figures.get(key))))
+    }
+    if histograms:
+        parts.append(token_chart(histograms, max_length))
+    parts.append(table(_TOKEN_HEADERS, rows, class_="tokens"))
+    parts.append(_run_tokens(tokens))
+    return join(parts)
+
+
+def _token_cells(figures: Mapping[str, Any]) -> list[object]:
+    sides = [_mapping(figures.get(key)) for key, _ in _TOKEN_SIDES]
+    percentiles = [side.get(stat) for side in sides for stat in ("p50", "p95", "max")]
+    return [figures.get("rows"), *percentiles, *(figures.get(key) for key in _TOKEN_FIGURES)]
+
+
+def _run_tokens(tokens: Mapping[str, Any]) -> Markup:
+    """The run's training tokens: what GPU-hours grow with and a managed API bills."""
+    numbers = [finite_number(tokens.get(k)) for k in ("tokensPerRun", "lossTokensPerRun")]
+    epochs = finite_number(tokens.get("epochs"))
+    if None in numbers or epochs is None:
+        return Markup("")
+    read, in_loss = (n or 0.0 for n in numbers)
+    at_most = "at most " if tokens.get("upperBound") else ""
+    bound = " (training.maxSteps may stop it sooner)" if at_most else ""
+    return tag(
+        "p",
+        f"Over the run: {at_most}{read:,.0f} training tokens read, {in_loss:,.0f} of them in "
+        f"the loss, over {epochs:,.0f} epochs{bound}. GPU-hours grow with the tokens read; a "
+        "managed fine-tuning API bills them.",
+        class_="token-totals",
+    )
+
+
+def token_chart(
+    histograms: Mapping[tuple[str, str], tuple[list[float], list[float]]],
+    max_length: float | None,
+) -> Markup:
+    """Prompt and response tokens per row: one panel each, a line per split, with
+    data.maxLength marked."""
+    sides = [side for _, side in _TOKEN_SIDES if any(s == side for _, s in histograms)]
+
+    def draw(figure: Figure) -> None:
+        axes = figure.subplots(1, len(sides), squeeze=False)[0]
+        for ax, side in zip(axes, sides, strict=True):
+            for (split, shown), (edges, counts) in histograms.items():
+                if shown == side:
+                    total = sum(counts) or 1
+                    shares = [c / total for c in counts]
+                    ax.stairs(shares, edges, label=chart_text(split), linewidth=1.8)
+            if max_length is not None:
+                ax.axvline(max_length, color="#dc2626", linestyle="--", linewidth=1)
+            ax.set(title=f"{side} tokens", xlabel="tokens", ylabel="share of rows")
+            ax.legend()
+
+    return chart("chart-tokens", "Prompt and response tokens per row", draw, (7.6, 3.0))
 
 
 def histogram(stats: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:

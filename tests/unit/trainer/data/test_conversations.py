@@ -264,9 +264,14 @@ def test_malformed_conversations_are_dropped_and_counted_with_examples(
     assert prepared.report.to_report()["conversations"]["train"] == {
         "rows": 4,
         "messages": 9,
+        "turns": 4,
         "trainedMessages": 4,
         "assistantTokenShare": pytest.approx(10 / 45, abs=1e-4),  # 45 tokens, 10 answers,
     }
+    train_tokens = prepared.report.to_report()["tokens"]["splits"]["train"]
+    assert (train_tokens["tokensPerEpoch"], train_tokens["lossTokensPerEpoch"]) == (45, 10)
+    assert train_tokens["responseTokens"]["total"] == 10
+    assert train_tokens["promptTokens"]["total"] == 35
 
 
 def test_a_file_mixing_text_and_content_parts_reads_back(
@@ -371,3 +376,53 @@ def test_the_text_column_is_not_read_beside_a_messages_column() -> None:
         }
     )
     assert config.data.column_roles(with_label=False) == [("data.messagesColumn", "text")]
+
+
+def test_conversations_out_of_turn_or_with_an_empty_message_are_malformed(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    bad = [
+        [USER, {"role": "user", "content": "again"}, ANSWER],
+        [USER, ANSWER, {"role": "system", "content": "be brief"}, USER, ANSWER],
+        [{"role": "user", "content": "  "}, ANSWER],
+    ]
+    train = write_jsonl(tmp_path / "train.jsonl", [*GOOD, *bad])
+    validation = write_jsonl(tmp_path / "validation.jsonl", [conversation("ok", "ok")])
+    rules = {"malformedConversations": {"mode": "drop"}, "maxDroppedFraction": 0.5}
+    prepared = prepare_data(config_of(train, validation, quality=rules), tokenizer)
+    assert prepared.rows["train_out"] == 4
+    malformed = next(r for r in prepared.quality.results if r.rule == "malformedConversations")
+    assert [(e["row"], e["problem"]) for e in malformed.examples] == [
+        (4, "messages 1 and 2 are both user's; user and assistant take turns"),
+        (
+            5,
+            "message 3 (system) comes after the conversation started; system and developer "
+            "messages open it",
+        ),
+        (6, "message 1 (user) is empty"),
+    ]
+
+
+def test_conversation_rules_compare_the_prompt_before_the_last_answer(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    train = write_jsonl(
+        tmp_path / "train.jsonl",
+        [*GOOD, conversation("hi", "hello"), conversation("is it ok", "yes")],
+    )
+    validation = write_jsonl(tmp_path / "validation.jsonl", [conversation("is it ok", "no")])
+    rules = {
+        "conflictingResponses": {"mode": "drop"},
+        "leakage": {"mode": "warn"},
+        "maxDroppedFraction": 0.5,
+    }
+    prepared = prepare_data(config_of(train, validation, quality=rules), tokenizer)
+    report = prepared.report.to_report()["quality"]
+    assert report["dropped"] == {"conflictingResponses": 2}  # "hi there" and "hello"
+    assert report["flagged"] == {"leakage": 1}  # "user: is it ok", answered otherwise
+    assert prepared.train_texts == [
+        "user: how are you\nassistant: fine thanks",
+        "user: what is two plus two\nassistant: four",
+        "system: be brief\nuser: bye\nassistant: bye",
+        "user: is it ok\nassistant: yes",
+    ]

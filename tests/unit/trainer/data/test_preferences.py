@@ -169,3 +169,23 @@ def test_the_length_rule_counts_the_prompt_with_its_longer_response(
     prepared = prepare_data(config_of(train, validation, quality={"length": length}), tokenizer)
     assert matched(prepared, "length") == {"train": 1, "validation": 0}
     assert prepared.rows["train_out"] == 8
+
+
+def test_a_duplicate_repeats_the_prompt_and_both_responses(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    repeated = [
+        ("the kettle is", "fine good", "awful bad"),
+        ("the kettle is", "good", "awful"),  # another pair for the same prompt: kept
+        ("The kettle is!", "fine good", "awful bad"),  # the first row again
+        ("the lamp is", "good", "bad"),
+        ("the tent is", "fine", "awful"),
+    ]
+    train = write_rows(tmp_path / "train.csv", repeated)
+    validation = write_rows(tmp_path / "validation.csv", [("is the tent", "good", "bad")])
+    config = config_of(train, validation, quality={"duplicates": {"mode": "drop"}})
+    prepared = prepare_data(config, tokenizer)
+    duplicates = next(r for r in prepared.quality.results if r.rule == "duplicates")
+    assert [example["row"] for example in duplicates.examples] == [2]
+    assert prepared.rows["train_out"] == 4
+    assert "conflictingResponses" not in {r.rule for r in prepared.quality.results}

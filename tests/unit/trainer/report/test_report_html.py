@@ -13,11 +13,13 @@ from typing import Any
 from xml.etree.ElementTree import Element, TreeBuilder
 
 import matplotlib
+import pyarrow as pa
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
+from kubetune_trainer.data.token_budget import run_tokens, split_tokens
 from kubetune_trainer.report import charts
 from kubetune_trainer.report import html as render
 from kubetune_trainer.report import summary as report_module
@@ -1507,3 +1509,42 @@ def test_a_language_model_audit_and_its_prompt_attributions_render() -> None:
     assert attributions is not None
     assert "Response: cooks" in text(attributions)
     assert [text(s) for s in attributions.iter("span")][-2:] == ["the", "woman"]
+
+
+def test_a_language_model_report_shows_its_tokens() -> None:
+    prompt = [-100]
+    train = pa.chunked_array(
+        [[prompt * 5 + [7, 8], prompt * 2 + [7, 8, 9, 10], prompt * 3 + list(range(9))]]
+    )
+    validation = pa.chunked_array([[prompt * 3 + [7, 8]]])
+    splits = {"train": split_tokens(train, 8), "validation": split_tokens(validation, 8)}
+    report = full_report()
+    report["data"]["tokens"] = run_tokens(splits, epochs=3, max_steps=None)
+    root = dom(render_html(report))
+    assert table_rows(find_table(root, "tokens")) == [
+        [
+            "split",
+            "rows",
+            "prompt p50",
+            "prompt p95",
+            "prompt max",
+            "response p50",
+            "response p95",
+            "response max",
+            "tokens per epoch",
+            "in the loss",
+            "responses cut",
+            "response tokens cut",
+        ],
+        ["train", "3", "3", "4.8", "5", "4", "8.5", "9", "21", "11", "1", "4"],
+        ["validation", "1", "3", "3", "3", "2", "2", "2", "5", "2", "0", "0"],
+    ]
+    totals = next(e for e in root.iter() if e.get("class") == "token-totals")
+    assert text(totals).startswith(
+        "Over the run: 63 training tokens read, 33 of them in the loss, over 3 epochs."
+    )
+    assert {"prompt tokens", "response tokens", "train", "validation"} <= set(
+        svg_texts(root, "chart-tokens")
+    )
+    del report["data"]["tokens"]
+    assert by_id(dom(render_html(report)), "chart-tokens") is None
