@@ -849,8 +849,12 @@ class CrossValidationSpec(Section):
 
     folds: int = Field(default=5, ge=2, le=20)
     """Number of folds (k)."""
-    stratified: bool = True
-    """Keep the class proportions equal across folds."""
+    stratified: bool | None = None
+    """Keep the class proportions equal across folds. Left out: true for sequence-classification; causal-lm rows (a conversation is one row, kept whole) have no class, so their folds are never stratified and true is refused."""
+
+    def stratifies(self, task: str) -> bool:
+        """Whether the folds of a run of `task` keep the class proportions."""
+        return task == "sequence-classification" and self.stratified is not False
 
 
 class AttributionSpec(Section):
@@ -885,9 +889,9 @@ class EvaluationSpec(Section):
     early_stopping: EarlyStoppingSpec | None = None
     """Stop training when the primary metric stops improving; left out to train all epochs."""
     max_generalization_gap: float | None = Field(default=None, gt=0, le=1e6)
-    """Report overfitting when the train metric exceeds the validation metric by more than this."""
+    """Report overfitting when the training value of the primary metric beats its validation value by more than this. The training side is measured at every evaluation the same way as the validation side: a fixed sample of training rows (seeded by training.seed, as many as the validation rows, at most 1024) scored in eval mode (no dropout) with the same metric code, so the gap does not depend on how often the run evaluates."""
     cross_validation: CrossValidationSpec | None = None
-    """sequence-classification: train k models on k folds of the training rows (the validation rows are not used) and report each metric's mean and spread; the best fold's model is kept."""
+    """Train k models on k folds of the training rows (the validation rows are not used) and report each metric's mean and spread; the best fold's model is kept. causal-lm folds split whole rows (a conversation or preference pair is one row)."""
     divergence_factor: float = Field(default=4.0, gt=1, le=1e6)
     """Stop as diverged when the smoothed training loss exceeds this multiple of its starting value (NaN or infinity always counts)."""
     underfitting_floor: float | None = Field(default=None, ge=0, le=1e6)
@@ -926,6 +930,8 @@ class CounterfactualPair(Section):
     """A word or phrase as it appears in the texts."""
     counterpart: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
     """What it is replaced with (and what is replaced by it)."""
+    attribute: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)] | None = None
+    """What the pair varies, e.g. gender or name. Pairs of different attributes are swapped in separate copies of a text, never in one, and their flip rates are reported apart; a term may appear once per attribute. Left out: one set with the other pairs that leave it out."""
 
 
 class BiasSpec(Section):
@@ -942,12 +948,12 @@ class BiasSpec(Section):
     audit_data: DataSource | None = None
     """A separate audit dataset (e.g. counterfactual template sentences) with the same columns; left out: the validation rows."""
     counterfactuals: list[CounterfactualPair] = Field(default_factory=list, max_length=256)
-    """Term pairs to swap in the audit texts; the audit reports how often predictions flip."""
+    """Term pairs to swap in the audit texts; the audit reports how often predictions flip, per attribute."""
 
     @field_validator("counterfactuals")
     @classmethod
     def _pairs_swap_both_ways(cls, pairs: list[CounterfactualPair]) -> list[CounterfactualPair]:
-        seen: set[str] = set()
+        seen: set[tuple[str | None, str]] = set()
         for pair in pairs:
             term, counterpart = _term_key(pair.term), _term_key(pair.counterpart)
             if term == counterpart:
@@ -955,12 +961,17 @@ class BiasSpec(Section):
                     f"the pair {pair.term!r} / {pair.counterpart!r} swaps a term for itself"
                 )
             for key, written in ((term, pair.term), (counterpart, pair.counterpart)):
-                if key in seen:
+                if (pair.attribute, key) in seen:
                     raise ValueError(
-                        f"{written!r} is in more than one pair; a swap must be reversible"
+                        f"{written!r} is in more than one pair{_of_attribute(pair.attribute)}; "
+                        "a swap must be reversible"
                     )
-                seen.add(key)
+                seen.add((pair.attribute, key))
         return pairs
+
+
+def _of_attribute(attribute: str | None) -> str:
+    return "" if attribute is None else f" of attribute {attribute!r}"
 
 
 def _term_key(term: str) -> str:
@@ -1079,11 +1090,16 @@ class TrainingConfig(Section):
             ("data.quality.labelNoise", data.quality.label_noise is not None),
             ("data.augmentation", data.augmentation is not None),
             ("evaluation.attributions", self.evaluation.attributions is not None),
-            ("evaluation.crossValidation", self.evaluation.cross_validation is not None),
         ]
         for field, is_set in chosen:
             if is_set:
                 raise ValueError(f"{field} applies to sequence-classification only, not causal-lm")
+        folds = self.evaluation.cross_validation
+        if folds is not None and folds.stratified:
+            raise ValueError(
+                "evaluation.crossValidation.stratified applies to sequence-classification only: "
+                "causal-lm rows have no class to stratify by; leave it out or set it to false"
+            )
         return self
 
     @model_validator(mode="after")
