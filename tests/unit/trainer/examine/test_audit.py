@@ -772,7 +772,9 @@ def test_each_attribute_is_measured_and_reported_apart() -> None:
     by_name = np.array([[0.7, 0.3], [0.9, 0.1], [0.5, 0.5]])
     results = [
         counterfactual_result(original, scores, swap_terms(texts, pairs), pairs, [1])
-        for (_, pairs), scores in zip(counterfactual_sets([*GENDER, *NAME]), [by_gender, by_name])
+        for (_, pairs), scores in zip(
+            counterfactual_sets([*GENDER, *NAME]), [by_gender, by_name], strict=True
+        )
     ]
     combined = combined_counterfactuals(results)
     assert (combined.texts, combined.changed, combined.flips) == (3, 4, 2)
