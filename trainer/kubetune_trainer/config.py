@@ -1181,6 +1181,12 @@ class TrainingConfig(Section):
             )
         return self
 
+    def needs_validation_groups(self) -> bool:
+        """Whether the validation rows must hold data.sensitiveColumns: the bias audit reads
+        their groups there unless bias.auditData is set (then the audit file must hold them);
+        without a bias section the data report and the attributions read them."""
+        return self.bias is None or self.bias.audit_data is None
+
     def primary_metric(self) -> MetricName:
         """The metric that picks the best checkpoint, explicit or the task's default."""
         if self.evaluation.metric is not None:
