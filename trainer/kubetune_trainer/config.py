@@ -574,7 +574,7 @@ class DataSpec(Section):
     rejected_column: ColumnName = "rejected"
     """training.objective dpo or simpo: column with the response that is not preferred (a list of assistant messages with data.messagesColumn)."""
     sensitive_columns: list[ColumnName] = Field(default_factory=list, max_length=16)
-    """Columns with sensitive attributes (e.g. gender, dialect group): reported per group in the data report and audited by the bias section. Never fed to the model."""
+    """Columns with sensitive attributes (e.g. gender, dialect group): reported per group in the data report and audited by the bias section. Never fed to the model. Required in the validation rows, except with bias.auditData (then in the audit file)."""
     weight_column: ColumnName | None = None
     """Column with a per-row loss weight (non-negative numbers); left out for equal weights."""
     max_length: int = Field(default=128, ge=8, le=131_072)
@@ -946,7 +946,7 @@ class BiasSpec(Section):
     on_failure: Literal["fail", "warn"] = "warn"
     """fail: a failed audit fails the job; warn: the job succeeds with BiasAuditPassed=False."""
     audit_data: DataSource | None = None
-    """A separate audit dataset (e.g. counterfactual template sentences) with the same columns; left out: the validation rows."""
+    """A separate audit dataset (e.g. counterfactual template sentences) with the text, label and sensitive columns; the validation rows then need no sensitive columns. Left out: the validation rows are audited."""
     counterfactuals: list[CounterfactualPair] = Field(default_factory=list, max_length=256)
     """Term pairs to swap in the audit texts; the audit reports how often predictions flip, per attribute."""
 
