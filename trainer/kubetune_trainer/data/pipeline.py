@@ -89,8 +89,10 @@ def prepare_data(
     )
     progress()
     audited = config.needs_validation_groups()
+    # Cross-validation's folds validate on training rows: the training file holds them.
+    holds_validation = validation is None or config.evaluation.cross_validation is not None
     check_columns(
-        train, training_file_columns(data, holds_validation=validation is None, audited=audited)
+        train, training_file_columns(data, holds_validation=holds_validation, audited=audited)
     )
     if validation is not None:
         check_columns(validation, validation_file_columns(data, audited=audited))

@@ -15,7 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from kubetune_trainer.config import MISSING_GROUP, BiasSpec, DataSource, TrainingConfig
+from kubetune_trainer.config import (
+    MISSING_GROUP,
+    BiasSpec,
+    DataSource,
+    EvaluationSpec,
+    TrainingConfig,
+)
 from kubetune_trainer.data import (
     MEGA_BATCH_FACTOR,
     DataError,
@@ -497,6 +503,20 @@ def test_with_audit_data_only_the_audit_file_needs_the_sensitive_columns(
         DataError, match=f"data.sensitiveColumns: column 'dialect' is not in {audit}"
     ):
         prepare_audit_rows(with_audit_file(train, validation), tokenizer, ["a", "b"])
+
+
+def test_cross_validation_needs_the_sensitive_columns_in_the_training_file(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    train = write_csv(tmp_path / "train.csv", reviews(10, "a") + reviews(10, "b"))
+    validation = write_csv(tmp_path / "validation.csv", reviews(2, "a", dialect="x"))
+    config = make_config(train, validation, sensitiveColumns=["dialect"])
+    folds = config.model_copy(
+        update={"evaluation": EvaluationSpec.model_validate({"crossValidation": {"folds": 2}})}
+    )
+    assert data_error(folds, tokenizer).startswith(
+        f"data.sensitiveColumns: column 'dialect' is not in {train}"
+    )
 
 
 def test_empty_sensitive_values_form_the_missing_group(
