@@ -332,9 +332,13 @@ class Recipe:
             self.config, self.tokenizer, self.data, self.train_rows, self.accelerator.device
         )
         sharding.wrap_blocks(self.accelerator, model)
-        prepared = self.accelerator.prepare(model, optimizer, *loaders)
-        self.model, self.optimizer, self.train_loader, self.eval_loader = prepared[:4]
-        self.train_sample_loader = prepared[4]
+        (
+            self.model,
+            self.optimizer,
+            self.train_loader,
+            self.eval_loader,
+            self.train_sample_loader,
+        ) = self.accelerator.prepare(model, optimizer, *loaders)
         peak_flops, shape = mfu_basis(
             model, self.accelerator.device, causal_lm=self.is_language_model
         )
