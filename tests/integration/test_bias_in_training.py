@@ -3,6 +3,7 @@ predictions, and what onFailure does with a failed audit."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,8 @@ def test_attributions_explain_the_final_model_in_the_report(
 def test_audit_data_is_audited_instead_of_the_validation_rows(
     tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
 ) -> None:
-    """Template sentences that differ only in the dialect words: the classic bias probe."""
+    """Template sentences that differ only in the dialect words: the classic bias probe. The
+    validation file has no dialect column: with auditData set, its rows are not audited."""
     templates = [
         ("I reckon the {} is proper good.", "I think the {} is really good.", "positive"),
         ("I reckon the {} is proper bad.", "I think the {} is really bad.", "negative"),
@@ -153,8 +155,16 @@ def test_audit_data_is_audited_instead_of_the_validation_rows(
             rows.append(f"{standard.format(product)},{label},standard")
     audit_file = tmp_path / "audit.csv"
     audit_file.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    config = audited(tiny_model_dir, small_data, auditData={"source": str(audit_file)})
+    validation = tmp_path / "validation.csv"
+    with small_data[1].open(encoding="utf-8") as source, validation.open("w") as target:
+        writer = csv.writer(target)
+        for row in csv.DictReader(source):
+            writer.writerow([row["text"], row["label"]])
+    validation.write_text("text,label\n" + validation.read_text(), encoding="utf-8")
+    data = (small_data[0], validation)
+    config = audited(tiny_model_dir, data, auditData={"source": str(audit_file)})
     result = train(config, tmp_path / "run")
+    assert result.report["data"]["rows"]["validation_in"] == 80
     groups = {
         group["group"]: group["count"]
         for attribute in result.report["biasAudit"]["attributes"]

@@ -196,3 +196,29 @@ def assert_generation_evaluated(report: dict[str, Any], output: Path) -> None:
     page = (output / "report.html").read_text(encoding="utf-8")
     assert 'id="generation"' in page
     assert f'<td class="text">{rows[0]["reference"]}</td>' in page
+
+
+def test_conversations_cross_validate_in_whole_dialogues(
+    tmp_path: Path, chat_job: dict[str, Any]
+) -> None:
+    config = config_of(
+        {
+            **chat_job,
+            "training": {**chat_job["training"], "epochs": 1},
+            "evaluation": {"crossValidation": {"folds": 2}},
+        }
+    )
+    result = run_training(config, tmp_path, job_name="chat-folds", env={})
+    assert result.succeeded
+    summary = result.report["crossValidation"]
+    folds = [json.loads((tmp_path / f"fold-{k}/report.json").read_text()) for k in range(2)]
+    # Each of the 159 dialogues is validated in exactly one fold, as one row.
+    assert [f["data"]["rows"]["validation_out"] for f in folds] == [80, 79]
+    assert [f["data"]["rows"]["train_out"] for f in folds] == [79, 80]
+    losses = [f["bestMetrics"]["loss"] for f in folds]
+    assert summary["metrics"]["loss"]["folds"] == losses
+    assert summary["metrics"]["loss"]["mean"] == pytest.approx(np.mean(losses))
+    assert summary["bestFold"] == int(np.argmin(losses))
+    assert result.report["bestMetrics"]["perplexity"] == pytest.approx(
+        np.mean([f["bestMetrics"]["perplexity"] for f in folds])
+    )

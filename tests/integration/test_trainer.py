@@ -93,6 +93,47 @@ def step_events(output: Path) -> list[dict[str, Any]]:
     return [event for event in map(json.loads, lines) if event["event"] == "step"]
 
 
+def test_the_training_side_of_the_gap_is_the_same_however_often_the_run_evaluates(
+    tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from kubetune_trainer.data import prepare_data
+    from kubetune_trainer.modeling import load_tokenizer
+    from kubetune_trainer.training.loaders import training_sample
+
+    every_ten, at_the_end = (
+        make_config(
+            tiny_model_dir,
+            small_data,
+            training={"epochs": 1},
+            evaluation={"strategy": "steps", "everySteps": every},
+        )
+        for every in (10, 1000)
+    )
+    often, once = train(every_ten, tmp_path / "often"), train(at_the_end, tmp_path / "once")
+    evaluations = [r.report["curves"]["evaluations"] for r in (often, once)]
+    assert [[e["step"] for e in runs] for runs in evaluations] == [[10, 20], [20]]
+    last_often, last_once = evaluations[0][-1]["trainMetrics"], evaluations[1][-1]["trainMetrics"]
+    assert last_often.keys() == last_once.keys() >= {"accuracy", "loss", "rocAuc"}
+    assert last_often == pytest.approx(last_once, abs=1e-6)
+    # Independently: the last step's weights, in eval mode, on the seeded training sample.
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    model.load_state_dict(load_file(tmp_path / "often/checkpoints/step-00000020/model.safetensors"))
+    sample = training_sample(prepare_data(every_ten, load_tokenizer(every_ten)), seed=3)
+    assert len(sample) == 80  # as many as the validation rows
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat(
+            [model(input_ids=torch.tensor([ids])).logits for ids in sample["input_ids"]]
+        )
+    labels = torch.tensor(sample["labels"][:])
+    accuracy = (logits.argmax(dim=-1) == labels).double().mean().item()
+    assert last_often["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert last_often["loss"] == pytest.approx(loss, rel=1e-4)
+
+
 def test_tokens_per_second_count_the_padded_width_and_a_cpu_has_no_mfu(
     tmp_path: Path, tiny_model_dir: Path, small_data: tuple[Path, Path]
 ) -> None:

@@ -622,7 +622,7 @@ class DataSpec(Section):
     rejected_column: ColumnName = "rejected"
     """training.objective dpo or simpo: column with the response that is not preferred (a list of assistant messages with data.messagesColumn)."""
     sensitive_columns: list[ColumnName] = Field(default_factory=list, max_length=16)
-    """Columns with sensitive attributes (e.g. gender, dialect group): reported per group in the data report and audited by the bias section. Never fed to the model."""
+    """Columns with sensitive attributes (e.g. gender, dialect group): reported per group in the data report and audited by the bias section. Never fed to the model. Required in the validation rows, except with bias.auditData (then in the audit file)."""
     weight_column: ColumnName | None = None
     """Column with a per-row loss weight (non-negative numbers); left out for equal weights."""
     max_length: int = Field(default=128, ge=8, le=131_072)
@@ -899,8 +899,12 @@ class CrossValidationSpec(Section):
 
     folds: int = Field(default=5, ge=2, le=20)
     """Number of folds (k)."""
-    stratified: bool = True
-    """Keep the class proportions equal across folds."""
+    stratified: bool | None = None
+    """Keep the class proportions equal across folds. Left out: true for sequence-classification; causal-lm rows (a conversation is one row, kept whole) have no class, so their folds are never stratified and true is refused."""
+
+    def stratifies(self, task: str) -> bool:
+        """Whether the folds of a run of `task` keep the class proportions."""
+        return task == "sequence-classification" and self.stratified is not False
 
 
 class AttributionSpec(Section):
@@ -950,9 +954,9 @@ class EvaluationSpec(Section):
     early_stopping: EarlyStoppingSpec | None = None
     """Stop training when the primary metric stops improving; left out to train all epochs."""
     max_generalization_gap: float | None = Field(default=None, gt=0, le=1e6)
-    """Report overfitting when the train metric exceeds the validation metric by more than this."""
+    """Report overfitting when the training value of the primary metric beats its validation value by more than this. The training side is measured at every evaluation the same way as the validation side: a fixed sample of training rows (seeded by training.seed, as many as the validation rows, at most 1024) scored in eval mode (no dropout) with the same metric code, so the gap does not depend on how often the run evaluates."""
     cross_validation: CrossValidationSpec | None = None
-    """sequence-classification: train k models on k folds of the training rows (the validation rows are not used) and report each metric's mean and spread; the best fold's model is kept."""
+    """Train k models on k folds of the training rows (the validation rows are not used) and report each metric's mean and spread; the best fold's model is kept. causal-lm folds split whole rows (a conversation or preference pair is one row)."""
     divergence_factor: float = Field(default=4.0, gt=1, le=1e6)
     """Stop as diverged when the smoothed training loss exceeds this multiple of its starting value (NaN or infinity always counts)."""
     underfitting_floor: float | None = Field(default=None, ge=0, le=1e6)
@@ -999,6 +1003,8 @@ class CounterfactualPair(Section):
     """A word or phrase as it appears in the texts."""
     counterpart: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
     """What it is replaced with (and what is replaced by it)."""
+    attribute: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)] | None = None
+    """What the pair varies, e.g. gender or name. Pairs of different attributes are swapped in separate copies of a text, never in one, and their flip rates are reported apart; a term may appear once per attribute. Left out: one set with the other pairs that leave it out."""
 
 
 STEREOTYPE_PLACEHOLDER = "{group}"
@@ -1044,16 +1050,16 @@ class BiasSpec(Section):
     on_failure: Literal["fail", "warn"] = "warn"
     """fail: a failed audit fails the job; warn: the job succeeds with BiasAuditPassed=False."""
     audit_data: DataSource | None = None
-    """A separate audit dataset (e.g. counterfactual template sentences) with the same columns; left out: the validation rows."""
+    """A separate audit dataset (e.g. counterfactual template sentences) with the text, label and sensitive columns; the validation rows then need no sensitive columns. Left out: the validation rows are audited."""
     counterfactuals: list[CounterfactualPair] = Field(default_factory=list, max_length=256)
-    """Term pairs to swap in the audit texts; the audit reports how often predictions flip."""
+    """Term pairs to swap in the audit texts; the audit reports how often predictions flip, per attribute."""
     stereotype_pairs: StereotypePairsSpec | None = None
     """causal-lm: sentence pairs that differ only in a group term; the audit reports, per category, how often the model prefers the more stereotypical sentence, before and after fine-tuning."""
 
     @field_validator("counterfactuals")
     @classmethod
     def _pairs_swap_both_ways(cls, pairs: list[CounterfactualPair]) -> list[CounterfactualPair]:
-        seen: set[str] = set()
+        seen: set[tuple[str | None, str]] = set()
         for pair in pairs:
             term, counterpart = _term_key(pair.term), _term_key(pair.counterpart)
             if term == counterpart:
@@ -1061,12 +1067,17 @@ class BiasSpec(Section):
                     f"the pair {pair.term!r} / {pair.counterpart!r} swaps a term for itself"
                 )
             for key, written in ((term, pair.term), (counterpart, pair.counterpart)):
-                if key in seen:
+                if (pair.attribute, key) in seen:
                     raise ValueError(
-                        f"{written!r} is in more than one pair; a swap must be reversible"
+                        f"{written!r} is in more than one pair{_of_attribute(pair.attribute)}; "
+                        "a swap must be reversible"
                     )
-                seen.add(key)
+                seen.add((pair.attribute, key))
         return pairs
+
+
+def _of_attribute(attribute: str | None) -> str:
+    return "" if attribute is None else f" of attribute {attribute!r}"
 
 
 def _term_key(term: str) -> str:
@@ -1235,7 +1246,6 @@ class TrainingConfig(Section):
             ("data.balance", data.balance.is_set()),
             ("data.quality.labelNoise", data.quality.label_noise is not None),
             ("data.augmentation", data.augmentation is not None),
-            ("evaluation.crossValidation", self.evaluation.cross_validation is not None),
         ]
         for field, is_set in chosen:
             if is_set:
@@ -1244,6 +1254,12 @@ class TrainingConfig(Section):
             raise ValueError(
                 "evaluation.attributions explains the responses to prompt rows "
                 "(data.textColumn); it does not apply to conversations (data.messagesColumn)"
+            )
+        folds = self.evaluation.cross_validation
+        if folds is not None and folds.stratified:
+            raise ValueError(
+                "evaluation.crossValidation.stratified applies to sequence-classification only: "
+                "causal-lm rows have no class to stratify by; leave it out or set it to false"
             )
         return self
 
@@ -1330,6 +1346,12 @@ class TrainingConfig(Section):
                 "model to model/); set training.lora or leave mergeAdapter out"
             )
         return self
+
+    def needs_validation_groups(self) -> bool:
+        """Whether the validation rows must hold data.sensitiveColumns: the bias audit reads
+        their groups there unless bias.auditData is set (then the audit file must hold them);
+        without a bias section the data report and the attributions read them."""
+        return self.bias is None or self.bias.audit_data is None
 
     def primary_metric(self) -> MetricName:
         """The metric that picks the best checkpoint, explicit or the task's default."""

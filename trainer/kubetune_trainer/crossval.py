@@ -6,6 +6,10 @@ and evaluates on the remaining one; the report gives each metric's mean and stan
 deviation over the folds, and the best fold's model is kept as the run's model. The
 validation rows of the config are not used: the folds are the validation.
 
+A causal LM's folds split whole rows (a conversation, a preference pair, a prompt with its
+response is one row, never cut between folds); they are not stratified, as its rows have
+no class, and no class counts or weights follow them.
+
 One GPU budget (runPolicy.maxGpuHours) covers all the folds: each fold counts the GPU-hours
 of the folds before it, so a fold's cost (its report.json, status.cost) is the
 cross-validation's so far, and the last fold's is the whole run's.
@@ -48,8 +52,9 @@ def fold_rows(
     assert spec is not None
     sources = data.train_sources
     _, first = np.unique(sources, return_index=True)
-    labels = np.asarray(data.train["labels"])[first]
-    splits = kfold_splits(labels, spec.folds, spec.stratified, config.training.seed)
+    stratified = spec.stratifies(config.model.task)
+    labels = np.asarray(data.train["labels"])[first] if stratified else np.zeros(len(first))
+    splits = kfold_splits(labels, spec.folds, stratified, config.training.seed)
     return [
         (np.flatnonzero(np.isin(sources, sources[first[kept]])), first[held_out])
         for kept, held_out in splits
@@ -59,25 +64,31 @@ def fold_rows(
 def fold_data(
     data: PreparedData, train_rows: np.ndarray, validation_rows: np.ndarray, config: TrainingConfig
 ) -> PreparedData:
-    """One fold: the training rows split into the fold's own training and validation parts."""
-    labels = np.asarray(data.train["labels"])
-    counts = np.bincount(labels[train_rows], minlength=len(data.labels))
-    held_out = labels[validation_rows]
-    balance = config.data.balance
-    return replace(
+    """One fold: the training rows split into the fold's own training and validation parts
+    (a classifier's class counts and weights counted over them)."""
+    fold = replace(
         data,
         train=data.train.select(train_rows),
         validation=data.train.select(validation_rows),
-        train_class_counts=dict(zip(data.labels, counts.tolist(), strict=True)),
-        class_weights=class_weights(
-            counts.tolist(), balance.class_weights, balance.beta, names=data.labels
-        ),
         train_texts=[data.train_texts[i] for i in train_rows],
         train_groups=_pick(data.train_groups, train_rows),
         train_sources=data.train_sources[train_rows],
         validation_texts=[data.train_texts[i] for i in validation_rows],
         validation_groups=_pick(data.train_groups, validation_rows),
         rows={**data.rows, "train_out": len(train_rows), "validation_out": len(validation_rows)},
+    )
+    if config.model.task == "causal-lm":
+        return fold
+    labels = np.asarray(data.train["labels"])
+    counts = np.bincount(labels[train_rows], minlength=len(data.labels))
+    held_out = labels[validation_rows]
+    balance = config.data.balance
+    return replace(
+        fold,
+        train_class_counts=dict(zip(data.labels, counts.tolist(), strict=True)),
+        class_weights=class_weights(
+            counts.tolist(), balance.class_weights, balance.beta, names=data.labels
+        ),
         majority_rate=float(np.bincount(held_out).max() / len(held_out)),
     )
 

@@ -9,6 +9,15 @@ the run's config can change (`RunSetup`): "unfreeze" only when something was fro
 "lower the label smoothing" only when there is some. A perfect validation score is judged
 like any other, but flagged: it is far more often a flaw of the data than a perfect model.
 
+The rules read the metrics by their direction, not by their task: a causal LM is judged on
+its loss or perplexity like a classifier on its loss, and any higher-is-better validation
+metric (accuracy, or a generated answer's exactMatch, tokenF1, rougeL) that fell while the
+validation loss went on falling is overfitting: the model fits the tokens better and
+answers worse. The training side of every gap is the metrics of a fixed sample of training
+rows scored like the validation rows (training/loaders.py), so the gap does not depend on
+how often the run evaluates. A healthy run whose primary metric was still improving at its
+last evaluation is told that more epochs may help.
+
 `DivergenceMonitor` watches the training loss step by step on rank 0, so that a diverged
 run stops at once instead of burning GPU hours; `diagnose` judges the whole run at its end.
 Both are pure Python: they run the same in the trainer, in tests and on saved curves.
@@ -21,12 +30,13 @@ import statistics
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from kubetune_trainer.config import (
     FreezingSpec,
     GradualUnfreezingSpec,
     LoraSpec,
+    MetricName,
     RegularizationSpec,
     TrainingConfig,
     metric_direction,
@@ -40,6 +50,15 @@ VALIDATION_RISE_TOLERANCE = 0.10
 MARGIN_GROWTH_TOLERANCE = 0.10
 REWARD_MARGIN = "rewardMargin"
 """A dpo run's mean chosen-minus-rejected reward (training/preference_loss.py)."""
+UNRANKED_METRICS = frozenset({"chosenReward", "rejectedReward", REWARD_MARGIN})
+"""Validation metrics that are not simply better when higher (a preference run's rewards:
+the margin has a rule of its own)."""
+QUALITY_FALL_TOLERANCE = 0.05
+"""Overfitting while the loss falls: a higher-is-better validation metric must have fallen
+this fraction below its highest value; smaller falls are taken as evaluation noise."""
+STILL_IMPROVING_TOLERANCE = 0.02
+"""A primary metric whose last evaluation beat every earlier one by more than this fraction
+was still improving when the run ended."""
 # Underfitting: a training loss whose last window is less than this fraction below its
 # first window is flat.
 FLAT_LOSS_TOLERANCE = 0.05
@@ -79,6 +98,7 @@ INCONCLUSIVE_ADVICE = (
     "evaluation.everySteps), so that the curves have enough points to judge."
 )
 HEALTHY_ADVICE = "No change needed. For more, search the learning rate and epochs (spec.search)."
+STILL_IMPROVING_ADVICE = "More epochs may help: the validation {metric} was still improving."
 REGULARIZE_MORE = (
     "Regularize more: raise regularization.weightDecay (e.g. 0.01 to 0.1), "
     "regularization.dropout or regularization.labelSmoothing (e.g. 0.1)."
@@ -251,7 +271,7 @@ def _judge(
     underfitting = _underfitting(train_losses, evals[-1], metric, floor, setup)
     if underfitting:
         return _from_findings("Underfitting", underfitting, context)
-    return _healthy(evals, metric, max_gap, context)
+    return _healthy(evals, metric, max_gap, context, setup)
 
 
 def _diverged(reason: str, train_losses: Sequence[tuple[int, float]]) -> Diagnosis:
@@ -292,10 +312,52 @@ def _overfitting(
 ) -> list[_Finding]:
     findings = [
         _validation_loss_rise(evals),
+        *(_quality_fell(evals, name) for name in _ranked_metrics(evals[-1])),
         _reward_margin_stalled(evals, setup),
         _gap_too_wide(evals[-1], metric, max_gap, setup),
     ]
     return [finding for finding in findings if finding is not None]
+
+
+def _ranked_metrics(last: EvalPoint) -> list[str]:
+    """The last evaluation's higher-is-better metrics."""
+    return [
+        name
+        for name in last.metrics
+        if metric_direction(name) == "maximize" and name not in UNRANKED_METRICS
+    ]
+
+
+def _quality_fell(evals: Sequence[EvalPoint], name: str) -> _Finding | None:
+    """A higher-is-better validation metric that fell from its peak while the validation
+    loss went on falling: the model fits the tokens better but does the task worse."""
+    points = [p for p in evals if name in p.metrics and "loss" in p.metrics]
+    if len(points) < 2:
+        return None
+    peak, last = max(points, key=lambda p: p.metrics[name]), points[-1]
+    high, now = peak.metrics[name], last.metrics[name]
+    fell = high - now > QUALITY_FALL_TOLERANCE * abs(high)
+    if peak is last or not fell or last.metrics["loss"] >= peak.metrics["loss"]:
+        return None
+    return _Finding(
+        f"validation {name} fell from {_number(high)} (step {peak.step}) to {_number(now)} "
+        f"(step {last.step}) while validation loss fell from {_number(peak.metrics['loss'])} "
+        f"to {_number(last.metrics['loss'])}",
+        (_stop_at_peak(name, peak), REGULARIZE_MORE),
+    )
+
+
+def _stop_at_peak(name: str, peak: EvalPoint) -> str:
+    early = (
+        f"enable evaluation.earlyStopping with evaluation.metric {name}"
+        if name in get_args(MetricName)
+        else f"keep the checkpoint of step {peak.step}"
+    )
+    return (
+        f"Stop earlier: validation {name} was highest at epoch {_epoch(peak.epoch)} "
+        f"(step {peak.step}); set training.epochs to {max(1, math.ceil(peak.epoch))}, or "
+        f"{early}."
+    )
 
 
 def _validation_loss_rise(evals: Sequence[EvalPoint]) -> _Finding | None:
@@ -522,16 +584,46 @@ def _listed(items: Sequence[str], conjunction: str) -> str:
 
 
 def _healthy(
-    evals: Sequence[EvalPoint], metric: str, max_gap: float | None, context: str
+    evals: Sequence[EvalPoint],
+    metric: str,
+    max_gap: float | None,
+    context: str,
+    setup: RunSetup,
 ) -> Diagnosis:
     best, last = _best_validation_loss(evals), evals[-1]
     lowest = (
         f"lowest validation loss {_number(best.metrics['loss'])} at step {best.step}; "
         f"final {_number(last.metrics['loss'])} at step {last.step}"
     )
-    return Diagnosis(
-        "Healthy", [context, _gap_summary(last, metric, max_gap), lowest], HEALTHY_ADVICE
+    evidence = [context, _gap_summary(last, metric, max_gap), lowest]
+    improving = _still_improving(evals, metric)
+    if improving is None:
+        return Diagnosis("Healthy", evidence, HEALTHY_ADVICE)
+    advice = f"{STILL_IMPROVING_ADVICE.format(metric=metric)} {_train_longer(setup.max_steps)}"
+    return Diagnosis("Healthy", [*evidence, improving], advice)
+
+
+def _still_improving(evals: Sequence[EvalPoint], metric: str) -> str | None:
+    """Why the primary metric was still improving at the last evaluation (it beat every
+    earlier one by more than STILL_IMPROVING_TOLERANCE), or None."""
+    points = [p for p in evals if metric in p.metrics]
+    if len(points) < 2:
+        return None
+    last, earlier = points[-1], points[:-1]
+    best = min(earlier, key=lambda p: _signed(metric, p.metrics[metric]))
+    value, before = last.metrics[metric], best.metrics[metric]
+    gain = _signed(metric, before) - _signed(metric, value)
+    if gain <= STILL_IMPROVING_TOLERANCE * abs(before):
+        return None
+    return (
+        f"validation {metric} was still improving at the last evaluation: {_number(value)} at "
+        f"step {last.step}, best before {_number(before)} at step {best.step}"
     )
+
+
+def _signed(metric: str, value: float) -> float:
+    """`value` such that lower is better, whatever the metric's direction."""
+    return value if metric_direction(metric) == "minimize" else -value
 
 
 def _perfect_evaluation(evals: Sequence[EvalPoint], metric: str) -> EvalPoint | None:

@@ -109,7 +109,8 @@ def test_the_trainer_reads_the_csv_with_the_columns_the_manifest_names(project: 
 
     config = runs.plan_local_run(load(project), project, None).config
     rows = read_source(config.data.train, "data.train")
-    check_columns(rows, training_file_columns(config.data, holds_validation=True))
+    audited = config.needs_validation_groups()
+    check_columns(rows, training_file_columns(config.data, holds_validation=True, audited=audited))
     labels = labels_of(rows, config.data.label_column)  # model.labels is left out
     with Path(config.data.train.source).open(encoding="utf-8", newline="") as handle:
         written = {row[config.data.label_column] for row in csv.DictReader(handle)}

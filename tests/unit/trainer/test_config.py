@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from kubetune_trainer.config import (
+    CrossValidationSpec,
     Source,
     TrainingConfig,
     infer_format,
@@ -183,15 +184,45 @@ def test_metric_must_fit_the_task() -> None:
     assert "loss, perplexity" in msg
 
 
-def test_cross_validation_is_for_classifiers_only() -> None:
-    config = minimal(
-        model={"source": "m", "task": "causal-lm"}, evaluation={"crossValidation": {"folds": 3}}
+def test_causal_lm_folds_are_not_stratified() -> None:
+    causal = {"source": "m", "task": "causal-lm"}
+    folds = TrainingConfig.model_validate(
+        minimal(model=causal, evaluation={"crossValidation": {"folds": 3}})
+    ).evaluation.cross_validation
+    assert folds is not None
+    assert folds.stratified is None
+    assert not folds.stratifies("causal-lm")
+    assert folds.stratifies("sequence-classification")
+    assert not CrossValidationSpec(stratified=False).stratifies("sequence-classification")
+    loc, msg = error_of(
+        minimal(model=causal, evaluation={"crossValidation": {"folds": 3, "stratified": True}})
     )
-    loc, msg = error_of(config)
     assert loc == ()
-    assert msg.endswith(
-        "evaluation.crossValidation applies to sequence-classification only, not causal-lm"
-    )
+    assert "evaluation.crossValidation.stratified applies to sequence-classification only" in msg
+
+
+def test_a_counterfactual_term_may_appear_once_per_attribute() -> None:
+    def pairs(*attributes: str | None) -> list[dict[str, Any]]:
+        return [
+            {"term": "John", "counterpart": counterpart}
+            | ({} if attribute is None else {"attribute": attribute})
+            for attribute, counterpart in zip(attributes, ["Mary", "Adam"], strict=False)
+        ]
+
+    def bias(counterfactuals: list[dict[str, Any]]) -> dict[str, Any]:
+        return minimal(
+            data={"train": {"source": "t.csv"}, "sensitiveColumns": ["g"]},
+            bias={"counterfactuals": counterfactuals},
+        )
+
+    spec = TrainingConfig.model_validate(bias(pairs("gender", "name"))).bias
+    assert spec is not None
+    assert [pair.attribute for pair in spec.counterfactuals] == ["gender", "name"]
+    for same in (pairs("gender", "gender"), pairs(None, None)):
+        loc, msg = error_of(bias(same))
+        assert loc == ("bias", "counterfactuals")
+        assert "'John' is in more than one pair" in msg
+    assert "of attribute 'gender'" in error_of(bias(pairs("gender", "gender")))[1]
 
 
 def test_packing_is_for_causal_language_models_only() -> None:

@@ -19,9 +19,11 @@ from kubetune_trainer.config import (
 )
 from kubetune_trainer.diagnosis import (
     DIVERGED_ADVICE,
+    HEALTHY_ADVICE,
     MAX_EVIDENCE_CHARS,
     MAX_EVIDENCE_ITEMS,
     MAX_SUGGESTION_CHARS,
+    REGULARIZE_MORE,
     Diagnosis,
     DivergenceMonitor,
     EvalPoint,
@@ -486,8 +488,12 @@ def test_any_primary_metric_at_its_best_possible_value_is_flagged(
 
 @pytest.mark.parametrize(("metric", "final"), [("accuracy", 0.999), ("loss", 0.002)])
 def test_a_near_perfect_score_is_not_flagged(metric: str, final: float) -> None:
+    # Neither still improving (by 2% or more) nor a fall of accuracy while the loss falls.
     evals = evaluations(
-        {"loss": [0.05, 0.002 if metric == "loss" else 0.01], "accuracy": [0.98, final]},
+        {
+            "loss": [0.00202, 0.002] if metric == "loss" else [0.05, 0.01],
+            "accuracy": [0.98, final if metric == "accuracy" else 0.99],
+        },
         {"loss": [0.06, 0.003], "accuracy": [0.97, 0.999]},
     )
 
@@ -769,3 +775,96 @@ def test_reward_margins_growing_or_stalling_together_are_not_overfitting(
         preference_run(validation, training), "loss", setup=RunSetup(preference_beta=0.1)
     )
     assert result.verdict != "Overfitting"
+
+
+# --- causal LMs, generation metrics, runs still improving --------------------------------
+
+
+def language_model_run(rouge: list[float]) -> list[EvalPoint]:
+    """A causal LM whose validation loss falls at every evaluation, with a generation metric."""
+    return evaluations(
+        {"loss": [2.10, 1.80, 1.62, 1.55], "perplexity": [8.17, 6.05, 5.05, 4.71], "rougeL": rouge},
+        {"loss": [2.05, 1.70, 1.45, 1.30], "perplexity": [7.77, 5.47, 4.26, 3.67]},
+    )
+
+
+def test_a_generation_metric_that_falls_while_the_loss_falls_is_overfitting() -> None:
+    result = judge(language_model_run([0.31, 0.42, 0.40, 0.36]), metric="loss")
+
+    assert result.verdict == "Overfitting"
+    assert result.evidence[0] == (
+        "validation rougeL fell from 0.420 (step 40) to 0.360 (step 80) while validation "
+        "loss fell from 1.800 to 1.550"
+    )
+    assert result.suggestion.startswith(
+        "Stop earlier: validation rougeL was highest at epoch 2 (step 40); set "
+        "training.epochs to 2, or keep the checkpoint of step 40."
+    )
+    assert REGULARIZE_MORE in result.suggestion
+
+
+def test_a_generation_metric_within_noise_or_rising_is_healthy() -> None:
+    for rouge in ([0.31, 0.42, 0.41, 0.405], [0.31, 0.36, 0.40, 0.42]):
+        assert judge(language_model_run(rouge), metric="loss").verdict == "Healthy"
+
+
+def test_a_classifier_metric_falling_while_the_loss_falls_names_early_stopping() -> None:
+    evals = evaluations(
+        {"loss": [0.60, 0.50, 0.45], "f1Macro": [0.70, 0.80, 0.70]},
+        {"loss": [0.55, 0.45, 0.40], "f1Macro": [0.72, 0.82, 0.88]},
+    )
+
+    result = judge(evals, metric="loss")
+
+    assert result.verdict == "Overfitting"
+    assert "evaluation.earlyStopping with evaluation.metric f1Macro" in result.suggestion
+
+
+def test_a_language_models_loss_gap_is_judged_on_the_training_sample() -> None:
+    evals = language_model_run([0.31, 0.36, 0.40, 0.42])
+
+    result = judge(evals, metric="loss", max_gap=0.2)
+
+    assert result.verdict == "Overfitting"
+    assert result.evidence[0] == (
+        "training loss 1.300 vs validation 1.550 at step 80: a gap of 0.250, more than "
+        "maxGeneralizationGap 0.200"
+    )
+    assert (
+        judge(evals, metric="perplexity", max_gap=1.0)
+        .evidence[0]
+        .startswith("training perplexity 3.670 vs validation 4.710 at step 80: a gap of 1.040")
+    )
+
+
+def test_a_run_still_improving_at_its_last_evaluation_is_told_more_epochs_may_help() -> None:
+    evals = evaluations(
+        {"loss": [0.60, 0.50, 0.42], "accuracy": [0.70, 0.76, 0.81]},
+        {"loss": [0.58, 0.48, 0.40], "accuracy": [0.71, 0.77, 0.82]},
+    )
+
+    result = judge(evals)
+
+    assert result.verdict == "Healthy"
+    assert result.evidence[-1] == (
+        "validation accuracy was still improving at the last evaluation: 0.810 at step 60, "
+        "best before 0.760 at step 40"
+    )
+    assert result.suggestion == (
+        "More epochs may help: the validation accuracy was still improving. "
+        "Train more epochs (training.epochs)."
+    )
+    capped = judge(evals, setup=RunSetup(max_steps=60))
+    assert "raise training.maxSteps (now 60)" in capped.suggestion
+
+
+def test_a_run_whose_metric_levelled_off_needs_no_change() -> None:
+    evals = evaluations(
+        {"loss": [0.60, 0.50, 0.495], "accuracy": [0.70, 0.80, 0.81]},
+        {"loss": [0.58, 0.48, 0.47], "accuracy": [0.71, 0.81, 0.82]},
+    )
+
+    for metric in ("accuracy", "loss"):
+        result = judge(evals, metric=metric)
+        assert result.verdict == "Healthy"
+        assert result.suggestion == HEALTHY_ADVICE

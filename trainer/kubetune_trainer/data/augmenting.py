@@ -44,7 +44,7 @@ def with_synthetic_rows(
     spec = config.data.augmentation
     if spec is None or not spec.synthetic_sources:
         return train, screened
-    roles = training_file_columns(config.data, holds_validation=False)
+    roles = training_file_columns(config.data, holds_validation=False, audited=False)
     marked = _marked(train, synthetic=False)
     for index, source in enumerate(spec.synthetic_sources):
         rows = read_source(source, f"data.augmentation.syntheticSources[{index}]")

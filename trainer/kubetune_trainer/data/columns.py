@@ -3,8 +3,9 @@
 The manifest names the columns (data.textColumn, data.labelColumn, ...); a file that lacks
 one, or holds something other than text in a text column, fails with the field that named
 it, the file and the columns it does have. Which columns a file needs depends on its role:
-a training file that a validation split is held out of needs the sensitive columns too, a
-validation file needs no weights.
+the sensitive columns are needed where the bias audit reads them, in bias.auditData when it
+is set, else in the validation rows (the validation file, or a training file that a
+validation split is held out of); a validation file needs no weights.
 """
 
 from __future__ import annotations
@@ -61,20 +62,28 @@ def _model_columns(data: DataSpec) -> list[tuple[str, str]]:
     return roles
 
 
-def training_file_columns(data: DataSpec, *, holds_validation: bool) -> list[tuple[str, str]]:
-    """The columns of a training file (and of one a validation split is held out of)."""
+def training_file_columns(
+    data: DataSpec, *, holds_validation: bool, audited: bool
+) -> list[tuple[str, str]]:
+    """The columns of a training file (and of one a validation split is held out of, whose
+    validation rows are `audited`: validation_file_columns)."""
     roles = _model_columns(data)
     if data.weight_column is not None:
         roles.append(("data.weightColumn", data.weight_column))
-    if holds_validation:
-        roles += [("data.sensitiveColumns", column) for column in data.sensitive_columns]
+    if holds_validation and audited:
+        roles += _sensitive_columns(data)
     return roles
 
 
-def validation_file_columns(data: DataSpec) -> list[tuple[str, str]]:
-    """A validation file needs no weights: rows without them count once."""
-    sensitive = [("data.sensitiveColumns", column) for column in data.sensitive_columns]
-    return _model_columns(data) + sensitive
+def validation_file_columns(data: DataSpec, *, audited: bool) -> list[tuple[str, str]]:
+    """A validation file needs no weights (rows without them count once), and the sensitive
+    columns only when the audit reads them there (`audited`: a bias audit without
+    bias.auditData); an audit file always needs them."""
+    return _model_columns(data) + (_sensitive_columns(data) if audited else [])
+
+
+def _sensitive_columns(data: DataSpec) -> list[tuple[str, str]]:
+    return [("data.sensitiveColumns", column) for column in data.sensitive_columns]
 
 
 def text_columns(data: DataSpec) -> list[tuple[str, str]]:

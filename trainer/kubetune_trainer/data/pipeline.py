@@ -88,9 +88,14 @@ def prepare_data(
         None if data.validation is None else read_source(data.validation, "data.validation")
     )
     progress()
-    check_columns(train, training_file_columns(data, holds_validation=validation is None))
+    audited = config.needs_validation_groups()
+    # Cross-validation's folds validate on training rows: the training file holds them.
+    holds_validation = validation is None or config.evaluation.cross_validation is not None
+    check_columns(
+        train, training_file_columns(data, holds_validation=holds_validation, audited=audited)
+    )
     if validation is not None:
-        check_columns(validation, validation_file_columns(data))
+        check_columns(validation, validation_file_columns(data, audited=audited))
     declared = config.model.labels is not None
     train, screened = screen(train, "train", config, config.model.labels)
     labels = config.model.labels or labels_of(train, data.label_column)
@@ -175,7 +180,7 @@ def _finish(
         train_groups=present_sensitive_groups(train, data.sensitive_columns),
         train_sources=train.sources,
         validation_texts=validation_inputs.column("text").to_pylist(),
-        validation_groups=sensitive_groups(validation, data.sensitive_columns),
+        validation_groups=present_sensitive_groups(validation, data.sensitive_columns),
         rows={
             **rows_in,
             "train_out": len(train_set),
@@ -194,7 +199,7 @@ def prepare_audit_rows(
         return None
     data = config.data
     rows = read_source(config.bias.audit_data, "bias.auditData")
-    check_columns(rows, validation_file_columns(data))
+    check_columns(rows, validation_file_columns(data, audited=True))
     rows, _ = screen(rows, "audit", config, labels)
     rows = encode_labels(rows, labels, data.label_column, declared=True)
     inputs = model_inputs(rows, data)

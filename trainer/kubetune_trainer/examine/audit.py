@@ -40,7 +40,10 @@ column and class on 100k rows, where the counts take milliseconds.
 The counterfactual audit swaps terms in the audit texts ("he" <-> "she", `swap_terms`)
 and measures how often the model's prediction flips and how far the favourable class's
 probability moves (`counterfactual_result`); the recipe runs the model on the swapped
-texts. Like diagnosis.py this module is pure: no torch, numpy arrays in, plain data out.
+texts. Pairs of different attributes (a gender swap, a name swap) are swapped in separate
+copies of a text (`counterfactual_sets`): swapping both at once would make sentences that
+no benchmark holds ("John found himself" -> "Adam found herself"), and mix two effects in
+one flip rate. Like diagnosis.py this module is pure: no torch, numpy arrays in, plain data out.
 """
 
 from __future__ import annotations
@@ -301,9 +304,12 @@ class PairResult:
     """Mean of P(positive | counterpart version) - P(positive | term version) over the
     one-direction texts: positive means the counterpart raises the favourable outcome."""
     mean_absolute_shift: float | None
+    attribute: str | None = None
+    """What the pair varies (bias.counterfactuals[].attribute), if named."""
 
     def to_report(self) -> dict[str, Any]:
         return {
+            "attribute": self.attribute,
             "term": self.term,
             "counterpart": self.counterpart,
             "texts": self.texts,
@@ -317,17 +323,39 @@ class PairResult:
 
 
 @dataclass(frozen=True)
+class AttributeFlips:
+    """The flips of one attribute's set of pairs, swapped in copies of their own."""
+
+    attribute: str | None
+    changed: int
+    """Texts this set's swaps changed."""
+    flips: int
+    flip_rate: float | None
+
+    def to_report(self) -> dict[str, Any]:
+        return {
+            "attribute": self.attribute,
+            "changed": self.changed,
+            "flips": self.flips,
+            "flipRate": self.flip_rate,
+        }
+
+
+@dataclass(frozen=True)
 class CounterfactualResult:
     """How the predictions moved when the counterfactual pairs were swapped."""
 
     texts: int
     """Audit texts."""
     changed: int
-    """Texts a swap changed: the only ones measured."""
+    """Swapped copies that differ from their text (one per text and attribute set): the
+    only ones measured."""
     flips: int
     flip_rate: float | None
-    """Share of the changed texts whose predicted class (argmax) changed."""
+    """Share of the changed copies whose predicted class (argmax) changed."""
     pairs: list[PairResult]
+    attributes: list[AttributeFlips] = field(default_factory=list)
+    """Each attribute set's own flips, in the order of bias.counterfactuals."""
 
     def to_report(self) -> dict[str, Any]:
         return {
@@ -335,6 +363,7 @@ class CounterfactualResult:
             "changed": self.changed,
             "flips": self.flips,
             "flipRate": self.flip_rate,
+            "attributes": [flips.to_report() for flips in self.attributes],
             "pairs": [pair.to_report() for pair in self.pairs],
             "meanShiftDirection": (
                 "P(positive | text with the counterpart) - P(positive | text with the term), "
@@ -411,7 +440,7 @@ class BiasAudit:
             for metric in self.metrics
         ]
         if self.counterfactual is not None:
-            rows.append((2, _counterfactual_metric(self.counterfactual)))
+            rows += [(2, _counterfactual_metric(flips)) for flips in self.counterfactual.attributes]
         kept = sorted(range(len(rows)), key=lambda i: (rows[i][0], i))[:MAX_STATUS_METRICS]
         return [rows[i][1] for i in sorted(kept)]
 
@@ -455,11 +484,11 @@ def _status_priority(metric: AuditMetric) -> int:
     return 3
 
 
-def _counterfactual_metric(result: CounterfactualResult) -> dict[str, Any]:
+def _counterfactual_metric(flips: AttributeFlips) -> dict[str, Any]:
     return {
         "name": "counterfactualFlipRate",
-        "attribute": COUNTERFACTUAL_ATTRIBUTE,
-        "value": _rounded(result.flip_rate),
+        "attribute": _clip(flips.attribute or COUNTERFACTUAL_ATTRIBUTE, MAX_ATTRIBUTE_CHARS),
+        "value": _rounded(flips.flip_rate),
         "threshold": None,
         "passed": None,
     }
@@ -822,9 +851,18 @@ def _message(
     if counterfactual is not None and counterfactual.flip_rate is not None:
         text += (
             f"; counterfactual swaps flipped {counterfactual.flips} of {counterfactual.changed} "
-            f"predictions ({_number(counterfactual.flip_rate)})"
+            f"predictions ({_number(counterfactual.flip_rate)}{_per_attribute(counterfactual)})"
         )
     return " ".join(text.split())
+
+
+def _per_attribute(result: CounterfactualResult) -> str:
+    """', gender 0.250, name 0.000' when the pairs name attributes, else nothing."""
+    named = [flips for flips in result.attributes if flips.attribute is not None]
+    return "".join(
+        f", {flips.attribute} {'n/a' if flips.flip_rate is None else _number(flips.flip_rate)}"
+        for flips in named
+    )
 
 
 def _describe(metric: AuditMetric, several: bool) -> str:
@@ -848,6 +886,32 @@ def _describe(metric: AuditMetric, several: bool) -> str:
 # --- counterfactuals ---------------------------------------------------------------------
 
 
+def counterfactual_sets(
+    pairs: Sequence[CounterfactualPair],
+) -> list[tuple[str | None, list[CounterfactualPair]]]:
+    """The pairs by attribute, in the order each attribute first appears: each set is
+    swapped in a copy of the texts of its own (swap_terms), never together with another."""
+    sets: dict[str | None, list[CounterfactualPair]] = {}
+    for pair in pairs:
+        sets.setdefault(pair.attribute, []).append(pair)
+    return list(sets.items())
+
+
+def combined_counterfactuals(results: Sequence[CounterfactualResult]) -> CounterfactualResult:
+    """The results of each attribute set (counterfactual_result of one set each), as one:
+    their pairs and flips side by side, the totals over every swapped copy."""
+    changed = sum(result.changed for result in results)
+    flips = sum(result.flips for result in results)
+    return CounterfactualResult(
+        results[0].texts,
+        changed,
+        flips,
+        _ratio(flips, changed),
+        [pair for result in results for pair in result.pairs],
+        [flips for result in results for flips in result.attributes],
+    )
+
+
 def swap_terms(texts: Sequence[str], pairs: Sequence[CounterfactualPair]) -> CounterfactualTexts:
     """Swap each pair both ways in one pass per text: "He said she" -> "She said he".
 
@@ -855,8 +919,15 @@ def swap_terms(texts: Sequence[str], pairs: Sequence[CounterfactualPair]) -> Cou
     with the case of the match's first letter kept (and an all-capitals match kept in
     capitals); phrases match across any run of whitespace. Longer terms win over shorter
     ones that start at the same place. Raises ValueError when a term appears in two pairs
-    or a pair swaps a term for itself: the swap would not be reversible.
+    or a pair swaps a term for itself: the swap would not be reversible; and when the pairs
+    vary more than one attribute: those are swapped apart (counterfactual_sets).
     """
+    attributes = {pair.attribute for pair in pairs}
+    if len(attributes) > 1:
+        raise ValueError(
+            f"the pairs vary {len(attributes)} attributes; swap each attribute's pairs apart "
+            "(counterfactual_sets), never in one text"
+        )
     replacements = _replacements(pairs)
     result = np.zeros((len(texts), len(pairs), 2), dtype=np.bool_)
     if not replacements:
@@ -959,12 +1030,20 @@ def counterfactual_result(
             int(backward[:, j].sum()),
             _ratio(signed[:, j].sum(), directional[j]),
             _ratio(np.abs(signed[:, j]).sum(), directional[j]),
+            pair.attribute,
         )
         for j, pair in enumerate(pairs)
     ]
     total_changed, total_flips = int(changed.sum()), int(flipped.sum())
+    rate = _ratio(total_flips, total_changed)
+    attribute = pairs[0].attribute if pairs else None
     return CounterfactualResult(
-        len(changed), total_changed, total_flips, _ratio(total_flips, total_changed), results
+        len(changed),
+        total_changed,
+        total_flips,
+        rate,
+        results,
+        [AttributeFlips(attribute, total_changed, total_flips, rate)],
     )
 
 

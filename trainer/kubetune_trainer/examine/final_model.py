@@ -36,8 +36,11 @@ from kubetune_trainer.data import AuditRows, PreparedData
 from kubetune_trainer.examine.audit import (
     BiasAudit,
     CounterfactualResult,
+    CounterfactualTexts,
     audit,
+    combined_counterfactuals,
     counterfactual_result,
+    counterfactual_sets,
     positive_classes,
     swap_terms,
 )
@@ -208,8 +211,22 @@ def _evaluation_loader(final: FinalModel, rows: datasets.Dataset) -> DataLoader[
 def _counterfactuals(
     final: FinalModel, probabilities: np.ndarray, spec: BiasSpec, target: AuditRows
 ) -> CounterfactualResult:
-    """How the predictions move when the counterfactual terms are swapped in the texts."""
-    swapped = swap_terms(target.texts, spec.counterfactuals)
+    """How the predictions move when the counterfactual terms are swapped in the texts:
+    each attribute's pairs in a copy of the texts of their own."""
+    labels = final.data.labels
+    positive = [labels.index(name) for name in positive_classes(labels, spec)]
+    results = []
+    for _, pairs in counterfactual_sets(spec.counterfactuals):
+        swapped = swap_terms(target.texts, pairs)
+        scores = _swapped_scores(final, probabilities, swapped, target)
+        results.append(counterfactual_result(probabilities, scores, swapped, pairs, positive))
+    return combined_counterfactuals(results)
+
+
+def _swapped_scores(
+    final: FinalModel, probabilities: np.ndarray, swapped: CounterfactualTexts, target: AuditRows
+) -> np.ndarray:
+    """The class probabilities of the swapped texts (the originals' where nothing changed)."""
     changed = np.flatnonzero(swapped.changed)
     scores = probabilities.copy()
     if changed.size:
@@ -218,9 +235,7 @@ def _counterfactuals(
         loader = _loader_of(final, rows, texts)
         logits, _ = predict(final.model, final.accelerator, loader, final.beat)
         scores[changed] = torch.softmax(logits, dim=-1).numpy()
-    labels = final.data.labels
-    positive = [labels.index(name) for name in positive_classes(labels, spec)]
-    return counterfactual_result(probabilities, scores, swapped, spec.counterfactuals, positive)
+    return scores
 
 
 def _loader_of(final: FinalModel, rows: datasets.Dataset, texts: list[str]) -> DataLoader[Any]:

@@ -1021,7 +1021,7 @@ def _counterfactual(result: Mapping[str, Any]) -> Markup:
         headers = ["pair", "texts changed", "flips", "flip rate", "mean shift"]
         rows = [
             [
-                f"{p.get('term')} \u2194 {p.get('counterpart')}",
+                f"{_attribute_prefix(p)}{p.get('term')} \u2194 {p.get('counterpart')}",
                 p.get("texts"),
                 p.get("flips"),
                 p.get("flipRate"),
@@ -1033,6 +1033,11 @@ def _counterfactual(result: Mapping[str, Any]) -> Markup:
         if result.get("meanShiftDirection"):
             parts.append(tag("p", f"Mean shift: {result['meanShiftDirection']}.", class_="sub"))
     return join(parts)
+
+
+def _attribute_prefix(pair: Mapping[str, Any]) -> str:
+    """'gender: ' for a pair that names its attribute (bias.counterfactuals[].attribute)."""
+    return f"{pair['attribute']}: " if pair.get("attribute") else ""
 
 
 def _audit_evidence(audit: Mapping[str, Any]) -> Markup:

@@ -5,6 +5,13 @@ padding), optionally class-balanced, and packed into sequences of data.maxLength
 with data.packing; validation rows are never packed. Loaders draw their worker seeds from
 their own generator, not the global one that dropout uses: otherwise the extra loader of a
 resumed epoch would shift every dropout mask.
+
+The third loader is the training side of the generalization gap: a fixed sample of the
+training rows, drawn once with training.seed and as many as the validation rows (at most
+TRAINING_SAMPLE_CAP), batched like the validation rows, so that every evaluation scores
+the same training rows in eval mode with the validation's metric code. A running metric
+over the batches since the last evaluation would mix weights of different steps and
+dropout, and so depend on how often the run evaluates.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from kubetune_trainer.data.packing import PAD_MULTIPLE
 
 CUDA_LOADER_WORKERS = 2
 """Loader processes beside a GPU when training.dataLoaderWorkers is not set (none on a CPU)."""
+TRAINING_SAMPLE_CAP = 1024
+"""The most training rows scored at each evaluation for the training side of the gap."""
 
 
 def pad_multiple(device: torch.device) -> int:
@@ -67,8 +76,9 @@ def build_loaders(
     data: PreparedData,
     train_rows: datasets.Dataset,
     device: torch.device,
-) -> tuple[DataLoader[Any], DataLoader[Any]]:
-    """The training loader over `train_rows` and the validation loader, for `device`."""
+) -> tuple[DataLoader[Any], DataLoader[Any], DataLoader[Any]]:
+    """The training loader over `train_rows`, the validation loader and the loader of the
+    training sample (training_sample), for `device`."""
     training = config.training
     workers = data_loader_workers(config, device)
     loading: dict[str, Any] = {
@@ -88,15 +98,30 @@ def build_loaders(
         generator=torch.Generator().manual_seed(training.seed),
         **loading,
     )
-    eval_columns = [c for c in data.validation.column_names if c != "length"]
-    validation = DataLoader(
-        data.validation.select_columns(eval_columns).with_format("torch"),
-        batch_size=config.evaluation.batch_size or 2 * training.batch_size,
-        collate_fn=_collator(config, tokenizer, pad_multiple(device)),
-        generator=torch.Generator().manual_seed(training.seed),
-        **loading,
+    validation, sample = (
+        DataLoader(
+            rows.select_columns(_evaluated_columns(rows)).with_format("torch"),
+            batch_size=config.evaluation.batch_size or 2 * training.batch_size,
+            collate_fn=_collator(config, tokenizer, pad_multiple(device)),
+            generator=torch.Generator().manual_seed(training.seed),
+            **loading,
+        )
+        for rows in (data.validation, training_sample(data, training.seed))
     )
-    return train, validation
+    return train, validation, sample
+
+
+def training_sample(data: PreparedData, seed: int) -> datasets.Dataset:
+    """The training rows every evaluation scores: as many as the validation rows (at most
+    TRAINING_SAMPLE_CAP), drawn without replacement with `seed`, in training order."""
+    size = min(len(data.train), len(data.validation), TRAINING_SAMPLE_CAP)
+    picked = np.random.default_rng(seed).choice(len(data.train), size=size, replace=False)
+    return data.train.select(np.sort(picked))
+
+
+def _evaluated_columns(rows: datasets.Dataset) -> list[str]:
+    """What an evaluation batch holds: not the length, nor a training row's weight."""
+    return [c for c in rows.column_names if c not in ("length", "weight")]
 
 
 def _collator(config: TrainingConfig, tokenizer: PreTrainedTokenizerBase, multiple: int) -> Any:

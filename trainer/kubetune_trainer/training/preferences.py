@@ -14,9 +14,10 @@ forward pass without gradients per response; where it comes from depends on what
   every restart reads the same numbers, and resumed runs stay exact.
 
 Both run in evaluation mode (no dropout) under the run's autocast. The reward metrics of
-the training batches are summed on the device, as the running loss is, since the last log
-and since the last evaluation; each window is reduced across processes once, when it
-closes.
+the training batches are summed on the device, as the running loss is, since the last log;
+the window is reduced across processes once, when it closes. At each evaluation the
+training side of the rewards is scored like the validation's, on a fixed sample of
+training rows (loaders.training_sample).
 """
 
 from __future__ import annotations
@@ -85,32 +86,21 @@ class PreferenceObjective:
         self.accelerator = accelerator
         self.reference = reference
         self.log_window = RewardSums(accelerator.device)
-        self.interval = RewardSums(accelerator.device)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """A training batch's mean loss; its rewards go into both windows."""
+        """A training batch's mean loss; its rewards go into the log window."""
         losses, rewards = self._scores(model, batch)
         self.log_window.add(rewards)
-        self.interval.add(rewards)
         return losses.mean()
 
     def open_windows(self) -> None:
         """Forget the batches before training starts (the learning-rate range test's): the
-        running loss opens these windows with its own (running_loss.ExtraMetrics)."""
+        running loss opens this window with its own (running_loss.ExtraMetrics)."""
         self.log_window = RewardSums(self.accelerator.device)
-        self.interval = RewardSums(self.accelerator.device)
 
     def close_log_window(self) -> dict[str, float]:
         """The reward metrics since the last log, over every process."""
         return self.log_window.close(self.accelerator)
-
-    def close_interval(self, train_metrics: dict[str, float]) -> dict[str, float]:
-        """The training metrics since the last evaluation: the running loss's (without a
-        perplexity, which a preference loss has not) and the rewards."""
-        rewards = self.interval.close(self.accelerator)
-        if "loss" not in train_metrics:
-            return {}
-        return {"loss": train_metrics["loss"], **rewards}
 
     def evaluate(
         self,

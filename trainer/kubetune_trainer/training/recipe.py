@@ -332,9 +332,13 @@ class Recipe:
             self.config, self.tokenizer, self.data, self.train_rows, self.accelerator.device
         )
         sharding.wrap_blocks(self.accelerator, model)
-        self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
-            model, optimizer, *loaders
-        )
+        (
+            self.model,
+            self.optimizer,
+            self.train_loader,
+            self.eval_loader,
+            self.train_sample_loader,
+        ) = self.accelerator.prepare(model, optimizer, *loaders)
         peak_flops, shape = mfu_basis(
             model, self.accelerator.device, causal_lm=self.is_language_model
         )
@@ -378,7 +382,7 @@ class Recipe:
             self.accelerator,
             self.model,
             self.optimizer,
-            lambda batch: self._loss(batch)[0],
+            self._loss,
             endless_batches(self.train_loader),
             lambda: self._beat("Training"),
         )
@@ -439,7 +443,7 @@ class Recipe:
         for batch in self.hang.training_batches(batches):
             rows, width = batch["input_ids"].shape
             with self.accelerator.accumulate(self.model):
-                loss, predictions, labels = self._loss(batch)
+                loss = self._loss(batch)
                 self.accelerator.backward(loss)
                 if self.accelerator.sync_gradients:
                     self._prepare_gradients()
@@ -447,7 +451,7 @@ class Recipe:
                 self.scheduler.step()
                 self.optimizer.zero_grad()
             self.state.batches_in_epoch += 1
-            self.losses.add(loss, predictions, labels)
+            self.losses.add(loss)
             self.throughput.add_batch(int(rows), int(width))
             if not self.accelerator.sync_gradients:
                 continue
@@ -459,14 +463,12 @@ class Recipe:
                 return reason
         return None
 
-    def _loss(
-        self, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """The training loss, and for classification the predictions and labels to track."""
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of a batch."""
         if self.preferences is not None:  # its rewards are tracked by training/preferences.py
-            return self._with_l1(self.preferences.loss(self.model, batch)), None, None
+            return self._with_l1(self.preferences.loss(self.model, batch))
         if self.is_language_model:  # the labelled tokens' mean loss
-            return self._with_l1(mean_token_loss(self.model, self.accelerator, batch)), None, None
+            return self._with_l1(mean_token_loss(self.model, self.accelerator, batch))
         labels = batch.pop("labels")
         row_weights = batch.pop("weight", None)
         logits = self.model(**batch).logits
@@ -477,7 +479,7 @@ class Recipe:
             row_weights=row_weights,
             label_smoothing=self.config.regularization.label_smoothing,
         )
-        return self._with_l1(loss), logits.detach().argmax(dim=-1), labels
+        return self._with_l1(loss)
 
     def _with_l1(self, loss: torch.Tensor) -> torch.Tensor:
         if self.config.regularization.l1 > 0:
@@ -609,7 +611,12 @@ class Recipe:
         """Validation metrics, class probabilities and labels over the whole validation set
         (for a language model: its loss and perplexity, and empty arrays)."""
         self._beat("Evaluating")
-        parts = (self.model, self.accelerator, self.eval_loader, self._evaluation_batch_done)
+        return self._score(self.eval_loader)
+
+    def _score(self, loader: Any) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        """evaluate() over `loader`: the validation rows, or the training sample (the gap's
+        training side, loaders.training_sample)."""
+        parts = (self.model, self.accelerator, loader, self._evaluation_batch_done)
         if self.is_language_model:  # a preference run's loss and rewards: preferences.py
             evaluate = self.preferences.evaluate if self.preferences else language_model_evaluation
             metrics = evaluate(*parts) | self.generation.metrics(self.model)
@@ -623,11 +630,7 @@ class Recipe:
     def _evaluate_and_checkpoint(self) -> None:
         started = time.perf_counter()
         metrics, _, _ = self.evaluate()
-        train_metrics = self.losses.close_interval(
-            self.accelerator,
-            classes=len(self.data.labels) if self.data else None,
-            language_model=self.is_language_model,
-        )
+        train_metrics = self._score(self.train_sample_loader)[0]
         self.state.evaluations.append(
             {
                 "step": self.state.step,

@@ -18,14 +18,17 @@ could not check rather than calling it valid:
 spec.output.uri is not a source: the run creates it. Pure, apart from looking at the file
 system and at where packages are installed.
 
-One look inside a source is cheap enough to make here: a job of conversations
-(data.messagesColumn) without data.chatTemplate needs its model's tokenizer to have a chat
-template, and a local model folder says so in its files; without one the run would fail only
-once its pod has started.
+Two looks inside a source are cheap enough to make here, where the run would otherwise
+fail only once its pod has started: a job of conversations (data.messagesColumn) without
+data.chatTemplate needs its model's tokenizer to have a chat template, and a local model
+folder says so in its files; and a classifier's local bias.auditData file (CSV or JSON
+lines, uncompressed) must hold the columns the audit reads, the sensitive columns among
+them (the validation rows then need none: they are not audited).
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 from collections.abc import Iterator, Mapping
@@ -73,9 +76,9 @@ def check_sources(job: FineTuneJob, manifest: Path) -> SourceCheck:
             found.problems.append(f"{field_path}: {problem}")
         if why is not None:
             found.unchecked.append(Unchecked(field_path, uri, why))
-    template = _chat_template_problem(job, folder)
-    if template is not None:
-        found.problems.append(template)
+    for problem in (_chat_template_problem(job, folder), _audit_file_problem(job, folder)):
+        if problem is not None:
+            found.problems.append(problem)
     return found
 
 
@@ -106,6 +109,58 @@ def _chat_template_problem(job: FineTuneJob, folder: Path) -> str | None:
         "spec.data.messagesColumn with; name one: 'chatml' for the built-in ChatML, or a "
         "Jinja template"
     )
+
+
+AUDIT_FILE_CHECK_BYTES = 64 * 2**20
+"""The largest JSON-lines audit file whose rows are read here for their keys."""
+
+
+def _audit_file_problem(job: FineTuneJob, folder: Path) -> str | None:
+    """A classifier's local bias.auditData file that lacks a column the audit reads."""
+    spec = job.spec
+    audit = spec.bias.audit_data if spec.bias is not None else None
+    if audit is None or spec.model.task != "sequence-classification":
+        return None
+    source = parse_source(audit.source)
+    path = Path(source.location)
+    path = path if path.is_absolute() else folder / path
+    if source.scheme != "file" or not path.is_file():
+        return None  # not checked here, or reported as missing
+    columns = _file_columns(path, audit.resolved_format())
+    if columns is None:
+        return None
+    for role, column in spec.data.column_roles(with_label=True):
+        if role != "data.weightColumn" and column not in columns:
+            return (
+                f"spec.{role}: column {column!r} is not in the audit file {path} "
+                f"(spec.bias.auditData; columns: {', '.join(columns)})"
+            )
+    return None
+
+
+def _file_columns(path: Path, data_format: str | None) -> list[str] | None:
+    """The columns of an uncompressed CSV or JSON-lines file; None where that takes more than
+    a look (Parquet, compressed, a large JSON-lines file) or the file does not parse."""
+    try:
+        if data_format == "csv" and path.suffix.lower() == ".csv":
+            with path.open(encoding="utf-8-sig", newline="") as handle:
+                return next(csv.reader(handle), [])
+        if data_format == "jsonl" and path.stat().st_size <= AUDIT_FILE_CHECK_BYTES:
+            return _json_lines_keys(path)
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError):
+        return None  # the run reports a file it cannot read
+    return None
+
+
+def _json_lines_keys(path: Path) -> list[str] | None:
+    keys: dict[str, None] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line) if line.strip() else {}
+            if not isinstance(row, dict):
+                return None
+            keys.update(dict.fromkeys(row))
+    return list(keys)
 
 
 def manifest_folder(manifest: Path) -> Path:

@@ -128,6 +128,29 @@ def test_validate_names_a_missing_data_file_by_field_and_resolved_path(tmp_path:
     assert "is valid" not in result.stdout
 
 
+def test_validate_checks_the_columns_of_a_local_audit_file_not_the_validation_file(
+    tmp_path: Path,
+) -> None:
+    manifest = copy_of_the_sentiment_job(tmp_path, "train.csv")
+    (tmp_path / "data/validation.csv").write_text("text,label\nit is good,positive\n")
+    job = yaml.safe_load(manifest.read_text())
+    job["spec"]["bias"]["auditData"] = {"source": "audit.csv"}
+    manifest.write_text(yaml.safe_dump(job))
+    audit = tmp_path / "audit.csv"
+
+    audit.write_text("text,label,dialect\nI reckon it is good,positive,regional\n")
+    accepted = runner.invoke(app, ["validate", str(manifest)], terminal_width=400)
+    audit.write_text("text,label\nI reckon it is good,positive\n")
+    refused = runner.invoke(app, ["validate", str(manifest)], terminal_width=400)
+
+    assert accepted.exit_code == 0, accepted.output
+    assert refused.exit_code == 1
+    assert (
+        f"spec.data.sensitiveColumns: column 'dialect' is not in the audit file {audit} "
+        "(spec.bias.auditData; columns: text, label)"
+    ) in refused.output
+
+
 def test_validate_resolves_data_paths_against_the_manifests_folder_not_the_working_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,7 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from kubetune_trainer.config import DataSource, TrainingConfig
+from kubetune_trainer.config import (
+    MISSING_GROUP,
+    BiasSpec,
+    DataSource,
+    EvaluationSpec,
+    TrainingConfig,
+)
 from kubetune_trainer.data import (
     MEGA_BATCH_FACTOR,
     DataError,
@@ -23,6 +29,7 @@ from kubetune_trainer.data import (
     class_weights,
     kfold_splits,
     load_table,
+    prepare_audit_rows,
     prepare_data,
     prepare_language_model_data,
     stratified_split,
@@ -470,6 +477,45 @@ def test_sensitive_column_needed_in_training_file_that_holds_validation(
     config = make_config(train, sensitiveColumns=["gender"])
     assert data_error(config, tokenizer).startswith(
         f"data.sensitiveColumns: column 'gender' is not in {train}"
+    )
+
+
+def test_with_audit_data_only_the_audit_file_needs_the_sensitive_columns(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    held_out = write_csv(tmp_path / "train.csv", reviews(10, "a") + reviews(10, "b"))
+    train = write_csv(tmp_path / "with-groups.csv", reviews(4, "a", dialect="x") + reviews(4, "b"))
+    validation = write_csv(tmp_path / "validation.csv", reviews(2, "a") + reviews(2, "b"))
+    audit = write_csv(tmp_path / "audit.csv", reviews(2, "a") + reviews(2, "b"))
+
+    def with_audit_file(train: Path, validation: Path | None) -> TrainingConfig:
+        config = make_config(train, validation, labels=["a", "b"], sensitiveColumns=["dialect"])
+        bias = BiasSpec.model_validate({"auditData": {"source": str(audit)}})
+        return config.model_copy(update={"bias": bias})
+
+    for files in ((held_out, None), (train, validation)):
+        data = prepare_data(with_audit_file(*files), tokenizer)
+        assert data.validation_groups == {}
+    assert prepare_data(with_audit_file(train, validation), tokenizer).train_groups == {
+        "dialect": ["x"] * 4 + [MISSING_GROUP] * 4
+    }
+    with pytest.raises(
+        DataError, match=f"data.sensitiveColumns: column 'dialect' is not in {audit}"
+    ):
+        prepare_audit_rows(with_audit_file(train, validation), tokenizer, ["a", "b"])
+
+
+def test_cross_validation_needs_the_sensitive_columns_in_the_training_file(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    train = write_csv(tmp_path / "train.csv", reviews(10, "a") + reviews(10, "b"))
+    validation = write_csv(tmp_path / "validation.csv", reviews(2, "a", dialect="x"))
+    config = make_config(train, validation, sensitiveColumns=["dialect"])
+    folds = config.model_copy(
+        update={"evaluation": EvaluationSpec.model_validate({"crossValidation": {"folds": 2}})}
+    )
+    assert data_error(folds, tokenizer).startswith(
+        f"data.sensitiveColumns: column 'dialect' is not in {train}"
     )
 
 

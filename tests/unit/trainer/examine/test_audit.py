@@ -32,7 +32,9 @@ from kubetune_trainer.examine.audit import (
     BiasAudit,
     CounterfactualResult,
     audit,
+    combined_counterfactuals,
     counterfactual_result,
+    counterfactual_sets,
     swap_terms,
 )
 
@@ -728,6 +730,72 @@ def test_the_audit_reports_the_counterfactual_result() -> None:
     }
     assert result.to_report()["counterfactual"]["pairs"][1]["term"] == "I reckon"
     BiasAuditStatus.model_validate(result.to_status())
+
+
+GENDER = [
+    CounterfactualPair(term="John", counterpart="Mary", attribute="gender"),
+    CounterfactualPair(term="himself", counterpart="herself", attribute="gender"),
+]
+NAME = [CounterfactualPair(term="John", counterpart="Adam", attribute="name")]
+
+
+def swapped_by_attribute(texts: list[str]) -> dict[str | None, list[str]]:
+    return {
+        attribute: swap_terms(texts, pairs).texts
+        for attribute, pairs in counterfactual_sets([*GENDER, *NAME])
+    }
+
+
+def test_pairs_of_different_attributes_are_never_swapped_in_one_sentence() -> None:
+    texts = ["John found himself", "Mary found herself alone", "nobody"]
+    assert swapped_by_attribute(texts) == {
+        "gender": ["Mary found herself", "John found himself alone", "nobody"],
+        "name": ["Adam found himself", "Mary found herself alone", "nobody"],
+    }
+    every_copy = [text for copies in swapped_by_attribute(texts).values() for text in copies]
+    assert "Adam found herself" not in every_copy
+    with pytest.raises(ValueError, match="vary 2 attributes; swap each attribute's pairs apart"):
+        swap_terms(texts, [*GENDER, *NAME])
+
+
+def test_pairs_without_an_attribute_are_one_set_as_before() -> None:
+    sets = counterfactual_sets([HE_SHE, GENDER[1], RECKON])
+    assert sets == [(None, [HE_SHE, RECKON]), ("gender", [GENDER[1]])]
+
+
+def test_each_attribute_is_measured_and_reported_apart() -> None:
+    texts = ["John found himself", "John is calm", "he left"]
+    original = np.array([[0.6, 0.4], [0.3, 0.7], [0.5, 0.5]])
+    # gender copies: "Mary found herself" flips, "Mary is calm" stays; name: only "Adam is
+    # calm" ("Adam found himself" stays), it flips.
+    by_gender = np.array([[0.2, 0.8], [0.4, 0.6], [0.5, 0.5]])
+    by_name = np.array([[0.7, 0.3], [0.9, 0.1], [0.5, 0.5]])
+    results = [
+        counterfactual_result(original, scores, swap_terms(texts, pairs), pairs, [1])
+        for (_, pairs), scores in zip(
+            counterfactual_sets([*GENDER, *NAME]), [by_gender, by_name], strict=True
+        )
+    ]
+    combined = combined_counterfactuals(results)
+    assert (combined.texts, combined.changed, combined.flips) == (3, 4, 2)
+    assert [(a.attribute, a.changed, a.flips, a.flip_rate) for a in combined.attributes] == [
+        ("gender", 2, 1, 0.5),
+        ("name", 2, 1, 0.5),
+    ]
+    assert [(p.attribute, p.term, p.counterpart) for p in combined.pairs] == [
+        ("gender", "John", "Mary"),
+        ("gender", "himself", "herself"),
+        ("name", "John", "Adam"),
+    ]
+    result = run(GROUP_A, GROUP_B, counterfactual=combined)
+    assert result.message.endswith(
+        "; counterfactual swaps flipped 2 of 4 predictions (0.500, gender 0.500, name 0.500)"
+    )
+    status = result.to_status()
+    flips = [m for m in status["metrics"] if m["name"] == "counterfactualFlipRate"]
+    assert [(m["attribute"], m["value"]) for m in flips] == [("gender", 0.5), ("name", 0.5)]
+    BiasAuditStatus.model_validate(status)
+    json.dumps(result.to_report(), allow_nan=False)
 
 
 def test_missing_group_name_matches_the_data_stage() -> None:

@@ -20,6 +20,7 @@ from kubetune_trainer.training.loaders import (
     endless_batches,
     steps_per_epoch,
     training_rows,
+    training_sample,
 )
 
 
@@ -45,7 +46,7 @@ def test_the_loaders_batch_every_row_padded_to_its_longest_on_a_cpu(
     configured = config(tiny_model_dir, small_data)
     data = prepared(configured)
     rows = training_rows(configured, data, torch.device("cpu"))
-    train, validation = build_loaders(
+    train, validation, _ = build_loaders(
         configured, load_tokenizer(configured), data, rows, torch.device("cpu")
     )
 
@@ -59,6 +60,27 @@ def test_the_loaders_batch_every_row_padded_to_its_longest_on_a_cpu(
     assert train.num_workers == 0
 
 
+def test_the_training_sample_is_fixed_by_the_seed_and_as_large_as_the_validation(
+    tiny_model_dir: Path, small_data: tuple[Path, Path]
+) -> None:
+    configured = config(tiny_model_dir, small_data)
+    data = prepared(configured)
+    sample = training_sample(data, seed=3)
+    assert len(data.validation) == len(sample) == 80
+    chosen = [tuple(row) for row in sample["input_ids"]]
+    training = {tuple(row) for row in data.train["input_ids"]}
+    assert len(set(chosen)) == 80
+    assert set(chosen) <= training
+    assert training_sample(data, seed=3)["input_ids"] == sample["input_ids"]
+    assert training_sample(data, seed=4)["input_ids"] != sample["input_ids"]
+    *_, loader = build_loaders(
+        configured, load_tokenizer(configured), data, data.train, torch.device("cpu")
+    )
+    batches = list(loader)
+    assert sorted(batches[0]) == ["attention_mask", "input_ids", "labels"]
+    assert torch.cat([b["labels"] for b in batches]).tolist() == sample["labels"][:]
+
+
 def test_the_training_order_is_the_same_for_the_same_seed(
     tiny_model_dir: Path, small_data: tuple[Path, Path]
 ) -> None:
@@ -66,7 +88,7 @@ def test_the_training_order_is_the_same_for_the_same_seed(
     data = prepared(configured)
     orders = []
     for _ in range(2):
-        train, _ = build_loaders(
+        train, _, _ = build_loaders(
             configured, load_tokenizer(configured), data, data.train, torch.device("cpu")
         )
         orders.append(torch.cat([b["input_ids"][:, 1] for b in train]).tolist())

@@ -246,3 +246,26 @@ def test_conversations_need_a_chat_template_that_a_local_tokenizer_lacks(tmp_pat
     assert check_sources(conversation_job(), manifest).problems == []
     write(tmp_path / "model/chat_template.jinja", "{{ messages }}")
     assert check_sources(conversation_job(messagesColumn="messages"), manifest).problems == []
+
+
+def audited_job(audit: str) -> FineTuneJob:
+    manifest: dict[str, Any] = copy.deepcopy(load_example("sentiment/job.yaml"))
+    manifest["spec"]["model"]["source"] = "hf://org/model"
+    manifest["spec"]["data"]["train"]["source"] = "hf://datasets/org/rows"
+    manifest["spec"]["data"]["validation"]["source"] = "hf://datasets/org/rows"
+    manifest["spec"]["bias"]["auditData"] = {"source": audit}
+    return FineTuneJob.model_validate(manifest)
+
+
+def test_a_json_lines_audit_file_needs_every_column_the_audit_reads(tmp_path: Path) -> None:
+    rows = '{"text": "good", "dialect": "regional"}\n\n{"text": "bad", "dialect": "standard"}\n'
+    write(tmp_path / "audit.jsonl", rows)
+    write(tmp_path / "labelled.jsonl", rows.replace('"dialect"', '"label": "a", "dialect"'))
+    write(tmp_path / "audit.jsonl.gz", "not read here")
+
+    assert check_sources(audited_job("audit.jsonl"), tmp_path / "job.yaml").problems == [
+        f"spec.data.labelColumn: column 'label' is not in the audit file "
+        f"{tmp_path / 'audit.jsonl'} (spec.bias.auditData; columns: text, dialect)"
+    ]
+    for accepted in ("labelled.jsonl", "audit.jsonl.gz"):  # complete; compressed: not read
+        assert check_sources(audited_job(accepted), tmp_path / "job.yaml").problems == []
