@@ -165,10 +165,11 @@ def _tokens_message(tokens: dict[str, Any]) -> str:
     loss), 3,600 over 3 epochs; 2 responses cut by data.maxLength (35 tokens lost)"."""
     train = tokens["splits"].get("train", {})
     at_most = "at most " if tokens["upperBound"] else ""
+    epochs = "1 epoch" if tokens["epochs"] == 1 else f"{tokens['epochs']} epochs"
     line = (
         f"training reads {train.get('tokensPerEpoch', 0):,} tokens per epoch "
         f"({train.get('lossTokensPerEpoch', 0):,} in the loss), {at_most}"
-        f"{tokens['tokensPerRun']:,} over {tokens['epochs']} epochs"
+        f"{tokens['tokensPerRun']:,} over {epochs}"
     )
     cut = sum(split.get("responsesCut", 0) for split in tokens["splits"].values())
     lost = sum(split.get("responseTokensCut", 0) for split in tokens["splits"].values())
