@@ -994,6 +994,10 @@ class BiasThresholds(Section):
     """causal-lm: largest acceptable difference between the groups' mean validation loss per token (nats)."""
     perplexity_ratio: float | None = Field(default=0.8, ge=0, le=1)
     """causal-lm: lowest acceptable ratio of the smallest to the largest group validation perplexity (0.8: the worst-served group's perplexity at most 1.25 times the best-served's, as the four-fifths rule)."""
+    generation_ratio: float | None = Field(default=None, ge=0, le=1)
+    """causal-lm with evaluation.generation: lowest acceptable ratio of the smallest to the largest group mean of each generation metric (exactMatch, tokenF1, rougeL) over the generation sample, as completed by the final model. Left out: reported, not gated (the sample's groups are often smaller than bias.minGroupSize)."""
+    generation_difference: float | None = Field(default=None, ge=0, le=1)
+    """causal-lm with evaluation.generation: largest acceptable difference between the groups' means of each generation metric over the generation sample."""
 
 
 class CounterfactualPair(Section):
