@@ -36,7 +36,7 @@ from kubetune_trainer.examine.lm_audit import (
     loss_tables,
     stereotype_result,
 )
-from kubetune_trainer.examine.lm_interpret import explain_generations
+from kubetune_trainer.examine.lm_interpret import explain_conversations, explain_generations
 from kubetune_trainer.examine.lm_pairs import (
     PairScores,
     StereotypePairs,
@@ -178,14 +178,18 @@ def row_losses(
 
 
 def _explain(final: FinalModel) -> dict[str, Any] | None:
-    """Which prompt tokens drove the responses (evaluation.attributions), on rank 0."""
+    """Which prompt tokens (a conversation's turns) drove the responses
+    (evaluation.attributions), on rank 0."""
     spec = final.config.evaluation.attributions
     if spec is None:
         return None
     result = None
     if final.accelerator.is_main_process:
         model = final.accelerator.unwrap_model(final.model)
-        prompts = final.data.validation_texts
-        result = explain_generations(model, final.tokenizer, prompts, spec, final.beat)
+        tokenizer, data = final.tokenizer, final.data
+        if final.config.data.messages_column is not None:
+            result = explain_conversations(model, tokenizer, data.validation, spec, final.beat)
+        else:
+            result = explain_generations(model, tokenizer, data.validation_texts, spec, final.beat)
     final.accelerator.wait_for_everyone()
     return result
