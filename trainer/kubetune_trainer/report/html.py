@@ -1127,7 +1127,8 @@ def _group_quality(value: object) -> Markup:
 
 
 def _prompt_attributions(found: Mapping[str, Any]) -> Section | None:
-    """Each sampled prompt, its tokens coloured by how much they made the response likelier."""
+    """Each sampled prompt, its tokens (a conversation's turns) coloured by how much they made
+    the response likelier."""
     examples = [e for e in _sequence(found.get("examples")) if isinstance(e, Mapping)]
     shown = []
     for example in examples:
