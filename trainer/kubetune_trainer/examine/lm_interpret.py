@@ -25,7 +25,8 @@ a template without special tokens between turns leaves the prompt as a single fe
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from itertools import islice
 from typing import Any
 
 import datasets
@@ -198,18 +199,11 @@ def explain_conversations(
     return {"kind": "causal-lm", "method": TURN_METHOD, "features": "turns", "examples": examples}
 
 
-def _chat_prompts(
-    validation: datasets.Dataset, count: int
-) -> Iterator[tuple[list[int], list[int]]]:
+def _chat_prompts(validation: datasets.Dataset, count: int) -> list[tuple[list[int], list[int]]]:
     """The prompt and reference of the first `count` rows that have both."""
-    found = 0
-    for row in range(len(validation)):
-        pair = prompt_and_reference(validation[row]["input_ids"], validation[row]["labels"])
-        if pair is not None:
-            yield pair
-            found += 1
-        if found == count:
-            return
+    rows = (validation[row] for row in range(len(validation)))
+    pairs = (prompt_and_reference(row["input_ids"], row["labels"]) for row in rows)
+    return list(islice((pair for pair in pairs if pair is not None), count))
 
 
 def _chat_response(
@@ -222,7 +216,7 @@ def _chat_response(
     """The greedy response to a chat prompt, up to and including its end of turn (the stop
     tokens of evaluation by generation)."""
     stops = stop_tokens(tokenizer, [reference])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops or [0])[0]
     (tokens,) = generate(
         model, [prompt], max_new_tokens=max_new_tokens, batch_size=1, stop_ids=stops, pad_id=pad
     )
