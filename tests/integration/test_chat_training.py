@@ -83,6 +83,7 @@ def chat_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 for c in train[:7] + train[8:]
                 for m in c
             ),
+            "validationRoles": [[m["role"] for m in c] for c in validation],
         },
     }
 
@@ -106,15 +107,24 @@ def assert_learns(result: Any, by: float) -> None:
 
 
 def test_an_openai_jsonl_file_trains_unchanged(tmp_path: Path, chat_job: dict[str, Any]) -> None:
-    """... and is evaluated by generation, with exactMatch as its primary metric."""
+    """... and is evaluated by generation, with exactMatch as its primary metric, and its
+    last answers explained turn by turn."""
     generation = {"samples": 12, "maxNewTokens": 4, "batchSize": 5, "seed": 1}
-    evaluation = {"evaluation": {"metric": "exactMatch", "generation": generation}}
+    attributions = {"sampleSize": 2, "responseTokens": 2}
+    evaluation = {
+        "evaluation": {
+            "metric": "exactMatch",
+            "generation": generation,
+            "attributions": attributions,
+        }
+    }
     config = TrainingConfig.model_validate(
         {**config_of(chat_job).model_dump(exclude_none=True), **evaluation}, by_name=False
     )
     result = run_training(config, tmp_path, job_name="chat", env={})
     assert_learns(result, by=0.7)
     assert_generation_evaluated(result.report, tmp_path)
+    assert_turns_explained(result.report["attributions"], chat_job["expected"]["validationRoles"])
     data = result.report["data"]
     assert data["quality"]["dropped"] == {"malformedConversations": 1}
     train = data["conversations"]["train"]
@@ -163,6 +173,17 @@ def test_conversations_pack_and_train_a_lora_adapter_with_chatml_named(
     # The saved model renders conversations as it learnt them.
     saved_template = (tmp_path / "model/chat_template.jinja").read_text(encoding="utf-8")
     assert saved_template == CHATML_TEMPLATE
+
+
+def assert_turns_explained(attributions: dict[str, Any], roles: list[list[str]]) -> None:
+    """The first two validation dialogues, each explained at its last answer: one feature
+    per message before it (its role first), and the generation prompt's header last."""
+    assert attributions["features"] == "turns"
+    examples = attributions["examples"]
+    assert [[t["token"].split()[0] for t in e["tokens"]] for e in examples] == [
+        [*messages[:-1], "assistant"] for messages in roles[:2]
+    ]
+    assert all(e["responseTokens"] >= 1 for e in examples)
 
 
 def assert_generation_evaluated(report: dict[str, Any], output: Path) -> None:

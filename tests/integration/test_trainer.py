@@ -539,6 +539,7 @@ def test_causal_lm_learns_to_answer_and_ignores_the_prompt_in_the_loss(
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run/model")
     assert reloaded.config.model_type == "gpt2"
     check_language_model_audit(tmp_path / "run", result.report, reloaded, tokenizer, pairs)
+    check_generation_per_group(result.report, prepared.validation_groups["dialect"])
 
 
 def stereotype_pairs(validation: Path, path: Path) -> Path:
@@ -568,10 +569,13 @@ def check_language_model_audit(
 
     (status,) = sections(run, "biasAudit")
     parsed = BiasAuditStatus.model_validate(status)
+    scores, gaps = ("exactMatch", "tokenF1", "rougeL"), ("Difference", "Ratio")
+    generation_gaps = {f"{score}{gap}" for score in scores for gap in gaps}
     assert {m.name for m in parsed.metrics} == {
         "stereotypeShareDeviation",
         "lossDifference",
         "perplexityRatio",
+        *generation_gaps,
     }
     groups = {(g.attribute, g.group): g.count for g in parsed.groups}
     assert groups[("stereotypePairs", "dialect")] == 6
@@ -596,6 +600,21 @@ def check_language_model_audit(
     page = (run / "report.html").read_text()
     assert "Stereotype pairs" in page
     assert "Prompts and their responses" in page
+
+
+def check_generation_per_group(report: dict[str, Any], dialects: list[str]) -> None:
+    """Each dialect's exactMatch over the generation sample is the share of its sampled rows
+    that the kept completions (the best checkpoint's) answer exactly; reported, not gated."""
+    hits: dict[str, list[bool]] = {}
+    for row in report["generation"]["rows"]:
+        hits.setdefault(dialects[row["row"]], []).append(row["after"] == row["reference"])
+    (table,) = [t for t in report["biasAudit"]["groupQuality"] if t["metric"] == "exactMatch"]
+    assert table["rows"] == "generation sample"
+    assert {g["group"]: (g["count"], g["value"]) for g in table["groups"]} == {
+        group: (len(found), sum(found) / len(found)) for group, found in hits.items()
+    }
+    gaps = {m["name"]: m for m in report["biasAudit"]["metrics"] if m["attribute"] == "dialect"}
+    assert gaps["exactMatchRatio"]["passed"] is None  # bias.thresholds.generationRatio left out
 
 
 def log_likelihood(model: Any, tokenizer: Any, text: str) -> float:

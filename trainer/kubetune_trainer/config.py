@@ -911,7 +911,7 @@ class AttributionSpec(Section):
     """What the final model relies on: token attributions (layer integrated gradients on the embeddings) and layer conductance (captum) for a sample of validation rows, and how much each layer group changed in training; for causal-lm, each prompt token's effect on the generated response (captum's feature ablation)."""
 
     sample_size: int = Field(default=64, ge=1, le=4096)
-    """Validation rows to explain (stratified by class; the most confident errors come first; causal-lm: the first prompts, one forward pass per prompt token each)."""
+    """Validation rows to explain (stratified by class; the most confident errors come first; causal-lm: the first prompts, one forward pass per prompt token each; conversations: the first ones, explained at their last trained assistant message, one forward pass per turn)."""
     steps: int = Field(default=16, ge=2, le=512)
     """Integration steps per row: more is more exact and slower."""
     top_tokens: int = Field(default=10, ge=1, le=100)
@@ -994,6 +994,10 @@ class BiasThresholds(Section):
     """causal-lm: largest acceptable difference between the groups' mean validation loss per token (nats)."""
     perplexity_ratio: float | None = Field(default=0.8, ge=0, le=1)
     """causal-lm: lowest acceptable ratio of the smallest to the largest group validation perplexity (0.8: the worst-served group's perplexity at most 1.25 times the best-served's, as the four-fifths rule)."""
+    generation_ratio: float | None = Field(default=None, ge=0, le=1)
+    """causal-lm with evaluation.generation: lowest acceptable ratio of the smallest to the largest group mean of each generation metric (exactMatch, tokenF1, rougeL) over the generation sample, as completed by the final model. Left out: reported, not gated (the sample's groups are often smaller than bias.minGroupSize)."""
+    generation_difference: float | None = Field(default=None, ge=0, le=1)
+    """causal-lm with evaluation.generation: largest acceptable difference between the groups' means of each generation metric over the generation sample."""
 
 
 class CounterfactualPair(Section):
@@ -1250,11 +1254,6 @@ class TrainingConfig(Section):
         for field, is_set in chosen:
             if is_set:
                 raise ValueError(f"{field} applies to sequence-classification only, not causal-lm")
-        if self.evaluation.attributions is not None and data.messages_column is not None:
-            raise ValueError(
-                "evaluation.attributions explains the responses to prompt rows "
-                "(data.textColumn); it does not apply to conversations (data.messagesColumn)"
-            )
         folds = self.evaluation.cross_validation
         if folds is not None and folds.stratified:
             raise ValueError(

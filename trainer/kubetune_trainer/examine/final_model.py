@@ -101,6 +101,9 @@ class FinalModel:
     """A sign of progress (the heartbeat's Examining phase): after each batch and part."""
     starting_pairs: StartingPairs | None = None
     """causal-lm: bias.stereotypePairs with the starting model's scores (lm_examine.py)."""
+    generation: dict[str, Any] | None = None
+    """causal-lm, evaluation.generation: the sampled rows with their completions before and
+    after fine-tuning (report.json's `generation`; training/generation.py)."""
 
 
 def examine_final_model(final: FinalModel) -> tuple[dict[str, Any], ModelAudit | None]:

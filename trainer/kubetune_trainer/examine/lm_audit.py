@@ -15,7 +15,14 @@ A language model makes no decisions to compare across groups, so the classifier'
   perplexityRatio (smallest over largest, 0.8 by default) and lossDifference (largest
   minus smallest, not gated by default).
   `group_table`, `difference_metric` and `ratio_metric` take any per-row metric, so that
-  other per-row measurements (generation metrics) are audited the same way.
+  other per-row measurements are audited the same way.
+- Does it answer every group as well? Where evaluation.generation is set too, each group's
+  mean exactMatch, tokenF1 and rougeL over the generation sample (the completions of the
+  best checkpoint, training/generation.py), gated by bias.thresholds.generationRatio
+  (smallest over largest) and generationDifference (largest minus smallest), both left
+  out by default: the sample is small (evaluation.generation.samples), so its groups are
+  often below bias.minGroupSize, and a gate that rarely measures anything would make
+  most verdicts InsufficientData.
 
 A category or group with fewer than bias.minGroupSize pairs or rows is reported and not
 judged; the "(missing)" group is never judged (audit.py says why). The verdict, its
@@ -45,6 +52,7 @@ from kubetune_trainer.examine.audit import (
     _clip,
     _number,
 )
+from kubetune_trainer.generation_metrics import EXACT_MATCH, ROUGE_L, TOKEN_F1
 
 if TYPE_CHECKING:
     from kubetune_trainer.examine.lm_pairs import StereotypePairs
@@ -58,6 +66,10 @@ STEREOTYPE_ATTRIBUTE = "stereotypePairs"
 STEREOTYPE_METRIC = "stereotypeShareDeviation"
 LOSS = "loss"
 PERPLEXITY = "perplexity"
+VALIDATION_ROWS = "validation rows"
+GENERATION_SAMPLE = "generation sample"
+GENERATION_METRICS = (EXACT_MATCH, TOKEN_F1, ROUGE_L)
+"""The generation metrics audited per group (generation_metrics.py), each higher-is-better."""
 
 
 def wilson_interval(successes: float, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
@@ -236,6 +248,8 @@ class GroupTable:
     attribute: str
     groups: list[GroupValue]
     """Largest first (ties by name)."""
+    rows: str = VALIDATION_ROWS
+    """Which rows were measured: the validation rows, or the generation sample."""
 
     def judged(self) -> list[GroupValue]:
         return [group for group in self.groups if group.judged]
@@ -244,6 +258,7 @@ class GroupTable:
         return {
             "metric": self.metric,
             "attribute": self.attribute,
+            "rows": self.rows,
             "groups": [vars(group).copy() for group in self.groups],
         }
 
@@ -288,6 +303,28 @@ def loss_tables(
         loss = group_table(LOSS, losses, tokens, attribute, values, min_group_size)
         perplexity = [replace(g, value=_exp(g.value)) for g in loss.groups]
         tables += [loss, GroupTable(PERPLEXITY, attribute, perplexity)]
+    return tables
+
+
+def generation_tables(
+    scores: Sequence[Mapping[str, float]],
+    rows: Sequence[int],
+    groups: Mapping[str, Sequence[str | None]],
+    min_group_size: int,
+) -> list[GroupTable]:
+    """Per sensitive column, each group's mean of every generation metric over the sampled
+    rows; `scores` are each sampled row's (generation_metrics.row_scores) and `rows` its
+    index in the validation rows, where `groups` are aligned."""
+    if len(scores) != len(rows):
+        raise ValueError(f"{len(scores)} rows of scores for {len(rows)} sampled rows")
+    ones = np.ones(len(rows))
+    tables = []
+    for attribute, values in groups.items():
+        sampled = [values[row] for row in rows]
+        for metric in GENERATION_METRICS:
+            per_row = np.array([score[metric] for score in scores], dtype=np.float64)
+            table = group_table(metric, per_row, ones, attribute, sampled, min_group_size)
+            tables.append(replace(table, rows=GENERATION_SAMPLE))
     return tables
 
 
@@ -403,6 +440,19 @@ def loss_metrics(tables: Sequence[GroupTable], spec: BiasSpec) -> list[LanguageM
             metrics.append(difference_metric(table, thresholds.loss_difference, False))
         elif table.metric == PERPLEXITY:
             metrics.append(ratio_metric(table, thresholds.perplexity_ratio, False))
+    return metrics
+
+
+def generation_gap_metrics(
+    tables: Sequence[GroupTable], spec: BiasSpec
+) -> list[LanguageModelMetric]:
+    """<metric>Difference and <metric>Ratio of each generation table (`generation_tables`;
+    higher is better), against bias.thresholds.generationDifference and generationRatio."""
+    thresholds = spec.thresholds
+    metrics = []
+    for table in tables:
+        metrics.append(difference_metric(table, thresholds.generation_difference, True))
+        metrics.append(ratio_metric(table, thresholds.generation_ratio, True))
     return metrics
 
 

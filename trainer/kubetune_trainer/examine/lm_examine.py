@@ -6,12 +6,16 @@ by the starting model at setup (`score_starting_pairs`, before the first step an
 resume restores trained weights; with LoRA the adapter starts at zero, so that model is
 the base model), and scored again by the final model here. The per-group quality is each
 validation row's loss per token, over the prepared validation loader with every process's
-rows gathered, grouped by data.sensitiveColumns. Every process scores all pairs, so a
-sharded model runs the same forward passes everywhere; the attributions run on rank 0.
+rows gathered, grouped by data.sensitiveColumns; with evaluation.generation, also each
+group's generation metrics over the sampled rows, from the completions that the best
+evaluation kept (the model examined here), so nothing is generated again. Every process
+scores all pairs, so a sharded model runs the same forward passes everywhere; the
+attributions run on rank 0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,17 +30,20 @@ from kubetune_trainer.data import IGNORED_LABEL
 from kubetune_trainer.examine.lm_audit import (
     GroupTable,
     LanguageModelAudit,
+    generation_gap_metrics,
+    generation_tables,
     language_model_audit,
     loss_tables,
     stereotype_result,
 )
-from kubetune_trainer.examine.lm_interpret import explain_generations
+from kubetune_trainer.examine.lm_interpret import explain_conversations, explain_generations
 from kubetune_trainer.examine.lm_pairs import (
     PairScores,
     StereotypePairs,
     read_stereotype_pairs,
     score_pairs,
 )
+from kubetune_trainer.generation_metrics import row_scores
 
 if TYPE_CHECKING:
     from kubetune_trainer.examine.final_model import FinalModel
@@ -107,7 +114,12 @@ def _audit(final: FinalModel, starting: StartingPairs | None) -> LanguageModelAu
             starting.pairs, scores.gaps, starting.scores.gaps, spec.min_group_size
         )
         final.beat()
-    return language_model_audit(spec, stereotypes, _quality(final, spec.min_group_size))
+    generation = generation_quality(
+        final.generation, final.data.validation_groups, spec.min_group_size
+    )
+    quality = _quality(final, spec.min_group_size) + generation
+    gaps = generation_gap_metrics(generation, spec)
+    return language_model_audit(spec, stereotypes, quality, gaps)
 
 
 def _quality(final: FinalModel, min_group_size: int) -> list[GroupTable]:
@@ -118,6 +130,22 @@ def _quality(final: FinalModel, min_group_size: int) -> list[GroupTable]:
         return []
     losses, tokens = row_losses(final.model, final.accelerator, final.eval_loader, final.beat)
     return loss_tables(losses, tokens, groups, min_group_size)
+
+
+def generation_quality(
+    kept: Mapping[str, Any] | None,
+    groups: Mapping[str, Sequence[str | None]],
+    min_group_size: int,
+) -> list[GroupTable]:
+    """Each sensitive group's mean exactMatch, tokenF1 and rougeL over the generation sample
+    as the final model completed it: `kept` is the run's table of completions (report.json's
+    `generation`), whose `after` pass is the best evaluation's, the model examined here.
+    None without evaluation.generation, sensitive columns or that pass."""
+    rows = (kept or {}).get("rows") or []
+    if not groups or not rows or any(not isinstance(row.get("after"), str) for row in rows):
+        return []
+    scores = [row_scores(row["after"], row["reference"]) for row in rows]
+    return generation_tables(scores, [row["row"] for row in rows], groups, min_group_size)
 
 
 def row_losses(
@@ -150,14 +178,18 @@ def row_losses(
 
 
 def _explain(final: FinalModel) -> dict[str, Any] | None:
-    """Which prompt tokens drove the responses (evaluation.attributions), on rank 0."""
+    """Which prompt tokens (a conversation's turns) drove the responses
+    (evaluation.attributions), on rank 0."""
     spec = final.config.evaluation.attributions
     if spec is None:
         return None
     result = None
     if final.accelerator.is_main_process:
         model = final.accelerator.unwrap_model(final.model)
-        prompts = final.data.validation_texts
-        result = explain_generations(model, final.tokenizer, prompts, spec, final.beat)
+        tokenizer, data = final.tokenizer, final.data
+        if final.config.data.messages_column is not None:
+            result = explain_conversations(model, tokenizer, data.validation, spec, final.beat)
+        else:
+            result = explain_generations(model, tokenizer, data.validation_texts, spec, final.beat)
     final.accelerator.wait_for_everyone()
     return result

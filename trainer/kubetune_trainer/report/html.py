@@ -1053,7 +1053,8 @@ def _audit_evidence(audit: Mapping[str, Any]) -> Markup:
 def _language_model_bias(audit: Mapping[str, Any]) -> Section:
     """A causal LM's audit (lm_audit.LanguageModelAudit.to_report): the gated metrics, the
     stereotype preference per category before and after fine-tuning, the pairs that moved
-    most, and each group's validation loss."""
+    most, each group's validation loss and, with evaluation.generation, each group's
+    generation metrics over the sampled rows."""
     metrics = [m for m in _sequence(audit.get("metrics")) if isinstance(m, Mapping)]
     rows = [_language_model_metric_row(m) for m in metrics]
     headers = ["metric", "category or column", "value", "threshold", "passed", "detail"]
@@ -1120,12 +1121,14 @@ def _group_quality(value: object) -> Markup:
         Row([g.get("group"), g.get("count"), g.get("value")], "" if g.get("judged") else "quiet")
         for g in groups
     ]
-    heading = f"Validation {metric} per group of {attribute}"
+    measured = found.get("rows") or "validation rows"
+    heading = f"{metric} per group of {attribute}, over the {measured}"
     return join([tag("h3", heading), table([attribute, "rows", metric], rows, class_="lm-groups")])
 
 
 def _prompt_attributions(found: Mapping[str, Any]) -> Section | None:
-    """Each sampled prompt, its tokens coloured by how much they made the response likelier."""
+    """Each sampled prompt, its tokens (a conversation's turns) coloured by how much they made
+    the response likelier."""
     examples = [e for e in _sequence(found.get("examples")) if isinstance(e, Mapping)]
     shown = []
     for example in examples:

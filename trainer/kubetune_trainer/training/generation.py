@@ -103,11 +103,8 @@ def draw_sample(
 def _sample(
     pairs: list[tuple[int, list[int], list[int]]], tokenizer: PreTrainedTokenizerBase
 ) -> Sample:
-    special = set(tokenizer.all_special_ids)
+    stop_ids = stop_tokens(tokenizer, [reference for _, _, reference in pairs])
     end_of_text = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
-    # A chat template's end of turn is special; what follows it (a newline) may not be.
-    ends = {token for _, _, reference in pairs for token in reference if token in special}
-    stop_ids = sorted({*end_of_text, *ends})
     pad_id = tokenizer.pad_token_id
     return Sample(
         rows=[row for row, _, _ in pairs],
@@ -117,6 +114,18 @@ def _sample(
         stop_ids=stop_ids,
         pad_id=int(pad_id if pad_id is not None else (end_of_text or [0])[0]),
     )
+
+
+def stop_tokens(
+    tokenizer: PreTrainedTokenizerBase, references: Sequence[Sequence[int]]
+) -> list[int]:
+    """The tokens that end a completion: the end of text, and the special tokens that the
+    references hold (a chat template's end of turn is special; what follows it, a newline,
+    may not be)."""
+    special = set(tokenizer.all_special_ids)
+    end_of_text = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+    ends = {token for reference in references for token in reference if token in special}
+    return sorted({*end_of_text, *ends})
 
 
 def as_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], stop_ids: Sequence[int]) -> str:

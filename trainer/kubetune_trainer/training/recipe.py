@@ -818,6 +818,7 @@ class Recipe:
                 stop_requested=self.stop_guard.stop_agreed,
                 beat=lambda: self._beat("Examining"),
                 starting_pairs=self.starting_pairs,
+                generation=self.state.generation,
             )
         )
 

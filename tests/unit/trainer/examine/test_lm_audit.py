@@ -19,12 +19,14 @@ from kubetune_trainer.data import DataError
 from kubetune_trainer.examine.lm_audit import (
     MISSING_GROUP,
     difference_metric,
+    generation_gap_metrics,
     group_table,
     language_model_audit,
     loss_tables,
     stereotype_result,
     wilson_interval,
 )
+from kubetune_trainer.examine.lm_examine import generation_quality
 from kubetune_trainer.examine.lm_pairs import (
     StereotypePairs,
     read_stereotype_pairs,
@@ -214,6 +216,83 @@ def test_the_group_hook_takes_any_per_row_metric() -> None:
     assert metric.worst == "gender=m"
     audit = language_model_audit(BiasSpec(), None, [], [metric])
     assert audit.verdict == "Failed"
+
+
+def completions_table(rows: list[tuple[int, str, str]]) -> dict[str, object]:
+    """report.json's `generation` (training/generation.py): (row, reference, after) rows."""
+    return {
+        "samples": len(rows),
+        "rows": [
+            {"row": row, "prompt": "p", "reference": ref, "before": "", "after": after}
+            for row, ref, after in rows
+        ],
+    }
+
+
+def test_generation_metrics_per_group_equal_a_hand_computation_from_the_completions() -> None:
+    kept = completions_table(
+        [
+            (4, "the cat sat", "The cat  sat"),  # f: exact (case and spacing ignored)
+            (1, "a dog ran home", "a dog ran"),  # f: 3 of 4 words, in order: F1 = 6/7
+            (0, "birds fly south", "south birds fly"),  # m: same words, LCS 2 of 3
+            (2, "yes", "no"),  # m: nothing shared
+            (3, "x", "x"),  # no dialect: reported, never judged
+        ]
+    )
+    groups = {"dialect": ["m", "f", "m", None, "f"]}  # indexed by the validation row
+    tables = generation_quality(kept, groups, min_group_size=2)
+    assert [(t.metric, t.attribute, t.rows) for t in tables] == [
+        ("exactMatch", "dialect", "generation sample"),
+        ("tokenF1", "dialect", "generation sample"),
+        ("rougeL", "dialect", "generation sample"),
+    ]
+    values = {t.metric: {g.group: g.value for g in t.groups} for t in tables}
+    # f: (1 + 6/7) / 2 = 13/14; m: F1 (1 + 0) / 2; ROUGE-L (2/3 + 0) / 2
+    assert values["exactMatch"] == {"f": 0.5, "m": 0.0, MISSING_GROUP: 1.0}
+    assert values["tokenF1"] == pytest.approx({"f": 13 / 14, "m": 0.5, MISSING_GROUP: 1.0})
+    assert values["rougeL"] == pytest.approx({"f": 13 / 14, "m": 1 / 3, MISSING_GROUP: 1.0})
+    assert [(g.group, g.count, g.judged) for g in tables[0].groups] == [
+        ("f", 2, True),
+        ("m", 2, True),
+        (MISSING_GROUP, 1, False),
+    ]
+    spec = BiasSpec(thresholds=BiasThresholds(perplexity_ratio=None, generation_ratio=0.5))
+    audit = language_model_audit(spec, None, tables, generation_gap_metrics(tables, spec))
+    by_name = {m.name: m for m in audit.metrics}
+    assert by_name["tokenF1Ratio"].value == pytest.approx(0.5 / (13 / 14))  # 0.54 >= 0.5
+    assert by_name["tokenF1Ratio"].passed is True
+    assert by_name["rougeLRatio"].value == pytest.approx((1 / 3) / (13 / 14))  # 0.36 < 0.5
+    assert by_name["rougeLRatio"].passed is False
+    assert by_name["exactMatchDifference"].value == 0.5
+    assert by_name["exactMatchDifference"].passed is None  # generationDifference left out
+    assert by_name["tokenF1Difference"].value == pytest.approx(13 / 14 - 0.5)
+    assert audit.verdict == "Failed"
+    assert audit.worst_group == "dialect=m"  # higher is better: the low group is the worst
+    assert audit.message == (
+        "Failed: exactMatchRatio 0.000 < 0.5 for dialect (exactMatch m 0.000 vs f 0.500); "
+        "1 more gated metric failed"
+    )
+    report = audit.to_report()
+    assert [t["rows"] for t in report["groupQuality"]] == ["generation sample"] * 3
+    assert BiasAuditStatus.model_validate(audit.to_status()).verdict == "Failed"
+
+
+def test_generation_gaps_are_reported_not_gated_by_default() -> None:
+    kept = completions_table([(0, "a b", "a b"), (1, "a b", "a"), (2, "c", "c")])
+    tables = generation_quality(kept, {"dialect": ["x", "y", "x"]}, min_group_size=1)
+    spec = BiasSpec()
+    audit = language_model_audit(spec, None, tables, generation_gap_metrics(tables, spec))
+    assert len(audit.metrics) == 6
+    assert all(m.passed is None and m.value is not None for m in audit.metrics)
+    assert audit.message == "Passed: no metric is gated (bias.thresholds)"
+
+
+def test_no_generation_tables_without_a_final_pass_or_groups() -> None:
+    kept = completions_table([(0, "a", "a")])
+    assert generation_quality(kept, {}, 1) == []
+    assert generation_quality(None, {"dialect": ["x"]}, 1) == []
+    kept["rows"][0]["after"] = None  # type: ignore[index]
+    assert generation_quality(kept, {"dialect": ["x"]}, 1) == []
 
 
 # --- the tables ----------------------------------------------------------------------------
