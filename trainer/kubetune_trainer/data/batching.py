@@ -25,9 +25,10 @@ class LengthGroupedSampler(Sampler[int]):
     """Row indices in an order that puts rows of similar length in the same batch.
 
     Rows are shuffled (seeded by seed and epoch), cut into windows of MEGA_BATCH_FACTOR
-    batches, and each window is sorted longest first: batches stay random across windows
-    but are padded far less than in random order, and the first batch of a window is its
-    longest, so an out-of-memory batch shows early.
+    batches, and each window is sorted longest first and cut into batches, which are then
+    drawn in random order, the window's longest batch first: batches are padded far less
+    than in random order, the order of lengths stays random, and an out-of-memory batch
+    shows early.
 
     With `weights` (one per row, e.g. `balance.class_balanced_weights` for sampler:
     class-balanced), each epoch instead draws len(lengths) rows with replacement, row i
@@ -73,7 +74,26 @@ class LengthGroupedSampler(Sampler[int]):
             shuffled = rng.choice(rows, size=rows, replace=True, p=self.probabilities)
         window = np.arange(len(shuffled)) // (MEGA_BATCH_FACTOR * self.batch_size)
         # lexsort sorts by its last key first: by window, then longest first within one.
-        return shuffled[np.lexsort((-self.lengths[shuffled], window))]
+        by_length = shuffled[np.lexsort((-self.lengths[shuffled], window))]
+        return by_length[self._batches_shuffled(len(by_length), rng)]
+
+    def _batches_shuffled(self, rows: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+        """Positions that draw each window's batches in random order, its longest batch
+        still first, and a short last batch still last. Sorted batches alone would make
+        every epoch of a small dataset (under MEGA_BATCH_FACTOR batches) run from its
+        longest rows to its shortest: a curriculum by length, and, where row kinds differ
+        in length (the chat example's preference rows with and without an age), by kind."""
+        starts = np.arange(0, rows, self.batch_size)
+        batches = np.arange(len(starts))
+        full = batches if rows % self.batch_size == 0 else batches[:-1]
+        picked: list[npt.NDArray[np.int64]] = []
+        for first in range(0, len(full), MEGA_BATCH_FACTOR):
+            in_window = full[first : first + MEGA_BATCH_FACTOR]
+            picked += [in_window[:1], rng.permutation(in_window[1:])]
+        picked.append(batches[len(full) :])
+        order = np.concatenate(picked)
+        positions = starts[order][:, None] + np.arange(self.batch_size)[None, :]
+        return positions[positions < rows].astype(np.int64)
 
     @staticmethod
     def _probabilities(

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubetune_trainer.config import BalanceSpec
-from kubetune_trainer.data import MEGA_BATCH_FACTOR, LengthGroupedSampler
+from kubetune_trainer.data import LengthGroupedSampler
 from kubetune_trainer.data.balance import (
     EFFECTIVE_NUMBER_ABOVE,
     ResampleMode,
@@ -21,6 +21,7 @@ from kubetune_trainer.data.balance import (
     recommendation,
     resample,
 )
+from tests.unit.trainer.data.test_data import assert_sorted_batches_in_random_order, window_batches
 
 
 def labels_of(counts: list[int], seed: int | None = 0) -> npt.NDArray[np.int64]:
@@ -323,11 +324,7 @@ def test_weighted_sampler_still_groups_by_length(
     sampler = LengthGroupedSampler(
         lengths, batch_size, seed=5, weights=class_balanced_weights(labels, 3)
     )
-    order = sampler.order()
-    window = MEGA_BATCH_FACTOR * batch_size
-    for start in range(0, len(order), window):
-        in_window = lengths[order[start : start + window]]
-        assert (np.diff(in_window) <= 0).all()
+    assert_sorted_batches_in_random_order(window_batches(sampler.order(), lengths, batch_size))
 
 
 def test_weighted_sampler_never_draws_a_row_of_weight_zero(

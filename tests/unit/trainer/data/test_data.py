@@ -935,13 +935,44 @@ def test_sampler_is_deterministic_per_seed_and_epoch(example_lengths: np.ndarray
     assert list(LengthGroupedSampler(example_lengths, 8, seed=2)) != epoch_zero
 
 
-def test_sampler_sorts_each_window_longest_first(example_lengths: np.ndarray) -> None:
-    batch_size = 4
-    order = list(LengthGroupedSampler(example_lengths, batch_size, seed=5))
+def window_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int) -> list[list[Any]]:
+    """Each window's batches as lists of row lengths, in the order they are drawn."""
     window = MEGA_BATCH_FACTOR * batch_size
-    for start in range(0, len(order), window):
-        lengths = example_lengths[order[start : start + window]]
-        assert list(lengths) == sorted(lengths, reverse=True)
+    return [
+        [
+            lengths[order[i : i + batch_size]].tolist()
+            for i in range(start, start + window, batch_size)
+            if i < len(order)
+        ]
+        for start in range(0, len(order), window)
+    ]
+
+
+def assert_sorted_batches_in_random_order(windows: list[list[Any]]) -> None:
+    """Each window's batches are runs of its rows sorted longest first, the longest batch
+    drawn first, the others in an order that is not the sorted one."""
+    unsorted = 0
+    for batches in windows:
+        by_length = sorted(batches, key=lambda batch: (-batch[0], -batch[-1]))
+        flat = [length for batch in by_length for length in batch]
+        assert flat == sorted(flat, reverse=True)
+        assert batches[0] == by_length[0]
+        unsorted += batches != by_length
+    assert unsorted > 0
+
+
+def test_sampler_sorts_each_window_and_draws_its_batches_in_random_order(
+    example_lengths: np.ndarray,
+) -> None:
+    order = LengthGroupedSampler(example_lengths, 4, seed=5).order()
+    assert_sorted_batches_in_random_order(window_batches(order, example_lengths, 4))
+
+
+def test_a_short_last_batch_stays_last() -> None:
+    lengths = np.arange(1, 24)  # 23 rows: five batches of 4, then one of 3
+    order = LengthGroupedSampler(lengths, 4, seed=0).order()
+    assert sorted(order.tolist()) == list(range(23))
+    assert sorted(lengths[order[-3:]].tolist()) == [1, 2, 3]
 
 
 def test_sampler_pads_far_less_than_random_order(example_lengths: np.ndarray) -> None:
