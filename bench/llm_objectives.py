@@ -24,7 +24,8 @@ settings: batch size, maxLength, learning rate, linear schedule, fused AdamW, we
 0.01, gradient clipping at 1.0, fp32 and no gradient checkpointing (TRL's defaults, bf16 and
 checkpointing on, are switched off), no packing, the
 loss on the assistant's tokens (content and <|im_end|>) only, LoRA rank 8 / alpha 16 /
-dropout 0.05 on peft's default modules, DPO beta 0.1 with the sigmoid loss. TRL draws its
+dropout 0.05 on peft's default modules (TRL's DPOTrainer would set it to 0:
+disable_dropout=False keeps it), DPO beta 0.1 with the sigmoid loss. TRL draws its
 batches through kubetune's length-grouped sampler over the same rows (as
 bench/trainer_overhead.py does for the transformers Trainer), so step i of either side
 trains on the same rows with the same padding. Every child runs with kubetune's OpenMP spin
@@ -336,6 +337,9 @@ def trl_variant(
             beta=BETA,
             loss_type=["sigmoid"],
             precompute_ref_log_probs=peft_config is None,
+            # TRL's default sets every dropout to 0, the LoRA adapters' too; kubetune keeps
+            # the configured LoRA dropout, so this keeps it on TRL's side as well.
+            disable_dropout=False,
         )
     else:
         arguments = SFTConfig(**common, assistant_only_loss=True, packing=False)
