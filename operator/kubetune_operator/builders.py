@@ -610,13 +610,17 @@ def output_claim(spec: FineTuneJobSpec) -> str | None:
 
 
 def input_uris(spec: FineTuneJobSpec) -> list[str]:
-    """Every source the trainer reads: the model, the data, the tables and the audit data."""
+    """Every source the trainer reads: the model, the data, the tables, the audit data and
+    the stereotype pairs."""
     data = spec.data
     sources = [data.train, data.validation]
     if data.augmentation is not None:
         sources += [data.augmentation.synonyms, *data.augmentation.synthetic_sources]
     if spec.bias is not None:
         sources.append(spec.bias.audit_data)
+        pairs = spec.bias.stereotype_pairs
+        if pairs is not None:
+            sources += [pairs.pairs, pairs.templates, pairs.terms]
     return [spec.model.source, *(source.source for source in sources if source is not None)]
 
 

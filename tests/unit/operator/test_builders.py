@@ -716,6 +716,36 @@ def test_every_source_field_is_mounted() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "tables",
+    [
+        {"pairs": {"source": "pvc://pairs-claim/crows.csv"}},
+        {
+            "templates": {"source": "pvc://templates-claim/templates.csv"},
+            "terms": {"source": "pvc://terms-claim/terms.csv"},
+        },
+    ],
+    ids=["pairs", "templates"],
+)
+def test_a_language_models_stereotype_pair_tables_are_mounted(tables: dict[str, Any]) -> None:
+    manifest = cpu_manifest()
+    spec = manifest["spec"]
+    spec["model"]["task"] = "causal-lm"
+    spec["data"] = {
+        "train": {"source": "pvc://data/train.jsonl"},
+        "validation": {"source": "pvc://data/validation.jsonl"},
+        "textColumn": "prompt",
+        "textPairColumn": "response",
+    }
+    for section in ("evaluation", "freezing"):
+        spec.pop(section, None)
+    spec["bias"] = {"stereotypePairs": tables}
+    mounts = claim_mounts(workers_job(manifest))
+    claims = {PurePosixPath(path).name for path, mount in mounts.items() if mount["readOnly"]}
+    expected = {PurePosixPath(table["source"]).parent.name for table in tables.values()}
+    assert claims == {"data", *expected}
+
+
 def source_field_paths(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
     for name, field in model.model_fields.items():
         path = f"{prefix}{field.alias or name}"
@@ -734,6 +764,9 @@ def test_builders_know_every_source_field_of_the_training_config() -> None:
         "data.augmentation.synonyms.source",
         "data.augmentation.syntheticSources.source",
         "bias.auditData.source",
+        "bias.stereotypePairs.pairs.source",
+        "bias.stereotypePairs.templates.source",
+        "bias.stereotypePairs.terms.source",
         "output.uri",
     }, "a new source field: mount its claim in builders.input_uris, then update this list"
 
