@@ -796,9 +796,9 @@ def test_a_generation_metric_that_falls_while_the_loss_falls_is_overfitting() ->
         "validation rougeL fell from 0.420 (step 40) to 0.360 (step 80) while validation "
         "loss fell from 1.800 to 1.550"
     )
-    assert result.suggestion.startswith(
+    assert result.suggestion.startswith(  # rougeL can drive early stopping (evaluation.generation)
         "Stop earlier: validation rougeL was highest at epoch 2 (step 40); set "
-        "training.epochs to 2, or keep the checkpoint of step 40."
+        "training.epochs to 2, or enable evaluation.earlyStopping with evaluation.metric rougeL."
     )
     assert REGULARIZE_MORE in result.suggestion
 
